@@ -1,0 +1,390 @@
+"""What an exception means: one pure classification shared by the breaker and the retries.
+
+Exceptions are probed by attributes and class names, never by importing an SDK: ours, the
+openai and anthropic SDKs (1.x to 3.x), litellm, google-genai, httpx/httpx2, requests and
+aiohttp all carry a status (``status_code``, ``status``, ``code`` or ``response.…``), headers
+(``response.headers`` or ``headers``) and often a JSON body (``body``, ``details`` or
+``response.json()``). The chain of ``__cause__`` / ``__context__`` is walked so that an SDK
+error wrapping an httpx timeout is still a timeout. Every probe is guarded: httpx's
+``.request`` raises when unset and ``.json()`` raises on a body that was not read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from llm_circuit_breaker._hints import (
+    parse_retry_after,
+    retry_after_from_headers,
+    should_retry_from_headers,
+)
+
+__all__ = ["NOT_PROVIDER_FAILURES", "TRANSPORT_KINDS", "Classification", "ErrorKind", "classify"]
+
+
+class ErrorKind(str, enum.Enum):
+    """The provider-level meaning of an error."""
+
+    TIMEOUT = "timeout"  # connect/read timeout, HTTP 408
+    CONNECTION = "connection"  # refused, reset, DNS, TLS, truncated body
+    POOL = "pool"  # the client's own connection pool is exhausted: local, not the provider
+    RATE_LIMIT = "rate_limit"
+    QUOTA = "quota"  # billing / quota / spend cap: retrying does not help
+    OVERLOADED = "overloaded"  # 529, 503 "overloaded"
+    SERVER = "server"  # other 5xx, stream server_error
+    CONFLICT = "conflict"  # 409
+    AUTH = "auth"  # 401, 403
+    CONTEXT_LENGTH = "context_length"
+    CONTENT_POLICY = "content_policy"
+    CLIENT = "client"  # other 4xx: the caller's request is wrong
+    OTHER = "other"  # not an HTTP or transport error: the caller's own code
+
+
+# Kinds that are the caller's business, not the provider's health: the breaker ignores them.
+NOT_PROVIDER_FAILURES = frozenset(
+    {
+        ErrorKind.POOL,
+        ErrorKind.CONFLICT,
+        ErrorKind.AUTH,
+        ErrorKind.CONTEXT_LENGTH,
+        ErrorKind.CONTENT_POLICY,
+        ErrorKind.CLIENT,
+    }
+)
+TRANSPORT_KINDS = frozenset({ErrorKind.TIMEOUT, ErrorKind.CONNECTION})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Classification:
+    """What :func:`classify` found out about an exception."""
+
+    kind: ErrorKind
+    status: int | None = None  # HTTP status, or the status an in-stream error stands for
+    retry_after: float | None = None  # the server's wait hint in seconds
+    should_retry: bool | None = None  # the x-should-retry header
+    error_type: str | None = None  # the provider's machine-readable code, when found
+
+    @property
+    def counts_as_failure(self) -> bool:
+        """Whether a circuit breaker should count this as the provider failing."""
+        return self.kind not in NOT_PROVIDER_FAILURES
+
+
+_QUOTA_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "credit_balance_exhausted",
+        "organization_spend_limit_exceeded",
+        "project_spend_limit_exceeded",
+        "organization_usage_limit_exceeded",
+        "enforced_spend_limit_reached",
+        "billing_error",
+        "billing_hard_limit_reached",
+    }
+)
+_OVERLOADED_CODES = frozenset({"overloaded_error", "server_is_overloaded", "unavailable"})
+_RATE_CODES = frozenset(
+    {"rate_limit_exceeded", "rate_limit_error", "slow_down", "resource_exhausted", "tokens"}
+)
+_SERVER_CODES = frozenset({"server_error", "api_error", "internal", "timeout_error"})
+_CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length_context"})
+_POLICY_CODES = frozenset({"content_policy_violation", "content_filter"})
+_CONTEXT_TEXT = re.compile(
+    r"maximum context length|context[_ ]length[_ ]exceeded|prompt is too long|"
+    r"exceeds? (?:the )?(?:model's )?context|input tokens exceed|context window",
+    re.IGNORECASE,
+)
+_WAIT_TEXT = re.compile(r"(?:try again|retry) (?:in|after) ([\d.]+)\s*(ms|s|seconds?)\b", re.I)
+_STREAM_STATUS = {
+    ErrorKind.OVERLOADED: 529,
+    ErrorKind.RATE_LIMIT: 429,
+    ErrorKind.SERVER: 500,
+    ErrorKind.QUOTA: 429,
+}
+# Class names (anywhere in an exception's MRO) that mean a transport failure. Timeouts are
+# checked first: APITimeoutError subclasses APIConnectionError, ServerTimeoutError subclasses
+# ServerConnectionError, and requests' ConnectTimeout is both a ConnectionError and a Timeout.
+_POOL_NAMES = frozenset({"PoolTimeout"})
+_TIMEOUT_NAMES = frozenset(
+    {
+        "TimeoutException",
+        "ConnectTimeout",
+        "ReadTimeout",
+        "WriteTimeout",
+        "APITimeoutError",
+        "Timeout",
+        "ServerTimeoutError",
+        "ConnectionTimeoutError",
+        "SocketTimeoutError",
+        "TimeoutError",
+        "RequestTimeoutError",
+    }
+)
+_CONNECTION_NAMES = frozenset(
+    {
+        "ConnectError",
+        "NetworkError",
+        "ReadError",
+        "WriteError",
+        "RemoteProtocolError",
+        "ProtocolError",
+        "ProxyError",
+        "APIConnectionError",
+        "ConnectionError",
+        "ChunkedEncodingError",
+        "ClientConnectionError",
+        "ClientOSError",
+        "ServerDisconnectedError",
+        "ClientPayloadError",
+        "TransportError",
+        "IncompleteRead",
+    }
+)
+# litellm gives these a made-up status (500, 408): trust the class, not the number.
+_SYNTHETIC_STATUS_NAMES = frozenset({"APIConnectionError", "APITimeoutError"})
+
+
+def classify(exc: BaseException) -> Classification:
+    """Classify ``exc`` (an error of ours, of an SDK or of an HTTP client) for retry and breaker."""
+    chain = list(_chain(exc))
+    for candidate in chain:
+        status = _status(candidate)
+        if status is not None:
+            return _from_http(candidate, status)
+    for candidate in chain:
+        body = _error_object(candidate)
+        kind = _kind_from_codes(candidate, body)
+        if kind is not None:  # an error event inside a stream, reported with status 200 or none
+            return Classification(
+                kind,
+                status=_STREAM_STATUS.get(kind),
+                retry_after=_body_hint(candidate, body),
+                error_type=_first_code(candidate, body),
+            )
+    for candidate in reversed(chain):  # the innermost transport error says most
+        kind = _transport_kind(candidate)
+        if kind is not None:
+            return Classification(kind)
+    return Classification(ErrorKind.OTHER)
+
+
+# -- walking the chain --------------------------------------------------------------------
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop(0)
+        if id(current) in seen or len(seen) > 32:
+            continue
+        seen.add(id(current))
+        yield current
+        nested = _nested(current)
+        nested.append(current.__cause__ or current.__context__)
+        stack.extend(e for e in nested if isinstance(e, BaseException))
+
+
+def _nested(exc: BaseException) -> list[BaseException | None]:
+    last_attempt = _attr(exc, "last_attempt")  # tenacity.RetryError
+    if last_attempt is not None and type(exc).__name__ == "RetryError":
+        try:
+            return [last_attempt.exception()]
+        except Exception:
+            return []
+    group = _attr(exc, "exceptions")  # ExceptionGroup (3.11+), matched by shape
+    if isinstance(group, tuple) and "BaseExceptionGroup" in _mro_names(exc):
+        return list(group)
+    return []
+
+
+def _attr(obj: Any, name: str) -> Any:
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # httpx's .request raises RuntimeError when unset
+        return None
+
+
+def _mro_names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+# -- HTTP errors --------------------------------------------------------------------------
+
+
+def _http_status(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+        return value
+    return None
+
+
+def _status(exc: BaseException) -> int | None:
+    if _mro_names(exc) & _SYNTHETIC_STATUS_NAMES:
+        return None
+    response = _attr(exc, "response")
+    for value in (
+        _attr(exc, "status_code"),
+        _attr(exc, "status"),  # aiohttp ClientResponseError (0 when unknown)
+        _attr(exc, "code") if isinstance(_attr(exc, "code"), int) else None,  # google-genai
+        _attr(response, "status_code") if response is not None else None,
+        _attr(response, "status") if response is not None else None,
+    ):
+        status = _http_status(value)
+        if status is not None:
+            return None if status == 200 else status  # 200: an error event inside a stream
+    return None
+
+
+def _headers(exc: BaseException) -> Any:
+    response = _attr(exc, "response")
+    for candidate in (
+        _attr(response, "headers") if response is not None else None,
+        _attr(exc, "headers"),
+        _attr(exc, "litellm_response_headers"),
+    ):
+        if candidate is not None and hasattr(candidate, "get"):
+            return candidate
+    return None
+
+
+def _body(exc: BaseException) -> Any:
+    for name in ("body", "details"):
+        value = _attr(exc, name)
+        if isinstance(value, (dict, str)):
+            return value
+    response = _attr(exc, "response")
+    if response is not None:
+        try:
+            return response.json()
+        except Exception:
+            return None
+    return None
+
+
+def _error_object(exc: BaseException) -> dict[str, Any]:
+    """The provider's error object: ``body["error"]`` when present, else the body itself."""
+    body = _body(exc)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            return inner
+        if isinstance(inner, str):  # vLLM and friends send {"error": "<text>"}
+            return {"message": inner}
+    if isinstance(body, str):
+        return {"message": body}
+    return {}
+
+
+def _codes(exc: BaseException, err: Mapping[str, Any]) -> list[str]:
+    details = err.get("details")
+    values = [err.get("type"), err.get("code"), err.get("status")]
+    if isinstance(details, Mapping):
+        values.append(details.get("error_code"))
+    values += [_attr(exc, "type"), _attr(exc, "code"), _attr(exc, "error_type")]
+    status = _attr(exc, "status")
+    if isinstance(status, str):
+        values.append(status)
+    return [v.lower() for v in values if isinstance(v, str) and v]
+
+
+def _first_code(exc: BaseException, err: Mapping[str, Any]) -> str | None:
+    codes = _codes(exc, err)
+    return codes[0] if codes else None
+
+
+def _per_day_quota(err: Mapping[str, Any]) -> bool:
+    """Gemini's daily quotas are named in ``details[].violations[].quotaId``."""
+    for detail in err.get("details") or ():
+        if isinstance(detail, Mapping):
+            for violation in detail.get("violations") or ():
+                if isinstance(violation, Mapping) and "PerDay" in str(violation.get("quotaId")):
+                    return True
+    return False
+
+
+def _kind_from_codes(exc: BaseException, err: Mapping[str, Any]) -> ErrorKind | None:
+    codes = set(_codes(exc, err))
+    if codes & _QUOTA_CODES or _per_day_quota(err):
+        return ErrorKind.QUOTA
+    if codes & _CONTEXT_CODES or _CONTEXT_TEXT.search(str(err.get("message") or "")):
+        return ErrorKind.CONTEXT_LENGTH
+    if codes & _POLICY_CODES:
+        return ErrorKind.CONTENT_POLICY
+    if codes & _OVERLOADED_CODES:
+        return ErrorKind.OVERLOADED
+    if codes & _RATE_CODES or err.get("code") == 429 or err.get("code") == "429":
+        return ErrorKind.RATE_LIMIT
+    if codes & _SERVER_CODES:
+        return ErrorKind.SERVER
+    return None
+
+
+def _kind_from_status(status: int, hinted: ErrorKind | None) -> ErrorKind:
+    if hinted is ErrorKind.QUOTA and status in (400, 402, 403, 429):
+        return ErrorKind.QUOTA
+    if status == 402:
+        return ErrorKind.QUOTA
+    if status == 408:
+        return ErrorKind.TIMEOUT
+    if status == 409:
+        return ErrorKind.CONFLICT
+    if status == 429:
+        return ErrorKind.RATE_LIMIT
+    if status in (401, 403):
+        return ErrorKind.AUTH
+    if status < 500:
+        if hinted in (ErrorKind.CONTEXT_LENGTH, ErrorKind.CONTENT_POLICY):
+            return hinted
+        return ErrorKind.CLIENT
+    if status == 529 or hinted is ErrorKind.OVERLOADED:
+        return ErrorKind.OVERLOADED
+    if hinted is ErrorKind.RATE_LIMIT:  # a gateway's 5xx wrapping a 429
+        return ErrorKind.RATE_LIMIT
+    return ErrorKind.SERVER
+
+
+def _from_http(exc: BaseException, status: int) -> Classification:
+    headers = _headers(exc)
+    err = _error_object(exc)
+    hint = retry_after_from_headers(headers)
+    return Classification(
+        _kind_from_status(status, _kind_from_codes(exc, err)),
+        status=status,
+        retry_after=hint if hint is not None else _body_hint(exc, err),
+        should_retry=should_retry_from_headers(headers),
+        error_type=_first_code(exc, err),
+    )
+
+
+def _body_hint(exc: BaseException, err: Mapping[str, Any]) -> float | None:
+    """Gemini's ``RetryInfo.retryDelay``, else "try again in 5.2s" in the message."""
+    for detail in err.get("details") or ():
+        if isinstance(detail, Mapping) and str(detail.get("@type", "")).endswith("RetryInfo"):
+            delay = parse_retry_after(str(detail.get("retryDelay", "")).rstrip("s"))
+            if delay is not None:
+                return delay
+    match = _WAIT_TEXT.search(str(err.get("message") or _attr(exc, "message") or ""))
+    if match is None:
+        return None
+    seconds = parse_retry_after(match.group(1))
+    if seconds is not None and match.group(2).lower() == "ms":
+        seconds /= 1000.0
+    return seconds
+
+
+# -- transport errors ---------------------------------------------------------------------
+
+
+def _transport_kind(exc: BaseException) -> ErrorKind | None:
+    names = _mro_names(exc)
+    if names & _POOL_NAMES:
+        return ErrorKind.POOL
+    if names & _TIMEOUT_NAMES or isinstance(exc, TimeoutError):
+        return ErrorKind.TIMEOUT
+    if names & _CONNECTION_NAMES or isinstance(exc, ConnectionError):
+        return ErrorKind.CONNECTION
+    return None

@@ -1,0 +1,273 @@
+"""The breaker's decisions: a pure, synchronous state machine with no I/O and no lock.
+
+Every method takes ``now`` (seconds on the breaker's clock) and mutates the core; the caller
+holds whatever lock makes that atomic and, after releasing it, hands ``transitions`` to the
+listeners. OPEN -> HALF_OPEN is computed lazily from ``now``: there are no timers or threads.
+
+Permits are ints drawn from one increasing sequence. A CLOSED call's permit is the state's
+generation; a probe's permit (and, with ``slow_call_duration``, every call's) is a fresh number
+kept in ``_inflight`` with its admission time. Each state change starts a new generation and
+forgets every in-flight permit, so an outcome that arrives after the state changed since its
+call was admitted matches nothing and is ignored.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import math
+import sys
+
+from llm_circuit_breaker.config import CircuitBreakerConfig, CircuitState
+
+__all__ = ["REJECTED", "BreakerCore", "Outcome", "Transition"]
+
+CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
+REJECTED = -1
+# The lock-free CLOSED path leans on single attribute reads and itertools.count being atomic,
+# which holds under the GIL. A free-threaded interpreter takes the lock for every call.
+LOCK_FREE = getattr(sys, "_is_gil_enabled", lambda: True)()
+_BUCKETS = 20  # resolution of the failure-rate window
+
+
+class Outcome(enum.Enum):
+    """How a finished call reports to the breaker."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    IGNORED = "ignored"  # neither: cancellation, the caller's own 4xx, excluded types
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Transition:
+    """One state change, as the core decided it."""
+
+    old: CircuitState
+    new: CircuitState
+    reason: str
+    at: float
+
+
+class _FailureWindow:
+    """Calls and failures over the last ``span`` seconds, in ``_BUCKETS`` time buckets."""
+
+    __slots__ = ("_buckets", "_width", "calls", "failures")
+
+    def __init__(self, span: float) -> None:
+        self._width = span / _BUCKETS
+        self._buckets: collections.deque[list[int]] = collections.deque()
+        self.calls = 0
+        self.failures = 0
+
+    def add(self, failed: bool, now: float) -> None:
+        index = self.expire(now)
+        if not self._buckets or self._buckets[-1][0] != index:
+            self._buckets.append([index, 0, 0])
+        bucket = self._buckets[-1]
+        bucket[1] += 1
+        bucket[2] += failed
+        self.calls += 1
+        self.failures += failed
+
+    def expire(self, now: float) -> int:
+        index = math.floor(now / self._width)
+        while self._buckets and self._buckets[0][0] <= index - _BUCKETS:
+            _, calls, failures = self._buckets.popleft()
+            self.calls -= calls
+            self.failures -= failures
+        return index
+
+    def clear(self) -> None:
+        self._buckets.clear()
+        self.calls = self.failures = 0
+
+
+class BreakerCore:
+    """The state machine of one circuit. Not thread-safe: the caller serialises access."""
+
+    __slots__ = (
+        "_inflight",
+        "_seq",
+        "_track_calls",
+        "_window",
+        "clean_permit",
+        "config",
+        "failure_count",
+        "generation",
+        "held_open",
+        "lock_free_permit",
+        "open_until",
+        "opened_at",
+        "state",
+        "success_count",
+        "transitions",
+    )
+
+    def __init__(self, config: CircuitBreakerConfig) -> None:
+        self.config = config
+        self.state = CLOSED
+        self.failure_count = 0
+        self.success_count = 0
+        self.opened_at: float | None = None
+        self.open_until = -math.inf
+        self.held_open = False
+        self.transitions: list[Transition] = []
+        self._seq = 0
+        self.generation = 0
+        self._inflight: dict[int, float] = {}
+        self._track_calls = config.slow_call_duration is not None
+        rate_mode = config.failure_rate_threshold is not None
+        self._window = _FailureWindow(config.effective_window) if rate_mode else None
+        # Readable without the lock: the permit of a CLOSED call that needs no bookkeeping at
+        # admission (-1 when it does), and the same once no failures are pending (a success
+        # with that permit changes nothing but the statistics).
+        self.lock_free_permit = REJECTED
+        self.clean_permit = REJECTED
+        self._refresh()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def advance(self, now: float) -> None:
+        """Apply the lazy OPEN -> HALF_OPEN transition once ``reset_timeout`` has passed."""
+        if self.state is OPEN and now >= self.open_until:
+            self._move(HALF_OPEN, now, "reset timeout elapsed")
+
+    def retry_after(self, now: float) -> float | None:
+        """Seconds until a call may be admitted (0.0 when one may be now; None when held)."""
+        self.advance(now)
+        if self.state is OPEN:
+            return None if self.held_open else max(0.0, self.open_until - now)
+        if self.state is HALF_OPEN and len(self._inflight) >= self.config.half_open_max_calls:
+            lease = self.config.half_open_probe_timeout
+            return max(0.0, min(self._inflight.values()) + lease - now)
+        return 0.0
+
+    # -- admitting and recording -----------------------------------------------------------
+
+    def admit(self, now: float) -> int:
+        """Return a permit for a call starting at ``now``, or ``REJECTED``."""
+        self.advance(now)
+        if self.state is CLOSED:
+            if not self._track_calls:
+                return self.generation
+        elif self.state is OPEN:
+            return REJECTED
+        else:
+            self._expire_leases(now)
+            if len(self._inflight) >= self.config.half_open_max_calls:
+                return REJECTED
+        self._seq += 1
+        self._inflight[self._seq] = now
+        return self._seq
+
+    def record(
+        self,
+        permit: int,
+        outcome: Outcome,
+        now: float,
+        *,
+        open_for: float | None = None,
+        why: str = "",
+    ) -> Outcome:
+        """Apply a finished call's outcome and return it as counted (a slow success fails).
+
+        ``open_for`` asks for the circuit to open for that many seconds on a failure (a
+        server's long retry hint, or quota exhaustion); ``why`` says which, for the listeners.
+        """
+        started = self._inflight.pop(permit, None)
+        if started is None and not (self.state is CLOSED and permit == self.generation):
+            return outcome  # admitted under an earlier state, or a probe whose lease ran out
+        slow = self.config.slow_call_duration
+        took = 0.0 if started is None else now - started
+        if outcome is Outcome.SUCCESS and slow is not None and took > slow:
+            outcome, why = Outcome.FAILURE, f"slow call ({took:.3f}s > {slow:g}s)"
+        if outcome is Outcome.IGNORED:
+            return outcome
+        if self.state is HALF_OPEN:
+            self._record_probe(outcome is Outcome.SUCCESS, now, open_for, why)
+        else:
+            self._record_closed(outcome is Outcome.SUCCESS, now, open_for, why)
+        return outcome
+
+    def _record_probe(self, ok: bool, now: float, open_for: float | None, why: str) -> None:
+        if ok:
+            self.success_count += 1
+            if self.success_count >= self.config.success_threshold:
+                self._move(CLOSED, now, f"{self.success_count} probe successes")
+            return
+        reason = "probe failed" + (f": {why}" if why else "")
+        self._open(now, max(self.config.reset_timeout, open_for or 0.0), reason)
+
+    def _record_closed(self, ok: bool, now: float, open_for: float | None, why: str) -> None:
+        window = self._window
+        if window is not None:
+            window.add(not ok, now)
+        if ok:
+            if self.failure_count:
+                self.failure_count = 0
+                self._refresh()
+            return
+        self.failure_count += 1
+        self._refresh()
+        config = self.config
+        if open_for is not None:
+            self._open(now, open_for, why or f"server asked to wait {open_for:g}s")
+        elif self.failure_count >= config.failure_threshold:
+            self._open(now, config.reset_timeout, f"{self.failure_count} consecutive failures")
+        elif window is not None and window.calls >= config.effective_minimum_calls:
+            rate = window.failures / window.calls
+            if rate >= (config.failure_rate_threshold or 1.0):
+                span = config.effective_window
+                reason = f"failure rate {rate:.0%} over {window.calls} calls in {span:g}s"
+                self._open(now, config.reset_timeout, reason)
+
+    # -- manual control --------------------------------------------------------------------
+
+    def force_open(self, now: float) -> None:
+        """Open the circuit and hold it open until :meth:`close` is called."""
+        self._open(now, math.inf, "forced open")
+        self.held_open = True
+
+    def close(self, now: float, reason: str) -> None:
+        """Close the circuit with clean counts and an empty window."""
+        if self.state is not CLOSED:
+            self._move(CLOSED, now, reason)
+        self.failure_count = 0
+        if self._window is not None:
+            self._window.clear()
+        self._refresh()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _open(self, now: float, duration: float, reason: str) -> None:
+        self._move(OPEN, now, reason)
+        self.opened_at = now
+        self.open_until = now + duration
+
+    def _move(self, new: CircuitState, now: float, reason: str) -> None:
+        self.transitions.append(Transition(self.state, new, reason, now))
+        self.state = new
+        self._seq += 1
+        self.generation = self._seq
+        self._inflight.clear()
+        self.success_count = 0
+        self.held_open = False
+        if new is not OPEN:
+            self.failure_count = 0
+            self.opened_at = None
+            self.open_until = -math.inf
+        if self._window is not None:
+            self._window.clear()
+        self._refresh()
+
+    def _expire_leases(self, now: float) -> None:
+        deadline = now - self.config.half_open_probe_timeout
+        for permit in [p for p, started in self._inflight.items() if started <= deadline]:
+            del self._inflight[permit]
+
+    def _refresh(self) -> None:
+        simple = LOCK_FREE and self.state is CLOSED and not self._track_calls
+        self.lock_free_permit = self.generation if simple else REJECTED
+        quiet = not self.failure_count and self._window is None
+        self.clean_permit = self.lock_free_permit if quiet else REJECTED

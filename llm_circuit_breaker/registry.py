@@ -1,0 +1,115 @@
+"""``BreakerRegistry``: one ``CircuitBreaker`` per name, shared by everything that names it."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from llm_circuit_breaker.breaker import CircuitBreaker, Clock
+from llm_circuit_breaker.config import CircuitBreakerConfig, check_field_names
+
+__all__ = ["BreakerRegistry", "breaker_registry"]
+
+
+class BreakerRegistry:
+    """Breakers by name. ``breaker_registry`` is the process-wide default; make more for
+    isolation (tests, tenants). ``clock`` is handed to every breaker the registry creates.
+    """
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._clock = clock
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> CircuitBreaker:
+        """The breaker called ``name``; ``KeyError`` listing the known names if there is none."""
+        try:
+            return self._breakers[name]
+        except KeyError:
+            known = ", ".join(repr(n) for n in sorted(self._breakers)) or "none"
+            raise KeyError(f"no circuit breaker named {name!r}; known: {known}") from None
+
+    def get_or_create(
+        self, name: str, config: CircuitBreakerConfig | None = None
+    ) -> CircuitBreaker:
+        """The breaker called ``name``, created with ``config`` if it does not exist yet.
+
+        Naming an existing breaker with a different ``config`` raises ``ValueError`` saying
+        which fields differ; ``config=None`` reuses it as it is.
+        """
+        fields = None if config is None else _as_fields(config)
+        return self._get_or_create(name, fields)
+
+    def get_or_create_with(self, name: str, fields: Mapping[str, Any]) -> CircuitBreaker:
+        """Like :meth:`get_or_create`, from config field names; only the fields given must
+        match an existing breaker's (the decorators name a breaker this way)."""
+        check_field_names(fields, CircuitBreakerConfig, "circuit breaker config")
+        return self._get_or_create(name, dict(fields) or None)
+
+    def _get_or_create(self, name: str, fields: dict[str, Any] | None) -> CircuitBreaker:
+        with self._lock:
+            breaker = self._breakers.get(name)
+            if breaker is None:
+                config = CircuitBreakerConfig(**fields) if fields else None
+                breaker = CircuitBreaker(name, config, clock=self._clock)
+                self._breakers[name] = breaker
+                return breaker
+        if fields:
+            differ = [
+                f"{key}={value!r} (it has {getattr(breaker.config, key)!r})"
+                for key, value in fields.items()
+                if getattr(breaker.config, key) != value
+            ]
+            if differ:
+                raise ValueError(
+                    f"circuit breaker {name!r} already exists with another config: "
+                    + ", ".join(differ)
+                )
+        return breaker
+
+    def add(self, breaker: CircuitBreaker) -> CircuitBreaker:
+        """Register an existing breaker under its name (``ValueError`` if the name is taken)."""
+        with self._lock:
+            existing = self._breakers.setdefault(breaker.name, breaker)
+        if existing is not breaker:
+            raise ValueError(f"another circuit breaker is already named {breaker.name!r}")
+        return breaker
+
+    def remove(self, name: str) -> None:
+        """Forget the breaker called ``name`` (``KeyError`` if there is none)."""
+        with self._lock:
+            self.get(name)
+            del self._breakers[name]
+
+    def clear(self) -> None:
+        """Forget every breaker."""
+        with self._lock:
+            self._breakers.clear()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._breakers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._breakers))
+
+    def __len__(self) -> int:
+        return len(self._breakers)
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """name -> {state, failure_count, success_count, opened_at, retry_after, stats}."""
+        return {name: breaker.snapshot() for name, breaker in list(self._breakers.items())}
+
+    def __repr__(self) -> str:
+        return f"BreakerRegistry({sorted(self._breakers)!r})"
+
+
+def _as_fields(config: CircuitBreakerConfig) -> dict[str, Any]:
+    if not isinstance(config, CircuitBreakerConfig):
+        raise TypeError(f"config must be a CircuitBreakerConfig, got {type(config).__name__}")
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+breaker_registry = BreakerRegistry()
+"""The process-wide default registry that the decorators and helpers use."""

@@ -1,0 +1,53 @@
+"""Helpers for testing code that uses circuit breakers, without sleeping.
+
+:class:`FakeClock` stands in for the breaker's clock and for ``with_retry``'s sleeps::
+
+    clock = FakeClock()
+    breaker = CircuitBreaker("openai", clock=clock)
+    ...
+    clock.advance(30.0)          # reset_timeout has passed: the circuit is HALF_OPEN
+
+    @with_retry(sleep=clock.sleep, async_sleep=clock.async_sleep, clock=clock)
+    def call(): ...              # retries advance the fake time instead of waiting
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+__all__ = ["FakeClock"]
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to; thread-safe."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = float(start)
+        self._lock = threading.Lock()
+        self.sleeps: list[float] = []  # every wait asked of sleep / async_sleep, in order
+
+    def __call__(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds`` (>= 0)."""
+        if not (seconds >= 0 and math.isfinite(seconds)):
+            raise ValueError(f"a clock only moves forward by finite seconds, got {seconds!r}")
+        with self._lock:
+            self._now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        """Record the wait and advance the clock instead of sleeping."""
+        self.sleeps.append(seconds)
+        self.advance(seconds)
+
+    async def async_sleep(self, seconds: float) -> None:
+        """Like :meth:`sleep`, for asyncio code (yields to the loop once)."""
+        import asyncio
+
+        self.sleep(seconds)
+        await asyncio.sleep(0)
+
+    def __repr__(self) -> str:
+        return f"FakeClock(now={self._now!r})"
