@@ -10,7 +10,7 @@ from llm_circuit_breaker._classify import ErrorKind, classify
 from llm_circuit_breaker._state import Outcome
 from llm_circuit_breaker.breaker import CircuitBreaker
 
-__all__ = ["ExcludeTypes", "FailurePredicate", "Guard", "Verdict"]
+__all__ = ["ExcludeTypes", "FailurePredicate", "Guard", "Verdict", "check_rules"]
 
 logger = logging.getLogger("llm_circuit_breaker")
 
@@ -42,9 +42,7 @@ class Guard:
         self.breaker = breaker
         self.admit = breaker.admit
         self.succeeded = breaker.record_success
-        self._exclude = _check_exclude(exclude)
-        if failure_predicate is not None and not callable(failure_predicate):
-            raise TypeError(f"failure_predicate must be callable, got {failure_predicate!r}")
+        self._exclude = check_rules(exclude, failure_predicate)
         self._predicate = failure_predicate
 
     def failed(self, permit: int, exc: BaseException) -> None:
@@ -78,7 +76,12 @@ class Guard:
         return _FAILURE
 
 
-def _check_exclude(exclude: ExcludeTypes) -> tuple[type[BaseException], ...]:
+def check_rules(
+    exclude: ExcludeTypes, failure_predicate: FailurePredicate | None
+) -> tuple[type[BaseException], ...]:
+    """Validate a caller's rules; return ``exclude`` as a tuple of exception types."""
+    if failure_predicate is not None and not callable(failure_predicate):
+        raise TypeError(f"failure_predicate must be callable, got {failure_predicate!r}")
     types = exclude if isinstance(exclude, tuple) else (exclude,)
     for item in types:
         if not (isinstance(item, type) and issubclass(item, BaseException)):

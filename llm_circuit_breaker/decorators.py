@@ -9,7 +9,7 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
-from llm_circuit_breaker._guard import ExcludeTypes, FailurePredicate, Guard
+from llm_circuit_breaker._guard import ExcludeTypes, FailurePredicate, Guard, check_rules
 from llm_circuit_breaker.breaker import CircuitBreaker, Listener
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError
@@ -85,7 +85,9 @@ def circuit_breaker(
         isinstance(call_timeout, (int, float)) and 0 < call_timeout < float("inf")
     ):
         raise ValueError(f"call_timeout must be a positive number of seconds, got {call_timeout!r}")
-    CircuitBreakerConfig.from_mapping(config_fields)  # bad names or values fail here, early
+    # Bad names or values fail here, before any breaker is registered.
+    CircuitBreakerConfig.from_mapping(config_fields)
+    check_rules(exclude, failure_predicate)
 
     def decorate(func: Callable[P, R]) -> Guarded[P, R]:
         if not callable(func):

@@ -1,0 +1,94 @@
+"""Property test: random interleavings of admissions, outcomes and time keep the invariants."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
+
+from llm_circuit_breaker import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitOpenError,
+    CircuitState,
+    Outcome,
+)
+from llm_circuit_breaker.testing import FakeClock
+
+# CI runs >= 10k steps (200 examples x 50 steps); a local run is quicker.
+EXAMPLES = 200 if os.environ.get("CI") else 60
+
+
+class BreakerMachine(RuleBasedStateMachine):
+    """Drives one breaker with arbitrary, interleaved calls and checks it never lies."""
+
+    permits = Bundle("permits")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        self.config = CircuitBreakerConfig(
+            failure_threshold=3,
+            reset_timeout=10.0,
+            success_threshold=2,
+            half_open_max_calls=2,
+            half_open_probe_timeout=30.0,
+        )
+        self.breaker = CircuitBreaker("prop", self.config, clock=self.clock)
+        self.admitted = 0
+        self.refused = 0
+        self.reported = 0
+
+    @rule(target=permits)
+    def admit(self) -> int:
+        state = self.breaker.state
+        try:
+            permit = self.breaker.admit()
+        except CircuitOpenError as refused:
+            assert state is not CircuitState.CLOSED
+            assert refused.retry_after is None or refused.retry_after >= 0
+            self.refused += 1
+            return -1
+        self.admitted += 1
+        return permit
+
+    @rule(permit=consumes(permits), outcome=st.sampled_from(list(Outcome)))
+    def report(self, permit: int, outcome: Outcome) -> None:
+        if permit < 0:
+            return
+        self.breaker.record(permit, outcome)
+        self.reported += 1
+
+    @rule(seconds=st.sampled_from([0.5, 5.0, 10.0, 31.0]))
+    def wait(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule()
+    def reset(self) -> None:
+        self.breaker.reset()
+
+    @invariant()
+    def counts_match_the_state(self) -> None:
+        state = self.breaker.state
+        core = self.breaker._core
+        if state is CircuitState.CLOSED:
+            assert 0 <= self.breaker.failure_count < self.config.failure_threshold
+            assert self.breaker.success_count == 0
+        elif state is CircuitState.HALF_OPEN:
+            assert self.breaker.failure_count == 0
+            assert 0 <= self.breaker.success_count < self.config.success_threshold
+            assert len(core._inflight) <= self.config.half_open_max_calls
+        else:
+            assert self.breaker.success_count == 0
+
+    @invariant()
+    def statistics_add_up(self) -> None:
+        stats = self.breaker.stats
+        assert stats.calls == stats.successes + stats.failures + stats.ignored == self.reported
+        assert stats.rejections == self.refused
+
+
+TestBreakerMachine = BreakerMachine.TestCase
+TestBreakerMachine.settings = settings(max_examples=EXAMPLES, stateful_step_count=50, deadline=None)
