@@ -27,11 +27,12 @@ _FAILURE: Verdict = (Outcome.FAILURE, None, "")
 class Guard:
     """A breaker plus one caller's ``exclude`` / ``failure_predicate`` rules.
 
-    ``admit()`` and ``succeeded(permit)`` are the breaker's own methods, bound once so that a
-    guarded call pays for no extra frame; ``failed(permit, exc)`` judges the exception.
+    ``admit()`` (a permit, or -1 when refused), ``refusal()`` (the error to raise then) and
+    ``succeeded(permit)`` are the breaker's own methods, bound once so that a guarded call pays
+    for no extra frame; ``failed(permit, exc)`` judges the exception.
     """
 
-    __slots__ = ("_exclude", "_predicate", "admit", "breaker", "succeeded")
+    __slots__ = ("_exclude", "_predicate", "admit", "breaker", "refusal", "succeeded")
 
     def __init__(
         self,
@@ -40,7 +41,8 @@ class Guard:
         failure_predicate: FailurePredicate | None = None,
     ) -> None:
         self.breaker = breaker
-        self.admit = breaker.admit
+        self.admit = breaker.try_admit
+        self.refusal = breaker.refusal
         self.succeeded = breaker.record_success
         self._exclude = check_rules(exclude, failure_predicate)
         self._predicate = failure_predicate

@@ -162,27 +162,38 @@ class CircuitBreaker:
 
     def admit(self) -> int:
         """Admit one call and return its permit, or raise :class:`CircuitOpenError`."""
-        permit = self._core.lock_free_permit
+        permit = self.try_admit()
+        if permit < 0:
+            raise self.refusal()
+        return permit
+
+    def try_admit(self) -> int:
+        """Admit one call: its permit, or ``-1`` when the circuit refuses it (counted)."""
+        core = self._core
+        permit = core.lock_free_permit
         if permit >= 0:
             return permit
-        return self._admit_slowly()
-
-    def _admit_slowly(self) -> int:
-        core = self._core
         now = self._clock()
-        open_until = core.open_until
-        if now < open_until and core.state is OPEN:  # failing fast needs no lock either
+        if now < core.open_until and core.state is OPEN:  # failing fast needs no lock either
             self._rejections.add()
-            raise CircuitOpenError(self.name, None if core.held_open else open_until - now)
+            return REJECTED
         with self._lock:
             permit = core.admit(now)
-            retry_after = core.retry_after(now) if permit == REJECTED else None
             transitions = self._drain()
         self._publish(transitions)
         if permit == REJECTED:
             self._rejections.add()
-            raise CircuitOpenError(self.name, retry_after)
         return permit
+
+    def refusal(self) -> CircuitOpenError:
+        """The error for a call just refused, saying when a probe may be admitted."""
+        core = self._core
+        if core.state is OPEN:
+            if core.held_open:
+                return CircuitOpenError(self.name, None)
+            wait = core.open_until - self._clock()
+            return CircuitOpenError(self.name, wait if wait > 0.0 else 0.0)
+        return CircuitOpenError(self.name, self.retry_after)
 
     def record_success(self, permit: int) -> None:
         """Report that the call holding ``permit`` succeeded."""

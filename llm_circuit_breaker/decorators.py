@@ -12,7 +12,6 @@ from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 from llm_circuit_breaker._guard import ExcludeTypes, FailurePredicate, Guard, check_rules
 from llm_circuit_breaker.breaker import CircuitBreaker, Listener
 from llm_circuit_breaker.config import CircuitBreakerConfig
-from llm_circuit_breaker.errors import CircuitOpenError
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
 
 __all__ = ["Guarded", "circuit_breaker"]
@@ -120,15 +119,14 @@ def circuit_breaker(
 def _sync_shell(
     func: Callable[..., Any], guard: Guard, fallback: Callable[..., Any] | None
 ) -> Callable[..., Any]:
-    admit, succeeded, failed = guard.admit, guard.succeeded, guard.failed
+    admit, refusal, succeeded, failed = guard.admit, guard.refusal, guard.succeeded, guard.failed
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            permit = admit()
-        except CircuitOpenError:
+        permit = admit()
+        if permit < 0:
             if fallback is None:
-                raise
+                raise refusal()
             return fallback(*args, **kwargs)
         try:
             result = func(*args, **kwargs)
@@ -147,16 +145,15 @@ def _async_shell(
     fallback: Callable[..., Any] | None,
     call_timeout: float | None,
 ) -> Callable[..., Any]:
-    admit, succeeded, failed = guard.admit, guard.succeeded, guard.failed
+    admit, refusal, succeeded, failed = guard.admit, guard.refusal, guard.succeeded, guard.failed
     call = func if call_timeout is None else _timed(func, call_timeout)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            permit = admit()
-        except CircuitOpenError:
+        permit = admit()
+        if permit < 0:
             if fallback is None:
-                raise
+                raise refusal()
             result = fallback(*args, **kwargs)
             return (await result) if inspect.isawaitable(result) else result
         try:
@@ -173,16 +170,15 @@ def _async_shell(
 def _gen_shell(
     func: Callable[..., Any], guard: Guard, fallback: Callable[..., Any] | None
 ) -> Callable[..., Any]:
-    admit, succeeded, failed = guard.admit, guard.succeeded, guard.failed
+    admit, refusal, succeeded, failed = guard.admit, guard.refusal, guard.succeeded, guard.failed
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         # Admitted when iteration starts, so a generator that is never iterated holds no permit.
-        try:
-            permit = admit()
-        except CircuitOpenError:
+        permit = admit()
+        if permit < 0:
             if fallback is None:
-                raise
+                raise refusal()
             return (yield from fallback(*args, **kwargs))
         try:
             result = yield from func(*args, **kwargs)
@@ -201,15 +197,14 @@ def _async_gen_shell(
     fallback: Callable[..., Any] | None,
     item_timeout: float | None,
 ) -> Callable[..., Any]:
-    admit, succeeded, failed = guard.admit, guard.succeeded, guard.failed
+    admit, refusal, succeeded, failed = guard.admit, guard.refusal, guard.succeeded, guard.failed
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        try:
-            permit = admit()
-        except CircuitOpenError:
+        permit = admit()
+        if permit < 0:
             if fallback is None:
-                raise
+                raise refusal()
             async for item in _as_async_iterator(fallback(*args, **kwargs)):
                 yield item
             return

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from requests.structures import CaseInsensitiveDict
 
@@ -77,10 +77,23 @@ class CircuitOpenError(LLMCircuitBreakerError):
     the circuit is held open by hand (:meth:`CircuitBreaker.force_open`).
     """
 
-    # No super().__init__ and a lazy message: failing fast is a hot path.
-    def __init__(self, name: str, retry_after: float | None) -> None:
-        self.name = name
-        self.retry_after = retry_after
+    # Failing fast is a hot path: the attributes live in ``args`` so that construction is
+    # BaseException's own C code, and the message is built only when someone reads it.
+    args: tuple[str, float | None]
+
+    if TYPE_CHECKING:
+
+        def __init__(self, name: str, retry_after: float | None) -> None: ...
+
+    @property
+    def name(self) -> str:
+        """The name of the circuit that refused the call."""
+        return self.args[0]
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until a probe may be admitted; ``None`` while held open."""
+        return self.args[1]
 
     def __str__(self) -> str:
         if self.retry_after is None:
@@ -89,9 +102,6 @@ class CircuitOpenError(LLMCircuitBreakerError):
 
     def __repr__(self) -> str:
         return f"CircuitOpenError(name={self.name!r}, retry_after={self.retry_after!r})"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.name, self.retry_after))
 
 
 class HTTPStatusError(LLMCircuitBreakerError):

@@ -1,0 +1,315 @@
+"""Per-call overhead of llm-circuit-breaker next to its peers, measured in one run.
+
+    pip install -e ".[bench]" && python benchmarks/overhead.py           # full run (~1 min)
+    python benchmarks/overhead.py --quick                                 # smoke run (CI)
+
+Every figure is the time a guarded call takes minus the time of the same bare call, the best
+of several repeats, so the numbers are the wrappers' own cost. Ratios compare peers measured
+in this same process on this same machine; absolute numbers vary between machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import statistics
+import threading
+import time
+import timeit
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiobreaker
+import backoff
+import circuitbreaker
+import purgatory
+import pybreaker
+import stamina
+import tenacity
+
+from llm_circuit_breaker import BreakerRegistry, circuit_breaker, with_retry
+
+Fn = Callable[[], Any]
+AFn = Callable[[], Awaitable[Any]]
+
+
+def ns_per_call(fn: Fn, number: int, repeat: int) -> float:
+    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e9
+
+
+def ns_per_acall(fn: AFn, number: int, repeat: int) -> float:
+    async def run() -> float:
+        best = float("inf")
+        for _ in range(repeat):
+            start = time.perf_counter()
+            for _ in range(number):
+                await fn()
+            best = min(best, time.perf_counter() - start)
+        return best / number * 1e9
+
+    return asyncio.run(run())
+
+
+def failing_fast(fn: Fn) -> Fn:
+    def call() -> None:
+        try:
+            fn()
+        except Exception:
+            pass
+
+    return call
+
+
+def afailing_fast(fn: AFn) -> AFn:
+    async def call() -> None:
+        try:
+            await fn()
+        except Exception:
+            pass
+
+    return call
+
+
+def work() -> int:
+    return 1
+
+
+async def awork() -> int:
+    return 1
+
+
+def broken() -> None:
+    raise ConnectionError("down")
+
+
+async def abroken() -> None:
+    raise ConnectionError("down")
+
+
+def trip(fn: Fn, times: int = 10) -> None:
+    for _ in range(times):
+        try:
+            fn()
+        except Exception:
+            pass
+
+
+async def atrip(fn: AFn, times: int = 10) -> None:
+    for _ in range(times):
+        try:
+            await fn()
+        except Exception:
+            pass
+
+
+def sync_breakers() -> dict[str, tuple[Fn, Fn]]:
+    """name -> (closed-path call, call that fails fast)."""
+    registry = BreakerRegistry()
+    ours_ok = circuit_breaker("ok", registry=registry)(work)
+    ours_open = circuit_breaker("open", registry=registry, failure_threshold=5)(broken)
+    trip(ours_open)
+    pb_ok = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
+    pb_open = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
+    pb_broken = pb_open(broken)
+    trip(pb_broken)
+    cb_ok = circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=60)
+    cb_broken = circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=60)(broken)
+    trip(cb_broken)
+    factory = purgatory.SyncCircuitBreakerFactory(default_threshold=5, default_ttl=60)
+    pg_ok = factory("ok")(work)
+    pg_broken = factory("open")(broken)
+    trip(pg_broken)
+    return {
+        "llm-circuit-breaker": (ours_ok, failing_fast(ours_open)),
+        "pybreaker": (pb_ok(work), failing_fast(pb_broken)),
+        "circuitbreaker": (cb_ok(work), failing_fast(cb_broken)),
+        "purgatory": (pg_ok, failing_fast(pg_broken)),
+    }
+
+
+def async_breakers() -> dict[str, tuple[AFn, AFn]]:
+    registry = BreakerRegistry()
+    ours_ok = circuit_breaker("aok", registry=registry)(awork)
+    ours_open = circuit_breaker("aopen", registry=registry, failure_threshold=5)(abroken)
+    ab_ok = aiobreaker.CircuitBreaker(fail_max=5, timeout_duration=datetime.timedelta(seconds=60))
+    ab_open = aiobreaker.CircuitBreaker(fail_max=5, timeout_duration=datetime.timedelta(seconds=60))
+    ab_broken = ab_open(abroken)
+    factory = purgatory.AsyncCircuitBreakerFactory(default_threshold=5, default_ttl=60)
+    pg_ok = factory("aok")(awork)
+    pg_broken = factory("aopen")(abroken)
+
+    async def prepare() -> None:
+        for fn in (ours_open, ab_broken, pg_broken):
+            await atrip(fn)
+
+    asyncio.run(prepare())
+    return {
+        "llm-circuit-breaker": (ours_ok, afailing_fast(ours_open)),
+        "aiobreaker": (ab_ok(awork), afailing_fast(ab_broken)),
+        "purgatory": (pg_ok, afailing_fast(pg_broken)),
+    }
+
+
+def retries() -> dict[str, tuple[Fn, AFn]]:
+    """name -> (sync call that succeeds first time, async one)."""
+    pb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
+    registry = BreakerRegistry()
+    tenacity_retry = tenacity.retry(
+        stop=tenacity.stop_after_attempt(4),
+        wait=tenacity.wait_random_exponential(1, 30),
+        reraise=True,
+    )
+    return {
+        "llm-circuit-breaker with_retry": (with_retry()(work), with_retry()(awork)),
+        "tenacity": (tenacity_retry(work), tenacity_retry(awork)),
+        "stamina": (
+            stamina.retry(on=ConnectionError, attempts=4)(work),
+            stamina.retry(on=ConnectionError, attempts=4)(awork),
+        ),
+        "backoff": (
+            backoff.on_exception(backoff.expo, ConnectionError, max_tries=4)(work),
+            backoff.on_exception(backoff.expo, ConnectionError, max_tries=4)(awork),
+        ),
+        "llm-circuit-breaker with_retry + circuit_breaker": (
+            with_retry()(circuit_breaker("s", registry=registry)(work)),
+            with_retry()(circuit_breaker("a", registry=registry)(awork)),
+        ),
+        "tenacity + pybreaker": (tenacity_retry(pb(work)), tenacity_retry(pb(awork))),
+    }
+
+
+def threaded_calls_per_second(fn: Fn, threads: int, calls: int) -> float:
+    barrier = threading.Barrier(threads + 1)
+
+    def worker() -> None:
+        barrier.wait()
+        for _ in range(calls):
+            fn()
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in pool:
+        thread.join()
+    return threads * calls / (time.perf_counter() - start)
+
+
+def sleeping_wall_time(fn: Fn, threads: int = 4, calls: int = 10) -> float:
+    def worker() -> None:
+        for _ in range(calls):
+            fn()
+
+    start = time.perf_counter()
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return time.perf_counter() - start
+
+
+def nap() -> None:
+    time.sleep(0.002)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few iterations: a smoke run")
+    args = parser.parse_args()
+    number, repeat = (2_000, 2) if args.quick else (200_000, 7)
+
+    base = ns_per_call(work, number, repeat)
+    abase = ns_per_acall(awork, number, repeat)
+    print(f"bare sync call {base:.0f} ns, bare async call {abase:.0f} ns (subtracted below)\n")
+
+    print("| sync breaker | closed (ns) | fast-fail (ns) |")
+    print("|---|---:|---:|")
+    sync_rows = {}
+    for name, (ok, fail) in sync_breakers().items():
+        sync_rows[name] = (
+            ns_per_call(ok, number, repeat) - base,
+            ns_per_call(fail, number, repeat) - base,
+        )
+        print(f"| {name} | {sync_rows[name][0]:.0f} | {sync_rows[name][1]:.0f} |")
+
+    print("\n| async breaker | closed (ns) | fast-fail (ns) |")
+    print("|---|---:|---:|")
+    async_rows = {}
+    for name, (aok, afail) in async_breakers().items():
+        async_rows[name] = (
+            ns_per_acall(aok, number, repeat) - abase,
+            ns_per_acall(afail, number, repeat) - abase,
+        )
+        print(f"| {name} | {async_rows[name][0]:.0f} | {async_rows[name][1]:.0f} |")
+
+    print("\n| retry, first attempt succeeds | sync (ns) | async (ns) |")
+    print("|---|---:|---:|")
+    retry_rows = {}
+    for name, (sfn, afn) in retries().items():
+        retry_rows[name] = (
+            ns_per_call(sfn, number, repeat) - base,
+            ns_per_acall(afn, number, repeat) - abase,
+        )
+        print(f"| {name} | {retry_rows[name][0]:.0f} | {retry_rows[name][1]:.0f} |")
+
+    registry = BreakerRegistry()
+    ours = circuit_breaker("threads", registry=registry)(work)
+    pb = pybreaker.CircuitBreaker()(work)
+    calls = 2_000 if args.quick else 200_000
+    tput = {
+        name: statistics.median(threaded_calls_per_second(fn, 4, calls) for _ in range(3))
+        for name, fn in (("llm-circuit-breaker", ours), ("pybreaker", pb), ("unguarded", work))
+    }
+    print("\n| 4 threads, one breaker | calls/s |")
+    print("|---|---:|")
+    for name, value in tput.items():
+        print(f"| {name} | {value:,.0f} |")
+
+    naps = {
+        "unguarded": nap,
+        "llm-circuit-breaker": circuit_breaker("naps", registry=registry)(nap),
+        "pybreaker": pybreaker.CircuitBreaker()(nap),
+    }
+    walls = {name: min(sleeping_wall_time(fn) for _ in range(3)) for name, fn in naps.items()}
+    print("\n| 4 threads x 10 calls of a 2 ms sleep | wall (ms) | vs unguarded |")
+    print("|---|---:|---:|")
+    for name, wall in walls.items():
+        print(f"| {name} | {wall * 1e3:.1f} | {wall / walls['unguarded']:.2f}x |")
+
+    ours_sync, pb_sync = sync_rows["llm-circuit-breaker"], sync_rows["pybreaker"]
+    ours_async, ab_async = async_rows["llm-circuit-breaker"], async_rows["aiobreaker"]
+    ours_retry, ten = retry_rows["llm-circuit-breaker with_retry"], retry_rows["tenacity"]
+    stacked, ten_pb = (
+        retry_rows["llm-circuit-breaker with_retry + circuit_breaker"],
+        retry_rows["tenacity + pybreaker"],
+    )
+    print("\n| ratio | measured | target |")
+    print("|---|---:|---:|")
+    for label, value, target in (
+        ("sync closed vs pybreaker", ours_sync[0] / pb_sync[0], "<= 0.25"),
+        ("sync fast-fail vs pybreaker", ours_sync[1] / pb_sync[1], "<= 0.30"),
+        ("async closed vs aiobreaker", ours_async[0] / ab_async[0], "<= 0.35"),
+        ("async fast-fail vs aiobreaker", ours_async[1] / ab_async[1], "<= 0.35"),
+        (
+            "4-thread throughput vs pybreaker",
+            tput["llm-circuit-breaker"] / tput["pybreaker"],
+            ">= 2.5",
+        ),
+        (
+            "sleeping calls vs unguarded",
+            walls["llm-circuit-breaker"] / walls["unguarded"],
+            "<= 1.10",
+        ),
+        ("with_retry sync vs tenacity", ours_retry[0] / ten[0], "<= 0.05"),
+        ("with_retry async vs tenacity", ours_retry[1] / ten[1], "<= 0.05"),
+        ("stacked sync vs tenacity+pybreaker", stacked[0] / ten_pb[0], "<= 0.06"),
+        ("stacked async vs tenacity+pybreaker", stacked[1] / ten_pb[1], "<= 0.06"),
+    ):
+        print(f"| {label} | {value:.3f} | {target} |")
+
+
+if __name__ == "__main__":
+    main()
