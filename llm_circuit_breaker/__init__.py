@@ -18,6 +18,8 @@ from llm_circuit_breaker.errors import (
     ServerError,
     TransportError,
 )
+from llm_circuit_breaker.facade import LLMCircuitBreaker
+from llm_circuit_breaker.http import SSEEvent
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.retry import DEFAULT_RETRY_STATUS_CODES, with_retry
 
@@ -31,10 +33,12 @@ __all__ = [
     "CircuitState",
     "Guarded",
     "HTTPStatusError",
+    "LLMCircuitBreaker",
     "LLMCircuitBreakerError",
     "Outcome",
     "RateLimitError",
     "RequestTimeoutError",
+    "SSEEvent",
     "ServerError",
     "StateChange",
     "TransportError",

@@ -100,9 +100,13 @@ def config_fields(cls: type[Any]) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
-def check_field_names(fields: Mapping[str, Any], cls: type[Any], what: str) -> None:
-    """Raise ``TypeError`` naming every key of ``fields`` that ``cls`` has no field for."""
-    known = config_fields(cls)
+def check_field_names(
+    fields: Mapping[str, Any], known: type[Any] | tuple[str, ...], what: str
+) -> None:
+    """Raise ``TypeError`` naming every key of ``fields`` not in ``known`` (names or a
+    dataclass), with the snake_case spelling as a hint for a camelCase key."""
+    if isinstance(known, type):
+        known = config_fields(known)
     unknown = [key for key in fields if key not in known]
     if not unknown:
         return

@@ -1,15 +1,4 @@
-"""Helpers for testing code that uses circuit breakers, without sleeping.
-
-:class:`FakeClock` stands in for the breaker's clock and for ``with_retry``'s sleeps::
-
-    clock = FakeClock()
-    breaker = CircuitBreaker("openai", clock=clock)
-    ...
-    clock.advance(30.0)          # reset_timeout has passed: the circuit is HALF_OPEN
-
-    @with_retry(sleep=clock.sleep, async_sleep=clock.async_sleep, clock=clock)
-    def call(): ...              # retries advance the fake time instead of waiting
-"""
+"""A fake clock for tests: time moves only when told to."""
 
 from __future__ import annotations
 

@@ -1,0 +1,98 @@
+"""The requests driver: a pooled ``requests.Session``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+
+from llm_circuit_breaker.errors import RequestTimeoutError, TransportError
+from llm_circuit_breaker.http._common import (
+    DONE,
+    PreparedRequest,
+    SSEDecoder,
+    SSEEvent,
+    StreamChecker,
+    parse_response,
+)
+
+__all__ = ["SyncTransport"]
+
+
+@contextlib.contextmanager
+def _translated(request: PreparedRequest) -> Iterator[None]:
+    """requests' timeouts and connection errors as ours, the original kept as __cause__."""
+    try:
+        yield
+    except requests.Timeout as exc:
+        raise RequestTimeoutError(
+            f"{request.method} timed out after {request.timeout:g}s: {exc}", url=request.url
+        ) from exc
+    except requests.RequestException as exc:
+        raise TransportError(
+            f"{request.method} failed: {type(exc).__name__}: {exc}", url=request.url
+        ) from exc
+
+
+class SyncTransport:
+    """Sends prepared requests through one pooled session (created on first use)."""
+
+    def __init__(self, session: requests.Session | None = None) -> None:
+        self._session = session
+        self._owns_session = session is None
+
+    @property
+    def session(self) -> requests.Session:
+        if self._session is None:
+            self._session = requests.Session()
+        return self._session
+
+    def request(self, request: PreparedRequest) -> Any:
+        """Send ``request``; the parsed JSON body, or our error."""
+        with _translated(request):
+            response = self.session.request(
+                request.method,
+                request.url,
+                headers=dict(request.headers),
+                data=request.body,
+                timeout=request.timeout,
+            )
+            body = response.content
+        return parse_response(response.status_code, response.headers, body, request.url)
+
+    def stream(self, request: PreparedRequest) -> Iterator[SSEEvent]:
+        """Send ``request`` and yield its server-sent events (the timeout is per read)."""
+        with _translated(request):
+            response = self.session.request(
+                request.method,
+                request.url,
+                headers={**request.headers, "Accept": "text/event-stream"},
+                data=request.body,
+                timeout=request.timeout,
+                stream=True,
+            )
+        with response:
+            if not 200 <= response.status_code < 300:
+                with _translated(request):
+                    body = response.content
+                parse_response(response.status_code, response.headers, body, request.url)
+            decoder, checker = SSEDecoder(), StreamChecker(request.url)
+            with _translated(request):
+                for raw in response.iter_lines():
+                    event = decoder.feed(raw.decode("utf-8", errors="replace"))
+                    if event is not None and checker.check(event):
+                        yield event
+                    if event is DONE:
+                        return
+                event = decoder.flush()
+                if event is not None and checker.check(event):
+                    yield event
+            checker.finish()
+
+    def close(self) -> None:
+        """Close the session if this transport made it."""
+        if self._session is not None and self._owns_session:
+            self._session.close()
+            self._session = None

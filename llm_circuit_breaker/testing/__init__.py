@@ -1,0 +1,24 @@
+"""Test helpers for code that uses circuit breakers: no sleeping, no network.
+
+* :class:`FakeClock` stands in for the breaker's clock and for ``with_retry``'s sleeps::
+
+      clock = FakeClock()
+      breaker = CircuitBreaker("openai", clock=clock)
+      clock.advance(30.0)        # reset_timeout has passed: the circuit is HALF_OPEN
+
+      @with_retry(sleep=clock.sleep, async_sleep=clock.async_sleep, clock=clock)
+      def call(): ...            # retries advance the fake time instead of waiting
+
+* :class:`FakeLLMServer` is a real aiohttp server on 127.0.0.1 (random port) that answers
+  like an LLM provider, scripted reply by reply with :class:`Reply` (statuses, headers, JSON
+  bodies, delays, SSE streams, dropped connections)::
+
+      with FakeLLMServer() as server:
+          server.script(Reply.error(503), Reply.ok("hello"))
+          LLMCircuitBreaker().call(server.url + "/v1/chat/completions", data={...})
+"""
+
+from llm_circuit_breaker.testing._clock import FakeClock
+from llm_circuit_breaker.testing._server import FakeLLMServer, RecordedRequest, Reply
+
+__all__ = ["FakeClock", "FakeLLMServer", "RecordedRequest", "Reply"]
