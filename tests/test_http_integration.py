@@ -281,7 +281,9 @@ def test_key_in_url_is_masked_in_our_messages(
 
 def test_sdk_retries_multiply(llm_server: FakeLLMServer) -> None:
     """Case 38: the openai SDK's own 2 retries x our 3 attempts = 9 requests; max_retries=0 gives 3."""
-    llm_server.default = Reply.error(503, headers={"retry-after-ms": "1"})  # keeps the SDK's waits short
+    llm_server.default = Reply.error(
+        503, headers={"retry-after-ms": "1"}
+    )  # keeps the SDK's waits short
 
     def attempts(sdk_retries: int) -> int:
         client = openai.OpenAI(
