@@ -1,0 +1,77 @@
+"""A scripted provider outage, shared by the demo and the outage benchmark.
+
+The provider is healthy, then down (503s and hung requests), then rate limited (429 with
+``retry-after-ms``), then healthy again. Phases are fractions of the run's duration; the
+server answers by the time a request arrives, so every client sees the same outage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+import time
+
+from llm_circuit_breaker.testing import FakeLLMServer, Reply
+
+__all__ = ["PHASES", "Scenario"]
+
+# (name, share of the run)
+PHASES = (("healthy", 0.2), ("outage", 0.35), ("rate limited", 0.15), ("recovered", 0.3))
+
+
+@dataclasses.dataclass
+class Scenario:
+    """The outage script over ``duration`` seconds, starting at :meth:`begin`."""
+
+    duration: float
+    seed: int = 0
+    hang: float = 2.0  # how long an outage request hangs: longer than the client timeout
+    started: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+        self._lock = threading.Lock()
+        self.hits_by_phase = {name: 0 for name, _ in PHASES}
+
+    def begin(self) -> None:
+        self.started = time.monotonic()
+
+    def phase_at(self, elapsed: float) -> str:
+        edge = 0.0
+        for name, share in PHASES:
+            edge += share * self.duration
+            if elapsed < edge:
+                return name
+        return PHASES[-1][0]
+
+    def phase_start(self, name: str) -> float:
+        """Seconds from the start at which phase ``name`` begins."""
+        edge = 0.0
+        for phase, share in PHASES:
+            if phase == name:
+                return edge
+            edge += share * self.duration
+        raise KeyError(name)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def reply(self, _number: int) -> Reply:
+        """The server's answer to a request arriving now."""
+        phase = self.phase_at(self.elapsed())
+        with self._lock:
+            self.hits_by_phase[phase] += 1
+            roll = self._random.random()
+        if phase == "outage":
+            return (
+                Reply.ok(delay=self.hang)
+                if roll < 0.3
+                else Reply.error(503, "service_unavailable_error")
+            )
+        if phase == "rate limited" and roll < 0.5:
+            return Reply.error(429, "rate_limit_exceeded", headers={"retry-after-ms": "200"})
+        return Reply.ok("ok")
+
+    def server(self) -> FakeLLMServer:
+        return FakeLLMServer(responder=self.reply)

@@ -1,0 +1,48 @@
+"""The command line: the demo end to end (shortened), and argparse errors."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+
+import pytest
+
+from llm_circuit_breaker._cli import main
+from llm_circuit_breaker._cli.demo import run_demo
+
+
+def test_demo_opens_and_recovers() -> None:
+    """A 5 s demo: the circuit opens in the outage, fails calls fast, and closes again."""
+    out = io.StringIO()
+    assert run_demo(duration=5.0, concurrency=6, seed=1, out=out) == 0
+    text = out.getvalue()
+    assert "CLOSED -> OPEN" in text
+    assert re.search(r"HALF_OPEN -> CLOSED", text)
+    failed_fast = int(re.search(r"calls failed fast\s+(\d+)", text).group(1))  # type: ignore[union-attr]
+    made = int(re.search(r"calls made\s+(\d+)", text).group(1))  # type: ignore[union-attr]
+    assert 0 < failed_fast < made
+    assert re.search(r"recovery to CLOSED\s+\d+\.\d+s", text)
+
+
+def test_demo_as_a_module_with_plain_output() -> None:
+    """python -m llm_circuit_breaker demo runs without a terminal and ends by itself."""
+    done = subprocess.run(
+        [sys.executable, "-m", "llm_circuit_breaker", "demo", "--duration", "3", "--concurrency", "4"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "summary" in done.stdout
+    assert "\x1b[" not in done.stdout  # no terminal codes when not a terminal
+
+
+@pytest.mark.parametrize(
+    "argv", [["demo", "--bogus"], ["demo", "--duration", "-1"], ["nonsense"], []]
+)
+def test_bad_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Unknown or bad options give argparse's usage error (exit status 2)."""
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert "usage:" in capsys.readouterr().err
