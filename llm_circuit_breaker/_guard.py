@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from llm_circuit_breaker._classify import ErrorKind, classify
 from llm_circuit_breaker._state import Outcome
@@ -41,16 +42,18 @@ class Guard:
         failure_predicate: FailurePredicate | None = None,
     ) -> None:
         self.breaker = breaker
-        self.admit = breaker.try_admit
+        # Any: with an asyncio store these return coroutines (the async shells await them).
+        self.admit: Callable[[], Any] = breaker.try_admit
+        self.succeeded: Callable[[int], Any] = breaker.record_success
         self.refusal = breaker.refusal
-        self.succeeded = breaker.record_success
         self._exclude = check_rules(exclude, failure_predicate)
         self._predicate = failure_predicate
 
-    def failed(self, permit: int, exc: BaseException) -> None:
-        """Report that the call holding ``permit`` raised ``exc``."""
+    def failed(self, permit: int, exc: BaseException) -> Any:
+        """Report that the call holding ``permit`` raised ``exc`` (a coroutine to await when
+        the breaker's store is asyncio, else None)."""
         outcome, open_for, why = self.judge(exc)
-        self.breaker.record(permit, outcome, open_for=open_for, why=why)
+        return self.breaker.record(permit, outcome, open_for=open_for, why=why)
 
     def judge(self, exc: BaseException) -> Verdict:
         """Decide what ``exc`` means for the breaker (SPEC section 5a, then the caller's rules)."""

@@ -8,11 +8,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llm_circuit_breaker._state import REJECTED, BreakerCore, Outcome, Transition
 from llm_circuit_breaker.config import CircuitBreakerConfig, CircuitState
 from llm_circuit_breaker.errors import CircuitOpenError
+
+if TYPE_CHECKING:
+    from llm_circuit_breaker.storage.base import StateStore
 
 __all__ = ["BreakerStats", "CircuitBreaker", "Clock", "Listener", "StateChange"]
 
@@ -72,15 +75,36 @@ class CircuitBreaker:
     you. Thread-safe and asyncio-safe: the lock is held only while the core decides.
     """
 
+    is_async = False  # True when the state lives in an asyncio store (coroutines only)
+
+    def __new__(
+        cls,
+        name: str,
+        config: CircuitBreakerConfig | None = None,
+        *,
+        clock: Clock | None = None,
+        store: StateStore | None = None,
+    ) -> CircuitBreaker:
+        if store is not None and cls is CircuitBreaker:
+            from llm_circuit_breaker._shared import SharedCircuitBreaker
+
+            return super().__new__(SharedCircuitBreaker)
+        return super().__new__(cls)
+
     def __init__(
         self,
         name: str,
         config: CircuitBreakerConfig | None = None,
         *,
         clock: Clock | None = None,
+        store: StateStore | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a circuit breaker needs a non-empty str name, got {name!r}")
+        if store is not None:
+            raise TypeError(
+                f"{type(self).__name__} keeps its state itself; store= needs CircuitBreaker"
+            )
         if config is not None and not isinstance(config, CircuitBreakerConfig):
             raise TypeError(f"config must be a CircuitBreakerConfig, got {type(config).__name__}")
         self.name = name
@@ -214,13 +238,16 @@ class CircuitBreaker:
         with self._lock:
             counted = self._core.record(permit, outcome, self._clock(), open_for=open_for, why=why)
             transitions = self._drain()
-        if counted is Outcome.SUCCESS:
+        self._tally(counted)
+        self._publish(transitions)
+
+    def _tally(self, outcome: Outcome) -> None:
+        if outcome is Outcome.SUCCESS:
             self._successes.add()
-        elif counted is Outcome.FAILURE:
+        elif outcome is Outcome.FAILURE:
             self._failures.add()
         else:
             self._ignored.add()
-        self._publish(transitions)
 
     def count_retry(self) -> None:
         """Count a retry of a call guarded by this breaker (``with_retry`` calls it)."""
@@ -270,15 +297,17 @@ class CircuitBreaker:
     def _publish(self, transitions: Sequence[Transition]) -> None:
         for t in transitions:
             self._changes[t.new].add()
-            change = StateChange(self.name, t.old, t.new, t.at, t.reason)
             logger.warning("circuit %r %s -> %s: %s", self.name, t.old.value, t.new.value, t.reason)
-            for listener in list(self._listeners):
-                try:
-                    listener(change)
-                except Exception:  # noqa: PERF203 - one listener's bug must not stop the rest
-                    logger.exception(
-                        "state-change listener %r of circuit %r raised", listener, self.name
-                    )
+            self._notify(StateChange(self.name, t.old, t.new, t.at, t.reason))
+
+    def _notify(self, change: StateChange) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(change)
+            except Exception:  # noqa: PERF203 - one listener's bug must not stop the rest
+                logger.exception(
+                    "state-change listener %r of circuit %r raised", listener, self.name
+                )
 
     def __repr__(self) -> str:
         core = self._core

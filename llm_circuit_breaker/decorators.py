@@ -99,6 +99,11 @@ def circuit_breaker(
             wrapper: Any = _async_gen_shell(func, guard, fallback, call_timeout)
         elif inspect.iscoroutinefunction(func):
             wrapper = _async_shell(func, guard, fallback, call_timeout)
+        elif chosen.is_async:
+            raise TypeError(
+                f"circuit {chosen.name!r} keeps its state in an asyncio store: it can guard "
+                f"coroutine functions and async generators, not {func.__qualname__}"
+            )
         elif call_timeout is not None:
             raise TypeError(
                 f"call_timeout applies to coroutine functions and async generators; "
@@ -151,6 +156,8 @@ def _async_shell(
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         permit = admit()
+        if permit.__class__ is not int:  # an asyncio store answers with a coroutine
+            permit = await permit
         if permit < 0:
             if fallback is None:
                 raise refusal()
@@ -159,9 +166,13 @@ def _async_shell(
         try:
             result = await call(*args, **kwargs)
         except BaseException as exc:
-            failed(permit, exc)
+            pending = failed(permit, exc)
+            if pending is not None:
+                await pending
             raise
-        succeeded(permit)
+        pending = succeeded(permit)
+        if pending is not None:
+            await pending
         return result
 
     return wrapper
@@ -202,6 +213,8 @@ def _async_gen_shell(
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         permit = admit()
+        if permit.__class__ is not int:  # an asyncio store answers with a coroutine
+            permit = await permit
         if permit < 0:
             if fallback is None:
                 raise refusal()
@@ -213,11 +226,15 @@ def _async_gen_shell(
             async for item in _items(stream, item_timeout):
                 yield item
         except BaseException as exc:
-            failed(permit, exc)
+            pending = failed(permit, exc)
+            if pending is not None:
+                await pending
             raise
         finally:
             await stream.aclose()
-        succeeded(permit)
+        pending = succeeded(permit)
+        if pending is not None:
+            await pending
 
     return wrapper
 

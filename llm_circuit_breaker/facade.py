@@ -72,10 +72,13 @@ class LLMCircuitBreaker:
         self._sync = SyncTransport(session)
         self._async = AsyncTransport(client_session)
         guard = guarded(breaker=self.breaker)
-        self._call = retrying(guard(self._sync.request))
         self._acall = retrying(guard(self._async.request))
-        self._stream = retrying(guard(self._sync.stream))
         self._astream = retrying(guard(self._async.stream))
+        if self.breaker.is_async:  # an asyncio store can guard only the aiohttp helpers
+            self._call = self._stream = _asyncio_store_only
+        else:
+            self._call = retrying(guard(self._sync.request))
+            self._stream = retrying(guard(self._sync.stream))
 
     @property
     def config(self) -> CircuitBreakerConfig:
@@ -119,7 +122,8 @@ class LLMCircuitBreaker:
 
         A failure before the first event is retried; one after it is raised, never re-sent.
         """
-        return self._stream(self._prepare(url, method, headers, data))
+        events: Iterator[SSEEvent] = self._stream(self._prepare(url, method, headers, data))
+        return events
 
     def astream(
         self,
@@ -168,6 +172,12 @@ class LLMCircuitBreaker:
 
     def __repr__(self) -> str:
         return f"LLMCircuitBreaker(name={self.name!r}, state={self.breaker.state.value})"
+
+
+def _asyncio_store_only(request: PreparedRequest) -> Any:
+    raise TypeError(
+        "this facade's breaker keeps its state in an asyncio store: use acall / astream"
+    )
 
 
 def _breaker_fields(value: Mapping[str, Any] | CircuitBreakerConfig | None) -> dict[str, Any]:

@@ -9,17 +9,20 @@ from typing import Any
 
 from llm_circuit_breaker.breaker import CircuitBreaker, Clock
 from llm_circuit_breaker.config import CircuitBreakerConfig, check_field_names
+from llm_circuit_breaker.storage.base import StateStore
 
 __all__ = ["BreakerRegistry", "breaker_registry"]
 
 
 class BreakerRegistry:
     """Breakers by name. ``breaker_registry`` is the process-wide default; make more for
-    isolation (tests, tenants). ``clock`` is handed to every breaker the registry creates.
+    isolation (tests, tenants). ``clock`` and ``store`` (say a ``RedisStateStore``, to share
+    the circuits across processes) are handed to every breaker the registry creates.
     """
 
-    def __init__(self, *, clock: Clock | None = None) -> None:
+    def __init__(self, *, clock: Clock | None = None, store: StateStore | None = None) -> None:
         self._clock = clock
+        self.store = store
         self._breakers: dict[str, CircuitBreaker] = {}
         self._lock = threading.Lock()
 
@@ -53,7 +56,7 @@ class BreakerRegistry:
             breaker = self._breakers.get(name)
             if breaker is None:
                 config = CircuitBreakerConfig(**fields) if fields else None
-                breaker = CircuitBreaker(name, config, clock=self._clock)
+                breaker = CircuitBreaker(name, config, clock=self._clock, store=self.store)
                 self._breakers[name] = breaker
                 return breaker
         if fields:

@@ -1,0 +1,73 @@
+"""The store interface: whole transitions of a named circuit, one call each."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Protocol
+
+from llm_circuit_breaker._state import Outcome, Transition
+from llm_circuit_breaker.config import CircuitBreakerConfig, CircuitState
+
+__all__ = ["Admission", "Control", "StateStore", "StoreUnavailableError", "View"]
+
+Control = Literal["reset", "force_open", "force_closed"]
+
+
+class StoreUnavailableError(Exception):
+    """The store could not be reached; the breaker decides locally meanwhile."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class View:
+    """A circuit's state as a store reports it after an operation."""
+
+    state: CircuitState
+    failure_count: int
+    success_count: int
+    opened_at: float | None
+    retry_after: float | None
+    transitions: tuple[Transition, ...] = ()
+    repaired: bool = False  # corrupt or foreign data was found and replaced by a CLOSED circuit
+    clean: bool = False  # CLOSED with nothing pending: a success needs not be reported
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Admission:
+    """The result of admitting a call: a permit (``-1`` when refused) and the view."""
+
+    permit: int
+    view: View
+
+
+class StateStore(Protocol):
+    """Keeps circuits by name. Each method is one atomic transition.
+
+    A store whose client is asyncio (``is_async``) offers the same methods prefixed with
+    ``a`` as coroutines; ``available`` is False while the store is known to be unreachable.
+    """
+
+    is_async: bool
+
+    @property
+    def available(self) -> bool:
+        """Whether the store is worth asking now."""
+
+    def admit(self, name: str, config: CircuitBreakerConfig) -> Admission:
+        """Admit a call to circuit ``name`` (creating it CLOSED if unknown)."""
+
+    def record(
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        permit: int,
+        outcome: Outcome,
+        open_for: float | None,
+        why: str,
+    ) -> tuple[Outcome, View]:
+        """Report a call's outcome; the outcome as counted, and the view."""
+
+    def snapshot(self, name: str, config: CircuitBreakerConfig) -> View:
+        """The circuit's current state (applying the lazy OPEN -> HALF_OPEN)."""
+
+    def control(self, name: str, config: CircuitBreakerConfig, action: Control) -> View:
+        """Reset, force open or force closed."""

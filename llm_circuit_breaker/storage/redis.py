@@ -1,0 +1,245 @@
+"""``RedisStateStore``: one circuit per name for every process and host, kept in Redis.
+
+Each admit, record, snapshot and control is one call of a Lua script (``breaker.lua``, loaded
+once and run with EVALSHA; redis-py reloads it after a ``NOSCRIPT``), so every transition is
+atomic and takes one round trip. Time is the Redis server's ``TIME``: hosts with skewed clocks
+agree. Half-open probes are leases in a sorted set, so exactly ``half_open_max_calls`` callers
+probe across the fleet and a crashed probe's lease runs out. Keys are
+``<prefix>:{<name>}`` (plus ``:inflight`` and ``:window``), in one cluster slot, and expire
+after ``ttl`` seconds unused.
+
+When a command fails (Redis down, a timeout), the store is marked unavailable for
+``retry_interval`` seconds and says so in one WARNING; breakers decide locally meanwhile, so a
+call never fails because Redis did, and never waits on a dead Redis twice in a row.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any
+
+from llm_circuit_breaker._state import Outcome, Transition
+from llm_circuit_breaker.config import CircuitBreakerConfig, CircuitState
+from llm_circuit_breaker.storage.base import Admission, Control, StoreUnavailableError, View
+
+__all__ = ["RedisStateStore"]
+
+logger = logging.getLogger("llm_circuit_breaker")
+
+_SCRIPT = resources.files("llm_circuit_breaker.storage").joinpath("breaker.lua").read_text()
+_OUTCOMES = {o.value: o for o in Outcome}
+
+
+def _float(value: Any) -> float | None:
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    return float(text) if text else None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisStateStore:
+    """Circuit state shared through Redis, for a ``redis.Redis`` or ``redis.asyncio.Redis``.
+
+    ``retry_interval``: seconds to leave Redis alone after a failed command. ``ttl``: seconds
+    after which an unused circuit's keys expire. ``clock``: for tests only, replaces the
+    server's ``TIME`` (so transition tests can move time). Give the client a short
+    ``socket_timeout`` (say 0.1 s): it bounds what a call can lose when Redis hangs.
+    """
+
+    def __init__(
+        self,
+        redis_client: Any,
+        prefix: str = "llm-circuit-breaker",
+        *,
+        retry_interval: float = 5.0,
+        ttl: float = 7 * 24 * 3600.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        import redis
+        import redis.asyncio
+
+        if isinstance(redis_client, redis.asyncio.Redis):
+            self.is_async = True
+        elif isinstance(redis_client, redis.Redis):
+            self.is_async = False
+        else:
+            raise TypeError(
+                f"RedisStateStore needs a redis.Redis or redis.asyncio.Redis client, "
+                f"got {type(redis_client).__name__}"
+            )
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"prefix must be a non-empty str, got {prefix!r}")
+        if not retry_interval > 0 or not ttl >= 1:
+            raise ValueError(
+                f"retry_interval must be > 0 and ttl >= 1, got {retry_interval!r}, {ttl!r}"
+            )
+        self.client = redis_client
+        self.prefix = prefix
+        self.retry_interval = float(retry_interval)
+        self._ttl = str(int(ttl))
+        self._clock = clock
+        self._script = redis_client.register_script(_SCRIPT)
+        self._errors = (redis.RedisError, OSError)
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+
+    # -- health ----------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """False for ``retry_interval`` seconds after a failed command."""
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, exc: BaseException) -> StoreUnavailableError:
+        with self._lock:
+            was_up = self._down_until == 0.0
+            self._down_until = time.monotonic() + self.retry_interval
+        if was_up:
+            logger.warning(
+                "Redis state store %r unavailable (%s: %s); breakers decide locally and retry "
+                "Redis every %gs",
+                self.prefix,
+                type(exc).__name__,
+                exc,
+                self.retry_interval,
+            )
+        return StoreUnavailableError(str(exc))
+
+    def _succeeded(self) -> None:
+        if self._down_until:
+            with self._lock:
+                self._down_until = 0.0
+            logger.warning("Redis state store %r is reachable again", self.prefix)
+
+    # -- script arguments and replies (shared by the sync and async paths) -----------------
+
+    def keys(self, name: str) -> list[str]:
+        """The Redis keys of circuit ``name``."""
+        base = f"{self.prefix}:{{{name}}}"
+        return [base, f"{base}:inflight", f"{base}:window"]
+
+    def _args(self, op: str, config: CircuitBreakerConfig, *extra: object) -> list[object]:
+        rate = config.failure_rate_threshold
+        return [
+            op,
+            "" if self._clock is None else repr(self._clock()),
+            self._ttl,
+            config.failure_threshold,
+            repr(float(config.reset_timeout)),
+            config.success_threshold,
+            config.half_open_max_calls,
+            repr(float(config.half_open_probe_timeout)),
+            "" if config.slow_call_duration is None else repr(float(config.slow_call_duration)),
+            "" if rate is None else repr(float(rate)),
+            repr(config.effective_window),
+            config.effective_minimum_calls,
+            *extra,
+        ]
+
+    def _view(self, name: str, reply: Sequence[Any]) -> View:
+        transitions = tuple(
+            Transition(
+                CircuitState(_text(reply[i])),
+                CircuitState(_text(reply[i + 1])),
+                _text(reply[i + 2]),
+                0.0,
+            )
+            for i in range(8, len(reply), 3)
+        )
+        repaired = bool(int(reply[6]))
+        if repaired:
+            logger.warning(
+                "corrupt or foreign data under %r replaced by a CLOSED circuit", self.keys(name)[0]
+            )
+        return View(
+            CircuitState(_text(reply[1])),
+            int(reply[2]),
+            int(reply[3]),
+            _float(reply[4]),
+            _float(reply[5]),
+            transitions,
+            repaired=repaired,
+            clean=bool(int(reply[7])),
+        )
+
+    @staticmethod
+    def _record_args(
+        permit: int, outcome: Outcome, open_for: float | None, why: str
+    ) -> tuple[object, ...]:
+        return (permit, outcome.value, "" if open_for is None else repr(float(open_for)), why)
+
+    # -- sync ------------------------------------------------------------------------------
+
+    def _run(self, name: str, args: list[object]) -> list[Any]:
+        try:
+            reply = self._script(keys=self.keys(name), args=args)
+        except self._errors as exc:
+            raise self._failed(exc) from exc
+        self._succeeded()
+        return list(reply)
+
+    def admit(self, name: str, config: CircuitBreakerConfig) -> Admission:
+        reply = self._run(name, self._args("admit", config))
+        return Admission(int(reply[0]), self._view(name, reply))
+
+    def record(
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        permit: int,
+        outcome: Outcome,
+        open_for: float | None,
+        why: str,
+    ) -> tuple[Outcome, View]:
+        args = self._args("record", config, *self._record_args(permit, outcome, open_for, why))
+        reply = self._run(name, args)
+        return _OUTCOMES[_text(reply[0])], self._view(name, reply)
+
+    def snapshot(self, name: str, config: CircuitBreakerConfig) -> View:
+        return self._view(name, self._run(name, self._args("snapshot", config)))
+
+    def control(self, name: str, config: CircuitBreakerConfig, action: Control) -> View:
+        return self._view(name, self._run(name, self._args("control", config, action)))
+
+    # -- asyncio ---------------------------------------------------------------------------
+
+    async def _arun(self, name: str, args: list[object]) -> list[Any]:
+        try:
+            reply = await self._script(keys=self.keys(name), args=args)
+        except self._errors as exc:
+            raise self._failed(exc) from exc
+        self._succeeded()
+        return list(reply)
+
+    async def aadmit(self, name: str, config: CircuitBreakerConfig) -> Admission:
+        reply = await self._arun(name, self._args("admit", config))
+        return Admission(int(reply[0]), self._view(name, reply))
+
+    async def arecord(
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        permit: int,
+        outcome: Outcome,
+        open_for: float | None,
+        why: str,
+    ) -> tuple[Outcome, View]:
+        args = self._args("record", config, *self._record_args(permit, outcome, open_for, why))
+        reply = await self._arun(name, args)
+        return _OUTCOMES[_text(reply[0])], self._view(name, reply)
+
+    async def asnapshot(self, name: str, config: CircuitBreakerConfig) -> View:
+        return self._view(name, await self._arun(name, self._args("snapshot", config)))
+
+    async def acontrol(self, name: str, config: CircuitBreakerConfig, action: Control) -> View:
+        return self._view(name, await self._arun(name, self._args("control", config, action)))
+
+    def __repr__(self) -> str:
+        kind = "asyncio" if self.is_async else "sync"
+        return f"RedisStateStore(prefix={self.prefix!r}, {kind})"
