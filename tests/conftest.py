@@ -6,9 +6,11 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from llm_circuit_breaker import breaker_registry
 from llm_circuit_breaker.testing import FakeClock, FakeLLMServer
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture(autouse=True)
@@ -38,3 +40,23 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free port for the whole run (skipped loudly without the binary)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A sync client on a flushed database."""
+    if redis_server.process is None:
+        redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()

@@ -79,6 +79,16 @@ class RedisStateStore:
             raise ValueError(
                 f"retry_interval must be > 0 and ttl >= 1, got {retry_interval!r}, {ttl!r}"
             )
+        retries = getattr(getattr(redis_client, "get_retry", lambda: None)(), "_retries", 0)
+        if retries:
+            logger.warning(
+                "the Redis client of state store %r retries failed commands %d times: while Redis "
+                "is down the first call of every retry interval waits for all of them; create it "
+                "with retry=Retry(NoBackoff(), 0) and a short socket_timeout, or use "
+                "RedisStateStore.from_url()",
+                prefix,
+                retries,
+            )
         self.client = redis_client
         self.prefix = prefix
         self.retry_interval = float(retry_interval)
@@ -88,6 +98,42 @@ class RedisStateStore:
         self._errors = (redis.RedisError, OSError)
         self._down_until = 0.0
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        prefix: str = "llm-circuit-breaker",
+        *,
+        asyncio: bool = False,
+        timeout: float = 0.1,
+        **kwargs: Any,
+    ) -> RedisStateStore:
+        """A store with its own client for ``url``: ``timeout``-second socket timeouts and no
+        client-side retries, so a Redis outage costs a call at most ``timeout`` seconds."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        if asyncio:
+            import redis.asyncio as aredis
+            from redis.asyncio.retry import Retry as AsyncRetry
+
+            client: Any = aredis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=AsyncRetry(NoBackoff(), 0),
+            )
+        else:
+            import redis
+
+            client = redis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+        return cls(client, prefix, **kwargs)
 
     # -- health ----------------------------------------------------------------------------
 

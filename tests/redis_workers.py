@@ -1,0 +1,84 @@
+"""Functions run in child processes by the multi-process Redis tests (importable by spawn)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from llm_circuit_breaker import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitOpenError,
+    circuit_breaker,
+)
+from llm_circuit_breaker.storage import RedisStateStore
+
+CONFIG = CircuitBreakerConfig(failure_threshold=3, reset_timeout=1.0, half_open_max_calls=1)
+
+
+def _breaker(port: int) -> CircuitBreaker:
+    store = RedisStateStore(
+        redis.Redis(port=port, socket_timeout=1.0, retry=Retry(NoBackoff(), 0)), prefix="procs"
+    )
+    return CircuitBreaker("provider", CONFIG, store=store)
+
+
+def trip(port: int) -> str:
+    """Fail three calls: the shared circuit opens."""
+    breaker = _breaker(port)
+
+    @circuit_breaker(breaker=breaker)
+    def call() -> None:
+        raise ConnectionError("provider down")
+
+    for _ in range(3):
+        try:
+            call()
+        except ConnectionError:
+            pass
+    return breaker.state.value
+
+
+def follow(port: int) -> tuple[int, int]:
+    """Try five calls: (how many ran, how many were refused)."""
+    ran = 0
+
+    @circuit_breaker(breaker=_breaker(port))
+    def call() -> None:
+        nonlocal ran
+        ran += 1
+
+    refused = 0
+    for _ in range(5):
+        try:
+            call()
+        except CircuitOpenError:
+            refused += 1
+    return ran, refused
+
+
+def race(port: int, start_at: float, threads: int) -> int:
+    """At ``start_at`` (wall clock), ``threads`` threads try to probe: how many were admitted."""
+    breaker = _breaker(port)
+    barrier = threading.Barrier(threads)
+    admitted = []
+
+    def work() -> None:
+        barrier.wait()
+        try:
+            breaker.admit()
+        except CircuitOpenError:
+            return
+        admitted.append(1)
+
+    time.sleep(max(0.0, start_at - time.time()))
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return len(admitted)

@@ -1,0 +1,194 @@
+"""RedisStateStore on a real redis-server: round trips, processes, outages, bad data."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from typing import Any
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from llm_circuit_breaker import (
+    BreakerRegistry,
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitOpenError,
+    CircuitState,
+    LLMCircuitBreaker,
+    Outcome,
+    StateChange,
+    circuit_breaker,
+)
+from llm_circuit_breaker.storage import RedisStateStore
+from llm_circuit_breaker.testing import FakeClock
+from tests import redis_workers
+from tests.redis_server import RedisServer
+
+
+class CountingConnection(redis.Connection):
+    """Counts the commands sent (each is one round trip here: no pipelines)."""
+
+    sent = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        super().send_packed_command(command, check_health)
+
+
+def test_success_path_costs_one_round_trip(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """In CLOSED a successful guarded call is one EVALSHA: admit, and no report."""
+    pool = redis.ConnectionPool(port=redis_server.port, connection_class=CountingConnection)
+    store = RedisStateStore(redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0)))
+
+    store_registry = BreakerRegistry(store=store)
+
+    @circuit_breaker("counted", registry=store_registry)
+    def call() -> str:
+        return "ok"
+
+    call()  # loads the script (NOSCRIPT -> SCRIPT LOAD) once
+    CountingConnection.sent = 0
+    for _ in range(100):
+        call()
+    assert CountingConnection.sent == 100
+    assert store_registry.get("counted").stats.successes == 101
+
+
+def test_keys_are_namespaced_and_expire(redis_client: redis.Redis) -> None:
+    """Keys live under prefix:{name} and carry a TTL."""
+    breaker = CircuitBreaker(
+        "openai", store=RedisStateStore(redis_client, prefix="team-a", ttl=3600)
+    )
+    breaker.record(breaker.admit(), Outcome.FAILURE)
+    keys = {k.decode() for k in redis_client.keys("*")}
+    assert "team-a:{openai}" in keys
+    assert 0 < redis_client.ttl("team-a:{openai}") <= 3600
+
+
+def test_script_reloaded_after_flush(redis_client: redis.Redis) -> None:
+    """After SCRIPT FLUSH (a restarted or failed-over server) EVALSHA falls back to loading it."""
+    breaker = CircuitBreaker("flush", store=RedisStateStore(redis_client))
+    breaker.record_success(breaker.admit())
+    redis_client.script_flush()
+    breaker.record(breaker.admit(), Outcome.FAILURE)
+    assert breaker.failure_count == 1
+
+
+def test_processes_share_one_circuit(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    """One process trips the circuit; others fail fast without calling; then 4x4 racers get one probe."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        assert pool.apply(redis_workers.trip, (redis_server.port,)) == "OPEN"
+        followers = pool.starmap(redis_workers.follow, [(redis_server.port,)] * 3)
+        assert followers == [(0, 5)] * 3
+        start_at = time.time() + redis_workers.CONFIG.reset_timeout + 0.5
+        admitted = pool.starmap(redis_workers.race, [(redis_server.port, start_at, 4)] * 4)
+    assert sum(admitted) == 1
+
+
+def test_redis_outage_never_fails_a_call(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kill Redis mid-run: calls go on (local state), one WARNING, listener events; back after restart."""
+    if redis_server.process is None:
+        redis_server.start()
+    store = RedisStateStore(redis_server.client(), retry_interval=0.2)
+    events: list[StateChange] = []
+    config = CircuitBreakerConfig(failure_threshold=3)
+
+    @circuit_breaker(
+        "outage",
+        registry=BreakerRegistry(store=store),
+        on_state_change=events.append,
+        failure_threshold=3,
+    )
+    def call() -> str:
+        return "ok"
+
+    with caplog.at_level(logging.WARNING, logger="llm_circuit_breaker"):
+        assert call() == "ok"
+        redis_server.stop()
+        started = time.monotonic()
+        results = [call() for _ in range(200)]
+        elapsed = time.monotonic() - started
+        assert results == ["ok"] * 200
+        assert elapsed < 3.0  # a failed command is not retried on every call
+        warnings = [r for r in caplog.records if "unavailable" in r.getMessage()]
+        assert len(warnings) == 1
+        assert any("deciding locally" in e.reason for e in events)
+        redis_server.start()
+        time.sleep(0.25)
+        assert call() == "ok"
+    assert any("reachable again" in e.reason for e in events)
+    # Rejoined: a circuit tripped by another breaker is now seen by this one.
+    other = CircuitBreaker("outage", config, store=RedisStateStore(redis_server.client()))
+    for _ in range(3):
+        other.record(other.admit(), Outcome.FAILURE)
+    with pytest.raises(CircuitOpenError):
+        call()
+
+
+def test_not_a_redis_client() -> None:
+    """Anything but a redis client is a TypeError at construction."""
+    with pytest.raises(TypeError, match="redis.Redis"):
+        RedisStateStore(object())
+
+
+def test_corrupt_data_is_treated_as_closed(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Foreign or corrupt data under our keys: a CLOSED circuit and a logged warning."""
+    store = RedisStateStore(redis_client, prefix="c")
+    redis_client.set("c:{bad}", "not a hash")
+    redis_client.hset("c:{worse}", mapping={"state": "EXPLODED", "gen": "x"})
+    for name in ("bad", "worse"):
+        breaker = CircuitBreaker(name, store=store)
+        breaker.record_success(breaker.admit())
+        assert breaker.state is CircuitState.CLOSED
+    assert sum("corrupt or foreign" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_facade_and_registry_share_through_redis(
+    redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """A registry with a store hands it to every breaker, facades included."""
+    registry = BreakerRegistry(store=RedisStateStore(redis_client, clock=clock))
+    cb = LLMCircuitBreaker(
+        name="provider", registry=registry, circuit_breaker={"failure_threshold": 1}
+    )
+    cb.breaker.record(cb.breaker.admit(), Outcome.FAILURE)
+    assert registry.snapshot()["provider"]["state"] == "OPEN"
+    assert (
+        CircuitBreaker("provider", store=RedisStateStore(redis_client, clock=clock)).state
+        is CircuitState.OPEN
+    )
+
+
+async def test_asyncio_store_guards_coroutines_only(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """An asyncio store guards coroutine functions; a sync function is refused at decoration."""
+    store = RedisStateStore.from_url(redis_server.url, asyncio=True)
+    client = store.client
+    registry = BreakerRegistry(store=store)
+
+    @circuit_breaker("aio", registry=registry, failure_threshold=1)
+    async def fail() -> None:
+        raise ConnectionError
+
+    with pytest.raises(ConnectionError):
+        await fail()
+    with pytest.raises(CircuitOpenError):
+        await fail()
+    assert (await fail.breaker.asnapshot())["state"] == "OPEN"  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="asyncio store"):
+        circuit_breaker("aio", registry=registry)(lambda: None)
+    await fail.breaker.areset()  # type: ignore[attr-defined]
+    assert fail.breaker.state is CircuitState.CLOSED
+    await client.aclose()
