@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
+from llm_circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Outcome
 from llm_circuit_breaker._cli import main
 from llm_circuit_breaker._cli.demo import run_demo
+from llm_circuit_breaker.storage import RedisStateStore
+from tests.redis_server import RedisServer
 
 
 def test_demo_opens_and_recovers() -> None:
@@ -46,3 +51,31 @@ def test_bad_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFix
         main(argv)
     assert caught.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_status_lists_shared_circuits(
+    redis_server: RedisServer, redis_client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """status --redis prints the circuits kept in Redis, as a table or JSON."""
+    store = RedisStateStore(redis_client)
+    opened = CircuitBreaker("openai", CircuitBreakerConfig(failure_threshold=1), store=store)
+    opened.record(opened.admit(), Outcome.FAILURE)
+    fine = CircuitBreaker("anthropic", store=store)
+    fine.record_success(fine.admit())
+    assert main(["status", "--redis", redis_server.url]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"openai\s+OPEN\s+1\s+0\s+\d+\.\ds", table)
+    assert re.search(r"anthropic\s+CLOSED", table)
+    assert main(["status", "--redis", redis_server.url, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["openai"]["state"] == "OPEN"
+    assert data["anthropic"]["failure_count"] == 0
+
+
+def test_status_unreachable_redis(closed_port: int, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unreachable Redis: one line on stderr, exit status 2, no traceback."""
+    assert main(["status", "--redis", f"redis://127.0.0.1:{closed_port}/0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot read circuits")
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -2,10 +2,51 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from typing import Any, TextIO
 
 
-def run_status(url: str, prefix: str, *, as_json: bool) -> int:
-    """Print the states of the breakers kept in Redis; exit status 2 when Redis is unreachable."""
-    print("status needs the Redis store, which this build does not include yet", file=sys.stderr)
-    return 2
+def run_status(url: str, prefix: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
+    """Print the circuits kept in Redis; exit status 2 (one line, no traceback) on failure."""
+    try:
+        import redis
+
+        from llm_circuit_breaker.storage.redis import RedisStateStore
+    except ImportError:
+        print(
+            "error: the status command needs the redis extra: pip install 'llm-circuit-breaker[redis]'",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        store = RedisStateStore.from_url(url, prefix, timeout=2.0)
+        circuits = store.circuits()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        print(
+            f"error: cannot read circuits from Redis at {url}: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    if as_json:
+        print(json.dumps(circuits, indent=2), file=out)
+    else:
+        _table(circuits, prefix, out)
+    return 0
+
+
+def _table(circuits: dict[str, dict[str, Any]], prefix: str, out: TextIO) -> None:
+    if not circuits:
+        print(f"no circuits under prefix {prefix!r}", file=out)
+        return
+    width = max(len("NAME"), *(len(name) for name in circuits))
+    print(
+        f"{'NAME':<{width}}  {'STATE':<9}  {'FAILURES':>8}  {'PROBE OK':>8}  RETRY AFTER", file=out
+    )
+    for name, view in circuits.items():
+        wait = view["retry_after"]
+        when = "held open" if wait is None else ("now" if wait == 0 else f"{wait:.1f}s")
+        print(
+            f"{name:<{width}}  {view['state']:<9}  {view['failure_count']:>8}  {view['success_count']:>8}  {when}",
+            file=out,
+        )

@@ -286,6 +286,41 @@ class RedisStateStore:
     async def acontrol(self, name: str, config: CircuitBreakerConfig, action: Control) -> View:
         return self._view(name, await self._arun(name, self._args("control", config, action)))
 
+    # -- listing (sync clients; read-only, for the status command) -----------------------
+
+    def circuits(self) -> dict[str, dict[str, Any]]:
+        """Every circuit under this prefix: name -> {state, failure_count, success_count,
+        opened_at, retry_after}, as of the server's clock (raises redis errors as they are)."""
+        seconds, micros = self.client.time()
+        now = seconds + micros / 1_000_000
+        found: dict[str, dict[str, Any]] = {}
+        for key in self.client.scan_iter(match=f"{self.prefix}:{{*}}", count=500):
+            text = _text(key)
+            name = text[len(self.prefix) + 2 : -1]
+            fields = self.client.hmget(text, "state", "fc", "sc", "opened_at", "open_until", "held")
+            try:
+                state = CircuitState(_text(fields[0]))
+                open_until = _float(fields[4] or b"")
+                opened_at = _float(fields[3] or b"")
+            except (ValueError, TypeError):
+                continue
+            retry_after: float | None = 0.0
+            if state is CircuitState.OPEN:
+                if _text(fields[5] or b"") == "1":
+                    retry_after = None
+                elif open_until is not None and now >= open_until:
+                    state, retry_after = CircuitState.HALF_OPEN, 0.0
+                elif open_until is not None:
+                    retry_after = open_until - now
+            found[name] = {
+                "state": state.value,
+                "failure_count": int(fields[1] or 0),
+                "success_count": int(fields[2] or 0),
+                "opened_at": opened_at,
+                "retry_after": retry_after,
+            }
+        return dict(sorted(found.items()))
+
     def __repr__(self) -> str:
         kind = "asyncio" if self.is_async else "sync"
         return f"RedisStateStore(prefix={self.prefix!r}, {kind})"
