@@ -14,10 +14,8 @@ def run_status(url: str, prefix: str, *, as_json: bool, out: TextIO = sys.stdout
 
         from llm_circuit_breaker.storage.redis import RedisStateStore
     except ImportError:
-        print(
-            "error: the status command needs the redis extra: pip install 'llm-circuit-breaker[redis]'",
-            file=sys.stderr,
-        )
+        extra = "pip install 'llm-circuit-breaker[redis]'"
+        print(f"error: the status command needs the redis extra: {extra}", file=sys.stderr)
         return 2
     try:
         store = RedisStateStore.from_url(url, prefix, timeout=2.0)
@@ -46,7 +44,5 @@ def _table(circuits: dict[str, dict[str, Any]], prefix: str, out: TextIO) -> Non
     for name, view in circuits.items():
         wait = view["retry_after"]
         when = "held open" if wait is None else ("now" if wait == 0 else f"{wait:.1f}s")
-        print(
-            f"{name:<{width}}  {view['state']:<9}  {view['failure_count']:>8}  {view['success_count']:>8}  {when}",
-            file=out,
-        )
+        counts = f"{view['failure_count']:>8}  {view['success_count']:>8}"
+        print(f"{name:<{width}}  {view['state']:<9}  {counts}  {when}", file=out)
