@@ -62,6 +62,11 @@ local function load()
   return s
 end
 
+local function signature(s)
+  return table.concat({s.state, s.gen, s.seq, s.fc, s.sc, tostring(s.opened_at), tostring(s.open_until),
+                       tostring(s.held)}, '|')
+end
+
 local function save(s)
   redis.call('HSET', H, 'state', s.state, 'gen', s.gen, 'seq', s.seq, 'fc', s.fc, 'sc', s.sc,
              'opened_at', s.opened_at and num(s.opened_at) or '',
@@ -165,6 +170,7 @@ local function record_probe(s, ok, open_for, why)
 end
 
 local s = load()
+local loaded = signature(s)
 local result = 0
 
 if op == 'admit' then
@@ -225,7 +231,9 @@ elseif op ~= 'snapshot' then
 end
 
 local wait = retry_after(s)
-save(s)
+-- Reports and controls always write (refreshing the TTLs); an admission or a snapshot writes
+-- only what it changed, so admitting into a quiet CLOSED circuit is read-only.
+if (op == 'record' or op == 'control') or signature(s) ~= loaded or repaired == 1 then save(s) end
 local clean = (s.state == 'CLOSED' and s.fc == 0 and not slow and not rate) and 1 or 0
 local reply = {result, s.state, s.fc, s.sc, s.opened_at and num(s.opened_at) or '',
                wait and num(wait) or '', repaired, clean}
