@@ -1,4 +1,4 @@
-"""Redis round trips and overhead per guarded call, llm-circuit-breaker vs pybreaker's Redis storage.
+"""Redis round trips and time per guarded call: llm-circuit-breaker vs pybreaker's storage.
 
     pip install -e ".[bench,redis]" && python benchmarks/redis_roundtrips.py [--quick]
 
@@ -42,7 +42,17 @@ def start_redis() -> tuple[subprocess.Popen[bytes], int]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tempfile.mkdtemp()],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            tempfile.mkdtemp(),
+        ],
         stdout=subprocess.DEVNULL,
     )
     client = redis.Redis(port=port)
@@ -73,21 +83,36 @@ def main() -> None:
     calls = 200 if args.quick else 5000
     process, port = start_redis()
     try:
-        pool = redis.ConnectionPool(port=port, connection_class=CountingConnection, retry=Retry(NoBackoff(), 0))
+        pool = redis.ConnectionPool(
+            port=port, connection_class=CountingConnection, retry=Retry(NoBackoff(), 0)
+        )
         client = redis.Redis(connection_pool=pool)
 
         def work() -> str:
             return "ok"
 
-        ours = circuit_breaker("bench", registry=BreakerRegistry(store=RedisStateStore(client)))(work)
-        theirs = pybreaker.CircuitBreaker(state_storage=pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace="bench"))(work)
+        ours = circuit_breaker("bench", registry=BreakerRegistry(store=RedisStateStore(client)))(
+            work
+        )
+        theirs = pybreaker.CircuitBreaker(
+            state_storage=pybreaker.CircuitRedisStorage(
+                pybreaker.STATE_CLOSED, client, namespace="bench"
+            )
+        )(work)
         local = circuit_breaker("bench-local", registry=BreakerRegistry())(work)
-        rows = {"llm-circuit-breaker + RedisStateStore": measure(ours, calls), "pybreaker + CircuitRedisStorage": measure(theirs, calls), "llm-circuit-breaker in memory": measure(local, calls)}
+        rows = {
+            "llm-circuit-breaker + RedisStateStore": measure(ours, calls),
+            "pybreaker + CircuitRedisStorage": measure(theirs, calls),
+            "llm-circuit-breaker in memory": measure(local, calls),
+        }
         print("| successful call in CLOSED | Redis round trips | us per call |")
         print("|---|---:|---:|")
         for name, (trips, micros) in rows.items():
             print(f"| {name} | {trips:.2f} | {micros:.1f} |")
-        ratio = rows["llm-circuit-breaker + RedisStateStore"][1] / rows["pybreaker + CircuitRedisStorage"][1]
+        ratio = (
+            rows["llm-circuit-breaker + RedisStateStore"][1]
+            / rows["pybreaker + CircuitRedisStorage"][1]
+        )
         print(f"\ntime per call vs pybreaker's Redis storage: {ratio:.2f}x")
     finally:
         process.terminate()

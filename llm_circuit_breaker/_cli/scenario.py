@@ -33,6 +33,7 @@ class Scenario:
         self._random = random.Random(self.seed)
         self._lock = threading.Lock()
         self.hits_by_phase = {name: 0 for name, _ in PHASES}
+        self.arrivals: list[float] = []  # seconds from the start at which requests arrived
 
     def begin(self) -> None:
         self.started = time.monotonic()
@@ -59,9 +60,11 @@ class Scenario:
 
     def reply(self, _number: int) -> Reply:
         """The server's answer to a request arriving now."""
-        phase = self.phase_at(self.elapsed())
+        elapsed = self.elapsed()
+        phase = self.phase_at(elapsed)
         with self._lock:
             self.hits_by_phase[phase] += 1
+            self.arrivals.append(elapsed)
             roll = self._random.random()
         if phase == "outage":
             return (
