@@ -27,8 +27,13 @@ import purgatory
 import pybreaker
 import stamina
 import tenacity
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from prometheus_client import CollectorRegistry
 
 from llm_circuit_breaker import BreakerRegistry, circuit_breaker, with_retry
+from llm_circuit_breaker.observability.otel import OpenTelemetryInstrumentation
+from llm_circuit_breaker.observability.prometheus import PrometheusCollector
 
 Fn = Callable[[], Any]
 AFn = Callable[[], Awaitable[Any]]
@@ -255,6 +260,16 @@ def main() -> None:
         )
         print(f"| {name} | {retry_rows[name][0]:.0f} | {retry_rows[name][1]:.0f} |")
 
+    exported = BreakerRegistry()
+    PrometheusCollector(exported).register(CollectorRegistry())
+    OpenTelemetryInstrumentation(
+        exported, meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()])
+    ).instrument()
+    with_exporters = (
+        ns_per_call(circuit_breaker("exported", registry=exported)(work), number, repeat) - base
+    )
+    print(f"\n| closed path with Prometheus + OpenTelemetry exporters | {with_exporters:.0f} ns |")
+
     registry = BreakerRegistry()
     ours = circuit_breaker("threads", registry=registry)(work)
     pb = pybreaker.CircuitBreaker()(work)
@@ -290,6 +305,7 @@ def main() -> None:
     print("|---|---:|---:|")
     for label, value, target in (
         ("sync closed vs pybreaker", ours_sync[0] / pb_sync[0], "<= 0.25"),
+        ("closed with exporters vs without", with_exporters / ours_sync[0], "<= 2.0"),
         ("sync fast-fail vs pybreaker", ours_sync[1] / pb_sync[1], "<= 0.30"),
         ("async closed vs aiobreaker", ours_async[0] / ab_async[0], "<= 0.35"),
         ("async fast-fail vs aiobreaker", ours_async[1] / ab_async[1], "<= 0.35"),

@@ -73,7 +73,7 @@ class SharedCircuitBreaker(CircuitBreaker):
         if permit < 0:
             self._rejections.add()
             self._refused_for = view.retry_after
-            return REJECTED
+            return REJECTED if self._plain_refusals else self._refused()
         return permit * 4 + (_CLEAN if view.clean else _SHARED)
 
     def _local_admit(self) -> int:

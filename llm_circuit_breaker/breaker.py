@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from llm_circuit_breaker._state import REJECTED, BreakerCore, Outcome, Transition
 from llm_circuit_breaker.config import CircuitBreakerConfig, CircuitState
@@ -17,7 +17,15 @@ from llm_circuit_breaker.errors import CircuitOpenError
 if TYPE_CHECKING:
     from llm_circuit_breaker.storage.base import StateStore
 
-__all__ = ["BreakerStats", "CircuitBreaker", "Clock", "Listener", "StateChange"]
+__all__ = [
+    "SHADOW_PERMIT",
+    "BreakerStats",
+    "CircuitBreaker",
+    "Clock",
+    "Listener",
+    "Observer",
+    "StateChange",
+]
 
 logger = logging.getLogger("llm_circuit_breaker")
 
@@ -37,6 +45,22 @@ class StateChange:
 
 
 Listener = Callable[[StateChange], object]
+
+# The permit of a call that a metrics-only breaker would have refused: it runs, and its
+# outcome matches no permit of the state machine, so the circuit evolves as if it had not run.
+SHADOW_PERMIT = 1 << 62
+
+
+class Observer(Protocol):
+    """Hears of refusals and retries as they happen (what listeners do for state changes)."""
+
+    def rejected(self, breaker: CircuitBreaker, enforced: bool) -> None:
+        """A call was refused (``enforced`` False: a metrics-only breaker let it through)."""
+
+    def retried(
+        self, breaker: CircuitBreaker, attempt: int, error: BaseException, delay: float
+    ) -> None:
+        """``with_retry`` will retry after ``attempt`` failed with ``error``, in ``delay`` s."""
 
 
 class _Tally:
@@ -113,6 +137,9 @@ class CircuitBreaker:
         self._core = BreakerCore(self.config)
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
+        self._observers: list[Observer] = []
+        # Refusals need no more than a count: enforced, and nobody to tell.
+        self._plain_refusals = self.config.enabled
         self._successes, self._failures, self._ignored = _Tally(), _Tally(), _Tally()
         self._rejections, self._retries = _Tally(), _Tally()
         self._changes = {state: _Tally() for state in CircuitState}
@@ -200,14 +227,28 @@ class CircuitBreaker:
         now = self._clock()
         if now < core.open_until and core.state is OPEN:  # failing fast needs no lock either
             self._rejections.add()
-            return REJECTED
+            return REJECTED if self._plain_refusals else self._refused()
         with self._lock:
             permit = core.admit(now)
             transitions = self._drain()
         self._publish(transitions)
         if permit == REJECTED:
             self._rejections.add()
+            return REJECTED if self._plain_refusals else self._refused()
         return permit
+
+    def _refused(self) -> int:
+        """A refusal that observers hear of, or that a metrics-only breaker waves through."""
+        enforced = self.config.enabled
+        for observer in list(self._observers):
+            try:
+                observer.rejected(self, enforced)
+            except Exception:  # noqa: PERF203 - an observer's bug must not touch the call
+                logger.exception("observer %r of circuit %r raised", observer, self.name)
+        if enforced:
+            return REJECTED
+        logger.debug("circuit %r would have refused a call (metrics-only)", self.name)
+        return SHADOW_PERMIT
 
     def refusal(self) -> CircuitOpenError:
         """The error for a call just refused, saying when a probe may be admitted."""
@@ -249,9 +290,14 @@ class CircuitBreaker:
         else:
             self._ignored.add()
 
-    def count_retry(self) -> None:
+    def record_retry(self, attempt: int, error: BaseException, delay: float) -> None:
         """Count a retry of a call guarded by this breaker (``with_retry`` calls it)."""
         self._retries.add()
+        for observer in list(self._observers):
+            try:
+                observer.retried(self, attempt, error, delay)
+            except Exception:  # noqa: PERF203 - an observer's bug must not touch the call
+                logger.exception("observer %r of circuit %r raised", observer, self.name)
 
     # -- manual control and listeners ------------------------------------------------------
 
@@ -275,6 +321,11 @@ class CircuitBreaker:
             self._core.close(self._clock(), reason)
             transitions = self._drain()
         self._publish(transitions)
+
+    def add_observer(self, observer: Observer) -> None:
+        """Tell ``observer`` of refusals and retries (the metrics exporters use this)."""
+        self._observers.append(observer)
+        self._plain_refusals = False
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(StateChange)`` after every state change (outside the lock)."""

@@ -41,7 +41,8 @@ class CircuitBreakerConfig:
     per-attempt timeout of the HTTP helpers. The optional sliding-window mode opens the circuit
     too when, over the last ``window`` seconds and once ``minimum_calls`` were seen, the share of
     failures reaches ``failure_rate_threshold``. With ``slow_call_duration`` a call that succeeds
-    but takes longer than that counts as a failure.
+    but takes longer than that counts as a failure. ``enabled=False`` is metrics-only mode: the
+    circuit opens and closes as usual and refusals are counted, but no call is refused.
     """
 
     failure_threshold: int = 5
@@ -54,6 +55,7 @@ class CircuitBreakerConfig:
     window: float | None = None
     minimum_calls: int | None = None
     slow_call_duration: float | None = None
+    enabled: bool = True
 
     def __post_init__(self) -> None:
         _check_int(self, "failure_threshold", 1)
@@ -75,6 +77,8 @@ class CircuitBreakerConfig:
             _check_int(self, "minimum_calls", 1)
         if self.slow_call_duration is not None:
             _check_time(self, "slow_call_duration")
+        if not isinstance(self.enabled, bool):
+            raise _WrongType(f"{type(self).__name__}.enabled must be a bool, got {self.enabled!r}")
 
     @property
     def effective_window(self) -> float:

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from llm_circuit_breaker.breaker import CircuitBreaker, Clock
+from llm_circuit_breaker.breaker import CircuitBreaker, Clock, Observer
 from llm_circuit_breaker.config import CircuitBreakerConfig, check_field_names
 from llm_circuit_breaker.storage.base import StateStore
 
@@ -23,6 +23,7 @@ class BreakerRegistry:
     def __init__(self, *, clock: Clock | None = None, store: StateStore | None = None) -> None:
         self._clock = clock
         self.store = store
+        self._observers: list[Observer] = []
         self._breakers: dict[str, CircuitBreaker] = {}
         self._lock = threading.Lock()
 
@@ -58,6 +59,8 @@ class BreakerRegistry:
                 config = CircuitBreakerConfig(**fields) if fields else None
                 breaker = CircuitBreaker(name, config, clock=self._clock, store=self.store)
                 self._breakers[name] = breaker
+                for observer in self._observers:
+                    breaker.add_observer(observer)
                 return breaker
         if fields:
             differ = [
@@ -78,7 +81,21 @@ class BreakerRegistry:
             existing = self._breakers.setdefault(breaker.name, breaker)
         if existing is not breaker:
             raise ValueError(f"another circuit breaker is already named {breaker.name!r}")
+        for observer in self._observers:
+            breaker.add_observer(observer)
         return breaker
+
+    def add_observer(self, observer: Observer) -> None:
+        """Attach ``observer`` to every breaker here, now and created later (exporters)."""
+        with self._lock:
+            self._observers.append(observer)
+            breakers = list(self._breakers.values())
+        for breaker in breakers:
+            breaker.add_observer(observer)
+
+    def breakers(self) -> list[CircuitBreaker]:
+        """The breakers, in name order."""
+        return [self._breakers[name] for name in sorted(self._breakers)]
 
     def remove(self, name: str) -> None:
         """Forget the breaker called ``name`` (``KeyError`` if there is none)."""

@@ -157,7 +157,7 @@ class RetryPolicy:
         )
         breaker = getattr(state.fn, "breaker", None)
         if breaker is not None:
-            breaker.count_retry()
+            breaker.record_retry(state.attempt_number, exc, delay)
         if self.on_retry is not None:
             try:
                 self.on_retry(state.attempt_number, exc, delay)

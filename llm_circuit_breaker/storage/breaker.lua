@@ -35,7 +35,8 @@ local repaired = 0
 local function num(x) return string.format('%.17g', x) end
 
 local function fresh()
-  return {state = 'CLOSED', gen = 0, seq = 0, fc = 0, sc = 0, opened_at = nil, open_until = nil, held = false}
+  return {state = 'CLOSED', gen = 0, seq = 0, fc = 0, sc = 0, opened_at = nil, open_until = nil, held = false,
+          new = true}
 end
 
 local function load()
@@ -232,8 +233,9 @@ end
 
 local wait = retry_after(s)
 -- Reports and controls always write (refreshing the TTLs); an admission or a snapshot writes
--- only what it changed, so admitting into a quiet CLOSED circuit is read-only.
-if (op == 'record' or op == 'control') or signature(s) ~= loaded or repaired == 1 then save(s) end
+-- only what it changed (and a circuit's first appearance, so that `status` lists it): admitting
+-- into a quiet CLOSED circuit is read-only.
+if op == 'record' or op == 'control' or signature(s) ~= loaded or s.new then save(s) end
 local clean = (s.state == 'CLOSED' and s.fc == 0 and not slow and not rate) and 1 or 0
 local reply = {result, s.state, s.fc, s.sc, s.opened_at and num(s.opened_at) or '',
                wait and num(wait) or '', repaired, clean}
