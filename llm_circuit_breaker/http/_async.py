@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
 
-from llm_circuit_breaker.errors import RequestTimeoutError, TransportError
 from llm_circuit_breaker.http._common import (
-    DONE,
+    EventReader,
     PreparedRequest,
-    SSEDecoder,
     SSEEvent,
-    StreamChecker,
     parse_response,
+    transport_error,
 )
 
 __all__ = ["AsyncTransport"]
@@ -26,14 +25,10 @@ def _translated(request: PreparedRequest) -> Iterator[None]:
     """aiohttp's timeouts and client errors as ours, the original kept as __cause__."""
     try:
         yield
-    except TimeoutError as exc:  # asyncio.TimeoutError is TimeoutError on 3.11+
-        raise RequestTimeoutError(
-            f"{request.method} timed out after {request.timeout:g}s", url=request.url
-        ) from exc
+    except (TimeoutError, asyncio.TimeoutError) as exc:  # one class on 3.11+, two on 3.10
+        raise transport_error(request, exc, timed_out=True) from exc
     except aiohttp.ClientError as exc:
-        raise TransportError(
-            f"{request.method} failed: {type(exc).__name__}: {exc}", url=request.url
-        ) from exc
+        raise transport_error(request, exc, timed_out=False) from exc
 
 
 class AsyncTransport:
@@ -81,18 +76,18 @@ class AsyncTransport:
                 with _translated(request):
                     body = await response.read()
                 parse_response(response.status, response.headers, body, request.url)
-            decoder, checker = SSEDecoder(), StreamChecker(request.url)
+            reader = EventReader(request.url)
             with _translated(request):
                 async for raw in response.content:
-                    event = decoder.feed(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
-                    if event is not None and checker.check(event):
+                    event = reader.feed(raw)
+                    if event is not None:
                         yield event
-                    if event is DONE:
+                    if reader.done:
                         return
-                event = decoder.flush()
-                if event is not None and checker.check(event):
+                event = reader.flush()
+                if event is not None:
                     yield event
-            checker.finish()
+            reader.finish()
 
     async def aclose(self) -> None:
         """Close the session if this transport made it."""

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from llm_circuit_breaker._classify import ErrorKind, classify
 from llm_circuit_breaker.errors import (
     HTTPStatusError,
+    RequestTimeoutError,
     TransportError,
     http_status_error,
     redact_headers,
@@ -29,12 +30,14 @@ from llm_circuit_breaker.errors import (
 
 __all__ = [
     "DONE",
+    "EventReader",
     "PreparedRequest",
     "SSEDecoder",
     "SSEEvent",
     "StreamChecker",
     "parse_response",
     "prepare",
+    "transport_error",
 ]
 
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -237,3 +240,48 @@ class StreamChecker:
         probe = http_status_error(200, None, payload, self._url)
         status = _STREAM_ERROR_STATUS.get(classify(probe).kind, 500)
         return http_status_error(status, None, payload, self._url, error_type=error_type)
+
+
+class EventReader:
+    """What a driver does with each raw line of an SSE body: decode, check, and say when the
+    provider's stream is over. Both drivers loop over their lines and hand them here."""
+
+    __slots__ = ("_checker", "_decoder", "done")
+
+    def __init__(self, url: str) -> None:
+        self._decoder = SSEDecoder()
+        self._checker = StreamChecker(url)
+        self.done = False  # [DONE] seen: stop reading
+
+    def feed(self, raw: bytes) -> SSEEvent | None:
+        """The event to yield for this line, if any (raises for a provider error frame)."""
+        return self._accept(
+            self._decoder.feed(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+        )
+
+    def flush(self) -> SSEEvent | None:
+        """At the end of the body: the event still being assembled, if any."""
+        return self._accept(self._decoder.flush())
+
+    def finish(self) -> None:
+        """After the last event: raises if the provider's terminal frame never came."""
+        self._checker.finish()
+
+    def _accept(self, event: SSEEvent | None) -> SSEEvent | None:
+        if event is None:
+            return None
+        if event is DONE:
+            self.done = True
+        return event if self._checker.check(event) else None
+
+
+def transport_error(
+    request: PreparedRequest, exc: BaseException, *, timed_out: bool
+) -> TransportError:
+    """Our error for an HTTP client's timeout or connection failure (chain ``exc`` to it)."""
+    if timed_out:
+        return RequestTimeoutError(
+            f"{request.method} timed out after {request.timeout:g}s: {type(exc).__name__}",
+            url=request.url,
+        )
+    return TransportError(f"{request.method} failed: {type(exc).__name__}: {exc}", url=request.url)

@@ -8,14 +8,12 @@ from typing import Any
 
 import requests
 
-from llm_circuit_breaker.errors import RequestTimeoutError, TransportError
 from llm_circuit_breaker.http._common import (
-    DONE,
+    EventReader,
     PreparedRequest,
-    SSEDecoder,
     SSEEvent,
-    StreamChecker,
     parse_response,
+    transport_error,
 )
 
 __all__ = ["SyncTransport"]
@@ -27,13 +25,9 @@ def _translated(request: PreparedRequest) -> Iterator[None]:
     try:
         yield
     except requests.Timeout as exc:
-        raise RequestTimeoutError(
-            f"{request.method} timed out after {request.timeout:g}s: {exc}", url=request.url
-        ) from exc
+        raise transport_error(request, exc, timed_out=True) from exc
     except requests.RequestException as exc:
-        raise TransportError(
-            f"{request.method} failed: {type(exc).__name__}: {exc}", url=request.url
-        ) from exc
+        raise transport_error(request, exc, timed_out=False) from exc
 
 
 class SyncTransport:
@@ -78,18 +72,18 @@ class SyncTransport:
                 with _translated(request):
                     body = response.content
                 parse_response(response.status_code, response.headers, body, request.url)
-            decoder, checker = SSEDecoder(), StreamChecker(request.url)
+            reader = EventReader(request.url)
             with _translated(request):
                 for raw in response.iter_lines():
-                    event = decoder.feed(raw.decode("utf-8", errors="replace"))
-                    if event is not None and checker.check(event):
+                    event = reader.feed(raw)
+                    if event is not None:
                         yield event
-                    if event is DONE:
+                    if reader.done:
                         return
-                event = decoder.flush()
-                if event is not None and checker.check(event):
+                event = reader.flush()
+                if event is not None:
                     yield event
-            checker.finish()
+            reader.finish()
 
     def close(self) -> None:
         """Close the session if this transport made it."""
