@@ -71,7 +71,7 @@ class SharedCircuitBreaker(CircuitBreaker):
     def _admitted(self, permit: int, view: View) -> int:
         self._adopt(view)
         if permit < 0:
-            self._rejections.add()
+            self._count_rejection()
             self._refused_for = view.retry_after
             return REJECTED if self._plain_refusals else self._refused()
         return permit * 4 + (_CLEAN if view.clean else _SHARED)
@@ -109,13 +109,13 @@ class SharedCircuitBreaker(CircuitBreaker):
     def refusal(self) -> CircuitOpenError:
         if self._local:
             return super().refusal()
-        return CircuitOpenError(self.name, self._refused_for)
+        return CircuitOpenError.refused(self.name, self._refused_for)
 
     # -- recording -------------------------------------------------------------------------
 
     def record_success(self, permit: int) -> Any:
         if permit & 3 == _CLEAN:
-            self._successes.add()
+            self._count_success()
             return None
         return self.record(permit, Outcome.SUCCESS)
 

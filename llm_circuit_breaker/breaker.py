@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import threading
@@ -31,6 +32,8 @@ logger = logging.getLogger("llm_circuit_breaker")
 
 Clock = Callable[[], float]
 OPEN = CircuitState.OPEN
+# CircuitOpenError built by BaseException.__new__ alone: C code, no Python frame (hot path).
+_refused = functools.partial(CircuitOpenError.__new__, CircuitOpenError)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -142,6 +145,9 @@ class CircuitBreaker:
         self._plain_refusals = self.config.enabled
         self._successes, self._failures, self._ignored = _Tally(), _Tally(), _Tally()
         self._rejections, self._retries = _Tally(), _Tally()
+        # Bound once: the CLOSED success path and the fail-fast path call them.
+        self._count_success = self._successes.add
+        self._count_rejection = self._rejections.add
         self._changes = {state: _Tally() for state in CircuitState}
 
     # -- reading ---------------------------------------------------------------------------
@@ -226,14 +232,14 @@ class CircuitBreaker:
             return permit
         now = self._clock()
         if now < core.open_until and core.state is OPEN:  # failing fast needs no lock either
-            self._rejections.add()
+            self._count_rejection()
             return REJECTED if self._plain_refusals else self._refused()
         with self._lock:
             permit = core.admit(now)
             transitions = self._drain()
         self._publish(transitions)
         if permit == REJECTED:
-            self._rejections.add()
+            self._count_rejection()
             return REJECTED if self._plain_refusals else self._refused()
         return permit
 
@@ -255,15 +261,15 @@ class CircuitBreaker:
         core = self._core
         if core.state is OPEN:
             if core.held_open:
-                return CircuitOpenError(self.name, None)
+                return _refused(self.name, None)
             wait = core.open_until - self._clock()
-            return CircuitOpenError(self.name, wait if wait > 0.0 else 0.0)
-        return CircuitOpenError(self.name, self.retry_after)
+            return _refused(self.name, wait if wait > 0.0 else 0.0)
+        return _refused(self.name, self.retry_after)
 
     def record_success(self, permit: int) -> None:
         """Report that the call holding ``permit`` succeeded."""
         if permit == self._core.clean_permit:  # nothing to change but the count
-            self._successes.add()
+            self._count_success()
             return
         self.record(permit, Outcome.SUCCESS)
 
@@ -284,7 +290,7 @@ class CircuitBreaker:
 
     def _tally(self, outcome: Outcome) -> None:
         if outcome is Outcome.SUCCESS:
-            self._successes.add()
+            self._count_success()
         elif outcome is Outcome.FAILURE:
             self._failures.add()
         else:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from requests.structures import CaseInsensitiveDict
 
@@ -77,13 +77,18 @@ class CircuitOpenError(LLMCircuitBreakerError):
     the circuit is held open by hand (:meth:`CircuitBreaker.force_open`).
     """
 
-    # Failing fast is a hot path: the attributes live in ``args`` so that construction is
-    # BaseException's own C code, and the message is built only when someone reads it.
+    # Failing fast is a hot path: the attributes live in ``args`` so that the breaker can build
+    # the error with BaseException's own C code (``refused``), and the message is made only
+    # when someone reads it.
     args: tuple[str, float | None]
 
-    if TYPE_CHECKING:
+    def __init__(self, name: str, retry_after: float | None = None) -> None:
+        super().__init__(name, retry_after)
 
-        def __init__(self, name: str, retry_after: float | None) -> None: ...
+    @classmethod
+    def refused(cls, name: str, retry_after: float | None) -> CircuitOpenError:
+        """Build the error without running ``__init__`` (what a refused call raises)."""
+        return cls.__new__(cls, name, retry_after)
 
     @property
     def name(self) -> str:

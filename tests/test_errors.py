@@ -89,3 +89,16 @@ def test_errors_pickle() -> None:
     ):
         clone = pickle.loads(pickle.dumps(error))
         assert type(clone) is type(error) and str(clone) == str(error)
+
+
+def test_circuit_open_error_construction() -> None:
+    """Positional or keyword construction; the fast path builds the same error."""
+    by_keyword = CircuitOpenError(name="openai", retry_after=3.0)
+    fast = CircuitOpenError.refused("openai", 3.0)
+    assert (
+        (by_keyword.name, by_keyword.retry_after)
+        == (fast.name, fast.retry_after)
+        == ("openai", 3.0)
+    )
+    assert str(by_keyword) == str(fast) == "circuit 'openai' is open; retry after 3.000s"
+    assert CircuitOpenError("x").retry_after is None
