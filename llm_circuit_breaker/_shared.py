@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llm_circuit_breaker._state import REJECTED, Outcome, Transition
-from llm_circuit_breaker.breaker import CircuitBreaker, Clock, StateChange
+from llm_circuit_breaker.breaker import CircuitBreaker, Clock, StateChange, _check_report
 from llm_circuit_breaker.config import CircuitBreakerConfig, CircuitState
 from llm_circuit_breaker.errors import CircuitOpenError
 from llm_circuit_breaker.storage.base import Control, StateStore, StoreUnavailableError, View
@@ -123,6 +123,7 @@ class SharedCircuitBreaker(CircuitBreaker):
         self, permit: int, outcome: Outcome, *, open_for: float | None = None, why: str = ""
     ) -> Any:
         """Report an outcome (a coroutine to await when the store is asyncio)."""
+        _check_report(permit, outcome, open_for)
         if permit & 3 == _LOCAL:
             super().record(permit >> 2, outcome, open_for=open_for, why=why)
             return None

@@ -80,6 +80,16 @@ class _Tally:
         return int(repr(self._count)[6:-1])  # "count(N)": reading it does not bump it
 
 
+def _check_report(permit: object, outcome: object, open_for: float | None) -> None:
+    """Refuse a malformed report before it can touch the state machine."""
+    if permit.__class__ is not int:
+        raise TypeError(f"permit must be the int that admit() returned, got {permit!r}")
+    if outcome.__class__ is not Outcome:
+        raise TypeError(f"outcome must be an Outcome, got {outcome!r}")
+    if open_for is not None and not (0.0 <= open_for < float("inf")):
+        raise ValueError(f"open_for must be a finite number of seconds >= 0, got {open_for!r}")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class BreakerStats:
     """Counts since the breaker was made. ``calls`` = successes + failures + ignored."""
@@ -282,6 +292,7 @@ class CircuitBreaker:
         why: str = "",
     ) -> None:
         """Report a finished call; ``open_for`` opens the circuit that long on a failure."""
+        _check_report(permit, outcome, open_for)
         with self._lock:
             counted = self._core.record(permit, outcome, self._clock(), open_for=open_for, why=why)
             transitions = self._drain()

@@ -218,3 +218,26 @@ def test_stats_count_outcomes(
     stats = breaker.stats
     for key, value in expected.items():
         assert getattr(stats, key) == value
+
+
+@pytest.mark.parametrize(
+    ("permit", "outcome", "open_for", "error"),
+    [
+        ("1", Outcome.FAILURE, None, TypeError),
+        (0, "failure", None, TypeError),
+        (0, Outcome.FAILURE, -1.0, ValueError),
+        (0, Outcome.FAILURE, float("nan"), ValueError),
+    ],
+)
+def test_malformed_reports_leave_the_state_alone(
+    clock: FakeClock, permit: Any, outcome: Any, open_for: Any, error: type[Exception]
+) -> None:
+    """A report of the wrong shape is refused with a clear error and changes nothing."""
+    breaker = _breaker(clock, failure_threshold=1)
+    with pytest.raises(error):
+        breaker.record(permit, outcome, open_for=open_for)
+    assert (breaker.state, breaker.failure_count, breaker.stats.calls) == (
+        CircuitState.CLOSED,
+        0,
+        0,
+    )
