@@ -28,12 +28,12 @@ _FAILURE: Verdict = (Outcome.FAILURE, None, "")
 class Guard:
     """A breaker plus one caller's ``exclude`` / ``failure_predicate`` rules.
 
-    ``admit()`` (a permit, or -1 when refused), ``refusal()`` (the error to raise then) and
-    ``succeeded(permit)`` are the breaker's own methods, bound once so that a guarded call pays
-    for no extra frame; ``failed(permit, exc)`` judges the exception.
+    ``enter()`` (a permit, or the CircuitOpenError to raise) and ``succeeded(permit)`` are the
+    breaker's own methods, bound once so that a guarded call pays for no extra frame;
+    ``failed(permit, exc)`` judges the exception.
     """
 
-    __slots__ = ("_exclude", "_predicate", "admit", "breaker", "refusal", "succeeded")
+    __slots__ = ("_exclude", "_predicate", "breaker", "enter", "succeeded")
 
     def __init__(
         self,
@@ -43,9 +43,8 @@ class Guard:
     ) -> None:
         self.breaker = breaker
         # Any: with an asyncio store these return coroutines (the async shells await them).
-        self.admit: Callable[[], Any] = breaker.try_admit
+        self.enter: Callable[[], Any] = breaker.enter
         self.succeeded: Callable[[int], Any] = breaker.record_success
-        self.refusal = breaker.refusal
         self._exclude = check_rules(exclude, failure_predicate)
         self._predicate = failure_predicate
 

@@ -44,7 +44,6 @@ class SharedCircuitBreaker(CircuitBreaker):
         self.store = store
         self.is_async = store.is_async
         self._local = False  # deciding locally because the store failed
-        self._refused_for: float | None = None
         self._known = View(CircuitState.CLOSED, 0, 0, None, 0.0)
         self._known_at = time.monotonic()
 
@@ -68,18 +67,18 @@ class SharedCircuitBreaker(CircuitBreaker):
     def _event(self, old: CircuitState, new: CircuitState, reason: str) -> None:
         self._notify(StateChange(self.name, old, new, self._clock(), reason))
 
-    def _admitted(self, permit: int, view: View) -> int:
+    def _admitted(self, permit: int, view: View) -> int | CircuitOpenError:
         self._adopt(view)
         if permit < 0:
             self._count_rejection()
-            self._refused_for = view.retry_after
-            return REJECTED if self._plain_refusals else self._refused()
+            refusal = CircuitOpenError.refused(self.name, view.retry_after)
+            return refusal if self._plain_refusals else self._refused(refusal)
         return permit * 4 + (_CLEAN if view.clean else _SHARED)
 
-    def _local_admit(self) -> int:
+    def _local_admit(self) -> int | CircuitOpenError:
         self._go_local()
-        permit = super().try_admit()
-        return permit if permit < 0 else permit * 4
+        entry = super().enter()
+        return entry * 4 if entry.__class__ is int else entry
 
     # -- admitting -------------------------------------------------------------------------
 
@@ -87,6 +86,16 @@ class SharedCircuitBreaker(CircuitBreaker):
         """A permit or -1 (a coroutine giving one when the store is asyncio)."""
         if self.is_async:
             return self._atry_admit()
+        return super().try_admit()
+
+    async def _atry_admit(self) -> int:
+        entry = await self._aenter()
+        return entry if entry.__class__ is int else REJECTED
+
+    def enter(self) -> Any:
+        """A permit or the refusal (a coroutine giving one when the store is asyncio)."""
+        if self.is_async:
+            return self._aenter()
         if self.store.available:
             try:
                 admission = self.store.admit(self.name, self.config)
@@ -96,7 +105,7 @@ class SharedCircuitBreaker(CircuitBreaker):
                 return self._admitted(admission.permit, admission.view)
         return self._local_admit()
 
-    async def _atry_admit(self) -> int:
+    async def _aenter(self) -> int | CircuitOpenError:
         if self.store.available:
             try:
                 admission = await self.store.aadmit(self.name, self.config)  # type: ignore[attr-defined]
@@ -105,11 +114,6 @@ class SharedCircuitBreaker(CircuitBreaker):
             else:
                 return self._admitted(admission.permit, admission.view)
         return self._local_admit()
-
-    def refusal(self) -> CircuitOpenError:
-        if self._local:
-            return super().refusal()
-        return CircuitOpenError.refused(self.name, self._refused_for)
 
     # -- recording -------------------------------------------------------------------------
 

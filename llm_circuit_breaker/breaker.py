@@ -229,31 +229,47 @@ class CircuitBreaker:
 
     def admit(self) -> int:
         """Admit one call and return its permit, or raise :class:`CircuitOpenError`."""
-        permit = self.try_admit()
-        if permit < 0:
-            raise self.refusal()
-        return permit
+        entry = self.enter()
+        if isinstance(entry, CircuitOpenError):
+            try:
+                raise entry
+            finally:
+                del entry  # else frame -> error -> traceback -> frame: a cycle for the GC
+        return entry
 
     def try_admit(self) -> int:
         """Admit one call: its permit, or ``-1`` when the circuit refuses it (counted)."""
+        entry = self.enter()
+        return entry if entry.__class__ is int else REJECTED
+
+    def enter(self) -> int | CircuitOpenError:
+        """Admit one call: its permit, or the :class:`CircuitOpenError` that says why not.
+
+        What the decorators and helpers call: a refused call costs one function call, and the
+        error comes ready to raise, with ``retry_after`` computed from the same instant.
+        """
         core = self._core
         permit = core.lock_free_permit
         if permit >= 0:
             return permit
         now = self._clock()
-        if now < core.open_until and core.state is OPEN:  # failing fast needs no lock either
+        open_until = core.open_until
+        if now < open_until and core.state is OPEN:  # failing fast needs no lock either
             self._count_rejection()
-            return REJECTED if self._plain_refusals else self._refused()
+            refusal = _refused(self.name, None if core.held_open else open_until - now)
+            return refusal if self._plain_refusals else self._refused(refusal)
         with self._lock:
             permit = core.admit(now)
+            retry_after = core.retry_after(now) if permit == REJECTED else 0.0
             transitions = self._drain()
         self._publish(transitions)
         if permit == REJECTED:
             self._count_rejection()
-            return REJECTED if self._plain_refusals else self._refused()
+            refusal = _refused(self.name, retry_after)
+            return refusal if self._plain_refusals else self._refused(refusal)
         return permit
 
-    def _refused(self) -> int:
+    def _refused(self, refusal: CircuitOpenError) -> int | CircuitOpenError:
         """A refusal that observers hear of, or that a metrics-only breaker waves through."""
         enforced = self.config.enabled
         for observer in list(self._observers):
@@ -262,19 +278,9 @@ class CircuitBreaker:
             except Exception:  # noqa: PERF203 - an observer's bug must not touch the call
                 logger.exception("observer %r of circuit %r raised", observer, self.name)
         if enforced:
-            return REJECTED
+            return refusal
         logger.debug("circuit %r would have refused a call (metrics-only)", self.name)
         return SHADOW_PERMIT
-
-    def refusal(self) -> CircuitOpenError:
-        """The error for a call just refused, saying when a probe may be admitted."""
-        core = self._core
-        if core.state is OPEN:
-            if core.held_open:
-                return _refused(self.name, None)
-            wait = core.open_until - self._clock()
-            return _refused(self.name, wait if wait > 0.0 else 0.0)
-        return _refused(self.name, self.retry_after)
 
     def record_success(self, permit: int) -> None:
         """Report that the call holding ``permit`` succeeded."""

@@ -12,6 +12,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 from llm_circuit_breaker._guard import ExcludeTypes, FailurePredicate, Guard, check_rules
 from llm_circuit_breaker.breaker import CircuitBreaker, Listener
 from llm_circuit_breaker.config import CircuitBreakerConfig
+from llm_circuit_breaker.errors import CircuitOpenError
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
 
 __all__ = ["Guarded", "circuit_breaker"]
@@ -124,14 +125,17 @@ def circuit_breaker(
 def _sync_shell(
     func: Callable[..., Any], guard: Guard, fallback: Callable[..., Any] | None
 ) -> Callable[..., Any]:
-    admit, refusal, succeeded, failed = guard.admit, guard.refusal, guard.succeeded, guard.failed
+    enter, succeeded, failed = guard.enter, guard.succeeded, guard.failed
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        permit = admit()
-        if permit < 0:
+        permit = enter()
+        if permit.__class__ is not int:  # refused: enter() handed back the error to raise
             if fallback is None:
-                raise refusal()
+                try:
+                    raise permit
+                finally:
+                    del permit  # else frame -> error -> traceback -> frame: a cycle
             return fallback(*args, **kwargs)
         try:
             result = func(*args, **kwargs)
@@ -150,19 +154,23 @@ def _async_shell(
     fallback: Callable[..., Any] | None,
     call_timeout: float | None,
 ) -> Callable[..., Any]:
-    admit, refusal, succeeded, failed = guard.admit, guard.refusal, guard.succeeded, guard.failed
+    enter, succeeded, failed = guard.enter, guard.succeeded, guard.failed
     call = func if call_timeout is None else _timed(func, call_timeout)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        permit = admit()
-        if permit.__class__ is not int:  # an asyncio store answers with a coroutine
-            permit = await permit
-        if permit < 0:
-            if fallback is None:
-                raise refusal()
-            result = fallback(*args, **kwargs)
-            return (await result) if inspect.isawaitable(result) else result
+        permit = enter()
+        if permit.__class__ is not int:
+            if not isinstance(permit, CircuitOpenError):  # an asyncio store's coroutine
+                permit = await permit
+            if permit.__class__ is not int:
+                if fallback is None:
+                    try:
+                        raise permit
+                    finally:
+                        del permit  # else frame -> error -> traceback -> frame: a cycle
+                result = fallback(*args, **kwargs)
+                return (await result) if inspect.isawaitable(result) else result
         try:
             result = await call(*args, **kwargs)
         except BaseException as exc:
@@ -181,15 +189,18 @@ def _async_shell(
 def _gen_shell(
     func: Callable[..., Any], guard: Guard, fallback: Callable[..., Any] | None
 ) -> Callable[..., Any]:
-    admit, refusal, succeeded, failed = guard.admit, guard.refusal, guard.succeeded, guard.failed
+    enter, succeeded, failed = guard.enter, guard.succeeded, guard.failed
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         # Admitted when iteration starts, so a generator that is never iterated holds no permit.
-        permit = admit()
-        if permit < 0:
+        permit = enter()
+        if permit.__class__ is not int:
             if fallback is None:
-                raise refusal()
+                try:
+                    raise permit
+                finally:
+                    del permit  # else frame -> error -> traceback -> frame: a cycle
             return (yield from fallback(*args, **kwargs))
         try:
             result = yield from func(*args, **kwargs)
@@ -208,19 +219,23 @@ def _async_gen_shell(
     fallback: Callable[..., Any] | None,
     item_timeout: float | None,
 ) -> Callable[..., Any]:
-    admit, refusal, succeeded, failed = guard.admit, guard.refusal, guard.succeeded, guard.failed
+    enter, succeeded, failed = guard.enter, guard.succeeded, guard.failed
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        permit = admit()
-        if permit.__class__ is not int:  # an asyncio store answers with a coroutine
-            permit = await permit
-        if permit < 0:
-            if fallback is None:
-                raise refusal()
-            async for item in _as_async_iterator(fallback(*args, **kwargs)):
-                yield item
-            return
+        permit = enter()
+        if permit.__class__ is not int:
+            if not isinstance(permit, CircuitOpenError):  # an asyncio store's coroutine
+                permit = await permit
+            if permit.__class__ is not int:
+                if fallback is None:
+                    try:
+                        raise permit
+                    finally:
+                        del permit  # else frame -> error -> traceback -> frame: a cycle
+                async for item in _as_async_iterator(fallback(*args, **kwargs)):
+                    yield item
+                return
         stream = func(*args, **kwargs)
         try:
             async for item in _items(stream, item_timeout):
