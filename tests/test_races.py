@@ -197,3 +197,32 @@ def test_rejections_retain_no_memory(clock: FakeClock) -> None:
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert grown < 10_000 * 8, f"{grown} bytes retained by 10k rejections"
     assert breaker.stats.rejections == 10_100
+
+
+async def test_refusals_leave_no_reference_cycle(clock: FakeClock) -> None:
+    """A refused call's error is freed by reference counting alone (no cycle for the GC)."""
+    import weakref
+
+    breaker = CircuitBreaker("cycle", clock=clock)
+    breaker.force_open()
+
+    @circuit_breaker(breaker=breaker)
+    def sync_call() -> None: ...
+
+    @circuit_breaker(breaker=breaker)
+    async def async_call() -> None: ...
+
+    refs = []
+    gc.disable()
+    try:
+        for call in (sync_call, async_call, breaker.admit):
+            try:
+                result = call()
+                if asyncio.iscoroutine(result):
+                    await result
+            except CircuitOpenError as refused:
+                refs.append(weakref.ref(refused))
+        assert len(refs) == 3
+        assert [ref() for ref in refs] == [None, None, None]
+    finally:
+        gc.enable()
