@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 
@@ -33,8 +34,6 @@ class FakeClock:
 
     async def async_sleep(self, seconds: float) -> None:
         """Like :meth:`sleep`, for asyncio code (yields to the loop once)."""
-        import asyncio
-
         self.sleep(seconds)
         await asyncio.sleep(0)
 
