@@ -2,26 +2,34 @@
 
 ``@circuit_breaker`` fails fast while a provider is down, ``@with_retry`` retries what is worth
 retrying (honouring the providers' ``Retry-After`` hints), both for sync and async code, with
-breakers shared by name through ``breaker_registry``.
+breakers shared by name through ``breaker_registry``. ``LLMCircuitBreaker`` (and ``SSEEvent``)
+load the requests / aiohttp helpers on first use: importing the package loads neither.
 """
 
-from llm_circuit_breaker._state import Outcome
-from llm_circuit_breaker.breaker import BreakerStats, CircuitBreaker, StateChange
-from llm_circuit_breaker.config import CircuitBreakerConfig, CircuitState
+import typing
+
+from llm_circuit_breaker._state import CircuitState, Outcome
+from llm_circuit_breaker._telemetry import BreakerStats, StateChange
+from llm_circuit_breaker.breaker import CircuitBreaker
+from llm_circuit_breaker.config import CircuitBreakerConfig, RetryConfig
 from llm_circuit_breaker.decorators import Guarded, circuit_breaker
 from llm_circuit_breaker.errors import (
     CircuitOpenError,
+    FallbacksExhaustedError,
     HTTPStatusError,
     LLMCircuitBreakerError,
     RateLimitError,
     RequestTimeoutError,
     ServerError,
+    ThrottledError,
     TransportError,
 )
-from llm_circuit_breaker.facade import LLMCircuitBreaker
-from llm_circuit_breaker.http import SSEEvent
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.retry import DEFAULT_RETRY_STATUS_CODES, with_retry
+
+if typing.TYPE_CHECKING:
+    from llm_circuit_breaker.http._common import SSEEvent
+    from llm_circuit_breaker.http.client import LLMCircuitBreaker
 
 __all__ = [
     "DEFAULT_RETRY_STATUS_CODES",
@@ -31,6 +39,7 @@ __all__ = [
     "CircuitBreakerConfig",
     "CircuitOpenError",
     "CircuitState",
+    "FallbacksExhaustedError",
     "Guarded",
     "HTTPStatusError",
     "LLMCircuitBreaker",
@@ -38,13 +47,36 @@ __all__ = [
     "Outcome",
     "RateLimitError",
     "RequestTimeoutError",
+    "RetryConfig",
     "SSEEvent",
     "ServerError",
     "StateChange",
+    "ThrottledError",
     "TransportError",
     "breaker_registry",
     "circuit_breaker",
     "with_retry",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+_LAZY = {
+    "LLMCircuitBreaker": "llm_circuit_breaker.http.client",
+    "SSEEvent": "llm_circuit_breaker.http._common",
+}
+
+
+def __getattr__(name: str) -> typing.Any:
+    # The HTTP helpers are loaded when first named, so the decorators never pay for them.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llm_circuit_breaker' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

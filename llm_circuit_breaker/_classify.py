@@ -22,8 +22,18 @@ from llm_circuit_breaker._hints import (
     retry_after_from_headers,
     should_retry_from_headers,
 )
+from llm_circuit_breaker.errors import TransportError
 
-__all__ = ["NOT_PROVIDER_FAILURES", "TRANSPORT_KINDS", "Classification", "ErrorKind", "classify"]
+__all__ = [
+    "NOT_PROVIDER_FAILURES",
+    "STREAM_ERROR_STATUS",
+    "TRANSPORT_KINDS",
+    "Classification",
+    "ErrorKind",
+    "classify",
+    "classify_response",
+    "mark_local",
+]
 
 
 class ErrorKind(str, enum.Enum):
@@ -41,6 +51,7 @@ class ErrorKind(str, enum.Enum):
     CONTEXT_LENGTH = "context_length"
     CONTENT_POLICY = "content_policy"
     CLIENT = "client"  # other 4xx: the caller's request is wrong
+    LOCAL = "local"  # this process's own mistake around an HTTP call (closed loop, bad header)
     OTHER = "other"  # not an HTTP or transport error: the caller's own code
 
 
@@ -53,6 +64,7 @@ NOT_PROVIDER_FAILURES = frozenset(
         ErrorKind.CONTEXT_LENGTH,
         ErrorKind.CONTENT_POLICY,
         ErrorKind.CLIENT,
+        ErrorKind.LOCAL,
     }
 )
 TRANSPORT_KINDS = frozenset({ErrorKind.TIMEOUT, ErrorKind.CONNECTION})
@@ -98,12 +110,20 @@ _CONTEXT_TEXT = re.compile(
     r"exceeds? (?:the )?(?:model's )?context|input tokens exceed|context window",
     re.IGNORECASE,
 )
-_WAIT_TEXT = re.compile(r"(?:try again|retry) (?:in|after) ([\d.]+)\s*(ms|s|seconds?)\b", re.I)
-_STREAM_STATUS = {
+_WAIT_TEXT = re.compile(
+    r"(?:try again|retry) (?:in|after) ([0-9]{1,12}(?:\.[0-9]{1,9})?)\s*(ms|s|seconds?)\b", re.I
+)
+# The HTTP status an error event inside a stream (sent after a 200) stands for, by kind; an
+# event of any other kind stands for a 500.
+STREAM_ERROR_STATUS = {
     ErrorKind.OVERLOADED: 529,
     ErrorKind.RATE_LIMIT: 429,
-    ErrorKind.SERVER: 500,
     ErrorKind.QUOTA: 429,
+    ErrorKind.SERVER: 500,
+    ErrorKind.CONTEXT_LENGTH: 400,
+    ErrorKind.CONTENT_POLICY: 400,
+    ErrorKind.CLIENT: 400,
+    ErrorKind.AUTH: 401,
 }
 # Class names (anywhere in an exception's MRO) that mean a transport failure. Timeouts are
 # checked first: APITimeoutError subclasses APIConnectionError, ServerTimeoutError subclasses
@@ -140,28 +160,89 @@ _CONNECTION_NAMES = frozenset(
         "ClientOSError",
         "ServerDisconnectedError",
         "ClientPayloadError",
+        "HttpProcessingError",
         "TransportError",
         "IncompleteRead",
+        "TooManyRedirects",
     }
 )
 # litellm gives these a made-up status (500, 408): trust the class, not the number.
 _SYNTHETIC_STATUS_NAMES = frozenset({"APIConnectionError", "APITimeoutError"})
+# aiohttp's HTTP parser errors carry a ``code`` (400) for the server side of aiohttp; on a
+# client they mean the response was cut or malformed, a transport failure.
+# A redirect loop carries the last 3xx, which says nothing about the provider's health either.
+_NO_STATUS_NAMES = frozenset({"HttpProcessingError", "ClientPayloadError", "TooManyRedirects"})
+
+
+_CACHE = "_llm_circuit_breaker_facts"
 
 
 def classify(exc: BaseException) -> Classification:
-    """Classify ``exc`` (an error of ours, of an SDK or of an HTTP client) for retry and breaker."""
+    """Classify ``exc`` (an error of ours, of an SDK or of an HTTP client) for retry and breaker.
+
+    Never raises, whatever the exception carries. The answer is kept on the exception, so one
+    failed attempt is classified once however many layers (breaker, retry, fallbacks) ask.
+    """
+    try:
+        cached = exc.__dict__.get(_CACHE)
+    except Exception:
+        cached = None
+    if isinstance(cached, Classification):
+        return cached
+    try:
+        found = _classify(exc)
+    except Exception:  # a hostile attribute slipped past the guards: say nothing, never crash
+        found = Classification(ErrorKind.OTHER)
+    _remember(exc, found)
+    return found
+
+
+def mark_local(exc: BaseException) -> BaseException:
+    """Record that ``exc`` is this process's own mistake: never retried, never counted."""
+    _remember(exc, Classification(ErrorKind.LOCAL))
+    return exc
+
+
+def _remember(exc: BaseException, found: Classification) -> None:
+    try:
+        setattr(exc, _CACHE, found)
+    except Exception:  # an exception class with __slots__ or a frozen __setattr__
+        pass
+
+
+def classify_response(status: int, headers: Any, body: Any) -> Classification:
+    """Classify an HTTP response (or an error event, ``status`` 200) by status, headers, body."""
+    try:
+        err = _error_object_of(body)
+        if status == 200 or _http_status(status) is None:
+            kind = _kind_from_codes(None, err) or ErrorKind.SERVER
+            return Classification(
+                kind,
+                status=STREAM_ERROR_STATUS.get(kind, 500),
+                retry_after=_body_hint(None, err),
+                error_type=_first_code(None, err),
+            )
+        return _from_parts(status, headers, err, None)
+    except Exception:
+        return Classification(ErrorKind.SERVER if status >= 500 else ErrorKind.CLIENT, status)
+
+
+def _classify(exc: BaseException) -> Classification:
+    if isinstance(exc, TransportError):  # ours: the class says it all, whatever it wraps
+        timed_out = isinstance(exc, TimeoutError)
+        return Classification(ErrorKind.TIMEOUT if timed_out else ErrorKind.CONNECTION)
     chain = list(_chain(exc))
     for candidate in chain:
         status = _status(candidate)
         if status is not None:
-            return _from_http(candidate, status)
+            return _from_parts(status, _headers(candidate), _error_object(candidate), candidate)
     for candidate in chain:
         body = _error_object(candidate)
         kind = _kind_from_codes(candidate, body)
         if kind is not None:  # an error event inside a stream, reported with status 200 or none
             return Classification(
                 kind,
-                status=_STREAM_STATUS.get(kind),
+                status=STREAM_ERROR_STATUS.get(kind, 500),
                 retry_after=_body_hint(candidate, body),
                 error_type=_first_code(candidate, body),
             )
@@ -185,7 +266,8 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(current))
         yield current
         nested = _nested(current)
-        nested.append(current.__cause__ or current.__context__)
+        cause = current.__cause__
+        nested.append(cause if cause is not None else current.__context__)
         stack.extend(e for e in nested if isinstance(e, BaseException))
 
 
@@ -198,7 +280,7 @@ def _nested(exc: BaseException) -> list[BaseException | None]:
             return []
     group = _attr(exc, "exceptions")  # ExceptionGroup (3.11+), matched by shape
     if isinstance(group, tuple) and "BaseExceptionGroup" in _mro_names(exc):
-        return list(group)
+        return list(group[:32])
     return []
 
 
@@ -223,13 +305,17 @@ def _http_status(value: Any) -> int | None:
 
 
 def _status(exc: BaseException) -> int | None:
-    if _mro_names(exc) & _SYNTHETIC_STATUS_NAMES:
+    """The HTTP status of a response the exception carries; never a parser's ``code``."""
+    names = _mro_names(exc)
+    if names & _SYNTHETIC_STATUS_NAMES or names & _NO_STATUS_NAMES:
         return None
     response = _attr(exc, "response")
+    # google-genai's APIError carries the status as an int ``code`` beside a str ``status``.
+    genai = isinstance(_attr(exc, "status"), str) and _attr(exc, "details") is not None
     for value in (
         _attr(exc, "status_code"),
         _attr(exc, "status"),  # aiohttp ClientResponseError (0 when unknown)
-        _attr(exc, "code") if isinstance(_attr(exc, "code"), int) else None,  # google-genai
+        _attr(exc, "code") if genai else None,
         _attr(response, "status_code") if response is not None else None,
         _attr(response, "status") if response is not None else None,
     ):
@@ -246,7 +332,7 @@ def _headers(exc: BaseException) -> Any:
         _attr(exc, "headers"),
         _attr(exc, "litellm_response_headers"),
     ):
-        if candidate is not None and hasattr(candidate, "get"):
+        if candidate is not None and _attr(candidate, "get") is not None:
             return candidate
     return None
 
@@ -267,7 +353,10 @@ def _body(exc: BaseException) -> Any:
 
 def _error_object(exc: BaseException) -> dict[str, Any]:
     """The provider's error object: ``body["error"]`` when present, else the body itself."""
-    body = _body(exc)
+    return _error_object_of(_body(exc))
+
+
+def _error_object_of(body: Any) -> dict[str, Any]:
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict):
@@ -279,38 +368,49 @@ def _error_object(exc: BaseException) -> dict[str, Any]:
     return {}
 
 
-def _codes(exc: BaseException, err: Mapping[str, Any]) -> list[str]:
+def _codes(exc: BaseException | None, err: Mapping[str, Any]) -> list[str]:
     details = err.get("details")
     values = [err.get("type"), err.get("code"), err.get("status")]
     if isinstance(details, Mapping):
         values.append(details.get("error_code"))
-    values += [_attr(exc, "type"), _attr(exc, "code"), _attr(exc, "error_type")]
-    status = _attr(exc, "status")
-    if isinstance(status, str):
-        values.append(status)
-    return [v.lower() for v in values if isinstance(v, str) and v]
+    if exc is not None:
+        values += [_attr(exc, "type"), _attr(exc, "code"), _attr(exc, "error_type")]
+        status = _attr(exc, "status")
+        if isinstance(status, str):
+            values.append(status)
+    return [v.lower()[:100] for v in values if isinstance(v, str) and v]
 
 
-def _first_code(exc: BaseException, err: Mapping[str, Any]) -> str | None:
+def _listed(value: Any) -> list[Any]:
+    """``value`` when it is a JSON list (``details`` may be anything in a hostile body)."""
+    return list(value[:64]) if isinstance(value, (list, tuple)) else []
+
+
+def _first_code(exc: BaseException | None, err: Mapping[str, Any]) -> str | None:
     codes = _codes(exc, err)
     return codes[0] if codes else None
 
 
 def _per_day_quota(err: Mapping[str, Any]) -> bool:
     """Gemini's daily quotas are named in ``details[].violations[].quotaId``."""
-    for detail in err.get("details") or ():
+    for detail in _listed(err.get("details")):
         if isinstance(detail, Mapping):
-            for violation in detail.get("violations") or ():
+            for violation in _listed(detail.get("violations")):
                 if isinstance(violation, Mapping) and "PerDay" in str(violation.get("quotaId")):
                     return True
     return False
 
 
-def _kind_from_codes(exc: BaseException, err: Mapping[str, Any]) -> ErrorKind | None:
+def _message(err: Mapping[str, Any]) -> str:
+    message = err.get("message")
+    return message[:2000] if isinstance(message, str) else ""
+
+
+def _kind_from_codes(exc: BaseException | None, err: Mapping[str, Any]) -> ErrorKind | None:
     codes = set(_codes(exc, err))
     if codes & _QUOTA_CODES or _per_day_quota(err):
         return ErrorKind.QUOTA
-    if codes & _CONTEXT_CODES or _CONTEXT_TEXT.search(str(err.get("message") or "")):
+    if codes & _CONTEXT_CODES or _CONTEXT_TEXT.search(_message(err)):
         return ErrorKind.CONTEXT_LENGTH
     if codes & _POLICY_CODES:
         return ErrorKind.CONTENT_POLICY
@@ -347,9 +447,9 @@ def _kind_from_status(status: int, hinted: ErrorKind | None) -> ErrorKind:
     return ErrorKind.SERVER
 
 
-def _from_http(exc: BaseException, status: int) -> Classification:
-    headers = _headers(exc)
-    err = _error_object(exc)
+def _from_parts(
+    status: int, headers: Any, err: Mapping[str, Any], exc: BaseException | None
+) -> Classification:
     hint = retry_after_from_headers(headers)
     return Classification(
         _kind_from_status(status, _kind_from_codes(exc, err)),
@@ -360,14 +460,15 @@ def _from_http(exc: BaseException, status: int) -> Classification:
     )
 
 
-def _body_hint(exc: BaseException, err: Mapping[str, Any]) -> float | None:
+def _body_hint(exc: BaseException | None, err: Mapping[str, Any]) -> float | None:
     """Gemini's ``RetryInfo.retryDelay``, else "try again in 5.2s" in the message."""
-    for detail in err.get("details") or ():
+    for detail in _listed(err.get("details")):
         if isinstance(detail, Mapping) and str(detail.get("@type", "")).endswith("RetryInfo"):
             delay = parse_retry_after(str(detail.get("retryDelay", "")).rstrip("s"))
             if delay is not None:
                 return delay
-    match = _WAIT_TEXT.search(str(err.get("message") or _attr(exc, "message") or ""))
+    text = _message(err) or (_attr(exc, "message") if exc is not None else None)
+    match = _WAIT_TEXT.search(text[:2000] if isinstance(text, str) else "")
     if match is None:
         return None
     seconds = parse_retry_after(match.group(1))

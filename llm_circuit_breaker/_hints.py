@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["header", "parse_retry_after", "retry_after_from_headers", "should_retry_from_headers"]
+__all__ = [
+    "header",
+    "parse_number",
+    "parse_retry_after",
+    "retry_after_from_headers",
+    "should_retry_from_headers",
+]
 
 # Longer than any real rate-limit window; a bigger value is a bug or a bogus date.
 _MAX_HINT = 366 * 24 * 3600.0
+# Shorter than any real wait: a smaller hint (1e-300) is noise and must not cancel the backoff.
+_MIN_HINT = 1e-3
+# ASCII digits only: float() also takes "١٢", "1_000", "  nan", "infinity".
+_NUMBER = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,17})?")
 
 
 def header(headers: Any, name: str) -> str | None:
@@ -29,24 +40,35 @@ def header(headers: Any, name: str) -> str | None:
         if value is None and isinstance(headers, Mapping):
             # A plain dict is case-sensitive; the mapping types of HTTP clients are not.
             value = next((v for k, v in headers.items() if str(k).lower() == name), None)
+        if value is None:
+            return None
+        if isinstance(value, bytes):
+            value = value.decode("latin-1")
+        return str(value)[:1000]
     except Exception:
         return None
-    return None if value is None else str(value)
 
 
 def _positive(seconds: float) -> float | None:
-    if math.isfinite(seconds) and 0 < seconds <= _MAX_HINT:
+    if math.isfinite(seconds) and _MIN_HINT <= seconds <= _MAX_HINT:
         return seconds
     return None
 
 
+def parse_number(value: str) -> float | None:
+    """A plain decimal number of ASCII digits (``"2"``, ``"1.5"``), else ``None``."""
+    value = value.strip()
+    return float(value) if _NUMBER.fullmatch(value) else None
+
+
 def parse_retry_after(value: str, *, now: float | None = None) -> float | None:
     """Parse a ``retry-after`` value: seconds (decimals allowed) or an HTTP-date."""
-    value = value.strip()
-    try:
-        return _positive(float(value))
-    except ValueError:
-        pass
+    value = value.strip()[:100]
+    number = parse_number(value)
+    if number is not None:
+        return _positive(number)
+    if not value or value[0] in "+-0123456789":
+        return None  # a negative or malformed number, not a date
     try:
         parsed = email.utils.parsedate_to_datetime(value)
         delta = parsed.timestamp() - (time.time() if now is None else now)
@@ -58,11 +80,9 @@ def parse_retry_after(value: str, *, now: float | None = None) -> float | None:
 def retry_after_from_headers(headers: Any) -> float | None:
     """The server's wait hint in seconds: ``retry-after-ms`` first, then ``retry-after``."""
     millis = header(headers, "retry-after-ms")
-    if millis is not None:
-        try:
-            hint = _positive(float(millis) / 1000.0)
-        except ValueError:
-            hint = None
+    number = None if millis is None else parse_number(millis)
+    if number is not None:
+        hint = _positive(number / 1000.0)
         if hint is not None:
             return hint
     seconds = header(headers, "retry-after")

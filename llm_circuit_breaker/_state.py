@@ -18,10 +18,24 @@ import dataclasses
 import enum
 import math
 import sys
+from typing import TYPE_CHECKING
 
-from llm_circuit_breaker.config import CircuitBreakerConfig, CircuitState
+if TYPE_CHECKING:
+    from llm_circuit_breaker.config import CircuitBreakerConfig
 
-__all__ = ["REJECTED", "BreakerCore", "Outcome", "Transition"]
+__all__ = ["REJECTED", "BreakerCore", "CircuitState", "Outcome", "Transition"]
+
+
+class CircuitState(str, enum.Enum):
+    """The three states of a circuit; the values are the names, so they compare equal to str."""
+
+    CLOSED = "CLOSED"
+    OPEN = "OPEN"
+    HALF_OPEN = "HALF_OPEN"
+
+    def __str__(self) -> str:
+        return self.value
+
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 REJECTED = -1
@@ -37,6 +51,7 @@ class Outcome(enum.Enum):
     SUCCESS = "success"
     FAILURE = "failure"
     IGNORED = "ignored"  # neither: cancellation, the caller's own 4xx, excluded types
+    THROTTLED = "throttled"  # a rate limit: not the provider's health; the throttle pauses
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -97,6 +112,7 @@ class BreakerCore:
         "generation",
         "held_open",
         "lock_free_permit",
+        "open_reason",
         "open_until",
         "opened_at",
         "state",
@@ -110,6 +126,7 @@ class BreakerCore:
         self.failure_count = 0
         self.success_count = 0
         self.opened_at: float | None = None
+        self.open_reason = ""
         self.open_until = -math.inf
         self.held_open = False
         self.transitions: list[Transition] = []
@@ -182,7 +199,7 @@ class BreakerCore:
         took = 0.0 if started is None else now - started
         if outcome is Outcome.SUCCESS and slow is not None and took > slow:
             outcome, why = Outcome.FAILURE, f"slow call ({took:.3f}s > {slow:g}s)"
-        if outcome is Outcome.IGNORED:
+        if outcome is Outcome.IGNORED or outcome is Outcome.THROTTLED:
             return outcome
         if self.state is HALF_OPEN:
             self._record_probe(outcome is Outcome.SUCCESS, now, open_for, why)
@@ -197,7 +214,7 @@ class BreakerCore:
                 self._move(CLOSED, now, f"{self.success_count} probe successes")
             return
         reason = "probe failed" + (f": {why}" if why else "")
-        self._open(now, max(self.config.reset_timeout, open_for or 0.0), reason)
+        self._open(now, max(self.config.reset_timeout, self._capped(open_for)), reason)
 
     def _record_closed(self, ok: bool, now: float, open_for: float | None, why: str) -> None:
         window = self._window
@@ -212,7 +229,7 @@ class BreakerCore:
         self._refresh()
         config = self.config
         if open_for is not None:
-            self._open(now, open_for, why or f"server asked to wait {open_for:g}s")
+            self._open(now, self._capped(open_for), why or f"server asked to wait {open_for:g}s")
         elif self.failure_count >= config.failure_threshold:
             self._open(now, config.reset_timeout, f"{self.failure_count} consecutive failures")
         elif window is not None and window.calls >= config.effective_minimum_calls:
@@ -240,9 +257,14 @@ class BreakerCore:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _capped(self, open_for: float | None) -> float:
+        """A server-directed open lasts at most ``max_open_for`` (a hint may be absurd)."""
+        return min(open_for or 0.0, self.config.effective_max_open_for)
+
     def _open(self, now: float, duration: float, reason: str) -> None:
         self._move(OPEN, now, reason)
         self.opened_at = now
+        self.open_reason = reason
         self.open_until = now + duration
 
     def _move(self, new: CircuitState, now: float, reason: str) -> None:
@@ -256,6 +278,7 @@ class BreakerCore:
         if new is not OPEN:
             self.failure_count = 0
             self.opened_at = None
+            self.open_reason = ""
             self.open_until = -math.inf
         if self._window is not None:
             self._window.clear()

@@ -1,132 +1,53 @@
-"""``CircuitBreaker``: the pure core behind a lock that never spans the caller's call."""
+"""``CircuitBreaker``: one circuit, decided in this process or kept in a shared store.
+
+Without a store the breaker runs a :class:`~llm_circuit_breaker._local.LocalCircuit` (the pure
+core behind a lock that never spans the caller's call). With ``store=`` it composes a link to
+that store (:mod:`llm_circuit_breaker.storage.link`): a sync store gives plain methods, an
+asyncio store gives coroutines (``aenter`` / ``arecord`` ...). Counts, listeners and logs are
+the breaker's :class:`~llm_circuit_breaker._telemetry.Telemetry` either way.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import itertools
-import logging
-import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import Any, cast
 
-from llm_circuit_breaker._state import REJECTED, BreakerCore, Outcome, Transition
-from llm_circuit_breaker.config import CircuitBreakerConfig, CircuitState
+from llm_circuit_breaker._local import LocalCircuit
+from llm_circuit_breaker._state import REJECTED, CircuitState, Outcome
+from llm_circuit_breaker._telemetry import (
+    BreakerStats,
+    Listener,
+    Observer,
+    StateChange,
+    Telemetry,
+)
+from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError
+from llm_circuit_breaker.storage.base import AsyncStateStore, Control, StateStore, View
+from llm_circuit_breaker.storage.link import AsyncStoreLink, StoreLink
 
-if TYPE_CHECKING:
-    from llm_circuit_breaker.storage.base import StateStore
-
-__all__ = [
-    "SHADOW_PERMIT",
-    "BreakerStats",
-    "CircuitBreaker",
-    "Clock",
-    "Listener",
-    "Observer",
-    "StateChange",
-]
-
-logger = logging.getLogger("llm_circuit_breaker")
+__all__ = ["BreakerStats", "CircuitBreaker", "Clock", "Listener", "Observer", "StateChange"]
 
 Clock = Callable[[], float]
-OPEN = CircuitState.OPEN
-# CircuitOpenError built by BaseException.__new__ alone: C code, no Python frame (hot path).
-_refused = functools.partial(CircuitOpenError.__new__, CircuitOpenError)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class StateChange:
-    """A circuit moved from ``old`` to ``new`` at ``at`` (seconds on the breaker's clock)."""
-
-    name: str
-    old: CircuitState
-    new: CircuitState
-    at: float
-    reason: str
-
-
-Listener = Callable[[StateChange], object]
-
-# The permit of a call that a metrics-only breaker would have refused: it runs, and its
-# outcome matches no permit of the state machine, so the circuit evolves as if it had not run.
-SHADOW_PERMIT = 1 << 62
-
-
-class Observer(Protocol):
-    """Hears of refusals and retries as they happen (what listeners do for state changes)."""
-
-    def rejected(self, breaker: CircuitBreaker, enforced: bool) -> None:
-        """A call was refused (``enforced`` False: a metrics-only breaker let it through)."""
-
-    def retried(
-        self, breaker: CircuitBreaker, attempt: int, error: BaseException, delay: float
-    ) -> None:
-        """``with_retry`` will retry after ``attempt`` failed with ``error``, in ``delay`` s."""
-
-
-class _Tally:
-    """A counter that threads may bump without a lock (``itertools.count`` is atomic)."""
-
-    __slots__ = ("_count", "add")
-
-    def __init__(self) -> None:
-        self._count = itertools.count()
-        self.add = self._count.__next__
-
-    @property
-    def value(self) -> int:
-        return int(repr(self._count)[6:-1])  # "count(N)": reading it does not bump it
-
-
-def _check_report(permit: object, outcome: object, open_for: float | None) -> None:
-    """Refuse a malformed report before it can touch the state machine."""
-    if permit.__class__ is not int:
-        raise TypeError(f"permit must be the int that admit() returned, got {permit!r}")
-    if outcome.__class__ is not Outcome:
-        raise TypeError(f"outcome must be an Outcome, got {outcome!r}")
-    if open_for is not None and not (0.0 <= open_for < float("inf")):
-        raise ValueError(f"open_for must be a finite number of seconds >= 0, got {open_for!r}")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BreakerStats:
-    """Counts since the breaker was made. ``calls`` = successes + failures + ignored."""
-
-    calls: int
-    successes: int
-    failures: int
-    ignored: int
-    rejections: int
-    retries: int
-    state_changes: dict[str, int]
 
 
 class CircuitBreaker:
     """One circuit, shared by every caller that names it.
 
     ``state`` reads OPEN -> HALF_OPEN lazily from the clock (``clock=`` returns monotonic
-    seconds; inject one in tests). Calls are admitted with :meth:`admit` and report with
-    :meth:`record_success` / :meth:`record`; the decorators and the HTTP helpers do that for
-    you. Thread-safe and asyncio-safe: the lock is held only while the core decides.
+    seconds; inject one in tests). ``store=`` keeps the circuit in a shared store (say a
+    ``RedisStateStore``); with an asyncio store the breaker's calls are coroutines
+    (``await breaker.aenter()`` ...) and ``is_async`` is True.
+
+    Calls are admitted with ``enter()`` (a permit, or the :class:`CircuitOpenError` to raise;
+    :meth:`admit` raises it) and report with ``record_success(permit)`` / :meth:`record`; the
+    decorators and the HTTP helpers do that for you. Thread-safe and asyncio-safe.
     """
 
-    is_async = False  # True when the state lives in an asyncio store (coroutines only)
-
-    def __new__(
-        cls,
-        name: str,
-        config: CircuitBreakerConfig | None = None,
-        *,
-        clock: Clock | None = None,
-        store: StateStore | None = None,
-    ) -> CircuitBreaker:
-        if store is not None and cls is CircuitBreaker:
-            from llm_circuit_breaker._shared import SharedCircuitBreaker
-
-            return super().__new__(SharedCircuitBreaker)
-        return super().__new__(cls)
+    enter: Callable[[], int | CircuitOpenError]
+    record_success: Callable[[int], None]
 
     def __init__(
         self,
@@ -134,96 +55,40 @@ class CircuitBreaker:
         config: CircuitBreakerConfig | None = None,
         *,
         clock: Clock | None = None,
-        store: StateStore | None = None,
+        store: StateStore | AsyncStateStore | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a circuit breaker needs a non-empty str name, got {name!r}")
-        if store is not None:
-            raise TypeError(
-                f"{type(self).__name__} keeps its state itself; store= needs CircuitBreaker"
-            )
         if config is not None and not isinstance(config, CircuitBreakerConfig):
             raise TypeError(f"config must be a CircuitBreakerConfig, got {type(config).__name__}")
         self.name = name
         self.config = config or CircuitBreakerConfig()
-        self._clock: Clock = clock or time.monotonic
-        self._core = BreakerCore(self.config)
-        self._lock = threading.Lock()
-        self._listeners: list[Listener] = []
-        self._observers: list[Observer] = []
-        # Refusals need no more than a count: enforced, and nobody to tell.
-        self._plain_refusals = self.config.enabled
-        self._successes, self._failures, self._ignored = _Tally(), _Tally(), _Tally()
-        self._rejections, self._retries = _Tally(), _Tally()
-        # Bound once: the CLOSED success path and the fail-fast path call them.
-        self._count_success = self._successes.add
-        self._count_rejection = self._rejections.add
-        self._changes = {state: _Tally() for state in CircuitState}
-
-    # -- reading ---------------------------------------------------------------------------
-
-    @property
-    def state(self) -> CircuitState:
-        """The current state (HALF_OPEN as soon as ``reset_timeout`` has passed)."""
-        with self._lock:
-            self._core.advance(self._clock())
-            state = self._core.state
-            transitions = self._drain()
-        self._publish(transitions)
-        return state
+        self.store = store
+        self._telemetry = Telemetry(name, self.config.enabled)
+        self._telemetry.breaker = self
+        self._local = LocalCircuit(name, self.config, clock or time.monotonic, self._telemetry)
+        self._link: StoreLink | None = None
+        self._alink: AsyncStoreLink | None = None
+        parts = (name, self.config, self._local, self._telemetry)
+        if store is None:
+            self.enter, self.record_success = self._local.enter, self._local.record_success
+        elif store.is_async:
+            self._alink = AsyncStoreLink(cast("AsyncStateStore", store), *parts)
+            self.enter = self.record_success = self._needs_await
+        else:
+            self._link = StoreLink(cast("StateStore", store), *parts)
+            self.enter, self.record_success = self._link.enter, self._link.record_success
 
     @property
-    def failure_count(self) -> int:
-        """Consecutive failures counted in CLOSED."""
-        return self._core.failure_count
+    def is_async(self) -> bool:
+        """True when the circuit lives in an asyncio store: use the ``a``-methods."""
+        return self._alink is not None
 
-    @property
-    def success_count(self) -> int:
-        """Consecutive probe successes counted in HALF_OPEN."""
-        return self._core.success_count
-
-    @property
-    def retry_after(self) -> float | None:
-        """Seconds until a call is admitted: 0.0 when now, ``None`` while held open."""
-        with self._lock:
-            retry_after = self._core.retry_after(self._clock())
-            transitions = self._drain()
-        self._publish(transitions)
-        return retry_after
-
-    @property
-    def stats(self) -> BreakerStats:
-        """Calls, successes, failures, ignored, rejections, retries and state changes."""
-        successes, failures, ignored = (
-            t.value for t in (self._successes, self._failures, self._ignored)
+    def _needs_await(self, *args: object) -> Any:
+        raise TypeError(
+            f"circuit {self.name!r} keeps its state in an asyncio store: "
+            "use `await breaker.aenter()` / `arecord_success()` / `arecord()`"
         )
-        return BreakerStats(
-            calls=successes + failures + ignored,
-            successes=successes,
-            failures=failures,
-            ignored=ignored,
-            rejections=self._rejections.value,
-            retries=self._retries.value,
-            state_changes={state.value: tally.value for state, tally in self._changes.items()},
-        )
-
-    def snapshot(self) -> dict[str, Any]:
-        """A JSON-serialisable view: state, counts, ``opened_at``, ``retry_after``, stats."""
-        with self._lock:
-            now = self._clock()
-            retry_after = self._core.retry_after(now)
-            core = self._core
-            view: dict[str, Any] = {
-                "state": core.state.value,
-                "failure_count": core.failure_count,
-                "success_count": core.success_count,
-                "opened_at": core.opened_at,
-                "retry_after": retry_after,
-            }
-            transitions = self._drain()
-        self._publish(transitions)
-        view["stats"] = dataclasses.asdict(self.stats)
-        return view
 
     # -- guarding calls --------------------------------------------------------------------
 
@@ -240,54 +105,7 @@ class CircuitBreaker:
     def try_admit(self) -> int:
         """Admit one call: its permit, or ``-1`` when the circuit refuses it (counted)."""
         entry = self.enter()
-        return entry if entry.__class__ is int else REJECTED
-
-    def enter(self) -> int | CircuitOpenError:
-        """Admit one call: its permit, or the :class:`CircuitOpenError` that says why not.
-
-        What the decorators and helpers call: a refused call costs one function call, and the
-        error comes ready to raise, with ``retry_after`` computed from the same instant.
-        """
-        core = self._core
-        permit = core.lock_free_permit
-        if permit >= 0:
-            return permit
-        now = self._clock()
-        open_until = core.open_until
-        if now < open_until and core.state is OPEN:  # failing fast needs no lock either
-            self._count_rejection()
-            refusal = _refused(self.name, None if core.held_open else open_until - now)
-            return refusal if self._plain_refusals else self._refused(refusal)
-        with self._lock:
-            permit = core.admit(now)
-            retry_after = core.retry_after(now) if permit == REJECTED else 0.0
-            transitions = self._drain()
-        self._publish(transitions)
-        if permit == REJECTED:
-            self._count_rejection()
-            refusal = _refused(self.name, retry_after)
-            return refusal if self._plain_refusals else self._refused(refusal)
-        return permit
-
-    def _refused(self, refusal: CircuitOpenError) -> int | CircuitOpenError:
-        """A refusal that observers hear of, or that a metrics-only breaker waves through."""
-        enforced = self.config.enabled
-        for observer in list(self._observers):
-            try:
-                observer.rejected(self, enforced)
-            except Exception:  # noqa: PERF203 - an observer's bug must not touch the call
-                logger.exception("observer %r of circuit %r raised", observer, self.name)
-        if enforced:
-            return refusal
-        logger.debug("circuit %r would have refused a call (metrics-only)", self.name)
-        return SHADOW_PERMIT
-
-    def record_success(self, permit: int) -> None:
-        """Report that the call holding ``permit`` succeeded."""
-        if permit == self._core.clean_permit:  # nothing to change but the count
-            self._count_success()
-            return
-        self.record(permit, Outcome.SUCCESS)
+        return entry if isinstance(entry, int) else REJECTED
 
     def record(
         self,
@@ -296,96 +114,190 @@ class CircuitBreaker:
         *,
         open_for: float | None = None,
         why: str = "",
+        error: BaseException | None = None,
     ) -> None:
-        """Report a finished call; ``open_for`` opens the circuit that long on a failure."""
-        _check_report(permit, outcome, open_for)
-        with self._lock:
-            counted = self._core.record(permit, outcome, self._clock(), open_for=open_for, why=why)
-            transitions = self._drain()
-        self._tally(counted)
-        self._publish(transitions)
+        """Report a finished call; ``open_for`` opens the circuit that long on a failure.
 
-    def _tally(self, outcome: Outcome) -> None:
-        if outcome is Outcome.SUCCESS:
-            self._count_success()
-        elif outcome is Outcome.FAILURE:
-            self._failures.add()
+        ``error`` (the exception the call raised) becomes the ``__cause__`` of the refusals
+        that follow if this report opens the circuit.
+        """
+        if self._link is not None:
+            self._link.record(permit, outcome, open_for=open_for, why=why, error=error)
+        elif self._alink is not None:
+            self._needs_await()
         else:
-            self._ignored.add()
+            self._local.record(permit, outcome, open_for=open_for, why=why, error=error)
+
+    async def aenter(self) -> int | CircuitOpenError:
+        """``enter()`` as a coroutine (what an asyncio store needs)."""
+        if self._alink is not None:
+            return await self._alink.aenter()
+        return self.enter()
+
+    async def aadmit(self) -> int:
+        """``admit()`` as a coroutine."""
+        entry = await self.aenter()
+        if isinstance(entry, CircuitOpenError):
+            try:
+                raise entry
+            finally:
+                del entry
+        return entry
+
+    async def atry_admit(self) -> int:
+        """``try_admit()`` as a coroutine."""
+        entry = await self.aenter()
+        return entry if isinstance(entry, int) else REJECTED
+
+    async def arecord_success(self, permit: int) -> None:
+        """``record_success()`` as a coroutine."""
+        if self._alink is not None:
+            await self._alink.arecord_success(permit)
+        else:
+            self.record_success(permit)
+
+    async def arecord(
+        self,
+        permit: int,
+        outcome: Outcome,
+        *,
+        open_for: float | None = None,
+        why: str = "",
+        error: BaseException | None = None,
+    ) -> None:
+        """``record()`` as a coroutine."""
+        if self._alink is not None:
+            await self._alink.arecord(permit, outcome, open_for=open_for, why=why, error=error)
+        else:
+            self.record(permit, outcome, open_for=open_for, why=why, error=error)
+
+    def refusal_now(self) -> CircuitOpenError | None:
+        """The :class:`CircuitOpenError` a call would get now, or None if it would be admitted
+        (nothing is admitted or counted)."""
+        view = self._view()
+        if view.retry_after == 0.0:
+            return None
+        return CircuitOpenError(self.name, view.retry_after, view.reason)
 
     def record_retry(self, attempt: int, error: BaseException, delay: float) -> None:
         """Count a retry of a call guarded by this breaker (``with_retry`` calls it)."""
-        self._retries.add()
-        for observer in list(self._observers):
-            try:
-                observer.retried(self, attempt, error, delay)
-            except Exception:  # noqa: PERF203 - an observer's bug must not touch the call
-                logger.exception("observer %r of circuit %r raised", observer, self.name)
+        self._telemetry.retried(attempt, error, delay)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _view(self) -> View:
+        """The circuit now (for an asyncio store: as of the last call, see ``asnapshot``)."""
+        if self._link is not None:
+            return self._link.view()
+        if self._alink is not None:
+            return self._alink.known_view()
+        return self._local.view()
+
+    @property
+    def state(self) -> CircuitState:
+        """The current state (HALF_OPEN as soon as ``reset_timeout`` has passed)."""
+        if self._link is None and self._alink is None:
+            return self._local.state
+        return self._view().state
+
+    @property
+    def failure_count(self) -> int:
+        """Consecutive failures counted in CLOSED."""
+        return self._view().failure_count
+
+    @property
+    def success_count(self) -> int:
+        """Consecutive probe successes counted in HALF_OPEN."""
+        return self._view().success_count
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until a call is admitted: 0.0 when now, ``None`` while held open."""
+        return self._view().retry_after
+
+    @property
+    def stats(self) -> BreakerStats:
+        """Calls, successes, failures, ignored, throttled, rejections, retries, state changes."""
+        return self._telemetry.stats()
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-serialisable view: state, counts, ``opened_at``, ``retry_after``, stats."""
+        return self._as_dict(self._view())
+
+    async def asnapshot(self) -> dict[str, Any]:
+        """``snapshot()`` read now, also from an asyncio store."""
+        view = await self._alink.aview() if self._alink is not None else self._view()
+        return self._as_dict(view)
+
+    def _as_dict(self, view: View) -> dict[str, Any]:
+        return {
+            "state": view.state.value,
+            "failure_count": view.failure_count,
+            "success_count": view.success_count,
+            "opened_at": view.opened_at,
+            "retry_after": view.retry_after,
+            "stats": dataclasses.asdict(self.stats),
+        }
 
     # -- manual control and listeners ------------------------------------------------------
 
+    def _control(self, action: Control) -> None:
+        if self._link is not None:
+            self._link.control(action)
+        elif self._alink is not None:
+            raise TypeError(
+                f"circuit {self.name!r} keeps its state in an asyncio store: "
+                f"use `await breaker.a{action}()`"
+            )
+        else:
+            self._local.control(action)
+
     def reset(self) -> None:
         """Close the circuit with clean counts (statistics are kept)."""
-        self._close("reset")
+        self._control("reset")
 
     def force_closed(self) -> None:
         """Close the circuit now, ending a forced or timed open; counting starts afresh."""
-        self._close("forced closed")
+        self._control("force_closed")
 
     def force_open(self) -> None:
         """Open the circuit and hold it open, with no probes, until it is reset or closed."""
-        with self._lock:
-            self._core.force_open(self._clock())
-            transitions = self._drain()
-        self._publish(transitions)
+        self._control("force_open")
 
-    def _close(self, reason: str) -> None:
-        with self._lock:
-            self._core.close(self._clock(), reason)
-            transitions = self._drain()
-        self._publish(transitions)
+    async def _acontrol(self, action: Control) -> None:
+        if self._alink is not None:
+            await self._alink.acontrol(action)
+        else:
+            self._control(action)
+
+    async def areset(self) -> None:
+        """``reset()`` as a coroutine (what an asyncio store needs)."""
+        await self._acontrol("reset")
+
+    async def aforce_open(self) -> None:
+        """``force_open()`` as a coroutine."""
+        await self._acontrol("force_open")
+
+    async def aforce_closed(self) -> None:
+        """``force_closed()`` as a coroutine."""
+        await self._acontrol("force_closed")
 
     def add_observer(self, observer: Observer) -> None:
         """Tell ``observer`` of refusals and retries (the metrics exporters use this)."""
-        self._observers.append(observer)
-        self._plain_refusals = False
+        self._telemetry.add_observer(observer)
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(StateChange)`` after every state change (outside the lock)."""
-        if not callable(listener):
-            raise TypeError(f"a listener must be callable, got {listener!r}")
-        self._listeners.append(listener)
+        self._telemetry.add_listener(listener)
 
     def remove_listener(self, listener: Listener) -> None:
         """Stop calling ``listener``."""
-        self._listeners.remove(listener)
-
-    def _drain(self) -> Sequence[Transition]:
-        """Take the core's pending transitions (call with the lock held)."""
-        transitions = self._core.transitions
-        if not transitions:
-            return ()  # never hand out the core's own list: others append to it later
-        self._core.transitions = []
-        return transitions
-
-    def _publish(self, transitions: Sequence[Transition]) -> None:
-        for t in transitions:
-            self._changes[t.new].add()
-            logger.warning("circuit %r %s -> %s: %s", self.name, t.old.value, t.new.value, t.reason)
-            self._notify(StateChange(self.name, t.old, t.new, t.at, t.reason))
-
-    def _notify(self, change: StateChange) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(change)
-            except Exception:  # noqa: PERF203 - one listener's bug must not stop the rest
-                logger.exception(
-                    "state-change listener %r of circuit %r raised", listener, self.name
-                )
+        self._telemetry.remove_listener(listener)
 
     def __repr__(self) -> str:
-        core = self._core
+        link = self._link or self._alink
+        view = link.known_view() if link is not None else self._local.view()
         return (
-            f"CircuitBreaker({self.name!r}, state={core.state.value}, "
-            f"failure_count={core.failure_count}, success_count={core.success_count})"
+            f"CircuitBreaker({self.name!r}, state={view.state.value}, "
+            f"failure_count={view.failure_count}, success_count={view.success_count})"
         )

@@ -1,38 +1,53 @@
-"""Circuit states and the validated, immutable breaker configuration."""
+"""The validated, immutable configurations: of a circuit and of a retry policy.
+
+Each option is declared once, here; the decorators, the HTTP client and dict configs are built
+from these dataclasses, and so share their defaults, checks and error messages.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import enum
-import math
-import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
-__all__ = ["CircuitBreakerConfig", "CircuitState", "config_fields"]
+from llm_circuit_breaker import _validate as check
+
+__all__ = ["DEFAULT_RETRY_STATUS_CODES", "CircuitBreakerConfig", "OnRetry", "RetryConfig"]
 
 # Defaults of the optional sliding-window mode, used once failure_rate_threshold is set.
 DEFAULT_WINDOW = 60.0
 DEFAULT_MINIMUM_CALLS = 10
+# A server-directed open lasts at most this many reset timeouts unless max_open_for says.
+DEFAULT_MAX_OPEN_FACTOR = 10
+DEFAULT_RETRY_STATUS_CODES = (408, 409, 429, 500, 502, 503, 504, 529)
+OnRetry = Callable[[int, BaseException, float], object]  # (attempt that failed, error, delay)
 
 
-class CircuitState(str, enum.Enum):
-    """The three states of a circuit; the values are the names, so they compare equal to str."""
+class _Options:
+    """Shared by the config dataclasses: building from a dict of option names."""
 
-    CLOSED = "CLOSED"
-    OPEN = "OPEN"
-    HALF_OPEN = "HALF_OPEN"
+    __slots__ = ()
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+    _what: ClassVar[str]
+    _time_fields: ClassVar[tuple[str, ...]]
 
-    def __str__(self) -> str:
-        return self.value
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """The option names, in declaration order."""
+        return tuple(cls.__dataclass_fields__)
 
+    @classmethod
+    def check_names(cls, options: Mapping[str, Any]) -> None:
+        """``TypeError`` with a did-you-mean hint for every unknown option name."""
+        check.check_option_names(options, cls.option_names(), cls._what)
 
-class _WrongType(TypeError, ValueError):
-    """A config value of the wrong type: a TypeError that is also a bad value (ValueError)."""
+    def _warn_milliseconds(self) -> None:
+        for name in self._time_fields:
+            check.warn_if_milliseconds(type(self).__name__, name, getattr(self, name), stacklevel=5)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class CircuitBreakerConfig:
+class CircuitBreakerConfig(_Options):
     """How a circuit opens and recovers. All times are seconds (floats).
 
     ``failure_threshold`` consecutive failures in CLOSED open the circuit; after
@@ -41,9 +56,21 @@ class CircuitBreakerConfig:
     per-attempt timeout of the HTTP helpers. The optional sliding-window mode opens the circuit
     too when, over the last ``window`` seconds and once ``minimum_calls`` were seen, the share of
     failures reaches ``failure_rate_threshold``. With ``slow_call_duration`` a call that succeeds
-    but takes longer than that counts as a failure. ``enabled=False`` is metrics-only mode: the
-    circuit opens and closes as usual and refusals are counted, but no call is refused.
+    but takes longer than that counts as a failure. A server's long retry hint opens the circuit
+    for the hinted time, at most ``max_open_for`` (default 10 x ``reset_timeout``). A rate
+    limit (429 that is not quota) is not a failure with ``throttle`` (the default): it pauses
+    the breaker's throttle instead. ``enabled=False`` is metrics-only mode: the circuit opens
+    and closes as usual and refusals are counted, but no call is refused.
     """
+
+    _what: ClassVar[str] = "circuit breaker config"
+    _time_fields: ClassVar[tuple[str, ...]] = (
+        "reset_timeout",
+        "timeout",
+        "half_open_probe_timeout",
+        "window",
+        "slow_call_duration",
+    )
 
     failure_threshold: int = 5
     reset_timeout: float = 30.0
@@ -55,30 +82,45 @@ class CircuitBreakerConfig:
     window: float | None = None
     minimum_calls: int | None = None
     slow_call_duration: float | None = None
+    max_open_for: float | None = None
+    throttle: bool = True
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        _check_int(self, "failure_threshold", 1)
-        _check_time(self, "reset_timeout", allow_zero=True)
-        _check_int(self, "success_threshold", 1)
-        _check_time(self, "timeout")
-        _check_int(self, "half_open_max_calls", 1)
-        _check_time(self, "half_open_probe_timeout")
-        if self.failure_rate_threshold is not None:
-            rate = _number(self, "failure_rate_threshold")
+        name = type(self).__name__
+        check.count(name, "failure_threshold", self.failure_threshold, 1)
+        check.seconds(name, "reset_timeout", self.reset_timeout, allow_zero=True)
+        check.count(name, "success_threshold", self.success_threshold, 1)
+        check.seconds(name, "timeout", self.timeout)
+        check.count(name, "half_open_max_calls", self.half_open_max_calls, 1)
+        check.seconds(name, "half_open_probe_timeout", self.half_open_probe_timeout)
+        rate = self.failure_rate_threshold
+        if rate is not None:
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+                raise check.OptionTypeError(
+                    f"{name}.failure_rate_threshold must be a number, got {rate!r}"
+                )
             if not 0.0 < rate <= 1.0:
-                _bad(self, "failure_rate_threshold", "must be in (0, 1]")
+                raise ValueError(f"{name}.failure_rate_threshold must be in (0, 1], got {rate!r}")
         elif self.window is not None or self.minimum_calls is not None:
-            _bad(self, "window" if self.window is not None else "minimum_calls",
-                 "only applies together with failure_rate_threshold")  # fmt: skip
+            field = "window" if self.window is not None else "minimum_calls"
+            raise ValueError(
+                f"{name}.{field} only applies together with failure_rate_threshold, "
+                f"got {getattr(self, field)!r}"
+            )
         if self.window is not None:
-            _check_time(self, "window")
+            check.seconds(name, "window", self.window)
         if self.minimum_calls is not None:
-            _check_int(self, "minimum_calls", 1)
-        if self.slow_call_duration is not None:
-            _check_time(self, "slow_call_duration")
-        if not isinstance(self.enabled, bool):
-            raise _WrongType(f"{type(self).__name__}.enabled must be a bool, got {self.enabled!r}")
+            check.count(name, "minimum_calls", self.minimum_calls, 1)
+        for field in ("slow_call_duration", "max_open_for"):
+            if getattr(self, field) is not None:
+                check.seconds(name, field, getattr(self, field))
+        for flag in ("throttle", "enabled"):
+            if not isinstance(getattr(self, flag), bool):
+                raise check.OptionTypeError(
+                    f"{name}.{flag} must be a bool, got {getattr(self, flag)!r}"
+                )
+        self._warn_milliseconds()
 
     @property
     def effective_window(self) -> float:
@@ -90,61 +132,95 @@ class CircuitBreakerConfig:
         """The calls the failure-rate mode needs to see before it may open the circuit."""
         return DEFAULT_MINIMUM_CALLS if self.minimum_calls is None else self.minimum_calls
 
+    @property
+    def effective_max_open_for(self) -> float:
+        """The longest a server's hint may hold the circuit open."""
+        if self.max_open_for is not None:
+            return float(self.max_open_for)
+        return max(DEFAULT_MAX_OPEN_FACTOR * self.reset_timeout, 1.0)
+
     @classmethod
     def from_mapping(
         cls, fields: Mapping[str, Any], *, base: CircuitBreakerConfig | None = None
     ) -> CircuitBreakerConfig:
         """Build a config from field names, rejecting unknown keys with a ``TypeError``."""
-        check_field_names(fields, cls, "circuit breaker config")
+        cls.check_names(check.check_mapping(fields, "a circuit breaker config"))
         return dataclasses.replace(base or cls(), **fields)
 
-
-def config_fields(cls: type[Any]) -> tuple[str, ...]:
-    """The field names of a config dataclass, in declaration order."""
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
-def check_field_names(
-    fields: Mapping[str, Any], known: type[Any] | tuple[str, ...], what: str
-) -> None:
-    """Raise ``TypeError`` naming every key of ``fields`` not in ``known`` (names or a
-    dataclass), with the snake_case spelling as a hint for a camelCase key."""
-    if isinstance(known, type):
-        known = config_fields(known)
-    unknown = [key for key in fields if key not in known]
-    if not unknown:
-        return
-    hints = []
-    for key in unknown:
-        snake = re.sub(r"(?<!^)([A-Z])", r"_\1", str(key)).lower()
-        hints.append(f"{key!r} (did you mean {snake!r}?)" if snake in known else repr(key))
-    raise TypeError(
-        f"unknown {what} option(s): {', '.join(hints)}; known options: {', '.join(known)}"
-    )
+    def as_fields(self) -> dict[str, Any]:
+        """Every field and its value."""
+        return {name: getattr(self, name) for name in self.option_names()}
 
 
-def _bad(config: object, name: str, why: str) -> None:
-    raise ValueError(f"{type(config).__name__}.{name} {why}, got {getattr(config, name)!r}")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RetryConfig(_Options):
+    """How :func:`~llm_circuit_breaker.with_retry` retries. All times are seconds.
 
+    At most ``max_retries`` retries; the delay before retry n is ``min(max_delay,
+    initial_delay * backoff_factor ** (n-1))``, drawn uniformly from [0, that] with ``jitter``.
+    A status is retried when it is in ``retry_on_status_codes``; connection failures and
+    timeouts always, and the exception types in ``retry_on``. A server hint replaces the
+    computed delay when ``respect_retry_after`` and it is <= ``max_delay``; a longer one ends
+    the retries. ``deadline`` bounds the whole call, waits included. ``on_retry(attempt, error,
+    delay)`` is called before each wait.
+    """
 
-def _number(config: object, name: str) -> float:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _WrongType(f"{type(config).__name__}.{name} must be a number, got {value!r}")
-    return float(value)
+    _what: ClassVar[str] = "retry"
+    _time_fields: ClassVar[tuple[str, ...]] = ("initial_delay", "max_delay", "deadline")
 
+    max_retries: int = 3
+    initial_delay: float = 1.0
+    max_delay: float = 30.0
+    backoff_factor: float = 2.0
+    jitter: bool = True
+    retry_on_status_codes: tuple[int, ...] = DEFAULT_RETRY_STATUS_CODES
+    retry_on: tuple[type[BaseException], ...] = ()
+    respect_retry_after: bool = True
+    deadline: float | None = None
+    on_retry: OnRetry | None = None
 
-def _check_int(config: object, name: str, minimum: int) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _WrongType(f"{type(config).__name__}.{name} must be an int, got {value!r}")
-    if value < minimum:
-        _bad(config, name, f"must be >= {minimum}")
+    def __post_init__(self) -> None:
+        name = "with_retry"
+        check.count(name, "max_retries", self.max_retries, 0)
+        check.seconds(name, "initial_delay", self.initial_delay, allow_zero=True)
+        check.seconds(name, "max_delay", self.max_delay, allow_zero=True)
+        factor = self.backoff_factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+            raise check.OptionTypeError(f"{name}.backoff_factor must be a number, got {factor!r}")
+        if not 1.0 <= factor <= 1000.0:
+            raise ValueError(f"{name}.backoff_factor must be in [1, 1000], got {factor!r}")
+        if self.max_delay < self.initial_delay:
+            raise ValueError(
+                f"{name}.max_delay ({self.max_delay!r}) must not be less than "
+                f"initial_delay ({self.initial_delay!r})"
+            )
+        if self.deadline is not None:
+            check.seconds(name, "deadline", self.deadline)
+        try:
+            codes = tuple(self.retry_on_status_codes)
+        except TypeError:
+            raise check.OptionTypeError(
+                f"{name}.retry_on_status_codes must be a collection of HTTP statuses, "
+                f"got {self.retry_on_status_codes!r}"
+            ) from None
+        for code in codes:
+            if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
+                raise ValueError(
+                    f"{name}.retry_on_status_codes holds {code!r}, not an HTTP status 100-599"
+                )
+        object.__setattr__(self, "retry_on_status_codes", codes)
+        object.__setattr__(self, "retry_on", check.exception_types("retry_on", self.retry_on))
+        for flag in ("jitter", "respect_retry_after"):
+            if not isinstance(getattr(self, flag), bool):
+                raise check.OptionTypeError(
+                    f"{name}.{flag} must be a bool, got {getattr(self, flag)!r}"
+                )
+        if self.on_retry is not None and not callable(self.on_retry):
+            raise check.OptionTypeError(f"on_retry must be callable, got {self.on_retry!r}")
+        self._warn_milliseconds()
 
-
-def _check_time(config: object, name: str, *, allow_zero: bool = False) -> None:
-    value = _number(config, name)
-    if math.isnan(value) or math.isinf(value) or value < 0 or (value == 0 and not allow_zero):
-        _bad(
-            config, name, "must be a finite number of seconds " + (">= 0" if allow_zero else "> 0")
-        )
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> RetryConfig:
+        """Build from option names, rejecting unknown ones with a did-you-mean ``TypeError``."""
+        cls.check_names(check.check_mapping(options, "retry"))
+        return cls(**options)

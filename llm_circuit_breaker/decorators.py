@@ -9,13 +9,17 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
-from llm_circuit_breaker._guard import ExcludeTypes, FailurePredicate, Guard, check_rules
+from llm_circuit_breaker import _validate as check
+from llm_circuit_breaker._gate import AsyncGuardedStream, Gate, GuardedStream, is_stream
+from llm_circuit_breaker._verdict import BreakerRules, FailurePredicate
 from llm_circuit_breaker.breaker import CircuitBreaker, Listener
 from llm_circuit_breaker.config import CircuitBreakerConfig
-from llm_circuit_breaker.errors import CircuitOpenError
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
+from llm_circuit_breaker.retry import warn_wrong_order
 
-__all__ = ["Guarded", "circuit_breaker"]
+__all__ = ["ExcludeTypes", "Guarded", "circuit_breaker"]
+
+ExcludeTypes = type[BaseException] | tuple[type[BaseException], ...]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -71,35 +75,44 @@ def circuit_breaker(
     fields (an existing breaker must agree with the ones given). While the circuit is open the
     call raises :class:`CircuitOpenError` without running, or returns ``fallback(*args,
     **kwargs)`` when one is given. ``call_timeout`` bounds a coroutine function's call (and
-    each item of an async generator). The wrapper exposes ``.breaker``.
+    each item of an async generator) and raises the built-in ``TimeoutError``. A returned
+    iterator or async iterator (an SDK's stream) is guarded until it ends. The wrapper exposes
+    ``.breaker``.
     """
     if callable(name):  # used bare: @circuit_breaker
         return circuit_breaker()(name)
     if name is not None and not isinstance(name, str):
         raise TypeError(f"circuit_breaker name must be a str, got {name!r}")
+    if "timeout" in config_fields:
+        raise TypeError(
+            "circuit_breaker(timeout=...) would do nothing: `timeout` is the HTTP helpers' "
+            "per-attempt timeout. Use call_timeout=<seconds> to time out a coroutine function"
+        )
     if breaker is not None and (name is not None or config_fields):
         raise TypeError("circuit_breaker takes either breaker= or a name and config fields")
     if fallback is not None and not callable(fallback):
         raise TypeError(f"fallback must be callable, got {fallback!r}")
-    if call_timeout is not None and not (
-        isinstance(call_timeout, (int, float)) and 0 < call_timeout < float("inf")
-    ):
-        raise ValueError(f"call_timeout must be a positive number of seconds, got {call_timeout!r}")
+    if call_timeout is not None:
+        call_timeout = check.seconds("circuit_breaker", "call_timeout", call_timeout)
+        check.warn_if_milliseconds("circuit_breaker", "call_timeout", call_timeout)
+    if failure_predicate is not None and not callable(failure_predicate):
+        raise TypeError(f"failure_predicate must be callable, got {failure_predicate!r}")
     # Bad names or values fail here, before any breaker is registered.
-    CircuitBreakerConfig.from_mapping(config_fields)
-    check_rules(exclude, failure_predicate)
+    config = CircuitBreakerConfig.from_mapping(config_fields) if config_fields else None
+    rules = BreakerRules(check.exception_types("exclude", exclude), failure_predicate)
 
     def decorate(func: Callable[P, R]) -> Guarded[P, R]:
         if not callable(func):
             raise TypeError(f"circuit_breaker decorates callables, got {func!r}")
+        warn_wrong_order(func)
         chosen = breaker or registry.get_or_create_with(
-            name or f"{func.__module__}.{func.__qualname__}", config_fields
+            name or f"{func.__module__}.{func.__qualname__}", config_fields, config=config
         )
-        guard = Guard(chosen, exclude, failure_predicate)
+        gate = Gate(chosen, rules, fallback)
         if inspect.isasyncgenfunction(func):
-            wrapper: Any = _async_gen_shell(func, guard, fallback, call_timeout)
+            wrapper: Any = _async_gen_shell(func, gate, call_timeout)
         elif inspect.iscoroutinefunction(func):
-            wrapper = _async_shell(func, guard, fallback, call_timeout)
+            wrapper = _async_shell(func, gate, call_timeout)
         elif chosen.is_async:
             raise TypeError(
                 f"circuit {chosen.name!r} keeps its state in an asyncio store: it can guard "
@@ -111,9 +124,9 @@ def circuit_breaker(
                 f"{func.__qualname__} is neither (a thread cannot be timed out safely)"
             )
         elif inspect.isgeneratorfunction(func):
-            wrapper = _gen_shell(func, guard, fallback)
+            wrapper = _gen_shell(func, gate)
         else:
-            wrapper = _sync_shell(func, guard, fallback)
+            wrapper = _sync_shell(func, gate)
         if on_state_change is not None:
             chosen.add_listener(on_state_change)
         wrapper.breaker = chosen
@@ -122,26 +135,25 @@ def circuit_breaker(
     return decorate
 
 
-def _sync_shell(
-    func: Callable[..., Any], guard: Guard, fallback: Callable[..., Any] | None
-) -> Callable[..., Any]:
-    enter, succeeded, failed = guard.enter, guard.succeeded, guard.failed
+def _sync_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
+    enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         permit = enter()
         if permit.__class__ is not int:  # refused: enter() handed back the error to raise
-            if fallback is None:
-                try:
-                    raise permit
-                finally:
-                    del permit  # else frame -> error -> traceback -> frame: a cycle
-            return fallback(*args, **kwargs)
+            try:
+                refuse(permit)
+            finally:
+                del permit  # else frame -> error -> traceback -> frame: a cycle
+            return gate.call_fallback(*args, **kwargs)
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
             failed(permit, exc)
             raise
+        if is_stream(result):
+            return GuardedStream(result, gate, permit)
         succeeded(permit)
         return result
 
@@ -149,62 +161,56 @@ def _sync_shell(
 
 
 def _async_shell(
-    func: Callable[..., Any],
-    guard: Guard,
-    fallback: Callable[..., Any] | None,
-    call_timeout: float | None,
+    func: Callable[..., Any], gate: Gate, call_timeout: float | None
 ) -> Callable[..., Any]:
-    enter, succeeded, failed = guard.enter, guard.succeeded, guard.failed
-    call = func if call_timeout is None else _timed(func, call_timeout)
+    enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
+    store_io, name = gate.store_io, gate.breaker.name
+    call = func if call_timeout is None else _timed(func, call_timeout, name)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        permit = enter()
+        permit = (await gate.aenter()) if store_io else enter()
         if permit.__class__ is not int:
-            if not isinstance(permit, CircuitOpenError):  # an asyncio store's coroutine
-                permit = await permit
-            if permit.__class__ is not int:
-                if fallback is None:
-                    try:
-                        raise permit
-                    finally:
-                        del permit  # else frame -> error -> traceback -> frame: a cycle
-                result = fallback(*args, **kwargs)
-                return (await result) if inspect.isawaitable(result) else result
+            try:
+                refuse(permit)
+            finally:
+                del permit  # else frame -> error -> traceback -> frame: a cycle
+            return await _awaited(gate.call_fallback(*args, **kwargs))
         try:
             result = await call(*args, **kwargs)
         except BaseException as exc:
-            pending = failed(permit, exc)
-            if pending is not None:
-                await pending
+            if store_io:
+                await gate.afailed(permit, exc)
+            else:
+                failed(permit, exc)
             raise
-        pending = succeeded(permit)
-        if pending is not None:
-            await pending
+        if is_stream(result):
+            return AsyncGuardedStream(result, gate, permit)
+        if store_io:
+            await gate.asucceeded(permit)
+        else:
+            succeeded(permit)
         return result
 
     return wrapper
 
 
-def _gen_shell(
-    func: Callable[..., Any], guard: Guard, fallback: Callable[..., Any] | None
-) -> Callable[..., Any]:
-    enter, succeeded, failed = guard.enter, guard.succeeded, guard.failed
+def _gen_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
+    enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         # Admitted when iteration starts, so a generator that is never iterated holds no permit.
         permit = enter()
         if permit.__class__ is not int:
-            if fallback is None:
-                try:
-                    raise permit
-                finally:
-                    del permit  # else frame -> error -> traceback -> frame: a cycle
-            return (yield from fallback(*args, **kwargs))
+            try:
+                refuse(permit)
+            finally:
+                del permit  # else frame -> error -> traceback -> frame: a cycle
+            return (yield from gate.call_fallback(*args, **kwargs))
         try:
             result = yield from func(*args, **kwargs)
-        except BaseException as exc:  # GeneratorExit (closed early) is ignored by the guard
+        except BaseException as exc:  # GeneratorExit (closed early) is ignored by the verdict
             failed(permit, exc)
             raise
         succeeded(permit)
@@ -214,54 +220,59 @@ def _gen_shell(
 
 
 def _async_gen_shell(
-    func: Callable[..., Any],
-    guard: Guard,
-    fallback: Callable[..., Any] | None,
-    item_timeout: float | None,
+    func: Callable[..., Any], gate: Gate, item_timeout: float | None
 ) -> Callable[..., Any]:
-    enter, succeeded, failed = guard.enter, guard.succeeded, guard.failed
+    enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
+    store_io, name = gate.store_io, gate.breaker.name
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        permit = enter()
+        permit = (await gate.aenter()) if store_io else enter()
         if permit.__class__ is not int:
-            if not isinstance(permit, CircuitOpenError):  # an asyncio store's coroutine
-                permit = await permit
-            if permit.__class__ is not int:
-                if fallback is None:
-                    try:
-                        raise permit
-                    finally:
-                        del permit  # else frame -> error -> traceback -> frame: a cycle
-                async for item in _as_async_iterator(fallback(*args, **kwargs)):
-                    yield item
-                return
+            try:
+                refuse(permit)
+            finally:
+                del permit  # else frame -> error -> traceback -> frame: a cycle
+            async for item in _as_async_iterator(gate.call_fallback(*args, **kwargs)):
+                yield item
+            return
         stream = func(*args, **kwargs)
         try:
-            async for item in _items(stream, item_timeout):
+            async for item in _items(stream, item_timeout, name):
                 yield item
         except BaseException as exc:
-            pending = failed(permit, exc)
-            if pending is not None:
-                await pending
+            if store_io:
+                await gate.afailed(permit, exc)
+            else:
+                failed(permit, exc)
             raise
         finally:
             await stream.aclose()
-        pending = succeeded(permit)
-        if pending is not None:
-            await pending
+        if store_io:
+            await gate.asucceeded(permit)
+        else:
+            succeeded(permit)
 
     return wrapper
 
 
-def _timed(func: Callable[..., Any], timeout: float) -> Callable[..., Any]:
+def _timeout_error(name: str, timeout: float) -> TimeoutError:
+    return TimeoutError(
+        f"call guarded by circuit {name!r} took longer than call_timeout={timeout:g}s"
+    )
+
+
+def _timed(func: Callable[..., Any], timeout: float, name: str) -> Callable[..., Any]:
     async def call(*args: Any, **kwargs: Any) -> Any:
-        return await asyncio.wait_for(func(*args, **kwargs), timeout)
+        try:
+            return await asyncio.wait_for(func(*args, **kwargs), timeout)
+        except asyncio.TimeoutError:  # not the built-in TimeoutError on Python 3.10
+            raise _timeout_error(name, timeout) from None
 
     return call
 
 
-async def _items(stream: Any, item_timeout: float | None) -> AsyncIterator[Any]:
+async def _items(stream: Any, item_timeout: float | None, name: str) -> AsyncIterator[Any]:
     """Iterate ``stream``; with ``item_timeout``, waiting longer for one item times out."""
     if item_timeout is None:
         async for item in stream:
@@ -272,12 +283,17 @@ async def _items(stream: Any, item_timeout: float | None) -> AsyncIterator[Any]:
             item = await asyncio.wait_for(stream.__anext__(), item_timeout)
         except StopAsyncIteration:
             return
+        except asyncio.TimeoutError:
+            raise _timeout_error(name, item_timeout) from None
         yield item
 
 
+async def _awaited(result: Any) -> Any:
+    return (await result) if inspect.isawaitable(result) else result
+
+
 async def _as_async_iterator(result: Any) -> AsyncIterator[Any]:
-    if inspect.isawaitable(result):
-        result = await result
+    result = await _awaited(result)
     if hasattr(result, "__aiter__"):
         async for item in result:
             yield item

@@ -3,67 +3,46 @@
 ::
 
     LLMCircuitBreakerError
-    ├── CircuitOpenError(name, retry_after)      a call refused without running it
+    ├── CircuitOpenError(name, retry_after, reason)   a call refused without running it
+    ├── ThrottledError(name, retry_after)             over the rate limit: wait retry_after
+    ├── FallbacksExhaustedError(errors)               every fallback target failed or refused
+    │                                                 (also an ExceptionGroup on 3.11+)
     ├── HTTPStatusError(status_code, headers, body, url)
-    │   ├── RateLimitError                        429
-    │   └── ServerError                           5xx, Anthropic's 529 included
-    └── TransportError                            refused/reset connection, DNS, bad body
-        └── RequestTimeoutError                   also a builtin ``TimeoutError``
+    │   ├── RateLimitError                            429
+    │   └── ServerError                               5xx, Anthropic's 529 included
+    └── TransportError                                refused/reset connection, DNS, bad body
+        └── RequestTimeoutError                       also a builtin ``TimeoutError``
 
 Every error keeps its context as attributes, and neither ``str()`` nor ``repr()`` ever shows a
 credential: header values whose names look like credentials are replaced before they are
-stored, and key-looking tokens in URLs and messages are masked.
+stored, and secrets in URLs and messages are masked (see :mod:`._redact`).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from requests.structures import CaseInsensitiveDict
-
 from llm_circuit_breaker._hints import retry_after_from_headers
+from llm_circuit_breaker._redact import redact_headers, redact_text, redact_url
 
 __all__ = [
     "CircuitOpenError",
+    "FallbacksExhaustedError",
     "HTTPStatusError",
     "LLMCircuitBreakerError",
     "RateLimitError",
     "RequestTimeoutError",
     "ServerError",
+    "ThrottledError",
     "TransportError",
     "http_status_error",
     "redact_headers",
     "redact_text",
 ]
 
-REDACTED = "[REDACTED]"
-_SECRET_NAME = re.compile(r"key|token|secret|auth|password|cookie|signature", re.IGNORECASE)
-_SECRET_VALUE = re.compile(
-    r"(?i)(bearer\s+)[^\s,;\"']+"  # Authorization: Bearer <token>
-    r"|\b(sk-[\w-]{6,}|sk-ant-[\w-]{6,}|AIza[\w-]{20,})"  # OpenAI / Anthropic / Google keys
-    r"|([?&](?:api[_-]?key|key|token|access_token|sig)=)[^&#\s]+"  # keys in query strings
-)
 _MAX_BODY_IN_MESSAGE = 300
-
-
-def redact_text(text: str) -> str:
-    """Mask bearer tokens, provider API keys and credential query parameters in ``text``."""
-
-    def mask(match: re.Match[str]) -> str:
-        prefix = match.group(1) or match.group(3) or ""
-        return prefix + REDACTED
-
-    return _SECRET_VALUE.sub(mask, text)
-
-
-def redact_headers(headers: Mapping[str, str] | None) -> CaseInsensitiveDict[str]:
-    """Return a case-insensitive copy of ``headers`` with credential values replaced."""
-    clean: CaseInsensitiveDict[str] = CaseInsensitiveDict()
-    for name, value in (headers or {}).items():
-        clean[name] = REDACTED if _SECRET_NAME.search(name) else str(value)
-    return clean
 
 
 class LLMCircuitBreakerError(Exception):
@@ -80,15 +59,15 @@ class CircuitOpenError(LLMCircuitBreakerError):
     # Failing fast is a hot path: the attributes live in ``args`` so that the breaker can build
     # the error with BaseException's own C code (``refused``), and the message is made only
     # when someone reads it.
-    args: tuple[str, float | None]
+    args: tuple[str, float | None, str]
 
-    def __init__(self, name: str, retry_after: float | None = None) -> None:
-        super().__init__(name, retry_after)
+    def __init__(self, name: str, retry_after: float | None = None, reason: str = "") -> None:
+        super().__init__(name, retry_after, reason)
 
     @classmethod
-    def refused(cls, name: str, retry_after: float | None) -> CircuitOpenError:
+    def refused(cls, name: str, retry_after: float | None, reason: str = "") -> CircuitOpenError:
         """Build the error without running ``__init__`` (what a refused call raises)."""
-        return cls.__new__(cls, name, retry_after)
+        return cls.__new__(cls, name, retry_after, reason)
 
     @property
     def name(self) -> str:
@@ -100,13 +79,38 @@ class CircuitOpenError(LLMCircuitBreakerError):
         """Seconds until a probe may be admitted; ``None`` while held open."""
         return self.args[1]
 
+    @property
+    def reason(self) -> str:
+        """Why the circuit opened ("5 consecutive failures", "quota exhausted: ...")."""
+        return self.args[2] if len(self.args) > 2 else ""
+
     def __str__(self) -> str:
+        why = f" ({self.reason})" if self.reason else ""
         if self.retry_after is None:
-            return f"circuit {self.name!r} is held open"
-        return f"circuit {self.name!r} is open; retry after {self.retry_after:.3f}s"
+            return f"circuit {self.name!r} is held open{why}"
+        return f"circuit {self.name!r} is open{why}; retry after {self.retry_after:.3f}s"
 
     def __repr__(self) -> str:
-        return f"CircuitOpenError(name={self.name!r}, retry_after={self.retry_after!r})"
+        return (
+            f"CircuitOpenError(name={self.name!r}, retry_after={self.retry_after!r}, "
+            f"reason={self.reason!r})"
+        )
+
+
+class ThrottledError(LLMCircuitBreakerError):
+    """Over the rate limit: the next free slot is ``retry_after`` seconds away, further than
+    the caller may wait (``throttle_max_wait``). The call was not made."""
+
+    def __init__(self, name: str, retry_after: float) -> None:
+        super().__init__(name, retry_after)
+        self.name = name
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"circuit {self.name!r} is throttled; a slot is free in {self.retry_after:.3f}s"
+
+    def __repr__(self) -> str:
+        return f"ThrottledError(name={self.name!r}, retry_after={self.retry_after!r})"
 
 
 class HTTPStatusError(LLMCircuitBreakerError):
@@ -130,7 +134,7 @@ class HTTPStatusError(LLMCircuitBreakerError):
         self.status_code = status_code
         self.headers = redact_headers(headers)
         self.body = body
-        self.url = redact_text(url) if url else url
+        self.url = redact_url(url) if url else url
         self.error_type = error_type
         self.retry_after = retry_after_from_headers(self.headers)
         super().__init__(status_code)
@@ -163,7 +167,7 @@ class TransportError(LLMCircuitBreakerError):
     """The exchange itself failed: refused or reset connection, DNS, a truncated or bad body."""
 
     def __init__(self, message: str, *, url: str | None = None) -> None:
-        self.url = redact_text(url) if url else url
+        self.url = redact_url(url) if url else url
         super().__init__(redact_text(message))
 
     def __repr__(self) -> str:
@@ -175,6 +179,50 @@ class TransportError(LLMCircuitBreakerError):
 
 class RequestTimeoutError(TransportError, TimeoutError):
     """An attempt took longer than its timeout."""
+
+
+def _exhausted_message(errors: Sequence[BaseException]) -> str:
+    parts = "; ".join(f"{type(e).__name__}: {redact_text(str(e))[:200]}" for e in errors)
+    return f"all {len(errors)} fallback targets failed: {parts}"
+
+
+if sys.version_info >= (3, 11):
+
+    class FallbacksExhaustedError(LLMCircuitBreakerError, ExceptionGroup):  # noqa: F821
+        """Every target of ``with_fallbacks`` failed or was refused; ``errors`` holds each
+        target's error in order (also an ``ExceptionGroup``, so ``except*`` works)."""
+
+        def __new__(cls, errors: Sequence[Exception]) -> FallbacksExhaustedError:
+            return super().__new__(cls, _exhausted_message(errors), list(errors))
+
+        def __init__(self, errors: Sequence[Exception]) -> None:
+            super().__init__(_exhausted_message(errors), list(errors))
+
+        @property
+        def errors(self) -> tuple[Exception, ...]:
+            """Each target's error, in the order the targets were tried."""
+            return tuple(self.exceptions)
+
+        def derive(self, excs: Sequence[Exception]) -> FallbacksExhaustedError:
+            return FallbacksExhaustedError(excs)
+
+        def __str__(self) -> str:
+            return _exhausted_message(self.exceptions)
+
+else:
+
+    class FallbacksExhaustedError(LLMCircuitBreakerError):
+        """Every target of ``with_fallbacks`` failed or was refused; ``errors`` holds each
+        target's error in order."""
+
+        def __init__(self, errors: Sequence[Exception]) -> None:
+            super().__init__(_exhausted_message(errors))
+            self.exceptions = tuple(errors)
+
+        @property
+        def errors(self) -> tuple[Exception, ...]:
+            """Each target's error, in the order the targets were tried."""
+            return self.exceptions
 
 
 def http_status_error(
@@ -201,7 +249,7 @@ def _describe_body(body: Any) -> str:
         text = str(message) if message is not None else str(body)
     else:
         text = "" if body is None else str(body)
-    text = " ".join(text.split())
+    text = " ".join(text[: _MAX_BODY_IN_MESSAGE * 4].split())
     if len(text) > _MAX_BODY_IN_MESSAGE:
         text = text[:_MAX_BODY_IN_MESSAGE] + "..."
     return redact_text(text)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from llm_circuit_breaker.breaker import CircuitBreaker, Clock, Observer
-from llm_circuit_breaker.config import CircuitBreakerConfig, check_field_names
-from llm_circuit_breaker.storage.base import StateStore
+from llm_circuit_breaker.config import CircuitBreakerConfig
+from llm_circuit_breaker.storage.base import AsyncStateStore, StateStore
 
 __all__ = ["BreakerRegistry", "breaker_registry"]
+
+_LISTED = 20  # names listed in a KeyError
 
 
 class BreakerRegistry:
@@ -20,7 +21,9 @@ class BreakerRegistry:
     the circuits across processes) are handed to every breaker the registry creates.
     """
 
-    def __init__(self, *, clock: Clock | None = None, store: StateStore | None = None) -> None:
+    def __init__(
+        self, *, clock: Clock | None = None, store: StateStore | AsyncStateStore | None = None
+    ) -> None:
         self._clock = clock
         self.store = store
         self._observers: list[Observer] = []
@@ -32,8 +35,16 @@ class BreakerRegistry:
         try:
             return self._breakers[name]
         except KeyError:
-            known = ", ".join(repr(n) for n in sorted(self._breakers)) or "none"
-            raise KeyError(f"no circuit breaker named {name!r}; known: {known}") from None
+            raise KeyError(f"no circuit breaker named {name!r}; {self._known()}") from None
+
+    def _known(self) -> str:
+        """The known names for an error message: a few, never the whole (tenant) list."""
+        names = sorted(self._breakers)
+        if not names:
+            return "none is registered"
+        shown = ", ".join(repr(n) for n in names[:_LISTED])
+        more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
+        return f"known: {shown}{more}"
 
     def get_or_create(
         self, name: str, config: CircuitBreakerConfig | None = None
@@ -44,19 +55,40 @@ class BreakerRegistry:
         which fields differ; ``config=None`` reuses it as it is.
         """
         fields = None if config is None else _as_fields(config)
-        return self._get_or_create(name, fields)
+        return self._get_or_create(name, fields, config)
 
-    def get_or_create_with(self, name: str, fields: Mapping[str, Any]) -> CircuitBreaker:
+    def get_or_create_with(
+        self,
+        name: str,
+        fields: Mapping[str, Any],
+        *,
+        config: CircuitBreakerConfig | None = None,
+    ) -> CircuitBreaker:
         """Like :meth:`get_or_create`, from config field names; only the fields given must
-        match an existing breaker's (the decorators name a breaker this way)."""
-        check_field_names(fields, CircuitBreakerConfig, "circuit breaker config")
-        return self._get_or_create(name, dict(fields) or None)
+        match an existing breaker's (the decorators name a breaker this way). ``config``, when
+        given, is those fields already validated."""
+        CircuitBreakerConfig.check_names(fields)
+        return self._get_or_create(name, dict(fields) or None, config)
 
-    def _get_or_create(self, name: str, fields: dict[str, Any] | None) -> CircuitBreaker:
+    def configure(self, name: str, **fields: Any) -> CircuitBreaker:
+        """Create the breaker ``name`` with these config fields before anything uses it.
+
+        Decorations that name it without fields then reuse it as it is. ``ValueError`` if it
+        already exists with other values.
+        """
+        return self.get_or_create_with(name, fields)
+
+    def _get_or_create(
+        self,
+        name: str,
+        fields: dict[str, Any] | None,
+        config: CircuitBreakerConfig | None = None,
+    ) -> CircuitBreaker:
         with self._lock:
             breaker = self._breakers.get(name)
             if breaker is None:
-                config = CircuitBreakerConfig(**fields) if fields else None
+                if config is None and fields:
+                    config = CircuitBreakerConfig(**fields)
                 breaker = CircuitBreaker(name, config, clock=self._clock, store=self.store)
                 self._breakers[name] = breaker
                 for observer in self._observers:
@@ -72,6 +104,9 @@ class BreakerRegistry:
                 raise ValueError(
                     f"circuit breaker {name!r} already exists with another config: "
                     + ", ".join(differ)
+                    + ". Give the config where the breaker is first named (or call "
+                    f"breaker_registry.configure({name!r}, ...) before any use) and name it "
+                    "without config fields everywhere else"
                 )
         return breaker
 
@@ -128,7 +163,7 @@ class BreakerRegistry:
 def _as_fields(config: CircuitBreakerConfig) -> dict[str, Any]:
     if not isinstance(config, CircuitBreakerConfig):
         raise TypeError(f"config must be a CircuitBreakerConfig, got {type(config).__name__}")
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    return config.as_fields()
 
 
 breaker_registry = BreakerRegistry()

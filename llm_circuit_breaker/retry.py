@@ -1,10 +1,12 @@
 """``@with_retry``: retries driven by tenacity, with LLM-aware decisions and waits.
 
 The first attempt is a plain call. Only when it fails with a retryable error is a tenacity
-``Retrying`` / ``AsyncRetrying`` loop entered, whose attempt 1 replays that failure instead of
-calling again. The loop is driven by one :class:`RetryPolicy` (a ``retry`` predicate, a
-``wait`` and a ``stop``, plain callables over tenacity's ``RetryCallState``) shared by the sync
-and async paths. Generators and async generators are retried while they have yielded nothing.
+``Retrying`` / ``AsyncRetrying`` loop entered (tenacity is imported then, not before), whose
+attempt 1 replays that failure instead of calling again. The loop is driven by one
+:class:`RetryPolicy` (a ``retry`` predicate, a ``wait`` and a ``stop``, plain callables over
+tenacity's ``RetryCallState``) shared by the sync and async paths; what an error means comes
+from the one verdict (:func:`._verdict.judge`). Generators and async generators are retried
+while they have yielded nothing.
 """
 
 from __future__ import annotations
@@ -15,24 +17,25 @@ import inspect
 import logging
 import random
 import time
+import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from tenacity import AsyncRetrying, RetryCallState, Retrying
+from llm_circuit_breaker._redact import redact_text
+from llm_circuit_breaker._verdict import judge
+from llm_circuit_breaker.config import DEFAULT_RETRY_STATUS_CODES, RetryConfig
 
-from llm_circuit_breaker._classify import TRANSPORT_KINDS, ErrorKind, classify
-from llm_circuit_breaker.errors import CircuitOpenError, redact_text
+if TYPE_CHECKING:
+    from tenacity import AsyncRetrying, RetryCallState, Retrying
 
-__all__ = ["DEFAULT_RETRY_STATUS_CODES", "OnRetry", "RetryPolicy", "with_retry"]
+__all__ = ["DEFAULT_RETRY_STATUS_CODES", "RetryPolicy", "with_retry"]
 
 logger = logging.getLogger("llm_circuit_breaker")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-DEFAULT_RETRY_STATUS_CODES = (408, 409, 429, 500, 502, 503, 504, 529)
-OnRetry = Callable[[int, BaseException, float], object]  # (attempt that failed, error, delay)
-_RETRYABLE_KINDS = TRANSPORT_KINDS | {ErrorKind.POOL}
+RETRY_MARK = "__llm_circuit_breaker_retry__"  # set on with_retry wrappers (decorator order)
+_MAX_HINT_JITTER = 1.0  # seconds: a server's wait is spread by up to 10%, at most this
 
 
 class RetryPolicy:
@@ -40,94 +43,46 @@ class RetryPolicy:
 
     def __init__(
         self,
+        config: RetryConfig,
         *,
-        max_retries: int = 3,
-        initial_delay: float = 1.0,
-        max_delay: float = 30.0,
-        backoff_factor: float = 2.0,
-        jitter: bool = True,
-        retry_on_status_codes: tuple[int, ...] = DEFAULT_RETRY_STATUS_CODES,
-        retry_on: tuple[type[BaseException], ...] = (),
-        respect_retry_after: bool = True,
-        deadline: float | None = None,
-        on_retry: OnRetry | None = None,
         clock: Callable[[], float] = time.monotonic,
         random_uniform: Callable[[float, float], float] = random.uniform,
     ) -> None:
-        _check_count("max_retries", max_retries)
-        _check_seconds("initial_delay", initial_delay, allow_zero=True)
-        _check_seconds("max_delay", max_delay, allow_zero=True)
-        if isinstance(backoff_factor, bool) or not isinstance(backoff_factor, (int, float)):
-            raise TypeError(f"backoff_factor must be a number, got {backoff_factor!r}")
-        if not 1.0 <= backoff_factor < float("inf"):
-            raise ValueError(f"backoff_factor must be >= 1, got {backoff_factor!r}")
-        if max_delay < initial_delay:
-            raise ValueError(
-                f"max_delay ({max_delay!r}) must not be less than initial_delay ({initial_delay!r})"
-            )
-        if deadline is not None:
-            _check_seconds("deadline", deadline)
-        codes = tuple(retry_on_status_codes)
-        for code in codes:
-            if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
-                raise ValueError(
-                    f"retry_on_status_codes holds {code!r}, not an HTTP status 100-599"
-                )
-        retry_types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
-        for item in retry_types:
-            if not (isinstance(item, type) and issubclass(item, BaseException)):
-                raise TypeError(f"retry_on takes exception types, got {item!r}")
-        if on_retry is not None and not callable(on_retry):
-            raise TypeError(f"on_retry must be callable, got {on_retry!r}")
-        self.max_retries = max_retries
-        self.initial_delay = float(initial_delay)
-        self.max_delay = float(max_delay)
-        self.backoff_factor = float(backoff_factor)
-        self.jitter = jitter
-        self.retry_on_status_codes = frozenset(codes)
-        self.retry_on = retry_types
-        self.respect_retry_after = respect_retry_after
-        self.deadline = deadline
-        self.on_retry = on_retry
+        self.config = config
         self.clock = clock
         self._uniform = random_uniform
 
     # -- decisions -------------------------------------------------------------------------
 
     def should_retry(self, exc: BaseException) -> bool:
-        """Whether ``exc`` is worth another attempt (SPEC section 5a)."""
-        if isinstance(exc, CircuitOpenError) or not isinstance(exc, Exception):
-            return False
-        if self.retry_on and isinstance(exc, self.retry_on):
-            return True
-        found = classify(exc)
-        if found.kind is ErrorKind.QUOTA:
-            return False
-        hint = found.retry_after if self.respect_retry_after else None
-        if hint is not None and hint > self.max_delay:
-            return False  # the server wants longer than we may wait: fail now
-        if found.should_retry is not None:
-            return found.should_retry
-        if found.status is not None:
-            return found.status in self.retry_on_status_codes
-        return found.kind in _RETRYABLE_KINDS
+        """Whether ``exc`` is worth another attempt."""
+        return judge(exc, retry=self.config).retry
 
     def delay(self, retry_number: int, exc: BaseException | None) -> float:
-        """Seconds to wait before retry ``retry_number`` (1-based) after ``exc``."""
-        if self.respect_retry_after and exc is not None:
-            hint = classify(exc).retry_after
-            if hint is not None and hint <= self.max_delay:
-                return hint
+        """Seconds to wait before retry ``retry_number`` (1-based) after ``exc``.
+
+        A server's hint is a minimum: with ``jitter`` it is spread upwards by up to 10% (at
+        most 1 s) so that callers told the same wait do not return in lockstep.
+        """
+        config = self.config
+        if exc is not None:
+            hint = judge(exc, retry=config).hint
+            if hint is not None and hint <= config.max_delay:
+                if not config.jitter:
+                    return hint
+                return hint + self._uniform(0.0, min(hint * 0.1, _MAX_HINT_JITTER))
         exponent = min(retry_number - 1, 1000)  # 2.0 ** 1000 is finite; past that it overflows
-        ceiling = min(self.max_delay, self.initial_delay * self.backoff_factor**exponent)
-        return self._uniform(0.0, ceiling) if self.jitter else ceiling
+        ceiling = min(config.max_delay, config.initial_delay * config.backoff_factor**exponent)
+        return self._uniform(0.0, ceiling) if config.jitter else ceiling
 
     # -- tenacity strategies ---------------------------------------------------------------
 
     def retry(self, state: RetryCallState) -> bool:
         """tenacity ``retry``: retry a failed attempt whose error is retryable."""
         outcome = state.outcome
-        return outcome is not None and outcome.failed and self.should_retry(_error(state))
+        if outcome is None or not outcome.failed:
+            return False
+        return self.should_retry(_error(state))
 
     def wait(self, state: RetryCallState) -> float:
         """tenacity ``wait``: the hint or the (jittered) exponential backoff."""
@@ -137,15 +92,17 @@ class RetryPolicy:
         """tenacity ``stop`` for one call: attempts used up, or the next sleep ends too late."""
 
         def stop(state: RetryCallState) -> bool:
-            if state.attempt_number > self.max_retries:
+            if state.attempt_number > self.config.max_retries:
                 return True
             return deadline_at is not None and self.clock() + state.upcoming_sleep > deadline_at
 
         return stop
 
     def before_sleep(self, state: RetryCallState) -> None:
-        """tenacity ``before_sleep``: log, count the retry and call ``on_retry``."""
+        """tenacity ``before_sleep``: log, count the retry and call ``on_retry`` (or raise the
+        breaker's refusal at once when the breaker under us is open: no sleep first)."""
         exc = _error(state)
+        _raise_if_refused(state.fn, exc)
         delay = state.upcoming_sleep
         logger.info(
             "retrying %s in %.3fs after attempt %d failed: %s: %s",
@@ -158,15 +115,31 @@ class RetryPolicy:
         breaker = getattr(state.fn, "breaker", None)
         if breaker is not None:
             breaker.record_retry(state.attempt_number, exc, delay)
-        if self.on_retry is not None:
+        on_retry = self.config.on_retry
+        if on_retry is not None:
             try:
-                self.on_retry(state.attempt_number, exc, delay)
+                on_retry(state.attempt_number, exc, delay)
             except Exception:
                 logger.exception("on_retry callback raised; retrying anyway")
 
     def deadline_at(self, started: float) -> float | None:
         """When a call that started at ``started`` must be done."""
-        return None if self.deadline is None else started + self.deadline
+        deadline = self.config.deadline
+        return None if deadline is None else started + deadline
+
+
+def _raise_if_refused(fn: Any, exc: BaseException) -> None:
+    """When the breaker under us is open now, retrying is pointless: raise its refusal at once,
+    chained to the error that made it open (no sleep first)."""
+    breaker = getattr(fn, "breaker", None)
+    if breaker is None or breaker.is_async:
+        return
+    refusal = breaker.refusal_now()
+    if refusal is not None:
+        try:
+            raise refusal from exc
+        finally:
+            del refusal
 
 
 def _error(state: RetryCallState) -> BaseException:
@@ -175,6 +148,42 @@ def _error(state: RetryCallState) -> BaseException:
     if exc is None:  # pragma: no cover - tenacity asks only about failed attempts
         raise RuntimeError("no failed attempt to inspect")
     return exc
+
+
+class _Loops:
+    """The tenacity loops of one decoration, built on first failure (tenacity loads then)."""
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        sleep: Callable[[float], None],
+        async_sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        self.policy = policy
+        self._sleep = sleep
+        self._async_sleep = async_sleep
+
+    @functools.cached_property
+    def _strategies(self) -> dict[str, Any]:
+        policy = self.policy
+        return {
+            "retry": policy.retry,
+            "wait": policy.wait,
+            "before_sleep": policy.before_sleep,
+            "reraise": True,
+        }
+
+    def sync(self, started: float) -> Retrying:
+        from tenacity import Retrying
+
+        stop = self.policy.stopper(self.policy.deadline_at(started))
+        return Retrying(sleep=self._sleep, stop=stop, **self._strategies)
+
+    def asynchronous(self, started: float) -> AsyncRetrying:
+        from tenacity import AsyncRetrying
+
+        stop = self.policy.stopper(self.policy.deadline_at(started))
+        return AsyncRetrying(sleep=self._async_sleep, stop=stop, **self._strategies)
 
 
 def _replaying(first: BaseException, call: Callable[..., R]) -> Callable[..., R]:
@@ -205,121 +214,109 @@ def _areplaying(
 
 
 @overload
-def with_retry(max_retries: Callable[P, R], /) -> Callable[P, R]: ...
+def with_retry(func: Callable[P, R], /) -> Callable[P, R]: ...
 @overload
 def with_retry(
-    max_retries: int = 3,
-    initial_delay: float = 1.0,
-    max_delay: float = 30.0,
-    backoff_factor: float = 2.0,
-    jitter: bool = True,
-    retry_on_status_codes: tuple[int, ...] = DEFAULT_RETRY_STATUS_CODES,
-    retry_on: tuple[type[BaseException], ...] = (),
-    respect_retry_after: bool = True,
-    deadline: float | None = None,
-    on_retry: OnRetry | None = None,
+    max_retries: int | None = None,
+    /,
     *,
     sleep: Callable[[float], None] = ...,
     async_sleep: Callable[[float], Awaitable[None]] = ...,
     clock: Callable[[], float] = ...,
+    **options: Any,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
 def with_retry(
-    max_retries: int | Callable[..., Any] = 3,
-    initial_delay: float = 1.0,
-    max_delay: float = 30.0,
-    backoff_factor: float = 2.0,
-    jitter: bool = True,
-    retry_on_status_codes: tuple[int, ...] = DEFAULT_RETRY_STATUS_CODES,
-    retry_on: tuple[type[BaseException], ...] = (),
-    respect_retry_after: bool = True,
-    deadline: float | None = None,
-    on_retry: OnRetry | None = None,
+    max_retries: int | Callable[..., Any] | None = None,
+    /,
     *,
     sleep: Callable[[float], None] = time.sleep,
     async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
+    **options: Any,
 ) -> Any:
-    """Retry a function on the errors that are worth it (SPEC sections 3 and 5a).
+    """Retry a function on the errors that are worth it.
 
-    At most ``max_retries`` retries; the delay before retry n is ``min(max_delay,
+    ``options`` are the :class:`~llm_circuit_breaker.config.RetryConfig` fields:
+    ``max_retries=3, initial_delay=1.0, max_delay=30.0, backoff_factor=2.0, jitter=True,
+    retry_on_status_codes=(408, 409, 429, 500, 502, 503, 504, 529), retry_on=(),
+    respect_retry_after=True, deadline=None, on_retry=None`` (an unknown name is a
+    ``TypeError`` with a did-you-mean hint). The delay before retry n is ``min(max_delay,
     initial_delay * backoff_factor ** (n-1))``, drawn uniformly from [0, that] with ``jitter``.
     A server hint (``retry-after-ms``, ``retry-after``) replaces it when <= ``max_delay``; a
     longer one ends the retries at once. ``deadline`` caps the whole call, waits included.
-    The original exception is re-raised when retries run out. ``on_retry(attempt, exc,
-    delay)`` is called before each wait. ``sleep`` / ``async_sleep`` / ``clock`` are for tests.
+    The original exception is re-raised when retries run out. Over a ``circuit_breaker`` that
+    opens, the next attempt is not waited for: its ``CircuitOpenError`` is raised at once.
+    ``sleep`` / ``async_sleep`` / ``clock`` are for tests.
     """
     if callable(max_retries):  # used bare: @with_retry
         return with_retry()(max_retries)
-    policy = RetryPolicy(
-        max_retries=max_retries,
-        initial_delay=initial_delay,
-        max_delay=max_delay,
-        backoff_factor=backoff_factor,
-        jitter=jitter,
-        retry_on_status_codes=retry_on_status_codes,
-        retry_on=retry_on,
-        respect_retry_after=respect_retry_after,
-        deadline=deadline,
-        on_retry=on_retry,
-        clock=clock,
-    )
-    strategies: dict[str, Any] = {
-        "retry": policy.retry,
-        "wait": policy.wait,
-        "before_sleep": policy.before_sleep,
-        "reraise": True,
-    }
-    retrying = Retrying(sleep=sleep, **strategies)
-    aretrying = AsyncRetrying(sleep=async_sleep, **strategies)
+    if max_retries is not None:
+        options["max_retries"] = max_retries
+    config = RetryConfig.from_options(options)
+    policy = RetryPolicy(config, clock=clock)
+    loops = _Loops(policy, sleep, async_sleep)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         if not callable(func):
             raise TypeError(f"with_retry decorates callables, got {func!r}")
         if inspect.isasyncgenfunction(func):
-            return _async_gen_shell(func, policy, aretrying)  # type: ignore[return-value]
-        if inspect.iscoroutinefunction(func):
-            return _async_shell(func, policy, aretrying)  # type: ignore[return-value]
-        if inspect.isgeneratorfunction(func):
-            return _gen_shell(func, policy, retrying)  # type: ignore[return-value]
-        return _sync_shell(func, policy, retrying)
+            wrapper: Any = _async_gen_shell(func, loops)
+        elif inspect.iscoroutinefunction(func):
+            wrapper = _async_shell(func, loops)
+        elif inspect.isgeneratorfunction(func):
+            wrapper = _gen_shell(func, loops)
+        else:
+            wrapper = _sync_shell(func, loops)
+        setattr(wrapper, RETRY_MARK, True)
+        return wrapper  # type: ignore[no-any-return]
 
     return decorate
 
 
-def _sync_shell(func: Callable[P, R], policy: RetryPolicy, retrying: Retrying) -> Callable[P, R]:
-    deadline = policy.deadline
+def warn_wrong_order(func: Callable[..., Any]) -> None:
+    """Warn (once per decoration) that ``circuit_breaker`` is stacked outside ``with_retry``."""
+    if getattr(func, RETRY_MARK, False):
+        warnings.warn(
+            f"@circuit_breaker is applied outside @with_retry on {func.__qualname__}: the "
+            "breaker then sees one call per whole retry loop, and retries keep hitting a dead "
+            "provider. Put @with_retry above @circuit_breaker",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _sync_shell(func: Callable[..., R], loops: _Loops) -> Callable[..., R]:
+    policy = loops.policy
+    timed = policy.config.deadline is not None
 
     @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        started = policy.clock() if deadline is not None else 0.0
+    def wrapper(*args: Any, **kwargs: Any) -> R:
+        started = policy.clock() if timed else 0.0
         try:
             return func(*args, **kwargs)
         except Exception as exc:
             if not policy.should_retry(exc):
                 raise
-            loop = retrying.copy(stop=policy.stopper(policy.deadline_at(started)))
-            return loop(_replaying(exc, func), *args, **kwargs)
+            return loops.sync(started)(_replaying(exc, func), *args, **kwargs)
 
     return wrapper
 
 
-def _async_shell(
-    func: Callable[P, Awaitable[R]], policy: RetryPolicy, retrying: AsyncRetrying
-) -> Callable[P, Awaitable[R]]:
-    deadline = policy.deadline
+def _async_shell(func: Callable[..., Awaitable[R]], loops: _Loops) -> Callable[..., Awaitable[R]]:
+    policy = loops.policy
+    timed = policy.config.deadline is not None
 
     @functools.wraps(func)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        started = policy.clock() if deadline is not None else 0.0
+    async def wrapper(*args: Any, **kwargs: Any) -> R:
+        started = policy.clock() if timed else 0.0
         try:
             return await func(*args, **kwargs)
         except Exception as exc:
             if not policy.should_retry(exc):
                 raise
-            loop = retrying.copy(stop=policy.stopper(policy.deadline_at(started)))
-            return await loop(_areplaying(exc, func), *args, **kwargs)
+            return await loops.asynchronous(started)(_areplaying(exc, func), *args, **kwargs)
 
     return wrapper
 
@@ -328,7 +325,7 @@ _EXHAUSTED = object()  # a stream that ended before its first item
 
 
 def _gen_shell(
-    func: Callable[..., Generator[Any, Any, Any]], policy: RetryPolicy, retrying: Retrying
+    func: Callable[..., Generator[Any, Any, Any]], loops: _Loops
 ) -> Callable[..., Generator[Any, Any, Any]]:
     def start(*args: Any, **kwargs: Any) -> tuple[Generator[Any, Any, Any], Any]:
         stream = func(*args, **kwargs)
@@ -337,7 +334,7 @@ def _gen_shell(
         except StopIteration:
             return stream, _EXHAUSTED
 
-    retried_start = _sync_shell(functools.wraps(func)(start), policy, retrying)
+    retried_start = _sync_shell(functools.wraps(func)(start), loops)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
@@ -355,7 +352,7 @@ def _gen_shell(
 
 
 def _async_gen_shell(
-    func: Callable[..., AsyncGenerator[Any, Any]], policy: RetryPolicy, retrying: AsyncRetrying
+    func: Callable[..., AsyncGenerator[Any, Any]], loops: _Loops
 ) -> Callable[..., AsyncIterator[Any]]:
     async def start(*args: Any, **kwargs: Any) -> tuple[AsyncGenerator[Any, Any], Any]:
         stream = func(*args, **kwargs)
@@ -364,7 +361,7 @@ def _async_gen_shell(
         except StopAsyncIteration:
             return stream, _EXHAUSTED
 
-    retried_start = _async_shell(functools.wraps(func)(start), policy, retrying)
+    retried_start = _async_shell(functools.wraps(func)(start), loops)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -379,17 +376,3 @@ def _async_gen_shell(
             await stream.aclose()
 
     return wrapper
-
-
-def _check_count(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-
-
-def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not (value >= 0 if allow_zero else value > 0) or value == float("inf"):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds, got {value!r}")

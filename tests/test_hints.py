@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,9 +26,21 @@ def test_arbitrary_headers_never_crash(headers: dict[str, str]) -> None:
 
 @given(st.floats(allow_nan=True, allow_infinity=True))
 def test_numbers_round_trip(value: float) -> None:
-    """A numeric value is taken as seconds when positive and finite."""
-    hint = parse_retry_after(repr(value))
-    assert hint == (value if 0 < value <= 366 * 86400 else None)
+    """A plain decimal value is taken as seconds between 1 ms and a year; exponents, signs,
+    nan and inf fall back to the backoff."""
+    text = repr(value)
+    hint = parse_retry_after(text)
+    plain = re.fullmatch(r"[0-9]{1,15}(\.[0-9]{1,17})?", text) is not None
+    assert hint == (value if plain and 1e-3 <= value <= 366 * 86400 else None)
+
+
+@pytest.mark.parametrize(
+    "value", ["١٢", "1_000", "1e3", "+5", "-5", " nan", "infinity", "0", "1e-9", "0.0000001"]
+)
+def test_only_plain_ascii_decimals_parse(value: str) -> None:
+    """Unicode digits, underscores, exponents, signs and sub-millisecond hints are ignored."""
+    assert parse_retry_after(value) is None
+    assert retry_after_from_headers({"retry-after-ms": value}) is None
 
 
 def test_http_date() -> None:

@@ -18,6 +18,7 @@ from llm_circuit_breaker import (
     CircuitState,
     HTTPStatusError,
     RateLimitError,
+    ServerError,
     circuit_breaker,
     with_retry,
 )
@@ -244,11 +245,13 @@ def test_stacked_on_circuit_breaker(clock: FakeClock) -> None:
     breaker = CircuitBreaker("stack", CircuitBreakerConfig(failure_threshold=2), clock=clock)
     call, calls = _scripted(http_status_error(503))
     guarded = _retry(clock, max_retries=5)(circuit_breaker(breaker=breaker)(call))
-    with pytest.raises(CircuitOpenError):
+    with pytest.raises(CircuitOpenError) as caught:
         guarded()
-    assert len(calls) == 2  # the third attempt was refused by the open circuit
+    assert len(calls) == 2  # no third attempt: the circuit opened
     assert breaker.state is CircuitState.OPEN
-    assert breaker.stats.retries == 2
+    assert breaker.stats.retries == 1  # no sleep once the breaker under us was open
+    assert isinstance(caught.value.__cause__, ServerError)  # chained to what tripped it
+    assert caught.value.reason == "2 consecutive failures"
     assert guarded.breaker is breaker  # .breaker survives the outer decorator
 
 

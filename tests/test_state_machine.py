@@ -72,7 +72,7 @@ class BreakerMachine(RuleBasedStateMachine):
     @invariant()
     def counts_match_the_state(self) -> None:
         state = self.breaker.state
-        core = self.breaker._core
+        core = self.breaker._local._core  # the core itself: in-flight probes
         if state is CircuitState.CLOSED:
             assert 0 <= self.breaker.failure_count < self.config.failure_threshold
             assert self.breaker.success_count == 0
@@ -86,7 +86,8 @@ class BreakerMachine(RuleBasedStateMachine):
     @invariant()
     def statistics_add_up(self) -> None:
         stats = self.breaker.stats
-        assert stats.calls == stats.successes + stats.failures + stats.ignored == self.reported
+        counted = stats.successes + stats.failures + stats.ignored + stats.throttled
+        assert stats.calls == counted == self.reported
         assert stats.rejections == self.refused
 
 

@@ -47,20 +47,17 @@ async def _arun_vector(breaker: CircuitBreaker, clock: FakeClock, steps: list[St
         if op.startswith("+"):
             clock.advance(float(op[1:]))
         else:
-            permit = await breaker.try_admit()
+            permit = await breaker.atry_admit()
             if op == "R":
                 assert permit < 0, f"step {number}: admitted, expected a refusal"
             else:
                 outcome = {"S": Outcome.SUCCESS, "F": Outcome.FAILURE, "I": Outcome.IGNORED}[op]
                 assert permit >= 0, f"step {number}: refused"
-                pending = (
-                    breaker.record_success(permit)
-                    if outcome is Outcome.SUCCESS
-                    else breaker.record(permit, outcome)
-                )
-                if pending is not None:
-                    await pending
-        view = await breaker.asnapshot()  # type: ignore[attr-defined]
+                if outcome is Outcome.SUCCESS:
+                    await breaker.arecord_success(permit)
+                else:
+                    await breaker.arecord(permit, outcome)
+        view = await breaker.asnapshot()
         seen = (view["state"], view["failure_count"], view["success_count"])
         assert seen == (state, failures, successes), f"step {number} ({op}): {seen}"
 

@@ -13,7 +13,7 @@ from typing import TextIO
 from llm_circuit_breaker._cli.scenario import Scenario
 from llm_circuit_breaker.breaker import StateChange
 from llm_circuit_breaker.errors import CircuitOpenError, LLMCircuitBreakerError
-from llm_circuit_breaker.facade import LLMCircuitBreaker
+from llm_circuit_breaker.http.client import LLMCircuitBreaker
 from llm_circuit_breaker.registry import BreakerRegistry
 
 _COLOURS = {"CLOSED": "\x1b[32m", "OPEN": "\x1b[31m", "HALF_OPEN": "\x1b[33m"}

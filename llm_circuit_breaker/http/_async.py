@@ -13,6 +13,7 @@ from llm_circuit_breaker.http._common import (
     EventReader,
     PreparedRequest,
     SSEEvent,
+    local_error,
     parse_response,
     transport_error,
 )
@@ -29,19 +30,29 @@ def _translated(request: PreparedRequest) -> Iterator[None]:
         raise transport_error(request, exc, timed_out=True) from exc
     except aiohttp.ClientError as exc:
         raise transport_error(request, exc, timed_out=False) from exc
+    except (ValueError, TypeError, OverflowError, RuntimeError) as exc:
+        raise local_error(exc)
 
 
 class AsyncTransport:
-    """Sends prepared requests through one ``ClientSession`` (made inside the running loop)."""
+    """Sends prepared requests through a ``ClientSession`` made in the running event loop: one
+    per loop, so ``asyncio.run(cb.acall(...))`` called again and again keeps working."""
 
     def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
         self._session = session
         self._owns_session = session is None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+        loop = asyncio.get_running_loop()
+        if self._owns_session and (
+            self._session is None or self._session.closed or self._loop is not loop
+        ):
+            # A session from a loop that has ended cannot be closed from this one: drop it.
+            self._session, self._loop = aiohttp.ClientSession(), loop
+        if self._session is None:  # pragma: no cover - a given session is never None
+            raise RuntimeError("no client session")
         return self._session
 
     async def request(self, request: PreparedRequest) -> Any:
@@ -92,5 +103,6 @@ class AsyncTransport:
     async def aclose(self) -> None:
         """Close the session if this transport made it."""
         if self._session is not None and self._owns_session:
-            await self._session.close()
-            self._session = None
+            if self._loop is asyncio.get_running_loop():
+                await self._session.close()
+            self._session = self._loop = None

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from llm_circuit_breaker._classify import ErrorKind, classify
+from llm_circuit_breaker._classify import classify_response, mark_local
 from llm_circuit_breaker.errors import (
     HTTPStatusError,
     RequestTimeoutError,
@@ -37,20 +37,11 @@ __all__ = [
     "StreamChecker",
     "parse_response",
     "prepare",
+    "local_error",
     "transport_error",
 ]
 
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-# The HTTP status an in-stream error stands for, by the provider's error kind.
-_STREAM_ERROR_STATUS = {
-    ErrorKind.OVERLOADED: 529,
-    ErrorKind.RATE_LIMIT: 429,
-    ErrorKind.QUOTA: 429,
-    ErrorKind.CONTEXT_LENGTH: 400,
-    ErrorKind.CONTENT_POLICY: 400,
-    ErrorKind.CLIENT: 400,
-    ErrorKind.AUTH: 401,
-}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -236,10 +227,10 @@ class StreamChecker:
             raise TransportError("stream ended before its final event", url=self._url)
 
     def _error(self, payload: Any) -> HTTPStatusError:
-        error_type = error_type_of(payload)
-        probe = http_status_error(200, None, payload, self._url)
-        status = _STREAM_ERROR_STATUS.get(classify(probe).kind, 500)
-        return http_status_error(status, None, payload, self._url, error_type=error_type)
+        status = classify_response(200, None, payload).status or 500
+        return http_status_error(
+            status, None, payload, self._url, error_type=error_type_of(payload)
+        )
 
 
 class EventReader:
@@ -285,3 +276,9 @@ def transport_error(
             url=request.url,
         )
     return TransportError(f"{request.method} failed: {type(exc).__name__}: {exc}", url=request.url)
+
+
+def local_error(exc: BaseException) -> BaseException:
+    """An error of this process around the call (a closed event loop, an invalid header
+    value, a value the HTTP client cannot take): raised as it is, never retried nor counted."""
+    return mark_local(exc)

@@ -12,8 +12,19 @@ from llm_circuit_breaker.http._common import (
     EventReader,
     PreparedRequest,
     SSEEvent,
+    local_error,
     parse_response,
     transport_error,
+)
+
+# requests' errors that say the request itself is malformed: this process's mistake.
+_LOCAL = (
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.URLRequired,
+    requests.exceptions.InvalidJSONError,
 )
 
 __all__ = ["SyncTransport"]
@@ -24,10 +35,14 @@ def _translated(request: PreparedRequest) -> Iterator[None]:
     """requests' timeouts and connection errors as ours, the original kept as __cause__."""
     try:
         yield
+    except _LOCAL as exc:
+        raise local_error(exc)
     except requests.Timeout as exc:
         raise transport_error(request, exc, timed_out=True) from exc
     except requests.RequestException as exc:
         raise transport_error(request, exc, timed_out=False) from exc
+    except (ValueError, TypeError, OverflowError, RuntimeError) as exc:
+        raise local_error(exc)
 
 
 class SyncTransport:

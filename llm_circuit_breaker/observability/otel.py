@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from llm_circuit_breaker._state import CircuitState
 from llm_circuit_breaker.breaker import CircuitBreaker
-from llm_circuit_breaker.config import CircuitState
 from llm_circuit_breaker.observability import OUTCOMES, calls_by_outcome, error_type, require
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from llm_circuit_breaker.config import CircuitState
+from llm_circuit_breaker._state import CircuitState
 from llm_circuit_breaker.observability import OUTCOMES, calls_by_outcome, require
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Protocol
 
-from llm_circuit_breaker._state import Outcome, Transition
-from llm_circuit_breaker.config import CircuitBreakerConfig, CircuitState
+from llm_circuit_breaker._state import CircuitState, Outcome, Transition
+from llm_circuit_breaker.config import CircuitBreakerConfig
 
-__all__ = ["Admission", "Control", "StateStore", "StoreUnavailableError", "View"]
+__all__ = ["Admission", "AsyncStateStore", "Control", "StateStore", "StoreUnavailableError", "View"]
 
 Control = Literal["reset", "force_open", "force_closed"]
 
@@ -29,6 +29,7 @@ class View:
     transitions: tuple[Transition, ...] = ()
     repaired: bool = False  # corrupt or foreign data was found and replaced by a CLOSED circuit
     clean: bool = False  # CLOSED with nothing pending: a success needs not be reported
+    reason: str = ""  # why the circuit is open, when it is
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -42,11 +43,13 @@ class Admission:
 class StateStore(Protocol):
     """Keeps circuits by name. Each method is one atomic transition.
 
-    A store whose client is asyncio (``is_async``) offers the same methods prefixed with
-    ``a`` as coroutines; ``available`` is False while the store is known to be unreachable.
+    ``is_async`` is False: a store whose client is asyncio is an :class:`AsyncStateStore`.
+    ``available`` is False while the store is known to be unreachable.
     """
 
-    is_async: bool
+    @property
+    def is_async(self) -> bool:
+        """False: the methods below are plain calls."""
 
     @property
     def available(self) -> bool:
@@ -70,4 +73,36 @@ class StateStore(Protocol):
         """The circuit's current state (applying the lazy OPEN -> HALF_OPEN)."""
 
     def control(self, name: str, config: CircuitBreakerConfig, action: Control) -> View:
+        """Reset, force open or force closed."""
+
+
+class AsyncStateStore(Protocol):
+    """A :class:`StateStore` whose transitions are coroutines (``is_async`` is True)."""
+
+    @property
+    def is_async(self) -> bool:
+        """True: the methods below are coroutines."""
+
+    @property
+    def available(self) -> bool:
+        """Whether the store is worth asking now."""
+
+    async def aadmit(self, name: str, config: CircuitBreakerConfig) -> Admission:
+        """Admit a call to circuit ``name`` (creating it CLOSED if unknown)."""
+
+    async def arecord(
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        permit: int,
+        outcome: Outcome,
+        open_for: float | None,
+        why: str,
+    ) -> tuple[Outcome, View]:
+        """Report a call's outcome; the outcome as counted, and the view."""
+
+    async def asnapshot(self, name: str, config: CircuitBreakerConfig) -> View:
+        """The circuit's current state (applying the lazy OPEN -> HALF_OPEN)."""
+
+    async def acontrol(self, name: str, config: CircuitBreakerConfig, action: Control) -> View:
         """Reset, force open or force closed."""

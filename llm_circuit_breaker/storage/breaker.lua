@@ -208,7 +208,7 @@ elseif op == 'record' then
       outcome = 'failure'
       why = string.format('slow call (%.3fs > %gs)', now - started, slow)
     end
-    if outcome ~= 'ignored' then
+    if outcome ~= 'ignored' and outcome ~= 'throttled' then
       if s.state == 'HALF_OPEN' then
         record_probe(s, outcome == 'success', open_for, why)
       else

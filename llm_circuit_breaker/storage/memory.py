@@ -11,8 +11,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from llm_circuit_breaker._state import REJECTED, BreakerCore, Outcome
-from llm_circuit_breaker.config import CircuitBreakerConfig, CircuitState
+from llm_circuit_breaker._state import REJECTED, BreakerCore, CircuitState, Outcome
+from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.storage.base import Admission, Control, View
 
 __all__ = ["MemoryStateStore"]

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
-from llm_circuit_breaker._state import Outcome, Transition
-from llm_circuit_breaker.config import CircuitBreakerConfig, CircuitState
+from llm_circuit_breaker._state import CircuitState, Outcome, Transition
+from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.storage.base import Admission, Control, StoreUnavailableError, View
 
 __all__ = ["RedisStateStore"]

@@ -1,0 +1,218 @@
+"""``Gate``: how one decoration admits calls to its breaker and reports how they ended.
+
+The decorator shells (plain, coroutine, generator and async generator functions) share it:
+``enter`` / ``succeeded`` are the breaker's own methods bound once (a guarded call pays for no
+extra frame), ``failed`` judges the exception once (:func:`._verdict.judge`) and reports the
+verdict, and ``refuse`` is the one refusal path. The ``a``-methods are the same for a breaker
+whose circuit lives in an asyncio store; ``store_io`` says which a shell must use.
+
+A function that returns a stream (an iterator or async iterator, such as the openai SDK's
+``Stream``) is guarded until the stream ends: :class:`GuardedStream` / :class:`AsyncGuardedStream`
+report when it is exhausted, fails or is closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import NoneType
+from typing import Any
+
+from llm_circuit_breaker._state import Outcome
+from llm_circuit_breaker._verdict import BreakerRules, Verdict, judge
+from llm_circuit_breaker.breaker import CircuitBreaker
+from llm_circuit_breaker.errors import CircuitOpenError
+
+__all__ = ["AsyncGuardedStream", "Gate", "GuardedStream", "is_stream"]
+
+# Results that are never streams, checked first because most results are one of them.
+_PLAIN = frozenset({str, bytes, dict, list, tuple, int, float, bool, NoneType})
+
+
+def is_stream(result: object) -> bool:
+    """Whether ``result`` is an iterator or async iterator to guard until it ends."""
+    cls = result.__class__
+    if cls in _PLAIN:
+        return False
+    return hasattr(cls, "__next__") or hasattr(cls, "__anext__")
+
+
+def _no_fallback(*args: object, **kwargs: object) -> Any:  # pragma: no cover - refuse() raised
+    raise RuntimeError("no fallback")
+
+
+class Gate:
+    """A breaker plus one decoration's rules and fallback."""
+
+    __slots__ = (
+        "aenter",
+        "asucceeded",
+        "breaker",
+        "call_fallback",
+        "enter",
+        "fallback",
+        "rules",
+        "store_io",
+        "succeeded",
+    )
+
+    def __init__(
+        self,
+        breaker: CircuitBreaker,
+        rules: BreakerRules,
+        fallback: Callable[..., Any] | None = None,
+    ) -> None:
+        self.breaker = breaker
+        self.rules = rules
+        self.fallback = fallback
+        self.call_fallback: Callable[..., Any] = fallback or _no_fallback
+        self.store_io = breaker.is_async
+        self.enter = breaker.enter
+        self.succeeded = breaker.record_success
+        self.aenter = breaker.aenter
+        self.asucceeded = breaker.arecord_success
+
+    def verdict(self, exc: BaseException) -> Verdict:
+        """What ``exc`` means for this breaker under this decoration's rules."""
+        breaker = self.breaker
+        return judge(exc, breaker.config, rules=self.rules, name=breaker.name)
+
+    def failed(self, permit: int, exc: BaseException) -> None:
+        """Report that the call holding ``permit`` raised ``exc``."""
+        v = self.verdict(exc)
+        self.breaker.record(permit, v.outcome, open_for=v.open_for, why=v.reason, error=exc)
+
+    async def afailed(self, permit: int, exc: BaseException) -> None:
+        """``failed`` for a breaker on an asyncio store."""
+        v = self.verdict(exc)
+        await self.breaker.arecord(permit, v.outcome, open_for=v.open_for, why=v.reason, error=exc)
+
+    def abandoned(self, permit: int) -> None:
+        """Report a call whose result the caller stopped reading (neither success nor failure)."""
+        self.breaker.record(permit, Outcome.IGNORED)
+
+    def refuse(self, refusal: int | CircuitOpenError) -> None:
+        """Raise ``refusal`` (what ``enter`` gave instead of a permit) unless this decoration
+        has a fallback to call instead."""
+        if self.fallback is None and isinstance(refusal, CircuitOpenError):
+            try:
+                raise refusal
+            finally:
+                del refusal  # else frame -> error -> traceback -> frame: a cycle for the GC
+
+
+class GuardedStream:
+    """An iterator returned by a guarded function, reporting to its breaker when it ends."""
+
+    __slots__ = ("_gate", "_inner", "_permit")
+
+    def __init__(self, inner: Any, gate: Gate, permit: int) -> None:
+        self._inner = inner
+        self._gate = gate
+        self._permit: int | None = permit
+
+    def _report(self, exc: BaseException | None) -> None:
+        permit, self._permit = self._permit, None
+        if permit is None:
+            return
+        if exc is None:
+            self._gate.succeeded(permit)
+        else:
+            self._gate.failed(permit, exc)
+
+    def __iter__(self) -> GuardedStream:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._inner)
+        except StopIteration:
+            self._report(None)
+            raise
+        except BaseException as exc:
+            self._report(exc)
+            raise
+
+    def close(self) -> None:
+        """Close the stream; a stream closed before its end counts as neither outcome."""
+        permit, self._permit = self._permit, None
+        if permit is not None:
+            self._gate.abandoned(permit)
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> GuardedStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __repr__(self) -> str:
+        return f"GuardedStream({self._inner!r})"
+
+
+class AsyncGuardedStream:
+    """An async iterator returned by a guarded coroutine function, reporting when it ends."""
+
+    __slots__ = ("_gate", "_inner", "_permit")
+
+    def __init__(self, inner: Any, gate: Gate, permit: int) -> None:
+        self._inner = inner
+        self._gate = gate
+        self._permit: int | None = permit
+
+    async def _report(self, exc: BaseException | None) -> None:
+        permit, self._permit = self._permit, None
+        if permit is None:
+            return
+        gate = self._gate
+        if exc is None:
+            if gate.store_io:
+                await gate.asucceeded(permit)
+            else:
+                gate.succeeded(permit)
+        elif gate.store_io:
+            await gate.afailed(permit, exc)
+        else:
+            gate.failed(permit, exc)
+
+    def __aiter__(self) -> AsyncGuardedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._inner.__anext__()
+        except StopAsyncIteration:
+            await self._report(None)
+            raise
+        except BaseException as exc:
+            await self._report(exc)
+            raise
+
+    async def aclose(self) -> None:
+        """Close the stream; a stream closed before its end counts as neither outcome."""
+        permit, self._permit = self._permit, None
+        if permit is not None and not self._gate.store_io:
+            self._gate.abandoned(permit)
+        for name in ("aclose", "close"):
+            close = getattr(self._inner, name, None)
+            if close is not None:
+                result = close()
+                if hasattr(result, "__await__"):
+                    await result
+                return
+
+    async def __aenter__(self) -> AsyncGuardedStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __repr__(self) -> str:
+        return f"AsyncGuardedStream({self._inner!r})"

@@ -1,0 +1,161 @@
+"""``LocalCircuit``: the pure core behind a lock that never spans the caller's call.
+
+What a breaker without a store runs, and what a store-backed breaker falls back to while its
+store is unreachable. In CLOSED a call takes no lock: admission reads one attribute and a clean
+success bumps a counter; failing fast in OPEN needs no lock either.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+
+from llm_circuit_breaker._state import REJECTED, BreakerCore, CircuitState, Outcome, Transition
+from llm_circuit_breaker._telemetry import Telemetry, refused
+from llm_circuit_breaker.config import CircuitBreakerConfig
+from llm_circuit_breaker.errors import CircuitOpenError
+from llm_circuit_breaker.storage.base import Control, View
+
+__all__ = ["LocalCircuit", "check_report"]
+
+OPEN = CircuitState.OPEN
+
+
+def check_report(permit: object, outcome: object, open_for: float | None) -> None:
+    """Refuse a malformed report before it can touch the state machine."""
+    if permit.__class__ is not int:
+        raise TypeError(f"permit must be the int that admit() returned, got {permit!r}")
+    if outcome.__class__ is not Outcome:
+        raise TypeError(f"outcome must be an Outcome, got {outcome!r}")
+    if open_for is not None and not (0.0 <= open_for < float("inf")):
+        raise ValueError(f"open_for must be a finite number of seconds >= 0, got {open_for!r}")
+
+
+class LocalCircuit:
+    """One circuit decided in this process (thread- and asyncio-safe)."""
+
+    __slots__ = ("_clock", "_core", "_lock", "cause", "name", "telemetry")
+
+    def __init__(
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        clock: Callable[[], float],
+        telemetry: Telemetry,
+    ) -> None:
+        self.name = name
+        self.telemetry = telemetry
+        self._clock = clock
+        self._core = BreakerCore(config)
+        self._lock = threading.Lock()
+        self.cause: BaseException | None = None  # the error that last opened the circuit
+
+    # -- admitting and recording -----------------------------------------------------------
+
+    def enter(self) -> int | CircuitOpenError:
+        """Admit one call: its permit, or the :class:`CircuitOpenError` that says why not."""
+        core = self._core
+        permit = core.lock_free_permit
+        if permit >= 0:
+            return permit
+        now = self._clock()
+        open_until = core.open_until
+        if now < open_until and core.state is OPEN:  # failing fast needs no lock either
+            return self._refuse(None if core.held_open else open_until - now, core.open_reason)
+        with self._lock:
+            permit = core.admit(now)
+            retry_after = core.retry_after(now) if permit == REJECTED else 0.0
+            reason = core.open_reason or "half-open: probe slots taken"
+            transitions = self._drain()
+        self.telemetry.publish(transitions)
+        if permit == REJECTED:
+            return self._refuse(retry_after, reason)
+        return permit
+
+    def _refuse(self, retry_after: float | None, reason: str) -> int | CircuitOpenError:
+        error = refused(self.name, retry_after, reason)
+        error.__cause__ = self.cause
+        return self.telemetry.refusal(error)
+
+    def record_success(self, permit: int) -> None:
+        """Report that the call holding ``permit`` succeeded."""
+        if permit == self._core.clean_permit:  # nothing to change but the count
+            self.telemetry.count_success()
+            return
+        self.record(permit, Outcome.SUCCESS)
+
+    def record(
+        self,
+        permit: int,
+        outcome: Outcome,
+        *,
+        open_for: float | None = None,
+        why: str = "",
+        error: BaseException | None = None,
+    ) -> Outcome:
+        """Report a finished call; ``open_for`` opens the circuit that long on a failure.
+        ``error`` is kept as the cause of later refusals if this report opens the circuit."""
+        check_report(permit, outcome, open_for)
+        with self._lock:
+            counted = self._core.record(permit, outcome, self._clock(), open_for=open_for, why=why)
+            transitions = self._drain()
+        if transitions and transitions[-1].new is OPEN:
+            self.cause = error
+        self.telemetry.tally(counted)
+        self.telemetry.publish(transitions)
+        return counted
+
+    # -- reading and control ---------------------------------------------------------------
+
+    def now(self) -> float:
+        """The breaker's clock."""
+        return self._clock()
+
+    def view(self) -> View:
+        """The circuit now (applying the lazy OPEN -> HALF_OPEN)."""
+        with self._lock:
+            now = self._clock()
+            core = self._core
+            retry_after = core.retry_after(now)
+            view = View(
+                core.state,
+                core.failure_count,
+                core.success_count,
+                core.opened_at,
+                retry_after,
+                reason=core.open_reason,
+            )
+            transitions = self._drain()
+        self.telemetry.publish(transitions)
+        return view
+
+    @property
+    def state(self) -> CircuitState:
+        """The current state without building a whole view."""
+        with self._lock:
+            self._core.advance(self._clock())
+            state = self._core.state
+            transitions = self._drain()
+        self.telemetry.publish(transitions)
+        return state
+
+    def control(self, action: Control) -> None:
+        """Reset, force open or force closed."""
+        with self._lock:
+            now = self._clock()
+            if action == "force_open":
+                self._core.force_open(now)
+            else:
+                self._core.close(now, "reset" if action == "reset" else "forced closed")
+            transitions = self._drain()
+        if action != "force_open":
+            self.cause = None
+        self.telemetry.publish(transitions)
+
+    def _drain(self) -> Sequence[Transition]:
+        """Take the core's pending transitions (call with the lock held)."""
+        transitions = self._core.transitions
+        if not transitions:
+            return ()  # never hand out the core's own list: others append to it later
+        self._core.transitions = []
+        return transitions

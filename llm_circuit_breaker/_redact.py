@@ -1,0 +1,107 @@
+"""One redaction policy for every surface: messages, reprs, logs, snapshots, metrics, the CLI.
+
+* Header values are masked when the header's name looks like a credential (``Authorization``,
+  ``x-api-key``, ``api-key``, ``x-goog-api-key``, cookies, tokens, secrets, signatures ...),
+  whatever the value looks like.
+* In URLs, the ``user:password@`` part and the values of credential-like query parameters
+  (``key``, ``api_key``, ``token``, ``password``, ``client_secret``, ``sig`` ...) are masked.
+* In free text, bearer tokens, provider key shapes (``sk-...``, ``sk-ant-...``, ``AIza...``),
+  ``name: value`` / ``name=value`` pairs with a credential-like name, and URL credentials are
+  masked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+__all__ = ["REDACTED", "Headers", "is_secret_name", "redact_headers", "redact_text", "redact_url"]
+
+REDACTED = "[REDACTED]"
+_SECRET_WORDS = (
+    r"key|token|secret|auth|authorization|password|passwd|pwd|cookie|signature|credential|"
+    r"session|sig"
+)
+_SECRET_NAME = re.compile(_SECRET_WORDS, re.IGNORECASE)
+_SECRET_VALUE = re.compile(
+    r"(?i)(bearer\s+|basic\s+)[^\s,;\"']+"  # Authorization: Bearer <token>
+    r"|\b(sk-[\w-]{6,}|sk-ant-[\w-]{6,}|AIza[\w-]{20,}|gsk_[\w-]{10,}|xai-[\w-]{10,})"
+    # name=value / name: value where the name looks like a credential (query strings, headers
+    # echoed in messages, form bodies); the value runs to the next separator
+    rf"|(\b(?:[\w.]*[-_.])?(?:{_SECRET_WORDS})(?:[-_.][\w.-]*)?"
+    r"(?:\s*=\s*|:\s*|\"\s*:\s*\"|'\s*:\s*'|\s+provided:\s*))"
+    r"(?!\s*\[REDACTED\])(?:(?:bearer|basic)\s+)?[^\s&#,;\"'}]+"
+    # user:password@ in a URL
+    r"|(://)[^/\s:@]*:[^/\s@]+@"
+)
+
+
+def is_secret_name(name: object) -> bool:
+    """Whether a header or parameter called ``name`` carries a credential."""
+    return bool(_SECRET_NAME.search(str(name)))
+
+
+def redact_text(text: str) -> str:
+    """Mask credentials in free text (see the module docs)."""
+
+    def mask(match: re.Match[str]) -> str:
+        if match.group(4) is not None:
+            return f"://{REDACTED}@"
+        return (match.group(1) or match.group(3) or "") + REDACTED
+
+    try:
+        return _SECRET_VALUE.sub(mask, str(text))
+    except Exception:  # a str subclass with a hostile __str__: show nothing rather than fail
+        return REDACTED
+
+
+def redact_url(url: str) -> str:
+    """Mask the userinfo and credential query values of ``url``."""
+    return redact_text(url)
+
+
+class Headers(Mapping[str, str]):
+    """A read-only, case-insensitive header mapping (names kept as given, matched lowered)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, str] | None = None) -> None:
+        self._items: dict[str, tuple[str, str]] = {}
+        for name, value in _items_of(items):
+            self._items[str(name).lower()] = (str(name), str(value))
+
+    def __getitem__(self, name: str) -> str:
+        return self._items[str(name).lower()][1]
+
+    def __iter__(self) -> Iterator[str]:
+        return (original for original, _ in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return str(name).lower() in self._items
+
+    def __repr__(self) -> str:
+        return f"Headers({dict(self)!r})"
+
+
+def _items_of(headers: Any) -> list[tuple[Any, Any]]:
+    """The (name, value) pairs of any header container; nothing for a hostile one."""
+    if headers is None:
+        return []
+    try:
+        return list(headers.items())
+    except Exception:
+        return []
+
+
+def redact_headers(headers: Mapping[str, str] | None) -> Headers:
+    """A case-insensitive copy of ``headers`` with credential values replaced."""
+    return Headers(
+        {
+            name: REDACTED if is_secret_name(name) else redact_text(str(value))
+            for name, value in _items_of(headers)
+        }
+    )

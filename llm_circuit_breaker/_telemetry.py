@@ -1,0 +1,203 @@
+"""What a breaker tells the world: counts, state-change listeners, observers and logs.
+
+Kept apart from the deciding so that the in-process circuit and the store links report the
+same way. Counters are bumped without a lock (``itertools.count`` is atomic under the GIL).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from llm_circuit_breaker._state import CircuitState, Outcome, Transition
+from llm_circuit_breaker.errors import CircuitOpenError
+
+if TYPE_CHECKING:
+    from llm_circuit_breaker.breaker import CircuitBreaker
+
+__all__ = ["SHADOW_PERMIT", "BreakerStats", "Listener", "Observer", "StateChange", "Telemetry"]
+
+logger = logging.getLogger("llm_circuit_breaker")
+
+# CircuitOpenError built by BaseException.__new__ alone: C code, no Python frame (hot path).
+refused = functools.partial(CircuitOpenError.__new__, CircuitOpenError)
+# The permit of a call that a metrics-only breaker would have refused: it runs, and its
+# outcome matches no permit of the state machine, so the circuit evolves as if it had not run.
+SHADOW_PERMIT = 1 << 62
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StateChange:
+    """A circuit moved from ``old`` to ``new`` at ``at`` (seconds on the breaker's clock)."""
+
+    name: str
+    old: CircuitState
+    new: CircuitState
+    at: float
+    reason: str
+
+
+Listener = Callable[[StateChange], object]
+
+
+class Observer(Protocol):
+    """Hears of refusals and retries as they happen (what listeners do for state changes)."""
+
+    def rejected(self, breaker: CircuitBreaker, enforced: bool) -> None:
+        """A call was refused (``enforced`` False: a metrics-only breaker let it through)."""
+
+    def retried(
+        self, breaker: CircuitBreaker, attempt: int, error: BaseException, delay: float
+    ) -> None:
+        """``with_retry`` will retry after ``attempt`` failed with ``error``, in ``delay`` s."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BreakerStats:
+    """Counts since the breaker was made. ``calls`` = successes + failures + ignored +
+    throttled; refused calls are ``rejections``."""
+
+    calls: int
+    successes: int
+    failures: int
+    ignored: int
+    throttled: int
+    rejections: int
+    retries: int
+    state_changes: dict[str, int]
+
+
+class _Tally:
+    """A counter that threads may bump without a lock (``itertools.count`` is atomic)."""
+
+    __slots__ = ("_count", "add")
+
+    def __init__(self) -> None:
+        self._count = itertools.count()
+        self.add = self._count.__next__
+
+    @property
+    def value(self) -> int:
+        return int(repr(self._count)[6:-1])  # "count(N)": reading it does not bump it
+
+
+class Telemetry:
+    """Counts, listeners and observers of one breaker."""
+
+    __slots__ = (
+        "_changes",
+        "_listeners",
+        "_observers",
+        "_rejections",
+        "_retries",
+        "_tallies",
+        "breaker",
+        "count_rejection",
+        "count_success",
+        "enforced",
+        "name",
+        "plain_refusals",
+    )
+
+    def __init__(self, name: str, enforced: bool) -> None:
+        self.name = name
+        self.enforced = enforced
+        self.breaker: CircuitBreaker | None = None  # set by the breaker, for observers
+        self._listeners: list[Listener] = []
+        self._observers: list[Observer] = []
+        self._tallies = {outcome: _Tally() for outcome in Outcome}
+        self._retries = _Tally()
+        self._rejections = _Tally()
+        self._changes = {state: _Tally() for state in CircuitState}
+        # Bound once: the CLOSED success path and the fail-fast path call them.
+        self.count_success = self._tallies[Outcome.SUCCESS].add
+        self.count_rejection = self._rejections.add
+        # Refusals need no more than a count: enforced, and nobody to tell.
+        self.plain_refusals = enforced
+
+    def tally(self, outcome: Outcome) -> None:
+        """Count a finished call by its outcome as the circuit counted it."""
+        self._tallies[outcome].add()
+
+    def stats(self) -> BreakerStats:
+        """The counts now."""
+        counts = {outcome: tally.value for outcome, tally in self._tallies.items()}
+        return BreakerStats(
+            calls=sum(counts.values()),
+            successes=counts[Outcome.SUCCESS],
+            failures=counts[Outcome.FAILURE],
+            ignored=counts[Outcome.IGNORED],
+            throttled=counts[Outcome.THROTTLED],
+            rejections=self._rejections.value,
+            retries=self._retries.value,
+            state_changes={state.value: tally.value for state, tally in self._changes.items()},
+        )
+
+    # -- refusals and retries --------------------------------------------------------------
+
+    def refusal(self, error: CircuitOpenError) -> int | CircuitOpenError:
+        """Count a refusal; the error to raise, or a shadow permit in metrics-only mode."""
+        self.count_rejection()
+        if self.plain_refusals:
+            return error
+        for observer in list(self._observers):
+            try:
+                observer.rejected(self._owner(), self.enforced)
+            except Exception:  # noqa: PERF203 - an observer's bug must not touch the call
+                logger.exception("observer %r of circuit %r raised", observer, self.name)
+        if self.enforced:
+            return error
+        logger.debug("circuit %r would have refused a call (metrics-only)", self.name)
+        return SHADOW_PERMIT
+
+    def retried(self, attempt: int, error: BaseException, delay: float) -> None:
+        """Count a retry and tell the observers."""
+        self._retries.add()
+        for observer in list(self._observers):
+            try:
+                observer.retried(self._owner(), attempt, error, delay)
+            except Exception:  # noqa: PERF203 - an observer's bug must not touch the call
+                logger.exception("observer %r of circuit %r raised", observer, self.name)
+
+    def _owner(self) -> CircuitBreaker:
+        if self.breaker is None:  # pragma: no cover - the breaker sets it at construction
+            raise RuntimeError("telemetry used before its breaker was made")
+        return self.breaker
+
+    # -- listeners and observers -----------------------------------------------------------
+
+    def add_observer(self, observer: Observer) -> None:
+        """Tell ``observer`` of refusals and retries."""
+        self._observers.append(observer)
+        self.plain_refusals = False
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(StateChange)`` after every state change."""
+        if not callable(listener):
+            raise TypeError(f"a listener must be callable, got {listener!r}")
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling ``listener``."""
+        self._listeners.remove(listener)
+
+    def publish(self, transitions: Sequence[Transition]) -> None:
+        """Count, log and announce the state changes a circuit made."""
+        for t in transitions:
+            self._changes[t.new].add()
+            logger.warning("circuit %r %s -> %s: %s", self.name, t.old.value, t.new.value, t.reason)
+            self.notify(StateChange(self.name, t.old, t.new, t.at, t.reason))
+
+    def notify(self, change: StateChange) -> None:
+        """Hand ``change`` to every listener; one that raises is logged."""
+        for listener in list(self._listeners):
+            try:
+                listener(change)
+            except Exception:  # noqa: PERF203 - one listener's bug must not stop the rest
+                logger.exception(
+                    "state-change listener %r of circuit %r raised", listener, self.name
+                )

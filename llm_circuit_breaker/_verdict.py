@@ -1,0 +1,164 @@
+"""What a failed attempt means: one pure decision for the breaker, the retries and fallbacks.
+
+:func:`judge` turns an exception (classified once, see :mod:`._classify`) and the rules in force
+into a frozen :class:`Verdict`: the breaker's outcome (failure, ignored, throttled, or a failure
+that opens the circuit now for N seconds), whether ``with_retry`` retries it, the server's wait
+hint and a reason in words. Every layer reads its own column of the same verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+
+from llm_circuit_breaker._classify import TRANSPORT_KINDS, Classification, ErrorKind, classify
+from llm_circuit_breaker._state import Outcome
+from llm_circuit_breaker.config import CircuitBreakerConfig, RetryConfig
+from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
+
+__all__ = ["BreakerRules", "Verdict", "judge"]
+
+logger = logging.getLogger("llm_circuit_breaker")
+
+# Ends of a call that say nothing about the provider's health.
+_NEVER_FAILURES = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
+_RETRYABLE_KINDS = TRANSPORT_KINDS | {ErrorKind.POOL}
+_DEFAULT_CONFIG = CircuitBreakerConfig()
+_DEFAULT_RETRY = RetryConfig()
+
+FailurePredicate = Callable[[BaseException], bool]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BreakerRules:
+    """What one decoration or helper adds to the defaults: ignored types and a predicate."""
+
+    exclude: tuple[type[BaseException], ...] = ()
+    failure_predicate: FailurePredicate | None = None
+
+
+_NO_RULES = BreakerRules()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Verdict:
+    """The meaning of one failed attempt, for every layer that handles it."""
+
+    outcome: Outcome  # for the breaker: FAILURE, IGNORED or THROTTLED
+    retry: bool  # for with_retry: worth another attempt
+    hint: float | None  # the server's wait in seconds (honoured when retrying or pacing)
+    open_for: float | None  # open the circuit now for this long (a failure only)
+    reason: str  # in words, for CircuitOpenError.reason and the logs
+    kind: ErrorKind
+    status: int | None
+
+
+def judge(
+    exc: BaseException,
+    config: CircuitBreakerConfig = _DEFAULT_CONFIG,
+    retry: RetryConfig = _DEFAULT_RETRY,
+    rules: BreakerRules = _NO_RULES,
+    *,
+    name: str = "",
+) -> Verdict:
+    """Decide what ``exc`` means under ``config`` (the breaker's), ``retry`` and ``rules``."""
+    if isinstance(exc, ThrottledError):
+        wait = exc.retry_after
+        retry_it = retry.respect_retry_after and wait <= retry.max_delay
+        return Verdict(
+            Outcome.IGNORED, retry_it, wait, None, "throttled", ErrorKind.RATE_LIMIT, None
+        )
+    if isinstance(exc, CircuitOpenError):
+        return Verdict(
+            Outcome.IGNORED, False, exc.retry_after, None, "circuit open", ErrorKind.OTHER, None
+        )
+    found = classify(exc)
+    hint = found.retry_after if retry.respect_retry_after else None
+    outcome, open_for, reason = _breaker_column(exc, found, config, rules, name)
+    return Verdict(
+        outcome, _retried(exc, found, retry, hint), hint, open_for, reason, found.kind, found.status
+    )
+
+
+def _describe(found: Classification) -> str:
+    where = f"HTTP {found.status}" if found.status is not None else found.kind.value
+    return f"{where} ({found.error_type})" if found.error_type else where
+
+
+def _breaker_column(
+    exc: BaseException,
+    found: Classification,
+    config: CircuitBreakerConfig,
+    rules: BreakerRules,
+    name: str,
+) -> tuple[Outcome, float | None, str]:
+    if isinstance(exc, _NEVER_FAILURES) or (rules.exclude and isinstance(exc, rules.exclude)):
+        return Outcome.IGNORED, None, ""
+    counted = found.kind not in _NOT_FAILURES
+    if rules.failure_predicate is not None:
+        try:
+            counted = bool(rules.failure_predicate(exc))
+        except Exception:
+            logger.exception(
+                "failure_predicate of circuit %r raised; counting the error as a failure", name
+            )
+            counted = True
+    elif found.kind is ErrorKind.RATE_LIMIT:
+        return (
+            (Outcome.THROTTLED, None, _describe(found))
+            if config.throttle
+            else _failure(found, config)
+        )
+    if not counted:
+        return Outcome.IGNORED, None, ""
+    return _failure(found, config)
+
+
+def _failure(
+    found: Classification, config: CircuitBreakerConfig
+) -> tuple[Outcome, float | None, str]:
+    if found.kind is ErrorKind.QUOTA:
+        return (
+            Outcome.FAILURE,
+            config.reset_timeout,
+            f"quota exhausted: {found.error_type or found.status}",
+        )
+    hint = found.retry_after
+    if hint is not None and hint >= config.reset_timeout:
+        return Outcome.FAILURE, hint, f"{_describe(found)}: server asked to wait {hint:g}s"
+    return Outcome.FAILURE, None, _describe(found)
+
+
+# Kinds that are the caller's business, not the provider's health: the breaker ignores them.
+# A rate limit is judged apart: it throttles (or, with throttle=False, fails).
+_NOT_FAILURES = frozenset(
+    {
+        ErrorKind.POOL,
+        ErrorKind.CONFLICT,
+        ErrorKind.AUTH,
+        ErrorKind.CONTEXT_LENGTH,
+        ErrorKind.CONTENT_POLICY,
+        ErrorKind.CLIENT,
+        ErrorKind.LOCAL,
+    }
+)
+
+
+def _retried(
+    exc: BaseException, found: Classification, retry: RetryConfig, hint: float | None
+) -> bool:
+    if not isinstance(exc, Exception):
+        return False
+    if retry.retry_on and isinstance(exc, retry.retry_on):
+        return True
+    if found.kind is ErrorKind.QUOTA or found.kind is ErrorKind.LOCAL:
+        return False
+    if hint is not None and hint > retry.max_delay:
+        return False  # the server wants longer than we may wait: fail now
+    if found.should_retry is not None:
+        return found.should_retry
+    if found.status is not None:
+        return found.status in retry.retry_on_status_codes
+    return found.kind in _RETRYABLE_KINDS

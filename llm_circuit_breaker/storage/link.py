@@ -1,0 +1,288 @@
+"""How a breaker follows a circuit kept in a store: ``StoreLink`` (sync) and ``AsyncStoreLink``.
+
+A :class:`~llm_circuit_breaker.CircuitBreaker` made with ``store=`` composes one of these over
+the store's :class:`StateStore` / :class:`AsyncStateStore` interface. Every admission, and every
+report that can change the circuit, is one store call; a success admitted into a clean CLOSED
+circuit is not reported at all. While the store is unreachable the link decides with the
+breaker's own :class:`LocalCircuit` (one listener event each way), so a call never fails
+because the store did.
+
+Permits carry where they came from in their two low bits: 0 local, 1 shared and clean (a
+success changes nothing), 2 shared (every outcome is reported).
+"""
+
+from __future__ import annotations
+
+import time
+
+from llm_circuit_breaker._local import LocalCircuit, check_report
+from llm_circuit_breaker._state import CircuitState, Outcome, Transition
+from llm_circuit_breaker._telemetry import StateChange, Telemetry, refused
+from llm_circuit_breaker.config import CircuitBreakerConfig
+from llm_circuit_breaker.errors import CircuitOpenError
+from llm_circuit_breaker.storage.base import (
+    AsyncStateStore,
+    Control,
+    StateStore,
+    StoreUnavailableError,
+    View,
+)
+
+__all__ = ["AsyncStoreLink", "StoreLink"]
+
+_LOCAL, _CLEAN, _SHARED = 0, 1, 2
+_HALF_OPEN_NOW = View(CircuitState.HALF_OPEN, 0, 0, None, 0.0)
+
+
+class _Link:
+    """What both links share: following the store's views, and falling back to local."""
+
+    def __init__(
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        local: LocalCircuit,
+        telemetry: Telemetry,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.local = local
+        self.telemetry = telemetry
+        self.cause: BaseException | None = None  # the error that last opened the circuit
+        self._deciding_locally = False
+        self._known = View(CircuitState.CLOSED, 0, 0, None, 0.0)
+        self._known_at = time.monotonic()
+
+    def adopt(self, view: View, error: BaseException | None = None) -> None:
+        """Follow ``view``, announcing its transitions (and a return from local mode)."""
+        if self._deciding_locally:
+            self._deciding_locally = False
+            self._event(self.local.state, view.state, "shared store reachable again: following it")
+        self._known, self._known_at = view, time.monotonic()
+        if view.transitions and view.transitions[-1].new is CircuitState.OPEN:
+            self.cause = error
+        if view.transitions:
+            at = self.local.now()
+            self.telemetry.publish(
+                [Transition(t.old, t.new, t.reason, at) for t in view.transitions]
+            )
+
+    def go_local(self) -> None:
+        """Decide locally from now on, until the store answers again."""
+        if not self._deciding_locally:
+            self._deciding_locally = True
+            self._event(
+                self._known.state, self.local.state, "shared store unavailable: deciding locally"
+            )
+
+    def _event(self, old: CircuitState, new: CircuitState, reason: str) -> None:
+        self.telemetry.notify(StateChange(self.name, old, new, self.local.now(), reason))
+
+    def admitted(self, permit: int, view: View) -> int | CircuitOpenError:
+        """The permit (tagged shared) or the refusal, from a store's admission."""
+        self.adopt(view)
+        if permit < 0:
+            error = refused(self.name, view.retry_after, view.reason or "open (shared)")
+            error.__cause__ = self.cause
+            return self.telemetry.refusal(error)
+        return permit * 4 + (_CLEAN if view.clean else _SHARED)
+
+    def enter_locally(self) -> int | CircuitOpenError:
+        """Admit with the local circuit (the store is unreachable)."""
+        self.go_local()
+        entry = self.local.enter()
+        return entry * 4 if entry.__class__ is int else entry
+
+    def success_needs_no_report(self, permit: int) -> bool:
+        """Count a success that changes nothing; False when it must be reported."""
+        if permit & 3 == _CLEAN:
+            self.telemetry.count_success()
+            return True
+        return False
+
+    def recorded_locally(
+        self,
+        permit: int,
+        outcome: Outcome,
+        open_for: float | None,
+        why: str,
+        error: BaseException | None,
+    ) -> tuple[bool, float | None]:
+        """Check a report; a locally admitted call goes to the local circuit (True). For a
+        shared permit, False and ``open_for`` capped as the core caps it (a store keeps a
+        hint as given)."""
+        check_report(permit, outcome, open_for)
+        if permit & 3 == _LOCAL:
+            self.local.record(permit >> 2, outcome, open_for=open_for, why=why, error=error)
+            return True, open_for
+        if open_for is not None:
+            open_for = min(open_for, self.config.effective_max_open_for)
+        return False, open_for
+
+    def known_view(self) -> View:
+        """The last view the store gave, with the lazy OPEN -> HALF_OPEN applied since."""
+        if self._deciding_locally:
+            return self.local.view()
+        known = self._known
+        if known.state is CircuitState.OPEN and known.retry_after is not None:
+            left = known.retry_after - (time.monotonic() - self._known_at)
+            if left <= 0:
+                return _HALF_OPEN_NOW
+            return View(
+                known.state, known.failure_count, 0, known.opened_at, left, reason=known.reason
+            )
+        return known
+
+
+class StoreLink(_Link):
+    """A breaker's link to a sync :class:`StateStore`."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        name: str,
+        config: CircuitBreakerConfig,
+        local: LocalCircuit,
+        telemetry: Telemetry,
+    ) -> None:
+        super().__init__(name, config, local, telemetry)
+        self.store = store
+
+    def enter(self) -> int | CircuitOpenError:
+        """Admit one call through the store (locally while it is unreachable)."""
+        if self.store.available:
+            try:
+                admission = self.store.admit(self.name, self.config)
+            except StoreUnavailableError:
+                pass
+            else:
+                return self.admitted(admission.permit, admission.view)
+        return self.enter_locally()
+
+    def record_success(self, permit: int) -> None:
+        """Report a success (nothing is sent when it changes nothing)."""
+        if not self.success_needs_no_report(permit):
+            self.record(permit, Outcome.SUCCESS)
+
+    def record(
+        self,
+        permit: int,
+        outcome: Outcome,
+        *,
+        open_for: float | None = None,
+        why: str = "",
+        error: BaseException | None = None,
+    ) -> None:
+        """Report a finished call to wherever it was admitted."""
+        done, open_for = self.recorded_locally(permit, outcome, open_for, why, error)
+        if done:
+            return
+        counted = outcome
+        if self.store.available:
+            try:
+                counted, view = self.store.record(
+                    self.name, self.config, permit >> 2, outcome, open_for, why
+                )
+            except StoreUnavailableError:
+                self.go_local()
+            else:
+                self.adopt(view, error)
+        self.telemetry.tally(counted)
+
+    def view(self) -> View:
+        """The store's view now (the local one while it is unreachable)."""
+        if self.store.available:
+            try:
+                view = self.store.snapshot(self.name, self.config)
+            except StoreUnavailableError:
+                pass
+            else:
+                self.adopt(view)
+                return view
+        self.go_local()
+        return self.local.view()
+
+    def control(self, action: Control) -> None:
+        """Reset, force open or force closed: locally and in the store."""
+        self.local.control(action)
+        try:
+            self.adopt(self.store.control(self.name, self.config, action))
+        except StoreUnavailableError:
+            self.go_local()
+
+
+class AsyncStoreLink(_Link):
+    """A breaker's link to an :class:`AsyncStateStore` (coroutines only)."""
+
+    def __init__(
+        self,
+        store: AsyncStateStore,
+        name: str,
+        config: CircuitBreakerConfig,
+        local: LocalCircuit,
+        telemetry: Telemetry,
+    ) -> None:
+        super().__init__(name, config, local, telemetry)
+        self.store = store
+
+    async def aenter(self) -> int | CircuitOpenError:
+        """Admit one call through the store (locally while it is unreachable)."""
+        if self.store.available:
+            try:
+                admission = await self.store.aadmit(self.name, self.config)
+            except StoreUnavailableError:
+                pass
+            else:
+                return self.admitted(admission.permit, admission.view)
+        return self.enter_locally()
+
+    async def arecord_success(self, permit: int) -> None:
+        """Report a success (nothing is sent when it changes nothing)."""
+        if not self.success_needs_no_report(permit):
+            await self.arecord(permit, Outcome.SUCCESS)
+
+    async def arecord(
+        self,
+        permit: int,
+        outcome: Outcome,
+        *,
+        open_for: float | None = None,
+        why: str = "",
+        error: BaseException | None = None,
+    ) -> None:
+        """Report a finished call to wherever it was admitted."""
+        done, open_for = self.recorded_locally(permit, outcome, open_for, why, error)
+        if done:
+            return
+        counted = outcome
+        if self.store.available:
+            try:
+                counted, view = await self.store.arecord(
+                    self.name, self.config, permit >> 2, outcome, open_for, why
+                )
+            except StoreUnavailableError:
+                self.go_local()
+            else:
+                self.adopt(view, error)
+        self.telemetry.tally(counted)
+
+    async def aview(self) -> View:
+        """The store's view now (the local one while it is unreachable)."""
+        if self.store.available:
+            try:
+                view = await self.store.asnapshot(self.name, self.config)
+            except StoreUnavailableError:
+                pass
+            else:
+                self.adopt(view)
+                return view
+        self.go_local()
+        return self.local.view()
+
+    async def acontrol(self, action: Control) -> None:
+        """Reset, force open or force closed: locally and in the store."""
+        self.local.control(action)
+        try:
+            self.adopt(await self.store.acontrol(self.name, self.config, action))
+        except StoreUnavailableError:
+            self.go_local()
