@@ -20,18 +20,17 @@ from typing import Any
 from llm_circuit_breaker._state import Outcome
 from llm_circuit_breaker._verdict import BreakerRules, Verdict, judge
 from llm_circuit_breaker.breaker import CircuitBreaker
-from llm_circuit_breaker.errors import CircuitOpenError
 
-__all__ = ["AsyncGuardedStream", "Gate", "GuardedStream", "is_stream"]
+__all__ = ["PLAIN", "AsyncGuardedStream", "Gate", "GuardedStream", "is_stream"]
 
 # Results that are never streams, checked first because most results are one of them.
-_PLAIN = frozenset({str, bytes, dict, list, tuple, int, float, bool, NoneType})
+PLAIN = frozenset({str, bytes, dict, list, tuple, int, float, bool, NoneType})
 
 
 def is_stream(result: object) -> bool:
     """Whether ``result`` is an iterator or async iterator to guard until it ends."""
     cls = result.__class__
-    if cls in _PLAIN:
+    if cls in PLAIN:
         return False
     return hasattr(cls, "__next__") or hasattr(cls, "__anext__")
 
@@ -90,14 +89,10 @@ class Gate:
         """Report a call whose result the caller stopped reading (neither success nor failure)."""
         self.breaker.record(permit, Outcome.IGNORED)
 
-    def refuse(self, refusal: int | CircuitOpenError) -> None:
-        """Raise ``refusal`` (what ``enter`` gave instead of a permit) unless this decoration
-        has a fallback to call instead."""
-        if self.fallback is None and isinstance(refusal, CircuitOpenError):
-            try:
-                raise refusal
-            finally:
-                del refusal  # else frame -> error -> traceback -> frame: a cycle for the GC
+    def refuse(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """What a refused call returns: the fallback's result (the shells raise the refusal
+        themselves when there is no fallback)."""
+        return self.call_fallback(*args, **kwargs)
 
 
 class GuardedStream:

@@ -61,7 +61,12 @@ class LocalCircuit:
         now = self._clock()
         open_until = core.open_until
         if now < open_until and core.state is OPEN:  # failing fast needs no lock either
-            return self._refuse(None if core.held_open else open_until - now, core.open_reason)
+            retry_after = None if core.held_open else open_until - now
+            error = refused(self.name, retry_after, core.open_reason)
+            error.__cause__ = self.cause
+            telemetry = self.telemetry
+            telemetry.count_rejection()
+            return error if telemetry.plain_refusals else telemetry.observed(error)
         with self._lock:
             permit = core.admit(now)
             retry_after = core.retry_after(now) if permit == REJECTED else 0.0
@@ -75,7 +80,8 @@ class LocalCircuit:
     def _refuse(self, retry_after: float | None, reason: str) -> int | CircuitOpenError:
         error = refused(self.name, retry_after, reason)
         error.__cause__ = self.cause
-        return self.telemetry.refusal(error)
+        self.telemetry.count_rejection()
+        return self.telemetry.observed(error)
 
     def record_success(self, permit: int) -> None:
         """Report that the call holding ``permit`` succeeded."""

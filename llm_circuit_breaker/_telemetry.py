@@ -139,11 +139,9 @@ class Telemetry:
 
     # -- refusals and retries --------------------------------------------------------------
 
-    def refusal(self, error: CircuitOpenError) -> int | CircuitOpenError:
-        """Count a refusal; the error to raise, or a shadow permit in metrics-only mode."""
-        self.count_rejection()
-        if self.plain_refusals:
-            return error
+    def observed(self, error: CircuitOpenError) -> int | CircuitOpenError:
+        """After counting a refusal: tell the observers; the error to raise, or a shadow
+        permit in metrics-only mode."""
         for observer in list(self._observers):
             try:
                 observer.rejected(self._owner(), self.enforced)

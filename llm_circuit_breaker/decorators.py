@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from llm_circuit_breaker import _validate as check
-from llm_circuit_breaker._gate import AsyncGuardedStream, Gate, GuardedStream, is_stream
+from llm_circuit_breaker._gate import PLAIN, AsyncGuardedStream, Gate, GuardedStream, is_stream
 from llm_circuit_breaker._verdict import BreakerRules, FailurePredicate
 from llm_circuit_breaker.breaker import CircuitBreaker, Listener
 from llm_circuit_breaker.config import CircuitBreakerConfig
@@ -137,22 +137,24 @@ def circuit_breaker(
 
 def _sync_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
     enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
+    no_fallback, plain = gate.fallback is None, PLAIN
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        permit = enter()
+        permit: Any = enter()
         if permit.__class__ is not int:  # refused: enter() handed back the error to raise
-            try:
-                refuse(permit)
-            finally:
-                del permit  # else frame -> error -> traceback -> frame: a cycle
-            return gate.call_fallback(*args, **kwargs)
+            if no_fallback:  # raised in this frame: failing fast is a hot path
+                try:
+                    raise permit
+                finally:
+                    del permit  # else frame -> error -> traceback -> frame: a cycle
+            return refuse(args, kwargs)
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
             failed(permit, exc)
             raise
-        if is_stream(result):
+        if result.__class__ not in plain and is_stream(result):
             return GuardedStream(result, gate, permit)
         succeeded(permit)
         return result
@@ -164,18 +166,20 @@ def _async_shell(
     func: Callable[..., Any], gate: Gate, call_timeout: float | None
 ) -> Callable[..., Any]:
     enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
+    no_fallback, plain = gate.fallback is None, PLAIN
     store_io, name = gate.store_io, gate.breaker.name
     call = func if call_timeout is None else _timed(func, call_timeout, name)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        permit = (await gate.aenter()) if store_io else enter()
+        permit: Any = (await gate.aenter()) if store_io else enter()
         if permit.__class__ is not int:
-            try:
-                refuse(permit)
-            finally:
-                del permit  # else frame -> error -> traceback -> frame: a cycle
-            return await _awaited(gate.call_fallback(*args, **kwargs))
+            if no_fallback:  # raised in this frame: failing fast is a hot path
+                try:
+                    raise permit
+                finally:
+                    del permit  # else frame -> error -> traceback -> frame: a cycle
+            return await _awaited(refuse(args, kwargs))
         try:
             result = await call(*args, **kwargs)
         except BaseException as exc:
@@ -184,7 +188,7 @@ def _async_shell(
             else:
                 failed(permit, exc)
             raise
-        if is_stream(result):
+        if result.__class__ not in plain and is_stream(result):
             return AsyncGuardedStream(result, gate, permit)
         if store_io:
             await gate.asucceeded(permit)
@@ -197,17 +201,19 @@ def _async_shell(
 
 def _gen_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
     enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
+    no_fallback = gate.fallback is None
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         # Admitted when iteration starts, so a generator that is never iterated holds no permit.
-        permit = enter()
+        permit: Any = enter()
         if permit.__class__ is not int:
-            try:
-                refuse(permit)
-            finally:
-                del permit  # else frame -> error -> traceback -> frame: a cycle
-            return (yield from gate.call_fallback(*args, **kwargs))
+            if no_fallback:
+                try:
+                    raise permit
+                finally:
+                    del permit  # else frame -> error -> traceback -> frame: a cycle
+            return (yield from refuse(args, kwargs))
         try:
             result = yield from func(*args, **kwargs)
         except BaseException as exc:  # GeneratorExit (closed early) is ignored by the verdict
@@ -223,17 +229,19 @@ def _async_gen_shell(
     func: Callable[..., Any], gate: Gate, item_timeout: float | None
 ) -> Callable[..., Any]:
     enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
+    no_fallback = gate.fallback is None
     store_io, name = gate.store_io, gate.breaker.name
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        permit = (await gate.aenter()) if store_io else enter()
+        permit: Any = (await gate.aenter()) if store_io else enter()
         if permit.__class__ is not int:
-            try:
-                refuse(permit)
-            finally:
-                del permit  # else frame -> error -> traceback -> frame: a cycle
-            async for item in _as_async_iterator(gate.call_fallback(*args, **kwargs)):
+            if no_fallback:
+                try:
+                    raise permit
+                finally:
+                    del permit  # else frame -> error -> traceback -> frame: a cycle
+            async for item in _as_async_iterator(refuse(args, kwargs)):
                 yield item
             return
         stream = func(*args, **kwargs)

@@ -84,7 +84,8 @@ class _Link:
         if permit < 0:
             error = refused(self.name, view.retry_after, view.reason or "open (shared)")
             error.__cause__ = self.cause
-            return self.telemetry.refusal(error)
+            self.telemetry.count_rejection()
+            return self.telemetry.observed(error)
         return permit * 4 + (_CLEAN if view.clean else _SHARED)
 
     def enter_locally(self) -> int | CircuitOpenError:
