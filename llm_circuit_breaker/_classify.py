@@ -11,9 +11,6 @@ error wrapping an httpx timeout is still a timeout. Every probe is guarded: http
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -21,6 +18,26 @@ from llm_circuit_breaker._hints import (
     parse_retry_after,
     retry_after_from_headers,
     should_retry_from_headers,
+)
+from llm_circuit_breaker._kinds import (
+    CONTEXT_CODES,
+    CONTEXT_TEXT,
+    NOT_PROVIDER_FAILURES,
+    OVERLOADED_CODES,
+    POLICY_CODES,
+    QUOTA_CODES,
+    RATE_CODES,
+    SERVER_CODES,
+    STREAM_ERROR_STATUS,
+    TRANSPORT_KINDS,
+    WAIT_TEXT,
+    Classification,
+    ErrorKind,
+    error_object_of,
+    kind_from_status,
+    listed,
+    message_of,
+    per_day_quota,
 )
 from llm_circuit_breaker.errors import TransportError
 
@@ -36,95 +53,6 @@ __all__ = [
 ]
 
 
-class ErrorKind(str, enum.Enum):
-    """The provider-level meaning of an error."""
-
-    TIMEOUT = "timeout"  # connect/read timeout, HTTP 408
-    CONNECTION = "connection"  # refused, reset, DNS, TLS, truncated body
-    POOL = "pool"  # the client's own connection pool is exhausted: local, not the provider
-    RATE_LIMIT = "rate_limit"
-    QUOTA = "quota"  # billing / quota / spend cap: retrying does not help
-    OVERLOADED = "overloaded"  # 529, 503 "overloaded"
-    SERVER = "server"  # other 5xx, stream server_error
-    CONFLICT = "conflict"  # 409
-    AUTH = "auth"  # 401, 403
-    CONTEXT_LENGTH = "context_length"
-    CONTENT_POLICY = "content_policy"
-    CLIENT = "client"  # other 4xx: the caller's request is wrong
-    LOCAL = "local"  # this process's own mistake around an HTTP call (closed loop, bad header)
-    OTHER = "other"  # not an HTTP or transport error: the caller's own code
-
-
-# Kinds that are the caller's business, not the provider's health: the breaker ignores them.
-NOT_PROVIDER_FAILURES = frozenset(
-    {
-        ErrorKind.POOL,
-        ErrorKind.CONFLICT,
-        ErrorKind.AUTH,
-        ErrorKind.CONTEXT_LENGTH,
-        ErrorKind.CONTENT_POLICY,
-        ErrorKind.CLIENT,
-        ErrorKind.LOCAL,
-    }
-)
-TRANSPORT_KINDS = frozenset({ErrorKind.TIMEOUT, ErrorKind.CONNECTION})
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Classification:
-    """What :func:`classify` found out about an exception."""
-
-    kind: ErrorKind
-    status: int | None = None  # HTTP status, or the status an in-stream error stands for
-    retry_after: float | None = None  # the server's wait hint in seconds
-    should_retry: bool | None = None  # the x-should-retry header
-    error_type: str | None = None  # the provider's machine-readable code, when found
-
-    @property
-    def counts_as_failure(self) -> bool:
-        """Whether a circuit breaker should count this as the provider failing."""
-        return self.kind not in NOT_PROVIDER_FAILURES
-
-
-_QUOTA_CODES = frozenset(
-    {
-        "insufficient_quota",
-        "credit_balance_exhausted",
-        "organization_spend_limit_exceeded",
-        "project_spend_limit_exceeded",
-        "organization_usage_limit_exceeded",
-        "enforced_spend_limit_reached",
-        "billing_error",
-        "billing_hard_limit_reached",
-    }
-)
-_OVERLOADED_CODES = frozenset({"overloaded_error", "server_is_overloaded", "unavailable"})
-_RATE_CODES = frozenset(
-    {"rate_limit_exceeded", "rate_limit_error", "slow_down", "resource_exhausted", "tokens"}
-)
-_SERVER_CODES = frozenset({"server_error", "api_error", "internal", "timeout_error"})
-_CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length_context"})
-_POLICY_CODES = frozenset({"content_policy_violation", "content_filter"})
-_CONTEXT_TEXT = re.compile(
-    r"maximum context length|context[_ ]length[_ ]exceeded|prompt is too long|"
-    r"exceeds? (?:the )?(?:model's )?context|input tokens exceed|context window",
-    re.IGNORECASE,
-)
-_WAIT_TEXT = re.compile(
-    r"(?:try again|retry) (?:in|after) ([0-9]{1,12}(?:\.[0-9]{1,9})?)\s*(ms|s|seconds?)\b", re.I
-)
-# The HTTP status an error event inside a stream (sent after a 200) stands for, by kind; an
-# event of any other kind stands for a 500.
-STREAM_ERROR_STATUS = {
-    ErrorKind.OVERLOADED: 529,
-    ErrorKind.RATE_LIMIT: 429,
-    ErrorKind.QUOTA: 429,
-    ErrorKind.SERVER: 500,
-    ErrorKind.CONTEXT_LENGTH: 400,
-    ErrorKind.CONTENT_POLICY: 400,
-    ErrorKind.CLIENT: 400,
-    ErrorKind.AUTH: 401,
-}
 # Class names (anywhere in an exception's MRO) that mean a transport failure. Timeouts are
 # checked first: APITimeoutError subclasses APIConnectionError, ServerTimeoutError subclasses
 # ServerConnectionError, and requests' ConnectTimeout is both a ConnectionError and a Timeout.
@@ -213,7 +141,7 @@ def _remember(exc: BaseException, found: Classification) -> None:
 def classify_response(status: int, headers: Any, body: Any) -> Classification:
     """Classify an HTTP response (or an error event, ``status`` 200) by status, headers, body."""
     try:
-        err = _error_object_of(body)
+        err = error_object_of(body)
         if status == 200 or _http_status(status) is None:
             kind = _kind_from_codes(None, err) or ErrorKind.SERVER
             return Classification(
@@ -353,19 +281,7 @@ def _body(exc: BaseException) -> Any:
 
 def _error_object(exc: BaseException) -> dict[str, Any]:
     """The provider's error object: ``body["error"]`` when present, else the body itself."""
-    return _error_object_of(_body(exc))
-
-
-def _error_object_of(body: Any) -> dict[str, Any]:
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict):
-            return inner
-        if isinstance(inner, str):  # vLLM and friends send {"error": "<text>"}
-            return {"message": inner}
-    if isinstance(body, str):
-        return {"message": body}
-    return {}
+    return error_object_of(_body(exc))
 
 
 def _codes(exc: BaseException | None, err: Mapping[str, Any]) -> list[str]:
@@ -381,70 +297,26 @@ def _codes(exc: BaseException | None, err: Mapping[str, Any]) -> list[str]:
     return [v.lower()[:100] for v in values if isinstance(v, str) and v]
 
 
-def _listed(value: Any) -> list[Any]:
-    """``value`` when it is a JSON list (``details`` may be anything in a hostile body)."""
-    return list(value[:64]) if isinstance(value, (list, tuple)) else []
-
-
 def _first_code(exc: BaseException | None, err: Mapping[str, Any]) -> str | None:
     codes = _codes(exc, err)
     return codes[0] if codes else None
 
 
-def _per_day_quota(err: Mapping[str, Any]) -> bool:
-    """Gemini's daily quotas are named in ``details[].violations[].quotaId``."""
-    for detail in _listed(err.get("details")):
-        if isinstance(detail, Mapping):
-            for violation in _listed(detail.get("violations")):
-                if isinstance(violation, Mapping) and "PerDay" in str(violation.get("quotaId")):
-                    return True
-    return False
-
-
-def _message(err: Mapping[str, Any]) -> str:
-    message = err.get("message")
-    return message[:2000] if isinstance(message, str) else ""
-
-
 def _kind_from_codes(exc: BaseException | None, err: Mapping[str, Any]) -> ErrorKind | None:
     codes = set(_codes(exc, err))
-    if codes & _QUOTA_CODES or _per_day_quota(err):
+    if codes & QUOTA_CODES or per_day_quota(err):
         return ErrorKind.QUOTA
-    if codes & _CONTEXT_CODES or _CONTEXT_TEXT.search(_message(err)):
+    if codes & CONTEXT_CODES or CONTEXT_TEXT.search(message_of(err)):
         return ErrorKind.CONTEXT_LENGTH
-    if codes & _POLICY_CODES:
+    if codes & POLICY_CODES:
         return ErrorKind.CONTENT_POLICY
-    if codes & _OVERLOADED_CODES:
+    if codes & OVERLOADED_CODES:
         return ErrorKind.OVERLOADED
-    if codes & _RATE_CODES or err.get("code") == 429 or err.get("code") == "429":
+    if codes & RATE_CODES or err.get("code") == 429 or err.get("code") == "429":
         return ErrorKind.RATE_LIMIT
-    if codes & _SERVER_CODES:
+    if codes & SERVER_CODES:
         return ErrorKind.SERVER
     return None
-
-
-def _kind_from_status(status: int, hinted: ErrorKind | None) -> ErrorKind:
-    if hinted is ErrorKind.QUOTA and status in (400, 402, 403, 429):
-        return ErrorKind.QUOTA
-    if status == 402:
-        return ErrorKind.QUOTA
-    if status == 408:
-        return ErrorKind.TIMEOUT
-    if status == 409:
-        return ErrorKind.CONFLICT
-    if status == 429:
-        return ErrorKind.RATE_LIMIT
-    if status in (401, 403):
-        return ErrorKind.AUTH
-    if status < 500:
-        if hinted in (ErrorKind.CONTEXT_LENGTH, ErrorKind.CONTENT_POLICY):
-            return hinted
-        return ErrorKind.CLIENT
-    if status == 529 or hinted is ErrorKind.OVERLOADED:
-        return ErrorKind.OVERLOADED
-    if hinted is ErrorKind.RATE_LIMIT:  # a gateway's 5xx wrapping a 429
-        return ErrorKind.RATE_LIMIT
-    return ErrorKind.SERVER
 
 
 def _from_parts(
@@ -452,7 +324,7 @@ def _from_parts(
 ) -> Classification:
     hint = retry_after_from_headers(headers)
     return Classification(
-        _kind_from_status(status, _kind_from_codes(exc, err)),
+        kind_from_status(status, _kind_from_codes(exc, err)),
         status=status,
         retry_after=hint if hint is not None else _body_hint(exc, err),
         should_retry=should_retry_from_headers(headers),
@@ -462,13 +334,13 @@ def _from_parts(
 
 def _body_hint(exc: BaseException | None, err: Mapping[str, Any]) -> float | None:
     """Gemini's ``RetryInfo.retryDelay``, else "try again in 5.2s" in the message."""
-    for detail in _listed(err.get("details")):
+    for detail in listed(err.get("details")):
         if isinstance(detail, Mapping) and str(detail.get("@type", "")).endswith("RetryInfo"):
             delay = parse_retry_after(str(detail.get("retryDelay", "")).rstrip("s"))
             if delay is not None:
                 return delay
-    text = _message(err) or (_attr(exc, "message") if exc is not None else None)
-    match = _WAIT_TEXT.search(text[:2000] if isinstance(text, str) else "")
+    text = message_of(err) or (_attr(exc, "message") if exc is not None else None)
+    match = WAIT_TEXT.search(text[:2000] if isinstance(text, str) else "")
     if match is None:
         return None
     seconds = parse_retry_after(match.group(1))

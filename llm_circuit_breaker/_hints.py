@@ -8,7 +8,6 @@ backoff; nothing here ever raises on a header value.
 
 from __future__ import annotations
 
-import email.utils
 import math
 import re
 import time
@@ -69,6 +68,8 @@ def parse_retry_after(value: str, *, now: float | None = None) -> float | None:
         return _positive(number)
     if not value or value[0] in "+-0123456789":
         return None  # a negative or malformed number, not a date
+    import email.utils  # only an HTTP-date needs it; it costs milliseconds to import
+
     try:
         parsed = email.utils.parsedate_to_datetime(value)
         delta = parsed.timestamp() - (time.time() if now is None else now)

@@ -8,9 +8,9 @@ hint and a reason in words. Every layer reads its own column of the same verdict
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
+import sys
 from collections.abc import Callable
 
 from llm_circuit_breaker._classify import TRANSPORT_KINDS, Classification, ErrorKind, classify
@@ -22,8 +22,16 @@ __all__ = ["BreakerRules", "Verdict", "judge"]
 
 logger = logging.getLogger("llm_circuit_breaker")
 
-# Ends of a call that say nothing about the provider's health.
-_NEVER_FAILURES = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
+# Ends of a call that say nothing about the provider's health (and asyncio's CancelledError,
+# checked apart: importing asyncio to name it would cost every program ~10 ms at start-up).
+_NEVER_FAILURES = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def _cancelled(exc: BaseException) -> bool:
+    asyncio = sys.modules.get("asyncio")  # no task can be cancelled before asyncio is loaded
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
+
+
 _RETRYABLE_KINDS = TRANSPORT_KINDS | {ErrorKind.POOL}
 _DEFAULT_CONFIG = CircuitBreakerConfig()
 _DEFAULT_RETRY = RetryConfig()
@@ -94,7 +102,11 @@ def _breaker_column(
     rules: BreakerRules,
     name: str,
 ) -> tuple[Outcome, float | None, str]:
-    if isinstance(exc, _NEVER_FAILURES) or (rules.exclude and isinstance(exc, rules.exclude)):
+    if (
+        isinstance(exc, _NEVER_FAILURES)
+        or _cancelled(exc)
+        or (rules.exclude and isinstance(exc, rules.exclude))
+    ):
         return Outcome.IGNORED, None, ""
     counted = found.kind not in _NOT_FAILURES
     if rules.failure_predicate is not None:

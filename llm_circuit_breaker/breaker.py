@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from llm_circuit_breaker._local import LocalCircuit
 from llm_circuit_breaker._state import REJECTED, CircuitState, Outcome
@@ -26,7 +26,9 @@ from llm_circuit_breaker._telemetry import (
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError
 from llm_circuit_breaker.storage.base import AsyncStateStore, Control, StateStore, View
-from llm_circuit_breaker.storage.link import AsyncStoreLink, StoreLink
+
+if TYPE_CHECKING:
+    from llm_circuit_breaker.storage.link import AsyncStoreLink, StoreLink
 
 __all__ = ["BreakerStats", "CircuitBreaker", "Clock", "Listener", "Observer", "StateChange"]
 
@@ -70,6 +72,8 @@ class CircuitBreaker:
         self._link: StoreLink | None = None
         self._alink: AsyncStoreLink | None = None
         parts = (name, self.config, self._local, self._telemetry)
+        if store is not None:  # only a shared breaker needs the links
+            from llm_circuit_breaker.storage.link import AsyncStoreLink, StoreLink
         if store is None:
             self.enter, self.record_success = self._local.enter, self._local.record_success
         elif store.is_async:

@@ -3,7 +3,6 @@ generators (and methods of each) with a shared breaker."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -272,6 +271,8 @@ def _timeout_error(name: str, timeout: float) -> TimeoutError:
 
 def _timed(func: Callable[..., Any], timeout: float, name: str) -> Callable[..., Any]:
     async def call(*args: Any, **kwargs: Any) -> Any:
+        import asyncio  # loaded already: a coroutine is running
+
         try:
             return await asyncio.wait_for(func(*args, **kwargs), timeout)
         except asyncio.TimeoutError:  # not the built-in TimeoutError on Python 3.10
@@ -286,6 +287,8 @@ async def _items(stream: Any, item_timeout: float | None, name: str) -> AsyncIte
         async for item in stream:
             yield item
         return
+    import asyncio  # loaded already: a coroutine is running
+
     while True:
         try:
             item = await asyncio.wait_for(stream.__anext__(), item_timeout)

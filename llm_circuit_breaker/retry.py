@@ -11,7 +11,6 @@ while they have yielded nothing.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import logging
@@ -186,6 +185,12 @@ class _Loops:
         return AsyncRetrying(sleep=self._async_sleep, stop=stop, **self._strategies)
 
 
+async def _asyncio_sleep(seconds: float) -> None:
+    import asyncio  # loaded already: a coroutine is running
+
+    await asyncio.sleep(seconds)
+
+
 def _replaying(first: BaseException, call: Callable[..., R]) -> Callable[..., R]:
     """``call``, except that its first use raises ``first`` (the plain attempt's failure)."""
     pending = [first]
@@ -221,7 +226,7 @@ def with_retry(
     /,
     *,
     sleep: Callable[[float], None] = ...,
-    async_sleep: Callable[[float], Awaitable[None]] = ...,
+    async_sleep: Callable[[float], Awaitable[None]] | None = ...,
     clock: Callable[[], float] = ...,
     **options: Any,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
@@ -232,7 +237,7 @@ def with_retry(
     /,
     *,
     sleep: Callable[[float], None] = time.sleep,
-    async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    async_sleep: Callable[[float], Awaitable[None]] | None = None,
     clock: Callable[[], float] = time.monotonic,
     **options: Any,
 ) -> Any:
@@ -256,7 +261,7 @@ def with_retry(
         options["max_retries"] = max_retries
     config = RetryConfig.from_options(options)
     policy = RetryPolicy(config, clock=clock)
-    loops = _Loops(policy, sleep, async_sleep)
+    loops = _Loops(policy, sleep, async_sleep or _asyncio_sleep)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         if not callable(func):

@@ -230,7 +230,7 @@ def test_tenacity_retry_error_is_unwrapped() -> None:
     ],
 )
 def test_retry_hint_formats(headers: dict[str, str], expected: float | None) -> None:
-    """LLM_FAILURES section 11, cases 1, 2 and 4: every hint format, and garbage ignored."""
+    """Every hint format, and garbage ignored."""
     assert classify(http_status_error(429, headers)).retry_after == expected
 
 

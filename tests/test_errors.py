@@ -21,7 +21,7 @@ SECRET = "sk-proj-abcdefghijklmnop1234567890"
 
 
 def test_hierarchy() -> None:
-    """The tree of SPEC section 5."""
+    """The tree drawn in errors.py."""
     assert issubclass(CircuitOpenError, LLMCircuitBreakerError)
     assert issubclass(RateLimitError, HTTPStatusError) and issubclass(ServerError, HTTPStatusError)
     assert issubclass(HTTPStatusError, LLMCircuitBreakerError)

@@ -1,4 +1,4 @@
-"""The HTTP helpers against a real aiohttp fake-LLM server on 127.0.0.1 (LLM_FAILURES section 11)."""
+"""The HTTP helpers against a real aiohttp fake-LLM server on 127.0.0.1 (the failure cases of a real provider, numbered as in the docs)."""
 
 from __future__ import annotations
 

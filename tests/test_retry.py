@@ -159,7 +159,7 @@ def test_hints_ignored_when_asked(clock: FakeClock) -> None:
     ],
 )
 def test_what_is_retried(clock: FakeClock, error: BaseException, retried: bool) -> None:
-    """SPEC section 5a and LLM_FAILURES section 11, cases 5-16."""
+    """The classification table: quota, long hints, x-should-retry, 409, 4xx and 5xx."""
     call, calls = _scripted(error, "ok")
     wrapped = _retry(clock, max_delay=60.0)(call)
     if retried:
