@@ -167,5 +167,5 @@ def test_missing_extra_names_it(
             monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, missing, None)
     monkeypatch.delitem(sys.modules, f"llm_circuit_breaker.observability.{module}", raising=False)
-    with pytest.raises(ImportError, match=rf"llm-circuit-breaker\[{extra}\]"):
+    with pytest.raises(ImportError, match=rf"llm-circuit-guard\[{extra}\]"):
         importlib.import_module(f"llm_circuit_breaker.observability.{module}")

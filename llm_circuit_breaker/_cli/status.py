@@ -14,7 +14,7 @@ def run_status(url: str, prefix: str, *, as_json: bool, out: TextIO = sys.stdout
 
         from llm_circuit_breaker.storage.redis import RedisStateStore
     except ImportError:
-        extra = "pip install 'llm-circuit-breaker[redis]'"
+        extra = "pip install 'llm-circuit-guard[redis]'"
         print(f"error: the status command needs the redis extra: {extra}", file=sys.stderr)
         return 2
     try:

@@ -50,5 +50,5 @@ def require(module: str, extra: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(
-            f"{module} is not installed: pip install 'llm-circuit-breaker[{extra}]'"
+            f"{module} is not installed: pip install 'llm-circuit-guard[{extra}]'"
         ) from exc
