@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import NoneType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llm_circuit_breaker._verdict import Verdict
 
 from llm_circuit_breaker._state import Outcome
-from llm_circuit_breaker._verdict import BreakerRules, Verdict, judge
 from llm_circuit_breaker.breaker import CircuitBreaker
+from llm_circuit_breaker.config import BreakerRules
 
 __all__ = ["PLAIN", "AsyncGuardedStream", "Gate", "GuardedStream", "is_stream"]
 
@@ -72,6 +75,8 @@ class Gate:
 
     def verdict(self, exc: BaseException) -> Verdict:
         """What ``exc`` means for this breaker under this decoration's rules."""
+        from llm_circuit_breaker._verdict import judge  # loaded by the first failure
+
         breaker = self.breaker
         return judge(exc, breaker.config, rules=self.rules, name=breaker.name)
 

@@ -7,7 +7,6 @@ type, and it is a bad value for the option.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import warnings
@@ -101,6 +100,8 @@ def check_option_names(given: Iterable[str], known: Iterable[str], what: str) ->
         text = str(name)
         guess = _snake(text) if _snake(text) in known else None
         if guess is None:
+            import difflib  # only a misspelt option needs it
+
             close = difflib.get_close_matches(_snake(text), known, n=1, cutoff=0.75)
             guess = close[0] if close else None
         parts.append(f"{text!r} (did you mean {guess!r}?)" if guess else repr(text))

@@ -11,14 +11,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
-from collections.abc import Callable
 
 from llm_circuit_breaker._classify import TRANSPORT_KINDS, Classification, ErrorKind, classify
 from llm_circuit_breaker._state import Outcome
-from llm_circuit_breaker.config import CircuitBreakerConfig, RetryConfig
+from llm_circuit_breaker.config import BreakerRules, CircuitBreakerConfig, RetryConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 
-__all__ = ["BreakerRules", "Verdict", "judge"]
+__all__ = ["Verdict", "judge"]
 
 logger = logging.getLogger("llm_circuit_breaker")
 
@@ -35,17 +34,6 @@ def _cancelled(exc: BaseException) -> bool:
 _RETRYABLE_KINDS = TRANSPORT_KINDS | {ErrorKind.POOL}
 _DEFAULT_CONFIG = CircuitBreakerConfig()
 _DEFAULT_RETRY = RetryConfig()
-
-FailurePredicate = Callable[[BaseException], bool]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BreakerRules:
-    """What one decoration or helper adds to the defaults: ignored types and a predicate."""
-
-    exclude: tuple[type[BaseException], ...] = ()
-    failure_predicate: FailurePredicate | None = None
-
 
 _NO_RULES = BreakerRules()
 

@@ -12,7 +12,14 @@ from typing import Any, ClassVar
 
 from llm_circuit_breaker import _validate as check
 
-__all__ = ["DEFAULT_RETRY_STATUS_CODES", "CircuitBreakerConfig", "OnRetry", "RetryConfig"]
+__all__ = [
+    "DEFAULT_RETRY_STATUS_CODES",
+    "BreakerRules",
+    "CircuitBreakerConfig",
+    "FailurePredicate",
+    "OnRetry",
+    "RetryConfig",
+]
 
 # Defaults of the optional sliding-window mode, used once failure_rate_threshold is set.
 DEFAULT_WINDOW = 60.0
@@ -21,6 +28,7 @@ DEFAULT_MINIMUM_CALLS = 10
 DEFAULT_MAX_OPEN_FACTOR = 10
 DEFAULT_RETRY_STATUS_CODES = (408, 409, 429, 500, 502, 503, 504, 529)
 OnRetry = Callable[[int, BaseException, float], object]  # (attempt that failed, error, delay)
+FailurePredicate = Callable[[BaseException], bool]
 
 
 class _Options:
@@ -224,3 +232,12 @@ class RetryConfig(_Options):
         """Build from option names, rejecting unknown ones with a did-you-mean ``TypeError``."""
         cls.check_names(check.check_mapping(options, "retry"))
         return cls(**options)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BreakerRules:
+    """What one decoration or helper adds to the defaults: ignored types and a predicate that
+    decides, instead of the defaults, whether an exception counts as a failure."""
+
+    exclude: tuple[type[BaseException], ...] = ()
+    failure_predicate: FailurePredicate | None = None

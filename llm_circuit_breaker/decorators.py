@@ -10,9 +10,8 @@ from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker._gate import PLAIN, AsyncGuardedStream, Gate, GuardedStream, is_stream
-from llm_circuit_breaker._verdict import BreakerRules, FailurePredicate
 from llm_circuit_breaker.breaker import CircuitBreaker, Listener
-from llm_circuit_breaker.config import CircuitBreakerConfig
+from llm_circuit_breaker.config import BreakerRules, CircuitBreakerConfig, FailurePredicate
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.retry import warn_wrong_order
 

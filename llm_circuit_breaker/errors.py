@@ -24,8 +24,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from llm_circuit_breaker._hints import retry_after_from_headers
-from llm_circuit_breaker._redact import redact_headers, redact_text, redact_url
+from llm_circuit_breaker import _redact
 
 __all__ = [
     "CircuitOpenError",
@@ -132,10 +131,12 @@ class HTTPStatusError(LLMCircuitBreakerError):
         error_type: str | None = None,
     ) -> None:
         self.status_code = status_code
-        self.headers = redact_headers(headers)
+        self.headers = _redact.redact_headers(headers)
         self.body = body
-        self.url = redact_url(url) if url else url
+        self.url = _redact.redact_url(url) if url else url
         self.error_type = error_type
+        from llm_circuit_breaker._hints import retry_after_from_headers
+
         self.retry_after = retry_after_from_headers(self.headers)
         super().__init__(status_code)
 
@@ -167,8 +168,8 @@ class TransportError(LLMCircuitBreakerError):
     """The exchange itself failed: refused or reset connection, DNS, a truncated or bad body."""
 
     def __init__(self, message: str, *, url: str | None = None) -> None:
-        self.url = redact_url(url) if url else url
-        super().__init__(redact_text(message))
+        self.url = _redact.redact_url(url) if url else url
+        super().__init__(_redact.redact_text(message))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self)!r}, url={self.url!r})"
@@ -182,7 +183,7 @@ class RequestTimeoutError(TransportError, TimeoutError):
 
 
 def _exhausted_message(errors: Sequence[BaseException]) -> str:
-    parts = "; ".join(f"{type(e).__name__}: {redact_text(str(e))[:200]}" for e in errors)
+    parts = "; ".join(f"{type(e).__name__}: {_redact.redact_text(str(e))[:200]}" for e in errors)
     return f"all {len(errors)} fallback targets failed: {parts}"
 
 
@@ -252,7 +253,7 @@ def _describe_body(body: Any) -> str:
     text = " ".join(text[: _MAX_BODY_IN_MESSAGE * 4].split())
     if len(text) > _MAX_BODY_IN_MESSAGE:
         text = text[:_MAX_BODY_IN_MESSAGE] + "..."
-    return redact_text(text)
+    return _redact.redact_text(text)
 
 
 def _rebuild_status_error(
@@ -265,3 +266,7 @@ def _rebuild_transport_error(
     cls: type[TransportError], message: str, url: str | None
 ) -> TransportError:
     return cls(message, url=url)
+
+
+redact_headers = _redact.redact_headers
+redact_text = _redact.redact_text

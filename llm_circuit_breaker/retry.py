@@ -20,12 +20,12 @@ import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from llm_circuit_breaker._redact import redact_text
-from llm_circuit_breaker._verdict import judge
 from llm_circuit_breaker.config import DEFAULT_RETRY_STATUS_CODES, RetryConfig
 
 if TYPE_CHECKING:
     from tenacity import AsyncRetrying, RetryCallState, Retrying
+
+    from llm_circuit_breaker._verdict import Verdict
 
 __all__ = ["DEFAULT_RETRY_STATUS_CODES", "RetryPolicy", "with_retry"]
 
@@ -53,9 +53,15 @@ class RetryPolicy:
 
     # -- decisions -------------------------------------------------------------------------
 
+    def verdict(self, exc: BaseException) -> Verdict:
+        """What ``exc`` means (the verdict module loads with the first failure)."""
+        from llm_circuit_breaker._verdict import judge
+
+        return judge(exc, retry=self.config)
+
     def should_retry(self, exc: BaseException) -> bool:
         """Whether ``exc`` is worth another attempt."""
-        return judge(exc, retry=self.config).retry
+        return self.verdict(exc).retry
 
     def delay(self, retry_number: int, exc: BaseException | None) -> float:
         """Seconds to wait before retry ``retry_number`` (1-based) after ``exc``.
@@ -65,7 +71,7 @@ class RetryPolicy:
         """
         config = self.config
         if exc is not None:
-            hint = judge(exc, retry=config).hint
+            hint = self.verdict(exc).hint
             if hint is not None and hint <= config.max_delay:
                 if not config.jitter:
                     return hint
@@ -100,6 +106,8 @@ class RetryPolicy:
     def before_sleep(self, state: RetryCallState) -> None:
         """tenacity ``before_sleep``: log, count the retry and call ``on_retry`` (or raise the
         breaker's refusal at once when the breaker under us is open: no sleep first)."""
+        from llm_circuit_breaker._redact import redact_text
+
         exc = _error(state)
         _raise_if_refused(state.fn, exc)
         delay = state.upcoming_sleep

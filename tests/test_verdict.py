@@ -19,7 +19,8 @@ from llm_circuit_breaker import (
     TransportError,
 )
 from llm_circuit_breaker._classify import classify
-from llm_circuit_breaker._verdict import BreakerRules, judge
+from llm_circuit_breaker._verdict import judge
+from llm_circuit_breaker.config import BreakerRules
 from llm_circuit_breaker.errors import http_status_error
 
 F, IG, T = Outcome.FAILURE, Outcome.IGNORED, Outcome.THROTTLED
