@@ -19,6 +19,7 @@ from llm_circuit_breaker.storage.base import Control, View
 __all__ = ["LocalCircuit", "check_report"]
 
 OPEN = CircuitState.OPEN
+_INF = float("inf")
 
 
 def check_report(permit: object, outcome: object, open_for: float | None) -> None:
@@ -61,7 +62,9 @@ class LocalCircuit:
         now = self._clock()
         open_until = core.open_until
         if now < open_until and core.state is OPEN:  # failing fast needs no lock either
-            retry_after = None if core.held_open else open_until - now
+            # open_until is infinite only when held open; read without the lock, held_open may
+            # lag behind it for an instant, and retry_after must stay a finite float or None.
+            retry_after = None if core.held_open or open_until == _INF else open_until - now
             error = refused(self.name, retry_after, core.open_reason)
             error.__cause__ = self.cause
             telemetry = self.telemetry

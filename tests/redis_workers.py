@@ -1,9 +1,12 @@
-"""Functions run in child processes by the multi-process Redis tests (importable by spawn)."""
+"""Functions run in child processes by the multi-process Redis tests (importable by spawn).
+
+Every process reads the time from one Redis key (``CLOCK_KEY``) that the test moves, so no
+assertion depends on how fast the processes start on a busy machine.
+"""
 
 from __future__ import annotations
 
 import threading
-import time
 
 import redis
 from redis.backoff import NoBackoff
@@ -18,12 +21,12 @@ from llm_circuit_breaker import (
 from llm_circuit_breaker.storage import RedisStateStore
 
 CONFIG = CircuitBreakerConfig(failure_threshold=3, reset_timeout=1.0, half_open_max_calls=1)
+CLOCK_KEY = "procs-test:now"
 
 
 def _breaker(port: int) -> CircuitBreaker:
-    store = RedisStateStore(
-        redis.Redis(port=port, socket_timeout=1.0, retry=Retry(NoBackoff(), 0)), prefix="procs"
-    )
+    client = redis.Redis(port=port, socket_timeout=5.0, retry=Retry(NoBackoff(), 0))
+    store = RedisStateStore(client, prefix="procs", clock=lambda: float(client.get(CLOCK_KEY)))
     return CircuitBreaker("provider", CONFIG, store=store)
 
 
@@ -61,8 +64,8 @@ def follow(port: int) -> tuple[int, int]:
     return ran, refused
 
 
-def race(port: int, start_at: float, threads: int) -> int:
-    """At ``start_at`` (wall clock), ``threads`` threads try to probe: how many were admitted."""
+def race(port: int, threads: int) -> int:
+    """``threads`` threads try to probe at once: how many were admitted."""
     breaker = _breaker(port)
     barrier = threading.Barrier(threads)
     admitted = []
@@ -75,7 +78,6 @@ def race(port: int, start_at: float, threads: int) -> int:
             return
         admitted.append(1)
 
-    time.sleep(max(0.0, start_at - time.time()))
     pool = [threading.Thread(target=work) for _ in range(threads)]
     for thread in pool:
         thread.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import threading
 import tracemalloc
 from collections.abc import Callable
@@ -226,3 +227,32 @@ async def test_refusals_leave_no_reference_cycle(clock: FakeClock) -> None:
         assert [ref() for ref in refs] == [None, None, None]
     finally:
         gc.enable()
+
+
+def test_refusals_racing_force_open_never_say_infinity() -> None:
+    """retry_after is a finite float or None, even while force_open() races with refusals."""
+    breaker = CircuitBreaker("inf", CircuitBreakerConfig(failure_threshold=1))
+    seen: set[object] = set()
+    stop = threading.Event()
+
+    def refuse() -> None:
+        while not stop.is_set():
+            entry = breaker.enter()
+            if isinstance(entry, CircuitOpenError):
+                seen.add(
+                    entry.retry_after
+                    if entry.retry_after is None
+                    else math.isfinite(entry.retry_after)
+                )
+
+    threads = [threading.Thread(target=refuse) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for _ in range(2000):
+        breaker.force_open()
+        breaker.reset()
+        breaker.record(breaker.admit(), Outcome.FAILURE)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert seen <= {None, True}

@@ -83,12 +83,14 @@ def test_script_reloaded_after_flush(redis_client: redis.Redis) -> None:
 def test_processes_share_one_circuit(redis_server: RedisServer, redis_client: redis.Redis) -> None:
     """One process trips the circuit; others fail fast without calling; then 4x4 racers get one probe."""
     context = multiprocessing.get_context("spawn")
+    redis_client.set(redis_workers.CLOCK_KEY, "1000.0")
     with context.Pool(4) as pool:
         assert pool.apply(redis_workers.trip, (redis_server.port,)) == "OPEN"
         followers = pool.starmap(redis_workers.follow, [(redis_server.port,)] * 3)
         assert followers == [(0, 5)] * 3
-        start_at = time.time() + redis_workers.CONFIG.reset_timeout + 0.5
-        admitted = pool.starmap(redis_workers.race, [(redis_server.port, start_at, 4)] * 4)
+        later = 1000.0 + redis_workers.CONFIG.reset_timeout + 0.5
+        redis_client.set(redis_workers.CLOCK_KEY, repr(later))
+        admitted = pool.starmap(redis_workers.race, [(redis_server.port, 4)] * 4)
     assert sum(admitted) == 1
 
 
