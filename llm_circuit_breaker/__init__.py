@@ -28,7 +28,7 @@ from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.retry import DEFAULT_RETRY_STATUS_CODES, with_retry
 
 if typing.TYPE_CHECKING:
-    from llm_circuit_breaker.http._common import SSEEvent
+    from llm_circuit_breaker.http._sse import SSEEvent
     from llm_circuit_breaker.http.client import LLMCircuitBreaker
 
 __all__ = [
@@ -62,7 +62,7 @@ __version__ = "0.2.0"
 
 _LAZY = {
     "LLMCircuitBreaker": "llm_circuit_breaker.http.client",
-    "SSEEvent": "llm_circuit_breaker.http._common",
+    "SSEEvent": "llm_circuit_breaker.http._sse",
 }
 
 

@@ -3,6 +3,7 @@
 building, response -> result or error, redaction and an SSE decoder); only the I/O differs.
 """
 
-from llm_circuit_breaker.http._common import PreparedRequest, SSEEvent
+from llm_circuit_breaker.http._common import PreparedRequest
+from llm_circuit_breaker.http._sse import SSEEvent
 
 __all__ = ["PreparedRequest", "SSEEvent"]

@@ -10,13 +10,14 @@ from typing import Any
 import aiohttp
 
 from llm_circuit_breaker.http._common import (
-    EventReader,
+    BodyLimit,
     PreparedRequest,
-    SSEEvent,
     local_error,
     parse_response,
+    redirect,
     transport_error,
 )
+from llm_circuit_breaker.http._sse import EventReader, SSEEvent
 
 __all__ = ["AsyncTransport"]
 
@@ -55,19 +56,38 @@ class AsyncTransport:
             raise RuntimeError("no client session")
         return self._session
 
+    async def _open(
+        self, request: PreparedRequest, timeout: aiohttp.ClientTimeout, accept: str | None = None
+    ) -> aiohttp.ClientResponse:
+        """Send ``request``, following same-origin redirects only (inside ``_translated``)."""
+        for hops in range(1_000):
+            headers = dict(request.headers)
+            if accept is not None:
+                headers["Accept"] = accept
+            response = await self.session.request(
+                request.method,
+                request.url,
+                headers=headers,
+                data=request.body,
+                timeout=timeout,
+                allow_redirects=False,
+            )
+            following = redirect(request, response.status, response.headers, hops)
+            if following is None:
+                return response
+            response.release()
+            request = following
+        raise AssertionError("unreachable: redirect() stops at MAX_REDIRECTS")  # pragma: no cover
+
     async def request(self, request: PreparedRequest) -> Any:
         """Send ``request``; the parsed JSON body, or our error."""
         timeout = aiohttp.ClientTimeout(total=request.timeout)
         with _translated(request):
-            async with self.session.request(
-                request.method,
-                request.url,
-                headers=dict(request.headers),
-                data=request.body,
-                timeout=timeout,
-            ) as response:
-                body = await response.read()
-        return parse_response(response.status, response.headers, body, request.url)
+            async with await self._open(request, timeout) as response:
+                limit = BodyLimit(request)
+                async for chunk in response.content.iter_chunked(65536):
+                    limit.add(chunk)
+        return parse_response(response.status, response.headers, limit.body(), request.url)
 
     async def stream(self, request: PreparedRequest) -> AsyncIterator[SSEEvent]:
         """Send ``request`` and yield its server-sent events (the timeout is per read)."""
@@ -75,29 +95,24 @@ class AsyncTransport:
             total=None, connect=request.timeout, sock_read=request.timeout
         )
         with _translated(request):
-            response = await self.session.request(
-                request.method,
-                request.url,
-                headers={**request.headers, "Accept": "text/event-stream"},
-                data=request.body,
-                timeout=timeout,
-            )
+            response = await self._open(request, timeout, accept="text/event-stream")
         async with response:
             if not 200 <= response.status < 300:
+                limit = BodyLimit(request)
                 with _translated(request):
-                    body = await response.read()
-                parse_response(response.status, response.headers, body, request.url)
-            reader = EventReader(request.url)
+                    async for chunk in response.content.iter_chunked(65536):
+                        limit.add(chunk)
+                parse_response(response.status, response.headers, limit.body(), request.url)
+            reader = EventReader(request)
             with _translated(request):
-                async for raw in response.content:
-                    event = reader.feed(raw)
-                    if event is not None:
+                async for chunk in response.content.iter_any():
+                    for event in reader.feed(chunk):
                         yield event
                     if reader.done:
                         return
-                event = reader.flush()
-                if event is not None:
-                    yield event
+                last = reader.flush()
+                if last is not None:
+                    yield last
             reader.finish()
 
     async def aclose(self) -> None:

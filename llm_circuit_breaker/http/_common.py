@@ -4,9 +4,9 @@
   the breaker) and encodes the JSON body once.
 * :func:`parse_response` turns status, headers and body bytes into the parsed JSON result or
   one of our errors.
-* :class:`SSEDecoder` is fed the lines of a server-sent-event stream and emits
-  :class:`SSEEvent` objects; :class:`StreamChecker` turns provider error frames into errors and
-  notices a stream that ended before its terminal frame.
+* :class:`BodyLimit` bounds a body while it is read; :func:`redirect` decides whether and
+  where a redirect is followed (same origin only: credentials never leave for another host).
+* Server-sent events are decoded in :mod:`._sse`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
-from llm_circuit_breaker._classify import classify_response, mark_local
+from llm_circuit_breaker._classify import mark_local
+from llm_circuit_breaker._redact import is_secret_name, redact_url
 from llm_circuit_breaker.errors import (
-    HTTPStatusError,
     RequestTimeoutError,
     TransportError,
     http_status_error,
@@ -29,19 +30,26 @@ from llm_circuit_breaker.errors import (
 )
 
 __all__ = [
-    "DONE",
-    "EventReader",
+    "DEFAULT_MAX_EVENT_BYTES",
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "BodyLimit",
     "PreparedRequest",
-    "SSEDecoder",
-    "SSEEvent",
-    "StreamChecker",
+    "error_type_of",
+    "local_error",
     "parse_response",
     "prepare",
-    "local_error",
+    "redirect",
     "transport_error",
 ]
 
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # decompressed
+DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024  # one server-sent event, or one line of it
+MAX_REDIRECTS = 10
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# A header value the HTTP clients refuse: surrounding white space or a line break (a key
+# pasted with its newline). Refused here, naming the header but never showing the value.
+_BAD_HEADER_VALUE = re.compile(r"^\s|\s$|[\r\n\x00]")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -53,6 +61,8 @@ class PreparedRequest:
     headers: Mapping[str, str]
     body: bytes | None
     timeout: float
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
 
     def __repr__(self) -> str:
         headers = dict(redact_headers(self.headers))
@@ -65,6 +75,9 @@ def prepare(
     headers: Mapping[str, str] | None,
     data: Any,
     timeout: float,
+    *,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
 ) -> PreparedRequest:
     """Validate a call and encode its JSON body; ``ValueError`` / ``TypeError`` name the problem."""
     if not isinstance(url, str):
@@ -82,6 +95,11 @@ def prepare(
     for name, value in (headers or {}).items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise TypeError(f"header names and values must be str, got {name!r}")
+        if _BAD_HEADER_VALUE.search(value):
+            shown = "[REDACTED]" if is_secret_name(name) else repr(value[:40])
+            raise ValueError(
+                f"header {name!r} has leading/trailing white space or a line break: {shown}"
+            )
         merged[name] = value
     body = None
     if data is not None:
@@ -90,7 +108,9 @@ def prepare(
         except (TypeError, ValueError) as exc:
             raise ValueError(f"data is not JSON-serialisable: {exc}") from None
         merged.setdefault("Content-Type", "application/json")
-    return PreparedRequest(method.upper(), url, merged, body, float(timeout))
+    return PreparedRequest(
+        method.upper(), url, merged, body, float(timeout), max_response_bytes, max_event_bytes
+    )
 
 
 def _decode(body: bytes) -> Any:
@@ -132,138 +152,58 @@ def parse_response(status: int, headers: Mapping[str, str], body: bytes, url: st
         ) from None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class SSEEvent:
-    """One server-sent event: ``data`` is parsed JSON, or the raw string when it is not JSON."""
+class BodyLimit:
+    """Collects a body while it is read; past ``limit`` bytes it raises ``TransportError`` (a
+    provider fault: an endless or bomb-sized body must not fill the machine)."""
 
-    event: str
-    data: Any
-    id: str | None = None
+    __slots__ = ("_chunks", "_size", "limit", "url")
+
+    def __init__(self, request: PreparedRequest) -> None:
+        self.limit = request.max_response_bytes
+        self.url = request.url
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def add(self, chunk: bytes) -> None:
+        """Take the next chunk of the (decompressed) body."""
+        self._size += len(chunk)
+        if self._size > self.limit:
+            raise TransportError(
+                f"response body larger than max_response_bytes={self.limit}", url=self.url
+            )
+        self._chunks.append(chunk)
+
+    def body(self) -> bytes:
+        """The body read so far."""
+        return b"".join(self._chunks)
 
 
-DONE = SSEEvent("done", "[DONE]")  # OpenAI's end-of-stream marker; never yielded
+def redirect(
+    request: PreparedRequest, status: int, headers: Mapping[str, str], hops: int
+) -> PreparedRequest | None:
+    """The request to send next when the response is a redirect to follow, else None.
 
-
-class SSEDecoder:
-    """Assembles server-sent events from lines (without their line endings)."""
-
-    __slots__ = ("_data", "_event", "_id")
-
-    def __init__(self) -> None:
-        self._event: str | None = None
-        self._data: list[str] = []
-        self._id: str | None = None
-
-    def feed(self, line: str) -> SSEEvent | None:
-        """Take one line; return an event when a blank line completes one."""
-        if not line:
-            return self.flush()
-        if line.startswith(":"):
-            return None  # a comment, used as a keep-alive
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "data":
-            self._data.append(value)
-        elif field == "event":
-            self._event = value
-        elif field == "id":
-            self._id = value
+    Only same-origin redirects are followed (303, and 301/302 after a POST, become a GET
+    without body; 307/308 resend the request as it was): a redirect to another origin would
+    carry the credential headers there, so it is refused with ``TransportError``.
+    """
+    location = headers.get("Location") or headers.get("location")
+    if status not in _REDIRECTS or not location:
         return None
-
-    def flush(self) -> SSEEvent | None:
-        """Emit the event being assembled, if any (at a blank line or the end of the stream)."""
-        if not self._data and self._event is None:
-            return None
-        raw = "\n".join(self._data)
-        event = self._event or "message"
-        self._event, self._data = None, []
-        if raw == "[DONE]":
-            return DONE
-        try:
-            data: Any = json.loads(raw)
-        except ValueError:
-            data = raw
-        return SSEEvent(event, data, self._id)
-
-
-# Provider streams with a terminal frame: a stream that ends without it was cut off.
-_TERMINAL = {"message_stop", "response.completed", "response.incomplete", "done"}
-
-
-class StreamChecker:
-    """Raises provider error frames as our errors and notices a truncated stream."""
-
-    __slots__ = ("_needs_end", "_url")
-
-    def __init__(self, url: str) -> None:
-        self._url = url
-        self._needs_end = False
-
-    def check(self, event: SSEEvent) -> bool:
-        """Whether to hand ``event`` to the caller; raises for an error frame."""
-        data = event.data
-        kind = data.get("type") if isinstance(data, dict) else None
-        if (
-            event.event == "error"
-            or kind == "error"
-            or (isinstance(data, dict) and "error" in data)
-        ):
-            raise self._error(data)
-        if event.event == "response.failed" or kind == "response.failed":
-            response = data.get("response") if isinstance(data, dict) else None
-            raise self._error(response if isinstance(response, dict) else data)
-        name = kind if isinstance(kind, str) else event.event
-        if name in ("message_start", "response.created") or (
-            isinstance(data, dict) and data.get("object") == "chat.completion.chunk"
-        ):
-            self._needs_end = True
-        if event is DONE or name in _TERMINAL:
-            self._needs_end = False
-        return event is not DONE and event.event != "ping"
-
-    def finish(self) -> None:
-        """Call at the end of the stream: raises if the provider's terminal frame never came."""
-        if self._needs_end:
-            raise TransportError("stream ended before its final event", url=self._url)
-
-    def _error(self, payload: Any) -> HTTPStatusError:
-        status = classify_response(200, None, payload).status or 500
-        return http_status_error(
-            status, None, payload, self._url, error_type=error_type_of(payload)
+    if hops >= MAX_REDIRECTS:
+        raise TransportError(f"more than {MAX_REDIRECTS} redirects", url=request.url)
+    target = urljoin(request.url, location)
+    old, new = urlsplit(request.url), urlsplit(target)
+    if (old.scheme, old.hostname, old.port) != (new.scheme, new.hostname, new.port):
+        raise TransportError(
+            f"redirect to another origin refused (credentials would follow): {redact_url(target)}",
+            url=request.url,
         )
-
-
-class EventReader:
-    """What a driver does with each raw line of an SSE body: decode, check, and say when the
-    provider's stream is over. Both drivers loop over their lines and hand them here."""
-
-    __slots__ = ("_checker", "_decoder", "done")
-
-    def __init__(self, url: str) -> None:
-        self._decoder = SSEDecoder()
-        self._checker = StreamChecker(url)
-        self.done = False  # [DONE] seen: stop reading
-
-    def feed(self, raw: bytes) -> SSEEvent | None:
-        """The event to yield for this line, if any (raises for a provider error frame)."""
-        return self._accept(
-            self._decoder.feed(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
-        )
-
-    def flush(self) -> SSEEvent | None:
-        """At the end of the body: the event still being assembled, if any."""
-        return self._accept(self._decoder.flush())
-
-    def finish(self) -> None:
-        """After the last event: raises if the provider's terminal frame never came."""
-        self._checker.finish()
-
-    def _accept(self, event: SSEEvent | None) -> SSEEvent | None:
-        if event is None:
-            return None
-        if event is DONE:
-            self.done = True
-        return event if self._checker.check(event) else None
+    keep = status in (307, 308) or (status in (301, 302) and request.method != "POST")
+    if keep:
+        return dataclasses.replace(request, url=target)
+    headers_left = {k: v for k, v in request.headers.items() if k.lower() != "content-type"}
+    return dataclasses.replace(request, method="GET", url=target, headers=headers_left, body=None)
 
 
 def transport_error(

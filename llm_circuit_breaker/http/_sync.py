@@ -9,13 +9,16 @@ from typing import Any
 import requests
 
 from llm_circuit_breaker.http._common import (
-    EventReader,
+    BodyLimit,
     PreparedRequest,
-    SSEEvent,
     local_error,
     parse_response,
+    redirect,
     transport_error,
 )
+from llm_circuit_breaker.http._sse import EventReader, SSEEvent
+
+__all__ = ["SyncTransport"]
 
 # requests' errors that say the request itself is malformed: this process's mistake.
 _LOCAL = (
@@ -26,8 +29,6 @@ _LOCAL = (
     requests.exceptions.URLRequired,
     requests.exceptions.InvalidJSONError,
 )
-
-__all__ = ["SyncTransport"]
 
 
 @contextlib.contextmanager
@@ -45,6 +46,13 @@ def _translated(request: PreparedRequest) -> Iterator[None]:
         raise local_error(exc)
 
 
+def _read(response: requests.Response, request: PreparedRequest) -> bytes:
+    limit = BodyLimit(request)
+    for chunk in response.iter_content(chunk_size=65536):
+        limit.add(chunk)
+    return limit.body()
+
+
 class SyncTransport:
     """Sends prepared requests through one pooled session (created on first use)."""
 
@@ -58,41 +66,49 @@ class SyncTransport:
             self._session = requests.Session()
         return self._session
 
-    def request(self, request: PreparedRequest) -> Any:
-        """Send ``request``; the parsed JSON body, or our error."""
-        with _translated(request):
+    def _open(self, request: PreparedRequest, accept: str | None = None) -> requests.Response:
+        """Send ``request``, following same-origin redirects only (inside ``_translated``)."""
+        for hops in range(1_000):
+            headers = dict(request.headers)
+            if accept is not None:
+                headers["Accept"] = accept
             response = self.session.request(
                 request.method,
                 request.url,
-                headers=dict(request.headers),
+                headers=headers,
                 data=request.body,
                 timeout=request.timeout,
+                stream=True,
+                allow_redirects=False,
             )
-            body = response.content
+            following = redirect(request, response.status_code, response.headers, hops)
+            if following is None:
+                return response
+            response.close()
+            request = following
+        raise AssertionError("unreachable: redirect() stops at MAX_REDIRECTS")  # pragma: no cover
+
+    def request(self, request: PreparedRequest) -> Any:
+        """Send ``request``; the parsed JSON body, or our error."""
+        with _translated(request):
+            response = self._open(request)
+            with response:
+                body = _read(response, request)
         return parse_response(response.status_code, response.headers, body, request.url)
 
     def stream(self, request: PreparedRequest) -> Iterator[SSEEvent]:
         """Send ``request`` and yield its server-sent events (the timeout is per read)."""
         with _translated(request):
-            response = self.session.request(
-                request.method,
-                request.url,
-                headers={**request.headers, "Accept": "text/event-stream"},
-                data=request.body,
-                timeout=request.timeout,
-                stream=True,
-            )
+            response = self._open(request, accept="text/event-stream")
         with response:
             if not 200 <= response.status_code < 300:
                 with _translated(request):
-                    body = response.content
+                    body = _read(response, request)
                 parse_response(response.status_code, response.headers, body, request.url)
-            reader = EventReader(request.url)
+            reader = EventReader(request)
             with _translated(request):
-                for raw in response.iter_lines():
-                    event = reader.feed(raw)
-                    if event is not None:
-                        yield event
+                for chunk in response.iter_content(chunk_size=None):
+                    yield from reader.feed(chunk)
                     if reader.done:
                         return
                 event = reader.flush()

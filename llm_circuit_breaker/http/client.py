@@ -17,7 +17,13 @@ from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.config import CircuitBreakerConfig, RetryConfig
 from llm_circuit_breaker.decorators import circuit_breaker as guarded
-from llm_circuit_breaker.http._common import PreparedRequest, SSEEvent, prepare
+from llm_circuit_breaker.http._common import (
+    DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    PreparedRequest,
+    prepare,
+)
+from llm_circuit_breaker.http._sse import SSEEvent
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.retry import with_retry
 
@@ -31,7 +37,17 @@ if TYPE_CHECKING:
 __all__ = ["LLMCircuitBreaker"]
 
 _unnamed = itertools.count(1)
-_OPTIONS = ("name", "circuit_breaker", "retry", "registry", "headers", "session", "client_session")
+_OPTIONS = (
+    "name",
+    "circuit_breaker",
+    "retry",
+    "registry",
+    "headers",
+    "session",
+    "client_session",
+    "max_response_bytes",
+    "max_event_bytes",
+)
 
 
 class LLMCircuitBreaker:
@@ -56,10 +72,16 @@ class LLMCircuitBreaker:
         headers: Mapping[str, str] | None = None,
         session: requests.Session | None = None,
         client_session: aiohttp.ClientSession | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         **unknown: Any,
     ) -> None:
         if unknown:
             _refuse_options(unknown)
+        self._limits = {
+            "max_response_bytes": check.count("", "max_response_bytes", max_response_bytes, 1),
+            "max_event_bytes": check.count("", "max_event_bytes", max_event_bytes, 1),
+        }
         fields = _breaker_fields(circuit_breaker)
         self._retrying = with_retry(**check.check_mapping(retry or {}, "retry"))
         self._registry = registry
@@ -124,7 +146,7 @@ class LLMCircuitBreaker:
         self, url: str, method: str, headers: Mapping[str, str] | None, data: Any
     ) -> PreparedRequest:
         merged = {**self._headers, **(headers or {})}
-        return prepare(url, method, merged, data, self.breaker.config.timeout)
+        return prepare(url, method, merged, data, self.breaker.config.timeout, **self._limits)
 
     # -- calls -----------------------------------------------------------------------------
 

@@ -1,0 +1,208 @@
+"""Server-sent events, decoded the same way by both drivers, in time linear in the input.
+
+:class:`LineSplitter` cuts the body's chunks into lines with a bounded buffer (a line longer
+than ``max_event_bytes`` is a ``TransportError``, never unbounded memory), :class:`SSEDecoder`
+assembles events from lines, :class:`StreamChecker` turns provider error frames into errors and
+notices a stream cut before its terminal frame, and :class:`EventReader` ties them together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from llm_circuit_breaker._classify import classify_response
+from llm_circuit_breaker.errors import HTTPStatusError, TransportError, http_status_error
+from llm_circuit_breaker.http._common import PreparedRequest, error_type_of
+
+__all__ = ["DONE", "EventReader", "LineSplitter", "SSEDecoder", "SSEEvent", "StreamChecker"]
+
+
+class LineSplitter:
+    """Cuts chunks of bytes into lines (without their endings), scanning each byte once."""
+
+    __slots__ = ("_buffer", "_limit", "_scanned", "_url")
+
+    def __init__(self, limit: int, url: str) -> None:
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of the buffer already known to hold no line break
+        self._limit = limit
+        self._url = url
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The lines completed by ``chunk``."""
+        buffer = self._buffer
+        buffer += chunk
+        lines = []
+        start = 0
+        while True:
+            end = buffer.find(b"\n", max(start, self._scanned))
+            if end < 0:
+                break
+            lines.append(bytes(buffer[start:end]).rstrip(b"\r"))
+            start = end + 1
+        del buffer[:start]
+        self._scanned = len(buffer)
+        if len(buffer) > self._limit:
+            raise TransportError(
+                f"server-sent event line longer than max_event_bytes={self._limit}",
+                url=self._url,
+            )
+        return lines
+
+    def rest(self) -> bytes:
+        """What is left after the last line break (at the end of the body)."""
+        return bytes(self._buffer)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One server-sent event: ``data`` is parsed JSON, or the raw string when it is not JSON."""
+
+    event: str
+    data: Any
+    id: str | None = None
+
+
+DONE = SSEEvent("done", "[DONE]")  # OpenAI's end-of-stream marker; never yielded
+
+
+class SSEDecoder:
+    """Assembles server-sent events from lines (without their line endings)."""
+
+    __slots__ = ("_data", "_event", "_id", "_limit", "_size", "_url")
+
+    def __init__(self, limit: int = 8 * 1024 * 1024, url: str = "") -> None:
+        self._event: str | None = None
+        self._data: list[str] = []
+        self._id: str | None = None
+        self._size = 0
+        self._limit = limit
+        self._url = url
+
+    def feed(self, line: str) -> SSEEvent | None:
+        """Take one line; return an event when a blank line completes one."""
+        if not line:
+            return self.flush()
+        if line.startswith(":"):
+            return None  # a comment, used as a keep-alive
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            self._size += len(value) + 1
+            if self._size > self._limit:
+                raise TransportError(
+                    f"server-sent event larger than max_event_bytes={self._limit}", url=self._url
+                )
+            self._data.append(value)
+        elif field == "event":
+            self._event = value
+        elif field == "id":
+            self._id = value
+        return None
+
+    def flush(self) -> SSEEvent | None:
+        """Emit the event being assembled, if any (at a blank line or the end of the stream)."""
+        if not self._data and self._event is None:
+            return None
+        raw = "\n".join(self._data)
+        event = self._event or "message"
+        self._event, self._data, self._size = None, [], 0
+        if raw == "[DONE]":
+            return DONE
+        try:
+            data: Any = json.loads(raw)
+        except ValueError:
+            data = raw
+        return SSEEvent(event, data, self._id)
+
+
+# Provider streams with a terminal frame: a stream that ends without it was cut off.
+_TERMINAL = {"message_stop", "response.completed", "response.incomplete", "done"}
+
+
+class StreamChecker:
+    """Raises provider error frames as our errors and notices a truncated stream."""
+
+    __slots__ = ("_needs_end", "_url")
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._needs_end = False
+
+    def check(self, event: SSEEvent) -> bool:
+        """Whether to hand ``event`` to the caller; raises for an error frame."""
+        data = event.data
+        kind = data.get("type") if isinstance(data, dict) else None
+        if (
+            event.event == "error"
+            or kind == "error"
+            or (isinstance(data, dict) and "error" in data)
+        ):
+            raise self._error(data)
+        if event.event == "response.failed" or kind == "response.failed":
+            response = data.get("response") if isinstance(data, dict) else None
+            raise self._error(response if isinstance(response, dict) else data)
+        name = kind if isinstance(kind, str) else event.event
+        if name in ("message_start", "response.created") or (
+            isinstance(data, dict) and data.get("object") == "chat.completion.chunk"
+        ):
+            self._needs_end = True
+        if event is DONE or name in _TERMINAL:
+            self._needs_end = False
+        return event is not DONE and event.event != "ping"
+
+    def finish(self) -> None:
+        """Call at the end of the stream: raises if the provider's terminal frame never came."""
+        if self._needs_end:
+            raise TransportError("stream ended before its final event", url=self._url)
+
+    def _error(self, payload: Any) -> HTTPStatusError:
+        status = classify_response(200, None, payload).status or 500
+        return http_status_error(
+            status, None, payload, self._url, error_type=error_type_of(payload)
+        )
+
+
+class EventReader:
+    """What a driver does with each raw line of an SSE body: decode, check, and say when the
+    provider's stream is over. Both drivers loop over their lines and hand them here."""
+
+    __slots__ = ("_checker", "_decoder", "_lines", "done")
+
+    def __init__(self, request: PreparedRequest) -> None:
+        self._lines = LineSplitter(request.max_event_bytes, request.url)
+        self._decoder = SSEDecoder(request.max_event_bytes, request.url)
+        self._checker = StreamChecker(request.url)
+        self.done = False  # [DONE] seen: stop reading
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """The events to yield for this chunk of the body (raises for a provider error frame);
+        after ``[DONE]`` (``done``) the rest is ignored."""
+        events = []
+        for line in self._lines.feed(chunk):
+            event = self._accept(self._decoder.feed(line.decode("utf-8", errors="replace")))
+            if event is not None:
+                events.append(event)
+            if self.done:
+                break
+        return events
+
+    def flush(self) -> SSEEvent | None:
+        """At the end of the body: the event still being assembled, if any."""
+        rest = self._lines.rest()
+        if rest and not self.done:
+            self._decoder.feed(rest.decode("utf-8", errors="replace").rstrip("\r"))
+        return self._accept(self._decoder.flush())
+
+    def finish(self) -> None:
+        """After the last event: raises if the provider's terminal frame never came."""
+        self._checker.finish()
+
+    def _accept(self, event: SSEEvent | None) -> SSEEvent | None:
+        if event is None:
+            return None
+        if event is DONE:
+            self.done = True
+        return event if self._checker.check(event) else None
