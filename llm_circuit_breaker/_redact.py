@@ -16,7 +16,15 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["REDACTED", "Headers", "is_secret_name", "redact_headers", "redact_text", "redact_url"]
+__all__ = [
+    "REDACTED",
+    "Headers",
+    "is_secret_name",
+    "redact_headers",
+    "redact_text",
+    "redact_url",
+    "remember_secrets",
+]
 
 REDACTED = "[REDACTED]"
 _SECRET_WORDS = (
@@ -37,6 +45,26 @@ _SECRET_VALUE = re.compile(
 )
 
 
+# The credential values this process has sent (the HTTP client's credential headers): masked
+# wherever they are echoed, whatever their shape (an Azure hex key in an error body ...).
+_KNOWN: dict[str, None] = {}
+_MAX_KNOWN = 256
+_MIN_SECRET = 8  # shorter values would mask ordinary words
+
+
+def remember_secrets(headers: Mapping[str, str]) -> None:
+    """Remember the values of the credential headers in ``headers`` (bounded: the oldest go)."""
+    for name, value in headers.items():
+        if not is_secret_name(name):
+            continue
+        for part in (value, *str(value).split()[1:]):  # "Bearer <token>": the token too
+            part = str(part).strip()
+            if len(part) >= _MIN_SECRET and part not in _KNOWN:
+                _KNOWN[part] = None
+                while len(_KNOWN) > _MAX_KNOWN:
+                    del _KNOWN[next(iter(_KNOWN))]
+
+
 def is_secret_name(name: object) -> bool:
     """Whether a header or parameter called ``name`` carries a credential."""
     return bool(_SECRET_NAME.search(str(name)))
@@ -51,7 +79,11 @@ def redact_text(text: str) -> str:
         return (match.group(1) or match.group(3) or "") + REDACTED
 
     try:
-        return _SECRET_VALUE.sub(mask, str(text))
+        text = str(text)
+        for secret in list(_KNOWN):
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return _SECRET_VALUE.sub(mask, text)
     except Exception:  # a str subclass with a hostile __str__: show nothing rather than fail
         return REDACTED
 

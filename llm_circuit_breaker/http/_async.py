@@ -50,7 +50,7 @@ class AsyncTransport:
         if self._owns_session and (
             self._session is None or self._session.closed or self._loop is not loop
         ):
-            # A session from a loop that has ended cannot be closed from this one: drop it.
+            self._discard()
             self._session, self._loop = aiohttp.ClientSession(), loop
         if self._session is None:  # pragma: no cover - a given session is never None
             raise RuntimeError("no client session")
@@ -120,4 +120,24 @@ class AsyncTransport:
         if self._session is not None and self._owns_session:
             if self._loop is asyncio.get_running_loop():
                 await self._session.close()
+            else:
+                self._discard()
             self._session = self._loop = None
+
+    def discard(self) -> None:
+        """Let go of the session of an event loop that has ended (``close()`` from sync code)."""
+        if self._loop is not None and self._loop.is_closed():
+            self._discard()
+            self._session = self._loop = None
+
+    def _discard(self) -> None:
+        """Let go of a session made in an event loop that has ended: it cannot be awaited from
+        this one, so its connector is closed synchronously (nothing is left to leak)."""
+        session = self._session
+        if session is None or session.closed or not self._owns_session:
+            return
+        connector = session.connector
+        close_now = getattr(connector, "_close", None)  # sync; a no-op once its loop is closed
+        if close_now is not None:
+            close_now()
+        session.detach()

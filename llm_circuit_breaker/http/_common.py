@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from llm_circuit_breaker._classify import mark_local
-from llm_circuit_breaker._redact import is_secret_name, redact_url
+from llm_circuit_breaker._redact import is_secret_name, redact_url, remember_secrets
 from llm_circuit_breaker.errors import (
     RequestTimeoutError,
     TransportError,
@@ -101,6 +101,7 @@ def prepare(
                 f"header {name!r} has leading/trailing white space or a line break: {shown}"
             )
         merged[name] = value
+    remember_secrets(merged)
     body = None
     if data is not None:
         try:

@@ -207,6 +207,8 @@ class LLMCircuitBreaker:
         """Close the requests session this facade made (and forget an unnamed breaker)."""
         if "_sync" in self.__dict__:
             self._sync.close()
+        if "_async" in self.__dict__:
+            self._async.discard()  # a session whose event loop has ended (asyncio.run(acall))
         self._forget_unnamed()
 
     async def aclose(self) -> None:

@@ -7,7 +7,7 @@ import collections
 import dataclasses
 import json
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -47,6 +47,7 @@ class Reply:
     events: Sequence[str] | None = None
     event_delay: float = 0.0
     drop: bool = False
+    chunks: Iterable[bytes] | None = None  # a raw body, written chunk by chunk (may be endless)
 
     @classmethod
     def ok(cls, text: str = "Hello!", **kwargs: Any) -> Reply:
@@ -206,6 +207,8 @@ class FakeLLMServer:
             await asyncio.sleep(reply.delay)
         if reply.events is not None:
             return await self._stream(request, reply)
+        if reply.chunks is not None:
+            return await self._raw(request, reply)
         body = (
             reply.text.encode()
             if reply.text is not None
@@ -244,6 +247,17 @@ class FakeLLMServer:
             self._hang_up(request)
         else:
             await response.write_eof()
+        return response
+
+    async def _raw(self, request: web.Request, reply: Reply) -> web.StreamResponse:
+        response = web.StreamResponse(status=reply.status, headers=dict(reply.headers))
+        await response.prepare(request)
+        try:
+            for chunk in reply.chunks or ():
+                await response.write(chunk)
+        except (ConnectionError, RuntimeError):  # the client stopped reading: stop writing
+            return response
+        await response.write_eof()
         return response
 
     @staticmethod
