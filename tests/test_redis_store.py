@@ -194,3 +194,78 @@ async def test_asyncio_store_guards_coroutines_only(
     await fail.breaker.areset()  # type: ignore[attr-defined]
     assert fail.breaker.state is CircuitState.CLOSED
     await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"state": "CLOSED", "gen": "-1", "seq": "0", "fc": "0", "sc": "0"},
+        {"state": "CLOSED", "gen": "1e300", "seq": "1e300", "fc": "0", "sc": "0"},
+        {"state": "OPEN", "gen": "1", "seq": "1", "fc": "5", "sc": "0", "open_until": "nan"},
+        {"state": "OPEN", "gen": "1", "seq": "1", "fc": "5", "sc": "0", "open_until": "inf"},
+        {"state": "OPEN", "gen": "1", "seq": "1", "fc": "5", "sc": "0", "open_until": "1e18"},
+    ],
+    ids=["gen=-1", "gen=1e300", "open_until=nan", "open_until=inf", "open_until=1e18"],
+)
+def test_garbage_fields_are_repaired(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture, fields: dict[str, str]
+) -> None:
+    """Garbage in a breaker's fields never refuses calls forever: repaired to CLOSED, warned."""
+    redis_client.hset("g:{provider}", mapping={**fields, "held": "0"})
+    breaker = CircuitBreaker("provider", store=RedisStateStore(redis_client, prefix="g"))
+    breaker.record_success(breaker.admit())
+    assert breaker.state is CircuitState.CLOSED
+    assert any("corrupt or foreign" in r.getMessage() for r in caplog.records)
+
+
+def test_a_lease_stamped_in_the_future_does_not_block_probes(
+    redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """A HALF_OPEN lease scored 1e18 is garbage: the next probe is admitted."""
+    store = RedisStateStore(redis_client, prefix="l", clock=clock)
+    breaker = CircuitBreaker(
+        "p", CircuitBreakerConfig(failure_threshold=1, reset_timeout=1.0), store=store
+    )
+    breaker.record(breaker.admit(), Outcome.FAILURE)
+    clock.advance(2.0)
+    assert breaker.state is CircuitState.HALF_OPEN
+    redis_client.zadd("l:{p}:inflight", {"999999": 1e18})
+    assert breaker.admit() >= 0
+
+
+def test_refused_writes_keep_the_store_unavailable(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that answers reads but refuses writes (full) is unavailable: one warning, no
+    flapping between shared and local, and the dead provider gets only the local threshold."""
+    store = RedisStateStore(redis_client, prefix="oom", retry_interval=0.01)
+    events: list[StateChange] = []
+    breaker = CircuitBreaker("dead", CircuitBreakerConfig(failure_threshold=5), store=store)
+    breaker.add_listener(events.append)
+    breaker.record_success(breaker.admit())  # the circuit's key exists before Redis fills up
+    calls = 0
+
+    @circuit_breaker(breaker=breaker)
+    def call() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("provider down")
+
+    redis_client.config_set("maxmemory-policy", "noeviction")
+    redis_client.config_set("maxmemory", "1")
+    try:
+        for _ in range(100):
+            try:
+                call()
+            except (ConnectionError, CircuitOpenError):
+                pass
+            time.sleep(0.005)  # several retry intervals pass: each retry must write, and fails
+    finally:
+        redis_client.config_set("maxmemory", "0")
+    warnings = [r for r in caplog.records if "Redis state store" in r.getMessage()]
+    assert len(warnings) == 1 and "unavailable" in warnings[0].getMessage()
+    assert [e.reason for e in events] == [
+        "shared store unavailable: deciding locally",
+        "5 consecutive failures",
+    ]
+    assert calls <= 6  # one shared attempt whose report failed, then the local threshold

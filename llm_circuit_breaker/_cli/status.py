@@ -21,8 +21,12 @@ def run_status(url: str, prefix: str, *, as_json: bool, out: TextIO = sys.stdout
         store = RedisStateStore.from_url(url, prefix, timeout=2.0)
         circuits = store.circuits()
     except (redis.RedisError, OSError, ValueError) as exc:
+        from llm_circuit_breaker._redact import redact_text
+
+        where = redact_text(url)
         print(
-            f"error: cannot read circuits from Redis at {url}: {type(exc).__name__}: {exc}",
+            f"error: cannot read circuits from Redis at {where}: "
+            f"{type(exc).__name__}: {redact_text(str(exc))}",
             file=sys.stderr,
         )
         return 2

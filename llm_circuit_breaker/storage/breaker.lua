@@ -12,6 +12,10 @@
 
 local H, INFLIGHT, WIN = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[1]
+-- 'admit+write': an admission that also writes, sent while the store checks that Redis takes
+-- writes again (reads alone succeed on a full or read-only Redis, where reports would fail)
+local must_write = op == 'admit+write'
+if must_write then op = 'admit' end
 local now = tonumber(ARGV[2])
 if now == nil then
   local t = redis.call('TIME')
@@ -39,6 +43,17 @@ local function fresh()
           new = true}
 end
 
+-- Every field read back is checked: garbage (gen=-1, 1e300, open_until=nan/inf/1e18 ...)
+-- would otherwise refuse calls forever. A bad field makes the circuit a fresh CLOSED one.
+local function counter(x)
+  return x ~= nil and x == x and x >= 0 and x < 9007199254740992 and x == math.floor(x)
+end
+
+local YEAR = 366 * 24 * 3600
+local function moment(x)  -- a time stamp within a year of now, finite
+  return x ~= nil and x == x and x > now - 10 * YEAR and x < now + YEAR
+end
+
 local function load()
   for _, key in ipairs({H, INFLIGHT, WIN}) do
     local kind = redis.call('TYPE', key)['ok']
@@ -55,7 +70,9 @@ local function load()
              sc = tonumber(v[5]), opened_at = tonumber(v[6] or ''), open_until = tonumber(v[7] or ''),
              held = v[8] == '1'}
   local known = s.state == 'CLOSED' or s.state == 'OPEN' or s.state == 'HALF_OPEN'
-  if not known or not s.gen or not s.seq or not s.fc or not s.sc or (s.state == 'OPEN' and not s.open_until) then
+  if not known or not counter(s.gen) or not counter(s.seq) or not counter(s.fc)
+      or not counter(s.sc) or s.gen > s.seq or (s.opened_at and not moment(s.opened_at))
+      or (s.state == 'OPEN' and not (s.open_until and moment(s.open_until))) then
     redis.call('DEL', H, INFLIGHT, WIN)
     repaired = 1
     return fresh()
@@ -187,7 +204,9 @@ if op == 'admit' then
   elseif s.state == 'OPEN' then
     result = -1
   else
+    -- leases run out after probe_timeout; one stamped in the future is garbage
     redis.call('ZREMRANGEBYSCORE', INFLIGHT, '-inf', now - probe_timeout)
+    redis.call('ZREMRANGEBYSCORE', INFLIGHT, '(' .. num(now + 1), '+inf')
     if redis.call('ZCARD', INFLIGHT) >= max_calls then
       result = -1
     else
@@ -235,7 +254,9 @@ local wait = retry_after(s)
 -- Reports and controls always write (refreshing the TTLs); an admission or a snapshot writes
 -- only what it changed (and a circuit's first appearance, so that `status` lists it): admitting
 -- into a quiet CLOSED circuit is read-only.
-if op == 'record' or op == 'control' or signature(s) ~= loaded or s.new then save(s) end
+if must_write or op == 'record' or op == 'control' or signature(s) ~= loaded or s.new then
+  save(s)
+end
 local clean = (s.state == 'CLOSED' and s.fc == 0 and not slow and not rate) and 1 or 0
 local reply = {result, s.state, s.fc, s.sc, s.opened_at and num(s.opened_at) or '',
                wait and num(wait) or '', repaired, clean}

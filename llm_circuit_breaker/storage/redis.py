@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
+from llm_circuit_breaker._redact import redact_text
 from llm_circuit_breaker._state import CircuitState, Outcome, Transition
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.storage.base import Admission, Control, StoreUnavailableError, View
@@ -97,6 +98,9 @@ class RedisStateStore:
         self._script = redis_client.register_script(_SCRIPT)
         self._errors = (redis.RedisError, OSError)
         self._down_until = 0.0
+        # After a failure, admissions also write until one succeeds: a Redis that answers reads
+        # but refuses writes (full, read-only replica) stays unavailable instead of flapping.
+        self._confirm_writes = False
         self._lock = threading.Lock()
 
     @classmethod
@@ -146,22 +150,27 @@ class RedisStateStore:
         with self._lock:
             was_up = self._down_until == 0.0
             self._down_until = time.monotonic() + self.retry_interval
+            self._confirm_writes = True
         if was_up:
             logger.warning(
                 "Redis state store %r unavailable (%s: %s); breakers decide locally and retry "
                 "Redis every %gs",
                 self.prefix,
                 type(exc).__name__,
-                exc,
+                redact_text(str(exc)),
                 self.retry_interval,
             )
-        return StoreUnavailableError(str(exc))
+        return StoreUnavailableError(redact_text(str(exc)))
 
-    def _succeeded(self) -> None:
-        if self._down_until:
+    def _succeeded(self, args: list[object]) -> None:
+        if self._down_until and args[0] != "snapshot":  # a read proves nothing about writes
             with self._lock:
                 self._down_until = 0.0
+                self._confirm_writes = False
             logger.warning("Redis state store %r is reachable again", self.prefix)
+
+    def _admit_op(self) -> str:
+        return "admit+write" if self._confirm_writes else "admit"
 
     # -- script arguments and replies (shared by the sync and async paths) -----------------
 
@@ -227,11 +236,11 @@ class RedisStateStore:
             reply = self._script(keys=self.keys(name), args=args)
         except self._errors as exc:
             raise self._failed(exc) from exc
-        self._succeeded()
+        self._succeeded(args)
         return list(reply)
 
     def admit(self, name: str, config: CircuitBreakerConfig) -> Admission:
-        reply = self._run(name, self._args("admit", config))
+        reply = self._run(name, self._args(self._admit_op(), config))
         return Admission(int(reply[0]), self._view(name, reply))
 
     def record(
@@ -260,11 +269,11 @@ class RedisStateStore:
             reply = await self._script(keys=self.keys(name), args=args)
         except self._errors as exc:
             raise self._failed(exc) from exc
-        self._succeeded()
+        self._succeeded(args)
         return list(reply)
 
     async def aadmit(self, name: str, config: CircuitBreakerConfig) -> Admission:
-        reply = await self._arun(name, self._args("admit", config))
+        reply = await self._arun(name, self._args(self._admit_op(), config))
         return Admission(int(reply[0]), self._view(name, reply))
 
     async def arecord(
