@@ -21,6 +21,7 @@ from llm_circuit_breaker._telemetry import StateChange, Telemetry, refused
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError
 from llm_circuit_breaker.storage.base import (
+    Admission,
     AsyncStateStore,
     Control,
     StateStore,
@@ -120,6 +121,32 @@ class _Link:
             open_for = min(open_for, self.config.effective_max_open_for)
         return False, open_for
 
+    def entered(self, admission: Admission | None) -> int | CircuitOpenError:
+        """The outcome of an admission: the store's (None when it could not be asked)."""
+        if admission is None:
+            return self.enter_locally()
+        return self.admitted(admission.permit, admission.view)
+
+    def reported(
+        self, outcome: Outcome, reply: tuple[Outcome, View] | None, error: BaseException | None
+    ) -> None:
+        """Count a report the store answered (None: it could not be asked)."""
+        counted = outcome
+        if reply is None:
+            self.go_local()
+        else:
+            counted, view = reply
+            self.adopt(view, error)
+        self.telemetry.tally(counted)
+
+    def viewed(self, view: View | None) -> View:
+        """The store's view, or the local one when the store could not be asked."""
+        if view is None:
+            self.go_local()
+            return self.local.view()
+        self.adopt(view)
+        return view
+
     def known_view(self) -> View:
         """The last view the store gave, with the lazy OPEN -> HALF_OPEN applied since."""
         if self._deciding_locally:
@@ -151,14 +178,13 @@ class StoreLink(_Link):
 
     def enter(self) -> int | CircuitOpenError:
         """Admit one call through the store (locally while it is unreachable)."""
+        admission = None
         if self.store.available:
             try:
                 admission = self.store.admit(self.name, self.config)
             except StoreUnavailableError:
                 pass
-            else:
-                return self.admitted(admission.permit, admission.view)
-        return self.enter_locally()
+        return self.entered(admission)
 
     def record_success(self, permit: int) -> None:
         """Report a success (nothing is sent when it changes nothing)."""
@@ -178,30 +204,25 @@ class StoreLink(_Link):
         done, open_for = self.recorded_locally(permit, outcome, open_for, why, error)
         if done:
             return
-        counted = outcome
+        reply = None
         if self.store.available:
             try:
-                counted, view = self.store.record(
+                reply = self.store.record(
                     self.name, self.config, permit >> 2, outcome, open_for, why
                 )
             except StoreUnavailableError:
-                self.go_local()
-            else:
-                self.adopt(view, error)
-        self.telemetry.tally(counted)
+                pass
+        self.reported(outcome, reply, error)
 
     def view(self) -> View:
         """The store's view now (the local one while it is unreachable)."""
+        view = None
         if self.store.available:
             try:
                 view = self.store.snapshot(self.name, self.config)
             except StoreUnavailableError:
                 pass
-            else:
-                self.adopt(view)
-                return view
-        self.go_local()
-        return self.local.view()
+        return self.viewed(view)
 
     def control(self, action: Control) -> None:
         """Reset, force open or force closed: locally and in the store."""
@@ -228,14 +249,13 @@ class AsyncStoreLink(_Link):
 
     async def aenter(self) -> int | CircuitOpenError:
         """Admit one call through the store (locally while it is unreachable)."""
+        admission = None
         if self.store.available:
             try:
                 admission = await self.store.aadmit(self.name, self.config)
             except StoreUnavailableError:
                 pass
-            else:
-                return self.admitted(admission.permit, admission.view)
-        return self.enter_locally()
+        return self.entered(admission)
 
     async def arecord_success(self, permit: int) -> None:
         """Report a success (nothing is sent when it changes nothing)."""
@@ -255,30 +275,25 @@ class AsyncStoreLink(_Link):
         done, open_for = self.recorded_locally(permit, outcome, open_for, why, error)
         if done:
             return
-        counted = outcome
+        reply = None
         if self.store.available:
             try:
-                counted, view = await self.store.arecord(
+                reply = await self.store.arecord(
                     self.name, self.config, permit >> 2, outcome, open_for, why
                 )
             except StoreUnavailableError:
-                self.go_local()
-            else:
-                self.adopt(view, error)
-        self.telemetry.tally(counted)
+                pass
+        self.reported(outcome, reply, error)
 
     async def aview(self) -> View:
         """The store's view now (the local one while it is unreachable)."""
+        view = None
         if self.store.available:
             try:
                 view = await self.store.asnapshot(self.name, self.config)
             except StoreUnavailableError:
                 pass
-            else:
-                self.adopt(view)
-                return view
-        self.go_local()
-        return self.local.view()
+        return self.viewed(view)
 
     async def acontrol(self, action: Control) -> None:
         """Reset, force open or force closed: locally and in the store."""
