@@ -48,6 +48,7 @@ class Gate:
     __slots__ = (
         "aenter",
         "asucceeded",
+        "await_slot",
         "breaker",
         "call_fallback",
         "enter",
@@ -55,6 +56,7 @@ class Gate:
         "rules",
         "store_io",
         "succeeded",
+        "wait",
     )
 
     def __init__(
@@ -72,6 +74,8 @@ class Gate:
         self.succeeded = breaker.record_success
         self.aenter = breaker.aenter
         self.asucceeded = breaker.arecord_success
+        self.wait = breaker.wait  # sleep until a throttle slot (sync shells)
+        self.await_slot = breaker.await_slot  # the same with asyncio.sleep
 
     def verdict(self, exc: BaseException) -> Verdict:
         """What ``exc`` means for this breaker under this decoration's rules."""
@@ -83,12 +87,16 @@ class Gate:
     def failed(self, permit: int, exc: BaseException) -> None:
         """Report that the call holding ``permit`` raised ``exc``."""
         v = self.verdict(exc)
-        self.breaker.record(permit, v.outcome, open_for=v.open_for, why=v.reason, error=exc)
+        self.breaker.record(
+            permit, v.outcome, open_for=v.open_for, why=v.reason, error=exc, hint=v.hint
+        )
 
     async def afailed(self, permit: int, exc: BaseException) -> None:
         """``failed`` for a breaker on an asyncio store."""
         v = self.verdict(exc)
-        await self.breaker.arecord(permit, v.outcome, open_for=v.open_for, why=v.reason, error=exc)
+        await self.breaker.arecord(
+            permit, v.outcome, open_for=v.open_for, why=v.reason, error=exc, hint=v.hint
+        )
 
     def abandoned(self, permit: int) -> None:
         """Report a call whose result the caller stopped reading (neither success nor failure)."""

@@ -12,11 +12,15 @@ from collections.abc import Callable, Sequence
 
 from llm_circuit_breaker._state import REJECTED, BreakerCore, CircuitState, Outcome, Transition
 from llm_circuit_breaker._telemetry import Telemetry, refused
+from llm_circuit_breaker._throttle import ThrottleCore, Wait
 from llm_circuit_breaker.config import CircuitBreakerConfig
-from llm_circuit_breaker.errors import CircuitOpenError
+from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 from llm_circuit_breaker.storage.base import Control, View
 
-__all__ = ["LocalCircuit", "check_report"]
+__all__ = ["Entry", "LocalCircuit", "check_report"]
+
+# What an admission hands back: a permit, a refusal to raise, or a throttle slot to wait for.
+Entry = int | CircuitOpenError | ThrottledError | Wait
 
 OPEN = CircuitState.OPEN
 _INF = float("inf")
@@ -35,7 +39,7 @@ def check_report(permit: object, outcome: object, open_for: float | None) -> Non
 class LocalCircuit:
     """One circuit decided in this process (thread- and asyncio-safe)."""
 
-    __slots__ = ("_clock", "_core", "_lock", "cause", "name", "telemetry")
+    __slots__ = ("_clock", "_core", "_lock", "cause", "max_wait", "name", "telemetry", "throttle")
 
     def __init__(
         self,
@@ -43,6 +47,8 @@ class LocalCircuit:
         config: CircuitBreakerConfig,
         clock: Callable[[], float],
         telemetry: Telemetry,
+        *,
+        paced: bool = True,
     ) -> None:
         self.name = name
         self.telemetry = telemetry
@@ -50,11 +56,21 @@ class LocalCircuit:
         self._core = BreakerCore(config)
         self._lock = threading.Lock()
         self.cause: BaseException | None = None  # the error that last opened the circuit
+        self.throttle = ThrottleCore(config) if config.throttle and paced else None
+        self.max_wait = config.throttle_max_wait
+        self._follow_throttle()
+
+    def _follow_throttle(self) -> None:
+        """Send every call through the slow path while the throttle has a say (lock held)."""
+        throttle = self.throttle
+        self._core.set_paced(throttle is not None and throttle.active)
 
     # -- admitting and recording -----------------------------------------------------------
 
-    def enter(self) -> int | CircuitOpenError:
-        """Admit one call: its permit, or the :class:`CircuitOpenError` that says why not."""
+    def enter(self) -> Entry:
+        """Admit one call: its permit, the :class:`CircuitOpenError` that says why not, the
+        :class:`ThrottledError` when its throttle slot is too far away, or the ``Wait`` for a
+        slot within ``throttle_max_wait``."""
         core = self._core
         permit = core.lock_free_permit
         if permit >= 0:
@@ -74,11 +90,40 @@ class LocalCircuit:
             permit = core.admit(now)
             retry_after = core.retry_after(now) if permit == REJECTED else 0.0
             reason = core.open_reason or "half-open: probe slots taken"
+            entry = self._pace(permit, now) if permit != REJECTED and core.paced else permit
             transitions = self._drain()
         self.telemetry.publish(transitions)
         if permit == REJECTED:
             return self._refuse(retry_after, reason)
-        return permit
+        return entry
+
+    def _pace(self, permit: int, now: float) -> int | ThrottledError | Wait:
+        """The throttle's say on an admitted call (lock held)."""
+        throttle = self.throttle
+        if throttle is None:  # pragma: no cover - paced only with a throttle
+            return permit
+        wait = throttle.reserve(now) - now
+        if wait <= 0.0:
+            return permit
+        if wait > self.max_wait:
+            throttle.cancel()
+            self._core.record(permit, Outcome.IGNORED, now)
+            return ThrottledError(self.name, wait)
+        throttle.waiting += 1
+        return Wait(permit, wait)
+
+    def waited(self, wait: Wait, *, gave_up: bool) -> None:
+        """A caller woke up for its slot, or gave it up (cancelled: the slot is freed)."""
+        with self._lock:
+            throttle = self.throttle
+            if throttle is not None:
+                throttle.waiting -= 1
+                if gave_up:
+                    throttle.cancel()
+            if gave_up:
+                self._core.record(wait.permit, Outcome.IGNORED, self._clock())
+            transitions = self._drain()
+        self.telemetry.publish(transitions)
 
     def _refuse(self, retry_after: float | None, reason: str) -> int | CircuitOpenError:
         error = refused(self.name, retry_after, reason)
@@ -101,12 +146,22 @@ class LocalCircuit:
         open_for: float | None = None,
         why: str = "",
         error: BaseException | None = None,
+        hint: float | None = None,
     ) -> Outcome:
         """Report a finished call; ``open_for`` opens the circuit that long on a failure.
-        ``error`` is kept as the cause of later refusals if this report opens the circuit."""
+        ``error`` is kept as the cause of later refusals if this report opens the circuit;
+        ``hint`` is the server's wait for a rate limit (``THROTTLED``)."""
         check_report(permit, outcome, open_for)
         with self._lock:
-            counted = self._core.record(permit, outcome, self._clock(), open_for=open_for, why=why)
+            now = self._clock()
+            counted = self._core.record(permit, outcome, now, open_for=open_for, why=why)
+            throttle = self.throttle
+            if throttle is not None:
+                if outcome is Outcome.THROTTLED:
+                    throttle.rate_limited(now, hint)
+                elif outcome is Outcome.SUCCESS:
+                    throttle.succeeded(now)
+                self._follow_throttle()
             transitions = self._drain()
         if transitions and transitions[-1].new is OPEN:
             self.cause = error
@@ -119,6 +174,30 @@ class LocalCircuit:
     def now(self) -> float:
         """The breaker's clock."""
         return self._clock()
+
+    def observe(self, headers: object) -> None:
+        """Feed a response's rate-limit headers to the throttle."""
+        if self.throttle is None:
+            return
+        import time
+
+        from llm_circuit_breaker._ratelimit import parse_rate_limits
+
+        limits = parse_rate_limits(headers, time.time())
+        if limits is None:
+            return
+        with self._lock:
+            self.throttle.observe(limits, self._clock())
+            self._follow_throttle()
+
+    def throttle_view(self) -> dict[str, float | int | None]:
+        """What the throttle says now (all None/0 without a throttle)."""
+        with self._lock:
+            if self.throttle is None:
+                return dict.fromkeys(
+                    ("paused_for", "requests_remaining", "tokens_remaining", "reset_in"), None
+                ) | {"waiting": 0}
+            return self.throttle.view(self._clock())
 
     def view(self) -> View:
         """The circuit now (applying the lazy OPEN -> HALF_OPEN)."""

@@ -115,6 +115,7 @@ class BreakerCore:
         "open_reason",
         "open_until",
         "opened_at",
+        "paced",
         "state",
         "success_count",
         "transitions",
@@ -128,6 +129,7 @@ class BreakerCore:
         self.opened_at: float | None = None
         self.open_reason = ""
         self.open_until = -math.inf
+        self.paced = False  # a throttle must see every call: no lock-free path
         self.held_open = False
         self.transitions: list[Transition] = []
         self._seq = 0
@@ -289,8 +291,14 @@ class BreakerCore:
         for permit in [p for p, started in self._inflight.items() if started <= deadline]:
             del self._inflight[permit]
 
+    def set_paced(self, paced: bool) -> None:
+        """Whether every admission and success must reach the caller's throttle."""
+        if paced is not self.paced:
+            self.paced = paced
+            self._refresh()
+
     def _refresh(self) -> None:
-        simple = LOCK_FREE and self.state is CLOSED and not self._track_calls
+        simple = LOCK_FREE and self.state is CLOSED and not self._track_calls and not self.paced
         self.lock_free_permit = self.generation if simple else REJECTED
         quiet = not self.failure_count and self._window is None
         self.clean_permit = self.lock_free_permit if quiet else REJECTED

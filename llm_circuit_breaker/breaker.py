@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from llm_circuit_breaker._local import LocalCircuit
+from llm_circuit_breaker._local import Entry, LocalCircuit
 from llm_circuit_breaker._state import REJECTED, CircuitState, Outcome
 from llm_circuit_breaker._telemetry import (
     BreakerStats,
@@ -23,6 +23,7 @@ from llm_circuit_breaker._telemetry import (
     StateChange,
     Telemetry,
 )
+from llm_circuit_breaker._throttle import Wait
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError
 from llm_circuit_breaker.storage.base import AsyncStateStore, Control, StateStore, View
@@ -39,16 +40,17 @@ class CircuitBreaker:
     """One circuit, shared by every caller that names it.
 
     ``state`` reads OPEN -> HALF_OPEN lazily from the clock (``clock=`` returns monotonic
-    seconds; inject one in tests). ``store=`` keeps the circuit in a shared store (say a
-    ``RedisStateStore``); with an asyncio store the breaker's calls are coroutines
-    (``await breaker.aenter()`` ...) and ``is_async`` is True.
+    seconds; inject one in tests: a clock with ``sleep`` / ``async_sleep`` methods, such as
+    ``testing.FakeClock``, also serves the throttle's waits). ``store=`` keeps the circuit in a
+    shared store (say a ``RedisStateStore``); with an asyncio store the breaker's calls are
+    coroutines (``await breaker.aenter()`` ...) and ``is_async`` is True.
 
     Calls are admitted with ``enter()`` (a permit, or the :class:`CircuitOpenError` to raise;
     :meth:`admit` raises it) and report with ``record_success(permit)`` / :meth:`record`; the
     decorators and the HTTP helpers do that for you. Thread-safe and asyncio-safe.
     """
 
-    enter: Callable[[], int | CircuitOpenError]
+    enter: Callable[[], Entry]
     record_success: Callable[[int], None]
 
     def __init__(
@@ -66,9 +68,17 @@ class CircuitBreaker:
         self.name = name
         self.config = config or CircuitBreakerConfig()
         self.store = store
+        # A test clock that can sleep (``testing.FakeClock``) also drives the throttle's waits.
+        self._sleep: Callable[[float], object] = getattr(clock, "sleep", time.sleep)
+        self._async_sleep: Callable[[float], Awaitable[object]] | None = getattr(
+            clock, "async_sleep", None
+        )
         self._telemetry = Telemetry(name, self.config.enabled)
         self._telemetry.breaker = self
-        self._local = LocalCircuit(name, self.config, clock or time.monotonic, self._telemetry)
+        # With a store the throttle is not applied yet: the circuit is shared, the pacing not.
+        self._local = LocalCircuit(
+            name, self.config, clock or time.monotonic, self._telemetry, paced=store is None
+        )
         self._link: StoreLink | None = None
         self._alink: AsyncStoreLink | None = None
         parts = (name, self.config, self._local, self._telemetry)
@@ -97,9 +107,12 @@ class CircuitBreaker:
     # -- guarding calls --------------------------------------------------------------------
 
     def admit(self) -> int:
-        """Admit one call and return its permit, or raise :class:`CircuitOpenError`."""
+        """Admit one call and return its permit (after waiting for its throttle slot), or
+        raise :class:`CircuitOpenError` / :class:`ThrottledError`."""
         entry = self.enter()
-        if isinstance(entry, CircuitOpenError):
+        if isinstance(entry, Wait):
+            return self.wait(entry)
+        if not isinstance(entry, int):
             try:
                 raise entry
             finally:
@@ -107,9 +120,45 @@ class CircuitBreaker:
         return entry
 
     def try_admit(self) -> int:
-        """Admit one call: its permit, or ``-1`` when the circuit refuses it (counted)."""
+        """Admit one call: its permit, or ``-1`` when refused or throttled (nothing waits)."""
         entry = self.enter()
+        if isinstance(entry, Wait):
+            self._local.waited(entry, gave_up=True)
+            return REJECTED
         return entry if isinstance(entry, int) else REJECTED
+
+    def wait(self, wait: Wait) -> int:
+        """Sleep (``time.sleep``) until a throttle slot; the permit it held."""
+        try:
+            self._sleep(wait.seconds)
+        except BaseException:
+            self._local.waited(wait, gave_up=True)
+            raise
+        self._local.waited(wait, gave_up=False)
+        return wait.permit
+
+    async def await_slot(self, wait: Wait) -> int:
+        """Sleep (``asyncio.sleep``) until a throttle slot; the permit it held. Cancelling
+        frees the slot."""
+        import asyncio
+
+        try:
+            await (self._async_sleep or asyncio.sleep)(wait.seconds)
+        except BaseException:
+            self._local.waited(wait, gave_up=True)
+            raise
+        self._local.waited(wait, gave_up=False)
+        return wait.permit
+
+    def observe(self, headers: object) -> None:
+        """Feed a response's rate-limit headers to the throttle (the HTTP helpers do it for
+        every response; call it for responses your own code reads)."""
+        self._local.observe(headers)
+
+    @property
+    def throttle(self) -> dict[str, float | int | None]:
+        """``{paused_for, requests_remaining, tokens_remaining, reset_in, waiting}``."""
+        return self._local.throttle_view()
 
     def record(
         self,
@@ -119,29 +168,33 @@ class CircuitBreaker:
         open_for: float | None = None,
         why: str = "",
         error: BaseException | None = None,
+        hint: float | None = None,
     ) -> None:
         """Report a finished call; ``open_for`` opens the circuit that long on a failure.
 
         ``error`` (the exception the call raised) becomes the ``__cause__`` of the refusals
-        that follow if this report opens the circuit.
+        that follow if this report opens the circuit. ``hint``: the server's wait for a
+        ``THROTTLED`` outcome (a rate limit), which pauses the throttle.
         """
         if self._link is not None:
             self._link.record(permit, outcome, open_for=open_for, why=why, error=error)
         elif self._alink is not None:
             self._needs_await()
         else:
-            self._local.record(permit, outcome, open_for=open_for, why=why, error=error)
+            self._local.record(permit, outcome, open_for=open_for, why=why, error=error, hint=hint)
 
-    async def aenter(self) -> int | CircuitOpenError:
+    async def aenter(self) -> Entry:
         """``enter()`` as a coroutine (what an asyncio store needs)."""
         if self._alink is not None:
             return await self._alink.aenter()
         return self.enter()
 
     async def aadmit(self) -> int:
-        """``admit()`` as a coroutine."""
+        """``admit()`` as a coroutine (the throttle's wait is an ``asyncio.sleep``)."""
         entry = await self.aenter()
-        if isinstance(entry, CircuitOpenError):
+        if isinstance(entry, Wait):
+            return await self.await_slot(entry)
+        if not isinstance(entry, int):
             try:
                 raise entry
             finally:
@@ -151,6 +204,9 @@ class CircuitBreaker:
     async def atry_admit(self) -> int:
         """``try_admit()`` as a coroutine."""
         entry = await self.aenter()
+        if isinstance(entry, Wait):
+            self._local.waited(entry, gave_up=True)
+            return REJECTED
         return entry if isinstance(entry, int) else REJECTED
 
     async def arecord_success(self, permit: int) -> None:
@@ -168,12 +224,13 @@ class CircuitBreaker:
         open_for: float | None = None,
         why: str = "",
         error: BaseException | None = None,
+        hint: float | None = None,
     ) -> None:
         """``record()`` as a coroutine."""
         if self._alink is not None:
             await self._alink.arecord(permit, outcome, open_for=open_for, why=why, error=error)
         else:
-            self.record(permit, outcome, open_for=open_for, why=why, error=error)
+            self.record(permit, outcome, open_for=open_for, why=why, error=error, hint=hint)
 
     def refusal_now(self) -> CircuitOpenError | None:
         """The :class:`CircuitOpenError` a call would get now, or None if it would be admitted
@@ -240,6 +297,7 @@ class CircuitBreaker:
             "success_count": view.success_count,
             "opened_at": view.opened_at,
             "retry_after": view.retry_after,
+            "throttle": self.throttle,
             "stats": dataclasses.asdict(self.stats),
         }
 

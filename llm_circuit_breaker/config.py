@@ -7,6 +7,7 @@ from these dataclasses, and so share their defaults, checks and error messages.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -67,8 +68,11 @@ class CircuitBreakerConfig(_Options):
     but takes longer than that counts as a failure. A server's long retry hint opens the circuit
     for the hinted time, at most ``max_open_for`` (default 10 x ``reset_timeout``). A rate
     limit (429 that is not quota) is not a failure with ``throttle`` (the default): it pauses
-    the breaker's throttle instead. ``enabled=False`` is metrics-only mode: the circuit opens
-    and closes as usual and refusals are counted, but no call is refused.
+    the breaker's throttle instead, which also paces calls from ``requests_per_minute`` /
+    ``tokens_per_minute`` or the providers' rate-limit headers; a caller waits for its slot
+    up to ``throttle_max_wait`` seconds (0: never waits) and gets ``ThrottledError`` beyond.
+    ``enabled=False`` is metrics-only mode: the circuit opens and closes as usual and refusals
+    are counted, but no call is refused.
     """
 
     _what: ClassVar[str] = "circuit breaker config"
@@ -92,6 +96,9 @@ class CircuitBreakerConfig(_Options):
     slow_call_duration: float | None = None
     max_open_for: float | None = None
     throttle: bool = True
+    throttle_max_wait: float = 30.0
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
     enabled: bool = True
 
     def __post_init__(self) -> None:
@@ -123,6 +130,14 @@ class CircuitBreakerConfig(_Options):
         for field in ("slow_call_duration", "max_open_for"):
             if getattr(self, field) is not None:
                 check.seconds(name, field, getattr(self, field))
+        check.seconds(name, "throttle_max_wait", self.throttle_max_wait, allow_zero=True)
+        for field in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, field)
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise check.OptionTypeError(f"{name}.{field} must be a number, got {value!r}")
+                if not (math.isfinite(value) and 0 < value <= 1e12):
+                    raise ValueError(f"{name}.{field} must be a positive rate, got {value!r}")
         for flag in ("throttle", "enabled"):
             if not isinstance(getattr(self, flag), bool):
                 raise check.OptionTypeError(

@@ -10,6 +10,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker._gate import PLAIN, AsyncGuardedStream, Gate, GuardedStream, is_stream
+from llm_circuit_breaker._throttle import Wait
 from llm_circuit_breaker.breaker import CircuitBreaker, Listener
 from llm_circuit_breaker.config import BreakerRules, CircuitBreakerConfig, FailurePredicate
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
@@ -140,13 +141,16 @@ def _sync_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         permit: Any = enter()
-        if permit.__class__ is not int:  # refused: enter() handed back the error to raise
-            if no_fallback:  # raised in this frame: failing fast is a hot path
+        if permit.__class__ is not int:  # a throttle slot to wait for, or a refusal
+            if permit.__class__ is Wait:
+                permit = gate.wait(permit)
+            elif no_fallback:  # raised in this frame: failing fast is a hot path
                 try:
                     raise permit
                 finally:
                     del permit  # else frame -> error -> traceback -> frame: a cycle
-            return refuse(args, kwargs)
+            else:
+                return refuse(args, kwargs)
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
@@ -172,12 +176,15 @@ def _async_shell(
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         permit: Any = (await gate.aenter()) if store_io else enter()
         if permit.__class__ is not int:
-            if no_fallback:  # raised in this frame: failing fast is a hot path
+            if permit.__class__ is Wait:
+                permit = await gate.await_slot(permit)
+            elif no_fallback:  # raised in this frame: failing fast is a hot path
                 try:
                     raise permit
                 finally:
                     del permit  # else frame -> error -> traceback -> frame: a cycle
-            return await _awaited(refuse(args, kwargs))
+            else:
+                return await _awaited(refuse(args, kwargs))
         try:
             result = await call(*args, **kwargs)
         except BaseException as exc:
@@ -206,12 +213,15 @@ def _gen_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
         # Admitted when iteration starts, so a generator that is never iterated holds no permit.
         permit: Any = enter()
         if permit.__class__ is not int:
-            if no_fallback:
+            if permit.__class__ is Wait:
+                permit = gate.wait(permit)
+            elif no_fallback:
                 try:
                     raise permit
                 finally:
                     del permit  # else frame -> error -> traceback -> frame: a cycle
-            return (yield from refuse(args, kwargs))
+            else:
+                return (yield from refuse(args, kwargs))
         try:
             result = yield from func(*args, **kwargs)
         except BaseException as exc:  # GeneratorExit (closed early) is ignored by the verdict
@@ -234,14 +244,17 @@ def _async_gen_shell(
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         permit: Any = (await gate.aenter()) if store_io else enter()
         if permit.__class__ is not int:
-            if no_fallback:
+            if permit.__class__ is Wait:
+                permit = await gate.await_slot(permit)
+            elif no_fallback:
                 try:
                     raise permit
                 finally:
                     del permit  # else frame -> error -> traceback -> frame: a cycle
-            async for item in _as_async_iterator(refuse(args, kwargs)):
-                yield item
-            return
+            else:
+                async for item in _as_async_iterator(refuse(args, kwargs)):
+                    yield item
+                return
         stream = func(*args, **kwargs)
         try:
             async for item in _items(stream, item_timeout, name):

@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from llm_circuit_breaker import (
+    BreakerRegistry,
     CircuitState,
     LLMCircuitBreaker,
     RateLimitError,
@@ -20,7 +21,7 @@ from llm_circuit_breaker import (
     circuit_breaker,
     with_retry,
 )
-from llm_circuit_breaker.testing import FakeLLMServer, Reply
+from llm_circuit_breaker.testing import FakeClock, FakeLLMServer, Reply
 
 FAST_RETRY = {"max_retries": 3, "initial_delay": 0.001, "max_delay": 0.01, "jitter": False}
 SECRET = "sk-test-SECRETSECRET0123456789"
@@ -74,10 +75,14 @@ def test_truncated_body_is_retried(llm_server: FakeLLMServer) -> None:
 def test_html_429_from_a_proxy(llm_server: FakeLLMServer) -> None:
     """Case 21: an HTML 429 is retried by status and surfaces as RateLimitError, no parse crash."""
     llm_server.default = Reply(status=429, text="<html><body>Too Many Requests</body></html>")
+    clock = FakeClock()  # the throttle's pauses (no hint: 1 s, 2 s, 4 s) pass on this clock
+    cb = LLMCircuitBreaker(retry=FAST_RETRY, registry=BreakerRegistry(clock=clock))
     with pytest.raises(RateLimitError) as caught:
-        _facade().call(llm_server.url + "/v1/chat/completions", data={})
+        cb.call(llm_server.url + "/v1/chat/completions", data={})
     assert "Too Many Requests" in str(caught.value)
     assert llm_server.hits == 4
+    assert clock.sleeps == [1.0, 2.0, 4.0]  # paced, not hammered: the adaptive pause doubles
+    assert cb.breaker.state.value == "CLOSED"  # a rate limit is not an outage
 
 
 def test_retry_after_ms_is_honoured(llm_server: FakeLLMServer) -> None:

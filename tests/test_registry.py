@@ -46,7 +46,15 @@ def test_snapshot_is_json_serialisable(clock: FakeClock) -> None:
         "success_count",
         "opened_at",
         "retry_after",
+        "throttle",
         "stats",
+    }
+    assert set(snap["openai"]["throttle"]) == {
+        "paused_for",
+        "requests_remaining",
+        "tokens_remaining",
+        "reset_in",
+        "waiting",
     }
     assert snap["openai"]["state"] == "OPEN"
     assert snap["openai"]["retry_after"] == 30.0

@@ -14,7 +14,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from llm_circuit_breaker import _validate as check
-from llm_circuit_breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.config import CircuitBreakerConfig, RetryConfig
 from llm_circuit_breaker.decorators import circuit_breaker as guarded
 from llm_circuit_breaker.http._common import (
@@ -88,9 +87,7 @@ class LLMCircuitBreaker:
         self._owns_name = name is None
         if name is None:
             config = CircuitBreakerConfig.from_mapping(fields)
-            self.breaker = registry.add(
-                CircuitBreaker(f"llm-circuit-breaker-{next(_unnamed)}", config)
-            )
+            self.breaker = registry.get_or_create(f"llm-circuit-breaker-{next(_unnamed)}", config)
         else:
             self.breaker = registry.get_or_create_with(name, fields)
         self.name = self.breaker.name

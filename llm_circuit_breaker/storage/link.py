@@ -93,7 +93,13 @@ class _Link:
         """Admit with the local circuit (the store is unreachable)."""
         self.go_local()
         entry = self.local.enter()
-        return entry * 4 if entry.__class__ is int else entry
+        if isinstance(entry, int):
+            return entry * 4
+        if isinstance(entry, CircuitOpenError):
+            return entry
+        raise TypeError(
+            "a store-backed breaker's local circuit is not throttled"
+        )  # pragma: no cover
 
     def success_needs_no_report(self, permit: int) -> bool:
         """Count a success that changes nothing; False when it must be reported."""

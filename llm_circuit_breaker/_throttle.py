@@ -1,0 +1,222 @@
+"""The throttle: this client's allowance, pure and clock-driven (no I/O, no lock, no sleep).
+
+A breaker's circuit tracks the provider's health; its throttle tracks how fast this client may
+call. Each resource (requests, tokens) is paced by a :class:`Pacer`, a generic cell rate
+algorithm that models the provider's bucket: capacity ``limit``, refilled at ``limit`` per
+window, so callers may burst up to what is left and are then spaced at the refill rate. The
+rate comes from ``requests_per_minute`` / ``tokens_per_minute`` or from the providers'
+rate-limit headers (:mod:`._ratelimit`). A rate-limit 429 pauses the throttle until the
+server's hint plus a small positive jitter, or, without a hint, for an adaptive pause that
+doubles on consecutive 429s and halves on successes (AIMD).
+
+:meth:`ThrottleCore.reserve` hands out slots in order (FIFO): the caller sleeps until its
+slot, so when a pause ends callers leave one by one at the refill rate, not all at once.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+from llm_circuit_breaker._ratelimit import Bucket, RateLimits
+from llm_circuit_breaker.config import CircuitBreakerConfig
+
+__all__ = ["Pacer", "ThrottleCore", "Wait"]
+
+_NEVER = -math.inf
+_DEFAULT_WINDOW = 60.0  # seconds: a bucket whose refill time is not reported refills per minute
+_MAX_PAUSE = 60.0  # the adaptive pause never grows past this
+_MIN_PAUSE = 1.0  # nor starts below this
+_MAX_HINT_JITTER = 1.0
+
+
+class Wait:
+    """What a breaker hands a caller that must wait for its throttle slot: the permit it holds
+    meanwhile and the seconds to sleep."""
+
+    __slots__ = ("permit", "seconds")
+
+    def __init__(self, permit: int, seconds: float) -> None:
+        self.permit = permit
+        self.seconds = seconds
+
+    def __repr__(self) -> str:
+        return f"Wait(permit={self.permit}, seconds={self.seconds:.3f})"
+
+
+class Pacer:
+    """One resource's bucket as a generic cell rate algorithm (GCRA).
+
+    ``interval`` seconds refill one unit; up to ``capacity`` units may go at once. ``tat`` (the
+    theoretical arrival time) is when the bucket would be full again.
+    """
+
+    __slots__ = ("capacity", "interval", "tat")
+
+    def __init__(self) -> None:
+        self.interval = 0.0  # 0: the rate is unknown and nothing is paced
+        self.capacity = 1.0
+        self.tat = _NEVER
+
+    @property
+    def known(self) -> bool:
+        """Whether this resource is paced."""
+        return self.interval > 0.0
+
+    def configure(self, per_second: float, capacity: float) -> None:
+        """Pace at ``per_second`` units with bursts of up to ``capacity``."""
+        self.interval = 1.0 / per_second
+        self.capacity = max(1.0, capacity)
+
+    def earliest(self, now: float, cost: float) -> float:
+        """The first instant ``cost`` units fit in the bucket."""
+        if not self.known:
+            return now
+        tolerance = (self.capacity - max(cost, 1.0)) * self.interval
+        return max(now, self.tat - tolerance)
+
+    def take(self, at: float, cost: float) -> None:
+        """Spend ``cost`` units at ``at``."""
+        if self.known:
+            self.tat = max(self.tat, at) + self.interval * cost
+
+    def give_back(self, cost: float) -> None:
+        """Return units taken but not used (a caller that gave up its slot)."""
+        if self.known:
+            self.tat -= self.interval * cost
+
+    def level(self, now: float) -> int | None:
+        """Units left in the bucket now (None when not paced)."""
+        if not self.known:
+            return None
+        used = max(0.0, self.tat - now) / self.interval
+        return max(0, min(int(self.capacity), math.floor(self.capacity - used)))
+
+    def observe(self, bucket: Bucket, now: float) -> None:
+        """Follow what the provider reported: capacity, refill rate and what is left."""
+        limit, remaining, reset = bucket.limit, bucket.remaining, bucket.reset
+        if limit is not None and limit > 0:
+            used = None if remaining is None else limit - remaining
+            if used and reset:
+                self.configure(used / reset, limit)  # what was spent refills in ``reset`` s
+            elif not self.known:
+                self.configure(limit / _DEFAULT_WINDOW, limit)
+            else:
+                self.capacity = float(limit)
+        if remaining is not None and self.known:
+            # The provider's count is the truth; our own later reservations may be on top.
+            reported = now + max(0.0, self.capacity - remaining) * self.interval
+            self.tat = max(self.tat, reported)
+
+
+class ThrottleCore:
+    """A breaker's throttle. Not thread-safe: the caller serialises access."""
+
+    __slots__ = (
+        "_uniform",
+        "backoff",
+        "config",
+        "paused_until",
+        "provisional",
+        "requests",
+        "tokens",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        config: CircuitBreakerConfig,
+        uniform: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self.config = config
+        self.requests = Pacer()
+        self.tokens = Pacer()
+        if config.requests_per_minute is not None:
+            self.requests.configure(config.requests_per_minute / 60.0, config.requests_per_minute)
+        if config.tokens_per_minute is not None:
+            self.tokens.configure(config.tokens_per_minute / 60.0, config.tokens_per_minute)
+        self.paused_until = _NEVER
+        self.backoff = 0.0  # the adaptive pause, grown by 429s without a hint
+        self.waiting = 0  # callers asleep until their slot
+        self.provisional = False  # the request spacing comes from a pause, not from a rate
+        self._uniform = uniform
+
+    @property
+    def active(self) -> bool:
+        """Whether calls must ask the throttle (a known rate, or a pause set)."""
+        return self.requests.known or self.tokens.known or self.paused_until != _NEVER
+
+    def reserve(self, now: float, tokens: float = 0.0) -> float:
+        """Reserve the next free slot for one call costing ``tokens``; its time (>= now)."""
+        slot = max(
+            now,
+            self.paused_until,
+            self.requests.earliest(now, 1.0),
+            self.tokens.earliest(now, tokens),
+        )
+        self.requests.take(slot, 1.0)
+        self.tokens.take(slot, tokens)
+        return slot
+
+    def cancel(self, tokens: float = 0.0) -> None:
+        """Give back a reservation whose caller will not call (cancelled, or waited too long)."""
+        self.requests.give_back(1.0)
+        self.tokens.give_back(tokens)
+
+    def wait_for(self, now: float, tokens: float = 0.0) -> float:
+        """Seconds until a call costing ``tokens`` would be admitted (nothing is reserved)."""
+        slot = max(
+            now,
+            self.paused_until,
+            self.requests.earliest(now, 1.0),
+            self.tokens.earliest(now, tokens),
+        )
+        return slot - now
+
+    def observe(self, limits: RateLimits, now: float) -> None:
+        """Follow the rate-limit headers of a response."""
+        if limits.requests is not None:
+            if self.provisional:
+                self.requests.interval, self.provisional = 0.0, False
+            self.requests.observe(limits.requests, now)
+        if limits.tokens is not None:
+            self.tokens.observe(limits.tokens, now)
+
+    def rate_limited(self, now: float, hint: float | None) -> float:
+        """A 429 that is a rate limit: pause; the pause's length in seconds."""
+        if hint is not None:
+            pause = hint + self._uniform(0.0, min(hint * 0.1, _MAX_HINT_JITTER))
+        else:
+            self.backoff = min(_MAX_PAUSE, max(_MIN_PAUSE, self.backoff * 2.0))
+            pause = self.backoff
+        self.paused_until = max(self.paused_until, now + pause)
+        if not self.requests.known:
+            # Callers waiting out the pause leave in order, spread over a tenth of it, instead
+            # of all at once; the spacing fades with the successes that follow.
+            self.requests.configure(1.0 / max(0.005, pause / 10.0), 1.0)
+            self.requests.tat = self.paused_until
+            self.provisional = True
+            self.backoff = max(self.backoff, _MIN_PAUSE)
+        return pause
+
+    def succeeded(self, now: float) -> None:
+        """A call went through: the adaptive pause shrinks (and the provisional spacing)."""
+        if self.backoff:
+            self.backoff = 0.0 if self.backoff <= _MIN_PAUSE else self.backoff / 2.0
+            if not self.backoff and self.provisional:
+                self.requests.interval, self.provisional = 0.0, False
+        if self.paused_until != _NEVER and now >= self.paused_until:
+            self.paused_until = _NEVER
+
+    def view(self, now: float) -> dict[str, float | int | None]:
+        """``{paused_for, requests_remaining, tokens_remaining, reset_in, waiting}``."""
+        requests = self.requests
+        reset_in = max(0.0, requests.tat - now) if requests.known else None
+        return {
+            "paused_for": max(0.0, self.paused_until - now),
+            "requests_remaining": requests.level(now),
+            "tokens_remaining": self.tokens.level(now),
+            "reset_in": reset_in,
+            "waiting": self.waiting,
+        }
