@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from datetime import datetime
 from typing import Any
 
 from llm_circuit_breaker._hints import header, parse_number
@@ -59,6 +58,8 @@ def parse_duration(value: str) -> float | None:
 
 def _timestamp_in(value: str, now: float) -> float | None:
     """Seconds from ``now`` (a UNIX time) to an RFC 3339 time stamp."""
+    from datetime import datetime
+
     try:
         moment = datetime.fromisoformat(value.strip()[:64].replace("Z", "+00:00"))
     except ValueError:

@@ -18,9 +18,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from llm_circuit_breaker._ratelimit import Bucket, RateLimits
-from llm_circuit_breaker.config import CircuitBreakerConfig
+if TYPE_CHECKING:  # the header parser loads with the first response that has such headers
+    from llm_circuit_breaker._ratelimit import Bucket, RateLimits
+    from llm_circuit_breaker.config import CircuitBreakerConfig
 
 __all__ = ["Pacer", "ThrottleCore", "Wait"]
 

@@ -21,6 +21,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from llm_circuit_breaker.config import DEFAULT_RETRY_STATUS_CODES, RetryConfig
+from llm_circuit_breaker.errors import ThrottledError
 
 if TYPE_CHECKING:
     from tenacity import AsyncRetrying, RetryCallState, Retrying
@@ -96,8 +97,13 @@ class RetryPolicy:
     def stopper(self, deadline_at: float | None) -> Callable[[RetryCallState], bool]:
         """tenacity ``stop`` for one call: attempts used up, or the next sleep ends too late."""
 
+        throttled = 0  # attempts refused by a throttle: waiting for a slot is not a retry
+
         def stop(state: RetryCallState) -> bool:
-            if state.attempt_number > self.config.max_retries:
+            nonlocal throttled
+            if isinstance(_error(state), ThrottledError):
+                throttled += 1
+            if state.attempt_number - throttled > self.config.max_retries:
                 return True
             return deadline_at is not None and self.clock() + state.upcoming_sleep > deadline_at
 

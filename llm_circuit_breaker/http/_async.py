@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -39,9 +39,14 @@ class AsyncTransport:
     """Sends prepared requests through a ``ClientSession`` made in the running event loop: one
     per loop, so ``asyncio.run(cb.acall(...))`` called again and again keeps working."""
 
-    def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession | None = None,
+        observe: Callable[[Any], None] | None = None,
+    ) -> None:
         self._session = session
         self._owns_session = session is None
+        self._observe = observe  # every response's headers go to the breaker's throttle
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -74,6 +79,8 @@ class AsyncTransport:
             )
             following = redirect(request, response.status, response.headers, hops)
             if following is None:
+                if self._observe is not None:
+                    self._observe(response.headers)
                 return response
             response.release()
             request = following

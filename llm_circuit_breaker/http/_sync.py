@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import requests
@@ -56,9 +56,14 @@ def _read(response: requests.Response, request: PreparedRequest) -> bytes:
 class SyncTransport:
     """Sends prepared requests through one pooled session (created on first use)."""
 
-    def __init__(self, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        session: requests.Session | None = None,
+        observe: Callable[[Any], None] | None = None,
+    ) -> None:
         self._session = session
         self._owns_session = session is None
+        self._observe = observe  # every response's headers go to the breaker's throttle
 
     @property
     def session(self) -> requests.Session:
@@ -83,6 +88,8 @@ class SyncTransport:
             )
             following = redirect(request, response.status_code, response.headers, hops)
             if following is None:
+                if self._observe is not None:
+                    self._observe(response.headers)
                 return response
             response.close()
             request = following

@@ -107,13 +107,13 @@ class LLMCircuitBreaker:
     def _sync(self) -> SyncTransport:
         from llm_circuit_breaker.http._sync import SyncTransport
 
-        return SyncTransport(self._session)
+        return SyncTransport(self._session, observe=self.breaker.observe)
 
     @functools.cached_property
     def _async(self) -> AsyncTransport:
         from llm_circuit_breaker.http._async import AsyncTransport
 
-        return AsyncTransport(self._client_session)
+        return AsyncTransport(self._client_session, observe=self.breaker.observe)
 
     @functools.cached_property
     def _call(self) -> Callable[[PreparedRequest], Any]:

@@ -1,0 +1,264 @@
+"""The throttle: rate limits pace calls instead of tripping the circuit."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_circuit_breaker import (
+    BreakerRegistry,
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitState,
+    LLMCircuitBreaker,
+    ThrottledError,
+    circuit_breaker,
+    with_retry,
+)
+from llm_circuit_breaker._ratelimit import parse_duration, parse_rate_limits
+from llm_circuit_breaker._throttle import ThrottleCore
+from llm_circuit_breaker.errors import http_status_error
+from llm_circuit_breaker.testing import FakeClock, FakeLLMServer, Reply
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1s", 1.0),
+        ("6m0s", 360.0),
+        ("500ms", 0.5),
+        ("20ms", 0.02),
+        ("12ms", 0.012),
+        ("2m59.56s", 179.56),
+        ("1h2m3s", 3723.0),
+        ("7.66s", 7.66),
+        ("0", 0.0),
+        ("17", 17.0),
+        ("abc", None),
+        ("1x", None),
+        ("s", None),
+        ("", None),
+    ],
+)
+def test_reset_durations(text: str, seconds: float | None) -> None:
+    """Every reset format providers send parses (ms before m), garbage does not."""
+    parsed = parse_duration(text)
+    assert parsed == pytest.approx(seconds) if seconds is not None else parsed is None
+
+
+def test_openai_and_anthropic_headers() -> None:
+    """Both header families give the same shape; Azure's -1 means unknown."""
+    now = time.time()
+    openai = parse_rate_limits(
+        {
+            "x-ratelimit-limit-requests": "60",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "6m0s",
+            "x-ratelimit-remaining-tokens": "-1",
+            "x-ratelimit-reset-tokens": "12ms",
+        },
+        now,
+    )
+    assert openai is not None and openai.requests is not None and openai.tokens is not None
+    assert (openai.requests.limit, openai.requests.remaining, openai.requests.reset) == (
+        60,
+        0,
+        360.0,
+    )
+    assert openai.tokens.remaining is None and openai.tokens.reset == pytest.approx(0.012)
+    stamp = datetime.datetime.fromtimestamp(now + 4, datetime.timezone.utc).isoformat()
+    anthropic = parse_rate_limits(
+        {
+            "anthropic-ratelimit-requests-limit": "50",
+            "anthropic-ratelimit-requests-remaining": "0",
+            "anthropic-ratelimit-requests-reset": stamp.replace("+00:00", "Z"),
+        },
+        now,
+    )
+    assert anthropic is not None and anthropic.requests is not None
+    assert anthropic.requests.reset == pytest.approx(4.0, abs=0.01)
+    assert parse_rate_limits({"content-type": "json"}, now) is None
+
+
+def _paced(clock: FakeClock, **fields: object) -> CircuitBreaker:
+    return CircuitBreaker("paced", CircuitBreakerConfig(**fields), clock=clock)  # type: ignore[arg-type]
+
+
+def test_configured_rate_bursts_then_spaces_calls(clock: FakeClock) -> None:
+    """requests_per_minute=6: six calls at once, then one every 10 s, each caller in line."""
+    breaker = _paced(clock, requests_per_minute=6, throttle_max_wait=60.0)
+    for _ in range(6):
+        breaker.record_success(breaker.admit())
+    assert clock.sleeps == []
+    for _ in range(3):
+        breaker.record_success(breaker.admit())
+    assert clock.sleeps == [10.0, 10.0, 10.0]
+
+
+def test_a_slot_too_far_away_is_refused_at_once(clock: FakeClock) -> None:
+    """Past throttle_max_wait the caller gets ThrottledError(retry_after) without calling."""
+    breaker = _paced(clock, requests_per_minute=6, throttle_max_wait=5.0)
+    calls = 0
+
+    @circuit_breaker(breaker=breaker)
+    def call() -> None:
+        nonlocal calls
+        calls += 1
+
+    for _ in range(6):
+        call()
+    with pytest.raises(ThrottledError) as caught:
+        call()
+    assert calls == 6 and caught.value.retry_after == pytest.approx(10.0)
+    assert breaker.state is CircuitState.CLOSED and clock.sleeps == []
+
+
+def test_waiting_callers_get_successive_slots_and_a_cancelled_one_frees_its_own(
+    clock: FakeClock,
+) -> None:
+    """FIFO: each reservation is the next free slot; giving one up returns it."""
+    throttle = ThrottleCore(CircuitBreakerConfig(requests_per_minute=60))
+    now = clock()
+    throttle.requests.tat = now + 60.0  # the bucket is empty: one slot per second
+    slots = [throttle.reserve(now) - now for _ in range(3)]
+    assert slots == pytest.approx([1.0, 2.0, 3.0])
+    throttle.cancel()
+    assert throttle.reserve(now) - now == pytest.approx(3.0)
+
+
+async def test_cancelling_a_waiting_task_frees_its_slot() -> None:
+    """A task cancelled while it waits for its slot gives the slot back."""
+    breaker = CircuitBreaker("cancel", CircuitBreakerConfig(requests_per_minute=60))
+    for _ in range(60):
+        breaker.record_success(await breaker.aadmit())
+    waiting = asyncio.create_task(breaker.aadmit())
+    await asyncio.sleep(0.01)
+    assert breaker.throttle["waiting"] == 1
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert breaker.throttle["waiting"] == 0
+    assert breaker.throttle["requests_remaining"] == 0
+
+
+def test_a_rate_limit_pauses_instead_of_failing(clock: FakeClock) -> None:
+    """A 429 with retry-after: no breaker failure, and the next call waits the hint plus a small
+    positive jitter (never earlier than asked)."""
+    breaker = _paced(clock, failure_threshold=1)
+    limited = http_status_error(
+        429, {"retry-after": "2"}, {"error": {"code": "rate_limit_exceeded"}}
+    )
+    outcomes = [limited, None]
+
+    @circuit_breaker(breaker=breaker)
+    def call() -> str:
+        error = outcomes.pop(0)
+        if error is not None:
+            raise error
+        return "ok"
+
+    with pytest.raises(Exception, match="429"):
+        call()
+    assert breaker.state is CircuitState.CLOSED and breaker.failure_count == 0
+    assert call() == "ok"
+    (waited,) = clock.sleeps
+    assert 2.0 <= waited <= 2.2
+    assert breaker.stats.throttled == 1
+
+
+def test_without_a_hint_the_pause_doubles_and_shrinks(clock: FakeClock) -> None:
+    """AIMD: consecutive 429s without a hint pause 1, 2, 4 s; successes halve it."""
+    throttle = ThrottleCore(CircuitBreakerConfig())
+    assert [throttle.rate_limited(0.0, None) for _ in range(3)] == [1.0, 2.0, 4.0]
+    throttle.succeeded(100.0)
+    assert throttle.backoff == 2.0
+    throttle.succeeded(100.0)
+    throttle.succeeded(100.0)
+    assert throttle.backoff == 0.0 and not throttle.active
+
+
+def test_headers_pace_calls(clock: FakeClock) -> None:
+    """remaining 0 of 60 per minute, refilled in 6m0s: the next call waits one refill."""
+    breaker = _paced(clock)
+    breaker.observe(
+        {
+            "x-ratelimit-limit-requests": "60",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "6m0s",
+        }
+    )
+    view = breaker.throttle
+    assert view["requests_remaining"] == 0 and view["reset_in"] == pytest.approx(360.0)
+    breaker.record_success(breaker.admit())
+    assert clock.sleeps == [pytest.approx(6.0)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    per_minute=st.integers(min_value=1, max_value=600),
+    gaps=st.lists(st.floats(min_value=0.0, max_value=5.0), min_size=1, max_size=200),
+)
+def test_the_paced_calls_never_exceed_the_bucket(per_minute: int, gaps: list[float]) -> None:
+    """Whatever the arrivals, the slots handed out fit a bucket of `per_minute` refilled at
+    per_minute/60 per second: in any span of s seconds at most capacity + s * rate calls."""
+    throttle = ThrottleCore(CircuitBreakerConfig(requests_per_minute=per_minute))
+    now, slots = 0.0, []
+    for gap in gaps:
+        now += gap
+        slots.append(throttle.reserve(now))
+    rate = per_minute / 60.0
+    assert slots == sorted(slots)
+    for first in range(len(slots)):
+        for last in range(first, len(slots)):
+            span = slots[last] - slots[first]
+            assert last - first + 1 <= per_minute + span * rate + 1e-6
+
+
+def test_with_retry_waits_a_throttled_call_without_spending_retries(clock: FakeClock) -> None:
+    """ThrottledError is retried like a 429 with its retry_after; it uses no retry."""
+    breaker = _paced(clock, requests_per_minute=6, throttle_max_wait=0.0)
+    calls = 0
+
+    @with_retry(max_retries=1, max_delay=60.0, jitter=False, sleep=clock.sleep, clock=clock)
+    @circuit_breaker(breaker=breaker)
+    def call() -> None:
+        nonlocal calls
+        calls += 1
+
+    for _ in range(8):
+        call()
+    assert calls == 8
+    assert clock.sleeps == pytest.approx([10.0, 10.0])
+
+
+def test_the_http_helpers_feed_every_response(llm_server: FakeLLMServer) -> None:
+    """A success's rate-limit headers reach the throttle through the HTTP helpers."""
+    llm_server.default = Reply.ok(
+        headers={
+            "x-ratelimit-limit-requests": "100",
+            "x-ratelimit-remaining-requests": "42",
+            "x-ratelimit-reset-requests": "34.8s",
+        }
+    )
+    cb = LLMCircuitBreaker(registry=BreakerRegistry(clock=FakeClock()))
+    cb.call(llm_server.url, data={})
+    assert cb.breaker.throttle["requests_remaining"] == 42
+    cb.close()
+
+
+def test_throttle_off_restores_failures(clock: FakeClock) -> None:
+    """throttle=False: a 429 is a failure again and nothing is paced."""
+    breaker = _paced(clock, throttle=False, failure_threshold=1)
+
+    @circuit_breaker(breaker=breaker)
+    def call() -> None:
+        raise http_status_error(429)
+
+    with pytest.raises(Exception, match="429"):
+        call()
+    assert breaker.state is CircuitState.OPEN
