@@ -138,6 +138,15 @@ class BreakerRegistry:
             self.get(name)
             del self._breakers[name]
 
+    def discard(self, breaker: CircuitBreaker) -> None:
+        """Forget ``breaker`` if it is still the one registered under its name.
+
+        Takes no lock: a garbage-collection finalizer calls it, possibly in a thread that holds
+        the registry's lock at that moment (single dict operations are atomic).
+        """
+        if self._breakers.get(breaker.name) is breaker:
+            self._breakers.pop(breaker.name, None)
+
     def clear(self) -> None:
         """Forget every breaker."""
         with self._lock:

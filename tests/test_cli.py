@@ -79,3 +79,15 @@ def test_status_unreachable_redis(closed_port: int, capsys: pytest.CaptureFixtur
     assert err.startswith("error: cannot read circuits")
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_status_never_prints_the_redis_password(
+    closed_port: int, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A password in the Redis URL is masked in the error line, reachable or not."""
+    assert main(["status", "--redis", f"redis://:hunter2-secret@127.0.0.1:{closed_port}/0"]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2-secret" not in err and "[REDACTED]" in err
+    main(["status", "--redis", f"redis://:hunter2-secret@127.0.0.1:{redis_server.port}/0"])
+    captured = capsys.readouterr()
+    assert "hunter2-secret" not in captured.out + captured.err

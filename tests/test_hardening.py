@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import itertools
 import json
@@ -266,3 +267,12 @@ def test_a_probe_whose_error_is_hostile_is_still_reported(clock: FakeClock) -> N
     Gate(breaker, BreakerRules()).failed(breaker.admit(), hostile)
     assert breaker.state.value == "OPEN"
     assert isinstance(hostile, ServerError)
+
+
+def test_unnamed_facades_dropped_without_close_free_their_names() -> None:
+    """Per-call facades that are never closed do not grow the registry."""
+    before = len(breaker_registry)
+    for _ in range(200):
+        LLMCircuitBreaker()
+    gc.collect()
+    assert len(breaker_registry) == before

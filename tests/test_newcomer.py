@@ -217,3 +217,22 @@ async def test_real_async_openai_stream_success_counts_at_the_end(
     assert texts == ["Hel", "lo"]
     assert breaker.stats.successes == 1
     await client.close()
+
+
+def test_real_anthropic_stream_error_event_counts(llm_server: FakeLLMServer) -> None:
+    """A decorated function returning the anthropic SDK's Stream: an overloaded event counts."""
+    anthropic = pytest.importorskip("anthropic")
+    llm_server.script(Reply.anthropic_stream(["Hel"], error="overloaded_error"))
+    client = anthropic.Anthropic(base_url=llm_server.url, api_key="sk-ant-test", max_retries=0)
+
+    @circuit_breaker("anthropic-stream")
+    def complete():  # type: ignore[no-untyped-def]
+        return client.messages.create(
+            model="m", max_tokens=10, messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+
+    with pytest.raises(anthropic.APIStatusError):
+        for _ in complete():
+            pass
+    assert breaker_registry.get("anthropic-stream").failure_count == 1
+    client.close()

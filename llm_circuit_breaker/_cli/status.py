@@ -7,8 +7,9 @@ import sys
 from typing import Any, TextIO
 
 
-def run_status(url: str, prefix: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
+def run_status(url: str, prefix: str, *, as_json: bool, out: TextIO | None = None) -> int:
     """Print the circuits kept in Redis; exit status 2 (one line, no traceback) on failure."""
+    out = out or sys.stdout  # looked up now: the stream may have been replaced since import
     try:
         import redis
 

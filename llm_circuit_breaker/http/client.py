@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,8 @@ class LLMCircuitBreaker:
         if name is None:
             config = CircuitBreakerConfig.from_mapping(fields)
             self.breaker = registry.get_or_create(f"llm-circuit-breaker-{next(_unnamed)}", config)
+            # A facade dropped without close() still frees its name when it is collected.
+            weakref.finalize(self, registry.discard, self.breaker)
         else:
             self.breaker = registry.get_or_create_with(name, fields)
         self.name = self.breaker.name
@@ -197,8 +200,8 @@ class LLMCircuitBreaker:
     # -- closing ---------------------------------------------------------------------------
 
     def _forget_unnamed(self) -> None:
-        if self._owns_name and self.name in self._registry:
-            self._registry.remove(self.name)
+        if self._owns_name:
+            self._registry.discard(self.breaker)
 
     def close(self) -> None:
         """Close the requests session this facade made (and forget an unnamed breaker)."""
