@@ -39,7 +39,18 @@ def check_report(permit: object, outcome: object, open_for: float | None) -> Non
 class LocalCircuit:
     """One circuit decided in this process (thread- and asyncio-safe)."""
 
-    __slots__ = ("_clock", "_core", "_lock", "cause", "max_wait", "name", "telemetry", "throttle")
+    __slots__ = (
+        "_clock",
+        "_core",
+        "_count_rejection",
+        "_count_success",
+        "_lock",
+        "cause",
+        "max_wait",
+        "name",
+        "telemetry",
+        "throttle",
+    )
 
     def __init__(
         self,
@@ -52,6 +63,9 @@ class LocalCircuit:
     ) -> None:
         self.name = name
         self.telemetry = telemetry
+        # Bound once: the CLOSED success path and the fail-fast path call them.
+        self._count_success = telemetry.count_success
+        self._count_rejection = telemetry.count_rejection
         self._clock = clock
         self._core = BreakerCore(config)
         self._lock = threading.Lock()
@@ -83,8 +97,8 @@ class LocalCircuit:
             retry_after = None if core.held_open or open_until == _INF else open_until - now
             error = refused(self.name, retry_after, core.open_reason)
             error.__cause__ = self.cause
+            self._count_rejection()
             telemetry = self.telemetry
-            telemetry.count_rejection()
             return error if telemetry.plain_refusals else telemetry.observed(error)
         with self._lock:
             permit = core.admit(now)
@@ -134,7 +148,7 @@ class LocalCircuit:
     def record_success(self, permit: int) -> None:
         """Report that the call holding ``permit`` succeeded."""
         if permit == self._core.clean_permit:  # nothing to change but the count
-            self.telemetry.count_success()
+            self._count_success()
             return
         self.record(permit, Outcome.SUCCESS)
 
