@@ -229,7 +229,8 @@ def test_unnamed_facades_unregister_when_closed() -> None:
 def test_no_secret_on_any_surface(
     llm_server: FakeLLMServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """str, repr, traceback, DEBUG logs and the snapshot JSON never show a credential."""
+    """str, repr, traceback, DEBUG logs, the snapshot JSON and Prometheus never show a
+    credential."""
     caplog.set_level(logging.DEBUG, logger="llm_circuit_breaker")
     llm_server.default = Reply.error(401, message=f"Incorrect API key provided: {SECRETS[1]}")
     cb = LLMCircuitBreaker(
@@ -248,6 +249,12 @@ def test_no_secret_on_any_surface(
         except Exception as error:
             surfaces += [str(error), repr(error), "".join(traceback.format_exception(error))]
     surfaces += [caplog.text, json.dumps(cb.get_state()), json.dumps(breaker_registry.snapshot())]
+    prometheus = pytest.importorskip("prometheus_client")
+    from llm_circuit_breaker.observability.prometheus import PrometheusCollector
+
+    exposition = prometheus.CollectorRegistry()
+    PrometheusCollector(breaker_registry).register(exposition)
+    surfaces.append(prometheus.generate_latest(exposition).decode())
     for text in surfaces:
         for secret in SECRETS:
             assert secret not in text
