@@ -94,12 +94,13 @@ class LocalCircuit:
         if now < open_until and core.state is OPEN:  # failing fast needs no lock either
             # open_until is infinite only when held open; read without the lock, held_open may
             # lag behind it for an instant, and retry_after must stay a finite float or None.
-            retry_after = None if core.held_open or open_until == _INF else open_until - now
+            retry_after = None if open_until == _INF or core.held_open else open_until - now
             error = refused(self.name, retry_after, core.open_reason)
             error.__cause__ = self.cause
             self._count_rejection()
-            telemetry = self.telemetry
-            return error if telemetry.plain_refusals else telemetry.observed(error)
+            if self.telemetry.plain_refusals:
+                return error
+            return self.telemetry.observed(error)
         with self._lock:
             permit = core.admit(now)
             retry_after = core.retry_after(now) if permit == REJECTED else 0.0

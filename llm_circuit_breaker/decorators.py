@@ -136,13 +136,13 @@ def circuit_breaker(
 
 def _sync_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
     enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
-    no_fallback, plain = gate.fallback is None, PLAIN
+    no_fallback, plain, waiting = gate.fallback is None, PLAIN, Wait
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         permit: Any = enter()
         if permit.__class__ is not int:  # a throttle slot to wait for, or a refusal
-            if permit.__class__ is Wait:
+            if permit.__class__ is waiting:
                 permit = gate.wait(permit)
             elif no_fallback:  # raised in this frame: failing fast is a hot path
                 try:
@@ -168,7 +168,7 @@ def _async_shell(
     func: Callable[..., Any], gate: Gate, call_timeout: float | None
 ) -> Callable[..., Any]:
     enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
-    no_fallback, plain = gate.fallback is None, PLAIN
+    no_fallback, plain, waiting = gate.fallback is None, PLAIN, Wait
     store_io, name = gate.store_io, gate.breaker.name
     call = func if call_timeout is None else _timed(func, call_timeout, name)
 
@@ -176,7 +176,7 @@ def _async_shell(
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         permit: Any = (await gate.aenter()) if store_io else enter()
         if permit.__class__ is not int:
-            if permit.__class__ is Wait:
+            if permit.__class__ is waiting:
                 permit = await gate.await_slot(permit)
             elif no_fallback:  # raised in this frame: failing fast is a hot path
                 try:
@@ -206,14 +206,14 @@ def _async_shell(
 
 def _gen_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
     enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
-    no_fallback = gate.fallback is None
+    no_fallback, waiting = gate.fallback is None, Wait
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         # Admitted when iteration starts, so a generator that is never iterated holds no permit.
         permit: Any = enter()
         if permit.__class__ is not int:
-            if permit.__class__ is Wait:
+            if permit.__class__ is waiting:
                 permit = gate.wait(permit)
             elif no_fallback:
                 try:
@@ -237,14 +237,14 @@ def _async_gen_shell(
     func: Callable[..., Any], gate: Gate, item_timeout: float | None
 ) -> Callable[..., Any]:
     enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
-    no_fallback = gate.fallback is None
+    no_fallback, waiting = gate.fallback is None, Wait
     store_io, name = gate.store_io, gate.breaker.name
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         permit: Any = (await gate.aenter()) if store_io else enter()
         if permit.__class__ is not int:
-            if permit.__class__ is Wait:
+            if permit.__class__ is waiting:
                 permit = await gate.await_slot(permit)
             elif no_fallback:
                 try:
