@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from llm_circuit_breaker._state import REJECTED, BreakerCore, CircuitState, Outcome, Transition
 from llm_circuit_breaker._telemetry import Telemetry, refused
-from llm_circuit_breaker._throttle import ThrottleCore, Wait
+from llm_circuit_breaker._throttle import TOKEN_COST, ThrottleCore, Wait
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 from llm_circuit_breaker.storage.base import Control, View
@@ -117,15 +117,16 @@ class LocalCircuit:
         throttle = self.throttle
         if throttle is None:  # pragma: no cover - paced only with a throttle
             return permit
-        wait = throttle.reserve(now) - now
+        tokens = TOKEN_COST.get()
+        wait = throttle.reserve(now, tokens) - now
         if wait <= 0.0:
             return permit
         if wait > self.max_wait:
-            throttle.cancel()
+            throttle.cancel(tokens)
             self._core.record(permit, Outcome.IGNORED, now)
             return ThrottledError(self.name, wait)
         throttle.waiting += 1
-        return Wait(permit, wait)
+        return Wait(permit, wait, tokens)
 
     def waited(self, wait: Wait, *, gave_up: bool) -> None:
         """A caller woke up for its slot, or gave it up (cancelled: the slot is freed)."""
@@ -134,7 +135,7 @@ class LocalCircuit:
             if throttle is not None:
                 throttle.waiting -= 1
                 if gave_up:
-                    throttle.cancel()
+                    throttle.cancel(wait.tokens)
             if gave_up:
                 self._core.record(wait.permit, Outcome.IGNORED, self._clock())
             transitions = self._drain()

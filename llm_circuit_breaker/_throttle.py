@@ -15,16 +15,41 @@ slot, so when a pause ends callers leave one by one at the refill rate, not all 
 
 from __future__ import annotations
 
+import contextvars
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the header parser loads with the first response that has such headers
     from llm_circuit_breaker._ratelimit import Bucket, RateLimits
     from llm_circuit_breaker.config import CircuitBreakerConfig
 
-__all__ = ["Pacer", "ThrottleCore", "Wait"]
+__all__ = ["TOKEN_COST", "Pacer", "ThrottleCore", "Wait", "estimate_tokens"]
+
+# The estimated tokens of the call being admitted, set by code that sees the request body
+# (the HTTP helpers) around the guarded call; 0 when nobody knows.
+TOKEN_COST: contextvars.ContextVar[float] = contextvars.ContextVar("token_cost", default=0.0)
+_OUTPUT_FIELDS = ("max_tokens", "max_output_tokens", "max_completion_tokens")
+_INPUT_FIELDS = ("messages", "prompt", "input", "system", "contents")
+
+
+def estimate_tokens(body: object) -> float:
+    """A request's token cost before it is sent: its output cap plus the prompt's length / 4
+    (characters of the JSON of its messages, prompt, input ...). 0 for a body of no known shape.
+    The rate-limit headers of the answer reconcile the estimate with the provider's count."""
+    if not isinstance(body, Mapping):
+        return 0.0
+    output = next(
+        (float(body[f]) for f in _OUTPUT_FIELDS if isinstance(body.get(f), (int, float))), 0.0
+    )
+    import json
+
+    prompt = sum(
+        len(json.dumps(body[f], default=str)) for f in _INPUT_FIELDS if body.get(f) is not None
+    )
+    return max(0.0, output) + prompt / 4.0
+
 
 _NEVER = -math.inf
 _DEFAULT_WINDOW = 60.0  # seconds: a bucket whose refill time is not reported refills per minute
@@ -37,11 +62,12 @@ class Wait:
     """What a breaker hands a caller that must wait for its throttle slot: the permit it holds
     meanwhile and the seconds to sleep."""
 
-    __slots__ = ("permit", "seconds")
+    __slots__ = ("permit", "seconds", "tokens")
 
-    def __init__(self, permit: int, seconds: float) -> None:
+    def __init__(self, permit: int, seconds: float, tokens: float = 0.0) -> None:
         self.permit = permit
         self.seconds = seconds
+        self.tokens = tokens  # the token cost reserved with the slot
 
     def __repr__(self) -> str:
         return f"Wait(permit={self.permit}, seconds={self.seconds:.3f})"

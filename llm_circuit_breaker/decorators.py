@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
@@ -14,7 +15,7 @@ from llm_circuit_breaker._throttle import Wait
 from llm_circuit_breaker.breaker import CircuitBreaker, Listener
 from llm_circuit_breaker.config import BreakerRules, CircuitBreakerConfig, FailurePredicate
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
-from llm_circuit_breaker.retry import warn_wrong_order
+from llm_circuit_breaker.retry import RETRY_MARK
 
 __all__ = ["ExcludeTypes", "Guarded", "circuit_breaker"]
 
@@ -132,6 +133,18 @@ def circuit_breaker(
         return cast("Guarded[P, R]", wrapper)
 
     return decorate
+
+
+def warn_wrong_order(func: Callable[..., Any]) -> None:
+    """Warn (once per decoration) that ``circuit_breaker`` is stacked outside ``with_retry``."""
+    if getattr(func, RETRY_MARK, False):
+        warnings.warn(
+            f"@circuit_breaker is applied outside @with_retry on {func.__qualname__}: the "
+            "breaker then sees one call per whole retry loop, and retries keep hitting a dead "
+            "provider. Put @with_retry above @circuit_breaker",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _sync_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:

@@ -16,7 +16,6 @@ import inspect
 import logging
 import random
 import time
-import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
@@ -36,6 +35,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 RETRY_MARK = "__llm_circuit_breaker_retry__"  # set on with_retry wrappers (decorator order)
 _MAX_HINT_JITTER = 1.0  # seconds: a server's wait is spread by up to 10%, at most this
+# Waits for a throttle slot use no retry, but a call gives up after this many of them.
+_MAX_THROTTLE_WAITS = 10
 
 
 class RetryPolicy:
@@ -103,6 +104,8 @@ class RetryPolicy:
             nonlocal throttled
             if isinstance(_error(state), ThrottledError):
                 throttled += 1
+                if throttled > _MAX_THROTTLE_WAITS:
+                    return True
             if state.attempt_number - throttled > self.config.max_retries:
                 return True
             return deadline_at is not None and self.clock() + state.upcoming_sleep > deadline_at
@@ -292,18 +295,6 @@ def with_retry(
         return wrapper  # type: ignore[no-any-return]
 
     return decorate
-
-
-def warn_wrong_order(func: Callable[..., Any]) -> None:
-    """Warn (once per decoration) that ``circuit_breaker`` is stacked outside ``with_retry``."""
-    if getattr(func, RETRY_MARK, False):
-        warnings.warn(
-            f"@circuit_breaker is applied outside @with_retry on {func.__qualname__}: the "
-            "breaker then sees one call per whole retry loop, and retries keep hitting a dead "
-            "provider. Put @with_retry above @circuit_breaker",
-            UserWarning,
-            stacklevel=3,
-        )
 
 
 def _sync_shell(func: Callable[..., R], loops: _Loops) -> Callable[..., R]:

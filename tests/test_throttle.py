@@ -262,3 +262,30 @@ def test_throttle_off_restores_failures(clock: FakeClock) -> None:
     with pytest.raises(Exception, match="429"):
         call()
     assert breaker.state is CircuitState.OPEN
+
+
+def test_token_costs_come_from_the_request_body(llm_server: FakeLLMServer) -> None:
+    """tokens_per_minute paces by each body's estimate: max_tokens + the prompt's length / 4."""
+    from llm_circuit_breaker._throttle import estimate_tokens
+
+    body = {"max_tokens": 500, "messages": [{"role": "user", "content": "x" * 380}]}
+    assert estimate_tokens(body) == pytest.approx(
+        500 + len('[{"role": "user", "content": "' + "x" * 380 + '"}]') / 4
+    )
+    assert estimate_tokens("not a body") == 0.0
+    clock = FakeClock()
+    cb = LLMCircuitBreaker(
+        circuit_breaker={"tokens_per_minute": 1250, "throttle_max_wait": 10.0},
+        retry={"max_retries": 0, "max_delay": 5.0},  # a wait past max_delay is not retried
+        registry=BreakerRegistry(clock=clock),
+    )
+    cost = estimate_tokens(body)  # about 600
+    cb.call(llm_server.url, data=body)  # of 1250 tokens: at once
+    cb.call(llm_server.url, data=body)  # what is left
+    assert clock.sleeps == []
+    with pytest.raises(ThrottledError) as caught:
+        cb.call(llm_server.url, data=body)  # refilled at 1250/60 per second: past the wait
+    expected = (cost - (1250 - 2 * cost)) / (1250 / 60)
+    assert caught.value.retry_after == pytest.approx(expected, rel=0.01)
+    assert llm_server.hits == 2
+    cb.close()

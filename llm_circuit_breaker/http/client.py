@@ -7,6 +7,7 @@ never loads either HTTP stack.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import weakref
@@ -15,6 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from llm_circuit_breaker import _validate as check
+from llm_circuit_breaker._throttle import TOKEN_COST, estimate_tokens
 from llm_circuit_breaker.config import CircuitBreakerConfig, RetryConfig
 from llm_circuit_breaker.decorators import circuit_breaker as guarded
 from llm_circuit_breaker.http._common import (
@@ -158,7 +160,8 @@ class LLMCircuitBreaker:
         data: Any = None,
     ) -> Any:
         """Send ``data`` as JSON and return the parsed JSON response (requests)."""
-        return self._call(self._prepare(url, method, headers, data))
+        with _token_cost(data):
+            return self._call(self._prepare(url, method, headers, data))
 
     async def acall(
         self,
@@ -168,7 +171,8 @@ class LLMCircuitBreaker:
         data: Any = None,
     ) -> Any:
         """Like :meth:`call`, with aiohttp."""
-        return await self._acall(self._prepare(url, method, headers, data))
+        with _token_cost(data):
+            return await self._acall(self._prepare(url, method, headers, data))
 
     def stream(
         self,
@@ -241,6 +245,16 @@ class LLMCircuitBreaker:
 
     def __repr__(self) -> str:
         return f"LLMCircuitBreaker(name={self.name!r}, state={self.breaker.state.value})"
+
+
+@contextlib.contextmanager
+def _token_cost(data: Any) -> Iterator[None]:
+    """Let the throttle know what this call will cost in tokens (its request body's estimate)."""
+    token = TOKEN_COST.set(estimate_tokens(data))
+    try:
+        yield
+    finally:
+        TOKEN_COST.reset(token)
 
 
 def _refuse_options(unknown: Mapping[str, Any]) -> None:
