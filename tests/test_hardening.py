@@ -283,3 +283,24 @@ def test_unnamed_facades_dropped_without_close_free_their_names() -> None:
         LLMCircuitBreaker()
     gc.collect()
     assert len(breaker_registry) == before
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_session_of_a_closed_loop_is_a_local_mistake(llm_server: FakeLLMServer) -> None:
+    """A client session handed in from an event loop that has ended fails with aiohttp's own
+    error: raised as it is, never retried, never counted against the provider."""
+    import aiohttp
+
+    async def make() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession()
+
+    stale = asyncio.run(make())
+    cb = LLMCircuitBreaker(client_session=stale, retry={"max_retries": 3, "initial_delay": 0.0})
+    _made.append(cb)
+    with pytest.raises(RuntimeError):
+        asyncio.run(cb.acall(llm_server.url, data={}))
+    assert llm_server.hits == 0
+    assert cb.breaker.stats.failures == 0 and cb.breaker.stats.retries == 0
+    del stale
+    gc.collect()
