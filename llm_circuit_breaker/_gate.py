@@ -31,10 +31,9 @@ PLAIN = frozenset({str, bytes, dict, list, tuple, int, float, bool, NoneType})
 
 
 def is_stream(result: object) -> bool:
-    """Whether ``result`` is an iterator or async iterator to guard until it ends."""
+    """Whether ``result`` is an iterator or async iterator to guard until it ends (the shells
+    skip the ``PLAIN`` types before asking)."""
     cls = result.__class__
-    if cls in PLAIN:
-        return False
     return hasattr(cls, "__next__") or hasattr(cls, "__anext__")
 
 

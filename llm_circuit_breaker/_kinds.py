@@ -62,11 +62,6 @@ class Classification:
     should_retry: bool | None = None  # the x-should-retry header
     error_type: str | None = None  # the provider's machine-readable code, when found
 
-    @property
-    def counts_as_failure(self) -> bool:
-        """Whether a circuit breaker should count this as the provider failing."""
-        return self.kind not in NOT_PROVIDER_FAILURES
-
 
 QUOTA_CODES = frozenset(
     {

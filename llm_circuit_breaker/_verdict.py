@@ -12,7 +12,13 @@ import dataclasses
 import logging
 import sys
 
-from llm_circuit_breaker._classify import TRANSPORT_KINDS, Classification, ErrorKind, classify
+from llm_circuit_breaker._classify import classify
+from llm_circuit_breaker._kinds import (
+    NOT_PROVIDER_FAILURES,
+    TRANSPORT_KINDS,
+    Classification,
+    ErrorKind,
+)
 from llm_circuit_breaker._state import Outcome
 from llm_circuit_breaker.config import BreakerRules, CircuitBreakerConfig, RetryConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
@@ -96,7 +102,7 @@ def _breaker_column(
         or (rules.exclude and isinstance(exc, rules.exclude))
     ):
         return Outcome.IGNORED, None, ""
-    counted = found.kind not in _NOT_FAILURES
+    counted = found.kind not in NOT_PROVIDER_FAILURES  # a rate limit is judged apart
     if rules.failure_predicate is not None:
         try:
             counted = bool(rules.failure_predicate(exc))
@@ -129,21 +135,6 @@ def _failure(
     if hint is not None and hint >= config.reset_timeout:
         return Outcome.FAILURE, hint, f"{_describe(found)}: server asked to wait {hint:g}s"
     return Outcome.FAILURE, None, _describe(found)
-
-
-# Kinds that are the caller's business, not the provider's health: the breaker ignores them.
-# A rate limit is judged apart: it throttles (or, with throttle=False, fails).
-_NOT_FAILURES = frozenset(
-    {
-        ErrorKind.POOL,
-        ErrorKind.CONFLICT,
-        ErrorKind.AUTH,
-        ErrorKind.CONTEXT_LENGTH,
-        ErrorKind.CONTENT_POLICY,
-        ErrorKind.CLIENT,
-        ErrorKind.LOCAL,
-    }
-)
 
 
 def _retried(

@@ -52,14 +52,21 @@ class RetryPolicy:
         self.config = config
         self.clock = clock
         self._uniform = random_uniform
+        self._last: tuple[BaseException, Verdict] | None = None
 
     # -- decisions -------------------------------------------------------------------------
 
     def verdict(self, exc: BaseException) -> Verdict:
-        """What ``exc`` means (the verdict module loads with the first failure)."""
+        """What ``exc`` means (the verdict module loads with the first failure). The shell,
+        tenacity's ``retry`` and ``wait`` all ask about the same failure: judged once."""
+        last = self._last
+        if last is not None and last[0] is exc:
+            return last[1]
         from llm_circuit_breaker._verdict import judge
 
-        return judge(exc, retry=self.config)
+        verdict = judge(exc, retry=self.config)
+        self._last = (exc, verdict)  # one tuple swap: safe for threads sharing the policy
+        return verdict
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether ``exc`` is worth another attempt."""

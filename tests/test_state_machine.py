@@ -14,6 +14,7 @@ from llm_circuit_breaker import (
     CircuitOpenError,
     CircuitState,
     Outcome,
+    ThrottledError,
 )
 from llm_circuit_breaker.testing import FakeClock
 
@@ -50,6 +51,9 @@ class BreakerMachine(RuleBasedStateMachine):
             assert state is not CircuitState.CLOSED
             assert refused.retry_after is None or refused.retry_after >= 0
             self.refused += 1
+            return -1
+        except ThrottledError as throttled:  # rate limits paused the throttle past its wait
+            assert throttled.retry_after > self.config.throttle_max_wait
             return -1
         self.admitted += 1
         return permit
