@@ -9,7 +9,7 @@ load the requests / aiohttp helpers on first use: importing the package loads ne
 import typing
 
 from llm_circuit_breaker._state import CircuitState, Outcome
-from llm_circuit_breaker._telemetry import BreakerStats, StateChange
+from llm_circuit_breaker._telemetry import BreakerStats, StateChange, ThrottleEvent, ThrottleSignal
 from llm_circuit_breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.config import CircuitBreakerConfig, RetryConfig
 from llm_circuit_breaker.decorators import Guarded, circuit_breaker
@@ -51,6 +51,8 @@ __all__ = [
     "SSEEvent",
     "ServerError",
     "StateChange",
+    "ThrottleEvent",
+    "ThrottleSignal",
     "ThrottledError",
     "TransportError",
     "breaker_registry",

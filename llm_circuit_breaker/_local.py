@@ -105,11 +105,15 @@ class LocalCircuit:
             permit = core.admit(now)
             retry_after = core.retry_after(now) if permit == REJECTED else 0.0
             reason = core.open_reason or "half-open: probe slots taken"
-            entry = self._pace(permit, now) if permit != REJECTED and core.paced else permit
+            paced = permit != REJECTED and core.paced
+            entry = self._pace(permit, now) if paced else permit
             transitions = self._drain()
-        self.telemetry.publish(transitions)
+        telemetry = self.telemetry
+        telemetry.publish(transitions)
         if permit == REJECTED:
             return self._refuse(retry_after, reason)
+        if paced and not telemetry.plain_refusals and entry.__class__ is not ThrottledError:
+            telemetry.waited(entry.seconds if isinstance(entry, Wait) else 0.0)
         return entry
 
     def _pace(self, permit: int, now: float) -> int | ThrottledError | Wait:
@@ -120,12 +124,14 @@ class LocalCircuit:
         tokens = TOKEN_COST.get()
         wait = throttle.reserve(now, tokens) - now
         if wait <= 0.0:
+            self.telemetry.waits.add(0.0)
             return permit
         if wait > self.max_wait:
             throttle.cancel(tokens)
             self._core.record(permit, Outcome.IGNORED, now)
             return ThrottledError(self.name, wait)
         throttle.waiting += 1
+        self.telemetry.waits.add(wait)
         return Wait(permit, wait, tokens)
 
     def waited(self, wait: Wait, *, gave_up: bool) -> None:
@@ -172,17 +178,23 @@ class LocalCircuit:
             now = self._clock()
             counted = self._core.record(permit, outcome, now, open_for=open_for, why=why)
             throttle = self.throttle
+            event = None
             if throttle is not None:
                 if outcome is Outcome.THROTTLED:
-                    throttle.rate_limited(now, hint)
-                elif outcome is Outcome.SUCCESS:
-                    throttle.succeeded(now)
+                    was_limited = throttle.limited
+                    pause = throttle.rate_limited(now, hint)
+                    if not was_limited:
+                        event = (True, f"rate limited (429): paused {pause:.3g}s", pause)
+                elif outcome is Outcome.SUCCESS and throttle.succeeded(now):
+                    event = (False, "pause over: a call succeeded", 0.0)
                 self._follow_throttle()
             transitions = self._drain()
         if transitions and transitions[-1].new is OPEN:
             self.cause = error
         self.telemetry.tally(counted)
         self.telemetry.publish(transitions)
+        if event is not None:
+            self.telemetry.throttle_event(event[0], now, event[1], event[2])
         return counted
 
     # -- reading and control ---------------------------------------------------------------

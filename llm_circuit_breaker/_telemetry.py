@@ -7,6 +7,7 @@ same way. Counters are bumped without a lock (``itertools.count`` is atomic unde
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import itertools
 import logging
@@ -19,7 +20,17 @@ from llm_circuit_breaker.errors import CircuitOpenError
 if TYPE_CHECKING:
     from llm_circuit_breaker.breaker import CircuitBreaker
 
-__all__ = ["SHADOW_PERMIT", "BreakerStats", "Listener", "Observer", "StateChange", "Telemetry"]
+__all__ = [
+    "SHADOW_PERMIT",
+    "BreakerStats",
+    "Listener",
+    "Observer",
+    "StateChange",
+    "Telemetry",
+    "ThrottleEvent",
+    "ThrottleSignal",
+    "WaitHistogram",
+]
 
 logger = logging.getLogger("llm_circuit_breaker")
 
@@ -41,7 +52,64 @@ class StateChange:
     reason: str
 
 
-Listener = Callable[[StateChange], object]
+class ThrottleSignal(str, enum.Enum):
+    """Where a breaker's throttle is: paused by a rate limit, or letting calls flow."""
+
+    THROTTLED = "THROTTLED"
+    UNTHROTTLED = "UNTHROTTLED"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ThrottleEvent:
+    """A breaker's throttle paused (``new`` is ``THROTTLED``: a rate limit, for
+    ``paused_for`` seconds) or calls flow again (``UNTHROTTLED``). Not a state change: the
+    circuit stays as it was. Listeners receive these beside :class:`StateChange`, with the
+    same ``name / old / new / at / reason`` fields; tell them apart with ``isinstance``."""
+
+    name: str
+    old: ThrottleSignal
+    new: ThrottleSignal
+    at: float
+    reason: str
+    paused_for: float = 0.0
+
+    @property
+    def event(self) -> ThrottleSignal:
+        """``THROTTLED`` or ``UNTHROTTLED``."""
+        return self.new
+
+
+Listener = Callable[[StateChange | ThrottleEvent], object]
+
+# Upper bounds (seconds) of the throttle-wait histogram's buckets; the last is +Inf.
+WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class WaitHistogram:
+    """How long admitted calls waited for their throttle slot (cumulative buckets as
+    Prometheus wants them). Updated under the circuit's lock; read at collection."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(WAIT_BUCKETS) + 1)
+        self.total = 0.0
+
+    def add(self, seconds: float) -> None:
+        """Count one wait."""
+        index = 0
+        while index < len(WAIT_BUCKETS) and seconds > WAIT_BUCKETS[index]:
+            index += 1
+        self.counts[index] += 1
+        self.total += seconds
+
+    def buckets(self) -> list[tuple[float, int]]:
+        """``[(upper bound, calls that waited at most that long), ...]`` ending at +Inf."""
+        running, out = 0, []
+        for bound, count in zip((*WAIT_BUCKETS, float("inf")), self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
 
 
 class Observer(Protocol):
@@ -101,6 +169,7 @@ class Telemetry:
         "enforced",
         "name",
         "plain_refusals",
+        "waits",
     )
 
     def __init__(self, name: str, enforced: bool) -> None:
@@ -118,6 +187,7 @@ class Telemetry:
         self.count_rejection = self._rejections.add
         # Refusals need no more than a count: enforced, and nobody to tell.
         self.plain_refusals = enforced
+        self.waits = WaitHistogram()
 
     def tally(self, outcome: Outcome) -> None:
         """Count a finished call by its outcome as the circuit counted it."""
@@ -161,6 +231,18 @@ class Telemetry:
             except Exception:  # noqa: PERF203 - an observer's bug must not touch the call
                 logger.exception("observer %r of circuit %r raised", observer, self.name)
 
+    def waited(self, seconds: float) -> None:
+        """Tell the observers that can hear it (``waited(breaker, seconds)``) how long an
+        admitted call waits for its throttle slot."""
+        for observer in list(self._observers):
+            hear = getattr(observer, "waited", None)
+            if hear is None:
+                continue
+            try:
+                hear(self._owner(), seconds)
+            except Exception:
+                logger.exception("observer %r of circuit %r raised", observer, self.name)
+
     def _owner(self) -> CircuitBreaker:
         if self.breaker is None:  # pragma: no cover - the breaker sets it at construction
             raise RuntimeError("telemetry used before its breaker was made")
@@ -190,7 +272,17 @@ class Telemetry:
             logger.warning("circuit %r %s -> %s: %s", self.name, t.old.value, t.new.value, t.reason)
             self.notify(StateChange(self.name, t.old, t.new, t.at, t.reason))
 
-    def notify(self, change: StateChange) -> None:
+    def throttle_event(self, paused: bool, at: float, reason: str, paused_for: float = 0.0) -> None:
+        """Log and announce that the throttle paused (``THROTTLED``) or resumed."""
+        if paused:
+            logger.warning("circuit %r throttled: %s", self.name, reason)
+            old, new = ThrottleSignal.UNTHROTTLED, ThrottleSignal.THROTTLED
+        else:
+            logger.info("circuit %r unthrottled: %s", self.name, reason)
+            old, new = ThrottleSignal.THROTTLED, ThrottleSignal.UNTHROTTLED
+        self.notify(ThrottleEvent(self.name, old, new, at, reason, paused_for))
+
+    def notify(self, change: StateChange | ThrottleEvent) -> None:
         """Hand ``change`` to every listener; one that raises is logged."""
         for listener in list(self._listeners):
             try:

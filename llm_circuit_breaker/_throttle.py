@@ -145,6 +145,7 @@ class ThrottleCore:
         "_uniform",
         "backoff",
         "config",
+        "limited",
         "paused_until",
         "provisional",
         "requests",
@@ -168,6 +169,7 @@ class ThrottleCore:
         self.backoff = 0.0  # the adaptive pause, grown by 429s without a hint
         self.waiting = 0  # callers asleep until their slot
         self.provisional = False  # the request spacing comes from a pause, not from a rate
+        self.limited = False  # a rate limit paused calls, and no call has succeeded since
         self._uniform = uniform
 
     @property
@@ -219,6 +221,7 @@ class ThrottleCore:
             self.backoff = min(_MAX_PAUSE, max(_MIN_PAUSE, self.backoff * 2.0))
             pause = self.backoff
         self.paused_until = max(self.paused_until, now + pause)
+        self.limited = True
         if not self.requests.known:
             # Callers waiting out the pause leave in order, spread over a tenth of it, instead
             # of all at once; the spacing fades with the successes that follow.
@@ -228,14 +231,19 @@ class ThrottleCore:
             self.backoff = max(self.backoff, _MIN_PAUSE)
         return pause
 
-    def succeeded(self, now: float) -> None:
-        """A call went through: the adaptive pause shrinks (and the provisional spacing)."""
+    def succeeded(self, now: float) -> bool:
+        """A call went through: the adaptive pause shrinks (and the provisional spacing).
+        True when this is the first success since a rate limit paused calls."""
         if self.backoff:
             self.backoff = 0.0 if self.backoff <= _MIN_PAUSE else self.backoff / 2.0
             if not self.backoff and self.provisional:
                 self.requests.interval, self.provisional = 0.0, False
         if self.paused_until != _NEVER and now >= self.paused_until:
             self.paused_until = _NEVER
+        if self.limited and self.paused_until == _NEVER:
+            self.limited = False
+            return True
+        return False
 
     def view(self, now: float) -> dict[str, float | int | None]:
         """``{paused_for, requests_remaining, tokens_remaining, reset_in, waiting}``."""

@@ -22,6 +22,7 @@ from llm_circuit_breaker._telemetry import (
     Observer,
     StateChange,
     Telemetry,
+    WaitHistogram,
 )
 from llm_circuit_breaker._throttle import Wait
 from llm_circuit_breaker.config import CircuitBreakerConfig
@@ -275,6 +276,11 @@ class CircuitBreaker:
     def retry_after(self) -> float | None:
         """Seconds until a call is admitted: 0.0 when now, ``None`` while held open."""
         return self._view().retry_after
+
+    @property
+    def wait_histogram(self) -> WaitHistogram:
+        """How long admitted calls waited for their throttle slot (for the exporters)."""
+        return self._telemetry.waits
 
     @property
     def stats(self) -> BreakerStats:

@@ -169,3 +169,73 @@ def test_missing_extra_names_it(
     monkeypatch.delitem(sys.modules, f"llm_circuit_breaker.observability.{module}", raising=False)
     with pytest.raises(ImportError, match=rf"llm-circuit-guard\[{extra}\]"):
         importlib.import_module(f"llm_circuit_breaker.observability.{module}")
+
+
+def _throttled_script(registry: BreakerRegistry, clock: FakeClock) -> None:
+    """One rate-limit 429 (retry-after 2 s), then a call that waits out the pause."""
+    outcomes: list[BaseException | None] = [
+        http_status_error(429, {"retry-after": "2"}, {"error": {"code": "rate_limit_exceeded"}}),
+        None,
+    ]
+
+    @circuit_breaker("openai", registry=registry)
+    def call() -> str:
+        error = outcomes.pop(0)
+        if error is not None:
+            raise error
+        return "ok"
+
+    with pytest.raises(Exception, match="429"):
+        call()
+    assert call() == "ok"
+
+
+def test_prometheus_throttle_metrics(clock: FakeClock) -> None:
+    """The throttled outcome, the wait histogram and the paused-for gauge, exactly."""
+    registry = BreakerRegistry(clock=clock)
+    prom = CollectorRegistry()
+    PrometheusCollector(registry).register(prom)
+    _throttled_script(registry, clock)
+    (waited,) = clock.sleeps
+
+    def sample(name: str, **labels: str) -> float | None:
+        return prom.get_sample_value(name, {"breaker": "openai", **labels})
+
+    assert sample("llm_circuit_breaker_calls_total", outcome="throttled") == 1
+    assert sample("llm_circuit_breaker_calls_total", outcome="success") == 1
+    assert sample("llm_circuit_breaker_throttle_wait_seconds_count") == 1
+    assert sample("llm_circuit_breaker_throttle_wait_seconds_sum") == pytest.approx(waited)
+    assert sample("llm_circuit_breaker_throttle_wait_seconds_bucket", le="1.0") == 0
+    assert sample("llm_circuit_breaker_throttle_wait_seconds_bucket", le="2.5") == 1
+    assert sample("llm_circuit_breaker_throttle_paused_seconds") == 0.0
+    assert sample("llm_circuit_breaker_throttle_waiting") == 0
+
+
+def test_opentelemetry_throttle_histogram_and_event(clock: FakeClock) -> None:
+    """The wait lands in the histogram and as a span event; the paused gauge reads the pause."""
+    reader = InMemoryMetricReader()
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    registry = BreakerRegistry(clock=clock)
+    OpenTelemetryInstrumentation(
+        registry, meter_provider=MeterProvider(metric_readers=[reader])
+    ).instrument()
+    with tracer_provider.get_tracer("test").start_as_current_span("request"):
+        _throttled_script(registry, clock)
+    (waited,) = clock.sleeps
+    metrics = {
+        metric.name: metric.data.data_points
+        for resource in reader.get_metrics_data().resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    (histogram,) = metrics["llm_circuit_breaker.throttle.wait"]
+    assert histogram.count == 1 and histogram.sum == pytest.approx(waited)
+    (paused,) = metrics["llm_circuit_breaker.throttle.paused_for"]
+    assert paused.value == 0.0
+    calls = {p.attributes["outcome"]: p.value for p in metrics["llm_circuit_breaker.calls"]}
+    assert calls["throttled"] == 1
+    (span,) = spans.get_finished_spans()
+    (event,) = [e for e in span.events if e.name == "llm_circuit_breaker.throttled"]
+    assert event.attributes["llm_circuit_breaker.throttle.wait"] == pytest.approx(waited)

@@ -16,7 +16,11 @@ from llm_circuit_breaker import (
     CircuitBreakerConfig,
     CircuitState,
     LLMCircuitBreaker,
+    Outcome,
+    StateChange,
     ThrottledError,
+    ThrottleEvent,
+    ThrottleSignal,
     circuit_breaker,
     with_retry,
 )
@@ -289,3 +293,26 @@ def test_token_costs_come_from_the_request_body(llm_server: FakeLLMServer) -> No
     assert caught.value.retry_after == pytest.approx(expected, rel=0.01)
     assert llm_server.hits == 2
     cb.close()
+
+
+def test_listeners_hear_throttled_and_unthrottled_not_a_state_change(clock: FakeClock) -> None:
+    """A rate limit announces THROTTLED (with the pause), the first success after the pause
+    UNTHROTTLED; the circuit never changes state, and a second 429 within the pause is quiet."""
+    breaker = _paced(clock)
+    heard: list[object] = []
+    breaker.add_listener(heard.append)
+    limited = http_status_error(429, {"retry-after": "2"}, {"error": {"code": "rate_limit"}})
+    for _ in range(2):
+        breaker.record(breaker.admit(), Outcome.THROTTLED, hint=2.0, error=limited)
+    assert breaker.state is CircuitState.CLOSED
+    (paused,) = heard
+    assert isinstance(paused, ThrottleEvent) and paused.event is ThrottleSignal.THROTTLED
+    assert (paused.old, paused.new) == ("UNTHROTTLED", "THROTTLED")
+    assert 2.0 <= paused.paused_for <= 2.2 and "429" in paused.reason
+    breaker.record_success(breaker.admit())  # waits out the pause first
+    assert [e.new for e in heard if isinstance(e, ThrottleEvent)] == [
+        ThrottleSignal.THROTTLED,
+        ThrottleSignal.UNTHROTTLED,
+    ]
+    assert not [e for e in heard if isinstance(e, StateChange)]
+    assert breaker.wait_histogram.counts[-1] == 0 and sum(breaker.wait_histogram.counts) >= 2

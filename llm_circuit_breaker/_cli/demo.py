@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from llm_circuit_breaker._cli.scenario import Scenario
-from llm_circuit_breaker.breaker import StateChange
+from llm_circuit_breaker._telemetry import StateChange, ThrottleEvent
 from llm_circuit_breaker.errors import CircuitOpenError, LLMCircuitBreakerError
 from llm_circuit_breaker.http.client import LLMCircuitBreaker
 from llm_circuit_breaker.registry import BreakerRegistry
@@ -40,6 +40,7 @@ class Demo:
         self.live = out.isatty()
         self.tally = Tally()
         self.changes: list[tuple[float, StateChange]] = []
+        self.throttle_events: list[tuple[float, ThrottleEvent]] = []
         self._random = random.Random(seed)
         self.facade = LLMCircuitBreaker(
             name="demo-provider",
@@ -54,9 +55,12 @@ class Demo:
         )
         self.facade.breaker.add_listener(self._changed)
 
-    def _changed(self, change: StateChange) -> None:
+    def _changed(self, change: StateChange | ThrottleEvent) -> None:
         elapsed = self.scenario.elapsed()
-        self.changes.append((elapsed, change))
+        if isinstance(change, ThrottleEvent):
+            self.throttle_events.append((elapsed, change))
+        else:
+            self.changes.append((elapsed, change))
         if not self.live:
             phase = self.scenario.phase_at(elapsed)
             transition = f"{change.old.value} -> {change.new.value}"

@@ -15,16 +15,18 @@ from llm_circuit_breaker.breaker import CircuitBreaker
 
 __all__ = ["OUTCOMES", "calls_by_outcome", "error_type"]
 
-OUTCOMES = ("success", "failure", "ignored", "rejected")
+OUTCOMES = ("success", "failure", "ignored", "throttled", "rejected")
 
 
 def calls_by_outcome(breaker: CircuitBreaker) -> dict[str, int]:
-    """The breaker's calls by outcome: success, failure, ignored, rejected."""
+    """The breaker's calls by outcome: success, failure, ignored, throttled (a rate-limit
+    429), rejected."""
     stats = breaker.stats
     return {
         "success": stats.successes,
         "failure": stats.failures,
         "ignored": stats.ignored,
+        "throttled": stats.throttled,
         "rejected": stats.rejections,
     }
 

@@ -8,16 +8,22 @@
 Metrics (observable instruments, read at collection: guarded calls pay nothing), each with
 ``llm_circuit_breaker.name`` plus the breaker's attributes:
 
-* ``llm_circuit_breaker.calls`` (counter, ``outcome`` = success | failure | ignored | rejected)
+* ``llm_circuit_breaker.calls`` (counter, ``outcome`` = success | failure | ignored |
+  throttled | rejected)
 * ``llm_circuit_breaker.retries`` (counter)
 * ``llm_circuit_breaker.state_changes`` (counter, ``llm_circuit_breaker.state``)
 * ``llm_circuit_breaker.state`` (gauge, 1 for the current ``llm_circuit_breaker.state``)
+* ``llm_circuit_breaker.throttle.wait`` (histogram, seconds a call waited for its throttle
+  slot, recorded as calls are admitted while the throttle paces)
+* ``llm_circuit_breaker.throttle.paused_for`` (gauge, seconds until a rate-limit pause ends)
+* ``llm_circuit_breaker.throttle.waiting`` (gauge, callers asleep until their slot)
 
 Span events on the current span: ``llm_circuit_breaker.rejected`` when a call is refused (or
-would have been, in metrics-only mode) and ``llm_circuit_breaker.retry`` before a retry, with
-``error.type`` (the HTTP status, else the exception class). ``attributes`` maps breaker names
-to extra attributes, such as the GenAI conventions' ``gen_ai.system`` and
-``gen_ai.request.model``.
+would have been, in metrics-only mode), ``llm_circuit_breaker.retry`` before a retry, with
+``error.type`` (the HTTP status, else the exception class), and ``llm_circuit_breaker.throttled``
+when a call waits for its throttle slot (``llm_circuit_breaker.throttle.wait`` seconds).
+``attributes`` maps breaker names to extra attributes, such as the GenAI conventions'
+``gen_ai.system`` and ``gen_ai.request.model``.
 """
 
 from __future__ import annotations
@@ -74,6 +80,18 @@ class OpenTelemetryInstrumentation:
         meter.create_observable_gauge(
             "llm_circuit_breaker.state", [self._state], description="1 for the current state."
         )
+        meter.create_observable_gauge(
+            "llm_circuit_breaker.throttle.paused_for", [self._paused], unit="s",
+            description="Seconds until a rate-limit pause ends.",
+        )  # fmt: skip
+        meter.create_observable_gauge(
+            "llm_circuit_breaker.throttle.waiting", [self._waiting], unit="{call}",
+            description="Callers asleep until their throttle slot.",
+        )  # fmt: skip
+        self._waits = meter.create_histogram(
+            "llm_circuit_breaker.throttle.wait", unit="s",
+            description="Waits for a throttle slot.",
+        )  # fmt: skip
         self.registry.add_observer(self)
         return self
 
@@ -112,6 +130,15 @@ class OpenTelemetryInstrumentation:
                     value, self._labels(breaker, **{"llm_circuit_breaker.state": state.value})
                 )
 
+    def _paused(self, _options: Any) -> Iterable[Any]:
+        for breaker in self.registry.breakers():
+            paused = breaker.throttle["paused_for"] or 0.0
+            yield _metrics.Observation(paused, self._labels(breaker))
+
+    def _waiting(self, _options: Any) -> Iterable[Any]:
+        for breaker in self.registry.breakers():
+            yield _metrics.Observation(breaker.throttle["waiting"] or 0, self._labels(breaker))
+
     # -- observer: span events as things happen ----------------------------------------------
 
     def rejected(self, breaker: CircuitBreaker, enforced: bool) -> None:
@@ -134,3 +161,11 @@ class OpenTelemetryInstrumentation:
                 },
             )
             span.add_event("llm_circuit_breaker.retry", attributes)
+
+    def waited(self, breaker: CircuitBreaker, seconds: float) -> None:
+        self._waits.record(seconds, self._labels(breaker))
+        if seconds > 0.0:
+            span = _trace.get_current_span()
+            if span.is_recording():
+                attributes = self._labels(breaker, **{"llm_circuit_breaker.throttle.wait": seconds})
+                span.add_event("llm_circuit_breaker.throttled", attributes)

@@ -9,11 +9,16 @@ A custom collector: every scrape reads the breakers' statistics, so guarded call
 Metrics (label ``breaker`` is the breaker's name):
 
 * ``llm_circuit_breaker_calls_total{breaker, outcome}`` outcome = success | failure | ignored
-  | rejected (refused while open; in metrics-only mode, would have been refused)
+  | throttled (a rate-limit 429) | rejected (refused while open; in metrics-only mode, would
+  have been refused)
 * ``llm_circuit_breaker_retries_total{breaker}``
 * ``llm_circuit_breaker_state_changes_total{breaker, state}`` transitions into ``state``
 * ``llm_circuit_breaker_state{breaker, state}`` 1 for the current state, 0 for the others
 * ``llm_circuit_breaker_failure_count{breaker}`` consecutive failures counted in CLOSED
+* ``llm_circuit_breaker_throttle_wait_seconds{breaker}`` histogram of the waits for a throttle
+  slot (calls admitted while the throttle paced)
+* ``llm_circuit_breaker_throttle_paused_seconds{breaker}`` seconds until a rate-limit pause ends
+* ``llm_circuit_breaker_throttle_waiting{breaker}`` callers asleep until their slot
 """
 
 from __future__ import annotations
@@ -26,9 +31,17 @@ from llm_circuit_breaker.observability import OUTCOMES, calls_by_outcome, requir
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
 
 _client = require("prometheus_client", "prometheus")
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: E402
+from prometheus_client.core import (  # noqa: E402
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 
 __all__ = ["PrometheusCollector"]
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 class PrometheusCollector:
@@ -62,6 +75,21 @@ class PrometheusCollector:
             "Consecutive failures counted in CLOSED.",
             labels=["breaker"],
         )
+        waits = HistogramMetricFamily(
+            "llm_circuit_breaker_throttle_wait_seconds",
+            "Waits for a throttle slot.",
+            labels=["breaker"],
+        )
+        paused = GaugeMetricFamily(
+            "llm_circuit_breaker_throttle_paused_seconds",
+            "Seconds until a rate-limit pause ends.",
+            labels=["breaker"],
+        )
+        waiting = GaugeMetricFamily(
+            "llm_circuit_breaker_throttle_waiting",
+            "Callers asleep until their throttle slot.",
+            labels=["breaker"],
+        )
         for breaker in self.registry.breakers():
             view = breaker.snapshot()
             by_outcome = calls_by_outcome(breaker)
@@ -76,7 +104,12 @@ class PrometheusCollector:
                     [breaker.name, each.value], 1.0 if view["state"] == each.value else 0.0
                 )
             failures.add_metric([breaker.name], view["failure_count"])
-        yield from (calls, retries, changes, state, failures)
+            histogram = breaker.wait_histogram
+            buckets = [(_le(bound), count) for bound, count in histogram.buckets()]
+            waits.add_metric([breaker.name], buckets, histogram.total)
+            paused.add_metric([breaker.name], view["throttle"]["paused_for"] or 0.0)
+            waiting.add_metric([breaker.name], view["throttle"]["waiting"] or 0)
+        yield from (calls, retries, changes, state, failures, waits, paused, waiting)
 
     def describe(self) -> list[Any]:
         return []  # collected afresh at every scrape
