@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from llm_circuit_breaker._state import REJECTED, BreakerCore, CircuitState, Outcome, Transition
 from llm_circuit_breaker._telemetry import Telemetry, refused
-from llm_circuit_breaker._throttle import TOKEN_COST, ThrottleCore, Wait
+from llm_circuit_breaker._throttle import TOKEN_COST, ThrottleCore, Wait, spread
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 from llm_circuit_breaker.storage.base import Control, View
@@ -122,12 +122,11 @@ class LocalCircuit:
         if throttle is None:  # pragma: no cover - paced only with a throttle
             return permit
         tokens = TOKEN_COST.get()
-        wait = throttle.reserve(now, tokens) - now
+        wait = throttle.book(now, tokens, self.max_wait)
         if wait <= 0.0:
             self.telemetry.waits.add(0.0)
             return permit
         if wait > self.max_wait:
-            throttle.cancel(tokens)
             self._core.record(permit, Outcome.IGNORED, now)
             return ThrottledError(self.name, wait)
         throttle.waiting += 1
@@ -178,23 +177,19 @@ class LocalCircuit:
             now = self._clock()
             counted = self._core.record(permit, outcome, now, open_for=open_for, why=why)
             throttle = self.throttle
-            event = None
+            news = None
             if throttle is not None:
-                if outcome is Outcome.THROTTLED:
-                    was_limited = throttle.limited
-                    pause = throttle.rate_limited(now, hint)
-                    if not was_limited:
-                        event = (True, f"rate limited (429): paused {pause:.3g}s", pause)
-                elif outcome is Outcome.SUCCESS and throttle.succeeded(now):
-                    event = (False, "pause over: a call succeeded", 0.0)
+                news = throttle.report(
+                    now, outcome is Outcome.THROTTLED, outcome is Outcome.SUCCESS, spread(hint)
+                )
                 self._follow_throttle()
             transitions = self._drain()
         if transitions and transitions[-1].new is OPEN:
             self.cause = error
         self.telemetry.tally(counted)
         self.telemetry.publish(transitions)
-        if event is not None:
-            self.telemetry.throttle_event(event[0], now, event[1], event[2])
+        if news is not None:
+            self.telemetry.throttle_event(*news, at=now)
         return counted
 
     # -- reading and control ---------------------------------------------------------------

@@ -272,7 +272,7 @@ class Telemetry:
             logger.warning("circuit %r %s -> %s: %s", self.name, t.old.value, t.new.value, t.reason)
             self.notify(StateChange(self.name, t.old, t.new, t.at, t.reason))
 
-    def throttle_event(self, paused: bool, at: float, reason: str, paused_for: float = 0.0) -> None:
+    def throttle_event(self, paused: bool, reason: str, paused_for: float, *, at: float) -> None:
         """Log and announce that the throttle paused (``THROTTLED``) or resumed."""
         if paused:
             logger.warning("circuit %r throttled: %s", self.name, reason)

@@ -25,7 +25,10 @@ if TYPE_CHECKING:  # the header parser loads with the first response that has su
     from llm_circuit_breaker._ratelimit import Bucket, RateLimits
     from llm_circuit_breaker.config import CircuitBreakerConfig
 
-__all__ = ["TOKEN_COST", "Pacer", "ThrottleCore", "Wait", "estimate_tokens"]
+__all__ = ["TOKEN_COST", "News", "Pacer", "ThrottleCore", "Wait", "estimate_tokens", "spread"]
+
+# What a report announces: (paused, reason, pause seconds), or None.
+News = tuple[bool, str, float] | None
 
 # The estimated tokens of the call being admitted, set by code that sees the request body
 # (the HTTP helpers) around the guarded call; 0 when nobody knows.
@@ -56,6 +59,16 @@ _DEFAULT_WINDOW = 60.0  # seconds: a bucket whose refill time is not reported re
 _MAX_PAUSE = 60.0  # the adaptive pause never grows past this
 _MIN_PAUSE = 1.0  # nor starts below this
 _MAX_HINT_JITTER = 1.0
+
+
+def spread(
+    hint: float | None, uniform: Callable[[float, float], float] = random.uniform
+) -> float | None:
+    """A server's wait hint as a pause: the hint plus a positive jitter of up to 10% (at most
+    1 s), never earlier than asked. None stays None (the adaptive pause applies)."""
+    if hint is None:
+        return None
+    return hint + uniform(0.0, min(hint * 0.1, _MAX_HINT_JITTER))
 
 
 class Wait:
@@ -142,7 +155,6 @@ class ThrottleCore:
     """A breaker's throttle. Not thread-safe: the caller serialises access."""
 
     __slots__ = (
-        "_uniform",
         "backoff",
         "config",
         "limited",
@@ -153,11 +165,7 @@ class ThrottleCore:
         "waiting",
     )
 
-    def __init__(
-        self,
-        config: CircuitBreakerConfig,
-        uniform: Callable[[float, float], float] = random.uniform,
-    ) -> None:
+    def __init__(self, config: CircuitBreakerConfig) -> None:
         self.config = config
         self.requests = Pacer()
         self.tokens = Pacer()
@@ -170,7 +178,6 @@ class ThrottleCore:
         self.waiting = 0  # callers asleep until their slot
         self.provisional = False  # the request spacing comes from a pause, not from a rate
         self.limited = False  # a rate limit paused calls, and no call has succeeded since
-        self._uniform = uniform
 
     @property
     def active(self) -> bool:
@@ -213,11 +220,10 @@ class ThrottleCore:
         if limits.tokens is not None:
             self.tokens.observe(limits.tokens, now)
 
-    def rate_limited(self, now: float, hint: float | None) -> float:
-        """A 429 that is a rate limit: pause; the pause's length in seconds."""
-        if hint is not None:
-            pause = hint + self._uniform(0.0, min(hint * 0.1, _MAX_HINT_JITTER))
-        else:
+    def rate_limited(self, now: float, pause: float | None) -> float:
+        """A 429 that is a rate limit: pause ``pause`` seconds (the server's hint, spread by
+        :func:`spread`) or, without one, the adaptive pause; the pause's length."""
+        if pause is None:
             self.backoff = min(_MAX_PAUSE, max(_MIN_PAUSE, self.backoff * 2.0))
             pause = self.backoff
         self.paused_until = max(self.paused_until, now + pause)
@@ -230,6 +236,26 @@ class ThrottleCore:
             self.provisional = True
             self.backoff = max(self.backoff, _MIN_PAUSE)
         return pause
+
+    def book(self, now: float, tokens: float, max_wait: float) -> float:
+        """Reserve a slot for a call costing ``tokens``; the seconds until it. More than
+        ``max_wait``: nothing is reserved (the caller is refused)."""
+        wait = self.reserve(now, tokens) - now
+        if wait > max_wait:
+            self.cancel(tokens)
+        return wait
+
+    def report(self, now: float, throttled: bool, succeeded: bool, pause: float | None) -> News:
+        """Follow a finished call (a rate limit, or a success); what to announce, if anything:
+        ``(True, reason, pause)`` when calls pause, ``(False, reason, 0.0)`` when they resume."""
+        if throttled:
+            was_limited = self.limited
+            pause = self.rate_limited(now, pause)
+            if not was_limited:
+                return True, f"rate limited (429): paused {pause:.3g}s", pause
+        elif succeeded and self.succeeded(now):
+            return False, "pause over: a call succeeded", 0.0
+        return None
 
     def succeeded(self, now: float) -> bool:
         """A call went through: the adaptive pause shrinks (and the provisional spacing).
@@ -244,6 +270,11 @@ class ThrottleCore:
             self.limited = False
             return True
         return False
+
+    @property
+    def quiet(self) -> bool:
+        """Whether a success changes nothing here (no pause to shrink or end)."""
+        return not self.backoff and not self.limited
 
     def view(self, now: float) -> dict[str, float | int | None]:
         """``{paused_for, requests_remaining, tokens_remaining, reset_in, waiting}``."""

@@ -76,10 +76,8 @@ class CircuitBreaker:
         )
         self._telemetry = Telemetry(name, self.config.enabled)
         self._telemetry.breaker = self
-        # With a store the throttle is not applied yet: the circuit is shared, the pacing not.
-        self._local = LocalCircuit(
-            name, self.config, clock or time.monotonic, self._telemetry, paced=store is None
-        )
+        # With a store, the local circuit (and its throttle) decides while the store is down.
+        self._local = LocalCircuit(name, self.config, clock or time.monotonic, self._telemetry)
         self._link: StoreLink | None = None
         self._alink: AsyncStoreLink | None = None
         parts = (name, self.config, self._local, self._telemetry)
@@ -102,7 +100,7 @@ class CircuitBreaker:
     def _needs_await(self, *args: object) -> Any:
         raise TypeError(
             f"circuit {self.name!r} keeps its state in an asyncio store: "
-            "use `await breaker.aenter()` / `arecord_success()` / `arecord()`"
+            "use `await breaker.aenter()` / `arecord_success()` / `arecord()` / `aobserve()`"
         )
 
     # -- guarding calls --------------------------------------------------------------------
@@ -124,18 +122,27 @@ class CircuitBreaker:
         """Admit one call: its permit, or ``-1`` when refused or throttled (nothing waits)."""
         entry = self.enter()
         if isinstance(entry, Wait):
-            self._local.waited(entry, gave_up=True)
+            self._settle(entry, gave_up=True)
             return REJECTED
         return entry if isinstance(entry, int) else REJECTED
+
+    def _settle(self, wait: Wait, *, gave_up: bool) -> None:
+        (self._link or self._local).waited(wait, gave_up=gave_up)
+
+    async def _asettle(self, wait: Wait, *, gave_up: bool) -> None:
+        if self._alink is not None:
+            await self._alink.awaited(wait, gave_up=gave_up)
+        else:
+            self._settle(wait, gave_up=gave_up)
 
     def wait(self, wait: Wait) -> int:
         """Sleep (``time.sleep``) until a throttle slot; the permit it held."""
         try:
             self._sleep(wait.seconds)
         except BaseException:
-            self._local.waited(wait, gave_up=True)
+            self._settle(wait, gave_up=True)
             raise
-        self._local.waited(wait, gave_up=False)
+        self._settle(wait, gave_up=False)
         return wait.permit
 
     async def await_slot(self, wait: Wait) -> int:
@@ -146,20 +153,39 @@ class CircuitBreaker:
         try:
             await (self._async_sleep or asyncio.sleep)(wait.seconds)
         except BaseException:
-            self._local.waited(wait, gave_up=True)
+            await self._asettle(wait, gave_up=True)
             raise
-        self._local.waited(wait, gave_up=False)
+        await self._asettle(wait, gave_up=False)
         return wait.permit
 
     def observe(self, headers: object) -> None:
         """Feed a response's rate-limit headers to the throttle (the HTTP helpers do it for
         every response; call it for responses your own code reads)."""
-        self._local.observe(headers)
+        if self._link is not None:
+            self._link.observe(headers)
+        elif self._alink is not None:
+            self._needs_await()
+        else:
+            self._local.observe(headers)
+
+    async def aobserve(self, headers: object) -> None:
+        """``observe()`` as a coroutine (what an asyncio store needs)."""
+        if self._alink is not None:
+            await self._alink.aobserve(headers)
+        else:
+            self.observe(headers)
 
     @property
     def throttle(self) -> dict[str, float | int | None]:
-        """``{paused_for, requests_remaining, tokens_remaining, reset_in, waiting}``."""
-        return self._local.throttle_view()
+        """``{paused_for, requests_remaining, tokens_remaining, reset_in, waiting}`` (with a
+        store: the shared throttle as of the last store call)."""
+        if self._link is not None:
+            self._link.view()  # a sync store is read now; an asyncio one as of its last call
+        return self._known_throttle()
+
+    def _known_throttle(self) -> dict[str, float | int | None]:
+        link = self._link or self._alink
+        return (link or self._local).throttle_view()
 
     def record(
         self,
@@ -178,7 +204,7 @@ class CircuitBreaker:
         ``THROTTLED`` outcome (a rate limit), which pauses the throttle.
         """
         if self._link is not None:
-            self._link.record(permit, outcome, open_for=open_for, why=why, error=error)
+            self._link.record(permit, outcome, open_for=open_for, why=why, error=error, hint=hint)
         elif self._alink is not None:
             self._needs_await()
         else:
@@ -206,7 +232,7 @@ class CircuitBreaker:
         """``try_admit()`` as a coroutine."""
         entry = await self.aenter()
         if isinstance(entry, Wait):
-            self._local.waited(entry, gave_up=True)
+            await self._asettle(entry, gave_up=True)
             return REJECTED
         return entry if isinstance(entry, int) else REJECTED
 
@@ -229,7 +255,9 @@ class CircuitBreaker:
     ) -> None:
         """``record()`` as a coroutine."""
         if self._alink is not None:
-            await self._alink.arecord(permit, outcome, open_for=open_for, why=why, error=error)
+            await self._alink.arecord(
+                permit, outcome, open_for=open_for, why=why, error=error, hint=hint
+            )
         else:
             self.record(permit, outcome, open_for=open_for, why=why, error=error, hint=hint)
 
@@ -303,7 +331,7 @@ class CircuitBreaker:
             "success_count": view.success_count,
             "opened_at": view.opened_at,
             "retry_after": view.retry_after,
-            "throttle": self.throttle,
+            "throttle": self._known_throttle(),
             "stats": dataclasses.asdict(self.stats),
         }
 

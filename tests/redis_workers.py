@@ -18,6 +18,7 @@ from llm_circuit_breaker import (
     CircuitOpenError,
     circuit_breaker,
 )
+from llm_circuit_breaker._throttle import Wait
 from llm_circuit_breaker.storage import RedisStateStore
 
 CONFIG = CircuitBreakerConfig(failure_threshold=3, reset_timeout=1.0, half_open_max_calls=1)
@@ -84,3 +85,17 @@ def race(port: int, threads: int) -> int:
     for thread in pool:
         thread.join()
     return len(admitted)
+
+
+def paced(port: int) -> list[float]:
+    """Ten admissions under a shared 20-per-minute throttle on the frozen shared clock; the
+    wait each was handed (nobody sleeps: the slots stay reserved)."""
+    client = redis.Redis(port=port, socket_timeout=5.0, retry=Retry(NoBackoff(), 0))
+    store = RedisStateStore(client, prefix="paced", clock=lambda: float(client.get(CLOCK_KEY)))
+    config = CircuitBreakerConfig(requests_per_minute=20, throttle_max_wait=3600.0)
+    breaker = CircuitBreaker("provider", config, store=store)
+    waits = []
+    for _ in range(10):
+        entry = breaker.enter()
+        waits.append(entry.seconds if isinstance(entry, Wait) else 0.0)
+    return waits

@@ -72,6 +72,24 @@ def test_status_lists_shared_circuits(
     assert data["anthropic"]["failure_count"] == 0
 
 
+def test_status_shows_the_shared_throttle(
+    redis_server: RedisServer, redis_client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rate-limited circuit shows its pause; a paced one the requests left."""
+    store = RedisStateStore(redis_client)
+    limited = CircuitBreaker("limited", store=store)
+    limited.record(limited.admit(), Outcome.THROTTLED, hint=30.0)
+    paced = CircuitBreaker("paced", CircuitBreakerConfig(requests_per_minute=10), store=store)
+    paced.record_success(paced.admit())
+    assert main(["status", "--redis", redis_server.url]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"limited\s+CLOSED\s+0\s+0\s+now\s+paused 3\d\.\ds", table)
+    assert re.search(r"paced\s+CLOSED.*\s9 requests left", table)
+    assert main(["status", "--redis", redis_server.url, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["paced"]["throttle"] == {"paused_for": None, "requests_remaining": 9}
+
+
 def test_status_unreachable_redis(closed_port: int, capsys: pytest.CaptureFixture[str]) -> None:
     """An unreachable Redis: one line on stderr, exit status 2, no traceback."""
     assert main(["status", "--redis", f"redis://127.0.0.1:{closed_port}/0"]) == 2

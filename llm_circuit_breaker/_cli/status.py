@@ -43,11 +43,19 @@ def _table(circuits: dict[str, dict[str, Any]], prefix: str, out: TextIO) -> Non
         print(f"no circuits under prefix {prefix!r}", file=out)
         return
     width = max(len("NAME"), *(len(name) for name in circuits))
-    print(
-        f"{'NAME':<{width}}  {'STATE':<9}  {'FAILURES':>8}  {'PROBE OK':>8}  RETRY AFTER", file=out
-    )
+    header = f"{'NAME':<{width}}  {'STATE':<9}  {'FAILURES':>8}  {'PROBE OK':>8}  "
+    print(f"{header}{'RETRY AFTER':<11}  THROTTLE", file=out)
     for name, view in circuits.items():
         wait = view["retry_after"]
         when = "held open" if wait is None else ("now" if wait == 0 else f"{wait:.1f}s")
         counts = f"{view['failure_count']:>8}  {view['success_count']:>8}"
-        print(f"{name:<{width}}  {view['state']:<9}  {counts}  {when}", file=out)
+        throttle = _throttle(view.get("throttle") or {})
+        print(f"{name:<{width}}  {view['state']:<9}  {counts}  {when:<11}  {throttle}", file=out)
+
+
+def _throttle(view: dict[str, Any]) -> str:
+    """``paused 2.0s`` / ``12 requests left`` / ``-``."""
+    paused, left = view.get("paused_for"), view.get("requests_remaining")
+    if paused:
+        return f"paused {paused:.1f}s"
+    return "-" if left is None else f"{left} requests left"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -42,7 +42,7 @@ class AsyncTransport:
     def __init__(
         self,
         session: aiohttp.ClientSession | None = None,
-        observe: Callable[[Any], None] | None = None,
+        observe: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
         self._session = session
         self._owns_session = session is None
@@ -80,7 +80,7 @@ class AsyncTransport:
             following = redirect(request, response.status, response.headers, hops)
             if following is None:
                 if self._observe is not None:
-                    self._observe(response.headers)
+                    await self._observe(response.headers)
                 return response
             response.release()
             request = following

@@ -118,7 +118,7 @@ class LLMCircuitBreaker:
     def _async(self) -> AsyncTransport:
         from llm_circuit_breaker.http._async import AsyncTransport
 
-        return AsyncTransport(self._client_session, observe=self.breaker.observe)
+        return AsyncTransport(self._client_session, observe=self.breaker.aobserve)
 
     @functools.cached_property
     def _call(self) -> Callable[[PreparedRequest], Any]:

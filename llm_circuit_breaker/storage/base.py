@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from llm_circuit_breaker._state import CircuitState, Outcome, Transition
 from llm_circuit_breaker.config import CircuitBreakerConfig
 
-__all__ = ["Admission", "AsyncStateStore", "Control", "StateStore", "StoreUnavailableError", "View"]
+if TYPE_CHECKING:
+    from llm_circuit_breaker._ratelimit import RateLimits
+
+__all__ = [
+    "THROTTLED_PERMIT",
+    "Admission",
+    "AsyncStateStore",
+    "Control",
+    "StateStore",
+    "StoreUnavailableError",
+    "ThrottleNews",
+    "View",
+]
 
 Control = Literal["reset", "force_open", "force_closed"]
+# The permit of an admission the circuit allowed but the throttle refused (slot too far away).
+THROTTLED_PERMIT = -2
+# What a store's throttle reports: paused_for, requests_remaining, tokens_remaining, reset_in.
+ThrottleView = dict[str, float | int | None]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ThrottleNews:
+    """The throttle paused (``paused`` True, for ``pause`` seconds) or resumed, by this call."""
+
+    paused: bool
+    reason: str
+    pause: float = 0.0
 
 
 class StoreUnavailableError(Exception):
@@ -30,14 +55,19 @@ class View:
     repaired: bool = False  # corrupt or foreign data was found and replaced by a CLOSED circuit
     clean: bool = False  # CLOSED with nothing pending: a success needs not be reported
     reason: str = ""  # why the circuit is open, when it is
+    throttle: ThrottleView | None = None  # None: the store keeps no throttle for it
+    news: ThrottleNews | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Admission:
-    """The result of admitting a call: a permit (``-1`` when refused) and the view."""
+    """The result of admitting a call: a permit (``-1`` when the circuit refused it,
+    ``THROTTLED_PERMIT`` when the throttle did), the view, and the seconds the caller waits
+    for its throttle slot (reserved for it; the wait when refused)."""
 
     permit: int
     view: View
+    wait: float = 0.0
 
 
 class StateStore(Protocol):
@@ -55,8 +85,9 @@ class StateStore(Protocol):
     def available(self) -> bool:
         """Whether the store is worth asking now."""
 
-    def admit(self, name: str, config: CircuitBreakerConfig) -> Admission:
-        """Admit a call to circuit ``name`` (creating it CLOSED if unknown)."""
+    def admit(self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0) -> Admission:
+        """Admit a call to circuit ``name`` (creating it CLOSED if unknown) and, when its
+        throttle paces, reserve its slot (``tokens``: the call's estimated token cost)."""
 
     def record(
         self,
@@ -66,8 +97,16 @@ class StateStore(Protocol):
         outcome: Outcome,
         open_for: float | None,
         why: str,
+        pause: float | None = None,
     ) -> tuple[Outcome, View]:
-        """Report a call's outcome; the outcome as counted, and the view."""
+        """Report a call's outcome; the outcome as counted, and the view. A ``THROTTLED``
+        outcome pauses the throttle ``pause`` seconds (None: the adaptive pause)."""
+
+    def release(self, name: str, config: CircuitBreakerConfig, permit: int, tokens: float) -> View:
+        """Give back a throttle slot whose caller will not call (and its permit)."""
+
+    def observe(self, name: str, config: CircuitBreakerConfig, limits: RateLimits) -> View:
+        """Follow a response's rate-limit headers."""
 
     def snapshot(self, name: str, config: CircuitBreakerConfig) -> View:
         """The circuit's current state (applying the lazy OPEN -> HALF_OPEN)."""
@@ -87,8 +126,10 @@ class AsyncStateStore(Protocol):
     def available(self) -> bool:
         """Whether the store is worth asking now."""
 
-    async def aadmit(self, name: str, config: CircuitBreakerConfig) -> Admission:
-        """Admit a call to circuit ``name`` (creating it CLOSED if unknown)."""
+    async def aadmit(
+        self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0
+    ) -> Admission:
+        """Admit a call (and reserve its throttle slot)."""
 
     async def arecord(
         self,
@@ -98,8 +139,17 @@ class AsyncStateStore(Protocol):
         outcome: Outcome,
         open_for: float | None,
         why: str,
+        pause: float | None = None,
     ) -> tuple[Outcome, View]:
         """Report a call's outcome; the outcome as counted, and the view."""
+
+    async def arelease(
+        self, name: str, config: CircuitBreakerConfig, permit: int, tokens: float
+    ) -> View:
+        """Give back a throttle slot whose caller will not call (and its permit)."""
+
+    async def aobserve(self, name: str, config: CircuitBreakerConfig, limits: RateLimits) -> View:
+        """Follow a response's rate-limit headers."""
 
     async def asnapshot(self, name: str, config: CircuitBreakerConfig) -> View:
         """The circuit's current state (applying the lazy OPEN -> HALF_OPEN)."""

@@ -5,10 +5,18 @@
 -- KEYS[3] failure-rate window (hash: "<bucket>:c" / "<bucket>:f" -> count)
 -- ARGV: op, now ("" = the server's TIME), ttl, failure_threshold, reset_timeout,
 --       success_threshold, half_open_max_calls, half_open_probe_timeout,
---       slow_call_duration, failure_rate_threshold, window, minimum_calls ("" = off), then
---       record: permit, outcome, open_for ("" = none), why;  control: action.
+--       slow_call_duration, failure_rate_threshold, window, minimum_calls ("" = off),
+--       throttle ("1" = on), throttle_max_wait, requests_per_minute, tokens_per_minute
+--       ("" = none), tokens (the call's estimated cost), then
+--       record: permit, outcome, open_for ("" = none), why, pause ("" = adaptive);
+--       control: action;  release: permit;
+--       observe: for requests then tokens: reported ("1"), limit, remaining, reset.
 -- Reply: {result, state, failure_count, success_count, opened_at, retry_after, repaired,
---         clean, old1, new1, reason1, old2, ...}; floats travel as strings.
+--         clean, wait, paused_for, requests_remaining, tokens_remaining, reset_in,
+--         news ("" | "THROTTLED" | "UNTHROTTLED"), news_pause, news_reason,
+--         old1, new1, reason1, old2, ...}; floats travel as strings, "" is none.
+-- A result of -2 on admit: the circuit admitted the call but its throttle slot is further
+-- away than throttle_max_wait (nothing reserved; wait says how far).
 
 local H, INFLIGHT, WIN = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[1]
@@ -31,6 +39,11 @@ local slow = tonumber(ARGV[9])
 local rate = tonumber(ARGV[10])
 local window = tonumber(ARGV[11])
 local minimum = tonumber(ARGV[12])
+local throttled = ARGV[13] == '1'
+local max_wait = tonumber(ARGV[14])
+local rpm = tonumber(ARGV[15])
+local tpm = tonumber(ARGV[16])
+local cost = tonumber(ARGV[17]) or 0
 local BUCKETS = 20
 
 local transitions = {}
@@ -78,6 +91,119 @@ local function load()
     return fresh()
   end
   return s
+end
+
+-- The throttle of llm_circuit_breaker/_throttle.py (ThrottleCore), kept in the same hash:
+-- pu paused until, bk adaptive pause, pv provisional spacing, lm limited (announced),
+-- r* / t* the request / token pacers (i interval, c capacity, t theoretical arrival time).
+local TFIELDS = {'pu', 'bk', 'pv', 'lm', 'ri', 'rc', 'rt', 'ti', 'tc', 'tt'}
+local T = nil
+local tchanged = false
+local news, news_pause, news_reason = '', 0, ''
+
+local function finite(x) return x ~= nil and x == x and x > -1e300 and x < 1e300 end
+
+local function tload()
+  local v = redis.call('HMGET', H, unpack(TFIELDS))
+  local n = {}
+  for i = 1, #TFIELDS do n[i] = tonumber(v[i] or '') end
+  T = {pu = n[1], bk = n[2] or 0, pv = n[3] == 1, lm = n[4] == 1,
+       R = {i = n[5] or 0, c = n[6] or 1, t = n[7]}, K = {i = n[8] or 0, c = n[9] or 1, t = n[10]}}
+  -- garbage (negative rates, nan, far-away times) would stall calls: start the throttle afresh
+  local ok = finite(T.bk) and T.bk >= 0 and T.bk <= 60
+  for _, p in ipairs({T.R, T.K}) do
+    ok = ok and finite(p.i) and p.i >= 0 and p.i < YEAR and finite(p.c) and p.c >= 1
+    if p.t ~= nil then ok = ok and finite(p.t) and p.t < now + YEAR and p.t > now - YEAR end
+  end
+  if T.pu ~= nil then ok = ok and finite(T.pu) and T.pu < now + YEAR end
+  if not ok then
+    T = {pu = nil, bk = 0, pv = false, lm = false, R = {i = 0, c = 1, t = nil}, K = {i = 0, c = 1, t = nil}}
+    tchanged = true
+  end
+  if T.R.i == 0 and rpm then T.R = {i = 60 / rpm, c = math.max(1, rpm), t = nil}; tchanged = true end
+  if T.K.i == 0 and tpm then T.K = {i = 60 / tpm, c = math.max(1, tpm), t = nil}; tchanged = true end
+end
+
+local function tsave()
+  local function opt(x) return x ~= nil and num(x) or '' end
+  redis.call('HSET', H, 'pu', opt(T.pu), 'bk', num(T.bk), 'pv', T.pv and '1' or '0',
+             'lm', T.lm and '1' or '0', 'ri', num(T.R.i), 'rc', num(T.R.c), 'rt', opt(T.R.t),
+             'ti', num(T.K.i), 'tc', num(T.K.c), 'tt', opt(T.K.t))
+end
+
+local function known(p) return p.i > 0 end
+local function configure(p, per_second, capacity) p.i = 1 / per_second; p.c = math.max(1, capacity) end
+local function earliest(p, units)
+  if not known(p) or p.t == nil then return now end
+  return math.max(now, p.t - (p.c - math.max(units, 1)) * p.i)
+end
+local function take(p, at, units)
+  if known(p) then p.t = math.max(p.t or at, at) + p.i * units end
+end
+local function give_back(p, units)
+  if known(p) and p.t ~= nil then p.t = p.t - p.i * units end
+end
+local function level(p)
+  if not known(p) then return '' end
+  local used = math.max(0, (p.t or now) - now) / p.i
+  return math.max(0, math.min(math.floor(p.c), math.floor(p.c - used)))
+end
+
+local function tactive()
+  return known(T.R) or known(T.K) or T.pu ~= nil
+end
+
+local function slot(units)
+  return math.max(now, T.pu or now, earliest(T.R, 1), earliest(T.K, units))
+end
+
+local function rate_limited(pause)
+  if pause == nil then
+    T.bk = math.min(60, math.max(1, T.bk * 2))
+    pause = T.bk
+  end
+  T.pu = math.max(T.pu or (now + pause), now + pause)
+  local was = T.lm
+  T.lm = true
+  if not known(T.R) then
+    configure(T.R, 1 / math.max(0.005, pause / 10), 1)
+    T.R.t = T.pu
+    T.pv = true
+    T.bk = math.max(T.bk, 1)
+  end
+  if not was then
+    news, news_pause = 'THROTTLED', pause
+    news_reason = string.format('rate limited (429): paused %.3gs', pause)
+  end
+  tchanged = true
+end
+
+local function succeeded()
+  if T.bk > 0 then
+    if T.bk <= 1 then T.bk = 0 else T.bk = T.bk / 2 end
+    if T.bk == 0 and T.pv then T.R.i = 0; T.pv = false end
+    tchanged = true
+  end
+  if T.pu ~= nil and now >= T.pu then T.pu = nil; tchanged = true end
+  if T.lm and T.pu == nil then
+    T.lm = false
+    news, news_reason = 'UNTHROTTLED', 'pause over: a call succeeded'
+    tchanged = true
+  end
+end
+
+local function observe_bucket(p, limit, remaining, reset)
+  if limit ~= nil and limit > 0 then
+    local used = remaining ~= nil and (limit - remaining) or nil
+    if used ~= nil and used ~= 0 and reset ~= nil and reset ~= 0 then configure(p, used / reset, limit)
+    elseif not known(p) then configure(p, limit / 60, limit)
+    else p.c = limit end
+  end
+  if remaining ~= nil and known(p) then
+    local reported = now + math.max(0, p.c - remaining) * p.i
+    p.t = math.max(p.t or reported, reported)
+  end
+  tchanged = true
 end
 
 local function signature(s)
@@ -190,6 +316,8 @@ end
 local s = load()
 local loaded = signature(s)
 local result = 0
+local wait = 0
+if throttled then tload() end
 
 if op == 'admit' then
   advance(s)
@@ -215,11 +343,44 @@ if op == 'admit' then
       result = s.seq
     end
   end
+  if result >= 0 and throttled and tactive() then
+    local at = slot(cost)
+    wait = at - now
+    if wait > max_wait then
+      redis.call('ZREM', INFLIGHT, result)  -- a lease given back (none for a plain CLOSED call)
+      result = -2
+    else
+      take(T.R, at, 1)
+      take(T.K, at, cost)
+      tchanged = true
+    end
+  end
+elseif op == 'release' then
+  redis.call('ZREM', INFLIGHT, tonumber(ARGV[18]))
+  if throttled then
+    give_back(T.R, 1)
+    give_back(T.K, cost)
+    tchanged = true
+  end
+elseif op == 'observe' then
+  if throttled then
+    if ARGV[18] == '1' then
+      if T.pv then T.R.i = 0; T.pv = false end
+      observe_bucket(T.R, tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21]))
+    end
+    if ARGV[22] == '1' then
+      observe_bucket(T.K, tonumber(ARGV[23]), tonumber(ARGV[24]), tonumber(ARGV[25]))
+    end
+  end
 elseif op == 'record' then
-  local permit = tonumber(ARGV[13])
-  local outcome = ARGV[14]
-  local open_for = tonumber(ARGV[15])
-  local why = ARGV[16]
+  local permit = tonumber(ARGV[18])
+  local outcome = ARGV[19]
+  local open_for = tonumber(ARGV[20])
+  local why = ARGV[21]
+  if throttled then
+    if outcome == 'throttled' then rate_limited(tonumber(ARGV[22]))
+    elseif outcome == 'success' then succeeded() end
+  end
   local started = tonumber(redis.call('ZSCORE', INFLIGHT, permit) or '')
   if started then redis.call('ZREM', INFLIGHT, permit) end
   if started or (s.state == 'CLOSED' and permit == s.gen) then
@@ -237,7 +398,7 @@ elseif op == 'record' then
   end
   result = outcome
 elseif op == 'control' then
-  local action = ARGV[13]
+  local action = ARGV[18]
   if action == 'force_open' then
     open(s, 0, 'forced open')
     s.held = true
@@ -250,15 +411,30 @@ elseif op ~= 'snapshot' then
   return redis.error_reply('unknown op ' .. tostring(op))
 end
 
-local wait = retry_after(s)
+local retry = retry_after(s)
 -- Reports and controls always write (refreshing the TTLs); an admission or a snapshot writes
 -- only what it changed (and a circuit's first appearance, so that `status` lists it): admitting
 -- into a quiet CLOSED circuit is read-only.
-if must_write or op == 'record' or op == 'control' or signature(s) ~= loaded or s.new then
+if must_write or op == 'record' or op == 'control' or signature(s) ~= loaded or s.new
+    or tchanged then
   save(s)
 end
-local clean = (s.state == 'CLOSED' and s.fc == 0 and not slow and not rate) and 1 or 0
+if tchanged then tsave() end
+local quiet = T == nil or (T.bk == 0 and not T.lm)
+local clean = (s.state == 'CLOSED' and s.fc == 0 and not slow and not rate and quiet) and 1 or 0
 local reply = {result, s.state, s.fc, s.sc, s.opened_at and num(s.opened_at) or '',
-               wait and num(wait) or '', repaired, clean}
+               retry and num(retry) or '', repaired, clean, num(wait)}
+if T ~= nil then
+  local reset_in = known(T.R) and num(math.max(0, (T.R.t or now) - now)) or ''
+  for _, item in ipairs({num(math.max(0, (T.pu or now) - now)), tostring(level(T.R)),
+                         tostring(level(T.K)), reset_in}) do
+    table.insert(reply, item)
+  end
+else
+  for _ = 1, 4 do table.insert(reply, '') end
+end
+table.insert(reply, news)
+table.insert(reply, num(news_pause))
+table.insert(reply, news_reason)
 for _, item in ipairs(transitions) do table.insert(reply, item) end
 return reply

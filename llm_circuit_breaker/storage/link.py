@@ -14,13 +14,16 @@ success changes nothing), 2 shared (every outcome is reported).
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-from llm_circuit_breaker._local import LocalCircuit, check_report
+from llm_circuit_breaker._local import Entry, LocalCircuit, check_report
 from llm_circuit_breaker._state import CircuitState, Outcome, Transition
 from llm_circuit_breaker._telemetry import StateChange, Telemetry, refused
+from llm_circuit_breaker._throttle import TOKEN_COST, Wait, spread
 from llm_circuit_breaker.config import CircuitBreakerConfig
-from llm_circuit_breaker.errors import CircuitOpenError
+from llm_circuit_breaker.errors import ThrottledError
 from llm_circuit_breaker.storage.base import (
+    THROTTLED_PERMIT,
     Admission,
     AsyncStateStore,
     Control,
@@ -28,6 +31,9 @@ from llm_circuit_breaker.storage.base import (
     StoreUnavailableError,
     View,
 )
+
+if TYPE_CHECKING:
+    from llm_circuit_breaker._ratelimit import RateLimits
 
 __all__ = ["AsyncStoreLink", "StoreLink"]
 
@@ -53,6 +59,7 @@ class _Link:
         self._deciding_locally = False
         self._known = View(CircuitState.CLOSED, 0, 0, None, 0.0)
         self._known_at = time.monotonic()
+        self.waiting = 0  # callers of this process asleep until their shared throttle slot
 
     def adopt(self, view: View, error: BaseException | None = None) -> None:
         """Follow ``view``, announcing its transitions (and a return from local mode)."""
@@ -67,6 +74,9 @@ class _Link:
             self.telemetry.publish(
                 [Transition(t.old, t.new, t.reason, at) for t in view.transitions]
             )
+        news = view.news
+        if news is not None:
+            self.telemetry.throttle_event(news.paused, news.reason, news.pause, at=self.local.now())
 
     def go_local(self) -> None:
         """Decide locally from now on, until the store answers again."""
@@ -79,27 +89,45 @@ class _Link:
     def _event(self, old: CircuitState, new: CircuitState, reason: str) -> None:
         self.telemetry.notify(StateChange(self.name, old, new, self.local.now(), reason))
 
-    def admitted(self, permit: int, view: View) -> int | CircuitOpenError:
-        """The permit (tagged shared) or the refusal, from a store's admission."""
+    def admitted(self, admission: Admission, tokens: float) -> Entry:
+        """The permit (tagged shared), the refusal, or the throttle slot to wait for, from a
+        store's admission."""
+        permit, view, wait = admission.permit, admission.view, admission.wait
         self.adopt(view)
+        if permit == THROTTLED_PERMIT:
+            return ThrottledError(self.name, wait)
         if permit < 0:
             error = refused(self.name, view.retry_after, view.reason or "open (shared)")
             error.__cause__ = self.cause
             self.telemetry.count_rejection()
             return self.telemetry.observed(error)
-        return permit * 4 + (_CLEAN if view.clean else _SHARED)
+        tagged = permit * 4 + (_CLEAN if view.clean else _SHARED)
+        if view.throttle is not None and (wait > 0.0 or view.throttle["reset_in"] is not None):
+            self.telemetry.waits.add(wait)
+            if not self.telemetry.plain_refusals:
+                self.telemetry.waited(wait)
+        if wait > 0.0:
+            self.waiting += 1
+            return Wait(tagged, wait, tokens)
+        return tagged
 
-    def enter_locally(self) -> int | CircuitOpenError:
+    def enter_locally(self) -> Entry:
         """Admit with the local circuit (the store is unreachable)."""
         self.go_local()
         entry = self.local.enter()
         if isinstance(entry, int):
             return entry * 4
-        if isinstance(entry, CircuitOpenError):
-            return entry
-        raise TypeError(
-            "a store-backed breaker's local circuit is not throttled"
-        )  # pragma: no cover
+        if isinstance(entry, Wait):
+            return Wait(entry.permit * 4, entry.seconds, entry.tokens)
+        return entry
+
+    def gave_up_locally(self, wait: Wait, *, gave_up: bool) -> bool:
+        """Settle a slot the local circuit gave (True); False for a shared one."""
+        if wait.permit & 3 == _LOCAL:
+            self.local.waited(Wait(wait.permit >> 2, wait.seconds, wait.tokens), gave_up=gave_up)
+            return True
+        self.waiting -= 1
+        return not gave_up
 
     def success_needs_no_report(self, permit: int) -> bool:
         """Count a success that changes nothing; False when it must be reported."""
@@ -115,23 +143,44 @@ class _Link:
         open_for: float | None,
         why: str,
         error: BaseException | None,
+        hint: float | None,
     ) -> tuple[bool, float | None]:
         """Check a report; a locally admitted call goes to the local circuit (True). For a
         shared permit, False and ``open_for`` capped as the core caps it (a store keeps a
         hint as given)."""
         check_report(permit, outcome, open_for)
         if permit & 3 == _LOCAL:
-            self.local.record(permit >> 2, outcome, open_for=open_for, why=why, error=error)
+            self.local.record(
+                permit >> 2, outcome, open_for=open_for, why=why, error=error, hint=hint
+            )
             return True, open_for
         if open_for is not None:
             open_for = min(open_for, self.config.effective_max_open_for)
         return False, open_for
 
-    def entered(self, admission: Admission | None) -> int | CircuitOpenError:
+    def entered(self, admission: Admission | None, tokens: float) -> Entry:
         """The outcome of an admission: the store's (None when it could not be asked)."""
         if admission is None:
             return self.enter_locally()
-        return self.admitted(admission.permit, admission.view)
+        return self.admitted(admission, tokens)
+
+    def limits(self, headers: object) -> RateLimits | None:
+        """A response's rate-limit headers, for the store (None: none, or deciding locally,
+        in which case the local throttle has them)."""
+        if not self.config.throttle:
+            return None
+        if self._deciding_locally:
+            self.local.observe(headers)
+            return None
+        from llm_circuit_breaker._ratelimit import parse_rate_limits
+
+        return parse_rate_limits(headers, time.time())
+
+    def throttle_view(self) -> dict[str, float | int | None]:
+        """The shared throttle as of the last store call, and this process's waiting callers."""
+        if self._deciding_locally or self._known.throttle is None:
+            return self.local.throttle_view()
+        return {**self._known.throttle, "waiting": self.waiting}
 
     def reported(
         self, outcome: Outcome, reply: tuple[Outcome, View] | None, error: BaseException | None
@@ -182,15 +231,34 @@ class StoreLink(_Link):
         super().__init__(name, config, local, telemetry)
         self.store = store
 
-    def enter(self) -> int | CircuitOpenError:
+    def enter(self) -> Entry:
         """Admit one call through the store (locally while it is unreachable)."""
-        admission = None
+        admission, tokens = None, TOKEN_COST.get()
         if self.store.available:
             try:
-                admission = self.store.admit(self.name, self.config)
+                admission = self.store.admit(self.name, self.config, tokens)
             except StoreUnavailableError:
                 pass
-        return self.entered(admission)
+        return self.entered(admission, tokens)
+
+    def waited(self, wait: Wait, *, gave_up: bool) -> None:
+        """A caller woke up for its slot, or gave it up (the slot goes back to the store)."""
+        if self.gave_up_locally(wait, gave_up=gave_up) or not self.store.available:
+            return
+        try:
+            self.adopt(self.store.release(self.name, self.config, wait.permit >> 2, wait.tokens))
+        except StoreUnavailableError:
+            self.go_local()
+
+    def observe(self, headers: object) -> None:
+        """Feed a response's rate-limit headers to the shared throttle."""
+        limits = self.limits(headers)
+        if limits is None or not self.store.available:
+            return
+        try:
+            self.adopt(self.store.observe(self.name, self.config, limits))
+        except StoreUnavailableError:
+            self.go_local()
 
     def record_success(self, permit: int) -> None:
         """Report a success (nothing is sent when it changes nothing)."""
@@ -205,16 +273,17 @@ class StoreLink(_Link):
         open_for: float | None = None,
         why: str = "",
         error: BaseException | None = None,
+        hint: float | None = None,
     ) -> None:
         """Report a finished call to wherever it was admitted."""
-        done, open_for = self.recorded_locally(permit, outcome, open_for, why, error)
+        done, open_for = self.recorded_locally(permit, outcome, open_for, why, error, hint)
         if done:
             return
         reply = None
         if self.store.available:
             try:
                 reply = self.store.record(
-                    self.name, self.config, permit >> 2, outcome, open_for, why
+                    self.name, self.config, permit >> 2, outcome, open_for, why, spread(hint)
                 )
             except StoreUnavailableError:
                 pass
@@ -253,15 +322,35 @@ class AsyncStoreLink(_Link):
         super().__init__(name, config, local, telemetry)
         self.store = store
 
-    async def aenter(self) -> int | CircuitOpenError:
+    async def aenter(self) -> Entry:
         """Admit one call through the store (locally while it is unreachable)."""
-        admission = None
+        admission, tokens = None, TOKEN_COST.get()
         if self.store.available:
             try:
-                admission = await self.store.aadmit(self.name, self.config)
+                admission = await self.store.aadmit(self.name, self.config, tokens)
             except StoreUnavailableError:
                 pass
-        return self.entered(admission)
+        return self.entered(admission, tokens)
+
+    async def awaited(self, wait: Wait, *, gave_up: bool) -> None:
+        """A caller woke up for its slot, or gave it up (the slot goes back to the store)."""
+        if self.gave_up_locally(wait, gave_up=gave_up) or not self.store.available:
+            return
+        try:
+            view = await self.store.arelease(self.name, self.config, wait.permit >> 2, wait.tokens)
+            self.adopt(view)
+        except StoreUnavailableError:
+            self.go_local()
+
+    async def aobserve(self, headers: object) -> None:
+        """Feed a response's rate-limit headers to the shared throttle."""
+        limits = self.limits(headers)
+        if limits is None or not self.store.available:
+            return
+        try:
+            self.adopt(await self.store.aobserve(self.name, self.config, limits))
+        except StoreUnavailableError:
+            self.go_local()
 
     async def arecord_success(self, permit: int) -> None:
         """Report a success (nothing is sent when it changes nothing)."""
@@ -276,16 +365,17 @@ class AsyncStoreLink(_Link):
         open_for: float | None = None,
         why: str = "",
         error: BaseException | None = None,
+        hint: float | None = None,
     ) -> None:
         """Report a finished call to wherever it was admitted."""
-        done, open_for = self.recorded_locally(permit, outcome, open_for, why, error)
+        done, open_for = self.recorded_locally(permit, outcome, open_for, why, error, hint)
         if done:
             return
         reply = None
         if self.store.available:
             try:
                 reply = await self.store.arecord(
-                    self.name, self.config, permit >> 2, outcome, open_for, why
+                    self.name, self.config, permit >> 2, outcome, open_for, why, spread(hint)
                 )
             except StoreUnavailableError:
                 pass

@@ -1,4 +1,5 @@
-"""``MemoryStateStore``: circuits in this process, each a ``BreakerCore`` behind a lock.
+"""``MemoryStateStore``: circuits in this process, each a ``BreakerCore`` (and its throttle)
+behind a lock.
 
 This is what a ``CircuitBreaker`` without a store embeds (with a lock-free fast path on top).
 As a store it lets several breaker objects of one process share circuits by name, and serves
@@ -10,10 +11,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from llm_circuit_breaker._state import REJECTED, BreakerCore, CircuitState, Outcome
+from llm_circuit_breaker._throttle import ThrottleCore
 from llm_circuit_breaker.config import CircuitBreakerConfig
-from llm_circuit_breaker.storage.base import Admission, Control, View
+from llm_circuit_breaker.storage.base import (
+    THROTTLED_PERMIT,
+    Admission,
+    Control,
+    ThrottleNews,
+    View,
+)
+
+if TYPE_CHECKING:
+    from llm_circuit_breaker._ratelimit import RateLimits
 
 __all__ = ["MemoryStateStore"]
 
@@ -26,18 +38,19 @@ class MemoryStateStore:
 
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self._clock = clock or time.monotonic
-        self._cores: dict[str, tuple[BreakerCore, threading.Lock]] = {}
+        self._cores: dict[str, _Slot] = {}
         self._lock = threading.Lock()
 
-    def _slot(self, name: str, config: CircuitBreakerConfig) -> tuple[BreakerCore, threading.Lock]:
+    def _slot(self, name: str, config: CircuitBreakerConfig) -> _Slot:
         slot = self._cores.get(name)
         if slot is None:
             with self._lock:
-                slot = self._cores.setdefault(name, (BreakerCore(config), threading.Lock()))
+                slot = self._cores.setdefault(name, _Slot(config))
         return slot
 
     @staticmethod
-    def _view(core: BreakerCore, now: float) -> View:
+    def _view(slot: _Slot, now: float, news: ThrottleNews | None = None) -> View:
+        core, throttle = slot.core, slot.throttle
         retry_after = core.retry_after(now)
         transitions = tuple(core.transitions)
         core.transitions = []
@@ -47,6 +60,7 @@ class MemoryStateStore:
             and not core.failure_count
             and config.slow_call_duration is None
             and config.failure_rate_threshold is None
+            and (throttle is None or throttle.quiet)
         )
         return View(
             core.state,
@@ -56,14 +70,25 @@ class MemoryStateStore:
             retry_after,
             transitions,
             clean=clean,
+            reason=core.open_reason,
+            throttle=None if throttle is None else throttle.view(now),
+            news=news,
         )
 
-    def admit(self, name: str, config: CircuitBreakerConfig) -> Admission:
-        core, lock = self._slot(name, config)
-        with lock:
+    def admit(self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0) -> Admission:
+        slot = self._slot(name, config)
+        with slot.lock:
             now = self._clock()
-            permit = core.admit(now)
-            return Admission(permit if permit >= 0 else REJECTED, self._view(core, now))
+            permit = slot.core.admit(now)
+            wait, throttle = 0.0, slot.throttle
+            if permit >= 0 and throttle is not None and throttle.active:
+                wait = throttle.book(now, tokens, config.throttle_max_wait)
+                if wait > config.throttle_max_wait:
+                    slot.core.record(permit, Outcome.IGNORED, now)
+                    permit = THROTTLED_PERMIT
+            if permit < 0 and permit != THROTTLED_PERMIT:
+                permit = REJECTED
+            return Admission(permit, self._view(slot, now), wait)
 
     def record(
         self,
@@ -73,24 +98,59 @@ class MemoryStateStore:
         outcome: Outcome,
         open_for: float | None,
         why: str,
+        pause: float | None = None,
     ) -> tuple[Outcome, View]:
-        core, lock = self._slot(name, config)
-        with lock:
+        slot = self._slot(name, config)
+        with slot.lock:
             now = self._clock()
-            counted = core.record(permit, outcome, now, open_for=open_for, why=why)
-            return counted, self._view(core, now)
+            counted = slot.core.record(permit, outcome, now, open_for=open_for, why=why)
+            news = None
+            if slot.throttle is not None:
+                said = slot.throttle.report(
+                    now, outcome is Outcome.THROTTLED, outcome is Outcome.SUCCESS, pause
+                )
+                news = None if said is None else ThrottleNews(*said)
+            return counted, self._view(slot, now, news)
+
+    def release(self, name: str, config: CircuitBreakerConfig, permit: int, tokens: float) -> View:
+        slot = self._slot(name, config)
+        with slot.lock:
+            now = self._clock()
+            if slot.throttle is not None:
+                slot.throttle.cancel(tokens)
+            slot.core.record(permit, Outcome.IGNORED, now)
+            return self._view(slot, now)
+
+    def observe(self, name: str, config: CircuitBreakerConfig, limits: RateLimits) -> View:
+        slot = self._slot(name, config)
+        with slot.lock:
+            now = self._clock()
+            if slot.throttle is not None:
+                slot.throttle.observe(limits, now)
+            return self._view(slot, now)
 
     def snapshot(self, name: str, config: CircuitBreakerConfig) -> View:
-        core, lock = self._slot(name, config)
-        with lock:
-            return self._view(core, self._clock())
+        slot = self._slot(name, config)
+        with slot.lock:
+            return self._view(slot, self._clock())
 
     def control(self, name: str, config: CircuitBreakerConfig, action: Control) -> View:
-        core, lock = self._slot(name, config)
-        with lock:
+        slot = self._slot(name, config)
+        with slot.lock:
             now = self._clock()
             if action == "force_open":
-                core.force_open(now)
+                slot.core.force_open(now)
             else:
-                core.close(now, "reset" if action == "reset" else "forced closed")
-            return self._view(core, now)
+                slot.core.close(now, "reset" if action == "reset" else "forced closed")
+            return self._view(slot, now)
+
+
+class _Slot:
+    """One named circuit, its throttle (None when ``throttle=False``) and its lock."""
+
+    __slots__ = ("core", "lock", "throttle")
+
+    def __init__(self, config: CircuitBreakerConfig) -> None:
+        self.core = BreakerCore(config)
+        self.throttle = ThrottleCore(config) if config.throttle else None
+        self.lock = threading.Lock()

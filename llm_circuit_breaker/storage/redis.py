@@ -18,30 +18,33 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llm_circuit_breaker._redact import redact_text
-from llm_circuit_breaker._state import CircuitState, Outcome, Transition
+from llm_circuit_breaker._state import CircuitState, Outcome
 from llm_circuit_breaker.config import CircuitBreakerConfig
+from llm_circuit_breaker.storage._script import (
+    OUTCOMES,
+    admission,
+    number,
+    observe_args,
+    record_args,
+    script_args,
+    text,
+    view,
+)
 from llm_circuit_breaker.storage.base import Admission, Control, StoreUnavailableError, View
+
+if TYPE_CHECKING:
+    from llm_circuit_breaker._ratelimit import RateLimits
 
 __all__ = ["RedisStateStore"]
 
 logger = logging.getLogger("llm_circuit_breaker")
 
 _SCRIPT = resources.files("llm_circuit_breaker.storage").joinpath("breaker.lua").read_text()
-_OUTCOMES = {o.value: o for o in Outcome}
-
-
-def _float(value: Any) -> float | None:
-    text = value.decode() if isinstance(value, bytes) else str(value)
-    return float(text) if text else None
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RedisStateStore:
@@ -162,8 +165,8 @@ class RedisStateStore:
             )
         return StoreUnavailableError(redact_text(str(exc)))
 
-    def _succeeded(self, args: list[object]) -> None:
-        if self._down_until and args[0] != "snapshot":  # a read proves nothing about writes
+    def _succeeded(self, op: str) -> None:
+        if self._down_until and op != "snapshot":  # a read proves nothing about writes
             with self._lock:
                 self._down_until = 0.0
                 self._confirm_writes = False
@@ -179,69 +182,22 @@ class RedisStateStore:
         base = f"{self.prefix}:{{{name}}}"
         return [base, f"{base}:inflight", f"{base}:window"]
 
-    def _args(self, op: str, config: CircuitBreakerConfig, *extra: object) -> list[object]:
-        rate = config.failure_rate_threshold
-        return [
-            op,
-            "" if self._clock is None else repr(self._clock()),
-            self._ttl,
-            config.failure_threshold,
-            repr(float(config.reset_timeout)),
-            config.success_threshold,
-            config.half_open_max_calls,
-            repr(float(config.half_open_probe_timeout)),
-            "" if config.slow_call_duration is None else repr(float(config.slow_call_duration)),
-            "" if rate is None else repr(float(rate)),
-            repr(config.effective_window),
-            config.effective_minimum_calls,
-            *extra,
-        ]
-
-    def _view(self, name: str, reply: Sequence[Any]) -> View:
-        transitions = tuple(
-            Transition(
-                CircuitState(_text(reply[i])),
-                CircuitState(_text(reply[i + 1])),
-                _text(reply[i + 2]),
-                0.0,
-            )
-            for i in range(8, len(reply), 3)
-        )
-        repaired = bool(int(reply[6]))
-        if repaired:
-            logger.warning(
-                "corrupt or foreign data under %r replaced by a CLOSED circuit", self.keys(name)[0]
-            )
-        return View(
-            CircuitState(_text(reply[1])),
-            int(reply[2]),
-            int(reply[3]),
-            _float(reply[4]),
-            _float(reply[5]),
-            transitions,
-            repaired=repaired,
-            clean=bool(int(reply[7])),
-        )
-
-    @staticmethod
-    def _record_args(
-        permit: int, outcome: Outcome, open_for: float | None, why: str
-    ) -> tuple[object, ...]:
-        return (permit, outcome.value, "" if open_for is None else repr(float(open_for)), why)
-
     # -- sync ------------------------------------------------------------------------------
 
-    def _run(self, name: str, args: list[object]) -> list[Any]:
+    def _run(
+        self, name: str, op: str, config: CircuitBreakerConfig, *extra: object, tokens: float = 0.0
+    ) -> list[Any]:
+        args = script_args(self._clock, self._ttl, op, config, *extra, tokens=tokens)
         try:
             reply = self._script(keys=self.keys(name), args=args)
         except self._errors as exc:
             raise self._failed(exc) from exc
-        self._succeeded(args)
+        self._succeeded(op)
         return list(reply)
 
-    def admit(self, name: str, config: CircuitBreakerConfig) -> Admission:
-        reply = self._run(name, self._args(self._admit_op(), config))
-        return Admission(int(reply[0]), self._view(name, reply))
+    def admit(self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0) -> Admission:
+        reply = self._run(name, self._admit_op(), config, tokens=tokens)
+        return admission(reply, config, self.keys(name)[0])
 
     def record(
         self,
@@ -251,30 +207,44 @@ class RedisStateStore:
         outcome: Outcome,
         open_for: float | None,
         why: str,
+        pause: float | None = None,
     ) -> tuple[Outcome, View]:
-        args = self._args("record", config, *self._record_args(permit, outcome, open_for, why))
-        reply = self._run(name, args)
-        return _OUTCOMES[_text(reply[0])], self._view(name, reply)
+        extra = record_args(permit, outcome, open_for, why, pause)
+        reply = self._run(name, "record", config, *extra)
+        return OUTCOMES[text(reply[0])], view(reply, config, self.keys(name)[0])
+
+    def release(self, name: str, config: CircuitBreakerConfig, permit: int, tokens: float) -> View:
+        reply = self._run(name, "release", config, permit, tokens=tokens)
+        return view(reply, config, self.keys(name)[0])
+
+    def observe(self, name: str, config: CircuitBreakerConfig, limits: RateLimits) -> View:
+        reply = self._run(name, "observe", config, *observe_args(limits))
+        return view(reply, config, self.keys(name)[0])
 
     def snapshot(self, name: str, config: CircuitBreakerConfig) -> View:
-        return self._view(name, self._run(name, self._args("snapshot", config)))
+        return view(self._run(name, "snapshot", config), config, self.keys(name)[0])
 
     def control(self, name: str, config: CircuitBreakerConfig, action: Control) -> View:
-        return self._view(name, self._run(name, self._args("control", config, action)))
+        return view(self._run(name, "control", config, action), config, self.keys(name)[0])
 
     # -- asyncio ---------------------------------------------------------------------------
 
-    async def _arun(self, name: str, args: list[object]) -> list[Any]:
+    async def _arun(
+        self, name: str, op: str, config: CircuitBreakerConfig, *extra: object, tokens: float = 0.0
+    ) -> list[Any]:
+        args = script_args(self._clock, self._ttl, op, config, *extra, tokens=tokens)
         try:
             reply = await self._script(keys=self.keys(name), args=args)
         except self._errors as exc:
             raise self._failed(exc) from exc
-        self._succeeded(args)
+        self._succeeded(op)
         return list(reply)
 
-    async def aadmit(self, name: str, config: CircuitBreakerConfig) -> Admission:
-        reply = await self._arun(name, self._args(self._admit_op(), config))
-        return Admission(int(reply[0]), self._view(name, reply))
+    async def aadmit(
+        self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0
+    ) -> Admission:
+        reply = await self._arun(name, self._admit_op(), config, tokens=tokens)
+        return admission(reply, config, self.keys(name)[0])
 
     async def arecord(
         self,
@@ -284,38 +254,63 @@ class RedisStateStore:
         outcome: Outcome,
         open_for: float | None,
         why: str,
+        pause: float | None = None,
     ) -> tuple[Outcome, View]:
-        args = self._args("record", config, *self._record_args(permit, outcome, open_for, why))
-        reply = await self._arun(name, args)
-        return _OUTCOMES[_text(reply[0])], self._view(name, reply)
+        extra = record_args(permit, outcome, open_for, why, pause)
+        reply = await self._arun(name, "record", config, *extra)
+        return OUTCOMES[text(reply[0])], view(reply, config, self.keys(name)[0])
+
+    async def arelease(
+        self, name: str, config: CircuitBreakerConfig, permit: int, tokens: float
+    ) -> View:
+        reply = await self._arun(name, "release", config, permit, tokens=tokens)
+        return view(reply, config, self.keys(name)[0])
+
+    async def aobserve(self, name: str, config: CircuitBreakerConfig, limits: RateLimits) -> View:
+        reply = await self._arun(name, "observe", config, *observe_args(limits))
+        return view(reply, config, self.keys(name)[0])
 
     async def asnapshot(self, name: str, config: CircuitBreakerConfig) -> View:
-        return self._view(name, await self._arun(name, self._args("snapshot", config)))
+        return view(await self._arun(name, "snapshot", config), config, self.keys(name)[0])
 
     async def acontrol(self, name: str, config: CircuitBreakerConfig, action: Control) -> View:
-        return self._view(name, await self._arun(name, self._args("control", config, action)))
+        reply = await self._arun(name, "control", config, action)
+        return view(reply, config, self.keys(name)[0])
 
     # -- listing (sync clients; read-only, for the status command) -----------------------
 
     def circuits(self) -> dict[str, dict[str, Any]]:
         """Every circuit under this prefix: name -> {state, failure_count, success_count,
-        opened_at, retry_after}, as of the server's clock (raises redis errors as they are)."""
+        opened_at, retry_after, throttle: {paused_for, requests_remaining}}, as of the server's
+        clock (raises redis errors as they are)."""
         seconds, micros = self.client.time()
         now = seconds + micros / 1_000_000
         found: dict[str, dict[str, Any]] = {}
         for key in self.client.scan_iter(match=f"{self.prefix}:{{*}}", count=500):
-            text = _text(key)
-            name = text[len(self.prefix) + 2 : -1]
-            fields = self.client.hmget(text, "state", "fc", "sc", "opened_at", "open_until", "held")
+            key_text = text(key)
+            name = key_text[len(self.prefix) + 2 : -1]
+            fields = self.client.hmget(
+                key_text,
+                "state",
+                "fc",
+                "sc",
+                "opened_at",
+                "open_until",
+                "held",
+                "pu",
+                "ri",
+                "rc",
+                "rt",
+            )
             try:
-                state = CircuitState(_text(fields[0]))
-                open_until = _float(fields[4] or b"")
-                opened_at = _float(fields[3] or b"")
+                state = CircuitState(text(fields[0]))
+                open_until = number(fields[4] or b"")
+                opened_at = number(fields[3] or b"")
             except (ValueError, TypeError):
                 continue
             retry_after: float | None = 0.0
             if state is CircuitState.OPEN:
-                if _text(fields[5] or b"") == "1":
+                if text(fields[5] or b"") == "1":
                     retry_after = None
                 elif open_until is not None and now >= open_until:
                     state, retry_after = CircuitState.HALF_OPEN, 0.0
@@ -327,9 +322,24 @@ class RedisStateStore:
                 "success_count": int(fields[2] or 0),
                 "opened_at": opened_at,
                 "retry_after": retry_after,
+                "throttle": _throttle_fields(fields[6:], now),
             }
         return dict(sorted(found.items()))
 
     def __repr__(self) -> str:
         kind = "asyncio" if self.is_async else "sync"
         return f"RedisStateStore(prefix={self.prefix!r}, {kind})"
+
+
+def _throttle_fields(fields: list[Any], now: float) -> dict[str, float | int | None]:
+    """``{paused_for, requests_remaining}`` from a circuit's throttle fields (garbage: none)."""
+    try:
+        paused_until, interval, capacity, tat = (number(f or b"") for f in fields)
+    except (ValueError, TypeError):
+        return {"paused_for": None, "requests_remaining": None}
+    remaining = None
+    if interval and capacity and interval > 0:
+        used = max(0.0, (tat if tat is not None else now) - now) / interval
+        remaining = max(0, min(int(capacity), int(capacity - used)))
+    paused = None if paused_until is None else max(0.0, paused_until - now)
+    return {"paused_for": paused, "requests_remaining": remaining}

@@ -1,0 +1,129 @@
+"""The arguments and replies of ``breaker.lua``: what the Redis store sends and reads back."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from llm_circuit_breaker._state import CircuitState, Outcome, Transition
+from llm_circuit_breaker.config import CircuitBreakerConfig
+from llm_circuit_breaker.storage.base import Admission, ThrottleNews, View
+
+if TYPE_CHECKING:
+    from llm_circuit_breaker._ratelimit import Bucket, RateLimits
+
+__all__ = ["OUTCOMES", "admission", "observe_args", "record_args", "script_args", "text", "view"]
+
+logger = logging.getLogger("llm_circuit_breaker")
+
+OUTCOMES = {o.value: o for o in Outcome}
+_TRANSITIONS = 16  # where the transitions start in a reply
+
+
+def number(value: Any) -> float | None:
+    """A float the script sent as a string ("" is none)."""
+    string = text(value)
+    return float(string) if string else None
+
+
+def text(value: Any) -> str:
+    """A string the script sent (bytes from a client without decode_responses)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _opt(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def script_args(
+    clock: Callable[[], float] | None,
+    ttl: str,
+    op: str,
+    config: CircuitBreakerConfig,
+    *extra: object,
+    tokens: float = 0.0,
+) -> list[object]:
+    """The ARGV of one script call (``clock`` None: the server's TIME)."""
+    return [
+        op,
+        "" if clock is None else repr(clock()),
+        ttl,
+        config.failure_threshold,
+        repr(float(config.reset_timeout)),
+        config.success_threshold,
+        config.half_open_max_calls,
+        repr(float(config.half_open_probe_timeout)),
+        _opt(config.slow_call_duration),
+        _opt(config.failure_rate_threshold),
+        repr(config.effective_window),
+        config.effective_minimum_calls,
+        "1" if config.throttle else "",
+        repr(float(config.throttle_max_wait)),
+        _opt(config.requests_per_minute),
+        _opt(config.tokens_per_minute),
+        repr(float(tokens)),
+        *extra,
+    ]
+
+
+def record_args(
+    permit: int, outcome: Outcome, open_for: float | None, why: str, pause: float | None
+) -> tuple[object, ...]:
+    """The op-specific arguments of a report."""
+    return (permit, outcome.value, _opt(open_for), why, _opt(pause))
+
+
+def observe_args(limits: RateLimits) -> tuple[object, ...]:
+    """The op-specific arguments of an observation: each bucket as reported?, limit,
+    remaining, reset."""
+
+    def bucket(b: Bucket | None) -> tuple[object, ...]:
+        if b is None:
+            return ("", "", "", "")
+        return ("1", _opt(b.limit), _opt(b.remaining), _opt(b.reset))
+
+    return (*bucket(limits.requests), *bucket(limits.tokens))
+
+
+def view(reply: Sequence[Any], config: CircuitBreakerConfig, key: str) -> View:
+    """The circuit (and throttle) a reply describes."""
+    transitions = tuple(
+        Transition(
+            CircuitState(text(reply[i])), CircuitState(text(reply[i + 1])), text(reply[i + 2]), 0.0
+        )
+        for i in range(_TRANSITIONS, len(reply), 3)
+    )
+    throttle: dict[str, float | int | None] | None = None
+    if config.throttle:
+        paused, requests, tokens, reset_in = (number(x) for x in reply[9:13])
+        throttle = {
+            "paused_for": paused,
+            "requests_remaining": None if requests is None else int(requests),
+            "tokens_remaining": None if tokens is None else int(tokens),
+            "reset_in": reset_in,
+        }
+    said = text(reply[13])
+    news = None
+    if said:
+        news = ThrottleNews(said == "THROTTLED", text(reply[15]), number(reply[14]) or 0.0)
+    repaired = bool(int(reply[6]))
+    if repaired:
+        logger.warning("corrupt or foreign data under %r replaced by a CLOSED circuit", key)
+    return View(
+        CircuitState(text(reply[1])),
+        int(reply[2]),
+        int(reply[3]),
+        number(reply[4]),
+        number(reply[5]),
+        transitions,
+        repaired=repaired,
+        clean=bool(int(reply[7])),
+        throttle=throttle,
+        news=news,
+    )
+
+
+def admission(reply: Sequence[Any], config: CircuitBreakerConfig, key: str) -> Admission:
+    """The admission a reply describes (its permit, view and throttle wait)."""
+    return Admission(int(reply[0]), view(reply, config, key), float(text(reply[8])))
