@@ -316,3 +316,38 @@ def test_listeners_hear_throttled_and_unthrottled_not_a_state_change(clock: Fake
     ]
     assert not [e for e in heard if isinstance(e, StateChange)]
     assert breaker.wait_histogram.counts[-1] == 0 and sum(breaker.wait_histogram.counts) >= 2
+
+
+def _stream_client() -> LLMCircuitBreaker:
+    return LLMCircuitBreaker(
+        circuit_breaker={"tokens_per_minute": 1250, "throttle_max_wait": 10.0},
+        retry={"max_retries": 0, "max_delay": 5.0},
+        registry=BreakerRegistry(clock=FakeClock()),
+    )
+
+
+_STREAM_BODY = {"max_tokens": 500, "messages": [{"role": "user", "content": "x" * 380}]}
+
+
+def test_streams_reserve_their_token_cost(llm_server: FakeLLMServer) -> None:
+    """stream admits with the body's token estimate: the third stream of ~600 tokens under
+    1250 per minute is refused before anything is sent."""
+    llm_server.script(*[Reply.openai_stream(["a", "b"]) for _ in range(3)])
+    with _stream_client() as cb:
+        for _ in range(2):
+            assert len(list(cb.stream(llm_server.url, data=_STREAM_BODY))) >= 2
+        with pytest.raises(ThrottledError):
+            list(cb.stream(llm_server.url, data=_STREAM_BODY))
+    assert llm_server.hits == 2
+
+
+async def test_async_streams_reserve_their_token_cost(llm_server: FakeLLMServer) -> None:
+    """astream does the same with aiohttp."""
+    llm_server.script(*[Reply.openai_stream(["a", "b"]) for _ in range(3)])
+    async with _stream_client() as cb:
+        for _ in range(2):
+            events = [e async for e in cb.astream(llm_server.url, data=_STREAM_BODY)]
+            assert len(events) >= 2
+        with pytest.raises(ThrottledError):
+            [e async for e in cb.astream(llm_server.url, data=_STREAM_BODY)]
+    assert llm_server.hits == 2

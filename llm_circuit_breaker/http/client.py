@@ -185,7 +185,9 @@ class LLMCircuitBreaker:
 
         A failure before the first event is retried; one after it is raised, never re-sent.
         """
-        return self._stream(self._prepare(url, method, headers, data))
+        events = self._stream(self._prepare(url, method, headers, data))
+        cost = estimate_tokens(data)
+        return _costed(events, cost) if cost else events
 
     def astream(
         self,
@@ -195,7 +197,9 @@ class LLMCircuitBreaker:
         data: Any = None,
     ) -> AsyncIterator[SSEEvent]:
         """Like :meth:`stream`, with aiohttp: ``async for event in cb.astream(...)``."""
-        return self._astream(self._prepare(url, method, headers, data))
+        events = self._astream(self._prepare(url, method, headers, data))
+        cost = estimate_tokens(data)
+        return _acosted(events, cost) if cost else events
 
     def get_state(self) -> dict[str, Any]:
         """The breaker's snapshot: name, state, counts, ``retry_after`` and stats."""
@@ -255,6 +259,34 @@ def _token_cost(data: Any) -> Iterator[None]:
         yield
     finally:
         TOKEN_COST.reset(token)
+
+
+def _costed(events: Iterator[SSEEvent], cost: float) -> Iterator[SSEEvent]:
+    """A stream whose admission (at its first event) knows what the call costs in tokens."""
+    token = TOKEN_COST.set(cost)
+    try:
+        first = next(events, None)
+    finally:
+        TOKEN_COST.reset(token)
+    if first is not None:
+        yield first
+        yield from events
+
+
+async def _acosted(events: AsyncIterator[SSEEvent], cost: float) -> AsyncIterator[SSEEvent]:
+    """:func:`_costed` for an async stream (closing it closes the stream)."""
+    token = TOKEN_COST.set(cost)
+    try:
+        first = await anext(events, None)
+    finally:
+        TOKEN_COST.reset(token)
+    try:
+        if first is not None:
+            yield first
+            async for event in events:
+                yield event
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
 
 
 def _refuse_options(unknown: Mapping[str, Any]) -> None:
