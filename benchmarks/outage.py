@@ -3,16 +3,18 @@
     pip install -e ".[bench]" && python benchmarks/outage.py            # 20 s, writes outage.png
     python benchmarks/outage.py --duration 4 --no-plot                  # quick (CI)
 
-Each client gets its own fake provider running the same script (healthy -> outage with 503s
-and hung requests -> rate limited -> recovered) from the same start time, and the same number
-of concurrent callers:
+Each client gets its own fake provider running the same script (healthy -> rate limited by a
+real quota with ``x-ratelimit-*`` headers -> outage with 503s and hung requests -> recovered)
+from the same start time, and the same number of concurrent callers:
 
 * unprotected: one aiohttp request per call;
 * tenacity alone: up to 4 attempts with exponential backoff and jitter;
-* llm-circuit-breaker: ``LLMCircuitBreaker`` (breaker + retries).
+* llm-circuit-breaker: ``LLMCircuitBreaker`` (breaker, throttle, retries).
 
-Reported per client: requests that reached the provider during the outage, errors seen by the
-callers, and the time from the provider's recovery to the first answered call.
+The clients are those of ``python -m llm_circuit_breaker demo`` (``_cli/compare.py``).
+Reported per client: requests that reached the provider during the outage, 429s drawn, errors
+seen by the callers and the time they spent on them, calls answered (in all, and in the
+rate-limited phase), and the time from the provider's recovery to the first answered call.
 """
 
 from __future__ import annotations
@@ -21,119 +23,27 @@ import argparse
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import tenacity
-
-from llm_circuit_breaker import BreakerRegistry, CircuitOpenError, LLMCircuitBreaker, StateChange
-from llm_circuit_breaker._cli.scenario import Scenario
-from llm_circuit_breaker.testing import FakeLLMServer
-
-BREAKER = {"failure_threshold": 5, "reset_timeout": 1.5, "success_threshold": 2, "timeout": 0.5}
-RETRY = {"max_retries": 3, "initial_delay": 0.1, "max_delay": 2.0}
-Call = Callable[[str], Awaitable[Any]]
-
-
-class Client:
-    """Concurrent callers through one ``call``; counts what the callers saw."""
-
-    def __init__(self, name: str, scenario: Scenario) -> None:
-        self.name = name
-        self.scenario = scenario
-        self.errors = self.answered = self.failed_fast = 0
-        self.first_answer_after_recovery: float | None = None
-
-    async def run(self, call: Call, url: str, callers: int) -> None:
-        recovery = self.scenario.phase_start("recovered")
-
-        async def caller() -> None:
-            while self.scenario.elapsed() < self.scenario.duration:
-                try:
-                    await call(url)
-                except CircuitOpenError:
-                    self.failed_fast += 1
-                except Exception:
-                    self.errors += 1
-                else:
-                    self.answered += 1
-                    elapsed = self.scenario.elapsed()
-                    if elapsed >= recovery and self.first_answer_after_recovery is None:
-                        self.first_answer_after_recovery = elapsed - recovery
-                await asyncio.sleep(0.05)
-
-        await asyncio.gather(*(caller() for _ in range(callers)))
+from llm_circuit_breaker import StateChange, ThrottleEvent
+from llm_circuit_breaker._cli.compare import BREAKER, NAMES, RETRY, Contest
+from llm_circuit_breaker._cli.scenario import RATE_LIMIT, Scenario
 
 
 async def main_async(duration: float, callers: int, plot: Path | None) -> dict[str, Any]:
-    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    timeout = aiohttp.ClientTimeout(total=BREAKER["timeout"])
-    names = ("unprotected", "tenacity alone", "llm-circuit-breaker")
-    scenarios = {name: Scenario(duration=duration, seed=7, hang=2.0) for name in names}
-    servers = {name: FakeLLMServer(responder=scenarios[name].reply) for name in names}
-    for server in servers.values():
-        await server.astart()
-    session = aiohttp.ClientSession()
-
-    async def plain(url: str) -> Any:
-        async with session.post(url, json=body, timeout=timeout) as response:
-            response.raise_for_status()
-            return await response.json()
-
-    retried = tenacity.AsyncRetrying(
-        stop=tenacity.stop_after_attempt(RETRY["max_retries"] + 1),
-        wait=tenacity.wait_random_exponential(
-            multiplier=RETRY["initial_delay"], max=RETRY["max_delay"]
-        ),
-        reraise=True,
-    )
-
-    async def with_tenacity(url: str) -> Any:
-        return await retried(plain, url)
-
-    ours = LLMCircuitBreaker(
-        name="outage-bench", circuit_breaker=BREAKER, retry=RETRY, registry=BreakerRegistry()
-    )
+    contest = Contest(duration, callers, seed=7)
     changes: list[tuple[float, StateChange]] = []
-    ours.breaker.add_listener(
-        lambda change: changes.append((scenarios["llm-circuit-breaker"].elapsed(), change))
-    )
 
-    async def with_breaker(url: str) -> Any:
-        return await ours.acall(url, data=body)
+    def heard(change: StateChange | ThrottleEvent) -> None:
+        if isinstance(change, StateChange):
+            changes.append((contest.scenario.elapsed(), change))
 
-    clients = {name: Client(name, scenarios[name]) for name in names}
-    calls: dict[str, Call] = {
-        "unprotected": plain,
-        "tenacity alone": with_tenacity,
-        "llm-circuit-breaker": with_breaker,
-    }
-    for scenario in scenarios.values():
-        scenario.begin()
-    await asyncio.gather(
-        *(clients[n].run(calls[n], servers[n].url + "/v1/chat/completions", callers) for n in names)
-    )
-    await session.close()
-    await ours.aclose()
-    for server in servers.values():
-        await server.astop()
-
-    outage_start = scenarios[names[0]].phase_start("outage")
-    outage_length = scenarios[names[0]].phase_start("rate limited") - outage_start
-    results: dict[str, Any] = {}
-    for name in names:
-        client, scenario = clients[name], scenarios[name]
-        results[name] = {
-            "requests during the outage": scenario.hits_by_phase["outage"],
-            "requests in all": len(scenario.arrivals),
-            "errors seen by callers": client.errors,
-            "calls failed fast": client.failed_fast,
-            "calls answered": client.answered,
-            "first answer after recovery (s)": client.first_answer_after_recovery,
-        }
-    recovery = scenarios["llm-circuit-breaker"].phase_start("recovered")
+    contest.ours.breaker.add_listener(heard)
+    await contest.run()
+    results: dict[str, Any] = contest.results()
+    scenario = contest.scenario
+    recovery = scenario.phase_start("recovered")
     closed = [
         at - recovery for at, change in changes if at >= recovery and change.new.value == "CLOSED"
     ]
@@ -141,15 +51,21 @@ async def main_async(duration: float, callers: int, plot: Path | None) -> dict[s
     results["llm-circuit-breaker"]["recovery to CLOSED (s)"] = (
         0.0 if not before or before[-1].new.value == "CLOSED" else (closed[0] if closed else None)
     )
-    bound = BREAKER["failure_threshold"] * (RETRY["max_retries"] + 1) + int(
-        outage_length / BREAKER["reset_timeout"] + 1
-    )
+    outage_length = recovery - scenario.phase_start("outage")
+    limited_length = scenario.phase_start("outage") - scenario.phase_start("rate limited")
+    reset_timeout = contest.ours.config.reset_timeout
     results["bound"] = {
         "outage seconds": outage_length,
-        "failure_threshold + probes per reset_timeout (with in-flight retries)": bound,
+        "failure_threshold + probes per reset_timeout (with in-flight retries)": (
+            BREAKER["failure_threshold"] * (RETRY["max_retries"] + 1)
+            + int(outage_length / reset_timeout + 1)
+        ),
+        "rate-limited allowance (quota burst + refill over the phase)": int(
+            RATE_LIMIT + RATE_LIMIT * limited_length
+        ),
     }
     if plot is not None:
-        _plot(plot, scenarios, changes, duration)
+        _plot(plot, contest.scenarios, changes, duration)
     return results
 
 
@@ -175,14 +91,18 @@ def _plot(
             counts[min(bins, int(at / 0.1))] += 1
         top.plot([i * 0.1 for i in range(bins + 1)], counts, label=name, linewidth=1.2)
     any_scenario = next(iter(scenarios.values()))
-    for phase, colour in (("outage", "#f4cccc"), ("rate limited", "#fff2cc")):
-        start = any_scenario.phase_start(phase)
-        end = any_scenario.phase_start("rate limited" if phase == "outage" else "recovered")
+    for phase, end_phase, colour in (
+        ("rate limited", "outage", "#fff2cc"),
+        ("outage", "recovered", "#f4cccc"),
+    ):
+        start, end = any_scenario.phase_start(phase), any_scenario.phase_start(end_phase)
         for axis in (top, bottom):
             axis.axvspan(start, end, color=colour, zorder=0)
     top.set_ylabel("requests reaching the provider / 100 ms")
     top.legend(loc="upper right")
-    top.set_title("The same outage, three clients")
+    top.set_title(
+        f"The same script, three clients (yellow: rate limited, {RATE_LIMIT}/s quota; red: outage)"
+    )
     level = {"CLOSED": 0, "HALF_OPEN": 1, "OPEN": 2}
     xs, ys = [0.0], [0]
     for at, change in changes:
@@ -211,11 +131,17 @@ def main() -> None:
         main_async(args.duration, args.callers, None if args.no_plot else args.plot)
     )
     print(json.dumps(results, indent=2))
-    names = [n for n in results if n != "bound"]
-    columns = ["requests during the outage", "errors seen by callers", "calls failed fast"]
+    columns = [
+        "requests during the outage",
+        "429s drawn",
+        "errors seen by callers",
+        "seconds callers spent on failed calls",
+        "answered in the rate-limited phase",
+        "calls answered",
+    ]
     print("\n| client | " + " | ".join(columns) + " | first answer after recovery |")
-    print("|---|---:|---:|---:|---:|")
-    for name in names:
+    print("|---|" + "---:|" * (len(columns) + 1))
+    for name in NAMES:
         row = results[name]
         first = row["first answer after recovery (s)"]
         cells = " | ".join(str(row[column]) for column in columns)

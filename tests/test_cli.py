@@ -19,16 +19,29 @@ from tests.redis_server import RedisServer
 
 
 def test_demo_opens_and_recovers() -> None:
-    """A 5 s demo: the circuit opens in the outage, fails calls fast, and closes again."""
+    """A 6 s demo: paced (CLOSED) while rate limited, opens in the outage, fails calls fast,
+    closes again; the summary sets three clients side by side and names what was refused."""
     out = io.StringIO()
-    assert run_demo(duration=5.0, concurrency=6, seed=1, out=out) == 0
+    assert run_demo(duration=6.0, concurrency=6, seed=1, out=out) == 0
     text = out.getvalue()
     assert "CLOSED -> OPEN" in text
     assert re.search(r"HALF_OPEN -> CLOSED", text)
-    failed_fast = int(re.search(r"calls failed fast\s+(\d+)", text).group(1))  # type: ignore[union-attr]
-    made = int(re.search(r"calls made\s+(\d+)", text).group(1))  # type: ignore[union-attr]
-    assert 0 < failed_fast < made
-    assert re.search(r"recovery to CLOSED\s+\d+\.\d+s", text)
+    assert not re.search(r"rate limited\s+\S+ -> OPEN", text)  # a rate limit is not an outage
+    header = re.search(r"\s+unprotected\s+tenacity alone\s+llm-circuit-breaker", text)
+    assert header is not None
+
+    def row(label: str) -> list[float]:
+        found = re.search(re.escape(label) + r"\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", text)
+        assert found is not None, label
+        return [float(x) for x in found.groups()]
+
+    unprotected, tenacity_alone, ours = row("requests that hit the failing provider")
+    assert ours < tenacity_alone and ours < unprotected
+    assert row("429s drawn from the provider")[2] < row("429s drawn from the provider")[0]
+    refused = re.search(r"(\d+) CircuitOpenError", text)
+    assert refused is not None and int(refused.group(1)) > 0
+    assert "ThrottledError" in text
+    assert re.search(r"recovery to CLOSED: \d+\.\d+s", text)
 
 
 def test_demo_as_a_module_with_plain_output() -> None:

@@ -1,132 +1,98 @@
-"""``python -m llm_circuit_breaker demo``: watch a breaker protect an app through an outage."""
+"""``python -m llm_circuit_breaker demo``: watch a breaker protect an app through an outage.
+
+The scripted provider goes healthy -> outage -> rate limited -> recovered. Three clients run
+the same script at the same time against their own copy of the provider: unprotected,
+tenacity alone, and this library; the live line follows this library's client, and the
+summary sets the three side by side.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import random
 import sys
 import time
-from collections.abc import Callable
 from typing import TextIO
 
-from llm_circuit_breaker._cli.scenario import Scenario
+from llm_circuit_breaker._cli.compare import NAMES, Contest
 from llm_circuit_breaker._telemetry import StateChange, ThrottleEvent
-from llm_circuit_breaker.errors import CircuitOpenError, LLMCircuitBreakerError
-from llm_circuit_breaker.http.client import LLMCircuitBreaker
-from llm_circuit_breaker.registry import BreakerRegistry
 
 _COLOURS = {"CLOSED": "\x1b[32m", "OPEN": "\x1b[31m", "HALF_OPEN": "\x1b[33m"}
 _RESET = "\x1b[0m"
-
-
-@dataclasses.dataclass
-class Tally:
-    """What the application saw."""
-
-    calls: int = 0
-    ok: int = 0
-    failed_fast: int = 0
-    errors: int = 0
+_CLEAR = "\r\x1b[K"
 
 
 class Demo:
-    """Runs the scenario against concurrent async callers and reports as it goes."""
+    """Runs the contest and reports this library's client as it goes."""
 
     def __init__(self, duration: float, concurrency: int, seed: int, out: TextIO) -> None:
-        self.scenario = Scenario(duration=duration, seed=seed, hang=max(1.0, duration / 10))
-        self.concurrency = concurrency
+        self.contest = Contest(duration, concurrency, seed)
+        self.scenario = self.contest.scenario
+        self.breaker = self.contest.ours.breaker
         self.out = out
         self.live = out.isatty()
-        self.tally = Tally()
         self.changes: list[tuple[float, StateChange]] = []
         self.throttle_events: list[tuple[float, ThrottleEvent]] = []
-        self._random = random.Random(seed)
-        self.facade = LLMCircuitBreaker(
-            name="demo-provider",
-            circuit_breaker={
-                "failure_threshold": 5,
-                "reset_timeout": max(0.5, duration * 0.08),
-                "success_threshold": 2,
-                "timeout": 0.5,
-            },
-            retry={"max_retries": 2, "initial_delay": 0.05, "max_delay": 1.0},
-            registry=BreakerRegistry(),
-        )
-        self.facade.breaker.add_listener(self._changed)
+        self.breaker.add_listener(self._changed)
 
     def _changed(self, change: StateChange | ThrottleEvent) -> None:
         elapsed = self.scenario.elapsed()
         if isinstance(change, ThrottleEvent):
             self.throttle_events.append((elapsed, change))
+            what = f"throttle {change.new.value}"
         else:
             self.changes.append((elapsed, change))
-        if not self.live:
-            phase = self.scenario.phase_at(elapsed)
-            transition = f"{change.old.value} -> {change.new.value}"
-            print(f"[{elapsed:5.1f}s] {phase:<12} {transition}: {change.reason}", file=self.out)
+            what = f"{change.old.value} -> {change.new.value}"
+        phase = self.scenario.phase_at(elapsed)
+        line = f"[{elapsed:5.1f}s] {phase:<12} {what}: {change.reason}"
+        # In a terminal the event goes above the live line, which is drawn again next tick.
+        print((_CLEAR if self.live else "") + line, file=self.out, flush=True)
 
-    async def _caller(self, url: str) -> None:
-        while self.scenario.elapsed() < self.scenario.duration:
-            self.tally.calls += 1
-            try:
-                await self.facade.acall(
-                    url, data={"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
-                )
-                self.tally.ok += 1
-            except CircuitOpenError:
-                self.tally.failed_fast += 1
-            except LLMCircuitBreakerError:
-                self.tally.errors += 1
-            await asyncio.sleep(0.05 + self._random.random() * 0.05)
-
-    def _line(self, hits: int) -> str:
+    def _line(self) -> str:
         elapsed = self.scenario.elapsed()
-        state = self.facade.breaker.state.value
-        stats = self.facade.breaker.stats
+        state = self.breaker.state.value
+        tally = self.contest.tallies["llm-circuit-breaker"]
         colour = _COLOURS[state] if self.live else ""
+        waiting = self.breaker.throttle["waiting"] or 0
         bar_width = 20
         done = min(bar_width, int(bar_width * elapsed / self.scenario.duration))
         return (
             f"[{'#' * done}{'.' * (bar_width - done)}] {elapsed:4.1f}s  "
             f"{self.scenario.phase_at(elapsed):<12} "
             f"circuit {colour}{state:<9}{_RESET if self.live else ''} "
-            f"calls {self.tally.calls:>5}  reached server {hits:>5}  "
-            f"failed fast {self.tally.failed_fast:>5}  "
-            f"retries {stats.retries:>4}  errors {self.tally.errors:>4}"
+            f"calls {tally.calls:>5}  reached server {len(self.scenario.arrivals):>5}  "
+            f"answered {tally.answered:>5}  failed fast "
+            f"{tally.errors['CircuitOpenError']:>4}  paced {waiting:>2}"
         )
 
-    async def _report(self, server_hits: Callable[[], int]) -> None:
+    async def _report(self) -> None:
         last_plain = 0.0
         while True:
             if self.live:
-                print("\r" + self._line(server_hits()), end="", file=self.out, flush=True)
+                print(_CLEAR + self._line(), end="", file=self.out, flush=True)
             elif self.scenario.elapsed() - last_plain >= 2.0:
                 last_plain = self.scenario.elapsed()
-                print(self._line(server_hits()), file=self.out)
+                print(self._line(), file=self.out)
             await asyncio.sleep(0.1)
 
     async def run(self) -> int:
-        server = self.scenario.server()
-        await server.astart()
-        url = server.url + "/v1/chat/completions"
         print(
-            f"fake LLM provider at {server.url}: healthy -> outage -> rate limited -> "
-            f"recovered over {self.scenario.duration:g}s",
+            f"fake LLM provider on 127.0.0.1: healthy -> outage -> rate limited -> recovered "
+            f"over {self.scenario.duration:g}s; {self.contest.callers} callers per client",
             file=self.out,
         )
-        self.scenario.begin()
-        reporter = asyncio.create_task(self._report(lambda: server.hits))
+        reporter = asyncio.create_task(self._delayed_report())
         try:
-            await asyncio.gather(*(self._caller(url) for _ in range(self.concurrency)))
+            await self.contest.run()
         finally:
             reporter.cancel()
-            await self.facade.aclose()
-            await server.astop()
         if self.live:
-            print("\r" + self._line(server.hits), file=self.out)
-        self._summary(server.hits)
+            print(_CLEAR + self._line(), file=self.out)
+        self._summary()
         return 0
+
+    async def _delayed_report(self) -> None:
+        await self.contest.begun.wait()
+        await self._report()
 
     def recovery_time(self) -> float | None:
         """Seconds from the provider's recovery until the circuit was CLOSED (None: never)."""
@@ -139,25 +105,51 @@ class Demo:
         ]
         return closed[0] - recovery if closed else None
 
-    def _summary(self, hits: int) -> None:
+    def _summary(self) -> None:
+        results = self.contest.results()
+        rows = (
+            ("requests that hit the failing provider", "requests during the outage"),
+            ("429s drawn from the provider", "429s drawn"),
+            ("errors callers saw (fail-fast included)", "errors seen by callers"),
+            ("seconds callers spent on failed calls", "seconds callers spent on failed calls"),
+            ("calls answered", "calls answered"),
+            ("calls answered in the rate-limited phase", "answered in the rate-limited phase"),
+        )
+        print("\nsummary: the same scenario, three clients side by side", file=self.out)
+        print(f"  {'':<42}" + "".join(f"{name:>21}" for name in NAMES), file=self.out)
+        for label, key in rows:
+            cells = "".join(f"{results[name][key]:>21}" for name in NAMES)
+            print(f"  {label:<42}{cells}", file=self.out)
+        ours = results["llm-circuit-breaker"]["errors by type"]
         opened = sum(1 for _, change in self.changes if change.new.value == "OPEN")
-        outage = self.scenario.hits_by_phase["outage"]
         took = self.recovery_time()
+        print("\n  this library's callers:", file=self.out)
+        print(
+            f"    refused while the circuit was open: {ours.get('CircuitOpenError', 0)} "
+            "CircuitOpenError (at once, nothing sent)",
+            file=self.out,
+        )
+        print(
+            f"    refused by the throttle: {ours.get('ThrottledError', 0)} ThrottledError "
+            "(slot further than throttle_max_wait); the rest of the rate-limited phase waited "
+            "in line",
+            file=self.out,
+        )
+        others = {k: v for k, v in ours.items() if k not in {"CircuitOpenError", "ThrottledError"}}
+        print(f"    other errors: {others or 'none'}", file=self.out)
+        print(f"    retries: {self.breaker.stats.retries}", file=self.out)
+        print(
+            f"    circuit opened {opened} times; throttle paused "
+            f"{sum(1 for _, e in self.throttle_events if e.new.value == 'THROTTLED')} times",
+            file=self.out,
+        )
         recovered = "not within the run" if took is None else f"{took:.2f}s"
-        print("\nsummary", file=self.out)
-        print(f"  calls made                    {self.tally.calls}", file=self.out)
-        print(f"  calls that reached the server {hits} ({outage} during the outage)", file=self.out)
-        print(f"  calls failed fast             {self.tally.failed_fast}", file=self.out)
-        print(f"  calls answered                {self.tally.ok}", file=self.out)
-        print(f"  errors seen by callers        {self.tally.errors}", file=self.out)
-        print(f"  retries                       {self.facade.breaker.stats.retries}", file=self.out)
-        print(f"  circuit opened                {opened} times", file=self.out)
-        print(f"  recovery to CLOSED            {recovered}", file=self.out)
+        print(f"    recovery to CLOSED: {recovered}", file=self.out)
 
 
 def run_demo(duration: float, concurrency: int, seed: int, out: TextIO = sys.stdout) -> int:
     """Run the demo; the exit status."""
     started = time.monotonic()
     status = asyncio.run(Demo(duration, concurrency, seed, out).run())
-    print(f"  wall time                     {time.monotonic() - started:.1f}s", file=out)
+    print(f"  wall time: {time.monotonic() - started:.1f}s", file=out)
     return status

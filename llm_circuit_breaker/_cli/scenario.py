@@ -1,8 +1,10 @@
 """A scripted provider outage, shared by the demo and the outage benchmark.
 
-The provider is healthy, then down (503s and hung requests), then rate limited (429 with
-``retry-after-ms``), then healthy again. Phases are fractions of the run's duration; the
-server answers by the time a request arrives, so every client sees the same outage.
+The provider is healthy, then rate limited (a real quota of ``RATE_LIMIT`` requests per
+second: 429s with the true ``retry-after-ms``), then down (503s and hung requests), then
+healthy again. Every answer carries the provider's ``x-ratelimit-*`` headers (a generous
+quota outside the rate-limited phase). Phases are fractions of the run's duration; the server
+answers by the time a request arrives, so every client sees the same outage.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import random
 import threading
 import time
 
-from llm_circuit_breaker.testing import FakeLLMServer, Reply
+from llm_circuit_breaker.testing import FakeLLMServer, Quota, Reply
 
-__all__ = ["PHASES", "Scenario"]
+__all__ = ["PHASES", "RATE_LIMIT", "Scenario"]
+
+RATE_LIMIT = 10  # requests per second in the rate-limited phase
 
 # (name, share of the run)
-PHASES = (("healthy", 0.2), ("outage", 0.35), ("rate limited", 0.15), ("recovered", 0.3))
+PHASES = (("healthy", 0.15), ("rate limited", 0.25), ("outage", 0.3), ("recovered", 0.3))
 
 
 @dataclasses.dataclass
@@ -34,6 +38,9 @@ class Scenario:
         self._lock = threading.Lock()
         self.hits_by_phase = {name: 0 for name, _ in PHASES}
         self.arrivals: list[float] = []  # seconds from the start at which requests arrived
+        self.limited = Quota(RATE_LIMIT, 1.0)
+        self.generous = Quota(6000, 60.0)
+        self.rate_limited = 0  # 429s sent
 
     def begin(self) -> None:
         self.started = time.monotonic()
@@ -72,9 +79,11 @@ class Scenario:
                 if roll < 0.3
                 else Reply.error(503, "service_unavailable_error")
             )
-        if phase == "rate limited" and roll < 0.5:
-            return Reply.error(429, "rate_limit_exceeded", headers={"retry-after-ms": "200"})
-        return Reply.ok("ok")
+        answer = (self.limited if phase == "rate limited" else self.generous).reply()
+        if answer.status == 429:
+            with self._lock:
+                self.rate_limited += 1
+        return answer
 
     def server(self) -> FakeLLMServer:
         return FakeLLMServer(responder=self.reply)

@@ -16,9 +16,16 @@
       with FakeLLMServer() as server:
           server.script(Reply.error(503), Reply.ok("hello"))
           LLMCircuitBreaker().call(server.url + "/v1/chat/completions", data={...})
+
+* :class:`Quota` enforces a provider's rate limit (a continuously refilling bucket) with its
+  ``x-ratelimit-*`` headers and real ``retry-after`` waits::
+
+      quota = Quota(60)                                       # 60 requests per minute
+      server = FakeLLMServer(responder=lambda n: quota.reply())
 """
 
 from llm_circuit_breaker.testing._clock import FakeClock
+from llm_circuit_breaker.testing._quota import Quota
 from llm_circuit_breaker.testing._server import FakeLLMServer, RecordedRequest, Reply
 
-__all__ = ["FakeClock", "FakeLLMServer", "RecordedRequest", "Reply"]
+__all__ = ["FakeClock", "FakeLLMServer", "Quota", "RecordedRequest", "Reply"]

@@ -1,0 +1,88 @@
+"""``Quota``: a provider's rate limit as a continuously refilling bucket, with its headers."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+from llm_circuit_breaker.testing._server import Reply
+
+__all__ = ["Quota"]
+
+
+class Quota:
+    """``limit`` requests per ``window`` seconds, refilled continuously (a token bucket of
+    capacity ``limit``), as OpenAI-style providers enforce it.
+
+    :meth:`reply` answers one request: ``ok`` with the ``x-ratelimit-*-requests`` headers when
+    the bucket has a request left, else a 429 ``rate_limit_exceeded`` whose ``retry-after-ms``
+    and ``retry-after`` are the real wait. Thread-safe; ``clock`` is for tests.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        window: float = 60.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if limit < 1 or not window > 0:
+            raise ValueError(f"a quota needs limit >= 1 and window > 0, got {limit}, {window}")
+        self.limit = limit
+        self.rate = limit / window  # requests refilled per second
+        self._clock = clock
+        self._level = float(limit)
+        self._at = clock()
+        self._lock = threading.Lock()
+        self.granted = 0
+        self.refused = 0
+
+    def _refill(self) -> float:
+        now = self._clock()
+        self._level = min(float(self.limit), self._level + (now - self._at) * self.rate)
+        self._at = now
+        return self._level
+
+    def take(self) -> tuple[bool, dict[str, str]]:
+        """Spend one request if there is one; whether it was granted, and the headers."""
+        with self._lock:
+            level = self._refill()
+            granted = level >= 1.0
+            if granted:
+                self._level -= 1.0
+                self.granted += 1
+            else:
+                self.refused += 1
+            headers = self._headers()
+            if not granted:
+                wait = (1.0 - self._level) / self.rate
+                headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+                headers["retry-after"] = str(max(1, math.ceil(wait)))
+        return granted, headers
+
+    def _headers(self) -> dict[str, str]:
+        full_in = (self.limit - self._level) / self.rate
+        return {
+            "x-ratelimit-limit-requests": str(self.limit),
+            "x-ratelimit-remaining-requests": str(int(self._level)),
+            "x-ratelimit-reset-requests": f"{full_in:.3f}s",
+        }
+
+    def reply(self, ok: Reply | None = None) -> Reply:
+        """The answer to one request: ``ok`` (a chat completion by default) or a 429."""
+        granted, headers = self.take()
+        if granted:
+            answer = ok or Reply.ok("ok")
+            return Reply(
+                status=answer.status,
+                json=answer.json,
+                text=answer.text,
+                headers={**answer.headers, **headers},
+                delay=answer.delay,
+                events=answer.events,
+            )
+        return Reply.error(
+            429, "rate_limit_exceeded", "Rate limit reached for requests", headers=headers
+        )
