@@ -42,6 +42,7 @@ from llm_circuit_breaker._kinds import (
 from llm_circuit_breaker.errors import TransportError
 
 __all__ = [
+    "response_headers",
     "NOT_PROVIDER_FAILURES",
     "STREAM_ERROR_STATUS",
     "TRANSPORT_KINDS",
@@ -250,6 +251,15 @@ def _status(exc: BaseException) -> int | None:
         status = _http_status(value)
         if status is not None:
             return None if status == 200 else status  # 200: an error event inside a stream
+    return None
+
+
+def response_headers(exc: BaseException) -> Any:
+    """The HTTP response headers an error carries (or one it was raised from); None if none."""
+    for each in _chain(exc):
+        headers = _headers(each)
+        if headers is not None:
+            return headers
     return None
 
 

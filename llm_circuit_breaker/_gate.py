@@ -41,6 +41,12 @@ def _no_fallback(*args: object, **kwargs: object) -> Any:  # pragma: no cover - 
     raise RuntimeError("no fallback")
 
 
+def _headers_of(exc: BaseException) -> Any:
+    from llm_circuit_breaker._classify import response_headers
+
+    return response_headers(exc)
+
+
 class Gate:
     """A breaker plus one decoration's rules and fallback."""
 
@@ -84,8 +90,11 @@ class Gate:
         return judge(exc, breaker.config, rules=self.rules, name=breaker.name)
 
     def failed(self, permit: int, exc: BaseException) -> None:
-        """Report that the call holding ``permit`` raised ``exc``."""
+        """Report that the call holding ``permit`` raised ``exc`` (a rate limit's headers go
+        to the throttle first: they say how full the provider's bucket is)."""
         v = self.verdict(exc)
+        if v.outcome is Outcome.THROTTLED:
+            self.breaker.observe(_headers_of(exc))
         self.breaker.record(
             permit, v.outcome, open_for=v.open_for, why=v.reason, error=exc, hint=v.hint
         )
@@ -93,6 +102,8 @@ class Gate:
     async def afailed(self, permit: int, exc: BaseException) -> None:
         """``failed`` for a breaker on an asyncio store."""
         v = self.verdict(exc)
+        if v.outcome is Outcome.THROTTLED:
+            await self.breaker.aobserve(_headers_of(exc))
         await self.breaker.arecord(
             permit, v.outcome, open_for=v.open_for, why=v.reason, error=exc, hint=v.hint
         )

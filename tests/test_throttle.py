@@ -351,3 +351,33 @@ async def test_async_streams_reserve_their_token_cost(llm_server: FakeLLMServer)
         with pytest.raises(ThrottledError):
             [e async for e in cb.astream(llm_server.url, data=_STREAM_BODY)]
     assert llm_server.hits == 2
+
+
+def test_decorators_read_the_rate_limit_headers_of_a_429(clock: FakeClock) -> None:
+    """A decorated call that gets a 429 feeds its x-ratelimit headers to the throttle: the
+    bucket is known (empty, 60 per minute) and the next call waits for its refill."""
+    breaker = _paced(clock, throttle_max_wait=60.0)
+    headers = {
+        "retry-after-ms": "500",
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "60s",
+    }
+    outcomes: list[BaseException | None] = [
+        http_status_error(429, headers, {"error": {"code": "rate_limit_exceeded"}}),
+        None,
+        None,
+    ]
+
+    @circuit_breaker(breaker=breaker)
+    def call() -> str:
+        error = outcomes.pop(0)
+        if error is not None:
+            raise error
+        return "ok"
+
+    with pytest.raises(Exception, match="429"):
+        call()
+    assert breaker.throttle["requests_remaining"] == 0
+    assert call() == "ok" and call() == "ok"
+    assert len(clock.sleeps) == 2 and all(0.5 <= s <= 1.05 for s in clock.sleeps)
