@@ -19,6 +19,7 @@ from llm_circuit_breaker._kinds import (
     Classification,
     ErrorKind,
 )
+from llm_circuit_breaker._refusal import refusal_of
 from llm_circuit_breaker._state import Outcome
 from llm_circuit_breaker.config import BreakerRules, CircuitBreakerConfig, RetryConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
@@ -76,6 +77,9 @@ def judge(
         return Verdict(
             Outcome.IGNORED, False, exc.retry_after, None, "circuit open", ErrorKind.OTHER, None
         )
+    refused = refusal_of(exc)  # an SDK's error around the httpx transport's refusal
+    if refused is not None:
+        return judge(refused, config, retry, rules, name=name)
     found = classify(exc)
     hint = found.retry_after if retry.respect_retry_after else None
     outcome, open_for, reason = _breaker_column(exc, found, config, rules, name)

@@ -11,7 +11,8 @@
     │   ├── RateLimitError                            429
     │   └── ServerError                               5xx, Anthropic's 529 included
     └── TransportError                                refused/reset connection, DNS, bad body
-        └── RequestTimeoutError                       also a builtin ``TimeoutError``
+        ├── RequestTimeoutError                       also a builtin ``TimeoutError``
+        └── IncompleteStreamError                     a stream cut before its final event
 
 Every error keeps its context as attributes, and neither ``str()`` nor ``repr()`` ever shows a
 credential: header values whose names look like credentials are replaced before they are
@@ -30,6 +31,7 @@ __all__ = [
     "CircuitOpenError",
     "FallbacksExhaustedError",
     "HTTPStatusError",
+    "IncompleteStreamError",
     "LLMCircuitBreakerError",
     "RateLimitError",
     "RequestTimeoutError",
@@ -180,6 +182,12 @@ class TransportError(LLMCircuitBreakerError):
 
 class RequestTimeoutError(TransportError, TimeoutError):
     """An attempt took longer than its timeout."""
+
+
+class IncompleteStreamError(TransportError):
+    """A stream ended before the provider's final event (an OpenAI chat stream without
+    ``[DONE]`` or a finish reason, an Anthropic one without ``message_stop``, a Responses one
+    without ``response.completed``): the answer is cut short."""
 
 
 def _exhausted_message(errors: Sequence[BaseException]) -> str:

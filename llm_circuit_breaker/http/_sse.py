@@ -13,7 +13,12 @@ import json
 from typing import Any
 
 from llm_circuit_breaker._classify import classify_response
-from llm_circuit_breaker.errors import HTTPStatusError, TransportError, http_status_error
+from llm_circuit_breaker.errors import (
+    HTTPStatusError,
+    IncompleteStreamError,
+    TransportError,
+    http_status_error,
+)
 from llm_circuit_breaker.http._common import PreparedRequest, error_type_of
 
 __all__ = ["DONE", "EventReader", "LineSplitter", "SSEDecoder", "SSEEvent", "StreamChecker"]
@@ -123,16 +128,25 @@ _TERMINAL = {"message_stop", "response.completed", "response.incomplete", "done"
 
 
 class StreamChecker:
-    """Raises provider error frames as our errors and notices a truncated stream."""
+    """Finds provider error frames in a stream and notices one cut before its terminal frame."""
 
-    __slots__ = ("_needs_end", "_url")
+    __slots__ = ("_ended", "_needs_end", "_url")
 
     def __init__(self, url: str) -> None:
         self._url = url
         self._needs_end = False
+        self._ended = False  # a terminal frame or a finish reason has come
 
     def check(self, event: SSEEvent) -> bool:
         """Whether to hand ``event`` to the caller; raises for an error frame."""
+        error = self.error_in(event)
+        if error is not None:
+            raise error
+        return event is not DONE and event.event != "ping"
+
+    def error_in(self, event: SSEEvent) -> HTTPStatusError | None:
+        """The provider error ``event`` carries, if it is an error frame (and follow whether
+        the stream's terminal frame has come)."""
         data = event.data
         kind = data.get("type") if isinstance(data, dict) else None
         if (
@@ -140,29 +154,48 @@ class StreamChecker:
             or kind == "error"
             or (isinstance(data, dict) and "error" in data)
         ):
-            raise self._error(data)
+            return self._error(data)
         if event.event == "response.failed" or kind == "response.failed":
             response = data.get("response") if isinstance(data, dict) else None
-            raise self._error(response if isinstance(response, dict) else data)
+            return self._error(response if isinstance(response, dict) else data)
         name = kind if isinstance(kind, str) else event.event
         if name in ("message_start", "response.created") or (
             isinstance(data, dict) and data.get("object") == "chat.completion.chunk"
         ):
-            self._needs_end = True
-        if event is DONE or name in _TERMINAL:
-            self._needs_end = False
-        return event is not DONE and event.event != "ping"
+            self._needs_end = not self._ended
+        if event is DONE or name in _TERMINAL or _finished(data):
+            self._needs_end, self._ended = False, True
+        return None
+
+    @property
+    def ended(self) -> bool:
+        """Whether the provider's terminal frame (or a finish reason) has come."""
+        return self._ended
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether the stream so far lacks its provider's terminal frame."""
+        return self._needs_end
 
     def finish(self) -> None:
         """Call at the end of the stream: raises if the provider's terminal frame never came."""
         if self._needs_end:
-            raise TransportError("stream ended before its final event", url=self._url)
+            raise IncompleteStreamError("stream ended before its final event", url=self._url)
 
     def _error(self, payload: Any) -> HTTPStatusError:
         status = classify_response(200, None, payload).status or 500
         return http_status_error(
             status, None, payload, self._url, error_type=error_type_of(payload)
         )
+
+
+def _finished(data: Any) -> bool:
+    """Whether a chat chunk carries a finish reason (the answer is whole even without
+    ``[DONE]``)."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    return isinstance(choices, list) and any(
+        isinstance(c, dict) and c.get("finish_reason") for c in choices
+    )
 
 
 class EventReader:
