@@ -1,0 +1,284 @@
+"""What both httpx transports share: naming the breaker, reading the request, answering a
+refusal, judging a response, watching an SSE body and settling an attempt once. No I/O."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from llm_circuit_breaker._refusal import REFUSAL
+from llm_circuit_breaker._verdict import judge
+from llm_circuit_breaker.breaker import CircuitBreaker
+from llm_circuit_breaker.config import CircuitBreakerConfig
+from llm_circuit_breaker.errors import (
+    CircuitOpenError,
+    IncompleteStreamError,
+    ThrottledError,
+    http_status_error,
+)
+from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
+
+__all__ = [
+    "Attempt",
+    "BreakerSpec",
+    "Core",
+    "Watch",
+    "incomplete",
+    "library",
+    "aread_capped",
+    "read_capped",
+]
+
+BreakerSpec = str | CircuitBreaker | Callable[[Any], str]
+_MAX_PARSED_BODY = 4 * 1024 * 1024  # request bodies parsed for the model and a token estimate
+_MAX_ERROR_BODY = 256 * 1024  # of an error response, read to judge it
+
+
+class Core:
+    """What both transports share: naming the breaker, reading the request, answering a
+    refusal, judging a response and preparing its guarded body. No I/O."""
+
+    def __init__(
+        self,
+        breaker: BreakerSpec,
+        registry: BreakerRegistry | None,
+        first_byte_timeout: float | None,
+        idle_timeout: float | None,
+        fields: dict[str, Any],
+    ) -> None:
+        from llm_circuit_breaker._validate import seconds
+
+        if not (isinstance(breaker, str | CircuitBreaker) or callable(breaker)):
+            raise TypeError(
+                f"breaker must be a name, a CircuitBreaker or a callable request -> name, "
+                f"got {type(breaker).__name__}"
+            )
+        self.spec = breaker
+        self.registry = breaker_registry if registry is None else registry
+        owner = "CircuitBreakerTransport"
+        self.first_byte_timeout = (
+            None
+            if first_byte_timeout is None
+            else seconds(owner, "first_byte_timeout", first_byte_timeout)
+        )
+        self.idle_timeout = (
+            None if idle_timeout is None else seconds(owner, "idle_timeout", idle_timeout)
+        )
+        self.fields = fields
+        self.config = CircuitBreakerConfig(**fields) if fields else None
+        self.template = isinstance(breaker, str) and "{" in breaker
+
+    # -- the request -------------------------------------------------------------------------
+
+    def body_of(self, request: Any) -> Any:
+        """The request's JSON body, when it has a small one (else None)."""
+        try:
+            content = request.content
+        except Exception:  # a streaming body, not read: nothing to learn from it
+            return None
+        if not content or len(content) > _MAX_PARSED_BODY:
+            return None
+        try:
+            return json.loads(content)
+        except ValueError:
+            return None
+
+    def breaker_for(self, request: Any, body: Any) -> CircuitBreaker:
+        """The breaker that guards ``request``."""
+        spec = self.spec
+        if isinstance(spec, CircuitBreaker):
+            return spec
+        if isinstance(spec, str):
+            name = _fill(spec, request, body) if self.template else spec
+        else:
+            name = spec(request)
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"breaker callable must return a non-empty str, got {name!r}")
+        return self.registry.get_or_create_with(name, self.fields, config=self.config)
+
+    def bound_first_byte(self, request: Any, body: Any) -> bool:
+        """Shorten the read timeout of a streaming request to ``first_byte_timeout``; whether
+        it streams."""
+        streams = (isinstance(body, Mapping) and body.get("stream") is True) or (
+            "text/event-stream" in request.headers.get("accept", "")
+        )
+        if streams and self.first_byte_timeout is not None:
+            _set_read_timeout(request, self.first_byte_timeout)
+        return streams
+
+    # -- refusals ----------------------------------------------------------------------------
+
+    def refused(self, request: Any, error: CircuitOpenError | ThrottledError) -> Any:
+        """The answer to a refused attempt: nothing was sent, the SDK must not retry."""
+        throttled = isinstance(error, ThrottledError)
+        wait = error.retry_after
+        headers = {
+            "content-type": "application/json",
+            "x-should-retry": "false",
+            "x-llm-circuit-breaker": "throttled" if throttled else "circuit-open",
+        }
+        if wait is not None:
+            headers["retry-after"] = str(max(0, math.ceil(wait)))
+            headers["retry-after-ms"] = str(max(0, math.ceil(wait * 1000)))
+        kind = "throttled" if throttled else "circuit_open"
+        body = {
+            "error": {
+                "message": f"{type(error).__name__}: {error}",
+                "type": kind,
+                "code": kind,
+                "retry_after": wait,
+            }
+        }
+        lib = library(request)
+        return lib.Response(
+            429 if throttled else 503,
+            headers=headers,
+            content=json.dumps(body).encode(),
+            request=request,
+            extensions={REFUSAL: error},
+        )
+
+    # -- responses ---------------------------------------------------------------------------
+
+    def judge_status(
+        self, breaker: CircuitBreaker, request: Any, response: Any, body: bytes
+    ) -> Any:
+        """The verdict on an error status, and the error it stands for."""
+        try:
+            parsed: Any = json.loads(body) if body else None
+        except ValueError:
+            parsed = body[:2000].decode("utf-8", errors="replace")
+        error = http_status_error(
+            response.status_code, dict(response.headers), parsed, str(request.url)
+        )
+        return judge(error, breaker.config, name=breaker.name), error
+
+    def after_headers(self, request: Any, response: Any, streams: bool) -> Watch | None:
+        """Once the headers are in: the read timeout of a stream's silences, and the watch of
+        an SSE body."""
+        if streams and self.idle_timeout is not None:
+            _set_read_timeout(request, self.idle_timeout)
+        if "text/event-stream" in response.headers.get("content-type", ""):
+            return Watch(str(request.url))
+        return None
+
+
+class Watch:
+    """Reads an SSE body as it passes: error frames, and whether the final event came."""
+
+    __slots__ = ("_checker", "_decoder", "_lines")
+
+    def __init__(self, url: str) -> None:
+        from llm_circuit_breaker.http._sse import LineSplitter, SSEDecoder, StreamChecker
+
+        limit = 8 * 1024 * 1024
+        self._lines = LineSplitter(limit, url)
+        self._decoder = SSEDecoder(limit, url)
+        self._checker = StreamChecker(url)
+
+    def feed(self, chunk: bytes) -> BaseException | None:
+        """The first provider error in ``chunk``, if any."""
+        for line in self._lines.feed(chunk):
+            event = self._decoder.feed(line.decode("utf-8", errors="replace"))
+            if event is not None:
+                error = self._checker.error_in(event)
+                if error is not None:
+                    return error
+        return None
+
+    @property
+    def complete(self) -> bool:
+        """Whether the provider's final event has passed (the SDK may stop reading there)."""
+        return self._checker.ended
+
+    def truncated(self) -> bool:
+        """At the end of the body: whether the provider's final event never came."""
+        rest = self._lines.rest()
+        if rest:
+            self._decoder.feed(rest.decode("utf-8", errors="replace").rstrip("\r"))
+        event = self._decoder.flush()
+        if event is not None:
+            self._checker.error_in(event)
+        return self._checker.incomplete
+
+
+class Attempt:
+    """One admitted attempt: reports its outcome exactly once."""
+
+    __slots__ = ("breaker", "done", "permit")
+
+    def __init__(self, breaker: CircuitBreaker, permit: int) -> None:
+        self.breaker = breaker
+        self.permit = permit
+        self.done = False
+
+    def verdict(self, exc: BaseException) -> Any:
+        """What ``exc`` means for this attempt's breaker (None once reported)."""
+        if self.done:
+            return None
+        self.done = True
+        return judge(exc, self.breaker.config, name=self.breaker.name)
+
+    def settle(self) -> bool:
+        """Mark reported; whether it still had to be."""
+        first = not self.done
+        self.done = True
+        return first
+
+
+def _fill(template: str, request: Any, body: Any) -> str:
+    values = dict(body) if isinstance(body, Mapping) else {}
+    values.setdefault("host", request.url.host)
+    try:
+        return template.format_map(values)
+    except KeyError as exc:
+        raise TypeError(
+            f"breaker name {template!r} needs {exc.args[0]!r}, which the request to "
+            f"{request.url.host} does not carry (in its JSON body, or host)"
+        ) from None
+
+
+def _set_read_timeout(request: Any, seconds: float) -> None:
+    timeout = request.extensions.get("timeout")
+    if isinstance(timeout, dict):
+        read = timeout.get("read")
+        timeout["read"] = seconds if read is None else min(read, seconds)
+
+
+def library(message: Any) -> Any:
+    """The module (``httpx``, ``httpx2``) whose Request / Response ``message`` is."""
+    return sys.modules[type(message).__module__.partition(".")[0]]
+
+
+@functools.cache
+def _incomplete_type(lib: Any) -> type[IncompleteStreamError]:
+    """IncompleteStreamError that is also ``lib``'s RemoteProtocolError: the error the SDKs
+    handle (and wrap, where they wrap transport errors) as a broken body."""
+    return type("IncompleteStreamError", (lib.RemoteProtocolError, IncompleteStreamError), {})
+
+
+def incomplete(request: Any) -> IncompleteStreamError:
+    lib = library(request)
+    return _incomplete_type(lib)(  # type: ignore[call-arg]
+        f"stream from {request.url.host} ended before its final event: the answer is cut short",
+        request=request,
+    )
+
+
+def read_capped(response: Any) -> bytes:
+    """An error response's body, read (so the SDK can read it too) up to a cap."""
+    try:
+        return bytes(response.read()[:_MAX_ERROR_BODY])
+    except Exception:  # a body that breaks: judged by its status alone
+        return b""
+
+
+async def aread_capped(response: Any) -> bytes:
+    try:
+        return bytes((await response.aread())[:_MAX_ERROR_BODY])
+    except Exception:
+        return b""
