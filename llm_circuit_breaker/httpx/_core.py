@@ -68,6 +68,7 @@ class Core:
         self.idle_timeout = (
             None if idle_timeout is None else seconds(owner, "idle_timeout", idle_timeout)
         )
+        CircuitBreakerConfig.check_names(fields)
         self.fields = fields
         self.config = CircuitBreakerConfig(**fields) if fields else None
         self.template = isinstance(breaker, str) and "{" in breaker
