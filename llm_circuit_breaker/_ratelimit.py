@@ -12,6 +12,7 @@ Pure functions over any header mapping; a value that does not parse is treated a
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from typing import Any
 
@@ -96,8 +97,25 @@ def _bucket(headers: Any, prefix: str, kind: str, wall_now: float) -> Bucket | N
     return Bucket(limit, remaining, reset)
 
 
+def _rate_limit_headers(headers: Any) -> dict[str, Any]:
+    """The rate-limit headers among ``headers``, by lower-case name (one pass, at most the
+    first 256 headers: a response with thousands is hostile, not informative)."""
+    try:
+        found = {}
+        for key, value in itertools.islice(headers.items(), 256):
+            name = (key.decode("latin-1") if isinstance(key, bytes) else str(key)).lower()
+            if "ratelimit" in name:
+                found[name] = value
+        return found
+    except Exception:
+        return {}
+
+
 def parse_rate_limits(headers: Any, wall_now: float) -> RateLimits | None:
     """The buckets a response's headers report, or None when it reports none."""
+    headers = _rate_limit_headers(headers)
+    if not headers:
+        return None
     requests = _bucket(headers, "x-ratelimit", "requests", wall_now) or _bucket(
         headers, "anthropic", "requests", wall_now
     )

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from llm_circuit_breaker._state import Outcome
-from llm_circuit_breaker._throttle import TOKEN_COST, estimate_tokens
+from llm_circuit_breaker._throttle import TOKEN_COST
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 from llm_circuit_breaker.httpx._core import (
     Attempt,
@@ -101,7 +101,7 @@ class AsyncCircuitBreakerTransport:
         core = self._core
         body = core.body_of(request)
         breaker = core.breaker_for(request, body)
-        token = TOKEN_COST.set(estimate_tokens(body))
+        token = TOKEN_COST.set(core.tokens(request, body))
         try:
             permit = await breaker.aadmit()
         except (CircuitOpenError, ThrottledError) as refused:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from llm_circuit_breaker._state import Outcome
-from llm_circuit_breaker._throttle import TOKEN_COST, estimate_tokens
+from llm_circuit_breaker._throttle import TOKEN_COST
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 from llm_circuit_breaker.httpx._core import (
     Attempt,
@@ -106,7 +106,7 @@ class CircuitBreakerTransport:
                 f"circuit {breaker.name!r} keeps its state in an asyncio store: "
                 "use AsyncCircuitBreakerTransport"
             )
-        token = TOKEN_COST.set(estimate_tokens(body))
+        token = TOKEN_COST.set(core.tokens(request, body))
         try:
             permit = breaker.admit()
         except (CircuitOpenError, ThrottledError) as refused:
