@@ -136,7 +136,7 @@ async def _mode(name: str, url: str, until: float) -> collections.Counter[str]:
         transport = AsyncCircuitBreakerTransport(breaker)
         client = _sdk(url, max_retries=0, http_client=httpx.AsyncClient(transport=transport))
 
-        @with_retry(max_retries=3, breaker=breaker)
+        @with_retry(max_retries=3)
         async def through_transport() -> Any:
             return await client.chat.completions.create(**BODY)
 

@@ -42,8 +42,8 @@ class _Options:
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
-        """The option names, in declaration order."""
-        return tuple(cls.__dataclass_fields__)
+        """The option names, in declaration order (not the class constants)."""
+        return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
     def check_names(cls, options: Mapping[str, Any]) -> None:

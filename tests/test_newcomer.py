@@ -236,3 +236,14 @@ def test_real_anthropic_stream_error_event_counts(llm_server: FakeLLMServer) -> 
             pass
     assert breaker_registry.get("anthropic-stream").failure_count == 1
     client.close()
+
+
+def test_option_lists_name_options_only() -> None:
+    """An unknown option's error lists the options, never the classes' private constants."""
+    from llm_circuit_breaker import RetryConfig
+
+    with pytest.raises(TypeError) as caught:
+        RetryConfig.check_names({"breaker": 1})
+    assert "_what" not in str(caught.value) and "max_retries" in str(caught.value)
+    with pytest.raises(TypeError):
+        CircuitBreakerConfig.check_names({"_what": "x"})
