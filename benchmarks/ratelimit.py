@@ -130,6 +130,7 @@ async def _mode(name: str, url: str, until: float) -> collections.Counter[str]:
         call = lambda: helper.acall(url + "/v1/chat/completions", data=BODY)  # noqa: E731
     elif name == "httpx transport":
         import httpx
+
         from llm_circuit_breaker.httpx import AsyncCircuitBreakerTransport
 
         breaker = registry.get_or_create("bench-transport")
