@@ -213,6 +213,18 @@ class LocalCircuit:
             self.throttle.observe(limits, self._clock())
             self._follow_throttle()
 
+    @property
+    def idle(self) -> bool:
+        """CLOSED with nothing counted, nothing paced and nobody waiting: dropping the
+        circuit loses no state (a registry may drop idle scoped breakers)."""
+        core, throttle = self._core, self.throttle
+        return (
+            core.state is CircuitState.CLOSED
+            and not core.failure_count
+            and not core.paced
+            and (throttle is None or (not throttle.waiting and throttle.quiet))
+        )
+
     def throttle_view(self) -> dict[str, float | int | None]:
         """What the throttle says now (all None/0 without a throttle)."""
         with self._lock:

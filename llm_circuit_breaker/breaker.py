@@ -1,10 +1,6 @@
-"""``CircuitBreaker``: one circuit, decided in this process or kept in a shared store.
-
-Without a store the breaker runs a :class:`~llm_circuit_breaker._local.LocalCircuit` (the pure
-core behind a lock that never spans the caller's call). With ``store=`` it composes a link to
-that store (:mod:`llm_circuit_breaker.storage.link`): a sync store gives plain methods, an
-asyncio store gives coroutines (``aenter`` / ``arecord`` ...). Counts, listeners and logs are
-the breaker's :class:`~llm_circuit_breaker._telemetry.Telemetry` either way.
+"""``CircuitBreaker``: one circuit, decided in this process (a :class:`LocalCircuit`) or kept
+in a shared store (a link from :mod:`llm_circuit_breaker.storage.link`: plain methods for a
+sync store, coroutines for an asyncio one); its :class:`Telemetry` reports either way.
 """
 
 from __future__ import annotations
@@ -182,6 +178,11 @@ class CircuitBreaker:
         if self._link is not None:
             self._link.view()  # a sync store is read now; an asyncio one as of its last call
         return self._known_throttle()
+
+    @property
+    def idle(self) -> bool:
+        """CLOSED and clean: a registry may drop this (scoped) breaker without losing state."""
+        return (self._link or self._alink or self._local).idle
 
     def _known_throttle(self) -> dict[str, float | int | None]:
         link = self._link or self._alink

@@ -11,6 +11,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker._gate import PLAIN, AsyncGuardedStream, Gate, GuardedStream, is_stream
+from llm_circuit_breaker._scope import is_template
 from llm_circuit_breaker._throttle import Wait
 from llm_circuit_breaker.breaker import CircuitBreaker, Listener
 from llm_circuit_breaker.config import BreakerRules, CircuitBreakerConfig, FailurePredicate
@@ -105,34 +106,59 @@ def circuit_breaker(
         if not callable(func):
             raise TypeError(f"circuit_breaker decorates callables, got {func!r}")
         warn_wrong_order(func)
+
+        def shell(chosen: CircuitBreaker) -> Any:
+            wrapper = _shell(func, Gate(chosen, rules, fallback), call_timeout)
+            if on_state_change is not None:
+                chosen.add_listener(on_state_change)
+            return wrapper
+
+        if breaker is None and is_template(name):
+            from llm_circuit_breaker._scope import ScopedName, scoped
+
+            name_of = ScopedName(cast("str", name), func)
+
+            def shell_for_name(scope: str) -> Any:
+                return shell(
+                    registry.get_or_create_with(scope, config_fields, config=config, scoped=True)
+                )
+
+            wrapper = scoped(func, name_of, shell_for_name, registry)
+            wrapper.breaker = None
+            wrapper.breaker_for = lambda *a, **k: registry.get_or_create_with(
+                name_of(a, k), config_fields, config=config, scoped=True
+            )
+            return cast("Guarded[P, R]", wrapper)
         chosen = breaker or registry.get_or_create_with(
             name or f"{func.__module__}.{func.__qualname__}", config_fields, config=config
         )
-        gate = Gate(chosen, rules, fallback)
-        if inspect.isasyncgenfunction(func):
-            wrapper: Any = _async_gen_shell(func, gate, call_timeout)
-        elif inspect.iscoroutinefunction(func):
-            wrapper = _async_shell(func, gate, call_timeout)
-        elif chosen.is_async:
-            raise TypeError(
-                f"circuit {chosen.name!r} keeps its state in an asyncio store: it can guard "
-                f"coroutine functions and async generators, not {func.__qualname__}"
-            )
-        elif call_timeout is not None:
-            raise TypeError(
-                f"call_timeout applies to coroutine functions and async generators; "
-                f"{func.__qualname__} is neither (a thread cannot be timed out safely)"
-            )
-        elif inspect.isgeneratorfunction(func):
-            wrapper = _gen_shell(func, gate)
-        else:
-            wrapper = _sync_shell(func, gate)
-        if on_state_change is not None:
-            chosen.add_listener(on_state_change)
+        wrapper = shell(chosen)
         wrapper.breaker = chosen
         return cast("Guarded[P, R]", wrapper)
 
     return decorate
+
+
+def _shell(func: Callable[..., Any], gate: Gate, call_timeout: float | None) -> Any:
+    """The shell that fits ``func``: plain, coroutine, generator or async generator."""
+    chosen = gate.breaker
+    if inspect.isasyncgenfunction(func):
+        return _async_gen_shell(func, gate, call_timeout)
+    if inspect.iscoroutinefunction(func):
+        return _async_shell(func, gate, call_timeout)
+    if chosen.is_async:
+        raise TypeError(
+            f"circuit {chosen.name!r} keeps its state in an asyncio store: it can guard "
+            f"coroutine functions and async generators, not {func.__qualname__}"
+        )
+    if call_timeout is not None:
+        raise TypeError(
+            f"call_timeout applies to coroutine functions and async generators; "
+            f"{func.__qualname__} is neither (a thread cannot be timed out safely)"
+        )
+    if inspect.isgeneratorfunction(func):
+        return _gen_shell(func, gate)
+    return _sync_shell(func, gate)
 
 
 def warn_wrong_order(func: Callable[..., Any]) -> None:

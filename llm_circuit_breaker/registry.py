@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import itertools
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -13,21 +15,36 @@ from llm_circuit_breaker.storage.base import AsyncStateStore, StateStore
 __all__ = ["BreakerRegistry", "breaker_registry"]
 
 _LISTED = 20  # names listed in a KeyError
+_EVICTION_SCAN = 64  # scoped breakers looked at per eviction: the oldest, for an idle one
 
 
 class BreakerRegistry:
     """Breakers by name. ``breaker_registry`` is the process-wide default; make more for
     isolation (tests, tenants). ``clock`` and ``store`` (say a ``RedisStateStore``, to share
     the circuits across processes) are handed to every breaker the registry creates.
+
+    Scoped breakers (one per model, made from a name template such as ``"openai:{model}"``)
+    are bounded: beyond ``max_breakers`` of them, the least recently used that are CLOSED and
+    clean (nothing counted, nothing paced, nothing waiting) are dropped; a later call makes a
+    fresh one. Breakers named outright are never dropped.
     """
 
     def __init__(
-        self, *, clock: Clock | None = None, store: StateStore | AsyncStateStore | None = None
+        self,
+        *,
+        clock: Clock | None = None,
+        store: StateStore | AsyncStateStore | None = None,
+        max_breakers: int = 10_000,
     ) -> None:
+        if isinstance(max_breakers, bool) or not isinstance(max_breakers, int) or max_breakers < 1:
+            raise ValueError(f"max_breakers must be an int >= 1, got {max_breakers!r}")
         self._clock = clock
         self.store = store
+        self.max_breakers = max_breakers
         self._observers: list[Observer] = []
         self._breakers: dict[str, CircuitBreaker] = {}
+        # Names of the scoped breakers, least recently used first.
+        self._scoped: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, name: str) -> CircuitBreaker:
@@ -63,12 +80,28 @@ class BreakerRegistry:
         fields: Mapping[str, Any],
         *,
         config: CircuitBreakerConfig | None = None,
+        scoped: bool = False,
     ) -> CircuitBreaker:
         """Like :meth:`get_or_create`, from config field names; only the fields given must
         match an existing breaker's (the decorators name a breaker this way). ``config``, when
-        given, is those fields already validated."""
+        given, is those fields already validated. ``scoped``: one of a template's breakers,
+        counted against ``max_breakers`` and dropped when idle and least recently used."""
         CircuitBreakerConfig.check_names(fields)
-        return self._get_or_create(name, dict(fields) or None, config)
+        return self._get_or_create(name, dict(fields) or None, config, scoped=scoped)
+
+    def touch(self, name: str) -> bool:
+        """Mark the scoped breaker ``name`` as just used; False if it was dropped (or is not
+        scoped). Lock-free: one ordered-dict operation."""
+        try:
+            self._scoped.move_to_end(name)
+        except KeyError:
+            return False
+        return True
+
+    def scope(self, prefix: str) -> list[CircuitBreaker]:
+        """The breakers named ``prefix`` or ``prefix:...`` (one per model ...), in name order."""
+        start = prefix + ":"
+        return [b for b in self.breakers() if b.name == prefix or b.name.startswith(start)]
 
     def configure(self, name: str, **fields: Any) -> CircuitBreaker:
         """Create the breaker ``name`` with these config fields before anything uses it.
@@ -83,6 +116,8 @@ class BreakerRegistry:
         name: str,
         fields: dict[str, Any] | None,
         config: CircuitBreakerConfig | None = None,
+        *,
+        scoped: bool = False,
     ) -> CircuitBreaker:
         with self._lock:
             breaker = self._breakers.get(name)
@@ -93,7 +128,12 @@ class BreakerRegistry:
                 self._breakers[name] = breaker
                 for observer in self._observers:
                     breaker.add_observer(observer)
+                if scoped:
+                    self._scoped[name] = None
+                    self._evict()
                 return breaker
+            if scoped:
+                self.touch(name)
         if fields:
             differ = [
                 f"{key}={value!r} (it has {getattr(breaker.config, key)!r})"
@@ -109,6 +149,24 @@ class BreakerRegistry:
                     "without config fields everywhere else"
                 )
         return breaker
+
+    def _evict(self) -> None:
+        """Drop idle scoped breakers, oldest first, down to ``max_breakers`` (lock held)."""
+        excess = len(self._scoped) - self.max_breakers
+        if excess <= 0:
+            return
+        try:
+            oldest = list(itertools.islice(self._scoped, _EVICTION_SCAN))
+        except RuntimeError:  # touched meanwhile by a lock-free caller: evict on the next one
+            return
+        for name in oldest:
+            breaker = self._breakers.get(name)
+            if breaker is None or breaker.idle:
+                self._scoped.pop(name, None)
+                self._breakers.pop(name, None)
+                excess -= 1
+                if excess <= 0:
+                    return
 
     def add(self, breaker: CircuitBreaker) -> CircuitBreaker:
         """Register an existing breaker under its name (``ValueError`` if the name is taken)."""
@@ -137,6 +195,7 @@ class BreakerRegistry:
         with self._lock:
             self.get(name)
             del self._breakers[name]
+            self._scoped.pop(name, None)
 
     def discard(self, breaker: CircuitBreaker) -> None:
         """Forget ``breaker`` if it is still the one registered under its name.
@@ -146,11 +205,13 @@ class BreakerRegistry:
         """
         if self._breakers.get(breaker.name) is breaker:
             self._breakers.pop(breaker.name, None)
+            self._scoped.pop(breaker.name, None)
 
     def clear(self) -> None:
         """Forget every breaker."""
         with self._lock:
             self._breakers.clear()
+            self._scoped.clear()
 
     def __contains__(self, name: object) -> bool:
         return name in self._breakers
@@ -162,8 +223,10 @@ class BreakerRegistry:
         return len(self._breakers)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        """name -> {state, failure_count, success_count, opened_at, retry_after, stats}."""
-        return {name: breaker.snapshot() for name, breaker in list(self._breakers.items())}
+        """name -> {state, failure_count, success_count, opened_at, retry_after, throttle,
+        stats}, in name order: the breakers of a scope (``openai:gpt-4o``, ``openai:o3`` ...)
+        side by side, as :meth:`scope` lists them."""
+        return {breaker.name: breaker.snapshot() for breaker in self.breakers()}
 
     def __repr__(self) -> str:
         return f"BreakerRegistry({sorted(self._breakers)!r})"

@@ -14,7 +14,8 @@ success changes nothing), 2 shared (every outcome is reported).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llm_circuit_breaker._local import Entry, LocalCircuit, check_report
 from llm_circuit_breaker._state import CircuitState, Outcome, Transition
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from llm_circuit_breaker._ratelimit import RateLimits
 
 __all__ = ["AsyncStoreLink", "StoreLink"]
+
+T = TypeVar("T")
 
 _LOCAL, _CLEAN, _SHARED = 0, 1, 2
 _HALF_OPEN_NOW = View(CircuitState.HALF_OPEN, 0, 0, None, 0.0)
@@ -176,6 +179,14 @@ class _Link:
 
         return parse_rate_limits(headers, time.time())
 
+    @property
+    def idle(self) -> bool:
+        """Nothing here that the store does not keep: no caller waiting, not deciding locally
+        (then the local circuit must be idle too), and CLOSED as last seen."""
+        if self._deciding_locally:
+            return self.local.idle
+        return not self.waiting and self._known.state is CircuitState.CLOSED
+
     def throttle_view(self) -> dict[str, float | int | None]:
         """The shared throttle as of the last store call, and this process's waiting callers."""
         if self._deciding_locally or self._known.throttle is None:
@@ -201,6 +212,13 @@ class _Link:
             return self.local.view()
         self.adopt(view)
         return view
+
+    def followed(self, view: View | None) -> None:
+        """Adopt a view the store answered (None: it could not be asked: decide locally)."""
+        if view is not None:
+            self.adopt(view)
+        else:
+            self.go_local()
 
     def known_view(self) -> View:
         """The last view the store gave, with the lazy OPEN -> HALF_OPEN applied since."""
@@ -231,34 +249,30 @@ class StoreLink(_Link):
         super().__init__(name, config, local, telemetry)
         self.store = store
 
+    def _ask(self, method: Callable[..., T], *args: Any) -> T | None:
+        """``method(name, config, *args)`` of the store; None when it cannot be asked."""
+        if not self.store.available:
+            return None
+        try:
+            return method(self.name, self.config, *args)
+        except StoreUnavailableError:
+            return None
+
     def enter(self) -> Entry:
         """Admit one call through the store (locally while it is unreachable)."""
-        admission, tokens = None, TOKEN_COST.get()
-        if self.store.available:
-            try:
-                admission = self.store.admit(self.name, self.config, tokens)
-            except StoreUnavailableError:
-                pass
-        return self.entered(admission, tokens)
+        tokens = TOKEN_COST.get()
+        return self.entered(self._ask(self.store.admit, tokens), tokens)
 
     def waited(self, wait: Wait, *, gave_up: bool) -> None:
         """A caller woke up for its slot, or gave it up (the slot goes back to the store)."""
-        if self.gave_up_locally(wait, gave_up=gave_up) or not self.store.available:
-            return
-        try:
-            self.adopt(self.store.release(self.name, self.config, wait.permit >> 2, wait.tokens))
-        except StoreUnavailableError:
-            self.go_local()
+        if not self.gave_up_locally(wait, gave_up=gave_up):
+            self.followed(self._ask(self.store.release, wait.permit >> 2, wait.tokens))
 
     def observe(self, headers: object) -> None:
         """Feed a response's rate-limit headers to the shared throttle."""
         limits = self.limits(headers)
-        if limits is None or not self.store.available:
-            return
-        try:
-            self.adopt(self.store.observe(self.name, self.config, limits))
-        except StoreUnavailableError:
-            self.go_local()
+        if limits is not None:
+            self.followed(self._ask(self.store.observe, limits))
 
     def record_success(self, permit: int) -> None:
         """Report a success (nothing is sent when it changes nothing)."""
@@ -277,35 +291,18 @@ class StoreLink(_Link):
     ) -> None:
         """Report a finished call to wherever it was admitted."""
         done, open_for = self.recorded_locally(permit, outcome, open_for, why, error, hint)
-        if done:
-            return
-        reply = None
-        if self.store.available:
-            try:
-                reply = self.store.record(
-                    self.name, self.config, permit >> 2, outcome, open_for, why, spread(hint)
-                )
-            except StoreUnavailableError:
-                pass
-        self.reported(outcome, reply, error)
+        if not done:
+            args = (permit >> 2, outcome, open_for, why, spread(hint))
+            self.reported(outcome, self._ask(self.store.record, *args), error)
 
     def view(self) -> View:
         """The store's view now (the local one while it is unreachable)."""
-        view = None
-        if self.store.available:
-            try:
-                view = self.store.snapshot(self.name, self.config)
-            except StoreUnavailableError:
-                pass
-        return self.viewed(view)
+        return self.viewed(self._ask(self.store.snapshot))
 
     def control(self, action: Control) -> None:
         """Reset, force open or force closed: locally and in the store."""
         self.local.control(action)
-        try:
-            self.adopt(self.store.control(self.name, self.config, action))
-        except StoreUnavailableError:
-            self.go_local()
+        self.followed(self._ask(self.store.control, action))
 
 
 class AsyncStoreLink(_Link):
@@ -322,35 +319,30 @@ class AsyncStoreLink(_Link):
         super().__init__(name, config, local, telemetry)
         self.store = store
 
+    async def _ask(self, method: Callable[..., Awaitable[T]], *args: Any) -> T | None:
+        """``await method(name, config, *args)``; None when the store cannot be asked."""
+        if not self.store.available:
+            return None
+        try:
+            return await method(self.name, self.config, *args)
+        except StoreUnavailableError:
+            return None
+
     async def aenter(self) -> Entry:
         """Admit one call through the store (locally while it is unreachable)."""
-        admission, tokens = None, TOKEN_COST.get()
-        if self.store.available:
-            try:
-                admission = await self.store.aadmit(self.name, self.config, tokens)
-            except StoreUnavailableError:
-                pass
-        return self.entered(admission, tokens)
+        tokens = TOKEN_COST.get()
+        return self.entered(await self._ask(self.store.aadmit, tokens), tokens)
 
     async def awaited(self, wait: Wait, *, gave_up: bool) -> None:
         """A caller woke up for its slot, or gave it up (the slot goes back to the store)."""
-        if self.gave_up_locally(wait, gave_up=gave_up) or not self.store.available:
-            return
-        try:
-            view = await self.store.arelease(self.name, self.config, wait.permit >> 2, wait.tokens)
-            self.adopt(view)
-        except StoreUnavailableError:
-            self.go_local()
+        if not self.gave_up_locally(wait, gave_up=gave_up):
+            self.followed(await self._ask(self.store.arelease, wait.permit >> 2, wait.tokens))
 
     async def aobserve(self, headers: object) -> None:
         """Feed a response's rate-limit headers to the shared throttle."""
         limits = self.limits(headers)
-        if limits is None or not self.store.available:
-            return
-        try:
-            self.adopt(await self.store.aobserve(self.name, self.config, limits))
-        except StoreUnavailableError:
-            self.go_local()
+        if limits is not None:
+            self.followed(await self._ask(self.store.aobserve, limits))
 
     async def arecord_success(self, permit: int) -> None:
         """Report a success (nothing is sent when it changes nothing)."""
@@ -369,32 +361,15 @@ class AsyncStoreLink(_Link):
     ) -> None:
         """Report a finished call to wherever it was admitted."""
         done, open_for = self.recorded_locally(permit, outcome, open_for, why, error, hint)
-        if done:
-            return
-        reply = None
-        if self.store.available:
-            try:
-                reply = await self.store.arecord(
-                    self.name, self.config, permit >> 2, outcome, open_for, why, spread(hint)
-                )
-            except StoreUnavailableError:
-                pass
-        self.reported(outcome, reply, error)
+        if not done:
+            args = (permit >> 2, outcome, open_for, why, spread(hint))
+            self.reported(outcome, await self._ask(self.store.arecord, *args), error)
 
     async def aview(self) -> View:
         """The store's view now (the local one while it is unreachable)."""
-        view = None
-        if self.store.available:
-            try:
-                view = await self.store.asnapshot(self.name, self.config)
-            except StoreUnavailableError:
-                pass
-        return self.viewed(view)
+        return self.viewed(await self._ask(self.store.asnapshot))
 
     async def acontrol(self, action: Control) -> None:
         """Reset, force open or force closed: locally and in the store."""
         self.local.control(action)
-        try:
-            self.adopt(await self.store.acontrol(self.name, self.config, action))
-        except StoreUnavailableError:
-            self.go_local()
+        self.followed(await self._ask(self.store.acontrol, action))

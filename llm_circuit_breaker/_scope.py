@@ -1,0 +1,151 @@
+"""Scoped breaker names: ``"openai:{model}"`` filled from each call's arguments.
+
+:class:`ScopedName` reads the template's fields once and finds, from the function's signature,
+where each is passed (position, keyword, default), so a call costs a few lookups and one
+``str.format_map``; :func:`scoped` wraps a function so that each call runs through the shell
+of its own breaker, made on first use and cached.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import string
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llm_circuit_breaker.registry import BreakerRegistry
+
+__all__ = ["ScopedName", "is_template", "scoped"]
+
+_EMPTY = inspect.Parameter.empty
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def is_template(name: str | None) -> bool:
+    """Whether ``name`` has fields to fill (``{model}``)."""
+    return name is not None and "{" in name and "}" in name
+
+
+class ScopedName:
+    """The breaker name of one call of ``func``, from the template ``template``."""
+
+    __slots__ = ("_lookups", "_owner", "template")
+
+    def __init__(self, template: str, func: Callable[..., Any]) -> None:
+        self.template = template
+        self._owner = getattr(func, "__qualname__", repr(func))
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        except ValueError as exc:
+            raise ValueError(f"bad circuit breaker name template {template!r}: {exc}") from None
+        parameters = inspect.signature(func).parameters
+        positional = [p.name for p in parameters.values() if p.kind in _POSITIONAL]
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        self._lookups: list[tuple[str, int | None, bool, Any]] = []
+        for root in dict.fromkeys(_root(f) for f in fields):
+            if not root.isidentifier():
+                raise ValueError(
+                    f"circuit breaker name {template!r}: fields name arguments, as in {{model}}"
+                )
+            parameter = parameters.get(root)
+            if (parameter is None and not takes_any) or (
+                parameter is not None and parameter.kind not in (*_POSITIONAL, _KEYWORD_ONLY)
+            ):
+                raise TypeError(
+                    f"circuit breaker name {template!r} needs argument {root!r}, which "
+                    f"{self._owner} does not take"
+                )
+            position = positional.index(root) if root in positional else None
+            by_keyword = parameter is None or parameter.kind is not _POSITIONAL[0]
+            default = _EMPTY if parameter is None else parameter.default
+            self._lookups.append((root, position, by_keyword, default))
+
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The name for a call with ``args`` and ``kwargs``; ``TypeError`` naming a missing
+        argument."""
+        values = {}
+        for root, position, by_keyword, default in self._lookups:
+            if position is not None and position < len(args):
+                values[root] = args[position]
+            elif by_keyword and root in kwargs:
+                values[root] = kwargs[root]
+            elif default is not _EMPTY:
+                values[root] = default
+            else:
+                raise TypeError(
+                    f"{self._owner}() was called without {root!r}, which its circuit breaker "
+                    f"name {self.template!r} needs"
+                )
+        try:
+            return self.template.format_map(values)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+            raise TypeError(
+                f"circuit breaker name {self.template!r} cannot be filled for this call of "
+                f"{self._owner}: {type(exc).__name__}: {exc}"
+            ) from None
+
+
+_KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
+
+
+def _root(field: str) -> str:
+    """``model`` of ``model``, ``model.name`` and ``model[0]``."""
+    for i, char in enumerate(field):
+        if char in ".[":
+            return field[:i]
+    return field
+
+
+def scoped(
+    func: Callable[..., Any],
+    name_of: ScopedName,
+    shell_for_name: Callable[[str], Callable[..., Any]],
+    registry: BreakerRegistry,
+) -> Any:
+    """``func`` wrapped so that each call runs through the shell of its scope's breaker."""
+    shells: dict[str, Callable[..., Any]] = {}
+    touch = registry.touch
+
+    def shell(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any]:
+        name = name_of(args, kwargs)
+        found = shells.get(name)
+        if found is None or not touch(name):  # new, or dropped by the registry since
+            if len(shells) >= registry.max_breakers:
+                shells.clear()
+            found = shells[name] = shell_for_name(name)
+        return found
+
+    if inspect.isasyncgenfunction(func):
+
+        @functools.wraps(func)
+        async def agen(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            inner = shell(args, kwargs)(*args, **kwargs)
+            try:
+                async for item in inner:
+                    yield item
+            finally:
+                await inner.aclose()
+
+        return agen
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def coroutine(*args: Any, **kwargs: Any) -> Any:
+            return await shell(args, kwargs)(*args, **kwargs)
+
+        return coroutine
+    if inspect.isgeneratorfunction(func):
+
+        @functools.wraps(func)
+        def generator(*args: Any, **kwargs: Any) -> Any:
+            return (yield from shell(args, kwargs)(*args, **kwargs))
+
+        return generator
+
+    @functools.wraps(func)
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        return shell(args, kwargs)(*args, **kwargs)
+
+    return plain
