@@ -48,6 +48,7 @@ from llm_circuit_breaker import (
     circuit_breaker,
     with_retry,
 )
+from llm_circuit_breaker.httpx import refusal
 from llm_circuit_breaker.testing import FakeLLMServer, Quota, Reply
 
 CALLERS = 32
@@ -77,7 +78,9 @@ async def _callers(call: Call, count: int, until: float) -> collections.Counter[
             try:
                 await call()
             except Exception as exc:  # every error a caller sees is counted by type
-                seen[type(exc).__name__] += 1
+                refused = refusal(exc)  # the transport's refusal inside the SDK's error
+                name = type(exc).__name__
+                seen[name if refused is None else f"{type(refused).__name__} in {name}"] += 1
             else:
                 seen["answered"] += 1
             await asyncio.sleep(0.05)
@@ -236,12 +239,12 @@ def _plot(path: Path, results: dict[str, Any], duration: float, per_minute: int)
         return
     timeline = results["timeline"]
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
-    bins = int(duration) + 1
+    bins = int(duration)
     for name, answers in timeline.items():
         ok, limited = [0] * bins, [0] * bins
         for at, status in answers:
-            index = min(bins - 1, max(0, int(at)))
-            (ok if status == 200 else limited)[index] += 1
+            if 0 <= at < bins:
+                (ok if status == 200 else limited)[int(at)] += 1
         top.plot(range(bins), ok, label=name, linewidth=1.2)
         bottom.plot(range(bins), limited, label=name, linewidth=1.2)
     top.axhline(per_minute / 60.0, color="black", linestyle="--", label="refill rate")
@@ -253,7 +256,8 @@ def _plot(path: Path, results: dict[str, Any], duration: float, per_minute: int)
     top.set_ylim(0, max(4.0, per_minute / 60.0 * 3))
     top.legend(loc="upper right", fontsize=8)
     bottom.set_ylabel("429s / s")
-    bottom.set_yscale("symlog")
+    bottom.set_yscale("symlog", linthresh=1.0)
+    bottom.set_ylim(bottom=0)
     bottom.set_xlabel("seconds")
     figure.tight_layout()
     figure.savefig(path, dpi=110)

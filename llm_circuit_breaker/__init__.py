@@ -25,6 +25,7 @@ from llm_circuit_breaker.errors import (
     ThrottledError,
     TransportError,
 )
+from llm_circuit_breaker.fallbacks import FallbackStats, with_fallbacks
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.retry import DEFAULT_RETRY_STATUS_CODES, with_retry
 
@@ -40,6 +41,7 @@ __all__ = [
     "CircuitBreakerConfig",
     "CircuitOpenError",
     "CircuitState",
+    "FallbackStats",
     "FallbacksExhaustedError",
     "Guarded",
     "HTTPStatusError",
@@ -59,6 +61,7 @@ __all__ = [
     "TransportError",
     "breaker_registry",
     "circuit_breaker",
+    "with_fallbacks",
     "with_retry",
 ]
 

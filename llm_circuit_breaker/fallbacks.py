@@ -1,0 +1,332 @@
+"""``with_fallbacks``: try each target in order; skip a dead provider without waiting.
+
+::
+
+    @circuit_breaker("openai")
+    def ask_openai(prompt: str) -> str: ...
+
+    @circuit_breaker("anthropic")
+    def ask_claude(prompt: str) -> str: ...
+
+    ask = with_fallbacks(ask_openai, ask_claude)
+
+A target whose breaker is OPEN (or whose throttle slot is further than ``throttle_max_wait``)
+refuses at once, so it is passed over without a call or a sleep. What each error means comes
+from the one verdict: a provider's fault (a breaker failure, a refusal, a rate limit, quota, a
+timeout, a 5xx/529, a broken connection) moves on; the caller's fault (400, 401, 403, 404,
+422 and the other errors the breaker ignores) is raised at once; a context-length error moves on
+only with ``on_context_length=True``. A stream fails over only before its first item. When
+every target failed: :class:`FallbacksExhaustedError` with each target's error in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar, cast
+
+from llm_circuit_breaker._gate import PLAIN
+from llm_circuit_breaker._kinds import ErrorKind
+from llm_circuit_breaker._refusal import refusal_of
+from llm_circuit_breaker._state import Outcome
+from llm_circuit_breaker.errors import FallbacksExhaustedError
+
+__all__ = ["FallbackStats", "with_fallbacks"]
+
+logger = logging.getLogger("llm_circuit_breaker")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Kinds that say the provider, not the request, is at fault: another provider may answer.
+_PROVIDER_FAULTS = frozenset(
+    {
+        ErrorKind.TIMEOUT,
+        ErrorKind.CONNECTION,
+        ErrorKind.POOL,
+        ErrorKind.RATE_LIMIT,
+        ErrorKind.QUOTA,
+        ErrorKind.OVERLOADED,
+        ErrorKind.SERVER,
+        ErrorKind.CONFLICT,
+    }
+)
+
+
+@dataclasses.dataclass
+class FallbackStats:
+    """Per target: calls it answered, calls it failed (and the chain moved on), calls it
+    refused without running (its circuit open or its throttle too far)."""
+
+    served: int = 0
+    failed: int = 0
+    refused: int = 0
+
+
+class _Chain:
+    """The targets, their names, and the decision after each error (shared by the shells)."""
+
+    def __init__(self, targets: tuple[Callable[..., Any], ...], on_context_length: bool):
+        self.targets = targets
+        self.names = [_name(t) for t in targets]
+        self.on_context_length = on_context_length
+        self.stats = {name: FallbackStats() for name in self.names}
+
+    def moves_on(self, index: int, exc: BaseException) -> bool:
+        """Whether the chain goes on after target ``index`` raised ``exc`` (counted)."""
+        if not isinstance(exc, Exception):
+            return False  # KeyboardInterrupt, cancellation ...
+        name = self.names[index]
+        if refusal_of(exc) is not None:
+            self.stats[name].refused += 1
+            self._announce(index, exc, "refused")
+            return True
+        from llm_circuit_breaker._verdict import judge
+
+        verdict = judge(exc)
+        provider = (
+            verdict.outcome in (Outcome.FAILURE, Outcome.THROTTLED)
+            or verdict.kind in _PROVIDER_FAULTS
+            or (verdict.kind is ErrorKind.CONTEXT_LENGTH and self.on_context_length)
+        )
+        if provider:
+            self.stats[name].failed += 1
+            self._announce(index, exc, verdict.reason or verdict.kind.value)
+        return provider
+
+    def served(self, index: int) -> None:
+        self.stats[self.names[index]].served += 1
+
+    def _announce(self, index: int, exc: BaseException, why: str) -> None:
+        last = index + 1 >= len(self.targets)
+        following = "no target left" if last else f"trying {self.names[index + 1]!r}"
+        logger.info(
+            "fallback: %r %s (%s); %s", self.names[index], why, type(exc).__name__, following
+        )
+        trace = sys.modules.get("opentelemetry.trace")  # loaded only if the app uses it
+        if trace is None:
+            return
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(
+                "llm_circuit_breaker.fallback",
+                {
+                    "llm_circuit_breaker.name": self.names[index],
+                    "llm_circuit_breaker.fallback.next": "" if last else self.names[index + 1],
+                    "error.type": type(exc).__name__,
+                },
+            )
+
+    def exhausted(self, errors: list[Exception]) -> FallbacksExhaustedError:
+        return FallbacksExhaustedError(errors)
+
+
+def _name(target: Callable[..., Any]) -> str:
+    breaker = getattr(target, "breaker", None)
+    name = getattr(breaker, "name", None)
+    if isinstance(name, str):
+        return name
+    return str(getattr(target, "__qualname__", None) or repr(target))
+
+
+def with_fallbacks(
+    primary: F, *alternatives: Callable[..., Any], on_context_length: bool = False
+) -> F:
+    """A callable of the same kind as ``primary`` (sync, async, generator, async generator)
+    that tries ``primary``, then each alternative, with the same arguments.
+
+    The result exposes ``.fallback_stats``: per target name (its breaker's, else its own),
+    calls served, failed and refused.
+    """
+    targets: tuple[Callable[..., Any], ...] = (primary, *alternatives)
+    for target in targets:
+        if not callable(target):
+            raise TypeError(f"with_fallbacks takes callables, got {target!r}")
+    kinds = {_kind(t) for t in targets}
+    if len(kinds) > 1:
+        raise TypeError(
+            "with_fallbacks targets must be of one kind (all sync functions, all coroutine "
+            f"functions, all generators or all async generators), got {sorted(kinds)}"
+        )
+    chain = _Chain(targets, on_context_length)
+    kind = kinds.pop()
+    wrapper = {
+        "async generator": _async_gen_chain,
+        "coroutine": _async_chain,
+        "generator": _gen_chain,
+        "sync": _sync_chain,
+    }[kind](chain)
+    functools.update_wrapper(wrapper, primary)
+    vars(wrapper)["fallback_stats"] = chain.stats
+    return cast("F", wrapper)
+
+
+def _kind(target: Callable[..., Any]) -> str:
+    if inspect.isasyncgenfunction(target):
+        return "async generator"
+    if inspect.iscoroutinefunction(target):
+        return "coroutine"
+    if inspect.isgeneratorfunction(target):
+        return "generator"
+    return "sync"
+
+
+def _sync_chain(chain: _Chain) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        errors: list[Exception] = []
+        for index, target in enumerate(chain.targets):
+            try:
+                result = target(*args, **kwargs)
+                if result.__class__ not in PLAIN and hasattr(result.__class__, "__next__"):
+                    # a returned stream fails over until its first item
+                    result = _Resumed(result, next(result, _END))
+            except Exception as exc:
+                if not chain.moves_on(index, exc):
+                    raise
+                errors.append(exc)
+                continue
+            chain.served(index)
+            return result
+        raise chain.exhausted(errors)
+
+    return call
+
+
+def _async_chain(chain: _Chain) -> Callable[..., Any]:
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        errors: list[Exception] = []
+        for index, target in enumerate(chain.targets):
+            try:
+                result = await target(*args, **kwargs)
+                if hasattr(result, "__anext__"):  # an async stream fails over until its first item
+                    result = _AResumed(result, await _first(result))
+            except Exception as exc:
+                if not chain.moves_on(index, exc):
+                    raise
+                errors.append(exc)
+                continue
+            chain.served(index)
+            return result
+        raise chain.exhausted(errors)
+
+    return call
+
+
+def _gen_chain(chain: _Chain) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        errors: list[Exception] = []
+        for index, target in enumerate(chain.targets):
+            stream = target(*args, **kwargs)
+            try:
+                first = next(stream, _END)
+            except Exception as exc:
+                if not chain.moves_on(index, exc):
+                    raise
+                errors.append(exc)
+                continue
+            chain.served(index)
+            if first is not _END:
+                yield first
+                yield from stream
+            return
+        raise chain.exhausted(errors)
+
+    return call
+
+
+def _async_gen_chain(chain: _Chain) -> Callable[..., Any]:
+    async def call(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        errors: list[Exception] = []
+        for index, target in enumerate(chain.targets):
+            stream = target(*args, **kwargs)
+            try:
+                first = await _first(stream)
+            except Exception as exc:
+                if not chain.moves_on(index, exc):
+                    raise
+                errors.append(exc)
+                continue
+            chain.served(index)
+            try:
+                if first is not _END:
+                    yield first
+                    async for item in stream:
+                        yield item
+            finally:
+                await stream.aclose()
+            return
+        raise chain.exhausted(errors)
+
+    return call
+
+
+_END = object()  # a stream that ended before its first item
+
+
+async def _first(stream: Any) -> Any:
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return _END
+
+
+class _Resumed:
+    """A stream whose first item was read to decide on the failover: that item, then the
+    rest; other attributes (``close``, ``response`` ...) are the stream's own."""
+
+    def __init__(self, stream: Any, first: Any) -> None:
+        self._stream = stream
+        self._first = first
+
+    def __iter__(self) -> _Resumed:
+        return self
+
+    def __next__(self) -> Any:
+        first, self._first = self._first, _END
+        if first is not _END:
+            return first
+        return next(self._stream)
+
+    def __enter__(self) -> _Resumed:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _AResumed:
+    """:class:`_Resumed` for an async stream."""
+
+    def __init__(self, stream: Any, first: Any) -> None:
+        self._stream = stream
+        self._first = first
+
+    def __aiter__(self) -> _AResumed:
+        return self
+
+    async def __anext__(self) -> Any:
+        first, self._first = self._first, _END
+        if first is not _END:
+            return first
+        return await self._stream.__anext__()
+
+    async def __aenter__(self) -> _AResumed:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        close = getattr(self._stream, "aclose", None) or getattr(self._stream, "close", None)
+        if close is not None:
+            result = close()
+            if inspect.isawaitable(result):
+                await result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
