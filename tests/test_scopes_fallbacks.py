@@ -400,3 +400,32 @@ def test_a_failover_is_logged_and_a_span_event(
     (event,) = [e for e in span.events if e.name == "llm_circuit_breaker.fallback"]
     assert event.attributes["llm_circuit_breaker.name"] == "o-a"
     assert event.attributes["llm_circuit_breaker.fallback.next"] == "o-b"
+
+
+def test_the_http_helper_scopes_by_the_json_body(llm_server: Any) -> None:
+    """LLMCircuitBreaker(name="openai:{model}"): one breaker per model of the request body;
+    each scope's throttle hears its own answers."""
+    from llm_circuit_breaker import LLMCircuitBreaker
+    from llm_circuit_breaker.testing import Reply
+
+    registry = BreakerRegistry()
+    cb = LLMCircuitBreaker(
+        name="openai:{model}",
+        circuit_breaker={"failure_threshold": 1},
+        retry={"max_retries": 0},
+        registry=registry,
+    )
+    headers = {"x-ratelimit-limit-requests": "10", "x-ratelimit-remaining-requests": "3"}
+    llm_server.script(Reply.error(503), Reply.ok("fine", headers=headers))
+    with pytest.raises(Exception, match="503"):
+        cb.call(llm_server.url, data={"model": "gpt-4o"})
+    assert cb.call(llm_server.url, data={"model": "gpt-4o-mini"})
+    assert registry.get("openai:gpt-4o").state is CircuitState.OPEN
+    mini = cb.breaker_for(llm_server.url, {"model": "gpt-4o-mini"})
+    assert mini.state is CircuitState.CLOSED and mini.throttle["requests_remaining"] == 3
+    assert set(cb.get_state()["scopes"]) == {"openai:gpt-4o", "openai:gpt-4o-mini"}
+    with pytest.raises(TypeError, match="model"):
+        cb.call(llm_server.url, data={"messages": []})
+    with pytest.raises(TypeError, match="one breaker per scope"):
+        cb.breaker  # noqa: B018
+    cb.close()

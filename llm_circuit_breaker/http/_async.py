@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -42,11 +42,9 @@ class AsyncTransport:
     def __init__(
         self,
         session: aiohttp.ClientSession | None = None,
-        observe: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
         self._session = session
         self._owns_session = session is None
-        self._observe = observe  # every response's headers go to the breaker's throttle
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -79,8 +77,8 @@ class AsyncTransport:
             )
             following = redirect(request, response.status, response.headers, hops)
             if following is None:
-                if self._observe is not None:
-                    await self._observe(response.headers)
+                if request.observe is not None:  # the breaker's throttle hears every answer
+                    await request.observe(response.headers)
                 return response
             response.release()
             request = following

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -63,6 +63,9 @@ class PreparedRequest:
     timeout: float
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    # Where the response's headers go (the breaker's throttle): a function for the sync
+    # driver, a coroutine function for the async one.
+    observe: Callable[[Any], Any] | None = None
 
     def __repr__(self) -> str:
         headers = dict(redact_headers(self.headers))
@@ -78,6 +81,7 @@ def prepare(
     *,
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    observe: Callable[[Any], Any] | None = None,
 ) -> PreparedRequest:
     """Validate a call and encode its JSON body; ``ValueError`` / ``TypeError`` name the problem."""
     if not isinstance(url, str):
@@ -110,7 +114,14 @@ def prepare(
             raise ValueError(f"data is not JSON-serialisable: {exc}") from None
         merged.setdefault("Content-Type", "application/json")
     return PreparedRequest(
-        method.upper(), url, merged, body, float(timeout), max_response_bytes, max_event_bytes
+        method.upper(),
+        url,
+        merged,
+        body,
+        float(timeout),
+        max_response_bytes,
+        max_event_bytes,
+        observe,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import requests
@@ -59,11 +59,9 @@ class SyncTransport:
     def __init__(
         self,
         session: requests.Session | None = None,
-        observe: Callable[[Any], None] | None = None,
     ) -> None:
         self._session = session
         self._owns_session = session is None
-        self._observe = observe  # every response's headers go to the breaker's throttle
 
     @property
     def session(self) -> requests.Session:
@@ -88,8 +86,8 @@ class SyncTransport:
             )
             following = redirect(request, response.status_code, response.headers, hops)
             if following is None:
-                if self._observe is not None:
-                    self._observe(response.headers)
+                if request.observe is not None:  # the breaker's throttle hears every answer
+                    request.observe(response.headers)
                 return response
             response.close()
             request = following

@@ -7,24 +7,26 @@ never loads either HTTP stack.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
 from llm_circuit_breaker import _validate as check
-from llm_circuit_breaker._throttle import TOKEN_COST, estimate_tokens
+from llm_circuit_breaker._scope import is_template
+from llm_circuit_breaker._throttle import estimate_tokens
+from llm_circuit_breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.config import CircuitBreakerConfig, RetryConfig
-from llm_circuit_breaker.decorators import circuit_breaker as guarded
 from llm_circuit_breaker.http._common import (
     DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES,
     PreparedRequest,
     prepare,
 )
+from llm_circuit_breaker.http._route import Route, acosted, costed, token_cost
 from llm_circuit_breaker.http._sse import SSEEvent
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.retry import with_retry
@@ -88,23 +90,46 @@ class LLMCircuitBreaker:
         self._retrying = with_retry(**check.check_mapping(retry or {}, "retry"))
         self._registry = registry
         self._owns_name = name is None
-        if name is None:
+        self._fields = fields
+        self._template = name if name is not None and is_template(name) else None
+        self._routes: dict[str, Route] = {}
+        if self._template is not None:  # one breaker per scope, made on first use
+            self._default_config = CircuitBreakerConfig.from_mapping(fields)
+            breaker: CircuitBreaker | None = None
+            self.name = self._template
+        elif name is None:
             config = CircuitBreakerConfig.from_mapping(fields)
-            self.breaker = registry.get_or_create(f"llm-circuit-breaker-{next(_unnamed)}", config)
+            breaker = registry.get_or_create(f"llm-circuit-breaker-{next(_unnamed)}", config)
             # A facade dropped without close() still frees its name when it is collected.
-            weakref.finalize(self, registry.discard, self.breaker)
+            weakref.finalize(self, registry.discard, breaker)
+            self.name = breaker.name
         else:
-            self.breaker = registry.get_or_create_with(name, fields)
-        self.name = self.breaker.name
+            breaker = registry.get_or_create_with(name, fields)
+            self.name = breaker.name
+        self._route = None if breaker is None else Route(self, breaker)
         self._headers = dict(headers or {})
         self._session = session
         self._client_session = client_session
-        self._guard = guarded(breaker=self.breaker)
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The breaker of this facade; with a name template, ``TypeError``: each scope has
+        its own (see :meth:`breaker_for`)."""
+        if self._route is None:
+            raise TypeError(
+                f"LLMCircuitBreaker {self.name!r} has one breaker per scope: use "
+                "breaker_for(url, data) or registry.scope(...)"
+            )
+        return self._route.breaker
+
+    def breaker_for(self, url: str, data: Any = None) -> CircuitBreaker:
+        """The breaker a call with ``url`` and ``data`` goes through."""
+        return self._route_for(url, data).breaker
 
     @property
     def config(self) -> CircuitBreakerConfig:
         """The breaker's configuration (its ``timeout`` is the per-attempt timeout)."""
-        return self.breaker.config
+        return self._route.breaker.config if self._route is not None else self._default_config
 
     # -- drivers, loaded on first use ------------------------------------------------------
 
@@ -112,43 +137,57 @@ class LLMCircuitBreaker:
     def _sync(self) -> SyncTransport:
         from llm_circuit_breaker.http._sync import SyncTransport
 
-        return SyncTransport(self._session, observe=self.breaker.observe)
+        return SyncTransport(self._session)
 
     @functools.cached_property
     def _async(self) -> AsyncTransport:
         from llm_circuit_breaker.http._async import AsyncTransport
 
-        return AsyncTransport(self._client_session, observe=self.breaker.aobserve)
+        return AsyncTransport(self._client_session)
 
-    @functools.cached_property
-    def _call(self) -> Callable[[PreparedRequest], Any]:
-        self._sync_only()
-        return self._retrying(self._guard(self._sync.request))
-
-    @functools.cached_property
-    def _stream(self) -> Callable[[PreparedRequest], Iterator[SSEEvent]]:
-        self._sync_only()
-        return self._retrying(self._guard(self._sync.stream))
-
-    @functools.cached_property
-    def _acall(self) -> Callable[[PreparedRequest], Any]:
-        return self._retrying(self._guard(self._async.request))
-
-    @functools.cached_property
-    def _astream(self) -> Callable[[PreparedRequest], AsyncIterator[SSEEvent]]:
-        return self._retrying(self._guard(self._async.stream))
-
-    def _sync_only(self) -> None:
-        if self.breaker.is_async:
+    def _route_for(self, url: str, data: Any) -> Route:
+        """The breaker's pipelines for a call (its scope's, with a name template)."""
+        if self._route is not None:
+            return self._route
+        template = cast("str", self._template)
+        values = dict(data) if isinstance(data, Mapping) else {}
+        values.setdefault("host", urlsplit(url).hostname or "")
+        try:
+            name = template.format_map(values)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
             raise TypeError(
-                "this facade's breaker keeps its state in an asyncio store: use acall / astream"
-            )
+                f"LLMCircuitBreaker name {template!r} needs {exc}, which this call's JSON body "
+                "(or host) does not carry"
+            ) from None
+        route = self._routes.get(name)
+        if route is None or not self._registry.touch(name):
+            if len(self._routes) >= self._registry.max_breakers:
+                self._routes.clear()
+            breaker = self._registry.get_or_create_with(name, self._fields, scoped=True)
+            route = self._routes[name] = Route(self, breaker)
+        return route
 
     def _prepare(
-        self, url: str, method: str, headers: Mapping[str, str] | None, data: Any
+        self,
+        route: Route,
+        url: str,
+        method: str,
+        headers: Mapping[str, str] | None,
+        data: Any,
+        *,
+        asynchronous: bool = False,
     ) -> PreparedRequest:
         merged = {**self._headers, **(headers or {})}
-        return prepare(url, method, merged, data, self.breaker.config.timeout, **self._limits)
+        breaker = route.breaker
+        return prepare(
+            url,
+            method,
+            merged,
+            data,
+            breaker.config.timeout,
+            **self._limits,
+            observe=breaker.aobserve if asynchronous else breaker.observe,
+        )
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -160,8 +199,9 @@ class LLMCircuitBreaker:
         data: Any = None,
     ) -> Any:
         """Send ``data`` as JSON and return the parsed JSON response (requests)."""
-        with _token_cost(data):
-            return self._call(self._prepare(url, method, headers, data))
+        route = self._route_for(url, data)
+        with token_cost(data):
+            return route.call(self._prepare(route, url, method, headers, data))
 
     async def acall(
         self,
@@ -171,8 +211,10 @@ class LLMCircuitBreaker:
         data: Any = None,
     ) -> Any:
         """Like :meth:`call`, with aiohttp."""
-        with _token_cost(data):
-            return await self._acall(self._prepare(url, method, headers, data))
+        route = self._route_for(url, data)
+        with token_cost(data):
+            prepared = self._prepare(route, url, method, headers, data, asynchronous=True)
+            return await route.acall(prepared)
 
     def stream(
         self,
@@ -185,9 +227,10 @@ class LLMCircuitBreaker:
 
         A failure before the first event is retried; one after it is raised, never re-sent.
         """
-        events = self._stream(self._prepare(url, method, headers, data))
+        route = self._route_for(url, data)
+        events = route.stream(self._prepare(route, url, method, headers, data))
         cost = estimate_tokens(data)
-        return _costed(events, cost) if cost else events
+        return costed(events, cost) if cost else events
 
     def astream(
         self,
@@ -197,19 +240,28 @@ class LLMCircuitBreaker:
         data: Any = None,
     ) -> AsyncIterator[SSEEvent]:
         """Like :meth:`stream`, with aiohttp: ``async for event in cb.astream(...)``."""
-        events = self._astream(self._prepare(url, method, headers, data))
+        route = self._route_for(url, data)
+        prepared = self._prepare(route, url, method, headers, data, asynchronous=True)
+        events = route.astream(prepared)
         cost = estimate_tokens(data)
-        return _acosted(events, cost) if cost else events
+        return acosted(events, cost) if cost else events
 
     def get_state(self) -> dict[str, Any]:
-        """The breaker's snapshot: name, state, counts, ``retry_after`` and stats."""
+        """The breaker's snapshot: name, state, counts, ``retry_after`` and stats (with a name
+        template: ``{"name": template, "scopes": {name: snapshot, ...}}``)."""
+        if self._route is None:
+            prefix = cast("str", self._template).partition("{")[0]
+            scopes = {
+                b.name: b.snapshot() for b in self._registry.breakers() if b.name.startswith(prefix)
+            }
+            return {"name": self.name, "scopes": scopes}
         return {"name": self.name, **self.breaker.snapshot()}
 
     # -- closing ---------------------------------------------------------------------------
 
     def _forget_unnamed(self) -> None:
-        if self._owns_name:
-            self._registry.discard(self.breaker)
+        if self._owns_name and self._route is not None:
+            self._registry.discard(self._route.breaker)
 
     def close(self) -> None:
         """Close the requests session this facade made (and forget an unnamed breaker)."""
@@ -248,45 +300,9 @@ class LLMCircuitBreaker:
         await self.aclose()
 
     def __repr__(self) -> str:
+        if self._route is None:
+            return f"LLMCircuitBreaker(name={self.name!r}, scopes={len(self._routes)})"
         return f"LLMCircuitBreaker(name={self.name!r}, state={self.breaker.state.value})"
-
-
-@contextlib.contextmanager
-def _token_cost(data: Any) -> Iterator[None]:
-    """Let the throttle know what this call will cost in tokens (its request body's estimate)."""
-    token = TOKEN_COST.set(estimate_tokens(data))
-    try:
-        yield
-    finally:
-        TOKEN_COST.reset(token)
-
-
-def _costed(events: Iterator[SSEEvent], cost: float) -> Iterator[SSEEvent]:
-    """A stream whose admission (at its first event) knows what the call costs in tokens."""
-    token = TOKEN_COST.set(cost)
-    try:
-        first = next(events, None)
-    finally:
-        TOKEN_COST.reset(token)
-    if first is not None:
-        yield first
-        yield from events
-
-
-async def _acosted(events: AsyncIterator[SSEEvent], cost: float) -> AsyncIterator[SSEEvent]:
-    """:func:`_costed` for an async stream (closing it closes the stream)."""
-    token = TOKEN_COST.set(cost)
-    try:
-        first = await anext(events, None)
-    finally:
-        TOKEN_COST.reset(token)
-    try:
-        if first is not None:
-            yield first
-            async for event in events:
-                yield event
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
 
 
 def _refuse_options(unknown: Mapping[str, Any]) -> None:

@@ -1,0 +1,90 @@
+"""What a facade runs a call through: one breaker's pipelines, and the token cost of a call."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from llm_circuit_breaker._throttle import TOKEN_COST, estimate_tokens
+from llm_circuit_breaker.breaker import CircuitBreaker
+from llm_circuit_breaker.decorators import circuit_breaker as guarded
+from llm_circuit_breaker.http._common import PreparedRequest
+from llm_circuit_breaker.http._sse import SSEEvent
+
+if TYPE_CHECKING:
+    from llm_circuit_breaker.http.client import LLMCircuitBreaker
+
+__all__ = ["Route", "acosted", "costed", "token_cost"]
+
+
+class Route:
+    """One breaker's pipelines: ``with_retry(circuit_breaker(driver))`` for each call kind."""
+
+    def __init__(self, facade: LLMCircuitBreaker, breaker: CircuitBreaker) -> None:
+        self.facade = facade
+        self.breaker = breaker
+        self.guard = guarded(breaker=breaker)
+
+    def _sync_only(self) -> None:
+        if self.breaker.is_async:
+            raise TypeError(
+                "this facade's breaker keeps its state in an asyncio store: use acall / astream"
+            )
+
+    @functools.cached_property
+    def call(self) -> Callable[[PreparedRequest], Any]:
+        self._sync_only()
+        return self.facade._retrying(self.guard(self.facade._sync.request))
+
+    @functools.cached_property
+    def stream(self) -> Callable[[PreparedRequest], Iterator[SSEEvent]]:
+        self._sync_only()
+        return self.facade._retrying(self.guard(self.facade._sync.stream))
+
+    @functools.cached_property
+    def acall(self) -> Callable[[PreparedRequest], Any]:
+        return self.facade._retrying(self.guard(self.facade._async.request))
+
+    @functools.cached_property
+    def astream(self) -> Callable[[PreparedRequest], AsyncIterator[SSEEvent]]:
+        return self.facade._retrying(self.guard(self.facade._async.stream))
+
+
+@contextlib.contextmanager
+def token_cost(data: Any) -> Iterator[None]:
+    """Let the throttle know what this call will cost in tokens (its request body's estimate)."""
+    token = TOKEN_COST.set(estimate_tokens(data))
+    try:
+        yield
+    finally:
+        TOKEN_COST.reset(token)
+
+
+def costed(events: Iterator[SSEEvent], cost: float) -> Iterator[SSEEvent]:
+    """A stream whose admission (at its first event) knows what the call costs in tokens."""
+    token = TOKEN_COST.set(cost)
+    try:
+        first = next(events, None)
+    finally:
+        TOKEN_COST.reset(token)
+    if first is not None:
+        yield first
+        yield from events
+
+
+async def acosted(events: AsyncIterator[SSEEvent], cost: float) -> AsyncIterator[SSEEvent]:
+    """:func:`costed` for an async stream (closing it closes the stream)."""
+    token = TOKEN_COST.set(cost)
+    try:
+        first = await anext(events, None)
+    finally:
+        TOKEN_COST.reset(token)
+    try:
+        if first is not None:
+            yield first
+            async for event in events:
+                yield event
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
