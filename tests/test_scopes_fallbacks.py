@@ -427,5 +427,5 @@ def test_the_http_helper_scopes_by_the_json_body(llm_server: Any) -> None:
     with pytest.raises(TypeError, match="model"):
         cb.call(llm_server.url, data={"messages": []})
     with pytest.raises(TypeError, match="one breaker per scope"):
-        cb.breaker  # noqa: B018
+        cb.breaker
     cb.close()
