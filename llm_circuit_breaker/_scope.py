@@ -31,7 +31,7 @@ def is_template(name: str | None) -> bool:
 class ScopedName:
     """The breaker name of one call of ``func``, from the template ``template``."""
 
-    __slots__ = ("_lookups", "_owner", "template")
+    __slots__ = ("_lookups", "_owner", "key", "template")
 
     def __init__(self, template: str, func: Callable[..., Any]) -> None:
         self.template = template
@@ -62,29 +62,58 @@ class ScopedName:
             default = _EMPTY if parameter is None else parameter.default
             self._lookups.append((root, position, by_keyword, default))
 
-    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        """The name for a call with ``args`` and ``kwargs``; ``TypeError`` naming a missing
-        argument."""
-        values = {}
-        for root, position, by_keyword, default in self._lookups:
-            if position is not None and position < len(args):
-                values[root] = args[position]
-            elif by_keyword and root in kwargs:
-                values[root] = kwargs[root]
-            elif default is not _EMPTY:
-                values[root] = default
-            else:
-                raise TypeError(
-                    f"{self._owner}() was called without {root!r}, which its circuit breaker "
-                    f"name {self.template!r} needs"
-                )
+        self.key = self._one_key() if len(self._lookups) == 1 else self._keys
+
+    def _value(self, lookup: tuple[str, int | None, bool, Any], args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> Any:  # fmt: skip
+        root, position, by_keyword, default = lookup
+        if position is not None and position < len(args):
+            return args[position]
+        if by_keyword and root in kwargs:
+            return kwargs[root]
+        if default is not _EMPTY:
+            return default
+        raise TypeError(
+            f"{self._owner}() was called without {root!r}, which its circuit breaker "
+            f"name {self.template!r} needs"
+        )
+
+    def _one_key(self) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
+        """The key of a call for a one-field template: the argument itself (the hot path)."""
+        lookup = self._lookups[0]
+        root, position, by_keyword, _ = lookup
+        value = self._value
+        if position is not None and by_keyword:
+
+            def key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                if position < len(args):
+                    return args[position]
+                return kwargs[root] if root in kwargs else value(lookup, args, kwargs)
+
+            return key
+        return lambda args, kwargs: value(lookup, args, kwargs)
+
+    def _keys(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The key of a call: the template's arguments, in order."""
+        return tuple(self._value(lookup, args, kwargs) for lookup in self._lookups)
+
+    def name(self, key: Any) -> str:
+        """The breaker name for a call's key."""
+        values = key if len(self._lookups) != 1 else (key,)
         try:
-            return self.template.format_map(values)
+            return self.template.format_map(
+                {lookup[0]: value for lookup, value in zip(self._lookups, values, strict=True)}
+            )
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
             raise TypeError(
                 f"circuit breaker name {self.template!r} cannot be filled for this call of "
                 f"{self._owner}: {type(exc).__name__}: {exc}"
             ) from None
+
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The name for a call with ``args`` and ``kwargs``; ``TypeError`` naming a missing
+        argument."""
+        return self.name(self.key(args, kwargs))
 
 
 _KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
@@ -105,17 +134,25 @@ def scoped(
     registry: BreakerRegistry,
 ) -> Any:
     """``func`` wrapped so that each call runs through the shell of its scope's breaker."""
-    shells: dict[str, Callable[..., Any]] = {}
-    touch = registry.touch
+    # The breaker name and shell of each call key (the template's arguments): a cache hit
+    # formats nothing. ``touch`` keeps the registry's LRU order and says whether the breaker
+    # is still registered.
+    shells: dict[Any, tuple[str, Callable[..., Any]]] = {}
+    touch, key_of, name_of_key = registry.touch, name_of.key, name_of.name
 
     def shell(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any]:
-        name = name_of(args, kwargs)
-        found = shells.get(name)
-        if found is None or not touch(name):  # new, or dropped by the registry since
-            if len(shells) >= registry.max_breakers:
-                shells.clear()
-            found = shells[name] = shell_for_name(name)
-        return found
+        key = key_of(args, kwargs)
+        try:
+            name, found = shells[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable argument: keyed by the name it gives
+            key = name_of_key(key)
+            return _cached(shells, key, key, touch, shell_for_name, registry)
+        else:
+            if touch(name):
+                return found
+        return _cached(shells, key, name_of_key(key), touch, shell_for_name, registry)
 
     if inspect.isasyncgenfunction(func):
 
@@ -149,3 +186,23 @@ def scoped(
         return shell(args, kwargs)(*args, **kwargs)
 
     return plain
+
+
+def _cached(
+    shells: dict[Any, tuple[str, Callable[..., Any]]],
+    key: Any,
+    name: str,
+    touch: Callable[[str], bool],
+    shell_for_name: Callable[[str], Callable[..., Any]],
+    registry: BreakerRegistry,
+) -> Callable[..., Any]:
+    """The shell for ``name``, made (or remade, if the registry dropped its breaker) and kept
+    under ``key``."""
+    entry = shells.get(key)
+    if entry is not None and touch(name):
+        return entry[1]
+    if len(shells) >= registry.max_breakers:
+        shells.clear()
+    found = shell_for_name(name)
+    shells[key] = (name, found)
+    return found
