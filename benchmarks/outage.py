@@ -9,7 +9,11 @@ from the same start time, and the same number of concurrent callers:
 
 * unprotected: one aiohttp request per call;
 * tenacity alone: up to 4 attempts with exponential backoff and jitter;
-* llm-circuit-breaker: ``LLMCircuitBreaker`` (breaker, throttle, retries).
+* llm-circuit-breaker: ``LLMCircuitBreaker`` (breaker, throttle, retries);
+* with fallbacks: the same, then a second provider that stays up (``with_fallbacks``).
+
+Then, apart: the latency a failover adds when the primary is OPEN, on top of the second
+provider's own call (the chain's call minus a direct call, interleaved rounds, median).
 
 The clients are those of ``python -m llm_circuit_breaker demo`` (``_cli/compare.py``).
 Reported per client: requests that reached the provider during the outage, 429s drawn, errors
@@ -22,13 +26,59 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from llm_circuit_breaker import StateChange, ThrottleEvent
+from llm_circuit_breaker import (
+    BreakerRegistry,
+    LLMCircuitBreaker,
+    StateChange,
+    ThrottleEvent,
+    with_fallbacks,
+)
 from llm_circuit_breaker._cli.compare import BREAKER, NAMES, RETRY, Contest
 from llm_circuit_breaker._cli.scenario import RATE_LIMIT, Scenario
+from llm_circuit_breaker.testing import FakeLLMServer
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def failover_latency(calls: int = 300, rounds: int = 5) -> dict[str, float]:
+    """Microseconds per call: the second provider directly, and through a chain whose
+    primary is OPEN; the difference is what the failover adds."""
+    server = FakeLLMServer()
+    await server.astart()
+    url = server.url + "/v1/chat/completions"
+    registry = BreakerRegistry()
+    primary = LLMCircuitBreaker(name="primary", retry={"max_retries": 0}, registry=registry)
+    second = LLMCircuitBreaker(name="secondary", retry={"max_retries": 0}, registry=registry)
+    primary.breaker.force_open()
+
+    async def first(_: object) -> object:
+        return await primary.acall(url, data=BODY)
+
+    async def other(_: object) -> object:
+        return await second.acall(url, data=BODY)
+
+    chain = with_fallbacks(first, other)
+    times: dict[str, list[float]] = {"direct": [], "chain": []}
+    for _ in range(rounds):
+        for name, call in (("direct", other), ("chain", chain)):
+            started = time.perf_counter()
+            for _ in range(calls):
+                await call(None)
+            times[name].append((time.perf_counter() - started) / calls * 1e6)
+    await primary.aclose()
+    await second.aclose()
+    await server.astop()
+    direct, through = statistics.median(times["direct"]), statistics.median(times["chain"])
+    return {
+        "direct (us)": direct,
+        "through the chain (us)": through,
+        "added (us)": through - direct,
+    }
 
 
 async def main_async(duration: float, callers: int, plot: Path | None) -> dict[str, Any]:
@@ -64,6 +114,7 @@ async def main_async(duration: float, callers: int, plot: Path | None) -> dict[s
             RATE_LIMIT + RATE_LIMIT * limited_length
         ),
     }
+    results["failover to an OPEN primary"] = await failover_latency()
     if plot is not None:
         _plot(plot, contest.scenarios, changes, duration)
     return results
@@ -137,6 +188,7 @@ def main() -> None:
         "errors seen by callers",
         "seconds callers spent on failed calls",
         "answered in the rate-limited phase",
+        "success rate in the outage",
         "calls answered",
     ]
     print("\n| client | " + " | ".join(columns) + " | first answer after recovery |")
@@ -146,6 +198,11 @@ def main() -> None:
         first = row["first answer after recovery (s)"]
         cells = " | ".join(str(row[column]) for column in columns)
         print(f"| {name} | {cells} | {'-' if first is None else f'{first:.2f}s'} |")
+    added = results["failover to an OPEN primary"]
+    print(
+        f"\nfailover to an OPEN primary: {added['added (us)']:.0f} us on top of the second "
+        f"provider's own call ({added['direct (us)']:.0f} us)"
+    )
     print(f"\nwall time {time.monotonic() - started:.1f}s")
 
 

@@ -85,6 +85,20 @@ def test_status_lists_shared_circuits(
     assert data["anthropic"]["failure_count"] == 0
 
 
+def test_status_groups_scoped_breakers(
+    redis_server: RedisServer, redis_client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Breakers of one scope are listed together, scopes apart."""
+    store = RedisStateStore(redis_client)
+    for name in ("openai:gpt-4o", "anthropic:haiku", "openai:o3", "anthropic:opus"):
+        breaker = CircuitBreaker(name, store=store)
+        breaker.record_success(breaker.admit())
+    assert main(["status", "--redis", redis_server.url]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    names = [line.split()[0] if line.strip() else "" for line in lines]
+    assert names == ["anthropic:haiku", "anthropic:opus", "", "openai:gpt-4o", "openai:o3"]
+
+
 def test_status_shows_the_shared_throttle(
     redis_server: RedisServer, redis_client: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,10 +1,10 @@
-"""The same scripted outage against three clients at once: unprotected, tenacity alone, and
-this library. Shared by the demo (which shows this library's client live) and
-``benchmarks/outage.py``.
+"""The same scripted outage against four clients at once: unprotected, tenacity alone, this
+library, and this library with a fallback to a second, healthy provider. Shared by the demo
+(which shows this library's client live) and ``benchmarks/outage.py``.
 
 Each client gets its own fake provider running the same script from the same start, and the
 same number of concurrent callers. Per client: requests that reached the provider during the
-outage, errors the callers saw (by type), and calls answered in each phase.
+outage, errors the callers saw (by type), and calls made and answered in each phase.
 """
 
 from __future__ import annotations
@@ -16,14 +16,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from llm_circuit_breaker._cli.scenario import Scenario
+from llm_circuit_breaker.fallbacks import with_fallbacks
 from llm_circuit_breaker.http.client import LLMCircuitBreaker
 from llm_circuit_breaker.registry import BreakerRegistry
+from llm_circuit_breaker.testing import FakeLLMServer
 
 __all__ = ["BREAKER", "NAMES", "RETRY", "Contest", "Tally"]
 
 BREAKER = {"failure_threshold": 5, "reset_timeout": 1.5, "success_threshold": 2, "timeout": 0.5}
 RETRY = {"max_retries": 3, "initial_delay": 0.1, "max_delay": 2.0}
-NAMES = ("unprotected", "tenacity alone", "llm-circuit-breaker")
+NAMES = ("unprotected", "tenacity alone", "llm-circuit-breaker", "with fallbacks")
 BODY = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
 Call = Callable[[str], Awaitable[Any]]
 
@@ -35,6 +37,9 @@ class Tally:
     calls: int = 0
     answered: int = 0
     answered_by_phase: collections.Counter[str] = dataclasses.field(
+        default_factory=collections.Counter
+    )
+    calls_by_phase: collections.Counter[str] = dataclasses.field(
         default_factory=collections.Counter
     )
     errors: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
@@ -64,9 +69,18 @@ class Contest:
             **BREAKER,
             "reset_timeout": max(0.3, min(BREAKER["reset_timeout"], duration / 14)),
         }
+        registry = BreakerRegistry()
         self.ours = LLMCircuitBreaker(
-            name="demo-provider", circuit_breaker=breaker, retry=RETRY, registry=BreakerRegistry()
+            name="demo-provider", circuit_breaker=breaker, retry=RETRY, registry=registry
         )
+        # The fallback client: the same kind of primary, then a second provider that stays up.
+        self.primary = LLMCircuitBreaker(
+            name="primary", circuit_breaker=breaker, retry=RETRY, registry=registry
+        )
+        self.secondary = LLMCircuitBreaker(
+            name="secondary", circuit_breaker=breaker, retry=RETRY, registry=registry
+        )
+        self.second_provider = FakeLLMServer()
 
     @property
     def scenario(self) -> Scenario:
@@ -78,7 +92,7 @@ class Contest:
         import aiohttp
         import tenacity
 
-        for server in self.servers.values():
+        for server in (*self.servers.values(), self.second_provider):
             await server.astart()
         session = aiohttp.ClientSession()
         timeout = aiohttp.ClientTimeout(total=BREAKER["timeout"])
@@ -102,10 +116,22 @@ class Contest:
         async def with_breaker(url: str) -> Any:
             return await self.ours.acall(url, data=BODY)
 
+        second_url = self.second_provider.url + "/v1/chat/completions"
+
+        async def primary(url: str) -> Any:
+            return await self.primary.acall(url, data=BODY)
+
+        async def secondary(url: str) -> Any:
+            return await self.secondary.acall(second_url, data=BODY)
+
+        vars(primary)["breaker"] = self.primary.breaker  # names the targets in the stats
+        vars(secondary)["breaker"] = self.secondary.breaker
+        self.chain = with_fallbacks(primary, secondary)
         calls: dict[str, Call] = {
             "unprotected": plain,
             "tenacity alone": with_tenacity,
             "llm-circuit-breaker": with_breaker,
+            "with fallbacks": self.chain,
         }
         for scenario in self.scenarios.values():
             scenario.begin()
@@ -119,8 +145,9 @@ class Contest:
             )
         finally:
             await session.close()
-            await self.ours.aclose()
-            for server in self.servers.values():
+            for client in (self.ours, self.primary, self.secondary):
+                await client.aclose()
+            for server in (*self.servers.values(), self.second_provider):
                 await server.astop()
 
     async def _drive(self, name: str, call: Call, url: str) -> None:
@@ -131,6 +158,8 @@ class Contest:
             while scenario.elapsed() < scenario.duration:
                 tally.calls += 1
                 began = scenario.elapsed()
+                phase = scenario.phase_at(began)  # a call belongs to the phase it began in
+                tally.calls_by_phase[phase] += 1
                 try:
                     await call(url)
                 except Exception as exc:  # every error a caller sees is counted
@@ -139,7 +168,7 @@ class Contest:
                 else:
                     tally.answered += 1
                     elapsed = scenario.elapsed()
-                    tally.answered_by_phase[scenario.phase_at(elapsed)] += 1
+                    tally.answered_by_phase[phase] += 1
                     if elapsed >= recovery and tally.first_answer_after_recovery is None:
                         tally.first_answer_after_recovery = elapsed - recovery
                 await asyncio.sleep(self.pause)
@@ -161,6 +190,9 @@ class Contest:
                 "seconds callers spent on failed calls": round(tally.seconds_lost, 1),
                 "calls answered": tally.answered,
                 "answered in the rate-limited phase": tally.answered_by_phase["rate limited"],
+                "success rate in the outage": round(
+                    tally.answered_by_phase["outage"] / max(1, tally.calls_by_phase["outage"]), 3
+                ),
                 "first answer after recovery (s)": tally.first_answer_after_recovery,
             }
         return out

@@ -114,11 +114,12 @@ class Demo:
             ("seconds callers spent on failed calls", "seconds callers spent on failed calls"),
             ("calls answered", "calls answered"),
             ("calls answered in the rate-limited phase", "answered in the rate-limited phase"),
+            ("success rate of calls in the outage", "success rate in the outage"),
         )
-        print("\nsummary: the same scenario, three clients side by side", file=self.out)
-        print(f"  {'':<42}" + "".join(f"{name:>21}" for name in NAMES), file=self.out)
+        print("\nsummary: the same scenario, four clients side by side", file=self.out)
+        print(f"  {'':<42}" + "".join(f"{name:>20}" for name in NAMES), file=self.out)
         for label, key in rows:
-            cells = "".join(f"{results[name][key]:>21}" for name in NAMES)
+            cells = "".join(_cell(results[name][key], key) for name in NAMES)
             print(f"  {label:<42}{cells}", file=self.out)
         ours = results["llm-circuit-breaker"]["errors by type"]
         opened = sum(1 for _, change in self.changes if change.new.value == "OPEN")
@@ -145,6 +146,19 @@ class Demo:
         )
         recovered = "not within the run" if took is None else f"{took:.2f}s"
         print(f"    recovery to CLOSED: {recovered}", file=self.out)
+        served = self.contest.chain.fallback_stats  # type: ignore[attr-defined]
+        print(
+            "  with fallbacks: the primary answered "
+            f"{served['primary'].served}, the second provider {served['secondary'].served} "
+            f"(the primary was skipped unasked {served['primary'].refused} times while open)",
+            file=self.out,
+        )
+
+
+def _cell(value: object, key: str) -> str:
+    if key.startswith("success rate") and isinstance(value, float):
+        return f"{value:>20.1%}"
+    return f"{value:>20}"
 
 
 def run_demo(duration: float, concurrency: int, seed: int, out: TextIO = sys.stdout) -> int:

@@ -45,7 +45,11 @@ def _table(circuits: dict[str, dict[str, Any]], prefix: str, out: TextIO) -> Non
     width = max(len("NAME"), *(len(name) for name in circuits))
     header = f"{'NAME':<{width}}  {'STATE':<9}  {'FAILURES':>8}  {'PROBE OK':>8}  "
     print(f"{header}{'RETRY AFTER':<11}  THROTTLE", file=out)
-    for name, view in circuits.items():
+    scope = None
+    for name, view in circuits.items():  # in name order: a scope's breakers together
+        if scope is not None and name.partition(":")[0] != scope:
+            print(file=out)  # a blank line between scopes (openai:..., anthropic:...)
+        scope = name.partition(":")[0]
         wait = view["retry_after"]
         when = "held open" if wait is None else ("now" if wait == 0 else f"{wait:.1f}s")
         counts = f"{view['failure_count']:>8}  {view['success_count']:>8}"
