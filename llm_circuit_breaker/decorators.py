@@ -125,6 +125,7 @@ def circuit_breaker(
 
             wrapper = scoped(func, name_of, shell_for_name, registry)
             wrapper.breaker = None
+            wrapper.scope = name  # the template: names the wrapper where one breaker would
             wrapper.breaker_for = lambda *a, **k: registry.get_or_create_with(
                 name_of(a, k), config_fields, config=config, scoped=True
             )

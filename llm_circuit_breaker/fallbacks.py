@@ -125,8 +125,9 @@ class _Chain:
 
 
 def _name(target: Callable[..., Any]) -> str:
+    """A target's breaker name, its name template (scoped), else its own name."""
     breaker = getattr(target, "breaker", None)
-    name = getattr(breaker, "name", None)
+    name = getattr(breaker, "name", None) or getattr(target, "scope", None)
     if isinstance(name, str):
         return name
     return str(getattr(target, "__qualname__", None) or repr(target))
