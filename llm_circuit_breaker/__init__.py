@@ -25,11 +25,11 @@ from llm_circuit_breaker.errors import (
     ThrottledError,
     TransportError,
 )
-from llm_circuit_breaker.fallbacks import FallbackStats, with_fallbacks
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.retry import DEFAULT_RETRY_STATUS_CODES, with_retry
 
 if typing.TYPE_CHECKING:
+    from llm_circuit_breaker.fallbacks import FallbackStats, with_fallbacks
     from llm_circuit_breaker.http._sse import SSEEvent
     from llm_circuit_breaker.http.client import LLMCircuitBreaker
 
@@ -68,13 +68,15 @@ __all__ = [
 __version__ = "0.2.0"
 
 _LAZY = {
+    "FallbackStats": "llm_circuit_breaker.fallbacks",
+    "with_fallbacks": "llm_circuit_breaker.fallbacks",
     "LLMCircuitBreaker": "llm_circuit_breaker.http.client",
     "SSEEvent": "llm_circuit_breaker.http._sse",
 }
 
 
 def __getattr__(name: str) -> typing.Any:
-    # The HTTP helpers are loaded when first named, so the decorators never pay for them.
+    # The HTTP helpers and fallbacks are loaded when first named: the decorators never pay.
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'llm_circuit_breaker' has no attribute {name!r}")

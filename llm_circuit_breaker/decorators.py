@@ -11,7 +11,6 @@ from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker._gate import PLAIN, AsyncGuardedStream, Gate, GuardedStream, is_stream
-from llm_circuit_breaker._scope import is_template
 from llm_circuit_breaker._throttle import Wait
 from llm_circuit_breaker.breaker import CircuitBreaker, Listener
 from llm_circuit_breaker.config import BreakerRules, CircuitBreakerConfig, FailurePredicate
@@ -113,10 +112,10 @@ def circuit_breaker(
                 chosen.add_listener(on_state_change)
             return wrapper
 
-        if breaker is None and is_template(name):
+        if breaker is None and name is not None and "{" in name:  # one breaker per scope
             from llm_circuit_breaker._scope import ScopedName, scoped
 
-            name_of = ScopedName(cast("str", name), func)
+            name_of = ScopedName(name, func)
 
             def shell_for_name(scope: str) -> Any:
                 return shell(

@@ -30,7 +30,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar, cast
 
 from llm_circuit_breaker._gate import PLAIN
-from llm_circuit_breaker._kinds import ErrorKind
 from llm_circuit_breaker._refusal import refusal_of
 from llm_circuit_breaker._state import Outcome
 from llm_circuit_breaker.errors import FallbacksExhaustedError
@@ -43,16 +42,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Kinds that say the provider, not the request, is at fault: another provider may answer.
 _PROVIDER_FAULTS = frozenset(
-    {
-        ErrorKind.TIMEOUT,
-        ErrorKind.CONNECTION,
-        ErrorKind.POOL,
-        ErrorKind.RATE_LIMIT,
-        ErrorKind.QUOTA,
-        ErrorKind.OVERLOADED,
-        ErrorKind.SERVER,
-        ErrorKind.CONFLICT,
-    }
+    {"timeout", "connection", "pool", "rate_limit", "quota", "overloaded", "server", "conflict"}
 )
 
 
@@ -84,13 +74,13 @@ class _Chain:
             self.stats[name].refused += 1
             self._announce(index, exc, "refused")
             return True
-        from llm_circuit_breaker._verdict import judge
+        from llm_circuit_breaker._verdict import judge  # loaded by the first failure
 
         verdict = judge(exc)
         provider = (
             verdict.outcome in (Outcome.FAILURE, Outcome.THROTTLED)
-            or verdict.kind in _PROVIDER_FAULTS
-            or (verdict.kind is ErrorKind.CONTEXT_LENGTH and self.on_context_length)
+            or verdict.kind.value in _PROVIDER_FAULTS
+            or (verdict.kind.value == "context_length" and self.on_context_length)
         )
         if provider:
             self.stats[name].failed += 1
