@@ -42,11 +42,11 @@ class CountingConnection(redis.Connection):
 def test_success_path_costs_one_round_trip(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
-    """In CLOSED a successful guarded call is one EVALSHA: admit, and no report."""
+    """Without the near-cache, a successful guarded call in CLOSED is one EVALSHA: admit, and
+    no report."""
     pool = redis.ConnectionPool(port=redis_server.port, connection_class=CountingConnection)
-    store = RedisStateStore(redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0)))
-
-    store_registry = BreakerRegistry(store=store)
+    client = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+    store_registry = BreakerRegistry(store=RedisStateStore(client, near_cache=0.0))
 
     @circuit_breaker("counted", registry=store_registry)
     def call() -> str:
@@ -58,6 +58,57 @@ def test_success_path_costs_one_round_trip(
         call()
     assert CountingConnection.sent == 100
     assert store_registry.get("counted").stats.successes == 101
+
+
+def test_the_near_cache_admits_closed_calls_without_a_round_trip(
+    redis_server: RedisServer, redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """While the shared circuit was seen CLOSED and clean less than near_cache ago, calls need
+    no round trip; one per near_cache after that. A failure is reported at once."""
+    pool = redis.ConnectionPool(port=redis_server.port, connection_class=CountingConnection)
+    client = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+    store_registry = BreakerRegistry(store=RedisStateStore(client), clock=clock)
+    outcomes: list[BaseException | None] = []
+
+    @circuit_breaker("cached", registry=store_registry, failure_threshold=2)
+    def call() -> str:
+        if outcomes:
+            raise outcomes.pop()
+        return "ok"
+
+    call()
+    CountingConnection.sent = 0
+    for _ in range(100):
+        call()
+    assert CountingConnection.sent == 0
+    clock.advance(0.05)
+    for _ in range(100):
+        call()
+    assert CountingConnection.sent == 1
+    outcomes.append(ValueError("boom"))
+    with pytest.raises(ValueError, match="boom"):
+        call()
+    assert CountingConnection.sent == 2  # reported at once
+    call()  # the failure made the circuit unclean: this admission asks Redis
+    assert CountingConnection.sent == 4  # admission, and the success that clears the count
+    assert store_registry.get("cached").failure_count == 0
+
+
+def test_a_trip_elsewhere_is_seen_within_the_near_cache(
+    redis_server: RedisServer, redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """Process A trips the circuit; process B, serving CLOSED from its near-cache, refuses
+    from its first admission after near_cache seconds; its stale failures count nowhere."""
+    config = CircuitBreakerConfig(failure_threshold=1)
+    a = CircuitBreaker("fleet", config, clock=clock, store=RedisStateStore(redis_server.client()))
+    b = CircuitBreaker("fleet", config, clock=clock, store=RedisStateStore(redis_server.client()))
+    b.record_success(b.admit())  # B has seen it CLOSED and clean
+    a.record(a.admit(), Outcome.FAILURE)
+    assert a.state is CircuitState.OPEN
+    b.record_success(b.admit())  # within near_cache: B still admits locally
+    clock.advance(0.05)
+    with pytest.raises(CircuitOpenError):
+        b.admit()
 
 
 def test_keys_are_namespaced_and_expire(redis_client: redis.Redis) -> None:
@@ -100,7 +151,7 @@ def test_redis_outage_never_fails_a_call(
     """Kill Redis mid-run: calls go on (local state), one WARNING, listener events; back after restart."""
     if redis_server.process is None:
         redis_server.start()
-    store = RedisStateStore(redis_server.client(), retry_interval=0.2)
+    store = RedisStateStore(redis_server.client(), retry_interval=0.2, near_cache=0.0)
     events: list[StateChange] = []
     config = CircuitBreakerConfig(failure_threshold=3)
 

@@ -1,14 +1,10 @@
-"""How a breaker follows a circuit kept in a store: ``StoreLink`` (sync) and ``AsyncStoreLink``.
+"""How a breaker follows a circuit kept in a store: ``StoreLink`` (sync), ``AsyncStoreLink``.
 
-A :class:`~llm_circuit_breaker.CircuitBreaker` made with ``store=`` composes one of these over
-the store's :class:`StateStore` / :class:`AsyncStateStore` interface. Every admission, and every
-report that can change the circuit, is one store call; a success admitted into a clean CLOSED
-circuit is not reported at all. While the store is unreachable the link decides with the
-breaker's own :class:`LocalCircuit` (one listener event each way), so a call never fails
-because the store did.
-
-Permits carry where they came from in their two low bits: 0 local, 1 shared and clean (a
-success changes nothing), 2 shared (every outcome is reported).
+Every admission, and every report that can change the circuit, is one store call; a success
+in a clean CLOSED circuit is not reported, and for ``near_cache`` seconds after the store said
+CLOSED and clean admissions need no call at all. While the store is unreachable the breaker's
+own :class:`LocalCircuit` decides (one listener event each way). Permits carry where they came
+from in their two low bits: 0 local, 1 shared and clean, 2 shared (every outcome reported).
 """
 
 from __future__ import annotations
@@ -49,11 +45,13 @@ class _Link:
 
     def __init__(
         self,
+        store: StateStore | AsyncStateStore,
         name: str,
         config: CircuitBreakerConfig,
         local: LocalCircuit,
         telemetry: Telemetry,
     ) -> None:
+        self.store = store
         self.name = name
         self.config = config
         self.local = local
@@ -63,6 +61,29 @@ class _Link:
         self._known = View(CircuitState.CLOSED, 0, 0, None, 0.0)
         self._known_at = time.monotonic()
         self.waiting = 0  # callers of this process asleep until their shared throttle slot
+        # seconds a CLOSED, clean view admits calls without asking the store
+        self.near_cache: float = getattr(store, "near_cache", 0.0)
+        self._cached_permit = -1
+        self._cached_until = 0.0
+
+    def cached(self) -> int:
+        """A permit from the near-cache (tagged clean), or -1 when the store must be asked."""
+        permit = self._cached_permit
+        if permit >= 0 and self.local.now() < self._cached_until:
+            return permit
+        return -1
+
+    def _cache(self, permit: int, view: View, wait: float) -> None:
+        quiet = view.throttle is None or (
+            not view.throttle["paused_for"]
+            and view.throttle["reset_in"] is None
+            and view.throttle["tokens_remaining"] is None
+        )
+        if self.near_cache and view.clean and not wait and quiet and permit >= 0:
+            self._cached_permit = permit * 4 + _CLEAN
+            self._cached_until = self.local.now() + self.near_cache
+        else:
+            self._cached_permit = -1
 
     def adopt(self, view: View, error: BaseException | None = None) -> None:
         """Follow ``view``, announcing its transitions (and a return from local mode)."""
@@ -70,6 +91,8 @@ class _Link:
             self._deciding_locally = False
             self._event(self.local.state, view.state, "shared store reachable again: following it")
         self._known, self._known_at = view, time.monotonic()
+        if not view.clean:  # something changed: the next admission asks the store
+            self._cached_permit = -1
         if view.transitions and view.transitions[-1].new is CircuitState.OPEN:
             self.cause = error
         if view.transitions:
@@ -83,6 +106,7 @@ class _Link:
 
     def go_local(self) -> None:
         """Decide locally from now on, until the store answers again."""
+        self._cached_permit = -1
         if not self._deciding_locally:
             self._deciding_locally = True
             self._event(
@@ -97,6 +121,7 @@ class _Link:
         store's admission."""
         permit, view, wait = admission.permit, admission.view, admission.wait
         self.adopt(view)
+        self._cache(permit, view, wait)
         if permit == THROTTLED_PERMIT:
             return ThrottledError(self.name, wait)
         if permit < 0:
@@ -238,16 +263,7 @@ class _Link:
 class StoreLink(_Link):
     """A breaker's link to a sync :class:`StateStore`."""
 
-    def __init__(
-        self,
-        store: StateStore,
-        name: str,
-        config: CircuitBreakerConfig,
-        local: LocalCircuit,
-        telemetry: Telemetry,
-    ) -> None:
-        super().__init__(name, config, local, telemetry)
-        self.store = store
+    store: StateStore
 
     def _ask(self, method: Callable[..., T], *args: Any) -> T | None:
         """``method(name, config, *args)`` of the store; None when it cannot be asked."""
@@ -259,7 +275,11 @@ class StoreLink(_Link):
             return None
 
     def enter(self) -> Entry:
-        """Admit one call through the store (locally while it is unreachable)."""
+        """Admit one call through the store (locally while it is unreachable; from the
+        near-cache while the shared circuit was just seen CLOSED and clean)."""
+        permit = self.cached()
+        if permit >= 0:
+            return permit
         tokens = TOKEN_COST.get()
         return self.entered(self._ask(self.store.admit, tokens), tokens)
 
@@ -308,16 +328,7 @@ class StoreLink(_Link):
 class AsyncStoreLink(_Link):
     """A breaker's link to an :class:`AsyncStateStore` (coroutines only)."""
 
-    def __init__(
-        self,
-        store: AsyncStateStore,
-        name: str,
-        config: CircuitBreakerConfig,
-        local: LocalCircuit,
-        telemetry: Telemetry,
-    ) -> None:
-        super().__init__(name, config, local, telemetry)
-        self.store = store
+    store: AsyncStateStore
 
     async def _ask(self, method: Callable[..., Awaitable[T]], *args: Any) -> T | None:
         """``await method(name, config, *args)``; None when the store cannot be asked."""
@@ -329,7 +340,11 @@ class AsyncStoreLink(_Link):
             return None
 
     async def aenter(self) -> Entry:
-        """Admit one call through the store (locally while it is unreachable)."""
+        """Admit one call through the store (locally while it is unreachable; from the
+        near-cache while the shared circuit was just seen CLOSED and clean)."""
+        permit = self.cached()
+        if permit >= 0:
+            return permit
         tokens = TOKEN_COST.get()
         return self.entered(await self._ask(self.store.aadmit, tokens), tokens)
 

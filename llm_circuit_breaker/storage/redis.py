@@ -51,8 +51,11 @@ class RedisStateStore:
     """Circuit state shared through Redis, for a ``redis.Redis`` or ``redis.asyncio.Redis``.
 
     ``retry_interval``: seconds to leave Redis alone after a failed command. ``ttl``: seconds
-    after which an unused circuit's keys expire. ``clock``: for tests only, replaces the
-    server's ``TIME`` (so transition tests can move time). Give the client a short
+    after which an unused circuit's keys expire. ``near_cache``: seconds a process keeps
+    admitting calls without asking Redis after it saw the circuit CLOSED and clean (0: ask on
+    every call); an OPEN elsewhere reaches it within that time, and its failures are reported
+    at once. ``clock``: for tests only, replaces the server's ``TIME`` (so transition tests
+    can move time). Give the client a short
     ``socket_timeout`` (say 0.1 s): it bounds what a call can lose when Redis hangs.
     """
 
@@ -64,6 +67,7 @@ class RedisStateStore:
         retry_interval: float = 5.0,
         ttl: float = 7 * 24 * 3600.0,
         clock: Callable[[], float] | None = None,
+        near_cache: float = 0.05,
     ) -> None:
         import redis
         import redis.asyncio
@@ -79,6 +83,8 @@ class RedisStateStore:
             )
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"prefix must be a non-empty str, got {prefix!r}")
+        if not 0.0 <= near_cache <= 60.0:
+            raise ValueError(f"near_cache must be seconds in [0, 60], got {near_cache!r}")
         if not retry_interval > 0 or not ttl >= 1:
             raise ValueError(
                 f"retry_interval must be > 0 and ttl >= 1, got {retry_interval!r}, {ttl!r}"
@@ -95,6 +101,7 @@ class RedisStateStore:
             )
         self.client = redis_client
         self.prefix = prefix
+        self.near_cache = float(near_cache)
         self.retry_interval = float(retry_interval)
         self._ttl = str(int(ttl))
         self._clock = clock
