@@ -194,9 +194,10 @@ class LocalCircuit:
 
     # -- reading and control ---------------------------------------------------------------
 
-    def now(self) -> float:
+    @property
+    def now(self) -> Callable[[], float]:
         """The breaker's clock."""
-        return self._clock()
+        return self._clock
 
     def observe(self, headers: object) -> None:
         """Feed a response's rate-limit headers to the throttle."""

@@ -320,3 +320,33 @@ def test_refused_writes_keep_the_store_unavailable(
         "5 consecutive failures",
     ]
     assert calls <= 6  # one shared attempt whose report failed, then the local threshold
+
+
+def test_an_admission_into_a_quiet_circuit_runs_no_type_check(
+    redis_client: redis.Redis,
+) -> None:
+    """The lean script: admitting into a plain CLOSED circuit reads the hash, nothing else
+    (the TYPE checks run only on the paths that touch the probe and window keys)."""
+    breaker = CircuitBreaker("lean", store=RedisStateStore(redis_client, near_cache=0.0))
+    breaker.record_success(breaker.admit())
+    redis_client.config_resetstat()
+    for _ in range(20):
+        breaker.record_success(breaker.admit())
+    stats = redis_client.info("commandstats")
+    assert "cmdstat_type" not in stats
+    assert stats["cmdstat_hmget"]["calls"] == 20
+
+
+def test_foreign_keys_are_repaired_on_the_paths_that_use_them(
+    redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """A string where the probe leases live: the first probe admission replaces it."""
+    store = RedisStateStore(redis_client, near_cache=0.0, clock=clock)
+    config = CircuitBreakerConfig(failure_threshold=1, reset_timeout=1.0)
+    breaker = CircuitBreaker("repair", config, store=store, clock=clock)
+    breaker.record(breaker.admit(), Outcome.FAILURE)
+    redis_client.set(store.keys("repair")[1], "not a sorted set")
+    clock.advance(1.0)  # the reset timeout is over
+    permit = breaker.admit()  # a probe: its lease goes where the string was
+    assert redis_client.type(store.keys("repair")[1]) == b"zset"
+    breaker.record_success(permit)

@@ -1,7 +1,7 @@
 -- The circuit state machine of llm_circuit_breaker/_state.py, run atomically inside Redis.
 -- Every admit / record / snapshot / control is one call of this script (one round trip).
 --
--- KEYS[1] state hash, KEYS[2] in-flight permits (zset: permit -> admitted at),
+-- KEYS[1] state hash (and the throttle's fields), KEYS[2] in-flight permits (zset: permit -> admitted at),
 -- KEYS[3] failure-rate window (hash: "<bucket>:c" / "<bucket>:f" -> count)
 -- ARGV: op, now ("" = the server's TIME), ttl, failure_threshold, reset_timeout,
 --       success_threshold, half_open_max_calls, half_open_probe_timeout,
@@ -67,17 +67,29 @@ local function moment(x)  -- a time stamp within a year of now, finite
   return x ~= nil and x == x and x > now - 10 * YEAR and x < now + YEAR
 end
 
-local function load()
-  for _, key in ipairs({H, INFLIGHT, WIN}) do
+-- No TYPE check on the hot path: the state hash is read with pcall (a foreign key of another
+-- type is an error reply, then repaired), and the probe and window keys are checked only by
+-- the operations that use them (never by an admission into a plain CLOSED circuit).
+local checked = {}
+local function sure(key, want)
+  if not checked[key] then
+    checked[key] = true
     local kind = redis.call('TYPE', key)['ok']
-    local want = (key == INFLIGHT) and 'zset' or 'hash'
     if kind ~= 'none' and kind ~= want then
-      redis.call('DEL', H, INFLIGHT, WIN)
+      redis.call('DEL', key)
       repaired = 1
-      return fresh()
     end
   end
-  local v = redis.call('HMGET', H, 'state', 'gen', 'seq', 'fc', 'sc', 'opened_at', 'open_until', 'held')
+  return key
+end
+
+local function load()
+  local v = redis.pcall('HMGET', H, 'state', 'gen', 'seq', 'fc', 'sc', 'opened_at', 'open_until', 'held')
+  if v['err'] then
+    redis.call('DEL', H, INFLIGHT, WIN)
+    repaired = 1
+    return fresh()
+  end
   if not v[1] then return fresh() end
   local s = {state = v[1], gen = tonumber(v[2]), seq = tonumber(v[3]), fc = tonumber(v[4]),
              sc = tonumber(v[5]), opened_at = tonumber(v[6] or ''), open_until = tonumber(v[7] or ''),
@@ -253,8 +265,8 @@ local function retry_after(s)
     if s.held then return nil end
     return math.max(0, s.open_until - now)
   end
-  if s.state == 'HALF_OPEN' and redis.call('ZCARD', INFLIGHT) >= max_calls then
-    local oldest = redis.call('ZRANGE', INFLIGHT, 0, 0, 'WITHSCORES')
+  if s.state == 'HALF_OPEN' and redis.call('ZCARD', sure(INFLIGHT, 'zset')) >= max_calls then
+    local oldest = redis.call('ZRANGE', sure(INFLIGHT, 'zset'), 0, 0, 'WITHSCORES')
     return math.max(0, tonumber(oldest[2]) + probe_timeout - now)
   end
   return 0
@@ -263,12 +275,12 @@ end
 -- the failure-rate window: calls and failures per bucket of window/BUCKETS seconds
 local function window_totals(index)
   local calls, failures = 0, 0
-  local fields = redis.call('HGETALL', WIN)
+  local fields = redis.call('HGETALL', sure(WIN, 'hash'))
   for i = 1, #fields, 2 do
     local bucket, kind = string.match(fields[i], '^(-?%d+):(%a)$')
     bucket = tonumber(bucket)
     if bucket == nil or bucket <= index - BUCKETS then
-      redis.call('HDEL', WIN, fields[i])
+      redis.call('HDEL', sure(WIN, 'hash'), fields[i])
     elseif kind == 'c' then
       calls = calls + tonumber(fields[i + 1])
     else
@@ -282,8 +294,8 @@ local function record_closed(s, ok, open_for, why)
   local calls, failures = 0, 0
   if rate then
     local index = math.floor(now / (window / BUCKETS))
-    redis.call('HINCRBY', WIN, index .. ':c', 1)
-    if not ok then redis.call('HINCRBY', WIN, index .. ':f', 1) end
+    redis.call('HINCRBY', sure(WIN, 'hash'), index .. ':c', 1)
+    if not ok then redis.call('HINCRBY', sure(WIN, 'hash'), index .. ':f', 1) end
     calls, failures = window_totals(index)
   end
   if ok then
@@ -324,7 +336,7 @@ if op == 'admit' then
   if s.state == 'CLOSED' then
     if slow then
       s.seq = s.seq + 1
-      redis.call('ZADD', INFLIGHT, now, s.seq)
+      redis.call('ZADD', sure(INFLIGHT, 'zset'), now, s.seq)
       result = s.seq
     else
       result = s.gen
@@ -333,13 +345,13 @@ if op == 'admit' then
     result = -1
   else
     -- leases run out after probe_timeout; one stamped in the future is garbage
-    redis.call('ZREMRANGEBYSCORE', INFLIGHT, '-inf', now - probe_timeout)
-    redis.call('ZREMRANGEBYSCORE', INFLIGHT, '(' .. num(now + 1), '+inf')
-    if redis.call('ZCARD', INFLIGHT) >= max_calls then
+    redis.call('ZREMRANGEBYSCORE', sure(INFLIGHT, 'zset'), '-inf', now - probe_timeout)
+    redis.call('ZREMRANGEBYSCORE', sure(INFLIGHT, 'zset'), '(' .. num(now + 1), '+inf')
+    if redis.call('ZCARD', sure(INFLIGHT, 'zset')) >= max_calls then
       result = -1
     else
       s.seq = s.seq + 1
-      redis.call('ZADD', INFLIGHT, now, s.seq)
+      redis.call('ZADD', sure(INFLIGHT, 'zset'), now, s.seq)
       result = s.seq
     end
   end
@@ -347,7 +359,7 @@ if op == 'admit' then
     local at = slot(cost)
     wait = at - now
     if wait > max_wait then
-      redis.call('ZREM', INFLIGHT, result)  -- a lease given back (none for a plain CLOSED call)
+      redis.call('ZREM', sure(INFLIGHT, 'zset'), result)  -- a lease given back (none for a plain CLOSED call)
       result = -2
     else
       take(T.R, at, 1)
@@ -356,7 +368,7 @@ if op == 'admit' then
     end
   end
 elseif op == 'release' then
-  redis.call('ZREM', INFLIGHT, tonumber(ARGV[18]))
+  redis.call('ZREM', sure(INFLIGHT, 'zset'), tonumber(ARGV[18]))
   if throttled then
     give_back(T.R, 1)
     give_back(T.K, cost)
@@ -381,8 +393,8 @@ elseif op == 'record' then
     if outcome == 'throttled' then rate_limited(tonumber(ARGV[22]))
     elseif outcome == 'success' then succeeded() end
   end
-  local started = tonumber(redis.call('ZSCORE', INFLIGHT, permit) or '')
-  if started then redis.call('ZREM', INFLIGHT, permit) end
+  local started = tonumber(redis.call('ZSCORE', sure(INFLIGHT, 'zset'), permit) or '')
+  if started then redis.call('ZREM', sure(INFLIGHT, 'zset'), permit) end
   if started or (s.state == 'CLOSED' and permit == s.gen) then
     if outcome == 'success' and slow and started and now - started > slow then
       outcome = 'failure'

@@ -65,13 +65,7 @@ class _Link:
         self.near_cache: float = getattr(store, "near_cache", 0.0)
         self._cached_permit = -1
         self._cached_until = 0.0
-
-    def cached(self) -> int:
-        """A permit from the near-cache (tagged clean), or -1 when the store must be asked."""
-        permit = self._cached_permit
-        if permit >= 0 and self.local.now() < self._cached_until:
-            return permit
-        return -1
+        self._now = local.now
 
     def _cache(self, permit: int, view: View, wait: float) -> None:
         quiet = view.throttle is None or (
@@ -81,7 +75,7 @@ class _Link:
         )
         if self.near_cache and view.clean and not wait and quiet and permit >= 0:
             self._cached_permit = permit * 4 + _CLEAN
-            self._cached_until = self.local.now() + self.near_cache
+            self._cached_until = self._now() + self.near_cache
         else:
             self._cached_permit = -1
 
@@ -277,8 +271,8 @@ class StoreLink(_Link):
     def enter(self) -> Entry:
         """Admit one call through the store (locally while it is unreachable; from the
         near-cache while the shared circuit was just seen CLOSED and clean)."""
-        permit = self.cached()
-        if permit >= 0:
+        permit = self._cached_permit
+        if permit >= 0 and self._now() < self._cached_until:
             return permit
         tokens = TOKEN_COST.get()
         return self.entered(self._ask(self.store.admit, tokens), tokens)
@@ -342,8 +336,8 @@ class AsyncStoreLink(_Link):
     async def aenter(self) -> Entry:
         """Admit one call through the store (locally while it is unreachable; from the
         near-cache while the shared circuit was just seen CLOSED and clean)."""
-        permit = self.cached()
-        if permit >= 0:
+        permit = self._cached_permit
+        if permit >= 0 and self._now() < self._cached_until:
             return permit
         tokens = TOKEN_COST.get()
         return self.entered(await self._ask(self.store.aadmit, tokens), tokens)
