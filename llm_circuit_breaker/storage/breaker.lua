@@ -83,13 +83,17 @@ local function sure(key, want)
   return key
 end
 
+local RAW = {}  -- the throttle's fields, read by the same HMGET as the circuit's
+
 local function load()
-  local v = redis.pcall('HMGET', H, 'state', 'gen', 'seq', 'fc', 'sc', 'opened_at', 'open_until', 'held')
+  local v = redis.pcall('HMGET', H, 'state', 'gen', 'seq', 'fc', 'sc', 'opened_at', 'open_until', 'held',
+                        'pu', 'bk', 'pv', 'lm', 'ri', 'rc', 'rt', 'ti', 'tc', 'tt')
   if v['err'] then
     redis.call('DEL', H, INFLIGHT, WIN)
     repaired = 1
     return fresh()
   end
+  for i = 9, 18 do RAW[i - 8] = v[i] end
   if not v[1] then return fresh() end
   local s = {state = v[1], gen = tonumber(v[2]), seq = tonumber(v[3]), fc = tonumber(v[4]),
              sc = tonumber(v[5]), opened_at = tonumber(v[6] or ''), open_until = tonumber(v[7] or ''),
@@ -100,6 +104,7 @@ local function load()
       or (s.state == 'OPEN' and not (s.open_until and moment(s.open_until))) then
     redis.call('DEL', H, INFLIGHT, WIN)
     repaired = 1
+    RAW = {}
     return fresh()
   end
   return s
@@ -116,9 +121,8 @@ local news, news_pause, news_reason = '', 0, ''
 local function finite(x) return x ~= nil and x == x and x > -1e300 and x < 1e300 end
 
 local function tload()
-  local v = redis.call('HMGET', H, unpack(TFIELDS))
   local n = {}
-  for i = 1, #TFIELDS do n[i] = tonumber(v[i] or '') end
+  for i = 1, #TFIELDS do n[i] = tonumber(RAW[i] or '') end
   T = {pu = n[1], bk = n[2] or 0, pv = n[3] == 1, lm = n[4] == 1,
        R = {i = n[5] or 0, c = n[6] or 1, t = n[7]}, K = {i = n[8] or 0, c = n[9] or 1, t = n[10]}}
   -- garbage (negative rates, nan, far-away times) would stall calls: start the throttle afresh
