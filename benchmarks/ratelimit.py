@@ -80,7 +80,9 @@ async def _callers(call: Call, count: int, until: float) -> collections.Counter[
             except Exception as exc:  # every error a caller sees is counted by type
                 refused = refusal(exc)  # the transport's refusal inside the SDK's error
                 name = type(exc).__name__
-                seen[name if refused is None else f"{type(refused).__name__} in {name}"] += 1
+                if refused is not None and refused is not exc:
+                    name = f"{type(refused).__name__} in {name}"
+                seen[name] += 1
             else:
                 seen["answered"] += 1
             await asyncio.sleep(0.05)
