@@ -87,6 +87,12 @@ class _Chain:
             self._announce(index, exc, verdict.reason or verdict.kind.value)
         return provider
 
+    def failed(self, index: int, exc: Exception, errors: list[Exception]) -> None:
+        """Keep ``exc`` and go on, or raise it when it is the caller's fault."""
+        if not self.moves_on(index, exc):
+            raise exc
+        errors.append(exc)
+
     def served(self, index: int) -> None:
         self.stats[self.names[index]].served += 1
 
@@ -175,9 +181,7 @@ def _sync_chain(chain: _Chain) -> Callable[..., Any]:
                     # a returned stream fails over until its first item
                     result = _Resumed(result, next(result, _END))
             except Exception as exc:
-                if not chain.moves_on(index, exc):
-                    raise
-                errors.append(exc)
+                chain.failed(index, exc, errors)
                 continue
             chain.served(index)
             return result
@@ -195,9 +199,7 @@ def _async_chain(chain: _Chain) -> Callable[..., Any]:
                 if hasattr(result, "__anext__"):  # an async stream fails over until its first item
                     result = _AResumed(result, await _first(result))
             except Exception as exc:
-                if not chain.moves_on(index, exc):
-                    raise
-                errors.append(exc)
+                chain.failed(index, exc, errors)
                 continue
             chain.served(index)
             return result
@@ -214,9 +216,7 @@ def _gen_chain(chain: _Chain) -> Callable[..., Any]:
             try:
                 first = next(stream, _END)
             except Exception as exc:
-                if not chain.moves_on(index, exc):
-                    raise
-                errors.append(exc)
+                chain.failed(index, exc, errors)
                 continue
             chain.served(index)
             if first is not _END:
@@ -236,9 +236,7 @@ def _async_gen_chain(chain: _Chain) -> Callable[..., Any]:
             try:
                 first = await _first(stream)
             except Exception as exc:
-                if not chain.moves_on(index, exc):
-                    raise
-                errors.append(exc)
+                chain.failed(index, exc, errors)
                 continue
             chain.served(index)
             try:

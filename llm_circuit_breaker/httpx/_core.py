@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from llm_circuit_breaker._refusal import REFUSAL
+from llm_circuit_breaker._state import Outcome
 from llm_circuit_breaker._verdict import judge
 from llm_circuit_breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.config import CircuitBreakerConfig
@@ -20,10 +21,12 @@ from llm_circuit_breaker.errors import (
     ThrottledError,
     http_status_error,
 )
+from llm_circuit_breaker.httpx._watch import Watch
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
 
 __all__ = [
     "Attempt",
+    "Body",
     "BreakerSpec",
     "Core",
     "Watch",
@@ -33,6 +36,8 @@ __all__ = [
     "read_capped",
 ]
 
+# What to tell a breaker about an attempt: ``record(permit, outcome, **details)``.
+Report = tuple[Outcome, dict[str, Any]]
 BreakerSpec = str | CircuitBreaker | Callable[[Any], str]
 _MAX_PARSED_BODY = 4 * 1024 * 1024  # request bodies parsed for the model and a token estimate
 _MAX_ERROR_BODY = 256 * 1024  # of an error response, read to judge it
@@ -116,6 +121,18 @@ class Core:
                 raise TypeError(f"breaker callable must return a non-empty str, got {name!r}")
         return self.registry.get_or_create_with(name, self.fields, config=self.config)
 
+    def breaker_and_body(self, request: Any, *, asynchronous: bool) -> tuple[CircuitBreaker, Any]:
+        """The request's JSON body and the breaker that guards it (a sync transport cannot
+        use an asyncio store)."""
+        body = self.body_of(request)
+        breaker = self.breaker_for(request, body)
+        if breaker.is_async and not asynchronous:
+            raise TypeError(
+                f"circuit {breaker.name!r} keeps its state in an asyncio store: "
+                "use AsyncCircuitBreakerTransport"
+            )
+        return breaker, body
+
     def bound_first_byte(self, request: Any, body: Any) -> bool:
         """Shorten the read timeout of a streaming request to ``first_byte_timeout``; whether
         it streams."""
@@ -160,19 +177,6 @@ class Core:
 
     # -- responses ---------------------------------------------------------------------------
 
-    def judge_status(
-        self, breaker: CircuitBreaker, request: Any, response: Any, body: bytes
-    ) -> Any:
-        """The verdict on an error status, and the error it stands for."""
-        try:
-            parsed: Any = json.loads(body) if body else None
-        except ValueError:
-            parsed = body[:2000].decode("utf-8", errors="replace")
-        error = http_status_error(
-            response.status_code, dict(response.headers), parsed, str(request.url)
-        )
-        return judge(error, breaker.config, name=breaker.name), error
-
     def after_headers(self, request: Any, response: Any, streams: bool) -> Watch | None:
         """Once the headers are in: the read timeout of a stream's silences, and the watch of
         an SSE body."""
@@ -183,104 +187,31 @@ class Core:
         return None
 
 
-class Watch:
-    """Reads an SSE body as it passes: error frames, and whether the final event came.
+class Body:
+    """What both guarded bodies hold: the library's stream, the attempt, the SSE watch."""
 
-    The SDK parses every event anyway, so the watch parses only those that can matter: a
-    possible error, the stream's first event, and a possible final one (found by a substring
-    test on the raw data); the rest cost a few ``in`` tests each.
-    """
-
-    __slots__ = ("_checker", "_data", "_event", "_lines", "_size", "_started", "_url")
-
-    def __init__(self, url: str) -> None:
-        from llm_circuit_breaker.http._sse import LineSplitter, StreamChecker
-
-        self._url = url
-        self._lines = LineSplitter(_MAX_EVENT, url)
-        self._checker = StreamChecker(url)
-        self._event = ""
-        self._data: list[bytes] = []
-        self._size = 0
-        self._started = False
-
-    def feed(self, chunk: bytes) -> BaseException | None:
-        """The first provider error in ``chunk``, if any."""
-        error = None
-        for line in self._lines.feed(chunk):
-            found = self._line(line)
-            error = error or found
-        return error
-
-    def _line(self, line: bytes) -> BaseException | None:
-        if not line:
-            return self._dispatch()
-        if line.startswith(b"data:"):
-            value = line[5:].removeprefix(b" ")
-            self._size += len(value)
-            if self._size > _MAX_EVENT:
-                from llm_circuit_breaker.errors import TransportError
-
-                raise TransportError("server-sent event larger than 8 MiB", url=self._url)
-            self._data.append(value)
-        elif line.startswith(b"event:"):
-            self._event = line[6:].strip().decode("utf-8", errors="replace")
-        return None
-
-    def _dispatch(self) -> BaseException | None:
-        event, data = self._event, b"\n".join(self._data)
-        self._event, self._data, self._size = "", [], 0
-        if not data and not event:
-            return None
-        if not (
-            event in _NOTABLE_EVENTS
-            or data == b"[DONE]"
-            or any(marker in data for marker in _NOTABLE_DATA)
-            or not self._started
-        ):
-            return None
-        self._started = True
-        from llm_circuit_breaker.http._sse import DONE, SSEEvent
-
-        text = data.decode("utf-8", errors="replace")
-        if text == "[DONE]":
-            parsed = DONE
-        else:
-            try:
-                payload: Any = json.loads(text)
-            except ValueError:
-                payload = text
-            parsed = SSEEvent(event or "message", payload)
-        return self._checker.error_in(parsed)
-
-    @property
-    def complete(self) -> bool:
-        """Whether the provider's final event has passed (the SDK may stop reading there)."""
-        return self._checker.ended
-
-    def truncated(self) -> bool:
-        """At the end of the body: whether the provider's final event never came."""
-        rest = self._lines.rest()
-        if rest:
-            self._line(rest.rstrip(b"\r"))
-        self._dispatch()
-        return self._checker.incomplete
+    def __init__(self, inner: Any, attempt: Attempt, watch: Watch | None, request: Any):
+        self._inner = inner
+        self._attempt = attempt
+        self._watch = watch
+        self._request = request
 
 
-_MAX_EVENT = 8 * 1024 * 1024
-# Events worth parsing: errors, and the final events of each provider's streams.
-_NOTABLE_EVENTS = frozenset(
-    {"error", "response.failed", "message_stop", "response.completed", "response.incomplete"}
-)
-_NOTABLE_DATA = (
-    b'"error"',
-    b"response.failed",
-    b"message_stop",
-    b"response.completed",
-    b"response.incomplete",
-    b'"finish_reason":"',
-    b'"finish_reason": "',
-)
+class Transport:
+    """What both transports are made of: the core and the transport they wrap."""
+
+    def __init__(
+        self,
+        breaker: BreakerSpec = "default",
+        transport: Any = None,
+        *,
+        registry: BreakerRegistry | None = None,
+        first_byte_timeout: float | None = None,
+        idle_timeout: float | None = None,
+        **fields: Any,
+    ) -> None:
+        self._core = Core(breaker, registry, first_byte_timeout, idle_timeout, fields)
+        self._inner = transport
 
 
 class Attempt:
@@ -293,18 +224,37 @@ class Attempt:
         self.permit = permit
         self.done = False
 
-    def verdict(self, exc: BaseException) -> Any:
-        """What ``exc`` means for this attempt's breaker (None once reported)."""
-        if self.done:
-            return None
-        self.done = True
-        return judge(exc, self.breaker.config, name=self.breaker.name)
-
     def settle(self) -> bool:
         """Mark reported; whether it still had to be."""
         first = not self.done
         self.done = True
         return first
+
+    def failed(self, exc: BaseException) -> Report | None:
+        """The report of an attempt that raised ``exc`` (None once reported)."""
+        if not self.settle():
+            return None
+        v = judge(exc, self.breaker.config, name=self.breaker.name)
+        return v.outcome, {"open_for": v.open_for, "why": v.reason, "error": exc, "hint": v.hint}
+
+    def answered(self, request: Any, response: Any, body: bytes) -> Report | None:
+        """The report of an error status: judged as the error it stands for."""
+        try:
+            parsed: Any = json.loads(body) if body else None
+        except ValueError:
+            parsed = body[:2000].decode("utf-8", errors="replace")
+        error = http_status_error(
+            response.status_code, dict(response.headers), parsed, str(request.url)
+        )
+        return self.failed(error)
+
+    def closed(self, watch: Watch | None) -> Report | None:
+        """The report of a body closed by its reader: a success if its final event had come,
+        else neither (the caller stopped reading)."""
+        if not self.settle():
+            return None
+        whole = watch is not None and watch.complete
+        return (Outcome.SUCCESS if whole else Outcome.IGNORED), {}
 
 
 def _fill(template: str, request: Any, body: Any) -> str:

@@ -1,0 +1,108 @@
+"""``Watch``: an SSE body read as it passes, for its error frames and its final event."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["Watch"]
+
+
+class Watch:
+    """Reads an SSE body as it passes: error frames, and whether the final event came.
+
+    The SDK parses every event anyway, so the watch parses only those that can matter: a
+    possible error, the stream's first event, and a possible final one (found by a substring
+    test on the raw data); the rest cost a few ``in`` tests each.
+    """
+
+    __slots__ = ("_checker", "_data", "_event", "_lines", "_size", "_started", "_url")
+
+    def __init__(self, url: str) -> None:
+        from llm_circuit_breaker.http._sse import LineSplitter, StreamChecker
+
+        self._url = url
+        self._lines = LineSplitter(_MAX_EVENT, url)
+        self._checker = StreamChecker(url)
+        self._event = ""
+        self._data: list[bytes] = []
+        self._size = 0
+        self._started = False
+
+    def feed(self, chunk: bytes) -> BaseException | None:
+        """The first provider error in ``chunk``, if any."""
+        error = None
+        for line in self._lines.feed(chunk):
+            found = self._line(line)
+            error = error or found
+        return error
+
+    def _line(self, line: bytes) -> BaseException | None:
+        if not line:
+            return self._dispatch()
+        if line.startswith(b"data:"):
+            value = line[5:].removeprefix(b" ")
+            self._size += len(value)
+            if self._size > _MAX_EVENT:
+                from llm_circuit_breaker.errors import TransportError
+
+                raise TransportError("server-sent event larger than 8 MiB", url=self._url)
+            self._data.append(value)
+        elif line.startswith(b"event:"):
+            self._event = line[6:].strip().decode("utf-8", errors="replace")
+        return None
+
+    def _dispatch(self) -> BaseException | None:
+        event, data = self._event, b"\n".join(self._data)
+        self._event, self._data, self._size = "", [], 0
+        if not data and not event:
+            return None
+        if not (
+            event in _NOTABLE_EVENTS
+            or data == b"[DONE]"
+            or any(marker in data for marker in _NOTABLE_DATA)
+            or not self._started
+        ):
+            return None
+        self._started = True
+        from llm_circuit_breaker.http._sse import DONE, SSEEvent
+
+        text = data.decode("utf-8", errors="replace")
+        if text == "[DONE]":
+            parsed = DONE
+        else:
+            try:
+                payload: Any = json.loads(text)
+            except ValueError:
+                payload = text
+            parsed = SSEEvent(event or "message", payload)
+        return self._checker.error_in(parsed)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the provider's final event has passed (the SDK may stop reading there)."""
+        return self._checker.ended
+
+    def truncated(self) -> bool:
+        """At the end of the body: whether the provider's final event never came."""
+        rest = self._lines.rest()
+        if rest:
+            self._line(rest.rstrip(b"\r"))
+        self._dispatch()
+        return self._checker.incomplete
+
+
+_MAX_EVENT = 8 * 1024 * 1024
+# Events worth parsing: errors, and the final events of each provider's streams.
+_NOTABLE_EVENTS = frozenset(
+    {"error", "response.failed", "message_stop", "response.completed", "response.incomplete"}
+)
+_NOTABLE_DATA = (
+    b'"error"',
+    b"response.failed",
+    b"message_stop",
+    b"response.completed",
+    b"response.incomplete",
+    b'"finish_reason":"',
+    b'"finish_reason": "',
+)
