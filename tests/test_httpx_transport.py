@@ -522,3 +522,67 @@ def test_refusal_of_other_errors_is_none() -> None:
 
 Factory = Callable[..., Sdk]
 _ = CircuitBreakerConfig  # the config fields a transport takes are CircuitBreakerConfig's
+
+
+def test_pool_exhaustion_is_not_a_provider_failure(llm_server: FakeLLMServer) -> None:
+    """Case 27: the client's own pool is full (one connection, a slow call holding it): the
+    waiting request times out in the pool, and the breaker counts no failure."""
+    import threading
+
+    registry = BreakerRegistry()
+    inner = httpx.HTTPTransport(limits=httpx.Limits(max_connections=1))
+    transport = CircuitBreakerTransport("pool", inner, registry=registry)
+    client = httpx.Client(transport=transport, timeout=httpx.Timeout(5.0, pool=0.1))
+    llm_server.script(Reply.ok("slow", delay=1.0))
+    slow = threading.Thread(
+        target=client.post, args=(llm_server.url + "/v1/x",), kwargs={"json": {}}
+    )
+    slow.start()
+    time.sleep(0.2)
+    with pytest.raises(httpx.PoolTimeout):
+        client.post(llm_server.url + "/v1/x", json={})
+    slow.join()
+    client.close()
+    stats = registry.get("pool").stats
+    assert stats.failures == 0 and stats.successes == 1
+
+
+def test_a_failed_responses_stream_is_a_failure(llm_server: FakeLLMServer) -> None:
+    """Case 33: response.created, then response.failed with server_error, in a 200 stream."""
+    sdk = make("openai", httpx, llm_server, max_retries=0)
+    created = {"type": "response.created", "response": {"id": "r", "object": "response"}}
+    failed = {"type": "response.failed", "sequence_number": 2,
+              "response": {"id": "r", "object": "response", "status": "failed",
+                           "error": {"code": "server_error", "message": "boom"}}}  # fmt: skip
+    llm_server.script(
+        Reply(events=[_sse(created, "response.created"), _sse(failed, "response.failed")])
+    )
+    try:
+        for _ in sdk.client.responses.create(model="gpt-4o", input="hi", stream=True):
+            pass
+    except Exception:
+        pass
+    assert sdk.breaker.stats.failures == 1
+
+
+async def test_one_probe_through_the_transport_under_concurrency(
+    llm_server: FakeLLMServer,
+) -> None:
+    """Case 36: concurrent 503s open the circuit; once HALF_OPEN, of 10 concurrent calls one
+    probe reaches the provider and the others are refused without a request."""
+    clock = FakeClock()
+    registry = BreakerRegistry(clock=clock)
+    transport = AsyncCircuitBreakerTransport(
+        "probe", registry=registry, failure_threshold=3, reset_timeout=10.0
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        url = llm_server.url + "/v1/chat/completions"
+        llm_server.script(*[Reply.error(503)] * 3)
+        await asyncio.gather(*(client.post(url, json={}) for _ in range(3)))
+        assert registry.get("probe").state is CircuitState.OPEN
+        clock.advance(10.0)
+        llm_server.script(Reply.ok("probe", delay=0.2))
+        answers = await asyncio.gather(*(client.post(url, json={}) for _ in range(10)))
+    assert sorted(a.status_code for a in answers) == [200] + [503] * 9
+    assert llm_server.hits == 4
+    assert sum(a.headers.get("x-llm-circuit-breaker") == "circuit-open" for a in answers) == 9

@@ -12,14 +12,18 @@ import redis
 import redis.asyncio
 
 from llm_circuit_breaker import (
+    BreakerRegistry,
     CircuitBreaker,
     CircuitBreakerConfig,
+    CircuitOpenError,
     CircuitState,
     Outcome,
     ThrottledError,
     ThrottleEvent,
     ThrottleSignal,
+    circuit_breaker,
 )
+from llm_circuit_breaker.errors import http_status_error
 from llm_circuit_breaker.storage import MemoryStateStore, RedisStateStore
 from llm_circuit_breaker.testing import FakeClock
 from tests import redis_workers
@@ -163,3 +167,35 @@ def test_four_processes_stay_within_one_allowance(
         waits = pool.map(redis_workers.paced, [redis_server.port] * 4)
     flat = sorted(w for each in waits for w in each)
     assert flat == pytest.approx([0.0] * 20 + [3.0 * k for k in range(1, 21)])
+
+
+def test_scoped_breakers_are_shared_per_scope_through_redis(
+    redis_server: RedisServer, redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """Two processes' registries (each its own client): gpt-4o tripped in one is OPEN in the
+    other; gpt-4o-mini stays CLOSED in both; each scope is its own Redis key."""
+    registries = [
+        BreakerRegistry(store=RedisStateStore(redis_server.client(), clock=clock), clock=clock)
+        for _ in range(2)
+    ]
+    calls = []
+    for registry in registries:
+
+        @circuit_breaker("openai:{model}", registry=registry, failure_threshold=1)
+        def complete(model: str) -> str:
+            if model == "gpt-4o":
+                raise http_status_error(529)
+            return model
+
+        calls.append(complete)
+    with pytest.raises(Exception, match="529"):
+        calls[0]("gpt-4o")
+    clock.advance(0.1)  # past the other process's near-cache
+    with pytest.raises(CircuitOpenError):
+        calls[1]("gpt-4o")
+    assert calls[1]("gpt-4o-mini") == "gpt-4o-mini"
+    keys = {k.decode() for k in redis_client.keys("llm-circuit-breaker:{*}")}
+    assert keys == {
+        "llm-circuit-breaker:{openai:gpt-4o}",
+        "llm-circuit-breaker:{openai:gpt-4o-mini}",
+    }
