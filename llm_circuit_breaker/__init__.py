@@ -11,7 +11,11 @@ import typing
 from llm_circuit_breaker._state import CircuitState, Outcome
 from llm_circuit_breaker._telemetry import BreakerStats, StateChange, ThrottleEvent, ThrottleSignal
 from llm_circuit_breaker.breaker import CircuitBreaker
-from llm_circuit_breaker.config import CircuitBreakerConfig, RetryConfig
+from llm_circuit_breaker.config import (
+    DEFAULT_RETRY_STATUS_CODES,
+    CircuitBreakerConfig,
+    RetryConfig,
+)
 from llm_circuit_breaker.decorators import Guarded, circuit_breaker
 from llm_circuit_breaker.errors import (
     CircuitOpenError,
@@ -26,12 +30,12 @@ from llm_circuit_breaker.errors import (
     TransportError,
 )
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
-from llm_circuit_breaker.retry import DEFAULT_RETRY_STATUS_CODES, with_retry
 
 if typing.TYPE_CHECKING:
     from llm_circuit_breaker.fallbacks import FallbackStats, with_fallbacks
     from llm_circuit_breaker.http._sse import SSEEvent
     from llm_circuit_breaker.http.client import LLMCircuitBreaker
+    from llm_circuit_breaker.retry import with_retry
 
 __all__ = [
     "DEFAULT_RETRY_STATUS_CODES",
@@ -70,6 +74,7 @@ __version__ = "0.2.0"
 _LAZY = {
     "FallbackStats": "llm_circuit_breaker.fallbacks",
     "with_fallbacks": "llm_circuit_breaker.fallbacks",
+    "with_retry": "llm_circuit_breaker.retry",
     "LLMCircuitBreaker": "llm_circuit_breaker.http.client",
     "SSEEvent": "llm_circuit_breaker.http._sse",
 }

@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from llm_circuit_breaker._state import REJECTED, BreakerCore, CircuitState, Outcome, Transition
 from llm_circuit_breaker._telemetry import Telemetry, refused
 from llm_circuit_breaker._throttle import TOKEN_COST, ThrottleCore, Wait, spread
+from llm_circuit_breaker._view import Control, View
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
-from llm_circuit_breaker.storage.base import Control, View
 
 __all__ = ["Entry", "LocalCircuit", "check_report"]
 

@@ -21,11 +21,12 @@ from llm_circuit_breaker._telemetry import (
     WaitHistogram,
 )
 from llm_circuit_breaker._throttle import Wait
+from llm_circuit_breaker._view import Control, View
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError
-from llm_circuit_breaker.storage.base import AsyncStateStore, Control, StateStore, View
 
 if TYPE_CHECKING:
+    from llm_circuit_breaker.storage.base import AsyncStateStore, StateStore
     from llm_circuit_breaker.storage.link import AsyncStoreLink, StoreLink
 
 __all__ = ["BreakerStats", "CircuitBreaker", "Clock", "Listener", "Observer", "StateChange"]
@@ -94,10 +95,8 @@ class CircuitBreaker:
         return self._alink is not None
 
     def _needs_await(self, *args: object) -> Any:
-        raise TypeError(
-            f"circuit {self.name!r} keeps its state in an asyncio store: "
-            "use `await breaker.aenter()` / `arecord_success()` / `arecord()` / `aobserve()`"
-        )
+        what = "use `await breaker.aenter()` / `arecord_success()` / `arecord()` / `aobserve()`"
+        raise TypeError(f"circuit {self.name!r} keeps its state in an asyncio store: {what}")
 
     # -- guarding calls --------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ DEFAULT_MINIMUM_CALLS = 10
 # A server-directed open lasts at most this many reset timeouts unless max_open_for says.
 DEFAULT_MAX_OPEN_FACTOR = 10
 DEFAULT_RETRY_STATUS_CODES = (408, 409, 429, 500, 502, 503, 504, 529)
+RETRY_MARK = "__llm_circuit_breaker_retry__"  # set on with_retry wrappers (decorator order)
 OnRetry = Callable[[int, BaseException, float], object]  # (attempt that failed, error, delay)
 FailurePredicate = Callable[[BaseException], bool]
 

@@ -13,9 +13,13 @@ from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker._gate import PLAIN, AsyncGuardedStream, Gate, GuardedStream, is_stream
 from llm_circuit_breaker._throttle import Wait
 from llm_circuit_breaker.breaker import CircuitBreaker, Listener
-from llm_circuit_breaker.config import BreakerRules, CircuitBreakerConfig, FailurePredicate
+from llm_circuit_breaker.config import (
+    RETRY_MARK,
+    BreakerRules,
+    CircuitBreakerConfig,
+    FailurePredicate,
+)
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
-from llm_circuit_breaker.retry import RETRY_MARK
 
 __all__ = ["ExcludeTypes", "Guarded", "circuit_breaker"]
 

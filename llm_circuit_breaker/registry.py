@@ -6,11 +6,13 @@ import collections
 import itertools
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llm_circuit_breaker.breaker import CircuitBreaker, Clock, Observer
 from llm_circuit_breaker.config import CircuitBreakerConfig
-from llm_circuit_breaker.storage.base import AsyncStateStore, StateStore
+
+if TYPE_CHECKING:
+    from llm_circuit_breaker.storage.base import AsyncStateStore, StateStore
 
 __all__ = ["BreakerRegistry", "breaker_registry"]
 

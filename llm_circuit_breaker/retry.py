@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from llm_circuit_breaker.config import DEFAULT_RETRY_STATUS_CODES, RetryConfig
+from llm_circuit_breaker.config import DEFAULT_RETRY_STATUS_CODES, RETRY_MARK, RetryConfig
 from llm_circuit_breaker.errors import ThrottledError
 
 if TYPE_CHECKING:
@@ -33,7 +33,6 @@ logger = logging.getLogger("llm_circuit_breaker")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-RETRY_MARK = "__llm_circuit_breaker_retry__"  # set on with_retry wrappers (decorator order)
 _MAX_HINT_JITTER = 1.0  # seconds: a server's wait is spread by up to 10%, at most this
 # Waits for a throttle slot use no retry, but a call gives up after this many of them.
 _MAX_THROTTLE_WAITS = 10

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from llm_circuit_breaker._state import CircuitState, Outcome, Transition
+from llm_circuit_breaker._state import Outcome
+from llm_circuit_breaker._view import (
+    THROTTLED_PERMIT,
+    Admission,
+    Control,
+    StoreUnavailableError,
+    ThrottleNews,
+    View,
+)
 from llm_circuit_breaker.config import CircuitBreakerConfig
 
 if TYPE_CHECKING:
@@ -21,53 +28,6 @@ __all__ = [
     "ThrottleNews",
     "View",
 ]
-
-Control = Literal["reset", "force_open", "force_closed"]
-# The permit of an admission the circuit allowed but the throttle refused (slot too far away).
-THROTTLED_PERMIT = -2
-# What a store's throttle reports: paused_for, requests_remaining, tokens_remaining, reset_in.
-ThrottleView = dict[str, float | int | None]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ThrottleNews:
-    """The throttle paused (``paused`` True, for ``pause`` seconds) or resumed, by this call."""
-
-    paused: bool
-    reason: str
-    pause: float = 0.0
-
-
-class StoreUnavailableError(Exception):
-    """The store could not be reached; the breaker decides locally meanwhile."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class View:
-    """A circuit's state as a store reports it after an operation."""
-
-    state: CircuitState
-    failure_count: int
-    success_count: int
-    opened_at: float | None
-    retry_after: float | None
-    transitions: tuple[Transition, ...] = ()
-    repaired: bool = False  # corrupt or foreign data was found and replaced by a CLOSED circuit
-    clean: bool = False  # CLOSED with nothing pending: a success needs not be reported
-    reason: str = ""  # why the circuit is open, when it is
-    throttle: ThrottleView | None = None  # None: the store keeps no throttle for it
-    news: ThrottleNews | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Admission:
-    """The result of admitting a call: a permit (``-1`` when the circuit refused it,
-    ``THROTTLED_PERMIT`` when the throttle did), the view, and the seconds the caller waits
-    for its throttle slot (reserved for it; the wait when refused)."""
-
-    permit: int
-    view: View
-    wait: float = 0.0
 
 
 class StateStore(Protocol):
