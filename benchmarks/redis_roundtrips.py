@@ -98,14 +98,15 @@ def measure(call: Callable[[], Any], calls: int, client: redis.Redis) -> tuple[f
 
 def trip_seen(port: int, rounds: int) -> float:
     """p99 milliseconds from a trip by one breaker to the first refusal by another (its own
-    client and near-cache), the second admitting in a tight loop."""
+    client, both with near_cache=0.05), the second admitting in a tight loop."""
     config = CircuitBreakerConfig(failure_threshold=1)
     seen = []
     for index in range(rounds):
         name = f"trip-{index}"
         url = f"redis://127.0.0.1:{port}/0"
-        a = CircuitBreaker(name, config, store=RedisStateStore.from_url(url, timeout=1.0))
-        b = CircuitBreaker(name, config, store=RedisStateStore.from_url(url, timeout=1.0))
+        stores = [RedisStateStore.from_url(url, timeout=1.0, near_cache=0.05) for _ in range(2)]
+        a = CircuitBreaker(name, config, store=stores[0])
+        b = CircuitBreaker(name, config, store=stores[1])
         b.record_success(b.admit())
         a.record(a.admit(), Outcome.FAILURE)
         tripped = time.perf_counter()
@@ -132,9 +133,9 @@ def main() -> None:
         def work() -> str:
             return "ok"
 
-        ours = circuit_breaker("bench", registry=BreakerRegistry(store=RedisStateStore(client)))(
-            work
-        )
+        ours = circuit_breaker(
+            "bench", registry=BreakerRegistry(store=RedisStateStore(client, near_cache=0.05))
+        )(work)
         every_call = circuit_breaker(
             "bench-every-call",
             registry=BreakerRegistry(store=RedisStateStore(client, near_cache=0.0)),
@@ -146,10 +147,8 @@ def main() -> None:
         )(work)
         local = circuit_breaker("bench-local", registry=BreakerRegistry())(work)
         rows = {
-            "llm-circuit-breaker + RedisStateStore (near-cache 50 ms)": measure(
-                ours, calls, client
-            ),
-            "llm-circuit-breaker + RedisStateStore (near_cache=0)": measure(
+            "llm-circuit-breaker + RedisStateStore (near_cache=0.05)": measure(ours, calls, client),
+            "llm-circuit-breaker + RedisStateStore (default, near_cache=0)": measure(
                 every_call, calls, client
             ),
             "pybreaker + CircuitRedisStorage": measure(theirs, calls, client),
@@ -160,7 +159,7 @@ def main() -> None:
         print("|---|---:|---:|---:|")
         for name, (trips, cpu, micros) in rows.items():
             print(f"| {name} | {trips:.3f} | {cpu:.2f} | {micros:.2f} |")
-        cached = rows["llm-circuit-breaker + RedisStateStore (near-cache 50 ms)"][2]
+        cached = rows["llm-circuit-breaker + RedisStateStore (near_cache=0.05)"][2]
         memory = rows["llm-circuit-breaker in memory"][2]
         print(f"\nnear-cached call vs in-memory breaker: {cached / memory:.2f}x")
         rounds = 20 if args.quick else 100

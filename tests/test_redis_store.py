@@ -67,7 +67,7 @@ def test_the_near_cache_admits_closed_calls_without_a_round_trip(
     no round trip; one per near_cache after that. A failure is reported at once."""
     pool = redis.ConnectionPool(port=redis_server.port, connection_class=CountingConnection)
     client = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
-    store_registry = BreakerRegistry(store=RedisStateStore(client), clock=clock)
+    store_registry = BreakerRegistry(store=RedisStateStore(client, near_cache=0.05), clock=clock)
     outcomes: list[BaseException | None] = []
 
     @circuit_breaker("cached", registry=store_registry, failure_threshold=2)
@@ -94,14 +94,28 @@ def test_the_near_cache_admits_closed_calls_without_a_round_trip(
     assert store_registry.get("cached").failure_count == 0
 
 
+def test_by_default_a_trip_elsewhere_is_seen_at_once(
+    redis_server: RedisServer, redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """Without a near-cache (the default) every admission asks Redis: one circuit, no lag."""
+    config = CircuitBreakerConfig(failure_threshold=1)
+    a = CircuitBreaker("exact", config, clock=clock, store=RedisStateStore(redis_server.client()))
+    b = CircuitBreaker("exact", config, clock=clock, store=RedisStateStore(redis_server.client()))
+    b.record_success(b.admit())
+    a.record(a.admit(), Outcome.FAILURE)
+    with pytest.raises(CircuitOpenError):
+        b.admit()
+
+
 def test_a_trip_elsewhere_is_seen_within_the_near_cache(
     redis_server: RedisServer, redis_client: redis.Redis, clock: FakeClock
 ) -> None:
     """Process A trips the circuit; process B, serving CLOSED from its near-cache, refuses
     from its first admission after near_cache seconds; its stale failures count nowhere."""
     config = CircuitBreakerConfig(failure_threshold=1)
-    a = CircuitBreaker("fleet", config, clock=clock, store=RedisStateStore(redis_server.client()))
-    b = CircuitBreaker("fleet", config, clock=clock, store=RedisStateStore(redis_server.client()))
+    stores = [RedisStateStore(redis_server.client(), near_cache=0.05) for _ in range(2)]
+    a = CircuitBreaker("fleet", config, clock=clock, store=stores[0])
+    b = CircuitBreaker("fleet", config, clock=clock, store=stores[1])
     b.record_success(b.admit())  # B has seen it CLOSED and clean
     a.record(a.admit(), Outcome.FAILURE)
     assert a.state is CircuitState.OPEN

@@ -51,11 +51,11 @@ class RedisStateStore:
     """Circuit state shared through Redis, for a ``redis.Redis`` or ``redis.asyncio.Redis``.
 
     ``retry_interval``: seconds to leave Redis alone after a failed command. ``ttl``: seconds
-    after which an unused circuit's keys expire. ``near_cache``: seconds a process keeps
-    admitting calls without asking Redis after it saw the circuit CLOSED and clean (0: ask on
-    every call); an OPEN elsewhere reaches it within that time, and its failures are reported
-    at once. ``clock``: for tests only, replaces the server's ``TIME`` (so transition tests
-    can move time). Give the client a short
+    after which an unused circuit's keys expire. ``near_cache`` (off by default): seconds a
+    process keeps admitting calls without asking Redis after it saw the circuit CLOSED and
+    clean, say 0.05 for a large fleet; an OPEN elsewhere then reaches it within that time
+    instead of at once, and its failures are still reported at once. ``clock``: for tests only,
+    replaces the server's ``TIME`` (so transition tests can move time). Give the client a short
     ``socket_timeout`` (say 0.1 s): it bounds what a call can lose when Redis hangs.
     """
 
@@ -67,7 +67,7 @@ class RedisStateStore:
         retry_interval: float = 5.0,
         ttl: float = 7 * 24 * 3600.0,
         clock: Callable[[], float] | None = None,
-        near_cache: float = 0.05,
+        near_cache: float = 0.0,
     ) -> None:
         import redis
         import redis.asyncio
