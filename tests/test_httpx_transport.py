@@ -13,6 +13,8 @@ import httpx
 import httpx2
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llm_circuit_breaker import (
     BreakerRegistry,
@@ -586,3 +588,52 @@ async def test_one_probe_through_the_transport_under_concurrency(
     assert sorted(a.status_code for a in answers) == [200] + [503] * 9
     assert llm_server.hits == 4
     assert sum(a.headers.get("x-llm-circuit-breaker") == "circuit-open" for a in answers) == 9
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=300), max_size=20))
+def test_any_body_is_watched_without_a_crash(chunks: list[bytes]) -> None:
+    """Hostile SSE bodies: the watch returns errors of our hierarchy or nothing, and always
+    answers whether the stream was cut."""
+    from llm_circuit_breaker.errors import LLMCircuitBreakerError
+    from llm_circuit_breaker.httpx._watch import Watch
+
+    watch = Watch("http://x")
+    for chunk in chunks:
+        found = watch.feed(chunk)
+        assert found is None or isinstance(found, LLMCircuitBreakerError)
+    assert watch.truncated() in (True, False)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    events=st.lists(
+        st.one_of(
+            st.just('data: {"error": {"message": "x", "type": "server_error"}}\n\n'),
+            st.just("data: [DONE]\n\n"),
+            st.just('data: {"object": "chat.completion.chunk", "choices": []}\n\n'),
+            st.just("event: error\ndata: not json\n\n"),
+            st.text(max_size=40),
+        ),
+        max_size=10,
+    )
+)
+def test_stream_frames_in_any_order_never_crash(events: list[str]) -> None:
+    from llm_circuit_breaker.httpx._watch import Watch
+
+    watch = Watch("http://x")
+    for event in events:
+        watch.feed(event.encode())
+    watch.truncated()
+
+
+def test_refusal_of_a_hostile_error_is_none() -> None:
+    class Hostile(Exception):
+        def __getattr__(self, name: str) -> Any:
+            raise RuntimeError("no attributes here")
+
+    class BadResponse(Exception):
+        response = property(lambda self: 1 / 0)
+
+    assert refusal(Hostile()) is None
+    assert refusal(BadResponse()) is None
