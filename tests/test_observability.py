@@ -27,6 +27,7 @@ from llm_circuit_breaker.errors import http_status_error
 from llm_circuit_breaker.observability.otel import OpenTelemetryInstrumentation
 from llm_circuit_breaker.observability.prometheus import PrometheusCollector
 from llm_circuit_breaker.testing import FakeClock
+from tests.scripted import scripted_call
 
 
 def _script(registry: BreakerRegistry, clock: FakeClock) -> Any:
@@ -178,12 +179,7 @@ def _throttled_script(registry: BreakerRegistry, clock: FakeClock) -> None:
         None,
     ]
 
-    @circuit_breaker("openai", registry=registry)
-    def call() -> str:
-        error = outcomes.pop(0)
-        if error is not None:
-            raise error
-        return "ok"
+    call = scripted_call(outcomes, name="openai", registry=registry)
 
     with pytest.raises(Exception, match="429"):
         call()

@@ -28,6 +28,7 @@ from llm_circuit_breaker._ratelimit import parse_duration, parse_rate_limits
 from llm_circuit_breaker._throttle import ThrottleCore
 from llm_circuit_breaker.errors import http_status_error
 from llm_circuit_breaker.testing import FakeClock, FakeLLMServer, Reply
+from tests.scripted import scripted_call
 
 
 @pytest.mark.parametrize(
@@ -159,12 +160,7 @@ def test_a_rate_limit_pauses_instead_of_failing(clock: FakeClock) -> None:
     )
     outcomes = [limited, None]
 
-    @circuit_breaker(breaker=breaker)
-    def call() -> str:
-        error = outcomes.pop(0)
-        if error is not None:
-            raise error
-        return "ok"
+    call = scripted_call(outcomes, breaker=breaker)
 
     with pytest.raises(Exception, match="429"):
         call()
@@ -369,12 +365,7 @@ def test_decorators_read_the_rate_limit_headers_of_a_429(clock: FakeClock) -> No
         None,
     ]
 
-    @circuit_breaker(breaker=breaker)
-    def call() -> str:
-        error = outcomes.pop(0)
-        if error is not None:
-            raise error
-        return "ok"
+    call = scripted_call(outcomes, breaker=breaker)
 
     with pytest.raises(Exception, match="429"):
         call()
