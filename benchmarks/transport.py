@@ -9,7 +9,9 @@ the median of the rounds' per-call times:
 * per request, sync (``OpenAI``) and async (``AsyncOpenAI``), a small chat completion: the
   transport's extra time as a share of one local round trip (goal <= 3%);
 * SSE events per second through the SDK, a stream of ``--events`` chunks, with and without
-  the transport (goal >= 0.95x).
+  the transport (goal >= 0.95x);
+* a refusal's latency: an OPEN circuit under ``OpenAI(max_retries=2)``, the SDK's whole call
+  until it raises (goal < 50 ms: no backoff sleep, nothing sent).
 """
 
 from __future__ import annotations
@@ -67,6 +69,26 @@ def _events_per_second(client: Any, server: FakeLLMServer, events: int) -> float
     return events / (time.perf_counter() - started)
 
 
+def _refusals(url: str, calls: int) -> list[float]:
+    """Each refused call's wall time, in seconds, through an SDK that would retry twice."""
+    registry = BreakerRegistry()
+    transport = CircuitBreakerTransport("refused", registry=registry)
+    client = openai.OpenAI(
+        api_key="sk-bench", base_url=url + "/v1", max_retries=2,
+        http_client=httpx.Client(transport=transport),
+    )  # fmt: skip
+    registry.get_or_create("refused").force_open()
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        try:
+            client.chat.completions.create(model="m", messages=MESSAGES)
+        except openai.APIStatusError:
+            times.append(time.perf_counter() - started)
+    client.close()
+    return times
+
+
 async def _rounds(
     server: FakeLLMServer, calls: int, rounds: int, events: int
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
@@ -99,6 +121,10 @@ def main() -> None:
     with FakeLLMServer() as server:
         server.default = Reply.ok("hi")
         times, rates = asyncio.run(_rounds(server, calls, rounds, events))
+        sent = server.hits
+        refusals = sorted(_refusals(server.url, calls))
+        assert server.hits == sent, "a refusal reached the provider"
+        assert len(refusals) == calls
     median = {name: statistics.median(values) for name, values in times.items()}
     rate = {name: statistics.median(values) for name, values in rates.items()}
     sync_share = (median["transport"] - median["bare"]) / median["bare"]
@@ -119,6 +145,10 @@ def main() -> None:
     )
     print(f"\ntransport overhead: sync {sync_share:+.1%}, async {async_share:+.1%} of a round trip")
     print(f"SSE throughput through the transport: {rate['transport'] / rate['bare']:.3f}x")
+    print(
+        f"a refusal under max_retries=2: median {statistics.median(refusals) * 1e3:.2f} ms, "
+        f"slowest {refusals[-1] * 1e3:.2f} ms of {len(refusals)}"
+    )
 
 
 if __name__ == "__main__":

@@ -58,10 +58,11 @@ def test_read_timeout_within_deadline(llm_server: FakeLLMServer) -> None:
     started = time.monotonic()
     with pytest.raises(RequestTimeoutError):
         cb.call(llm_server.url + "/v1/chat/completions", data={})
-    assert (
-        time.monotonic() - started < 0.7 + 0.2
-    )  # the deadline, plus at most one attempt's timeout
-    assert llm_server.hits < 11
+    # Each attempt lasts at least its 0.2 s timeout, so at most 4 start within the 0.7 s
+    # deadline (a slow machine only makes it fewer); without the deadline all 11 would run,
+    # for at least 2.2 s.
+    assert 1 <= llm_server.hits <= 4
+    assert time.monotonic() - started < 2.0
 
 
 def test_truncated_body_is_retried(llm_server: FakeLLMServer) -> None:

@@ -27,6 +27,7 @@ from llm_circuit_breaker.errors import http_status_error
 from llm_circuit_breaker.storage import MemoryStateStore, RedisStateStore
 from llm_circuit_breaker.testing import FakeClock
 from tests import redis_workers
+from tests.polling import auntil
 from tests.redis_server import RedisServer
 
 Fleet = Callable[..., list[CircuitBreaker]]
@@ -135,8 +136,7 @@ async def test_an_asyncio_store_shares_the_throttle(
     breaker = CircuitBreaker("async-shared", config, store=store)
     await breaker.arecord_success(await breaker.aadmit())
     waiting = asyncio.create_task(breaker.aadmit())
-    await asyncio.sleep(0.05)
-    assert breaker.throttle["waiting"] == 1
+    await auntil(lambda: breaker.throttle["waiting"] == 1)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
