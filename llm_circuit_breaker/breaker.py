@@ -10,7 +10,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from llm_circuit_breaker._local import Entry, LocalCircuit
+from llm_circuit_breaker._async_methods import AsyncMethods
+from llm_circuit_breaker._local import LocalCircuit
 from llm_circuit_breaker._state import REJECTED, CircuitState, Outcome
 from llm_circuit_breaker._telemetry import (
     BreakerStats,
@@ -34,7 +35,7 @@ __all__ = ["BreakerStats", "CircuitBreaker", "Clock", "Listener", "Observer", "S
 Clock = Callable[[], float]
 
 
-class CircuitBreaker:
+class CircuitBreaker(AsyncMethods):
     """One circuit, shared by every caller that names it.
 
     ``state`` reads OPEN -> HALF_OPEN lazily from the clock (``clock=`` returns monotonic
@@ -47,9 +48,6 @@ class CircuitBreaker:
     :meth:`admit` raises it) and report with ``record_success(permit)`` / :meth:`record`; the
     decorators and the HTTP helpers do that for you. Thread-safe and asyncio-safe.
     """
-
-    enter: Callable[[], Entry]
-    record_success: Callable[[int], None]
 
     def __init__(
         self,
@@ -124,12 +122,6 @@ class CircuitBreaker:
     def _settle(self, wait: Wait, *, gave_up: bool) -> None:
         (self._link or self._local).waited(wait, gave_up=gave_up)
 
-    async def _asettle(self, wait: Wait, *, gave_up: bool) -> None:
-        if self._alink is not None:
-            await self._alink.awaited(wait, gave_up=gave_up)
-        else:
-            self._settle(wait, gave_up=gave_up)
-
     def wait(self, wait: Wait) -> int:
         """Sleep (``time.sleep``) until a throttle slot; the permit it held."""
         try:
@@ -138,19 +130,6 @@ class CircuitBreaker:
             self._settle(wait, gave_up=True)
             raise
         self._settle(wait, gave_up=False)
-        return wait.permit
-
-    async def await_slot(self, wait: Wait) -> int:
-        """Sleep (``asyncio.sleep``) until a throttle slot; the permit it held. Cancelling
-        frees the slot."""
-        import asyncio
-
-        try:
-            await (self._async_sleep or asyncio.sleep)(wait.seconds)
-        except BaseException:
-            await self._asettle(wait, gave_up=True)
-            raise
-        await self._asettle(wait, gave_up=False)
         return wait.permit
 
     def observe(self, headers: object) -> None:
@@ -162,13 +141,6 @@ class CircuitBreaker:
             self._needs_await()
         else:
             self._local.observe(headers)
-
-    async def aobserve(self, headers: object) -> None:
-        """``observe()`` as a coroutine (what an asyncio store needs)."""
-        if self._alink is not None:
-            await self._alink.aobserve(headers)
-        else:
-            self.observe(headers)
 
     @property
     def throttle(self) -> dict[str, float | int | None]:
@@ -209,57 +181,6 @@ class CircuitBreaker:
             self._needs_await()
         else:
             self._local.record(permit, outcome, open_for=open_for, why=why, error=error, hint=hint)
-
-    async def aenter(self) -> Entry:
-        """``enter()`` as a coroutine (what an asyncio store needs)."""
-        if self._alink is not None:
-            return await self._alink.aenter()
-        return self.enter()
-
-    async def aadmit(self) -> int:
-        """``admit()`` as a coroutine (the throttle's wait is an ``asyncio.sleep``)."""
-        entry = await self.aenter()
-        if isinstance(entry, Wait):
-            return await self.await_slot(entry)
-        if not isinstance(entry, int):
-            try:
-                raise entry
-            finally:
-                del entry
-        return entry
-
-    async def atry_admit(self) -> int:
-        """``try_admit()`` as a coroutine."""
-        entry = await self.aenter()
-        if isinstance(entry, Wait):
-            await self._asettle(entry, gave_up=True)
-            return REJECTED
-        return entry if isinstance(entry, int) else REJECTED
-
-    async def arecord_success(self, permit: int) -> None:
-        """``record_success()`` as a coroutine."""
-        if self._alink is not None:
-            await self._alink.arecord_success(permit)
-        else:
-            self.record_success(permit)
-
-    async def arecord(
-        self,
-        permit: int,
-        outcome: Outcome,
-        *,
-        open_for: float | None = None,
-        why: str = "",
-        error: BaseException | None = None,
-        hint: float | None = None,
-    ) -> None:
-        """``record()`` as a coroutine."""
-        if self._alink is not None:
-            await self._alink.arecord(
-                permit, outcome, open_for=open_for, why=why, error=error, hint=hint
-            )
-        else:
-            self.record(permit, outcome, open_for=open_for, why=why, error=error, hint=hint)
 
     def refusal_now(self) -> CircuitOpenError | None:
         """The :class:`CircuitOpenError` a call would get now, or None if it would be admitted
@@ -319,11 +240,6 @@ class CircuitBreaker:
         """A JSON-serialisable view: state, counts, ``opened_at``, ``retry_after``, stats."""
         return self._as_dict(self._view())
 
-    async def asnapshot(self) -> dict[str, Any]:
-        """``snapshot()`` read now, also from an asyncio store."""
-        view = await self._alink.aview() if self._alink is not None else self._view()
-        return self._as_dict(view)
-
     def _as_dict(self, view: View) -> dict[str, Any]:
         return {
             "state": view.state.value,
@@ -359,24 +275,6 @@ class CircuitBreaker:
     def force_open(self) -> None:
         """Open the circuit and hold it open, with no probes, until it is reset or closed."""
         self._control("force_open")
-
-    async def _acontrol(self, action: Control) -> None:
-        if self._alink is not None:
-            await self._alink.acontrol(action)
-        else:
-            self._control(action)
-
-    async def areset(self) -> None:
-        """``reset()`` as a coroutine (what an asyncio store needs)."""
-        await self._acontrol("reset")
-
-    async def aforce_open(self) -> None:
-        """``force_open()`` as a coroutine."""
-        await self._acontrol("force_open")
-
-    async def aforce_closed(self) -> None:
-        """``force_closed()`` as a coroutine."""
-        await self._acontrol("force_closed")
 
     def add_observer(self, observer: Observer) -> None:
         """Tell ``observer`` of refusals and retries (the metrics exporters use this)."""
