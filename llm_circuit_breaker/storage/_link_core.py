@@ -1,0 +1,247 @@
+"""What both store links share (:class:`LinkCore`): following the store's views, the
+near-cache, and falling back to the breaker's :class:`LocalCircuit` while the store is
+unreachable. Permits carry where they came from in their two low bits: 0 local, 1 shared and
+clean, 2 shared (every outcome reported).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from llm_circuit_breaker._local import Entry, LocalCircuit, check_report
+from llm_circuit_breaker._state import CircuitState, Outcome, Transition
+from llm_circuit_breaker._telemetry import StateChange, Telemetry, refused
+from llm_circuit_breaker._throttle import Wait
+from llm_circuit_breaker.config import CircuitBreakerConfig
+from llm_circuit_breaker.errors import ThrottledError
+from llm_circuit_breaker.storage.base import (
+    THROTTLED_PERMIT,
+    Admission,
+    AsyncStateStore,
+    StateStore,
+    View,
+)
+
+if TYPE_CHECKING:
+    from llm_circuit_breaker._ratelimit import RateLimits
+
+__all__ = ["CLEAN", "LOCAL", "SHARED", "LinkCore"]
+
+LOCAL, CLEAN, SHARED = 0, 1, 2
+_HALF_OPEN_NOW = View(CircuitState.HALF_OPEN, 0, 0, None, 0.0)
+
+
+class LinkCore:
+    """What both links share: following the store's views, and falling back to local."""
+
+    def __init__(
+        self,
+        store: StateStore | AsyncStateStore,
+        name: str,
+        config: CircuitBreakerConfig,
+        local: LocalCircuit,
+        telemetry: Telemetry,
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.config = config
+        self.local = local
+        self.telemetry = telemetry
+        self.cause: BaseException | None = None  # the error that last opened the circuit
+        self._deciding_locally = False
+        self._known = View(CircuitState.CLOSED, 0, 0, None, 0.0)
+        self._known_at = time.monotonic()
+        self.waiting = 0  # callers of this process asleep until their shared throttle slot
+        # seconds a CLOSED, clean view admits calls without asking the store
+        self.near_cache: float = getattr(store, "near_cache", 0.0)
+        self._cached_permit = -1
+        self._cached_until = 0.0
+        self._now = local.now
+        self.count_success = telemetry.count_success
+
+    def _cache(self, permit: int, view: View, wait: float) -> None:
+        quiet = view.throttle is None or (
+            not view.throttle["paused_for"]
+            and view.throttle["reset_in"] is None
+            and view.throttle["tokens_remaining"] is None
+        )
+        if self.near_cache and view.clean and not wait and quiet and permit >= 0:
+            self._cached_permit = permit * 4 + CLEAN
+            self._cached_until = self._now() + self.near_cache
+        else:
+            self._cached_permit = -1
+
+    def adopt(self, view: View, error: BaseException | None = None) -> None:
+        """Follow ``view``, announcing its transitions (and a return from local mode)."""
+        if self._deciding_locally:
+            self._deciding_locally = False
+            self._event(self.local.state, view.state, "shared store reachable again: following it")
+        self._known, self._known_at = view, time.monotonic()
+        if not view.clean:  # something changed: the next admission asks the store
+            self._cached_permit = -1
+        if view.transitions and view.transitions[-1].new is CircuitState.OPEN:
+            self.cause = error
+        if view.transitions:
+            at = self.local.now()
+            self.telemetry.publish(
+                [Transition(t.old, t.new, t.reason, at) for t in view.transitions]
+            )
+        news = view.news
+        if news is not None:
+            self.telemetry.throttle_event(news.paused, news.reason, news.pause, at=self.local.now())
+
+    def go_local(self) -> None:
+        """Decide locally from now on, until the store answers again."""
+        self._cached_permit = -1
+        if not self._deciding_locally:
+            self._deciding_locally = True
+            self._event(
+                self._known.state, self.local.state, "shared store unavailable: deciding locally"
+            )
+
+    def _event(self, old: CircuitState, new: CircuitState, reason: str) -> None:
+        self.telemetry.notify(StateChange(self.name, old, new, self.local.now(), reason))
+
+    def admitted(self, admission: Admission, tokens: float) -> Entry:
+        """The permit (tagged shared), the refusal, or the throttle slot to wait for, from a
+        store's admission."""
+        permit, view, wait = admission.permit, admission.view, admission.wait
+        self.adopt(view)
+        self._cache(permit, view, wait)
+        if permit == THROTTLED_PERMIT:
+            return ThrottledError(self.name, wait)
+        if permit < 0:
+            error = refused(self.name, view.retry_after, view.reason or "open (shared)")
+            error.__cause__ = self.cause
+            self.telemetry.count_rejection()
+            return self.telemetry.observed(error)
+        tagged = permit * 4 + (CLEAN if view.clean else SHARED)
+        if view.throttle is not None and (wait > 0.0 or view.throttle["reset_in"] is not None):
+            self.telemetry.waits.add(wait)
+            if not self.telemetry.plain_refusals:
+                self.telemetry.waited(wait)
+        if wait > 0.0:
+            self.waiting += 1
+            return Wait(tagged, wait, tokens)
+        return tagged
+
+    def enter_locally(self) -> Entry:
+        """Admit with the local circuit (the store is unreachable)."""
+        self.go_local()
+        entry = self.local.enter()
+        if isinstance(entry, int):
+            return entry * 4
+        if isinstance(entry, Wait):
+            return Wait(entry.permit * 4, entry.seconds, entry.tokens)
+        return entry
+
+    def gave_up_locally(self, wait: Wait, *, gave_up: bool) -> bool:
+        """Settle a slot the local circuit gave (True); False for a shared one."""
+        if wait.permit & 3 == LOCAL:
+            self.local.waited(Wait(wait.permit >> 2, wait.seconds, wait.tokens), gave_up=gave_up)
+            return True
+        self.waiting -= 1
+        return not gave_up
+
+    def success_needs_no_report(self, permit: int) -> bool:
+        """Count a success that changes nothing; False when it must be reported."""
+        if permit & 3 == CLEAN:
+            self.telemetry.count_success()
+            return True
+        return False
+
+    def recorded_locally(
+        self,
+        permit: int,
+        outcome: Outcome,
+        open_for: float | None,
+        why: str,
+        error: BaseException | None,
+        hint: float | None,
+    ) -> tuple[bool, float | None]:
+        """Check a report; a locally admitted call goes to the local circuit (True). For a
+        shared permit, False and ``open_for`` capped as the core caps it (a store keeps a
+        hint as given)."""
+        check_report(permit, outcome, open_for)
+        if permit & 3 == LOCAL:
+            self.local.record(
+                permit >> 2, outcome, open_for=open_for, why=why, error=error, hint=hint
+            )
+            return True, open_for
+        if open_for is not None:
+            open_for = min(open_for, self.config.effective_max_open_for)
+        return False, open_for
+
+    def entered(self, admission: Admission | None, tokens: float) -> Entry:
+        """The outcome of an admission: the store's (None when it could not be asked)."""
+        if admission is None:
+            return self.enter_locally()
+        return self.admitted(admission, tokens)
+
+    def limits(self, headers: object) -> RateLimits | None:
+        """A response's rate-limit headers, for the store (None: none, or deciding locally,
+        in which case the local throttle has them)."""
+        if not self.config.throttle:
+            return None
+        if self._deciding_locally:
+            self.local.observe(headers)
+            return None
+        from llm_circuit_breaker._ratelimit import parse_rate_limits
+
+        return parse_rate_limits(headers, time.time())
+
+    @property
+    def idle(self) -> bool:
+        """Nothing here that the store does not keep: no caller waiting, not deciding locally
+        (then the local circuit must be idle too), and CLOSED as last seen."""
+        if self._deciding_locally:
+            return self.local.idle
+        return not self.waiting and self._known.state is CircuitState.CLOSED
+
+    def throttle_view(self) -> dict[str, float | int | None]:
+        """The shared throttle as of the last store call, and this process's waiting callers."""
+        if self._deciding_locally or self._known.throttle is None:
+            return self.local.throttle_view()
+        return {**self._known.throttle, "waiting": self.waiting}
+
+    def reported(
+        self, outcome: Outcome, reply: tuple[Outcome, View] | None, error: BaseException | None
+    ) -> None:
+        """Count a report the store answered (None: it could not be asked)."""
+        counted = outcome
+        if reply is None:
+            self.go_local()
+        else:
+            counted, view = reply
+            self.adopt(view, error)
+        self.telemetry.tally(counted)
+
+    def viewed(self, view: View | None) -> View:
+        """The store's view, or the local one when the store could not be asked."""
+        if view is None:
+            self.go_local()
+            return self.local.view()
+        self.adopt(view)
+        return view
+
+    def followed(self, view: View | None) -> None:
+        """Adopt a view the store answered (None: it could not be asked: decide locally)."""
+        if view is not None:
+            self.adopt(view)
+        else:
+            self.go_local()
+
+    def known_view(self) -> View:
+        """The last view the store gave, with the lazy OPEN -> HALF_OPEN applied since."""
+        if self._deciding_locally:
+            return self.local.view()
+        known = self._known
+        if known.state is CircuitState.OPEN and known.retry_after is not None:
+            left = known.retry_after - (time.monotonic() - self._known_at)
+            if left <= 0:
+                return _HALF_OPEN_NOW
+            return View(
+                known.state, known.failure_count, 0, known.opened_at, left, reason=known.reason
+            )
+        return known
