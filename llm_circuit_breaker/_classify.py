@@ -5,13 +5,13 @@ openai and anthropic SDKs (1.x to 3.x), litellm, google-genai, httpx/httpx2, req
 aiohttp all carry a status (``status_code``, ``status``, ``code`` or ``response.…``), headers
 (``response.headers`` or ``headers``) and often a JSON body (``body``, ``details`` or
 ``response.json()``). The chain of ``__cause__`` / ``__context__`` is walked so that an SDK
-error wrapping an httpx timeout is still a timeout. Every probe is guarded: httpx's
-``.request`` raises when unset and ``.json()`` raises on a body that was not read.
+error wrapping an httpx timeout is still a timeout. The probes themselves are in
+:mod:`._probe`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from llm_circuit_breaker._hints import (
@@ -39,10 +39,18 @@ from llm_circuit_breaker._kinds import (
     message_of,
     per_day_quota,
 )
+from llm_circuit_breaker._probe import (
+    attr,
+    chain,
+    error_object,
+    headers_of,
+    http_status,
+    mro_names,
+    status_of,
+)
 from llm_circuit_breaker.errors import TransportError
 
 __all__ = [
-    "response_headers",
     "NOT_PROVIDER_FAILURES",
     "STREAM_ERROR_STATUS",
     "TRANSPORT_KINDS",
@@ -95,12 +103,6 @@ _CONNECTION_NAMES = frozenset(
         "TooManyRedirects",
     }
 )
-# litellm gives these a made-up status (500, 408): trust the class, not the number.
-_SYNTHETIC_STATUS_NAMES = frozenset({"APIConnectionError", "APITimeoutError"})
-# aiohttp's HTTP parser errors carry a ``code`` (400) for the server side of aiohttp; on a
-# client they mean the response was cut or malformed, a transport failure.
-# A redirect loop carries the last 3xx, which says nothing about the provider's health either.
-_NO_STATUS_NAMES = frozenset({"HttpProcessingError", "ClientPayloadError", "TooManyRedirects"})
 
 
 _CACHE = "_llm_circuit_breaker_facts"
@@ -143,7 +145,7 @@ def classify_response(status: int, headers: Any, body: Any) -> Classification:
     """Classify an HTTP response (or an error event, ``status`` 200) by status, headers, body."""
     try:
         err = error_object_of(body)
-        if status == 200 or _http_status(status) is None:
+        if status == 200 or http_status(status) is None:
             kind = _kind_from_codes(None, err) or ErrorKind.SERVER
             return Classification(
                 kind,
@@ -160,13 +162,13 @@ def _classify(exc: BaseException) -> Classification:
     if isinstance(exc, TransportError):  # ours: the class says it all, whatever it wraps
         timed_out = isinstance(exc, TimeoutError)
         return Classification(ErrorKind.TIMEOUT if timed_out else ErrorKind.CONNECTION)
-    chain = list(_chain(exc))
-    for candidate in chain:
-        status = _status(candidate)
+    links = list(chain(exc))
+    for candidate in links:
+        status = status_of(candidate)
         if status is not None:
-            return _from_parts(status, _headers(candidate), _error_object(candidate), candidate)
-    for candidate in chain:
-        body = _error_object(candidate)
+            return _from_parts(status, headers_of(candidate), error_object(candidate), candidate)
+    for candidate in links:
+        body = error_object(candidate)
         kind = _kind_from_codes(candidate, body)
         if kind is not None:  # an error event inside a stream, reported with status 200 or none
             return Classification(
@@ -175,123 +177,11 @@ def _classify(exc: BaseException) -> Classification:
                 retry_after=_body_hint(candidate, body),
                 error_type=_first_code(candidate, body),
             )
-    for candidate in reversed(chain):  # the innermost transport error says most
+    for candidate in reversed(links):  # the innermost transport error says most
         kind = _transport_kind(candidate)
         if kind is not None:
             return Classification(kind)
     return Classification(ErrorKind.OTHER)
-
-
-# -- walking the chain --------------------------------------------------------------------
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    stack: list[BaseException] = [exc]
-    while stack:
-        current = stack.pop(0)
-        if id(current) in seen or len(seen) > 32:
-            continue
-        seen.add(id(current))
-        yield current
-        nested = _nested(current)
-        cause = current.__cause__
-        nested.append(cause if cause is not None else current.__context__)
-        stack.extend(e for e in nested if isinstance(e, BaseException))
-
-
-def _nested(exc: BaseException) -> list[BaseException | None]:
-    last_attempt = _attr(exc, "last_attempt")  # tenacity.RetryError
-    if last_attempt is not None and type(exc).__name__ == "RetryError":
-        try:
-            return [last_attempt.exception()]
-        except Exception:
-            return []
-    group = _attr(exc, "exceptions")  # ExceptionGroup (3.11+), matched by shape
-    if isinstance(group, tuple) and "BaseExceptionGroup" in _mro_names(exc):
-        return list(group[:32])
-    return []
-
-
-def _attr(obj: Any, name: str) -> Any:
-    try:
-        return getattr(obj, name, None)
-    except Exception:  # httpx's .request raises RuntimeError when unset
-        return None
-
-
-def _mro_names(exc: BaseException) -> set[str]:
-    return {cls.__name__ for cls in type(exc).__mro__}
-
-
-# -- HTTP errors --------------------------------------------------------------------------
-
-
-def _http_status(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
-        return value
-    return None
-
-
-def _status(exc: BaseException) -> int | None:
-    """The HTTP status of a response the exception carries; never a parser's ``code``."""
-    names = _mro_names(exc)
-    if names & _SYNTHETIC_STATUS_NAMES or names & _NO_STATUS_NAMES:
-        return None
-    response = _attr(exc, "response")
-    # google-genai's APIError carries the status as an int ``code`` beside a str ``status``.
-    genai = isinstance(_attr(exc, "status"), str) and _attr(exc, "details") is not None
-    for value in (
-        _attr(exc, "status_code"),
-        _attr(exc, "status"),  # aiohttp ClientResponseError (0 when unknown)
-        _attr(exc, "code") if genai else None,
-        _attr(response, "status_code") if response is not None else None,
-        _attr(response, "status") if response is not None else None,
-    ):
-        status = _http_status(value)
-        if status is not None:
-            return None if status == 200 else status  # 200: an error event inside a stream
-    return None
-
-
-def response_headers(exc: BaseException) -> Any:
-    """The HTTP response headers an error carries (or one it was raised from); None if none."""
-    for each in _chain(exc):
-        headers = _headers(each)
-        if headers is not None:
-            return headers
-    return None
-
-
-def _headers(exc: BaseException) -> Any:
-    response = _attr(exc, "response")
-    for candidate in (
-        _attr(response, "headers") if response is not None else None,
-        _attr(exc, "headers"),
-        _attr(exc, "litellm_response_headers"),
-    ):
-        if candidate is not None and _attr(candidate, "get") is not None:
-            return candidate
-    return None
-
-
-def _body(exc: BaseException) -> Any:
-    for name in ("body", "details"):
-        value = _attr(exc, name)
-        if isinstance(value, (dict, str)):
-            return value
-    response = _attr(exc, "response")
-    if response is not None:
-        try:
-            return response.json()
-        except Exception:
-            return None
-    return None
-
-
-def _error_object(exc: BaseException) -> dict[str, Any]:
-    """The provider's error object: ``body["error"]`` when present, else the body itself."""
-    return error_object_of(_body(exc))
 
 
 def _codes(exc: BaseException | None, err: Mapping[str, Any]) -> list[str]:
@@ -300,8 +190,8 @@ def _codes(exc: BaseException | None, err: Mapping[str, Any]) -> list[str]:
     if isinstance(details, Mapping):
         values.append(details.get("error_code"))
     if exc is not None:
-        values += [_attr(exc, "type"), _attr(exc, "code"), _attr(exc, "error_type")]
-        status = _attr(exc, "status")
+        values += [attr(exc, "type"), attr(exc, "code"), attr(exc, "error_type")]
+        status = attr(exc, "status")
         if isinstance(status, str):
             values.append(status)
     return [v.lower()[:100] for v in values if isinstance(v, str) and v]
@@ -349,7 +239,7 @@ def _body_hint(exc: BaseException | None, err: Mapping[str, Any]) -> float | Non
             delay = parse_retry_after(str(detail.get("retryDelay", "")).rstrip("s"))
             if delay is not None:
                 return delay
-    text = message_of(err) or (_attr(exc, "message") if exc is not None else None)
+    text = message_of(err) or (attr(exc, "message") if exc is not None else None)
     match = WAIT_TEXT.search(text[:2000] if isinstance(text, str) else "")
     if match is None:
         return None
@@ -363,7 +253,7 @@ def _body_hint(exc: BaseException | None, err: Mapping[str, Any]) -> float | Non
 
 
 def _transport_kind(exc: BaseException) -> ErrorKind | None:
-    names = _mro_names(exc)
+    names = mro_names(exc)
     if names & _POOL_NAMES:
         return ErrorKind.POOL
     if names & _TIMEOUT_NAMES or isinstance(exc, TimeoutError):

@@ -42,7 +42,7 @@ def _no_fallback(*args: object, **kwargs: object) -> Any:  # pragma: no cover - 
 
 
 def _headers_of(exc: BaseException) -> Any:
-    from llm_circuit_breaker._classify import response_headers
+    from llm_circuit_breaker._probe import response_headers
 
     return response_headers(exc)
 
