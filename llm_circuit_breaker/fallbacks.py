@@ -31,6 +31,7 @@ from typing import Any, TypeVar, cast
 
 from llm_circuit_breaker._gate import PLAIN
 from llm_circuit_breaker._refusal import refusal_of
+from llm_circuit_breaker._resumed import END, AsyncResumed, Resumed, first_item
 from llm_circuit_breaker._state import Outcome
 from llm_circuit_breaker.errors import FallbacksExhaustedError
 
@@ -179,7 +180,7 @@ def _sync_chain(chain: _Chain) -> Callable[..., Any]:
                 result = target(*args, **kwargs)
                 if result.__class__ not in PLAIN and hasattr(result.__class__, "__next__"):
                     # a returned stream fails over until its first item
-                    result = _Resumed(result, next(result, _END))
+                    result = Resumed(result, next(result, END))
             except Exception as exc:
                 chain.failed(index, exc, errors)
                 continue
@@ -197,7 +198,7 @@ def _async_chain(chain: _Chain) -> Callable[..., Any]:
             try:
                 result = await target(*args, **kwargs)
                 if hasattr(result, "__anext__"):  # an async stream fails over until its first item
-                    result = _AResumed(result, await _first(result))
+                    result = AsyncResumed(result, await first_item(result))
             except Exception as exc:
                 chain.failed(index, exc, errors)
                 continue
@@ -214,12 +215,12 @@ def _gen_chain(chain: _Chain) -> Callable[..., Any]:
         for index, target in enumerate(chain.targets):
             stream = target(*args, **kwargs)
             try:
-                first = next(stream, _END)
+                first = next(stream, END)
             except Exception as exc:
                 chain.failed(index, exc, errors)
                 continue
             chain.served(index)
-            if first is not _END:
+            if first is not END:
                 yield first
                 yield from stream
             return
@@ -234,13 +235,13 @@ def _async_gen_chain(chain: _Chain) -> Callable[..., Any]:
         for index, target in enumerate(chain.targets):
             stream = target(*args, **kwargs)
             try:
-                first = await _first(stream)
+                first = await first_item(stream)
             except Exception as exc:
                 chain.failed(index, exc, errors)
                 continue
             chain.served(index)
             try:
-                if first is not _END:
+                if first is not END:
                     yield first
                     async for item in stream:
                         yield item
@@ -250,72 +251,3 @@ def _async_gen_chain(chain: _Chain) -> Callable[..., Any]:
         raise chain.exhausted(errors)
 
     return call
-
-
-_END = object()  # a stream that ended before its first item
-
-
-async def _first(stream: Any) -> Any:
-    try:
-        return await stream.__anext__()
-    except StopAsyncIteration:
-        return _END
-
-
-class _Resumed:
-    """A stream whose first item was read to decide on the failover: that item, then the
-    rest; other attributes (``close``, ``response`` ...) are the stream's own."""
-
-    def __init__(self, stream: Any, first: Any) -> None:
-        self._stream = stream
-        self._first = first
-
-    def __iter__(self) -> _Resumed:
-        return self
-
-    def __next__(self) -> Any:
-        first, self._first = self._first, _END
-        if first is not _END:
-            return first
-        return next(self._stream)
-
-    def __enter__(self) -> _Resumed:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        close = getattr(self._stream, "close", None)
-        if close is not None:
-            close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-class _AResumed:
-    """:class:`_Resumed` for an async stream."""
-
-    def __init__(self, stream: Any, first: Any) -> None:
-        self._stream = stream
-        self._first = first
-
-    def __aiter__(self) -> _AResumed:
-        return self
-
-    async def __anext__(self) -> Any:
-        first, self._first = self._first, _END
-        if first is not _END:
-            return first
-        return await self._stream.__anext__()
-
-    async def __aenter__(self) -> _AResumed:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        close = getattr(self._stream, "aclose", None) or getattr(self._stream, "close", None)
-        if close is not None:
-            result = close()
-            if inspect.isawaitable(result):
-                await result
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)

@@ -19,13 +19,14 @@ from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker._scope import is_template
 from llm_circuit_breaker._throttle import estimate_tokens
 from llm_circuit_breaker.breaker import CircuitBreaker
-from llm_circuit_breaker.config import CircuitBreakerConfig, RetryConfig
+from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.http._common import (
     DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES,
     PreparedRequest,
     prepare,
 )
+from llm_circuit_breaker.http._options import breaker_fields, refuse_options
 from llm_circuit_breaker.http._route import Route, acosted, costed, token_cost
 from llm_circuit_breaker.http._sse import SSEEvent
 from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
@@ -41,17 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["LLMCircuitBreaker"]
 
 _unnamed = itertools.count(1)
-_OPTIONS = (
-    "name",
-    "circuit_breaker",
-    "retry",
-    "registry",
-    "headers",
-    "session",
-    "client_session",
-    "max_response_bytes",
-    "max_event_bytes",
-)
 
 
 class LLMCircuitBreaker:
@@ -81,12 +71,12 @@ class LLMCircuitBreaker:
         **unknown: Any,
     ) -> None:
         if unknown:
-            _refuse_options(unknown)
+            refuse_options(unknown)
         self._limits = {
             "max_response_bytes": check.count("", "max_response_bytes", max_response_bytes, 1),
             "max_event_bytes": check.count("", "max_event_bytes", max_event_bytes, 1),
         }
-        fields = _breaker_fields(circuit_breaker)
+        fields = breaker_fields(circuit_breaker)
         self._retrying = with_retry(**check.check_mapping(retry or {}, "retry"))
         self._registry = registry
         self._owns_name = name is None
@@ -303,34 +293,3 @@ class LLMCircuitBreaker:
         if self._route is None:
             return f"LLMCircuitBreaker(name={self.name!r}, scopes={len(self._routes)})"
         return f"LLMCircuitBreaker(name={self.name!r}, state={self.breaker.state.value})"
-
-
-def _refuse_options(unknown: Mapping[str, Any]) -> None:
-    """``TypeError`` for unknown keyword arguments, pointing breaker and retry options to the
-    dict they belong in (``timeout`` -> ``circuit_breaker={"timeout": ...}``)."""
-    for key in unknown:
-        for option, config in (("circuit_breaker", CircuitBreakerConfig), ("retry", RetryConfig)):
-            try:
-                config.check_names({key: None})
-            except TypeError as exc:
-                if "did you mean" in str(exc):
-                    raise TypeError(
-                        f"LLMCircuitBreaker: {key!r} is a {option} option ({exc}); "
-                        f"pass it as {option}={{...}}"
-                    ) from None
-                continue
-            raise TypeError(
-                f"LLMCircuitBreaker: {key!r} is a {option} option: pass it as "
-                f"{option}={{{key!r}: ...}} (times are seconds)"
-            )
-    check.check_option_names(unknown, _OPTIONS, "LLMCircuitBreaker")
-
-
-def _breaker_fields(value: Mapping[str, Any] | CircuitBreakerConfig | None) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if isinstance(value, CircuitBreakerConfig):
-        return value.as_fields()
-    fields = dict(check.check_mapping(value, "circuit_breaker"))
-    CircuitBreakerConfig.from_mapping(fields)  # names and values checked here
-    return fields

@@ -13,7 +13,17 @@ from llm_circuit_breaker.storage.base import Admission, ThrottleNews, View
 if TYPE_CHECKING:
     from llm_circuit_breaker._ratelimit import Bucket, RateLimits
 
-__all__ = ["OUTCOMES", "admission", "observe_args", "record_args", "script_args", "text", "view"]
+__all__ = [
+    "LISTED_FIELDS",
+    "OUTCOMES",
+    "admission",
+    "circuit_fields",
+    "observe_args",
+    "record_args",
+    "script_args",
+    "text",
+    "view",
+]
 
 logger = logging.getLogger("llm_circuit_breaker")
 
@@ -127,3 +137,49 @@ def view(reply: Sequence[Any], config: CircuitBreakerConfig, key: str) -> View:
 def admission(reply: Sequence[Any], config: CircuitBreakerConfig, key: str) -> Admission:
     """The admission a reply describes (its permit, view and throttle wait)."""
     return Admission(int(reply[0]), view(reply, config, key), float(text(reply[8])))
+
+
+# The hash fields the status listing reads: circuit, then throttle (paused until, interval,
+# capacity, theoretical arrival time).
+LISTED_FIELDS = ("state", "fc", "sc", "opened_at", "open_until", "held", "pu", "ri", "rc", "rt")
+
+
+def circuit_fields(fields: Sequence[Any], now: float) -> dict[str, Any] | None:
+    """One circuit's ``{state, failure_count, success_count, opened_at, retry_after,
+    throttle}`` from its :data:`LISTED_FIELDS` at server time ``now`` (garbage: None)."""
+    try:
+        state = CircuitState(text(fields[0]))
+        open_until = number(fields[4] or b"")
+        opened_at = number(fields[3] or b"")
+    except (ValueError, TypeError):
+        return None
+    retry_after: float | None = 0.0
+    if state is CircuitState.OPEN:
+        if text(fields[5] or b"") == "1":
+            retry_after = None
+        elif open_until is not None and now >= open_until:
+            state, retry_after = CircuitState.HALF_OPEN, 0.0
+        elif open_until is not None:
+            retry_after = open_until - now
+    return {
+        "state": state.value,
+        "failure_count": int(fields[1] or 0),
+        "success_count": int(fields[2] or 0),
+        "opened_at": opened_at,
+        "retry_after": retry_after,
+        "throttle": _throttle_fields(fields[6:], now),
+    }
+
+
+def _throttle_fields(fields: Sequence[Any], now: float) -> dict[str, float | int | None]:
+    """``{paused_for, requests_remaining}`` from a circuit's throttle fields (garbage: none)."""
+    try:
+        paused_until, interval, capacity, tat = (number(f or b"") for f in fields)
+    except (ValueError, TypeError):
+        return {"paused_for": None, "requests_remaining": None}
+    remaining = None
+    if interval and capacity and interval > 0:
+        used = max(0.0, (tat if tat is not None else now) - now) / interval
+        remaining = max(0, min(int(capacity), int(capacity - used)))
+    paused = None if paused_until is None else max(0.0, paused_until - now)
+    return {"paused_for": paused, "requests_remaining": remaining}

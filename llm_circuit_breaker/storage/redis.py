@@ -23,12 +23,13 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from llm_circuit_breaker._redact import redact_text
-from llm_circuit_breaker._state import CircuitState, Outcome
+from llm_circuit_breaker._state import Outcome
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.storage._script import (
+    LISTED_FIELDS,
     OUTCOMES,
     admission,
-    number,
+    circuit_fields,
     observe_args,
     record_args,
     script_args,
@@ -296,57 +297,11 @@ class RedisStateStore:
         for key in self.client.scan_iter(match=f"{self.prefix}:{{*}}", count=500):
             key_text = text(key)
             name = key_text[len(self.prefix) + 2 : -1]
-            fields = self.client.hmget(
-                key_text,
-                "state",
-                "fc",
-                "sc",
-                "opened_at",
-                "open_until",
-                "held",
-                "pu",
-                "ri",
-                "rc",
-                "rt",
-            )
-            try:
-                state = CircuitState(text(fields[0]))
-                open_until = number(fields[4] or b"")
-                opened_at = number(fields[3] or b"")
-            except (ValueError, TypeError):
-                continue
-            retry_after: float | None = 0.0
-            if state is CircuitState.OPEN:
-                if text(fields[5] or b"") == "1":
-                    retry_after = None
-                elif open_until is not None and now >= open_until:
-                    state, retry_after = CircuitState.HALF_OPEN, 0.0
-                elif open_until is not None:
-                    retry_after = open_until - now
-            found[name] = {
-                "state": state.value,
-                "failure_count": int(fields[1] or 0),
-                "success_count": int(fields[2] or 0),
-                "opened_at": opened_at,
-                "retry_after": retry_after,
-                "throttle": _throttle_fields(fields[6:], now),
-            }
+            listed = circuit_fields(self.client.hmget(key_text, *LISTED_FIELDS), now)
+            if listed is not None:
+                found[name] = listed
         return dict(sorted(found.items()))
 
     def __repr__(self) -> str:
         kind = "asyncio" if self.is_async else "sync"
         return f"RedisStateStore(prefix={self.prefix!r}, {kind})"
-
-
-def _throttle_fields(fields: list[Any], now: float) -> dict[str, float | int | None]:
-    """``{paused_for, requests_remaining}`` from a circuit's throttle fields (garbage: none)."""
-    try:
-        paused_until, interval, capacity, tat = (number(f or b"") for f in fields)
-    except (ValueError, TypeError):
-        return {"paused_for": None, "requests_remaining": None}
-    remaining = None
-    if interval and capacity and interval > 0:
-        used = max(0.0, (tat if tat is not None else now) - now) / interval
-        remaining = max(0, min(int(capacity), int(capacity - used)))
-    paused = None if paused_until is None else max(0.0, paused_until - now)
-    return {"paused_for": paused, "requests_remaining": remaining}

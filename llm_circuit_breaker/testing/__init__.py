@@ -26,6 +26,7 @@
 
 from llm_circuit_breaker.testing._clock import FakeClock
 from llm_circuit_breaker.testing._quota import Quota
-from llm_circuit_breaker.testing._server import FakeLLMServer, RecordedRequest, Reply
+from llm_circuit_breaker.testing._reply import Reply
+from llm_circuit_breaker.testing._server import FakeLLMServer, RecordedRequest
 
 __all__ = ["FakeClock", "FakeLLMServer", "Quota", "RecordedRequest", "Reply"]

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from llm_circuit_breaker.testing._server import Reply
+from llm_circuit_breaker.testing._reply import Reply
 
 __all__ = ["Quota"]
 
