@@ -39,7 +39,7 @@ def _texts(events: list[Any]) -> list[str]:
 
 
 def test_refused_connection_is_retried_and_counted(closed_port: int) -> None:
-    """Case 23: connection refused -> TransportError after retries, each a breaker failure."""
+    """Connection refused -> TransportError after retries, each a breaker failure."""
     cb = _facade(failure_threshold=10)
     with pytest.raises(TransportError) as caught:
         cb.call(f"http://127.0.0.1:{closed_port}/v1/chat/completions", data={})
@@ -49,7 +49,7 @@ def test_refused_connection_is_retried_and_counted(closed_port: int) -> None:
 
 
 def test_read_timeout_within_deadline(llm_server: FakeLLMServer) -> None:
-    """Case 24: no headers within the timeout -> RequestTimeoutError; the deadline bounds the wall time."""
+    """No headers within the timeout -> RequestTimeoutError; the deadline bounds the wall time."""
     llm_server.default = Reply.ok(delay=2.0)
     cb = LLMCircuitBreaker(
         circuit_breaker={"timeout": 0.2},
@@ -66,7 +66,7 @@ def test_read_timeout_within_deadline(llm_server: FakeLLMServer) -> None:
 
 
 def test_truncated_body_is_retried(llm_server: FakeLLMServer) -> None:
-    """Case 26: a body cut short is a transport error and a non-streaming call retries it."""
+    """A body cut short is a transport error and a non-streaming call retries it."""
     llm_server.script(Reply.ok("lost", drop=True), Reply.ok("whole"))
     result = _facade().call(llm_server.url + "/v1/chat/completions", data={})
     assert result["choices"][0]["message"]["content"] == "whole"
@@ -74,7 +74,7 @@ def test_truncated_body_is_retried(llm_server: FakeLLMServer) -> None:
 
 
 def test_html_429_from_a_proxy(llm_server: FakeLLMServer) -> None:
-    """Case 21: an HTML 429 is retried by status and surfaces as RateLimitError, no parse crash."""
+    """An HTML 429 is retried by status and surfaces as RateLimitError, no parse crash."""
     llm_server.default = Reply(status=429, text="<html><body>Too Many Requests</body></html>")
     clock = FakeClock()  # the throttle's pauses (no hint: 1 s, 2 s, 4 s) pass on this clock
     cb = LLMCircuitBreaker(retry=FAST_RETRY, registry=BreakerRegistry(clock=clock))
@@ -87,7 +87,7 @@ def test_html_429_from_a_proxy(llm_server: FakeLLMServer) -> None:
 
 
 def test_retry_after_ms_is_honoured(llm_server: FakeLLMServer) -> None:
-    """Case 2: the ms hint wins and is waited (not the tiny backoff)."""
+    """The ms hint wins and is waited (not the tiny backoff)."""
     llm_server.script(
         Reply.error(429, headers={"retry-after-ms": "150", "retry-after": "2"}), Reply.ok()
     )
@@ -98,7 +98,7 @@ def test_retry_after_ms_is_honoured(llm_server: FakeLLMServer) -> None:
 
 
 def test_breaker_opens_and_fails_fast(llm_server: FakeLLMServer) -> None:
-    """Case 36: consecutive 503s open the circuit; then calls fail fast without reaching the server."""
+    """Consecutive 503s open the circuit; then calls fail fast without reaching the server."""
     llm_server.default = Reply.error(503)
     cb = LLMCircuitBreaker(
         circuit_breaker={"failure_threshold": 3, "reset_timeout": 60.0}, retry={"max_retries": 0}
@@ -115,7 +115,7 @@ def test_breaker_opens_and_fails_fast(llm_server: FakeLLMServer) -> None:
 
 
 def test_openai_error_frame_first_is_retried(llm_server: FakeLLMServer) -> None:
-    """Case 28: an error frame before any content: transparent retry, one breaker failure."""
+    """An error frame before any content: transparent retry, one breaker failure."""
     llm_server.script(
         Reply.openai_stream([], error="server_error"), Reply.openai_stream(["Hel", "lo"])
     )
@@ -128,7 +128,7 @@ def test_openai_error_frame_first_is_retried(llm_server: FakeLLMServer) -> None:
 
 
 def test_openai_error_frame_after_content_is_raised(llm_server: FakeLLMServer) -> None:
-    """Case 29: content then an error frame: the error is raised, output kept, nothing re-sent."""
+    """Content then an error frame: the error is raised, output kept, nothing re-sent."""
     llm_server.script(Reply.openai_stream(["a", "b", "c"], error="server_error"))
     cb = _facade()
     seen: list[Any] = []
@@ -142,7 +142,7 @@ def test_openai_error_frame_after_content_is_raised(llm_server: FakeLLMServer) -
 
 
 def test_anthropic_overload_first_event_is_a_529_and_retried(llm_server: FakeLLMServer) -> None:
-    """Case 30: HTTP 200 then event: error overloaded -> classified 529, retried."""
+    """HTTP 200 then event: error overloaded -> classified 529, retried."""
     llm_server.script(
         Reply.anthropic_stream([], error="overloaded_error"), Reply.anthropic_stream(["hi"])
     )
@@ -157,7 +157,7 @@ def test_anthropic_overload_first_event_is_a_529_and_retried(llm_server: FakeLLM
 
 
 def test_anthropic_overload_mid_stream_is_raised(llm_server: FakeLLMServer) -> None:
-    """Case 31: deltas then an overload event: raised as a 529 ServerError, not retried."""
+    """Deltas then an overload event: raised as a 529 ServerError, not retried."""
     llm_server.script(Reply.anthropic_stream(["a", "b"], error="overloaded_error"))
     cb = _facade()
     with pytest.raises(ServerError) as caught:
@@ -170,7 +170,7 @@ def test_anthropic_overload_mid_stream_is_raised(llm_server: FakeLLMServer) -> N
 
 
 def test_stream_dropped_mid_way(llm_server: FakeLLMServer) -> None:
-    """Case 34: connection dropped after 2 chunks, no [DONE]: transport error, no retry, a failure."""
+    """Connection dropped after 2 chunks, no [DONE]: transport error, no retry, a failure."""
     llm_server.script(Reply.openai_stream(["a", "b"], done=False, drop=True))
     cb = _facade()
     seen: list[Any] = []
@@ -182,7 +182,7 @@ def test_stream_dropped_mid_way(llm_server: FakeLLMServer) -> None:
 
 
 def test_stream_opening_429_retried_before_streaming(llm_server: FakeLLMServer) -> None:
-    """Case 35: a 429 before the stream starts is retried; no chunk is duplicated."""
+    """A 429 before the stream starts is retried; no chunk is duplicated."""
     llm_server.script(
         Reply.error(429, headers={"retry-after-ms": "5"}), Reply.openai_stream(["x", "y"])
     )
@@ -286,7 +286,7 @@ def test_key_in_url_is_masked_in_our_messages(
 
 
 def test_sdk_retries_multiply(llm_server: FakeLLMServer) -> None:
-    """Case 38: the openai SDK's own 2 retries x our 3 attempts = 9 requests; max_retries=0 gives 3."""
+    """The openai SDK's own 2 retries x our 3 attempts = 9 requests; max_retries=0 gives 3."""
     llm_server.default = Reply.error(
         503, headers={"retry-after-ms": "1"}
     )  # keeps the SDK's waits short

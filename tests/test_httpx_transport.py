@@ -141,7 +141,7 @@ def test_a_success_is_counted_once(sdk: Sdk, llm_server: FakeLLMServer) -> None:
 def test_sdk_retries_multiply_with_ours_and_are_counted_exactly(
     sdk: Sdk, llm_server: FakeLLMServer
 ) -> None:
-    """The SDK's 2 retries are 3 attempts, each admitted and counted (case 38)."""
+    """The SDK's 2 retries are 3 attempts, each admitted and counted."""
     llm_server.script(*[Reply.error(503)] * 3)
     with pytest.raises(Exception) as caught:
         sdk.call()
@@ -193,14 +193,17 @@ def test_a_throttled_refusal_carries_retry_after(llm_server: FakeLLMServer) -> N
         (Reply.error(400, "invalid_request_error"), 0),
         (Reply.error(401, "authentication_error"), 0),
         (Reply.error(404, "model_not_found"), 0),
-        (Reply(status=429, text="<html>proxy says slow down</html>"), 0),  # case 21
-        (Reply(status=502, json={"error": {"code": 429}}), 0),  # case 22: a wrapped rate limit
+        (
+            Reply(status=429, text="<html>proxy says slow down</html>"),
+            0,
+        ),  # an HTML page from a proxy
+        (Reply(status=502, json={"error": {"code": 429}}), 0),  # a wrapped rate limit
     ],
 )
 def test_responses_are_judged_like_errors(
     reply: Reply, counted: int, llm_server: FakeLLMServer
 ) -> None:
-    """Status, headers and body go through the one verdict (SPEC 5a)."""
+    """Status, headers and body go through the one verdict, as errors do."""
     sdk = make("openai", httpx, llm_server, max_retries=0)
     llm_server.script(reply)
     with pytest.raises(openai.APIStatusError):
@@ -223,7 +226,7 @@ def test_a_quota_429_opens_the_circuit_and_a_rate_limit_does_not(
 
 
 def test_transport_errors_are_failures_and_the_sdk_wraps_them(closed_port: int) -> None:
-    """Connection refused (case 23): the SDK raises its APIConnectionError, we count it."""
+    """Connection refused: the SDK raises its APIConnectionError, we count it."""
     registry = BreakerRegistry()
     transport = CircuitBreakerTransport("down", registry=registry)
     client = openai.OpenAI(
@@ -237,7 +240,7 @@ def test_transport_errors_are_failures_and_the_sdk_wraps_them(closed_port: int) 
 
 
 def test_a_body_cut_short_is_a_failure(llm_server: FakeLLMServer) -> None:
-    """Half a JSON body, then a hang-up (case 26)."""
+    """Half a JSON body, then a hang-up."""
     sdk = make("openai", httpx, llm_server, max_retries=0)
     llm_server.script(Reply(json={"x": "y" * 500}, drop=True))
     with pytest.raises(openai.APIConnectionError):
@@ -295,7 +298,7 @@ def test_a_responses_stream_without_completed_is_truncated(llm_server: FakeLLMSe
 
 
 def test_an_error_event_in_a_200_stream_is_a_failure(sdk: Sdk, llm_server: FakeLLMServer) -> None:
-    """OpenAI's {"error": ...} frame, Anthropic's event: error (cases 29, 31): the SDK raises
+    """OpenAI's {"error": ...} frame, Anthropic's event: error: the SDK raises
     its own error and the breaker counts a failure."""
     error = "server_error" if sdk.kind == "openai" else "overloaded_error"
     llm_server.script(sdk.stream_reply(error=error))
@@ -305,7 +308,7 @@ def test_an_error_event_in_a_200_stream_is_a_failure(sdk: Sdk, llm_server: FakeL
 
 
 def test_a_dropped_stream_is_a_failure(sdk: Sdk, llm_server: FakeLLMServer) -> None:
-    """The connection cut after some chunks (case 34)."""
+    """The connection cut after some chunks."""
     reply = sdk.stream_reply(complete=False)
     llm_server.script(Reply(events=reply.events, drop=True))
     with pytest.raises(Exception):  # noqa: B017 - each SDK raises its own class
@@ -321,8 +324,8 @@ def test_an_abandoned_stream_is_neither(sdk: Sdk, llm_server: FakeLLMServer) -> 
 
 
 def test_idle_and_first_byte_timeouts(llm_server: FakeLLMServer) -> None:
-    """A stream silent for longer than idle_timeout fails fast (case 32), and so does one whose
-    headers take longer than first_byte_timeout (case 24), not after the SDK's 600 s."""
+    """A stream silent for longer than idle_timeout fails fast, and so does one whose
+    headers take longer than first_byte_timeout, not after the SDK's 600 s."""
     sdk = make("anthropic", httpx2, llm_server, idle_timeout=0.2, max_retries=0)
     silent = Reply.anthropic_stream(["a", "b"])
     llm_server.script(Reply(events=silent.events, event_delay=2.5))
@@ -342,7 +345,7 @@ def test_idle_and_first_byte_timeouts(llm_server: FakeLLMServer) -> None:
 def test_a_stream_opening_with_a_429_is_retried_by_the_sdk_before_streaming(
     llm_server: FakeLLMServer,
 ) -> None:
-    """Case 35: the SDK retries the opening 429; the throttle is told; no duplicated chunks."""
+    """The SDK retries the opening 429; the throttle is told; no duplicated chunks."""
     sdk = make("openai", httpx, llm_server)
     llm_server.script(
         Reply.error(429, "rate_limit_exceeded", headers={"retry-after-ms": "10"}),
@@ -525,7 +528,7 @@ def test_refusal_of_other_errors_is_none() -> None:
 
 
 def test_pool_exhaustion_is_not_a_provider_failure(llm_server: FakeLLMServer) -> None:
-    """Case 27: the client's own pool is full (one connection, a slow call holding it): the
+    """The client's own pool is full (one connection, a slow call holding it): the
     waiting request times out in the pool, and the breaker counts no failure."""
     import threading
 
@@ -548,7 +551,7 @@ def test_pool_exhaustion_is_not_a_provider_failure(llm_server: FakeLLMServer) ->
 
 
 def test_a_failed_responses_stream_is_a_failure(llm_server: FakeLLMServer) -> None:
-    """Case 33: response.created, then response.failed with server_error, in a 200 stream."""
+    """Response.created, then response.failed with server_error, in a 200 stream."""
     sdk = make("openai", httpx, llm_server, max_retries=0)
     created = {"type": "response.created", "response": {"id": "r", "object": "response"}}
     failed = {"type": "response.failed", "sequence_number": 2,
@@ -568,7 +571,7 @@ def test_a_failed_responses_stream_is_a_failure(llm_server: FakeLLMServer) -> No
 async def test_one_probe_through_the_transport_under_concurrency(
     llm_server: FakeLLMServer,
 ) -> None:
-    """Case 36: concurrent 503s open the circuit; once HALF_OPEN, of 10 concurrent calls one
+    """Concurrent 503s open the circuit; once HALF_OPEN, of 10 concurrent calls one
     probe reaches the provider and the others are refused without a request."""
     clock = FakeClock()
     registry = BreakerRegistry(clock=clock)
