@@ -58,8 +58,10 @@ class View:
 class Admission:
     """The result of admitting a call: a permit (``-1`` when the circuit refused it,
     ``THROTTLED_PERMIT`` when the throttle did), the view, and the seconds the caller waits
-    for its throttle slot (reserved for it; the wait when refused)."""
+    for its throttle slot (reserved for it; the wait when refused), and the waits of the slots
+    leased with it."""
 
     permit: int
     view: View
     wait: float = 0.0
+    lease: tuple[float, ...] = ()  # more slots reserved for this process: their waits

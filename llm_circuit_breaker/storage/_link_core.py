@@ -6,6 +6,7 @@ clean, 2 shared (every outcome reported).
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["CLEAN", "LOCAL", "SHARED", "LinkCore"]
 
 LOCAL, CLEAN, SHARED = 0, 1, 2
+_MAX_LEASE = 64  # throttle slots one admission may lease (the script's cap too)
 _HALF_OPEN_NOW = View(CircuitState.HALF_OPEN, 0, 0, None, 0.0)
 
 
@@ -57,6 +59,14 @@ class LinkCore:
         self.near_cache: float = getattr(store, "near_cache", 0.0)
         self._cached_permit = -1
         self._cached_until = 0.0
+        # Throttle slots leased for this process (their times on its clock), handed out in
+        # order until ``_lease_until``; a lease is sized from the admissions of the last
+        # ``near_cache`` seconds.
+        self._lease: collections.deque[float] = collections.deque()
+        self._lease_permit = -1
+        self._lease_until = 0.0
+        self._demand = self._demand_was = 0
+        self._demand_since = 0.0
         self._now = local.now
         self.count_success = telemetry.count_success
 
@@ -72,6 +82,43 @@ class LinkCore:
         else:
             self._cached_permit = -1
 
+    def lease_wanted(self) -> int:
+        """How many slots to lease beside this admission's own: as many as this process
+        admitted over the last ``near_cache`` seconds (none without a near-cache)."""
+        if not self.near_cache:
+            return 0
+        now = self._now()
+        if now - self._demand_since >= self.near_cache:
+            recent = now - self._demand_since < 2 * self.near_cache
+            self._demand_was = self._demand if recent else 0
+            self._demand, self._demand_since = 0, now
+        self._demand += 1
+        return min(_MAX_LEASE, max(self._demand_was, self._demand - 1))
+
+    def leased(self, tokens: float) -> Entry | None:
+        """The next slot of this process's lease; None when none is left or it ran out."""
+        now = self._now()
+        try:
+            at = self._lease.popleft()
+        except IndexError:
+            return None
+        if now >= self._lease_until:
+            self._lease.clear()
+            return None
+        self._demand += 1
+        return self._paced(self._lease_permit, at - now, tokens)
+
+    def _paced(self, tagged: int, wait: float, tokens: float) -> Entry:
+        """A shared permit with its throttle wait (counted), or the ``Wait`` for its slot."""
+        wait = max(0.0, wait)  # a leased slot whose time has come
+        self.telemetry.waits.add(wait)
+        if not self.telemetry.plain_refusals:
+            self.telemetry.waited(wait)
+        if wait > 0.0:
+            self.waiting += 1
+            return Wait(tagged, wait, tokens)
+        return tagged
+
     def adopt(self, view: View, error: BaseException | None = None) -> None:
         """Follow ``view``, announcing its transitions (and a return from local mode)."""
         if self._deciding_locally:
@@ -80,6 +127,7 @@ class LinkCore:
         self._known, self._known_at = view, time.monotonic()
         if not view.clean:  # something changed: the next admission asks the store
             self._cached_permit = -1
+            self._lease.clear()
         if view.transitions and view.transitions[-1].new is CircuitState.OPEN:
             self.cause = error
         if view.transitions:
@@ -94,6 +142,7 @@ class LinkCore:
     def go_local(self) -> None:
         """Decide locally from now on, until the store answers again."""
         self._cached_permit = -1
+        self._lease.clear()
         if not self._deciding_locally:
             self._deciding_locally = True
             self._event(
@@ -117,13 +166,12 @@ class LinkCore:
             self.telemetry.count_rejection()
             return self.telemetry.observed(error)
         tagged = permit * 4 + (CLEAN if view.clean else SHARED)
+        if admission.lease and view.clean:
+            now = self._now()
+            self._lease.extend(now + lease_wait for lease_wait in admission.lease)
+            self._lease_permit, self._lease_until = tagged, now + self.near_cache
         if view.throttle is not None and (wait > 0.0 or view.throttle["reset_in"] is not None):
-            self.telemetry.waits.add(wait)
-            if not self.telemetry.plain_refusals:
-                self.telemetry.waited(wait)
-        if wait > 0.0:
-            self.waiting += 1
-            return Wait(tagged, wait, tokens)
+            return self._paced(tagged, wait, tokens)
         return tagged
 
     def enter_locally(self) -> Entry:

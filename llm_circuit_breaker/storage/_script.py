@@ -28,7 +28,7 @@ __all__ = [
 logger = logging.getLogger("llm_circuit_breaker")
 
 OUTCOMES = {o.value: o for o in Outcome}
-_TRANSITIONS = 16  # where the transitions start in a reply
+_TRANSITIONS = 17  # where the transitions start in a reply
 
 
 def number(value: Any) -> float | None:
@@ -135,8 +135,9 @@ def view(reply: Sequence[Any], config: CircuitBreakerConfig, key: str) -> View:
 
 
 def admission(reply: Sequence[Any], config: CircuitBreakerConfig, key: str) -> Admission:
-    """The admission a reply describes (its permit, view and throttle wait)."""
-    return Admission(int(reply[0]), view(reply, config, key), float(text(reply[8])))
+    """The admission a reply describes (its permit, view, throttle wait and lease)."""
+    lease = tuple(float(wait) for wait in text(reply[16]).split(",") if wait)
+    return Admission(int(reply[0]), view(reply, config, key), float(text(reply[8])), lease)
 
 
 # The hash fields the status listing reads: circuit, then throttle (paused until, interval,

@@ -45,9 +45,12 @@ class StateStore(Protocol):
     def available(self) -> bool:
         """Whether the store is worth asking now."""
 
-    def admit(self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0) -> Admission:
+    def admit(
+        self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0, lease: int = 0
+    ) -> Admission:
         """Admit a call to circuit ``name`` (creating it CLOSED if unknown) and, when its
-        throttle paces, reserve its slot (``tokens``: the call's estimated token cost)."""
+        throttle paces, reserve its slot (``tokens``: the call's estimated token cost) and up
+        to ``lease`` more for the caller's process to hand out (a store may lease none)."""
 
     def record(
         self,
@@ -87,9 +90,9 @@ class AsyncStateStore(Protocol):
         """Whether the store is worth asking now."""
 
     async def aadmit(
-        self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0
+        self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0, lease: int = 0
     ) -> Admission:
-        """Admit a call (and reserve its throttle slot)."""
+        """Admit a call (and reserve its throttle slot, and up to ``lease`` more)."""
 
     async def arecord(
         self,

@@ -8,15 +8,22 @@
 --       slow_call_duration, failure_rate_threshold, window, minimum_calls ("" = off),
 --       throttle ("1" = on), throttle_max_wait, requests_per_minute, tokens_per_minute
 --       ("" = none), tokens (the call's estimated cost), then
+--       admit: lease (more slots wanted, "" = none), horizon (seconds a leased slot may be
+--       away at most);
 --       record: permit, outcome, open_for ("" = none), why, pause ("" = adaptive);
 --       control: action;  release: permit;
 --       observe: for requests then tokens: reported ("1"), limit, remaining, reset.
 -- Reply: {result, state, failure_count, success_count, opened_at, retry_after, repaired,
 --         clean, wait, paused_for, requests_remaining, tokens_remaining, reset_in,
 --         news ("" | "THROTTLED" | "UNTHROTTLED"), news_pause, news_reason,
+--         lease (the leased slots' waits, comma-separated: "" none),
 --         old1, new1, reason1, old2, ...}; floats travel as strings, "" is none.
 -- A result of -2 on admit: the circuit admitted the call but its throttle slot is further
 -- away than throttle_max_wait (nothing reserved; wait says how far).
+-- A lease: with a plain CLOSED admission under a throttle, up to `lease` more slots whose
+-- time is within `horizon` are reserved at once for the caller's process to hand out; a
+-- slot it does not use lapses with its time (the bucket refills past it), so the fleet never
+-- gets more than the bucket, and a process that dies holding a lease returns it that way.
 
 local H, INFLIGHT, WIN = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[1]
@@ -48,6 +55,7 @@ local BUCKETS = 20
 
 local transitions = {}
 local repaired = 0
+local lease = {}
 
 local function num(x) return string.format('%.17g', x) end
 
@@ -336,6 +344,7 @@ local wait = 0
 if throttled then tload() end
 
 if op == 'admit' then
+  local plain = false  -- a CLOSED admission holding no lease of its own: it may lease slots
   advance(s)
   if s.state == 'CLOSED' then
     if slow then
@@ -344,6 +353,7 @@ if op == 'admit' then
       result = s.seq
     else
       result = s.gen
+      plain = true
     end
   elseif s.state == 'OPEN' then
     result = -1
@@ -369,6 +379,16 @@ if op == 'admit' then
       take(T.R, at, 1)
       take(T.K, at, cost)
       tchanged = true
+      local more, horizon = tonumber(ARGV[18]) or 0, tonumber(ARGV[19]) or 0
+      if plain and (T.pu == nil or T.pu <= now) and not T.lm then
+        for _ = 1, math.min(more, 64) do
+          local next_at = slot(cost)
+          if next_at - now > horizon then break end
+          take(T.R, next_at, 1)
+          take(T.K, next_at, cost)
+          table.insert(lease, num(next_at - now))
+        end
+      end
     end
   end
 elseif op == 'release' then
@@ -452,5 +472,6 @@ end
 table.insert(reply, news)
 table.insert(reply, num(news_pause))
 table.insert(reply, news_reason)
+table.insert(reply, table.concat(lease, ','))
 for _, item in ipairs(transitions) do table.insert(reply, item) end
 return reply

@@ -45,12 +45,16 @@ class StoreLink(LinkCore):
 
     def enter(self) -> Entry:
         """Admit one call through the store (locally while it is unreachable; from the
-        near-cache while the shared circuit was just seen CLOSED and clean)."""
+        near-cache while the shared circuit was just seen CLOSED and clean; from this
+        process's lease of throttle slots while it lasts)."""
         permit = self._cached_permit
         if permit >= 0 and self._now() < self._cached_until:
             return permit
         tokens = TOKEN_COST.get()
-        return self.entered(self._ask(self.store.admit, tokens), tokens)
+        entry = self.leased(tokens) if self._lease else None
+        if entry is not None:
+            return entry
+        return self.entered(self._ask(self.store.admit, tokens, self.lease_wanted()), tokens)
 
     def waited(self, wait: Wait, *, gave_up: bool) -> None:
         """A caller woke up for its slot, or gave it up (the slot goes back to the store)."""
@@ -112,12 +116,17 @@ class AsyncStoreLink(LinkCore):
 
     async def aenter(self) -> Entry:
         """Admit one call through the store (locally while it is unreachable; from the
-        near-cache while the shared circuit was just seen CLOSED and clean)."""
+        near-cache while the shared circuit was just seen CLOSED and clean; from this
+        process's lease of throttle slots while it lasts)."""
         permit = self._cached_permit
         if permit >= 0 and self._now() < self._cached_until:
             return permit
         tokens = TOKEN_COST.get()
-        return self.entered(await self._ask(self.store.aadmit, tokens), tokens)
+        entry = self.leased(tokens) if self._lease else None
+        if entry is not None:
+            return entry
+        lease = self.lease_wanted()
+        return self.entered(await self._ask(self.store.aadmit, tokens, lease), tokens)
 
     async def awaited(self, wait: Wait, *, gave_up: bool) -> None:
         """A caller woke up for its slot, or gave it up (the slot goes back to the store)."""

@@ -75,7 +75,10 @@ class MemoryStateStore:
             news=news,
         )
 
-    def admit(self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0) -> Admission:
+    def admit(
+        self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0, lease: int = 0
+    ) -> Admission:
+        """Admit a call (nothing is leased: every holder lives in this process)."""
         slot = self._slot(name, config)
         with slot.lock:
             now = self._clock()

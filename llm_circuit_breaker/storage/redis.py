@@ -183,6 +183,10 @@ class RedisStateStore:
     def _admit_op(self) -> str:
         return "admit+write" if self._confirm_writes else "admit"
 
+    def _lease(self, more: int) -> tuple[object, ...]:
+        """An admission's lease arguments: up to ``more`` slots within ``near_cache``."""
+        return (more, repr(self.near_cache)) if more > 0 and self.near_cache > 0 else ()
+
     # -- script arguments and replies (shared by the sync and async paths) -----------------
 
     def keys(self, name: str) -> list[str]:
@@ -203,8 +207,10 @@ class RedisStateStore:
         self._succeeded(op)
         return list(reply)
 
-    def admit(self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0) -> Admission:
-        reply = self._run(name, self._admit_op(), config, tokens=tokens)
+    def admit(
+        self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0, lease: int = 0
+    ) -> Admission:
+        reply = self._run(name, self._admit_op(), config, *self._lease(lease), tokens=tokens)
         return admission(reply, config, self.keys(name)[0])
 
     def record(
@@ -249,9 +255,10 @@ class RedisStateStore:
         return list(reply)
 
     async def aadmit(
-        self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0
+        self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0, lease: int = 0
     ) -> Admission:
-        reply = await self._arun(name, self._admit_op(), config, tokens=tokens)
+        extra = self._lease(lease)
+        reply = await self._arun(name, self._admit_op(), config, *extra, tokens=tokens)
         return admission(reply, config, self.keys(name)[0])
 
     async def arecord(
