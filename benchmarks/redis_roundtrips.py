@@ -1,18 +1,21 @@
 """Redis round trips, Redis CPU and time per guarded call: llm-circuit-breaker (with and
-without its near-cache) vs pybreaker's storage vs a bare PING, and how long a trip in one
-process takes to be seen by another.
+without its near-cache, CLOSED and under a throttle) vs pybreaker's storage vs a bare PING, in
+one process and in four, and how long a trip in one process takes to be seen by another.
 
     pip install -e ".[bench,redis]" && python benchmarks/redis_roundtrips.py [--quick]
 
 Starts its own redis-server on a free loopback port (needs the binary on the PATH). Counts
-the commands each library sends per successful call in CLOSED, reads redis-server's own CPU
-per call (INFO commandstats, usec), and times the calls.
+the commands each library sends per successful call, reads redis-server's own CPU per call
+(INFO commandstats, usec), and times the calls. "Under a throttle": the breaker has a rate
+(``requests_per_minute``) so every admission takes a slot of the shared bucket (one so large
+here that nobody waits); with ``near_cache`` the slots are leased in batches.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import shutil
 import socket
 import subprocess
@@ -27,7 +30,6 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from llm_circuit_breaker import (
-    BreakerRegistry,
     CircuitBreaker,
     CircuitBreakerConfig,
     Outcome,
@@ -117,51 +119,100 @@ def trip_seen(port: int, rounds: int) -> float:
     return seen[min(len(seen) - 1, int(len(seen) * 0.99))]
 
 
+THROTTLED = CircuitBreakerConfig(requests_per_minute=100_000_000)  # paced; nobody waits
+KINDS = {
+    "llm-circuit-breaker, near_cache=0.05": ("cached", CircuitBreakerConfig()),
+    "llm-circuit-breaker, default (near_cache=0)": ("every", CircuitBreakerConfig()),
+    "llm-circuit-breaker under a throttle, near_cache=0.05 (leases)": ("cached", THROTTLED),
+    "llm-circuit-breaker under a throttle, near_cache=0": ("every", THROTTLED),
+    "pybreaker + CircuitRedisStorage": ("pybreaker", None),
+    "llm-circuit-breaker in memory": ("memory", CircuitBreakerConfig()),
+    "a bare PING": ("ping", None),
+}
+
+
+def _call(kind: str, config: CircuitBreakerConfig | None, client: redis.Redis) -> Callable[[], Any]:
+    """One guarded call of ``kind`` through ``client``."""
+
+    def work() -> str:
+        return "ok"
+
+    if kind == "ping":
+        return client.ping
+    if kind == "pybreaker":
+        storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace="bench")
+        return pybreaker.CircuitBreaker(state_storage=storage)(work)  # type: ignore[no-any-return]
+    store = None
+    if kind != "memory":
+        store = RedisStateStore(client, near_cache=0.05 if kind == "cached" else 0.0)
+    breaker = CircuitBreaker(f"bench-{kind}-{config is THROTTLED}", config, store=store)
+    return circuit_breaker(breaker=breaker)(work)
+
+
+def _client(port: int) -> redis.Redis:
+    pool = redis.ConnectionPool(
+        port=port, connection_class=CountingConnection, retry=Retry(NoBackoff(), 0)
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def _worker(port: int, label: str, calls: int, barrier: Any, out: Any) -> None:
+    """One of the four processes: its own client and breaker, the same calls at once."""
+    client = _client(port)
+    call = _call(*KINDS[label], client)
+    call()
+    barrier.wait()
+    sent = CountingConnection.sent
+    started = time.perf_counter()
+    for _ in range(calls):
+        call()
+    out.put((CountingConnection.sent - sent, time.perf_counter() - started))
+
+
+def measure_fleet(
+    port: int, label: str, calls: int, processes: int = 4
+) -> tuple[float, float, float]:
+    """(round trips per call, Redis CPU us per call, us per call) over ``processes`` at once."""
+    context = multiprocessing.get_context("fork")
+    barrier, out = context.Barrier(processes + 1), context.Queue()
+    workers = [
+        context.Process(target=_worker, args=(port, label, calls, barrier, out))
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    client = _client(port)
+    barrier.wait()
+    before = _server_usec(client)
+    results = [out.get() for _ in workers]
+    cpu = _server_usec(client) - before
+    for worker in workers:
+        worker.join()
+    total = calls * processes
+    sent = sum(r[0] for r in results)
+    micros = sum(r[1] for r in results) / total * 1e6
+    return sent / total, cpu / total, micros
+
+
 def main() -> None:
     logging.getLogger("llm_circuit_breaker").setLevel(logging.ERROR)  # the trips are on purpose
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    calls = 2000 if args.quick else 50_000
+    calls = 2000 if args.quick else 20_000
     process, port = start_redis()
     try:
-        pool = redis.ConnectionPool(
-            port=port, connection_class=CountingConnection, retry=Retry(NoBackoff(), 0)
-        )
-        client = redis.Redis(connection_pool=pool)
-
-        def work() -> str:
-            return "ok"
-
-        ours = circuit_breaker(
-            "bench", registry=BreakerRegistry(store=RedisStateStore(client, near_cache=0.05))
-        )(work)
-        every_call = circuit_breaker(
-            "bench-every-call",
-            registry=BreakerRegistry(store=RedisStateStore(client, near_cache=0.0)),
-        )(work)
-        theirs = pybreaker.CircuitBreaker(
-            state_storage=pybreaker.CircuitRedisStorage(
-                pybreaker.STATE_CLOSED, client, namespace="bench"
-            )
-        )(work)
-        local = circuit_breaker("bench-local", registry=BreakerRegistry())(work)
-        rows = {
-            "llm-circuit-breaker + RedisStateStore (near_cache=0.05)": measure(ours, calls, client),
-            "llm-circuit-breaker + RedisStateStore (default, near_cache=0)": measure(
-                every_call, calls, client
-            ),
-            "pybreaker + CircuitRedisStorage": measure(theirs, calls, client),
-            "llm-circuit-breaker in memory": measure(local, calls, client),
-            "a bare PING": measure(client.ping, calls, client),
-        }
-        print("| successful call in CLOSED | Redis round trips | Redis CPU (us) | us per call |")
-        print("|---|---:|---:|---:|")
-        for name, (trips, cpu, micros) in rows.items():
-            print(f"| {name} | {trips:.3f} | {cpu:.2f} | {micros:.2f} |")
-        cached = rows["llm-circuit-breaker + RedisStateStore (near_cache=0.05)"][2]
-        memory = rows["llm-circuit-breaker in memory"][2]
-        print(f"\nnear-cached call vs in-memory breaker: {cached / memory:.2f}x")
+        client = _client(port)
+        one = {label: measure(_call(*kind, client), calls, client) for label, kind in KINDS.items()}
+        four = {label: measure_fleet(port, label, calls // 4) for label in KINDS}
+        print("| successful call | processes | Redis round trips | Redis CPU (us) | us per call |")
+        print("|---|---:|---:|---:|---:|")
+        for count, rows in ((1, one), (4, four)):
+            for name, (trips, cpu, micros) in rows.items():
+                print(f"| {name} | {count} | {trips:.3f} | {cpu:.2f} | {micros:.2f} |")
+        memory = one["llm-circuit-breaker in memory"][2]
+        for label in list(KINDS)[:4]:
+            print(f"{label}: {one[label][2] / memory:.2f}x the in-memory breaker (1 process)")
         rounds = 20 if args.quick else 100
         print(f"trip in one process seen by another: p99 {trip_seen(port, rounds):.1f} ms")
     finally:

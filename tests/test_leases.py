@@ -1,10 +1,13 @@
-"""Throttle slots leased in batches from Redis: a process reserves the slots of the next
-``near_cache`` seconds that its recent rate needs, hands them out without a round trip, and
-never lets the fleet have more than the bucket."""
+"""Near-caching processes on Redis: throttle slots leased in batches (a process reserves the
+slots of the next ``near_cache`` seconds that its recent rate needs, hands them out without a
+round trip, and never lets the fleet have more than the bucket), and changes published to
+them (a trip or a pause elsewhere is seen at once; a lost notice costs only that speed)."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import time
 from typing import Any
 
 import pytest
@@ -17,6 +20,7 @@ from llm_circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Outcome, T
 from llm_circuit_breaker._throttle import Wait
 from llm_circuit_breaker.storage import RedisStateStore
 from llm_circuit_breaker.testing import FakeClock
+from tests.polling import until
 from tests.redis_server import RedisServer
 
 # One request every 10 s, a burst of 6.
@@ -160,3 +164,66 @@ async def test_an_asyncio_store_leases_too(
     assert redis_client.info("commandstats")["cmdstat_evalsha"]["calls"] <= 15
     await client.aclose()
     await asyncio.sleep(0)
+
+
+# -- notices: a change elsewhere reaches a near-caching process by pub/sub -------------------
+
+
+def _pair(client_a: redis.Redis, client_b: redis.Redis, **fields: Any) -> list[CircuitBreaker]:
+    config = CircuitBreakerConfig(failure_threshold=1, **fields)
+    return [
+        CircuitBreaker("noticed", config, store=RedisStateStore(client, near_cache=30.0))
+        for client in (client_a, client_b)
+    ]
+
+
+def test_a_trip_reaches_a_near_caching_process_at_once(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """A near-cache of 30 s, yet the other process refuses as soon as the notice arrives."""
+    a, b = _pair(redis_client, redis_server.client())
+    b.record_success(b.admit())  # b caches CLOSED for 30 s
+    assert b.try_admit() >= 0
+    a.record(a.admit(), Outcome.FAILURE)
+    until(lambda: b.try_admit() < 0, patience=5.0)
+
+
+def test_a_pause_reaches_a_leasing_process_at_once(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    a, b = _pair(
+        redis_client, redis_server.client(), requests_per_minute=60_000, throttle_max_wait=1.0
+    )
+    for _ in range(200):
+        b.record_success(b.admit())  # b now holds a lease of 57 slots
+    a.record(a.admit(), Outcome.THROTTLED, hint=30.0)
+    for _ in range(50):  # refused long before the lease would run out
+        if b.try_admit() < 0:
+            return
+        time.sleep(0.1)
+    pytest.fail("the pause never reached the leasing process")
+
+
+def test_a_lost_notice_costs_only_speed(redis_client: redis.Redis, clock: FakeClock) -> None:
+    """With no notice (the listener stopped), the near-cache still ends after its seconds."""
+    config = CircuitBreakerConfig(failure_threshold=1)
+    stores = [RedisStateStore(redis_client, near_cache=0.5) for _ in range(2)]
+    a, b = (CircuitBreaker("lost", config, clock=clock, store=store) for store in stores)
+    stores[1].close()
+    b.record_success(b.admit())
+    a.record(a.admit(), Outcome.FAILURE)
+    assert b.try_admit() >= 0  # still cached: nobody told it
+    clock.advance(0.5)
+    assert b.try_admit() < 0
+
+
+def test_the_listener_stops_when_nothing_follows_it(redis_client: redis.Redis) -> None:
+    store = RedisStateStore(redis_client, near_cache=1.0)
+    breaker = CircuitBreaker("gone", store=store)
+    breaker.record_success(breaker.admit())
+    notices = store._notices
+    assert notices is not None and notices._worker is not None
+    worker = notices._worker
+    del breaker
+    gc.collect()
+    until(lambda: not worker.is_alive(), patience=5.0)

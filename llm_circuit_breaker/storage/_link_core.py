@@ -69,6 +69,14 @@ class LinkCore:
         self._demand_since = 0.0
         self._now = local.now
         self.count_success = telemetry.count_success
+        follow = getattr(store, "follow", None)
+        if self.near_cache and follow is not None:
+            follow(name, self)
+
+    def forget(self) -> None:
+        """Drop the near-cache and the lease: the circuit changed elsewhere."""
+        self._cached_permit = -1
+        self._lease.clear()
 
     def _cache(self, permit: int, view: View, wait: float) -> None:
         quiet = view.throttle is None or (

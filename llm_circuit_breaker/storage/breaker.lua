@@ -18,6 +18,8 @@
 --         news ("" | "THROTTLED" | "UNTHROTTLED"), news_pause, news_reason,
 --         lease (the leased slots' waits, comma-separated: "" none),
 --         old1, new1, reason1, old2, ...}; floats travel as strings, "" is none.
+-- A change of state, or a pause of the throttle, is published on the channel named like
+-- KEYS[1] (for processes that near-cache; see storage/_notices.py).
 -- A result of -2 on admit: the circuit admitted the call but its throttle slot is further
 -- away than throttle_max_wait (nothing reserved; wait says how far).
 -- A lease: with a plain CLOSED admission under a throttle, up to `lease` more slots whose
@@ -456,6 +458,8 @@ if must_write or op == 'record' or op == 'control' or signature(s) ~= loaded or 
   save(s)
 end
 if tchanged then tsave() end
+-- near-caching processes listen on the key's name: a change makes them ask again
+if #transitions > 0 or news == 'THROTTLED' then redis.call('PUBLISH', H, s.state) end
 local quiet = T == nil or (T.bk == 0 and not T.lm)
 local clean = (s.state == 'CLOSED' and s.fc == 0 and not slow and not rate and quiet) and 1 or 0
 local reply = {result, s.state, s.fc, s.sc, s.opened_at and num(s.opened_at) or '',

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from llm_circuit_breaker._redact import redact_text
 from llm_circuit_breaker._state import Outcome
 from llm_circuit_breaker.config import CircuitBreakerConfig
+from llm_circuit_breaker.storage._client import client_for_url, is_async_client, warn_if_retrying
+from llm_circuit_breaker.storage._notices import Follower, Notices
 from llm_circuit_breaker.storage._script import (
     LISTED_FIELDS,
     OUTCOMES,
@@ -54,8 +56,9 @@ class RedisStateStore:
     ``retry_interval``: seconds to leave Redis alone after a failed command. ``ttl``: seconds
     after which an unused circuit's keys expire. ``near_cache`` (off by default): seconds a
     process keeps admitting calls without asking Redis after it saw the circuit CLOSED and
-    clean, say 0.05 for a large fleet; an OPEN elsewhere then reaches it within that time
-    instead of at once, and its failures are still reported at once. ``clock``: for tests only,
+    clean (and the throttle slots it leases are due within), say 0.05 for a large fleet; its
+    failures are still reported at once, and a trip elsewhere reaches it by pub/sub in about
+    a round trip (sync clients), within ``near_cache`` at worst. ``clock``: for tests only,
     replaces the server's ``TIME`` (so transition tests can move time). Give the client a short
     ``socket_timeout`` (say 0.1 s): it bounds what a call can lose when Redis hangs.
     """
@@ -71,17 +74,8 @@ class RedisStateStore:
         near_cache: float = 0.0,
     ) -> None:
         import redis
-        import redis.asyncio
 
-        if isinstance(redis_client, redis.asyncio.Redis):
-            self.is_async = True
-        elif isinstance(redis_client, redis.Redis):
-            self.is_async = False
-        else:
-            raise TypeError(
-                f"RedisStateStore needs a redis.Redis or redis.asyncio.Redis client, "
-                f"got {type(redis_client).__name__}"
-            )
+        self.is_async = is_async_client(redis_client)
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"prefix must be a non-empty str, got {prefix!r}")
         if not 0.0 <= near_cache <= 60.0:
@@ -90,16 +84,7 @@ class RedisStateStore:
             raise ValueError(
                 f"retry_interval must be > 0 and ttl >= 1, got {retry_interval!r}, {ttl!r}"
             )
-        retries = getattr(getattr(redis_client, "get_retry", lambda: None)(), "_retries", 0)
-        if retries:
-            logger.warning(
-                "the Redis client of state store %r retries failed commands %d times: while Redis "
-                "is down the first call of every retry interval waits for all of them; create it "
-                "with retry=Retry(NoBackoff(), 0) and a short socket_timeout, or use "
-                "RedisStateStore.from_url()",
-                prefix,
-                retries,
-            )
+        warn_if_retrying(redis_client, prefix)
         self.client = redis_client
         self.prefix = prefix
         self.near_cache = float(near_cache)
@@ -113,6 +98,17 @@ class RedisStateStore:
         # but refuses writes (full, read-only replica) stays unavailable instead of flapping.
         self._confirm_writes = False
         self._lock = threading.Lock()
+        self._notices = None if self.is_async or not near_cache else Notices(redis_client, prefix)
+
+    def follow(self, name: str, follower: Follower) -> None:
+        """Tell ``follower`` (a near-caching link) when circuit ``name`` changes elsewhere."""
+        if self._notices is not None:
+            self._notices.follow(name, follower)
+
+    def close(self) -> None:
+        """Stop listening for changes (the client stays open: it is the caller's)."""
+        if self._notices is not None:
+            self._notices.close()
 
     @classmethod
     def from_url(
@@ -126,29 +122,7 @@ class RedisStateStore:
     ) -> RedisStateStore:
         """A store with its own client for ``url``: ``timeout``-second socket timeouts and no
         client-side retries, so a Redis outage costs a call at most ``timeout`` seconds."""
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        if asyncio:
-            import redis.asyncio as aredis
-            from redis.asyncio.retry import Retry as AsyncRetry
-
-            client: Any = aredis.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=AsyncRetry(NoBackoff(), 0),
-            )
-        else:
-            import redis
-
-            client = redis.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
-            )
-        return cls(client, prefix, **kwargs)
+        return cls(client_for_url(url, asyncio=asyncio, timeout=timeout), prefix, **kwargs)
 
     # -- health ----------------------------------------------------------------------------
 

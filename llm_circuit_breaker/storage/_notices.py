@@ -1,0 +1,105 @@
+"""Notices of circuit changes through Redis pub/sub, for processes that near-cache.
+
+The script publishes on the channel named like a circuit's key whenever the circuit changes
+state or its throttle pauses. A store with a ``near_cache`` and a sync client listens on one
+pattern subscription in a daemon thread and tells the links following that circuit to forget
+what they cached (the admission after that asks Redis), so a trip elsewhere is seen in about
+a round trip instead of up to ``near_cache`` later. A notice that is lost (Redis restarted, the
+listener's connection dropped) costs nothing but that speed: the cache still ends after
+``near_cache`` seconds. The thread stops when no link follows the store any more.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from typing import Any, Protocol
+
+__all__ = ["Follower", "Notices"]
+
+logger = logging.getLogger("llm_circuit_breaker")
+
+_LISTEN = 1.0  # seconds one read of the subscription waits for a notice
+_BROKEN_PAUSE = 0.5  # seconds between attempts to listen again while Redis is unreachable
+
+
+class Follower(Protocol):
+    def forget(self) -> None:
+        """Drop what was cached of the shared circuit."""
+
+
+class Notices:
+    """One pattern subscription for every circuit under ``prefix``, started on first use."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        self._client = client
+        self._pattern = f"{prefix}:{{*}}"
+        self._skip = len(prefix) + 2
+        self._followers: dict[str, weakref.WeakSet[Follower]] = {}
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+
+    def follow(self, name: str, follower: Follower) -> None:
+        """Tell ``follower`` of every change to circuit ``name`` (held weakly)."""
+        with self._lock:
+            self._followers.setdefault(name, weakref.WeakSet()).add(follower)
+            if self._worker is None:
+                self._start()
+
+    def _start(self) -> None:
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.psubscribe(self._pattern)
+        except Exception as exc:  # Redis unreachable now: the near-cache's bound serves
+            logger.debug("no change notices for %r: %s", self._pattern, exc)
+            pubsub.close()
+            return
+        self._worker = threading.Thread(
+            target=self._listen, args=(pubsub,), name="llm-circuit-breaker-notices", daemon=True
+        )
+        self._worker.start()
+
+    def _listen(self, pubsub: Any) -> None:
+        """Read notices until no link follows any circuit of this store (or ``close``)."""
+        me = threading.current_thread()
+        while self._still_listening(me):
+            try:
+                message = pubsub.get_message(ignore_subscribe_messages=True, timeout=_LISTEN)
+            except Exception:  # the connection failed: notices sent meanwhile are lost
+                time.sleep(_BROKEN_PAUSE)  # redis-py subscribes anew when it reconnects
+                continue
+            if message is not None:
+                self._heard(message)
+        try:
+            pubsub.close()
+        except Exception:  # pragma: no cover - closing a broken connection
+            pass
+
+    def _still_listening(self, me: threading.Thread) -> bool:
+        with self._lock:
+            if self._worker is not me:
+                return False
+            for name in [n for n, followers in self._followers.items() if not followers]:
+                del self._followers[name]
+            if not self._followers:
+                self._worker = None
+                return False
+            return True
+
+    def _heard(self, message: Any) -> None:
+        try:
+            channel = message["channel"]
+            key = channel.decode() if isinstance(channel, bytes) else str(channel)
+            followers = self._followers.get(key[self._skip : -1])
+            for follower in list(followers or ()):
+                follower.forget()
+        except Exception:  # a foreign message on our pattern: nothing to forget
+            return
+
+    def close(self) -> None:
+        """Stop listening (within a second)."""
+        with self._lock:
+            self._worker = None
+            self._followers.clear()
