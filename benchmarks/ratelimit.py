@@ -20,7 +20,8 @@ back to back (0.05 s apart), for ``--duration`` seconds:
 * httpx transport: ``AsyncOpenAI(max_retries=0, http_client=...)`` over
   ``AsyncCircuitBreakerTransport``: every response's headers, with the SDK unchanged;
 * redis x4: 4 processes x 8 callers through ``LLMCircuitBreaker`` sharing one breaker and one
-  throttle in Redis (needs ``redis-server`` on the PATH).
+  throttle in Redis (needs ``redis-server`` on the PATH); ``--near-cache 0.05`` makes them
+  lease throttle slots in batches.
 
 The allowance of a run is the bucket's capacity plus what it refills in the run:
 ``per_minute + per_minute / 60 * duration``. Reported per mode: calls answered / allowance,
@@ -156,12 +157,16 @@ async def _mode(name: str, url: str, until: float) -> collections.Counter[str]:
             await helper.aclose()
 
 
-def _redis_worker(url: str, redis_url: str, until_wall: float, callers: int) -> dict[str, int]:
+def _redis_worker(
+    url: str, redis_url: str, until_wall: float, callers: int, near_cache: float
+) -> dict[str, int]:
     """One of the Redis mode's processes (spawned): ``callers`` callers sharing the breaker."""
     from llm_circuit_breaker.storage import RedisStateStore
 
     async def run() -> collections.Counter[str]:
-        store = RedisStateStore.from_url(redis_url, prefix="bench", asyncio=True)
+        store = RedisStateStore.from_url(
+            redis_url, prefix="bench", asyncio=True, near_cache=near_cache
+        )
         helper = LLMCircuitBreaker(name="bench-redis", registry=BreakerRegistry(store=store))
         until = time.monotonic() + (until_wall - time.time())
         seen = await _callers(
@@ -180,7 +185,7 @@ def _free_port() -> int:
 
 
 async def main_async(
-    duration: float, per_minute: int, modes: list[str], redis_url: str | None
+    duration: float, per_minute: int, modes: list[str], redis_url: str | None, near_cache: float
 ) -> dict[str, Any]:
     providers = {name: Provider(per_minute) for name in modes}
     for provider in providers.values():
@@ -198,7 +203,7 @@ async def main_async(
         until_wall = time.time() + duration
         with multiprocessing.get_context("spawn").Pool(4) as pool:
             pending = pool.starmap_async(
-                _redis_worker, [(url, redis_url, until_wall, CALLERS // 4)] * 4
+                _redis_worker, [(url, redis_url, until_wall, CALLERS // 4, near_cache)] * 4
             )
             total: collections.Counter[str] = collections.Counter()
             for each in await asyncio.to_thread(pending.get):
@@ -284,6 +289,9 @@ def main() -> None:
     parser.add_argument("--modes", nargs="*", default=MODES, choices=MODES)
     parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("ratelimit.png"))
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--near-cache", type=float, default=0.0, help="the Redis mode's near_cache (leases)"
+    )
     args = parser.parse_args()
     modes = [m for m in args.modes if m != "redis x4" or shutil.which("redis-server")]
     redis_process, redis_url = None, None
@@ -296,7 +304,9 @@ def main() -> None:
         time.sleep(0.3)
         redis_url = f"redis://127.0.0.1:{port}/0"
     try:
-        results = asyncio.run(main_async(args.duration, args.per_minute, modes, redis_url))
+        results = asyncio.run(
+            main_async(args.duration, args.per_minute, modes, redis_url, args.near_cache)
+        )
     finally:
         if redis_process is not None:
             redis_process.terminate()

@@ -59,6 +59,41 @@ def test_a_lease_that_lapses_is_back_in_the_bucket(
     assert waits == pytest.approx([0.0, 0.0, 0.0, 10.0, 20.0])
 
 
+def test_unused_slots_are_given_back_with_the_next_admission(
+    redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """A process that leased 7 slots and used none gives them back: its next admission, and
+    another process's, find them free again."""
+    store = _store(redis_client, clock, near_cache=25.0)
+    assert len(store.admit("p", SLOW, 0.0, 10).lease) == 7
+    again = store.admit("p", SLOW, 0.0, 0, 7, 0.0)
+    assert again.wait == 0.0
+    other = _store(redis_client, clock, near_cache=25.0).admit("p", SLOW, 0.0)
+    assert other.wait == 0.0
+
+
+def test_a_lapsed_lease_goes_back_from_the_link(
+    redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """Through a breaker: a leased slot not handed out before the lease ran out goes back
+    with the next admission."""
+    store = _store(redis_client, clock, 25.0)
+    asked: list[tuple[Any, ...]] = []
+    admit = store.admit
+
+    def recording(*args: Any) -> Any:
+        asked.append(args[2:])
+        return admit(*args)
+
+    store.admit = recording  # type: ignore[method-assign]
+    breaker = CircuitBreaker("lapse", SLOW, clock=clock, store=store)
+    breaker.record_success(breaker.admit())
+    breaker.record_success(breaker.admit())  # leases one slot beside its own
+    clock.advance(25.0)  # the lease ran out unused
+    breaker.record_success(breaker.admit())
+    assert [(lease, unused) for _, lease, unused, _ in asked] == [(0, 0), (1, 0), (2, 1)]
+
+
 def test_no_lease_while_paused_or_without_a_near_cache(
     redis_client: redis.Redis, clock: FakeClock
 ) -> None:

@@ -110,10 +110,11 @@ def test_by_default_a_trip_elsewhere_is_seen_at_once(
 def test_a_trip_elsewhere_is_seen_within_the_near_cache(
     redis_server: RedisServer, redis_client: redis.Redis, clock: FakeClock
 ) -> None:
-    """Process A trips the circuit; process B, serving CLOSED from its near-cache, refuses
-    from its first admission after near_cache seconds; its stale failures count nowhere."""
+    """Process A trips the circuit; process B, serving CLOSED from its near-cache and not
+    told (it does not listen), refuses from its first admission after near_cache seconds."""
     config = CircuitBreakerConfig(failure_threshold=1)
     stores = [RedisStateStore(redis_server.client(), near_cache=0.05) for _ in range(2)]
+    stores[1].close()
     a = CircuitBreaker("fleet", config, clock=clock, store=stores[0])
     b = CircuitBreaker("fleet", config, clock=clock, store=stores[1])
     b.record_success(b.admit())  # B has seen it CLOSED and clean

@@ -6,7 +6,6 @@ clean, 2 shared (every outcome reported).
 
 from __future__ import annotations
 
-import collections
 import time
 from typing import TYPE_CHECKING
 
@@ -16,6 +15,7 @@ from llm_circuit_breaker._telemetry import StateChange, Telemetry, refused
 from llm_circuit_breaker._throttle import Wait
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import ThrottledError
+from llm_circuit_breaker.storage._lease import Lease
 from llm_circuit_breaker.storage.base import (
     THROTTLED_PERMIT,
     Admission,
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["CLEAN", "LOCAL", "SHARED", "LinkCore"]
 
 LOCAL, CLEAN, SHARED = 0, 1, 2
-_MAX_LEASE = 64  # throttle slots one admission may lease (the script's cap too)
 _HALF_OPEN_NOW = View(CircuitState.HALF_OPEN, 0, 0, None, 0.0)
 
 
@@ -59,14 +58,7 @@ class LinkCore:
         self.near_cache: float = getattr(store, "near_cache", 0.0)
         self._cached_permit = -1
         self._cached_until = 0.0
-        # Throttle slots leased for this process (their times on its clock), handed out in
-        # order until ``_lease_until``; a lease is sized from the admissions of the last
-        # ``near_cache`` seconds.
-        self._lease: collections.deque[float] = collections.deque()
-        self._lease_permit = -1
-        self._lease_until = 0.0
-        self._demand = self._demand_was = 0
-        self._demand_since = 0.0
+        self.lease = Lease(self.near_cache, local.now)
         self._now = local.now
         self.count_success = telemetry.count_success
         follow = getattr(store, "follow", None)
@@ -76,7 +68,7 @@ class LinkCore:
     def forget(self) -> None:
         """Drop the near-cache and the lease: the circuit changed elsewhere."""
         self._cached_permit = -1
-        self._lease.clear()
+        self.lease.drop()
 
     def _cache(self, permit: int, view: View, wait: float) -> None:
         quiet = view.throttle is None or (
@@ -90,31 +82,10 @@ class LinkCore:
         else:
             self._cached_permit = -1
 
-    def lease_wanted(self) -> int:
-        """How many slots to lease beside this admission's own: as many as this process
-        admitted over the last ``near_cache`` seconds (none without a near-cache)."""
-        if not self.near_cache:
-            return 0
-        now = self._now()
-        if now - self._demand_since >= self.near_cache:
-            recent = now - self._demand_since < 2 * self.near_cache
-            self._demand_was = self._demand if recent else 0
-            self._demand, self._demand_since = 0, now
-        self._demand += 1
-        return min(_MAX_LEASE, max(self._demand_was, self._demand - 1))
-
     def leased(self, tokens: float) -> Entry | None:
         """The next slot of this process's lease; None when none is left or it ran out."""
-        now = self._now()
-        try:
-            at = self._lease.popleft()
-        except IndexError:
-            return None
-        if now >= self._lease_until:
-            self._lease.clear()
-            return None
-        self._demand += 1
-        return self._paced(self._lease_permit, at - now, tokens)
+        slot = self.lease.take()
+        return None if slot is None else self._paced(slot[0], slot[1], tokens)
 
     def _paced(self, tagged: int, wait: float, tokens: float) -> Entry:
         """A shared permit with its throttle wait (counted), or the ``Wait`` for its slot."""
@@ -135,7 +106,7 @@ class LinkCore:
         self._known, self._known_at = view, time.monotonic()
         if not view.clean:  # something changed: the next admission asks the store
             self._cached_permit = -1
-            self._lease.clear()
+            self.lease.drop()
         if view.transitions and view.transitions[-1].new is CircuitState.OPEN:
             self.cause = error
         if view.transitions:
@@ -150,7 +121,7 @@ class LinkCore:
     def go_local(self) -> None:
         """Decide locally from now on, until the store answers again."""
         self._cached_permit = -1
-        self._lease.clear()
+        self.lease.drop()
         if not self._deciding_locally:
             self._deciding_locally = True
             self._event(
@@ -175,9 +146,7 @@ class LinkCore:
             return self.telemetry.observed(error)
         tagged = permit * 4 + (CLEAN if view.clean else SHARED)
         if admission.lease and view.clean:
-            now = self._now()
-            self._lease.extend(now + lease_wait for lease_wait in admission.lease)
-            self._lease_permit, self._lease_until = tagged, now + self.near_cache
+            self.lease.fill(tagged, admission.lease, tokens)
         if view.throttle is not None and (wait > 0.0 or view.throttle["reset_in"] is not None):
             return self._paced(tagged, wait, tokens)
         return tagged
@@ -229,8 +198,10 @@ class LinkCore:
             open_for = min(open_for, self.config.effective_max_open_for)
         return False, open_for
 
-    def entered(self, admission: Admission | None, tokens: float) -> Entry:
-        """The outcome of an admission: the store's (None when it could not be asked)."""
+    def entered(self, admission: Admission | None, tokens: float, leasing: int = 0) -> Entry:
+        """The outcome of an admission: the store's (None when it could not be asked);
+        ``leasing``: the slots it asked to lease."""
+        self.lease.answered(leasing)
         if admission is None:
             return self.enter_locally()
         return self.admitted(admission, tokens)

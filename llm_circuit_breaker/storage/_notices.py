@@ -40,10 +40,13 @@ class Notices:
         self._followers: dict[str, weakref.WeakSet[Follower]] = {}
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
+        self._closed = False
 
     def follow(self, name: str, follower: Follower) -> None:
         """Tell ``follower`` of every change to circuit ``name`` (held weakly)."""
         with self._lock:
+            if self._closed:
+                return
             self._followers.setdefault(name, weakref.WeakSet()).add(follower)
             if self._worker is None:
                 self._start()
@@ -99,7 +102,8 @@ class Notices:
             return
 
     def close(self) -> None:
-        """Stop listening (within a second)."""
+        """Stop listening (within a second), for good."""
         with self._lock:
+            self._closed = True
             self._worker = None
             self._followers.clear()

@@ -46,11 +46,18 @@ class StateStore(Protocol):
         """Whether the store is worth asking now."""
 
     def admit(
-        self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0, lease: int = 0
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        tokens: float = 0.0,
+        lease: int = 0,
+        unused: int = 0,
+        unused_tokens: float = 0.0,
     ) -> Admission:
         """Admit a call to circuit ``name`` (creating it CLOSED if unknown) and, when its
         throttle paces, reserve its slot (``tokens``: the call's estimated token cost) and up
-        to ``lease`` more for the caller's process to hand out (a store may lease none)."""
+        to ``lease`` more for the caller's process to hand out (a store may lease none),
+        taking back ``unused`` slots (of ``unused_tokens``) of an earlier lease."""
 
     def record(
         self,
@@ -90,9 +97,15 @@ class AsyncStateStore(Protocol):
         """Whether the store is worth asking now."""
 
     async def aadmit(
-        self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0, lease: int = 0
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        tokens: float = 0.0,
+        lease: int = 0,
+        unused: int = 0,
+        unused_tokens: float = 0.0,
     ) -> Admission:
-        """Admit a call (and reserve its throttle slot, and up to ``lease`` more)."""
+        """Admit a call (and reserve its throttle slot; lease and take back as ``admit``)."""
 
     async def arecord(
         self,

@@ -9,7 +9,7 @@
 --       throttle ("1" = on), throttle_max_wait, requests_per_minute, tokens_per_minute
 --       ("" = none), tokens (the call's estimated cost), then
 --       admit: lease (more slots wanted, "" = none), horizon (seconds a leased slot may be
---       away at most);
+--       away at most), unused (slots of an earlier lease given back), unused tokens;
 --       record: permit, outcome, open_for ("" = none), why, pause ("" = adaptive);
 --       control: action;  release: permit;
 --       observe: for requests then tokens: reported ("1"), limit, remaining, reset.
@@ -54,6 +54,7 @@ local rpm = tonumber(ARGV[15])
 local tpm = tonumber(ARGV[16])
 local cost = tonumber(ARGV[17]) or 0
 local BUCKETS = 20
+local MAX_LEASE = 64  -- slots one admission may lease (storage/_lease.py)
 
 local transitions = {}
 local repaired = 0
@@ -347,6 +348,12 @@ if throttled then tload() end
 
 if op == 'admit' then
   local plain = false  -- a CLOSED admission holding no lease of its own: it may lease slots
+  local unused = tonumber(ARGV[20]) or 0
+  if throttled and unused > 0 then  -- slots leased earlier and never used: back in the bucket
+    give_back(T.R, math.min(unused, MAX_LEASE))
+    give_back(T.K, math.max(0, tonumber(ARGV[21]) or 0))
+    tchanged = true
+  end
   advance(s)
   if s.state == 'CLOSED' then
     if slow then
@@ -383,7 +390,7 @@ if op == 'admit' then
       tchanged = true
       local more, horizon = tonumber(ARGV[18]) or 0, tonumber(ARGV[19]) or 0
       if plain and (T.pu == nil or T.pu <= now) and not T.lm then
-        for _ = 1, math.min(more, 64) do
+        for _ = 1, math.min(more, MAX_LEASE) do
           local next_at = slot(cost)
           if next_at - now > horizon then break end
           take(T.R, next_at, 1)

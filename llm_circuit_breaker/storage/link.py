@@ -51,10 +51,11 @@ class StoreLink(LinkCore):
         if permit >= 0 and self._now() < self._cached_until:
             return permit
         tokens = TOKEN_COST.get()
-        entry = self.leased(tokens) if self._lease else None
+        entry = self.leased(tokens) if self.lease else None
         if entry is not None:
             return entry
-        return self.entered(self._ask(self.store.admit, tokens, self.lease_wanted()), tokens)
+        terms = self.lease.terms()
+        return self.entered(self._ask(self.store.admit, tokens, *terms), tokens, terms[0])
 
     def waited(self, wait: Wait, *, gave_up: bool) -> None:
         """A caller woke up for its slot, or gave it up (the slot goes back to the store)."""
@@ -122,11 +123,11 @@ class AsyncStoreLink(LinkCore):
         if permit >= 0 and self._now() < self._cached_until:
             return permit
         tokens = TOKEN_COST.get()
-        entry = self.leased(tokens) if self._lease else None
+        entry = self.leased(tokens) if self.lease else None
         if entry is not None:
             return entry
-        lease = self.lease_wanted()
-        return self.entered(await self._ask(self.store.aadmit, tokens, lease), tokens)
+        terms = self.lease.terms()
+        return self.entered(await self._ask(self.store.aadmit, tokens, *terms), tokens, terms[0])
 
     async def awaited(self, wait: Wait, *, gave_up: bool) -> None:
         """A caller woke up for its slot, or gave it up (the slot goes back to the store)."""

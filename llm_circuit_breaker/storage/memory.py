@@ -76,7 +76,13 @@ class MemoryStateStore:
         )
 
     def admit(
-        self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0, lease: int = 0
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        tokens: float = 0.0,
+        lease: int = 0,
+        unused: int = 0,
+        unused_tokens: float = 0.0,
     ) -> Admission:
         """Admit a call (nothing is leased: every holder lives in this process)."""
         slot = self._slot(name, config)

@@ -157,9 +157,12 @@ class RedisStateStore:
     def _admit_op(self) -> str:
         return "admit+write" if self._confirm_writes else "admit"
 
-    def _lease(self, more: int) -> tuple[object, ...]:
-        """An admission's lease arguments: up to ``more`` slots within ``near_cache``."""
-        return (more, repr(self.near_cache)) if more > 0 and self.near_cache > 0 else ()
+    def _lease(self, more: int, unused: int, unused_tokens: float) -> tuple[object, ...]:
+        """An admission's lease arguments: up to ``more`` slots within ``near_cache``, and the
+        ``unused`` ones of an earlier lease given back."""
+        if not self.near_cache or not (more or unused):
+            return ()
+        return (more, repr(self.near_cache), unused, repr(float(unused_tokens)))
 
     # -- script arguments and replies (shared by the sync and async paths) -----------------
 
@@ -182,9 +185,16 @@ class RedisStateStore:
         return list(reply)
 
     def admit(
-        self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0, lease: int = 0
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        tokens: float = 0.0,
+        lease: int = 0,
+        unused: int = 0,
+        unused_tokens: float = 0.0,
     ) -> Admission:
-        reply = self._run(name, self._admit_op(), config, *self._lease(lease), tokens=tokens)
+        extra = self._lease(lease, unused, unused_tokens)
+        reply = self._run(name, self._admit_op(), config, *extra, tokens=tokens)
         return admission(reply, config, self.keys(name)[0])
 
     def record(
@@ -229,9 +239,15 @@ class RedisStateStore:
         return list(reply)
 
     async def aadmit(
-        self, name: str, config: CircuitBreakerConfig, tokens: float = 0.0, lease: int = 0
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        tokens: float = 0.0,
+        lease: int = 0,
+        unused: int = 0,
+        unused_tokens: float = 0.0,
     ) -> Admission:
-        extra = self._lease(lease)
+        extra = self._lease(lease, unused, unused_tokens)
         reply = await self._arun(name, self._admit_op(), config, *extra, tokens=tokens)
         return admission(reply, config, self.keys(name)[0])
 
