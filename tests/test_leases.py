@@ -262,3 +262,24 @@ def test_the_listener_stops_when_nothing_follows_it(redis_client: redis.Redis) -
     del breaker
     gc.collect()
     until(lambda: not worker.is_alive(), patience=5.0)
+
+
+def test_notices_resume_after_redis_restarts(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """The listener's connection dies with Redis; it subscribes again when Redis is back, and
+    the changes published from then on reach the near-caching process (30 s of cache)."""
+    config = CircuitBreakerConfig(failure_threshold=1)
+    store = RedisStateStore(redis_server.client(), near_cache=30.0)
+    b = CircuitBreaker("restart", config, store=store)
+    b.record_success(b.admit())
+    redis_server.stop()
+    redis_server.start()
+    a = CircuitBreaker("restart", config, store=RedisStateStore(redis_server.client()))
+    for _ in range(100):  # each round publishes twice; the listener is back within a second
+        a.force_closed()
+        a.force_open()
+        time.sleep(0.1)
+        if b.try_admit() < 0:
+            return
+    pytest.fail("no notice reached the process after Redis restarted")
