@@ -13,9 +13,10 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable, Sequence
 
-__all__ = ["MAX_LEASE", "Lease"]
+__all__ = ["MAX_LEASE", "Lease", "Terms"]
 
 MAX_LEASE = 64  # slots one admission may lease (the script's cap too)
+Terms = tuple[()] | tuple[int, int, float]
 
 
 class Lease:
@@ -36,11 +37,12 @@ class Lease:
     def __bool__(self) -> bool:
         return bool(self._slots)
 
-    def terms(self) -> tuple[int, int, float]:
-        """(slots to lease beside this admission's own, unused slots given back, their
-        tokens); all 0 without a near-cache."""
+    def terms(self) -> Terms:
+        """What this admission asks of the store beside its own slot: ``(more, unused,
+        unused_tokens)``, slots to lease and unused ones given back with their tokens; ``()``
+        when nothing (always without a near-cache: a store of another make sees no extras)."""
         if not self.near_cache:
-            return 0, 0, 0.0
+            return ()
         now = self._now()
         if now - self._demand_since >= self.near_cache:
             recent = now - self._demand_since < 2 * self.near_cache
@@ -51,11 +53,11 @@ class Lease:
         more = 0 if self._asking else max(0, wanted)
         self._asking = self._asking or more > 0
         unused, self._unused = self._unused, 0
-        return more, unused, unused * self._tokens
+        return (more, unused, unused * self._tokens) if more or unused else ()
 
-    def answered(self, more: int) -> None:
-        """The admission that asked for ``more`` slots was answered (or could not be)."""
-        if more:
+    def answered(self, terms: Terms) -> None:
+        """The admission asked with ``terms`` was answered (or could not be)."""
+        if terms and terms[0]:
             self._asking = False
 
     def fill(self, permit: int, waits: Sequence[float], tokens: float) -> None:

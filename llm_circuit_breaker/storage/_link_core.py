@@ -15,7 +15,7 @@ from llm_circuit_breaker._telemetry import StateChange, Telemetry, refused
 from llm_circuit_breaker._throttle import Wait
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import ThrottledError
-from llm_circuit_breaker.storage._lease import Lease
+from llm_circuit_breaker.storage._lease import Lease, Terms
 from llm_circuit_breaker.storage.base import (
     THROTTLED_PERMIT,
     Admission,
@@ -198,10 +198,10 @@ class LinkCore:
             open_for = min(open_for, self.config.effective_max_open_for)
         return False, open_for
 
-    def entered(self, admission: Admission | None, tokens: float, leasing: int = 0) -> Entry:
-        """The outcome of an admission: the store's (None when it could not be asked);
-        ``leasing``: the slots it asked to lease."""
-        self.lease.answered(leasing)
+    def entered(self, admission: Admission | None, tokens: float, terms: Terms = ()) -> Entry:
+        """The outcome of an admission: the store's (None when it could not be asked), asked
+        with the lease's ``terms``."""
+        self.lease.answered(terms)
         if admission is None:
             return self.enter_locally()
         return self.admitted(admission, tokens)

@@ -55,7 +55,7 @@ class StoreLink(LinkCore):
         if entry is not None:
             return entry
         terms = self.lease.terms()
-        return self.entered(self._ask(self.store.admit, tokens, *terms), tokens, terms[0])
+        return self.entered(self._ask(self.store.admit, tokens, *terms), tokens, terms)
 
     def waited(self, wait: Wait, *, gave_up: bool) -> None:
         """A caller woke up for its slot, or gave it up (the slot goes back to the store)."""
@@ -127,7 +127,7 @@ class AsyncStoreLink(LinkCore):
         if entry is not None:
             return entry
         terms = self.lease.terms()
-        return self.entered(await self._ask(self.store.aadmit, tokens, *terms), tokens, terms[0])
+        return self.entered(await self._ask(self.store.aadmit, tokens, *terms), tokens, terms)
 
     async def awaited(self, wait: Wait, *, gave_up: bool) -> None:
         """A caller woke up for its slot, or gave it up (the slot goes back to the store)."""
