@@ -81,6 +81,11 @@ class Lease:
         return self._permit, at - now
 
     def drop(self) -> None:
-        """Give up the slots left (they go back with the next admission)."""
-        self._unused += len(self._slots)
-        self._slots.clear()
+        """Give up the slots left (they go back with the next admission). Each slot is popped
+        once, here or by :meth:`take` in another thread: none is given back after use."""
+        while True:
+            try:
+                self._slots.popleft()
+            except IndexError:
+                return
+            self._unused += 1
