@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from llm_circuit_breaker._local import Entry, LocalCircuit, check_report
 from llm_circuit_breaker._state import CircuitState, Outcome, Transition
 from llm_circuit_breaker._telemetry import StateChange, Telemetry, refused
-from llm_circuit_breaker._throttle import Wait
+from llm_circuit_breaker._throttle import TOKEN_COST, Wait
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import ThrottledError
 from llm_circuit_breaker.storage._lease import Lease, Terms
@@ -81,6 +81,13 @@ class LinkCore:
             self._cached_until = self._now() + self.near_cache
         else:
             self._cached_permit = -1
+
+    def unasked(self) -> tuple[Entry | None, float, Terms]:
+        """Past the near-cache: the entry this process's lease gives (None: the store must be
+        asked), the call's estimated tokens, and the lease's terms for the store."""
+        tokens = TOKEN_COST.get()
+        entry = self.leased(tokens) if self.lease else None
+        return entry, tokens, (() if entry is not None else self.lease.terms())
 
     def leased(self, tokens: float) -> Entry | None:
         """The next slot of this process's lease; None when none is left or it ran out."""

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from llm_circuit_breaker._local import Entry
 from llm_circuit_breaker._state import Outcome
-from llm_circuit_breaker._throttle import TOKEN_COST, Wait, spread
+from llm_circuit_breaker._throttle import Wait, spread
 from llm_circuit_breaker.storage._link_core import CLEAN, LinkCore
 from llm_circuit_breaker.storage.base import (
     AsyncStateStore,
@@ -50,11 +50,9 @@ class StoreLink(LinkCore):
         permit = self._cached_permit
         if permit >= 0 and self._now() < self._cached_until:
             return permit
-        tokens = TOKEN_COST.get()
-        entry = self.leased(tokens) if self.lease else None
+        entry, tokens, terms = self.unasked()
         if entry is not None:
             return entry
-        terms = self.lease.terms()
         return self.entered(self._ask(self.store.admit, tokens, *terms), tokens, terms)
 
     def waited(self, wait: Wait, *, gave_up: bool) -> None:
@@ -122,11 +120,9 @@ class AsyncStoreLink(LinkCore):
         permit = self._cached_permit
         if permit >= 0 and self._now() < self._cached_until:
             return permit
-        tokens = TOKEN_COST.get()
-        entry = self.leased(tokens) if self.lease else None
+        entry, tokens, terms = self.unasked()
         if entry is not None:
             return entry
-        terms = self.lease.terms()
         return self.entered(await self._ask(self.store.aadmit, tokens, *terms), tokens, terms)
 
     async def awaited(self, wait: Wait, *, gave_up: bool) -> None:
