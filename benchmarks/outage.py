@@ -1,4 +1,4 @@
-"""The same scripted outage against three clients, side by side in one run.
+"""The same scripted outage against four clients, side by side in one run.
 
     pip install -e ".[bench]" && python benchmarks/outage.py            # 20 s, writes outage.png
     python benchmarks/outage.py --duration 4 --no-plot                  # quick (CI)
@@ -152,7 +152,7 @@ def _plot(
     top.set_ylabel("requests reaching the provider / 100 ms")
     top.legend(loc="upper right")
     top.set_title(
-        f"The same script, three clients (yellow: rate limited, {RATE_LIMIT}/s quota; red: outage)"
+        f"The same script, four clients (yellow: rate limited, {RATE_LIMIT}/s quota; red: outage)"
     )
     level = {"CLOSED": 0, "HALF_OPEN": 1, "OPEN": 2}
     xs, ys = [0.0], [0]

@@ -20,7 +20,7 @@ from tests.redis_server import RedisServer
 
 def test_demo_opens_and_recovers() -> None:
     """A 6 s demo: paced (CLOSED) while rate limited, opens in the outage, fails calls fast,
-    closes again; the summary sets three clients side by side and names what was refused."""
+    closes again; the summary sets the clients side by side and names what was refused."""
     out = io.StringIO()
     assert run_demo(duration=6.0, concurrency=6, seed=1, out=out) == 0
     text = out.getvalue()

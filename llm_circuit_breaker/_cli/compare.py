@@ -53,7 +53,7 @@ class Tally:
 
 
 class Contest:
-    """Three clients, three providers, one script."""
+    """Four clients, each with its own provider (and the fourth a second one), one script."""
 
     def __init__(self, duration: float, callers: int, seed: int, pause: float = 0.05) -> None:
         self.duration = duration

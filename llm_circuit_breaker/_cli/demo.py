@@ -1,9 +1,9 @@
 """``python -m llm_circuit_breaker demo``: watch a breaker protect an app through an outage.
 
-The scripted provider goes healthy -> outage -> rate limited -> recovered. Three clients run
+The scripted provider goes healthy -> rate limited -> outage -> recovered. Four clients run
 the same script at the same time against their own copy of the provider: unprotected,
-tenacity alone, and this library; the live line follows this library's client, and the
-summary sets the three side by side.
+tenacity alone, this library, and this library with a fallback to a second provider; the
+live line follows this library's client, and the summary sets the four side by side.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class Demo:
 
     async def run(self) -> int:
         print(
-            f"fake LLM provider on 127.0.0.1: healthy -> outage -> rate limited -> recovered "
+            f"fake LLM provider on 127.0.0.1: healthy -> rate limited -> outage -> recovered "
             f"over {self.scenario.duration:g}s; {self.contest.callers} callers per client",
             file=self.out,
         )
