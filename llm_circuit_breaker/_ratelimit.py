@@ -16,7 +16,7 @@ import itertools
 import re
 from typing import Any
 
-from llm_circuit_breaker._hints import header, parse_number
+from llm_circuit_breaker._hints import parse_number
 
 __all__ = ["Bucket", "RateLimits", "parse_duration", "parse_rate_limits"]
 
@@ -70,42 +70,53 @@ def _timestamp_in(value: str, now: float) -> float | None:
     return moment.timestamp() - now
 
 
-def _count(headers: Any, name: str) -> int | None:
-    text = header(headers, name)
+def _count(text: str | None) -> int | None:
     number = None if text is None else parse_number(text)
     return int(number) if number is not None and number < 1e12 else None  # -1: unknown
 
 
-def _bucket(headers: Any, prefix: str, kind: str, wall_now: float) -> Bucket | None:
-    if prefix == "x-ratelimit":
-        names = [f"x-ratelimit-{part}-{kind}" for part in ("limit", "remaining", "reset")]
-    else:
-        names = [f"anthropic-ratelimit-{kind}-{part}" for part in ("limit", "remaining", "reset")]
-    limit, remaining = _count(headers, names[0]), _count(headers, names[1])
-    reset_text = header(headers, names[2])
-    reset = None
-    if reset_text is not None:
-        reset = (
-            parse_duration(reset_text)
-            if prefix == "x-ratelimit"
-            else _timestamp_in(reset_text, wall_now)
-        )
-        if reset is not None and not 0.0 <= reset <= _MAX_RESET:
-            reset = None
-    if limit is None and remaining is None and reset is None:
-        return None
-    return Bucket(limit, remaining, reset)
+# Each family's (limit, remaining, reset) header names, and whether its reset is a time stamp.
+_FAMILIES = {
+    kind: (
+        (tuple(f"x-ratelimit-{part}-{kind}" for part in ("limit", "remaining", "reset")), False),
+        (
+            tuple(f"anthropic-ratelimit-{kind}-{part}" for part in ("limit", "remaining", "reset")),
+            True,
+        ),
+    )
+    for kind in ("requests", "tokens")
+}
 
 
-def _rate_limit_headers(headers: Any) -> dict[str, Any]:
-    """The rate-limit headers among ``headers``, by lower-case name (one pass, at most the
-    first 256 headers: a response with thousands is hostile, not informative)."""
+def _bucket(headers: dict[str, str], kind: str, wall_now: float) -> Bucket | None:
+    """The ``kind`` bucket the headers report (OpenAI-style first, then Anthropic's)."""
+    for (limit_name, remaining_name, reset_name), stamped in _FAMILIES[kind]:
+        limit_text, remaining_text = headers.get(limit_name), headers.get(remaining_name)
+        reset_text = headers.get(reset_name)
+        if limit_text is None and remaining_text is None and reset_text is None:
+            continue
+        limit, remaining, reset = _count(limit_text), _count(remaining_text), None
+        if reset_text is not None:
+            reset = _timestamp_in(reset_text, wall_now) if stamped else parse_duration(reset_text)
+            if reset is not None and not 0.0 <= reset <= _MAX_RESET:
+                reset = None
+        if limit is not None or remaining is not None or reset is not None:
+            return Bucket(limit, remaining, reset)
+    return None
+
+
+def _rate_limit_headers(headers: Any) -> dict[str, str]:
+    """The rate-limit headers among ``headers`` as text, by lower-case name (one pass, at most
+    the first 256 headers: a response with thousands is hostile, not informative)."""
     try:
+        raw = getattr(headers, "raw", None)  # httpx's headers as sent: a list of byte pairs
+        pairs = raw if isinstance(raw, list) else headers.items()
         found = {}
-        for key, value in itertools.islice(headers.items(), 256):
+        for key, value in itertools.islice(pairs, 256):
             name = (key.decode("latin-1") if isinstance(key, bytes) else str(key)).lower()
             if "ratelimit" in name:
-                found[name] = value
+                text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+                found[name] = text[:1000]
         return found
     except Exception:
         return {}
@@ -116,12 +127,8 @@ def parse_rate_limits(headers: Any, wall_now: float) -> RateLimits | None:
     headers = _rate_limit_headers(headers)
     if not headers:
         return None
-    requests = _bucket(headers, "x-ratelimit", "requests", wall_now) or _bucket(
-        headers, "anthropic", "requests", wall_now
-    )
-    tokens = _bucket(headers, "x-ratelimit", "tokens", wall_now) or _bucket(
-        headers, "anthropic", "tokens", wall_now
-    )
+    requests = _bucket(headers, "requests", wall_now)
+    tokens = _bucket(headers, "tokens", wall_now)
     if requests is None and tokens is None:
         return None
     return RateLimits(requests, tokens)
