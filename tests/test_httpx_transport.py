@@ -628,6 +628,43 @@ def test_stream_frames_in_any_order_never_crash(events: list[str]) -> None:
     watch.truncated()
 
 
+_EVENTS = (
+    'data: {"object": "chat.completion.chunk", "choices": [{"delta": {"content": "hi"}}]}\n\n',
+    'data: {"object": "chat.completion.chunk", "choices": [{"finish_reason": "stop"}]}\n\n',
+    'data: {"error": {"message": "x", "type": "server_error"}}\n\n',
+    "data: [DONE]\n\n",
+    'event: message_start\ndata: {"type": "message_start"}\n\n',
+    'event: content_block_delta\ndata: {"type": "content_block_delta"}\n\n',
+    'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error"}}\n\n',
+    'event: message_stop\ndata: {"type": "message_stop"}\n\n',
+    'data: {"type": "response.created"}\n\n',
+    'data: {"type": "response.completed"}\n\n',
+    "event: ping\ndata: {}\n\n",
+    'data: {"partial": \n',
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=st.lists(st.sampled_from(_EVENTS), max_size=12))
+def test_whole_events_are_judged_as_byte_by_byte(events: list[str]) -> None:
+    """Chunks of whole events may skip being cut into lines: the errors found and the verdict
+    on truncation are those of the same body fed one byte at a time."""
+    from llm_circuit_breaker.httpx._watch import Watch
+
+    def watched(chunks: list[bytes]) -> tuple[list[str], bool]:
+        watch = Watch("http://x")
+        found = [type(watch.feed(chunk)).__name__ for chunk in chunks]
+        return found, watch.truncated()
+
+    body = "".join(events).encode()
+    by_event, by_byte = (
+        watched([e.encode() for e in events]),
+        watched([body[i : i + 1] for i in range(len(body))]),
+    )
+    assert [n for n in by_event[0] if n != "NoneType"] == [n for n in by_byte[0] if n != "NoneType"]
+    assert by_event[1] == by_byte[1]
+
+
 def test_refusal_of_a_hostile_error_is_none() -> None:
     class Hostile(Exception):
         def __getattr__(self, name: str) -> Any:

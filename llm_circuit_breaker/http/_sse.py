@@ -56,6 +56,11 @@ class LineSplitter:
             )
         return lines
 
+    @property
+    def empty(self) -> bool:
+        """Whether no part of a line is waiting for its end."""
+        return not self._buffer
+
     def rest(self) -> bytes:
         """What is left after the last line break (at the end of the body)."""
         return bytes(self._buffer)

@@ -31,6 +31,21 @@ class Watch:
 
     def feed(self, chunk: bytes) -> BaseException | None:
         """The first provider error in ``chunk``, if any."""
+        if (
+            self._started
+            and not self._data
+            and not self._event
+            and chunk.endswith(b"\n\n")
+            and len(chunk) <= _MAX_EVENT
+            and self._lines.empty
+            and b"error" not in chunk
+            and b"message_stop" not in chunk
+            and b"response." not in chunk
+            and b"[DONE]" not in chunk
+            and b'"finish_reason":"' not in chunk
+            and b'"finish_reason": "' not in chunk
+        ):  # whole events, none of them an error or a final one (nor named so):
+            return None  # no need to cut them up
         error = None
         for line in self._lines.feed(chunk):
             found = self._line(line)
