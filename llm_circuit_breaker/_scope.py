@@ -81,14 +81,16 @@ class ScopedName:
     def _one_key(self) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
         """The key of a call for a one-field template: the argument itself (the hot path)."""
         lookup = self._lookups[0]
-        root, position, by_keyword, _ = lookup
+        root, position, by_keyword, default = lookup
         value = self._value
         if position is not None and by_keyword:
 
             def key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                 if position < len(args):
                     return args[position]
-                return kwargs[root] if root in kwargs else value(lookup, args, kwargs)
+                if root in kwargs:
+                    return kwargs[root]
+                return default if default is not _EMPTY else value(lookup, args, kwargs)
 
             return key
         return lambda args, kwargs: value(lookup, args, kwargs)
@@ -139,19 +141,20 @@ def scoped(
     # is still registered.
     shells: dict[Any, tuple[str, Callable[..., Any]]] = {}
     touch, key_of, name_of_key = registry.touch, name_of.key, name_of.name
+    mark_used = registry.toucher
 
     def shell(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any]:
         key = key_of(args, kwargs)
         try:
             name, found = shells[key]
+            mark_used(name)  # KeyError: the registry dropped it
         except KeyError:
             pass
         except TypeError:  # an unhashable argument: keyed by the name it gives
             key = name_of_key(key)
             return _cached(shells, key, key, touch, shell_for_name, registry)
         else:
-            if touch(name):
-                return found
+            return found
         return _cached(shells, key, name_of_key(key), touch, shell_for_name, registry)
 
     if inspect.isasyncgenfunction(func):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import itertools
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from llm_circuit_breaker.breaker import CircuitBreaker, Clock, Observer
@@ -99,6 +99,12 @@ class BreakerRegistry:
         except KeyError:
             return False
         return True
+
+    @property
+    def toucher(self) -> Callable[[str], None]:
+        """:meth:`touch` as the bare ordered-dict operation, for hot paths: it raises
+        ``KeyError`` where :meth:`touch` returns False."""
+        return self._scoped.move_to_end
 
     def scope(self, prefix: str) -> list[CircuitBreaker]:
         """The breakers named ``prefix`` or ``prefix:...`` (one per model ...), in name order."""
