@@ -62,7 +62,7 @@ class _Chain:
 
     def __init__(self, targets: tuple[Callable[..., Any], ...], on_context_length: bool):
         self.targets = targets
-        self.names = [_name(t) for t in targets]
+        self.names = _distinct([_name(t) for t in targets])
         self.on_context_length = on_context_length
         self.stats = {name: FallbackStats() for name in self.names}
 
@@ -128,6 +128,17 @@ def _name(target: Callable[..., Any]) -> str:
     if isinstance(name, str):
         return name
     return str(getattr(target, "__qualname__", None) or repr(target))
+
+
+def _distinct(names: list[str]) -> list[str]:
+    """``names`` with a repeated one numbered (``ask``, ``ask #2``): two lambdas, or two
+    targets made by one factory, keep stats of their own."""
+    seen: dict[str, int] = {}
+    distinct = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        distinct.append(name if seen[name] == 1 else f"{name} #{seen[name]}")
+    return distinct
 
 
 def with_fallbacks(

@@ -429,3 +429,50 @@ def test_the_http_helper_scopes_by_the_json_body(llm_server: Any) -> None:
     with pytest.raises(TypeError, match="one breaker per scope"):
         cb.breaker
     cb.close()
+
+
+def test_fallbacks_over_sdks_on_transports_skip_an_open_primary(llm_server: Any) -> None:
+    """Two openai SDK clients (default retries) over transports: once the primary's circuit
+    opens, calls go to the secondary without a request to the primary and without the SDK's
+    backoff, and each target's stats say so."""
+    import time
+
+    import httpx
+    import openai
+
+    from llm_circuit_breaker.httpx import CircuitBreakerTransport
+    from llm_circuit_breaker.testing import FakeLLMServer, Reply
+
+    registry = BreakerRegistry()
+
+    def sdk(url: str, name: str) -> openai.OpenAI:
+        transport = CircuitBreakerTransport(name, registry=registry, failure_threshold=2)
+        client = httpx.Client(transport=transport)
+        return openai.OpenAI(api_key="sk-test", base_url=url + "/v1", http_client=client)
+
+    def asker(client: openai.OpenAI) -> Any:
+        def ask(prompt: str) -> Any:
+            message = {"role": "user", "content": prompt}
+            return client.chat.completions.create(model="m", messages=[message])  # type: ignore[list-item]
+
+        return ask
+
+    with FakeLLMServer() as secondary_server:
+        llm_server.default = Reply.error(503)
+        secondary_server.default = Reply.ok("from the secondary")
+        primary, secondary = sdk(llm_server.url, "primary"), sdk(secondary_server.url, "secondary")
+        with primary, secondary:
+            ask = with_fallbacks(asker(primary), asker(secondary))
+            first = ask("hi")  # the SDK retries the 503s until the circuit opens under it
+            assert first.choices[0].message.content == "from the secondary"
+            assert registry.get("primary").state is CircuitState.OPEN
+            reached = llm_server.hits
+            started = time.monotonic()
+            for _ in range(5):
+                assert ask("hi").choices[0].message.content == "from the secondary"
+            assert time.monotonic() - started < 5 * 0.3  # no SDK backoff sleep on a refusal
+    assert llm_server.hits == reached == 2  # the primary was not asked again
+    on_primary, on_secondary = ask.fallback_stats.values()
+    # The first call's last SDK attempt was refused already: the circuit opened under it.
+    assert (on_primary.failed, on_primary.refused, on_primary.served) == (0, 6, 0)
+    assert on_secondary.served == 6
