@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from llm_circuit_breaker._local import Entry
 from llm_circuit_breaker._state import REJECTED, Outcome
 from llm_circuit_breaker._throttle import Wait
+from llm_circuit_breaker.errors import ThrottledError
 
 if TYPE_CHECKING:
     from llm_circuit_breaker._view import Control, View
@@ -28,7 +29,7 @@ class AsyncMethods:
 
     if TYPE_CHECKING:
 
-        def _settle(self, wait: Wait, *, gave_up: bool) -> None: ...
+        def _settle(self, wait: Wait, *, gave_up: bool) -> Wait | ThrottledError | None: ...
         def observe(self, headers: object) -> None: ...
         def record(
             self,
@@ -44,24 +45,29 @@ class AsyncMethods:
         def _as_dict(self, view: View) -> dict[str, Any]: ...
         def _control(self, action: Control) -> None: ...
 
-    async def _asettle(self, wait: Wait, *, gave_up: bool) -> None:
+    async def _asettle(self, wait: Wait, *, gave_up: bool) -> Wait | ThrottledError | None:
         if self._alink is not None:
             await self._alink.awaited(wait, gave_up=gave_up)
-        else:
-            self._settle(wait, gave_up=gave_up)
+            return None
+        return self._settle(wait, gave_up=gave_up)
 
     async def await_slot(self, wait: Wait) -> int:
         """Sleep (``asyncio.sleep``) until a throttle slot; the permit it held. Cancelling
-        frees the slot."""
+        frees the slot; a pause set meanwhile, past the slot, is waited out too."""
         import asyncio
 
-        try:
-            await (self._async_sleep or asyncio.sleep)(wait.seconds)
-        except BaseException:
-            await self._asettle(wait, gave_up=True)
-            raise
-        await self._asettle(wait, gave_up=False)
-        return wait.permit
+        while True:
+            try:
+                await (self._async_sleep or asyncio.sleep)(wait.seconds)
+            except BaseException:
+                await self._asettle(wait, gave_up=True)
+                raise
+            again = await self._asettle(wait, gave_up=False)
+            if again is None:
+                return wait.permit
+            if isinstance(again, ThrottledError):
+                raise again
+            wait = again
 
     async def aobserve(self, headers: object) -> None:
         """``observe()`` as a coroutine (what an asyncio store needs)."""

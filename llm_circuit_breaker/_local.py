@@ -116,12 +116,15 @@ class LocalCircuit:
             telemetry.waited(entry.seconds if isinstance(entry, Wait) else 0.0)
         return entry
 
-    def _pace(self, permit: int, now: float) -> int | ThrottledError | Wait:
+    def _pace(
+        self, permit: int, now: float, tokens: float | None = None
+    ) -> int | ThrottledError | Wait:
         """The throttle's say on an admitted call (lock held)."""
         throttle = self.throttle
         if throttle is None:  # pragma: no cover - paced only with a throttle
             return permit
-        tokens = TOKEN_COST.get()
+        if tokens is None:
+            tokens = TOKEN_COST.get()
         wait = throttle.book(now, tokens, self.max_wait)
         if wait <= 0.0:
             self.telemetry.waits.add(0.0)
@@ -131,20 +134,32 @@ class LocalCircuit:
             return ThrottledError(self.name, wait)
         throttle.waiting += 1
         self.telemetry.waits.add(wait)
-        return Wait(permit, wait, tokens)
+        return Wait(permit, wait, tokens, now + wait)
 
-    def waited(self, wait: Wait, *, gave_up: bool) -> None:
-        """A caller woke up for its slot, or gave it up (cancelled: the slot is freed)."""
+    def waited(self, wait: Wait, *, gave_up: bool) -> Wait | ThrottledError | None:
+        """A caller woke up for its slot, or gave it up (cancelled: the slot is freed). A rate
+        limit that paused calls after the slot was booked, past it, holds the caller back: a
+        new slot after the pause (another wait), or ``ThrottledError`` past the longest wait."""
+        again: int | ThrottledError | Wait = wait.permit
         with self._lock:
-            throttle = self.throttle
+            now, throttle = self._clock(), self.throttle
             if throttle is not None:
                 throttle.waiting -= 1
-                if gave_up:
+                rebook = not gave_up and throttle.paused_until > max(wait.at, now)
+                if gave_up or rebook:
                     throttle.cancel(wait.tokens)
+                if rebook:
+                    again = self._pace(wait.permit, now, wait.tokens)
             if gave_up:
-                self._core.record(wait.permit, Outcome.IGNORED, self._clock())
+                self._core.record(wait.permit, Outcome.IGNORED, now)
             transitions = self._drain()
-        self.telemetry.publish(transitions)
+        telemetry = self.telemetry
+        telemetry.publish(transitions)
+        if isinstance(again, int):
+            return None
+        if isinstance(again, Wait) and not telemetry.plain_refusals:
+            telemetry.waited(again.seconds)
+        return again
 
     def _refuse(self, retry_after: float | None, reason: str) -> int | CircuitOpenError:
         error = refused(self.name, retry_after, reason)

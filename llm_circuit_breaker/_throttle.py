@@ -75,12 +75,15 @@ class Wait:
     """What a breaker hands a caller that must wait for its throttle slot: the permit it holds
     meanwhile and the seconds to sleep."""
 
-    __slots__ = ("permit", "seconds", "tokens")
+    __slots__ = ("at", "permit", "seconds", "tokens")
 
-    def __init__(self, permit: int, seconds: float, tokens: float = 0.0) -> None:
+    def __init__(
+        self, permit: int, seconds: float, tokens: float = 0.0, at: float = math.inf
+    ) -> None:
         self.permit = permit
         self.seconds = seconds
         self.tokens = tokens  # the token cost reserved with the slot
+        self.at = at  # the slot's time on the breaker's clock (inf: not checked on waking)
 
     def __repr__(self) -> str:
         return f"Wait(permit={self.permit}, seconds={self.seconds:.3f})"

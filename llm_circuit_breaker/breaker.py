@@ -24,7 +24,7 @@ from llm_circuit_breaker._telemetry import (
 from llm_circuit_breaker._throttle import Wait
 from llm_circuit_breaker._view import Control, View
 from llm_circuit_breaker.config import CircuitBreakerConfig
-from llm_circuit_breaker.errors import CircuitOpenError
+from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 
 if TYPE_CHECKING:
     from llm_circuit_breaker.storage.base import AsyncStateStore, StateStore
@@ -119,18 +119,24 @@ class CircuitBreaker(AsyncMethods):
             return REJECTED
         return entry if isinstance(entry, int) else REJECTED
 
-    def _settle(self, wait: Wait, *, gave_up: bool) -> None:
-        (self._link or self._local).waited(wait, gave_up=gave_up)
+    def _settle(self, wait: Wait, *, gave_up: bool) -> Wait | ThrottledError | None:
+        return (self._link or self._local).waited(wait, gave_up=gave_up)
 
     def wait(self, wait: Wait) -> int:
-        """Sleep (``time.sleep``) until a throttle slot; the permit it held."""
-        try:
-            self._sleep(wait.seconds)
-        except BaseException:
-            self._settle(wait, gave_up=True)
-            raise
-        self._settle(wait, gave_up=False)
-        return wait.permit
+        """Sleep (``time.sleep``) until a throttle slot; the permit it held. A pause that a
+        rate limit set meanwhile, past the slot, is waited out too (or ``ThrottledError``)."""
+        while True:
+            try:
+                self._sleep(wait.seconds)
+            except BaseException:
+                self._settle(wait, gave_up=True)
+                raise
+            again = self._settle(wait, gave_up=False)
+            if again is None:
+                return wait.permit
+            if isinstance(again, ThrottledError):
+                raise again
+            wait = again
 
     def observe(self, headers: object) -> None:
         """Feed a response's rate-limit headers to the throttle (the HTTP helpers do it for

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -134,6 +135,53 @@ def test_waiting_callers_get_successive_slots_and_a_cancelled_one_frees_its_own(
     assert slots == pytest.approx([1.0, 2.0, 3.0])
     throttle.cancel()
     assert throttle.reserve(now) - now == pytest.approx(3.0)
+
+
+class _PausedMeanwhile(FakeClock):
+    """A clock whose first sleep lets another call draw a 429 (retry-after 30 s) first."""
+
+    def __init__(self) -> None:
+        super().__init__(start=1000.0)
+        self.meanwhile: Callable[[], None] | None = None
+
+    def sleep(self, seconds: float) -> None:
+        if self.meanwhile is not None:
+            self.meanwhile, meanwhile = None, self.meanwhile
+            meanwhile()
+        super().sleep(seconds)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+async def test_a_pause_set_while_a_caller_waits_holds_it_back(asynchronous: bool) -> None:
+    """A caller asleep until its slot (10 s away) when another call draws a 429 asking for
+    30 s: it does not go at its slot but after the pause, in a new slot."""
+    clock = _PausedMeanwhile()
+    breaker = _paced(clock, requests_per_minute=6, throttle_max_wait=60.0)
+    for _ in range(5):
+        breaker.record_success(breaker.admit())
+    in_flight = breaker.admit()
+    clock.meanwhile = lambda: breaker.record(in_flight, Outcome.THROTTLED, hint=30.0)
+    started = clock()
+    permit = await breaker.aadmit() if asynchronous else breaker.admit()
+    assert clock() - started >= 30.0  # not at its slot, 10 s away
+    assert clock.sleeps[0] == pytest.approx(10.0) and len(clock.sleeps) == 2
+    breaker.record_success(permit)
+    assert breaker.throttle["waiting"] == 0 and breaker.stats.throttled == 1
+    assert breaker.state is CircuitState.CLOSED
+
+
+def test_a_pause_past_throttle_max_wait_refuses_the_waiting_caller() -> None:
+    """The same, with throttle_max_wait=20: the woken caller gets ThrottledError, no call."""
+    clock = _PausedMeanwhile()
+    breaker = _paced(clock, requests_per_minute=6, throttle_max_wait=20.0)
+    for _ in range(5):
+        breaker.record_success(breaker.admit())
+    in_flight = breaker.admit()
+    clock.meanwhile = lambda: breaker.record(in_flight, Outcome.THROTTLED, hint=30.0)
+    with pytest.raises(ThrottledError) as caught:
+        breaker.admit()
+    assert 19.0 <= caught.value.retry_after <= 22.0  # what is left of the pause
+    assert breaker.throttle["waiting"] == 0 and breaker.stats.rejections == 0
 
 
 async def test_cancelling_a_waiting_task_frees_its_slot() -> None:
