@@ -151,16 +151,23 @@ class _PausedMeanwhile(FakeClock):
         super().sleep(seconds)
 
 
-@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
-async def test_a_pause_set_while_a_caller_waits_holds_it_back(asynchronous: bool) -> None:
-    """A caller asleep until its slot (10 s away) when another call draws a 429 asking for
-    30 s: it does not go at its slot but after the pause, in a new slot."""
+def _paused_while_one_waits(throttle_max_wait: float) -> tuple[FakeClock, CircuitBreaker]:
+    """Six requests a minute, the bucket spent (one call still in flight): the next caller
+    waits 10 s for its slot, and while it sleeps the call in flight draws a 429 (30 s)."""
     clock = _PausedMeanwhile()
-    breaker = _paced(clock, requests_per_minute=6, throttle_max_wait=60.0)
+    breaker = _paced(clock, requests_per_minute=6, throttle_max_wait=throttle_max_wait)
     for _ in range(5):
         breaker.record_success(breaker.admit())
     in_flight = breaker.admit()
     clock.meanwhile = lambda: breaker.record(in_flight, Outcome.THROTTLED, hint=30.0)
+    return clock, breaker
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+async def test_a_pause_set_while_a_caller_waits_holds_it_back(asynchronous: bool) -> None:
+    """A caller asleep until its slot (10 s away) when another call draws a 429 asking for
+    30 s: it does not go at its slot but after the pause, in a new slot."""
+    clock, breaker = _paused_while_one_waits(throttle_max_wait=60.0)
     started = clock()
     permit = await breaker.aadmit() if asynchronous else breaker.admit()
     assert clock() - started >= 30.0  # not at its slot, 10 s away
@@ -172,12 +179,7 @@ async def test_a_pause_set_while_a_caller_waits_holds_it_back(asynchronous: bool
 
 def test_a_pause_past_throttle_max_wait_refuses_the_waiting_caller() -> None:
     """The same, with throttle_max_wait=20: the woken caller gets ThrottledError, no call."""
-    clock = _PausedMeanwhile()
-    breaker = _paced(clock, requests_per_minute=6, throttle_max_wait=20.0)
-    for _ in range(5):
-        breaker.record_success(breaker.admit())
-    in_flight = breaker.admit()
-    clock.meanwhile = lambda: breaker.record(in_flight, Outcome.THROTTLED, hint=30.0)
+    _, breaker = _paused_while_one_waits(throttle_max_wait=20.0)
     with pytest.raises(ThrottledError) as caught:
         breaker.admit()
     assert 19.0 <= caught.value.retry_after <= 22.0  # what is left of the pause
