@@ -8,15 +8,20 @@ load the requests / aiohttp helpers on first use: importing the package loads ne
 
 import typing
 
-from llm_circuit_breaker._state import CircuitState, Outcome
-from llm_circuit_breaker._telemetry import BreakerStats, StateChange, ThrottleEvent, ThrottleSignal
-from llm_circuit_breaker.breaker import CircuitBreaker
+from llm_circuit_breaker._core.state import CircuitState, Outcome
+from llm_circuit_breaker.breaker.breaker import CircuitBreaker
+from llm_circuit_breaker.breaker.registry import BreakerRegistry, breaker_registry
+from llm_circuit_breaker.breaker.telemetry import (
+    BreakerStats,
+    StateChange,
+    ThrottleEvent,
+    ThrottleSignal,
+)
 from llm_circuit_breaker.config import (
     DEFAULT_RETRY_STATUS_CODES,
     CircuitBreakerConfig,
     RetryConfig,
 )
-from llm_circuit_breaker.decorators import Guarded, circuit_breaker
 from llm_circuit_breaker.errors import (
     CircuitOpenError,
     FallbacksExhaustedError,
@@ -29,13 +34,13 @@ from llm_circuit_breaker.errors import (
     ThrottledError,
     TransportError,
 )
-from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
+from llm_circuit_breaker.strategies.circuit import Guarded, circuit_breaker
 
 if typing.TYPE_CHECKING:
-    from llm_circuit_breaker.fallbacks import FallbackStats, with_fallbacks
     from llm_circuit_breaker.http._sse import SSEEvent
     from llm_circuit_breaker.http.client import LLMCircuitBreaker
-    from llm_circuit_breaker.retry import with_retry
+    from llm_circuit_breaker.strategies.fallbacks import FallbackStats, with_fallbacks
+    from llm_circuit_breaker.strategies.retry import with_retry
 
 __all__ = [
     "DEFAULT_RETRY_STATUS_CODES",
@@ -72,9 +77,9 @@ __all__ = [
 __version__ = "0.2.0"
 
 _LAZY = {
-    "FallbackStats": "llm_circuit_breaker.fallbacks",
-    "with_fallbacks": "llm_circuit_breaker.fallbacks",
-    "with_retry": "llm_circuit_breaker.retry",
+    "FallbackStats": "llm_circuit_breaker.strategies.fallbacks",
+    "with_fallbacks": "llm_circuit_breaker.strategies.fallbacks",
+    "with_retry": "llm_circuit_breaker.strategies.retry",
     "LLMCircuitBreaker": "llm_circuit_breaker.http.client",
     "SSEEvent": "llm_circuit_breaker.http._sse",
 }

@@ -18,7 +18,7 @@ from llm_circuit_breaker import (
     CircuitOpenError,
     circuit_breaker,
 )
-from llm_circuit_breaker._throttle import Wait
+from llm_circuit_breaker._core.throttle import Wait
 from llm_circuit_breaker.storage import RedisStateStore
 
 CONFIG = CircuitBreakerConfig(failure_threshold=3, reset_timeout=1.0, half_open_max_calls=1)

@@ -14,7 +14,7 @@ import pytest
 import requests
 from tenacity import Future, RetryError
 
-from llm_circuit_breaker._classify import ErrorKind, classify
+from llm_circuit_breaker._judge.classify import ErrorKind, classify
 from llm_circuit_breaker.errors import RequestTimeoutError, TransportError, http_status_error
 
 URL = "https://api.example.test/v1/chat/completions"

@@ -196,8 +196,8 @@ def test_a_server_hint_cannot_open_a_circuit_for_a_year(
 ) -> None:
     """Server-directed opens are capped at max_open_for (default 10 x reset_timeout)."""
     breaker = CircuitBreaker("cap", CircuitBreakerConfig(reset_timeout=30.0), clock=clock)
-    from llm_circuit_breaker._gate import Gate
     from llm_circuit_breaker.config import BreakerRules
+    from llm_circuit_breaker.strategies.gate import Gate
 
     Gate(breaker, BreakerRules()).failed(breaker.admit(), http_status_error(503, headers))
     assert breaker.retry_after == 300.0
@@ -268,8 +268,8 @@ def test_a_probe_whose_error_is_hostile_is_still_reported(clock: FakeClock) -> N
     breaker.record(breaker.admit(), Outcome.FAILURE)
     clock.advance(2.0)
     hostile = http_status_error(500, {}, {"error": {"message": "boom", "details": 1}})
-    from llm_circuit_breaker._gate import Gate
     from llm_circuit_breaker.config import BreakerRules
+    from llm_circuit_breaker.strategies.gate import Gate
 
     Gate(breaker, BreakerRules()).failed(breaker.admit(), hostile)
     assert breaker.state.value == "OPEN"

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm_circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Outcome, ThrottledError
-from llm_circuit_breaker._throttle import Wait
+from llm_circuit_breaker._core.throttle import Wait
 from llm_circuit_breaker.storage import RedisStateStore
 from llm_circuit_breaker.testing import FakeClock
 from tests.polling import until

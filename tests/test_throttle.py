@@ -25,8 +25,8 @@ from llm_circuit_breaker import (
     circuit_breaker,
     with_retry,
 )
-from llm_circuit_breaker._ratelimit import parse_duration, parse_rate_limits
-from llm_circuit_breaker._throttle import ThrottleCore
+from llm_circuit_breaker._core.ratelimits import parse_duration, parse_rate_limits
+from llm_circuit_breaker._core.throttle import ThrottleCore
 from llm_circuit_breaker.errors import http_status_error
 from llm_circuit_breaker.testing import FakeClock, FakeLLMServer, Reply
 from tests.scripted import scripted_call
@@ -316,7 +316,7 @@ def test_throttle_off_restores_failures(clock: FakeClock) -> None:
 
 def test_token_costs_come_from_the_request_body(llm_server: FakeLLMServer) -> None:
     """tokens_per_minute paces by each body's estimate: max_tokens + the prompt's length / 4."""
-    from llm_circuit_breaker._throttle import estimate_tokens
+    from llm_circuit_breaker._core.throttle import estimate_tokens
 
     body = {"max_tokens": 500, "messages": [{"role": "user", "content": "x" * 380}]}
     assert estimate_tokens(body) == pytest.approx(

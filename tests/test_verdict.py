@@ -18,8 +18,8 @@ from llm_circuit_breaker import (
     ThrottledError,
     TransportError,
 )
-from llm_circuit_breaker._classify import classify
-from llm_circuit_breaker._verdict import judge
+from llm_circuit_breaker._judge.classify import classify
+from llm_circuit_breaker._judge.verdict import judge
 from llm_circuit_breaker.config import BreakerRules
 from llm_circuit_breaker.errors import http_status_error
 

@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from llm_circuit_breaker._cli.scenario import Scenario
-from llm_circuit_breaker.fallbacks import with_fallbacks
+from llm_circuit_breaker.breaker.registry import BreakerRegistry
 from llm_circuit_breaker.http.client import LLMCircuitBreaker
-from llm_circuit_breaker.registry import BreakerRegistry
+from llm_circuit_breaker.strategies.fallbacks import with_fallbacks
 from llm_circuit_breaker.testing import FakeLLMServer
 
 __all__ = ["BREAKER", "NAMES", "RETRY", "Contest", "Tally"]

@@ -14,7 +14,7 @@ import time
 from typing import TextIO
 
 from llm_circuit_breaker._cli.compare import NAMES, Contest
-from llm_circuit_breaker._telemetry import StateChange, ThrottleEvent
+from llm_circuit_breaker.breaker.telemetry import StateChange, ThrottleEvent
 
 _COLOURS = {"CLOSED": "\x1b[32m", "OPEN": "\x1b[31m", "HALF_OPEN": "\x1b[33m"}
 _RESET = "\x1b[0m"

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from llm_circuit_breaker._classify import mark_local
+from llm_circuit_breaker._judge.classify import mark_local
 from llm_circuit_breaker._redact import is_secret_name, redact_url, remember_secrets
 from llm_circuit_breaker.errors import (
     RequestTimeoutError,

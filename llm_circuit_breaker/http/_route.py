@@ -7,11 +7,11 @@ import functools
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from llm_circuit_breaker._throttle import TOKEN_COST, estimate_tokens
-from llm_circuit_breaker.breaker import CircuitBreaker
-from llm_circuit_breaker.decorators import circuit_breaker as guarded
+from llm_circuit_breaker._core.throttle import TOKEN_COST, estimate_tokens
+from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.http._common import PreparedRequest
 from llm_circuit_breaker.http._sse import SSEEvent
+from llm_circuit_breaker.strategies.circuit import circuit_breaker as guarded
 
 if TYPE_CHECKING:
     from llm_circuit_breaker.http.client import LLMCircuitBreaker

@@ -12,7 +12,7 @@ import dataclasses
 import json
 from typing import Any
 
-from llm_circuit_breaker._classify import classify_response
+from llm_circuit_breaker._judge.classify import classify_response
 from llm_circuit_breaker.errors import (
     HTTPStatusError,
     IncompleteStreamError,

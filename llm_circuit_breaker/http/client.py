@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from llm_circuit_breaker import _validate as check
-from llm_circuit_breaker._scope import is_template
-from llm_circuit_breaker._throttle import estimate_tokens
-from llm_circuit_breaker.breaker import CircuitBreaker
+from llm_circuit_breaker._core.throttle import estimate_tokens
+from llm_circuit_breaker.breaker.breaker import CircuitBreaker
+from llm_circuit_breaker.breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.http._common import (
     DEFAULT_MAX_EVENT_BYTES,
@@ -29,15 +29,15 @@ from llm_circuit_breaker.http._common import (
 from llm_circuit_breaker.http._options import breaker_fields, refuse_options
 from llm_circuit_breaker.http._route import Route, acosted, costed, token_cost
 from llm_circuit_breaker.http._sse import SSEEvent
-from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
-from llm_circuit_breaker.retry import with_retry
+from llm_circuit_breaker.strategies.retry import with_retry
+from llm_circuit_breaker.strategies.scope import is_template
 
 if TYPE_CHECKING:
     import aiohttp
     import requests
 
-    from llm_circuit_breaker.http._async import AsyncTransport
-    from llm_circuit_breaker.http._sync import SyncTransport
+    from llm_circuit_breaker.http._aiohttp_driver import AsyncTransport
+    from llm_circuit_breaker.http._requests_driver import SyncTransport
 
 __all__ = ["LLMCircuitBreaker"]
 
@@ -125,13 +125,13 @@ class LLMCircuitBreaker:
 
     @functools.cached_property
     def _sync(self) -> SyncTransport:
-        from llm_circuit_breaker.http._sync import SyncTransport
+        from llm_circuit_breaker.http._requests_driver import SyncTransport
 
         return SyncTransport(self._session)
 
     @functools.cached_property
     def _async(self) -> AsyncTransport:
-        from llm_circuit_breaker.http._async import AsyncTransport
+        from llm_circuit_breaker.http._aiohttp_driver import AsyncTransport
 
         return AsyncTransport(self._client_session)
 

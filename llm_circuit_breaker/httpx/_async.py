@@ -6,7 +6,7 @@ import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
-from llm_circuit_breaker._throttle import TOKEN_COST
+from llm_circuit_breaker._core.throttle import TOKEN_COST
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 from llm_circuit_breaker.httpx._core import (
     Attempt,

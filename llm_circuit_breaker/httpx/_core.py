@@ -10,10 +10,11 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from llm_circuit_breaker._refusal import REFUSAL
-from llm_circuit_breaker._state import Outcome
-from llm_circuit_breaker._verdict import judge
-from llm_circuit_breaker.breaker import CircuitBreaker
+from llm_circuit_breaker._core.state import Outcome
+from llm_circuit_breaker._judge.refusal import REFUSAL
+from llm_circuit_breaker._judge.verdict import judge
+from llm_circuit_breaker.breaker.breaker import CircuitBreaker
+from llm_circuit_breaker.breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import (
     CircuitOpenError,
@@ -22,7 +23,6 @@ from llm_circuit_breaker.errors import (
     http_status_error,
 )
 from llm_circuit_breaker.httpx._watch import Watch
-from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
 
 __all__ = [
     "Attempt",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm_circuit_breaker.breaker import CircuitBreaker
+from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 
 __all__ = ["OUTCOMES", "calls_by_outcome", "error_type"]
 
@@ -33,7 +33,7 @@ def calls_by_outcome(breaker: CircuitBreaker) -> dict[str, int]:
 
 def error_type(error: BaseException) -> str:
     """A low-cardinality ``error.type``: the HTTP status when there is one, else the class."""
-    from llm_circuit_breaker._classify import classify
+    from llm_circuit_breaker._judge.classify import classify
 
     status = classify(error).status
     if status is not None:

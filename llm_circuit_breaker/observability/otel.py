@@ -31,10 +31,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from llm_circuit_breaker._state import CircuitState
-from llm_circuit_breaker.breaker import CircuitBreaker
+from llm_circuit_breaker._core.state import CircuitState
+from llm_circuit_breaker.breaker.breaker import CircuitBreaker
+from llm_circuit_breaker.breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.observability import OUTCOMES, calls_by_outcome, error_type, require
-from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
 
 _metrics = require("opentelemetry.metrics", "otel")
 _trace = require("opentelemetry.trace", "otel")

@@ -26,9 +26,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from llm_circuit_breaker._state import CircuitState
+from llm_circuit_breaker._core.state import CircuitState
+from llm_circuit_breaker.breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.observability import OUTCOMES, calls_by_outcome, require
-from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
 
 _client = require("prometheus_client", "prometheus")
 from prometheus_client.core import (  # noqa: E402

@@ -6,12 +6,12 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from llm_circuit_breaker._state import CircuitState, Outcome, Transition
+from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.storage.base import Admission, ThrottleNews, View
 
 if TYPE_CHECKING:
-    from llm_circuit_breaker._ratelimit import Bucket, RateLimits
+    from llm_circuit_breaker._core.ratelimits import Bucket, RateLimits
 
 __all__ = [
     "LISTED_FIELDS",

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from llm_circuit_breaker._state import Outcome
-from llm_circuit_breaker._view import (
+from llm_circuit_breaker._core.permits import (
     THROTTLED_PERMIT,
     Admission,
     Control,
@@ -13,10 +12,11 @@ from llm_circuit_breaker._view import (
     ThrottleNews,
     View,
 )
+from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker.config import CircuitBreakerConfig
 
 if TYPE_CHECKING:
-    from llm_circuit_breaker._ratelimit import RateLimits
+    from llm_circuit_breaker._core.ratelimits import RateLimits
 
 __all__ = [
     "THROTTLED_PERMIT",

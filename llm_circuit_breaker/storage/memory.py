@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from llm_circuit_breaker._state import REJECTED, BreakerCore, CircuitState, Outcome
-from llm_circuit_breaker._throttle import ThrottleCore
+from llm_circuit_breaker._core.state import REJECTED, BreakerCore, CircuitState, Outcome
+from llm_circuit_breaker._core.throttle import ThrottleCore
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.storage.base import (
     THROTTLED_PERMIT,
@@ -25,7 +25,7 @@ from llm_circuit_breaker.storage.base import (
 )
 
 if TYPE_CHECKING:
-    from llm_circuit_breaker._ratelimit import RateLimits
+    from llm_circuit_breaker._core.ratelimits import RateLimits
 
 __all__ = ["MemoryStateStore"]
 

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._redact import redact_text
-from llm_circuit_breaker._state import Outcome
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.storage._client import client_for_url, is_async_client, warn_if_retrying
 from llm_circuit_breaker.storage._notices import Follower, Notices
@@ -41,7 +41,7 @@ from llm_circuit_breaker.storage._script import (
 from llm_circuit_breaker.storage.base import Admission, Control, StoreUnavailableError, View
 
 if TYPE_CHECKING:
-    from llm_circuit_breaker._ratelimit import RateLimits
+    from llm_circuit_breaker._core.ratelimits import RateLimits
 
 __all__ = ["RedisStateStore"]
 

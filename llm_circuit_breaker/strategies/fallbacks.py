@@ -29,11 +29,11 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar, cast
 
-from llm_circuit_breaker._gate import PLAIN
-from llm_circuit_breaker._refusal import refusal_of
-from llm_circuit_breaker._resumed import END, AsyncResumed, Resumed, first_item
-from llm_circuit_breaker._state import Outcome
+from llm_circuit_breaker._core.state import Outcome
+from llm_circuit_breaker._judge.refusal import refusal_of
 from llm_circuit_breaker.errors import FallbacksExhaustedError
+from llm_circuit_breaker.strategies._resumed import END, AsyncResumed, Resumed, first_item
+from llm_circuit_breaker.strategies.gate import PLAIN
 
 __all__ = ["FallbackStats", "with_fallbacks"]
 
@@ -75,7 +75,7 @@ class _Chain:
             self.stats[name].refused += 1
             self._announce(index, exc, "refused")
             return True
-        from llm_circuit_breaker._verdict import judge  # loaded by the first failure
+        from llm_circuit_breaker._judge.verdict import judge  # loaded by the first failure
 
         verdict = judge(exc)
         provider = (

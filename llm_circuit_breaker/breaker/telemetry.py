@@ -14,11 +14,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from llm_circuit_breaker._state import CircuitState, Outcome, Transition
+from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
 from llm_circuit_breaker.errors import CircuitOpenError
 
 if TYPE_CHECKING:
-    from llm_circuit_breaker.breaker import CircuitBreaker
+    from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 
 __all__ = [
     "SHADOW_PERMIT",

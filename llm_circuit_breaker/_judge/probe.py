@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from llm_circuit_breaker._kinds import error_object_of
+from llm_circuit_breaker._judge.kinds import error_object_of
 
 __all__ = [
     "attr",

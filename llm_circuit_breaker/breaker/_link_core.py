@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from llm_circuit_breaker._local import Entry, LocalCircuit, check_report
-from llm_circuit_breaker._state import CircuitState, Outcome, Transition
-from llm_circuit_breaker._telemetry import StateChange, Telemetry, refused
-from llm_circuit_breaker._throttle import TOKEN_COST, Wait
+from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
+from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait
+from llm_circuit_breaker.breaker.circuit import Entry, LocalCircuit, check_report
+from llm_circuit_breaker.breaker.telemetry import StateChange, Telemetry, refused
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import ThrottledError
 from llm_circuit_breaker.storage._lease import Lease, Terms
@@ -25,7 +25,7 @@ from llm_circuit_breaker.storage.base import (
 )
 
 if TYPE_CHECKING:
-    from llm_circuit_breaker._ratelimit import RateLimits
+    from llm_circuit_breaker._core.ratelimits import RateLimits
 
 __all__ = ["CLEAN", "LOCAL", "SHARED", "LinkCore"]
 
@@ -221,7 +221,7 @@ class LinkCore:
         if self._deciding_locally:
             self.local.observe(headers)
             return None
-        from llm_circuit_breaker._ratelimit import parse_rate_limits
+        from llm_circuit_breaker._core.ratelimits import parse_rate_limits
 
         return parse_rate_limits(headers, time.time())
 

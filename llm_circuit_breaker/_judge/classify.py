@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llm_circuit_breaker._hints import (
+from llm_circuit_breaker._core.hints import (
     parse_retry_after,
     retry_after_from_headers,
     should_retry_from_headers,
 )
-from llm_circuit_breaker._kinds import (
+from llm_circuit_breaker._judge.kinds import (
     CONTEXT_CODES,
     CONTEXT_TEXT,
     NOT_PROVIDER_FAILURES,
@@ -39,7 +39,7 @@ from llm_circuit_breaker._kinds import (
     message_of,
     per_day_quota,
 )
-from llm_circuit_breaker._probe import (
+from llm_circuit_breaker._judge.probe import (
     attr,
     chain,
     error_object,

@@ -17,8 +17,8 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from llm_circuit_breaker._retry_policy import RetryPolicy
 from llm_circuit_breaker.config import DEFAULT_RETRY_STATUS_CODES, RETRY_MARK, RetryConfig
+from llm_circuit_breaker.strategies._retry_policy import RetryPolicy
 
 if TYPE_CHECKING:
     from tenacity import AsyncRetrying, Retrying

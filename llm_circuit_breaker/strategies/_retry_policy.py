@@ -16,7 +16,7 @@ from llm_circuit_breaker.errors import ThrottledError
 if TYPE_CHECKING:
     from tenacity import RetryCallState
 
-    from llm_circuit_breaker._verdict import Verdict
+    from llm_circuit_breaker._judge.verdict import Verdict
 
 __all__ = ["RetryPolicy"]
 
@@ -50,7 +50,7 @@ class RetryPolicy:
         last = self._last
         if last is not None and last[0] is exc:
             return last[1]
-        from llm_circuit_breaker._verdict import judge
+        from llm_circuit_breaker._judge.verdict import judge
 
         verdict = judge(exc, retry=self.config)
         self._last = (exc, verdict)  # one tuple swap: safe for threads sharing the policy

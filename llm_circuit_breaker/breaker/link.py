@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from llm_circuit_breaker._local import Entry
-from llm_circuit_breaker._state import Outcome
-from llm_circuit_breaker._throttle import Wait, spread
-from llm_circuit_breaker.storage._link_core import CLEAN, LinkCore
+from llm_circuit_breaker._core.state import Outcome
+from llm_circuit_breaker._core.throttle import Wait, spread
+from llm_circuit_breaker.breaker._link_core import CLEAN, LinkCore
+from llm_circuit_breaker.breaker.circuit import Entry
 from llm_circuit_breaker.storage.base import (
     AsyncStateStore,
     Control,

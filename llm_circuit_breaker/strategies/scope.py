@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from llm_circuit_breaker.registry import BreakerRegistry
+    from llm_circuit_breaker.breaker.registry import BreakerRegistry
 
 __all__ = ["ScopedName", "is_template", "scoped"]
 

@@ -18,10 +18,10 @@ from types import NoneType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from llm_circuit_breaker._verdict import Verdict
+    from llm_circuit_breaker._judge.verdict import Verdict
 
-from llm_circuit_breaker._state import Outcome
-from llm_circuit_breaker.breaker import CircuitBreaker
+from llm_circuit_breaker._core.state import Outcome
+from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.config import BreakerRules
 
 __all__ = ["PLAIN", "AsyncGuardedStream", "Gate", "GuardedStream", "is_stream"]
@@ -42,7 +42,7 @@ def _no_fallback(*args: object, **kwargs: object) -> Any:  # pragma: no cover - 
 
 
 def _headers_of(exc: BaseException) -> Any:
-    from llm_circuit_breaker._probe import response_headers
+    from llm_circuit_breaker._judge.probe import response_headers
 
     return response_headers(exc)
 
@@ -84,7 +84,7 @@ class Gate:
 
     def verdict(self, exc: BaseException) -> Verdict:
         """What ``exc`` means for this breaker under this decoration's rules."""
-        from llm_circuit_breaker._verdict import judge  # loaded by the first failure
+        from llm_circuit_breaker._judge.verdict import judge  # loaded by the first failure
 
         breaker = self.breaker
         return judge(exc, breaker.config, rules=self.rules, name=breaker.name)

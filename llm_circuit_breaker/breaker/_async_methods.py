@@ -7,14 +7,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from llm_circuit_breaker._local import Entry
-from llm_circuit_breaker._state import REJECTED, Outcome
-from llm_circuit_breaker._throttle import Wait
+from llm_circuit_breaker._core.state import REJECTED, Outcome
+from llm_circuit_breaker._core.throttle import Wait
+from llm_circuit_breaker.breaker.circuit import Entry
 from llm_circuit_breaker.errors import ThrottledError
 
 if TYPE_CHECKING:
-    from llm_circuit_breaker._view import Control, View
-    from llm_circuit_breaker.storage.link import AsyncStoreLink
+    from llm_circuit_breaker._core.permits import Control, View
+    from llm_circuit_breaker.breaker.link import AsyncStoreLink
 
 __all__ = ["AsyncMethods"]
 

@@ -16,7 +16,7 @@ import itertools
 import re
 from typing import Any
 
-from llm_circuit_breaker._hints import parse_number
+from llm_circuit_breaker._core.hints import parse_number
 
 __all__ = ["Bucket", "RateLimits", "parse_duration", "parse_rate_limits"]
 

@@ -10,10 +10,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from llm_circuit_breaker._async_methods import AsyncMethods
-from llm_circuit_breaker._local import LocalCircuit
-from llm_circuit_breaker._state import REJECTED, CircuitState, Outcome
-from llm_circuit_breaker._telemetry import (
+from llm_circuit_breaker._core.permits import Control, View
+from llm_circuit_breaker._core.state import REJECTED, CircuitState, Outcome
+from llm_circuit_breaker._core.throttle import Wait
+from llm_circuit_breaker.breaker._async_methods import AsyncMethods
+from llm_circuit_breaker.breaker.circuit import LocalCircuit
+from llm_circuit_breaker.breaker.telemetry import (
     BreakerStats,
     Listener,
     Observer,
@@ -21,14 +23,12 @@ from llm_circuit_breaker._telemetry import (
     Telemetry,
     WaitHistogram,
 )
-from llm_circuit_breaker._throttle import Wait
-from llm_circuit_breaker._view import Control, View
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 
 if TYPE_CHECKING:
+    from llm_circuit_breaker.breaker.link import AsyncStoreLink, StoreLink
     from llm_circuit_breaker.storage.base import AsyncStateStore, StateStore
-    from llm_circuit_breaker.storage.link import AsyncStoreLink, StoreLink
 
 __all__ = ["BreakerStats", "CircuitBreaker", "Clock", "Listener", "Observer", "StateChange"]
 
@@ -77,7 +77,7 @@ class CircuitBreaker(AsyncMethods):
         self._alink: AsyncStoreLink | None = None
         parts = (name, self.config, self._local, self._telemetry)
         if store is not None:  # only a shared breaker needs the links
-            from llm_circuit_breaker.storage.link import AsyncStoreLink, StoreLink
+            from llm_circuit_breaker.breaker.link import AsyncStoreLink, StoreLink
         if store is None:
             self.enter, self.record_success = self._local.enter, self._local.record_success
         elif store.is_async:

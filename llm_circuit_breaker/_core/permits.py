@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from llm_circuit_breaker._state import CircuitState, Transition
+from llm_circuit_breaker._core.state import CircuitState, Transition
 
 __all__ = [
     "THROTTLED_PERMIT",

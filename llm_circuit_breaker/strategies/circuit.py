@@ -8,16 +8,16 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from llm_circuit_breaker import _validate as check
-from llm_circuit_breaker._gate import Gate
-from llm_circuit_breaker._shells import shell_for
-from llm_circuit_breaker.breaker import CircuitBreaker, Listener
+from llm_circuit_breaker.breaker.breaker import CircuitBreaker, Listener
+from llm_circuit_breaker.breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.config import (
     RETRY_MARK,
     BreakerRules,
     CircuitBreakerConfig,
     FailurePredicate,
 )
-from llm_circuit_breaker.registry import BreakerRegistry, breaker_registry
+from llm_circuit_breaker.strategies._shells import shell_for
+from llm_circuit_breaker.strategies.gate import Gate
 
 __all__ = ["ExcludeTypes", "Guarded", "circuit_breaker"]
 
@@ -115,7 +115,7 @@ def circuit_breaker(
             return wrapper
 
         if breaker is None and name is not None and "{" in name:  # one breaker per scope
-            from llm_circuit_breaker._scope import ScopedName, scoped
+            from llm_circuit_breaker.strategies.scope import ScopedName, scoped
 
             name_of = ScopedName(name, func)
 

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from llm_circuit_breaker.breaker import CircuitBreaker, Clock, Observer
+from llm_circuit_breaker.breaker.breaker import CircuitBreaker, Clock, Observer
 from llm_circuit_breaker.config import CircuitBreakerConfig
 
 if TYPE_CHECKING:

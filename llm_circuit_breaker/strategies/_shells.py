@@ -9,8 +9,14 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, cast
 
-from llm_circuit_breaker._gate import PLAIN, AsyncGuardedStream, Gate, GuardedStream, is_stream
-from llm_circuit_breaker._throttle import Wait
+from llm_circuit_breaker._core.throttle import Wait
+from llm_circuit_breaker.strategies.gate import (
+    PLAIN,
+    AsyncGuardedStream,
+    Gate,
+    GuardedStream,
+    is_stream,
+)
 
 __all__ = ["shell_for"]
 

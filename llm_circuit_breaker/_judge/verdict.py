@@ -12,15 +12,15 @@ import dataclasses
 import logging
 import sys
 
-from llm_circuit_breaker._classify import classify
-from llm_circuit_breaker._kinds import (
+from llm_circuit_breaker._core.state import Outcome
+from llm_circuit_breaker._judge.classify import classify
+from llm_circuit_breaker._judge.kinds import (
     NOT_PROVIDER_FAILURES,
     TRANSPORT_KINDS,
     Classification,
     ErrorKind,
 )
-from llm_circuit_breaker._refusal import refusal_of
-from llm_circuit_breaker._state import Outcome
+from llm_circuit_breaker._judge.refusal import refusal_of
 from llm_circuit_breaker.config import BreakerRules, CircuitBreakerConfig, RetryConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 

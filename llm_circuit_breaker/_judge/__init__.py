@@ -1,0 +1,1 @@
+"""Judging: what an exception, a status or a body means for the breaker and the retries."""
