@@ -137,7 +137,7 @@ class HTTPStatusError(LLMCircuitBreakerError):
         self.body = body
         self.url = _redact.redact_url(url) if url else url
         self.error_type = error_type
-        from llm_circuit_breaker._core.hints import retry_after_from_headers
+        from llm_circuit_breaker._core.headers import retry_after_from_headers
 
         self.retry_after = retry_after_from_headers(self.headers)
         super().__init__(status_code)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llm_circuit_breaker._core.hints import parse_retry_after, retry_after_from_headers
+from llm_circuit_breaker._core.headers import parse_retry_after, retry_after_from_headers
 
 
 @given(

@@ -25,7 +25,7 @@ from llm_circuit_breaker import (
     circuit_breaker,
     with_retry,
 )
-from llm_circuit_breaker._core.ratelimits import parse_duration, parse_rate_limits
+from llm_circuit_breaker._core.headers import parse_duration, parse_rate_limits
 from llm_circuit_breaker._core.throttle import ThrottleCore
 from llm_circuit_breaker.errors import http_status_error
 from llm_circuit_breaker.testing import FakeClock, FakeLLMServer, Reply

@@ -1,67 +1,53 @@
-"""What a store answers (views, admissions), apart from the store protocols, so that a breaker
-without a store never loads those."""
+"""Permits: the ints a circuit hands out on admission, and the one place their encoding lives.
+
+A permit names the admission a report belongs to, so a stale report (one from before the
+circuit last changed) is ignored. Admitted permits are >= 0 and drawn from one increasing
+sequence (see :mod:`.state`); the negative values and the high bit are refusals and shadows:
+
+* :data:`REJECTED` -- the circuit refused the call (``try_admit`` returns it).
+* :data:`THROTTLED` -- a store's circuit admitted the call but its throttle's slot was too far.
+* :data:`SHADOW` -- a metrics-only breaker let through a call it would have refused: its report
+  matches no permit of the state machine, so the circuit evolves as if it had not run.
+
+A breaker linked to a store tags each permit with where it was decided, in its two low bits
+(:func:`tagged` / :func:`untagged` / :func:`tag_of`): :data:`LOCAL` (the in-process circuit
+decided, the store being down), :data:`CLEAN` (the store admitted it while the circuit was
+clean: a success needs no report) or :data:`SHARED`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Literal
-
-from llm_circuit_breaker._core.state import CircuitState, Transition
-
 __all__ = [
-    "THROTTLED_PERMIT",
-    "Admission",
-    "Control",
-    "StoreUnavailableError",
-    "ThrottleNews",
-    "View",
+    "CLEAN",
+    "LOCAL",
+    "REJECTED",
+    "SHADOW",
+    "SHARED",
+    "THROTTLED",
+    "tag_of",
+    "tagged",
+    "untagged",
 ]
 
-Control = Literal["reset", "force_open", "force_closed"]
-# The permit of an admission the circuit allowed but the throttle refused (slot too far away).
-THROTTLED_PERMIT = -2
-# What a store's throttle reports: paused_for, requests_remaining, tokens_remaining, reset_in.
-ThrottleView = dict[str, float | int | None]
+REJECTED = -1
+THROTTLED = -2
+SHADOW = 1 << 62
+
+LOCAL, CLEAN, SHARED = 0, 1, 2
+_TAG_BITS = 2
+_TAG_MASK = (1 << _TAG_BITS) - 1
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ThrottleNews:
-    """The throttle paused (``paused`` True, for ``pause`` seconds) or resumed, by this call."""
-
-    paused: bool
-    reason: str
-    pause: float = 0.0
+def tagged(permit: int, tag: int) -> int:
+    """``permit`` with ``tag`` (LOCAL, CLEAN or SHARED) in its low bits."""
+    return (permit << _TAG_BITS) | tag
 
 
-class StoreUnavailableError(Exception):
-    """The store could not be reached; the breaker decides locally meanwhile."""
+def untagged(permit: int) -> int:
+    """The permit a store or the local circuit handed out, without its tag."""
+    return permit >> _TAG_BITS
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class View:
-    """A circuit's state as a store reports it after an operation."""
-
-    state: CircuitState
-    failure_count: int
-    success_count: int
-    opened_at: float | None
-    retry_after: float | None
-    transitions: tuple[Transition, ...] = ()
-    repaired: bool = False  # corrupt or foreign data was found and replaced by a CLOSED circuit
-    clean: bool = False  # CLOSED with nothing pending: a success needs not be reported
-    reason: str = ""  # why the circuit is open, when it is
-    throttle: ThrottleView | None = None  # None: the store keeps no throttle for it
-    news: ThrottleNews | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Admission:
-    """The result of admitting a call: a permit (``-1`` when the circuit refused it,
-    ``THROTTLED_PERMIT`` when the throttle did), the view, and the seconds the caller waits
-    for its throttle slot (reserved for it; the wait when refused), and the waits of the slots
-    leased with it."""
-
-    permit: int
-    view: View
-    wait: float = 0.0
-    lease: tuple[float, ...] = ()  # more slots reserved for this process: their waits
+def tag_of(permit: int) -> int:
+    """Where a tagged permit was decided: LOCAL, CLEAN or SHARED."""
+    return permit & _TAG_MASK

@@ -20,6 +20,8 @@ import math
 import sys
 from typing import TYPE_CHECKING
 
+from llm_circuit_breaker._core.permits import REJECTED
+
 if TYPE_CHECKING:
     from llm_circuit_breaker.config import CircuitBreakerConfig
 
@@ -38,7 +40,6 @@ class CircuitState(str, enum.Enum):
 
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
-REJECTED = -1
 # The lock-free CLOSED path leans on single attribute reads and itertools.count being atomic,
 # which holds under the GIL. A free-threaded interpreter takes the lock for every call.
 LOCK_FREE = getattr(sys, "_is_gil_enabled", lambda: True)()

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the header parser loads with the first response that has such headers
-    from llm_circuit_breaker._core.ratelimits import Bucket, RateLimits
+    from llm_circuit_breaker._core.headers import Bucket, RateLimits
     from llm_circuit_breaker.config import CircuitBreakerConfig
 
 __all__ = ["TOKEN_COST", "News", "Pacer", "ThrottleCore", "Wait", "estimate_tokens", "spread"]

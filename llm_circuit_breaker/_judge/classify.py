@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llm_circuit_breaker._core.hints import (
+from llm_circuit_breaker._core.headers import (
     parse_retry_after,
     retry_after_from_headers,
     should_retry_from_headers,

@@ -9,6 +9,15 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from llm_circuit_breaker._core.permits import (
+    CLEAN,
+    LOCAL,
+    SHARED,
+    THROTTLED,
+    tag_of,
+    tagged,
+    untagged,
+)
 from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
 from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait
 from llm_circuit_breaker.breaker.circuit import Entry, LocalCircuit, check_report
@@ -17,7 +26,6 @@ from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import ThrottledError
 from llm_circuit_breaker.storage._lease import Lease, Terms
 from llm_circuit_breaker.storage.base import (
-    THROTTLED_PERMIT,
     Admission,
     AsyncStateStore,
     StateStore,
@@ -25,11 +33,10 @@ from llm_circuit_breaker.storage.base import (
 )
 
 if TYPE_CHECKING:
-    from llm_circuit_breaker._core.ratelimits import RateLimits
+    from llm_circuit_breaker._core.headers import RateLimits
 
-__all__ = ["CLEAN", "LOCAL", "SHARED", "LinkCore"]
+__all__ = ["LinkCore"]
 
-LOCAL, CLEAN, SHARED = 0, 1, 2
 _HALF_OPEN_NOW = View(CircuitState.HALF_OPEN, 0, 0, None, 0.0)
 
 
@@ -77,7 +84,7 @@ class LinkCore:
             and view.throttle["tokens_remaining"] is None
         )
         if self.near_cache and view.clean and not wait and quiet and permit >= 0:
-            self._cached_permit = permit * 4 + CLEAN
+            self._cached_permit = tagged(permit, CLEAN)
             self._cached_until = self._now() + self.near_cache
         else:
             self._cached_permit = -1
@@ -144,41 +151,43 @@ class LinkCore:
         permit, view, wait = admission.permit, admission.view, admission.wait
         self.adopt(view)
         self._cache(permit, view, wait)
-        if permit == THROTTLED_PERMIT:
+        if permit == THROTTLED:
             return ThrottledError(self.name, wait)
         if permit < 0:
             error = refused(self.name, view.retry_after, view.reason or "open (shared)")
             error.__cause__ = self.cause
             self.telemetry.count_rejection()
             return self.telemetry.observed(error)
-        tagged = permit * 4 + (CLEAN if view.clean else SHARED)
+        ours = tagged(permit, CLEAN if view.clean else SHARED)
         if admission.lease and view.clean:
-            self.lease.fill(tagged, admission.lease, tokens)
+            self.lease.fill(ours, admission.lease, tokens)
         if view.throttle is not None and (wait > 0.0 or view.throttle["reset_in"] is not None):
-            return self._paced(tagged, wait, tokens)
-        return tagged
+            return self._paced(ours, wait, tokens)
+        return ours
 
     def enter_locally(self) -> Entry:
         """Admit with the local circuit (the store is unreachable)."""
         self.go_local()
         entry = self.local.enter()
         if isinstance(entry, int):
-            return entry * 4
+            return tagged(entry, LOCAL)
         if isinstance(entry, Wait):
-            return Wait(entry.permit * 4, entry.seconds, entry.tokens)
+            return Wait(tagged(entry.permit, LOCAL), entry.seconds, entry.tokens)
         return entry
 
     def gave_up_locally(self, wait: Wait, *, gave_up: bool) -> bool:
         """Settle a slot the local circuit gave (True); False for a shared one."""
-        if wait.permit & 3 == LOCAL:
-            self.local.waited(Wait(wait.permit >> 2, wait.seconds, wait.tokens), gave_up=gave_up)
+        if tag_of(wait.permit) == LOCAL:
+            self.local.waited(
+                Wait(untagged(wait.permit), wait.seconds, wait.tokens), gave_up=gave_up
+            )
             return True
         self.waiting -= 1
         return not gave_up
 
     def success_needs_no_report(self, permit: int) -> bool:
         """Count a success that changes nothing; False when it must be reported."""
-        if permit & 3 == CLEAN:
+        if tag_of(permit) == CLEAN:
             self.telemetry.count_success()
             return True
         return False
@@ -196,9 +205,9 @@ class LinkCore:
         shared permit, False and ``open_for`` capped as the core caps it (a store keeps a
         hint as given)."""
         check_report(permit, outcome, open_for)
-        if permit & 3 == LOCAL:
+        if tag_of(permit) == LOCAL:
             self.local.record(
-                permit >> 2, outcome, open_for=open_for, why=why, error=error, hint=hint
+                untagged(permit), outcome, open_for=open_for, why=why, error=error, hint=hint
             )
             return True, open_for
         if open_for is not None:
@@ -221,7 +230,7 @@ class LinkCore:
         if self._deciding_locally:
             self.local.observe(headers)
             return None
-        from llm_circuit_breaker._core.ratelimits import parse_rate_limits
+        from llm_circuit_breaker._core.headers import parse_rate_limits
 
         return parse_rate_limits(headers, time.time())
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
-from llm_circuit_breaker._core.permits import Control, View
-from llm_circuit_breaker._core.state import REJECTED, BreakerCore, CircuitState, Outcome, Transition
+from llm_circuit_breaker._core.permits import REJECTED
+from llm_circuit_breaker._core.state import BreakerCore, CircuitState, Outcome, Transition
 from llm_circuit_breaker._core.throttle import TOKEN_COST, ThrottleCore, Wait, spread
+from llm_circuit_breaker._core.views import Control, View
 from llm_circuit_breaker.breaker.telemetry import Telemetry, refused
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
@@ -220,7 +221,7 @@ class LocalCircuit:
             return
         import time
 
-        from llm_circuit_breaker._core.ratelimits import parse_rate_limits
+        from llm_circuit_breaker._core.headers import parse_rate_limits
 
         limits = parse_rate_limits(headers, time.time())
         if limits is None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from llm_circuit_breaker._core.permits import CLEAN, tag_of, untagged
 from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._core.throttle import Wait, spread
-from llm_circuit_breaker.breaker._link_core import CLEAN, LinkCore
+from llm_circuit_breaker.breaker._link_core import LinkCore
 from llm_circuit_breaker.breaker.circuit import Entry
 from llm_circuit_breaker.storage.base import (
     AsyncStateStore,
@@ -58,7 +59,7 @@ class StoreLink(LinkCore):
     def waited(self, wait: Wait, *, gave_up: bool) -> None:
         """A caller woke up for its slot, or gave it up (the slot goes back to the store)."""
         if not self.gave_up_locally(wait, gave_up=gave_up):
-            self.followed(self._ask(self.store.release, wait.permit >> 2, wait.tokens))
+            self.followed(self._ask(self.store.release, untagged(wait.permit), wait.tokens))
 
     def observe(self, headers: object) -> None:
         """Feed a response's rate-limit headers to the shared throttle."""
@@ -68,7 +69,7 @@ class StoreLink(LinkCore):
 
     def record_success(self, permit: int) -> None:
         """Report a success (nothing is sent when it changes nothing: the hot path)."""
-        if permit & 3 == CLEAN:
+        if tag_of(permit) == CLEAN:
             self.count_success()
         else:
             self.record(permit, Outcome.SUCCESS)
@@ -86,7 +87,7 @@ class StoreLink(LinkCore):
         """Report a finished call to wherever it was admitted."""
         done, open_for = self.recorded_locally(permit, outcome, open_for, why, error, hint)
         if not done:
-            args = (permit >> 2, outcome, open_for, why, spread(hint))
+            args = (untagged(permit), outcome, open_for, why, spread(hint))
             self.reported(outcome, self._ask(self.store.record, *args), error)
 
     def view(self) -> View:
@@ -128,7 +129,7 @@ class AsyncStoreLink(LinkCore):
     async def awaited(self, wait: Wait, *, gave_up: bool) -> None:
         """A caller woke up for its slot, or gave it up (the slot goes back to the store)."""
         if not self.gave_up_locally(wait, gave_up=gave_up):
-            self.followed(await self._ask(self.store.arelease, wait.permit >> 2, wait.tokens))
+            self.followed(await self._ask(self.store.arelease, untagged(wait.permit), wait.tokens))
 
     async def aobserve(self, headers: object) -> None:
         """Feed a response's rate-limit headers to the shared throttle."""
@@ -154,7 +155,7 @@ class AsyncStoreLink(LinkCore):
         """Report a finished call to wherever it was admitted."""
         done, open_for = self.recorded_locally(permit, outcome, open_for, why, error, hint)
         if not done:
-            args = (permit >> 2, outcome, open_for, why, spread(hint))
+            args = (untagged(permit), outcome, open_for, why, spread(hint))
             self.reported(outcome, await self._ask(self.store.arecord, *args), error)
 
     async def aview(self) -> View:

@@ -12,16 +12,13 @@ import functools
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from llm_circuit_breaker._core.permits import SHADOW
 from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
 from llm_circuit_breaker.errors import CircuitOpenError
 
-if TYPE_CHECKING:
-    from llm_circuit_breaker.breaker.breaker import CircuitBreaker
-
 __all__ = [
-    "SHADOW_PERMIT",
     "BreakerStats",
     "Listener",
     "Observer",
@@ -36,9 +33,6 @@ logger = logging.getLogger("llm_circuit_breaker")
 
 # CircuitOpenError built by BaseException.__new__ alone: C code, no Python frame (hot path).
 refused = functools.partial(CircuitOpenError.__new__, CircuitOpenError)
-# The permit of a call that a metrics-only breaker would have refused: it runs, and its
-# outcome matches no permit of the state machine, so the circuit evolves as if it had not run.
-SHADOW_PERMIT = 1 << 62
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,15 +106,20 @@ class WaitHistogram:
         return out
 
 
+class Observed(Protocol):
+    """What an observer is told of the breaker that saw an event (its name, to label by)."""
+
+    @property
+    def name(self) -> str: ...
+
+
 class Observer(Protocol):
     """Hears of refusals and retries as they happen (what listeners do for state changes)."""
 
-    def rejected(self, breaker: CircuitBreaker, enforced: bool) -> None:
+    def rejected(self, breaker: Observed, enforced: bool) -> None:
         """A call was refused (``enforced`` False: a metrics-only breaker let it through)."""
 
-    def retried(
-        self, breaker: CircuitBreaker, attempt: int, error: BaseException, delay: float
-    ) -> None:
+    def retried(self, breaker: Observed, attempt: int, error: BaseException, delay: float) -> None:
         """``with_retry`` will retry after ``attempt`` failed with ``error``, in ``delay`` s."""
 
 
@@ -175,7 +174,7 @@ class Telemetry:
     def __init__(self, name: str, enforced: bool) -> None:
         self.name = name
         self.enforced = enforced
-        self.breaker: CircuitBreaker | None = None  # set by the breaker, for observers
+        self.breaker: Observed | None = None  # set by the breaker, for observers
         self._listeners: list[Listener] = []
         self._observers: list[Observer] = []
         self._tallies = {outcome: _Tally() for outcome in Outcome}
@@ -220,7 +219,7 @@ class Telemetry:
         if self.enforced:
             return error
         logger.debug("circuit %r would have refused a call (metrics-only)", self.name)
-        return SHADOW_PERMIT
+        return SHADOW
 
     def retried(self, attempt: int, error: BaseException, delay: float) -> None:
         """Count a retry and tell the observers."""
@@ -243,7 +242,7 @@ class Telemetry:
             except Exception:
                 logger.exception("observer %r of circuit %r raised", observer, self.name)
 
-    def _owner(self) -> CircuitBreaker:
+    def _owner(self) -> Observed:
         if self.breaker is None:  # pragma: no cover - the breaker sets it at construction
             raise RuntimeError("telemetry used before its breaker was made")
         return self.breaker

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from llm_circuit_breaker._core.throttle import TOKEN_COST, estimate_tokens
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
@@ -13,8 +13,16 @@ from llm_circuit_breaker.http._common import PreparedRequest
 from llm_circuit_breaker.http._sse import SSEEvent
 from llm_circuit_breaker.strategies.circuit import circuit_breaker as guarded
 
-if TYPE_CHECKING:
-    from llm_circuit_breaker.http.client import LLMCircuitBreaker
+
+class Facade(Protocol):
+    """What a route needs of its ``LLMCircuitBreaker``: the two drivers and its retry policy."""
+
+    @property
+    def _sync(self) -> Any: ...
+    @property
+    def _async(self) -> Any: ...
+    def _retrying(self, func: Callable[..., Any]) -> Callable[..., Any]: ...
+
 
 __all__ = ["Route", "acosted", "costed", "token_cost"]
 
@@ -22,7 +30,7 @@ __all__ = ["Route", "acosted", "costed", "token_cost"]
 class Route:
     """One breaker's pipelines: ``with_retry(circuit_breaker(driver))`` for each call kind."""
 
-    def __init__(self, facade: LLMCircuitBreaker, breaker: CircuitBreaker) -> None:
+    def __init__(self, facade: Facade, breaker: CircuitBreaker) -> None:
         self.facade = facade
         self.breaker = breaker
         self.guard = guarded(breaker=breaker)

@@ -26,7 +26,6 @@ from llm_circuit_breaker.http._common import (
     PreparedRequest,
     prepare,
 )
-from llm_circuit_breaker.http._options import breaker_fields, refuse_options
 from llm_circuit_breaker.http._route import Route, acosted, costed, token_cost
 from llm_circuit_breaker.http._sse import SSEEvent
 from llm_circuit_breaker.strategies.retry import with_retry
@@ -40,6 +39,9 @@ if TYPE_CHECKING:
     from llm_circuit_breaker.http._requests_driver import SyncTransport
 
 __all__ = ["LLMCircuitBreaker"]
+
+
+from llm_circuit_breaker.config import RetryConfig
 
 _unnamed = itertools.count(1)
 
@@ -293,3 +295,48 @@ class LLMCircuitBreaker:
         if self._route is None:
             return f"LLMCircuitBreaker(name={self.name!r}, scopes={len(self._routes)})"
         return f"LLMCircuitBreaker(name={self.name!r}, state={self.breaker.state.value})"
+
+
+_OPTIONS = (
+    "name",
+    "circuit_breaker",
+    "retry",
+    "registry",
+    "headers",
+    "session",
+    "client_session",
+    "max_response_bytes",
+    "max_event_bytes",
+)
+
+
+def refuse_options(unknown: Mapping[str, Any]) -> None:
+    """``TypeError`` for unknown keyword arguments, pointing breaker and retry options to the
+    dict they belong in (``timeout`` -> ``circuit_breaker={"timeout": ...}``)."""
+    for key in unknown:
+        for option, config in (("circuit_breaker", CircuitBreakerConfig), ("retry", RetryConfig)):
+            try:
+                config.check_names({key: None})
+            except TypeError as exc:
+                if "did you mean" in str(exc):
+                    raise TypeError(
+                        f"LLMCircuitBreaker: {key!r} is a {option} option ({exc}); "
+                        f"pass it as {option}={{...}}"
+                    ) from None
+                continue
+            raise TypeError(
+                f"LLMCircuitBreaker: {key!r} is a {option} option: pass it as "
+                f"{option}={{{key!r}: ...}} (times are seconds)"
+            )
+    check.check_option_names(unknown, _OPTIONS, "LLMCircuitBreaker")
+
+
+def breaker_fields(value: Mapping[str, Any] | CircuitBreakerConfig | None) -> dict[str, Any]:
+    """The ``circuit_breaker=`` argument as checked :class:`CircuitBreakerConfig` fields."""
+    if value is None:
+        return {}
+    if isinstance(value, CircuitBreakerConfig):
+        return value.as_fields()
+    fields = dict(check.check_mapping(value, "circuit_breaker"))
+    CircuitBreakerConfig.from_mapping(fields)  # names and values checked here
+    return fields

@@ -34,6 +34,7 @@ from typing import Any
 from llm_circuit_breaker._core.state import CircuitState
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.breaker.registry import BreakerRegistry, breaker_registry
+from llm_circuit_breaker.breaker.telemetry import Observed
 from llm_circuit_breaker.observability import OUTCOMES, calls_by_outcome, error_type, require
 
 _metrics = require("opentelemetry.metrics", "otel")
@@ -95,7 +96,7 @@ class OpenTelemetryInstrumentation:
         self.registry.add_observer(self)
         return self
 
-    def _labels(self, breaker: CircuitBreaker, **extra: Any) -> dict[str, Any]:
+    def _labels(self, breaker: Observed, **extra: Any) -> dict[str, Any]:
         return {
             "llm_circuit_breaker.name": breaker.name,
             **self.attributes.get(breaker.name, {}),
@@ -141,15 +142,13 @@ class OpenTelemetryInstrumentation:
 
     # -- observer: span events as things happen ----------------------------------------------
 
-    def rejected(self, breaker: CircuitBreaker, enforced: bool) -> None:
+    def rejected(self, breaker: Observed, enforced: bool) -> None:
         span = _trace.get_current_span()
         if span.is_recording():
             attributes = self._labels(breaker, **{"llm_circuit_breaker.enforced": enforced})
             span.add_event("llm_circuit_breaker.rejected", attributes)
 
-    def retried(
-        self, breaker: CircuitBreaker, attempt: int, error: BaseException, delay: float
-    ) -> None:
+    def retried(self, breaker: Observed, attempt: int, error: BaseException, delay: float) -> None:
         span = _trace.get_current_span()
         if span.is_recording():
             attributes = self._labels(

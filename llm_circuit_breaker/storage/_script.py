@@ -11,7 +11,7 @@ from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.storage.base import Admission, ThrottleNews, View
 
 if TYPE_CHECKING:
-    from llm_circuit_breaker._core.ratelimits import Bucket, RateLimits
+    from llm_circuit_breaker._core.headers import Bucket, RateLimits
 
 __all__ = [
     "LISTED_FIELDS",

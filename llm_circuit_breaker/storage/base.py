@@ -4,22 +4,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from llm_circuit_breaker._core.permits import (
-    THROTTLED_PERMIT,
+from llm_circuit_breaker._core.permits import THROTTLED
+from llm_circuit_breaker._core.state import Outcome
+from llm_circuit_breaker._core.views import (
     Admission,
     Control,
     StoreUnavailableError,
     ThrottleNews,
     View,
 )
-from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker.config import CircuitBreakerConfig
 
 if TYPE_CHECKING:
-    from llm_circuit_breaker._core.ratelimits import RateLimits
+    from llm_circuit_breaker._core.headers import RateLimits
 
 __all__ = [
-    "THROTTLED_PERMIT",
+    "THROTTLED",
     "Admission",
     "AsyncStateStore",
     "Control",

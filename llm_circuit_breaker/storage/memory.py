@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from llm_circuit_breaker._core.state import REJECTED, BreakerCore, CircuitState, Outcome
+from llm_circuit_breaker._core.permits import REJECTED, THROTTLED
+from llm_circuit_breaker._core.state import BreakerCore, CircuitState, Outcome
 from llm_circuit_breaker._core.throttle import ThrottleCore
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.storage.base import (
-    THROTTLED_PERMIT,
     Admission,
     Control,
     ThrottleNews,
@@ -25,7 +25,7 @@ from llm_circuit_breaker.storage.base import (
 )
 
 if TYPE_CHECKING:
-    from llm_circuit_breaker._core.ratelimits import RateLimits
+    from llm_circuit_breaker._core.headers import RateLimits
 
 __all__ = ["MemoryStateStore"]
 
@@ -94,8 +94,8 @@ class MemoryStateStore:
                 wait = throttle.book(now, tokens, config.throttle_max_wait)
                 if wait > config.throttle_max_wait:
                     slot.core.record(permit, Outcome.IGNORED, now)
-                    permit = THROTTLED_PERMIT
-            if permit < 0 and permit != THROTTLED_PERMIT:
+                    permit = THROTTLED
+            if permit < 0 and permit != THROTTLED:
                 permit = REJECTED
             return Admission(permit, self._view(slot, now), wait)
 

@@ -41,7 +41,7 @@ from llm_circuit_breaker.storage._script import (
 from llm_circuit_breaker.storage.base import Admission, Control, StoreUnavailableError, View
 
 if TYPE_CHECKING:
-    from llm_circuit_breaker._core.ratelimits import RateLimits
+    from llm_circuit_breaker._core.headers import RateLimits
 
 __all__ = ["RedisStateStore"]
 
