@@ -63,9 +63,16 @@ def _generated(source: pathlib.Path, rule: unasync.Rule) -> tuple[pathlib.Path, 
     target = pathlib.Path(rule.todir) / rel
     tokens = tokenize_rt.src_to_tokens(source.read_text(encoding="utf-8"))
     text = tokenize_rt.tokens_to_src(rule._unasync_tokens(tokens))
-    if text.startswith('"""') or text.startswith("#"):
-        text = HEADER + text
-    return target, text
+    # ruff formats the twin as it formats everything else (lines that lost an ``await`` rejoin).
+    formatted = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(target), "-"],
+        input=HEADER + text,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return target, formatted.stdout
 
 
 def main(argv: list[str]) -> int:
