@@ -112,6 +112,10 @@ class Gate:
         """Report a call whose result the caller stopped reading (neither success nor failure)."""
         self.breaker.record(permit, Outcome.IGNORED)
 
+    async def aabandoned(self, permit: int) -> None:
+        """``abandoned`` for a breaker on an asyncio store."""
+        await self.breaker.arecord(permit, Outcome.IGNORED)
+
     def refuse(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """What a refused call returns: the fallback's result (the shells raise the refusal
         themselves when there is no fallback)."""
@@ -213,8 +217,11 @@ class AsyncGuardedStream:
     async def aclose(self) -> None:
         """Close the stream; a stream closed before its end counts as neither outcome."""
         permit, self._permit = self._permit, None
-        if permit is not None and not self._gate.store_io:
-            self._gate.abandoned(permit)
+        if permit is not None:
+            if self._gate.store_io:
+                await self._gate.aabandoned(permit)
+            else:
+                self._gate.abandoned(permit)
         for name in ("aclose", "close"):
             close = getattr(self._inner, name, None)
             if close is not None:
