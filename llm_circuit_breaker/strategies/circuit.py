@@ -66,7 +66,22 @@ def circuit_breaker(
     fallback: Callable[..., Any] | None = None,
     on_state_change: Listener | None = None,
     call_timeout: float | None = None,
-    **config_fields: Any,
+    # CircuitBreakerConfig's fields, listed for signature help (tests keep them in step)
+    failure_threshold: int = 5,
+    reset_timeout: float = 30.0,
+    success_threshold: int = 3,
+    half_open_max_calls: int = 1,
+    half_open_probe_timeout: float = 60.0,
+    failure_rate_threshold: float | None = None,
+    window: float | None = None,
+    minimum_calls: int | None = None,
+    slow_call_duration: float | None = None,
+    max_open_for: float | None = None,
+    throttle: bool = True,
+    throttle_max_wait: float = 30.0,
+    requests_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
+    enabled: bool = True,
 ) -> Callable[[Callable[P, R]], Guarded[P, R]]: ...
 
 

@@ -14,7 +14,14 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+)
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from llm_circuit_breaker.config import DEFAULT_RETRY_STATUS_CODES, RETRY_MARK, RetryConfig
@@ -113,14 +120,24 @@ def _areplaying(
 @overload
 def with_retry(func: Callable[P, R], /) -> Callable[P, R]: ...
 @overload
+def with_retry(max_retries: int, /) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+@overload
 def with_retry(
-    max_retries: int | None = None,
-    /,
     *,
+    max_retries: int = 3,
     sleep: Callable[[float], None] = ...,
     async_sleep: Callable[[float], Awaitable[None]] | None = ...,
     clock: Callable[[], float] = ...,
-    **options: Any,
+    # RetryConfig's fields, listed for signature help (tests keep them in step)
+    initial_delay: float = 1.0,
+    max_delay: float = 30.0,
+    backoff_factor: float = 2.0,
+    jitter: bool = True,
+    retry_on_status_codes: Iterable[int] = (408, 409, 429, 500, 502, 503, 504, 529),
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+    respect_retry_after: bool = True,
+    deadline: float | None = None,
+    on_retry: Callable[[int, BaseException, float], object] | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
