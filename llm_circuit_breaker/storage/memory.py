@@ -1,8 +1,8 @@
 """``MemoryStateStore``: circuits in this process, each a ``BreakerCore`` (and its throttle)
 behind a lock.
 
-This is what a ``CircuitBreaker`` without a store embeds (with a lock-free fast path on top).
-As a store it lets several breaker objects of one process share circuits by name, and serves
+A ``CircuitBreaker`` without a store embeds a ``LocalCircuit`` (breaker/circuit.py) instead,
+with a lock-free fast path. As a store this lets several breaker objects of one process share circuits by name, and serves
 as the reference the Redis store is tested against.
 """
 
