@@ -2,8 +2,8 @@
 behind a lock.
 
 A ``CircuitBreaker`` without a store embeds a ``LocalCircuit`` (breaker/circuit.py) instead,
-with a lock-free fast path. As a store this lets several breaker objects of one process share circuits by name, and serves
-as the reference the Redis store is tested against.
+with a lock-free fast path. As a store this lets several breaker objects of one process share
+circuits by name, and serves as the reference the Redis store is tested against.
 """
 
 from __future__ import annotations

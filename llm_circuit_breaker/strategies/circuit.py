@@ -32,6 +32,7 @@ from llm_circuit_breaker.strategies.gate import (
     GuardedStream,
     is_stream,
 )
+from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
 ExcludeTypes = type[BaseException] | tuple[type[BaseException], ...]
 
@@ -183,9 +184,10 @@ def warn_wrong_order(func: Callable[..., Any]) -> None:
 def shell_for(func: Callable[..., Any], gate: Gate, call_timeout: float | None) -> Any:
     """The shell that fits ``func``: plain, coroutine, generator or async generator."""
     chosen = gate.breaker
-    if inspect.isasyncgenfunction(func):
+    kind = kind_of(func)
+    if kind is CallableKind.ASYNC_GENERATOR:
         return _async_gen_shell(func, gate, call_timeout)
-    if inspect.iscoroutinefunction(func):
+    if kind is CallableKind.COROUTINE:
         return _async_shell(func, gate, call_timeout)
     if chosen.is_async:
         raise TypeError(
@@ -197,7 +199,7 @@ def shell_for(func: Callable[..., Any], gate: Gate, call_timeout: float | None) 
             f"call_timeout applies to coroutine functions and async generators; "
             f"{func.__qualname__} is neither (a thread cannot be timed out safely)"
         )
-    if inspect.isgeneratorfunction(func):
+    if kind is CallableKind.GENERATOR:
         return _gen_shell(func, gate)
     return _sync_shell(func, gate)
 

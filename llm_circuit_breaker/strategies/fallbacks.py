@@ -33,6 +33,7 @@ from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._judge.refusal import refusal_of
 from llm_circuit_breaker.errors import FallbacksExhaustedError
 from llm_circuit_breaker.strategies.gate import PLAIN
+from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
 __all__ = ["FallbackStats", "with_fallbacks"]
 
@@ -154,33 +155,23 @@ def with_fallbacks(
     for target in targets:
         if not callable(target):
             raise TypeError(f"with_fallbacks takes callables, got {target!r}")
-    kinds = {_kind(t) for t in targets}
+    kinds = {kind_of(t) for t in targets}
     if len(kinds) > 1:
         raise TypeError(
             "with_fallbacks targets must be of one kind (all sync functions, all coroutine "
-            f"functions, all generators or all async generators), got {sorted(kinds)}"
+            f"functions, all generators or all async generators), got {sorted(map(str, kinds))}"
         )
     chain = _Chain(targets, on_context_length)
     kind = kinds.pop()
     wrapper = {
-        "async generator": _async_gen_chain,
-        "coroutine": _async_chain,
-        "generator": _gen_chain,
-        "sync": _sync_chain,
+        CallableKind.ASYNC_GENERATOR: _async_gen_chain,
+        CallableKind.COROUTINE: _async_chain,
+        CallableKind.GENERATOR: _gen_chain,
+        CallableKind.PLAIN: _sync_chain,
     }[kind](chain)
     functools.update_wrapper(wrapper, primary)
     vars(wrapper)["fallback_stats"] = chain.stats
     return cast("F", wrapper)
-
-
-def _kind(target: Callable[..., Any]) -> str:
-    if inspect.isasyncgenfunction(target):
-        return "async generator"
-    if inspect.iscoroutinefunction(target):
-        return "coroutine"
-    if inspect.isgeneratorfunction(target):
-        return "generator"
-    return "sync"
 
 
 def _sync_chain(chain: _Chain) -> Callable[..., Any]:

@@ -12,7 +12,6 @@ while they have yielded nothing.
 from __future__ import annotations
 
 import functools
-import inspect
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -25,6 +24,7 @@ from collections.abc import (
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from llm_circuit_breaker.config import DEFAULT_RETRY_STATUS_CODES, RETRY_MARK, RetryConfig
+from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
 if TYPE_CHECKING:
     from tenacity import AsyncRetrying, Retrying
@@ -175,14 +175,13 @@ def with_retry(
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         if not callable(func):
             raise TypeError(f"with_retry decorates callables, got {func!r}")
-        if inspect.isasyncgenfunction(func):
-            wrapper: Any = _async_gen_shell(func, loops)
-        elif inspect.iscoroutinefunction(func):
-            wrapper = _async_shell(func, loops)
-        elif inspect.isgeneratorfunction(func):
-            wrapper = _gen_shell(func, loops)
-        else:
-            wrapper = _sync_shell(func, loops)
+        shells: dict[CallableKind, Callable[..., Any]] = {
+            CallableKind.PLAIN: _sync_shell,
+            CallableKind.COROUTINE: _async_shell,
+            CallableKind.GENERATOR: _gen_shell,
+            CallableKind.ASYNC_GENERATOR: _async_gen_shell,
+        }
+        wrapper = shells[kind_of(func)](func, loops)
         setattr(wrapper, RETRY_MARK, True)
         return wrapper  # type: ignore[no-any-return]
 

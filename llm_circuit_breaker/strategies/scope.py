@@ -14,6 +14,8 @@ import string
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
+
 if TYPE_CHECKING:
     from llm_circuit_breaker.breaker.registry import BreakerRegistry
 
@@ -157,7 +159,8 @@ def scoped(
             return found
         return _cached(shells, key, name_of_key(key), touch, shell_for_name, registry)
 
-    if inspect.isasyncgenfunction(func):
+    kind = kind_of(func)
+    if kind is CallableKind.ASYNC_GENERATOR:
 
         @functools.wraps(func)
         async def agen(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -169,14 +172,14 @@ def scoped(
                 await inner.aclose()
 
         return agen
-    if inspect.iscoroutinefunction(func):
+    if kind is CallableKind.COROUTINE:
 
         @functools.wraps(func)
         async def coroutine(*args: Any, **kwargs: Any) -> Any:
             return await shell(args, kwargs)(*args, **kwargs)
 
         return coroutine
-    if inspect.isgeneratorfunction(func):
+    if kind is CallableKind.GENERATOR:
 
         @functools.wraps(func)
         def generator(*args: Any, **kwargs: Any) -> Any:
