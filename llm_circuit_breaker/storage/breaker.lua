@@ -287,19 +287,25 @@ local function retry_after(s)
   return 0
 end
 
--- the failure-rate window: calls and failures per bucket of window/BUCKETS seconds
+-- the failure-rate window: calls and failures per bucket of window/BUCKETS seconds. A field
+-- that is not "<bucket>:c|f" -> a plain integer is garbage (HINCRBY would fail on it at every
+-- report): dropped, like the hash's garbage.
 local function window_totals(index)
   local calls, failures = 0, 0
   local fields = redis.call('HGETALL', sure(WIN, 'hash'))
   for i = 1, #fields, 2 do
-    local bucket, kind = string.match(fields[i], '^(-?%d+):(%a)$')
+    local bucket, kind = string.match(fields[i], '^(-?%d+):([cf])$')
     bucket = tonumber(bucket)
-    if bucket == nil or bucket <= index - BUCKETS then
-      redis.call('HDEL', sure(WIN, 'hash'), fields[i])
+    local count = string.match(fields[i + 1], '^%d+$') and tonumber(fields[i + 1])
+    if bucket == nil or not counter(count) then
+      redis.call('HDEL', WIN, fields[i])
+      repaired = 1
+    elseif bucket <= index - BUCKETS then
+      redis.call('HDEL', WIN, fields[i])
     elseif kind == 'c' then
-      calls = calls + tonumber(fields[i + 1])
+      calls = calls + count
     else
-      failures = failures + tonumber(fields[i + 1])
+      failures = failures + count
     end
   end
   return calls, failures
@@ -309,9 +315,13 @@ local function record_closed(s, ok, open_for, why)
   local calls, failures = 0, 0
   if rate then
     local index = math.floor(now / (window / BUCKETS))
-    redis.call('HINCRBY', sure(WIN, 'hash'), index .. ':c', 1)
-    if not ok then redis.call('HINCRBY', sure(WIN, 'hash'), index .. ':f', 1) end
-    calls, failures = window_totals(index)
+    calls, failures = window_totals(index)  -- first: it drops garbage that HINCRBY fails on
+    redis.call('HINCRBY', WIN, index .. ':c', 1)
+    calls = calls + 1
+    if not ok then
+      redis.call('HINCRBY', WIN, index .. ':f', 1)
+      failures = failures + 1
+    end
   end
   if ok then
     s.fc = 0

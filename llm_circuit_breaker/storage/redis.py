@@ -48,6 +48,20 @@ __all__ = ["RedisStateStore"]
 logger = logging.getLogger("llm_circuit_breaker")
 
 _SCRIPT = resources.files("llm_circuit_breaker.storage").joinpath("breaker.lua").read_text()
+_MAX_BROKEN = 1000  # circuits named in a script failure's warning (each once)
+
+
+def _concerns_one_circuit(exc: BaseException) -> bool:
+    """Whether a failed command is an error of the script on one circuit's keys (a plain
+    reply error, such as data it could not repair), not of Redis (down, full, read-only,
+    busy, misconfigured: those are subclasses or carry their own upper-case code)."""
+    import redis
+
+    if type(exc) is not redis.ResponseError:
+        return False
+    message = str(exc)
+    code = message.split(" ", 1)[0]
+    return "script" in message and (code == "WRONGTYPE" or not code.isupper())
 
 
 class RedisStateStore:
@@ -98,6 +112,7 @@ class RedisStateStore:
         # but refuses writes (full, read-only replica) stays unavailable instead of flapping.
         self._confirm_writes = False
         self._lock = threading.Lock()
+        self._broken: set[str] = set()  # circuits whose script failed (warned once each)
         self._notices = None if self.is_async or not near_cache else Notices(redis_client, prefix)
 
     def follow(self, name: str, follower: Follower) -> None:
@@ -131,7 +146,18 @@ class RedisStateStore:
         """False for ``retry_interval`` seconds after a failed command."""
         return time.monotonic() >= self._down_until
 
-    def _failed(self, exc: BaseException) -> StoreUnavailableError:
+    def _failed(self, exc: BaseException, name: str) -> StoreUnavailableError:
+        if _concerns_one_circuit(exc):  # the store serves every other circuit as before
+            if name not in self._broken and len(self._broken) < _MAX_BROKEN:
+                self._broken.add(name)
+                logger.warning(
+                    "Redis state store %r could not run circuit %r (%s); that call is decided "
+                    "locally",
+                    self.prefix,
+                    name,
+                    redact_text(str(exc)),
+                )
+            return StoreUnavailableError(redact_text(str(exc)))
         with self._lock:
             was_up = self._down_until == 0.0
             self._down_until = time.monotonic() + self.retry_interval
@@ -180,7 +206,7 @@ class RedisStateStore:
         try:
             reply = self._script(keys=self.keys(name), args=args)
         except self._errors as exc:
-            raise self._failed(exc) from exc
+            raise self._failed(exc, name) from exc
         self._succeeded(op)
         return list(reply)
 
@@ -234,7 +260,7 @@ class RedisStateStore:
         try:
             reply = await self._script(keys=self.keys(name), args=args)
         except self._errors as exc:
-            raise self._failed(exc) from exc
+            raise self._failed(exc, name) from exc
         self._succeeded(op)
         return list(reply)
 

@@ -1,0 +1,78 @@
+"""The Redis store under hostile data and production shapes: garbage in any key of a circuit,
+cancelled admissions, several event loops, forked workers, glob characters, endless pauses."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import redis
+
+from llm_circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState, Outcome
+from llm_circuit_breaker.storage import RedisStateStore
+from llm_circuit_breaker.testing import FakeClock
+
+_RATE = CircuitBreakerConfig(
+    failure_threshold=100, failure_rate_threshold=0.5, window=10.0, minimum_calls=4
+)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [{"c": "abc"}, {"c": "1.5"}, {"f": "1e3"}, {"f": "-"}, {"oops": "x"}],
+    ids=["letters", "fraction", "exponent", "dash", "foreign-field"],
+)
+def test_garbage_in_the_window_is_repaired(
+    redis_client: redis.Redis,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    garbage: dict[str, str],
+) -> None:
+    """Garbage in a circuit's failure-rate window is dropped with a warning; reports keep
+    reaching Redis and the window counts again from there."""
+    store = RedisStateStore(redis_client, prefix="w", clock=clock)
+    breaker = CircuitBreaker("p", _RATE, store=store, clock=clock)
+    breaker.record_success(breaker.admit())
+    clock.advance(1.0)
+    bucket = int(clock() / (10.0 / 20))  # the window's current bucket (20 per window)
+    fields = {f"{bucket}:{kind}" if kind in "cf" else kind: v for kind, v in garbage.items()}
+    redis_client.hset(store.keys("p")[2], mapping=fields)
+    for _ in range(3):
+        breaker.record(breaker.admit(), Outcome.FAILURE)
+    assert store.available
+    assert breaker.state is CircuitState.OPEN  # 3 of 4 calls in the window failed
+    assert redis_client.hget(store.keys("p")[0], "state") == b"OPEN"
+    assert any("corrupt or foreign" in r.getMessage() for r in caplog.records)
+
+
+def test_a_script_error_for_one_circuit_leaves_the_others_shared(
+    redis_client: redis.Redis, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reply error that concerns one circuit's keys (here a script that cannot run on them)
+    decides that call locally and leaves the store available for every other circuit."""
+    store = RedisStateStore(redis_client, prefix="one", clock=clock)
+    broken = CircuitBreaker("broken", store=store, clock=clock)
+    healthy = CircuitBreaker("healthy", CircuitBreakerConfig(failure_threshold=1), store=store)
+    original = store._script
+
+    def failing(keys: list[str], args: list[object]) -> object:
+        if keys[0] == store.keys("broken")[0]:
+            raise redis.ResponseError(
+                "user_script:1: attempt to perform arithmetic on a nil value script: 0, on "
+                "@user_script:1."
+            )
+        return original(keys=keys, args=args)
+
+    store._script = failing
+    with caplog.at_level(logging.WARNING, logger="llm_circuit_breaker"):
+        for _ in range(3):
+            broken.record(broken.admit(), Outcome.FAILURE)
+        assert store.available
+        healthy.record(healthy.admit(), Outcome.FAILURE)
+    assert redis_client.hget(store.keys("healthy")[0], "state") == b"OPEN"
+    other = CircuitBreaker(
+        "healthy", store=RedisStateStore(redis_client, prefix="one", clock=clock)
+    )
+    assert other.state is CircuitState.OPEN
+    warned = [r.getMessage() for r in caplog.records if "broken" in r.getMessage()]
+    assert len(warned) == 1 and "unavailable" not in warned[0]
