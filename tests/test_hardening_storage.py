@@ -11,6 +11,8 @@ import redis
 from llm_circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState, Outcome
 from llm_circuit_breaker.storage import RedisStateStore
 from llm_circuit_breaker.testing import FakeClock
+from tests.polling import until
+from tests.redis_server import RedisServer
 
 _RATE = CircuitBreakerConfig(
     failure_threshold=100, failure_rate_threshold=0.5, window=10.0, minimum_calls=4
@@ -76,3 +78,30 @@ def test_a_script_error_for_one_circuit_leaves_the_others_shared(
     assert other.state is CircuitState.OPEN
     warned = [r.getMessage() for r in caplog.records if "broken" in r.getMessage()]
     assert len(warned) == 1 and "unavailable" not in warned[0]
+
+
+@pytest.mark.parametrize("prefix", ["team*", "team?", "team[a]", "te\\am"])
+def test_a_prefix_with_glob_characters_is_matched_literally(
+    redis_server: RedisServer, redis_client: redis.Redis, prefix: str
+) -> None:
+    """A prefix holding ``*``, ``?``, ``[`` or ``\\`` lists its own circuits only, and its
+    notices hear its own circuits only (a neighbour prefix that the glob would match is not
+    taken for it)."""
+    config = CircuitBreakerConfig(failure_threshold=1)
+    neighbour = RedisStateStore(redis_client, prefix="teama")
+    theirs = CircuitBreaker("theirs", config, store=neighbour)
+    theirs.record_success(theirs.admit())
+    store = RedisStateStore(redis_client, prefix=prefix)
+    ours = CircuitBreaker("ours", config, store=store)
+    ours.record_success(ours.admit())
+    assert list(store.circuits()) == ["ours"]
+    assert list(neighbour.circuits()) == ["theirs"]
+
+    listening = CircuitBreaker(
+        "x", config, store=RedisStateStore(redis_client, prefix=prefix, near_cache=30.0)
+    )
+    listening.record_success(listening.admit())  # cached CLOSED for 30 s; listening
+    elsewhere = RedisStateStore(redis_server.client(), prefix=prefix)
+    tripping = CircuitBreaker("x", config, store=elsewhere)
+    tripping.record(tripping.admit(), Outcome.FAILURE)
+    until(lambda: listening.try_admit() < 0, patience=10.0)

@@ -17,12 +17,19 @@ import time
 import weakref
 from typing import Any, Protocol
 
-__all__ = ["Follower", "Notices"]
+__all__ = ["Follower", "Notices", "circuit_keys"]
 
 logger = logging.getLogger("llm_circuit_breaker")
 
 _LISTEN = 1.0  # seconds one read of the subscription waits for a notice
 _BROKEN_PAUSE = 0.5  # seconds between attempts to listen again while Redis is unreachable
+
+
+def circuit_keys(prefix: str) -> str:
+    """The glob (for SCAN and PSUBSCRIBE) of every circuit key under ``prefix``, which is
+    matched literally: its ``*``, ``?``, ``[``, ``]`` and ``\\`` are escaped."""
+    literal = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+    return f"{literal}:{{*}}"
 
 
 class Follower(Protocol):
@@ -35,7 +42,7 @@ class Notices:
 
     def __init__(self, client: Any, prefix: str) -> None:
         self._client = client
-        self._pattern = f"{prefix}:{{*}}"
+        self._pattern = circuit_keys(prefix)
         self._skip = len(prefix) + 2
         self._followers: dict[str, weakref.WeakSet[Follower]] = {}
         self._lock = threading.Lock()

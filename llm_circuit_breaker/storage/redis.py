@@ -26,7 +26,7 @@ from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._redact import redact_text
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.storage._client import client_for_url, is_async_client, warn_if_retrying
-from llm_circuit_breaker.storage._notices import Follower, Notices
+from llm_circuit_breaker.storage._notices import Follower, Notices, circuit_keys
 from llm_circuit_breaker.storage._script import (
     LISTED_FIELDS,
     OUTCOMES,
@@ -317,7 +317,7 @@ class RedisStateStore:
         seconds, micros = self.client.time()
         now = seconds + micros / 1_000_000
         found: dict[str, dict[str, Any]] = {}
-        for key in self.client.scan_iter(match=f"{self.prefix}:{{*}}", count=500):
+        for key in self.client.scan_iter(match=circuit_keys(self.prefix), count=500):
             key_text = text(key)
             name = key_text[len(self.prefix) + 2 : -1]
             listed = circuit_fields(self.client.hmget(key_text, *LISTED_FIELDS), now)
