@@ -6,7 +6,7 @@
 -- ARGV: op, now ("" = the server's TIME), ttl, failure_threshold, reset_timeout,
 --       success_threshold, half_open_max_calls, half_open_probe_timeout,
 --       slow_call_duration, failure_rate_threshold, window, minimum_calls ("" = off),
---       throttle ("1" = on), throttle_max_wait, requests_per_minute, tokens_per_minute
+--       throttle (its max pause in seconds; "" = off), throttle_max_wait, requests_per_minute, tokens_per_minute
 --       ("" = none), tokens (the call's estimated cost), then
 --       admit: lease (more slots wanted, "" = none), horizon (seconds a leased slot may be
 --       away at most), unused (slots of an earlier lease given back), unused tokens;
@@ -48,7 +48,8 @@ local slow = tonumber(ARGV[9])
 local rate = tonumber(ARGV[10])
 local window = tonumber(ARGV[11])
 local minimum = tonumber(ARGV[12])
-local throttled = ARGV[13] == '1'
+local throttled = ARGV[13] ~= ''
+local max_pause = tonumber(ARGV[13]) or 300  -- no pause (hint or headers) lasts longer
 local max_wait = tonumber(ARGV[14])
 local rpm = tonumber(ARGV[15])
 local tpm = tonumber(ARGV[16])
@@ -143,6 +144,7 @@ local function tload()
     if p.t ~= nil then ok = ok and finite(p.t) and p.t < now + YEAR and p.t > now - YEAR end
   end
   if T.pu ~= nil then ok = ok and finite(T.pu) and T.pu < now + YEAR end
+  if ok and T.pu ~= nil and T.pu > now + max_pause then T.pu = now + max_pause; tchanged = true end
   if not ok then
     T = {pu = nil, bk = 0, pv = false, lm = false, R = {i = 0, c = 1, t = nil}, K = {i = 0, c = 1, t = nil}}
     tchanged = true
@@ -189,6 +191,7 @@ local function rate_limited(pause)
     T.bk = math.min(60, math.max(1, T.bk * 2))
     pause = T.bk
   end
+  pause = math.min(pause, max_pause)
   T.pu = math.max(T.pu or (now + pause), now + pause)
   local was = T.lm
   T.lm = true
@@ -219,15 +222,17 @@ local function succeeded()
   end
 end
 
+-- what headers say never puts the next unit further than max_pause away (Pacer.observe)
 local function observe_bucket(p, limit, remaining, reset)
   if limit ~= nil and limit > 0 then
     local used = remaining ~= nil and (limit - remaining) or nil
-    if used ~= nil and used ~= 0 and reset ~= nil and reset ~= 0 then configure(p, used / reset, limit)
-    elseif not known(p) then configure(p, limit / 60, limit)
+    if used ~= nil and used ~= 0 and reset ~= nil and reset ~= 0 then
+      configure(p, math.max(used / reset, 1 / max_pause), limit)
+    elseif not known(p) then configure(p, math.max(limit / 60, 1 / max_pause), limit)
     else p.c = limit end
   end
   if remaining ~= nil and known(p) then
-    local reported = now + math.max(0, p.c - remaining) * p.i
+    local reported = math.min(now + math.max(0, p.c - remaining) * p.i, now + max_pause + (p.c - 1) * p.i)
     p.t = math.max(p.t or reported, reported)
   end
   tchanged = true
