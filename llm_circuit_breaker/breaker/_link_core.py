@@ -185,13 +185,6 @@ class LinkCore:
         self.waiting -= 1
         return not gave_up
 
-    def success_needs_no_report(self, permit: int) -> bool:
-        """Count a success that changes nothing; False when it must be reported."""
-        if tag_of(permit) == CLEAN:
-            self.telemetry.count_success()
-            return True
-        return False
-
     def recorded_locally(
         self,
         permit: int,
