@@ -3,7 +3,11 @@ cancelled admissions, several event loops, forked workers, glob characters, endl
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
+import threading
+from collections.abc import Awaitable, Callable
 
 import pytest
 import redis
@@ -105,3 +109,60 @@ def test_a_prefix_with_glob_characters_is_matched_literally(
     tripping = CircuitBreaker("x", config, store=elsewhere)
     tripping.record(tripping.admit(), Outcome.FAILURE)
     until(lambda: listening.try_admit() < 0, patience=10.0)
+
+
+def _guarded_calls(store: RedisStateStore, name: str, count: int) -> Callable[[], Awaitable[int]]:
+    """A coroutine function making ``count`` guarded calls through ``store``; their number."""
+    breaker = CircuitBreaker(name, store=store)
+
+    async def calls() -> int:
+        done = 0
+        for _ in range(count):
+            await breaker.arecord_success(await breaker.aadmit())
+            done += 1
+        return done
+
+    return calls
+
+
+async def _closing_the_given_client(
+    store: RedisStateStore, calls: Callable[[], Awaitable[int]]
+) -> int:
+    """``calls()`` in the first loop, which the store's given client serves; that client is
+    the caller's to close (the copies for later loops close with their loop)."""
+    try:
+        return await calls()
+    finally:
+        await store.client.aclose()
+
+
+def test_an_asyncio_store_serves_one_asyncio_run_after_another(redis_server: RedisServer) -> None:
+    """One asyncio store and breaker, used by five ``asyncio.run()`` in a row: every call is
+    admitted through Redis (no loop-mismatch error reaches the caller, nothing goes local)."""
+    store = RedisStateStore.from_url(redis_server.url, prefix="loops", asyncio=True)
+    calls = _guarded_calls(store, "runs", 3)
+    assert asyncio.run(_closing_the_given_client(store, calls)) == 3
+    for _ in range(4):
+        assert asyncio.run(calls()) == 3
+        assert store.available
+    assert redis_server.client().hget(store.keys("runs")[0], "state") == b"CLOSED"
+
+
+def test_an_asyncio_store_serves_two_threads_each_running_a_loop(
+    redis_server: RedisServer,
+) -> None:
+    """Two threads, each with its own event loop running at the same time, share one asyncio
+    store: every call of both is admitted, none fails."""
+    store = RedisStateStore.from_url(redis_server.url, prefix="threads", asyncio=True)
+    calls = _guarded_calls(store, "both", 50)
+    assert asyncio.run(_closing_the_given_client(store, calls)) == 50
+    start = threading.Barrier(2)
+
+    def run() -> int:
+        start.wait()
+        return asyncio.run(calls())
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: run(), range(2)))
+    assert results == [50, 50]
+    assert store.available

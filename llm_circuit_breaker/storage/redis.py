@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any
 from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._redact import redact_text
 from llm_circuit_breaker.config import CircuitBreakerConfig
-from llm_circuit_breaker.storage._client import client_for_url, is_async_client, warn_if_retrying
+from llm_circuit_breaker.storage._client import (
+    LoopClients,
+    client_for_url,
+    is_async_client,
+    warn_if_retrying,
+)
 from llm_circuit_breaker.storage._notices import Follower, Notices, circuit_keys
 from llm_circuit_breaker.storage._script import (
     LISTED_FIELDS,
@@ -114,6 +119,7 @@ class RedisStateStore:
         self._lock = threading.Lock()
         self._broken: set[str] = set()  # circuits whose script failed (warned once each)
         self._notices = None if self.is_async or not near_cache else Notices(redis_client, prefix)
+        self._loop_clients = LoopClients(redis_client) if self.is_async else None
 
     def follow(self, name: str, follower: Follower) -> None:
         """Tell ``follower`` (a near-caching link) when circuit ``name`` changes elsewhere."""
@@ -258,9 +264,14 @@ class RedisStateStore:
     ) -> list[Any]:
         args = script_args(self._clock, self._ttl, op, config, *extra, tokens=tokens)
         try:
-            reply = await self._script(keys=self.keys(name), args=args)
+            client = await self._loop_clients.current()  # type: ignore[union-attr]
+            reply = await self._script(keys=self.keys(name), args=args, client=client)
         except self._errors as exc:
             raise self._failed(exc, name) from exc
+        except RuntimeError as exc:  # a client of another loop (its pool could not be copied)
+            if "loop" not in str(exc):
+                raise
+            raise StoreUnavailableError(redact_text(str(exc))) from exc
         self._succeeded(op)
         return list(reply)
 
