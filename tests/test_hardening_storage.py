@@ -8,14 +8,22 @@ import concurrent.futures
 import logging
 import threading
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 
-from llm_circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState, Outcome
+from llm_circuit_breaker import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitOpenError,
+    CircuitState,
+    Outcome,
+)
 from llm_circuit_breaker.storage import RedisStateStore
 from llm_circuit_breaker.testing import FakeClock
-from tests.polling import until
+from tests.polling import auntil, until
 from tests.redis_server import RedisServer
 
 _RATE = CircuitBreakerConfig(
@@ -166,3 +174,53 @@ def test_an_asyncio_store_serves_two_threads_each_running_a_loop(
         results = list(pool.map(lambda _: run(), range(2)))
     assert results == [50, 50]
     assert store.available
+
+
+class GatedConnection(redis.asyncio.Connection):
+    """Holds every reply until ``gate`` is set; ``sent`` counts the commands sent."""
+
+    gate: asyncio.Event | None = None
+    sent = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        await super().send_packed_command(command, check_health)
+        GatedConnection.sent += 1
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        if GatedConnection.gate is not None:
+            await GatedConnection.gate.wait()
+        return await super().read_response(*args, **kwargs)
+
+
+async def test_a_probe_cancelled_during_its_admission_gives_its_lease_back(
+    redis_server: RedisServer, redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """A probe whose task is cancelled while its admission is in flight: the lease Redis gave
+    it goes back at once, so the next caller anywhere probes; a caller refused while a probe
+    runs is told the circuit is half-open, not open."""
+    config = CircuitBreakerConfig(failure_threshold=1, reset_timeout=1.0)
+    pool = redis.asyncio.ConnectionPool(port=redis_server.port, connection_class=GatedConnection)
+    client = redis.asyncio.Redis(connection_pool=pool)
+    mine = CircuitBreaker("probe", config, store=RedisStateStore(client, clock=clock))
+    elsewhere = CircuitBreaker("probe", config, store=RedisStateStore(redis_client, clock=clock))
+    inflight = mine.store.keys("probe")[1]  # type: ignore[union-attr]
+    await mine.arecord(await mine.aadmit(), Outcome.FAILURE)
+    clock.advance(2.0)  # HALF_OPEN: one probe at a time
+
+    GatedConnection.gate, sent = asyncio.Event(), GatedConnection.sent
+    admission = asyncio.create_task(mine.aadmit())
+    await auntil(lambda: GatedConnection.sent > sent)  # the script runs; its reply is held
+    admission.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await admission
+    assert redis_client.zcard(inflight) == 1  # Redis gave the cancelled caller the probe
+    GatedConnection.gate.set()
+    await auntil(lambda: redis_client.zcard(inflight) == 0)  # ... and has it back
+
+    permit = elsewhere.admit()  # the probe is free for anyone
+    with pytest.raises(CircuitOpenError) as refused:
+        await mine.aadmit()
+    assert refused.value.reason.startswith("half-open")
+    elsewhere.record_success(permit)
+    GatedConnection.gate = None
+    await client.aclose(close_connection_pool=True)

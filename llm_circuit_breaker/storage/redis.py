@@ -15,10 +15,12 @@ call never fails because Redis did, and never waits on a dead Redis twice in a r
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +122,7 @@ class RedisStateStore:
         self._broken: set[str] = set()  # circuits whose script failed (warned once each)
         self._notices = None if self.is_async or not near_cache else Notices(redis_client, prefix)
         self._loop_clients = LoopClients(redis_client) if self.is_async else None
+        self._releases: set[asyncio.Future[None]] = set()  # give-backs of cancelled admissions
 
     def follow(self, name: str, follower: Follower) -> None:
         """Tell ``follower`` (a near-caching link) when circuit ``name`` changes elsewhere."""
@@ -265,7 +268,11 @@ class RedisStateStore:
         args = script_args(self._clock, self._ttl, op, config, *extra, tokens=tokens)
         try:
             client = await self._loop_clients.current()  # type: ignore[union-attr]
-            reply = await self._script(keys=self.keys(name), args=args, client=client)
+            call = self._script(keys=self.keys(name), args=args, client=client)
+            if op.startswith("admit"):
+                reply = await self._admission(call, name, config, tokens)
+            else:
+                reply = await call
         except self._errors as exc:
             raise self._failed(exc, name) from exc
         except RuntimeError as exc:  # a client of another loop (its pool could not be copied)
@@ -274,6 +281,38 @@ class RedisStateStore:
             raise StoreUnavailableError(redact_text(str(exc))) from exc
         self._succeeded(op)
         return list(reply)
+
+    async def _admission(
+        self, call: Awaitable[Any], name: str, config: CircuitBreakerConfig, tokens: float
+    ) -> Any:
+        """Await an admission's script call. A caller cancelled meanwhile does not cancel the
+        call (Redis may have run it already): once it completes, what it admitted (a probe's
+        lease, a throttle slot) is given back, so no probe is held until its lease runs out."""
+        task = asyncio.ensure_future(call)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(functools.partial(self._give_back, name, config, tokens))
+            raise
+
+    def _give_back(
+        self, name: str, config: CircuitBreakerConfig, tokens: float, task: asyncio.Future[Any]
+    ) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return  # nothing was admitted, or nobody can tell: a lease runs out on its own
+        permit = int(task.result()[0])
+        if permit >= 0:
+            release = asyncio.ensure_future(self._release_quietly(name, config, permit, tokens))
+            self._releases.add(release)  # held until done: the loop keeps weak references
+            release.add_done_callback(self._releases.discard)
+
+    async def _release_quietly(
+        self, name: str, config: CircuitBreakerConfig, permit: int, tokens: float
+    ) -> None:
+        try:
+            await self._arun(name, "release", config, permit, tokens=tokens)
+        except StoreUnavailableError:  # the lease runs out after half_open_probe_timeout
+            pass
 
     async def aadmit(
         self,

@@ -49,7 +49,12 @@ class AsyncStoreLink(LinkCore):
         entry, tokens, terms = self.unasked()
         if entry is not None:
             return entry
-        return self.entered(await self._ask(self.store.aadmit, tokens, *terms), tokens, terms)
+        try:
+            admission = await self._ask(self.store.aadmit, tokens, *terms)
+        except BaseException:  # cancelled: the lease may be asked for again
+            self.lease.answered(terms)
+            raise
+        return self.entered(admission, tokens, terms)
 
     async def awaited(self, wait: Wait, *, gave_up: bool) -> None:
         """A caller woke up for its slot, or gave it up (the slot goes back to the store)."""

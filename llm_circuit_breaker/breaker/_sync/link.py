@@ -50,7 +50,12 @@ class StoreLink(LinkCore):
         entry, tokens, terms = self.unasked()
         if entry is not None:
             return entry
-        return self.entered(self._ask(self.store.admit, tokens, *terms), tokens, terms)
+        try:
+            admission = self._ask(self.store.admit, tokens, *terms)
+        except BaseException:  # cancelled: the lease may be asked for again
+            self.lease.answered(terms)
+            raise
+        return self.entered(admission, tokens, terms)
 
     def waited(self, wait: Wait, *, gave_up: bool) -> None:
         """A caller woke up for its slot, or gave it up (the slot goes back to the store)."""
