@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import multiprocessing
 import threading
+import time
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -224,3 +227,52 @@ async def test_a_probe_cancelled_during_its_admission_gives_its_lease_back(
     elsewhere.record_success(permit)
     GatedConnection.gate = None
     await client.aclose(close_connection_pool=True)
+
+
+def _refuses_soon(breaker: CircuitBreaker, ready: Any, result: Any) -> None:
+    """In a forked worker: say it is ready, then report whether ``breaker`` refuses within
+    10 s (its near-cache would admit for 30 s: only a notice can make it refuse)."""
+    admitted = breaker.try_admit() >= 0  # cached CLOSED before the trip
+    ready.set()
+    given_up = time.monotonic() + 10.0
+    while time.monotonic() < given_up:
+        if breaker.try_admit() < 0:
+            result.put(("refused", admitted))
+            return
+        time.sleep(0.005)
+    result.put(("still admitting", admitted))
+
+
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="this platform does not fork"
+)
+def test_a_forked_worker_hears_of_a_trip(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """gunicorn --preload: a near-caching breaker made before the fork follows notices in the
+    forked worker too, so a trip elsewhere reaches the worker in about a round trip."""
+    config = CircuitBreakerConfig(failure_threshold=1)
+    store = RedisStateStore(redis_server.client(), prefix="fork", near_cache=30.0)
+    preloaded = CircuitBreaker("forked", config, store=store)
+    preloaded.record_success(preloaded.admit())  # listening, and cached CLOSED for 30 s
+    context = multiprocessing.get_context("fork")
+    ready, result = context.Event(), context.Queue()
+    worker = context.Process(target=_refuses_soon, args=(preloaded, ready, result))
+    with warnings.catch_warnings():  # 3.12+: forking a process that runs threads warns
+        warnings.simplefilter("ignore", DeprecationWarning)
+        worker.start()
+    try:
+        assert ready.wait(30.0)
+        elsewhere = CircuitBreaker("forked", config, store=RedisStateStore(redis_client, "fork"))
+        elsewhere.record(elsewhere.admit(), Outcome.FAILURE)  # published: the circuit's key
+        given_up = time.monotonic() + 60.0
+        while result.empty() and worker.is_alive() and time.monotonic() < given_up:
+            # the same notice again, in case the worker subscribed after the first one
+            redis_client.publish(store.keys("forked")[0], "OPEN")
+            time.sleep(0.05)
+        assert result.get(timeout=30.0) == ("refused", True)
+    finally:
+        worker.join(30.0)
+        if worker.is_alive():
+            worker.kill()
+    store.close()
