@@ -10,7 +10,9 @@ after ``ttl`` seconds unused.
 
 When a command fails (Redis down, a timeout), the store is marked unavailable for
 ``retry_interval`` seconds and says so in one WARNING; breakers decide locally meanwhile, so a
-call never fails because Redis did, and never waits on a dead Redis twice in a row.
+call never fails because Redis did, and never waits on a dead Redis twice in a row. An error
+of the script on one circuit's keys decides that call locally and leaves the store up.
+An asyncio store keeps one client per running event loop (``LoopClients``).
 """
 
 from __future__ import annotations
