@@ -72,6 +72,8 @@ class CircuitBreakerConfig(_Options):
     the breaker's throttle instead, which also paces calls from ``requests_per_minute`` /
     ``tokens_per_minute`` or the providers' rate-limit headers; a caller waits for its slot
     up to ``throttle_max_wait`` seconds (0: never waits) and gets ``ThrottledError`` beyond.
+    A pause (a 429's hint, or headers saying nothing is left) lasts at most
+    ``throttle_max_pause`` seconds.
     ``enabled=False`` is metrics-only mode: the circuit opens and closes as usual and refusals
     are counted, but no call is refused.
     """
@@ -98,6 +100,7 @@ class CircuitBreakerConfig(_Options):
     max_open_for: float | None = None
     throttle: bool = True
     throttle_max_wait: float = 30.0
+    throttle_max_pause: float = 300.0
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     enabled: bool = True
@@ -132,6 +135,7 @@ class CircuitBreakerConfig(_Options):
             if getattr(self, field) is not None:
                 check.seconds(name, field, getattr(self, field))
         check.seconds(name, "throttle_max_wait", self.throttle_max_wait, allow_zero=True)
+        check.seconds(name, "throttle_max_pause", self.throttle_max_pause)
         for field in ("requests_per_minute", "tokens_per_minute"):
             value = getattr(self, field)
             if value is not None:

@@ -117,6 +117,37 @@ def test_headers_seen_by_one_pace_the_other(fleet: Fleet, clock: FakeClock) -> N
     assert 0.9 <= slept <= 1.1
 
 
+def test_a_rate_limit_pauses_at_most_throttle_max_pause(fleet: Fleet, clock: FakeClock) -> None:
+    """A 429 hinting 300 days pauses every holder for throttle_max_pause (300 s) at most."""
+    a, b = fleet(throttle_max_wait=1000.0)
+    assert a.config.throttle_max_pause == 300.0
+    a.record(a.admit(), Outcome.THROTTLED, hint=300 * 86400.0)
+    assert 0.0 < b.throttle["paused_for"] <= 300.0  # type: ignore[operator]
+    b.record_success(b.admit())
+    (slept,) = clock.sleeps
+    assert slept <= 300.0
+
+
+@pytest.mark.parametrize("cap", [5.0, 300.0])
+def test_headers_saying_nothing_is_left_for_a_day_pause_at_most_the_cap(
+    fleet: Fleet, clock: FakeClock, cap: float
+) -> None:
+    """A response saying "1 request per day, 0 remaining": no holder waits longer than
+    throttle_max_pause for a slot, the first call after it nor the one after that."""
+    a, b = fleet(throttle_max_wait=1000.0, throttle_max_pause=cap)
+    a.observe(
+        {
+            "x-ratelimit-limit-requests": "1",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "24h0m0s",
+        }
+    )
+    for breaker in (b, a):
+        breaker.record_success(breaker.admit())
+        clock.advance(cap)
+    assert clock.sleeps and max(clock.sleeps) <= cap
+
+
 def test_a_given_up_slot_goes_back(fleet: Fleet, clock: FakeClock) -> None:
     """try_admit gives its slot back: the next caller gets that slot, not the one after."""
     a, b = fleet(requests_per_minute=1, throttle_max_wait=120.0)

@@ -17,7 +17,12 @@ import subprocess
 import sys
 
 import tokenize_rt
-import unasync
+
+# Run as a script, this file's folder is first on sys.path and ``import unasync`` would import
+# this file (same name) instead of the unasync package.
+_HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
+import unasync  # noqa: E402 - only once this folder is off the path
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "llm_circuit_breaker"
@@ -30,6 +35,7 @@ RENAMES = {
     "AsyncGenerator": "Generator",
     "AsyncStateStore": "StateStore",
     "AsyncStoreLink": "StoreLink",
+    "AsyncStoreCall": "StoreCall",
     "AsyncCircuitBreakerTransport": "CircuitBreakerTransport",
     "AsyncBaseTransport": "BaseTransport",
     "AsyncByteStream": "SyncByteStream",
@@ -43,6 +49,17 @@ RENAMES = {
     "aread": "read",
     "aiter_bytes": "iter_bytes",
     "aiter_raw": "iter_raw",
+    # a store link's coroutines and the asyncio store's
+    "aenter": "enter",
+    "awaited": "waited",
+    "aobserve": "observe",
+    "arecord_success": "record_success",
+    "arecord": "record",
+    "aview": "view",
+    "acontrol": "control",
+    "aadmit": "admit",
+    "arelease": "release",
+    "asnapshot": "snapshot",
 }
 
 HEADER = "# Generated from the _async twin by tools/unasync.py: edit that file, not this one.\n"

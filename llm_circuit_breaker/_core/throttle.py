@@ -137,21 +137,26 @@ class Pacer:
         used = max(0.0, self.tat - now) / self.interval
         return max(0, min(int(self.capacity), math.floor(self.capacity - used)))
 
-    def observe(self, bucket: Bucket, now: float) -> None:
-        """Follow what the provider reported: capacity, refill rate and what is left."""
+    def observe(self, bucket: Bucket, now: float, max_pause: float = math.inf) -> None:
+        """Follow what the provider reported: capacity, refill rate and what is left. What
+        it says never makes the next unit further away than ``max_pause`` seconds (one unit
+        refills within it, and "nothing left" waits for one unit at most)."""
         limit, remaining, reset = bucket.limit, bucket.remaining, bucket.reset
+        slowest = 1.0 / max_pause
         if limit is not None and limit > 0:
             used = None if remaining is None else limit - remaining
             if used and reset:
-                self.configure(used / reset, limit)  # what was spent refills in ``reset`` s
+                # what was spent refills in ``reset`` s
+                self.configure(max(used / reset, slowest), limit)
             elif not self.known:
-                self.configure(limit / _DEFAULT_WINDOW, limit)
+                self.configure(max(limit / _DEFAULT_WINDOW, slowest), limit)
             else:
                 self.capacity = float(limit)
         if remaining is not None and self.known:
             # The provider's count is the truth; our own later reservations may be on top.
             reported = now + max(0.0, self.capacity - remaining) * self.interval
-            self.tat = max(self.tat, reported)
+            latest = now + max_pause + (self.capacity - 1.0) * self.interval
+            self.tat = max(self.tat, min(reported, latest))
 
 
 class ThrottleCore:
@@ -219,16 +224,18 @@ class ThrottleCore:
         if limits.requests is not None:
             if self.provisional:
                 self.requests.interval, self.provisional = 0.0, False
-            self.requests.observe(limits.requests, now)
+            self.requests.observe(limits.requests, now, self.config.throttle_max_pause)
         if limits.tokens is not None:
-            self.tokens.observe(limits.tokens, now)
+            self.tokens.observe(limits.tokens, now, self.config.throttle_max_pause)
 
     def rate_limited(self, now: float, pause: float | None) -> float:
         """A 429 that is a rate limit: pause ``pause`` seconds (the server's hint, spread by
-        :func:`spread`) or, without one, the adaptive pause; the pause's length."""
+        :func:`spread`) or, without one, the adaptive pause, at most ``throttle_max_pause``;
+        the pause's length."""
         if pause is None:
             self.backoff = min(_MAX_PAUSE, max(_MIN_PAUSE, self.backoff * 2.0))
             pause = self.backoff
+        pause = min(pause, self.config.throttle_max_pause)
         self.paused_until = max(self.paused_until, now + pause)
         self.limited = True
         if not self.requests.known:

@@ -40,6 +40,13 @@ __all__ = ["LinkCore"]
 _HALF_OPEN_NOW = View(CircuitState.HALF_OPEN, 0, 0, None, 0.0)
 
 
+def _refusal(state: CircuitState) -> str:
+    """Why a shared circuit that gave no reason refused a call, as the local one says it."""
+    if state is CircuitState.HALF_OPEN:
+        return "half-open: probe slots taken"
+    return "open (shared)"
+
+
 class LinkCore:
     """What both links share: following the store's views, and falling back to local."""
 
@@ -154,7 +161,7 @@ class LinkCore:
         if permit == THROTTLED:
             return ThrottledError(self.name, wait)
         if permit < 0:
-            error = refused(self.name, view.retry_after, view.reason or "open (shared)")
+            error = refused(self.name, view.retry_after, view.reason or _refusal(view.state))
             error.__cause__ = self.cause
             self.telemetry.count_rejection()
             return self.telemetry.observed(error)
@@ -184,13 +191,6 @@ class LinkCore:
             return True
         self.waiting -= 1
         return not gave_up
-
-    def success_needs_no_report(self, permit: int) -> bool:
-        """Count a success that changes nothing; False when it must be reported."""
-        if tag_of(permit) == CLEAN:
-            self.telemetry.count_success()
-            return True
-        return False
 
     def recorded_locally(
         self,

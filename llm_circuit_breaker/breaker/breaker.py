@@ -27,7 +27,8 @@ from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 
 if TYPE_CHECKING:
-    from llm_circuit_breaker.breaker.link import AsyncStoreLink, StoreLink
+    from llm_circuit_breaker.breaker._async.link import AsyncStoreLink
+    from llm_circuit_breaker.breaker._sync.link import StoreLink
     from llm_circuit_breaker.storage.base import AsyncStateStore, StateStore
 
 __all__ = ["BreakerStats", "CircuitBreaker", "Clock", "Listener", "Observer", "StateChange"]
@@ -80,7 +81,8 @@ class CircuitBreaker:
         self._alink: AsyncStoreLink | None = None
         parts = (name, self.config, self._local, self._telemetry)
         if store is not None:  # only a shared breaker needs the links
-            from llm_circuit_breaker.breaker.link import AsyncStoreLink, StoreLink
+            from llm_circuit_breaker.breaker._async.link import AsyncStoreLink
+            from llm_circuit_breaker.breaker._sync.link import StoreLink
         if store is None:
             self.enter, self.record_success = self._local.enter, self._local.record_success
         elif store.is_async:

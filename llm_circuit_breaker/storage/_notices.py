@@ -6,23 +6,32 @@ pattern subscription in a daemon thread and tells the links following that circu
 what they cached (the admission after that asks Redis), so a trip elsewhere is seen in about
 a round trip instead of up to ``near_cache`` later. A notice that is lost (Redis restarted, the
 listener's connection dropped) costs nothing but that speed: the cache still ends after
-``near_cache`` seconds. The thread stops when no link follows the store any more.
+``near_cache`` seconds. The thread stops when no link follows the store any more. A forked
+child (gunicorn ``--preload``) has no listener thread: it starts its own after the fork.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
 from typing import Any, Protocol
 
-__all__ = ["Follower", "Notices"]
+__all__ = ["Follower", "Notices", "circuit_keys"]
 
 logger = logging.getLogger("llm_circuit_breaker")
 
 _LISTEN = 1.0  # seconds one read of the subscription waits for a notice
 _BROKEN_PAUSE = 0.5  # seconds between attempts to listen again while Redis is unreachable
+
+
+def circuit_keys(prefix: str) -> str:
+    """The glob (for SCAN and PSUBSCRIBE) of every circuit key under ``prefix``, which is
+    matched literally: its ``*``, ``?``, ``[``, ``]`` and ``\\`` are escaped."""
+    literal = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+    return f"{literal}:{{*}}"
 
 
 class Follower(Protocol):
@@ -35,12 +44,13 @@ class Notices:
 
     def __init__(self, client: Any, prefix: str) -> None:
         self._client = client
-        self._pattern = f"{prefix}:{{*}}"
+        self._pattern = circuit_keys(prefix)
         self._skip = len(prefix) + 2
         self._followers: dict[str, weakref.WeakSet[Follower]] = {}
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._closed = False
+        _EVERY.add(self)
 
     def follow(self, name: str, follower: Follower) -> None:
         """Tell ``follower`` of every change to circuit ``name`` (held weakly)."""
@@ -52,17 +62,46 @@ class Notices:
                 self._start()
 
     def _start(self) -> None:
+        """Subscribe, then listen in a daemon thread (lock held)."""
+        pubsub = self._subscribed()
+        if pubsub is not None:
+            self._worker = threading.Thread(
+                target=self._listen, args=(pubsub,), name="llm-circuit-breaker-notices", daemon=True
+            )
+            self._worker.start()
+
+    def _subscribed(self) -> Any:
+        """A pub/sub connection subscribed to the pattern; None while Redis is unreachable."""
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.psubscribe(self._pattern)
         except Exception as exc:  # Redis unreachable now: the near-cache's bound serves
             logger.debug("no change notices for %r: %s", self._pattern, exc)
             pubsub.close()
+            return None
+        return pubsub
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's listener thread is not here (and a thread that is
+        not here either may have held the lock). Listen anew, subscribing from the new thread:
+        no I/O in the fork hook. The parent's pub/sub connection is left alone."""
+        self._lock = threading.Lock()
+        self._worker = None
+        if self._closed or not self._followers:
             return
         self._worker = threading.Thread(
-            target=self._listen, args=(pubsub,), name="llm-circuit-breaker-notices", daemon=True
+            target=self._subscribe_and_listen, name="llm-circuit-breaker-notices", daemon=True
         )
         self._worker.start()
+
+    def _subscribe_and_listen(self) -> None:
+        pubsub = self._subscribed()
+        if pubsub is None:
+            with self._lock:
+                if self._worker is threading.current_thread():
+                    self._worker = None  # the next link to follow starts listening again
+            return
+        self._listen(pubsub)
 
     def _listen(self, pubsub: Any) -> None:
         """Read notices until no link follows any circuit of this store (or ``close``)."""
@@ -107,3 +146,15 @@ class Notices:
             self._closed = True
             self._worker = None
             self._followers.clear()
+
+
+_EVERY: weakref.WeakSet[Notices] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for notices in list(_EVERY):
+        notices._forked()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -68,7 +68,7 @@ def script_args(
         _opt(config.failure_rate_threshold),
         repr(config.effective_window),
         config.effective_minimum_calls,
-        "1" if config.throttle else "",
+        repr(float(config.throttle_max_pause)) if config.throttle else "",
         repr(float(config.throttle_max_wait)),
         _opt(config.requests_per_minute),
         _opt(config.tokens_per_minute),

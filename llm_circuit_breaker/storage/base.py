@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from llm_circuit_breaker._core.permits import THROTTLED
 from llm_circuit_breaker._core.state import Outcome
@@ -22,12 +23,20 @@ __all__ = [
     "THROTTLED",
     "Admission",
     "AsyncStateStore",
+    "AsyncStoreCall",
     "Control",
     "StateStore",
+    "StoreCall",
     "StoreUnavailableError",
     "ThrottleNews",
     "View",
 ]
+
+T = TypeVar("T")
+# One of a store's methods, as a link calls it: ``store.admit(name, config, ...)``, and
+# ``await store.aadmit(name, config, ...)`` for an asyncio store.
+StoreCall = Callable[..., T]
+AsyncStoreCall = Callable[..., Awaitable[T]]
 
 
 class StateStore(Protocol):

@@ -6,7 +6,7 @@
 -- ARGV: op, now ("" = the server's TIME), ttl, failure_threshold, reset_timeout,
 --       success_threshold, half_open_max_calls, half_open_probe_timeout,
 --       slow_call_duration, failure_rate_threshold, window, minimum_calls ("" = off),
---       throttle ("1" = on), throttle_max_wait, requests_per_minute, tokens_per_minute
+--       throttle (its max pause in seconds; "" = off), throttle_max_wait, requests_per_minute, tokens_per_minute
 --       ("" = none), tokens (the call's estimated cost), then
 --       admit: lease (more slots wanted, "" = none), horizon (seconds a leased slot may be
 --       away at most), unused (slots of an earlier lease given back), unused tokens;
@@ -48,7 +48,8 @@ local slow = tonumber(ARGV[9])
 local rate = tonumber(ARGV[10])
 local window = tonumber(ARGV[11])
 local minimum = tonumber(ARGV[12])
-local throttled = ARGV[13] == '1'
+local throttled = ARGV[13] ~= ''
+local max_pause = tonumber(ARGV[13]) or 300  -- no pause (hint or headers) lasts longer
 local max_wait = tonumber(ARGV[14])
 local rpm = tonumber(ARGV[15])
 local tpm = tonumber(ARGV[16])
@@ -143,6 +144,7 @@ local function tload()
     if p.t ~= nil then ok = ok and finite(p.t) and p.t < now + YEAR and p.t > now - YEAR end
   end
   if T.pu ~= nil then ok = ok and finite(T.pu) and T.pu < now + YEAR end
+  if ok and T.pu ~= nil and T.pu > now + max_pause then T.pu = now + max_pause; tchanged = true end
   if not ok then
     T = {pu = nil, bk = 0, pv = false, lm = false, R = {i = 0, c = 1, t = nil}, K = {i = 0, c = 1, t = nil}}
     tchanged = true
@@ -189,6 +191,7 @@ local function rate_limited(pause)
     T.bk = math.min(60, math.max(1, T.bk * 2))
     pause = T.bk
   end
+  pause = math.min(pause, max_pause)
   T.pu = math.max(T.pu or (now + pause), now + pause)
   local was = T.lm
   T.lm = true
@@ -219,15 +222,17 @@ local function succeeded()
   end
 end
 
+-- what headers say never puts the next unit further than max_pause away (Pacer.observe)
 local function observe_bucket(p, limit, remaining, reset)
   if limit ~= nil and limit > 0 then
     local used = remaining ~= nil and (limit - remaining) or nil
-    if used ~= nil and used ~= 0 and reset ~= nil and reset ~= 0 then configure(p, used / reset, limit)
-    elseif not known(p) then configure(p, limit / 60, limit)
+    if used ~= nil and used ~= 0 and reset ~= nil and reset ~= 0 then
+      configure(p, math.max(used / reset, 1 / max_pause), limit)
+    elseif not known(p) then configure(p, math.max(limit / 60, 1 / max_pause), limit)
     else p.c = limit end
   end
   if remaining ~= nil and known(p) then
-    local reported = now + math.max(0, p.c - remaining) * p.i
+    local reported = math.min(now + math.max(0, p.c - remaining) * p.i, now + max_pause + (p.c - 1) * p.i)
     p.t = math.max(p.t or reported, reported)
   end
   tchanged = true
@@ -287,19 +292,25 @@ local function retry_after(s)
   return 0
 end
 
--- the failure-rate window: calls and failures per bucket of window/BUCKETS seconds
+-- the failure-rate window: calls and failures per bucket of window/BUCKETS seconds. A field
+-- that is not "<bucket>:c|f" -> a plain integer is garbage (HINCRBY would fail on it at every
+-- report): dropped, like the hash's garbage.
 local function window_totals(index)
   local calls, failures = 0, 0
   local fields = redis.call('HGETALL', sure(WIN, 'hash'))
   for i = 1, #fields, 2 do
-    local bucket, kind = string.match(fields[i], '^(-?%d+):(%a)$')
+    local bucket, kind = string.match(fields[i], '^(-?%d+):([cf])$')
     bucket = tonumber(bucket)
-    if bucket == nil or bucket <= index - BUCKETS then
-      redis.call('HDEL', sure(WIN, 'hash'), fields[i])
+    local count = string.match(fields[i + 1], '^%d+$') and tonumber(fields[i + 1])
+    if bucket == nil or not counter(count) then
+      redis.call('HDEL', WIN, fields[i])
+      repaired = 1
+    elseif bucket <= index - BUCKETS then
+      redis.call('HDEL', WIN, fields[i])
     elseif kind == 'c' then
-      calls = calls + tonumber(fields[i + 1])
+      calls = calls + count
     else
-      failures = failures + tonumber(fields[i + 1])
+      failures = failures + count
     end
   end
   return calls, failures
@@ -309,9 +320,13 @@ local function record_closed(s, ok, open_for, why)
   local calls, failures = 0, 0
   if rate then
     local index = math.floor(now / (window / BUCKETS))
-    redis.call('HINCRBY', sure(WIN, 'hash'), index .. ':c', 1)
-    if not ok then redis.call('HINCRBY', sure(WIN, 'hash'), index .. ':f', 1) end
-    calls, failures = window_totals(index)
+    calls, failures = window_totals(index)  -- first: it drops garbage that HINCRBY fails on
+    redis.call('HINCRBY', WIN, index .. ':c', 1)
+    calls = calls + 1
+    if not ok then
+      redis.call('HINCRBY', WIN, index .. ':f', 1)
+      failures = failures + 1
+    end
   end
   if ok then
     s.fc = 0

@@ -10,23 +10,32 @@ after ``ttl`` seconds unused.
 
 When a command fails (Redis down, a timeout), the store is marked unavailable for
 ``retry_interval`` seconds and says so in one WARNING; breakers decide locally meanwhile, so a
-call never fails because Redis did, and never waits on a dead Redis twice in a row.
+call never fails because Redis did, and never waits on a dead Redis twice in a row. An error
+of the script on one circuit's keys decides that call locally and leaves the store up.
+An asyncio store keeps one client per running event loop (``LoopClients``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._redact import redact_text
 from llm_circuit_breaker.config import CircuitBreakerConfig
-from llm_circuit_breaker.storage._client import client_for_url, is_async_client, warn_if_retrying
-from llm_circuit_breaker.storage._notices import Follower, Notices
+from llm_circuit_breaker.storage._client import (
+    LoopClients,
+    client_for_url,
+    is_async_client,
+    warn_if_retrying,
+)
+from llm_circuit_breaker.storage._notices import Follower, Notices, circuit_keys
 from llm_circuit_breaker.storage._script import (
     LISTED_FIELDS,
     OUTCOMES,
@@ -48,6 +57,20 @@ __all__ = ["RedisStateStore"]
 logger = logging.getLogger("llm_circuit_breaker")
 
 _SCRIPT = resources.files("llm_circuit_breaker.storage").joinpath("breaker.lua").read_text()
+_MAX_BROKEN = 1000  # circuits named in a script failure's warning (each once)
+
+
+def _concerns_one_circuit(exc: BaseException) -> bool:
+    """Whether a failed command is an error of the script on one circuit's keys (a plain
+    reply error, such as data it could not repair), not of Redis (down, full, read-only,
+    busy, misconfigured: those are subclasses or carry their own upper-case code)."""
+    import redis
+
+    if type(exc) is not redis.ResponseError:
+        return False
+    message = str(exc)
+    code = message.split(" ", 1)[0]
+    return "script" in message and (code == "WRONGTYPE" or not code.isupper())
 
 
 class RedisStateStore:
@@ -98,7 +121,10 @@ class RedisStateStore:
         # but refuses writes (full, read-only replica) stays unavailable instead of flapping.
         self._confirm_writes = False
         self._lock = threading.Lock()
+        self._broken: set[str] = set()  # circuits whose script failed (warned once each)
         self._notices = None if self.is_async or not near_cache else Notices(redis_client, prefix)
+        self._loop_clients = LoopClients(redis_client) if self.is_async else None
+        self._releases: set[asyncio.Future[None]] = set()  # give-backs of cancelled admissions
 
     def follow(self, name: str, follower: Follower) -> None:
         """Tell ``follower`` (a near-caching link) when circuit ``name`` changes elsewhere."""
@@ -131,7 +157,18 @@ class RedisStateStore:
         """False for ``retry_interval`` seconds after a failed command."""
         return time.monotonic() >= self._down_until
 
-    def _failed(self, exc: BaseException) -> StoreUnavailableError:
+    def _failed(self, exc: BaseException, name: str) -> StoreUnavailableError:
+        if _concerns_one_circuit(exc):  # the store serves every other circuit as before
+            if name not in self._broken and len(self._broken) < _MAX_BROKEN:
+                self._broken.add(name)
+                logger.warning(
+                    "Redis state store %r could not run circuit %r (%s); that call is decided "
+                    "locally",
+                    self.prefix,
+                    name,
+                    redact_text(str(exc)),
+                )
+            return StoreUnavailableError(redact_text(str(exc)))
         with self._lock:
             was_up = self._down_until == 0.0
             self._down_until = time.monotonic() + self.retry_interval
@@ -180,7 +217,7 @@ class RedisStateStore:
         try:
             reply = self._script(keys=self.keys(name), args=args)
         except self._errors as exc:
-            raise self._failed(exc) from exc
+            raise self._failed(exc, name) from exc
         self._succeeded(op)
         return list(reply)
 
@@ -232,11 +269,52 @@ class RedisStateStore:
     ) -> list[Any]:
         args = script_args(self._clock, self._ttl, op, config, *extra, tokens=tokens)
         try:
-            reply = await self._script(keys=self.keys(name), args=args)
+            client = await self._loop_clients.current()  # type: ignore[union-attr]
+            call = self._script(keys=self.keys(name), args=args, client=client)
+            if op.startswith("admit"):
+                reply = await self._admission(call, name, config, tokens)
+            else:
+                reply = await call
         except self._errors as exc:
-            raise self._failed(exc) from exc
+            raise self._failed(exc, name) from exc
+        except RuntimeError as exc:  # a client of another loop (its pool could not be copied)
+            if "loop" not in str(exc):
+                raise
+            raise StoreUnavailableError(redact_text(str(exc))) from exc
         self._succeeded(op)
         return list(reply)
+
+    async def _admission(
+        self, call: Awaitable[Any], name: str, config: CircuitBreakerConfig, tokens: float
+    ) -> Any:
+        """Await an admission's script call. A caller cancelled meanwhile does not cancel the
+        call (Redis may have run it already): once it completes, what it admitted (a probe's
+        lease, a throttle slot) is given back, so no probe is held until its lease runs out."""
+        task = asyncio.ensure_future(call)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(functools.partial(self._give_back, name, config, tokens))
+            raise
+
+    def _give_back(
+        self, name: str, config: CircuitBreakerConfig, tokens: float, task: asyncio.Future[Any]
+    ) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return  # nothing was admitted, or nobody can tell: a lease runs out on its own
+        permit = int(task.result()[0])
+        if permit >= 0:
+            release = asyncio.ensure_future(self._release_quietly(name, config, permit, tokens))
+            self._releases.add(release)  # held until done: the loop keeps weak references
+            release.add_done_callback(self._releases.discard)
+
+    async def _release_quietly(
+        self, name: str, config: CircuitBreakerConfig, permit: int, tokens: float
+    ) -> None:
+        try:
+            await self._arun(name, "release", config, permit, tokens=tokens)
+        except StoreUnavailableError:  # the lease runs out after half_open_probe_timeout
+            pass
 
     async def aadmit(
         self,
@@ -291,7 +369,7 @@ class RedisStateStore:
         seconds, micros = self.client.time()
         now = seconds + micros / 1_000_000
         found: dict[str, dict[str, Any]] = {}
-        for key in self.client.scan_iter(match=f"{self.prefix}:{{*}}", count=500):
+        for key in self.client.scan_iter(match=circuit_keys(self.prefix), count=500):
             key_text = text(key)
             name = key_text[len(self.prefix) + 2 : -1]
             listed = circuit_fields(self.client.hmget(key_text, *LISTED_FIELDS), now)

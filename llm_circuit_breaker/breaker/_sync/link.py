@@ -1,0 +1,101 @@
+# Generated from the _async twin by tools/unasync.py: edit that file, not this one.
+"""How a breaker follows a circuit kept in an asyncio store: :class:`AsyncStoreLink` (its sync
+twin, generated from this file by ``tools/unasync.py``, is ``StoreLink``).
+
+Every admission, and every report that can change the circuit, is one store call; a success
+in a clean CLOSED circuit is not reported, and for ``near_cache`` seconds after the store said
+CLOSED and clean admissions need no call at all. While the store is unreachable the breaker's
+own :class:`LocalCircuit` decides (one listener event each way); that part, shared by both
+links, is :class:`~llm_circuit_breaker.breaker._link_core.LinkCore`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from llm_circuit_breaker._core.permits import CLEAN, tag_of, untagged
+from llm_circuit_breaker._core.state import Outcome
+from llm_circuit_breaker._core.throttle import Wait, spread
+from llm_circuit_breaker._core.views import Control, View
+from llm_circuit_breaker.breaker._link_core import LinkCore
+from llm_circuit_breaker.breaker.circuit import Entry
+from llm_circuit_breaker.storage.base import StateStore, StoreCall, StoreUnavailableError
+
+__all__ = ["StoreLink"]
+
+T = TypeVar("T")
+
+
+class StoreLink(LinkCore):
+    """A breaker's link to its store: admissions, reports and controls go through it."""
+
+    store: StateStore
+
+    def _ask(self, method: StoreCall[T], *args: Any) -> T | None:
+        """The store's ``method(name, config, *args)``; None when it cannot be asked."""
+        if not self.store.available:
+            return None
+        try:
+            return method(self.name, self.config, *args)
+        except StoreUnavailableError:
+            return None
+
+    def enter(self) -> Entry:
+        """Admit one call through the store (locally while it is unreachable; from the
+        near-cache while the shared circuit was just seen CLOSED and clean; from this
+        process's lease of throttle slots while it lasts)."""
+        permit = self._cached_permit
+        if permit >= 0 and self._now() < self._cached_until:
+            return permit
+        entry, tokens, terms = self.unasked()
+        if entry is not None:
+            return entry
+        try:
+            admission = self._ask(self.store.admit, tokens, *terms)
+        except BaseException:  # cancelled: the lease may be asked for again
+            self.lease.answered(terms)
+            raise
+        return self.entered(admission, tokens, terms)
+
+    def waited(self, wait: Wait, *, gave_up: bool) -> None:
+        """A caller woke up for its slot, or gave it up (the slot goes back to the store)."""
+        if not self.gave_up_locally(wait, gave_up=gave_up):
+            self.followed(self._ask(self.store.release, untagged(wait.permit), wait.tokens))
+
+    def observe(self, headers: object) -> None:
+        """Feed a response's rate-limit headers to the shared throttle."""
+        limits = self.limits(headers)
+        if limits is not None:
+            self.followed(self._ask(self.store.observe, limits))
+
+    def record_success(self, permit: int) -> None:
+        """Report a success (nothing is sent when it changes nothing: the hot path)."""
+        if tag_of(permit) == CLEAN:
+            self.count_success()
+        else:
+            self.record(permit, Outcome.SUCCESS)
+
+    def record(
+        self,
+        permit: int,
+        outcome: Outcome,
+        *,
+        open_for: float | None = None,
+        why: str = "",
+        error: BaseException | None = None,
+        hint: float | None = None,
+    ) -> None:
+        """Report a finished call to wherever it was admitted."""
+        done, open_for = self.recorded_locally(permit, outcome, open_for, why, error, hint)
+        if not done:
+            args = (untagged(permit), outcome, open_for, why, spread(hint))
+            self.reported(outcome, self._ask(self.store.record, *args), error)
+
+    def view(self) -> View:
+        """The store's view now (the local one while it is unreachable)."""
+        return self.viewed(self._ask(self.store.snapshot))
+
+    def control(self, action: Control) -> None:
+        """Reset, force open or force closed: locally and in the store."""
+        self.local.control(action)
+        self.followed(self._ask(self.store.control, action))
