@@ -4,6 +4,7 @@ scenario switches (outage, rate limit, truncated streams, slow first token)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -16,16 +17,31 @@ from llm_circuit_breaker.testing import FakeClock, FakeLLMServer, Reply
 MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
 
 
+_MADE: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Every SDK client a test made is closed after it: no socket is left to the collector."""
+    yield
+    while _MADE:
+        _MADE.pop().close()
+
+
 def _openai(server: FakeLLMServer, **options: Any) -> openai.OpenAI:
-    return openai.OpenAI(
+    client = openai.OpenAI(
         api_key="sk-test", base_url=server.openai_base_url, max_retries=0, **options
     )
+    _MADE.append(client)
+    return client
 
 
 def _anthropic(server: FakeLLMServer, **options: Any) -> anthropic.Anthropic:
-    return anthropic.Anthropic(
+    client = anthropic.Anthropic(
         api_key="sk-ant-test", base_url=server.anthropic_base_url, max_retries=0, **options
     )
+    _MADE.append(client)
+    return client
 
 
 def _sse_lines(server: FakeLLMServer, path: str, body: dict[str, Any]) -> list[str]:
@@ -117,20 +133,18 @@ def test_requests_from_many_threads_are_all_recorded(llm_server: FakeLLMServer) 
 
 async def test_async_clients_with_async_with() -> None:
     """``async with`` serves in the test's event loop, for the async SDK clients."""
-    async with FakeLLMServer() as server:
-        oa = openai.AsyncOpenAI(api_key="k", base_url=server.openai_base_url, max_retries=0)
+    async with (
+        FakeLLMServer() as server,
+        openai.AsyncOpenAI(api_key="k", base_url=server.openai_base_url, max_retries=0) as oa,
+        anthropic.AsyncAnthropic(api_key="k", base_url=server.anthropic_base_url, max_retries=0) as an,
+    ):  # fmt: skip
         answer = await oa.chat.completions.create(model="gpt-a", messages=MESSAGES)
         assert (answer.model, answer.choices[0].message.content) == ("gpt-a", "Hello!")
         stream = await oa.chat.completions.create(model="gpt-a", messages=MESSAGES, stream=True)
         texts = [c.choices[0].delta.content or "" async for c in stream]
         assert "".join(texts) == "Hello!"
-        an = anthropic.AsyncAnthropic(
-            api_key="k", base_url=server.anthropic_base_url, max_retries=0
-        )
         async with an.messages.stream(model="claude-a", max_tokens=10, messages=MESSAGES) as s:
             assert "".join([t async for t in s.text_stream]) == "Hello!"
-        await oa.close()
-        await an.close()
     assert server.hits == 3
 
 
@@ -138,10 +152,11 @@ async def test_async_clients_against_the_threaded_server() -> None:
     """``start()`` / ``stop()`` serve from a thread, which async tests may call too."""
     server = FakeLLMServer().start()
     try:
-        client = openai.AsyncOpenAI(api_key="k", base_url=server.openai_base_url, max_retries=0)
-        answer = await client.responses.create(model="gpt-r", input="hi")
+        async with openai.AsyncOpenAI(
+            api_key="k", base_url=server.openai_base_url, max_retries=0
+        ) as client:
+            answer = await client.responses.create(model="gpt-r", input="hi")
         assert answer.output_text == "Hello!"
-        await client.close()
     finally:
         server.stop()
 
