@@ -26,11 +26,20 @@
 
       quota = Quota(60)                                       # 60 requests per minute
       server = FakeLLMServer(responder=lambda n: quota.reply())
+
+* :class:`ChaosTransport` is an httpx transport for chaos drills in staging: under a
+  ``CircuitBreakerTransport`` it injects provider faults (``status_500``, ``status_529``,
+  ``status_429``, ``timeout``, ``disconnect``, ``truncate``, ``slow_first_token``) at given
+  rates, the same ones for the same ``seed``. Never on by default::
+
+      chaos = ChaosTransport(seed=7, status_529=0.05, truncate=0.02)
+      httpx.Client(transport=CircuitBreakerTransport("openai", chaos))
 """
 
 from llm_circuit_breaker.testing._clock import FakeClock
 from llm_circuit_breaker.testing._quota import Quota
 from llm_circuit_breaker.testing._reply import Reply
 from llm_circuit_breaker.testing._server import FakeLLMServer, RecordedRequest
+from llm_circuit_breaker.testing.chaos import ChaosTransport
 
-__all__ = ["FakeClock", "FakeLLMServer", "Quota", "RecordedRequest", "Reply"]
+__all__ = ["ChaosTransport", "FakeClock", "FakeLLMServer", "Quota", "RecordedRequest", "Reply"]
