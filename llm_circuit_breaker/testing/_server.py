@@ -135,7 +135,9 @@ class FakeLLMServer:
     def slow_first_token(self, seconds: float) -> None:
         """Wait ``seconds`` before the first content: a stream sends its headers and opening
         events at once, then waits; a plain answer waits before its status line."""
-        if not (isinstance(seconds, int | float) and 0 <= seconds < math.inf):
+        if isinstance(seconds, bool) or not (
+            isinstance(seconds, int | float) and 0 <= seconds < math.inf
+        ):
             raise ValueError(f"slow_first_token needs finite seconds >= 0, got {seconds!r}")
         self._switch(first_token_delay=float(seconds))
 
