@@ -9,24 +9,37 @@
       @with_retry(sleep=clock.sleep, async_sleep=clock.async_sleep, clock=clock)
       def call(): ...            # retries advance the fake time instead of waiting
 
-* :class:`FakeLLMServer` is a real aiohttp server on 127.0.0.1 (random port) that answers
-  like an LLM provider, scripted reply by reply with :class:`Reply` (statuses, headers, JSON
-  bodies, delays, SSE streams, dropped connections)::
+* :class:`FakeLLMServer` is a real aiohttp server on 127.0.0.1 (random port) that speaks
+  OpenAI (chat completions, Responses) and Anthropic (messages), plain and streamed, to the
+  real SDKs; ``with`` runs it in a thread, ``async with`` in the running loop. Scenario
+  switches: ``healthy()``, ``outage(status=503)``, ``rate_limit(requests_per_minute=...)``,
+  ``truncate_streams()``, ``slow_first_token(seconds)``; replies scripted with :class:`Reply`
+  (statuses, headers, JSON bodies, delays, SSE streams, dropped connections) come first::
 
       with FakeLLMServer() as server:
-          server.script(Reply.error(503), Reply.ok("hello"))
-          LLMCircuitBreaker().call(server.url + "/v1/chat/completions", data={...})
+          client = openai.OpenAI(base_url=server.openai_base_url, api_key="sk-test")
+          server.outage(status=503)            # every call fails as OpenAI's 503 does
+          server.script(Reply.ok("hello"))     # ... except the next one
 
 * :class:`Quota` enforces a provider's rate limit (a continuously refilling bucket) with its
   ``x-ratelimit-*`` headers and real ``retry-after`` waits::
 
       quota = Quota(60)                                       # 60 requests per minute
       server = FakeLLMServer(responder=lambda n: quota.reply())
+
+* :class:`ChaosTransport` is an httpx transport for chaos drills in staging: under a
+  ``CircuitBreakerTransport`` it injects provider faults (``status_500``, ``status_529``,
+  ``status_429``, ``timeout``, ``disconnect``, ``truncate``, ``slow_first_token``) at given
+  rates, the same ones for the same ``seed``. Never on by default::
+
+      chaos = ChaosTransport(seed=7, status_529=0.05, truncate=0.02)
+      httpx.Client(transport=CircuitBreakerTransport("openai", chaos))
 """
 
 from llm_circuit_breaker.testing._clock import FakeClock
 from llm_circuit_breaker.testing._quota import Quota
 from llm_circuit_breaker.testing._reply import Reply
 from llm_circuit_breaker.testing._server import FakeLLMServer, RecordedRequest
+from llm_circuit_breaker.testing.chaos import ChaosTransport
 
-__all__ = ["FakeClock", "FakeLLMServer", "Quota", "RecordedRequest", "Reply"]
+__all__ = ["ChaosTransport", "FakeClock", "FakeLLMServer", "Quota", "RecordedRequest", "Reply"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import math
 import threading
 import time
 from collections.abc import Callable
 
-from llm_circuit_breaker.testing._reply import Reply
+from llm_circuit_breaker.testing._reply import Reply, provider_error
 
 __all__ = ["Quota"]
 
@@ -18,7 +20,9 @@ class Quota:
 
     :meth:`reply` answers one request: ``ok`` with the ``x-ratelimit-*-requests`` headers when
     the bucket has a request left, else a 429 ``rate_limit_exceeded`` whose ``retry-after-ms``
-    and ``retry-after`` are the real wait. Thread-safe; ``clock`` is for tests.
+    and ``retry-after`` are the real wait. With ``anthropic=True`` the headers are
+    ``anthropic-ratelimit-requests-*`` (the reset an RFC 3339 time) and the 429 is Anthropic's
+    ``rate_limit_error`` with ``retry-after``. Thread-safe; ``clock`` is for tests.
     """
 
     def __init__(
@@ -45,8 +49,9 @@ class Quota:
         self._at = now
         return self._level
 
-    def take(self) -> tuple[bool, dict[str, str]]:
-        """Spend one request if there is one; whether it was granted, and the headers."""
+    def take(self, *, anthropic: bool = False) -> tuple[bool, dict[str, str]]:
+        """Spend one request if there is one; whether it was granted, and the headers (in
+        Anthropic's names with ``anthropic=True``)."""
         with self._lock:
             level = self._refill()
             granted = level >= 1.0
@@ -55,34 +60,38 @@ class Quota:
                 self.granted += 1
             else:
                 self.refused += 1
-            headers = self._headers()
+            headers = self._headers(anthropic)
             if not granted:
                 wait = (1.0 - self._level) / self.rate
-                headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+                if not anthropic:
+                    headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
                 headers["retry-after"] = str(max(1, math.ceil(wait)))
         return granted, headers
 
-    def _headers(self) -> dict[str, str]:
+    def _headers(self, anthropic: bool) -> dict[str, str]:
         full_in = (self.limit - self._level) / self.rate
+        if anthropic:
+            at = math.ceil(time.time() + full_in)  # whole seconds, never earlier than true
+            reset = datetime.datetime.fromtimestamp(at, datetime.timezone.utc)
+            return {
+                "anthropic-ratelimit-requests-limit": str(self.limit),
+                "anthropic-ratelimit-requests-remaining": str(int(self._level)),
+                "anthropic-ratelimit-requests-reset": reset.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
         return {
             "x-ratelimit-limit-requests": str(self.limit),
             "x-ratelimit-remaining-requests": str(int(self._level)),
             "x-ratelimit-reset-requests": f"{full_in:.3f}s",
         }
 
-    def reply(self, ok: Reply | None = None) -> Reply:
+    def reply(self, ok: Reply | None = None, *, anthropic: bool = False) -> Reply:
         """The answer to one request: ``ok`` (a chat completion by default) or a 429."""
-        granted, headers = self.take()
+        granted, headers = self.take(anthropic=anthropic)
         if granted:
             answer = ok or Reply.ok("ok")
-            return Reply(
-                status=answer.status,
-                json=answer.json,
-                text=answer.text,
-                headers={**answer.headers, **headers},
-                delay=answer.delay,
-                events=answer.events,
-            )
+            return dataclasses.replace(answer, headers={**answer.headers, **headers})
+        if anthropic:
+            return provider_error(429, anthropic=True, headers=headers)
         return Reply.error(
             429, "rate_limit_exceeded", "Rate limit reached for requests", headers=headers
         )
