@@ -80,6 +80,7 @@ def circuit_breaker(
     max_open_for: float | None = None,
     throttle: bool = True,
     throttle_max_wait: float = 30.0,
+    throttle_max_pause: float = 300.0,
     requests_per_minute: float | None = None,
     tokens_per_minute: float | None = None,
     enabled: bool = True,
