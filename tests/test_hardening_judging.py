@@ -1,0 +1,93 @@
+"""Hostile text and bodies meet redaction and judging: linear, bounded, never raising."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from llm_circuit_breaker._redact import (
+    MAX_REDACTED_TEXT,
+    REDACTED,
+    redact_text,
+    remember_secrets,
+)
+from llm_circuit_breaker.errors import http_status_error
+
+KB = 1024
+# Texts on which a backtracking pattern goes cubic or quadratic: runs of a credential word
+# between separators with no value after them, and a name followed by blanks and no value.
+PATHOLOGICAL = [
+    "key.",
+    "a.key.",
+    "x-api-key-",
+    "token_",
+    "sk-abcdefgh.key.",
+    "key=",
+    "key: ",
+    '"key" : ',
+    "bearer ",
+    "://a:",
+]
+
+
+def _pathological(shape: str, size: int) -> Iterator[str]:
+    yield (shape * (size // len(shape) + 1))[:size]
+    yield "api_key=" + " " * size
+    yield "api_key" + " " * size + "x"
+    yield "Bearer" + " " * size + ","
+
+
+@pytest.mark.parametrize("size", [2 * KB, 64 * KB])
+@pytest.mark.parametrize("shape", PATHOLOGICAL)
+def test_redaction_of_pathological_text_is_fast_and_bounded(shape: str, size: int) -> None:
+    """Text shaped to make a regex backtrack is redacted in one pass and cut to a bounded size."""
+    for text in _pathological(shape, size):
+        started = time.perf_counter()
+        out = redact_text(text)
+        elapsed = time.perf_counter() - started
+        assert len(out) <= 3 * MAX_REDACTED_TEXT  # masks are longer than short values
+        assert elapsed < 2.0, (shape, size, elapsed)  # linear: ~1 ms; the cubic pattern took 6 s
+
+
+def test_a_pathological_header_value_does_not_block_an_error() -> None:
+    """A 500 whose header values are 64 KB of "key.key..." builds its error at once."""
+    started = time.perf_counter()
+    error = http_status_error(500, {"x-debug": "key." * (16 * KB), "x-api-key": "sk-secret123"})
+    assert time.perf_counter() - started < 2.0
+    assert len(error.headers["x-debug"]) <= 3 * MAX_REDACTED_TEXT
+    assert error.headers["x-api-key"] == REDACTED
+
+
+def test_secrets_are_masked_in_long_text_and_never_shown_cut_in_two() -> None:
+    """Secrets before the cut are masked; one that straddles the cut is dropped, not half shown."""
+    secret = "0123456789abcdef0123456789abcdef"  # an Azure-style key: known, not a shape
+    remember_secrets({"api-key": secret})
+    head = f"Authorization: Bearer sk-abcdefgh123 api_key=x {secret} "
+    filler = "word " * ((MAX_REDACTED_TEXT - len(head) - 40) // 5)
+    pad = "x" * (MAX_REDACTED_TEXT - len(head) - len(filler) - 21)
+    text = head + filler + pad + " " + secret + " and more"
+    assert text.index(secret, len(head)) == MAX_REDACTED_TEXT - 20  # cut in two by the limit
+    out = redact_text(text)
+    assert secret[:12] not in out
+    assert out.startswith(f"Authorization: {REDACTED} api_key={REDACTED} {REDACTED} word")
+    assert out.endswith(" ...")
+    assert len(out) <= MAX_REDACTED_TEXT + 3
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Authorization: Bearer sk-abcdefgh123", f"Authorization: {REDACTED}"),
+        ("https://u:p@host/x?api_key=zzz&b=1", f"https://{REDACTED}@host/x?api_key={REDACTED}&b=1"),
+        ("my.api_key=abc monkey: banana", f"my.api_key={REDACTED} monkey: banana"),
+        ("sk-abcdefgh123.api_key=hunter22", f"{REDACTED}.api_key={REDACTED}"),
+        ('{"api_key": "secret"}', f'{{"api_key": "{REDACTED}"}}'),
+        ("key.key.key=v signal=1", f"key.key.key={REDACTED} signal=1"),
+        ("Incorrect API key provided: sk-xyz123456", f"Incorrect API key provided: {REDACTED}"),
+    ],
+)
+def test_the_linear_patterns_mask_what_they_did(text: str, expected: str) -> None:
+    """Credential pairs, bearer tokens, key shapes and URL credentials are masked as before."""
+    assert redact_text(text) == expected
