@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -55,8 +56,10 @@ _SECRET_SHAPE = re.compile(
 
 # The credential values this process has sent (the HTTP client's credential headers): masked
 # wherever they are echoed, whatever their shape (an Azure hex key in an error body ...).
-_KNOWN: dict[str, None] = {}
+# Calls on many threads remember and read it at once, and judging takes no lock: a bounded
+# deque appends (dropping the oldest) and copies in one step each.
 _MAX_KNOWN = 256
+_KNOWN: deque[str] = deque(maxlen=_MAX_KNOWN)
 _MIN_SECRET = 8  # shorter values would mask ordinary words
 MAX_REDACTED_TEXT = 16 * 1024  # longer text (a hostile header value, a message) is cut first
 
@@ -69,9 +72,7 @@ def remember_secrets(headers: Mapping[str, str]) -> None:
         for part in (value, *str(value).split()[1:]):  # "Bearer <token>": the token too
             part = str(part).strip()
             if len(part) >= _MIN_SECRET and part not in _KNOWN:
-                _KNOWN[part] = None
-                while len(_KNOWN) > _MAX_KNOWN:
-                    del _KNOWN[next(iter(_KNOWN))]
+                _KNOWN.append(part)
 
 
 def is_secret_name(name: object) -> bool:
@@ -89,7 +90,7 @@ def redact_text(text: str, *, limit: int = MAX_REDACTED_TEXT) -> str:
 
     try:
         text = _cut(str(text), limit)
-        for secret in list(_KNOWN):
+        for secret in _KNOWN.copy():
             if secret in text:
                 text = text.replace(secret, REDACTED)
         text = _URL_CREDENTIALS.sub(f"://{REDACTED}@", text)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from llm_circuit_breaker import _redact
 from llm_circuit_breaker._redact import (
     MAX_REDACTED_TEXT,
     REDACTED,
+    redact_headers,
     redact_text,
     remember_secrets,
 )
@@ -91,3 +95,33 @@ def test_secrets_are_masked_in_long_text_and_never_shown_cut_in_two() -> None:
 def test_the_linear_patterns_mask_what_they_did(text: str, expected: str) -> None:
     """Credential pairs, bearer tokens, key shapes and URL credentials are masked as before."""
     assert redact_text(text) == expected
+
+
+def test_remembering_secrets_from_many_threads_past_the_bound() -> None:
+    """Threads sending distinct keys past the bound of 256 never raise, nor see each other's."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def tenant(number: int) -> None:
+        start.wait()
+        try:
+            for i in range(600):
+                key = f"tenant-{number}-key-{i:06d}"
+                remember_secrets({"api-key": key, "Authorization": f"Bearer {key}"})
+                redact_text(f"echo {key}")
+                redact_headers({"api-key": key})
+        except BaseException as exc:  # any escape is the failure under test
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race shows at once
+    try:
+        threads = [threading.Thread(target=tenant, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert len(_redact._KNOWN) <= 256
