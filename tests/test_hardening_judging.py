@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import pytest
 
-from llm_circuit_breaker import _redact
+from llm_circuit_breaker import (
+    BreakerRegistry,
+    HTTPStatusError,
+    LLMCircuitBreaker,
+    Outcome,
+    RateLimitError,
+    ServerError,
+    _redact,
+)
+from llm_circuit_breaker._judge.kinds import parse_json
+from llm_circuit_breaker._judge.verdict import judge
 from llm_circuit_breaker._redact import (
     MAX_REDACTED_TEXT,
     REDACTED,
@@ -17,7 +30,10 @@ from llm_circuit_breaker._redact import (
     redact_text,
     remember_secrets,
 )
+from llm_circuit_breaker.config import BreakerRules
 from llm_circuit_breaker.errors import http_status_error
+from llm_circuit_breaker.httpx import CircuitBreakerTransport
+from llm_circuit_breaker.testing import FakeLLMServer, Reply
 
 KB = 1024
 # Texts on which a backtracking pattern goes cubic or quadratic: runs of a credential word
@@ -125,3 +141,96 @@ def test_remembering_secrets_from_many_threads_past_the_bound() -> None:
         sys.setswitchinterval(interval)
     assert errors == []
     assert len(_redact._KNOWN) <= 256
+
+
+# -- bodies nested too deep ------------------------------------------------------------------
+
+DEEP = "[" * 100_000  # 100 KB: json's decoder recurses once per bracket
+DEEP_VALID = "[" * 900 + "]" * 900  # parses, then breaks repr and str further down the stack
+
+
+@pytest.mark.parametrize("body", [DEEP, DEEP_VALID, '{"error": ' + DEEP])
+def test_a_deeply_nested_body_parses_as_text(body: str) -> None:
+    """A body nested past 64 levels is kept as text: nothing that shows it can recurse."""
+    assert parse_json(body) == body
+    assert parse_json(body.encode()) == body
+    assert parse_json('{"error": {"type": "x", "details": [[1]]}}')["error"]["type"] == "x"
+
+
+@pytest.mark.parametrize(("status", "counted"), [(500, 1), (400, 0), (429, 0)])
+def test_a_deeply_nested_error_body_through_the_transport(
+    llm_server: FakeLLMServer, status: int, counted: int
+) -> None:
+    """The SDK gets the status; the attempt is reported and judged by its status."""
+    llm_server.default = Reply(
+        status=status, text=DEEP, headers={"Content-Type": "application/json"}
+    )
+    registry = BreakerRegistry()
+    with httpx.Client(transport=CircuitBreakerTransport("deep", registry=registry)) as client:
+        response = client.post(llm_server.url + "/v1/chat/completions", json={})
+        assert response.status_code == status
+    stats = registry.get("deep").stats
+    assert stats.calls == 1
+    assert stats.failures == counted
+    assert stats.calls == stats.failures + stats.ignored + stats.throttled
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+@pytest.mark.parametrize(
+    ("status", "error", "counted"),
+    [(500, ServerError, 1), (400, HTTPStatusError, 0), (429, RateLimitError, 0)],
+)
+def test_a_deeply_nested_error_body_through_the_facade(
+    llm_server: FakeLLMServer,
+    driver: str,
+    status: int,
+    error: type[HTTPStatusError],
+    counted: int,
+) -> None:
+    """The caller sees our error for the status, never RecursionError; 400 and 429 not counted."""
+    for body in (DEEP, DEEP_VALID):
+        llm_server.default = Reply(
+            status=status, text=body, headers={"Content-Type": "application/json"}
+        )
+        cb = LLMCircuitBreaker(retry={"max_retries": 0})
+        try:
+            with pytest.raises(error) as caught:
+                if driver == "sync":
+                    cb.call(llm_server.url, data={})
+                else:
+                    asyncio.run(_acall(cb, llm_server.url))
+            assert caught.value.status_code == status
+            assert str(caught.value).startswith(f"HTTP {status}")
+            assert cb.breaker.stats.failures == counted
+        finally:
+            cb.close()
+
+
+async def _acall(cb: LLMCircuitBreaker, url: str) -> Any:
+    try:
+        return await cb.acall(url, data={})
+    finally:
+        await cb.aclose()
+
+
+def test_a_deeply_nested_event_in_a_stream_is_yielded_as_text(llm_server: FakeLLMServer) -> None:
+    """An SSE event whose data nests too deep is yielded as its text, the stream goes on."""
+    llm_server.default = Reply(events=[f"data: {DEEP}\n\n", "data: [DONE]\n\n"])
+    with LLMCircuitBreaker(retry={"max_retries": 0}) as cb:
+        events = list(cb.stream(llm_server.url, data={}))
+    assert [e.data for e in events] == [DEEP]
+
+
+def test_judging_never_raises() -> None:
+    """An error that breaks what judges it is a failure, not retried: the attempt is reported."""
+
+    class Hostile(type):
+        def __instancecheck__(cls, instance: object) -> bool:
+            raise RecursionError("maximum recursion depth exceeded")
+
+    class Excluded(Exception, metaclass=Hostile):
+        pass
+
+    verdict = judge(ValueError("x"), rules=BreakerRules(exclude=(Excluded,)))
+    assert verdict.outcome is Outcome.FAILURE
+    assert verdict.retry is False

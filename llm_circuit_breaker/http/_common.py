@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from llm_circuit_breaker._judge.classify import mark_local
+from llm_circuit_breaker._judge.kinds import parse_json
 from llm_circuit_breaker._redact import is_secret_name, redact_url, remember_secrets
 from llm_circuit_breaker.errors import (
     RequestTimeoutError,
@@ -125,15 +126,6 @@ def prepare(
     )
 
 
-def _decode(body: bytes) -> Any:
-    """The body as JSON when it parses, else as text."""
-    text = body.decode("utf-8", errors="replace")
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def error_type_of(body: Any) -> str | None:
     """The provider's machine-readable error type in a parsed error body, if any."""
     if not isinstance(body, dict):
@@ -150,13 +142,13 @@ def error_type_of(body: Any) -> str | None:
 def parse_response(status: int, headers: Mapping[str, str], body: bytes, url: str) -> Any:
     """The parsed JSON of a 2xx response; an :class:`HTTPStatusError` for anything else."""
     if not 200 <= status < 300:
-        decoded = _decode(body)
+        decoded = parse_json(body)
         raise http_status_error(status, headers, decoded, url, error_type=error_type_of(decoded))
     if not body.strip():
         return None
     try:
         return json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         snippet = redact_text(body[:80].decode("utf-8", errors="replace"))
         raise TransportError(
             f"HTTP {status} body is not valid JSON ({exc}): {snippet!r}",

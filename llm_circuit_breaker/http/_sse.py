@@ -9,10 +9,10 @@ notices a stream cut before its terminal frame, and :class:`EventReader` ties th
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 from llm_circuit_breaker._judge.classify import classify_response
+from llm_circuit_breaker._judge.kinds import parse_json
 from llm_circuit_breaker.errors import (
     HTTPStatusError,
     IncompleteStreamError,
@@ -121,11 +121,7 @@ class SSEDecoder:
         self._event, self._data, self._size = None, [], 0
         if raw == "[DONE]":
             return DONE
-        try:
-            data: Any = json.loads(raw)
-        except ValueError:
-            data = raw
-        return SSEEvent(event, data, self._id)
+        return SSEEvent(event, parse_json(raw), self._id)
 
 
 # Provider streams with a terminal frame: a stream that ends without it was cut off.

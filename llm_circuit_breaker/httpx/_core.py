@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from llm_circuit_breaker._core.state import Outcome
+from llm_circuit_breaker._judge.kinds import parse_json
 from llm_circuit_breaker._judge.refusal import REFUSAL
 from llm_circuit_breaker._judge.verdict import judge
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
@@ -101,7 +102,7 @@ class Core:
             return None
         try:
             return json.loads(content)
-        except ValueError:
+        except Exception:  # ValueError, RecursionError on a body nested too deep
             return None
 
     def breaker_for(self, request: Any, body: Any) -> CircuitBreaker:
@@ -239,10 +240,9 @@ class Attempt:
 
     def answered(self, request: Any, response: Any, body: bytes) -> Report | None:
         """The report of an error status: judged as the error it stands for."""
-        try:
-            parsed: Any = json.loads(body) if body else None
-        except ValueError:
-            parsed = body[:2000].decode("utf-8", errors="replace")
+        parsed = parse_json(body) if body else None
+        if isinstance(parsed, str):
+            parsed = parsed[:2000]
         error = http_status_error(
             response.status_code, dict(response.headers), parsed, str(request.url)
         )

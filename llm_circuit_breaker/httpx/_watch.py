@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from llm_circuit_breaker._judge.kinds import parse_json
 
 __all__ = ["Watch"]
 
@@ -83,14 +82,7 @@ class Watch:
         from llm_circuit_breaker.http._sse import DONE, SSEEvent
 
         text = data.decode("utf-8", errors="replace")
-        if text == "[DONE]":
-            parsed = DONE
-        else:
-            try:
-                payload: Any = json.loads(text)
-            except ValueError:
-                payload = text
-            parsed = SSEEvent(event or "message", payload)
+        parsed = DONE if text == "[DONE]" else SSEEvent(event or "message", parse_json(text))
         return self._checker.error_in(parsed)
 
     @property
