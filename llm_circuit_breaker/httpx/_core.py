@@ -23,7 +23,7 @@ from llm_circuit_breaker.errors import (
     ThrottledError,
     http_status_error,
 )
-from llm_circuit_breaker.httpx._watch import Watch
+from llm_circuit_breaker.httpx._watch import Watch, watch_for
 
 __all__ = [
     "Attempt",
@@ -184,7 +184,7 @@ class Core:
         if streams and self.idle_timeout is not None:
             _set_read_timeout(request, self.idle_timeout)
         if "text/event-stream" in response.headers.get("content-type", ""):
-            return Watch(str(request.url))
+            return watch_for(str(request.url), response.headers.get("content-encoding", ""))
         return None
 
 

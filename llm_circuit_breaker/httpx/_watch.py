@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Iterator
+
 from llm_circuit_breaker._judge.kinds import parse_json
 
-__all__ = ["Watch"]
+__all__ = ["Inflate", "Watch", "watch_for"]
 
 
 class Watch:
@@ -15,12 +18,13 @@ class Watch:
     test on the raw data); the rest cost a few ``in`` tests each.
     """
 
-    __slots__ = ("_checker", "_data", "_event", "_lines", "_size", "_started", "_url")
+    __slots__ = ("_checker", "_data", "_event", "_inflate", "_lines", "_size", "_started", "_url")
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, inflate: Inflate | None = None) -> None:
         from llm_circuit_breaker.http._sse import LineSplitter, StreamChecker
 
         self._url = url
+        self._inflate = inflate
         self._lines = LineSplitter(_MAX_EVENT, url)
         self._checker = StreamChecker(url)
         self._event = ""
@@ -29,7 +33,21 @@ class Watch:
         self._started = False
 
     def feed(self, chunk: bytes) -> BaseException | None:
-        """The first provider error in ``chunk``, if any."""
+        """The first provider error in ``chunk`` (as it came, encoded or not), if any."""
+        if self._inflate is None:
+            return self._feed(chunk)
+        error = None
+        try:
+            for piece in self._inflate.feed(chunk):
+                found = self._feed(piece)
+                error = error or found
+        except zlib.error as exc:  # the SDK's client fails to decode it too
+            from llm_circuit_breaker.errors import TransportError
+
+            return TransportError(f"undecodable {self._inflate.name} body: {exc}", url=self._url)
+        return error
+
+    def _feed(self, chunk: bytes) -> BaseException | None:
         if (
             self._started
             and not self._data
@@ -92,6 +110,8 @@ class Watch:
 
     def truncated(self) -> bool:
         """At the end of the body: whether the provider's final event never came."""
+        if self._inflate is not None and not self._inflate.complete:
+            return True  # a compressed body cut short
         rest = self._lines.rest()
         if rest:
             self._line(rest.rstrip(b"\r"))
@@ -113,3 +133,49 @@ _NOTABLE_DATA = (
     b'"finish_reason":"',
     b'"finish_reason": "',
 )
+_PIECE = 64 * 1024  # decoded bytes per step: a compression bomb is read in bounded pieces
+
+
+class Inflate:
+    """Undoes a ``gzip`` or ``deflate`` content-encoding as the body passes (the client decodes
+    it again for the SDK after us), in pieces of at most 64 KiB."""
+
+    __slots__ = ("_decoder", "_started", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        wbits = zlib.MAX_WBITS if name == "deflate" else zlib.MAX_WBITS | 16  # | 16: gzip
+        self._decoder = zlib.decompressobj(wbits)
+        self._started = False
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The decoded pieces of ``data``."""
+        if not self._started and self.name == "deflate":
+            try:  # "deflate" is meant to be zlib-wrapped, but some servers send it raw
+                zlib.decompressobj().decompress(data[:2])
+            except zlib.error:
+                self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._started = self._started or bool(data)
+        while True:
+            piece = self._decoder.decompress(data, _PIECE)
+            data = self._decoder.unconsumed_tail
+            if piece:
+                yield piece
+            if not data and len(piece) < _PIECE:
+                return
+
+    @property
+    def complete(self) -> bool:
+        """Whether the compressed stream reached its end (or never began)."""
+        return self._decoder.eof or not self._started
+
+
+def watch_for(url: str, encoding: str) -> Watch | None:
+    """The watch of an SSE body sent with ``encoding`` (its ``content-encoding``); None for an
+    encoding it cannot undo (br, zstd, several layers): that body goes by unwatched."""
+    name = encoding.strip().lower()
+    if name in ("", "identity"):
+        return Watch(url)
+    if name in ("gzip", "x-gzip", "deflate"):
+        return Watch(url, Inflate(name))
+    return None
