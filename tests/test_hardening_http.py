@@ -3,7 +3,9 @@ time, encoded streams watched like plain ones."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import itertools
 import json
 import zlib
 from collections.abc import Callable
@@ -13,7 +15,8 @@ import httpx
 import pytest
 
 from llm_circuit_breaker import BreakerRegistry, IncompleteStreamError, TransportError
-from llm_circuit_breaker.httpx import CircuitBreakerTransport
+from llm_circuit_breaker.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport
+from llm_circuit_breaker.testing import FakeLLMServer, Reply
 
 MiB = 1024 * 1024
 URL = "https://api.example.test/v1/chat/completions"
@@ -129,3 +132,67 @@ def test_a_gzip_bomb_in_a_stream_is_cut_at_the_event_limit() -> None:
         tracemalloc.stop()
     assert peak < 32 * MiB
     assert registry.get("sse").stats.failures == 1
+
+
+# -- error bodies ----------------------------------------------------------------------------
+
+
+def _gzip_bomb(mib: int) -> bytes:
+    compressor = zlib.compressobj(wbits=zlib.MAX_WBITS | 16)
+    block = b"\0" * MiB
+    return b"".join(compressor.compress(block) for _ in range(mib)) + compressor.flush()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_an_endless_error_body_is_read_only_as_far_as_judging_needs(
+    llm_server: FakeLLMServer, asynchronous: bool
+) -> None:
+    """A 500 whose body never ends returns at once, judged, with a bounded body for the SDK."""
+    llm_server.default = Reply(status=500, chunks=itertools.repeat(b'{"error": "x' * 4096))
+    registry = BreakerRegistry()
+
+    if asynchronous:
+
+        async def send() -> tuple[int, bytes]:
+            transport = AsyncCircuitBreakerTransport("errors", registry=registry)
+            async with httpx.AsyncClient(transport=transport) as client:
+                response = await client.post(llm_server.url + "/v1/chat/completions", json={})
+                return response.status_code, await response.aread()
+
+        status, content = asyncio.run(send())
+    else:
+        transport = CircuitBreakerTransport("errors", registry=registry)
+        with httpx.Client(transport=transport) as client:
+            response = client.post(llm_server.url + "/v1/chat/completions", json={})
+            status, content = response.status_code, response.read()
+    assert status == 500
+    assert 0 < len(content) <= 256 * 1024 + 64 * 1024
+    assert registry.get("errors").stats.failures == 1
+
+
+def test_a_gzip_bomb_error_body_is_decoded_only_as_far_as_judging_needs(
+    llm_server: FakeLLMServer,
+) -> None:
+    """A 429 whose gzip body inflates to 256 MiB is judged on its first 256 KiB, memory bounded."""
+    import tracemalloc
+
+    bomb = _gzip_bomb(256)
+    llm_server.default = Reply(
+        status=429,
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        chunks=[bomb[i : i + 65536] for i in range(0, len(bomb), 65536)],
+    )
+    registry = BreakerRegistry()
+    tracemalloc.start()
+    try:
+        with httpx.Client(transport=CircuitBreakerTransport("bomb", registry=registry)) as client:
+            response = client.post(llm_server.url + "/v1/chat/completions", json={})
+            content = response.read()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 429
+    assert len(content) <= 256 * 1024 + 64 * 1024
+    assert peak < 32 * MiB
+    stats = registry.get("bomb").stats
+    assert (stats.throttled, stats.failures) == (1, 0)

@@ -3,10 +3,12 @@ refusal, judging a response, watching an SSE body and settling an attempt once. 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import sys
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,7 +25,7 @@ from llm_circuit_breaker.errors import (
     ThrottledError,
     http_status_error,
 )
-from llm_circuit_breaker.httpx._watch import Watch, watch_for
+from llm_circuit_breaker.httpx._watch import Inflate, Watch, watch_for
 
 __all__ = [
     "Attempt",
@@ -296,16 +298,76 @@ def incomplete(request: Any) -> IncompleteStreamError:
     )
 
 
+class ErrorBody:
+    """An error response's body, read only as far as judging needs (256 KiB, decoded in
+    bounded pieces): an endless or bomb-sized error body is never read whole. The SDK then
+    reads what was judged."""
+
+    __slots__ = ("_decoded", "_inflate", "_known", "_raw", "_raw_size", "_size")
+
+    def __init__(self, response: Any) -> None:
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        self._inflate = Inflate(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
+        self._known = self._inflate is not None or encoding in ("", "identity")
+        self._raw: list[bytes] = []
+        self._raw_size = 0
+        self._decoded: list[bytes] = []
+        self._size = 0
+
+    def add(self, chunk: bytes) -> bool:
+        """Take the next raw chunk; whether judging needs more."""
+        self._raw.append(chunk)
+        self._raw_size += len(chunk)
+        if self._known:
+            try:
+                pieces = self._inflate.feed(chunk) if self._inflate is not None else (chunk,)
+                for piece in pieces:
+                    self._decoded.append(piece)
+                    self._size += len(piece)
+                    if self._size >= _MAX_ERROR_BODY:
+                        break
+            except zlib.error:  # undecodable: judged by its status alone
+                self._known = False
+        return self._raw_size < _MAX_ERROR_BODY and self._size < _MAX_ERROR_BODY
+
+    def finish(self, response: Any) -> bytes:
+        """The body to judge; ``response`` now holds it for the SDK to read (decoded, or as it
+        came when it could not be decoded)."""
+        body = b"".join(self._decoded)[:_MAX_ERROR_BODY] if self._known else b""
+        response.headers.pop("content-length", None)
+        if self._known:
+            response.headers.pop("content-encoding", None)
+        content = body if self._known else b"".join(self._raw)
+        response.stream = library(response).ByteStream(content)
+        return body
+
+
 def read_capped(response: Any) -> bytes:
-    """An error response's body, read (so the SDK can read it too) up to a cap."""
+    """An error response's body, read up to what judging needs (see :class:`ErrorBody`)."""
+    body = ErrorBody(response)
+    stream = response.stream
     try:
-        return bytes(response.read()[:_MAX_ERROR_BODY])
-    except Exception:  # a body that breaks: judged by its status alone
-        return b""
+        for chunk in stream:
+            if not body.add(chunk):
+                break
+    except Exception:  # a body that breaks: judged by what came
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            stream.close()
+    return body.finish(response)
 
 
 async def aread_capped(response: Any) -> bytes:
+    body = ErrorBody(response)
+    stream = response.stream
     try:
-        return bytes((await response.aread())[:_MAX_ERROR_BODY])
+        async for chunk in stream:
+            if not body.add(chunk):
+                break
     except Exception:
-        return b""
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+    return body.finish(response)
