@@ -4,9 +4,13 @@ time, encoded streams watched like plain ones."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import itertools
 import json
+import socketserver
+import threading
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -14,9 +18,17 @@ from typing import Any
 import httpx
 import pytest
 
-from llm_circuit_breaker import BreakerRegistry, IncompleteStreamError, TransportError
+from llm_circuit_breaker import (
+    BreakerRegistry,
+    IncompleteStreamError,
+    LLMCircuitBreaker,
+    RequestTimeoutError,
+    TransportError,
+)
+from llm_circuit_breaker.http._common import prepare
+from llm_circuit_breaker.http._sse import EventReader
 from llm_circuit_breaker.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport
-from llm_circuit_breaker.testing import FakeLLMServer, Reply
+from llm_circuit_breaker.testing import FakeClock, FakeLLMServer, Reply
 
 MiB = 1024 * 1024
 URL = "https://api.example.test/v1/chat/completions"
@@ -196,3 +208,162 @@ def test_a_gzip_bomb_error_body_is_decoded_only_as_far_as_judging_needs(
     assert peak < 32 * MiB
     stats = registry.get("bomb").stats
     assert (stats.throttled, stats.failures) == (1, 0)
+
+
+# -- bounded time: totals and keep-alives ------------------------------------------------------
+
+
+class _RawServer:
+    """A loopback HTTP/1.1 server answering every request with ``respond(send, stop)``: raw
+    bytes and pauses, for what a scripted aiohttp server cannot do (trickle, ping forever)."""
+
+    def __init__(self, respond: Callable[[Callable[[bytes], None], threading.Event], None]):
+        self.stop = threading.Event()
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                length = 0
+                while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
+                    name, _, value = line.decode("latin-1").partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                self.rfile.read(length)
+                with contextlib.suppress(OSError):
+                    respond(self._send, outer.stop)
+
+            def _send(self, data: bytes) -> None:
+                self.wfile.write(data)
+                self.wfile.flush()
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1/chat/completions"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _RawServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
+
+
+def _trickle(send: Callable[[bytes], None], stop: threading.Event) -> None:
+    """A JSON body promised 40 bytes long, sent one byte every 0.2 s (8 s in all)."""
+    send(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n")
+    for _ in range(40):
+        if stop.wait(0.2):
+            return
+        send(b" ")
+
+
+def _pings(send: Callable[[bytes], None], stop: threading.Event) -> None:
+    """An Anthropic stream that opens, then sends only pings and comments, forever."""
+    send(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    frames = [b'event: ping\ndata: {"type": "ping"}\n\n', b": keep-alive\n\n"]
+    for frame in itertools.cycle(frames):
+        if stop.wait(0.1):
+            return
+        send(b"%x\r\n%s\r\n" % (len(frame), frame))
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_the_timeout_of_a_call_is_a_total(driver: str) -> None:
+    """A server sending one byte every 0.2 s cannot keep a call with timeout=1 alive."""
+    with _RawServer(_trickle) as server:
+        cb = LLMCircuitBreaker(retry={"max_retries": 0}, circuit_breaker={"timeout": 1.0})
+        started = time.monotonic()
+        with pytest.raises(RequestTimeoutError):
+            if driver == "sync":
+                cb.call(server.url, data={})
+            else:
+                asyncio.run(_acall(cb, server.url))
+        elapsed = time.monotonic() - started
+        cb.close()
+    assert elapsed < 4.0  # one second, and generous room; reading on took 8 s
+    assert cb.breaker.stats.failures == 1
+
+
+async def _acall(cb: LLMCircuitBreaker, url: str) -> Any:
+    try:
+        return await cb.acall(url, data={})
+    finally:
+        await cb.aclose()
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_a_stream_of_keep_alives_only_times_out(driver: str) -> None:
+    """Pings and comments forever: stream() fails with RequestTimeoutError after ``timeout``."""
+    with _RawServer(_pings) as server:
+        cb = LLMCircuitBreaker(retry={"max_retries": 0}, circuit_breaker={"timeout": 0.5})
+        started = time.monotonic()
+        with pytest.raises(RequestTimeoutError):
+            if driver == "sync":
+                list(cb.stream(server.url, data={}))
+            else:
+                asyncio.run(_astream(cb, server.url))
+        elapsed = time.monotonic() - started
+        cb.close()
+    assert elapsed < 4.0
+
+
+async def _astream(cb: LLMCircuitBreaker, url: str) -> list[Any]:
+    try:
+        return [event async for event in cb.astream(url, data={})]
+    finally:
+        await cb.aclose()
+
+
+def _reader(timeout: float, clock: FakeClock) -> EventReader:
+    return EventReader(prepare("http://h", "POST", None, None, timeout), clock=clock)
+
+
+def test_keep_alives_are_no_progress_but_a_growing_event_is(clock: FakeClock) -> None:
+    """Only events, or an event that grows, keep a stream alive past its timeout."""
+    reader = _reader(1.0, clock)
+    assert reader.feed(b'data: {"text": "') == []
+    for _ in range(5):  # a long event arriving slowly, piece by piece
+        clock.advance(0.9)
+        assert reader.feed(b"z" * 100) == []
+    clock.advance(0.9)
+    assert [e.data for e in reader.feed(b'"}\n\n')] == [{"text": "z" * 500}]
+    for _ in range(3):  # pings, a comment, a ping split in two: all within the timeout
+        clock.advance(0.3)
+        reader.feed(b"event: ping\ndata: {}\n\n: keep-alive\n\nevent: pi")
+        reader.feed(b"ng\ndata: {}\n\n")
+    clock.advance(0.5)  # 1.1 s since the split ping first grew: nothing else did
+    with pytest.raises(RequestTimeoutError):
+        reader.feed(b"event: ping\ndata: {}\n\n")
+
+
+def test_stream_reads_a_gzip_bomb_in_bounded_pieces(llm_server: FakeLLMServer) -> None:
+    """stream() over requests: a Content-Length gzip body inflating to 256 MiB without a line
+    break fails at max_event_bytes with memory bounded (it was inflated in one piece)."""
+    import tracemalloc
+
+    bomb = _gzip_bomb(256)
+    llm_server.default = Reply(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Content-Encoding": "gzip",
+            "Content-Length": str(len(bomb)),
+        },
+        chunks=[bomb],
+    )
+    cb = LLMCircuitBreaker(retry={"max_retries": 0})
+    tracemalloc.start()
+    try:
+        with pytest.raises(TransportError, match="max_event_bytes"):
+            list(cb.stream(llm_server.url, data={}))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        cb.close()
+    assert peak < 64 * MiB
+    assert cb.breaker.stats.failures == 1

@@ -15,7 +15,8 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
     "DEFAULT_MAX_RESPONSE_BYTES",
     "BodyLimit",
+    "Inflate",
     "PreparedRequest",
     "error_type_of",
     "local_error",
@@ -180,6 +182,43 @@ class BodyLimit:
     def body(self) -> bytes:
         """The body read so far."""
         return b"".join(self._chunks)
+
+
+_PIECE = 64 * 1024  # decoded bytes per step: a compression bomb is read in bounded pieces
+
+
+class Inflate:
+    """Undoes a ``gzip`` or ``deflate`` content-encoding as the body passes (the client decodes
+    it again for the SDK after us), in pieces of at most 64 KiB."""
+
+    __slots__ = ("_decoder", "_started", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        wbits = zlib.MAX_WBITS if name == "deflate" else zlib.MAX_WBITS | 16  # | 16: gzip
+        self._decoder = zlib.decompressobj(wbits)
+        self._started = False
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The decoded pieces of ``data``."""
+        if not self._started and self.name == "deflate":
+            try:  # "deflate" is meant to be zlib-wrapped, but some servers send it raw
+                zlib.decompressobj().decompress(data[:2])
+            except zlib.error:
+                self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._started = self._started or bool(data)
+        while True:
+            piece = self._decoder.decompress(data, _PIECE)
+            data = self._decoder.unconsumed_tail
+            if piece:
+                yield piece
+            if not data and len(piece) < _PIECE:
+                return
+
+    @property
+    def complete(self) -> bool:
+        """Whether the compressed stream reached its end (or never began)."""
+        return self._decoder.eof or not self._started
 
 
 def redirect(

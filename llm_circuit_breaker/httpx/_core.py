@@ -25,7 +25,8 @@ from llm_circuit_breaker.errors import (
     ThrottledError,
     http_status_error,
 )
-from llm_circuit_breaker.httpx._watch import Inflate, Watch, watch_for
+from llm_circuit_breaker.http._common import Inflate
+from llm_circuit_breaker.httpx._watch import Watch, watch_for
 
 __all__ = [
     "Attempt",
