@@ -367,3 +367,31 @@ def test_stream_reads_a_gzip_bomb_in_bounded_pieces(llm_server: FakeLLMServer) -
         cb.close()
     assert peak < 64 * MiB
     assert cb.breaker.stats.failures == 1
+
+
+# -- bounded breakers --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["openai:{model}", "callable"])
+def test_transport_scoped_breakers_are_bounded_like_the_decorators(spec: str) -> None:
+    """Past max_breakers, the least recently used clean CLOSED breakers go; an open one stays."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        model = json.loads(request.content)["model"]
+        return httpx.Response(500 if model == "broken" else 200, json={"ok": True})
+
+    registry = BreakerRegistry(max_breakers=5)
+    breaker: Any = (
+        spec if spec != "callable" else (lambda r: "openai:" + json.loads(r.content)["model"])
+    )
+    transport = CircuitBreakerTransport(
+        breaker, httpx.MockTransport(handler), registry=registry, failure_threshold=1
+    )
+    with httpx.Client(transport=transport) as client:
+        client.post(URL, json={"model": "broken"})
+        for number in range(200):
+            client.post(URL, json={"model": f"model-{number}"})
+    assert len(registry) <= 5 + 1
+    assert "openai:broken" in registry  # open: kept
+    assert "openai:model-199" in registry
+    assert "openai:model-0" not in registry

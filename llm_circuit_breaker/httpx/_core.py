@@ -123,7 +123,9 @@ class Core:
             name = spec(request)
             if not isinstance(name, str) or not name:
                 raise TypeError(f"breaker callable must return a non-empty str, got {name!r}")
-        return self.registry.get_or_create_with(name, self.fields, config=self.config)
+        # one of many (a model, a host ...): bounded by the registry's max_breakers, the least
+        # recently used idle ones dropped, as the decorators' scoped breakers are
+        return self.registry.get_or_create_with(name, self.fields, config=self.config, scoped=True)
 
     def breaker_and_body(self, request: Any, *, asynchronous: bool) -> tuple[CircuitBreaker, Any]:
         """The request's JSON body and the breaker that guards it (a sync transport cannot
