@@ -395,3 +395,18 @@ def test_transport_scoped_breakers_are_bounded_like_the_decorators(spec: str) ->
     assert "openai:broken" in registry  # open: kept
     assert "openai:model-199" in registry
     assert "openai:model-0" not in registry
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+def test_stream_decodes_an_encoded_body_piece_by_piece(
+    llm_server: FakeLLMServer, encoding: str
+) -> None:
+    """stream() over requests yields the events of a gzip / deflate SSE body sent in pieces."""
+    body = ENCODINGS[encoding](WHOLE)
+    llm_server.default = Reply(
+        headers={"Content-Type": "text/event-stream", "Content-Encoding": encoding.split()[-1]},
+        chunks=[body[i : i + 5] for i in range(0, len(body), 5)],
+    )
+    with LLMCircuitBreaker(retry={"max_retries": 0}) as cb:
+        texts = [e.data["choices"][0]["delta"]["content"] for e in cb.stream(llm_server.url)]
+    assert texts == ["Hel", "lo"]
