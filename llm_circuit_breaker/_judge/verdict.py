@@ -66,7 +66,24 @@ def judge(
     *,
     name: str = "",
 ) -> Verdict:
-    """Decide what ``exc`` means under ``config`` (the breaker's), ``retry`` and ``rules``."""
+    """Decide what ``exc`` means under ``config`` (the breaker's), ``retry`` and ``rules``.
+
+    Never raises: an error that cannot be judged (a hostile ``__instancecheck__``, a body that
+    breaks what reads it) is a failure, not retried, so an attempt is always reported."""
+    try:
+        return _judge(exc, config, retry, rules, name)
+    except Exception:
+        logger.exception("circuit %r: could not judge an error; counted as a failure", name)
+        return Verdict(Outcome.FAILURE, False, None, None, "unjudged error", ErrorKind.OTHER, None)
+
+
+def _judge(
+    exc: BaseException,
+    config: CircuitBreakerConfig,
+    retry: RetryConfig,
+    rules: BreakerRules,
+    name: str,
+) -> Verdict:
     if isinstance(exc, ThrottledError):
         wait = exc.retry_after
         retry_it = retry.respect_retry_after and wait <= retry.max_delay
@@ -79,7 +96,7 @@ def judge(
         )
     refused = refusal_of(exc)  # an SDK's error around the httpx transport's refusal
     if refused is not None:
-        return judge(refused, config, retry, rules, name=name)
+        return _judge(refused, config, retry, rules, name)
     found = classify(exc)
     hint = found.retry_after if retry.respect_retry_after else None
     outcome, open_for, reason = _breaker_column(exc, found, config, rules, name)
