@@ -127,7 +127,13 @@ class Core:
         # recently used idle ones dropped, as the decorators' scoped breakers are
         return self.registry.get_or_create_with(name, self.fields, config=self.config, scoped=True)
 
-    def breaker_and_body(self, request: Any, *, asynchronous: bool) -> tuple[CircuitBreaker, Any]:
+    def abreaker_and_body(self, request: Any) -> tuple[CircuitBreaker, Any]:
+        """:meth:`breaker_and_body` for the asyncio transport (any store will do)."""
+        return self.breaker_and_body(request, asynchronous=True)
+
+    def breaker_and_body(
+        self, request: Any, *, asynchronous: bool = False
+    ) -> tuple[CircuitBreaker, Any]:
         """The request's JSON body and the breaker that guards it (a sync transport cannot
         use an asyncio store)."""
         body = self.body_of(request)
