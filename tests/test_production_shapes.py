@@ -5,10 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import gc
 from typing import Any
 
-from llm_circuit_breaker import CircuitState, LLMCircuitBreaker
+import httpx
+import openai
+import pytest
+
+from llm_circuit_breaker import (
+    BreakerRegistry,
+    CircuitState,
+    LLMCircuitBreaker,
+    circuit_breaker,
+    with_retry,
+)
+from llm_circuit_breaker._judge.verdict import judge
+from llm_circuit_breaker.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport
 from llm_circuit_breaker.testing import FakeLLMServer
 
 THREADS = 8
@@ -83,3 +96,120 @@ def test_a_session_of_an_ended_loop_is_dropped(llm_server: FakeLLMServer) -> Non
     finally:
         live.run_until_complete(live.shutdown_asyncgens())  # what asyncio.run does at its end
         live.close()
+
+
+# -- a local fault is never the provider's --------------------------------------------------
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+REQUEST = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+
+
+def _wrapped(cause: BaseException) -> BaseException:
+    error = openai.APIConnectionError(request=REQUEST)
+    error.__cause__ = cause
+    return error
+
+
+LOCAL_FAULTS = [
+    RuntimeError("Event loop is closed"),
+    RuntimeError("<asyncio.locks.Event object at 0x1> is bound to a different event loop"),
+    RuntimeError("Task got Future attached to a different loop"),
+    RuntimeError("Cannot send a request, as the client has been closed."),
+    _wrapped(RuntimeError("Event loop is closed")),
+    _wrapped(httpx.LocalProtocolError("Illegal header value b'a\\nb'")),
+    httpx.PoolTimeout("pool"),
+    httpx.UnsupportedProtocol("Request URL is missing an 'http://' or 'https://' protocol."),
+]
+
+
+@pytest.mark.parametrize("exc", LOCAL_FAULTS, ids=repr)
+def test_a_local_fault_is_neither_counted_nor_retried(exc: BaseException) -> None:
+    """A closed loop or client, a loop mix-up, a full pool, a bad header: ignored, not retried."""
+    verdict = judge(exc)
+    assert (verdict.outcome.name, verdict.retry) == ("IGNORED", False)
+
+
+@pytest.mark.parametrize("exc", LOCAL_FAULTS[:6], ids=repr)
+def test_with_retry_raises_a_local_fault_as_it_is(exc: BaseException) -> None:
+    """with_retry over circuit_breaker: one attempt, the very error raised, nothing counted."""
+    attempts = []
+
+    @with_retry(max_retries=3, initial_delay=0.001, jitter=False)
+    @circuit_breaker("local", failure_threshold=1)
+    def call() -> None:
+        attempts.append(1)
+        raise exc
+
+    with pytest.raises(type(exc)) as caught:
+        call()
+    assert caught.value is exc and len(attempts) == 1
+    assert call.breaker.state is CircuitState.CLOSED and call.breaker.stats.failures == 0
+
+
+def test_one_async_openai_client_reused_across_event_loops(llm_server: FakeLLMServer) -> None:
+    """One AsyncOpenAI client through the transport, called by a decorated function from three
+    asyncio.run()s: its pooled connection belongs to an ended loop ("Event loop is closed"),
+    which neither the transport's breaker nor the decorator's counts; no circuit opens."""
+    registry = BreakerRegistry()
+    transport = AsyncCircuitBreakerTransport("sdk", registry=registry, failure_threshold=1)
+    client = openai.AsyncOpenAI(
+        api_key="sk-test",
+        base_url=llm_server.url + "/v1",
+        http_client=httpx.AsyncClient(transport=transport),
+        max_retries=0,
+    )
+
+    @circuit_breaker("ask", registry=registry, failure_threshold=1)
+    async def ask() -> Any:
+        return await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    async def run(last: bool) -> Any:
+        try:
+            return await ask()
+        finally:
+            if last:  # a connection left from an ended loop cannot be closed cleanly either
+                with contextlib.suppress(RuntimeError):
+                    await client.close()
+
+    raised = []
+    for run_number in range(3):
+        try:
+            asyncio.run(run(last=run_number == 2))
+        except (RuntimeError, openai.APIConnectionError) as exc:
+            raised.append(exc)
+    assert raised, "the reused client should have met its ended loop"
+    for name in ("sdk", "ask"):
+        breaker = registry.get(name)
+        assert breaker.state is CircuitState.CLOSED, name
+        assert breaker.stats.failures == 0, name
+
+
+def test_a_closed_client_and_a_bad_header_through_the_transport(
+    llm_server: FakeLLMServer,
+) -> None:
+    """A header value with a newline (the SDK wraps h11's LocalProtocolError) and a closed
+    httpx client: raised to the caller, never counted by the transport or the decorator."""
+    registry = BreakerRegistry()
+    http_client = httpx.Client(
+        transport=CircuitBreakerTransport("sdk", registry=registry, failure_threshold=1)
+    )
+    bad = openai.OpenAI(
+        api_key="sk-test",
+        base_url=llm_server.url + "/v1",
+        http_client=http_client,
+        max_retries=0,
+        default_headers={"x-key": "pasted\n"},
+    )
+
+    @circuit_breaker("ask", registry=registry, failure_threshold=1)
+    def ask(client: openai.OpenAI) -> Any:
+        return client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    with pytest.raises(openai.APIConnectionError):
+        ask(bad)
+    http_client.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        ask(bad.with_options(default_headers={}))
+    for name in ("sdk", "ask"):
+        assert registry.get(name).stats.failures == 0, name
+    assert llm_server.hits == 0

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 
+from llm_circuit_breaker._judge.local import is_local
 from llm_circuit_breaker.http._common import (
     BodyLimit,
     PreparedRequest,
@@ -32,6 +33,8 @@ def _translated(request: PreparedRequest) -> Iterator[None]:
     except (TimeoutError, asyncio.TimeoutError) as exc:  # one class on 3.11+, two on 3.10
         raise transport_error(request, exc, timed_out=True) from exc
     except aiohttp.ClientError as exc:
+        if is_local(exc):  # "Connector is closed": a session closed under this call
+            raise local_error(exc)
         raise transport_error(request, exc, timed_out=False) from exc
     except (ValueError, TypeError, OverflowError, RuntimeError) as exc:
         raise local_error(exc)
