@@ -8,7 +8,8 @@ whose circuit lives in an asyncio store; ``store_io`` says which a shell must us
 
 A function that returns a stream (an iterator or async iterator, such as the openai SDK's
 ``Stream``) is guarded until the stream ends: :class:`GuardedStream` / :class:`AsyncGuardedStream`
-report when it is exhausted, fails or is closed.
+report when it is exhausted, fails or is closed, and check an SDK stream's items for its
+provider's final one (:mod:`.._judge.streams`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ if TYPE_CHECKING:
     from llm_circuit_breaker._judge.verdict import Verdict
 
 from llm_circuit_breaker._core.state import Outcome
+from llm_circuit_breaker._judge.streams import ItemWatch
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.config import BreakerRules
+from llm_circuit_breaker.errors import IncompleteStreamError
 
 __all__ = ["PLAIN", "AsyncGuardedStream", "Gate", "GuardedStream", "is_stream"]
 
@@ -118,15 +121,28 @@ class Gate:
         return self.call_fallback(*args, **kwargs)
 
 
-class GuardedStream:
-    """An iterator returned by a guarded function, reporting to its breaker when it ends."""
+def _cut_short(stream: Any) -> IncompleteStreamError:
+    try:
+        url = str(stream.response.url)  # the openai and anthropic SDKs' streams keep it
+    except Exception:
+        url = None
+    return IncompleteStreamError(
+        "stream ended before its final event: the answer is cut short", url=url
+    )
 
-    __slots__ = ("_gate", "_inner", "_permit")
+
+class GuardedStream:
+    """An iterator returned by a guarded function, reporting to its breaker when it ends. An
+    SDK stream that ends before its provider's final item raises :class:`IncompleteStreamError`
+    (a failure) at its end."""
+
+    __slots__ = ("_gate", "_inner", "_permit", "_watch")
 
     def __init__(self, inner: Any, gate: Gate, permit: int) -> None:
         self._inner = inner
         self._gate = gate
         self._permit: int | None = permit
+        self._watch: ItemWatch | None = ItemWatch()
 
     def _report(self, exc: BaseException | None) -> None:
         permit, self._permit = self._permit, None
@@ -142,13 +158,24 @@ class GuardedStream:
 
     def __next__(self) -> Any:
         try:
-            return next(self._inner)
+            item = next(self._inner)
         except StopIteration:
-            self._report(None)
+            self._end()
             raise
         except BaseException as exc:
             self._report(exc)
             raise
+        if self._watch is not None:
+            self._watch = self._watch.see(item)
+        return item
+
+    def _end(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None and watch.incomplete:
+            cut = _cut_short(self._inner)
+            self._report(cut)
+            raise cut from None
+        self._report(None)
 
     def close(self) -> None:
         """Close the stream; a stream closed before its end counts as neither outcome."""
@@ -173,14 +200,16 @@ class GuardedStream:
 
 
 class AsyncGuardedStream:
-    """An async iterator returned by a guarded coroutine function, reporting when it ends."""
+    """An async iterator returned by a guarded coroutine function, reporting when it ends (an
+    SDK stream cut short raises :class:`IncompleteStreamError` at its end)."""
 
-    __slots__ = ("_gate", "_inner", "_permit")
+    __slots__ = ("_gate", "_inner", "_permit", "_watch")
 
     def __init__(self, inner: Any, gate: Gate, permit: int) -> None:
         self._inner = inner
         self._gate = gate
         self._permit: int | None = permit
+        self._watch: ItemWatch | None = ItemWatch()
 
     async def _report(self, exc: BaseException | None) -> None:
         permit, self._permit = self._permit, None
@@ -202,13 +231,24 @@ class AsyncGuardedStream:
 
     async def __anext__(self) -> Any:
         try:
-            return await self._inner.__anext__()
+            item = await self._inner.__anext__()
         except StopAsyncIteration:
-            await self._report(None)
+            await self._end()
             raise
         except BaseException as exc:
             await self._report(exc)
             raise
+        if self._watch is not None:
+            self._watch = self._watch.see(item)
+        return item
+
+    async def _end(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None and watch.incomplete:
+            cut = _cut_short(self._inner)
+            await self._report(cut)
+            raise cut from None
+        await self._report(None)
 
     async def aclose(self) -> None:
         """Close the stream; a stream closed before its end counts as neither outcome."""
