@@ -7,8 +7,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import gc
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -16,13 +19,17 @@ import pytest
 from llm_circuit_breaker import (
     BreakerRegistry,
     CircuitState,
+    FallbacksExhaustedError,
+    HTTPStatusError,
     LLMCircuitBreaker,
+    ServerError,
     circuit_breaker,
+    with_fallbacks,
     with_retry,
 )
 from llm_circuit_breaker._judge.verdict import judge
 from llm_circuit_breaker.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport
-from llm_circuit_breaker.testing import FakeLLMServer
+from llm_circuit_breaker.testing import FakeLLMServer, Reply
 
 THREADS = 8
 RUNS = 5
@@ -146,15 +153,13 @@ def test_with_retry_raises_a_local_fault_as_it_is(exc: BaseException) -> None:
     assert call.breaker.state is CircuitState.CLOSED and call.breaker.stats.failures == 0
 
 
-def test_one_async_openai_client_reused_across_event_loops(llm_server: FakeLLMServer) -> None:
-    """One AsyncOpenAI client through the transport, called by a decorated function from three
-    asyncio.run()s: its pooled connection belongs to an ended loop ("Event loop is closed"),
-    which neither the transport's breaker nor the decorator's counts; no circuit opens."""
-    registry = BreakerRegistry()
+def _reuse_one_client_across_loops(url: str, registry: BreakerRegistry) -> int:
+    """Three asyncio.run()s of one decorated call through one AsyncOpenAI client and the
+    transport; how many of them raised."""
     transport = AsyncCircuitBreakerTransport("sdk", registry=registry, failure_threshold=1)
     client = openai.AsyncOpenAI(
         api_key="sk-test",
-        base_url=llm_server.url + "/v1",
+        base_url=url + "/v1",
         http_client=httpx.AsyncClient(transport=transport),
         max_retries=0,
     )
@@ -171,12 +176,24 @@ def test_one_async_openai_client_reused_across_event_loops(llm_server: FakeLLMSe
                 with contextlib.suppress(RuntimeError):
                     await client.close()
 
-    raised = []
+    raised = 0
     for run_number in range(3):
         try:
             asyncio.run(run(last=run_number == 2))
-        except (RuntimeError, openai.APIConnectionError) as exc:
-            raised.append(exc)
+        except (RuntimeError, openai.APIConnectionError):
+            raised += 1
+    return raised
+
+
+def test_one_async_openai_client_reused_across_event_loops(llm_server: FakeLLMServer) -> None:
+    """One AsyncOpenAI client through the transport, called by a decorated function from three
+    asyncio.run()s: its pooled connection belongs to an ended loop ("Event loop is closed"),
+    which neither the transport's breaker nor the decorator's counts; no circuit opens."""
+    registry = BreakerRegistry()
+    raised = _reuse_one_client_across_loops(llm_server.url, registry)
+    with warnings.catch_warnings():  # the socket httpcore could not close in its ended loop
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
     assert raised, "the reused client should have met its ended loop"
     for name in ("sdk", "ask"):
         breaker = registry.get(name)
@@ -213,3 +230,86 @@ def test_a_closed_client_and_a_bad_header_through_the_transport(
     for name in ("sdk", "ask"):
         assert registry.get(name).stats.failures == 0, name
     assert llm_server.hits == 0
+
+
+# -- fallback chains keep their causes ------------------------------------------------------
+
+
+def _contexts(exc: BaseException) -> list[BaseException]:
+    found = []
+    current = exc.__context__
+    while current is not None and len(found) < 32:
+        found.append(current)
+        current = current.__context__
+    return found
+
+
+@pytest.fixture
+def two_providers(llm_server: FakeLLMServer) -> Iterator[tuple[Any, Any]]:
+    """Real openai and anthropic clients (no SDK retries) against the local server."""
+    gpt = openai.OpenAI(api_key="sk-test", base_url=llm_server.url + "/v1", max_retries=0)
+    claude = anthropic.Anthropic(api_key="sk-test", base_url=llm_server.url, max_retries=0)
+    yield gpt, claude
+    gpt.close()
+    claude.close()
+
+
+def _chain(gpt: Any, claude: Any) -> Any:
+    @circuit_breaker("openai")
+    def ask_openai(prompt: str) -> Any:
+        messages = [{"role": "user", "content": prompt}]
+        return gpt.chat.completions.create(model="gpt-4o-mini", messages=messages)
+
+    @circuit_breaker("anthropic")
+    def ask_claude(prompt: str) -> Any:
+        messages = [{"role": "user", "content": prompt}]
+        return claude.messages.create(model="claude-nope", max_tokens=8, messages=messages)
+
+    return with_fallbacks(ask_openai, ask_claude)
+
+
+def test_a_callers_fault_at_a_later_target_keeps_the_failover_cause(
+    llm_server: FakeLLMServer, two_providers: tuple[Any, Any]
+) -> None:
+    """OpenAI 503, then Anthropic 404 (an unknown model): the 404 is raised, and the 503 that
+    caused the failover is its __context__."""
+    llm_server.script(
+        Reply.error(503, "server_error"), Reply.error(404, "not_found_error", anthropic=True)
+    )
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        _chain(*two_providers)("Hi")
+    assert any(isinstance(e, openai.InternalServerError) for e in _contexts(caught.value))
+
+
+def test_an_exhausted_chain_reaches_every_targets_error(
+    llm_server: FakeLLMServer, two_providers: tuple[Any, Any]
+) -> None:
+    """Both providers fail: FallbacksExhaustedError holds both in .errors, and reaches both
+    through __context__."""
+    llm_server.script(Reply.error(503, "server_error"), Reply.error(529, anthropic=True))
+    with pytest.raises(FallbacksExhaustedError) as caught:
+        _chain(*two_providers)("Hi")
+    first, second = caught.value.errors
+    assert isinstance(first, openai.InternalServerError)
+    assert isinstance(second, anthropic.APIStatusError) and second.status_code == 529
+    contexts = _contexts(caught.value)
+    assert contexts[0] is second and first in contexts
+
+
+def test_an_async_chain_keeps_its_causes() -> None:
+    """The same for coroutine targets; a chain never links an error to itself."""
+    boom = ServerError(503, url="https://a.example/v1")
+
+    async def first() -> str:
+        raise boom
+
+    async def second() -> str:
+        raise boom  # the very same error again: no cycle
+
+    async def third() -> str:
+        raise HTTPStatusError(404, url="https://c.example/v1")
+
+    with pytest.raises(HTTPStatusError) as caught:
+        asyncio.run(with_fallbacks(first, second, third)())
+    assert caught.value.status_code == 404 and _contexts(caught.value)[0] is boom
+    assert boom.__context__ is None
