@@ -313,3 +313,62 @@ def test_an_async_chain_keeps_its_causes() -> None:
         asyncio.run(with_fallbacks(first, second, third)())
     assert caught.value.status_code == 404 and _contexts(caught.value)[0] is boom
     assert boom.__context__ is None
+
+
+# -- multiplied retries and warnings that point at the caller --------------------------------
+
+
+def test_sdk_retries_under_with_retry_are_pointed_out_once(llm_server: FakeLLMServer) -> None:
+    """An OpenAI client with its own retries under with_retry: one UserWarning naming
+    max_retries=0, at the caller's line, once per decorated function."""
+    llm_server.default = Reply.error(503, "server_error", headers={"retry-after-ms": "1"})
+    gpt = openai.OpenAI(api_key="sk-test", base_url=llm_server.url + "/v1", max_retries=1)
+
+    @with_retry(max_retries=1, initial_delay=0.001, jitter=False)
+    @circuit_breaker("sdk-retries", failure_threshold=100)
+    def ask() -> Any:
+        return gpt.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    with (
+        pytest.warns(UserWarning, match="max_retries=0") as caught,
+        pytest.raises(openai.InternalServerError),
+    ):
+        ask()
+    with pytest.raises(openai.InternalServerError):
+        ask()  # no second warning (warnings are errors in this suite)
+    gpt.close()
+    assert len(caught) == 1 and caught[0].filename == __file__
+    assert llm_server.hits == 8  # 2 calls x 2 attempts of ours x 2 of the SDK's
+
+
+def test_no_warning_when_the_sdk_does_not_retry(llm_server: FakeLLMServer) -> None:
+    """max_retries=0 on the client: with_retry retries alone, without a word."""
+    llm_server.default = Reply.error(503, "server_error")
+    gpt = openai.OpenAI(api_key="sk-test", base_url=llm_server.url + "/v1", max_retries=0)
+
+    @with_retry(max_retries=1, initial_delay=0.001, jitter=False)
+    def ask() -> Any:
+        return gpt.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    with pytest.raises(openai.InternalServerError):
+        ask()
+    gpt.close()
+    assert llm_server.hits == 2
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: with_retry(initial_delay=1000),
+        lambda: with_retry(max_delay=5000),
+        lambda: circuit_breaker("ms", reset_timeout=30000),
+        lambda: LLMCircuitBreaker(circuit_breaker={"reset_timeout": 30000}).close(),
+    ],
+    ids=["initial_delay", "max_delay", "reset_timeout", "facade"],
+)
+def test_milliseconds_warnings_point_at_the_callers_line(make: Any) -> None:
+    """A time option that looks like milliseconds is pointed out at the line that passed it,
+    even when another check then fails (initial_delay=1000 is above max_delay)."""
+    with pytest.warns(UserWarning, match="milliseconds") as caught, contextlib.suppress(ValueError):
+        make()
+    assert {w.filename for w in caught} == {__file__}
