@@ -12,7 +12,7 @@ import anthropic
 import openai
 import pytest
 
-from llm_circuit_breaker import IncompleteStreamError, circuit_breaker
+from llm_circuit_breaker import IncompleteStreamError, ServerError, circuit_breaker
 from llm_circuit_breaker.testing import FakeLLMServer, Reply
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -209,3 +209,30 @@ def test_a_plain_iterator_is_not_checked() -> None:
 
     assert len(list(values())) == 3
     assert values.breaker.stats.successes == 1
+
+
+def test_a_returned_responses_stream_that_failed_is_a_failure(
+    clients: dict[str, Any], llm_server: FakeLLMServer
+) -> None:
+    """response.failed with server_error (status 200): every event handed over, then the
+    provider's error at the end, counted as a failure, as the transport would."""
+    failed = {**RESPONSE, "status": "failed", "error": {"code": "server_error", "message": "x"}}
+    llm_server.script(
+        Reply(
+            events=[
+                *(RESPONSES_CUT.events or ()),
+                _response_event("response.failed", response=failed),
+            ]
+        )
+    )
+
+    @circuit_breaker("failed-response", failure_threshold=5)
+    def ask() -> Any:
+        return _sync_call(clients, "responses")
+
+    seen = []
+    with pytest.raises(ServerError) as caught:
+        for item in ask():
+            seen.append(item)
+    assert seen[-1].type == "response.failed" and caught.value.error_type == "server_error"
+    assert (ask.breaker.stats.failures, ask.breaker.stats.successes) == (1, 0)

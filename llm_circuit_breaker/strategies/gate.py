@@ -25,7 +25,6 @@ from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._judge.streams import ItemWatch
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.config import BreakerRules
-from llm_circuit_breaker.errors import IncompleteStreamError
 
 __all__ = ["PLAIN", "AsyncGuardedStream", "Gate", "GuardedStream", "is_stream"]
 
@@ -121,20 +120,17 @@ class Gate:
         return self.call_fallback(*args, **kwargs)
 
 
-def _cut_short(stream: Any) -> IncompleteStreamError:
+def _url_of(stream: Any) -> str | None:
     try:
-        url = str(stream.response.url)  # the openai and anthropic SDKs' streams keep it
+        return str(stream.response.url)  # the openai and anthropic SDKs' streams keep it
     except Exception:
-        url = None
-    return IncompleteStreamError(
-        "stream ended before its final event: the answer is cut short", url=url
-    )
+        return None
 
 
 class GuardedStream:
     """An iterator returned by a guarded function, reporting to its breaker when it ends. An
-    SDK stream that ends before its provider's final item raises :class:`IncompleteStreamError`
-    (a failure) at its end."""
+    SDK stream that ends before its provider's final item raises ``IncompleteStreamError`` (a
+    failure) at its end; one that carried a failed response raises that provider error."""
 
     __slots__ = ("_gate", "_inner", "_permit", "_watch")
 
@@ -171,10 +167,10 @@ class GuardedStream:
 
     def _end(self) -> None:
         watch, self._watch = self._watch, None
-        if watch is not None and watch.incomplete:
-            cut = _cut_short(self._inner)
-            self._report(cut)
-            raise cut from None
+        problem = None if watch is None else watch.problem(_url_of(self._inner))
+        if problem is not None:
+            self._report(problem)
+            raise problem from None
         self._report(None)
 
     def close(self) -> None:
@@ -201,7 +197,7 @@ class GuardedStream:
 
 class AsyncGuardedStream:
     """An async iterator returned by a guarded coroutine function, reporting when it ends (an
-    SDK stream cut short raises :class:`IncompleteStreamError` at its end)."""
+    SDK stream cut short or carrying a failed response raises at its end)."""
 
     __slots__ = ("_gate", "_inner", "_permit", "_watch")
 
@@ -244,10 +240,10 @@ class AsyncGuardedStream:
 
     async def _end(self) -> None:
         watch, self._watch = self._watch, None
-        if watch is not None and watch.incomplete:
-            cut = _cut_short(self._inner)
-            await self._report(cut)
-            raise cut from None
+        problem = None if watch is None else watch.problem(_url_of(self._inner))
+        if problem is not None:
+            await self._report(problem)
+            raise problem from None
         await self._report(None)
 
     async def aclose(self) -> None:
