@@ -65,10 +65,10 @@ class AsyncTransport:
         made = self._sessions.get(loop)
         if made is None or made.session.closed:
             made = _Session(aiohttp.ClientSession())
-            await made.closer.__anext__()  # closes the session when asyncio.run ends the loop
             with self._lock:
                 ended = self._sweep()
                 self._sessions[loop] = made
+            await made.closer.__anext__()  # closes the session when asyncio.run ends the loop
             for stale in ended:
                 _discard(stale.session)
         return made.session
