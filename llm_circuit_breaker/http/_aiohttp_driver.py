@@ -154,12 +154,12 @@ class AsyncTransport:
         those of ended loops)."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            session = self._sessions.pop(loop, None)
+            made = self._sessions.pop(loop, None)
             ended = self._sweep()
         for stale in ended:
             _discard(stale.session)
-        if session is not None:
-            await session.closer.aclose()
+        if made is not None:
+            await made.closer.aclose()
 
     def discard(self) -> None:
         """Close every session this transport made, as far as sync code can (``close()``): those
