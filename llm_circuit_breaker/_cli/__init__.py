@@ -37,7 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed of the scenario (default 0)")
     status = commands.add_parser(
-        "status", help="print the states of the breakers shared through Redis"
+        "status",
+        help="print the states of the breakers shared through Redis",
+        description=(
+            "Print the states of the breakers that processes share through a RedisStateStore. "
+            "Breakers kept in a running app's memory are not visible from outside: for an "
+            "in-process view, export them with the Prometheus collector (or OpenTelemetry), "
+            "or read breaker_registry.snapshot() inside the app."
+        ),
     )
     status.add_argument(
         "--redis", required=True, help="Redis URL, such as redis://localhost:6379/0"

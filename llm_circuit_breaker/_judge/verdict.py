@@ -38,7 +38,7 @@ def _cancelled(exc: BaseException) -> bool:
     return asyncio is not None and isinstance(exc, asyncio.CancelledError)
 
 
-_RETRYABLE_KINDS = TRANSPORT_KINDS | {ErrorKind.POOL}
+_RETRYABLE_KINDS = TRANSPORT_KINDS  # not POOL: the client's own pool, full, is ours to fix
 _DEFAULT_CONFIG = CircuitBreakerConfig()
 _DEFAULT_RETRY = RetryConfig()
 

@@ -54,7 +54,8 @@ class LLMCircuitBreaker:
     did-you-mean hint). Facades with the same ``name`` share one breaker through ``registry``;
     without a name the facade gets a breaker of its own under a generated unique name, removed
     from the registry when the facade is closed. ``call`` uses a pooled ``requests.Session``,
-    ``acall`` an ``aiohttp.ClientSession`` made on first use in each event loop; pass your own
+    ``acall`` an ``aiohttp.ClientSession`` made on first use in each event loop (so threads each
+    running their own loop can share a facade); pass your own
     with ``session=`` / ``client_session=`` (then closing them is yours).
     """
 
@@ -256,18 +257,23 @@ class LLMCircuitBreaker:
             self._registry.discard(self._route.breaker)
 
     def close(self) -> None:
-        """Close the requests session this facade made (and forget an unnamed breaker)."""
+        """Close the sessions this facade made: the requests session and every event loop's
+        aiohttp session (one of a loop running in another thread is closed in that loop); and
+        forget an unnamed breaker."""
         if "_sync" in self.__dict__:
             self._sync.close()
         if "_async" in self.__dict__:
-            self._async.discard()  # a session whose event loop has ended (asyncio.run(acall))
+            self._async.discard()
         self._forget_unnamed()
 
     async def aclose(self) -> None:
-        """Close both sessions this facade made (and forget an unnamed breaker)."""
+        """Close the requests session and the running event loop's aiohttp session this facade
+        made, leaving other loops' sessions alone (and forget an unnamed breaker)."""
         if "_async" in self.__dict__:
             await self._async.aclose()
-        self.close()
+        if "_sync" in self.__dict__:
+            self._sync.close()
+        self._forget_unnamed()
 
     def __enter__(self) -> LLMCircuitBreaker:
         return self

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -192,12 +193,15 @@ def _sync_shell(func: Callable[..., R], loops: _Loops) -> Callable[..., R]:
     policy = loops.policy
     timed = policy.config.deadline is not None
 
+    sdk_retries = _SdkRetries(func)
+
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> R:
         started = policy.clock() if timed else 0.0
         try:
             return func(*args, **kwargs)
         except Exception as exc:
+            sdk_retries.notice(exc)
             if not policy.should_retry(exc):
                 raise
             return loops.sync(started)(_replaying(exc, func), *args, **kwargs)
@@ -209,17 +213,62 @@ def _async_shell(func: Callable[..., Awaitable[R]], loops: _Loops) -> Callable[.
     policy = loops.policy
     timed = policy.config.deadline is not None
 
+    sdk_retries = _SdkRetries(func)
+
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> R:
         started = policy.clock() if timed else 0.0
         try:
             return await func(*args, **kwargs)
         except Exception as exc:
+            sdk_retries.notice(exc)
             if not policy.should_retry(exc):
                 raise
             return await loops.asynchronous(started)(_areplaying(exc, func), *args, **kwargs)
 
     return wrapper
+
+
+class _SdkRetries:
+    """Warns once per decorated function when an error's request shows that the SDK under it
+    already retried (``x-stainless-retry-count`` > 0): every attempt of ours is then several."""
+
+    __slots__ = ("_name", "_warned")
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self._name = getattr(func, "__qualname__", None) or repr(func)
+        self._warned = False
+
+    def notice(self, exc: BaseException) -> None:
+        if self._warned:
+            return
+        count = _sdk_retry_count(exc)
+        if count:
+            self._warned = True
+            from llm_circuit_breaker._validate import caller_stacklevel
+
+            warnings.warn(
+                f"with_retry around {self._name}: the SDK had already retried this request "
+                f"{count} time(s) itself (x-stainless-retry-count), so attempts multiply; "
+                "create the SDK client with max_retries=0 and let with_retry retry",
+                UserWarning,
+                stacklevel=caller_stacklevel(),
+            )
+
+
+def _sdk_retry_count(exc: BaseException) -> int:
+    """The ``x-stainless-retry-count`` of the request behind an openai / anthropic error."""
+    from llm_circuit_breaker._judge.probe import attr
+
+    for holder in (exc, attr(exc, "response")):
+        headers = attr(attr(holder, "request"), "headers")
+        try:
+            value = headers.get("x-stainless-retry-count") if headers is not None else None
+            if value is not None:
+                return int(value)
+        except Exception:  # not a mapping, not a number: no sign of the SDK's retries
+            continue
+    return 0
 
 
 _EXHAUSTED = object()  # a stream that ended before its first item
