@@ -14,6 +14,8 @@ from llm_circuit_breaker._core.permits import REJECTED
 from llm_circuit_breaker._core.state import BreakerCore, CircuitState, Outcome, Transition
 from llm_circuit_breaker._core.throttle import TOKEN_COST, ThrottleCore, Wait, spread
 from llm_circuit_breaker._core.views import Control, View
+from llm_circuit_breaker.breaker import clock
+from llm_circuit_breaker.breaker.clock import TimeSource
 from llm_circuit_breaker.breaker.telemetry import Telemetry, refused
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
@@ -41,11 +43,11 @@ class LocalCircuit:
     """One circuit decided in this process (thread- and asyncio-safe)."""
 
     __slots__ = (
-        "_clock",
         "_core",
         "_count_rejection",
         "_count_success",
         "_lock",
+        "_time",
         "cause",
         "max_wait",
         "name",
@@ -57,7 +59,7 @@ class LocalCircuit:
         self,
         name: str,
         config: CircuitBreakerConfig,
-        clock: Callable[[], float],
+        source: TimeSource,
         telemetry: Telemetry,
         *,
         paced: bool = True,
@@ -67,7 +69,7 @@ class LocalCircuit:
         # Bound once: the CLOSED success path and the fail-fast path call them.
         self._count_success = telemetry.count_success
         self._count_rejection = telemetry.count_rejection
-        self._clock = clock
+        self._time = source
         self._core = BreakerCore(config)
         self._lock = threading.Lock()
         self.cause: BaseException | None = None  # the error that last opened the circuit
@@ -90,7 +92,7 @@ class LocalCircuit:
         permit = core.lock_free_permit
         if permit >= 0:
             return permit
-        now = self._clock()
+        now = self._time.now()
         open_until = core.open_until
         if now < open_until and core.state is OPEN:  # failing fast needs no lock either
             # open_until is infinite only when held open; read without the lock, held_open may
@@ -143,7 +145,7 @@ class LocalCircuit:
         new slot after the pause (another wait), or ``ThrottledError`` past the longest wait."""
         again: int | ThrottledError | Wait = wait.permit
         with self._lock:
-            now, throttle = self._clock(), self.throttle
+            now, throttle = self._time.now(), self.throttle
             if throttle is not None:
                 throttle.waiting -= 1
                 rebook = not gave_up and throttle.paused_until > max(wait.at, now)
@@ -190,7 +192,7 @@ class LocalCircuit:
         ``hint`` is the server's wait for a rate limit (``THROTTLED``)."""
         check_report(permit, outcome, open_for)
         with self._lock:
-            now = self._clock()
+            now = self._time.now()
             counted = self._core.record(permit, outcome, now, open_for=open_for, why=why)
             throttle = self.throttle
             news = None
@@ -212,8 +214,8 @@ class LocalCircuit:
 
     @property
     def now(self) -> Callable[[], float]:
-        """The breaker's clock."""
-        return self._clock
+        """The breaker's clock (the library's, read anew each time, unless it has its own)."""
+        return clock.now if self._time is clock.SHARED else self._time.now
 
     def observe(self, headers: object) -> None:
         """Feed a response's rate-limit headers to the throttle."""
@@ -227,7 +229,7 @@ class LocalCircuit:
         if limits is None:
             return
         with self._lock:
-            self.throttle.observe(limits, self._clock())
+            self.throttle.observe(limits, self._time.now())
             self._follow_throttle()
 
     @property
@@ -249,12 +251,12 @@ class LocalCircuit:
                 return dict.fromkeys(
                     ("paused_for", "requests_remaining", "tokens_remaining", "reset_in"), None
                 ) | {"waiting": 0}
-            return self.throttle.view(self._clock())
+            return self.throttle.view(self._time.now())
 
     def view(self) -> View:
         """The circuit now (applying the lazy OPEN -> HALF_OPEN)."""
         with self._lock:
-            now = self._clock()
+            now = self._time.now()
             core = self._core
             retry_after = core.retry_after(now)
             view = View(
@@ -273,7 +275,7 @@ class LocalCircuit:
     def state(self) -> CircuitState:
         """The current state without building a whole view."""
         with self._lock:
-            self._core.advance(self._clock())
+            self._core.advance(self._time.now())
             state = self._core.state
             transitions = self._drain()
         self.telemetry.publish(transitions)
@@ -282,7 +284,7 @@ class LocalCircuit:
     def control(self, action: Control) -> None:
         """Reset, force open or force closed."""
         with self._lock:
-            now = self._clock()
+            now = self._time.now()
             if action == "force_open":
                 self._core.force_open(now)
             else:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
+
+from llm_circuit_breaker.breaker.clock import system_async_sleep
 
 __all__ = ["FakeClock"]
 
@@ -33,9 +34,9 @@ class FakeClock:
         self.advance(seconds)
 
     async def async_sleep(self, seconds: float) -> None:
-        """Like :meth:`sleep`, for asyncio code (yields to the loop once)."""
+        """Like :meth:`sleep`, for async code (yields to the asyncio or trio loop once)."""
         self.sleep(seconds)
-        await asyncio.sleep(0)
+        await system_async_sleep(0)
 
     def __repr__(self) -> str:
         return f"FakeClock(now={self._now!r})"
