@@ -382,8 +382,22 @@ class CircuitBreaker:
             self._local.control(action)
 
     def reset(self) -> None:
-        """Close the circuit with clean counts (statistics are kept)."""
+        """Close the circuit with clean counts and clear the throttle (a pause, the limits
+        learned from headers); the configured rates and the statistics are kept."""
         self._control("reset")
+
+    def _restart(self) -> None:
+        """Fresh state in place: :meth:`reset`, statistics zeroed (``registry.reset_all()``).
+        An asyncio store is not awaited here: only this process's part restarts."""
+        if self._alink is not None:
+            self._local.control("reset")
+        else:
+            self.reset()
+        self._telemetry.zero()
+
+    def _detach(self, rejoin: Callable[[], None]) -> None:
+        """The registry forgot this breaker: its next admission calls ``rejoin`` first."""
+        self._local.detach(rejoin)
 
     def force_closed(self) -> None:
         """Close the circuit now, ending a forced or timed open; counting starts afresh."""

@@ -51,6 +51,7 @@ class LocalCircuit:
         "cause",
         "max_wait",
         "name",
+        "rejoin",
         "telemetry",
         "throttle",
     )
@@ -70,6 +71,8 @@ class LocalCircuit:
         self._count_success = telemetry.count_success
         self._count_rejection = telemetry.count_rejection
         self._time = source
+        # Set while the registry has forgotten this circuit: the next call puts it back.
+        self.rejoin: Callable[[], None] | None = None
         self._core = BreakerCore(config)
         self._lock = threading.Lock()
         self.cause: BaseException | None = None  # the error that last opened the circuit
@@ -80,7 +83,21 @@ class LocalCircuit:
     def _follow_throttle(self) -> None:
         """Send every call through the slow path while the throttle has a say (lock held)."""
         throttle = self.throttle
-        self._core.set_paced(throttle is not None and throttle.active)
+        self._core.set_paced((throttle is not None and throttle.active) or self.rejoin is not None)
+
+    def detach(self, rejoin: Callable[[], None]) -> None:
+        """The registry forgot this circuit: the next admission calls ``rejoin`` first (until
+        then every call takes the slow path, which is where it looks)."""
+        with self._lock:
+            self.rejoin = rejoin
+            self._follow_throttle()
+
+    def _rejoined(self) -> None:
+        rejoin, self.rejoin = self.rejoin, None
+        if rejoin is not None:
+            rejoin()
+        with self._lock:
+            self._follow_throttle()
 
     # -- admitting and recording -----------------------------------------------------------
 
@@ -104,6 +121,8 @@ class LocalCircuit:
             if self.telemetry.plain_refusals:
                 return error
             return self.telemetry.observed(error)
+        if self.rejoin is not None:
+            self._rejoined()
         with self._lock:
             permit = core.admit(now)
             retry_after = core.retry_after(now) if permit == REJECTED else 0.0
@@ -282,13 +301,16 @@ class LocalCircuit:
         return state
 
     def control(self, action: Control) -> None:
-        """Reset, force open or force closed."""
+        """Reset (the circuit and the throttle), force open or force closed."""
         with self._lock:
             now = self._time.now()
             if action == "force_open":
                 self._core.force_open(now)
             else:
                 self._core.close(now, "reset" if action == "reset" else "forced closed")
+            if action == "reset" and self.throttle is not None:
+                self.throttle.forget()  # a pause or a learned limit is state too
+                self._follow_throttle()
             transitions = self._drain()
         if action != "force_open":
             self.cause = None
