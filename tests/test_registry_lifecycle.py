@@ -227,3 +227,20 @@ def test_listings_never_raise_while_scoped_breakers_are_evicted() -> None:
         stop.set()
         thread.join(30)
     assert errors == []
+
+
+def test_store_backed_breakers_come_back_after_clear() -> None:
+    """With a shared store too, the decoration's next call and get(name) agree after clear()."""
+    from llm_circuit_breaker.storage.memory import MemoryStateStore
+
+    registry = BreakerRegistry(store=MemoryStateStore())
+
+    @circuit_breaker("shared", registry=registry)
+    def ask() -> str:
+        return "ok"
+
+    ask()
+    registry.clear()
+    assert "shared" not in registry
+    ask()
+    assert registry.get("shared") is ask.breaker

@@ -92,6 +92,8 @@ class LinkCore:
     def unasked(self) -> tuple[Entry | None, float, Terms]:
         """Past the near-cache: the entry this process's lease gives (None: the store must be
         asked), the call's estimated tokens, and the lease's terms for the store."""
+        if self.local.rejoin is not None:  # forgotten by the registry: back in it first
+            self.local.return_to_registry()
         tokens = TOKEN_COST.get()
         entry = self.leased(tokens) if self.lease else None
         return entry, tokens, (() if entry is not None else self.lease.terms())

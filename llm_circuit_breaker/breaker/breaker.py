@@ -398,6 +398,9 @@ class CircuitBreaker:
     def _detach(self, rejoin: Callable[[], None]) -> None:
         """The registry forgot this breaker: its next admission calls ``rejoin`` first."""
         self._local.detach(rejoin)
+        link = self._link or self._alink
+        if link is not None:
+            link.forget()  # past the near-cache and the lease, where a link looks for it
 
     def force_closed(self) -> None:
         """Close the circuit now, ending a forced or timed open; counting starts afresh."""

@@ -92,7 +92,8 @@ class LocalCircuit:
             self.rejoin = rejoin
             self._follow_throttle()
 
-    def _rejoined(self) -> None:
+    def return_to_registry(self) -> None:
+        """Call the pending ``rejoin`` (once) and take the fast path again."""
         rejoin, self.rejoin = self.rejoin, None
         if rejoin is not None:
             rejoin()
@@ -122,7 +123,7 @@ class LocalCircuit:
                 return error
             return self.telemetry.observed(error)
         if self.rejoin is not None:
-            self._rejoined()
+            self.return_to_registry()
         with self._lock:
             permit = core.admit(now)
             retry_after = core.retry_after(now) if permit == REJECTED else 0.0
