@@ -34,8 +34,20 @@ _NEVER_FAILURES = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
 def _cancelled(exc: BaseException) -> bool:
-    asyncio = sys.modules.get("asyncio")  # no task can be cancelled before asyncio is loaded
-    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
+    """A runtime cancelled the call (asyncio, trio, anyio on either, a killed greenlet)."""
+    # Nothing can be cancelled by a runtime that is not loaded: only loaded ones are asked.
+    for module, name in _CANCELLATIONS:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name)):
+            return True
+    return False
+
+
+_CANCELLATIONS = (
+    ("asyncio", "CancelledError"),
+    ("trio", "Cancelled"),
+    ("greenlet", "GreenletExit"),
+)
 
 
 _RETRYABLE_KINDS = TRANSPORT_KINDS  # not POOL: the client's own pool, full, is ours to fix

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker._core.throttle import estimate_tokens
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
+from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.http._common import (
@@ -203,7 +204,8 @@ class LLMCircuitBreaker:
         headers: Mapping[str, str] | None = None,
         data: Any = None,
     ) -> Any:
-        """Like :meth:`call`, with aiohttp."""
+        """Like :meth:`call`, with aiohttp (asyncio only)."""
+        _asyncio_only("acall")
         route = self._route_for(url, data)
         with token_cost(data):
             prepared = self._prepare(route, url, method, headers, data, asynchronous=True)
@@ -232,7 +234,9 @@ class LLMCircuitBreaker:
         headers: Mapping[str, str] | None = None,
         data: Any = None,
     ) -> AsyncIterator[SSEEvent]:
-        """Like :meth:`stream`, with aiohttp: ``async for event in cb.astream(...)``."""
+        """Like :meth:`stream`, with aiohttp (asyncio only): ``async for event in
+        cb.astream(...)``."""
+        _asyncio_only("astream")
         route = self._route_for(url, data)
         prepared = self._prepare(route, url, method, headers, data, asynchronous=True)
         events = route.astream(prepared)
@@ -314,6 +318,16 @@ _OPTIONS = (
     "max_response_bytes",
     "max_event_bytes",
 )
+
+
+def _asyncio_only(method: str) -> None:
+    """aiohttp runs on asyncio alone: under trio, say what to use instead."""
+    if running_library() == "trio":
+        raise RuntimeError(
+            f"LLMCircuitBreaker.{method}() sends with aiohttp, which runs on asyncio only, not "
+            "under trio: use an httpx.AsyncClient with llm_circuit_breaker.httpx."
+            "AsyncCircuitBreakerTransport, or call() in a thread (trio.to_thread.run_sync)"
+        )
 
 
 def refuse_options(unknown: Mapping[str, Any]) -> None:

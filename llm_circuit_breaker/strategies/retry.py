@@ -12,7 +12,6 @@ while they have yielded nothing.
 from __future__ import annotations
 
 import functools
-import time
 import warnings
 from collections.abc import (
     AsyncGenerator,
@@ -24,6 +23,7 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from llm_circuit_breaker.breaker import clock as time_source
 from llm_circuit_breaker.config import DEFAULT_RETRY_STATUS_CODES, RETRY_MARK, RetryConfig
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
@@ -85,12 +85,6 @@ class _Loops:
         return AsyncRetrying(sleep=self._async_sleep, stop=stop, **self._strategies)
 
 
-async def _asyncio_sleep(seconds: float) -> None:
-    import asyncio  # loaded already: a coroutine is running
-
-    await asyncio.sleep(seconds)
-
-
 def _replaying(first: BaseException, call: Callable[..., R]) -> Callable[..., R]:
     """``call``, except that its first use raises ``first`` (the plain attempt's failure)."""
     pending = [first]
@@ -126,9 +120,9 @@ def with_retry(max_retries: int, /) -> Callable[[Callable[P, R]], Callable[P, R]
 def with_retry(
     *,
     max_retries: int = 3,
-    sleep: Callable[[float], None] = ...,
+    sleep: Callable[[float], None] | None = ...,
     async_sleep: Callable[[float], Awaitable[None]] | None = ...,
-    clock: Callable[[], float] = ...,
+    clock: Callable[[], float] | None = ...,
     # RetryConfig's fields, listed for signature help (tests keep them in step)
     initial_delay: float = 1.0,
     max_delay: float = 30.0,
@@ -146,9 +140,9 @@ def with_retry(
     max_retries: int | Callable[..., Any] | None = None,
     /,
     *,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
     async_sleep: Callable[[float], Awaitable[None]] | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Callable[[], float] | None = None,
     **options: Any,
 ) -> Any:
     """Retry a function on the errors that are worth it.
@@ -163,7 +157,10 @@ def with_retry(
     longer one ends the retries at once. ``deadline`` caps the whole call, waits included.
     The original exception is re-raised when retries run out. Over a ``circuit_breaker`` that
     opens, the next attempt is not waited for: its ``CircuitOpenError`` is raised at once.
-    ``sleep`` / ``async_sleep`` / ``clock`` are for tests.
+    Waits and the deadline use the library's time source (``breaker.clock``: ``time.sleep``
+    looked up when called, ``asyncio.sleep`` or ``trio.sleep`` as the running library says;
+    a fake clock in tests); ``sleep`` / ``async_sleep`` / ``clock`` replace it for this
+    decoration alone.
     """
     if callable(max_retries):  # used bare: @with_retry
         return with_retry()(max_retries)
@@ -171,7 +168,7 @@ def with_retry(
         options["max_retries"] = max_retries
     config = RetryConfig.from_options(options)
     policy = RetryPolicy(config, clock=clock)
-    loops = _Loops(policy, sleep, async_sleep or _asyncio_sleep)
+    loops = _Loops(policy, sleep or time_source.sleep, async_sleep or time_source.async_sleep)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         if not callable(func):
@@ -342,11 +339,11 @@ class RetryPolicy:
         self,
         config: RetryConfig,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         random_uniform: Callable[[float, float], float] = random.uniform,
     ) -> None:
         self.config = config
-        self.clock = clock
+        self.clock = clock or time_source.now  # the library's, read anew on every call
         self._uniform = random_uniform
         self._last: tuple[BaseException, Verdict] | None = None
 
