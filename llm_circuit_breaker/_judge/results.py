@@ -105,7 +105,7 @@ def retried_by_default(response: object) -> bool:
 
 def _get(obj: Any, key: str) -> Any:
     """``obj[key]`` for a mapping, ``obj.key`` otherwise; ``_MISSING`` when absent."""
-    if isinstance(obj, Mapping):
+    if obj.__class__ is dict or isinstance(obj, Mapping):  # a JSON dict, checked first
         return obj.get(key, _MISSING)
     if obj.__class__ in _SCALARS:
         return _MISSING
