@@ -541,3 +541,26 @@ def test_fallbacks_move_on_from_a_retried_content_filter() -> None:
     assert with_fallbacks(primary, secondary, on_content_policy=True)() == "ok"
     with pytest.raises(InvalidResponseError):
         with_fallbacks(primary, secondary)()
+
+
+def test_the_http_helper_retries_an_empty_completion() -> None:
+    """LLMCircuitBreaker's retries judge the parsed answer too: an empty completion is asked
+    again; one that stays empty ends in InvalidResponseError."""
+    from llm_circuit_breaker import LLMCircuitBreaker
+
+    with (
+        FakeLLMServer() as server,
+        LLMCircuitBreaker(
+            name="helper", retry={"max_retries": 1, "initial_delay": 0.001}
+        ) as helper,
+    ):
+        url = server.openai_base_url + "/chat/completions"
+        server.script(Reply(json=chat("")), Reply(json=chat("Hi there")))
+        answer = helper.call(url, data={"model": "gpt-4o-mini", "messages": []})
+        assert answer["choices"][0]["message"]["content"] == "Hi there"
+        server.script(Reply(json=chat("")), Reply(json=chat(" ")))
+        with pytest.raises(InvalidResponseError) as raised:
+            helper.call(url, data={"model": "gpt-4o-mini", "messages": []})
+        assert raised.value.kind == "empty"
+        assert server.hits == 4
+        assert helper.breaker.stats.failures == 0
