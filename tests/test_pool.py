@@ -414,3 +414,58 @@ def test_headroom_spends_each_deployments_quota_without_429s() -> None:
             helper.close()
         for server in servers:
             server.stop()
+
+
+async def test_an_outage_fails_over_over_http_then_is_passed_over() -> None:
+    """Two fake deployments behind async helpers: while one answers 503, its calls move to the
+    other; once its circuit opens it gets no request at all."""
+    async with FakeLLMServer() as down, FakeLLMServer() as up:
+        down.outage(503)
+        registry = BreakerRegistry()
+        helpers = [
+            LLMCircuitBreaker(
+                name=name,
+                circuit_breaker={"failure_threshold": 2},
+                retry={"max_retries": 0},
+                registry=registry,
+            )
+            for name in ("down", "up")
+        ]
+        pool = with_pool(
+            *(
+                functools.partial(h.acall, s.url + "/v1/chat/completions")
+                for h, s in zip(helpers, (down, up), strict=True)
+            ),
+            strategy="round_robin",
+        )
+        try:
+            for _ in range(6):
+                answer = await pool(data=BODY)
+                assert answer["choices"][0]["message"]["content"] == "Hello!"
+        finally:
+            for helper in helpers:
+                await helper.aclose()
+        assert (down.hits, up.hits) == (2, 6)
+        stats = pool.pool_stats  # type: ignore[attr-defined]
+        assert (stats["down"].failed, stats["down"].skipped, stats["up"].served) == (2, 3, 6)
+
+
+def test_threads_share_a_pool() -> None:
+    """Eight threads calling one pool: every call is served once and nothing stays in flight."""
+    import threading
+
+    log: list[str] = []
+    pool = with_pool(*(answering(n, log) for n in "abc"), strategy="least_busy")
+
+    def work() -> None:
+        for _ in range(200):
+            pool("hi")
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stats = pool.pool_stats  # type: ignore[attr-defined]
+    assert sum(s.served for s in stats.values()) == len(log) == 1600
+    assert all(s.in_flight == 0 for s in stats.values())
