@@ -469,3 +469,38 @@ def test_threads_share_a_pool() -> None:
     stats = pool.pool_stats  # type: ignore[attr-defined]
     assert sum(s.served for s in stats.values()) == len(log) == 1600
     assert all(s.in_flight == 0 for s in stats.values())
+
+
+def _limits(requests: int, tokens: int | None = None) -> dict[str, str]:
+    """OpenAI-style rate-limit headers: ``requests`` (and ``tokens``) left of 100 (10,000)."""
+    headers = {
+        "x-ratelimit-limit-requests": "100",
+        "x-ratelimit-remaining-requests": str(requests),
+        "x-ratelimit-reset-requests": "60s",
+    }
+    if tokens is not None:
+        headers |= {
+            "x-ratelimit-limit-tokens": "10000",
+            "x-ratelimit-remaining-tokens": str(tokens),
+            "x-ratelimit-reset-tokens": "60s",
+        }
+    return headers
+
+
+def test_headroom_reads_requests_and_tokens_left(clock: FakeClock) -> None:
+    """The deployment with the most requests left gets the call, unless its tokens are spent;
+    one not heard from counts as full."""
+    registry = BreakerRegistry(clock=clock)
+    log: list[str] = []
+    names = ("a", "b", "c")
+    targets = [circuit_breaker(n, registry=registry)(answering(n, log)) for n in names]
+    pool = with_pool(*targets)
+    registry.get("a").observe(_limits(80, 9000))
+    registry.get("b").observe(_limits(20, 9000))
+    assert pool("hi") == "c: hi"  # not heard from: full
+    registry.get("c").observe(_limits(50, 9000))
+    assert pool("hi") == "a: hi"
+    registry.get("a").observe(_limits(79, 0))  # requests left, tokens spent
+    assert pool("hi") == "c: hi"
+    registry.get("c").observe(_limits(0, 9000))
+    assert pool("hi") == "b: hi"
