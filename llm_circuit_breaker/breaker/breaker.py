@@ -52,6 +52,9 @@ class CircuitBreaker:
 
     enter: Callable[[], Entry]  # the circuit's own method, bound once: no extra frame per call
     record_success: Callable[[int], None]
+    # The name template this breaker was made from (``"openai:{model}"``), None when named
+    # outright: exporters and logs label by template and scope value apart.
+    template: str | None = None
 
     def __init__(
         self,

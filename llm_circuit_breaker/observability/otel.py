@@ -3,77 +3,82 @@
 ::
 
     from llm_circuit_breaker.observability.otel import OpenTelemetryInstrumentation
-    OpenTelemetryInstrumentation(attributes={"openai": {"gen_ai.system": "openai"}}).instrument()
+    OpenTelemetryInstrumentation(
+        attributes={"openai:{model}": {"gen_ai.provider.name": "openai"}}
+    ).instrument()
 
-Metrics (observable instruments, read at collection: guarded calls pay nothing), each with
-``llm_circuit_breaker.name`` plus the breaker's attributes:
+Metrics, read at collection (guarded calls pay nothing), with the names and labels of the
+Prometheus collector: an OpenTelemetry Prometheus exporter shows the same series (the unit
+becomes the suffix, counters end in ``_total``). Labels: ``breaker`` (the name, or the name
+template of a scoped breaker), ``scope`` (the template's value, absent for a breaker named
+outright; past ``max_metric_scopes`` values per template, ``other``):
 
 * ``llm_circuit_breaker.calls`` (counter, ``outcome`` = success | failure | ignored |
-  throttled | rejected)
+  throttled (with ``reason``) | rejected (with ``enforced``))
 * ``llm_circuit_breaker.retries`` (counter)
-* ``llm_circuit_breaker.state_changes`` (counter, ``llm_circuit_breaker.state``)
-* ``llm_circuit_breaker.state`` (gauge, 1 for the current ``llm_circuit_breaker.state``)
+* ``llm_circuit_breaker.state_changes`` (counter, ``state``: transitions into it)
+* ``llm_circuit_breaker.state`` (gauge, 1 for the current ``state``)
+* ``llm_circuit_breaker.consecutive_failures`` (gauge)
 * ``llm_circuit_breaker.throttle.wait`` (histogram, seconds a call waited for its throttle
-  slot, recorded as calls are admitted while the throttle paces)
-* ``llm_circuit_breaker.throttle.paused_for`` (gauge, seconds until a rate-limit pause ends)
+  slot, recorded as calls are admitted while the throttle paces; explicit bucket boundaries)
+* ``llm_circuit_breaker.throttle.paused`` (gauge, seconds until a rate-limit pause ends)
 * ``llm_circuit_breaker.throttle.waiting`` (gauge, callers asleep until their slot)
 
-Span events on the current span: ``llm_circuit_breaker.rejected`` when a call is refused (or
-would have been, in metrics-only mode), ``llm_circuit_breaker.retry`` before a retry, with
-``error.type`` (the HTTP status, else the exception class), and ``llm_circuit_breaker.throttled``
-when a call waits for its throttle slot (``llm_circuit_breaker.throttle.wait`` seconds).
-``attributes`` maps breaker names to extra attributes, such as the GenAI conventions'
-``gen_ai.system`` and ``gen_ai.request.model``.
+Span events on the current span, each with ``llm_circuit_breaker.name`` (the breaker's filled
+name), ``gen_ai.request.model`` (a scoped breaker's scope value) and the ``attributes`` given
+for the breaker's name or template (say ``gen_ai.provider.name``):
+``llm_circuit_breaker.rejected`` when the circuit refuses a call (or would have, in
+metrics-only mode: ``llm_circuit_breaker.enforced`` false), ``llm_circuit_breaker.throttled``
+when a throttle refuses one (``llm_circuit_breaker.reason``), ``llm_circuit_breaker.retry``
+before a retry (``error.type``: the HTTP status, else the exception class) and
+``llm_circuit_breaker.throttle_wait`` when a call waits for its throttle slot.
+
+``instrument()`` is idempotent. Without ``registry=`` it covers every registry in the process,
+made before or after. Instrumentations sharing a MeterProvider share its instruments: each
+reports its own breakers (a breaker two of them cover is reported once).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from llm_circuit_breaker._core.state import CircuitState
-from llm_circuit_breaker.breaker.breaker import CircuitBreaker
-from llm_circuit_breaker.breaker.registry import BreakerRegistry, breaker_registry
-from llm_circuit_breaker.breaker.telemetry import Observed
-from llm_circuit_breaker.observability import OUTCOMES, calls_by_outcome, error_type, require
+from llm_circuit_breaker.breaker.registry import BreakerRegistry, registries
+from llm_circuit_breaker.breaker.telemetry import WAIT_BUCKETS, Observed, split_name
+from llm_circuit_breaker.observability import (
+    OUTCOMES,
+    ScopeCap,
+    Series,
+    error_type,
+    require,
+    series,
+)
 
 _metrics = require("opentelemetry.metrics", "otel")
 _trace = require("opentelemetry.trace", "otel")
 
-__all__ = ["OpenTelemetryInstrumentation"]
+__all__ = ["OUTCOMES", "OpenTelemetryInstrumentation"]
 
 Attributes = Mapping[str, str]
 
 
-class OpenTelemetryInstrumentation:
-    """Reports the breakers of ``registry`` through OpenTelemetry."""
+class _Instruments:
+    """One MeterProvider's instruments, reporting for every instrumentation that uses it (the
+    SDK keeps the first callbacks of a name and drops a second instrument's, silently)."""
 
-    def __init__(
-        self,
-        registry: BreakerRegistry = breaker_registry,
-        *,
-        meter_provider: Any = None,
-        attributes: Mapping[str, Attributes] | None = None,
-    ) -> None:
-        self.registry = registry
-        self.attributes = dict(attributes or {})
-        self._meter = _metrics.get_meter("llm_circuit_breaker", meter_provider=meter_provider)
-
-    def instrument(self) -> OpenTelemetryInstrumentation:
-        """Create the instruments and listen to refusals and retries."""
-        meter = self._meter
+    def __init__(self, meter: Any) -> None:
+        self.users: list[OpenTelemetryInstrumentation] = []
+        self._rows: list[tuple[OpenTelemetryInstrumentation, Series]] | None = None
         meter.create_observable_counter(
-            "llm_circuit_breaker.calls",
-            [self._calls],
-            unit="{call}",
+            "llm_circuit_breaker.calls", [self._calls], unit="{call}",
             description="Guarded calls by outcome.",
-        )
+        )  # fmt: skip
         meter.create_observable_counter(
-            "llm_circuit_breaker.retries",
-            [self._retries],
-            unit="{retry}",
+            "llm_circuit_breaker.retries", [self._retries], unit="{retry}",
             description="Retries of guarded calls.",
-        )
+        )  # fmt: skip
         meter.create_observable_counter(
             "llm_circuit_breaker.state_changes", [self._changes], unit="{transition}",
             description="Transitions into each state.",
@@ -82,89 +87,200 @@ class OpenTelemetryInstrumentation:
             "llm_circuit_breaker.state", [self._state], description="1 for the current state."
         )
         meter.create_observable_gauge(
-            "llm_circuit_breaker.throttle.paused_for", [self._paused], unit="s",
+            "llm_circuit_breaker.consecutive_failures", [self._failures], unit="{failure}",
+            description="Consecutive failures counted in CLOSED.",
+        )  # fmt: skip
+        meter.create_observable_gauge(
+            "llm_circuit_breaker.throttle.paused", [self._paused], unit="s",
             description="Seconds until a rate-limit pause ends.",
         )  # fmt: skip
         meter.create_observable_gauge(
             "llm_circuit_breaker.throttle.waiting", [self._waiting], unit="{call}",
             description="Callers asleep until their throttle slot.",
         )  # fmt: skip
-        self._waits = meter.create_histogram(
+        self.waits = meter.create_histogram(
             "llm_circuit_breaker.throttle.wait", unit="s",
             description="Waits for a throttle slot.",
+            explicit_bucket_boundaries_advisory=list(WAIT_BUCKETS),
         )  # fmt: skip
-        self.registry.add_observer(self)
-        return self
 
-    def _labels(self, breaker: Observed, **extra: Any) -> dict[str, Any]:
-        return {
-            "llm_circuit_breaker.name": breaker.name,
-            **self.attributes.get(breaker.name, {}),
-            **extra,
-        }
+    def rows(self, fresh: bool = False) -> list[tuple[OpenTelemetryInstrumentation, Series]]:
+        """Every user's series; read afresh by the first callback of a collection (calls),
+        reused by the others of the same collection."""
+        rows = self._rows
+        if fresh or rows is None:
+            seen: set[int] = set()
+            rows = []
+            for user in list(self.users):
+                for row in user.series():
+                    kept = [b for b in row.breakers if id(b) not in seen]
+                    if len(kept) == len(row.breakers):
+                        rows.append((user, row))
+                    elif kept:  # partly covered by an earlier user: report the rest
+                        again = Series(row.breaker, row.scope)
+                        for breaker in kept:
+                            again.add(breaker)
+                        rows.append((user, again))
+                    seen.update(id(b) for b in row.breakers)
+            self._rows = rows
+        return rows
 
     def _calls(self, _options: Any) -> Iterable[Any]:
-        for breaker in self.registry.breakers():
-            by_outcome = calls_by_outcome(breaker)
-            for outcome in OUTCOMES:
-                yield _metrics.Observation(
-                    by_outcome[outcome], self._labels(breaker, outcome=outcome)
-                )
+        for _user, row in self.rows(fresh=True):
+            for (outcome, reason, enforced), count in row.calls.items():
+                extra = {"outcome": outcome, "reason": reason, "enforced": enforced}
+                yield _metrics.Observation(count, _labels(row, **extra))
 
     def _retries(self, _options: Any) -> Iterable[Any]:
-        for breaker in self.registry.breakers():
-            yield _metrics.Observation(breaker.stats.retries, self._labels(breaker))
+        for _user, row in self.rows():
+            yield _metrics.Observation(row.retries, _labels(row))
 
     def _changes(self, _options: Any) -> Iterable[Any]:
-        for breaker in self.registry.breakers():
-            for state, count in breaker.stats.state_changes.items():
-                yield _metrics.Observation(
-                    count, self._labels(breaker, **{"llm_circuit_breaker.state": state})
-                )
+        for _user, row in self.rows():
+            for state in CircuitState:
+                count = row.state_changes.get(state.value, 0)
+                yield _metrics.Observation(count, _labels(row, state=state.value))
 
     def _state(self, _options: Any) -> Iterable[Any]:
-        for breaker in self.registry.breakers():
-            current = breaker.state
+        for _user, row in self.rows():
             for state in CircuitState:
-                value = 1 if state is current else 0
-                yield _metrics.Observation(
-                    value, self._labels(breaker, **{"llm_circuit_breaker.state": state.value})
-                )
+                count = row.states.get(state.value, 0)
+                yield _metrics.Observation(count, _labels(row, state=state.value))
+
+    def _failures(self, _options: Any) -> Iterable[Any]:
+        for _user, row in self.rows():
+            yield _metrics.Observation(row.consecutive_failures, _labels(row))
 
     def _paused(self, _options: Any) -> Iterable[Any]:
-        for breaker in self.registry.breakers():
-            paused = breaker.throttle["paused_for"] or 0.0
-            yield _metrics.Observation(paused, self._labels(breaker))
+        for _user, row in self.rows():
+            yield _metrics.Observation(row.paused_seconds, _labels(row))
 
     def _waiting(self, _options: Any) -> Iterable[Any]:
-        for breaker in self.registry.breakers():
-            yield _metrics.Observation(breaker.throttle["waiting"] or 0, self._labels(breaker))
+        for _user, row in self.rows():
+            yield _metrics.Observation(row.waiting, _labels(row))
+
+
+def _labels(row: Series, **extra: str) -> dict[str, str]:
+    """A series' attributes; empty values are left out (Prometheus drops them too)."""
+    labels = {"breaker": row.breaker, "scope": row.scope, **extra}
+    return {key: value for key, value in labels.items() if value}
+
+
+_shared: dict[int, tuple[Any, _Instruments]] = {}  # id(MeterProvider) -> (it, its instruments)
+_shared_lock = threading.Lock()
+
+
+class OpenTelemetryInstrumentation:
+    """Reports the breakers of ``registry`` (every registry in the process when None) through
+    OpenTelemetry. ``attributes`` maps breaker names or name templates to attributes for the
+    span events (such as ``{"gen_ai.provider.name": "openai"}``); ``max_metric_scopes`` caps
+    the ``scope`` values of one template in the metrics."""
+
+    def __init__(
+        self,
+        registry: BreakerRegistry | None = None,
+        *,
+        meter_provider: Any = None,
+        attributes: Mapping[str, Attributes] | None = None,
+        max_metric_scopes: int = 100,
+    ) -> None:
+        self.registry = registry
+        self.attributes = {name: dict(values) for name, values in (attributes or {}).items()}
+        self.cap = ScopeCap(max_metric_scopes)
+        self._meter_provider = meter_provider
+        self._instruments: _Instruments | None = None
+        self._lock = threading.Lock()
+
+    def series(self) -> list[Series]:
+        """What this instrumentation reports now."""
+        covered = registries() if self.registry is None else [self.registry]
+        return series(covered, self.cap)
+
+    def instrument(self) -> OpenTelemetryInstrumentation:
+        """Report the metrics and listen to refusals, retries and waits (once: calling it
+        again changes nothing)."""
+        with self._lock:
+            if self._instruments is not None:
+                return self
+            provider = self._meter_provider or _metrics.get_meter_provider()
+            with _shared_lock:
+                found = _shared.get(id(provider))
+                if found is None or found[0] is not provider:
+                    meter = _metrics.get_meter("llm_circuit_breaker", meter_provider=provider)
+                    found = _shared[id(provider)] = (provider, _Instruments(meter))
+                instruments = found[1]
+                instruments.users.append(self)
+            self._instruments = instruments
+        if self.registry is None:
+            BreakerRegistry.observe_all(self)
+        else:
+            self.registry.add_observer(self)
+        return self
+
+    def uninstrument(self) -> None:
+        """Stop reporting: the metrics leave this instrumentation's breakers out and the span
+        events stop."""
+        with self._lock:
+            instruments, self._instruments = self._instruments, None
+        if instruments is not None:
+            with _shared_lock:
+                instruments.users.remove(self)
+            BreakerRegistry.unobserve_all(self)
+
+    def _event_attributes(self, breaker: Observed, **extra: Any) -> dict[str, Any]:
+        name = breaker.name
+        template, scope = split_name(name, getattr(breaker, "template", None))
+        attributes: dict[str, Any] = {"llm_circuit_breaker.name": name}
+        if scope:
+            attributes["gen_ai.request.model"] = scope
+        attributes.update(self.attributes.get(template, {}))
+        attributes.update(self.attributes.get(name, {}))
+        attributes.update(extra)
+        return attributes
+
+    def _event(self, breaker: Observed, event: str, **extra: Any) -> None:
+        if self._instruments is None:
+            return
+        span = _trace.get_current_span()
+        if span.is_recording():
+            span.add_event(event, self._event_attributes(breaker, **extra))
 
     # -- observer: span events as things happen ----------------------------------------------
 
     def rejected(self, breaker: Observed, enforced: bool) -> None:
-        span = _trace.get_current_span()
-        if span.is_recording():
-            attributes = self._labels(breaker, **{"llm_circuit_breaker.enforced": enforced})
-            span.add_event("llm_circuit_breaker.rejected", attributes)
+        self._event(
+            breaker, "llm_circuit_breaker.rejected", **{"llm_circuit_breaker.enforced": enforced}
+        )
+
+    def throttled(self, breaker: Observed, reason: str) -> None:
+        self._event(
+            breaker, "llm_circuit_breaker.throttled", **{"llm_circuit_breaker.reason": reason}
+        )
 
     def retried(self, breaker: Observed, attempt: int, error: BaseException, delay: float) -> None:
-        span = _trace.get_current_span()
-        if span.is_recording():
-            attributes = self._labels(
-                breaker,
-                **{
-                    "error.type": error_type(error),
-                    "llm_circuit_breaker.retry.attempt": attempt,
-                    "llm_circuit_breaker.retry.delay": delay,
-                },
-            )
-            span.add_event("llm_circuit_breaker.retry", attributes)
+        self._event(
+            breaker,
+            "llm_circuit_breaker.retry",
+            **{
+                "error.type": error_type(error),
+                "llm_circuit_breaker.retry.attempt": attempt,
+                "llm_circuit_breaker.retry.delay": delay,
+            },
+        )
 
-    def waited(self, breaker: CircuitBreaker, seconds: float) -> None:
-        self._waits.record(seconds, self._labels(breaker))
+    def waited(self, breaker: Observed, seconds: float) -> None:
+        instruments = self._instruments
+        if instruments is None:
+            return
+        template, scope = split_name(breaker.name, getattr(breaker, "template", None))
+        labels = {"breaker": template}
+        scope = self.cap.label(template, scope)
+        if scope:
+            labels["scope"] = scope
+        instruments.waits.record(seconds, labels)
         if seconds > 0.0:
-            span = _trace.get_current_span()
-            if span.is_recording():
-                attributes = self._labels(breaker, **{"llm_circuit_breaker.throttle.wait": seconds})
-                span.add_event("llm_circuit_breaker.throttled", attributes)
+            self._event(
+                breaker,
+                "llm_circuit_breaker.throttle_wait",
+                **{"llm_circuit_breaker.throttle.wait": seconds},
+            )
