@@ -536,3 +536,76 @@ def test_logs_are_structured_on_child_loggers(
         isinstance(h, logging.NullHandler)
         for h in logging.getLogger("llm_circuit_breaker").handlers
     )
+
+
+# -- a span per logical call ------------------------------------------------------------------
+
+
+def _tracing() -> tuple[InMemorySpanExporter, TracerProvider, InMemoryMetricReader, MeterProvider]:
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    return spans, tracer_provider, reader, MeterProvider(metric_readers=[reader])
+
+
+def test_a_logical_call_is_one_client_span_with_its_attempts_as_events(clock: FakeClock) -> None:
+    """traced(): one CLIENT span per call, GenAI attributes, the retries and the failure's
+    error.type on it, nested under the caller's span; the duration histogram in seconds."""
+    from opentelemetry.trace import SpanKind, StatusCode
+
+    from llm_circuit_breaker.observability.otel import DURATION_BUCKETS
+
+    spans, tracer_provider, reader, meter_provider = _tracing()
+    registry = BreakerRegistry(clock=clock)
+    otel = OpenTelemetryInstrumentation(
+        registry, meter_provider=meter_provider, tracer_provider=tracer_provider
+    ).instrument()
+
+    @otel.traced(operation="chat", provider="openai")
+    @with_retry(max_retries=2, sleep=clock.sleep, jitter=False)
+    @circuit_breaker("openai:{model}", registry=registry, failure_threshold=5)
+    def chat(prompt: str, *, model: str) -> str:
+        if prompt == "fail":
+            raise http_status_error(503)
+        return "ok"
+
+    assert chat("hi", model="gpt-4o") == "ok"
+    tracer = tracer_provider.get_tracer("test")
+    with tracer.start_as_current_span("request"), pytest.raises(Exception, match="503"):
+        chat("fail", model="gpt-4o")
+    ok, failed, parent = spans.get_finished_spans()
+    assert (ok.name, ok.kind, ok.parent) == ("chat gpt-4o", SpanKind.CLIENT, None)
+    assert ok.attributes == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o",
+    }
+    assert failed.parent is not None and failed.parent.span_id == parent.context.span_id
+    assert failed.attributes["error.type"] == "503"
+    assert failed.status.status_code is StatusCode.ERROR
+    retries = [e for e in failed.events if e.name == "llm_circuit_breaker.retry"]
+    assert [e.attributes["llm_circuit_breaker.name"] for e in retries] == ["openai:gpt-4o"] * 2
+    assert not parent.events  # the events went to the logical call's span
+    points = otel_points(reader)["gen_ai.client.operation.duration"]
+    assert {p.attributes.get("error.type") for p in points} == {None, "503"}
+    assert all(tuple(p.explicit_bounds) == DURATION_BUCKETS for p in points)
+
+
+async def test_a_traced_stream_times_its_first_chunk() -> None:
+    """An async generator's span covers the whole stream; the first chunk is timed."""
+    spans, tracer_provider, reader, meter_provider = _tracing()
+    otel = OpenTelemetryInstrumentation(
+        BreakerRegistry(), meter_provider=meter_provider, tracer_provider=tracer_provider
+    ).instrument()
+
+    @otel.traced(operation="chat", provider="anthropic")
+    async def stream(model: str) -> Any:
+        for piece in ("Hel", "lo"):
+            yield piece
+
+    assert [piece async for piece in stream(model="claude")] == ["Hel", "lo"]
+    (span,) = spans.get_finished_spans()
+    assert span.name == "chat claude"
+    (first,) = otel_points(reader)["gen_ai.client.operation.time_to_first_chunk"]
+    assert first.count == 1

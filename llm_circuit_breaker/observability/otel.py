@@ -33,6 +33,17 @@ when a throttle refuses one (``llm_circuit_breaker.reason``), ``llm_circuit_brea
 before a retry (``error.type``: the HTTP status, else the exception class) and
 ``llm_circuit_breaker.throttle_wait`` when a call waits for its throttle slot.
 
+A span per logical call: ``instrumentation.traced(operation="chat", provider="openai")``
+decorates a function (stacked outermost, above ``with_retry``, ``with_fallbacks`` and
+``circuit_breaker``) so that each call is a CLIENT span following the GenAI conventions
+(``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model`` from the call's
+``model`` argument, ``error.type``), nested under the caller's span or a root; the library's
+events of that call (attempts retried, refusals, throttle waits, failovers) land on it. It
+records ``gen_ai.client.operation.duration`` and, for a stream, the time to its first chunk
+(``gen_ai.client.operation.time_to_first_chunk``), in seconds with explicit boundaries. The
+library does not add the span on its own: a wrapper on every guarded call would cost the
+calls of applications that trace nothing (see ``benchmarks/overhead.py``).
+
 ``instrument()`` is idempotent. Without ``registry=`` it covers every registry in the process,
 made before or after. Instrumentations sharing a MeterProvider share its instruments: each
 reports its own breakers (a breaker two of them cover is reported once).
@@ -40,9 +51,11 @@ reports its own breakers (a breaker two of them cover is reported once).
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Iterable, Mapping
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from llm_circuit_breaker._core.state import CircuitState
 from llm_circuit_breaker.breaker.registry import BreakerRegistry, registries
@@ -55,6 +68,7 @@ from llm_circuit_breaker.observability import (
     require,
     series,
 )
+from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
 _metrics = require("opentelemetry.metrics", "otel")
 _trace = require("opentelemetry.trace", "otel")
@@ -62,6 +76,12 @@ _trace = require("opentelemetry.trace", "otel")
 __all__ = ["OUTCOMES", "OpenTelemetryInstrumentation"]
 
 Attributes = Mapping[str, str]
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The GenAI semantic conventions' advice for gen_ai.client.operation.duration (seconds).
+DURATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
 
 
 class _Instruments:
@@ -102,6 +122,16 @@ class _Instruments:
             "llm_circuit_breaker.throttle.wait", unit="s",
             description="Waits for a throttle slot.",
             explicit_bucket_boundaries_advisory=list(WAIT_BUCKETS),
+        )  # fmt: skip
+        self.duration = meter.create_histogram(
+            "gen_ai.client.operation.duration", unit="s",
+            description="Duration of GenAI client operations (logical calls, retries included).",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+        )  # fmt: skip
+        self.first_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk", unit="s",
+            description="Time from the start of a streamed call to its first chunk.",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )  # fmt: skip
 
     def rows(self, fresh: bool = False) -> list[tuple[OpenTelemetryInstrumentation, Series]]:
@@ -181,10 +211,13 @@ class OpenTelemetryInstrumentation:
         registry: BreakerRegistry | None = None,
         *,
         meter_provider: Any = None,
+        tracer_provider: Any = None,
         attributes: Mapping[str, Attributes] | None = None,
         max_metric_scopes: int = 100,
     ) -> None:
         self.registry = registry
+        self._tracer = _trace.get_tracer("llm_circuit_breaker", tracer_provider=tracer_provider)
+        self._models = ScopeCap(max_metric_scopes)  # request models in the histograms
         self.attributes = {name: dict(values) for name, values in (attributes or {}).items()}
         self.cap = ScopeCap(max_metric_scopes)
         self._meter_provider = meter_provider
@@ -284,3 +317,168 @@ class OpenTelemetryInstrumentation:
                 "llm_circuit_breaker.throttle_wait",
                 **{"llm_circuit_breaker.throttle.wait": seconds},
             )
+
+    # -- a span per logical call ---------------------------------------------------------------
+
+    def traced(self, *, operation: str = "chat", provider: str | None = None) -> Callable[[F], F]:
+        """Decorate a function so that each call is a CLIENT span (GenAI conventions) and
+        counts in ``gen_ai.client.operation.duration``; see the module's docstring."""
+
+        def decorate(func: F) -> F:
+            return _traced(self, func, operation, provider)
+
+        return decorate
+
+    def _start(self, operation: str, provider: str | None, kwargs: dict[str, Any]) -> _Call:
+        model = kwargs.get("model")
+        attributes: dict[str, Any] = {"gen_ai.operation.name": operation}
+        if provider:
+            attributes["gen_ai.provider.name"] = provider
+        if isinstance(model, str) and model:
+            attributes["gen_ai.request.model"] = model
+        name = f"{operation} {model}" if isinstance(model, str) and model else operation
+        span = self._tracer.start_span(name, kind=_trace.SpanKind.CLIENT, attributes=attributes)
+        return _Call(self, span, attributes)
+
+
+class _Call:
+    """One logical call in flight: its span, attributes and start."""
+
+    __slots__ = ("attributes", "first", "owner", "span", "started")
+
+    def __init__(
+        self, owner: OpenTelemetryInstrumentation, span: Any, attributes: dict[str, Any]
+    ) -> None:
+        self.owner, self.span, self.attributes = owner, span, attributes
+        self.started = time.perf_counter()
+        self.first = True
+
+    def _metric_attributes(self) -> dict[str, Any]:
+        attributes = dict(self.attributes)
+        model = attributes.get("gen_ai.request.model")
+        if model is not None:  # a client may choose it: bounded like the scopes
+            attributes["gen_ai.request.model"] = self.owner._models.label(
+                attributes["gen_ai.operation.name"], model
+            )
+        return attributes
+
+    def chunk(self) -> None:
+        """A streamed item arrived: the first one is timed."""
+        if self.first:
+            self.first = False
+            instruments = self.owner._instruments
+            if instruments is not None:
+                elapsed = time.perf_counter() - self.started
+                instruments.first_chunk.record(elapsed, self._metric_attributes())
+
+    def end(self, error: BaseException | None = None) -> None:
+        """Record the duration and end the span (with ``error.type`` on a failure)."""
+        attributes = self._metric_attributes()
+        if error is not None:
+            kind = error_type(error)
+            attributes["error.type"] = kind
+            self.span.set_attribute("error.type", kind)
+            self.span.record_exception(error)
+            self.span.set_status(_trace.Status(_trace.StatusCode.ERROR, kind))
+        instruments = self.owner._instruments
+        if instruments is not None:
+            instruments.duration.record(time.perf_counter() - self.started, attributes)
+        self.span.end()
+
+
+def _traced(
+    owner: OpenTelemetryInstrumentation, func: F, operation: str, provider: str | None
+) -> F:
+    """``func`` with a span per call (the four callable kinds)."""
+    kind = kind_of(func)
+    use_span = _trace.use_span
+
+    if kind is CallableKind.COROUTINE:
+
+        @functools.wraps(func)
+        async def coroutine(*args: Any, **kwargs: Any) -> Any:
+            call = owner._start(operation, provider, kwargs)
+            with use_span(call.span, end_on_exit=False, record_exception=False,
+                          set_status_on_exception=False):  # fmt: skip
+                try:
+                    result = await func(*args, **kwargs)
+                except BaseException as exc:
+                    call.end(exc)
+                    raise
+            call.end()
+            return result
+
+        return coroutine  # type: ignore[return-value]
+
+    def inside(call: _Call) -> Any:
+        return use_span(
+            call.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        )
+
+    if kind is CallableKind.GENERATOR:
+
+        @functools.wraps(func)
+        def generator(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            # Each step runs inside the span; between steps the caller's context is its own.
+            call = owner._start(operation, provider, kwargs)
+            stream: Any = None
+            try:
+                with inside(call):
+                    stream = iter(func(*args, **kwargs))
+                while True:
+                    with inside(call):
+                        try:
+                            item = next(stream)
+                        except StopIteration:
+                            break
+                    call.chunk()
+                    yield item
+            except BaseException as exc:
+                if stream is not None and hasattr(stream, "close"):
+                    stream.close()
+                call.end(None if isinstance(exc, GeneratorExit) else exc)
+                raise
+            call.end()
+
+        return generator  # type: ignore[return-value]
+
+    if kind is CallableKind.ASYNC_GENERATOR:
+
+        @functools.wraps(func)
+        async def agen(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            call = owner._start(operation, provider, kwargs)
+            stream: Any = None
+            try:
+                with inside(call):
+                    stream = func(*args, **kwargs)
+                while True:
+                    with inside(call):
+                        try:
+                            item = await stream.__anext__()
+                        except StopAsyncIteration:
+                            break
+                    call.chunk()
+                    yield item
+            except BaseException as exc:
+                if stream is not None:
+                    await stream.aclose()
+                call.end(None if isinstance(exc, GeneratorExit) else exc)
+                raise
+            call.end()
+
+        return agen  # type: ignore[return-value]
+
+    @functools.wraps(func)
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        call = owner._start(operation, provider, kwargs)
+        with use_span(call.span, end_on_exit=False, record_exception=False,
+                      set_status_on_exception=False):  # fmt: skip
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                call.end(exc)
+                raise
+        call.end()
+        return result
+
+    return plain  # type: ignore[return-value]
