@@ -590,6 +590,9 @@ def test_a_logical_call_is_one_client_span_with_its_attempts_as_events(clock: Fa
     points = otel_points(reader)["gen_ai.client.operation.duration"]
     assert {p.attributes.get("error.type") for p in points} == {None, "503"}
     assert all(tuple(p.explicit_bounds) == DURATION_BUCKETS for p in points)
+    failed_point = next(p for p in points if p.attributes.get("error.type") == "503")
+    (exemplar,) = failed_point.exemplars
+    assert exemplar.trace_id == failed.context.trace_id
 
 
 async def test_a_traced_stream_times_its_first_chunk() -> None:

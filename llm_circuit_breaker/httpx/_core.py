@@ -29,6 +29,7 @@ __all__ = [
     "Body",
     "BreakerSpec",
     "Core",
+    "SDKRetry",
     "Watch",
     "incomplete",
     "library",
@@ -41,6 +42,10 @@ Report = tuple[Outcome, dict[str, Any]]
 BreakerSpec = str | CircuitBreaker | Callable[[Any], str]
 _MAX_PARSED_BODY = 4 * 1024 * 1024  # request bodies parsed for the model and a token estimate
 _MAX_ERROR_BODY = 256 * 1024  # of an error response, read to judge it
+
+
+class SDKRetry(Exception):
+    """What a retry event names when the SDK itself retried (the transport sees no error)."""
 
 
 class Core:
@@ -123,9 +128,14 @@ class Core:
 
     def breaker_and_body(self, request: Any, *, asynchronous: bool) -> tuple[CircuitBreaker, Any]:
         """The request's JSON body and the breaker that guards it (a sync transport cannot
-        use an asyncio store)."""
+        use an asyncio store). Every request is an attempt, counted as a call; one the SDK
+        retries (its ``x-stainless-retry-count`` header: openai, anthropic) is also counted as
+        a retry, so logical calls are calls minus retries."""
         body = self.body_of(request)
         breaker = self.breaker_for(request, body)
+        retry = request.headers.get("x-stainless-retry-count", "0")
+        if retry != "0" and retry.isdigit():
+            breaker.record_retry(int(retry), SDKRetry(), 0.0)
         if breaker.is_async and not asynchronous:
             raise TypeError(
                 f"circuit {breaker.name!r} keeps its state in an asyncio store: "

@@ -369,7 +369,8 @@ class _Call:
             instruments = self.owner._instruments
             if instruments is not None:
                 elapsed = time.perf_counter() - self.started
-                instruments.first_chunk.record(elapsed, self._metric_attributes())
+                with self._current():  # an exemplar carries the trace id
+                    instruments.first_chunk.record(elapsed, self._metric_attributes())
 
     def end(self, error: BaseException | None = None) -> None:
         """Record the duration and end the span (with ``error.type`` on a failure)."""
@@ -382,8 +383,14 @@ class _Call:
             self.span.set_status(_trace.Status(_trace.StatusCode.ERROR, kind))
         instruments = self.owner._instruments
         if instruments is not None:
-            instruments.duration.record(time.perf_counter() - self.started, attributes)
+            with self._current():  # an exemplar carries the trace id
+                instruments.duration.record(time.perf_counter() - self.started, attributes)
         self.span.end()
+
+    def _current(self) -> Any:
+        return _trace.use_span(
+            self.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        )
 
 
 def _traced(
