@@ -54,6 +54,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -196,7 +197,8 @@ def _labels(row: Series, **extra: str) -> dict[str, str]:
     return {key: value for key, value in labels.items() if value}
 
 
-_shared: dict[int, tuple[Any, _Instruments]] = {}  # id(MeterProvider) -> (it, its instruments)
+# MeterProvider -> its instruments, forgotten with the provider.
+_shared: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
 _shared_lock = threading.Lock()
 
 
@@ -237,11 +239,10 @@ class OpenTelemetryInstrumentation:
                 return self
             provider = self._meter_provider or _metrics.get_meter_provider()
             with _shared_lock:
-                found = _shared.get(id(provider))
-                if found is None or found[0] is not provider:
+                instruments = _shared.get(provider)
+                if instruments is None:
                     meter = _metrics.get_meter("llm_circuit_breaker", meter_provider=provider)
-                    found = _shared[id(provider)] = (provider, _Instruments(meter))
-                instruments = found[1]
+                    instruments = _shared[provider] = _Instruments(meter)
                 instruments.users.append(self)
             self._instruments = instruments
         if self.registry is None:
