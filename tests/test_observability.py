@@ -612,3 +612,13 @@ async def test_a_traced_stream_times_its_first_chunk() -> None:
     assert span.name == "chat claude"
     (first,) = otel_points(reader)["gen_ai.client.operation.time_to_first_chunk"]
     assert first.count == 1
+
+
+def test_try_admit_counts_the_call_it_refuses_for_a_throttle_wait(clock: FakeClock) -> None:
+    """try_admit() refuses a call that would have to wait for its slot: a throttled outcome."""
+    from llm_circuit_breaker import CircuitBreaker, Outcome
+
+    breaker = CircuitBreaker("paced", clock=clock)
+    breaker.record(breaker.admit(), Outcome.THROTTLED, hint=5.0)
+    assert breaker.try_admit() == -1
+    assert breaker.stats.throttle_refusals["rate_limit"] == 1

@@ -124,6 +124,7 @@ class CircuitBreaker:
         entry = self.enter()
         if isinstance(entry, Wait):
             self._settle(entry, gave_up=True)
+            self._telemetry.count_throttle_refusal()  # refused: it would have had to wait
             return REJECTED
         return entry if isinstance(entry, int) else REJECTED
 
@@ -265,6 +266,7 @@ class CircuitBreaker:
         entry = await self.aenter()
         if isinstance(entry, Wait):
             await self._asettle(entry, gave_up=True)
+            self._telemetry.count_throttle_refusal()  # refused: it would have had to wait
             return REJECTED
         return entry if isinstance(entry, int) else REJECTED
 
