@@ -424,11 +424,12 @@ def test_opentelemetry_and_prometheus_expose_the_same_names(clock: FakeClock) ->
     metric names and labels of the Prometheus collector."""
     exporter = pytest.importorskip("opentelemetry.exporter.prometheus")
     registry = BreakerRegistry(clock=clock)
+    chat = _failover(registry)
     ours, theirs = CollectorRegistry(), CollectorRegistry()
-    PrometheusCollector(registry).register(ours)
+    PrometheusCollector(registry, fallbacks={"chat": chat}).register(ours)
     reader = exporter.PrometheusMetricReader(registry=theirs, disable_target_info=True)
     OpenTelemetryInstrumentation(
-        registry, meter_provider=MeterProvider(metric_readers=[reader])
+        registry, meter_provider=MeterProvider(metric_readers=[reader]), fallbacks={"chat": chat}
     ).instrument()
     _throttled_script(registry, clock)
 
@@ -437,7 +438,9 @@ def test_opentelemetry_and_prometheus_expose_the_same_names(clock: FakeClock) ->
         return model
 
     scoped("gpt-4o")
+    chat()
     assert _families(theirs) == _families(ours)
+    assert "llm_circuit_breaker_fallback_calls_total" in _families(ours)
     assert "llm_circuit_breaker_calls_total" in _families(ours)
 
 
@@ -622,3 +625,37 @@ def test_try_admit_counts_the_call_it_refuses_for_a_throttle_wait(clock: FakeClo
     breaker.record(breaker.admit(), Outcome.THROTTLED, hint=5.0)
     assert breaker.try_admit() == -1
     assert breaker.stats.throttle_refusals["rate_limit"] == 1
+
+
+def _failover(registry: BreakerRegistry) -> Any:
+    """A chain of two targets whose first fails once with a 503."""
+    from llm_circuit_breaker import with_fallbacks
+
+    primary = scripted_call([http_status_error(503)], name="primary", registry=registry)
+    backup = scripted_call([None, None], name="backup", registry=registry)
+    return with_fallbacks(primary, backup)
+
+
+def test_fallback_chains_are_counted_per_target(clock: FakeClock) -> None:
+    """fallbacks= exposes each chain's targets: served, failed (moved on), refused."""
+    registry = BreakerRegistry(clock=clock)
+    chat = _failover(registry)
+    prom = CollectorRegistry()
+    PrometheusCollector(registry, fallbacks={"chat": chat}).register(prom)
+    reader = InMemoryMetricReader()
+    OpenTelemetryInstrumentation(
+        registry, meter_provider=MeterProvider(metric_readers=[reader]), fallbacks={"chat": chat}
+    ).instrument()
+    assert chat() == "ok"
+
+    def sample(target: str, outcome: str) -> float | None:
+        labels = {"chain": "chat", "target": target, "outcome": outcome}
+        return prom.get_sample_value("llm_circuit_breaker_fallback_calls_total", labels)
+
+    assert (sample("primary", "failed"), sample("backup", "served")) == (1, 1)
+    assert sample("primary", "served") == 0
+    points = {
+        (p.attributes["target"], p.attributes["outcome"]): p.value
+        for p in otel_points(reader)["llm_circuit_breaker.fallback.calls"]
+    }
+    assert points[("primary", "failed")] == 1 and points[("backup", "served")] == 1

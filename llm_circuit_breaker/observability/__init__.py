@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from llm_circuit_breaker._core.state import CircuitState
@@ -29,12 +29,14 @@ from llm_circuit_breaker.breaker.telemetry import (
 )
 
 __all__ = [
+    "FALLBACK_OUTCOMES",
     "OTHER",
     "OUTCOMES",
     "ScopeCap",
     "Series",
     "calls_by_outcome",
     "error_type",
+    "fallback_counts",
     "series",
 ]
 
@@ -168,6 +170,20 @@ def series(registries: Iterable[BreakerRegistry], cap: ScopeCap) -> list[Series]
                 row = rows[key] = Series(*key)
             row.add(breaker)
     return [rows[key] for key in sorted(rows)]
+
+
+FALLBACK_OUTCOMES = ("served", "failed", "refused")
+
+
+def fallback_counts(chains: Mapping[str, Any]) -> list[tuple[str, str, str, int]]:
+    """``(chain, target, outcome, count)`` of each ``with_fallbacks`` chain: ``chains`` maps a
+    chain's name to the decorated function (its ``.fallback_stats``) or to those stats."""
+    return [
+        (chain, target, outcome, getattr(counts, outcome))
+        for chain, found in sorted(chains.items())
+        for target, counts in getattr(found, "fallback_stats", found).items()
+        for outcome in FALLBACK_OUTCOMES
+    ]
 
 
 def require(module: str, extra: str) -> Any:

@@ -23,6 +23,8 @@ outright; past ``max_metric_scopes`` values per template, ``other``):
   slot, recorded as calls are admitted while the throttle paces; explicit bucket boundaries)
 * ``llm_circuit_breaker.throttle.paused`` (gauge, seconds until a rate-limit pause ends)
 * ``llm_circuit_breaker.throttle.waiting`` (gauge, callers asleep until their slot)
+* ``llm_circuit_breaker.fallback.calls`` (counter, ``chain``, ``target``, ``outcome`` = served |
+  failed | refused) for the ``with_fallbacks`` chains given as ``fallbacks=``
 
 Span events on the current span, each with ``llm_circuit_breaker.name`` (the breaker's filled
 name), ``gen_ai.request.model`` (a scoped breaker's scope value) and the ``attributes`` given
@@ -66,6 +68,7 @@ from llm_circuit_breaker.observability import (
     ScopeCap,
     Series,
     error_type,
+    fallback_counts,
     require,
     series,
 )
@@ -118,6 +121,10 @@ class _Instruments:
         meter.create_observable_gauge(
             "llm_circuit_breaker.throttle.waiting", [self._waiting], unit="{call}",
             description="Callers asleep until their throttle slot.",
+        )  # fmt: skip
+        meter.create_observable_counter(
+            "llm_circuit_breaker.fallback.calls", [self._fallbacks], unit="{call}",
+            description="Calls of each fallback chain's targets by outcome.",
         )  # fmt: skip
         self.waits = meter.create_histogram(
             "llm_circuit_breaker.throttle.wait", unit="s",
@@ -190,6 +197,15 @@ class _Instruments:
         for _user, row in self.rows():
             yield _metrics.Observation(row.waiting, _labels(row))
 
+    def _fallbacks(self, _options: Any) -> Iterable[Any]:
+        seen: set[str] = set()
+        for user in list(self.users):
+            chains = {k: v for k, v in user.fallbacks.items() if k not in seen}
+            seen.update(chains)
+            for chain, target, outcome, count in fallback_counts(chains):
+                labels = {"chain": chain, "target": target, "outcome": outcome}
+                yield _metrics.Observation(count, labels)
+
 
 def _labels(row: Series, **extra: str) -> dict[str, str]:
     """A series' attributes; empty values are left out (Prometheus drops them too)."""
@@ -206,7 +222,8 @@ class OpenTelemetryInstrumentation:
     """Reports the breakers of ``registry`` (every registry in the process when None) through
     OpenTelemetry. ``attributes`` maps breaker names or name templates to attributes for the
     span events (such as ``{"gen_ai.provider.name": "openai"}``); ``max_metric_scopes`` caps
-    the ``scope`` values of one template in the metrics."""
+    the ``scope`` values of one template in the metrics; ``fallbacks`` maps names to
+    ``with_fallbacks`` chains whose stats to report."""
 
     def __init__(
         self,
@@ -216,8 +233,10 @@ class OpenTelemetryInstrumentation:
         tracer_provider: Any = None,
         attributes: Mapping[str, Attributes] | None = None,
         max_metric_scopes: int = 100,
+        fallbacks: Mapping[str, Any] | None = None,
     ) -> None:
         self.registry = registry
+        self.fallbacks = dict(fallbacks or {})
         self._tracer = _trace.get_tracer("llm_circuit_breaker", tracer_provider=tracer_provider)
         self._models = ScopeCap(max_metric_scopes)  # request models in the histograms
         self.attributes = {name: dict(values) for name, values in (attributes or {}).items()}

@@ -24,16 +24,19 @@ a breaker named outright; past ``max_metric_scopes`` values per template, ``othe
   (calls admitted while the throttle paced)
 * ``llm_circuit_breaker_throttle_paused_seconds`` seconds until a rate-limit pause ends
 * ``llm_circuit_breaker_throttle_waiting`` callers asleep until their slot
+* ``llm_circuit_breaker_fallback_calls_total{chain, target, outcome}`` for the
+  ``with_fallbacks`` chains given as ``fallbacks=``: calls each target served, failed (the
+  chain moved on) or refused without running
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from llm_circuit_breaker._core.state import CircuitState
 from llm_circuit_breaker.breaker.registry import BreakerRegistry, registries
-from llm_circuit_breaker.observability import ScopeCap, require, series
+from llm_circuit_breaker.observability import ScopeCap, fallback_counts, require, series
 
 _client = require("prometheus_client", "prometheus")
 from prometheus_client.core import (  # noqa: E402
@@ -53,13 +56,19 @@ def _le(bound: float) -> str:
 
 class PrometheusCollector:
     """Exposes the breakers of ``registry`` (every registry in the process when None) to
-    Prometheus; ``max_metric_scopes`` caps the ``scope`` values of one template."""
+    Prometheus; ``max_metric_scopes`` caps the ``scope`` values of one template;
+    ``fallbacks`` maps names to ``with_fallbacks`` chains whose stats to expose."""
 
     def __init__(
-        self, registry: BreakerRegistry | None = None, *, max_metric_scopes: int = 100
+        self,
+        registry: BreakerRegistry | None = None,
+        *,
+        max_metric_scopes: int = 100,
+        fallbacks: Mapping[str, Any] | None = None,
     ) -> None:
         self.registry = registry
         self.cap = ScopeCap(max_metric_scopes)
+        self.fallbacks = dict(fallbacks or {})
 
     def register(self, collector_registry: Any = None) -> PrometheusCollector:
         """Register on ``collector_registry`` (prometheus_client's default when None)."""
@@ -118,6 +127,15 @@ class PrometheusCollector:
             paused.add_metric(labels, row.paused_seconds)
             waiting.add_metric(labels, row.waiting)
         yield from (calls, retries, changes, state, failures, waits, paused, waiting)
+        if self.fallbacks:
+            chains = CounterMetricFamily(
+                "llm_circuit_breaker_fallback_calls",
+                "Calls of each fallback chain's targets by outcome.",
+                labels=["chain", "target", "outcome"],
+            )
+            for chain, target, outcome, count in fallback_counts(self.fallbacks):
+                chains.add_metric([chain, target, outcome], count)
+            yield chains
 
     def describe(self) -> list[Any]:
         return []  # collected afresh at every scrape
