@@ -149,7 +149,10 @@ class Observed(Protocol):
 
 
 class Observer(Protocol):
-    """Hears of refusals and retries as they happen (what listeners do for state changes)."""
+    """Hears of refusals and retries as they happen (what listeners do for state changes).
+    An observer may also define ``waited(breaker, seconds)`` (an admitted call waits for its
+    throttle slot) and ``throttled(breaker, reason)`` (a throttle, limit or budget refused a
+    call); they are looked up, not required."""
 
     def rejected(self, breaker: Observed, enforced: bool) -> None:
         """A call was refused (``enforced`` False: a metrics-only breaker let it through)."""
