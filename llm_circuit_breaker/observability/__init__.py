@@ -24,6 +24,7 @@ from llm_circuit_breaker.breaker.registry import BreakerRegistry
 from llm_circuit_breaker.breaker.telemetry import (
     THROTTLE_REASONS,
     WAIT_BUCKETS,
+    BreakerStats,
     error_type,
     split_name,
 )
@@ -47,12 +48,14 @@ BOUNDS = (*WAIT_BUCKETS, float("inf"))  # the throttle-wait histogram's upper bo
 CallKey = tuple[str, str, str]  # (outcome, reason, enforced): "" where it does not apply
 
 
-def calls_by_outcome(breaker: CircuitBreaker) -> dict[CallKey, int]:
+def calls_by_outcome(
+    breaker: CircuitBreaker, stats: BreakerStats | None = None
+) -> dict[CallKey, int]:
     """The breaker's calls by ``(outcome, reason, enforced)``. Every call ends in exactly one:
     ``throttled`` carries the ``reason`` (``rate_limit`` for a provider's 429 and for a
     throttle slot too far away, ``concurrency``, ``retry_budget``, ``token_budget``);
     ``rejected`` carries ``enforced`` (``"false"``: a metrics-only breaker let the call run)."""
-    stats = breaker.stats
+    stats = breaker.stats if stats is None else stats
     refusals = stats.throttle_refusals
     calls: dict[CallKey, int] = {
         ("success", "", ""): stats.successes,
@@ -94,25 +97,26 @@ class Series:
     def add(self, breaker: CircuitBreaker) -> None:
         """Add one breaker's numbers."""
         self.breakers.append(breaker)
-        for key, count in calls_by_outcome(breaker).items():
+        stats = breaker.stats
+        for key, count in calls_by_outcome(breaker, stats).items():
             self.calls[key] = self.calls.get(key, 0) + count
-        view = breaker.snapshot()
-        stats = view["stats"]
-        self.retries += stats["retries"]
-        for state, count in stats["state_changes"].items():
+        self.retries += stats.retries
+        for state, count in stats.state_changes.items():
             self.state_changes[state] = self.state_changes.get(state, 0) + count
+        if breaker.store is None:  # read in this process: no snapshot's copying
+            current, failures, throttle = breaker.state, breaker.failure_count, breaker.throttle
+        else:  # one store round trip for the lot
+            view = breaker.snapshot()
+            current, failures, throttle = view["state"], view["failure_count"], view["throttle"]
         for state in CircuitState:
-            self.states[state.value] = self.states.get(state.value, 0) + (
-                view["state"] == state.value
-            )
-        self.consecutive_failures += view["failure_count"]
+            self.states[state.value] = self.states.get(state.value, 0) + (current == state.value)
+        self.consecutive_failures += failures
         histogram = breaker.wait_histogram
         for index, count in enumerate(histogram.counts):
             self.wait_counts[index] += count
         self.wait_sum += histogram.total
-        throttle = view["throttle"]
         self.paused_seconds = max(self.paused_seconds, throttle["paused_for"] or 0.0)
-        self.waiting += throttle["waiting"] or 0
+        self.waiting += int(throttle["waiting"] or 0)
 
     def wait_buckets(self) -> list[tuple[float, int]]:
         """Cumulative ``[(upper bound, waits at most that long), ...]`` ending at +Inf."""
