@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from llm_circuit_breaker._core.permits import (
     CLEAN,
     LOCAL,
+    SHADOW,
     SHARED,
     THROTTLED,
     tag_of,
@@ -161,6 +162,7 @@ class LinkCore:
         self.adopt(view)
         self._cache(permit, view, wait)
         if permit == THROTTLED:
+            self.telemetry.count_throttle_refusal()
             return ThrottledError(self.name, wait)
         if permit < 0:
             error = refused(self.name, view.retry_after, view.reason or _refusal(view.state))
@@ -207,6 +209,8 @@ class LinkCore:
         shared permit, False and ``open_for`` capped as the core caps it (a store keeps a
         hint as given)."""
         check_report(permit, outcome, open_for)
+        if permit == SHADOW:  # metrics-only pass-through: counted once, as its rejection
+            return True, open_for
         if tag_of(permit) == LOCAL:
             self.local.record(
                 untagged(permit), outcome, open_for=open_for, why=why, error=error, hint=hint

@@ -55,6 +55,9 @@ class CircuitBreaker:
 
     enter: Callable[[], Entry]  # the circuit's own method, bound once: no extra frame per call
     record_success: Callable[[int], None]
+    # The name template this breaker was made from (``"openai:{model}"``), None when named
+    # outright: exporters and logs label by template and scope value apart.
+    template: str | None = None
 
     def __init__(
         self,
@@ -122,6 +125,7 @@ class CircuitBreaker:
         entry = self.enter()
         if isinstance(entry, Wait):
             self._settle(entry, gave_up=True)
+            self._telemetry.count_throttle_refusal()  # refused: it would have had to wait
             return REJECTED
         return entry if isinstance(entry, int) else REJECTED
 
@@ -262,6 +266,7 @@ class CircuitBreaker:
         entry = await self.aenter()
         if isinstance(entry, Wait):
             await self._asettle(entry, gave_up=True)
+            self._telemetry.count_throttle_refusal()  # refused: it would have had to wait
             return REJECTED
         return entry if isinstance(entry, int) else REJECTED
 

@@ -43,7 +43,7 @@ from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 __all__ = ["FallbackStats", "with_fallbacks"]
 
 
-logger = logging.getLogger("llm_circuit_breaker")
+logger = logging.getLogger("llm_circuit_breaker.fallback")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -129,8 +129,16 @@ class _Chain:
     def _announce(self, index: int, exc: BaseException, why: str) -> None:
         last = index + 1 >= len(self.targets)
         following = "no target left" if last else f"trying {self.names[index + 1]!r}"
+        from llm_circuit_breaker.breaker.telemetry import error_type
+
+        kind = error_type(exc)
         logger.info(
-            "fallback: %r %s (%s); %s", self.names[index], why, type(exc).__name__, following
+            "fallback: %r %s (%s); %s",
+            self.names[index],
+            why,
+            kind,
+            following,
+            extra={"breaker": self.names[index], "reason": why, "error_type": kind},
         )
         trace = sys.modules.get("opentelemetry.trace")  # loaded only if the app uses it
         if trace is None:
@@ -142,7 +150,7 @@ class _Chain:
                 {
                     "llm_circuit_breaker.name": self.names[index],
                     "llm_circuit_breaker.fallback.next": "" if last else self.names[index + 1],
-                    "error.type": type(exc).__name__,
+                    "error.type": kind,
                 },
             )
 

@@ -340,7 +340,7 @@ def _async_gen_shell(
     return wrapper
 
 
-logger = logging.getLogger("llm_circuit_breaker")
+logger = logging.getLogger("llm_circuit_breaker.retry")
 
 _MAX_HINT_JITTER = 1.0  # seconds: a server's wait is spread by up to 10%, at most this
 # Waits for a throttle slot use no retry, but a call gives up after this many of them.
@@ -474,17 +474,33 @@ class RetryPolicy:
         from llm_circuit_breaker._redact import redact_text
 
         exc = _error(state)
-        _raise_if_refused(state.fn, exc)
+        breaker = _breaker_of(state)
+        _raise_if_refused(breaker, exc)
         delay = state.upcoming_sleep
-        logger.info(
-            "retrying %s in %.3fs after attempt %d failed: %s: %s",
-            state.get_fn_name(),
-            delay,
-            state.attempt_number,
-            type(exc).__name__,
-            redact_text(str(exc))[:300],
-        )
-        breaker = getattr(state.fn, "breaker", None)
+        if logger.isEnabledFor(logging.INFO):
+            from llm_circuit_breaker.breaker.telemetry import error_type, split_name
+
+            name = getattr(breaker, "name", None)
+            template, scope = (
+                split_name(name, getattr(breaker, "template", None))
+                if name
+                else (state.get_fn_name(), "")
+            )
+            logger.info(
+                "retrying %s in %.3fs after attempt %d failed: %s: %s",
+                name or state.get_fn_name(),
+                delay,
+                state.attempt_number,
+                type(exc).__name__,
+                redact_text(str(exc))[:300],
+                extra={
+                    "breaker": template,
+                    "scope": scope,
+                    "attempt": state.attempt_number,
+                    "delay_s": delay,
+                    "error_type": error_type(exc),
+                },
+            )
         if breaker is not None:
             breaker.record_retry(state.attempt_number, exc, delay)
         on_retry = self.config.on_retry
@@ -500,10 +516,23 @@ class RetryPolicy:
         return None if deadline is None else started + deadline
 
 
-def _raise_if_refused(fn: Any, exc: BaseException) -> None:
+def _breaker_of(state: RetryCallState) -> Any:
+    """The breaker under the retried function for this call: its ``.breaker``, or for a scoped
+    name (``"openai:{model}"``) the one its arguments name."""
+    breaker = getattr(state.fn, "breaker", None)
+    if breaker is None:
+        breaker_for = getattr(state.fn, "breaker_for", None)
+        if breaker_for is not None:
+            try:
+                breaker = breaker_for(*state.args, **state.kwargs)
+            except (TypeError, ValueError):  # the call itself was malformed: nothing to count
+                return None
+    return breaker
+
+
+def _raise_if_refused(breaker: Any, exc: BaseException) -> None:
     """When the breaker under us is open now, retrying is pointless: raise its refusal at once,
     chained to the error that made it open (no sleep first)."""
-    breaker = getattr(fn, "breaker", None)
     if breaker is None or breaker.is_async:
         return
     refusal = breaker.refusal_now()
