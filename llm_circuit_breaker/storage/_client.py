@@ -115,7 +115,10 @@ def refuse_cluster_node(client: Any, kind: ClientKind) -> None:
 def warn_if_retrying(client: Any, prefix: str) -> None:
     """One WARNING when ``client`` retries failed commands: while Redis is down, a call would
     wait for every retry."""
-    retries = getattr(getattr(client, "get_retry", lambda: None)(), "_retries", 0)
+    try:
+        retries = getattr(client.get_retry(), "_retries", 0)
+    except AttributeError:  # no retry object (valkey's cluster client may have none)
+        retries = 0
     if retries:
         logger.warning(
             "the Redis client of state store %r retries failed commands %d times: while Redis "
@@ -156,7 +159,7 @@ def client_for_url(
     if cluster:
         module = importlib.import_module(f"{package.__name__}.cluster")
         cluster_class = getattr(module, "RedisCluster" if family == "redis" else "ValkeyCluster")
-        return cluster_class.from_url(url, retry=retry, cluster_error_retry_attempts=0, **timeouts)
+        return cluster_class.from_url(url, retry=retry, **timeouts)
     client_class = getattr(package, "Redis" if family == "redis" else "Valkey")
     pool = package.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=timeout, retry=retry, **timeouts
