@@ -20,6 +20,7 @@ from redis.crc import key_slot
 from llm_circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, Outcome
 from llm_circuit_breaker._cli.status import run_status
 from llm_circuit_breaker.storage import RedisStateStore
+from tests.polling import until
 from tests.redis_cluster import RedisCluster
 
 pytestmark = pytest.mark.redis
@@ -143,3 +144,19 @@ async def test_moved_is_not_an_outage(
     assert sum("cluster=True" in r.getMessage() for r in caplog.records) == 1
     node.close()
     await client.aclose()
+
+
+def test_a_reset_elsewhere_ends_a_cached_refusal_on_a_cluster(flushed: RedisCluster) -> None:
+    """With near_cache, a refusal is held until the circuit's retry time; a reset through
+    another store is published across the cluster and ends it at once."""
+    store = RedisStateStore.from_url(flushed.url, cluster=True, near_cache=0.05)
+    breaker = CircuitBreaker("noticed", TRIP, store=store)
+    other = CircuitBreaker(
+        "noticed", TRIP, store=RedisStateStore.from_url(flushed.url, cluster=True)
+    )
+    other.record(other.admit(), Outcome.FAILURE)
+    until(lambda: breaker.try_admit() < 0)
+    assert store.notifies
+    other.reset()
+    until(lambda: breaker.try_admit() >= 0)  # 60 s before the circuit's own retry time
+    store.close()

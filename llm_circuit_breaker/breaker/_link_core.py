@@ -41,6 +41,7 @@ __all__ = ["LinkCore"]
 _HALF_OPEN_NOW = View(CircuitState.HALF_OPEN, 0, 0, None, 0.0)
 _SLACK = 0.02  # of a limit: headers saying this much fewer remaining than the shared model
 _RESET_MOVED = 1.0  # seconds (or a tenth of it) a bucket's reset must move to be news
+_UNNOTIFIED_HOLD = 1.0  # seconds a refusal holds at most where no notice would end it
 
 
 def _refusal(state: CircuitState) -> str:
@@ -86,6 +87,8 @@ class LinkCore:
         follow = getattr(store, "follow", None)
         if self.near_cache and follow is not None:
             follow(name, self)
+        # whether a change elsewhere reaches this link at once (sync Redis clients listen)
+        self._notified: bool = bool(self.near_cache and getattr(store, "notifies", False))
 
     def forget(self) -> None:
         """Drop the near-cache and the lease: the circuit changed elsewhere."""
@@ -97,7 +100,8 @@ class LinkCore:
         """The refusal the store last gave, while it holds (None: ask the store). With a
         near-cache, an OPEN circuit seen until *t* is refused here until *t*, HALF_OPEN
         without a probe slot (or a forced-open circuit) for ``near_cache``: a trip does not
-        become a round trip per refused call. A change elsewhere is published and ends it."""
+        become a round trip per refused call. A change elsewhere is published and ends it;
+        where no notice would (asyncio clients), a refusal holds for a second at most."""
         if not self._refused_until:
             return None
         left = self._refused_until - self._now()
@@ -121,6 +125,8 @@ class LinkCore:
             span = view.retry_after
         else:  # HALF_OPEN with its probe slots taken, or held open
             span = self.near_cache
+        if not self._notified:
+            span = min(span, max(self.near_cache, _UNNOTIFIED_HOLD))
         self._refused_until = self._now() + span if span > 0.0 else 0.0
 
     def _cache(self, permit: int, view: View, wait: float) -> None:

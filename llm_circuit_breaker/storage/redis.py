@@ -57,6 +57,7 @@ from llm_circuit_breaker.storage._script import (
     admission,
     circuit_fields,
     observe_args,
+    plain,
     record_args,
     script_args,
     text,
@@ -78,6 +79,23 @@ _MAX_BROKEN = 1000  # circuits named in a script failure's warning (each once)
 _FIRST_RETRY = 0.5  # seconds before Redis is tried again after a failure (then doubling)
 _CONTENTION_WAIT = 5.0  # seconds a call waits at most for a connection of a full pool
 _PAGE = 1000  # keys per SCAN page when listing
+# Reads a page of circuits in one call, each as its LISTED_FIELDS joined by NUL (false: "").
+# The keys are arguments, not KEYS: a page of one cluster node spans many slots, which a
+# script may read on the node that holds them.
+_LIST_SCRIPT = """
+local out = {}
+for i, key in ipairs(ARGV) do
+  local v = redis.pcall('HMGET', key, 'state', 'fc', 'sc', 'opened_at', 'open_until', 'held',
+                        'pu', 'ri', 'rc', 'rt')
+  if v['err'] then
+    out[i] = ''
+  else
+    for j = 1, 10 do v[j] = v[j] or '' end
+    out[i] = table.concat(v, '\\0')
+  end
+end
+return out
+"""
 
 
 def _concerns_one_circuit(exc: BaseException, exceptions: Any) -> bool:
@@ -176,6 +194,11 @@ class RedisStateStore:
         self._notices = None if self.is_async or not near_cache else Notices(redis_client, prefix)
         self._loop_clients = LoopClients(redis_client) if self.is_async else None
         self._releases: set[asyncio.Future[None]] = set()  # give-backs of cancelled admissions
+
+    @property
+    def notifies(self) -> bool:
+        """Whether followers hear of changes elsewhere (a near-cache and a sync client)."""
+        return self._notices is not None
 
     def follow(self, name: str, follower: Follower) -> None:
         """Tell ``follower`` (a near-caching link) when circuit ``name`` changes elsewhere."""
@@ -548,14 +571,25 @@ class RedisStateStore:
                 cursor, page = server.scan(cursor or 0, match=pattern, count=_PAGE)
                 if not page:
                     continue
-                pipe = server.pipeline(transaction=False)
-                for key in page:
-                    pipe.hmget(key, *LISTED_FIELDS)
-                for key, fields in zip(page, pipe.execute(), strict=True):
+                for key, fields in zip(page, self._read_page(server, page), strict=True):
                     listed = circuit_fields(fields, now)
                     if listed is not None:
                         found[name_of_key(text(key), self.prefix)] = listed
         return dict(sorted(found.items()))
+
+    def _read_page(self, server: Any, page: Sequence[Any]) -> list[list[str]]:
+        """Each key's :data:`LISTED_FIELDS`: one script call for the page, or (a server that
+        refuses such scripts) one pipelined HMGET per key in one round trip."""
+        try:
+            rows = server.eval(_LIST_SCRIPT, 0, *page)
+        except self._exceptions.ResponseError:
+            pipe = server.pipeline(transaction=False)
+            for key in page:
+                pipe.hmget(key, *LISTED_FIELDS)
+            return [[plain(f) for f in fields] for fields in pipe.execute()]
+        width = len(LISTED_FIELDS)
+        split = [(row.decode() if isinstance(row, bytes) else str(row)).split("\0") for row in rows]
+        return [fields if len(fields) == width else [""] * width for fields in split]
 
     def __repr__(self) -> str:
         kind = "asyncio" if self.is_async else "sync"
