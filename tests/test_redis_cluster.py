@@ -160,3 +160,25 @@ def test_a_reset_elsewhere_ends_a_cached_refusal_on_a_cluster(flushed: RedisClus
     other.reset()
     until(lambda: breaker.try_admit() >= 0)  # 60 s before the circuit's own retry time
     store.close()
+
+
+def test_a_cluster_down_at_start_and_later_never_fails_a_call(closed_port: int) -> None:
+    """from_url(cluster=True) while no node answers still makes a store (its breakers decide
+    locally); a cluster that stops later (the cluster client's own errors) neither."""
+    store = RedisStateStore.from_url(
+        f"redis://127.0.0.1:{closed_port}", cluster=True, near_cache=0.05
+    )
+    breaker = CircuitBreaker("down-at-start", TRIP, store=store)
+    breaker.record(breaker.admit(), Outcome.SUCCESS)
+    assert not store.available
+    later = RedisCluster()
+    later.start()
+    try:
+        store = RedisStateStore.from_url(later.url, cluster=True)
+        breaker = CircuitBreaker("down-later", TRIP, store=store)
+        breaker.record(breaker.admit(), Outcome.SUCCESS)
+        assert store.available
+    finally:
+        later.stop()
+    breaker.record(breaker.admit(), Outcome.SUCCESS)
+    assert not store.available

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import threading
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import ModuleType
 from typing import Any
 
 __all__ = [
     "ClientKind",
     "LoopClients",
+    "PendingCluster",
     "client_for_sentinel",
     "client_for_url",
     "client_kind",
@@ -58,10 +60,13 @@ def client_kind(client: Any) -> ClientKind:
     """The kind of ``client``: a redis-py or valkey client, sync or asyncio, for one server
     (Sentinel-managed ones included) or a cluster; anything else is a ``TypeError``."""
     roots = {cls.__module__.split(".")[0] for cls in type(client).__mro__}
+    import importlib
+
+    if isinstance(client, PendingCluster):
+        return _kind(client.family, is_async=False, is_cluster=True)
     for family, package in _families().items():
         if family not in roots:
             continue
-        import importlib
 
         plain = getattr(package, "Redis" if family == "redis" else "Valkey")
         cluster = importlib.import_module(f"{family}.cluster")
@@ -79,14 +84,75 @@ def client_kind(client: Any) -> ClientKind:
             (plain, False, False),
         ):
             if isinstance(client, cls):
-                exceptions = importlib.import_module(f"{family}.exceptions")
-                base = getattr(exceptions, "RedisError" if family == "redis" else "ValkeyError")
-                return ClientKind(family, is_async, is_cluster, exceptions, (base, OSError))
+                return _kind(family, is_async=is_async, is_cluster=is_cluster)
     raise TypeError(
         "RedisStateStore needs a redis-py or valkey client (redis.Redis, redis.asyncio.Redis, "
         "redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster, a Sentinel "
         f"master_for() client, or their valkey equivalents), got {type(client).__name__}"
     )
+
+
+def _kind(family: str, *, is_async: bool, is_cluster: bool) -> ClientKind:
+    import importlib
+
+    exceptions = importlib.import_module(f"{family}.exceptions")
+    prefix = "Redis" if family == "redis" else "Valkey"
+    # a cluster client's own errors (no node reachable, a slot not covered) are not RedisError
+    errors = (
+        getattr(exceptions, f"{prefix}Error"),
+        getattr(exceptions, f"{prefix}ClusterException"),
+    )
+    return ClientKind(family, is_async, is_cluster, exceptions, (*errors, OSError))
+
+
+class PendingCluster:
+    """A sync cluster client made on first use. redis-py's (and valkey's) sync cluster client
+    asks the cluster for its slots when constructed, so a store made while the cluster is down
+    would fail the application's start; this one is made anyway (its breakers decide locally
+    until the cluster answers), and every use tries to make the client until one is made."""
+
+    def __init__(self, family: str, make: Callable[[], Any], retry: Any) -> None:
+        import importlib
+
+        self.family = family
+        self._make = make
+        self._retry = retry
+        self._client: Any = None
+        self._lock = threading.Lock()
+        package = importlib.import_module(family)
+        self._encoder = package.ConnectionPool().get_encoder()  # makes no connection
+        self._unreachable = importlib.import_module(f"{family}.exceptions").ConnectionError
+
+    def made(self) -> Any:
+        """The cluster client, made now if need be (else the family's ``ConnectionError``)."""
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                try:
+                    self._client = self._make()
+                except Exception as exc:
+                    raise self._unreachable(f"Redis Cluster unreachable: {exc}") from exc
+            return self._client
+
+    def get_encoder(self) -> Any:
+        return self._encoder
+
+    def register_script(self, script: str) -> Any:
+        """The family's ``Script`` on this client (it runs through the client once made)."""
+        import importlib
+
+        return importlib.import_module(f"{self.family}.commands.core").Script(self, script)
+
+    def get_retry(self) -> Any:
+        return self._retry
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.made(), name)
+
+    def __repr__(self) -> str:
+        return f"PendingCluster({self.family}, made={self._client is not None})"
 
 
 def is_async_client(client: Any) -> bool:
@@ -159,7 +225,11 @@ def client_for_url(
     if cluster:
         module = importlib.import_module(f"{package.__name__}.cluster")
         cluster_class = getattr(module, "RedisCluster" if family == "redis" else "ValkeyCluster")
-        return cluster_class.from_url(url, retry=retry, **timeouts)
+        if asyncio:  # the asyncio client connects on first use anyway
+            return cluster_class.from_url(url, retry=retry, **timeouts)
+        return PendingCluster(
+            family, functools.partial(cluster_class.from_url, url, retry=retry, **timeouts), retry
+        )
     client_class = getattr(package, "Redis" if family == "redis" else "Valkey")
     pool = package.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=timeout, retry=retry, **timeouts

@@ -95,7 +95,11 @@ class Notices:
 
     def _subscribed(self) -> Any:
         """A pub/sub connection subscribed to the pattern; None while Redis is unreachable."""
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        except Exception as exc:  # a cluster client not made yet (the cluster is down)
+            logger.debug("no change notices for %r: %s", self._pattern, exc)
+            return None
         try:
             pubsub.psubscribe(self._pattern)
         except Exception as exc:  # Redis unreachable now: the near-cache's bound serves
