@@ -326,6 +326,11 @@ class RedisStateStore:
             )
         return StoreUnavailableError(redact_text(str(exc)))
 
+    def _waits_for_connection(self, exc: BaseException, give_up: float) -> bool:
+        """Whether a call whose command found the pool full waits for a connection: until
+        ``give_up``, and while no other caller found Redis down meanwhile."""
+        return _contended(exc, self._exceptions) and time.monotonic() < give_up and self.available
+
     def _drop_connections(self) -> None:
         """Close the client's idle connections (a sync client's; a cluster client's are its
         own): the next command connects anew, a Sentinel client to the current primary."""
@@ -383,7 +388,7 @@ class RedisStateStore:
                 reply = self._script(keys=keys, args=args)
                 break
             except self._errors as exc:
-                if _contended(exc, self._exceptions) and time.monotonic() < give_up:
+                if self._waits_for_connection(exc, give_up):
                     time.sleep(pause)  # a connection frees up as another caller's reply lands
                     pause = min(0.02, pause * 2)
                     continue
@@ -455,7 +460,7 @@ class RedisStateStore:
                         reply = await call
                     break
                 except self._errors as exc:
-                    if not (_contended(exc, self._exceptions) and time.monotonic() < give_up):
+                    if not self._waits_for_connection(exc, give_up):
                         raise
                     await asyncio.sleep(pause)  # a connection frees up as a reply lands
                     pause = min(0.02, pause * 2)
