@@ -5,8 +5,10 @@ keys that live while used, failover (backoff, READONLY) and Sentinel."""
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -171,6 +173,58 @@ async def test_two_hundred_tasks_behind_a_small_pool_see_the_shared_open_circuit
     assert store.available
     assert events == []
     await pool.disconnect()
+
+
+_GREENLETS = """
+from gevent import monkey
+
+monkey.patch_all()
+import sys
+
+import gevent
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from llm_circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError
+from llm_circuit_breaker.storage import RedisStateStore
+
+pool = redis.ConnectionPool(port=int(sys.argv[1]), max_connections=4)
+store = RedisStateStore(redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0)))
+breaker = CircuitBreaker("greenlets", CircuitBreakerConfig(failure_threshold=1), store=store)
+events = []
+breaker.add_listener(events.append)
+
+
+def caller():
+    try:
+        breaker.admit()
+    except CircuitOpenError:
+        return "refused"
+    return "admitted"
+
+
+jobs = [gevent.spawn(caller) for _ in range(200)]
+gevent.joinall(jobs)
+print([job.value for job in jobs].count("refused"), store.available, len(events))
+"""
+
+
+def test_two_hundred_greenlets_behind_a_small_pool_see_the_shared_open_circuit(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """The same with 200 gevent greenlets (monkey-patched, in a process of their own)."""
+    pytest.importorskip("gevent")
+    _trip(RedisStateStore(redis_client), "greenlets")
+    done = subprocess.run(
+        [sys.executable, "-c", _GREENLETS, str(redis_server.port)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parent.parent)},
+    )
+    assert done.stdout.split() == ["200", "True", "0"], done.stderr
 
 
 # -- an outage does not become a Redis storm ----------------------------------------------
