@@ -439,21 +439,28 @@ def test_a_demoted_primary_is_left_and_a_promoted_one_rejoined(
         other.stop()
 
 
-def test_from_sentinel_finds_the_primary(redis_server: RedisServer, tmp_path: pathlib.Path) -> None:
-    """RedisStateStore.from_sentinel asks a Sentinel for the service's primary."""
-    if redis_server.process is None:
-        redis_server.start()
+def _sentinel(primary: RedisServer, tmp_path: pathlib.Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A Sentinel (redis-server --sentinel) watching ``primary`` as service "svc"."""
     port = free_port()
     conf = tmp_path / "sentinel.conf"
     conf.write_text(
         f"port {port}\nbind 127.0.0.1\nprotected-mode no\n"
-        f"sentinel monitor svc 127.0.0.1 {redis_server.port} 1\n"
+        f"sentinel monitor svc 127.0.0.1 {primary.port} 1\n"
+        "sentinel down-after-milliseconds svc 1000\nsentinel failover-timeout svc 3000\n"
     )
     process = subprocess.Popen(
-        [redis_server.binary, str(conf), "--sentinel"],
+        [primary.binary, str(conf), "--sentinel"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    return process, port
+
+
+def test_from_sentinel_finds_the_primary(redis_server: RedisServer, tmp_path: pathlib.Path) -> None:
+    """RedisStateStore.from_sentinel asks a Sentinel for the service's primary."""
+    if redis_server.process is None:
+        redis_server.start()
+    process, port = _sentinel(redis_server, tmp_path)
     probe = redis.Redis(port=port, socket_timeout=1)
     try:
         until(lambda: _answers(probe))
@@ -468,6 +475,65 @@ def test_from_sentinel_finds_the_primary(redis_server: RedisServer, tmp_path: pa
         probe.close()
         process.terminate()
         process.wait(10)
+
+
+@pytest.mark.slow
+def test_after_a_sentinel_failover_the_store_follows_the_new_primary(
+    tmp_path: pathlib.Path,
+) -> None:
+    """SENTINEL FAILOVER with min-replicas-to-write on the primary: the demoted primary
+    refuses writes (NOREPLICAS, then READONLY), the store drops its connections and its next
+    one reaches the new primary, where the circuit trips."""
+    primary = RedisServer("--min-replicas-to-write", "1", "--min-replicas-max-lag", "2")
+    primary.start()
+    replica = RedisServer("--replicaof", "127.0.0.1", str(primary.port))
+    replica.start()
+    process, port = _sentinel(primary, tmp_path)
+    watcher = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
+    promoted = redis.Redis(port=replica.port, socket_timeout=1)
+    try:
+        until(lambda: _knows_replica(watcher, replica.port), patience=60)
+        store = RedisStateStore.from_sentinel([("127.0.0.1", port)], "svc", prefix="failover")
+        breaker = CircuitBreaker("moved", TRIP, store=store)
+        breaker.record_success(breaker.admit())
+        until(lambda: _failed_over(watcher), patience=60)
+        until(lambda: int(watcher.sentinel_get_master_addr_by_name("svc")[1]) == replica.port)
+
+        def tripped_on_the_new_primary() -> bool:
+            permit = breaker.try_admit()
+            if permit >= 0:
+                breaker.record(permit, Outcome.FAILURE)
+            return promoted.hget(store.keys("moved")[0], "state") == b"OPEN"
+
+        until(tripped_on_the_new_primary, patience=30)
+        store.client.close()
+    finally:
+        watcher.close()
+        promoted.close()
+        process.terminate()
+        process.wait(10)
+        replica.stop()
+        primary.stop()
+
+
+def _failed_over(sentinel: redis.Redis) -> bool:
+    """Ask for a failover; False while the Sentinel finds no replica fit to promote yet."""
+    try:
+        sentinel.execute_command("SENTINEL", "FAILOVER", "svc")
+    except redis.ResponseError as exc:
+        if "NOGOODSLAVE" in str(exc):
+            time.sleep(0.2)
+            return False
+        raise
+    return True
+
+
+def _knows_replica(sentinel: redis.Redis, port: int) -> bool:
+    try:
+        replicas = sentinel.sentinel_slaves("svc")
+    except redis.ConnectionError:
+        return False
+    return any(r["port"] == port and not r.get("is_sdown") for r in replicas)
 
 
 def _answers(client: redis.Redis) -> bool:

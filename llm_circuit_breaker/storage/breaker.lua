@@ -99,7 +99,7 @@ local RAW = {}  -- the throttle's fields, read by the same HMGET as the circuit'
 
 local function load()
   local v = redis.pcall('HMGET', H, 'state', 'gen', 'seq', 'fc', 'sc', 'opened_at', 'open_until', 'held',
-                        'pu', 'bk', 'pv', 'lm', 'ri', 'rc', 'rt', 'ti', 'tc', 'tt', 'rf')
+                        'pu', 'bk', 'pv', 'lm', 'ri', 'rc', 'rt', 'ti', 'tc', 'tt', 'rf', 'hb')
   if v['err'] then
     redis.call('DEL', H, INFLIGHT, WIN)
     repaired = 1
@@ -109,7 +109,7 @@ local function load()
   if not v[1] then return fresh() end
   local s = {state = v[1], gen = tonumber(v[2]), seq = tonumber(v[3]), fc = tonumber(v[4]),
              sc = tonumber(v[5]), opened_at = tonumber(v[6] or ''), open_until = tonumber(v[7] or ''),
-             held = v[8] == '1', rf = tonumber(v[19] or '')}
+             held = v[8] == '1', rf = tonumber(v[19] or ''), hb = tonumber(v[20] or '')}
   local known = s.state == 'CLOSED' or s.state == 'OPEN' or s.state == 'HALF_OPEN'
   if not known or not counter(s.gen) or not counter(s.seq) or not counter(s.fc)
       or not counter(s.sc) or s.gen > s.seq or (s.opened_at and not moment(s.opened_at))
@@ -486,6 +486,12 @@ if must_write or op == 'record' or op == 'control' or signature(s) ~= loaded or 
   save(s)
 end
 if tchanged then tsave() end
+-- A heartbeat: an admission writes one field once a second per circuit (fleet-wide), so a
+-- process still connected to a demoted primary (now a replica, which serves the read-only
+-- admissions) gets READONLY within a second and its client finds the new primary.
+if op == 'admit' and not (s.hb and s.hb <= now and now - s.hb < 1) then
+  redis.call('HSET', H, 'hb', num(now))
+end
 -- near-caching processes listen on the key's name: a change makes them ask again
 if #transitions > 0 or news == 'THROTTLED' then redis.call('PUBLISH', H, s.state) end
 local quiet = T == nil or (T.bk == 0 and not T.lm)

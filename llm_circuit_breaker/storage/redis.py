@@ -331,21 +331,43 @@ class RedisStateStore:
         ``give_up``, and while no other caller found Redis down meanwhile."""
         return _contended(exc, self._exceptions) and time.monotonic() < give_up and self.available
 
-    def _drop_connections(self) -> None:
-        """Close the client's idle connections (a sync client's; a cluster client's are its
-        own): the next command connects anew, a Sentinel client to the current primary."""
+    def _outage(self, exc: BaseException) -> bool | None:
+        """Which connections a failed command condemns: all (True) after a ``READONLY`` (a
+        demoted primary), the idle ones (False) after any other failure of the server (a
+        Sentinel client then asks for the primary again on its next connection: one that
+        refuses writes, say for ``min-replicas-to-write``, may have been replaced), none
+        (None) when the failure says nothing of the server."""
+        exceptions = self._exceptions
+        if _demoted(exc, exceptions):
+            return True
+        if (
+            _contended(exc, exceptions)
+            or _redirected(exc, exceptions)
+            or _concerns_one_circuit(exc, exceptions)
+        ):
+            return None
+        return False
+
+    def _drop_connections(self, exc: BaseException) -> None:
+        """Close the connections a failure condemns (a cluster client's are its own)."""
+        if self.is_cluster:
+            return
+        which = self._outage(exc)
         pool = getattr(self.client, "connection_pool", None)
-        if pool is not None and not self.is_async:
+        if which is not None and pool is not None:
             try:
-                pool.disconnect(inuse_connections=True)
+                pool.disconnect(inuse_connections=which)
             except Exception:  # pragma: no cover - closing broken sockets
                 pass
 
-    async def _adrop_connections(self, client: Any) -> None:
+    async def _adrop_connections(self, client: Any, exc: BaseException) -> None:
+        if self.is_cluster:
+            return
+        which = self._outage(exc)
         pool = getattr(client, "connection_pool", None)
-        if pool is not None:
+        if which is not None and pool is not None:
             try:
-                await pool.disconnect(inuse_connections=True)
+                await pool.disconnect(inuse_connections=which)
             except Exception:  # pragma: no cover - closing broken sockets
                 pass
 
@@ -392,8 +414,7 @@ class RedisStateStore:
                     time.sleep(pause)  # a connection frees up as another caller's reply lands
                     pause = min(0.02, pause * 2)
                     continue
-                if _demoted(exc, self._exceptions):
-                    self._drop_connections()
+                self._drop_connections(exc)
                 raise self._failed(exc, name) from exc
         self._succeeded(op)
         return list(reply)
@@ -465,8 +486,8 @@ class RedisStateStore:
                     await asyncio.sleep(pause)  # a connection frees up as a reply lands
                     pause = min(0.02, pause * 2)
         except self._errors as exc:
-            if _demoted(exc, self._exceptions) and client is not None:
-                await self._adrop_connections(client)
+            if client is not None:
+                await self._adrop_connections(client, exc)
             raise self._failed(exc, name) from exc
         except RuntimeError as exc:  # a client of another loop (its pool could not be copied)
             if "loop" not in str(exc):
