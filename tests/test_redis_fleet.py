@@ -29,6 +29,7 @@ from llm_circuit_breaker import (
     StateChange,
 )
 from llm_circuit_breaker.storage import RedisStateStore
+from llm_circuit_breaker.testing import FakeClock
 from tests.polling import until
 from tests.redis_server import RedisServer, free_port
 
@@ -300,14 +301,17 @@ def test_rate_limit_headers_are_coalesced(
     redis_server: RedisServer, near_cache: float, most: float
 ) -> None:
     """A provider sending its rate-limit headers on every response, each agreeing with the
-    shared model: 1 round trip per answered call plus the news (<= 1.1 with near_cache=0,
-    <= 0.1 with 0.05)."""
+    shared model, 200 calls/s on this process's clock: 1 round trip per answered call plus
+    the news (<= 1.1 with near_cache=0, <= 0.1 with 0.05)."""
     store = RedisStateStore(_counting_client(redis_server.port), near_cache=near_cache)
-    breaker = CircuitBreaker(f"headers-{near_cache}", CircuitBreakerConfig(), store=store)
+    clock = FakeClock()  # the near-cache and the leases run on it, whatever the machine's pace
+    name = f"headers-{near_cache}"
+    breaker = CircuitBreaker(name, CircuitBreakerConfig(), store=store, clock=clock)
     breaker.record_success(breaker.admit())
     CountingConnection.sent = 0
     calls = 500
     for index in range(calls):
+        clock.advance(1 / 200)
         permit = breaker.admit()
         breaker.observe(_headers(9999 - index))
         breaker.record_success(permit)
