@@ -163,8 +163,9 @@ def is_async_client(client: Any) -> bool:
 def refuse_cluster_node(client: Any, kind: ClientKind) -> None:
     """Refuse a plain sync client connected to a node of a cluster: its commands would draw
     ``MOVED`` replies for most circuits. The check asks the server once; a server that cannot
-    be asked now is not refused (a ``MOVED`` reply later is still never taken for an outage)."""
-    if kind.is_async or kind.is_cluster:
+    be asked now is not refused (a ``MOVED`` reply later is still never taken for an outage),
+    nor is one that retries commands (asking would wait for every retry while Redis is down)."""
+    if kind.is_async or kind.is_cluster or _retries(client):
         return
     try:
         enabled = client.info("cluster").get("cluster_enabled")
@@ -178,13 +179,18 @@ def refuse_cluster_node(client: Any, kind: ClientKind) -> None:
         )
 
 
+def _retries(client: Any) -> int:
+    """How many times ``client`` retries a failed command."""
+    try:
+        return int(getattr(client.get_retry(), "_retries", 0) or 0)
+    except AttributeError:  # no retry object (valkey's cluster client may have none)
+        return 0
+
+
 def warn_if_retrying(client: Any, prefix: str) -> None:
     """One WARNING when ``client`` retries failed commands: while Redis is down, a call would
     wait for every retry."""
-    try:
-        retries = getattr(client.get_retry(), "_retries", 0)
-    except AttributeError:  # no retry object (valkey's cluster client may have none)
-        retries = 0
+    retries = _retries(client)
     if retries:
         logger.warning(
             "the Redis client of state store %r retries failed commands %d times: while Redis "
