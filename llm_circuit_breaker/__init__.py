@@ -40,6 +40,7 @@ if typing.TYPE_CHECKING:
     from llm_circuit_breaker.http._sse import SSEEvent
     from llm_circuit_breaker.http.client import LLMCircuitBreaker
     from llm_circuit_breaker.strategies.fallbacks import FallbackStats, with_fallbacks
+    from llm_circuit_breaker.strategies.hedging import HedgeStats, with_hedging
     from llm_circuit_breaker.strategies.retry import with_retry
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "FallbacksExhaustedError",
     "Guarded",
     "HTTPStatusError",
+    "HedgeStats",
     "IncompleteStreamError",
     "LLMCircuitBreaker",
     "LLMCircuitBreakerError",
@@ -71,6 +73,7 @@ __all__ = [
     "breaker_registry",
     "circuit_breaker",
     "with_fallbacks",
+    "with_hedging",
     "with_retry",
 ]
 
@@ -79,6 +82,8 @@ __version__ = "0.2.0"
 _LAZY = {
     "FallbackStats": "llm_circuit_breaker.strategies.fallbacks",
     "with_fallbacks": "llm_circuit_breaker.strategies.fallbacks",
+    "HedgeStats": "llm_circuit_breaker.strategies.hedging",
+    "with_hedging": "llm_circuit_breaker.strategies.hedging",
     "with_retry": "llm_circuit_breaker.strategies.retry",
     "LLMCircuitBreaker": "llm_circuit_breaker.http.client",
     "SSEEvent": "llm_circuit_breaker.http._sse",
@@ -86,7 +91,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> typing.Any:
-    # The HTTP helpers and fallbacks are loaded when first named: the decorators never pay.
+    # The HTTP helpers, fallbacks and hedging are loaded when first named: the decorators never pay.
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'llm_circuit_breaker' has no attribute {name!r}")
