@@ -427,27 +427,58 @@ async def test_a_stream_that_fails_before_content_fails_over() -> None:
     assert registry.get("broken").stats.failures == 1
 
 
-async def test_sdk_streams_hedge_on_the_first_token(clock: FakeClock) -> None:
-    """Two real OpenAI SDK streams against fake providers: the first sends its role-only
-    chunk at once and its first token much later; the hedge answers, and the loser's HTTP
-    stream is closed and its breaker told "ignored"."""
+def _sdk_call(api: str, server: FakeLLMServer) -> tuple[Any, Any]:
+    """A coroutine function making one streamed request of ``api`` with the real SDK, and
+    the SDK's client (to close)."""
+    if api == "messages":
+        import anthropic
+
+        claude = anthropic.AsyncAnthropic(base_url=server.anthropic_base_url, api_key="sk-ant")
+        return lambda prompt: claude.messages.create(
+            model="m", max_tokens=10, messages=[{"role": "user", "content": prompt}], stream=True
+        ), claude
     import openai
 
+    client = openai.AsyncOpenAI(base_url=server.openai_base_url, api_key="sk-test")
+    if api == "responses":
+        return lambda prompt: client.responses.create(model="m", input=prompt, stream=True), client
+    return lambda prompt: client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": prompt}], stream=True
+    ), client
+
+
+def _text(item: Any) -> str:
+    """The text an SDK stream item carries (chat chunk, Responses delta, Anthropic delta)."""
+    if getattr(item, "choices", None):
+        return item.choices[0].delta.content or ""
+    if getattr(item, "type", "") in ("response.output_text.delta", "content_block_delta"):
+        delta = item.delta
+        return delta if isinstance(delta, str) else getattr(delta, "text", "")
+    return ""
+
+
+@pytest.mark.parametrize("api", ["chat", "responses", "messages"])
+async def test_sdk_streams_hedge_on_the_first_token(api: str) -> None:
+    """Real SDK streams against two fake providers: the first sends its opening events at
+    once (role-only chunk, response.created, message_start and ping) and its first token an
+    hour later; the hedge's text wins, the loser's HTTP stream is closed and its breaker told
+    "ignored"."""
+    build = {"chat": Reply.chat, "responses": Reply.responses, "messages": Reply.messages}[api]
     async with FakeLLMServer() as slow_server, FakeLLMServer() as fast_server:
         slow_server.default = dataclasses.replace(
-            Reply.chat("Hello there", stream=True), first_token_delay=NEVER
+            build("Hello there", stream=True), first_token_delay=NEVER
         )
-        fast_server.default = Reply.chat("Hello there", stream=True)
+        fast_server.default = build("Hello there", stream=True)
         registry = BreakerRegistry()
+        clients: list[Any] = []
 
         def guarded(name: str, server: FakeLLMServer) -> Any:
-            client = openai.AsyncOpenAI(base_url=server.openai_base_url, api_key="sk-test")
+            request, client = _sdk_call(api, server)
+            clients.append(client)
 
             @circuit_breaker(name, registry=registry)
             async def ask(prompt: str) -> Any:
-                return await client.chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": prompt}], stream=True
-                )
+                return await request(prompt)
 
             return ask
 
@@ -455,13 +486,13 @@ async def test_sdk_streams_hedge_on_the_first_token(clock: FakeClock) -> None:
             guarded("slow", slow_server), guarded("fast", fast_server), delay=0.05
         )
         stream = await hedged("hi")
-        text = "".join(
-            [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
-        )
-        assert text == "Hello there"
+        assert "".join([_text(item) async for item in stream]) == "Hello there"
         await auntil(lambda: registry.get("slow").stats.ignored == 1)
         assert registry.get("fast").stats.successes == 1
+        assert registry.get("slow").stats.failures == 0
         assert slow_server.hits == 1
+        for client in clients:
+            await client.close()
 
 
 # -- threads: plain functions and generators --------------------------------------------------

@@ -114,9 +114,12 @@ class _Hedge:
                 breaker = breaker_for(*args, **kwargs)  # scoped: this call's breaker
             except Exception:  # a missing argument: the call itself will say so
                 breaker = None
-        if breaker is None or not isinstance(getattr(breaker, "name", None), str):
-            return None, self.own[index]
-        return breaker, latency_of(breaker)
+        if breaker is not None and isinstance(getattr(breaker, "name", None), str):
+            try:
+                return breaker, latency_of(breaker)
+            except TypeError:  # not weakly referable: no breaker of ours
+                pass
+        return None, self.own[index]
 
 
 class _Call:
@@ -124,8 +127,6 @@ class _Call:
 
     def __init__(self, hedge: _Hedge, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.hedge = hedge
-        self.args = args
-        self.kwargs = kwargs
         self.records = [hedge.latency(i, args, kwargs) for i in range(len(hedge.targets))]
         if hedge.quantile is None:
             self.delay = cast("float", hedge.delay)
@@ -144,7 +145,11 @@ class _Call:
         return self.started < self.hedge.total
 
     def target(self, attempt: int) -> Callable[..., Any]:
-        return self.hedge.targets[attempt % len(self.hedge.targets)]
+        return self.hedge.targets[self.slot(attempt)]
+
+    def slot(self, attempt: int) -> int:
+        """Which target attempt ``attempt`` runs: the targets are used in turn."""
+        return attempt % len(self.hedge.targets)
 
     def start(self, why: str) -> tuple[int, float]:
         """Count the next attempt; its number and when it started."""
@@ -158,7 +163,7 @@ class _Call:
             elif why == FAILOVER:
                 hedge.stats.failovers += 1
         if why == HEDGE:
-            breaker, record = self.records[attempt % len(hedge.targets)]
+            breaker, record = self.records[self.slot(attempt)]
             record.hedge_started()
             self._announce(attempt, breaker)
         self.last_start = time.monotonic()
@@ -166,28 +171,28 @@ class _Call:
 
     def answered(self, attempt: int, started_at: float) -> None:
         """Keep the attempt's time to first item (it answered, winner or not)."""
-        record = self.records[attempt % len(self.hedge.targets)][1]
+        record = self.records[self.slot(attempt)][1]
         record.first_item.add(time.monotonic() - started_at)
 
     def cancelled(self, attempt: int, started_at: float) -> None:
         """An attempt stopped before it answered: if it had waited longer than the delay,
         count it as taking the delay (a lower bound that keeps the slow tail's weight)."""
         if time.monotonic() - started_at >= self.delay:
-            self.records[attempt % len(self.hedge.targets)][1].first_item.add(self.delay)
+            self.records[self.slot(attempt)][1].first_item.add(self.delay)
 
     def won(self, attempt: int) -> None:
         hedge = self.hedge
         with hedge.lock:
-            hedge.stats.wins[hedge.names[attempt % len(hedge.targets)]] += 1
+            hedge.stats.wins[hedge.names[self.slot(attempt)]] += 1
         if self.why[attempt] == HEDGE:
-            self.records[attempt % len(hedge.targets)][1].hedge_won()
+            self.records[self.slot(attempt)][1].hedge_won()
 
     def failed(self, attempt: int, exc: BaseException) -> None:
         """Keep a provider's fault and go on; raise the caller's fault."""
         if not _provider_fault(exc):
             raise exc
         self.errors.append(cast("Exception", exc))
-        name = self.hedge.names[attempt % len(self.hedge.targets)]
+        name = self.hedge.names[self.slot(attempt)]
         logger.debug("hedging: %r failed (%s)", name, type(exc).__name__)
 
     def exhausted(self) -> Exception:
@@ -195,11 +200,7 @@ class _Call:
         return self.errors[-1]
 
     def _announce(self, attempt: int, breaker: Any) -> None:
-        name = (
-            breaker.name
-            if breaker is not None
-            else self.hedge.names[attempt % len(self.hedge.targets)]
-        )
+        name = breaker.name if breaker is not None else self.hedge.names[self.slot(attempt)]
         logger.debug("hedging: no answer within %.3gs; starting %r", self.delay, name)
         trace = sys.modules.get("opentelemetry.trace")  # loaded only if the app uses it
         if trace is None:
