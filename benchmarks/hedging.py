@@ -5,13 +5,14 @@ without hedging and with ``with_hedging``, side by side in one run.
     python benchmarks/hedging.py --requests 1000 --concurrency 32
     python benchmarks/hedging.py --quick              # smoke run
 
-A local provider (``FakeLLMServer``, the real OpenAI SDK streaming from it) whose first token
-comes after 0.2 s for 90% of requests and after 5 s for the other 10% (drawn per request,
-seeded). Each row sends the same number of logical calls through ``@circuit_breaker`` (an
-async generator over the SDK's stream) with ``concurrency`` callers, and measures, per call,
-the time from the call to its first *content* chunk as the caller sees it. "extra requests"
-is what reached the provider beyond one per call. Each row has a breaker of its own, so the
-adaptive rows start from ``delay_default`` (1 s) until their breaker knows 20 times.
+A local provider (``FakeLLMServer`` in a process of its own, the real OpenAI SDK streaming
+from it) whose first token comes after 0.2 s for 90% of requests and after 5 s for the other
+10% (drawn per request, seeded). Each row sends the same number of logical calls through
+``@circuit_breaker`` (an async generator over the SDK's stream) with ``concurrency`` callers,
+and measures, per call, the time from the call to its first *content* chunk as the caller
+sees it. "extra requests" is what reached the provider beyond one per call. Each row has a
+breaker of its own, so the adaptive rows start from ``delay_default`` (1 s) until their
+breaker knows 20 times.
 
 Goal (``delay="p90"``, ``max_attempts=3``): p99 <= 4x the unhedged p50, <= 15% extra requests.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import multiprocessing
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -45,6 +47,44 @@ class Row:
     learned: float | None = None  # the breaker's p90 time to first item at the end
 
 
+class Provider:
+    """The fake provider in a process of its own, so that its work and the client's do not
+    share one interpreter lock: its base URL and the requests it received."""
+
+    def __init__(self, seed: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._hits = context.Value("l", 0)
+        self._stop = context.Event()
+        receiving, sending = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_serve, args=(sending, self._hits, self._stop, seed), daemon=True
+        )
+        self._process.start()
+        self.openai_base_url: str = receiving.recv()
+
+    @property
+    def hits(self) -> int:
+        return int(self._hits.value)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._process.join(30)
+
+
+def _serve(url: Any, hits: Any, stop: Any, seed: int) -> None:
+    draw = random.Random(seed)
+
+    def reply(number: int) -> Reply:
+        with hits.get_lock():
+            hits.value += 1
+        delay = SLOW if draw.random() < SLOW_SHARE else FAST
+        return dataclasses.replace(Reply.chat("Hello there", stream=True), first_token_delay=delay)
+
+    with FakeLLMServer(responder=reply) as server:
+        url.send(server.openai_base_url)
+        stop.wait()
+
+
 def _quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-round(q * len(ordered) * 1e9) // 1_000_000_000))  # ceil, nearest rank
@@ -53,7 +93,7 @@ def _quantile(values: list[float], q: float) -> float:
 
 async def _run(
     label: str,
-    server: FakeLLMServer,
+    server: Provider,
     make: Callable[[Any], Any],
     requests: int,
     concurrency: int,
@@ -104,12 +144,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100 requests per row")
     args = parser.parse_args()
     requests = 100 if args.quick else args.requests
-    draw = random.Random(args.seed)
-
-    def reply(number: int) -> Reply:
-        delay = SLOW if draw.random() < SLOW_SHARE else FAST
-        return dataclasses.replace(Reply.chat("Hello there", stream=True), first_token_delay=delay)
-
     rows: list[Row] = []
     setups: list[tuple[str, Callable[[Any], Any]]] = [
         ("no hedging", lambda ask: ask),
@@ -123,12 +157,15 @@ def main() -> None:
             lambda ask: with_hedging(ask, delay="p90", max_attempts=3),
         ),
     ]
-    with FakeLLMServer(responder=reply) as server:
+    server = Provider(args.seed)
+    try:
         for label, make in setups:
             registry = BreakerRegistry()
             rows.append(
                 asyncio.run(_run(label, server, make, requests, args.concurrency, registry))
             )
+    finally:
+        server.close()
     base = _quantile(rows[0].times, 0.5)
     print(
         f"{requests} calls per row, {args.concurrency} at a time; first token after "
