@@ -603,6 +603,39 @@ def test_a_sync_callers_fault_is_raised() -> None:
         with_hedging(a, a, delay=NEVER)()
 
 
+def test_a_generator_that_fails_before_its_first_item_fails_over() -> None:
+    """A generator's provider fault before any item: the next target starts at once."""
+    registry = BreakerRegistry()
+
+    @circuit_breaker("a", registry=registry)
+    def a() -> Iterator[str]:
+        raise http_status_error(503)
+        yield "never"  # pragma: no cover
+
+    @circuit_breaker("b", registry=registry)
+    def b() -> Iterator[str]:
+        yield "b"
+
+    hedged = with_hedging(a, b, delay=NEVER)
+    assert list(hedged()) == ["b"]
+    assert hedged.hedge_stats.failovers == 1
+    assert registry.get("a").stats.failures == 1
+
+
+def test_when_no_sync_attempt_answers_the_last_error_is_raised() -> None:
+    """Every thread failed with a provider's fault: the last error, in the caller's thread."""
+    registry = BreakerRegistry()
+    errors = [http_status_error(503), http_status_error(502)]
+
+    @circuit_breaker("a", registry=registry)
+    def a() -> str:
+        raise errors.pop(0)
+
+    with pytest.raises(Exception, match="502"):
+        with_hedging(a, a, delay=NEVER)()
+    assert registry.get("a").stats.failures == 2
+
+
 # -- the adaptive delay ------------------------------------------------------------------------
 
 
@@ -643,6 +676,22 @@ async def test_every_answer_adds_its_time_to_first_item() -> None:
     for _ in range(3):
         await hedged("hi", model="m2")
     assert len(latency_of(registry.get("openai:m2")).first_item) == 3
+
+
+async def test_a_scoped_alternative_that_never_runs_makes_no_breaker() -> None:
+    """The primary answers: the scoped alternative's breaker is never made."""
+    registry = BreakerRegistry()
+
+    @circuit_breaker("openai:{model}", registry=registry)
+    async def primary(prompt: str, model: str = "m") -> str:
+        return prompt
+
+    @circuit_breaker("anthropic:{model}", registry=registry)
+    async def alternative(prompt: str, model: str = "m") -> str:
+        return prompt
+
+    assert await with_hedging(primary, alternative, delay=NEVER)("hi") == "hi"
+    assert [b.name for b in registry.scope("anthropic")] == []
 
 
 async def test_a_cancelled_slow_attempt_counts_as_taking_the_delay() -> None:

@@ -127,11 +127,15 @@ class _Call:
 
     def __init__(self, hedge: _Hedge, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.hedge = hedge
-        self.records = [hedge.latency(i, args, kwargs) for i in range(len(hedge.targets))]
+        self.args = args
+        self.kwargs = kwargs
+        # Each target's breaker for this call and its record, looked up when first needed (a
+        # scoped alternative that never runs makes no breaker).
+        self.records: list[tuple[Any, Latency] | None] = [None] * len(hedge.targets)
         if hedge.quantile is None:
             self.delay = cast("float", hedge.delay)
         else:
-            found = self.records[0][1].first_item.quantile(hedge.quantile, minimum=MIN_SAMPLES)
+            found = self.record(0)[1].first_item.quantile(hedge.quantile, minimum=MIN_SAMPLES)
             self.delay = hedge.delay_default if found is None else found
         self.started = 0
         self.last_start = 0.0
@@ -151,6 +155,13 @@ class _Call:
         """Which target attempt ``attempt`` runs: the targets are used in turn."""
         return attempt % len(self.hedge.targets)
 
+    def record(self, slot: int) -> tuple[Any, Latency]:
+        """Target ``slot``'s breaker for this call (None without one) and its record."""
+        found = self.records[slot]
+        if found is None:
+            found = self.records[slot] = self.hedge.latency(slot, self.args, self.kwargs)
+        return found
+
     def start(self, why: str) -> tuple[int, float]:
         """Count the next attempt; its number and when it started."""
         hedge, attempt = self.hedge, self.started
@@ -163,7 +174,7 @@ class _Call:
             elif why == FAILOVER:
                 hedge.stats.failovers += 1
         if why == HEDGE:
-            breaker, record = self.records[self.slot(attempt)]
+            breaker, record = self.record(self.slot(attempt))
             record.hedge_started()
             self._announce(attempt, breaker)
         self.last_start = time.monotonic()
@@ -171,21 +182,21 @@ class _Call:
 
     def answered(self, attempt: int, started_at: float) -> None:
         """Keep the attempt's time to first item (it answered, winner or not)."""
-        record = self.records[self.slot(attempt)][1]
+        record = self.record(self.slot(attempt))[1]
         record.first_item.add(time.monotonic() - started_at)
 
     def cancelled(self, attempt: int, started_at: float) -> None:
         """An attempt stopped before it answered: if it had waited longer than the delay,
         count it as taking the delay (a lower bound that keeps the slow tail's weight)."""
         if time.monotonic() - started_at >= self.delay:
-            self.records[self.slot(attempt)][1].first_item.add(self.delay)
+            self.record(self.slot(attempt))[1].first_item.add(self.delay)
 
     def won(self, attempt: int) -> None:
         hedge = self.hedge
         with hedge.lock:
             hedge.stats.wins[hedge.names[self.slot(attempt)]] += 1
         if self.why[attempt] == HEDGE:
-            self.records[self.slot(attempt)][1].hedge_won()
+            self.record(self.slot(attempt))[1].hedge_won()
 
     def failed(self, attempt: int, exc: BaseException) -> None:
         """Keep a provider's fault and go on; raise the caller's fault."""
