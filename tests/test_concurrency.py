@@ -435,3 +435,51 @@ def test_trio_tasks_wait_for_a_slot() -> None:
     trio.run(main)
     assert peak == 2
     assert call.breaker.stats.successes == 6
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def test_prometheus_and_opentelemetry_gauges_show_the_limit() -> None:
+    """The limit, calls in flight and callers waiting are gauges next to the throttle's, with
+    the same names in both exporters; breakers without a limit have none."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from prometheus_client import CollectorRegistry
+
+    from llm_circuit_breaker import BreakerRegistry
+    from llm_circuit_breaker.observability.otel import OpenTelemetryInstrumentation
+    from llm_circuit_breaker.observability.prometheus import PrometheusCollector
+
+    registry = BreakerRegistry(clock=FakeClock())
+    limited = registry.get_or_create("limited", CircuitBreakerConfig(max_concurrent=3))
+    registry.get_or_create("free")
+    prom = CollectorRegistry()
+    PrometheusCollector(registry).register(prom)
+    reader = InMemoryMetricReader()
+    OpenTelemetryInstrumentation(
+        registry, meter_provider=MeterProvider(metric_readers=[reader])
+    ).instrument()
+    permits = [limited.admit(), limited.admit()]
+
+    def sample(name: str, breaker: str = "limited") -> float | None:
+        return prom.get_sample_value(name, {"breaker": breaker, "scope": ""})
+
+    assert sample("llm_circuit_breaker_concurrency_limit") == 3
+    assert sample("llm_circuit_breaker_concurrency_in_flight") == 2
+    assert sample("llm_circuit_breaker_concurrency_waiting") == 0
+    assert sample("llm_circuit_breaker_concurrency_limit", "free") is None
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = {
+        metric.name: [(p.attributes["breaker"], p.value) for p in metric.data.data_points]
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    assert points["llm_circuit_breaker.concurrency.limit"] == [("limited", 3)]
+    assert points["llm_circuit_breaker.concurrency.in_flight"] == [("limited", 2)]
+    assert points["llm_circuit_breaker.concurrency.waiting"] == [("limited", 0)]
+    for permit in permits:
+        limited.record_success(permit)
+    assert sample("llm_circuit_breaker_concurrency_in_flight") == 0
