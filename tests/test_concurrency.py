@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -483,3 +484,57 @@ def test_prometheus_and_opentelemetry_gauges_show_the_limit() -> None:
     for permit in permits:
         limited.record_success(permit)
     assert sample("llm_circuit_breaker_concurrency_in_flight") == 0
+
+
+# -- breakers on a store ---------------------------------------------------------------------
+
+
+def test_a_breaker_on_a_sync_store_is_capped_in_this_process() -> None:
+    """With a store the limit still counts this process's calls in flight."""
+    from llm_circuit_breaker.storage.memory import MemoryStateStore
+
+    breaker = CircuitBreaker(
+        "stored", CircuitBreakerConfig(max_concurrent=1, throttle_max_wait=0),
+        store=MemoryStateStore(),
+    )  # fmt: skip
+    permit = breaker.admit()
+    with pytest.raises(ThrottledError):
+        breaker.admit()
+    breaker.record_success(permit)
+    breaker.record(breaker.admit(), Outcome.IGNORED)
+    assert breaker.concurrency["in_flight"] == 0  # type: ignore[index]
+
+
+def test_a_breaker_on_an_asyncio_store_is_capped_too(redis_server: Any) -> None:
+    """Through redis.asyncio: tasks over the limit wait, then all finish."""
+    import redis.asyncio
+
+    from llm_circuit_breaker.storage.redis import RedisStateStore
+
+    async def main() -> None:
+        client = redis.asyncio.Redis(port=redis_server.port)
+        try:
+            await client.flushall()
+            breaker = CircuitBreaker(
+                "astored",
+                CircuitBreakerConfig(max_concurrent=2, throttle_max_wait=600.0),
+                store=RedisStateStore(client),
+            )
+            release = asyncio.Event()
+
+            @circuit_breaker(breaker=breaker)
+            async def call() -> None:
+                await release.wait()
+
+            tasks = [asyncio.create_task(call()) for _ in range(6)]
+            while breaker.concurrency["waiting"] < 4:  # type: ignore[index]
+                await asyncio.sleep(0.001)  # the store's round trips take what they take
+            assert breaker.concurrency["in_flight"] == 2  # type: ignore[index]
+            release.set()
+            await asyncio.gather(*tasks)
+            assert breaker.concurrency["in_flight"] == 0  # type: ignore[index]
+            assert breaker.stats.successes == 6
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())

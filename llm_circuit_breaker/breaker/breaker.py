@@ -97,7 +97,7 @@ class CircuitBreaker:
         else:
             self._link = StoreLink(cast("StateStore", store), *parts)
             self.enter, self.record_success = self._link.enter, self._link.record_success
-        if self.config.max_concurrent is not None and not self.is_async:
+        if self.config.max_concurrent is not None:
             self._cap_calls_in_flight()
 
     def _cap_calls_in_flight(self) -> None:
@@ -108,7 +108,8 @@ class CircuitBreaker:
             self.name, self.config, self._time, self._telemetry, self.enter, self.record_success
         )
         self._limit = limit
-        self.enter, self.record_success = limit.enter, limit.record_success
+        if self._alink is None:  # with an asyncio store, aenter() and the a-reports count
+            self.enter, self.record_success = limit.enter, limit.record_success
 
     @property
     def is_async(self) -> bool:
@@ -255,7 +256,8 @@ class CircuitBreaker:
     async def await_slot(self, wait: Wait) -> int:
         """Sleep (tasks) until a slot in flight and a throttle slot: the permit."""
         if self._limit is not None:
-            return await self._limit.await_slot(wait, self._await_throttle)
+            enter = None if self._alink is None else self._alink.aenter
+            return await self._limit.await_slot(wait, self._await_throttle, enter)
         return await self._await_throttle(wait)
 
     async def _await_throttle(self, wait: Wait) -> int:
@@ -284,6 +286,8 @@ class CircuitBreaker:
     async def aenter(self) -> Entry:
         """``enter()`` as a coroutine (what an asyncio store needs)."""
         if self._alink is not None:
+            if self._limit is not None:
+                return await self._limit.aenter(self._alink.aenter)
             return await self._alink.aenter()
         return self.enter()
 
@@ -314,6 +318,8 @@ class CircuitBreaker:
         """``record_success()`` as a coroutine."""
         if self._alink is not None:
             await self._alink.arecord_success(permit)
+            if self._limit is not None:
+                self._limit.released(Outcome.SUCCESS, None)
         else:
             self.record_success(permit)
 
@@ -332,6 +338,8 @@ class CircuitBreaker:
             await self._alink.arecord(
                 permit, outcome, open_for=open_for, why=why, error=error, hint=hint
             )
+            if self._limit is not None:
+                self._limit.released(outcome, error)
         else:
             self.record(permit, outcome, open_for=open_for, why=why, error=error, hint=hint)
 

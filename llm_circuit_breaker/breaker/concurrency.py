@@ -106,6 +106,16 @@ class ConcurrencyLimit:
     def enter(self) -> Entry:
         """A slot and the circuit's entry, or a place in line (a ``Wait`` with permit
         ``QUEUED``), or ``ThrottledError`` when the caller may not wait."""
+        early = self._take()
+        return self._admit() if early is None else early
+
+    async def aenter(self, enter: Callable[[], Awaitable[Entry]]) -> Entry:
+        """:meth:`enter` for a circuit in an asyncio store (``enter`` admits there)."""
+        early = self._take()
+        return self._checked(await enter()) if early is None else early
+
+    def _take(self) -> Wait | ThrottledError | None:
+        """None: a slot is held; else the place in line or the refusal."""
         shadow = False
         with self._lock:
             now = self._time.now()
@@ -120,18 +130,20 @@ class ConcurrencyLimit:
             self._telemetry.count_throttle_refusal("concurrency")
         if not took:
             return self._refuse()
-        return self._admit()
+        return None
 
     def _admit(self) -> Entry:
         """The circuit's say once a slot is held; a refusal gives the slot back."""
-        entry = self._enter()
+        return self._checked(self._enter())
+
+    def _checked(self, entry: Entry) -> Entry:
         if entry.__class__ is not int and entry.__class__ is not Wait:
             self._free(Signal.NEUTRAL)
         return entry
 
-    def _admitted(self) -> int | Wait:
+    def _admitted(self, entry: Entry | None = None) -> int | Wait:
         """:meth:`_admit` for a caller that waited: a refusal is raised."""
-        entry = self._admit()
+        entry = self._admit() if entry is None else self._checked(entry)
         if isinstance(entry, (int, Wait)):
             return entry
         raise entry
@@ -222,12 +234,18 @@ class ConcurrencyLimit:
             self._free(Signal.NEUTRAL)
             raise
 
-    async def await_slot(self, wait: Wait, throttle_wait: Callable[[Wait], Awaitable[int]]) -> int:
+    async def await_slot(
+        self,
+        wait: Wait,
+        throttle_wait: Callable[[Wait], Awaitable[int]],
+        enter: Callable[[], Awaitable[Entry]] | None = None,
+    ) -> int:
         """:meth:`wait` for tasks (asyncio or trio): the loop runs on meanwhile; cancelling
-        gives the place in line or the slot back."""
+        gives the place in line or the slot back. ``enter``: the admission of a circuit in an
+        asyncio store."""
         if wait.permit == QUEUED:
             await self._await_turn(wait)
-            entry = self._admitted()
+            entry = self._admitted(None if enter is None else await enter())
             if isinstance(entry, int):
                 return entry
             wait = entry
