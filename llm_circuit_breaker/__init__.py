@@ -23,6 +23,7 @@ from llm_circuit_breaker.config import (
     RetryConfig,
 )
 from llm_circuit_breaker.errors import (
+    BudgetExceededError,
     CircuitOpenError,
     FallbacksExhaustedError,
     HTTPStatusError,
@@ -48,6 +49,7 @@ __all__ = [
     "DEFAULT_RETRY_STATUS_CODES",
     "BreakerRegistry",
     "BreakerStats",
+    "BudgetExceededError",
     "CircuitBreaker",
     "CircuitBreakerConfig",
     "CircuitOpenError",

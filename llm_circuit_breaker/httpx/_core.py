@@ -142,18 +142,27 @@ class Core:
         """The request's JSON body and the breaker that guards it (a sync transport cannot
         use an asyncio store). Every request is an attempt, counted as a call; one the SDK
         retries (its ``x-stainless-retry-count`` header: openai, anthropic) is also counted as
-        a retry, so logical calls are calls minus retries."""
+        a retry (:meth:`unpaid_retry`), so logical calls are calls minus retries."""
         body = self.body_of(request)
         breaker = self.breaker_for(request, body)
-        retry = request.headers.get("x-stainless-retry-count", "0")
-        if retry != "0" and retry.isdigit():
-            breaker.record_retry(int(retry), SDKRetry(), 0.0)
         if breaker.is_async and not asynchronous:
             raise TypeError(
                 f"circuit {breaker.name!r} keeps its state in an asyncio store: "
                 "use AsyncCircuitBreakerTransport"
             )
         return breaker, body
+
+    def unpaid_retry(self, request: Any, breaker: CircuitBreaker) -> ThrottledError | None:
+        """An SDK's own retry (``x-stainless-retry-count`` > 0) is counted as a retry and paid
+        from the breaker's retry budget; the refusal to answer with when the budget cannot pay
+        (the SDK stops retrying, as it does for a throttled attempt)."""
+        retry = request.headers.get("x-stainless-retry-count", "0")
+        if retry == "0" or not retry.isdigit():
+            return None
+        if not breaker.try_spend_retry():
+            return ThrottledError(breaker.name, 1.0)
+        breaker.record_retry(int(retry), SDKRetry(), 0.0)
+        return None
 
     def bound_first_byte(self, request: Any, body: Any) -> bool:
         """Shorten the read timeout of a streaming request to ``first_byte_timeout``; whether

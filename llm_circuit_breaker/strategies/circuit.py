@@ -85,6 +85,10 @@ def circuit_breaker(
     requests_per_minute: float | None = None,
     tokens_per_minute: float | None = None,
     enabled: bool = True,
+    retry_budget: float | None = 0.2,
+    retry_budget_floor: float = 10.0,
+    token_budget: float | None = None,
+    token_budget_window: float = 86_400.0,
 ) -> Callable[[Callable[P, R]], Guarded[P, R]]: ...
 
 
@@ -206,9 +210,17 @@ def shell_for(func: Callable[..., Any], gate: Gate, call_timeout: float | None) 
     return _sync_shell(func, gate)
 
 
+def _charge_of(gate: Gate) -> Callable[[object, object], None] | None:
+    """What counts a returned answer's tokens (its ``usage``, or the estimate of the call's
+    keyword arguments) against the breaker's token budget; None without one."""
+    breaker = gate.breaker
+    return breaker.charge if breaker.config.token_budget is not None else None
+
+
 def _sync_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
     enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
     no_fallback, plain, waiting = gate.fallback is None, PLAIN, Wait
+    charge = _charge_of(gate)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -230,6 +242,8 @@ def _sync_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
             raise
         if result.__class__ not in plain and is_stream(result):
             return GuardedStream(result, gate, permit)
+        if charge is not None:
+            charge(result, kwargs)
         succeeded(permit)
         return result
 
@@ -243,6 +257,7 @@ def _async_shell(
     no_fallback, plain, waiting = gate.fallback is None, PLAIN, Wait
     store_io, name = gate.store_io, gate.breaker.name
     call = func if call_timeout is None else _timed(func, call_timeout, name)
+    charge = _charge_of(gate)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -267,6 +282,8 @@ def _async_shell(
             raise
         if result.__class__ not in plain and is_stream(result):
             return AsyncGuardedStream(result, gate, permit)
+        if charge is not None:
+            charge(result, kwargs)
         if store_io:
             await gate.asucceeded(permit)
         else:

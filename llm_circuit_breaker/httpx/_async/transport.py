@@ -71,6 +71,9 @@ class AsyncCircuitBreakerTransport(Transport):
     async def handle_async_request(self, request: Any) -> Any:
         core = self._core
         breaker, body = core.abreaker_and_body(request)
+        unpaid = core.unpaid_retry(request, breaker)
+        if unpaid is not None:
+            return core.refused(request, unpaid)
         token = TOKEN_COST.set(core.tokens(request, body))
         try:
             attempt = Attempt(breaker, await breaker.aadmit())

@@ -72,6 +72,9 @@ class CircuitBreakerTransport(Transport):
     def handle_request(self, request: Any) -> Any:
         core = self._core
         breaker, body = core.breaker_and_body(request)
+        unpaid = core.unpaid_retry(request, breaker)
+        if unpaid is not None:
+            return core.refused(request, unpaid)
         token = TOKEN_COST.set(core.tokens(request, body))
         try:
             attempt = Attempt(breaker, breaker.admit())
