@@ -77,11 +77,10 @@ class RetryBudget:
         """Fold in the first attempts a lock-free counter saw since the last settle (``counted``
         is its total). Those older than the window no longer pay: they count in proportion."""
         new = counted - self._seen
+        if new < 0:  # a count read before the last one: nothing new (counters only grow)
+            return
         last = self._seen_at
         self._seen, self._seen_at = counted, now
-        if new < 0:  # the counter restarted
-            self._owed = 0
-            return
         paid = min(new, self._owed)  # attempts that were retries, not first attempts
         self._owed -= paid
         new -= paid

@@ -242,10 +242,9 @@ class CircuitBreaker:
         budget = self._retry_budget
         if budget is None:
             return True
-        calls = self._telemetry.stats().calls  # first attempts and retries alike: settle sorts
-        with self._budget_lock:
+        with self._budget_lock:  # the count read under the lock: settles see it only grow
             now = self._time.now()
-            budget.settle(now, calls)
+            budget.settle(now, self._telemetry.stats().calls)  # retries too: settle sorts
             paid = budget.try_withdraw(now)
             if paid:
                 budget.skip()  # the retry's own call is no first attempt
@@ -260,10 +259,9 @@ class CircuitBreaker:
         budget = self._retry_budget
         if budget is None:
             return None
-        calls = self._telemetry.stats().calls
         with self._budget_lock:
             now = self._time.now()
-            budget.settle(now, calls)
+            budget.settle(now, self._telemetry.stats().calls)
             balance = budget.balance(now)
         return {"balance": balance, "ratio": budget.ratio, "floor": budget.floor}
 
