@@ -347,3 +347,85 @@ def test_budget_exceeded_error_pickles_and_reads_well() -> None:
     again = pickle.loads(pickle.dumps(error))
     assert (again.name, again.retry_after, again.spent, again.limit) == ("llm", 3.5, 120.0, 100.0)
     assert "120 of 100 tokens" in str(error) and refusal(error) is error
+
+
+def _metered(replies: list[tuple[str, bytes]]) -> tuple[httpx.Client, BreakerRegistry]:
+    """A client whose transport guards breaker ``llm`` (token budget 1,000) over canned
+    answers, each given as (content type, body), streamed as a real transport streams."""
+    answers = iter(replies)
+
+    def provider(request: httpx.Request) -> httpx.Response:
+        kind, body = next(answers)
+        return httpx.Response(200, headers={"content-type": kind}, stream=httpx.ByteStream(body))
+
+    registry = BreakerRegistry()
+    transport = CircuitBreakerTransport(
+        "llm", httpx.MockTransport(provider), registry=registry, token_budget=1000
+    )
+    return httpx.Client(transport=transport), registry
+
+
+def _events(*payloads: dict[str, Any], event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return b"".join(f"{head}data: {json.dumps(p)}\n\n".encode() for p in payloads)
+
+
+def test_the_transport_counts_usage_of_json_and_streamed_answers() -> None:
+    """A JSON answer's ``usage``, an openai stream's final usage chunk, anthropic's input
+    and cumulative output, and the request's estimate for an answer that says nothing."""
+    openai_stream = (
+        _events(
+            {"choices": [{"delta": {"content": "hi"}, "finish_reason": None}], "usage": None},
+            {"choices": [{"delta": {}, "finish_reason": "stop"}], "usage": None},
+            {
+                "choices": [],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+            },
+        )
+        + b"data: [DONE]\n\n"
+    )
+    anthropic_stream = (
+        _events(
+            {
+                "type": "message_start",
+                "message": {"usage": {"input_tokens": 20, "output_tokens": 1}},
+            },
+            event="message_start",
+        )
+        + _events(
+            {"type": "content_block_delta", "delta": {"text": "hi"}}, event="content_block_delta"
+        )
+        + _events({"type": "message_delta", "usage": {"output_tokens": 5}}, event="message_delta")
+        + _events({"type": "message_stop"}, event="message_stop")
+    )
+    client, registry = _metered(
+        [
+            ("application/json", json.dumps({"usage": {"total_tokens": 100}}).encode()),
+            ("text/event-stream", openai_stream),
+            ("text/event-stream", anthropic_stream),
+            ("application/json", b'{"id": "no usage"}'),
+        ]
+    )
+    breaker_spent = []
+    with frozen_time(0.0), client:
+        for _ in range(3):
+            client.post("http://x/v1/chat", json={"messages": []}).read()
+            breaker_spent.append(registry.get("llm").budget["spent"])  # type: ignore[union-attr]
+        client.post("http://x/v1/chat", json={"max_tokens": 40}).read()
+        spent = registry.get("llm").budget["spent"]  # type: ignore[union-attr]
+    assert breaker_spent == [100.0, 110.0, 135.0]
+    assert spent == pytest.approx(135.0 + 40 + len(b'{"max_tokens":40}') / 4)
+
+
+def test_the_transport_refuses_a_spent_budget_without_sending() -> None:
+    """Past the budget the transport answers 429 (nothing sent) with the
+    ``BudgetExceededError`` attached, and ``refusal()`` reads it."""
+    client, _ = _metered(
+        [("application/json", json.dumps({"usage": {"total_tokens": 1500}}).encode())]
+    )
+    with frozen_time(0.0), client:
+        client.post("http://x/v1/chat", json={}).read()
+        refused = client.post("http://x/v1/chat", json={})
+    assert refused.status_code == 429 and refused.headers["x-should-retry"] == "false"
+    found = refused.extensions[_refusal_key()]
+    assert isinstance(found, BudgetExceededError) and found.spent == 1500.0

@@ -208,6 +208,11 @@ class Core:
 
     # -- responses ---------------------------------------------------------------------------
 
+    def meter(self, attempt: Attempt, request: Any, body: Any, watch: Watch | None) -> None:
+        """Meter an answer when its breaker has a token budget."""
+        if attempt.breaker.config.token_budget is not None:
+            attempt.meter = Meter(self.tokens(request, body), watch)
+
     def after_headers(self, request: Any, response: Any, streams: bool) -> Watch | None:
         """Once the headers are in: the read timeout of a stream's silences, and the watch of
         an SSE body."""
@@ -245,21 +250,60 @@ class Transport:
         self._inner = transport
 
 
+class Meter:
+    """What an answer cost a breaker with a token budget: the ``usage`` of its JSON body or of
+    its SSE events (read by the watch), else the request's estimate."""
+
+    __slots__ = ("chunks", "estimate", "size", "watch")
+
+    def __init__(self, estimate: float, watch: Watch | None) -> None:
+        self.estimate = estimate
+        self.watch = watch
+        self.chunks: list[bytes] = []
+        self.size = 0
+        if watch is not None:
+            watch.metered = True
+
+    def feed(self, chunk: bytes) -> None:
+        """Keep a chunk of a JSON body (up to the size parsed for a request's body)."""
+        self.size += len(chunk)
+        if self.size <= _MAX_PARSED_BODY:
+            self.chunks.append(chunk)
+
+    def tokens(self) -> float:
+        """The tokens to count."""
+        from llm_circuit_breaker._core.budget import usage_tokens
+
+        if self.watch is not None:
+            used = self.watch.usage
+        elif self.size <= _MAX_PARSED_BODY and self.chunks:
+            used = usage_tokens(parse_json(b"".join(self.chunks)))
+        else:
+            used = None
+        return self.estimate if used is None else used
+
+
 class Attempt:
     """One admitted attempt: reports its outcome exactly once."""
 
-    __slots__ = ("breaker", "done", "permit")
+    __slots__ = ("breaker", "done", "meter", "permit")
 
     def __init__(self, breaker: CircuitBreaker, permit: int) -> None:
         self.breaker = breaker
         self.permit = permit
         self.done = False
+        self.meter: Meter | None = None  # set for a breaker with a token budget
 
     def settle(self) -> bool:
         """Mark reported; whether it still had to be."""
         first = not self.done
         self.done = True
         return first
+
+    def charge(self) -> None:
+        """Count what a whole answer cost against the breaker's token budget."""
+        if self.meter is not None:
+            self.breaker.spend(self.meter.tokens())
 
     def failed(self, exc: BaseException) -> Report | None:
         """The report of an attempt that raised ``exc`` (None once reported)."""
@@ -284,6 +328,8 @@ class Attempt:
         if not self.settle():
             return None
         whole = watch is not None and watch.complete
+        if whole:
+            self.charge()
         return (Outcome.SUCCESS if whole else Outcome.IGNORED), {}
 
 
