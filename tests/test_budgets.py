@@ -429,3 +429,59 @@ def test_the_transport_refuses_a_spent_budget_without_sending() -> None:
     assert refused.status_code == 429 and refused.headers["x-should-retry"] == "false"
     found = refused.extensions[_refusal_key()]
     assert isinstance(found, BudgetExceededError) and found.spent == 1500.0
+
+
+class _Chunk:
+    def __init__(self, usage: dict[str, int] | None) -> None:
+        self.usage = usage
+
+
+def test_a_decorated_stream_counts_its_final_usage_or_its_estimate() -> None:
+    """A generator's items are read for ``usage`` (openai's last chunk); one that says
+    nothing is charged its call's estimate when it ends."""
+    registry = BreakerRegistry()
+
+    @circuit_breaker("gen", registry=registry, token_budget=1000)
+    def stream(**request: Any) -> Any:
+        yield _Chunk(None)
+        yield _Chunk({"prompt_tokens": 4, "completion_tokens": 6})
+
+    @circuit_breaker("quiet", registry=registry, token_budget=1000)
+    def quiet(**request: Any) -> Any:
+        yield "text"
+
+    with frozen_time(0.0):
+        assert len(list(stream(max_tokens=9))) == 2
+        list(quiet(max_tokens=9))
+    assert stream.breaker.budget["spent"] == 10.0
+    assert quiet.breaker.budget["spent"] == 9.0
+
+
+async def test_an_async_stream_counts_anthropic_input_and_output() -> None:
+    """Anthropic's ``message_start`` input plus its cumulative ``message_delta`` output."""
+
+    @circuit_breaker("agen", registry=BreakerRegistry(), token_budget=1000)
+    async def stream() -> Any:
+        yield {"type": "message_start", "message": {"usage": {"input_tokens": 12}}}
+        yield {"type": "message_delta", "usage": {"output_tokens": 2}}
+        yield {"type": "message_delta", "usage": {"output_tokens": 8}}
+
+    with frozen_time(0.0):
+        assert len([item async for item in stream()]) == 3
+    assert stream.breaker.budget["spent"] == 20.0
+
+
+def test_the_http_helpers_count_usage_of_calls_and_streams() -> None:
+    """``LLMCircuitBreaker.call`` counts the answer's ``usage``; ``stream`` the usage of its
+    events (or the request's estimate)."""
+    from llm_circuit_breaker import LLMCircuitBreaker
+    from llm_circuit_breaker.testing import FakeLLMServer
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    with FakeLLMServer() as server:
+        helper = LLMCircuitBreaker("llm", {"token_budget": 1000}, registry=BreakerRegistry())
+        url = server.url + "/v1/chat/completions"
+        answer = helper.call(url, data=body)
+        assert helper.breaker.budget["spent"] == answer["usage"]["total_tokens"]
+        list(helper.stream(url, data=dict(body, stream=True)))
+        assert helper.breaker.budget["spent"] > answer["usage"]["total_tokens"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-__all__ = ["WINDOW", "RetryBudget", "SpendCap", "usage_tokens"]
+__all__ = ["WINDOW", "RetryBudget", "SpendCap", "StreamUsage", "usage_tokens"]
 
 WINDOW = 10.0  # seconds over which first attempts pay for retries
 _SLOTS = 10  # the window kept as this many slots (one second each)
@@ -193,3 +193,49 @@ def usage_tokens(response: object) -> float | None:
     ]
     known = [p for p in parts if p is not None]
     return sum(known) if known else None
+
+
+class StreamUsage:
+    """The usage a stream's items report, item by item: a total (openai's last chunk, a
+    Responses ``response.completed``), or input and output apart (anthropic's
+    ``message_start`` and the cumulative output of its ``message_delta``). Items are SDK
+    objects or events whose ``data`` is the parsed JSON."""
+
+    __slots__ = ("parts",)
+
+    _SLOTS = (
+        ("total_tokens", 0),
+        ("input_tokens", 1),
+        ("prompt_tokens", 1),
+        ("output_tokens", 2),
+        ("completion_tokens", 2),
+    )
+
+    def __init__(self) -> None:
+        self.parts: list[float | None] = [None, None, None]  # total, input, output
+
+    def see(self, item: object) -> None:
+        """Read what ``item`` says it used, if anything."""
+        data = _field(item, "data")
+        if data is None or isinstance(data, str | bytes):
+            data = item
+        for holder in (data, _field(data, "message"), _field(data, "response")):
+            usage = _field(holder, "usage") if holder is not None else None
+            if usage is not None:
+                break
+        else:
+            return
+        for key, slot in self._SLOTS:
+            value = _number(_field(usage, key))
+            if value is not None:
+                self.parts[slot] = value
+
+    @property
+    def total(self) -> float | None:
+        """The tokens the items said were used, or None when none said."""
+        total, given, made = self.parts
+        if total is not None:
+            return total
+        if given is None and made is None:
+            return None
+        return (given or 0.0) + (made or 0.0)

@@ -23,9 +23,10 @@ __all__ = ["ExcludeTypes", "Guarded", "circuit_breaker"]
 
 import functools
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Generator, Iterator
 
-from llm_circuit_breaker._core.throttle import Wait
+from llm_circuit_breaker._core.budget import StreamUsage
+from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait
 from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.strategies.gate import (
     PLAIN,
@@ -293,9 +294,48 @@ def _async_shell(
     return wrapper
 
 
+def _metered(
+    items: Generator[Any, Any, Any], charge: Callable[[object, object], None], request: object
+) -> Generator[Any, Any, Any]:
+    """``items`` passed through, their ``usage`` read; at their end, charged to the budget."""
+    usage = StreamUsage()
+    cost = TOKEN_COST.get()  # set by the HTTP helpers while a stream starts
+    try:
+        while True:
+            try:
+                item = next(items)
+            except StopIteration as stop:
+                _charge_stream(charge, usage, request, cost)
+                return stop.value
+            usage.see(item)
+            yield item
+    finally:
+        items.close()
+
+
+async def _ametered(
+    items: AsyncIterator[Any], charge: Callable[[object, object], None], request: object
+) -> AsyncIterator[Any]:
+    """:func:`_metered` for an async stream."""
+    usage = StreamUsage()
+    cost = TOKEN_COST.get()
+    async for item in items:
+        usage.see(item)
+        yield item
+    _charge_stream(charge, usage, request, cost)
+
+
+def _charge_stream(
+    charge: Callable[[object, object], None], usage: StreamUsage, request: object, cost: float
+) -> None:
+    total = usage.total if usage.total is not None else (cost or None)
+    charge(None if total is None else {"usage": {"total_tokens": total}}, request)
+
+
 def _gen_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
     enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
     no_fallback, waiting = gate.fallback is None, Wait
+    charge = _charge_of(gate)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -311,8 +351,11 @@ def _gen_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
                     del permit  # else frame -> error -> traceback -> frame: a cycle
             else:
                 return (yield from refuse(args, kwargs))
+        items = func(*args, **kwargs)
+        if charge is not None:
+            items = _metered(items, charge, kwargs)
         try:
-            result = yield from func(*args, **kwargs)
+            result = yield from items
         except BaseException as exc:  # GeneratorExit (closed early) is ignored by the verdict
             failed(permit, exc)
             raise
@@ -328,6 +371,7 @@ def _async_gen_shell(
     enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
     no_fallback, waiting = gate.fallback is None, Wait
     store_io, name = gate.store_io, gate.breaker.name
+    charge = _charge_of(gate)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -346,7 +390,10 @@ def _async_gen_shell(
                 return
         stream = func(*args, **kwargs)
         try:
-            async for item in _items(stream, item_timeout, name):
+            items = _items(stream, item_timeout, name)
+            if charge is not None:
+                items = _ametered(items, charge, kwargs)
+            async for item in items:
                 yield item
         except BaseException as exc:
             if store_io:
