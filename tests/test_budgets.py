@@ -485,3 +485,43 @@ def test_the_http_helpers_count_usage_of_calls_and_streams() -> None:
         assert helper.breaker.budget["spent"] == answer["usage"]["total_tokens"]
         list(helper.stream(url, data=dict(body, stream=True)))
         assert helper.breaker.budget["spent"] > answer["usage"]["total_tokens"]
+
+
+def test_prometheus_counts_budget_refusals_by_reason() -> None:
+    """A denied retry and a spent token budget are ``throttled`` outcomes with reasons
+    ``retry_budget`` and ``token_budget`` in ``llm_circuit_breaker_calls_total``."""
+    from prometheus_client import CollectorRegistry
+
+    from llm_circuit_breaker.observability.prometheus import PrometheusCollector
+
+    registry = BreakerRegistry()
+    breaker = registry.get_or_create(
+        "llm", CircuitBreakerConfig(retry_budget_floor=0.0, token_budget=1)
+    )
+    prom = CollectorRegistry()
+    PrometheusCollector(registry).register(prom)
+    with frozen_time(0.0):
+        assert not breaker.try_spend_retry()
+        breaker.spend(5)
+        with pytest.raises(BudgetExceededError):
+            breaker.admit()
+
+    def sample(reason: str) -> float | None:
+        labels = {"breaker": "llm", "scope": "", "outcome": "throttled", "reason": reason}
+        return prom.get_sample_value("llm_circuit_breaker_calls_total", {**labels, "enforced": ""})
+
+    assert sample("retry_budget") == 1.0
+    assert sample("token_budget") == 1.0
+
+
+def test_a_store_backed_breaker_keeps_its_budgets_too() -> None:
+    """With a (sync) state store the spend cap refuses before the store is asked."""
+    from llm_circuit_breaker.storage.memory import MemoryStateStore
+
+    breaker = CircuitBreaker("llm", CircuitBreakerConfig(token_budget=10), store=MemoryStateStore())
+    with frozen_time(0.0):
+        breaker.record_success(breaker.admit())
+        breaker.spend(10)
+        with pytest.raises(BudgetExceededError):
+            breaker.admit()
+        assert breaker.budget["spent"] == 10.0
