@@ -525,3 +525,27 @@ def test_a_store_backed_breaker_keeps_its_budgets_too() -> None:
         with pytest.raises(BudgetExceededError):
             breaker.admit()
         assert breaker.budget["spent"] == 10.0
+
+
+async def test_an_asyncio_store_s_breaker_refuses_a_spent_budget_before_asking_it(
+    redis_server: Any, redis_client: Any
+) -> None:
+    """With an asyncio Redis store, a spent budget is refused by ``aenter`` (nothing runs)
+    and retries still pay from the (in-process) retry budget."""
+    from llm_circuit_breaker.storage.redis import RedisStateStore
+
+    store = RedisStateStore.from_url(redis_server.url, asyncio=True)
+    calls = 0
+
+    @circuit_breaker("aio-budget", registry=BreakerRegistry(store=store), token_budget=10)
+    async def call() -> _Completion:
+        nonlocal calls
+        calls += 1
+        return _Completion(10)
+
+    await call()
+    with pytest.raises(BudgetExceededError):
+        await call()
+    assert calls == 1
+    assert call.breaker.try_spend_retry()
+    await store.client.aclose()
