@@ -81,6 +81,33 @@ def test_under_steady_failure_retries_stay_near_the_share(rate: int, ratio: floa
     assert made >= ratio * rate * seconds * 0.9  # and the budget is not stingy either
 
 
+@settings(max_examples=200, deadline=None)
+@given(steps=_steps, ratio=st.floats(0.0, 1.0), floor=st.floats(0.0, 5.0))
+def test_a_counter_settled_at_each_step_pays_as_direct_deposits(
+    steps: list[tuple[float, str]], ratio: float, floor: float
+) -> None:
+    """First attempts counted by a lock-free counter and settled before each decision pay
+    for exactly the retries that deposits made at their time would; paid retries whose own
+    attempts the counter then sees are not taken for first attempts."""
+    direct, counted = RetryBudget(ratio, floor), RetryBudget(ratio, floor)
+    now, calls = 0.0, 0
+    for dt, kind in steps:
+        now += dt
+        calls += 1  # every attempt made (first or paid retry) reaches the call count
+        if kind == "first":
+            direct.deposit(now)
+            counted.settle(now, calls)
+            continue
+        counted.settle(now, calls - 1)  # the retry is decided before its own attempt
+        paid = direct.try_withdraw(now)
+        assert counted.try_withdraw(now) is paid
+        if paid:
+            counted.skip()
+        else:
+            calls -= 1  # not made: never counted
+        assert counted.balance(now) == pytest.approx(direct.balance(now))
+
+
 def test_a_quiet_breaker_may_retry_its_reserve_at_once() -> None:
     """With no traffic the floor's reserve (floor x 10 s) is there at once, then nothing until
     the window moves on."""
