@@ -576,3 +576,28 @@ async def test_an_asyncio_store_s_breaker_refuses_a_spent_budget_before_asking_i
     assert calls == 1
     assert call.breaker.try_spend_retry()
     await store.client.aclose()
+
+
+def test_with_pool_moves_on_from_a_deployment_whose_budget_is_spent() -> None:
+    """Every call of a pool whose first deployment spent its budget is served by the other,
+    and the spent one is never called again."""
+    from llm_circuit_breaker import with_pool
+
+    registry = BreakerRegistry()
+    sent: list[str] = []
+
+    @circuit_breaker("east", registry=registry, token_budget=10)
+    def east() -> _Completion:
+        sent.append("east")
+        return _Completion(50)
+
+    @circuit_breaker("west", registry=registry)
+    def west() -> _Completion:
+        sent.append("west")
+        return _Completion(5)
+
+    pool = with_pool(east, west, strategy="round_robin")
+    with frozen_time(0.0):
+        for _ in range(6):
+            pool()
+    assert sent.count("east") == 1 and sent.count("west") == 5
