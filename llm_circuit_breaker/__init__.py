@@ -23,6 +23,7 @@ from llm_circuit_breaker.config import (
     RetryConfig,
 )
 from llm_circuit_breaker.errors import (
+    BudgetExceededError,
     CircuitOpenError,
     FallbacksExhaustedError,
     HTTPStatusError,
@@ -49,6 +50,7 @@ __all__ = [
     "DEFAULT_RETRY_STATUS_CODES",
     "BreakerRegistry",
     "BreakerStats",
+    "BudgetExceededError",
     "CircuitBreaker",
     "CircuitBreakerConfig",
     "CircuitOpenError",

@@ -74,6 +74,10 @@ class CircuitBreakerConfig(_Options):
     up to ``throttle_max_wait`` seconds (0: never waits) and gets ``ThrottledError`` beyond.
     A pause (a 429's hint, or headers saying nothing is left) lasts at most
     ``throttle_max_pause`` seconds.
+    ``retry_budget`` (default 0.2; None: off) lets retries add that share of the first
+    attempts of the last 10 s, beside ``retry_budget_floor`` retries per second always
+    allowed. ``token_budget`` (default None) caps the tokens spent per ``token_budget_window``
+    seconds (default a day): past it calls get ``BudgetExceededError``.
     ``enabled=False`` is metrics-only mode: the circuit opens and closes as usual and refusals
     are counted, but no call is refused.
     ``max_concurrent`` caps this process's calls of the breaker in flight (a returned stream
@@ -110,9 +114,14 @@ class CircuitBreakerConfig(_Options):
     enabled: bool = True
     max_concurrent: int | Literal["adaptive"] | None = None
     max_concurrent_ceiling: int = 256
+    retry_budget: float | None = 0.2
+    retry_budget_floor: float = 10.0
+    token_budget: float | None = None
+    token_budget_window: float = 86_400.0
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        self._check_budgets(name)
         check.count(name, "failure_threshold", self.failure_threshold, 1)
         check.seconds(name, "reset_timeout", self.reset_timeout, allow_zero=True)
         check.count(name, "success_threshold", self.success_threshold, 1)
@@ -163,6 +172,17 @@ class CircuitBreakerConfig(_Options):
                     f"{name}.{flag} must be a bool, got {getattr(self, flag)!r}"
                 )
         self._warn_milliseconds()
+
+    def _check_budgets(self, name: str) -> None:
+        for field in ("retry_budget", "retry_budget_floor", "token_budget"):
+            value = getattr(self, field)
+            if value is None and field != "retry_budget_floor":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise check.OptionTypeError(f"{name}.{field} must be a number, got {value!r}")
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}.{field} must be a finite number >= 0, got {value!r}")
+        check.seconds(name, "token_budget_window", self.token_budget_window)
 
     @property
     def effective_window(self) -> float:

@@ -5,6 +5,7 @@
     LLMCircuitBreakerError
     ├── CircuitOpenError(name, retry_after, reason)   a call refused without running it
     ├── ThrottledError(name, retry_after)             over the rate limit: wait retry_after
+    │   └── BudgetExceededError(name, retry_after, spent, limit)  token budget spent
     ├── FallbacksExhaustedError(errors)               every fallback target failed or refused
     │                                                 (also an ExceptionGroup on 3.11+)
     ├── InvalidResponseError(kind, response)          a 200 that is no answer, retries spent
@@ -29,6 +30,7 @@ from typing import Any
 from llm_circuit_breaker import _redact
 
 __all__ = [
+    "BudgetExceededError",
     "CircuitOpenError",
     "FallbacksExhaustedError",
     "HTTPStatusError",
@@ -125,6 +127,31 @@ class ThrottledError(LLMCircuitBreakerError):
         return (
             f"ThrottledError(name={self.name!r}, retry_after={self.retry_after!r}, "
             f"reason={self.reason!r})"
+        )
+
+
+class BudgetExceededError(ThrottledError):
+    """The breaker's token budget (``token_budget`` per ``token_budget_window``) is spent:
+    the call was not made and is no failure of the provider; ``retry_after`` seconds until
+    the window ends. ``with_fallbacks`` and ``with_pool`` move on to their next target."""
+
+    def __init__(self, name: str, retry_after: float, spent: float, limit: float) -> None:
+        LLMCircuitBreakerError.__init__(self, name, retry_after, spent, limit)
+        self.name = name
+        self.retry_after = retry_after
+        self.spent = spent
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return (
+            f"circuit {self.name!r} spent its token budget ({self.spent:.0f} of "
+            f"{self.limit:.0f} tokens); it resets in {self.retry_after:.3f}s"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"BudgetExceededError(name={self.name!r}, retry_after={self.retry_after!r}, "
+            f"spent={self.spent!r}, limit={self.limit!r})"
         )
 
 

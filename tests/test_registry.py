@@ -47,6 +47,7 @@ def test_snapshot_is_json_serialisable(clock: FakeClock) -> None:
         "opened_at",
         "retry_after",
         "throttle",
+        "budget",
         "concurrency",
         "stats",
     }

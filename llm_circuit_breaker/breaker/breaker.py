@@ -6,12 +6,14 @@ sync store, coroutines for an asyncio one); its :class:`Telemetry` reports eithe
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
+from llm_circuit_breaker._core.budget import RetryBudget, SpendCap, usage_tokens
 from llm_circuit_breaker._core.permits import REJECTED
 from llm_circuit_breaker._core.state import CircuitState, Outcome
-from llm_circuit_breaker._core.throttle import Wait
+from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait, estimate_tokens
 from llm_circuit_breaker._core.views import Control, View
 from llm_circuit_breaker.breaker import clock as clock_module
 from llm_circuit_breaker.breaker.circuit import Entry, LocalCircuit
@@ -25,7 +27,7 @@ from llm_circuit_breaker.breaker.telemetry import (
     WaitHistogram,
 )
 from llm_circuit_breaker.config import CircuitBreakerConfig
-from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
+from llm_circuit_breaker.errors import BudgetExceededError, CircuitOpenError, ThrottledError
 
 if TYPE_CHECKING:
     from llm_circuit_breaker.breaker._async.link import AsyncStoreLink
@@ -101,6 +103,7 @@ class CircuitBreaker:
             self.enter = self.record_success = self._needs_await
         else:
             self.enter, self.record_success = self._circuit.enter, self._circuit.record_success
+        self._make_budgets()
         if self.config.max_concurrent is not None:
             self._cap_calls_in_flight()
 
@@ -248,6 +251,108 @@ class CircuitBreaker:
         """Count a retry of a call guarded by this breaker (``with_retry`` calls it)."""
         self._telemetry.retried(attempt, error, delay)
 
+    # -- budgets: retries and spend (kept in this process) -----------------------------------
+
+    def _make_budgets(self) -> None:
+        config = self.config
+        self._budget_lock = threading.Lock()
+        self._retry_budget = (
+            None
+            if config.retry_budget is None
+            else RetryBudget(config.retry_budget, config.retry_budget_floor)
+        )
+        self._spend: SpendCap | None = None
+        if config.token_budget is not None:
+            self._spend = SpendCap(config.token_budget, config.token_budget_window)
+            if self._circuit is not None:  # a spent budget refuses before the circuit admits
+                self._enter_circuit = self.enter
+                self.enter = self._capped_enter
+
+    def try_spend_retry(self) -> bool:
+        """Pay for one extra attempt (a retry, an SDK's retry, a hedge) from the retry
+        budget: True when it may be made, False when the budget cannot pay (counted in
+        ``stats.retries_denied``; a metrics-only breaker counts it and says True)."""
+        budget = self._retry_budget
+        if budget is None:
+            return True
+        with self._budget_lock:  # the count read under the lock: settles see it only grow
+            now = self._time.now()
+            budget.settle(now, self._telemetry.stats().calls)  # retries too: settle sorts
+            paid = budget.try_withdraw(now)
+            if paid:
+                budget.skip()  # the retry's own call is no first attempt
+        if paid:
+            return True
+        self._telemetry.count_throttle_refusal("retry_budget")
+        return not self.config.enabled
+
+    @property
+    def retry_budget(self) -> dict[str, float] | None:
+        """``{balance, ratio, floor}``: the retries that may be made now (None when off)."""
+        budget = self._retry_budget
+        if budget is None:
+            return None
+        with self._budget_lock:
+            now = self._time.now()
+            budget.settle(now, self._telemetry.stats().calls)
+            balance = budget.balance(now)
+        return {"balance": balance, "ratio": budget.ratio, "floor": budget.floor}
+
+    def spend(self, tokens: float) -> None:
+        """Count ``tokens`` used by a call against ``token_budget`` (the library does it for
+        the responses it sees; call it for usage your own code reads)."""
+        cap = self._spend
+        if cap is None:
+            return
+        with self._budget_lock:
+            now = self._time.now()
+            before = cap.refusal(now)
+            cap.spend(now, tokens)
+            after = cap.refusal(now)
+            view = cap.view(now)
+        if before is None and after is not None:
+            self._telemetry.budget_spent(view["spent"], view["limit"], after, at=now)
+
+    def charge(self, response: object, request: object = None) -> None:
+        """Count what a call cost against ``token_budget``: its response's ``usage``, or the
+        estimate of its request (``max_tokens`` plus the prompt's length / 4) without one."""
+        if self._spend is None:
+            return
+        tokens = usage_tokens(response)
+        if tokens is None:
+            tokens = TOKEN_COST.get() or (
+                estimate_tokens(request) if isinstance(request, Mapping) else 0.0
+            )
+        self.spend(tokens)
+
+    def budget_refusal(self) -> BudgetExceededError | None:
+        """The :class:`BudgetExceededError` a call gets now (counted), or None."""
+        cap = self._spend
+        if cap is None:
+            return None
+        with self._budget_lock:
+            wait = cap.refusal(self._time.now())
+            spent, limit = cap.spent, cap.limit
+        if wait is None:
+            return None
+        self._telemetry.count_throttle_refusal("token_budget")
+        if not self.config.enabled:  # metrics-only: counted, let through
+            return None
+        return BudgetExceededError(self.name, wait, spent, limit)
+
+    def _capped_enter(self) -> Entry:
+        refusal = self.budget_refusal()
+        return self._enter_circuit() if refusal is None else refusal
+
+    @property
+    def budget(self) -> dict[str, float | None]:
+        """``{spent, limit, resets_in}`` of the token budget (``limit`` None: no cap)."""
+        cap = self._spend
+        if cap is None:
+            return {"spent": 0.0, "limit": None, "resets_in": None}
+        with self._budget_lock:
+            return dict(cap.view(self._time.now()))
+
     # -- the coroutine face: awaited through a link to an asyncio store, or answered by the
     # sync methods when the circuit lives in this process (or in a sync store) -------------
 
@@ -290,6 +395,9 @@ class CircuitBreaker:
     async def aenter(self) -> Entry:
         """``enter()`` as a coroutine (what an asyncio store needs)."""
         if self._alink is not None:
+            refusal = self.budget_refusal()
+            if refusal is not None:
+                return refusal
             if self._limit is not None:
                 return await self._limit.aenter(self._alink.aenter)
             return await self._alink.aenter()
@@ -423,6 +531,7 @@ class CircuitBreaker:
             "retry_after": view.retry_after,
             "throttle": self._known_throttle(),
             "concurrency": self.concurrency,
+            "budget": self.budget,
             "stats": dataclasses.asdict(self.stats),
         }
 
@@ -448,6 +557,11 @@ class CircuitBreaker:
         else:
             self.reset()
         self._telemetry.zero()
+        with self._budget_lock:  # the counts the retry budget reads start again from zero
+            if self._retry_budget is not None:
+                self._retry_budget = RetryBudget(self._retry_budget.ratio, self._retry_budget.floor)
+            if self._spend is not None:
+                self._spend.forget()
 
     def _detach(self, rejoin: Callable[[], None]) -> None:
         """The registry forgot this breaker: its next admission calls ``rejoin`` first."""

@@ -64,10 +64,12 @@ class StateChange:
 
 
 class ThrottleSignal(str, enum.Enum):
-    """Where a breaker's throttle is: paused by a rate limit, or letting calls flow."""
+    """Where a breaker's throttle is: paused by a rate limit, or letting calls flow;
+    ``BUDGET_EXCEEDED``: its token budget is spent (calls refused until the window ends)."""
 
     THROTTLED = "THROTTLED"
     UNTHROTTLED = "UNTHROTTLED"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -189,6 +191,7 @@ class BreakerStats:
     retries: int
     state_changes: dict[str, int]
     throttle_refusals: dict[str, int] = dataclasses.field(default_factory=dict)
+    retries_denied: int = 0  # retries the retry budget could not pay (not made)
 
 
 class _Tally:
@@ -255,7 +258,7 @@ class Telemetry:
         """Zero every count and the wait histogram (``registry.reset_all()``)."""
         for tally in (*self._tallies.values(), self._retries, self._rejections):
             tally.reset()
-        for tally in self._changes.values():
+        for tally in (*self._changes.values(), *self._throttle_refusals.values()):
             tally.reset()
         self.waits.reset()
 
@@ -278,6 +281,7 @@ class Telemetry:
             throttle_refusals={
                 reason: tally.value for reason, tally in self._throttle_refusals.items()
             },
+            retries_denied=self._throttle_refusals["retry_budget"].value,
         )
 
     def count_throttle_refusal(self, reason: str = "rate_limit") -> None:
@@ -396,6 +400,15 @@ class Telemetry:
             )
             old, new = ThrottleSignal.THROTTLED, ThrottleSignal.UNTHROTTLED
         self.notify(ThrottleEvent(self.name, old, new, at, reason, paused_for))
+
+    def budget_spent(self, spent: float, limit: float, resets_in: float, *, at: float) -> None:
+        """Log and announce (``BUDGET_EXCEEDED``) that the token budget ran out."""
+        reason = f"token budget spent: {spent:.0f} of {limit:.0f} tokens"
+        throttle_logger.warning(
+            "circuit %r: %s", self.name, reason, extra=self._fields(reason="token_budget")
+        )
+        old, new = ThrottleSignal.UNTHROTTLED, ThrottleSignal.BUDGET_EXCEEDED
+        self.notify(ThrottleEvent(self.name, old, new, at, reason, resets_in))
 
     def notify(self, change: StateChange | ThrottleEvent) -> None:
         """Hand ``change`` to every listener; one that raises is logged."""

@@ -142,18 +142,27 @@ class Core:
         """The request's JSON body and the breaker that guards it (a sync transport cannot
         use an asyncio store). Every request is an attempt, counted as a call; one the SDK
         retries (its ``x-stainless-retry-count`` header: openai, anthropic) is also counted as
-        a retry, so logical calls are calls minus retries."""
+        a retry (:meth:`unpaid_retry`), so logical calls are calls minus retries."""
         body = self.body_of(request)
         breaker = self.breaker_for(request, body)
-        retry = request.headers.get("x-stainless-retry-count", "0")
-        if retry != "0" and retry.isdigit():
-            breaker.record_retry(int(retry), SDKRetry(), 0.0)
         if breaker.is_async and not asynchronous:
             raise TypeError(
                 f"circuit {breaker.name!r} keeps its state in an asyncio store: "
                 "use AsyncCircuitBreakerTransport"
             )
         return breaker, body
+
+    def unpaid_retry(self, request: Any, breaker: CircuitBreaker) -> ThrottledError | None:
+        """An SDK's own retry (``x-stainless-retry-count`` > 0) is counted as a retry and paid
+        from the breaker's retry budget; the refusal to answer with when the budget cannot pay
+        (the SDK stops retrying, as it does for a throttled attempt)."""
+        retry = request.headers.get("x-stainless-retry-count", "0")
+        if retry == "0" or not retry.isdigit():
+            return None
+        if not breaker.try_spend_retry():
+            return ThrottledError(breaker.name, 1.0)
+        breaker.record_retry(int(retry), SDKRetry(), 0.0)
+        return None
 
     def bound_first_byte(self, request: Any, body: Any) -> bool:
         """Shorten the read timeout of a streaming request to ``first_byte_timeout``; whether
@@ -199,6 +208,11 @@ class Core:
 
     # -- responses ---------------------------------------------------------------------------
 
+    def meter(self, attempt: Attempt, request: Any, body: Any, watch: Watch | None) -> None:
+        """Meter an answer when its breaker has a token budget."""
+        if attempt.breaker.config.token_budget is not None:
+            attempt.meter = Meter(self.tokens(request, body), watch)
+
     def after_headers(self, request: Any, response: Any, streams: bool) -> Watch | None:
         """Once the headers are in: the read timeout of a stream's silences, and the watch of
         an SSE body."""
@@ -236,21 +250,60 @@ class Transport:
         self._inner = transport
 
 
+class Meter:
+    """What an answer cost a breaker with a token budget: the ``usage`` of its JSON body or of
+    its SSE events (read by the watch), else the request's estimate."""
+
+    __slots__ = ("chunks", "estimate", "size", "watch")
+
+    def __init__(self, estimate: float, watch: Watch | None) -> None:
+        self.estimate = estimate
+        self.watch = watch
+        self.chunks: list[bytes] = []
+        self.size = 0
+        if watch is not None:
+            watch.metered = True
+
+    def feed(self, chunk: bytes) -> None:
+        """Keep a chunk of a JSON body (up to the size parsed for a request's body)."""
+        self.size += len(chunk)
+        if self.size <= _MAX_PARSED_BODY:
+            self.chunks.append(chunk)
+
+    def tokens(self) -> float:
+        """The tokens to count."""
+        from llm_circuit_breaker._core.budget import usage_tokens
+
+        if self.watch is not None:
+            used = self.watch.usage
+        elif self.size <= _MAX_PARSED_BODY and self.chunks:
+            used = usage_tokens(parse_json(b"".join(self.chunks)))
+        else:
+            used = None
+        return self.estimate if used is None else used
+
+
 class Attempt:
     """One admitted attempt: reports its outcome exactly once."""
 
-    __slots__ = ("breaker", "done", "permit")
+    __slots__ = ("breaker", "done", "meter", "permit")
 
     def __init__(self, breaker: CircuitBreaker, permit: int) -> None:
         self.breaker = breaker
         self.permit = permit
         self.done = False
+        self.meter: Meter | None = None  # set for a breaker with a token budget
 
     def settle(self) -> bool:
         """Mark reported; whether it still had to be."""
         first = not self.done
         self.done = True
         return first
+
+    def charge(self) -> None:
+        """Count what a whole answer cost against the breaker's token budget."""
+        if self.meter is not None:
+            self.breaker.spend(self.meter.tokens())
 
     def failed(self, exc: BaseException) -> Report | None:
         """The report of an attempt that raised ``exc`` (None once reported)."""
@@ -275,6 +328,8 @@ class Attempt:
         if not self.settle():
             return None
         whole = watch is not None and watch.complete
+        if whole:
+            self.charge()
         return (Outcome.SUCCESS if whole else Outcome.IGNORED), {}
 
 

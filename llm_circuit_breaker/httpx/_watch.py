@@ -18,7 +18,18 @@ class Watch:
     test on the raw data); the rest cost a few ``in`` tests each.
     """
 
-    __slots__ = ("_checker", "_data", "_event", "_inflate", "_lines", "_size", "_started", "_url")
+    __slots__ = (
+        "_checker",
+        "_data",
+        "_event",
+        "_inflate",
+        "_lines",
+        "_parts",
+        "_size",
+        "_started",
+        "_url",
+        "metered",
+    )
 
     def __init__(self, url: str, inflate: Inflate | None = None) -> None:
         from llm_circuit_breaker.http._sse import LineSplitter, StreamChecker
@@ -31,6 +42,9 @@ class Watch:
         self._data: list[bytes] = []
         self._size = 0
         self._started = False
+        # Set for a breaker with a token budget: events that carry ``usage`` are read too.
+        self.metered = False
+        self._parts: list[float | None] = [None, None, None]  # total, input, output tokens
 
     def feed(self, chunk: bytes) -> BaseException | None:
         """The first provider error in ``chunk`` (as it came, encoded or not), if any."""
@@ -61,6 +75,7 @@ class Watch:
             and b"[DONE]" not in chunk
             and b'"finish_reason":"' not in chunk
             and b'"finish_reason": "' not in chunk
+            and not (self.metered and b'"usage"' in chunk)
         ):  # whole events, none of them an error or a final one (nor named so):
             return None  # no need to cut them up
         error = None
@@ -94,6 +109,7 @@ class Watch:
             or data == b"[DONE]"
             or any(marker in data for marker in _NOTABLE_DATA)
             or not self._started
+            or (self.metered and b'"usage"' in data)
         ):
             return None
         self._started = True
@@ -101,7 +117,38 @@ class Watch:
 
         text = data.decode("utf-8", errors="replace")
         parsed = DONE if text == "[DONE]" else SSEEvent(event or "message", parse_json(text))
+        if self.metered and parsed is not DONE:
+            self._meter(parsed.data)
         return self._checker.error_in(parsed)
+
+    def _meter(self, data: object) -> None:
+        """Keep the usage an event reports: a total (openai's last chunk, a Responses
+        ``response.completed``), or input and output apart (anthropic's ``message_start`` and
+        the cumulative output of its ``message_delta``)."""
+        if not isinstance(data, dict):
+            return
+        for holder in (data, data.get("message"), data.get("response")):
+            usage = holder.get("usage") if isinstance(holder, dict) else None
+            if isinstance(usage, dict):
+                break
+        else:
+            return
+        keys = ("total_tokens", "input_tokens", "output_tokens")
+        aliases = {"prompt_tokens": 1, "completion_tokens": 2}
+        for slot, key in [*enumerate(keys), *((i, k) for k, i in aliases.items())]:
+            value = usage.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+                self._parts[slot] = float(value)
+
+    @property
+    def usage(self) -> float | None:
+        """The tokens the stream's events said it used (with ``metered``), or None."""
+        total, given, made = self._parts
+        if total is not None:
+            return total
+        if given is None and made is None:
+            return None
+        return (given or 0.0) + (made or 0.0)
 
     @property
     def complete(self) -> bool:

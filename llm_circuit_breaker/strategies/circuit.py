@@ -23,9 +23,10 @@ __all__ = ["ExcludeTypes", "Guarded", "circuit_breaker"]
 
 import functools
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Generator, Iterator
 
-from llm_circuit_breaker._core.throttle import Wait
+from llm_circuit_breaker._core.budget import StreamUsage
+from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait
 from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.strategies.gate import (
     PLAIN,
@@ -87,6 +88,10 @@ def circuit_breaker(
     enabled: bool = True,
     max_concurrent: int | Literal["adaptive"] | None = None,
     max_concurrent_ceiling: int = 256,
+    retry_budget: float | None = 0.2,
+    retry_budget_floor: float = 10.0,
+    token_budget: float | None = None,
+    token_budget_window: float = 86_400.0,
 ) -> Callable[[Callable[P, R]], Guarded[P, R]]: ...
 
 
@@ -208,9 +213,17 @@ def shell_for(func: Callable[..., Any], gate: Gate, call_timeout: float | None) 
     return _sync_shell(func, gate)
 
 
+def _charge_of(gate: Gate) -> Callable[[object, object], None] | None:
+    """What counts a returned answer's tokens (its ``usage``, or the estimate of the call's
+    keyword arguments) against the breaker's token budget; None without one."""
+    breaker = gate.breaker
+    return breaker.charge if breaker.config.token_budget is not None else None
+
+
 def _sync_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
     enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
     no_fallback, plain, waiting = gate.fallback is None, PLAIN, Wait
+    charge = _charge_of(gate)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -232,6 +245,8 @@ def _sync_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
             raise
         if result.__class__ not in plain and is_stream(result):
             return GuardedStream(result, gate, permit)
+        if charge is not None:
+            charge(result, kwargs)
         succeeded(permit)
         return result
 
@@ -245,6 +260,7 @@ def _async_shell(
     no_fallback, plain, waiting = gate.fallback is None, PLAIN, Wait
     store_io, name = gate.store_io, gate.breaker.name
     call = func if call_timeout is None else _timed(func, call_timeout, name)
+    charge = _charge_of(gate)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -269,6 +285,8 @@ def _async_shell(
             raise
         if result.__class__ not in plain and is_stream(result):
             return AsyncGuardedStream(result, gate, permit)
+        if charge is not None:
+            charge(result, kwargs)
         if store_io:
             await gate.asucceeded(permit)
         else:
@@ -278,9 +296,48 @@ def _async_shell(
     return wrapper
 
 
+def _metered(
+    items: Generator[Any, Any, Any], charge: Callable[[object, object], None], request: object
+) -> Generator[Any, Any, Any]:
+    """``items`` passed through, their ``usage`` read; at their end, charged to the budget."""
+    usage = StreamUsage()
+    cost = TOKEN_COST.get()  # set by the HTTP helpers while a stream starts
+    try:
+        while True:
+            try:
+                item = next(items)
+            except StopIteration as stop:
+                _charge_stream(charge, usage, request, cost)
+                return stop.value
+            usage.see(item)
+            yield item
+    finally:
+        items.close()
+
+
+async def _ametered(
+    items: AsyncIterator[Any], charge: Callable[[object, object], None], request: object
+) -> AsyncIterator[Any]:
+    """:func:`_metered` for an async stream."""
+    usage = StreamUsage()
+    cost = TOKEN_COST.get()
+    async for item in items:
+        usage.see(item)
+        yield item
+    _charge_stream(charge, usage, request, cost)
+
+
+def _charge_stream(
+    charge: Callable[[object, object], None], usage: StreamUsage, request: object, cost: float
+) -> None:
+    total = usage.total if usage.total is not None else (cost or None)
+    charge(None if total is None else {"usage": {"total_tokens": total}}, request)
+
+
 def _gen_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
     enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
     no_fallback, waiting = gate.fallback is None, Wait
+    charge = _charge_of(gate)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -296,8 +353,11 @@ def _gen_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
                     del permit  # else frame -> error -> traceback -> frame: a cycle
             else:
                 return (yield from refuse(args, kwargs))
+        items = func(*args, **kwargs)
+        if charge is not None:
+            items = _metered(items, charge, kwargs)
         try:
-            result = yield from func(*args, **kwargs)
+            result = yield from items
         except BaseException as exc:  # GeneratorExit (closed early) is ignored by the verdict
             failed(permit, exc)
             raise
@@ -313,6 +373,7 @@ def _async_gen_shell(
     enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
     no_fallback, waiting = gate.fallback is None, Wait
     store_io, name = gate.store_io, gate.breaker.name
+    charge = _charge_of(gate)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -331,7 +392,10 @@ def _async_gen_shell(
                 return
         stream = func(*args, **kwargs)
         try:
-            async for item in _items(stream, item_timeout, name):
+            items = _items(stream, item_timeout, name)
+            if charge is not None:
+                items = _ametered(items, charge, kwargs)
+            async for item in items:
                 yield item
         except BaseException as exc:
             if store_io:

@@ -476,6 +476,7 @@ class RetryPolicy:
         exc = _error(state)
         breaker = _breaker_of(state)
         _raise_if_refused(breaker, exc)
+        _raise_if_unpaid(breaker, exc)
         delay = state.upcoming_sleep
         if logger.isEnabledFor(logging.INFO):
             from llm_circuit_breaker.breaker.telemetry import error_type, split_name
@@ -541,6 +542,24 @@ def _raise_if_refused(breaker: Any, exc: BaseException) -> None:
             raise refusal from exc
         finally:
             del refusal
+
+
+BUDGET_NOTE = "retry budget exhausted"
+
+
+def _raise_if_unpaid(breaker: Any, exc: BaseException) -> None:
+    """A retry the breaker's retry budget cannot pay is not made: raise the last error at
+    once, with a note saying why. Waiting for a throttle slot is no retry: it pays nothing."""
+    spend = getattr(breaker, "try_spend_retry", None)
+    if spend is None or isinstance(exc, ThrottledError) or spend():
+        return
+    notes = getattr(exc, "__notes__", None)
+    if not isinstance(notes, list):  # what add_note() does (3.11+), also on 3.10
+        notes = []
+        setattr(exc, "__notes__", notes)  # noqa: B010 - typeshed knows __notes__ from 3.11 only
+    if BUDGET_NOTE not in notes:
+        notes.append(BUDGET_NOTE)
+    raise exc
 
 
 def _error(state: RetryCallState) -> BaseException:

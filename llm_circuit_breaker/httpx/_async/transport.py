@@ -35,8 +35,11 @@ class _AsyncBody(Body):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         attempt, watch = self._attempt, self._watch
+        meter = attempt.meter if watch is None else None  # a JSON body: kept to read its usage
         try:
             async for chunk in self._inner:
+                if meter is not None:
+                    meter.feed(chunk)
                 error = watch.feed(chunk) if watch is not None else None
                 if error is not None:  # the SDK raises its own error for the frame
                     await _tell(attempt, attempt.failed(error))
@@ -49,6 +52,7 @@ class _AsyncBody(Body):
             await _tell(attempt, attempt.failed(exc))
             raise
         if attempt.settle():
+            attempt.charge()
             await attempt.breaker.arecord_success(attempt.permit)
 
     async def aclose(self) -> None:
@@ -71,6 +75,9 @@ class AsyncCircuitBreakerTransport(Transport):
     async def handle_async_request(self, request: Any) -> Any:
         core = self._core
         breaker, body = core.abreaker_and_body(request)
+        unpaid = core.unpaid_retry(request, breaker)
+        if unpaid is not None:
+            return core.refused(request, unpaid)
         token = TOKEN_COST.set(core.tokens(request, body))
         try:
             attempt = Attempt(breaker, await breaker.aadmit())
@@ -91,6 +98,7 @@ class AsyncCircuitBreakerTransport(Transport):
             await _tell(attempt, attempt.answered(request, response, await aread_capped(response)))
             return response
         watch = core.after_headers(request, response, streams)
+        core.meter(attempt, request, body, watch)
         response.stream = _body_type(library(response))(response.stream, attempt, watch, request)
         return response
 

@@ -36,8 +36,11 @@ class _SyncBody(Body):
 
     def __iter__(self) -> Iterator[bytes]:
         attempt, watch = self._attempt, self._watch
+        meter = attempt.meter if watch is None else None  # a JSON body: kept to read its usage
         try:
             for chunk in self._inner:
+                if meter is not None:
+                    meter.feed(chunk)
                 error = watch.feed(chunk) if watch is not None else None
                 if error is not None:  # the SDK raises its own error for the frame
                     _tell(attempt, attempt.failed(error))
@@ -50,6 +53,7 @@ class _SyncBody(Body):
             _tell(attempt, attempt.failed(exc))
             raise
         if attempt.settle():
+            attempt.charge()
             attempt.breaker.record_success(attempt.permit)
 
     def close(self) -> None:
@@ -72,6 +76,9 @@ class CircuitBreakerTransport(Transport):
     def handle_request(self, request: Any) -> Any:
         core = self._core
         breaker, body = core.breaker_and_body(request)
+        unpaid = core.unpaid_retry(request, breaker)
+        if unpaid is not None:
+            return core.refused(request, unpaid)
         token = TOKEN_COST.set(core.tokens(request, body))
         try:
             attempt = Attempt(breaker, breaker.admit())
@@ -92,6 +99,7 @@ class CircuitBreakerTransport(Transport):
             _tell(attempt, attempt.answered(request, response, read_capped(response)))
             return response
         watch = core.after_headers(request, response, streams)
+        core.meter(attempt, request, body, watch)
         response.stream = _body_type(library(response))(response.stream, attempt, watch, request)
         return response
 

@@ -1,0 +1,241 @@
+"""Budgets: how many retries a breaker may add, and how many tokens it may spend (pure, no I/O,
+no lock, ``now`` passed in).
+
+:class:`RetryBudget` is Finagle's ``RetryBudget``: every first attempt deposits ``ratio`` of a
+retry into a window of the last ``WINDOW`` seconds, every retry withdraws one, and a reserve of
+``floor`` retries per second over the window is always there, so a quiet breaker can retry at
+once while a busy one adds at most ``ratio`` of its traffic (plus the floor) in retries.
+
+:class:`SpendCap` counts the tokens spent in a fixed window that starts with the first spend;
+once ``limit`` is reached calls are refused until the window ends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+__all__ = ["WINDOW", "RetryBudget", "SpendCap", "StreamUsage", "usage_tokens"]
+
+WINDOW = 10.0  # seconds over which first attempts pay for retries
+_SLOTS = 10  # the window kept as this many slots (one second each)
+
+
+class RetryBudget:
+    """Retries as a share of first attempts over the last :data:`WINDOW` seconds.
+
+    First attempts may be counted without the caller's lock (a counter the breaker bumps on
+    its hot path) and folded in with :meth:`settle`; the first attempts that piled up since the
+    last settle count in proportion to the part of that time still inside the window.
+    """
+
+    __slots__ = (
+        "_at",
+        "_deposits",
+        "_owed",
+        "_seen",
+        "_seen_at",
+        "_withdrawals",
+        "floor",
+        "ratio",
+    )
+
+    def __init__(self, ratio: float, floor: float) -> None:
+        self.ratio = float(ratio)
+        self.floor = float(floor)
+        self._deposits = [0.0] * _SLOTS
+        self._withdrawals = [0.0] * _SLOTS
+        self._at = [-1] * _SLOTS  # the whole second each slot holds (-1: never used)
+        self._seen = 0  # the first-attempt counter as of the last settle
+        self._seen_at: float | None = None
+        self._owed = 0  # retries paid for whose own attempts the counter has not seen yet
+
+    @property
+    def reserve(self) -> float:
+        """Retries the floor always allows over the window."""
+        return self.floor * WINDOW
+
+    def _slot(self, now: float) -> int:
+        second = math.floor(now / (WINDOW / _SLOTS))
+        index = second % _SLOTS
+        if self._at[index] != second:  # a slot from a window that has passed: start afresh
+            self._at[index] = second
+            self._deposits[index] = 0.0
+            self._withdrawals[index] = 0.0
+        return index
+
+    def _live(self, now: float) -> list[int]:
+        first = math.floor(now / (WINDOW / _SLOTS)) - _SLOTS + 1
+        return [i for i in range(_SLOTS) if self._at[i] >= first]
+
+    def deposit(self, now: float, attempts: float = 1.0) -> None:
+        """Count ``attempts`` first attempts made at ``now``."""
+        if attempts > 0:
+            self._deposits[self._slot(now)] += attempts
+
+    def settle(self, now: float, counted: int) -> None:
+        """Fold in the first attempts a lock-free counter saw since the last settle (``counted``
+        is its total). Those older than the window no longer pay: they count in proportion."""
+        new = counted - self._seen
+        if new < 0:  # a count read before the last one: nothing new (counters only grow)
+            return
+        last = self._seen_at
+        self._seen, self._seen_at = counted, now
+        paid = min(new, self._owed)  # attempts that were retries, not first attempts
+        self._owed -= paid
+        new -= paid
+        if new == 0:
+            return
+        if last is None:  # nothing is known of when these were made: as now
+            self.deposit(now, new)
+            return
+        elapsed = now - last
+        share = 1.0 if elapsed <= WINDOW else WINDOW / elapsed
+        self.deposit(now, new * share)
+
+    def skip(self) -> None:
+        """One attempt the counter will see is a retry this budget paid for, no first attempt."""
+        self._owed += 1
+
+    def balance(self, now: float) -> float:
+        """Retries that may be made now."""
+        live = self._live(now)
+        deposits = sum(self._deposits[i] for i in live)
+        withdrawals = sum(self._withdrawals[i] for i in live)
+        return self.reserve + self.ratio * deposits - withdrawals
+
+    def try_withdraw(self, now: float) -> bool:
+        """Pay for one retry at ``now``; False (nothing paid) when the budget cannot."""
+        if self.balance(now) < 1.0:
+            return False
+        self._withdrawals[self._slot(now)] += 1.0
+        return True
+
+    def refill_in(self, now: float) -> float:
+        """Seconds until the oldest slot leaves the window (when a denied retry may be paid)."""
+        step = WINDOW / _SLOTS
+        return step - (now % step) if step > 0 else 0.0
+
+
+class SpendCap:
+    """At most ``limit`` tokens per ``window`` seconds, the window starting with a spend."""
+
+    __slots__ = ("limit", "spent", "started", "window")
+
+    def __init__(self, limit: float, window: float) -> None:
+        self.limit = float(limit)
+        self.window = float(window)
+        self.spent = 0.0
+        self.started: float | None = None
+
+    def _roll(self, now: float) -> None:
+        if self.started is not None and now >= self.started + self.window:
+            self.started, self.spent = None, 0.0
+
+    def spend(self, now: float, tokens: float) -> None:
+        """Count ``tokens`` spent at ``now``."""
+        if not (tokens > 0 and math.isfinite(tokens)):
+            return
+        self._roll(now)
+        if self.started is None:
+            self.started = now
+        self.spent += tokens
+
+    def refusal(self, now: float) -> float | None:
+        """Seconds until calls are allowed again, or None while the budget has tokens left."""
+        self._roll(now)
+        if self.spent < self.limit or self.started is None:
+            return None
+        return self.started + self.window - now
+
+    def view(self, now: float) -> dict[str, float]:
+        """``{spent, limit, resets_in}`` (``resets_in``: the whole window before a spend)."""
+        self._roll(now)
+        resets_in = self.window if self.started is None else self.started + self.window - now
+        return {"spent": self.spent, "limit": self.limit, "resets_in": resets_in}
+
+    def forget(self) -> None:
+        """Start afresh: nothing spent."""
+        self.started, self.spent = None, 0.0
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
+
+
+def _field(obj: object, name: str) -> object:
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # a hostile attribute: no usage here
+        return None
+
+
+def usage_tokens(response: object) -> float | None:
+    """The tokens a response says it used (its ``usage``: ``total_tokens``, or input plus
+    output as openai's ``prompt_tokens`` / ``completion_tokens`` and anthropic's
+    ``input_tokens`` / ``output_tokens`` name them), or None when it says nothing."""
+    usage = _field(response, "usage")
+    if usage is None:
+        usage = _field(response, "usage_metadata")  # gemini
+        if usage is not None:
+            return _number(_field(usage, "total_token_count"))
+        return None
+    total = _number(_field(usage, "total_tokens"))
+    if total is not None:
+        return total
+    parts = [
+        _number(_field(usage, name))
+        for name in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")
+    ]
+    known = [p for p in parts if p is not None]
+    return sum(known) if known else None
+
+
+class StreamUsage:
+    """The usage a stream's items report, item by item: a total (openai's last chunk, a
+    Responses ``response.completed``), or input and output apart (anthropic's
+    ``message_start`` and the cumulative output of its ``message_delta``). Items are SDK
+    objects or events whose ``data`` is the parsed JSON."""
+
+    __slots__ = ("parts",)
+
+    _SLOTS = (
+        ("total_tokens", 0),
+        ("input_tokens", 1),
+        ("prompt_tokens", 1),
+        ("output_tokens", 2),
+        ("completion_tokens", 2),
+    )
+
+    def __init__(self) -> None:
+        self.parts: list[float | None] = [None, None, None]  # total, input, output
+
+    def see(self, item: object) -> None:
+        """Read what ``item`` says it used, if anything."""
+        data = _field(item, "data")
+        if data is None or isinstance(data, str | bytes):
+            data = item
+        for holder in (data, _field(data, "message"), _field(data, "response")):
+            usage = _field(holder, "usage") if holder is not None else None
+            if usage is not None:
+                break
+        else:
+            return
+        for key, slot in self._SLOTS:
+            value = _number(_field(usage, key))
+            if value is not None:
+                self.parts[slot] = value
+
+    @property
+    def total(self) -> float | None:
+        """The tokens the items said were used, or None when none said."""
+        total, given, made = self.parts
+        if total is not None:
+            return total
+        if given is None and made is None:
+            return None
+        return (given or 0.0) + (made or 0.0)
