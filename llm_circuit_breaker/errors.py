@@ -110,7 +110,9 @@ class ThrottledError(LLMCircuitBreakerError):
         super().__init__(name, retry_after)
         self.name = name
         self.retry_after = retry_after
-        self.reason = reason  # "rate_limit" (the throttle) or "concurrency" (max_concurrent)
+        # "rate_limit" (the throttle), "concurrency" (max_concurrent), "retry_budget" (an SDK's
+        # retry the retry budget cannot pay) or "token_budget" (BudgetExceededError)
+        self.reason = reason
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name, self.retry_after, self.reason))
@@ -119,6 +121,11 @@ class ThrottledError(LLMCircuitBreakerError):
         if self.reason == "concurrency":
             return (
                 f"circuit {self.name!r} has its max_concurrent calls in flight; "
+                f"retry in {self.retry_after:.3f}s"
+            )
+        if self.reason == "retry_budget":
+            return (
+                f"circuit {self.name!r} refused a retry: retry budget exhausted; "
                 f"retry in {self.retry_after:.3f}s"
             )
         return f"circuit {self.name!r} is throttled; a slot is free in {self.retry_after:.3f}s"
@@ -139,8 +146,12 @@ class BudgetExceededError(ThrottledError):
         LLMCircuitBreakerError.__init__(self, name, retry_after, spent, limit)
         self.name = name
         self.retry_after = retry_after
+        self.reason = "token_budget"
         self.spent = spent
         self.limit = limit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.retry_after, self.spent, self.limit))
 
     def __str__(self) -> str:
         return (

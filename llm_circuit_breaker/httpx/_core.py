@@ -160,7 +160,7 @@ class Core:
         if retry == "0" or not retry.isdigit():
             return None
         if not breaker.try_spend_retry():
-            return ThrottledError(breaker.name, 1.0)
+            return ThrottledError(breaker.name, 1.0, reason="retry_budget")
         breaker.record_retry(int(retry), SDKRetry(), 0.0)
         return None
 
