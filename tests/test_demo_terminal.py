@@ -79,6 +79,31 @@ def test_the_summary_ends_in_plain_words(screen: tuple[str, list[str]]) -> None:
     assert re.search(r"still answered", words)
     assert re.search(r"answered \d+ calls(:|, \d+ fewer than)", words)
     assert "times" not in re.sub(r"\d+ times|count against", "", words)
+    assert words.endswith("calls in all.")  # the takeaway is the last word
+
+
+@pytest.mark.parametrize("width", [60, 80, 132])
+def test_the_table_fits_any_width(width: int) -> None:
+    """The summary table keeps within the terminal: one line per row where it fits, else the
+    label above its figures."""
+    demo = Demo(3.0, 2, seed=0, out=io.StringIO(), width=width)
+    row = _results(ours=1000, bare=900, tenacity=950)["unprotected"]
+    row = {
+        **row,
+        "errors seen by callers": 700,
+        "seconds callers spent on failed calls": 12.5,
+        "answered in the rate-limited phase": 60,
+    }
+    demo.out = out = io.StringIO()
+    demo._table(
+        dict.fromkeys(
+            ("unprotected", "tenacity alone", "llm-circuit-breaker", "with fallbacks"), row
+        )
+    )
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= width for line in lines), lines
+    labelled = [line for line in lines if "calls answered" in line]
+    assert bool(re.search(r"\d", labelled[0])) == (width >= 120)
 
 
 def test_times_reads_as_english() -> None:

@@ -25,6 +25,7 @@ _COLOURS = {"CLOSED": "\x1b[32m", "OPEN": "\x1b[31m", "HALF_OPEN": "\x1b[33m"}
 _RESET = "\x1b[0m"
 _CLEAR = "\r\x1b[K"
 _WHAT = {name: what for name, _, what in PHASES}
+_SHORT = ("unprotected", "tenacity", "this lib", "fallbacks")
 _CLIENTS = (
     ("unprotected", "one plain HTTP request per call"),
     ("tenacity alone", "up to 4 attempts, exponential backoff with jitter"),
@@ -137,6 +138,7 @@ class Demo:
             "throttle; the last line follows its client: calls made, requests sent to the "
             "provider, calls answered (ok), refused at once, callers waiting for a throttle slot."
         )
+        started = time.monotonic()
         reporter = asyncio.create_task(self._delayed_report())
         try:
             await self.contest.run()
@@ -144,7 +146,7 @@ class Demo:
             reporter.cancel()
         if self.live:
             print(_CLEAR + self._line(), file=self.out)
-        self._summary()
+        self._summary(time.monotonic() - started)
         return 0
 
     async def _delayed_report(self) -> None:
@@ -175,6 +177,8 @@ class Demo:
             ("success rate of calls in the outage", "success rate in the outage"),
         )
         cells = [f"{name:>{len(name) + 2}}" for name in NAMES]
+        if len("".join(cells)) >= self.width:  # a narrow terminal: short column names
+            cells = [f"{name:>11}" for name in _SHORT]
         label_width = max(len(label) for label, _ in rows)
         wide = 2 + label_width + sum(len(cell) for cell in cells) < self.width
         indent = (
@@ -192,16 +196,16 @@ class Demo:
                 print(f"  {label}", file=self.out)
                 print(indent + values, file=self.out)
 
-    def _summary(self) -> None:
+    def _summary(self, took: float) -> None:
         results = self.contest.results()
         print(file=self.out)
-        self._say("summary: the same script, four clients side by side")
+        self._say(f"summary: the same script, four clients side by side ({took:.1f} s)")
         self._table(results)
         ours = results["llm-circuit-breaker"]
         errors = ours["errors by type"]
         opened = sum(1 for _, change in self.changes if change.new.value == "OPEN")
         paused = sum(1 for _, e in self.throttle_events if e.new.value == "THROTTLED")
-        took = self.recovery_time()
+        recovery = self.recovery_time()
         print(file=self.out)
         self._say("this library's callers:")
 
@@ -221,7 +225,7 @@ class Demo:
         say("other errors: " + (", ".join(f"{v} {k}" for k, v in others.items()) or "none"))
         say(f"retries: {self.breaker.stats.retries}")
         say(f"circuit opened {times(opened)}; throttle paused {times(paused)}")
-        recovered = "not within the run" if took is None else f"{took:.2f}s"
+        recovered = "not within the run" if recovery is None else f"{recovery:.2f}s"
         say(f"recovery to CLOSED: {recovered} after the provider recovered")
         served = self.contest.chain.fallback_stats  # type: ignore[attr-defined]
         say(
@@ -286,7 +290,4 @@ def _cell(value: object, key: str, width: int) -> str:
 
 def run_demo(duration: float, concurrency: int, seed: int, out: TextIO = sys.stdout) -> int:
     """Run the demo; the exit status."""
-    started = time.monotonic()
-    status = asyncio.run(Demo(duration, concurrency, seed, out).run())
-    print(f"  wall time: {time.monotonic() - started:.1f}s", file=out)
-    return status
+    return asyncio.run(Demo(duration, concurrency, seed, out).run())
