@@ -11,6 +11,8 @@ in plain words.
 from __future__ import annotations
 
 import asyncio
+import collections
+import re
 import shutil
 import sys
 import textwrap
@@ -56,6 +58,8 @@ class Demo:
         self.changes: list[tuple[float, StateChange]] = []
         self.throttle_events: list[tuple[float, ThrottleEvent]] = []
         self.phase = ""
+        self.shown: set[tuple[str, str]] = set()  # events shown in this phase
+        self.repeats: collections.Counter[str] = collections.Counter()  # and not shown again
         self.breaker.add_listener(self._changed)
 
     # -- output ----------------------------------------------------------------------------
@@ -77,14 +81,29 @@ class Demo:
             self.changes.append((elapsed, change))
             what = f"{change.old.value} -> {change.new.value}"
         self._announce(elapsed)
+        # Within a phase an event is shown once; its repeats (a probe failing every reset
+        # timeout, a throttle pausing again) are counted and summed up at the phase's end.
+        kind = (what, re.sub(r"[0-9.]+", "#", change.reason))
+        if kind in self.shown:
+            self.repeats[what] += 1
+            return
+        self.shown.add(kind)
         self._say(f"[{elapsed:5.1f}s] {what}: {change.reason}", indent=" " * 9)
 
     def _announce(self, elapsed: float) -> None:
         """Say what the new phase brings, once, when the script enters it."""
         phase = self.scenario.phase_at(elapsed)
         if phase != self.phase:
+            self._flush_repeats()
             self.phase = phase
             self._say(f"[{elapsed:5.1f}s] -- {phase}: {_WHAT[phase]}", indent=" " * 9)
+
+    def _flush_repeats(self) -> None:
+        if self.repeats:
+            counts = ", ".join(f"{what} {times(n)}" for what, n in self.repeats.items())
+            self._say(f"{'':9}and again: {counts}", indent=" " * 9)
+        self.repeats.clear()
+        self.shown.clear()
 
     def _line(self) -> str:
         """The live line: at most ``width - 1`` columns (the last would wrap)."""
@@ -144,6 +163,7 @@ class Demo:
             await self.contest.run()
         finally:
             reporter.cancel()
+        self._flush_repeats()
         if self.live:
             print(_CLEAR + self._line(), file=self.out)
         self._summary(time.monotonic() - started)
