@@ -153,7 +153,7 @@ class Demo:
         for name, what in _CLIENTS:
             self._say(f"  {name:<20} {what}", indent=" " * 23)
         self._say(
-            "Below: what each phase brings, and every change of this library's circuit and "
+            "Below: what each phase brings, and the changes of this library's circuit and "
             "throttle; the last line follows its client: calls made, requests sent to the "
             "provider, calls answered (ok), refused at once, callers waiting for a throttle slot."
         )
