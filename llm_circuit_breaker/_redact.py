@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 __all__ = [
     "REDACTED",
     "Headers",
+    "MAX_REDACTED_TEXT",
     "is_secret_name",
     "redact_headers",
     "redact_text",
@@ -32,24 +34,34 @@ _SECRET_WORDS = (
     r"session|sig"
 )
 _SECRET_NAME = re.compile(_SECRET_WORDS, re.IGNORECASE)
-_SECRET_VALUE = re.compile(
-    r"(?i)(bearer\s+|basic\s+)[^\s,;\"']+"  # Authorization: Bearer <token>
+# The patterns are linear in their input: no part backtracks over a run it has already scanned
+# (a pair's name is a whole run of [\w.-], looked at once from where it starts; whitespace is
+# taken possessively), so "key.key.key..." or "key=" and blanks cost one pass. They apply in
+# turn: URL credentials, then pairs (a pair's match never ends inside a run, so the next name is
+# seen from its start), then the shapes, anywhere, names of pairs included.
+_URL_CREDENTIALS = re.compile(r"://[^/\s:@]*+:[^/\s@]++@")  # user:password@ in a URL
+# name=value / name: value where the name looks like a credential (query strings, headers echoed
+# in messages, form bodies): the name is a run of [\w.-] holding one of the words between
+# separators; the value runs to the next separator
+_SECRET_PAIR = re.compile(
+    rf"(?i)((?<![\w.-])(?=[\w.-]*?(?<![^\W_])(?:{_SECRET_WORDS})(?![^\W_]))[\w.-]++"
+    r"(?:\s*+=\s*+|:\s*+|\"\s*+:\s*+\"|'\s*+:\s*+'|\s++provided:\s*+))"
+    r"(?!\[REDACTED\])(?:(?:bearer|basic)\s++)?[^\s&#,;\"'}]+"
+)
+_SECRET_SHAPE = re.compile(
+    r"(?i)(bearer\s++|basic\s++)[^\s,;\"']+"  # Authorization: Bearer <token>
     r"|\b(sk-[\w-]{6,}|sk-ant-[\w-]{6,}|AIza[\w-]{20,}|gsk_[\w-]{10,}|xai-[\w-]{10,})"
-    # name=value / name: value where the name looks like a credential (query strings, headers
-    # echoed in messages, form bodies); the value runs to the next separator
-    rf"|(\b(?:[\w.]*[-_.])?(?:{_SECRET_WORDS})(?:[-_.][\w.-]*)?"
-    r"(?:\s*=\s*|:\s*|\"\s*:\s*\"|'\s*:\s*'|\s+provided:\s*))"
-    r"(?!\s*\[REDACTED\])(?:(?:bearer|basic)\s+)?[^\s&#,;\"'}]+"
-    # user:password@ in a URL
-    r"|(://)[^/\s:@]*:[^/\s@]+@"
 )
 
 
 # The credential values this process has sent (the HTTP client's credential headers): masked
 # wherever they are echoed, whatever their shape (an Azure hex key in an error body ...).
-_KNOWN: dict[str, None] = {}
+# Calls on many threads remember and read it at once, and judging takes no lock: a bounded
+# deque appends (dropping the oldest) and copies in one step each.
 _MAX_KNOWN = 256
+_KNOWN: deque[str] = deque(maxlen=_MAX_KNOWN)
 _MIN_SECRET = 8  # shorter values would mask ordinary words
+MAX_REDACTED_TEXT = 16 * 1024  # longer text (a hostile header value, a message) is cut first
 
 
 def remember_secrets(headers: Mapping[str, str]) -> None:
@@ -60,9 +72,7 @@ def remember_secrets(headers: Mapping[str, str]) -> None:
         for part in (value, *str(value).split()[1:]):  # "Bearer <token>": the token too
             part = str(part).strip()
             if len(part) >= _MIN_SECRET and part not in _KNOWN:
-                _KNOWN[part] = None
-                while len(_KNOWN) > _MAX_KNOWN:
-                    del _KNOWN[next(iter(_KNOWN))]
+                _KNOWN.append(part)
 
 
 def is_secret_name(name: object) -> bool:
@@ -70,22 +80,31 @@ def is_secret_name(name: object) -> bool:
     return bool(_SECRET_NAME.search(str(name)))
 
 
-def redact_text(text: str) -> str:
-    """Mask credentials in free text (see the module docs)."""
+def redact_text(text: str, *, limit: int = MAX_REDACTED_TEXT) -> str:
+    """Mask credentials in free text (see the module docs); text past ``limit`` characters is
+    cut before it is read, up to its last blank (a secret cut in two would not be recognised),
+    and ends with ``...``."""
 
     def mask(match: re.Match[str]) -> str:
-        if match.group(4) is not None:
-            return f"://{REDACTED}@"
-        return (match.group(1) or match.group(3) or "") + REDACTED
+        return (match.group(1) or "") + REDACTED
 
     try:
-        text = str(text)
-        for secret in list(_KNOWN):
+        text = _cut(str(text), limit)
+        for secret in _KNOWN.copy():
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        return _SECRET_VALUE.sub(mask, text)
+        text = _URL_CREDENTIALS.sub(f"://{REDACTED}@", text)
+        return _SECRET_SHAPE.sub(mask, _SECRET_PAIR.sub(mask, text))
     except Exception:  # a str subclass with a hostile __str__: show nothing rather than fail
         return REDACTED
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    blank = max(head.rfind(c) for c in " \t\r\n\f\v")
+    return head[: blank + 1] + "..."
 
 
 def redact_url(url: str) -> str:

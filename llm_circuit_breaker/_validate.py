@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 __all__ = [
     "MAX_SECONDS",
     "OptionTypeError",
+    "caller_stacklevel",
     "check_option_names",
     "count",
     "exception_types",
@@ -72,16 +74,31 @@ def exception_types(name: str, value: Any) -> tuple[type[BaseException], ...]:
     return types
 
 
-def warn_if_milliseconds(owner: str, name: str, value: Any, *, stacklevel: int = 3) -> None:
-    """Warn when a time option looks like milliseconds (``reset_timeout=30000``)."""
+def warn_if_milliseconds(owner: str, name: str, value: Any) -> None:
+    """Warn when a time option looks like milliseconds (``reset_timeout=30000``), pointing at
+    the caller's line."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if number and value >= _MILLISECOND_SUSPECT:
         warnings.warn(
             f"{_label(owner, name)}={value!r} is in seconds ({value / 3600:.1f} hours); "
             f"did you mean milliseconds? Use {name}={value / 1000:g} for {value:g} ms",
             UserWarning,
-            stacklevel=stacklevel,
+            stacklevel=caller_stacklevel(),
         )
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning issued by the function calling this one point at
+    the first frame outside the package (and the dataclass machinery): the caller's line."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None:
+        module = frame.f_globals.get("__name__", "")
+        ours = module == "llm_circuit_breaker" or module.startswith("llm_circuit_breaker.")
+        if not (ours or module == "dataclasses" or frame.f_code.co_filename.startswith("<")):
+            break
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _snake(name: str) -> str:

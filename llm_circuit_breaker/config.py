@@ -53,7 +53,7 @@ class _Options:
 
     def _warn_milliseconds(self) -> None:
         for name in self._time_fields:
-            check.warn_if_milliseconds(type(self).__name__, name, getattr(self, name), stacklevel=5)
+            check.warn_if_milliseconds(type(self).__name__, name, getattr(self, name))
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -209,6 +209,7 @@ class RetryConfig(_Options):
 
     def __post_init__(self) -> None:
         name = "with_retry"
+        self._warn_milliseconds()  # first: initial_delay=1000 also fails the max_delay check
         check.count(name, "max_retries", self.max_retries, 0)
         check.seconds(name, "initial_delay", self.initial_delay, allow_zero=True)
         check.seconds(name, "max_delay", self.max_delay, allow_zero=True)
@@ -245,7 +246,6 @@ class RetryConfig(_Options):
                 )
         if self.on_retry is not None and not callable(self.on_retry):
             raise check.OptionTypeError(f"on_retry must be callable, got {self.on_retry!r}")
-        self._warn_milliseconds()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> RetryConfig:

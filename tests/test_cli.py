@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -83,6 +84,9 @@ def test_status_lists_shared_circuits(
     data = json.loads(capsys.readouterr().out)
     assert data["openai"]["state"] == "OPEN"
     assert data["anthropic"]["failure_count"] == 0
+    # Unix time by the Redis server's clock, named so: not a snapshot's opened_at
+    assert "opened_at" not in data["openai"]
+    assert abs(data["openai"]["opened_at_unix"] - time.time()) < 3600
 
 
 def test_status_groups_scoped_breakers(
@@ -138,3 +142,13 @@ def test_status_never_prints_the_redis_password(
     main(["status", "--redis", f"redis://:hunter2-secret@127.0.0.1:{redis_server.port}/0"])
     captured = capsys.readouterr()
     assert "hunter2-secret" not in captured.out + captured.err
+
+
+def test_status_help_points_in_process_views_to_prometheus(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """status --help says that a running app's in-process breakers are Prometheus's to show."""
+    with pytest.raises(SystemExit):
+        main(["status", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "in-process view" in text and "Prometheus" in text

@@ -311,4 +311,5 @@ def test_sdk_retries_multiply(llm_server: FakeLLMServer) -> None:
 
     assert attempts(0) == 3
     assert breaker_registry.get("openai-sdk-0").state is CircuitState.CLOSED
-    assert attempts(2) == 9
+    with pytest.warns(UserWarning, match="max_retries=0"):  # with_retry points it out
+        assert attempts(2) == 9

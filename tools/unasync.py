@@ -39,6 +39,10 @@ RENAMES = {
     "AsyncCircuitBreakerTransport": "CircuitBreakerTransport",
     "AsyncBaseTransport": "BaseTransport",
     "AsyncByteStream": "SyncByteStream",
+    "AsyncHTTPTransport": "HTTPTransport",
+    "_AsyncBody": "_SyncBody",
+    "aread_capped": "read_capped",
+    "abreaker_and_body": "breaker_and_body",
     "handle_async_request": "handle_request",
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",
@@ -80,16 +84,19 @@ def _generated(source: pathlib.Path, rule: unasync.Rule) -> tuple[pathlib.Path, 
     target = pathlib.Path(rule.todir) / rel
     tokens = tokenize_rt.src_to_tokens(source.read_text(encoding="utf-8"))
     text = tokenize_rt.tokens_to_src(rule._unasync_tokens(tokens))
-    # ruff formats the twin as it formats everything else (lines that lost an ``await`` rejoin).
-    formatted = subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(target), "-"],
-        input=HEADER + text,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
-    return target, formatted.stdout
+    # ruff sorts the twin's imports (renamed names move) and formats it as it formats
+    # everything else (lines that lost an ``await`` rejoin).
+    text = HEADER + text
+    for command in (["check", "--select", "I", "--fix", "--quiet"], ["format"]):
+        text = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, "--stdin-filename", str(target), "-"],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout
+    return target, text
 
 
 def main(argv: list[str]) -> int:

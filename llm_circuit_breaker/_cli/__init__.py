@@ -47,7 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status",
         help="print the states of the breakers shared through Redis",
-        description="Print the circuits and throttles a RedisStateStore keeps.",
+        description=(
+            "Print the states of the breakers that processes share through a RedisStateStore. "
+            "Breakers kept in a running app's memory are not visible from outside: for an "
+            "in-process view, export them with the Prometheus collector (or OpenTelemetry), "
+            "or read breaker_registry.snapshot() inside the app."
+        ),
     )
     status.add_argument(
         "--redis", required=True, help="Redis URL, such as redis://localhost:6379/0"

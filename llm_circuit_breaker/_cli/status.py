@@ -1,4 +1,11 @@
-"""``python -m llm_circuit_breaker status --redis URL``: the shared breakers' states."""
+"""``python -m llm_circuit_breaker status --redis URL``: the shared breakers' states.
+
+It reads Redis, where every process using a ``RedisStateStore`` keeps its breakers; breakers in
+a process's memory are seen from inside (``breaker_registry.snapshot()``) or through the
+Prometheus / OpenTelemetry exporters. With ``--json``, ``opened_at_unix`` is when a circuit
+opened in Unix time (the Redis server's clock): not the ``opened_at`` of an in-process
+snapshot, which is on the breaker's own clock.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +39,9 @@ def run_status(url: str, prefix: str, *, as_json: bool, out: TextIO | None = Non
         )
         return 2
     if as_json:
-        print(json.dumps(circuits, indent=2), file=out)
+        print(
+            json.dumps({name: _unix(view) for name, view in circuits.items()}, indent=2), file=out
+        )
     else:
         _table(circuits, prefix, out)
     return 0
@@ -63,3 +72,8 @@ def _throttle(view: dict[str, Any]) -> str:
     if paused:
         return f"paused {paused:.1f}s"
     return "-" if left is None else f"{left} requests left"
+
+
+def _unix(view: dict[str, Any]) -> dict[str, Any]:
+    """``view`` with its ``opened_at`` (Unix time, from Redis) named for what it is."""
+    return {("opened_at_unix" if key == "opened_at" else key): value for key, value in view.items()}

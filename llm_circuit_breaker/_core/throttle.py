@@ -281,6 +281,19 @@ class ThrottleCore:
             return True
         return False
 
+    def forget(self) -> None:
+        """Forget what was learned: pauses, the adaptive backoff, the limits the headers told;
+        the configured ``requests_per_minute`` / ``tokens_per_minute`` stay (a reset)."""
+        config = self.config
+        self.requests, self.tokens = Pacer(), Pacer()
+        if config.requests_per_minute is not None:
+            self.requests.configure(config.requests_per_minute / 60.0, config.requests_per_minute)
+        if config.tokens_per_minute is not None:
+            self.tokens.configure(config.tokens_per_minute / 60.0, config.tokens_per_minute)
+        self.paused_until = _NEVER
+        self.backoff = 0.0
+        self.provisional = self.limited = False
+
     @property
     def quiet(self) -> bool:
         """Whether a success changes nothing here (no pause to shrink or end)."""

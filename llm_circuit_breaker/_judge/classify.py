@@ -39,6 +39,7 @@ from llm_circuit_breaker._judge.kinds import (
     message_of,
     per_day_quota,
 )
+from llm_circuit_breaker._judge.local import is_local
 from llm_circuit_breaker._judge.probe import (
     attr,
     chain,
@@ -177,6 +178,8 @@ def _classify(exc: BaseException) -> Classification:
                 retry_after=_body_hint(candidate, body),
                 error_type=_first_code(candidate, body),
             )
+    if any(is_local(candidate) for candidate in links):
+        return Classification(ErrorKind.LOCAL)
     for candidate in reversed(links):  # the innermost transport error says most
         kind = _transport_kind(candidate)
         if kind is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -15,6 +16,7 @@ __all__ = [
     "TRANSPORT_KINDS",
     "Classification",
     "ErrorKind",
+    "parse_json",
 ]
 
 
@@ -102,6 +104,28 @@ STREAM_ERROR_STATUS = {
     ErrorKind.CLIENT: 400,
     ErrorKind.AUTH: 401,
 }
+
+
+_MAX_DEPTH = 64  # no provider's error nests deeper; far deeper breaks json, repr and str
+
+
+def parse_json(raw: str | bytes) -> Any:
+    """``raw`` parsed as JSON, else ``raw`` as text: when it is not JSON, and when it nests
+    deeper than 64 (``[[[[...`` would raise ``RecursionError`` here or wherever it is shown)."""
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    try:
+        value = json.loads(text)
+    except Exception:  # ValueError, and RecursionError on a body nested too deep
+        return text
+    stack = [(value, 0)]
+    while stack:  # depth-first, without recursion
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= _MAX_DEPTH:
+                return text
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return value
 
 
 def error_object_of(body: Any) -> dict[str, Any]:

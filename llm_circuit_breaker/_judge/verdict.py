@@ -34,11 +34,23 @@ _NEVER_FAILURES = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
 def _cancelled(exc: BaseException) -> bool:
-    asyncio = sys.modules.get("asyncio")  # no task can be cancelled before asyncio is loaded
-    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
+    """A runtime cancelled the call (asyncio, trio, anyio on either, a killed greenlet)."""
+    # Nothing can be cancelled by a runtime that is not loaded: only loaded ones are asked.
+    for module, name in _CANCELLATIONS:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name)):
+            return True
+    return False
 
 
-_RETRYABLE_KINDS = TRANSPORT_KINDS | {ErrorKind.POOL}
+_CANCELLATIONS = (
+    ("asyncio", "CancelledError"),
+    ("trio", "Cancelled"),
+    ("greenlet", "GreenletExit"),
+)
+
+
+_RETRYABLE_KINDS = TRANSPORT_KINDS  # not POOL: the client's own pool, full, is ours to fix
 _DEFAULT_CONFIG = CircuitBreakerConfig()
 _DEFAULT_RETRY = RetryConfig()
 
@@ -66,7 +78,24 @@ def judge(
     *,
     name: str = "",
 ) -> Verdict:
-    """Decide what ``exc`` means under ``config`` (the breaker's), ``retry`` and ``rules``."""
+    """Decide what ``exc`` means under ``config`` (the breaker's), ``retry`` and ``rules``.
+
+    Never raises: an error that cannot be judged (a hostile ``__instancecheck__``, a body that
+    breaks what reads it) is a failure, not retried, so an attempt is always reported."""
+    try:
+        return _judge(exc, config, retry, rules, name)
+    except Exception:
+        logger.exception("circuit %r: could not judge an error; counted as a failure", name)
+        return Verdict(Outcome.FAILURE, False, None, None, "unjudged error", ErrorKind.OTHER, None)
+
+
+def _judge(
+    exc: BaseException,
+    config: CircuitBreakerConfig,
+    retry: RetryConfig,
+    rules: BreakerRules,
+    name: str,
+) -> Verdict:
     if isinstance(exc, ThrottledError):
         wait = exc.retry_after
         retry_it = retry.respect_retry_after and wait <= retry.max_delay
@@ -79,7 +108,7 @@ def judge(
         )
     refused = refusal_of(exc)  # an SDK's error around the httpx transport's refusal
     if refused is not None:
-        return judge(refused, config, retry, rules, name=name)
+        return _judge(refused, config, retry, rules, name)
     found = classify(exc)
     hint = found.retry_after if retry.respect_retry_after else None
     outcome, open_for, reason = _breaker_column(exc, found, config, rules, name)

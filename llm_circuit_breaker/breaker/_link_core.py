@@ -66,7 +66,7 @@ class LinkCore:
         self.cause: BaseException | None = None  # the error that last opened the circuit
         self._deciding_locally = False
         self._known = View(CircuitState.CLOSED, 0, 0, None, 0.0)
-        self._known_at = time.monotonic()
+        self._known_at = local.now()
         self.waiting = 0  # callers of this process asleep until their shared throttle slot
         # seconds a CLOSED, clean view admits calls without asking the store
         self.near_cache: float = getattr(store, "near_cache", 0.0)
@@ -99,6 +99,8 @@ class LinkCore:
     def unasked(self) -> tuple[Entry | None, float, Terms]:
         """Past the near-cache: the entry this process's lease gives (None: the store must be
         asked), the call's estimated tokens, and the lease's terms for the store."""
+        if self.local.rejoin is not None:  # forgotten by the registry: back in it first
+            self.local.return_to_registry()
         tokens = TOKEN_COST.get()
         entry = self.leased(tokens) if self.lease else None
         return entry, tokens, (() if entry is not None else self.lease.terms())
@@ -124,7 +126,7 @@ class LinkCore:
         if self._deciding_locally:
             self._deciding_locally = False
             self._event(self.local.state, view.state, "shared store reachable again: following it")
-        self._known, self._known_at = view, time.monotonic()
+        self._known, self._known_at = view, self._now()
         if not view.clean:  # something changed: the next admission asks the store
             self._cached_permit = -1
             self.lease.drop()
@@ -281,7 +283,7 @@ class LinkCore:
             return self.local.view()
         known = self._known
         if known.state is CircuitState.OPEN and known.retry_after is not None:
-            left = known.retry_after - (time.monotonic() - self._known_at)
+            left = known.retry_after - (self._now() - self._known_at)
             if left <= 0:
                 return _HALF_OPEN_NOW
             return View(

@@ -6,15 +6,16 @@ sync store, coroutines for an asyncio one); its :class:`Telemetry` reports eithe
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from llm_circuit_breaker._core.permits import REJECTED
 from llm_circuit_breaker._core.state import CircuitState, Outcome
 from llm_circuit_breaker._core.throttle import Wait
 from llm_circuit_breaker._core.views import Control, View
+from llm_circuit_breaker.breaker import clock as clock_module
 from llm_circuit_breaker.breaker.circuit import Entry, LocalCircuit
+from llm_circuit_breaker.breaker.clock import TimeSource
 from llm_circuit_breaker.breaker.telemetry import (
     BreakerStats,
     Listener,
@@ -39,11 +40,13 @@ Clock = Callable[[], float]
 class CircuitBreaker:
     """One circuit, shared by every caller that names it.
 
-    ``state`` reads OPEN -> HALF_OPEN lazily from the clock (``clock=`` returns monotonic
-    seconds; inject one in tests: a clock with ``sleep`` / ``async_sleep`` methods, such as
-    ``testing.FakeClock``, also serves the throttle's waits). ``store=`` keeps the circuit in a
-    shared store (say a ``RedisStateStore``); with an asyncio store the breaker's calls are
-    coroutines (``await breaker.aenter()`` ...) and ``is_async`` is True.
+    ``state`` reads OPEN -> HALF_OPEN lazily from the library's time source
+    (:mod:`llm_circuit_breaker.breaker.clock`, which tests replace) or from ``clock=``, a
+    callable returning monotonic seconds that this breaker keeps (one with ``sleep`` /
+    ``async_sleep`` methods, such as ``testing.FakeClock``, also serves the throttle's waits).
+    ``store=`` keeps the circuit in a shared store (say a ``RedisStateStore``); with an
+    asyncio store the breaker's calls are coroutines (``await breaker.aenter()`` ...) and
+    ``is_async`` is True.
 
     Calls are admitted with ``enter()`` (a permit, or the :class:`CircuitOpenError` to raise;
     :meth:`admit` raises it) and report with ``record_success(permit)`` / :meth:`record`; the
@@ -68,15 +71,13 @@ class CircuitBreaker:
         self.name = name
         self.config = config or CircuitBreakerConfig()
         self.store = store
-        # A test clock that can sleep (``testing.FakeClock``) also drives the throttle's waits.
-        self._sleep: Callable[[float], object] = getattr(clock, "sleep", time.sleep)
-        self._async_sleep: Callable[[float], Awaitable[object]] | None = getattr(
-            clock, "async_sleep", None
-        )
+        # Without a clock of its own the breaker reads (and waits with) the library's time
+        # source; a clock that can sleep (``testing.FakeClock``) also drives the throttle's waits.
+        self._time = clock_module.SHARED if clock is None else TimeSource.of(clock)
         self._telemetry = Telemetry(name, self.config.enabled)
         self._telemetry.breaker = self
         # With a store, the local circuit (and its throttle) decides while the store is down.
-        self._local = LocalCircuit(name, self.config, clock or time.monotonic, self._telemetry)
+        self._local = LocalCircuit(name, self.config, self._time, self._telemetry)
         self._link: StoreLink | None = None
         self._alink: AsyncStoreLink | None = None
         parts = (name, self.config, self._local, self._telemetry)
@@ -128,11 +129,12 @@ class CircuitBreaker:
         return (self._link or self._local).waited(wait, gave_up=gave_up)
 
     def wait(self, wait: Wait) -> int:
-        """Sleep (``time.sleep``) until a throttle slot; the permit it held. A pause that a
-        rate limit set meanwhile, past the slot, is waited out too (or ``ThrottledError``)."""
+        """Sleep (``time.sleep``, looked up now) until a throttle slot; the permit it held. A
+        pause that a rate limit set meanwhile, past the slot, is waited out too (or
+        ``ThrottledError``)."""
         while True:
             try:
-                self._sleep(wait.seconds)
+                self._time.sleep(wait.seconds)
             except BaseException:
                 self._settle(wait, gave_up=True)
                 raise
@@ -215,13 +217,11 @@ class CircuitBreaker:
         return self._settle(wait, gave_up=gave_up)
 
     async def await_slot(self, wait: Wait) -> int:
-        """Sleep (``asyncio.sleep``) until a throttle slot; the permit it held. Cancelling
-        frees the slot; a pause set meanwhile, past the slot, is waited out too."""
-        import asyncio
-
+        """Sleep (``asyncio.sleep``, ``trio.sleep``) until a throttle slot; the permit it held.
+        Cancelling frees the slot; a pause set meanwhile, past the slot, is waited out too."""
         while True:
             try:
-                await (self._async_sleep or asyncio.sleep)(wait.seconds)
+                await self._time.async_sleep(wait.seconds)
             except BaseException:
                 await self._asettle(wait, gave_up=True)
                 raise
@@ -384,8 +384,25 @@ class CircuitBreaker:
             self._local.control(action)
 
     def reset(self) -> None:
-        """Close the circuit with clean counts (statistics are kept)."""
+        """Close the circuit with clean counts and clear the throttle (a pause, the limits
+        learned from headers); the configured rates and the statistics are kept."""
         self._control("reset")
+
+    def _restart(self) -> None:
+        """Fresh state in place: :meth:`reset`, statistics zeroed (``registry.reset_all()``).
+        An asyncio store is not awaited here: only this process's part restarts."""
+        if self._alink is not None:
+            self._local.control("reset")
+        else:
+            self.reset()
+        self._telemetry.zero()
+
+    def _detach(self, rejoin: Callable[[], None]) -> None:
+        """The registry forgot this breaker: its next admission calls ``rejoin`` first."""
+        self._local.detach(rejoin)
+        link = self._link or self._alink
+        if link is not None:
+            link.forget()  # past the near-cache and the lease, where a link looks for it
 
     def force_closed(self) -> None:
         """Close the circuit now, ending a forced or timed open; counting starts afresh."""

@@ -14,6 +14,8 @@ from llm_circuit_breaker._core.permits import REJECTED
 from llm_circuit_breaker._core.state import BreakerCore, CircuitState, Outcome, Transition
 from llm_circuit_breaker._core.throttle import TOKEN_COST, ThrottleCore, Wait, spread
 from llm_circuit_breaker._core.views import Control, View
+from llm_circuit_breaker.breaker import clock
+from llm_circuit_breaker.breaker.clock import TimeSource
 from llm_circuit_breaker.breaker.telemetry import Telemetry, refused
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
@@ -41,14 +43,15 @@ class LocalCircuit:
     """One circuit decided in this process (thread- and asyncio-safe)."""
 
     __slots__ = (
-        "_clock",
         "_core",
         "_count_rejection",
         "_count_success",
         "_lock",
+        "_time",
         "cause",
         "max_wait",
         "name",
+        "rejoin",
         "telemetry",
         "throttle",
     )
@@ -57,7 +60,7 @@ class LocalCircuit:
         self,
         name: str,
         config: CircuitBreakerConfig,
-        clock: Callable[[], float],
+        source: TimeSource,
         telemetry: Telemetry,
         *,
         paced: bool = True,
@@ -67,7 +70,9 @@ class LocalCircuit:
         # Bound once: the CLOSED success path and the fail-fast path call them.
         self._count_success = telemetry.count_success
         self._count_rejection = telemetry.count_rejection
-        self._clock = clock
+        self._time = source
+        # Set while the registry has forgotten this circuit: the next call puts it back.
+        self.rejoin: Callable[[], None] | None = None
         self._core = BreakerCore(config)
         self._lock = threading.Lock()
         self.cause: BaseException | None = None  # the error that last opened the circuit
@@ -78,7 +83,22 @@ class LocalCircuit:
     def _follow_throttle(self) -> None:
         """Send every call through the slow path while the throttle has a say (lock held)."""
         throttle = self.throttle
-        self._core.set_paced(throttle is not None and throttle.active)
+        self._core.set_paced((throttle is not None and throttle.active) or self.rejoin is not None)
+
+    def detach(self, rejoin: Callable[[], None]) -> None:
+        """The registry forgot this circuit: the next admission calls ``rejoin`` first (until
+        then every call takes the slow path, which is where it looks)."""
+        with self._lock:
+            self.rejoin = rejoin
+            self._follow_throttle()
+
+    def return_to_registry(self) -> None:
+        """Call the pending ``rejoin`` (once) and take the fast path again."""
+        rejoin, self.rejoin = self.rejoin, None
+        if rejoin is not None:
+            rejoin()
+        with self._lock:
+            self._follow_throttle()
 
     # -- admitting and recording -----------------------------------------------------------
 
@@ -90,7 +110,7 @@ class LocalCircuit:
         permit = core.lock_free_permit
         if permit >= 0:
             return permit
-        now = self._clock()
+        now = self._time.now()
         open_until = core.open_until
         if now < open_until and core.state is OPEN:  # failing fast needs no lock either
             # open_until is infinite only when held open; read without the lock, held_open may
@@ -102,6 +122,8 @@ class LocalCircuit:
             if self.telemetry.plain_refusals:
                 return error
             return self.telemetry.observed(error)
+        if self.rejoin is not None:
+            self.return_to_registry()
         with self._lock:
             permit = core.admit(now)
             retry_after = core.retry_after(now) if permit == REJECTED else 0.0
@@ -143,7 +165,7 @@ class LocalCircuit:
         new slot after the pause (another wait), or ``ThrottledError`` past the longest wait."""
         again: int | ThrottledError | Wait = wait.permit
         with self._lock:
-            now, throttle = self._clock(), self.throttle
+            now, throttle = self._time.now(), self.throttle
             if throttle is not None:
                 throttle.waiting -= 1
                 rebook = not gave_up and throttle.paused_until > max(wait.at, now)
@@ -190,7 +212,7 @@ class LocalCircuit:
         ``hint`` is the server's wait for a rate limit (``THROTTLED``)."""
         check_report(permit, outcome, open_for)
         with self._lock:
-            now = self._clock()
+            now = self._time.now()
             counted = self._core.record(permit, outcome, now, open_for=open_for, why=why)
             throttle = self.throttle
             news = None
@@ -212,8 +234,8 @@ class LocalCircuit:
 
     @property
     def now(self) -> Callable[[], float]:
-        """The breaker's clock."""
-        return self._clock
+        """The breaker's clock (the library's, read anew each time, unless it has its own)."""
+        return clock.now if self._time is clock.SHARED else self._time.now
 
     def observe(self, headers: object) -> None:
         """Feed a response's rate-limit headers to the throttle."""
@@ -227,7 +249,7 @@ class LocalCircuit:
         if limits is None:
             return
         with self._lock:
-            self.throttle.observe(limits, self._clock())
+            self.throttle.observe(limits, self._time.now())
             self._follow_throttle()
 
     @property
@@ -249,12 +271,12 @@ class LocalCircuit:
                 return dict.fromkeys(
                     ("paused_for", "requests_remaining", "tokens_remaining", "reset_in"), None
                 ) | {"waiting": 0}
-            return self.throttle.view(self._clock())
+            return self.throttle.view(self._time.now())
 
     def view(self) -> View:
         """The circuit now (applying the lazy OPEN -> HALF_OPEN)."""
         with self._lock:
-            now = self._clock()
+            now = self._time.now()
             core = self._core
             retry_after = core.retry_after(now)
             view = View(
@@ -273,20 +295,23 @@ class LocalCircuit:
     def state(self) -> CircuitState:
         """The current state without building a whole view."""
         with self._lock:
-            self._core.advance(self._clock())
+            self._core.advance(self._time.now())
             state = self._core.state
             transitions = self._drain()
         self.telemetry.publish(transitions)
         return state
 
     def control(self, action: Control) -> None:
-        """Reset, force open or force closed."""
+        """Reset (the circuit and the throttle), force open or force closed."""
         with self._lock:
-            now = self._clock()
+            now = self._time.now()
             if action == "force_open":
                 self._core.force_open(now)
             else:
                 self._core.close(now, "reset" if action == "reset" else "forced closed")
+            if action == "reset" and self.throttle is not None:
+                self.throttle.forget()  # a pause or a learned limit is state too
+                self._follow_throttle()
             transitions = self._drain()
         if action != "force_open":
             self.cause = None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,11 @@ class BreakerRegistry:
         self._breakers: dict[str, CircuitBreaker] = {}
         # Names of the scoped breakers, least recently used first.
         self._scoped: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Breakers forgotten by clear() that something still holds (a decoration, a facade, a
+        # transport): naming one again gives that very breaker back, so both agree on it.
+        self._retired: weakref.WeakValueDictionary[str, CircuitBreaker] = (
+            weakref.WeakValueDictionary()
+        )
         self._lock = threading.Lock()
 
     def get(self, name: str) -> CircuitBreaker:
@@ -130,15 +137,12 @@ class BreakerRegistry:
         with self._lock:
             breaker = self._breakers.get(name)
             if breaker is None:
-                if config is None and fields:
-                    config = CircuitBreakerConfig(**fields)
-                breaker = CircuitBreaker(name, config, clock=self._clock, store=self.store)
-                self._breakers[name] = breaker
-                for observer in self._observers:
-                    breaker.add_observer(observer)
-                if scoped:
-                    self._scoped[name] = None
-                    self._evict()
+                breaker = self._retired.pop(name, None)
+                if breaker is None or not _agrees(breaker, fields, self.store):
+                    if config is None and fields:
+                        config = CircuitBreakerConfig(**fields)
+                    breaker = CircuitBreaker(name, config, clock=self._clock, store=self.store)
+                self._register(breaker, scoped)
                 return breaker
             if scoped:
                 self.touch(name)
@@ -157,6 +161,29 @@ class BreakerRegistry:
                     "without config fields everywhere else"
                 )
         return breaker
+
+    def _register(self, breaker: CircuitBreaker, scoped: bool) -> None:
+        """Make ``breaker`` the one of its name (lock held)."""
+        name = breaker.name
+        self._breakers[name] = breaker
+        for observer in self._observers:
+            breaker.add_observer(observer)
+        if scoped:
+            self._scoped[name] = None
+            self._evict()
+
+    def _rejoin(self, forgotten: weakref.ref[CircuitBreaker], scoped: bool) -> None:
+        """A breaker forgotten by :meth:`clear` is used again: it is the one of its name once
+        more, unless the name went to another breaker meanwhile."""
+        breaker = forgotten()
+        if breaker is None:  # pragma: no cover - the caller holds it
+            return
+        with self._lock:
+            if breaker.name in self._breakers:
+                return
+            if self._retired.get(breaker.name) is breaker:
+                del self._retired[breaker.name]
+            self._register(breaker, scoped)
 
     def _evict(self) -> None:
         """Drop idle scoped breakers, oldest first, down to ``max_breakers`` (lock held)."""
@@ -196,7 +223,10 @@ class BreakerRegistry:
 
     def breakers(self) -> list[CircuitBreaker]:
         """The breakers, in name order."""
-        return [self._breakers[name] for name in sorted(self._breakers)]
+        with self._lock:  # eviction drops breakers under it
+            named = list(self._breakers.items())
+        named.sort(key=_first)
+        return [breaker for _, breaker in named]
 
     def remove(self, name: str) -> None:
         """Forget the breaker called ``name`` (``KeyError`` if there is none)."""
@@ -216,10 +246,31 @@ class BreakerRegistry:
             self._scoped.pop(breaker.name, None)
 
     def clear(self) -> None:
-        """Forget every breaker."""
+        """Forget every breaker, each reset in place as by :meth:`reset_all`.
+
+        Whatever still holds one (a decoration, a facade, a transport) keeps it: its next call
+        puts it back here, and naming it again (a new decoration with the same config ...)
+        gives that very breaker, so they and :meth:`get` agree on one breaker."""
         with self._lock:
+            scoped = set(self._scoped)
+            forgotten = list(self._breakers.values())
+            earlier = list(self._retired.values())  # forgotten before, their return pending
+            self._retired.update(self._breakers)
             self._breakers.clear()
             self._scoped.clear()
+        for breaker in earlier:
+            breaker._restart()
+        for breaker in forgotten:
+            breaker._restart()
+            rejoin = functools.partial(self._rejoin, weakref.ref(breaker), breaker.name in scoped)
+            breaker._detach(rejoin)
+
+    def reset_all(self) -> None:
+        """Reset every breaker here in place: circuit CLOSED with clean counts, throttle
+        unpaused with its learned limits forgotten (configured rates kept), statistics
+        zeroed. The objects stay, so everything that holds one sees the fresh state at once."""
+        for breaker in self.breakers():
+            breaker._restart()
 
     def __contains__(self, name: object) -> bool:
         return name in self._breakers
@@ -238,6 +289,17 @@ class BreakerRegistry:
 
     def __repr__(self) -> str:
         return f"BreakerRegistry({sorted(self._breakers)!r})"
+
+
+def _first(pair: tuple[str, CircuitBreaker]) -> str:
+    return pair[0]
+
+
+def _agrees(breaker: CircuitBreaker, fields: dict[str, Any] | None, store: object | None) -> bool:
+    """Whether a forgotten breaker can be named again with these config fields."""
+    if breaker.store is not store:
+        return False
+    return not fields or all(getattr(breaker.config, k) == v for k, v in fields.items())
 
 
 def _as_fields(config: CircuitBreakerConfig) -> dict[str, Any]:

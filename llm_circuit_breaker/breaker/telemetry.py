@@ -97,6 +97,11 @@ class WaitHistogram:
         self.counts[index] += 1
         self.total += seconds
 
+    def reset(self) -> None:
+        """Forget every wait."""
+        self.counts = [0] * (len(WAIT_BUCKETS) + 1)
+        self.total = 0.0
+
     def buckets(self) -> list[tuple[float, int]]:
         """``[(upper bound, calls that waited at most that long), ...]`` ending at +Inf."""
         running, out = 0, []
@@ -141,15 +146,23 @@ class BreakerStats:
 class _Tally:
     """A counter that threads may bump without a lock (``itertools.count`` is atomic)."""
 
-    __slots__ = ("_count", "add")
+    __slots__ = ("_count", "_zero", "add")
 
     def __init__(self) -> None:
         self._count = itertools.count()
         self.add = self._count.__next__
+        self._zero = 0  # the count at the last reset: ``add`` stays bound where it was handed
 
     @property
     def value(self) -> int:
+        return self._read() - self._zero
+
+    def _read(self) -> int:
         return int(repr(self._count)[6:-1])  # "count(N)": reading it does not bump it
+
+    def reset(self) -> None:
+        """Count from zero again."""
+        self._zero = self._read()
 
 
 class Telemetry:
@@ -187,6 +200,14 @@ class Telemetry:
         # Refusals need no more than a count: enforced, and nobody to tell.
         self.plain_refusals = enforced
         self.waits = WaitHistogram()
+
+    def zero(self) -> None:
+        """Zero every count and the wait histogram (``registry.reset_all()``)."""
+        for tally in (*self._tallies.values(), self._retries, self._rejections):
+            tally.reset()
+        for tally in self._changes.values():
+            tally.reset()
+        self.waits.reset()
 
     def tally(self, outcome: Outcome) -> None:
         """Count a finished call by its outcome as the circuit counted it."""
@@ -250,7 +271,9 @@ class Telemetry:
     # -- listeners and observers -----------------------------------------------------------
 
     def add_observer(self, observer: Observer) -> None:
-        """Tell ``observer`` of refusals and retries."""
+        """Tell ``observer`` of refusals and retries (once, however often it is added)."""
+        if observer in self._observers:
+            return
         self._observers.append(observer)
         self.plain_refusals = False
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import threading
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
 
+from llm_circuit_breaker._judge.local import is_local
 from llm_circuit_breaker.http._common import (
     BodyLimit,
     PreparedRequest,
@@ -30,6 +33,8 @@ def _translated(request: PreparedRequest) -> Iterator[None]:
     except (TimeoutError, asyncio.TimeoutError) as exc:  # one class on 3.11+, two on 3.10
         raise transport_error(request, exc, timed_out=True) from exc
     except aiohttp.ClientError as exc:
+        if is_local(exc):  # "Connector is closed": a session closed under this call
+            raise local_error(exc)
         raise transport_error(request, exc, timed_out=False) from exc
     except (ValueError, TypeError, OverflowError, RuntimeError) as exc:
         raise local_error(exc)
@@ -37,27 +42,51 @@ def _translated(request: PreparedRequest) -> Iterator[None]:
 
 class AsyncTransport:
     """Sends prepared requests through a ``ClientSession`` made in the running event loop: one
-    per loop, so ``asyncio.run(cb.acall(...))`` called again and again keeps working."""
+    per loop, so threads each running their own loop (``asyncio.run(cb.acall(...))`` in a thread
+    pool) share one facade, and a loop's session is never closed from another loop."""
 
     def __init__(
         self,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        self._session = session
-        self._owns_session = session is None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._given = session
+        # Weakly keyed on the loop. A session refers to its loop, so those of ended loops are
+        # let go explicitly (_sweep), not by the collector.
+        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Session] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
+    async def session(self) -> aiohttp.ClientSession:
+        """The running event loop's session (made on first use)."""
+        if self._given is not None:
+            return self._given
         loop = asyncio.get_running_loop()
-        if self._owns_session and (
-            self._session is None or self._session.closed or self._loop is not loop
-        ):
-            self._discard()
-            self._session, self._loop = aiohttp.ClientSession(), loop
-        if self._session is None:  # pragma: no cover - a given session is never None
-            raise RuntimeError("no client session")
-        return self._session
+        made = self._sessions.get(loop)
+        if made is None or made.session.closed:
+            made = _Session(aiohttp.ClientSession())
+            with self._lock:
+                ended = self._sweep()
+                self._sessions[loop] = made
+            await made.closer.__anext__()  # closes the session when asyncio.run ends the loop
+            for stale in ended:
+                _discard(stale.session)
+        return made.session
+
+    def sessions(self) -> list[aiohttp.ClientSession]:
+        """The sessions this transport holds, one per live event loop (those of ended loops
+        are let go first)."""
+        with self._lock:
+            ended = self._sweep()
+            live = [made.session for made in self._sessions.values()]
+        for stale in ended:
+            _discard(stale.session)
+        return live
+
+    def _sweep(self) -> list[_Session]:
+        """Take out the sessions whose event loop has ended (under the lock)."""
+        ended = [loop for loop in self._sessions if loop.is_closed()]
+        return [self._sessions.pop(loop) for loop in ended]
 
     async def _open(
         self, request: PreparedRequest, timeout: aiohttp.ClientTimeout, accept: str | None = None
@@ -67,7 +96,7 @@ class AsyncTransport:
             headers = dict(request.headers)
             if accept is not None:
                 headers["Accept"] = accept
-            response = await self.session.request(
+            response = await (await self.session()).request(
                 request.method,
                 request.url,
                 headers=headers,
@@ -121,28 +150,58 @@ class AsyncTransport:
             reader.finish()
 
     async def aclose(self) -> None:
-        """Close the session if this transport made it."""
-        if self._session is not None and self._owns_session:
-            if self._loop is asyncio.get_running_loop():
-                await self._session.close()
-            else:
-                self._discard()
-            self._session = self._loop = None
+        """Close the running event loop's session if this transport made it (and let go of
+        those of ended loops)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            made = self._sessions.pop(loop, None)
+            ended = self._sweep()
+        for stale in ended:
+            _discard(stale.session)
+        if made is not None:
+            await made.closer.aclose()
 
     def discard(self) -> None:
-        """Let go of the session of an event loop that has ended (``close()`` from sync code)."""
-        if self._loop is not None and self._loop.is_closed():
-            self._discard()
-            self._session = self._loop = None
+        """Close every session this transport made, as far as sync code can (``close()``): those
+        of ended or idle loops at once, those of loops running in other threads in their own."""
+        with self._lock:
+            taken = list(self._sessions.items())
+            self._sessions.clear()
+        for loop, made in taken:
+            if loop.is_running() and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # that loop has just been closed
+                    loop.call_soon_threadsafe(_discard, made.session)
+                    continue
+            _discard(made.session)
 
-    def _discard(self) -> None:
-        """Let go of a session made in an event loop that has ended: it cannot be awaited from
-        this one, so its connector is closed synchronously (nothing is left to leak)."""
-        session = self._session
-        if session is None or session.closed or not self._owns_session:
-            return
-        connector = session.connector
-        close_now = getattr(connector, "_close", None)  # sync; a no-op once its loop is closed
-        if close_now is not None:
-            close_now()
-        session.detach()
+
+class _Session:
+    """A loop's session and the async generator that closes it in that loop: asyncio.run()
+    closes a loop's async generators before the loop (``shutdown_asyncgens``), so
+    ``asyncio.run(cb.acall(...))`` leaves no connection open behind it."""
+
+    __slots__ = ("closer", "session")
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self.closer = _closing(session)
+
+
+async def _closing(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        if not session.closed:
+            await session.close()
+
+
+def _discard(session: aiohttp.ClientSession) -> None:
+    """Let go of a session that cannot be awaited from here: its connector is closed
+    synchronously (a no-op once its loop is closed: nothing is left to leak)."""
+    if session.closed:
+        return
+    connector = session.connector
+    close_now = getattr(connector, "_close", None)
+    if close_now is not None:
+        close_now()
+    session.detach()

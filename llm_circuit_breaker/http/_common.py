@@ -15,11 +15,13 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from llm_circuit_breaker._judge.classify import mark_local
+from llm_circuit_breaker._judge.kinds import parse_json
 from llm_circuit_breaker._redact import is_secret_name, redact_url, remember_secrets
 from llm_circuit_breaker.errors import (
     RequestTimeoutError,
@@ -33,6 +35,7 @@ __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
     "DEFAULT_MAX_RESPONSE_BYTES",
     "BodyLimit",
+    "Inflate",
     "PreparedRequest",
     "error_type_of",
     "local_error",
@@ -125,15 +128,6 @@ def prepare(
     )
 
 
-def _decode(body: bytes) -> Any:
-    """The body as JSON when it parses, else as text."""
-    text = body.decode("utf-8", errors="replace")
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def error_type_of(body: Any) -> str | None:
     """The provider's machine-readable error type in a parsed error body, if any."""
     if not isinstance(body, dict):
@@ -150,13 +144,13 @@ def error_type_of(body: Any) -> str | None:
 def parse_response(status: int, headers: Mapping[str, str], body: bytes, url: str) -> Any:
     """The parsed JSON of a 2xx response; an :class:`HTTPStatusError` for anything else."""
     if not 200 <= status < 300:
-        decoded = _decode(body)
+        decoded = parse_json(body)
         raise http_status_error(status, headers, decoded, url, error_type=error_type_of(decoded))
     if not body.strip():
         return None
     try:
         return json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         snippet = redact_text(body[:80].decode("utf-8", errors="replace"))
         raise TransportError(
             f"HTTP {status} body is not valid JSON ({exc}): {snippet!r}",
@@ -188,6 +182,43 @@ class BodyLimit:
     def body(self) -> bytes:
         """The body read so far."""
         return b"".join(self._chunks)
+
+
+_PIECE = 64 * 1024  # decoded bytes per step: a compression bomb is read in bounded pieces
+
+
+class Inflate:
+    """Undoes a ``gzip`` or ``deflate`` content-encoding as the body passes (the client decodes
+    it again for the SDK after us), in pieces of at most 64 KiB."""
+
+    __slots__ = ("_decoder", "_started", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        wbits = zlib.MAX_WBITS if name == "deflate" else zlib.MAX_WBITS | 16  # | 16: gzip
+        self._decoder = zlib.decompressobj(wbits)
+        self._started = False
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The decoded pieces of ``data``."""
+        if not self._started and self.name == "deflate":
+            try:  # "deflate" is meant to be zlib-wrapped, but some servers send it raw
+                zlib.decompressobj().decompress(data[:2])
+            except zlib.error:
+                self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._started = self._started or bool(data)
+        while True:
+            piece = self._decoder.decompress(data, _PIECE)
+            data = self._decoder.unconsumed_tail
+            if piece:
+                yield piece
+            if not data and len(piece) < _PIECE:
+                return
+
+    @property
+    def complete(self) -> bool:
+        """Whether the compressed stream reached its end (or never began)."""
+        return self._decoder.eof or not self._started
 
 
 def redirect(

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import requests
+import urllib3
 
 from llm_circuit_breaker.http._common import (
     BodyLimit,
+    Inflate,
     PreparedRequest,
     local_error,
     parse_response,
@@ -42,13 +46,61 @@ def _translated(request: PreparedRequest) -> Iterator[None]:
         raise transport_error(request, exc, timed_out=True) from exc
     except requests.RequestException as exc:
         raise transport_error(request, exc, timed_out=False) from exc
+    except urllib3.exceptions.ReadTimeoutError as exc:  # the body, read from urllib3 directly
+        raise transport_error(request, exc, timed_out=True) from exc
+    except (urllib3.exceptions.HTTPError, zlib.error) as exc:
+        raise transport_error(request, exc, timed_out=False) from exc
     except (ValueError, TypeError, OverflowError, RuntimeError) as exc:
         raise local_error(exc)
 
 
-def _read(response: requests.Response, request: PreparedRequest) -> bytes:
+_CHUNK = 64 * 1024
+
+
+def _chunks(
+    response: requests.Response, request: PreparedRequest, deadline: float | None = None
+) -> Iterator[bytes]:
+    """The body's chunks as they come, decoded (gzip and deflate here, in bounded pieces: a
+    Content-Length body is never inflated in one piece); past ``deadline`` (monotonic), a
+    ``RequestTimeoutError``: the attempt's timeout is a total, not a wait per read."""
+    raw = response.raw
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    inflate = Inflate(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
+    if inflate is None and encoding not in ("", "identity"):  # br, zstd: urllib3 decodes them
+        pieces: Iterator[bytes] = response.iter_content(chunk_size=_CHUNK)
+    elif callable(getattr(raw, "read1", None)):  # urllib3 2: what has come, without waiting
+        pieces = iter(lambda: raw.read1(_CHUNK, decode_content=False), b"")
+    else:
+        pieces = raw.stream(_CHUNK, decode_content=False)
+    while True:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise transport_error(request, TimeoutError(), timed_out=True)
+            _read_timeout(response, min(left, request.timeout))
+        piece = next(pieces, None)
+        if piece is None:
+            break
+        if inflate is None:
+            yield piece
+        else:
+            yield from inflate.feed(piece)
+
+
+def _read_timeout(response: requests.Response, seconds: float) -> None:
+    """Bound the next read of the body to ``seconds`` (what is left of the attempt's time)."""
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.settimeout(seconds)
+
+
+def _read(
+    response: requests.Response, request: PreparedRequest, deadline: float | None = None
+) -> bytes:
     limit = BodyLimit(request)
-    for chunk in response.iter_content(chunk_size=65536):
+    for chunk in _chunks(response, request, deadline):
         limit.add(chunk)
     return limit.body()
 
@@ -69,9 +121,16 @@ class SyncTransport:
             self._session = requests.Session()
         return self._session
 
-    def _open(self, request: PreparedRequest, accept: str | None = None) -> requests.Response:
+    def _open(
+        self, request: PreparedRequest, accept: str | None = None, deadline: float | None = None
+    ) -> requests.Response:
         """Send ``request``, following same-origin redirects only (inside ``_translated``)."""
         for hops in range(1_000):
+            timeout = request.timeout
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    raise transport_error(request, TimeoutError(), timed_out=True)
             headers = dict(request.headers)
             if accept is not None:
                 headers["Accept"] = accept
@@ -80,7 +139,7 @@ class SyncTransport:
                 request.url,
                 headers=headers,
                 data=request.body,
-                timeout=request.timeout,
+                timeout=timeout,
                 stream=True,
                 allow_redirects=False,
             )
@@ -94,15 +153,17 @@ class SyncTransport:
         raise AssertionError("unreachable: redirect() stops at MAX_REDIRECTS")  # pragma: no cover
 
     def request(self, request: PreparedRequest) -> Any:
-        """Send ``request``; the parsed JSON body, or our error."""
+        """Send ``request``; the parsed JSON body, or our error (within ``timeout`` in all)."""
+        deadline = time.monotonic() + request.timeout
         with _translated(request):
-            response = self._open(request)
+            response = self._open(request, deadline=deadline)
             with response:
-                body = _read(response, request)
+                body = _read(response, request, deadline)
         return parse_response(response.status_code, response.headers, body, request.url)
 
     def stream(self, request: PreparedRequest) -> Iterator[SSEEvent]:
-        """Send ``request`` and yield its server-sent events (the timeout is per read)."""
+        """Send ``request`` and yield its server-sent events (``timeout`` bounds each wait for
+        the next event, keep-alives aside)."""
         with _translated(request):
             response = self._open(request, accept="text/event-stream")
         with response:
@@ -112,7 +173,7 @@ class SyncTransport:
                 parse_response(response.status_code, response.headers, body, request.url)
             reader = EventReader(request)
             with _translated(request):
-                for chunk in response.iter_content(chunk_size=None):
+                for chunk in _chunks(response, request):
                     yield from reader.feed(chunk)
                     if reader.done:
                         return

@@ -9,13 +9,16 @@ notices a stream cut before its terminal frame, and :class:`EventReader` ties th
 from __future__ import annotations
 
 import dataclasses
-import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 from llm_circuit_breaker._judge.classify import classify_response
+from llm_circuit_breaker._judge.kinds import parse_json
 from llm_circuit_breaker.errors import (
     HTTPStatusError,
     IncompleteStreamError,
+    RequestTimeoutError,
     TransportError,
     http_status_error,
 )
@@ -61,6 +64,11 @@ class LineSplitter:
         """Whether no part of a line is waiting for its end."""
         return not self._buffer
 
+    @property
+    def pending(self) -> int:
+        """How many bytes of a line are waiting for its end."""
+        return len(self._buffer)
+
     def rest(self) -> bytes:
         """What is left after the last line break (at the end of the body)."""
         return bytes(self._buffer)
@@ -90,6 +98,11 @@ class SSEDecoder:
         self._size = 0
         self._limit = limit
         self._url = url
+
+    @property
+    def pending(self) -> int:
+        """How many bytes of data the event being assembled holds."""
+        return self._size
 
     def feed(self, line: str) -> SSEEvent | None:
         """Take one line; return an event when a blank line completes one."""
@@ -121,11 +134,7 @@ class SSEDecoder:
         self._event, self._data, self._size = None, [], 0
         if raw == "[DONE]":
             return DONE
-        try:
-            data: Any = json.loads(raw)
-        except ValueError:
-            data = raw
-        return SSEEvent(event, data, self._id)
+        return SSEEvent(event, parse_json(raw), self._id)
 
 
 # Provider streams with a terminal frame: a stream that ends without it was cut off.
@@ -207,17 +216,28 @@ class EventReader:
     """What a driver does with each raw line of an SSE body: decode, check, and say when the
     provider's stream is over. Both drivers loop over their lines and hand them here."""
 
-    __slots__ = ("_checker", "_decoder", "_lines", "done")
+    __slots__ = ("_checker", "_clock", "_decoder", "_high", "_last", "_lines", "_request", "done")
 
-    def __init__(self, request: PreparedRequest) -> None:
+    def __init__(
+        self, request: PreparedRequest, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._lines = LineSplitter(request.max_event_bytes, request.url)
         self._decoder = SSEDecoder(request.max_event_bytes, request.url)
         self._checker = StreamChecker(request.url)
+        self._request = request
+        self._clock = clock
+        self._last = clock()  # when the stream last made progress
+        self._high = 0  # the most bytes of one event pending since then
         self.done = False  # [DONE] seen: stop reading
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """The events to yield for this chunk of the body (raises for a provider error frame);
-        after ``[DONE]`` (``done``) the rest is ignored."""
+        after ``[DONE]`` (``done``) the rest is ignored.
+
+        A stream makes progress when it yields an event or when the event it is sending grows
+        (bounded by ``max_event_bytes``); keep-alives (comments, pings) are no progress, so a
+        stream that sends only them fails once ``timeout`` has passed without any: the
+        drivers' read timeouts never fire on it."""
         events = []
         for line in self._lines.feed(chunk):
             event = self._accept(self._decoder.feed(line.decode("utf-8", errors="replace")))
@@ -225,6 +245,17 @@ class EventReader:
                 events.append(event)
             if self.done:
                 break
+        now = self._clock()
+        pending = self._lines.pending + self._decoder.pending
+        if events or self.done or pending > self._high:
+            self._last, self._high = now, pending
+        elif now - self._last > self._request.timeout:
+            request = self._request
+            raise RequestTimeoutError(
+                f"{request.method} stream sent no event for {request.timeout:g}s "
+                "(keep-alives only)",
+                url=request.url,
+            )
         return events
 
     def flush(self) -> SSEEvent | None:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker._core.throttle import estimate_tokens
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
+from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.http._common import (
@@ -54,7 +55,8 @@ class LLMCircuitBreaker:
     did-you-mean hint). Facades with the same ``name`` share one breaker through ``registry``;
     without a name the facade gets a breaker of its own under a generated unique name, removed
     from the registry when the facade is closed. ``call`` uses a pooled ``requests.Session``,
-    ``acall`` an ``aiohttp.ClientSession`` made on first use in each event loop; pass your own
+    ``acall`` an ``aiohttp.ClientSession`` made on first use in each event loop (so threads each
+    running their own loop can share a facade); pass your own
     with ``session=`` / ``client_session=`` (then closing them is yours).
     """
 
@@ -202,7 +204,8 @@ class LLMCircuitBreaker:
         headers: Mapping[str, str] | None = None,
         data: Any = None,
     ) -> Any:
-        """Like :meth:`call`, with aiohttp."""
+        """Like :meth:`call`, with aiohttp (asyncio only)."""
+        _asyncio_only("acall")
         route = self._route_for(url, data)
         with token_cost(data):
             prepared = self._prepare(route, url, method, headers, data, asynchronous=True)
@@ -231,7 +234,9 @@ class LLMCircuitBreaker:
         headers: Mapping[str, str] | None = None,
         data: Any = None,
     ) -> AsyncIterator[SSEEvent]:
-        """Like :meth:`stream`, with aiohttp: ``async for event in cb.astream(...)``."""
+        """Like :meth:`stream`, with aiohttp (asyncio only): ``async for event in
+        cb.astream(...)``."""
+        _asyncio_only("astream")
         route = self._route_for(url, data)
         prepared = self._prepare(route, url, method, headers, data, asynchronous=True)
         events = route.astream(prepared)
@@ -256,18 +261,23 @@ class LLMCircuitBreaker:
             self._registry.discard(self._route.breaker)
 
     def close(self) -> None:
-        """Close the requests session this facade made (and forget an unnamed breaker)."""
+        """Close the sessions this facade made: the requests session and every event loop's
+        aiohttp session (one of a loop running in another thread is closed in that loop); and
+        forget an unnamed breaker."""
         if "_sync" in self.__dict__:
             self._sync.close()
         if "_async" in self.__dict__:
-            self._async.discard()  # a session whose event loop has ended (asyncio.run(acall))
+            self._async.discard()
         self._forget_unnamed()
 
     async def aclose(self) -> None:
-        """Close both sessions this facade made (and forget an unnamed breaker)."""
+        """Close the requests session and the running event loop's aiohttp session this facade
+        made, leaving other loops' sessions alone (and forget an unnamed breaker)."""
         if "_async" in self.__dict__:
             await self._async.aclose()
-        self.close()
+        if "_sync" in self.__dict__:
+            self._sync.close()
+        self._forget_unnamed()
 
     def __enter__(self) -> LLMCircuitBreaker:
         return self
@@ -308,6 +318,16 @@ _OPTIONS = (
     "max_response_bytes",
     "max_event_bytes",
 )
+
+
+def _asyncio_only(method: str) -> None:
+    """aiohttp runs on asyncio alone: under trio, say what to use instead."""
+    if running_library() == "trio":
+        raise RuntimeError(
+            f"LLMCircuitBreaker.{method}() sends with aiohttp, which runs on asyncio only, not "
+            "under trio: use an httpx.AsyncClient with llm_circuit_breaker.httpx."
+            "AsyncCircuitBreakerTransport, or call() in a thread (trio.to_thread.run_sync)"
+        )
 
 
 def refuse_options(unknown: Mapping[str, Any]) -> None:

@@ -31,7 +31,7 @@ JSON body and ``host``: one breaker per model), a :class:`CircuitBreaker`, or a 
 from __future__ import annotations
 
 from llm_circuit_breaker._judge.refusal import refusal_of as refusal
-from llm_circuit_breaker.httpx._async import AsyncCircuitBreakerTransport
-from llm_circuit_breaker.httpx._sync import CircuitBreakerTransport
+from llm_circuit_breaker.httpx._async.transport import AsyncCircuitBreakerTransport
+from llm_circuit_breaker.httpx._sync.transport import CircuitBreakerTransport
 
 __all__ = ["AsyncCircuitBreakerTransport", "CircuitBreakerTransport", "refusal"]

@@ -3,14 +3,17 @@ refusal, judging a response, watching an SSE body and settling an attempt once. 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import sys
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from llm_circuit_breaker._core.state import Outcome
+from llm_circuit_breaker._judge.kinds import parse_json
 from llm_circuit_breaker._judge.refusal import REFUSAL
 from llm_circuit_breaker._judge.verdict import judge
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
@@ -22,7 +25,8 @@ from llm_circuit_breaker.errors import (
     ThrottledError,
     http_status_error,
 )
-from llm_circuit_breaker.httpx._watch import Watch
+from llm_circuit_breaker.http._common import Inflate
+from llm_circuit_breaker.httpx._watch import Watch, watch_for
 
 __all__ = [
     "Attempt",
@@ -101,7 +105,7 @@ class Core:
             return None
         try:
             return json.loads(content)
-        except ValueError:
+        except Exception:  # ValueError, RecursionError on a body nested too deep
             return None
 
     def breaker_for(self, request: Any, body: Any) -> CircuitBreaker:
@@ -119,9 +123,17 @@ class Core:
             name = spec(request)
             if not isinstance(name, str) or not name:
                 raise TypeError(f"breaker callable must return a non-empty str, got {name!r}")
-        return self.registry.get_or_create_with(name, self.fields, config=self.config)
+        # one of many (a model, a host ...): bounded by the registry's max_breakers, the least
+        # recently used idle ones dropped, as the decorators' scoped breakers are
+        return self.registry.get_or_create_with(name, self.fields, config=self.config, scoped=True)
 
-    def breaker_and_body(self, request: Any, *, asynchronous: bool) -> tuple[CircuitBreaker, Any]:
+    def abreaker_and_body(self, request: Any) -> tuple[CircuitBreaker, Any]:
+        """:meth:`breaker_and_body` for the asyncio transport (any store will do)."""
+        return self.breaker_and_body(request, asynchronous=True)
+
+    def breaker_and_body(
+        self, request: Any, *, asynchronous: bool = False
+    ) -> tuple[CircuitBreaker, Any]:
         """The request's JSON body and the breaker that guards it (a sync transport cannot
         use an asyncio store)."""
         body = self.body_of(request)
@@ -183,7 +195,7 @@ class Core:
         if streams and self.idle_timeout is not None:
             _set_read_timeout(request, self.idle_timeout)
         if "text/event-stream" in response.headers.get("content-type", ""):
-            return Watch(str(request.url))
+            return watch_for(str(request.url), response.headers.get("content-encoding", ""))
         return None
 
 
@@ -239,10 +251,9 @@ class Attempt:
 
     def answered(self, request: Any, response: Any, body: bytes) -> Report | None:
         """The report of an error status: judged as the error it stands for."""
-        try:
-            parsed: Any = json.loads(body) if body else None
-        except ValueError:
-            parsed = body[:2000].decode("utf-8", errors="replace")
+        parsed = parse_json(body) if body else None
+        if isinstance(parsed, str):
+            parsed = parsed[:2000]
         error = http_status_error(
             response.status_code, dict(response.headers), parsed, str(request.url)
         )
@@ -296,16 +307,76 @@ def incomplete(request: Any) -> IncompleteStreamError:
     )
 
 
+class ErrorBody:
+    """An error response's body, read only as far as judging needs (256 KiB, decoded in
+    bounded pieces): an endless or bomb-sized error body is never read whole. The SDK then
+    reads what was judged."""
+
+    __slots__ = ("_decoded", "_inflate", "_known", "_raw", "_raw_size", "_size")
+
+    def __init__(self, response: Any) -> None:
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        self._inflate = Inflate(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
+        self._known = self._inflate is not None or encoding in ("", "identity")
+        self._raw: list[bytes] = []
+        self._raw_size = 0
+        self._decoded: list[bytes] = []
+        self._size = 0
+
+    def add(self, chunk: bytes) -> bool:
+        """Take the next raw chunk; whether judging needs more."""
+        self._raw.append(chunk)
+        self._raw_size += len(chunk)
+        if self._known:
+            try:
+                pieces = self._inflate.feed(chunk) if self._inflate is not None else (chunk,)
+                for piece in pieces:
+                    self._decoded.append(piece)
+                    self._size += len(piece)
+                    if self._size >= _MAX_ERROR_BODY:
+                        break
+            except zlib.error:  # undecodable: judged by its status alone
+                self._known = False
+        return self._raw_size < _MAX_ERROR_BODY and self._size < _MAX_ERROR_BODY
+
+    def finish(self, response: Any) -> bytes:
+        """The body to judge; ``response`` now holds it for the SDK to read (decoded, or as it
+        came when it could not be decoded)."""
+        body = b"".join(self._decoded)[:_MAX_ERROR_BODY] if self._known else b""
+        response.headers.pop("content-length", None)
+        if self._known:
+            response.headers.pop("content-encoding", None)
+        content = body if self._known else b"".join(self._raw)
+        response.stream = library(response).ByteStream(content)
+        return body
+
+
 def read_capped(response: Any) -> bytes:
-    """An error response's body, read (so the SDK can read it too) up to a cap."""
+    """An error response's body, read up to what judging needs (see :class:`ErrorBody`)."""
+    body = ErrorBody(response)
+    stream = response.stream
     try:
-        return bytes(response.read()[:_MAX_ERROR_BODY])
-    except Exception:  # a body that breaks: judged by its status alone
-        return b""
+        for chunk in stream:
+            if not body.add(chunk):
+                break
+    except Exception:  # a body that breaks: judged by what came
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            stream.close()
+    return body.finish(response)
 
 
 async def aread_capped(response: Any) -> bytes:
+    body = ErrorBody(response)
+    stream = response.stream
     try:
-        return bytes((await response.aread())[:_MAX_ERROR_BODY])
+        async for chunk in stream:
+            if not body.add(chunk):
+                break
     except Exception:
-        return b""
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+    return body.finish(response)

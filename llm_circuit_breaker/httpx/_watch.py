@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import zlib
 
-__all__ = ["Watch"]
+from llm_circuit_breaker._judge.kinds import parse_json
+from llm_circuit_breaker.http._common import Inflate
+
+__all__ = ["Watch", "watch_for"]
 
 
 class Watch:
@@ -16,12 +18,13 @@ class Watch:
     test on the raw data); the rest cost a few ``in`` tests each.
     """
 
-    __slots__ = ("_checker", "_data", "_event", "_lines", "_size", "_started", "_url")
+    __slots__ = ("_checker", "_data", "_event", "_inflate", "_lines", "_size", "_started", "_url")
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, inflate: Inflate | None = None) -> None:
         from llm_circuit_breaker.http._sse import LineSplitter, StreamChecker
 
         self._url = url
+        self._inflate = inflate
         self._lines = LineSplitter(_MAX_EVENT, url)
         self._checker = StreamChecker(url)
         self._event = ""
@@ -30,7 +33,21 @@ class Watch:
         self._started = False
 
     def feed(self, chunk: bytes) -> BaseException | None:
-        """The first provider error in ``chunk``, if any."""
+        """The first provider error in ``chunk`` (as it came, encoded or not), if any."""
+        if self._inflate is None:
+            return self._feed(chunk)
+        error = None
+        try:
+            for piece in self._inflate.feed(chunk):
+                found = self._feed(piece)
+                error = error or found
+        except zlib.error as exc:  # the SDK's client fails to decode it too
+            from llm_circuit_breaker.errors import TransportError
+
+            return TransportError(f"undecodable {self._inflate.name} body: {exc}", url=self._url)
+        return error
+
+    def _feed(self, chunk: bytes) -> BaseException | None:
         if (
             self._started
             and not self._data
@@ -83,14 +100,7 @@ class Watch:
         from llm_circuit_breaker.http._sse import DONE, SSEEvent
 
         text = data.decode("utf-8", errors="replace")
-        if text == "[DONE]":
-            parsed = DONE
-        else:
-            try:
-                payload: Any = json.loads(text)
-            except ValueError:
-                payload = text
-            parsed = SSEEvent(event or "message", payload)
+        parsed = DONE if text == "[DONE]" else SSEEvent(event or "message", parse_json(text))
         return self._checker.error_in(parsed)
 
     @property
@@ -100,6 +110,8 @@ class Watch:
 
     def truncated(self) -> bool:
         """At the end of the body: whether the provider's final event never came."""
+        if self._inflate is not None and not self._inflate.complete:
+            return True  # a compressed body cut short
         rest = self._lines.rest()
         if rest:
             self._line(rest.rstrip(b"\r"))
@@ -121,3 +133,14 @@ _NOTABLE_DATA = (
     b'"finish_reason":"',
     b'"finish_reason": "',
 )
+
+
+def watch_for(url: str, encoding: str) -> Watch | None:
+    """The watch of an SSE body sent with ``encoding`` (its ``content-encoding``); None for an
+    encoding it cannot undo (br, zstd, several layers): that body goes by unwatched."""
+    name = encoding.strip().lower()
+    if name in ("", "identity"):
+        return Watch(url)
+    if name in ("gzip", "x-gzip", "deflate"):
+        return Watch(url, Inflate(name))
+    return None

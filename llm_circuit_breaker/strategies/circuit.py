@@ -23,9 +23,10 @@ __all__ = ["ExcludeTypes", "Guarded", "circuit_breaker"]
 
 import functools
 import inspect
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 
 from llm_circuit_breaker._core.throttle import Wait
+from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.strategies.gate import (
     PLAIN,
     AsyncGuardedStream,
@@ -354,14 +355,27 @@ def _timeout_error(name: str, timeout: float) -> TimeoutError:
 
 def _timed(func: Callable[..., Any], timeout: float, name: str) -> Callable[..., Any]:
     async def call(*args: Any, **kwargs: Any) -> Any:
-        import asyncio  # loaded already: a coroutine is running
-
-        try:
-            return await asyncio.wait_for(func(*args, **kwargs), timeout)
-        except asyncio.TimeoutError:  # not the built-in TimeoutError on Python 3.10
-            raise _timeout_error(name, timeout) from None
+        return await _within(func(*args, **kwargs), timeout, name)
 
     return call
+
+
+async def _within(awaitable: Awaitable[Any], timeout: float, name: str) -> Any:
+    """Await ``awaitable`` for at most ``timeout`` seconds, timed by the running library."""
+    if running_library() == "trio":
+        import trio
+
+        try:
+            with trio.fail_after(timeout):
+                return await awaitable
+        except trio.TooSlowError:
+            raise _timeout_error(name, timeout) from None
+    import asyncio  # loaded already: a coroutine is running
+
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:  # not the built-in TimeoutError on Python 3.10
+        raise _timeout_error(name, timeout) from None
 
 
 async def _items(stream: Any, item_timeout: float | None, name: str) -> AsyncIterator[Any]:
@@ -370,15 +384,11 @@ async def _items(stream: Any, item_timeout: float | None, name: str) -> AsyncIte
         async for item in stream:
             yield item
         return
-    import asyncio  # loaded already: a coroutine is running
-
     while True:
         try:
-            item = await asyncio.wait_for(stream.__anext__(), item_timeout)
+            item = await _within(stream.__anext__(), item_timeout, name)
         except StopAsyncIteration:
             return
-        except asyncio.TimeoutError:
-            raise _timeout_error(name, item_timeout) from None
         yield item
 
 

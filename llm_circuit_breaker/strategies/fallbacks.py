@@ -16,7 +16,8 @@ from the one verdict: a provider's fault (a breaker failure, a refusal, a rate l
 timeout, a 5xx/529, a broken connection) moves on; the caller's fault (400, 401, 403, 404,
 422 and the other errors the breaker ignores) is raised at once; a context-length error moves on
 only with ``on_context_length=True``. A stream fails over only before its first item. When
-every target failed: :class:`FallbacksExhaustedError` with each target's error in order.
+every target failed: :class:`FallbacksExhaustedError` with each target's error in order. The
+error that ends the chain reaches the earlier targets' errors through ``__context__``.
 """
 
 from __future__ import annotations
@@ -90,7 +91,10 @@ class _Chain:
         return provider
 
     def failed(self, index: int, exc: Exception, errors: list[Exception]) -> None:
-        """Keep ``exc`` and go on, or raise it when it is the caller's fault."""
+        """Keep ``exc`` and go on, or raise it when it is the caller's fault (the earlier
+        targets' errors reachable from it through ``__context__``)."""
+        if errors:
+            _link(exc, errors[-1])
         if not self.moves_on(index, exc):
             raise exc
         errors.append(exc)
@@ -119,7 +123,24 @@ class _Chain:
             )
 
     def exhausted(self, errors: list[Exception]) -> FallbacksExhaustedError:
-        return FallbacksExhaustedError(errors)
+        error = FallbacksExhaustedError(errors)
+        if errors:  # raised outside any handler: chained by hand, as an except block would
+            error.__context__ = errors[-1]
+        return error
+
+
+def _link(exc: BaseException, earlier: BaseException) -> None:
+    """Make ``earlier`` (which reaches the errors before it) reachable from ``exc`` through
+    ``__context__``, at the end of what ``exc`` already chains to."""
+    seen: set[int] = set()
+    current = exc
+    while current.__context__ is not None and len(seen) < 64:
+        if current is earlier or id(current) in seen:
+            return  # already reachable, or a cycle
+        seen.add(id(current))
+        current = current.__context__
+    if current is not earlier and id(current) not in seen:
+        current.__context__ = earlier
 
 
 def _name(target: Callable[..., Any]) -> str:

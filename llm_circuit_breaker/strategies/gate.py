@@ -8,7 +8,8 @@ whose circuit lives in an asyncio store; ``store_io`` says which a shell must us
 
 A function that returns a stream (an iterator or async iterator, such as the openai SDK's
 ``Stream``) is guarded until the stream ends: :class:`GuardedStream` / :class:`AsyncGuardedStream`
-report when it is exhausted, fails or is closed.
+report when it is exhausted, fails or is closed, and check an SDK stream's items for its
+provider's final one (:mod:`.._judge.streams`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from llm_circuit_breaker._judge.verdict import Verdict
 
 from llm_circuit_breaker._core.state import Outcome
+from llm_circuit_breaker._judge.streams import ItemWatch
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.config import BreakerRules
 
@@ -122,15 +124,25 @@ class Gate:
         return self.call_fallback(*args, **kwargs)
 
 
-class GuardedStream:
-    """An iterator returned by a guarded function, reporting to its breaker when it ends."""
+def _url_of(stream: Any) -> str | None:
+    try:
+        return str(stream.response.url)  # the openai and anthropic SDKs' streams keep it
+    except Exception:
+        return None
 
-    __slots__ = ("_gate", "_inner", "_permit")
+
+class GuardedStream:
+    """An iterator returned by a guarded function, reporting to its breaker when it ends. An
+    SDK stream that ends before its provider's final item raises ``IncompleteStreamError`` (a
+    failure) at its end; one that carried a failed response raises that provider error."""
+
+    __slots__ = ("_gate", "_inner", "_permit", "_watch")
 
     def __init__(self, inner: Any, gate: Gate, permit: int) -> None:
         self._inner = inner
         self._gate = gate
         self._permit: int | None = permit
+        self._watch: ItemWatch | None = ItemWatch()
 
     def _report(self, exc: BaseException | None) -> None:
         permit, self._permit = self._permit, None
@@ -146,13 +158,24 @@ class GuardedStream:
 
     def __next__(self) -> Any:
         try:
-            return next(self._inner)
+            item = next(self._inner)
         except StopIteration:
-            self._report(None)
+            self._end()
             raise
         except BaseException as exc:
             self._report(exc)
             raise
+        if self._watch is not None:
+            self._watch = self._watch.see(item)
+        return item
+
+    def _end(self) -> None:
+        watch, self._watch = self._watch, None
+        problem = None if watch is None else watch.problem(_url_of(self._inner))
+        if problem is not None:
+            self._report(problem)
+            raise problem from None
+        self._report(None)
 
     def close(self) -> None:
         """Close the stream; a stream closed before its end counts as neither outcome."""
@@ -177,14 +200,16 @@ class GuardedStream:
 
 
 class AsyncGuardedStream:
-    """An async iterator returned by a guarded coroutine function, reporting when it ends."""
+    """An async iterator returned by a guarded coroutine function, reporting when it ends (an
+    SDK stream cut short or carrying a failed response raises at its end)."""
 
-    __slots__ = ("_gate", "_inner", "_permit")
+    __slots__ = ("_gate", "_inner", "_permit", "_watch")
 
     def __init__(self, inner: Any, gate: Gate, permit: int) -> None:
         self._inner = inner
         self._gate = gate
         self._permit: int | None = permit
+        self._watch: ItemWatch | None = ItemWatch()
 
     async def _report(self, exc: BaseException | None) -> None:
         permit, self._permit = self._permit, None
@@ -206,13 +231,24 @@ class AsyncGuardedStream:
 
     async def __anext__(self) -> Any:
         try:
-            return await self._inner.__anext__()
+            item = await self._inner.__anext__()
         except StopAsyncIteration:
-            await self._report(None)
+            await self._end()
             raise
         except BaseException as exc:
             await self._report(exc)
             raise
+        if self._watch is not None:
+            self._watch = self._watch.see(item)
+        return item
+
+    async def _end(self) -> None:
+        watch, self._watch = self._watch, None
+        problem = None if watch is None else watch.problem(_url_of(self._inner))
+        if problem is not None:
+            await self._report(problem)
+            raise problem from None
+        await self._report(None)
 
     async def aclose(self) -> None:
         """Close the stream; a stream closed before its end counts as neither outcome."""

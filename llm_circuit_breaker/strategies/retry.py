@@ -12,7 +12,7 @@ while they have yielded nothing.
 from __future__ import annotations
 
 import functools
-import time
+import warnings
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -23,6 +23,7 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from llm_circuit_breaker.breaker import clock as time_source
 from llm_circuit_breaker.config import DEFAULT_RETRY_STATUS_CODES, RETRY_MARK, RetryConfig
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
@@ -84,12 +85,6 @@ class _Loops:
         return AsyncRetrying(sleep=self._async_sleep, stop=stop, **self._strategies)
 
 
-async def _asyncio_sleep(seconds: float) -> None:
-    import asyncio  # loaded already: a coroutine is running
-
-    await asyncio.sleep(seconds)
-
-
 def _replaying(first: BaseException, call: Callable[..., R]) -> Callable[..., R]:
     """``call``, except that its first use raises ``first`` (the plain attempt's failure)."""
     pending = [first]
@@ -125,9 +120,9 @@ def with_retry(max_retries: int, /) -> Callable[[Callable[P, R]], Callable[P, R]
 def with_retry(
     *,
     max_retries: int = 3,
-    sleep: Callable[[float], None] = ...,
+    sleep: Callable[[float], None] | None = ...,
     async_sleep: Callable[[float], Awaitable[None]] | None = ...,
-    clock: Callable[[], float] = ...,
+    clock: Callable[[], float] | None = ...,
     # RetryConfig's fields, listed for signature help (tests keep them in step)
     initial_delay: float = 1.0,
     max_delay: float = 30.0,
@@ -145,9 +140,9 @@ def with_retry(
     max_retries: int | Callable[..., Any] | None = None,
     /,
     *,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
     async_sleep: Callable[[float], Awaitable[None]] | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Callable[[], float] | None = None,
     **options: Any,
 ) -> Any:
     """Retry a function on the errors that are worth it.
@@ -162,7 +157,10 @@ def with_retry(
     longer one ends the retries at once. ``deadline`` caps the whole call, waits included.
     The original exception is re-raised when retries run out. Over a ``circuit_breaker`` that
     opens, the next attempt is not waited for: its ``CircuitOpenError`` is raised at once.
-    ``sleep`` / ``async_sleep`` / ``clock`` are for tests.
+    Waits and the deadline use the library's time source (``breaker.clock``: ``time.sleep``
+    looked up when called, ``asyncio.sleep`` or ``trio.sleep`` as the running library says;
+    a fake clock in tests); ``sleep`` / ``async_sleep`` / ``clock`` replace it for this
+    decoration alone.
     """
     if callable(max_retries):  # used bare: @with_retry
         return with_retry()(max_retries)
@@ -170,7 +168,7 @@ def with_retry(
         options["max_retries"] = max_retries
     config = RetryConfig.from_options(options)
     policy = RetryPolicy(config, clock=clock)
-    loops = _Loops(policy, sleep, async_sleep or _asyncio_sleep)
+    loops = _Loops(policy, sleep or time_source.sleep, async_sleep or time_source.async_sleep)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         if not callable(func):
@@ -192,12 +190,15 @@ def _sync_shell(func: Callable[..., R], loops: _Loops) -> Callable[..., R]:
     policy = loops.policy
     timed = policy.config.deadline is not None
 
+    sdk_retries = _SdkRetries(func)
+
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> R:
         started = policy.clock() if timed else 0.0
         try:
             return func(*args, **kwargs)
         except Exception as exc:
+            sdk_retries.notice(exc)
             if not policy.should_retry(exc):
                 raise
             return loops.sync(started)(_replaying(exc, func), *args, **kwargs)
@@ -209,17 +210,62 @@ def _async_shell(func: Callable[..., Awaitable[R]], loops: _Loops) -> Callable[.
     policy = loops.policy
     timed = policy.config.deadline is not None
 
+    sdk_retries = _SdkRetries(func)
+
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> R:
         started = policy.clock() if timed else 0.0
         try:
             return await func(*args, **kwargs)
         except Exception as exc:
+            sdk_retries.notice(exc)
             if not policy.should_retry(exc):
                 raise
             return await loops.asynchronous(started)(_areplaying(exc, func), *args, **kwargs)
 
     return wrapper
+
+
+class _SdkRetries:
+    """Warns once per decorated function when an error's request shows that the SDK under it
+    already retried (``x-stainless-retry-count`` > 0): every attempt of ours is then several."""
+
+    __slots__ = ("_name", "_warned")
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self._name = getattr(func, "__qualname__", None) or repr(func)
+        self._warned = False
+
+    def notice(self, exc: BaseException) -> None:
+        if self._warned:
+            return
+        count = _sdk_retry_count(exc)
+        if count:
+            self._warned = True
+            from llm_circuit_breaker._validate import caller_stacklevel
+
+            warnings.warn(
+                f"with_retry around {self._name}: the SDK had already retried this request "
+                f"{count} time(s) itself (x-stainless-retry-count), so attempts multiply; "
+                "create the SDK client with max_retries=0 and let with_retry retry",
+                UserWarning,
+                stacklevel=caller_stacklevel(),
+            )
+
+
+def _sdk_retry_count(exc: BaseException) -> int:
+    """The ``x-stainless-retry-count`` of the request behind an openai / anthropic error."""
+    from llm_circuit_breaker._judge.probe import attr
+
+    for holder in (exc, attr(exc, "response")):
+        headers = attr(attr(holder, "request"), "headers")
+        try:
+            value = headers.get("x-stainless-retry-count") if headers is not None else None
+            if value is not None:
+                return int(value)
+        except Exception:  # not a mapping, not a number: no sign of the SDK's retries
+            continue
+    return 0
 
 
 _EXHAUSTED = object()  # a stream that ended before its first item
@@ -293,11 +339,11 @@ class RetryPolicy:
         self,
         config: RetryConfig,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         random_uniform: Callable[[float, float], float] = random.uniform,
     ) -> None:
         self.config = config
-        self.clock = clock
+        self.clock = clock or time_source.now  # the library's, read anew on every call
         self._uniform = random_uniform
         self._last: tuple[BaseException, Verdict] | None = None
 

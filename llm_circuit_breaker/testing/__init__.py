@@ -1,13 +1,17 @@
 """Test helpers for code that uses circuit breakers: no sleeping, no network.
 
-* :class:`FakeClock` stands in for the breaker's clock and for ``with_retry``'s sleeps::
+With pytest, the fixtures ``llm_breakers``, ``llm_clock`` and ``fake_llm`` do the following
+for you (see :mod:`.pytest_plugin`).
 
-      clock = FakeClock()
-      breaker = CircuitBreaker("openai", clock=clock)
-      clock.advance(30.0)        # reset_timeout has passed: the circuit is HALF_OPEN
+* :func:`frozen_time` makes a :class:`FakeClock` the library's time source for a block: every
+  breaker, retry and throttle without a clock of its own reads it, and waits advance it::
 
-      @with_retry(sleep=clock.sleep, async_sleep=clock.async_sleep, clock=clock)
-      def call(): ...            # retries advance the fake time instead of waiting
+      with frozen_time() as clock:
+          ...                    # the circuit opens
+          clock.advance(30.0)    # reset_timeout has passed: the circuit is HALF_OPEN
+
+  :func:`instant` keeps the real clock and skips every wait. A :class:`FakeClock` can also be
+  given to one breaker (``clock=``) or one ``with_retry`` (``sleep=``, ``clock=``) alone.
 
 * :class:`FakeLLMServer` is a real aiohttp server on 127.0.0.1 (random port) that speaks
   OpenAI (chat completions, Responses) and Anthropic (messages), plain and streamed, to the
@@ -36,10 +40,19 @@
       httpx.Client(transport=CircuitBreakerTransport("openai", chaos))
 """
 
-from llm_circuit_breaker.testing._clock import FakeClock
+from llm_circuit_breaker.testing._clock import FakeClock, frozen_time, instant
 from llm_circuit_breaker.testing._quota import Quota
 from llm_circuit_breaker.testing._reply import Reply
 from llm_circuit_breaker.testing._server import FakeLLMServer, RecordedRequest
 from llm_circuit_breaker.testing.chaos import ChaosTransport
 
-__all__ = ["ChaosTransport", "FakeClock", "FakeLLMServer", "Quota", "RecordedRequest", "Reply"]
+__all__ = [
+    "ChaosTransport",
+    "FakeClock",
+    "FakeLLMServer",
+    "Quota",
+    "RecordedRequest",
+    "Reply",
+    "frozen_time",
+    "instant",
+]

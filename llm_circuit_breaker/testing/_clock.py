@@ -1,12 +1,17 @@
-"""A fake clock for tests: time moves only when told to."""
+"""A fake clock for tests: time moves only when told to; and the library's time source
+replaced for a block (:func:`frozen_time`, :func:`instant`)."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import math
 import threading
+import time
+from collections.abc import Iterator
 
-__all__ = ["FakeClock"]
+from llm_circuit_breaker.breaker.clock import install, restore, system_async_sleep
+
+__all__ = ["FakeClock", "frozen_time", "instant"]
 
 
 class FakeClock:
@@ -33,9 +38,46 @@ class FakeClock:
         self.advance(seconds)
 
     async def async_sleep(self, seconds: float) -> None:
-        """Like :meth:`sleep`, for asyncio code (yields to the loop once)."""
+        """Like :meth:`sleep`, for async code (yields to the asyncio or trio loop once)."""
         self.sleep(seconds)
-        await asyncio.sleep(0)
+        await system_async_sleep(0)
 
     def __repr__(self) -> str:
         return f"FakeClock(now={self._now!r})"
+
+
+@contextlib.contextmanager
+def frozen_time(start: float | None = None) -> Iterator[FakeClock]:
+    """A :class:`FakeClock` as the library's time source for the block: every breaker, retry
+    and throttle without a clock of its own reads it, and every wait they would sleep
+    advances it at once. It starts at the real monotonic time unless ``start`` is given::
+
+        with frozen_time() as clock:
+            ...                  # the circuit opens
+            clock.advance(30)    # reset_timeout has passed: a probe is admitted
+    """
+    clock = FakeClock(time.monotonic() if start is None else start)
+    previous = install(clock)
+    try:
+        yield clock
+    finally:
+        restore(previous)
+
+
+def _no_sleep(seconds: float) -> None:
+    pass
+
+
+async def _checkpoint(seconds: float) -> None:
+    await system_async_sleep(0)  # other tasks still get their turn
+
+
+@contextlib.contextmanager
+def instant() -> Iterator[None]:
+    """Real time, but no waits for the block: backoffs, ``Retry-After`` and throttle slots
+    return at once (async ones after yielding to the loop), like stamina's testing mode."""
+    previous = install(time.monotonic, sleep=_no_sleep, async_sleep=_checkpoint)
+    try:
+        yield
+    finally:
+        restore(previous)

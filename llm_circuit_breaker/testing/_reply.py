@@ -78,16 +78,22 @@ class Reply:
     def openai_stream(
         cls, chunks: Sequence[str], *, error: str | None = None, done: bool = True, **kwargs: Any
     ) -> Reply:
-        """Chat Completions SSE: content chunks, then an optional error frame, then [DONE]."""
+        """Chat Completions SSE: content chunks, then an optional error frame, then [DONE]. A
+        whole stream's last chunk carries ``finish_reason: "stop"``; with ``done=False`` none
+        does (a stream cut short)."""
+        last = len(chunks) - 1 if done and error is None else -1
         frames = [
             _sse(
                 {
                     "id": "chatcmpl-fake",
                     "object": "chat.completion.chunk",
-                    "choices": [{"index": 0, "delta": {"content": c}}],
+                    "choices": [
+                        {"index": 0, "delta": {"content": c}}
+                        | ({"finish_reason": "stop"} if i == last else {})
+                    ],
                 }
             )
-            for c in chunks
+            for i, c in enumerate(chunks)
         ]
         if error is not None:
             frames.append(

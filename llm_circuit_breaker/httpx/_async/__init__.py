@@ -1,0 +1,1 @@
+"""The asyncio transport, written once; ``_sync/`` holds its generated twin."""
