@@ -22,6 +22,23 @@ BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 NO_RUN = re.compile(r"<!-- no-run: [^>]+ -->\s*$")
 REAL_HOSTS = ("api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com")
 PAGES = sorted(DOCS.rglob("*.md"))
+# What a page says its code prints, checked on the output (lines in this order).
+PRINTS = {
+    "tutorial/index.md": [
+        "Hello!",
+        "CLOSED",
+        "failed with 503",
+        "OPEN",
+        "refused: 3 consecutive failures",
+        "HALF_OPEN",
+        "(backup) Hello!",
+    ],
+    "how-to/sdks.md": ["Hello!", "the provider answered 503", "not sent: circuit"],
+    "how-to/fallbacks-pools-hedging.md": ["anthropic/claude-haiku-4-5: Capital of France?"],
+    "how-to/rate-limits.md": ["499", "rate limited, try again in 60s"],
+    "how-to/web-and-workers.md": ["300 300"],
+    "how-to/testing.md": ["OPEN", "HALF_OPEN"],
+}
 
 
 def blocks(page: Path) -> list[tuple[int, str, bool]]:
@@ -64,7 +81,12 @@ def test_page_runs(page: Path, capsys: pytest.CaptureFixture[str]) -> None:
             warnings.simplefilter("ignore", ResourceWarning)
             namespace.clear()
             gc.collect()
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    at = 0
+    for expected in PRINTS.get(str(page.relative_to(DOCS)), []):
+        found = printed.find(expected, at)
+        assert found >= 0, f"{expected!r} not printed (in order) by {page.name}:\n{printed}"
+        at = found + len(expected)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
