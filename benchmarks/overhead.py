@@ -220,6 +220,50 @@ def nap() -> None:
     time.sleep(0.002)
 
 
+def print_instrumentation_costs(
+    number: int, repeat: int, base: float, plain: tuple[float, float]
+) -> None:
+    """What OpenTelemetry instrumentation costs per call: the exporters (read at collection),
+    the span events of refusals, and ``traced()``'s span per logical call, with the span
+    recorded (an SDK tracer that samples everything) and not (one that samples nothing)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    rows: list[tuple[str, float]] = [
+        ("closed, no instrumentation", plain[0]),
+        ("fast-fail, no instrumentation", plain[1]),
+    ]
+    for label, sampler in (("no recording span", ALWAYS_OFF), ("recording span", None)):
+        tracer_provider = TracerProvider() if sampler is None else TracerProvider(sampler=sampler)
+        registry = BreakerRegistry()
+        otel = OpenTelemetryInstrumentation(
+            registry,
+            meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+            tracer_provider=tracer_provider,
+        ).instrument()
+        closed = circuit_breaker("closed", registry=registry)(work)
+        broken_one = circuit_breaker("open", registry=registry)(broken)
+        trip(broken_one)
+        tracer = tracer_provider.get_tracer("bench")
+        with tracer.start_as_current_span("caller"):
+            rows.append(
+                (
+                    f"closed, instrumented, {label} current",
+                    ns_per_call(closed, number, repeat) - base,
+                )
+            )
+            fast = ns_per_call(failing_fast(broken_one), number, repeat) - base
+            rows.append((f"fast-fail, instrumented, {label} current (an event each)", fast))
+        traced = otel.traced(operation="chat", provider="bench")(closed)
+        rows.append(
+            (f"traced() + closed breaker, {label}", ns_per_call(traced, number // 4, repeat) - base)
+        )
+    print("\n| OpenTelemetry instrumentation, per call | ns |")
+    print("|---|---:|")
+    for label, value in rows:
+        print(f"| {label} | {value:.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few iterations: a smoke run")
@@ -275,6 +319,7 @@ def main() -> None:
         ns_per_call(circuit_breaker("exported", registry=exported)(work), number, repeat) - base
     )
     print(f"\n| closed path with Prometheus + OpenTelemetry exporters | {with_exporters:.0f} ns |")
+    print_instrumentation_costs(number, repeat, base, sync_rows["llm-circuit-breaker"])
 
     registry = BreakerRegistry()
     ours = circuit_breaker("threads", registry=registry)(work)

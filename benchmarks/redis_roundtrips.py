@@ -1,8 +1,13 @@
 """Redis round trips, Redis CPU and time per guarded call: llm-circuit-breaker (with and
 without its near-cache, CLOSED and under a throttle) vs pybreaker's storage vs a bare PING, in
 one process and in four, and how long a trip in one process takes to be seen by another.
+Then a fleet: ``--processes`` processes each making ``--rate`` calls/s for ``--seconds``,
+while healthy, during a provider outage (per refused call) and through the HTTP helpers
+against a provider that sends rate-limit headers on every response (per answered call),
+with near_cache 0 and 0.05; and how long listing ``--circuits`` circuits takes.
 
     pip install -e ".[bench,redis]" && python benchmarks/redis_roundtrips.py [--quick]
+    python benchmarks/redis_roundtrips.py --fleet-only --processes 16 --rate 200
 
 Starts its own redis-server on a free loopback port (needs the binary on the PATH). Counts
 the commands each library sends per successful call, reads redis-server's own CPU per call
@@ -30,8 +35,11 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from llm_circuit_breaker import (
+    BreakerRegistry,
     CircuitBreaker,
     CircuitBreakerConfig,
+    CircuitOpenError,
+    LLMCircuitBreaker,
     Outcome,
     circuit_breaker,
 )
@@ -199,14 +207,191 @@ def measure_fleet(
     return sent / total, cpu / total, micros
 
 
+# -- a fleet at a steady rate ----------------------------------------------------------------
+
+
+def _fleet_store(port: int, near_cache: float) -> RedisStateStore:
+    """A store as from_url builds it (blocking pool, 0.1 s timeouts, no retries), counting."""
+    pool = redis.BlockingConnectionPool(
+        port=port,
+        connection_class=CountingConnection,
+        timeout=0.1,
+        socket_timeout=0.1,
+        socket_connect_timeout=0.1,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return RedisStateStore(redis.Redis.from_pool(pool), near_cache=near_cache)
+
+
+class _ProviderDown(ConnectionError):
+    pass
+
+
+def _scenario_call(scenario: str, store: RedisStateStore, llm_url: str) -> Callable[[], str]:
+    """One call of ``scenario``: returns what happened ("ok", "refused", "failed")."""
+    registry = BreakerRegistry(store=store)
+    if scenario == "headers":
+        helper = LLMCircuitBreaker(name="fleet-headers", registry=registry)
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+        def through_http() -> str:
+            helper.call(url=f"{llm_url}/v1/chat/completions", data=body)
+            return "ok"
+
+        return through_http
+    outage = scenario == "outage"
+    config = CircuitBreakerConfig(failure_threshold=5, reset_timeout=2.0)
+    breaker = registry.get_or_create(f"fleet-{scenario}", config)
+
+    @circuit_breaker(breaker=breaker)
+    def provider() -> str:
+        if outage:
+            raise _ProviderDown("provider down")
+        return "ok"
+
+    def call() -> str:
+        try:
+            return provider()
+        except CircuitOpenError:
+            return "refused"
+        except _ProviderDown:
+            return "failed"
+
+    return call
+
+
+def _fleet_worker(
+    port: int,
+    scenario: str,
+    near_cache: float,
+    rate: float,
+    seconds: float,
+    llm_url: str,
+    barrier: Any,
+    out: Any,
+) -> None:
+    """One process of the fleet: ``rate`` calls/s for ``seconds``, counting round trips."""
+    logging.getLogger("llm_circuit_breaker").setLevel(logging.CRITICAL)
+    store = _fleet_store(port, near_cache)
+    call = _scenario_call(scenario, store, llm_url)
+    call()  # warm up: connections, script loading, the notice subscription
+    barrier.wait()
+    sent = CountingConnection.sent
+    outcomes: dict[str, int] = {}
+    started = time.monotonic()
+    due = started
+    while due - started < seconds:
+        pause = due - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        what = call()
+        outcomes[what] = outcomes.get(what, 0) + 1
+        due += 1.0 / rate
+    out.put((CountingConnection.sent - sent, outcomes))
+    store.close()
+
+
+def fleet(
+    port: int, scenario: str, near_cache: float, processes: int, rate: float, seconds: float,
+    llm_url: str = "",
+) -> tuple[float, float, float, dict[str, int]]:  # fmt: skip
+    """(round trips per counted call, Redis CPU us per counted call, calls/s achieved, outcomes):
+    "counted" is an answered call, or for the outage a refused one."""
+    context = multiprocessing.get_context("fork")
+    barrier, out = context.Barrier(processes + 1), context.Queue()
+    args = (port, scenario, near_cache, rate, seconds, llm_url, barrier, out)
+    workers = [context.Process(target=_fleet_worker, args=args) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    client = _client(port)
+    barrier.wait()
+    before, started = _server_usec(client), time.monotonic()
+    results = [out.get() for _ in workers]
+    elapsed = time.monotonic() - started
+    cpu = _server_usec(client) - before
+    for worker in workers:
+        worker.join()
+    outcomes: dict[str, int] = {}
+    for _, seen in results:
+        for what, count in seen.items():
+            outcomes[what] = outcomes.get(what, 0) + count
+    counted = outcomes.get("refused" if scenario == "outage" else "ok", 0) or 1
+    sent = sum(r[0] for r in results)
+    return sent / counted, cpu / counted, sum(outcomes.values()) / elapsed, outcomes
+
+
+def listing(port: int, circuits: int) -> tuple[float, float, float]:
+    """Seconds ``store.circuits()`` takes over ``circuits`` circuits (written directly): wall
+    clock, this process's CPU, redis-server's CPU (on a busy machine wall > the two CPUs)."""
+    client = redis.Redis(port=port)
+    store = RedisStateStore(client, prefix="listing")
+    pipe = client.pipeline(transaction=False)
+    for index in range(circuits):
+        fields = {"state": "CLOSED", "gen": 0, "seq": 0, "fc": 0, "sc": 0, "held": "0"}
+        pipe.hset(store.keys(f"circuit-{index}")[0], mapping=fields)
+        if index % 5000 == 4999:
+            pipe.execute()
+    pipe.execute()
+    server_before = _server_cpu(client)
+    started, cpu = time.perf_counter(), time.process_time()
+    found = store.circuits()
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    assert len(found) == circuits, len(found)
+    return elapsed, cpu, _server_cpu(client) - server_before
+
+
+def _server_cpu(client: redis.Redis) -> float:
+    """redis-server's CPU seconds so far (user + system)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def run_fleet(port: int, args: argparse.Namespace) -> None:
+    from llm_circuit_breaker.testing import FakeLLMServer
+
+    n, rate, seconds = args.processes, args.rate, args.seconds
+    print(f"\nfleet: {n} processes x {rate:g} calls/s for {seconds:g} s each scenario")
+    print("| scenario | near_cache | round trips per call | Redis CPU (us) | calls/s | outcomes |")
+    print("|---|---:|---:|---:|---:|---|")
+    with FakeLLMServer() as server:
+        server.rate_limit(requests_per_minute=10_000_000)  # headers on every answer, no 429
+        for scenario, per in (
+            ("healthy", "answered call"),
+            ("outage", "refused call"),
+            ("headers", "answered call (HTTP helper)"),
+        ):
+            for near_cache in (0.0, 0.05):
+                trips, cpu, achieved, outcomes = fleet(
+                    port, scenario, near_cache, n, rate, seconds, server.url
+                )
+                print(
+                    f"| {scenario}, per {per} | {near_cache:g} | {trips:.3f} | {cpu:.2f} "
+                    f"| {achieved:.0f} | {outcomes} |"
+                )
+    if args.circuits:
+        elapsed, cpu, server = listing(port, args.circuits)
+        print(
+            f"listing {args.circuits} circuits (store.circuits()): {elapsed:.2f} s "
+            f"(CPU: this process {cpu:.2f} s, redis-server {server:.2f} s)"
+        )
+
+
 def main() -> None:
     logging.getLogger("llm_circuit_breaker").setLevel(logging.ERROR)  # the trips are on purpose
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--fleet-only", action="store_true", help="skip the per-call tables")
+    parser.add_argument("--processes", type=int, default=16, help="fleet processes")
+    parser.add_argument("--rate", type=float, default=200.0, help="calls/s per process")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per fleet scenario")
+    parser.add_argument("--circuits", type=int, default=100_000, help="listed (0: skip)")
     args = parser.parse_args()
     calls = 2000 if args.quick else 20_000
     process, port = start_redis()
     try:
+        if args.fleet_only:
+            run_fleet(port, args)
+            return
         client = _client(port)
         one = {label: measure(_call(*kind, client), calls, client) for label, kind in KINDS.items()}
         four = {label: measure_fleet(port, label, calls // 4) for label in KINDS}
@@ -221,6 +406,7 @@ def main() -> None:
         rounds = 20 if args.quick else 100
         p50, p99 = trip_seen(port, rounds)
         print(f"trip in one process seen by another: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        run_fleet(port, args)
     finally:
         process.terminate()
         process.wait()

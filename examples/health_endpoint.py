@@ -1,9 +1,13 @@
-"""An aiohttp.web health endpoint that serves the breakers' states.
+"""An aiohttp.web readiness endpoint that reports degraded providers without failing.
 
-    python examples/health_endpoint.py      # then: curl http://127.0.0.1:8080/health/breakers
+    python examples/health_endpoint.py      # then: curl http://127.0.0.1:8080/health/ready
 
-GET /health/breakers returns ``breaker_registry.snapshot()``: 200 while every circuit is
-CLOSED or HALF_OPEN, 503 while any is OPEN (so a load balancer can route around this replica).
+GET /health/ready answers 200 while this replica can serve, and lists the providers whose
+circuit is OPEN (or probing, HALF_OPEN) or whose throttle a rate limit paused as ``degraded``:
+a provider outage is every replica's outage, so pulling replicas out of the load balancer for it
+would only add a second outage (the breakers and fallbacks already answer fast). Page on the
+alert rules in docs/ops/ instead. GET /health/breakers returns ``breaker_registry.snapshot()``
+for people and dashboards, always 200.
 """
 
 from __future__ import annotations
@@ -20,10 +24,24 @@ async def complete(prompt: str) -> str:  # your real client call goes here
     return f"echo: {prompt}"
 
 
-async def breakers(_request: web.Request) -> web.Response:
+async def ready(_request: web.Request) -> web.Response:
     snapshot = breaker_registry.snapshot()
-    down = any(view["state"] == "OPEN" for view in snapshot.values())
-    return web.json_response(snapshot, status=503 if down else 200)
+    degraded = {
+        name: {
+            "state": view["state"],
+            "retry_after": view["retry_after"],
+            "throttle_paused_for": view["throttle"]["paused_for"] or 0.0,
+        }
+        for name, view in snapshot.items()
+        if view["state"] != "CLOSED" or (view["throttle"]["paused_for"] or 0.0) > 0.0
+    }
+    status = "degraded" if degraded else "ok"
+    # 200 either way: this replica serves (refusals and fallbacks answer at once).
+    return web.json_response({"status": status, "degraded": degraded})
+
+
+async def breakers(_request: web.Request) -> web.Response:
+    return web.json_response(breaker_registry.snapshot())
 
 
 async def ask(request: web.Request) -> web.Response:
@@ -32,6 +50,7 @@ async def ask(request: web.Request) -> web.Response:
 
 def make_app() -> web.Application:
     app = web.Application()
+    app.router.add_get("/health/ready", ready)
     app.router.add_get("/health/breakers", breakers)
     app.router.add_get("/ask", ask)
     return app

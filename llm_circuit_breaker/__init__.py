@@ -27,6 +27,7 @@ from llm_circuit_breaker.errors import (
     FallbacksExhaustedError,
     HTTPStatusError,
     IncompleteStreamError,
+    InvalidResponseError,
     LLMCircuitBreakerError,
     RateLimitError,
     RequestTimeoutError,
@@ -40,6 +41,7 @@ if typing.TYPE_CHECKING:
     from llm_circuit_breaker.http._sse import SSEEvent
     from llm_circuit_breaker.http.client import LLMCircuitBreaker
     from llm_circuit_breaker.strategies.fallbacks import FallbackStats, with_fallbacks
+    from llm_circuit_breaker.strategies.pool import PoolStats, with_pool
     from llm_circuit_breaker.strategies.retry import with_retry
 
 __all__ = [
@@ -55,9 +57,11 @@ __all__ = [
     "Guarded",
     "HTTPStatusError",
     "IncompleteStreamError",
+    "InvalidResponseError",
     "LLMCircuitBreaker",
     "LLMCircuitBreakerError",
     "Outcome",
+    "PoolStats",
     "RateLimitError",
     "RequestTimeoutError",
     "RetryConfig",
@@ -71,6 +75,7 @@ __all__ = [
     "breaker_registry",
     "circuit_breaker",
     "with_fallbacks",
+    "with_pool",
     "with_retry",
 ]
 
@@ -79,6 +84,8 @@ __version__ = "0.2.0"
 _LAZY = {
     "FallbackStats": "llm_circuit_breaker.strategies.fallbacks",
     "with_fallbacks": "llm_circuit_breaker.strategies.fallbacks",
+    "PoolStats": "llm_circuit_breaker.strategies.pool",
+    "with_pool": "llm_circuit_breaker.strategies.pool",
     "with_retry": "llm_circuit_breaker.strategies.retry",
     "LLMCircuitBreaker": "llm_circuit_breaker.http.client",
     "SSEEvent": "llm_circuit_breaker.http._sse",
@@ -86,7 +93,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> typing.Any:
-    # The HTTP helpers and fallbacks are loaded when first named: the decorators never pay.
+    # The HTTP helpers, fallbacks and pools are loaded when first named: the decorators never pay.
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'llm_circuit_breaker' has no attribute {name!r}")

@@ -7,6 +7,7 @@
     ├── ThrottledError(name, retry_after)             over the rate limit: wait retry_after
     ├── FallbacksExhaustedError(errors)               every fallback target failed or refused
     │                                                 (also an ExceptionGroup on 3.11+)
+    ├── InvalidResponseError(kind, response)          a 200 that is no answer, retries spent
     ├── HTTPStatusError(status_code, headers, body, url)
     │   ├── RateLimitError                            429
     │   └── ServerError                               5xx, Anthropic's 529 included
@@ -32,6 +33,7 @@ __all__ = [
     "FallbacksExhaustedError",
     "HTTPStatusError",
     "IncompleteStreamError",
+    "InvalidResponseError",
     "LLMCircuitBreakerError",
     "RateLimitError",
     "RequestTimeoutError",
@@ -112,6 +114,41 @@ class ThrottledError(LLMCircuitBreakerError):
 
     def __repr__(self) -> str:
         return f"ThrottledError(name={self.name!r}, retry_after={self.retry_after!r})"
+
+
+class InvalidResponseError(LLMCircuitBreakerError):
+    """A completion that came back but is no answer, still so when the retries ran out.
+
+    ``kind`` names what is wrong (``"empty"``, ``"length_empty"``, ``"content_filter"``,
+    ``"invalid_tool_arguments"``, see :mod:`llm_circuit_breaker.results`; ``"retry_on_result"``
+    when a ``retry_on_result=`` predicate rejected an answer of no known kind) and
+    ``response`` is the last response itself. Neither ``str()`` nor ``repr()`` shows the
+    response: it may be long, and it is the caller's data.
+    """
+
+    def __init__(self, kind: str, response: Any = None) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.response = response
+
+    def __str__(self) -> str:
+        what = _NON_ANSWERS.get(self.kind, "rejected by retry_on_result")
+        return f"invalid response ({self.kind}): {what}"
+
+    def __repr__(self) -> str:
+        shape = type(self.response).__name__
+        return f"InvalidResponseError(kind={self.kind!r}, response=<{shape}>)"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.kind, self.response))
+
+
+_NON_ANSWERS = {
+    "empty": "no text and no tool call",
+    "length_empty": "the token limit was reached before any text or tool call",
+    "content_filter": "stopped by a content filter",
+    "invalid_tool_arguments": "tool-call arguments that are not valid JSON",
+}
 
 
 class HTTPStatusError(LLMCircuitBreakerError):

@@ -24,7 +24,8 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process with persistence off; can be killed and started again."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra: str) -> None:
+        self.extra = list(extra)  # more redis-server options (--replicaof, --cluster-enabled)
         binary = shutil.which("redis-server")
         if binary is None:
             reason = "redis-server is not installed: the Redis store tests cannot run (.ci/run installs it)"
@@ -43,7 +44,7 @@ class RedisServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.workdir, "--protected-mode", "no"],
+             "--dir", self.workdir, "--protected-mode", "no", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         client = redis.Redis(port=self.port, socket_timeout=0.5)

@@ -60,7 +60,8 @@ def test_example_runs_offline(script: str, expected: str) -> None:
 
 
 async def test_health_endpoint_serves_the_snapshot(aiohttp_client_factory: Any) -> None:
-    """The health example answers 200 with the snapshot, and 503 while a circuit is open."""
+    """The health example serves the snapshot; readiness stays 200 while a provider's circuit
+    is open and lists it as degraded (a provider outage must not empty the load balancer)."""
     sys.path.insert(0, str(EXAMPLES))
     try:
         import health_endpoint
@@ -71,8 +72,14 @@ async def test_health_endpoint_serves_the_snapshot(aiohttp_client_factory: Any) 
     healthy = await client.get("/health/breakers")
     assert healthy.status == 200
     assert (await healthy.json())["openai"]["state"] == "CLOSED"
+    ready = await client.get("/health/ready")
+    assert (ready.status, await ready.json()) == (200, {"status": "ok", "degraded": {}})
     health_endpoint.complete.breaker.force_open()
-    assert (await client.get("/health/breakers")).status == 503
+    ready = await client.get("/health/ready")
+    assert ready.status == 200
+    body = await ready.json()
+    assert body["status"] == "degraded"
+    assert body["degraded"]["openai"]["state"] == "OPEN"
 
 
 def test_outage_benchmark_quick_mode() -> None:

@@ -153,6 +153,7 @@ def test_sdk_retries_multiply_with_ours_and_are_counted_exactly(
         "1",
         "2",
     ]
+    assert sdk.breaker.stats.retries == 2  # 3 attempts, 1 logical call
 
 
 def test_a_refusal_sends_nothing_and_the_sdk_does_not_retry_it(

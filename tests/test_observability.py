@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import subprocess
 import sys
 from typing import Any
@@ -20,9 +21,11 @@ from llm_circuit_breaker import (
     CircuitBreakerConfig,
     CircuitOpenError,
     CircuitState,
+    ThrottledError,
     circuit_breaker,
     with_retry,
 )
+from llm_circuit_breaker.breaker.telemetry import WAIT_BUCKETS
 from llm_circuit_breaker.errors import http_status_error
 from llm_circuit_breaker.observability.otel import OpenTelemetryInstrumentation
 from llm_circuit_breaker.observability.prometheus import PrometheusCollector
@@ -54,6 +57,24 @@ def _script(registry: BreakerRegistry, clock: FakeClock) -> Any:
     return call
 
 
+def calls(prom: CollectorRegistry, breaker: str, scope: str = "", **labels: str) -> float | None:
+    """One ``llm_circuit_breaker_calls_total`` sample (``reason`` and ``enforced`` empty unless
+    given)."""
+    wanted = {"breaker": breaker, "scope": scope, "reason": "", "enforced": "", **labels}
+    return prom.get_sample_value("llm_circuit_breaker_calls_total", wanted)
+
+
+def otel_points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    """Data points by metric name."""
+    data = reader.get_metrics_data()
+    return {
+        metric.name: list(metric.data.data_points)
+        for resource in (data.resource_metrics if data is not None else ())
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+
+
 def test_prometheus_exact_counts(clock: FakeClock) -> None:
     """A scrape after scripted outcomes gives exact counter values and the state gauge."""
     registry = BreakerRegistry(clock=clock)
@@ -62,12 +83,13 @@ def test_prometheus_exact_counts(clock: FakeClock) -> None:
     _script(registry, clock)
 
     def sample(name: str, **labels: str) -> float | None:
-        return prom.get_sample_value(name, {"breaker": "openai", **labels})
+        return prom.get_sample_value(name, {"breaker": "openai", "scope": "", **labels})
 
-    assert sample("llm_circuit_breaker_calls_total", outcome="success") == 2
-    assert sample("llm_circuit_breaker_calls_total", outcome="ignored") == 1
-    assert sample("llm_circuit_breaker_calls_total", outcome="failure") == 3
-    assert sample("llm_circuit_breaker_calls_total", outcome="rejected") == 3
+    assert calls(prom, "openai", outcome="success") == 2
+    assert calls(prom, "openai", outcome="ignored") == 1
+    assert calls(prom, "openai", outcome="failure") == 3
+    assert calls(prom, "openai", outcome="rejected", enforced="true") == 3
+    assert calls(prom, "openai", outcome="throttled", reason="rate_limit") == 0
     assert sample("llm_circuit_breaker_retries_total") == 2
     assert sample("llm_circuit_breaker_state_changes_total", state="OPEN") == 1
     assert sample("llm_circuit_breaker_state", state="OPEN") == 1
@@ -77,7 +99,8 @@ def test_prometheus_exact_counts(clock: FakeClock) -> None:
 
 
 def test_opentelemetry_points_and_span_events(clock: FakeClock) -> None:
-    """Metric points match the stats; retries and refusals are events on the current span."""
+    """Metric points match the stats, labelled as in Prometheus; retries and refusals are events
+    on the current span carrying the GenAI attributes given for the breaker."""
     reader = InMemoryMetricReader()
     spans = InMemorySpanExporter()
     tracer_provider = TracerProvider()
@@ -86,37 +109,36 @@ def test_opentelemetry_points_and_span_events(clock: FakeClock) -> None:
     OpenTelemetryInstrumentation(
         registry,
         meter_provider=MeterProvider(metric_readers=[reader]),
-        attributes={"openai": {"gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o-mini"}},
+        attributes={"openai": {"gen_ai.provider.name": "openai"}},
     ).instrument()
     with tracer_provider.get_tracer("test").start_as_current_span("request"):
         _script(registry, clock)
 
-    points: dict[tuple[str, tuple[tuple[str, Any], ...]], Any] = {}
-    for resource in reader.get_metrics_data().resource_metrics:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                for point in metric.data.data_points:
-                    points[(metric.name, tuple(sorted(point.attributes.items())))] = point.value
+    points = {
+        (name, tuple(sorted(point.attributes.items()))): point.value
+        for name, each in otel_points(reader).items()
+        for point in each
+        if hasattr(point, "value")
+    }
 
     def value(name: str, **extra: Any) -> Any:
-        base = {
-            "llm_circuit_breaker.name": "openai",
-            "gen_ai.system": "openai",
-            "gen_ai.request.model": "gpt-4o-mini",
-        }
-        return points[(name, tuple(sorted({**base, **extra}.items())))]
+        return points[(name, tuple(sorted({"breaker": "openai", **extra}.items())))]
 
     assert value("llm_circuit_breaker.calls", outcome="failure") == 3
-    assert value("llm_circuit_breaker.calls", outcome="rejected") == 3
+    assert value("llm_circuit_breaker.calls", outcome="rejected", enforced="true") == 3
+    assert value("llm_circuit_breaker.calls", outcome="throttled", reason="rate_limit") == 0
     assert value("llm_circuit_breaker.retries") == 2
-    assert value("llm_circuit_breaker.state", **{"llm_circuit_breaker.state": "OPEN"}) == 1
+    assert value("llm_circuit_breaker.state", state="OPEN") == 1
+    assert value("llm_circuit_breaker.consecutive_failures") == 3
     (span,) = spans.get_finished_spans()
     names = [event.name for event in span.events]
     assert names.count("llm_circuit_breaker.retry") == 2
     assert names.count("llm_circuit_breaker.rejected") == 3
     retry = next(e for e in span.events if e.name == "llm_circuit_breaker.retry")
     assert retry.attributes["error.type"] == "503"
-    assert retry.attributes["gen_ai.system"] == "openai"
+    assert retry.attributes["gen_ai.provider.name"] == "openai"
+    assert retry.attributes["llm_circuit_breaker.name"] == "openai"
+    assert "gen_ai.system" not in retry.attributes
 
 
 def test_metrics_only_mode_never_refuses(clock: FakeClock) -> None:
@@ -141,6 +163,7 @@ def test_metrics_only_mode_never_refuses(clock: FakeClock) -> None:
         assert call(False) == "ok"  # would have been refused
     assert ran == 7
     assert breaker.stats.rejections == 5
+    assert breaker.stats.calls == 2  # the 5 let through count once, as rejections
     assert breaker.state is CircuitState.OPEN  # shadow calls do not move the circuit
     clock.advance(30.0)
     assert call(False) == "ok"  # a real probe this time
@@ -195,10 +218,10 @@ def test_prometheus_throttle_metrics(clock: FakeClock) -> None:
     (waited,) = clock.sleeps
 
     def sample(name: str, **labels: str) -> float | None:
-        return prom.get_sample_value(name, {"breaker": "openai", **labels})
+        return prom.get_sample_value(name, {"breaker": "openai", "scope": "", **labels})
 
-    assert sample("llm_circuit_breaker_calls_total", outcome="throttled") == 1
-    assert sample("llm_circuit_breaker_calls_total", outcome="success") == 1
+    assert calls(prom, "openai", outcome="throttled", reason="rate_limit") == 1
+    assert calls(prom, "openai", outcome="success") == 1
     assert sample("llm_circuit_breaker_throttle_wait_seconds_count") == 1
     assert sample("llm_circuit_breaker_throttle_wait_seconds_sum") == pytest.approx(waited)
     assert sample("llm_circuit_breaker_throttle_wait_seconds_bucket", le="1.0") == 0
@@ -220,18 +243,419 @@ def test_opentelemetry_throttle_histogram_and_event(clock: FakeClock) -> None:
     with tracer_provider.get_tracer("test").start_as_current_span("request"):
         _throttled_script(registry, clock)
     (waited,) = clock.sleeps
-    metrics = {
-        metric.name: metric.data.data_points
-        for resource in reader.get_metrics_data().resource_metrics
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-    }
+    metrics = otel_points(reader)
     (histogram,) = metrics["llm_circuit_breaker.throttle.wait"]
     assert histogram.count == 1 and histogram.sum == pytest.approx(waited)
-    (paused,) = metrics["llm_circuit_breaker.throttle.paused_for"]
+    assert tuple(histogram.explicit_bounds) == WAIT_BUCKETS  # seconds, not the SDK's ms buckets
+    (paused,) = metrics["llm_circuit_breaker.throttle.paused"]
     assert paused.value == 0.0
     calls = {p.attributes["outcome"]: p.value for p in metrics["llm_circuit_breaker.calls"]}
     assert calls["throttled"] == 1
     (span,) = spans.get_finished_spans()
-    (event,) = [e for e in span.events if e.name == "llm_circuit_breaker.throttled"]
+    (event,) = [e for e in span.events if e.name == "llm_circuit_breaker.throttle_wait"]
     assert event.attributes["llm_circuit_breaker.throttle.wait"] == pytest.approx(waited)
+
+
+# -- outcomes add up ------------------------------------------------------------------------
+
+
+def _total_calls(prom: CollectorRegistry, breaker: str) -> float:
+    return sum(
+        sample.value
+        for metric in prom.collect()
+        if metric.name == "llm_circuit_breaker_calls"
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels["breaker"] == breaker
+    )
+
+
+def test_every_call_ends_in_exactly_one_outcome(clock: FakeClock) -> None:
+    """Successes, an ignored 400, a 429, a throttle refusal, failures and refusals sum to the
+    calls made; the throttle refusal is counted as throttled with reason rate_limit."""
+    registry = BreakerRegistry(clock=clock)
+    prom = CollectorRegistry()
+    PrometheusCollector(registry).register(prom)
+    rate_limited = http_status_error(
+        429, {"retry-after": "20"}, {"error": {"code": "rate_limit_exceeded"}}
+    )
+    outcomes: list[BaseException | None] = [
+        None,
+        http_status_error(400),
+        rate_limited,  # then a call refused by the throttle: it pops nothing
+        None,
+        http_status_error(503),
+        http_status_error(503),  # then a call refused by the open circuit
+    ]
+    call = scripted_call(
+        outcomes, name="openai", registry=registry, failure_threshold=2, throttle_max_wait=1.0
+    )
+    made = 0
+    for _ in range(3):
+        made += 1
+        try:
+            call()
+        except Exception:
+            pass
+    made += 1
+    with pytest.raises(ThrottledError):
+        call()
+    clock.advance(25.0)
+    for _ in range(4):
+        made += 1
+        try:
+            call()
+        except Exception:
+            pass
+    assert calls(prom, "openai", outcome="throttled", reason="rate_limit") == 2
+    assert calls(prom, "openai", outcome="rejected", enforced="true") == 1
+    assert calls(prom, "openai", outcome="success") == 2
+    assert calls(prom, "openai", outcome="failure") == 2
+    assert _total_calls(prom, "openai") == made
+    assert registry.get("openai").stats.throttle_refusals["rate_limit"] == 1
+
+
+def test_metrics_only_mode_counts_each_call_once(clock: FakeClock) -> None:
+    """Three calls of a metrics-only breaker count three times: two failures, then one that it
+    would have refused, labelled enforced="false" (and not also counted as its success)."""
+    registry = BreakerRegistry(clock=clock)
+    prom = CollectorRegistry()
+    PrometheusCollector(registry).register(prom)
+    call = scripted_call(
+        [ConnectionError(), ConnectionError(), None],
+        name="shadow",
+        registry=registry,
+        failure_threshold=2,
+        enabled=False,
+    )
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            call()
+    assert call() == "ok"
+    assert calls(prom, "shadow", outcome="failure") == 2
+    assert calls(prom, "shadow", outcome="rejected", enforced="false") == 1
+    assert calls(prom, "shadow", outcome="success") == 0
+    assert _total_calls(prom, "shadow") == 3
+
+
+def test_retries_of_a_scoped_breaker_are_counted(clock: FakeClock) -> None:
+    """with_retry over "openai:{model}" counts its retries on the call's own breaker, emits the
+    retry event with the filled name, and raises at once when that circuit is open."""
+    registry = BreakerRegistry(clock=clock)
+    prom = CollectorRegistry()
+    PrometheusCollector(registry).register(prom)
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    OpenTelemetryInstrumentation(
+        registry,
+        meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+        attributes={"openai:{model}": {"gen_ai.provider.name": "openai"}},
+    ).instrument()
+
+    @with_retry(max_retries=2, sleep=clock.sleep, jitter=False)
+    @circuit_breaker("openai:{model}", registry=registry, failure_threshold=3)
+    def call(model: str) -> str:
+        raise http_status_error(503)
+
+    tracer = tracer_provider.get_tracer("test")
+    with tracer.start_as_current_span("request"), pytest.raises(Exception, match="503"):
+        call("gpt-4o")
+    labels = {"breaker": "openai:{model}", "scope": "gpt-4o"}
+    assert prom.get_sample_value("llm_circuit_breaker_retries_total", labels) == 2
+    (span,) = spans.get_finished_spans()
+    retry = next(e for e in span.events if e.name == "llm_circuit_breaker.retry")
+    assert retry.attributes["llm_circuit_breaker.name"] == "openai:gpt-4o"
+    assert retry.attributes["gen_ai.request.model"] == "gpt-4o"
+    assert retry.attributes["gen_ai.provider.name"] == "openai"
+    sleeps = len(clock.sleeps)
+    with pytest.raises(CircuitOpenError):
+        call("gpt-4o")
+    assert len(clock.sleeps) == sleeps  # refused at once: no sleep before the refusal
+
+
+def test_scopes_past_the_cap_add_up_under_other(clock: FakeClock) -> None:
+    """Series carry template and scope apart; past max_metric_scopes, scopes sum under
+    scope="other", so a client-chosen model name cannot blow up a scrape."""
+    registry = BreakerRegistry(clock=clock)
+    prom = CollectorRegistry()
+    PrometheusCollector(registry, max_metric_scopes=2).register(prom)
+
+    @circuit_breaker("openai:{model}", registry=registry)
+    def call(model: str) -> str:
+        return model
+
+    for model in ("a", "b", "c", "d", "e", "e"):
+        call(model)
+    template = "openai:{model}"
+    assert calls(prom, template, "a", outcome="success") == 1
+    assert calls(prom, template, "b", outcome="success") == 1
+    assert calls(prom, template, "other", outcome="success") == 4
+    assert calls(prom, template, "c", outcome="success") is None
+    state = {"breaker": template, "scope": "other", "state": "CLOSED"}
+    assert prom.get_sample_value("llm_circuit_breaker_state", state) == 3
+    with pytest.raises(ValueError, match="max_metric_scopes"):
+        PrometheusCollector(registry, max_metric_scopes=-1)
+
+
+# -- names ------------------------------------------------------------------------------------
+
+
+def _families(prom: CollectorRegistry) -> dict[str, set[frozenset[str]]]:
+    """Sample name -> the label-name sets it appears with (empty labels dropped, as
+    Prometheus drops them; the OpenTelemetry exporter's own scope labels left out)."""
+    found: dict[str, set[frozenset[str]]] = {}
+    for metric in prom.collect():
+        for sample in metric.samples:
+            if not sample.name.startswith("llm_circuit_breaker") or sample.name.endswith(
+                "_created"
+            ):
+                continue
+            if "throttle_wait" in sample.name and not sample.value:
+                continue  # OpenTelemetry records waits as they happen: none yet, no series
+            names = frozenset(
+                k for k, v in sample.labels.items() if v and not k.startswith("otel_")
+            )
+            found.setdefault(sample.name, set()).add(names)
+    return found
+
+
+def test_opentelemetry_and_prometheus_expose_the_same_names(clock: FakeClock) -> None:
+    """Through OpenTelemetry's own Prometheus exporter, the instrumentation shows exactly the
+    metric names and labels of the Prometheus collector."""
+    exporter = pytest.importorskip("opentelemetry.exporter.prometheus")
+    registry = BreakerRegistry(clock=clock)
+    chat = _failover(registry)
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    PrometheusCollector(registry, fallbacks={"chat": chat}).register(ours)
+    reader = exporter.PrometheusMetricReader(registry=theirs, disable_target_info=True)
+    OpenTelemetryInstrumentation(
+        registry, meter_provider=MeterProvider(metric_readers=[reader]), fallbacks={"chat": chat}
+    ).instrument()
+    _throttled_script(registry, clock)
+
+    @circuit_breaker("openai:{model}", registry=registry)
+    def scoped(model: str) -> str:
+        return model
+
+    scoped("gpt-4o")
+    chat()
+    assert _families(theirs) == _families(ours)
+    assert "llm_circuit_breaker_fallback_calls_total" in _families(ours)
+    assert "llm_circuit_breaker_calls_total" in _families(ours)
+
+
+def test_a_second_instrumentation_on_one_meter_provider_reports_too(clock: FakeClock) -> None:
+    """Two instrumentations of two registries on one MeterProvider both report; instrument()
+    twice adds nothing (no doubled span events)."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    first, second = BreakerRegistry(clock=clock), BreakerRegistry(clock=clock)
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    one = OpenTelemetryInstrumentation(first, meter_provider=provider).instrument()
+    assert one.instrument() is one
+    OpenTelemetryInstrumentation(second, meter_provider=provider).instrument()
+    scripted_call([None], name="a", registry=first)()
+    with tracer_provider.get_tracer("test").start_as_current_span("request"):
+        scripted_call([ConnectionError(), None], name="b", registry=second, failure_threshold=1)
+        failing = scripted_call([ConnectionError()], name="c", registry=first, failure_threshold=1)
+        with pytest.raises(ConnectionError):
+            failing()
+        with pytest.raises(CircuitOpenError):
+            failing()
+    breakers = {
+        point.attributes["breaker"] for point in otel_points(reader)["llm_circuit_breaker.calls"]
+    }
+    assert breakers == {"a", "b", "c"}
+    (span,) = spans.get_finished_spans()
+    assert [e.name for e in span.events].count("llm_circuit_breaker.rejected") == 1
+
+
+def test_instrument_without_a_registry_covers_every_registry(clock: FakeClock) -> None:
+    """instrument() with no registry reports the registries made before and after it."""
+    reader = InMemoryMetricReader()
+    before = BreakerRegistry(clock=clock)
+    instrumentation = OpenTelemetryInstrumentation(
+        meter_provider=MeterProvider(metric_readers=[reader])
+    ).instrument()
+    try:
+        after = BreakerRegistry(clock=clock)
+        scripted_call([None], name="made-before", registry=before)()
+        scripted_call([None], name="made-after", registry=after)()
+        breakers = {
+            p.attributes["breaker"] for p in otel_points(reader)["llm_circuit_breaker.calls"]
+        }
+        assert {"made-before", "made-after"} <= breakers
+    finally:
+        instrumentation.uninstrument()
+    assert "made-after" not in {
+        p.attributes["breaker"] for p in otel_points(reader).get("llm_circuit_breaker.calls", [])
+    }
+
+
+# -- logs -------------------------------------------------------------------------------------
+
+
+def test_logs_are_structured_on_child_loggers(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Opening logs WARNING on llm_circuit_breaker.state with extra fields, recovering INFO; a
+    retry logs on .retry with the breaker, scope, attempt, delay and error type."""
+    registry = BreakerRegistry(clock=clock)
+
+    @with_retry(max_retries=1, sleep=clock.sleep, jitter=False)
+    @circuit_breaker("openai:{model}", registry=registry, failure_threshold=2)
+    def call(model: str, fail: bool) -> str:
+        if fail:
+            raise http_status_error(503)
+        return "ok"
+
+    caplog.set_level("DEBUG", logger="llm_circuit_breaker")
+    with pytest.raises(Exception, match="503"):
+        call("gpt-4o", True)
+    clock.advance(60.0)
+    assert call("gpt-4o", False) == "ok"
+    (retry,) = [r for r in caplog.records if r.name == "llm_circuit_breaker.retry"]
+    assert (retry.breaker, retry.scope, retry.attempt, retry.error_type) == (  # type: ignore[attr-defined]
+        "openai:{model}",
+        "gpt-4o",
+        1,
+        "503",
+    )
+    assert retry.delay_s >= 0  # type: ignore[attr-defined]
+    changes = [r for r in caplog.records if r.name == "llm_circuit_breaker.state"]
+    opened = next(r for r in changes if r.new_state == "OPEN")  # type: ignore[attr-defined]
+    assert opened.levelname == "WARNING"
+    assert (opened.breaker, opened.scope, opened.old_state) == (  # type: ignore[attr-defined]
+        "openai:{model}",
+        "gpt-4o",
+        "CLOSED",
+    )
+    assert opened.reason  # type: ignore[attr-defined]
+    recovered = [r for r in changes if r.new_state != "OPEN"]  # type: ignore[attr-defined]
+    assert recovered and all(r.levelname == "INFO" for r in recovered)
+    assert any(
+        isinstance(h, logging.NullHandler)
+        for h in logging.getLogger("llm_circuit_breaker").handlers
+    )
+
+
+# -- a span per logical call ------------------------------------------------------------------
+
+
+def _tracing() -> tuple[InMemorySpanExporter, TracerProvider, InMemoryMetricReader, MeterProvider]:
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    return spans, tracer_provider, reader, MeterProvider(metric_readers=[reader])
+
+
+def test_a_logical_call_is_one_client_span_with_its_attempts_as_events(clock: FakeClock) -> None:
+    """traced(): one CLIENT span per call, GenAI attributes, the retries and the failure's
+    error.type on it, nested under the caller's span; the duration histogram in seconds."""
+    from opentelemetry.trace import SpanKind, StatusCode
+
+    from llm_circuit_breaker.observability.otel import DURATION_BUCKETS
+
+    spans, tracer_provider, reader, meter_provider = _tracing()
+    registry = BreakerRegistry(clock=clock)
+    otel = OpenTelemetryInstrumentation(
+        registry, meter_provider=meter_provider, tracer_provider=tracer_provider
+    ).instrument()
+
+    @otel.traced(operation="chat", provider="openai")
+    @with_retry(max_retries=2, sleep=clock.sleep, jitter=False)
+    @circuit_breaker("openai:{model}", registry=registry, failure_threshold=5)
+    def chat(prompt: str, *, model: str) -> str:
+        if prompt == "fail":
+            raise http_status_error(503)
+        return "ok"
+
+    assert chat("hi", model="gpt-4o") == "ok"
+    tracer = tracer_provider.get_tracer("test")
+    with tracer.start_as_current_span("request"), pytest.raises(Exception, match="503"):
+        chat("fail", model="gpt-4o")
+    ok, failed, parent = spans.get_finished_spans()
+    assert (ok.name, ok.kind, ok.parent) == ("chat gpt-4o", SpanKind.CLIENT, None)
+    assert ok.attributes == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o",
+    }
+    assert failed.parent is not None and failed.parent.span_id == parent.context.span_id
+    assert failed.attributes["error.type"] == "503"
+    assert failed.status.status_code is StatusCode.ERROR
+    retries = [e for e in failed.events if e.name == "llm_circuit_breaker.retry"]
+    assert [e.attributes["llm_circuit_breaker.name"] for e in retries] == ["openai:gpt-4o"] * 2
+    assert not parent.events  # the events went to the logical call's span
+    points = otel_points(reader)["gen_ai.client.operation.duration"]
+    assert {p.attributes.get("error.type") for p in points} == {None, "503"}
+    assert all(tuple(p.explicit_bounds) == DURATION_BUCKETS for p in points)
+    failed_point = next(p for p in points if p.attributes.get("error.type") == "503")
+    (exemplar,) = failed_point.exemplars
+    assert exemplar.trace_id == failed.context.trace_id
+
+
+async def test_a_traced_stream_times_its_first_chunk() -> None:
+    """An async generator's span covers the whole stream; the first chunk is timed."""
+    spans, tracer_provider, reader, meter_provider = _tracing()
+    otel = OpenTelemetryInstrumentation(
+        BreakerRegistry(), meter_provider=meter_provider, tracer_provider=tracer_provider
+    ).instrument()
+
+    @otel.traced(operation="chat", provider="anthropic")
+    async def stream(model: str) -> Any:
+        for piece in ("Hel", "lo"):
+            yield piece
+
+    assert [piece async for piece in stream(model="claude")] == ["Hel", "lo"]
+    (span,) = spans.get_finished_spans()
+    assert span.name == "chat claude"
+    (first,) = otel_points(reader)["gen_ai.client.operation.time_to_first_chunk"]
+    assert first.count == 1
+
+
+def test_try_admit_counts_the_call_it_refuses_for_a_throttle_wait(clock: FakeClock) -> None:
+    """try_admit() refuses a call that would have to wait for its slot: a throttled outcome."""
+    from llm_circuit_breaker import CircuitBreaker, Outcome
+
+    breaker = CircuitBreaker("paced", clock=clock)
+    breaker.record(breaker.admit(), Outcome.THROTTLED, hint=5.0)
+    assert breaker.try_admit() == -1
+    assert breaker.stats.throttle_refusals["rate_limit"] == 1
+
+
+def _failover(registry: BreakerRegistry) -> Any:
+    """A chain of two targets whose first fails once with a 503."""
+    from llm_circuit_breaker import with_fallbacks
+
+    primary = scripted_call([http_status_error(503)], name="primary", registry=registry)
+    backup = scripted_call([None, None], name="backup", registry=registry)
+    return with_fallbacks(primary, backup)
+
+
+def test_fallback_chains_are_counted_per_target(clock: FakeClock) -> None:
+    """fallbacks= exposes each chain's targets: served, failed (moved on), refused."""
+    registry = BreakerRegistry(clock=clock)
+    chat = _failover(registry)
+    prom = CollectorRegistry()
+    PrometheusCollector(registry, fallbacks={"chat": chat}).register(prom)
+    reader = InMemoryMetricReader()
+    OpenTelemetryInstrumentation(
+        registry, meter_provider=MeterProvider(metric_readers=[reader]), fallbacks={"chat": chat}
+    ).instrument()
+    assert chat() == "ok"
+
+    def sample(target: str, outcome: str) -> float | None:
+        labels = {"chain": "chat", "target": target, "outcome": outcome}
+        return prom.get_sample_value("llm_circuit_breaker_fallback_calls_total", labels)
+
+    assert (sample("primary", "failed"), sample("backup", "served")) == (1, 1)
+    assert sample("primary", "served") == 0
+    points = {
+        (p.attributes["target"], p.attributes["outcome"]): p.value
+        for p in otel_points(reader)["llm_circuit_breaker.fallback.calls"]
+    }
+    assert points[("primary", "failed")] == 1 and points[("backup", "served")] == 1

@@ -20,6 +20,8 @@ def test_all_is_sorted_and_complete() -> None:
         "SSEEvent",
         "FallbackStats",
         "with_fallbacks",
+        "PoolStats",
+        "with_pool",
         "with_retry",
     }  # loaded on first use
     modules = {n for n in public if inspect.ismodule(getattr(llm_circuit_breaker, n))}

@@ -46,7 +46,13 @@ def test_snippet_runs(
     if "cb.stream" in code:
         provider.script(Reply.ok(), Reply.openai_stream(["Hel", "lo"]), Reply.ok())
     code = code.replace("https://api.openai.com", provider.url)
-    exec(compile(code, f"README:{_first_line(code)}", "exec"), {"__name__": "readme"})
+    from llm_circuit_breaker.breaker import registry as registries
+
+    everywhere = list(registries._EVERYWHERE)  # a snippet may instrument every registry
+    try:
+        exec(compile(code, f"README:{_first_line(code)}", "exec"), {"__name__": "readme"})
+    finally:
+        registries._EVERYWHERE[:] = everywhere
     if "cb.stream" in code:
         assert "Hello" in capsys.readouterr().out
     if "print(answer(" in code:

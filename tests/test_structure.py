@@ -117,6 +117,7 @@ def test_the_top_level_holds_the_public_modules_and_the_foundation_only() -> Non
         "llm_circuit_breaker._validate",
         "llm_circuit_breaker.config",
         "llm_circuit_breaker.errors",
+        "llm_circuit_breaker.results",
     ]
 
 

@@ -26,7 +26,12 @@ def run_status(url: str, prefix: str, *, as_json: bool, out: TextIO | None = Non
         print(f"error: the status command needs the redis extra: {extra}", file=sys.stderr)
         return 2
     try:
-        store = RedisStateStore.from_url(url, prefix, timeout=2.0)
+        try:
+            store = RedisStateStore.from_url(url, prefix, timeout=2.0)
+        except ValueError as exc:  # a node of a Redis Cluster: list every primary
+            if "cluster=True" not in str(exc):
+                raise
+            store = RedisStateStore.from_url(url, prefix, timeout=2.0, cluster=True)
         circuits = store.circuits()
     except (redis.RedisError, OSError, ValueError) as exc:
         from llm_circuit_breaker._redact import redact_text

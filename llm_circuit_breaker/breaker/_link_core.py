@@ -1,7 +1,8 @@
 """What both store links share (:class:`LinkCore`): following the store's views, the
-near-cache, and falling back to the breaker's :class:`LocalCircuit` while the store is
-unreachable. Permits carry where they came from in their two low bits: 0 local, 1 shared and
-clean, 2 shared (every outcome reported).
+near-cache (of a CLOSED circuit, and of a refusal: an OPEN circuit seen until *t* refuses
+until *t* without asking), coalescing rate-limit headers, and falling back to the breaker's
+:class:`LocalCircuit` while the store is unreachable. Permits carry where they came from in
+their two low bits: 0 local, 1 shared and clean, 2 shared (every outcome reported).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 from llm_circuit_breaker._core.permits import (
     CLEAN,
     LOCAL,
+    SHADOW,
     SHARED,
     THROTTLED,
     tag_of,
@@ -33,11 +35,14 @@ from llm_circuit_breaker.storage.base import (
 )
 
 if TYPE_CHECKING:
-    from llm_circuit_breaker._core.headers import RateLimits
+    from llm_circuit_breaker._core.headers import Bucket, RateLimits
 
 __all__ = ["LinkCore"]
 
 _HALF_OPEN_NOW = View(CircuitState.HALF_OPEN, 0, 0, None, 0.0)
+_SLACK = 0.02  # of a limit: headers saying this much fewer remaining than the shared model
+_RESET_MOVED = 1.0  # seconds (or a tenth of it) a bucket's reset must move to be news
+_UNNOTIFIED_HOLD = 1.0  # seconds a refusal holds at most where no notice would end it
 
 
 def _refusal(state: CircuitState) -> str:
@@ -72,17 +77,58 @@ class LinkCore:
         self.near_cache: float = getattr(store, "near_cache", 0.0)
         self._cached_permit = -1
         self._cached_until = 0.0
+        self._refused_until = 0.0  # a refusal seen in the store holds until then
+        # headers are sent to the store only when they are news (stores that say so)
+        self._coalesce: bool = getattr(store, "coalesces_headers", False)
+        self._sent: dict[str, tuple[int | None, float | None]] = {}  # bucket -> limit, reset at
+        self._observed_at = float("-inf")
         self.lease = Lease(self.near_cache, local.now)
         self._now = local.now
         self.count_success = telemetry.count_success
         follow = getattr(store, "follow", None)
         if self.near_cache and follow is not None:
             follow(name, self)
+        # whether a change elsewhere reaches this link at once (sync Redis clients listen)
+        self._notified: bool = bool(self.near_cache and getattr(store, "notifies", False))
 
     def forget(self) -> None:
         """Drop the near-cache and the lease: the circuit changed elsewhere."""
         self._cached_permit = -1
+        self._refused_until = 0.0
         self.lease.drop()
+
+    def cached_refusal(self) -> Entry | None:
+        """The refusal the store last gave, while it holds (None: ask the store). With a
+        near-cache, an OPEN circuit seen until *t* is refused here until *t*, HALF_OPEN
+        without a probe slot (or a forced-open circuit) for ``near_cache``: a trip does not
+        become a round trip per refused call. A change elsewhere is published and ends it;
+        where no notice would (asyncio clients), a refusal holds for a second at most."""
+        if not self._refused_until:
+            return None
+        left = self._refused_until - self._now()
+        if left <= 0.0:
+            self._refused_until = 0.0
+            return None
+        known = self._known
+        held = known.state is CircuitState.OPEN and known.retry_after is None
+        retry_after = None if held else left
+        if known.state is not CircuitState.OPEN:
+            retry_after = known.retry_after
+        error = refused(self.name, retry_after, known.reason or _refusal(known.state))
+        error.__cause__ = self.cause
+        self.telemetry.count_rejection()
+        return self.telemetry.observed(error)
+
+    def _cache_refusal(self, view: View) -> None:
+        if not self.near_cache:
+            return
+        if view.state is CircuitState.OPEN and view.retry_after is not None:
+            span = view.retry_after
+        else:  # HALF_OPEN with its probe slots taken, or held open
+            span = self.near_cache
+        if not self._notified:
+            span = min(span, max(self.near_cache, _UNNOTIFIED_HOLD))
+        self._refused_until = self._now() + span if span > 0.0 else 0.0
 
     def _cache(self, permit: int, view: View, wait: float) -> None:
         quiet = view.throttle is None or (
@@ -127,6 +173,8 @@ class LinkCore:
             self._deciding_locally = False
             self._event(self.local.state, view.state, "shared store reachable again: following it")
         self._known, self._known_at = view, self._now()
+        if view.state is CircuitState.CLOSED:
+            self._refused_until = 0.0
         if not view.clean:  # something changed: the next admission asks the store
             self._cached_permit = -1
             self.lease.drop()
@@ -144,6 +192,7 @@ class LinkCore:
     def go_local(self) -> None:
         """Decide locally from now on, until the store answers again."""
         self._cached_permit = -1
+        self._refused_until = 0.0
         self.lease.drop()
         if not self._deciding_locally:
             self._deciding_locally = True
@@ -161,8 +210,10 @@ class LinkCore:
         self.adopt(view)
         self._cache(permit, view, wait)
         if permit == THROTTLED:
+            self.telemetry.count_throttle_refusal()
             return ThrottledError(self.name, wait)
         if permit < 0:
+            self._cache_refusal(view)
             error = refused(self.name, view.retry_after, view.reason or _refusal(view.state))
             error.__cause__ = self.cause
             self.telemetry.count_rejection()
@@ -207,6 +258,8 @@ class LinkCore:
         shared permit, False and ``open_for`` capped as the core caps it (a store keeps a
         hint as given)."""
         check_report(permit, outcome, open_for)
+        if permit == SHADOW:  # metrics-only pass-through: counted once, as its rejection
+            return True, open_for
         if tag_of(permit) == LOCAL:
             self.local.record(
                 untagged(permit), outcome, open_for=open_for, why=why, error=error, hint=hint
@@ -234,7 +287,50 @@ class LinkCore:
             return None
         from llm_circuit_breaker._core.headers import parse_rate_limits
 
-        return parse_rate_limits(headers, time.time())
+        limits = parse_rate_limits(headers, time.time())
+        if limits is None or not self._coalesce or self._news(limits):
+            return limits
+        return None
+
+    def _news(self, limits: RateLimits) -> bool:
+        """Whether headers would change the shared pacing: a new limit, fewer remaining than
+        the shared model holds (beyond a slack), or a reset that moved; with a near-cache,
+        at most once per ``near_cache``. What is news is remembered as sent."""
+        now = self._now()
+        if self.near_cache and now - self._observed_at < self.near_cache:
+            return False
+        known = self._known.throttle or {}
+        buckets = (
+            ("requests", limits.requests, known.get("requests_remaining")),
+            ("tokens", limits.tokens, known.get("tokens_remaining")),
+        )
+        news = any(self._bucket_news(*bucket, now) for bucket in buckets)
+        if news:
+            self._observed_at = now
+            for which, bucket, _ in buckets:
+                if bucket is not None:
+                    reset_at = None if bucket.reset is None else now + bucket.reset
+                    self._sent[which] = (bucket.limit, reset_at)
+        return news
+
+    def _bucket_news(
+        self, which: str, bucket: Bucket | None, modelled: float | int | None, now: float
+    ) -> bool:
+        if bucket is None:
+            return False
+        sent = self._sent.get(which)
+        if sent is None or bucket.limit != sent[0]:
+            return True
+        if bucket.remaining is not None:
+            slack = max(1.0, _SLACK * (bucket.limit or 0))
+            if modelled is None or bucket.remaining < modelled - slack:
+                return True
+        if bucket.reset is not None:
+            if sent[1] is None:
+                return True
+            moved = abs(now + bucket.reset - sent[1])
+            return moved > max(_RESET_MOVED, bucket.reset / 10)
+        return False
 
     @property
     def idle(self) -> bool:

@@ -55,6 +55,9 @@ class CircuitBreaker:
 
     enter: Callable[[], Entry]  # the circuit's own method, bound once: no extra frame per call
     record_success: Callable[[int], None]
+    # The name template this breaker was made from (``"openai:{model}"``), None when named
+    # outright: exporters and logs label by template and scope value apart.
+    template: str | None = None
 
     def __init__(
         self,
@@ -78,20 +81,24 @@ class CircuitBreaker:
         self._telemetry.breaker = self
         # With a store, the local circuit (and its throttle) decides while the store is down.
         self._local = LocalCircuit(name, self.config, self._time, self._telemetry)
-        self._link: StoreLink | None = None
         self._alink: AsyncStoreLink | None = None
         parts = (name, self.config, self._local, self._telemetry)
         if store is not None:  # only a shared breaker needs the links
             from llm_circuit_breaker.breaker._async.link import AsyncStoreLink
             from llm_circuit_breaker.breaker._sync.link import StoreLink
-        if store is None:
-            self.enter, self.record_success = self._local.enter, self._local.record_success
-        elif store.is_async:
+        # What the sync methods drive (the local circuit or a sync store's link; None for an
+        # asyncio store, whose circuit only coroutines reach), and what a read without I/O sees.
+        self._circuit: LocalCircuit | StoreLink | None = self._local
+        self._followed: LocalCircuit | StoreLink | AsyncStoreLink = self._local
+        if store is not None and store.is_async:
             self._alink = AsyncStoreLink(cast("AsyncStateStore", store), *parts)
+            self._circuit, self._followed = None, self._alink
+        elif store is not None:
+            self._circuit = self._followed = StoreLink(cast("StateStore", store), *parts)
+        if self._circuit is None:
             self.enter = self.record_success = self._needs_await
         else:
-            self._link = StoreLink(cast("StateStore", store), *parts)
-            self.enter, self.record_success = self._link.enter, self._link.record_success
+            self.enter, self.record_success = self._circuit.enter, self._circuit.record_success
 
     @property
     def is_async(self) -> bool:
@@ -101,6 +108,17 @@ class CircuitBreaker:
     def _needs_await(self, *args: object) -> Any:
         what = "use `await breaker.aenter()` / `arecord_success()` / `arecord()` / `aobserve()`"
         raise TypeError(f"circuit {self.name!r} keeps its state in an asyncio store: {what}")
+
+    def _sync(self, what: str = "") -> LocalCircuit | StoreLink:
+        """The circuit the sync methods drive, or the TypeError saying to await ``what``."""
+        if self._circuit is None:
+            if what:
+                raise TypeError(
+                    f"circuit {self.name!r} keeps its state in an asyncio store: "
+                    f"use `await breaker.{what}()`"
+                )
+            self._needs_await()
+        return cast("LocalCircuit | StoreLink", self._circuit)
 
     # -- guarding calls --------------------------------------------------------------------
 
@@ -122,11 +140,12 @@ class CircuitBreaker:
         entry = self.enter()
         if isinstance(entry, Wait):
             self._settle(entry, gave_up=True)
+            self._telemetry.count_throttle_refusal()  # refused: it would have had to wait
             return REJECTED
         return entry if isinstance(entry, int) else REJECTED
 
     def _settle(self, wait: Wait, *, gave_up: bool) -> Wait | ThrottledError | None:
-        return (self._link or self._local).waited(wait, gave_up=gave_up)
+        return self._sync().waited(wait, gave_up=gave_up)
 
     def wait(self, wait: Wait) -> int:
         """Sleep (``time.sleep``, looked up now) until a throttle slot; the permit it held. A
@@ -148,29 +167,23 @@ class CircuitBreaker:
     def observe(self, headers: object) -> None:
         """Feed a response's rate-limit headers to the throttle (the HTTP helpers do it for
         every response; call it for responses your own code reads)."""
-        if self._link is not None:
-            self._link.observe(headers)
-        elif self._alink is not None:
-            self._needs_await()
-        else:
-            self._local.observe(headers)
+        self._sync().observe(headers)
 
     @property
     def throttle(self) -> dict[str, float | int | None]:
         """``{paused_for, requests_remaining, tokens_remaining, reset_in, waiting}`` (with a
         store: the shared throttle as of the last store call)."""
-        if self._link is not None:
-            self._link.view()  # a sync store is read now; an asyncio one as of its last call
+        if self._circuit is not self._local and self._circuit is not None:
+            self._circuit.view()  # a sync store is read now; an asyncio one as of its last call
         return self._known_throttle()
 
     @property
     def idle(self) -> bool:
         """CLOSED and clean: a registry may drop this (scoped) breaker without losing state."""
-        return (self._link or self._alink or self._local).idle
+        return self._followed.idle
 
     def _known_throttle(self) -> dict[str, float | int | None]:
-        link = self._link or self._alink
-        return (link or self._local).throttle_view()
+        return self._followed.throttle_view()
 
     def record(
         self,
@@ -188,12 +201,7 @@ class CircuitBreaker:
         that follow if this report opens the circuit. ``hint``: the server's wait for a
         ``THROTTLED`` outcome (a rate limit), which pauses the throttle.
         """
-        if self._link is not None:
-            self._link.record(permit, outcome, open_for=open_for, why=why, error=error, hint=hint)
-        elif self._alink is not None:
-            self._needs_await()
-        else:
-            self._local.record(permit, outcome, open_for=open_for, why=why, error=error, hint=hint)
+        self._sync().record(permit, outcome, open_for=open_for, why=why, error=error, hint=hint)
 
     def refusal_now(self) -> CircuitOpenError | None:
         """The :class:`CircuitOpenError` a call would get now, or None if it would be admitted
@@ -262,6 +270,7 @@ class CircuitBreaker:
         entry = await self.aenter()
         if isinstance(entry, Wait):
             await self._asettle(entry, gave_up=True)
+            self._telemetry.count_throttle_refusal()  # refused: it would have had to wait
             return REJECTED
         return entry if isinstance(entry, int) else REJECTED
 
@@ -317,16 +326,14 @@ class CircuitBreaker:
 
     def _view(self) -> View:
         """The circuit now (for an asyncio store: as of the last call, see ``asnapshot``)."""
-        if self._link is not None:
-            return self._link.view()
         if self._alink is not None:
             return self._alink.known_view()
-        return self._local.view()
+        return self._sync().view()
 
     @property
     def state(self) -> CircuitState:
         """The current state (HALF_OPEN as soon as ``reset_timeout`` has passed)."""
-        if self._link is None and self._alink is None:
+        if self._followed is self._local:
             return self._local.state
         return self._view().state
 
@@ -373,20 +380,16 @@ class CircuitBreaker:
     # -- manual control and listeners ------------------------------------------------------
 
     def _control(self, action: Control) -> None:
-        if self._link is not None:
-            self._link.control(action)
-        elif self._alink is not None:
-            raise TypeError(
-                f"circuit {self.name!r} keeps its state in an asyncio store: "
-                f"use `await breaker.a{action}()`"
-            )
-        else:
-            self._local.control(action)
+        self._sync(f"a{action}").control(action)
 
     def reset(self) -> None:
         """Close the circuit with clean counts and clear the throttle (a pause, the limits
         learned from headers); the configured rates and the statistics are kept."""
         self._control("reset")
+
+    def _link_view(self) -> View:
+        """A store's circuit as of the link's last store call (no I/O)."""
+        return cast("StoreLink | AsyncStoreLink", self._followed).known_view()
 
     def _restart(self) -> None:
         """Fresh state in place: :meth:`reset`, statistics zeroed (``registry.reset_all()``).
@@ -400,9 +403,8 @@ class CircuitBreaker:
     def _detach(self, rejoin: Callable[[], None]) -> None:
         """The registry forgot this breaker: its next admission calls ``rejoin`` first."""
         self._local.detach(rejoin)
-        link = self._link or self._alink
-        if link is not None:
-            link.forget()  # past the near-cache and the lease, where a link looks for it
+        if self._followed is not self._local:  # a link looks past its near-cache and lease
+            cast("StoreLink | AsyncStoreLink", self._followed).forget()
 
     def force_closed(self) -> None:
         """Close the circuit now, ending a forced or timed open; counting starts afresh."""
@@ -425,8 +427,7 @@ class CircuitBreaker:
         self._telemetry.remove_listener(listener)
 
     def __repr__(self) -> str:
-        link = self._link or self._alink
-        view = link.known_view() if link is not None else self._local.view()
+        view = self._local.view() if self._followed is self._local else self._link_view()
         return (
             f"CircuitBreaker({self.name!r}, state={view.state.value}, "
             f"failure_count={view.failure_count}, success_count={view.success_count})"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
-from llm_circuit_breaker._core.permits import REJECTED
+from llm_circuit_breaker._core.permits import REJECTED, SHADOW
 from llm_circuit_breaker._core.state import BreakerCore, CircuitState, Outcome, Transition
 from llm_circuit_breaker._core.throttle import TOKEN_COST, ThrottleCore, Wait, spread
 from llm_circuit_breaker._core.views import Control, View
@@ -135,7 +135,9 @@ class LocalCircuit:
         telemetry.publish(transitions)
         if permit == REJECTED:
             return self._refuse(retry_after, reason)
-        if paced and not telemetry.plain_refusals and entry.__class__ is not ThrottledError:
+        if entry.__class__ is ThrottledError:
+            telemetry.count_throttle_refusal()
+        elif paced and not telemetry.plain_refusals:
             telemetry.waited(entry.seconds if isinstance(entry, Wait) else 0.0)
         return entry
 
@@ -180,7 +182,9 @@ class LocalCircuit:
         telemetry.publish(transitions)
         if isinstance(again, int):
             return None
-        if isinstance(again, Wait) and not telemetry.plain_refusals:
+        if isinstance(again, ThrottledError):
+            telemetry.count_throttle_refusal()
+        elif isinstance(again, Wait) and not telemetry.plain_refusals:
             telemetry.waited(again.seconds)
         return again
 
@@ -224,7 +228,8 @@ class LocalCircuit:
             transitions = self._drain()
         if transitions and transitions[-1].new is OPEN:
             self.cause = error
-        self.telemetry.tally(counted)
+        if permit != SHADOW:  # a metrics-only pass-through counted once, as its rejection
+            self.telemetry.tally(counted)
         self.telemetry.publish(transitions)
         if news is not None:
             self.telemetry.throttle_event(*news, at=now)

@@ -16,7 +16,7 @@ from llm_circuit_breaker.config import CircuitBreakerConfig
 if TYPE_CHECKING:
     from llm_circuit_breaker.storage.base import AsyncStateStore, StateStore
 
-__all__ = ["BreakerRegistry", "breaker_registry"]
+__all__ = ["BreakerRegistry", "breaker_registry", "registries"]
 
 _LISTED = 20  # names listed in a KeyError
 _EVICTION_SCAN = 64  # scoped breakers looked at per eviction: the oldest, for an idle one
@@ -55,6 +55,23 @@ class BreakerRegistry:
             weakref.WeakValueDictionary()
         )
         self._lock = threading.Lock()
+        _REGISTRIES.add(self)
+        for observer in _EVERYWHERE.copy():  # another thread may add one
+            self.add_observer(observer)
+
+    @staticmethod
+    def observe_all(observer: Observer) -> None:
+        """Attach ``observer`` to every registry in the process, now and made later."""
+        _EVERYWHERE.append(observer)
+        for registry in registries():
+            registry.add_observer(observer)
+
+    @staticmethod
+    def unobserve_all(observer: Observer) -> None:
+        """Stop attaching ``observer`` to registries made from now on (the observer itself
+        goes quiet: breakers cannot forget an observer)."""
+        if observer in _EVERYWHERE:
+            _EVERYWHERE.remove(observer)
 
     def get(self, name: str) -> CircuitBreaker:
         """The breaker called ``name``; ``KeyError`` listing the known names if there is none."""
@@ -306,6 +323,15 @@ def _as_fields(config: CircuitBreakerConfig) -> dict[str, Any]:
     if not isinstance(config, CircuitBreakerConfig):
         raise TypeError(f"config must be a CircuitBreakerConfig, got {type(config).__name__}")
     return config.as_fields()
+
+
+_REGISTRIES: weakref.WeakSet[BreakerRegistry] = weakref.WeakSet()
+_EVERYWHERE: list[Observer] = []  # observers of every registry (exporters' instrument())
+
+
+def registries() -> list[BreakerRegistry]:
+    """Every registry alive in the process (the exporters' default: all of them)."""
+    return list(_REGISTRIES)
 
 
 breaker_registry = BreakerRegistry()

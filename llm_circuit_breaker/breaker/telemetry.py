@@ -19,6 +19,7 @@ from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
 from llm_circuit_breaker.errors import CircuitOpenError
 
 __all__ = [
+    "THROTTLE_REASONS",
     "BreakerStats",
     "Listener",
     "Observer",
@@ -27,9 +28,18 @@ __all__ = [
     "ThrottleEvent",
     "ThrottleSignal",
     "WaitHistogram",
+    "error_type",
+    "split_name",
 ]
 
 logger = logging.getLogger("llm_circuit_breaker")
+logger.addHandler(logging.NullHandler())  # a library logs; the application decides where to
+state_logger = logging.getLogger("llm_circuit_breaker.state")
+throttle_logger = logging.getLogger("llm_circuit_breaker.throttle")
+
+# Why a call was refused before it ran while the circuit was not open (the ``reason`` label of
+# the ``throttled`` outcome): its throttle slot was too far, a concurrency limit, a budget.
+THROTTLE_REASONS = ("rate_limit", "concurrency", "retry_budget", "token_budget")
 
 # CircuitOpenError built by BaseException.__new__ alone: C code, no Python frame (hot path).
 refused = functools.partial(CircuitOpenError.__new__, CircuitOpenError)
@@ -111,6 +121,31 @@ class WaitHistogram:
         return out
 
 
+def error_type(error: BaseException) -> str:
+    """A low-cardinality ``error.type``: the HTTP status when there is one, else the class."""
+    from llm_circuit_breaker._judge.classify import classify
+
+    status = classify(error).status
+    if status is not None:
+        return str(status)
+    cls = type(error)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def split_name(name: str, template: str | None) -> tuple[str, str]:
+    """``(template, scope value)`` of a breaker name: ``("openai:{model}", "gpt-4o")`` for
+    ``openai:gpt-4o`` made from that template, ``(name, "")`` for a breaker named outright."""
+    if not template:
+        return name, ""
+    prefix = template[: template.find("{")]
+    suffix = template[template.rfind("}") + 1 :]
+    if len(name) < len(prefix) + len(suffix) or not name.startswith(prefix):
+        return name, ""  # pragma: no cover - a name its template did not make
+    return template, name[len(prefix) : len(name) - len(suffix)]
+
+
 class Observed(Protocol):
     """What an observer is told of the breaker that saw an event (its name, to label by)."""
 
@@ -119,7 +154,10 @@ class Observed(Protocol):
 
 
 class Observer(Protocol):
-    """Hears of refusals and retries as they happen (what listeners do for state changes)."""
+    """Hears of refusals and retries as they happen (what listeners do for state changes).
+    An observer may also define ``waited(breaker, seconds)`` (an admitted call waits for its
+    throttle slot) and ``throttled(breaker, reason)`` (a throttle, limit or budget refused a
+    call); they are looked up, not required."""
 
     def rejected(self, breaker: Observed, enforced: bool) -> None:
         """A call was refused (``enforced`` False: a metrics-only breaker let it through)."""
@@ -131,7 +169,9 @@ class Observer(Protocol):
 @dataclasses.dataclass(frozen=True, slots=True)
 class BreakerStats:
     """Counts since the breaker was made. ``calls`` = successes + failures + ignored +
-    throttled; refused calls are ``rejections``."""
+    throttled; refused calls are ``rejections`` (circuit open) and ``throttle_refusals``
+    (refused before running, by reason: ``rate_limit`` ...). In metrics-only mode a call the
+    circuit would have refused counts as a rejection only, not by how it then ended."""
 
     calls: int
     successes: int
@@ -141,6 +181,7 @@ class BreakerStats:
     rejections: int
     retries: int
     state_changes: dict[str, int]
+    throttle_refusals: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 class _Tally:
@@ -175,6 +216,7 @@ class Telemetry:
         "_rejections",
         "_retries",
         "_tallies",
+        "_throttle_refusals",
         "breaker",
         "count_rejection",
         "count_success",
@@ -194,6 +236,7 @@ class Telemetry:
         self._retries = _Tally()
         self._rejections = _Tally()
         self._changes = {state: _Tally() for state in CircuitState}
+        self._throttle_refusals = {reason: _Tally() for reason in THROTTLE_REASONS}
         # Bound once: the CLOSED success path and the fail-fast path call them.
         self.count_success = self._tallies[Outcome.SUCCESS].add
         self.count_rejection = self._rejections.add
@@ -225,7 +268,25 @@ class Telemetry:
             rejections=self._rejections.value,
             retries=self._retries.value,
             state_changes={state.value: tally.value for state, tally in self._changes.items()},
+            throttle_refusals={
+                reason: tally.value for reason, tally in self._throttle_refusals.items()
+            },
         )
+
+    def count_throttle_refusal(self, reason: str = "rate_limit") -> None:
+        """Count a call refused before it ran by its throttle (or a limit or budget)."""
+        self._throttle_refusals[reason].add()
+        throttle_logger.debug(
+            "circuit %r refused a call: %s", self.name, reason, extra=self._fields(reason=reason)
+        )
+        for observer in list(self._observers):
+            hear = getattr(observer, "throttled", None)
+            if hear is None:
+                continue
+            try:
+                hear(self._owner(), reason)
+            except Exception:
+                logger.exception("observer %r of circuit %r raised", observer, self.name)
 
     # -- refusals and retries --------------------------------------------------------------
 
@@ -239,7 +300,11 @@ class Telemetry:
                 logger.exception("observer %r of circuit %r raised", observer, self.name)
         if self.enforced:
             return error
-        logger.debug("circuit %r would have refused a call (metrics-only)", self.name)
+        state_logger.debug(
+            "circuit %r would have refused a call (metrics-only)",
+            self.name,
+            extra=self._fields(enforced=False),
+        )
         return SHADOW
 
     def retried(self, attempt: int, error: BaseException, delay: float) -> None:
@@ -262,6 +327,11 @@ class Telemetry:
                 hear(self._owner(), seconds)
             except Exception:
                 logger.exception("observer %r of circuit %r raised", observer, self.name)
+
+    def _fields(self, **more: object) -> dict[str, object]:
+        """``extra=`` fields for a log record: the breaker's template and scope, and more."""
+        template, scope = split_name(self.name, getattr(self.breaker, "template", None))
+        return {"breaker": template, "scope": scope, "enforced": self.enforced, **more}
 
     def _owner(self) -> Observed:
         if self.breaker is None:  # pragma: no cover - the breaker sets it at construction
@@ -291,16 +361,32 @@ class Telemetry:
         """Count, log and announce the state changes a circuit made."""
         for t in transitions:
             self._changes[t.new].add()
-            logger.warning("circuit %r %s -> %s: %s", self.name, t.old.value, t.new.value, t.reason)
+            # Opening (or holding open) is news for whoever is on call; recovering is not.
+            level = logging.WARNING if t.new is CircuitState.OPEN else logging.INFO
+            if state_logger.isEnabledFor(level):
+                fields = self._fields(old_state=t.old.value, new_state=t.new.value, reason=t.reason)
+                state_logger.log(
+                    level,
+                    "circuit %r %s -> %s: %s",
+                    self.name,
+                    t.old.value,
+                    t.new.value,
+                    t.reason,
+                    extra=fields,
+                )
             self.notify(StateChange(self.name, t.old, t.new, t.at, t.reason))
 
     def throttle_event(self, paused: bool, reason: str, paused_for: float, *, at: float) -> None:
         """Log and announce that the throttle paused (``THROTTLED``) or resumed."""
         if paused:
-            logger.warning("circuit %r throttled: %s", self.name, reason)
+            throttle_logger.warning(
+                "circuit %r throttled: %s", self.name, reason, extra=self._fields(reason=reason)
+            )
             old, new = ThrottleSignal.UNTHROTTLED, ThrottleSignal.THROTTLED
         else:
-            logger.info("circuit %r unthrottled: %s", self.name, reason)
+            throttle_logger.info(
+                "circuit %r unthrottled: %s", self.name, reason, extra=self._fields(reason=reason)
+            )
             old, new = ThrottleSignal.THROTTLED, ThrottleSignal.UNTHROTTLED
         self.notify(ThrottleEvent(self.name, old, new, at, reason, paused_for))
 

@@ -33,6 +33,7 @@ __all__ = [
     "Body",
     "BreakerSpec",
     "Core",
+    "SDKRetry",
     "Watch",
     "incomplete",
     "library",
@@ -45,6 +46,10 @@ Report = tuple[Outcome, dict[str, Any]]
 BreakerSpec = str | CircuitBreaker | Callable[[Any], str]
 _MAX_PARSED_BODY = 4 * 1024 * 1024  # request bodies parsed for the model and a token estimate
 _MAX_ERROR_BODY = 256 * 1024  # of an error response, read to judge it
+
+
+class SDKRetry(Exception):
+    """What a retry event names when the SDK itself retried (the transport sees no error)."""
 
 
 class Core:
@@ -135,9 +140,14 @@ class Core:
         self, request: Any, *, asynchronous: bool = False
     ) -> tuple[CircuitBreaker, Any]:
         """The request's JSON body and the breaker that guards it (a sync transport cannot
-        use an asyncio store)."""
+        use an asyncio store). Every request is an attempt, counted as a call; one the SDK
+        retries (its ``x-stainless-retry-count`` header: openai, anthropic) is also counted as
+        a retry, so logical calls are calls minus retries."""
         body = self.body_of(request)
         breaker = self.breaker_for(request, body)
+        retry = request.headers.get("x-stainless-retry-count", "0")
+        if retry != "0" and retry.isdigit():
+            breaker.record_retry(int(retry), SDKRetry(), 0.0)
         if breaker.is_async and not asynchronous:
             raise TypeError(
                 f"circuit {breaker.name!r} keeps its state in an asyncio store: "

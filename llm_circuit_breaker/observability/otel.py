@@ -3,77 +3,106 @@
 ::
 
     from llm_circuit_breaker.observability.otel import OpenTelemetryInstrumentation
-    OpenTelemetryInstrumentation(attributes={"openai": {"gen_ai.system": "openai"}}).instrument()
+    OpenTelemetryInstrumentation(
+        attributes={"openai:{model}": {"gen_ai.provider.name": "openai"}}
+    ).instrument()
 
-Metrics (observable instruments, read at collection: guarded calls pay nothing), each with
-``llm_circuit_breaker.name`` plus the breaker's attributes:
+Metrics, read at collection (guarded calls pay nothing), with the names and labels of the
+Prometheus collector: an OpenTelemetry Prometheus exporter shows the same series (the unit
+becomes the suffix, counters end in ``_total``). Labels: ``breaker`` (the name, or the name
+template of a scoped breaker), ``scope`` (the template's value, absent for a breaker named
+outright; past ``max_metric_scopes`` values per template, ``other``):
 
 * ``llm_circuit_breaker.calls`` (counter, ``outcome`` = success | failure | ignored |
-  throttled | rejected)
+  throttled (with ``reason``) | rejected (with ``enforced``))
 * ``llm_circuit_breaker.retries`` (counter)
-* ``llm_circuit_breaker.state_changes`` (counter, ``llm_circuit_breaker.state``)
-* ``llm_circuit_breaker.state`` (gauge, 1 for the current ``llm_circuit_breaker.state``)
+* ``llm_circuit_breaker.state_changes`` (counter, ``state``: transitions into it)
+* ``llm_circuit_breaker.state`` (gauge, 1 for the current ``state``)
+* ``llm_circuit_breaker.consecutive_failures`` (gauge)
 * ``llm_circuit_breaker.throttle.wait`` (histogram, seconds a call waited for its throttle
-  slot, recorded as calls are admitted while the throttle paces)
-* ``llm_circuit_breaker.throttle.paused_for`` (gauge, seconds until a rate-limit pause ends)
+  slot, recorded as calls are admitted while the throttle paces; explicit bucket boundaries)
+* ``llm_circuit_breaker.throttle.paused`` (gauge, seconds until a rate-limit pause ends)
 * ``llm_circuit_breaker.throttle.waiting`` (gauge, callers asleep until their slot)
+* ``llm_circuit_breaker.fallback.calls`` (counter, ``chain``, ``target``, ``outcome`` = served |
+  failed | refused) for the ``with_fallbacks`` chains given as ``fallbacks=``
 
-Span events on the current span: ``llm_circuit_breaker.rejected`` when a call is refused (or
-would have been, in metrics-only mode), ``llm_circuit_breaker.retry`` before a retry, with
-``error.type`` (the HTTP status, else the exception class), and ``llm_circuit_breaker.throttled``
-when a call waits for its throttle slot (``llm_circuit_breaker.throttle.wait`` seconds).
-``attributes`` maps breaker names to extra attributes, such as the GenAI conventions'
-``gen_ai.system`` and ``gen_ai.request.model``.
+Span events on the current span, each with ``llm_circuit_breaker.name`` (the breaker's filled
+name), ``gen_ai.request.model`` (a scoped breaker's scope value) and the ``attributes`` given
+for the breaker's name or template (say ``gen_ai.provider.name``):
+``llm_circuit_breaker.rejected`` when the circuit refuses a call (or would have, in
+metrics-only mode: ``llm_circuit_breaker.enforced`` false), ``llm_circuit_breaker.throttled``
+when a throttle refuses one (``llm_circuit_breaker.reason``), ``llm_circuit_breaker.retry``
+before a retry (``error.type``: the HTTP status, else the exception class) and
+``llm_circuit_breaker.throttle_wait`` when a call waits for its throttle slot.
+
+A span per logical call: ``instrumentation.traced(operation="chat", provider="openai")``
+decorates a function (stacked outermost, above ``with_retry``, ``with_fallbacks`` and
+``circuit_breaker``) so that each call is a CLIENT span following the GenAI conventions
+(``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model`` from the call's
+``model`` argument, ``error.type``), nested under the caller's span or a root; the library's
+events of that call (attempts retried, refusals, throttle waits, failovers) land on it. It
+records ``gen_ai.client.operation.duration`` and, for a stream, the time to its first chunk
+(``gen_ai.client.operation.time_to_first_chunk``), in seconds with explicit boundaries. The
+library does not add the span on its own: a wrapper on every guarded call would cost the
+calls of applications that trace nothing (see ``benchmarks/overhead.py``).
+
+``instrument()`` is idempotent. Without ``registry=`` it covers every registry in the process,
+made before or after. Instrumentations sharing a MeterProvider share its instruments: each
+reports its own breakers (a breaker two of them cover is reported once).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+import functools
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from llm_circuit_breaker._core.state import CircuitState
-from llm_circuit_breaker.breaker.breaker import CircuitBreaker
-from llm_circuit_breaker.breaker.registry import BreakerRegistry, breaker_registry
-from llm_circuit_breaker.breaker.telemetry import Observed
-from llm_circuit_breaker.observability import OUTCOMES, calls_by_outcome, error_type, require
+from llm_circuit_breaker.breaker.registry import BreakerRegistry, registries
+from llm_circuit_breaker.breaker.telemetry import WAIT_BUCKETS, Observed, split_name
+from llm_circuit_breaker.observability import (
+    OUTCOMES,
+    ScopeCap,
+    Series,
+    error_type,
+    fallback_counts,
+    require,
+    series,
+)
+from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
 _metrics = require("opentelemetry.metrics", "otel")
 _trace = require("opentelemetry.trace", "otel")
 
-__all__ = ["OpenTelemetryInstrumentation"]
+__all__ = ["OUTCOMES", "OpenTelemetryInstrumentation"]
 
 Attributes = Mapping[str, str]
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The GenAI semantic conventions' advice for gen_ai.client.operation.duration (seconds).
+DURATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
 
 
-class OpenTelemetryInstrumentation:
-    """Reports the breakers of ``registry`` through OpenTelemetry."""
+class _Instruments:
+    """One MeterProvider's instruments, reporting for every instrumentation that uses it (the
+    SDK keeps the first callbacks of a name and drops a second instrument's, silently)."""
 
-    def __init__(
-        self,
-        registry: BreakerRegistry = breaker_registry,
-        *,
-        meter_provider: Any = None,
-        attributes: Mapping[str, Attributes] | None = None,
-    ) -> None:
-        self.registry = registry
-        self.attributes = dict(attributes or {})
-        self._meter = _metrics.get_meter("llm_circuit_breaker", meter_provider=meter_provider)
-
-    def instrument(self) -> OpenTelemetryInstrumentation:
-        """Create the instruments and listen to refusals and retries."""
-        meter = self._meter
+    def __init__(self, meter: Any) -> None:
+        self.users: list[OpenTelemetryInstrumentation] = []
+        self._rows: list[tuple[OpenTelemetryInstrumentation, Series]] | None = None
         meter.create_observable_counter(
-            "llm_circuit_breaker.calls",
-            [self._calls],
-            unit="{call}",
+            "llm_circuit_breaker.calls", [self._calls], unit="{call}",
             description="Guarded calls by outcome.",
-        )
+        )  # fmt: skip
         meter.create_observable_counter(
-            "llm_circuit_breaker.retries",
-            [self._retries],
-            unit="{retry}",
+            "llm_circuit_breaker.retries", [self._retries], unit="{retry}",
             description="Retries of guarded calls.",
-        )
+        )  # fmt: skip
         meter.create_observable_counter(
             "llm_circuit_breaker.state_changes", [self._changes], unit="{transition}",
             description="Transitions into each state.",
@@ -82,89 +111,401 @@ class OpenTelemetryInstrumentation:
             "llm_circuit_breaker.state", [self._state], description="1 for the current state."
         )
         meter.create_observable_gauge(
-            "llm_circuit_breaker.throttle.paused_for", [self._paused], unit="s",
+            "llm_circuit_breaker.consecutive_failures", [self._failures], unit="{failure}",
+            description="Consecutive failures counted in CLOSED.",
+        )  # fmt: skip
+        meter.create_observable_gauge(
+            "llm_circuit_breaker.throttle.paused", [self._paused], unit="s",
             description="Seconds until a rate-limit pause ends.",
         )  # fmt: skip
         meter.create_observable_gauge(
             "llm_circuit_breaker.throttle.waiting", [self._waiting], unit="{call}",
             description="Callers asleep until their throttle slot.",
         )  # fmt: skip
-        self._waits = meter.create_histogram(
+        meter.create_observable_counter(
+            "llm_circuit_breaker.fallback.calls", [self._fallbacks], unit="{call}",
+            description="Calls of each fallback chain's targets by outcome.",
+        )  # fmt: skip
+        self.waits = meter.create_histogram(
             "llm_circuit_breaker.throttle.wait", unit="s",
             description="Waits for a throttle slot.",
+            explicit_bucket_boundaries_advisory=list(WAIT_BUCKETS),
         )  # fmt: skip
-        self.registry.add_observer(self)
-        return self
+        self.duration = meter.create_histogram(
+            "gen_ai.client.operation.duration", unit="s",
+            description="Duration of GenAI client operations (logical calls, retries included).",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+        )  # fmt: skip
+        self.first_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk", unit="s",
+            description="Time from the start of a streamed call to its first chunk.",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+        )  # fmt: skip
 
-    def _labels(self, breaker: Observed, **extra: Any) -> dict[str, Any]:
-        return {
-            "llm_circuit_breaker.name": breaker.name,
-            **self.attributes.get(breaker.name, {}),
-            **extra,
-        }
+    def rows(self, fresh: bool = False) -> list[tuple[OpenTelemetryInstrumentation, Series]]:
+        """Every user's series; read afresh by the first callback of a collection (calls),
+        reused by the others of the same collection."""
+        rows = self._rows
+        if fresh or rows is None:
+            seen: set[int] = set()
+            rows = []
+            for user in list(self.users):
+                for row in user.series():
+                    kept = [b for b in row.breakers if id(b) not in seen]
+                    if len(kept) == len(row.breakers):
+                        rows.append((user, row))
+                    elif kept:  # partly covered by an earlier user: report the rest
+                        again = Series(row.breaker, row.scope)
+                        for breaker in kept:
+                            again.add(breaker)
+                        rows.append((user, again))
+                    seen.update(id(b) for b in row.breakers)
+            self._rows = rows
+        return rows
 
     def _calls(self, _options: Any) -> Iterable[Any]:
-        for breaker in self.registry.breakers():
-            by_outcome = calls_by_outcome(breaker)
-            for outcome in OUTCOMES:
-                yield _metrics.Observation(
-                    by_outcome[outcome], self._labels(breaker, outcome=outcome)
-                )
+        for _user, row in self.rows(fresh=True):
+            for (outcome, reason, enforced), count in row.calls.items():
+                extra = {"outcome": outcome, "reason": reason, "enforced": enforced}
+                yield _metrics.Observation(count, _labels(row, **extra))
 
     def _retries(self, _options: Any) -> Iterable[Any]:
-        for breaker in self.registry.breakers():
-            yield _metrics.Observation(breaker.stats.retries, self._labels(breaker))
+        for _user, row in self.rows():
+            yield _metrics.Observation(row.retries, _labels(row))
 
     def _changes(self, _options: Any) -> Iterable[Any]:
-        for breaker in self.registry.breakers():
-            for state, count in breaker.stats.state_changes.items():
-                yield _metrics.Observation(
-                    count, self._labels(breaker, **{"llm_circuit_breaker.state": state})
-                )
+        for _user, row in self.rows():
+            for state in CircuitState:
+                count = row.state_changes.get(state.value, 0)
+                yield _metrics.Observation(count, _labels(row, state=state.value))
 
     def _state(self, _options: Any) -> Iterable[Any]:
-        for breaker in self.registry.breakers():
-            current = breaker.state
+        for _user, row in self.rows():
             for state in CircuitState:
-                value = 1 if state is current else 0
-                yield _metrics.Observation(
-                    value, self._labels(breaker, **{"llm_circuit_breaker.state": state.value})
-                )
+                count = row.states.get(state.value, 0)
+                yield _metrics.Observation(count, _labels(row, state=state.value))
+
+    def _failures(self, _options: Any) -> Iterable[Any]:
+        for _user, row in self.rows():
+            yield _metrics.Observation(row.consecutive_failures, _labels(row))
 
     def _paused(self, _options: Any) -> Iterable[Any]:
-        for breaker in self.registry.breakers():
-            paused = breaker.throttle["paused_for"] or 0.0
-            yield _metrics.Observation(paused, self._labels(breaker))
+        for _user, row in self.rows():
+            yield _metrics.Observation(row.paused_seconds, _labels(row))
 
     def _waiting(self, _options: Any) -> Iterable[Any]:
-        for breaker in self.registry.breakers():
-            yield _metrics.Observation(breaker.throttle["waiting"] or 0, self._labels(breaker))
+        for _user, row in self.rows():
+            yield _metrics.Observation(row.waiting, _labels(row))
+
+    def _fallbacks(self, _options: Any) -> Iterable[Any]:
+        seen: set[str] = set()
+        for user in list(self.users):
+            chains = {k: v for k, v in user.fallbacks.items() if k not in seen}
+            seen.update(chains)
+            for chain, target, outcome, count in fallback_counts(chains):
+                labels = {"chain": chain, "target": target, "outcome": outcome}
+                yield _metrics.Observation(count, labels)
+
+
+def _labels(row: Series, **extra: str) -> dict[str, str]:
+    """A series' attributes; empty values are left out (Prometheus drops them too)."""
+    labels = {"breaker": row.breaker, "scope": row.scope, **extra}
+    return {key: value for key, value in labels.items() if value}
+
+
+# MeterProvider -> its instruments, forgotten with the provider.
+_shared: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
+_shared_lock = threading.Lock()
+
+
+class OpenTelemetryInstrumentation:
+    """Reports the breakers of ``registry`` (every registry in the process when None) through
+    OpenTelemetry. ``attributes`` maps breaker names or name templates to attributes for the
+    span events (such as ``{"gen_ai.provider.name": "openai"}``); ``max_metric_scopes`` caps
+    the ``scope`` values of one template in the metrics; ``fallbacks`` maps names to
+    ``with_fallbacks`` chains whose stats to report."""
+
+    def __init__(
+        self,
+        registry: BreakerRegistry | None = None,
+        *,
+        meter_provider: Any = None,
+        tracer_provider: Any = None,
+        attributes: Mapping[str, Attributes] | None = None,
+        max_metric_scopes: int = 100,
+        fallbacks: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.fallbacks = dict(fallbacks or {})
+        self._tracer = _trace.get_tracer("llm_circuit_breaker", tracer_provider=tracer_provider)
+        self._models = ScopeCap(max_metric_scopes)  # request models in the histograms
+        self.attributes = {name: dict(values) for name, values in (attributes or {}).items()}
+        self.cap = ScopeCap(max_metric_scopes)
+        self._meter_provider = meter_provider
+        self._instruments: _Instruments | None = None
+        self._lock = threading.Lock()
+
+    def series(self) -> list[Series]:
+        """What this instrumentation reports now."""
+        covered = registries() if self.registry is None else [self.registry]
+        return series(covered, self.cap)
+
+    def instrument(self) -> OpenTelemetryInstrumentation:
+        """Report the metrics and listen to refusals, retries and waits (once: calling it
+        again changes nothing)."""
+        with self._lock:
+            if self._instruments is not None:
+                return self
+            provider = self._meter_provider or _metrics.get_meter_provider()
+            with _shared_lock:
+                instruments = _shared.get(provider)
+                if instruments is None:
+                    meter = _metrics.get_meter("llm_circuit_breaker", meter_provider=provider)
+                    instruments = _shared[provider] = _Instruments(meter)
+                instruments.users.append(self)
+            self._instruments = instruments
+        if self.registry is None:
+            BreakerRegistry.observe_all(self)
+        else:
+            self.registry.add_observer(self)
+        return self
+
+    def uninstrument(self) -> None:
+        """Stop reporting: the metrics leave this instrumentation's breakers out and the span
+        events stop."""
+        with self._lock:
+            instruments, self._instruments = self._instruments, None
+        if instruments is not None:
+            with _shared_lock:
+                instruments.users.remove(self)
+            BreakerRegistry.unobserve_all(self)
+
+    def _event_attributes(self, breaker: Observed, **extra: Any) -> dict[str, Any]:
+        name = breaker.name
+        template, scope = split_name(name, getattr(breaker, "template", None))
+        attributes: dict[str, Any] = {"llm_circuit_breaker.name": name}
+        if scope:
+            attributes["gen_ai.request.model"] = scope
+        attributes.update(self.attributes.get(template, {}))
+        attributes.update(self.attributes.get(name, {}))
+        attributes.update(extra)
+        return attributes
+
+    def _event(self, breaker: Observed, event: str, **extra: Any) -> None:
+        if self._instruments is None:
+            return
+        span = _trace.get_current_span()
+        if span.is_recording():
+            span.add_event(event, self._event_attributes(breaker, **extra))
 
     # -- observer: span events as things happen ----------------------------------------------
 
     def rejected(self, breaker: Observed, enforced: bool) -> None:
-        span = _trace.get_current_span()
-        if span.is_recording():
-            attributes = self._labels(breaker, **{"llm_circuit_breaker.enforced": enforced})
-            span.add_event("llm_circuit_breaker.rejected", attributes)
+        self._event(
+            breaker, "llm_circuit_breaker.rejected", **{"llm_circuit_breaker.enforced": enforced}
+        )
+
+    def throttled(self, breaker: Observed, reason: str) -> None:
+        self._event(
+            breaker, "llm_circuit_breaker.throttled", **{"llm_circuit_breaker.reason": reason}
+        )
 
     def retried(self, breaker: Observed, attempt: int, error: BaseException, delay: float) -> None:
-        span = _trace.get_current_span()
-        if span.is_recording():
-            attributes = self._labels(
-                breaker,
-                **{
-                    "error.type": error_type(error),
-                    "llm_circuit_breaker.retry.attempt": attempt,
-                    "llm_circuit_breaker.retry.delay": delay,
-                },
-            )
-            span.add_event("llm_circuit_breaker.retry", attributes)
+        self._event(
+            breaker,
+            "llm_circuit_breaker.retry",
+            **{
+                "error.type": error_type(error),
+                "llm_circuit_breaker.retry.attempt": attempt,
+                "llm_circuit_breaker.retry.delay": delay,
+            },
+        )
 
-    def waited(self, breaker: CircuitBreaker, seconds: float) -> None:
-        self._waits.record(seconds, self._labels(breaker))
+    def waited(self, breaker: Observed, seconds: float) -> None:
+        instruments = self._instruments
+        if instruments is None:
+            return
+        template, scope = split_name(breaker.name, getattr(breaker, "template", None))
+        labels = {"breaker": template}
+        scope = self.cap.label(template, scope)
+        if scope:
+            labels["scope"] = scope
+        instruments.waits.record(seconds, labels)
         if seconds > 0.0:
-            span = _trace.get_current_span()
-            if span.is_recording():
-                attributes = self._labels(breaker, **{"llm_circuit_breaker.throttle.wait": seconds})
-                span.add_event("llm_circuit_breaker.throttled", attributes)
+            self._event(
+                breaker,
+                "llm_circuit_breaker.throttle_wait",
+                **{"llm_circuit_breaker.throttle.wait": seconds},
+            )
+
+    # -- a span per logical call ---------------------------------------------------------------
+
+    def traced(self, *, operation: str = "chat", provider: str | None = None) -> Callable[[F], F]:
+        """Decorate a function so that each call is a CLIENT span (GenAI conventions) and
+        counts in ``gen_ai.client.operation.duration``; see the module's docstring."""
+
+        def decorate(func: F) -> F:
+            return _traced(self, func, operation, provider)
+
+        return decorate
+
+    def _start(self, operation: str, provider: str | None, kwargs: dict[str, Any]) -> _Call:
+        model = kwargs.get("model")
+        attributes: dict[str, Any] = {"gen_ai.operation.name": operation}
+        if provider:
+            attributes["gen_ai.provider.name"] = provider
+        if isinstance(model, str) and model:
+            attributes["gen_ai.request.model"] = model
+        name = f"{operation} {model}" if isinstance(model, str) and model else operation
+        span = self._tracer.start_span(name, kind=_trace.SpanKind.CLIENT, attributes=attributes)
+        return _Call(self, span, attributes)
+
+
+class _Call:
+    """One logical call in flight: its span, attributes and start."""
+
+    __slots__ = ("attributes", "first", "owner", "span", "started")
+
+    def __init__(
+        self, owner: OpenTelemetryInstrumentation, span: Any, attributes: dict[str, Any]
+    ) -> None:
+        self.owner, self.span, self.attributes = owner, span, attributes
+        self.started = time.perf_counter()
+        self.first = True
+
+    def _metric_attributes(self) -> dict[str, Any]:
+        attributes = dict(self.attributes)
+        model = attributes.get("gen_ai.request.model")
+        if model is not None:  # a client may choose it: bounded like the scopes
+            attributes["gen_ai.request.model"] = self.owner._models.label(
+                attributes["gen_ai.operation.name"], model
+            )
+        return attributes
+
+    def chunk(self) -> None:
+        """A streamed item arrived: the first one is timed."""
+        if self.first:
+            self.first = False
+            instruments = self.owner._instruments
+            if instruments is not None:
+                elapsed = time.perf_counter() - self.started
+                with self._current():  # an exemplar carries the trace id
+                    instruments.first_chunk.record(elapsed, self._metric_attributes())
+
+    def end(self, error: BaseException | None = None) -> None:
+        """Record the duration and end the span (with ``error.type`` on a failure)."""
+        attributes = self._metric_attributes()
+        if error is not None:
+            kind = error_type(error)
+            attributes["error.type"] = kind
+            self.span.set_attribute("error.type", kind)
+            self.span.record_exception(error)
+            self.span.set_status(_trace.Status(_trace.StatusCode.ERROR, kind))
+        instruments = self.owner._instruments
+        if instruments is not None:
+            with self._current():  # an exemplar carries the trace id
+                instruments.duration.record(time.perf_counter() - self.started, attributes)
+        self.span.end()
+
+    def _current(self) -> Any:
+        return _trace.use_span(
+            self.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        )
+
+
+def _traced(
+    owner: OpenTelemetryInstrumentation, func: F, operation: str, provider: str | None
+) -> F:
+    """``func`` with a span per call (the four callable kinds)."""
+    kind = kind_of(func)
+    use_span = _trace.use_span
+
+    if kind is CallableKind.COROUTINE:
+
+        @functools.wraps(func)
+        async def coroutine(*args: Any, **kwargs: Any) -> Any:
+            call = owner._start(operation, provider, kwargs)
+            with use_span(call.span, end_on_exit=False, record_exception=False,
+                          set_status_on_exception=False):  # fmt: skip
+                try:
+                    result = await func(*args, **kwargs)
+                except BaseException as exc:
+                    call.end(exc)
+                    raise
+            call.end()
+            return result
+
+        return coroutine  # type: ignore[return-value]
+
+    def inside(call: _Call) -> Any:
+        return use_span(
+            call.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        )
+
+    if kind is CallableKind.GENERATOR:
+
+        @functools.wraps(func)
+        def generator(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            # Each step runs inside the span; between steps the caller's context is its own.
+            call = owner._start(operation, provider, kwargs)
+            stream: Any = None
+            try:
+                with inside(call):
+                    stream = iter(func(*args, **kwargs))
+                while True:
+                    with inside(call):
+                        try:
+                            item = next(stream)
+                        except StopIteration:
+                            break
+                    call.chunk()
+                    yield item
+            except BaseException as exc:
+                if stream is not None and hasattr(stream, "close"):
+                    stream.close()
+                call.end(None if isinstance(exc, GeneratorExit) else exc)
+                raise
+            call.end()
+
+        return generator  # type: ignore[return-value]
+
+    if kind is CallableKind.ASYNC_GENERATOR:
+
+        @functools.wraps(func)
+        async def agen(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            call = owner._start(operation, provider, kwargs)
+            stream: Any = None
+            try:
+                with inside(call):
+                    stream = func(*args, **kwargs)
+                while True:
+                    with inside(call):
+                        try:
+                            item = await stream.__anext__()
+                        except StopAsyncIteration:
+                            break
+                    call.chunk()
+                    yield item
+            except BaseException as exc:
+                if stream is not None:
+                    await stream.aclose()
+                call.end(None if isinstance(exc, GeneratorExit) else exc)
+                raise
+            call.end()
+
+        return agen  # type: ignore[return-value]
+
+    @functools.wraps(func)
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        call = owner._start(operation, provider, kwargs)
+        with use_span(call.span, end_on_exit=False, record_exception=False,
+                      set_status_on_exception=False):  # fmt: skip
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                call.end(exc)
+                raise
+        call.end()
+        return result
+
+    return plain  # type: ignore[return-value]

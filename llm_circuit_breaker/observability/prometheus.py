@@ -6,29 +6,37 @@
     PrometheusCollector().register()            # the default prometheus_client registry
 
 A custom collector: every scrape reads the breakers' statistics, so guarded calls pay nothing.
-Metrics (label ``breaker`` is the breaker's name):
+The names and labels are those of the OpenTelemetry instrumentation as an OpenTelemetry
+Prometheus exporter shows them. Every series has ``breaker`` (the name, or the name template of
+a scoped breaker: ``openai:{model}``) and ``scope`` (the template's value, ``gpt-4o``; empty for
+a breaker named outright; past ``max_metric_scopes`` values per template, ``other``):
 
-* ``llm_circuit_breaker_calls_total{breaker, outcome}`` outcome = success | failure | ignored
-  | throttled (a rate-limit 429) | rejected (refused while open; in metrics-only mode, would
-  have been refused)
-* ``llm_circuit_breaker_retries_total{breaker}``
-* ``llm_circuit_breaker_state_changes_total{breaker, state}`` transitions into ``state``
-* ``llm_circuit_breaker_state{breaker, state}`` 1 for the current state, 0 for the others
-* ``llm_circuit_breaker_failure_count{breaker}`` consecutive failures counted in CLOSED
-* ``llm_circuit_breaker_throttle_wait_seconds{breaker}`` histogram of the waits for a throttle
-  slot (calls admitted while the throttle paced)
-* ``llm_circuit_breaker_throttle_paused_seconds{breaker}`` seconds until a rate-limit pause ends
-* ``llm_circuit_breaker_throttle_waiting{breaker}`` callers asleep until their slot
+* ``llm_circuit_breaker_calls_total{outcome, reason, enforced}`` every call ends in exactly one
+  outcome: success | failure | ignored | throttled (``reason`` = rate_limit (a 429, or a
+  throttle slot too far away) | concurrency | retry_budget | token_budget) | rejected (the
+  circuit refused it; ``enforced="false"``: a metrics-only breaker let it run, counted once)
+* ``llm_circuit_breaker_retries_total``
+* ``llm_circuit_breaker_state_changes_total{state}`` transitions into ``state``
+* ``llm_circuit_breaker_state{state}`` 1 for the current state, 0 for the others (under
+  ``scope="other"``: how many breakers are in it)
+* ``llm_circuit_breaker_consecutive_failures`` consecutive failures counted in CLOSED
+* ``llm_circuit_breaker_throttle_wait_seconds`` histogram of the waits for a throttle slot
+  (calls admitted while the throttle paced)
+* ``llm_circuit_breaker_throttle_paused_seconds`` seconds until a rate-limit pause ends
+* ``llm_circuit_breaker_throttle_waiting`` callers asleep until their slot
+* ``llm_circuit_breaker_fallback_calls_total{chain, target, outcome}`` for the
+  ``with_fallbacks`` chains given as ``fallbacks=``: calls each target served, failed (the
+  chain moved on) or refused without running
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from llm_circuit_breaker._core.state import CircuitState
-from llm_circuit_breaker.breaker.registry import BreakerRegistry, breaker_registry
-from llm_circuit_breaker.observability import OUTCOMES, calls_by_outcome, require
+from llm_circuit_breaker.breaker.registry import BreakerRegistry, registries
+from llm_circuit_breaker.observability import ScopeCap, fallback_counts, require, series
 
 _client = require("prometheus_client", "prometheus")
 from prometheus_client.core import (  # noqa: E402
@@ -39,16 +47,28 @@ from prometheus_client.core import (  # noqa: E402
 
 __all__ = ["PrometheusCollector"]
 
+_LABELS = ["breaker", "scope"]
+
 
 def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
 class PrometheusCollector:
-    """Exposes the breakers of ``registry`` to Prometheus."""
+    """Exposes the breakers of ``registry`` (every registry in the process when None) to
+    Prometheus; ``max_metric_scopes`` caps the ``scope`` values of one template;
+    ``fallbacks`` maps names to ``with_fallbacks`` chains whose stats to expose."""
 
-    def __init__(self, registry: BreakerRegistry = breaker_registry) -> None:
+    def __init__(
+        self,
+        registry: BreakerRegistry | None = None,
+        *,
+        max_metric_scopes: int = 100,
+        fallbacks: Mapping[str, Any] | None = None,
+    ) -> None:
         self.registry = registry
+        self.cap = ScopeCap(max_metric_scopes)
+        self.fallbacks = dict(fallbacks or {})
 
     def register(self, collector_registry: Any = None) -> PrometheusCollector:
         """Register on ``collector_registry`` (prometheus_client's default when None)."""
@@ -57,59 +77,65 @@ class PrometheusCollector:
 
     def collect(self) -> Iterator[Any]:
         calls = CounterMetricFamily(
-            "llm_circuit_breaker_calls", "Guarded calls by outcome.", labels=["breaker", "outcome"]
+            "llm_circuit_breaker_calls",
+            "Guarded calls by outcome.",
+            labels=[*_LABELS, "outcome", "reason", "enforced"],
         )
         retries = CounterMetricFamily(
-            "llm_circuit_breaker_retries", "Retries of guarded calls.", labels=["breaker"]
+            "llm_circuit_breaker_retries", "Retries of guarded calls.", labels=_LABELS
         )
         changes = CounterMetricFamily(
             "llm_circuit_breaker_state_changes",
             "Transitions into each state.",
-            labels=["breaker", "state"],
+            labels=[*_LABELS, "state"],
         )
         state = GaugeMetricFamily(
-            "llm_circuit_breaker_state", "1 for the current state.", labels=["breaker", "state"]
+            "llm_circuit_breaker_state", "1 for the current state.", labels=[*_LABELS, "state"]
         )
         failures = GaugeMetricFamily(
-            "llm_circuit_breaker_failure_count",
+            "llm_circuit_breaker_consecutive_failures",
             "Consecutive failures counted in CLOSED.",
-            labels=["breaker"],
+            labels=_LABELS,
         )
         waits = HistogramMetricFamily(
             "llm_circuit_breaker_throttle_wait_seconds",
             "Waits for a throttle slot.",
-            labels=["breaker"],
+            labels=_LABELS,
         )
         paused = GaugeMetricFamily(
             "llm_circuit_breaker_throttle_paused_seconds",
             "Seconds until a rate-limit pause ends.",
-            labels=["breaker"],
+            labels=_LABELS,
         )
         waiting = GaugeMetricFamily(
             "llm_circuit_breaker_throttle_waiting",
             "Callers asleep until their throttle slot.",
-            labels=["breaker"],
+            labels=_LABELS,
         )
-        for breaker in self.registry.breakers():
-            view = breaker.snapshot()
-            by_outcome = calls_by_outcome(breaker)
-            for outcome in OUTCOMES:
-                calls.add_metric([breaker.name, outcome], by_outcome[outcome])
-            retries.add_metric([breaker.name], view["stats"]["retries"])
+        covered = registries() if self.registry is None else [self.registry]
+        for row in series(covered, self.cap):
+            labels = [row.breaker, row.scope]
+            for (outcome, reason, enforced), count in row.calls.items():
+                calls.add_metric([*labels, outcome, reason, enforced], count)
+            retries.add_metric(labels, row.retries)
             for each in CircuitState:
-                changes.add_metric(
-                    [breaker.name, each.value], view["stats"]["state_changes"][each.value]
-                )
-                state.add_metric(
-                    [breaker.name, each.value], 1.0 if view["state"] == each.value else 0.0
-                )
-            failures.add_metric([breaker.name], view["failure_count"])
-            histogram = breaker.wait_histogram
-            buckets = [(_le(bound), count) for bound, count in histogram.buckets()]
-            waits.add_metric([breaker.name], buckets, histogram.total)
-            paused.add_metric([breaker.name], view["throttle"]["paused_for"] or 0.0)
-            waiting.add_metric([breaker.name], view["throttle"]["waiting"] or 0)
+                changes.add_metric([*labels, each.value], row.state_changes.get(each.value, 0))
+                state.add_metric([*labels, each.value], row.states.get(each.value, 0))
+            failures.add_metric(labels, row.consecutive_failures)
+            buckets = [(_le(bound), count) for bound, count in row.wait_buckets()]
+            waits.add_metric(labels, buckets, row.wait_sum)
+            paused.add_metric(labels, row.paused_seconds)
+            waiting.add_metric(labels, row.waiting)
         yield from (calls, retries, changes, state, failures, waits, paused, waiting)
+        if self.fallbacks:
+            chains = CounterMetricFamily(
+                "llm_circuit_breaker_fallback_calls",
+                "Calls of each fallback chain's targets by outcome.",
+                labels=["chain", "target", "outcome"],
+            )
+            for chain, target, outcome, count in fallback_counts(self.fallbacks):
+                chains.add_metric([chain, target, outcome], count)
+            yield chains
 
     def describe(self) -> list[Any]:
         return []  # collected afresh at every scrape

@@ -1,40 +1,196 @@
-"""The Redis client a ``RedisStateStore`` works through: which kind it is, whether it would
-retry commands (which a store must not wait for), one made for a URL, and, for an asyncio
-client, one per running event loop."""
+"""The Redis client a ``RedisStateStore`` works through: which kind it is (redis-py or
+valkey, sync or asyncio, one server or a cluster), which of its errors mean "store
+unavailable", whether it would retry commands (which a store must not wait for), clients made
+for a URL or a Sentinel service with safe defaults, and, for an asyncio client, one per running
+event loop."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import threading
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from types import ModuleType
 from typing import Any
 
-__all__ = ["LoopClients", "client_for_url", "is_async_client", "warn_if_retrying"]
+__all__ = [
+    "ClientKind",
+    "LoopClients",
+    "PendingCluster",
+    "client_for_sentinel",
+    "client_for_url",
+    "client_kind",
+    "is_async_client",
+    "refuse_cluster_node",
+    "warn_if_retrying",
+]
 
 logger = logging.getLogger("llm_circuit_breaker")
 
 
-def is_async_client(client: Any) -> bool:
-    """True for a ``redis.asyncio.Redis``, False for a ``redis.Redis``; else ``TypeError``."""
-    import redis
-    import redis.asyncio
+@dataclasses.dataclass(frozen=True)
+class ClientKind:
+    """What a store needs to know of its client."""
 
-    if isinstance(client, redis.asyncio.Redis):
-        return True
-    if isinstance(client, redis.Redis):
-        return False
+    family: str  # "redis" (redis-py) or "valkey"
+    is_async: bool
+    is_cluster: bool
+    exceptions: ModuleType  # the family's ``exceptions`` module
+    errors: tuple[type[BaseException], ...]  # what means "the store is unavailable"
+
+
+def _families() -> dict[str, ModuleType]:
+    """The client packages installed: redis-py (always, the extra) and valkey (if present)."""
+    import redis
+
+    found: dict[str, ModuleType] = {"redis": redis}
+    try:
+        import valkey
+    except ImportError:
+        pass
+    else:
+        found["valkey"] = valkey
+    return found
+
+
+def client_kind(client: Any) -> ClientKind:
+    """The kind of ``client``: a redis-py or valkey client, sync or asyncio, for one server
+    (Sentinel-managed ones included) or a cluster; anything else is a ``TypeError``."""
+    roots = {cls.__module__.split(".")[0] for cls in type(client).__mro__}
+    import importlib
+
+    if isinstance(client, PendingCluster):
+        return _kind(client.family, is_async=False, is_cluster=True)
+    for family, package in _families().items():
+        if family not in roots:
+            continue
+
+        plain = getattr(package, "Redis" if family == "redis" else "Valkey")
+        cluster = importlib.import_module(f"{family}.cluster")
+        cluster_class = getattr(cluster, "RedisCluster" if family == "redis" else "ValkeyCluster")
+        aio = importlib.import_module(f"{family}.asyncio")
+        aio_cluster = importlib.import_module(f"{family}.asyncio.cluster")
+        aio_cluster_class = getattr(
+            aio_cluster, "RedisCluster" if family == "redis" else "ValkeyCluster"
+        )
+        aio_plain = getattr(aio, "Redis" if family == "redis" else "Valkey")
+        for cls, is_async, is_cluster in (
+            (aio_cluster_class, True, True),
+            (cluster_class, False, True),
+            (aio_plain, True, False),
+            (plain, False, False),
+        ):
+            if isinstance(client, cls):
+                return _kind(family, is_async=is_async, is_cluster=is_cluster)
     raise TypeError(
-        f"RedisStateStore needs a redis.Redis or redis.asyncio.Redis client, "
-        f"got {type(client).__name__}"
+        "RedisStateStore needs a redis-py or valkey client (redis.Redis, redis.asyncio.Redis, "
+        "redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster, a Sentinel "
+        f"master_for() client, or their valkey equivalents), got {type(client).__name__}"
     )
+
+
+def _kind(family: str, *, is_async: bool, is_cluster: bool) -> ClientKind:
+    import importlib
+
+    exceptions = importlib.import_module(f"{family}.exceptions")
+    prefix = "Redis" if family == "redis" else "Valkey"
+    # a cluster client's own errors (no node reachable, a slot not covered) are not RedisError
+    errors = (
+        getattr(exceptions, f"{prefix}Error"),
+        getattr(exceptions, f"{prefix}ClusterException"),
+    )
+    return ClientKind(family, is_async, is_cluster, exceptions, (*errors, OSError))
+
+
+class PendingCluster:
+    """A sync cluster client made on first use. redis-py's (and valkey's) sync cluster client
+    asks the cluster for its slots when constructed, so a store made while the cluster is down
+    would fail the application's start; this one is made anyway (its breakers decide locally
+    until the cluster answers), and every use tries to make the client until one is made."""
+
+    def __init__(self, family: str, make: Callable[[], Any], retry: Any) -> None:
+        import importlib
+
+        self.family = family
+        self._make = make
+        self._retry = retry
+        self._client: Any = None
+        self._lock = threading.Lock()
+        package = importlib.import_module(family)
+        self._encoder = package.ConnectionPool().get_encoder()  # makes no connection
+        self._unreachable = importlib.import_module(f"{family}.exceptions").ConnectionError
+
+    def made(self) -> Any:
+        """The cluster client, made now if need be (else the family's ``ConnectionError``)."""
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                try:
+                    self._client = self._make()
+                except Exception as exc:
+                    raise self._unreachable(f"Redis Cluster unreachable: {exc}") from exc
+            return self._client
+
+    def get_encoder(self) -> Any:
+        return self._encoder
+
+    def register_script(self, script: str) -> Any:
+        """The family's ``Script`` on this client (it runs through the client once made)."""
+        import importlib
+
+        return importlib.import_module(f"{self.family}.commands.core").Script(self, script)
+
+    def get_retry(self) -> Any:
+        return self._retry
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.made(), name)
+
+    def __repr__(self) -> str:
+        return f"PendingCluster({self.family}, made={self._client is not None})"
+
+
+def is_async_client(client: Any) -> bool:
+    """True for an asyncio client, False for a sync one; else ``TypeError``."""
+    return client_kind(client).is_async
+
+
+def refuse_cluster_node(client: Any, kind: ClientKind) -> None:
+    """Refuse a plain sync client connected to a node of a cluster: its commands would draw
+    ``MOVED`` replies for most circuits. The check asks the server once; a server that cannot
+    be asked now is not refused (a ``MOVED`` reply later is still never taken for an outage),
+    nor is one that retries commands (asking would wait for every retry while Redis is down)."""
+    if kind.is_async or kind.is_cluster or _retries(client):
+        return
+    try:
+        enabled = client.info("cluster").get("cluster_enabled")
+    except Exception:  # unreachable now, or INFO not allowed: nothing to say
+        return
+    if str(enabled) == "1":
+        raise ValueError(
+            "the Redis client of this RedisStateStore is connected to a node of a Redis "
+            "Cluster: pass a cluster client (redis.cluster.RedisCluster), or use "
+            "RedisStateStore.from_url(url, cluster=True)"
+        )
+
+
+def _retries(client: Any) -> int:
+    """How many times ``client`` retries a failed command."""
+    try:
+        return int(getattr(client.get_retry(), "_retries", 0) or 0)
+    except AttributeError:  # no retry object (valkey's cluster client may have none)
+        return 0
 
 
 def warn_if_retrying(client: Any, prefix: str) -> None:
     """One WARNING when ``client`` retries failed commands: while Redis is down, a call would
     wait for every retry."""
-    retries = getattr(getattr(client, "get_retry", lambda: None)(), "_retries", 0)
+    retries = _retries(client)
     if retries:
         logger.warning(
             "the Redis client of state store %r retries failed commands %d times: while Redis "
@@ -46,25 +202,71 @@ def warn_if_retrying(client: Any, prefix: str) -> None:
         )
 
 
-def client_for_url(url: str, *, asyncio: bool, timeout: float) -> Any:
-    """A client for ``url`` with ``timeout``-second socket timeouts and no retries."""
-    from redis.backoff import NoBackoff
+def _family_of_url(url: str) -> str:
+    return "valkey" if url.split(":", 1)[0] in ("valkey", "valkeys") else "redis"
 
-    if asyncio:
-        import redis.asyncio as aredis
-        from redis.asyncio.retry import Retry as AsyncRetry
 
-        return aredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=AsyncRetry(NoBackoff(), 0),
+def client_for_url(
+    url: str,
+    *,
+    asyncio: bool,
+    timeout: float,
+    cluster: bool = False,
+    max_connections: int = 50,
+) -> Any:
+    """A client for ``url`` (``redis://``, ``rediss://``, ``unix://``; ``valkey://`` and
+    ``valkeys://`` with the valkey package) with ``timeout``-second socket timeouts, no
+    retries and, for one server, a blocking pool of ``max_connections`` (a caller waits up to
+    ``timeout`` for a connection instead of failing); ``cluster``: a cluster client."""
+    import importlib
+
+    family = _family_of_url(url)
+    package = importlib.import_module(f"{family}.asyncio" if asyncio else family)
+    backoff = importlib.import_module(f"{family}.backoff")
+    retry_module = importlib.import_module(
+        f"{family}.asyncio.retry" if asyncio else f"{family}.retry"
+    )
+    retry = retry_module.Retry(backoff.NoBackoff(), 0)
+    timeouts = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if cluster:
+        module = importlib.import_module(f"{package.__name__}.cluster")
+        cluster_class = getattr(module, "RedisCluster" if family == "redis" else "ValkeyCluster")
+        if asyncio:  # the asyncio client connects on first use anyway
+            return cluster_class.from_url(url, retry=retry, **timeouts)
+        return PendingCluster(
+            family, functools.partial(cluster_class.from_url, url, retry=retry, **timeouts), retry
         )
-    import redis
-    from redis.retry import Retry
+    client_class = getattr(package, "Redis" if family == "redis" else "Valkey")
+    pool = package.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=timeout, retry=retry, **timeouts
+    )
+    return client_class.from_pool(pool)  # the client closes the pool with itself
 
-    return redis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+
+def client_for_sentinel(
+    sentinels: Sequence[tuple[str, int]],
+    service_name: str,
+    *,
+    asyncio: bool,
+    timeout: float,
+    family: str = "redis",
+    **kwargs: Any,
+) -> Any:
+    """The primary of Sentinel service ``service_name``, found through ``sentinels``, with
+    ``timeout``-second socket timeouts and no retries (the Sentinels are asked with the same
+    timeouts); ``kwargs`` go to the primary's connections (``password``, ``db``, ...)."""
+    import importlib
+
+    package = importlib.import_module(f"{family}.asyncio" if asyncio else family)
+    sentinel_module = importlib.import_module(f"{package.__name__}.sentinel")
+    backoff = importlib.import_module(f"{family}.backoff")
+    retry_module = importlib.import_module(
+        f"{family}.asyncio.retry" if asyncio else f"{family}.retry"
+    )
+    timeouts = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    manager = sentinel_module.Sentinel(list(sentinels), sentinel_kwargs=dict(timeouts), **timeouts)
+    return manager.master_for(
+        service_name, retry=retry_module.Retry(backoff.NoBackoff(), 0), **timeouts, **kwargs
     )
 
 
@@ -120,7 +322,9 @@ async def _closed_at_shutdown(client: Any) -> AsyncIterator[None]:
 
 def _copy(client: Any) -> Any:
     """``client`` with a pool of its own (``client`` itself when its pool cannot be copied)."""
-    pool = client.connection_pool
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:  # a cluster client: its nodes' pools are its own business
+        return client
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "connection_pool"}
     if hasattr(pool, "timeout"):  # a blocking pool
         kwargs["timeout"] = pool.timeout

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import weakref
 from typing import Any, Protocol
 
-__all__ = ["Follower", "Notices", "circuit_keys"]
+__all__ = ["Follower", "Notices", "circuit_keys", "key_part", "name_of_key"]
 
 logger = logging.getLogger("llm_circuit_breaker")
 
@@ -27,10 +28,32 @@ _LISTEN = 1.0  # seconds one read of the subscription waits for a notice
 _BROKEN_PAUSE = 0.5  # seconds between attempts to listen again while Redis is unreachable
 
 
+_ESCAPES = {"%": "%25", "{": "%7B", "}": "%7D"}
+_UNESCAPES = {code[1:]: char for char, code in _ESCAPES.items()}
+
+
+def key_part(text: str) -> str:
+    """``text`` as written in a key: ``%``, ``{`` and ``}`` escaped, so that the name's braces
+    always hold a circuit's hash tag (a prefix's braces would pin every circuit to one
+    cluster slot; a name starting with ``}`` would give an empty tag)."""
+    if "%" not in text and "{" not in text and "}" not in text:
+        return text
+    return "".join(_ESCAPES.get(c, c) for c in text)
+
+
+def name_of_key(key: str, prefix: str) -> str:
+    """The circuit name a state key ``<prefix>:{<name>}`` (as :func:`key_part` wrote them)
+    holds."""
+    part = key[len(key_part(prefix)) + 2 : -1]
+    if "%" not in part:
+        return part
+    return re.sub("%(25|7B|7D)", lambda m: _UNESCAPES[m.group(1)], part)
+
+
 def circuit_keys(prefix: str) -> str:
     """The glob (for SCAN and PSUBSCRIBE) of every circuit key under ``prefix``, which is
     matched literally: its ``*``, ``?``, ``[``, ``]`` and ``\\`` are escaped."""
-    literal = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+    literal = "".join("\\" + c if c in "*?[]\\" else c for c in key_part(prefix))
     return f"{literal}:{{*}}"
 
 
@@ -45,7 +68,7 @@ class Notices:
     def __init__(self, client: Any, prefix: str) -> None:
         self._client = client
         self._pattern = circuit_keys(prefix)
-        self._skip = len(prefix) + 2
+        self._prefix = prefix
         self._followers: dict[str, weakref.WeakSet[Follower]] = {}
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
@@ -72,7 +95,11 @@ class Notices:
 
     def _subscribed(self) -> Any:
         """A pub/sub connection subscribed to the pattern; None while Redis is unreachable."""
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        except Exception as exc:  # a cluster client not made yet (the cluster is down)
+            logger.debug("no change notices for %r: %s", self._pattern, exc)
+            return None
         try:
             pubsub.psubscribe(self._pattern)
         except Exception as exc:  # Redis unreachable now: the near-cache's bound serves
@@ -134,7 +161,7 @@ class Notices:
         try:
             channel = message["channel"]
             key = channel.decode() if isinstance(channel, bytes) else str(channel)
-            followers = self._followers.get(key[self._skip : -1])
+            followers = self._followers.get(name_of_key(key, self._prefix))
             for follower in list(followers or ()):
                 follower.forget()
         except Exception:  # a foreign message on our pattern: nothing to forget

@@ -19,6 +19,7 @@ __all__ = [
     "admission",
     "circuit_fields",
     "observe_args",
+    "plain",
     "record_args",
     "script_args",
     "text",
@@ -145,18 +146,36 @@ def admission(reply: Sequence[Any], config: CircuitBreakerConfig, key: str) -> A
 LISTED_FIELDS = ("state", "fc", "sc", "opened_at", "open_until", "held", "pu", "ri", "rc", "rt")
 
 
-def circuit_fields(fields: Sequence[Any], now: float) -> dict[str, Any] | None:
+_STATES = {state.value: state for state in CircuitState}
+
+
+def plain(value: Any) -> str:
+    """A listed field as text ("" when absent)."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _float(string: str) -> float | None:
+    return float(string) if string else None
+
+
+def circuit_fields(got: Sequence[str], now: float) -> dict[str, Any] | None:
     """One circuit's ``{state, failure_count, success_count, opened_at, retry_after,
-    throttle}`` from its :data:`LISTED_FIELDS` at server time ``now`` (garbage: None)."""
+    throttle}`` from its :data:`LISTED_FIELDS` as text (:func:`plain`; "" when absent) at
+    server time ``now`` (garbage: None). Runs once per circuit of a listing."""
+    state = _STATES.get(got[0])
+    if state is None:
+        return None
     try:
-        state = CircuitState(text(fields[0]))
-        open_until = number(fields[4] or b"")
-        opened_at = number(fields[3] or b"")
-    except (ValueError, TypeError):
+        open_until = _float(got[4])
+        opened_at = _float(got[3])
+        failures, successes = int(got[1] or 0), int(got[2] or 0)
+    except ValueError:
         return None
     retry_after: float | None = 0.0
     if state is CircuitState.OPEN:
-        if text(fields[5] or b"") == "1":
+        if got[5] == "1":
             retry_after = None
         elif open_until is not None and now >= open_until:
             state, retry_after = CircuitState.HALF_OPEN, 0.0
@@ -164,19 +183,21 @@ def circuit_fields(fields: Sequence[Any], now: float) -> dict[str, Any] | None:
             retry_after = open_until - now
     return {
         "state": state.value,
-        "failure_count": int(fields[1] or 0),
-        "success_count": int(fields[2] or 0),
+        "failure_count": failures,
+        "success_count": successes,
         "opened_at": opened_at,
         "retry_after": retry_after,
-        "throttle": _throttle_fields(fields[6:], now),
+        "throttle": _throttle_fields(got[6:], now),
     }
 
 
-def _throttle_fields(fields: Sequence[Any], now: float) -> dict[str, float | int | None]:
+def _throttle_fields(fields: Sequence[str], now: float) -> dict[str, float | int | None]:
     """``{paused_for, requests_remaining}`` from a circuit's throttle fields (garbage: none)."""
+    if not any(fields):  # no throttle state kept: the common case
+        return {"paused_for": None, "requests_remaining": None}
     try:
-        paused_until, interval, capacity, tat = (number(f or b"") for f in fields)
-    except (ValueError, TypeError):
+        paused_until, interval, capacity, tat = (_float(f) for f in fields)
+    except ValueError:
         return {"paused_for": None, "requests_remaining": None}
     remaining = None
     if interval and capacity and interval > 0:

@@ -99,7 +99,7 @@ local RAW = {}  -- the throttle's fields, read by the same HMGET as the circuit'
 
 local function load()
   local v = redis.pcall('HMGET', H, 'state', 'gen', 'seq', 'fc', 'sc', 'opened_at', 'open_until', 'held',
-                        'pu', 'bk', 'pv', 'lm', 'ri', 'rc', 'rt', 'ti', 'tc', 'tt')
+                        'pu', 'bk', 'pv', 'lm', 'ri', 'rc', 'rt', 'ti', 'tc', 'tt', 'rf', 'hb')
   if v['err'] then
     redis.call('DEL', H, INFLIGHT, WIN)
     repaired = 1
@@ -109,7 +109,7 @@ local function load()
   if not v[1] then return fresh() end
   local s = {state = v[1], gen = tonumber(v[2]), seq = tonumber(v[3]), fc = tonumber(v[4]),
              sc = tonumber(v[5]), opened_at = tonumber(v[6] or ''), open_until = tonumber(v[7] or ''),
-             held = v[8] == '1'}
+             held = v[8] == '1', rf = tonumber(v[19] or ''), hb = tonumber(v[20] or '')}
   local known = s.state == 'CLOSED' or s.state == 'OPEN' or s.state == 'HALF_OPEN'
   if not known or not counter(s.gen) or not counter(s.seq) or not counter(s.fc)
       or not counter(s.sc) or s.gen > s.seq or (s.opened_at and not moment(s.opened_at))
@@ -243,11 +243,15 @@ local function signature(s)
                        tostring(s.held)}, '|')
 end
 
+-- rf: when the keys' TTL was last set. A forced-open circuit never expires while forced.
 local function save(s)
   redis.call('HSET', H, 'state', s.state, 'gen', s.gen, 'seq', s.seq, 'fc', s.fc, 'sc', s.sc,
              'opened_at', s.opened_at and num(s.opened_at) or '',
-             'open_until', s.open_until and num(s.open_until) or '', 'held', s.held and '1' or '0')
-  for _, key in ipairs({H, INFLIGHT, WIN}) do redis.call('EXPIRE', key, ttl) end
+             'open_until', s.open_until and num(s.open_until) or '', 'held', s.held and '1' or '0',
+             'rf', num(now))
+  for _, key in ipairs({H, INFLIGHT, WIN}) do
+    if s.held then redis.call('PERSIST', key) else redis.call('EXPIRE', key, ttl) end
+  end
 end
 
 local function move(s, new, reason)
@@ -473,13 +477,21 @@ end
 
 local retry = retry_after(s)
 -- Reports and controls always write (refreshing the TTLs); an admission or a snapshot writes
--- only what it changed (and a circuit's first appearance, so that `status` lists it): admitting
--- into a quiet CLOSED circuit is read-only.
+-- only what it changed (and a circuit's first appearance, so that `status` lists it), and an
+-- admission refreshes the TTLs at most every ttl/2: admitting into a quiet CLOSED circuit is
+-- otherwise read-only.
+local stale = op == 'admit' and not (s.rf and s.rf <= now and now - s.rf < ttl / 2)
 if must_write or op == 'record' or op == 'control' or signature(s) ~= loaded or s.new
-    or tchanged then
+    or tchanged or stale then
   save(s)
 end
 if tchanged then tsave() end
+-- A heartbeat: an admission writes one field once a second per circuit (fleet-wide), so a
+-- process still connected to a demoted primary (now a replica, which serves the read-only
+-- admissions) gets READONLY within a second and its client finds the new primary.
+if op == 'admit' and not (s.hb and s.hb <= now and now - s.hb < 1) then
+  redis.call('HSET', H, 'hb', num(now))
+end
 -- near-caching processes listen on the key's name: a change makes them ask again
 if #transitions > 0 or news == 'THROTTLED' then redis.call('PUBLISH', H, s.state) end
 local quiet = T == nil or (T.bk == 0 and not T.lm)

@@ -5,14 +5,21 @@ once and run with EVALSHA; redis-py reloads it after a ``NOSCRIPT``), so every t
 atomic and takes one round trip. Time is the Redis server's ``TIME``: hosts with skewed clocks
 agree. Half-open probes are leases in a sorted set, so exactly ``half_open_max_calls`` callers
 probe across the fleet and a crashed probe's lease runs out. Keys are
-``<prefix>:{<name>}`` (plus ``:inflight`` and ``:window``), in one cluster slot, and expire
-after ``ttl`` seconds unused.
+``<prefix>:{<name>}`` (plus ``:inflight`` and ``:window``; ``%``, ``{`` and ``}`` in the
+prefix and the name written ``%25``, ``%7B``, ``%7D``), so a circuit's keys share one cluster
+slot and circuits spread over the slots whatever their names; they expire after ``ttl``
+seconds unused (admissions refresh that at most every ``ttl / 2``; a forced-open circuit
+never expires while forced).
 
-When a command fails (Redis down, a timeout), the store is marked unavailable for
-``retry_interval`` seconds and says so in one WARNING; breakers decide locally meanwhile, so a
-call never fails because Redis did, and never waits on a dead Redis twice in a row. An error
-of the script on one circuit's keys decides that call locally and leaves the store up.
-An asyncio store keeps one client per running event loop (``LoopClients``).
+Clients: redis-py's or valkey's, sync or asyncio, one server (Sentinel-managed included) or
+a cluster. When a command fails (Redis down, a timeout), the store is marked unavailable for
+0.5 s, doubling up to ``retry_interval`` seconds while it stays down, and says so in one
+WARNING; breakers decide locally meanwhile, so a call never fails because Redis did, and
+never waits on a dead Redis twice in a row. Not outages: an error of the script on one
+circuit's keys, or a ``MOVED`` / ``ASK`` reply, decides that call locally and leaves the store
+up; a full connection pool makes the call wait for a connection. A ``READONLY`` reply (a
+demoted primary) also drops the client's connections, so a Sentinel client finds the new
+primary. An asyncio store keeps one client per running event loop (``LoopClients``).
 """
 
 from __future__ import annotations
@@ -31,17 +38,26 @@ from llm_circuit_breaker._redact import redact_text
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.storage._client import (
     LoopClients,
+    client_for_sentinel,
     client_for_url,
-    is_async_client,
+    client_kind,
+    refuse_cluster_node,
     warn_if_retrying,
 )
-from llm_circuit_breaker.storage._notices import Follower, Notices, circuit_keys
+from llm_circuit_breaker.storage._notices import (
+    Follower,
+    Notices,
+    circuit_keys,
+    key_part,
+    name_of_key,
+)
 from llm_circuit_breaker.storage._script import (
     LISTED_FIELDS,
     OUTCOMES,
     admission,
     circuit_fields,
     observe_args,
+    plain,
     record_args,
     script_args,
     text,
@@ -50,6 +66,8 @@ from llm_circuit_breaker.storage._script import (
 from llm_circuit_breaker.storage.base import Admission, Control, StoreUnavailableError, View
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from llm_circuit_breaker._core.headers import RateLimits
 
 __all__ = ["RedisStateStore"]
@@ -58,25 +76,68 @@ logger = logging.getLogger("llm_circuit_breaker")
 
 _SCRIPT = resources.files("llm_circuit_breaker.storage").joinpath("breaker.lua").read_text()
 _MAX_BROKEN = 1000  # circuits named in a script failure's warning (each once)
+_FIRST_RETRY = 0.5  # seconds before Redis is tried again after a failure (then doubling)
+_CONTENTION_WAIT = 5.0  # seconds a call waits at most for a connection of a full pool
+_PAGE = 1000  # keys per SCAN page when listing
+# Reads a page of circuits in one call, each as its LISTED_FIELDS joined by NUL (false: "").
+# The keys are arguments, not KEYS: a page of one cluster node spans many slots, which a
+# script may read on the node that holds them.
+_LIST_SCRIPT = """
+local out = {}
+for i, key in ipairs(ARGV) do
+  local v = redis.pcall('HMGET', key, 'state', 'fc', 'sc', 'opened_at', 'open_until', 'held',
+                        'pu', 'ri', 'rc', 'rt')
+  if v['err'] then
+    out[i] = ''
+  else
+    for j = 1, 10 do v[j] = v[j] or '' end
+    out[i] = table.concat(v, '\\0')
+  end
+end
+return out
+"""
 
 
-def _concerns_one_circuit(exc: BaseException) -> bool:
+def _concerns_one_circuit(exc: BaseException, exceptions: Any) -> bool:
     """Whether a failed command is an error of the script on one circuit's keys (a plain
     reply error, such as data it could not repair), not of Redis (down, full, read-only,
     busy, misconfigured: those are subclasses or carry their own upper-case code)."""
-    import redis
-
-    if type(exc) is not redis.ResponseError:
+    if type(exc) is not exceptions.ResponseError:
         return False
     message = str(exc)
     code = message.split(" ", 1)[0]
     return "script" in message and (code == "WRONGTYPE" or not code.isupper())
 
 
-class RedisStateStore:
-    """Circuit state shared through Redis, for a ``redis.Redis`` or ``redis.asyncio.Redis``.
+def _contended(exc: BaseException, exceptions: Any) -> bool:
+    """Whether a command failed only because the client's own pool had no free connection
+    (``MaxConnectionsError``, or a blocking pool's wait that ran out): the store is fine."""
+    if isinstance(exc, getattr(exceptions, "MaxConnectionsError", ())):
+        return True
+    return isinstance(exc, exceptions.ConnectionError) and "No connection available" in str(exc)
 
-    ``retry_interval``: seconds to leave Redis alone after a failed command. ``ttl``: seconds
+
+def _redirected(exc: BaseException, exceptions: Any) -> bool:
+    """A ``MOVED`` / ``ASK`` reply: a cluster's slot lives elsewhere, which says nothing of
+    the store's health (a cluster client follows it; a plain client cannot)."""
+    return isinstance(exc, (exceptions.MovedError, exceptions.AskError))
+
+
+def _demoted(exc: BaseException, exceptions: Any) -> bool:
+    """A ``READONLY`` reply, or redis-py's Sentinel connection saying its primary was
+    demoted: the connections open to that server must go."""
+    if isinstance(exc, exceptions.ReadOnlyError):
+        return True
+    return isinstance(exc, exceptions.ConnectionError) and "now a slave" in str(exc)
+
+
+class RedisStateStore:
+    """Circuit state shared through Redis, for a ``redis.Redis``, ``redis.asyncio.Redis``,
+    ``redis.cluster.RedisCluster``, ``redis.asyncio.cluster.RedisCluster``, a Sentinel
+    ``master_for`` client, or their ``valkey`` equivalents.
+
+    ``retry_interval``: seconds to leave Redis alone at most after failed commands (0.5 s
+    after the first, doubling while Redis stays down). ``ttl``: seconds
     after which an unused circuit's keys expire. ``near_cache`` (off by default): seconds a
     process keeps admitting calls without asking Redis after it saw the circuit CLOSED and
     clean (and the throttle slots it leases are due within), say 0.05 for a large fleet; its
@@ -84,7 +145,10 @@ class RedisStateStore:
     a round trip (sync clients), within ``near_cache`` at worst. ``clock``: for tests only,
     replaces the server's ``TIME`` (so transition tests can move time). Give the client a short
     ``socket_timeout`` (say 0.1 s): it bounds what a call can lose when Redis hangs.
+    A plain client connected to a node of a Redis Cluster is refused (``ValueError``).
     """
+
+    coalesces_headers = True  # breakers send a response's headers only when they are news
 
     def __init__(
         self,
@@ -96,9 +160,9 @@ class RedisStateStore:
         clock: Callable[[], float] | None = None,
         near_cache: float = 0.0,
     ) -> None:
-        import redis
-
-        self.is_async = is_async_client(redis_client)
+        kind = client_kind(redis_client)
+        self.is_async = kind.is_async
+        self.is_cluster = kind.is_cluster
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"prefix must be a non-empty str, got {prefix!r}")
         if not 0.0 <= near_cache <= 60.0:
@@ -107,6 +171,7 @@ class RedisStateStore:
             raise ValueError(
                 f"retry_interval must be > 0 and ttl >= 1, got {retry_interval!r}, {ttl!r}"
             )
+        refuse_cluster_node(redis_client, kind)
         warn_if_retrying(redis_client, prefix)
         self.client = redis_client
         self.prefix = prefix
@@ -115,8 +180,12 @@ class RedisStateStore:
         self._ttl = str(int(ttl))
         self._clock = clock
         self._script = redis_client.register_script(_SCRIPT)
-        self._errors = (redis.RedisError, OSError)
+        self._exceptions = kind.exceptions
+        self._errors = kind.errors
         self._down_until = 0.0
+        self._pause = 0.0  # seconds Redis is left alone after the last failure
+        self._key_prefix = key_part(prefix)
+        self._told_moved = False
         # After a failure, admissions also write until one succeeds: a Redis that answers reads
         # but refuses writes (full, read-only replica) stays unavailable instead of flapping.
         self._confirm_writes = False
@@ -125,6 +194,11 @@ class RedisStateStore:
         self._notices = None if self.is_async or not near_cache else Notices(redis_client, prefix)
         self._loop_clients = LoopClients(redis_client) if self.is_async else None
         self._releases: set[asyncio.Future[None]] = set()  # give-backs of cancelled admissions
+
+    @property
+    def notifies(self) -> bool:
+        """Whether followers hear of changes elsewhere (a near-cache and a sync client)."""
+        return self._notices is not None
 
     def follow(self, name: str, follower: Follower) -> None:
         """Tell ``follower`` (a near-caching link) when circuit ``name`` changes elsewhere."""
@@ -142,23 +216,88 @@ class RedisStateStore:
         url: str,
         prefix: str = "llm-circuit-breaker",
         *,
+        cluster: bool = False,
         asyncio: bool = False,
         timeout: float = 0.1,
-        **kwargs: Any,
+        max_connections: int = 50,
+        retry_interval: float = 5.0,
+        ttl: float = 7 * 24 * 3600.0,
+        near_cache: float = 0.0,
+        clock: Callable[[], float] | None = None,
     ) -> RedisStateStore:
-        """A store with its own client for ``url``: ``timeout``-second socket timeouts and no
-        client-side retries, so a Redis outage costs a call at most ``timeout`` seconds."""
-        return cls(client_for_url(url, asyncio=asyncio, timeout=timeout), prefix, **kwargs)
+        """A store with its own client for ``url`` (``redis://``, ``rediss://``,
+        ``unix://``; ``valkey://`` / ``valkeys://`` use the valkey package): ``timeout``-second
+        socket timeouts and no client-side retries, so a Redis outage costs a call at most
+        ``timeout`` seconds; a blocking pool of ``max_connections``, so callers beyond it
+        wait for a connection. ``cluster=True`` for a Redis Cluster (any node's URL)."""
+        client = client_for_url(
+            url, asyncio=asyncio, timeout=timeout, cluster=cluster, max_connections=max_connections
+        )
+        return cls(
+            client,
+            prefix,
+            retry_interval=retry_interval,
+            ttl=ttl,
+            near_cache=near_cache,
+            clock=clock,
+        )
+
+    @classmethod
+    def from_sentinel(
+        cls,
+        sentinels: Sequence[tuple[str, int]],
+        service_name: str,
+        prefix: str = "llm-circuit-breaker",
+        *,
+        asyncio: bool = False,
+        timeout: float = 0.1,
+        password: str | None = None,
+        db: int = 0,
+        valkey: bool = False,
+        retry_interval: float = 5.0,
+        ttl: float = 7 * 24 * 3600.0,
+        near_cache: float = 0.0,
+    ) -> RedisStateStore:
+        """A store on the primary of Sentinel service ``service_name``, asking
+        ``sentinels`` (``[(host, port), ...]``) where it is: ``timeout``-second socket
+        timeouts and no client-side retries. After a failover the client finds the new
+        primary on its next connection (a ``READONLY`` reply drops the old ones at once).
+        ``valkey=True``: through the valkey package."""
+        client = client_for_sentinel(
+            sentinels,
+            service_name,
+            asyncio=asyncio,
+            timeout=timeout,
+            family="valkey" if valkey else "redis",
+            password=password,
+            db=db,
+        )
+        return cls(client, prefix, retry_interval=retry_interval, ttl=ttl, near_cache=near_cache)
 
     # -- health ----------------------------------------------------------------------------
 
     @property
     def available(self) -> bool:
-        """False for ``retry_interval`` seconds after a failed command."""
+        """False for a while after a failed command: 0.5 s, doubling up to
+        ``retry_interval`` while Redis stays down."""
         return time.monotonic() >= self._down_until
 
     def _failed(self, exc: BaseException, name: str) -> StoreUnavailableError:
-        if _concerns_one_circuit(exc):  # the store serves every other circuit as before
+        exceptions = self._exceptions
+        if _contended(exc, exceptions):  # our own pool is full: Redis is fine
+            return StoreUnavailableError(f"no free Redis connection: {exc}")
+        if _redirected(exc, exceptions):
+            if not self.is_cluster and not self._told_moved:
+                self._told_moved = True
+                logger.error(
+                    "Redis state store %r got %s from a Redis Cluster through a plain client: "
+                    "its calls are decided locally; pass a cluster client "
+                    "(RedisStateStore.from_url(url, cluster=True))",
+                    self.prefix,
+                    redact_text(str(exc)),
+                )
+            return StoreUnavailableError(redact_text(str(exc)))
+        if _concerns_one_circuit(exc, exceptions):  # the store serves every other circuit
             if name not in self._broken and len(self._broken) < _MAX_BROKEN:
                 self._broken.add(name)
                 logger.warning(
@@ -171,23 +310,72 @@ class RedisStateStore:
             return StoreUnavailableError(redact_text(str(exc)))
         with self._lock:
             was_up = self._down_until == 0.0
-            self._down_until = time.monotonic() + self.retry_interval
+            first = min(_FIRST_RETRY, self.retry_interval)
+            self._pause = first if was_up else min(self.retry_interval, self._pause * 2 or first)
+            self._down_until = time.monotonic() + self._pause
             self._confirm_writes = True
         if was_up:
             logger.warning(
                 "Redis state store %r unavailable (%s: %s); breakers decide locally and retry "
-                "Redis every %gs",
+                "Redis after %gs, then less often (every %gs at most)",
                 self.prefix,
                 type(exc).__name__,
                 redact_text(str(exc)),
+                self._pause,
                 self.retry_interval,
             )
         return StoreUnavailableError(redact_text(str(exc)))
+
+    def _waits_for_connection(self, exc: BaseException, give_up: float) -> bool:
+        """Whether a call whose command found the pool full waits for a connection: until
+        ``give_up``, and while no other caller found Redis down meanwhile."""
+        return _contended(exc, self._exceptions) and time.monotonic() < give_up and self.available
+
+    def _outage(self, exc: BaseException) -> bool | None:
+        """Which connections a failed command condemns: all (True) after a ``READONLY`` (a
+        demoted primary), the idle ones (False) after any other failure of the server (a
+        Sentinel client then asks for the primary again on its next connection: one that
+        refuses writes, say for ``min-replicas-to-write``, may have been replaced), none
+        (None) when the failure says nothing of the server."""
+        exceptions = self._exceptions
+        if _demoted(exc, exceptions):
+            return True
+        if (
+            _contended(exc, exceptions)
+            or _redirected(exc, exceptions)
+            or _concerns_one_circuit(exc, exceptions)
+        ):
+            return None
+        return False
+
+    def _drop_connections(self, exc: BaseException) -> None:
+        """Close the connections a failure condemns (a cluster client's are its own)."""
+        if self.is_cluster:
+            return
+        which = self._outage(exc)
+        pool = getattr(self.client, "connection_pool", None)
+        if which is not None and pool is not None:
+            try:
+                pool.disconnect(inuse_connections=which)
+            except Exception:  # pragma: no cover - closing broken sockets
+                pass
+
+    async def _adrop_connections(self, client: Any, exc: BaseException) -> None:
+        if self.is_cluster:
+            return
+        which = self._outage(exc)
+        pool = getattr(client, "connection_pool", None)
+        if which is not None and pool is not None:
+            try:
+                await pool.disconnect(inuse_connections=which)
+            except Exception:  # pragma: no cover - closing broken sockets
+                pass
 
     def _succeeded(self, op: str) -> None:
         if self._down_until and op != "snapshot":  # a read proves nothing about writes
             with self._lock:
                 self._down_until = 0.0
+                self._pause = 0.0
                 self._confirm_writes = False
             logger.warning("Redis state store %r is reachable again", self.prefix)
 
@@ -204,8 +392,8 @@ class RedisStateStore:
     # -- script arguments and replies (shared by the sync and async paths) -----------------
 
     def keys(self, name: str) -> list[str]:
-        """The Redis keys of circuit ``name``."""
-        base = f"{self.prefix}:{{{name}}}"
+        """The Redis keys of circuit ``name`` (one hash tag: the name, braces escaped)."""
+        base = f"{self._key_prefix}:{{{key_part(name)}}}"
         return [base, f"{base}:inflight", f"{base}:window"]
 
     # -- sync ------------------------------------------------------------------------------
@@ -214,10 +402,20 @@ class RedisStateStore:
         self, name: str, op: str, config: CircuitBreakerConfig, *extra: object, tokens: float = 0.0
     ) -> list[Any]:
         args = script_args(self._clock, self._ttl, op, config, *extra, tokens=tokens)
-        try:
-            reply = self._script(keys=self.keys(name), args=args)
-        except self._errors as exc:
-            raise self._failed(exc, name) from exc
+        keys = self.keys(name)
+        give_up = time.monotonic() + _CONTENTION_WAIT
+        pause = 0.001
+        while True:
+            try:
+                reply = self._script(keys=keys, args=args)
+                break
+            except self._errors as exc:
+                if self._waits_for_connection(exc, give_up):
+                    time.sleep(pause)  # a connection frees up as another caller's reply lands
+                    pause = min(0.02, pause * 2)
+                    continue
+                self._drop_connections(exc)
+                raise self._failed(exc, name) from exc
         self._succeeded(op)
         return list(reply)
 
@@ -268,14 +466,28 @@ class RedisStateStore:
         self, name: str, op: str, config: CircuitBreakerConfig, *extra: object, tokens: float = 0.0
     ) -> list[Any]:
         args = script_args(self._clock, self._ttl, op, config, *extra, tokens=tokens)
+        keys = self.keys(name)
+        give_up = time.monotonic() + _CONTENTION_WAIT
+        pause = 0.001
+        client = None
         try:
             client = await self._loop_clients.current()  # type: ignore[union-attr]
-            call = self._script(keys=self.keys(name), args=args, client=client)
-            if op.startswith("admit"):
-                reply = await self._admission(call, name, config, tokens)
-            else:
-                reply = await call
+            while True:
+                try:
+                    call = self._script(keys=keys, args=args, client=client)
+                    if op.startswith("admit"):
+                        reply = await self._admission(call, name, config, tokens)
+                    else:
+                        reply = await call
+                    break
+                except self._errors as exc:
+                    if not self._waits_for_connection(exc, give_up):
+                        raise
+                    await asyncio.sleep(pause)  # a connection frees up as a reply lands
+                    pause = min(0.02, pause * 2)
         except self._errors as exc:
+            if client is not None:
+                await self._adrop_connections(client, exc)
             raise self._failed(exc, name) from exc
         except RuntimeError as exc:  # a client of another loop (its pool could not be copied)
             if "loop" not in str(exc):
@@ -362,20 +574,48 @@ class RedisStateStore:
 
     # -- listing (sync clients; read-only, for the status command) -----------------------
 
+    def _primaries(self) -> list[Any]:
+        """A client for each server holding circuits: every primary of a cluster."""
+        if not self.is_cluster:
+            return [self.client]
+        client = self.client
+        return [client.get_redis_connection(node) for node in client.get_primaries()]
+
     def circuits(self) -> dict[str, dict[str, Any]]:
         """Every circuit under this prefix: name -> {state, failure_count, success_count,
         opened_at, retry_after, throttle: {paused_for, requests_remaining}}, as of the server's
-        clock (raises redis errors as they are)."""
-        seconds, micros = self.client.time()
+        clock (raises redis errors as they are). Pages with SCAN on every primary, reading
+        each page's circuits in one pipelined round trip."""
+        servers = self._primaries()
+        seconds, micros = servers[0].time()
         now = seconds + micros / 1_000_000
         found: dict[str, dict[str, Any]] = {}
-        for key in self.client.scan_iter(match=circuit_keys(self.prefix), count=500):
-            key_text = text(key)
-            name = key_text[len(self.prefix) + 2 : -1]
-            listed = circuit_fields(self.client.hmget(key_text, *LISTED_FIELDS), now)
-            if listed is not None:
-                found[name] = listed
+        pattern = circuit_keys(self.prefix)
+        for server in servers:
+            cursor = None
+            while cursor != 0:
+                cursor, page = server.scan(cursor or 0, match=pattern, count=_PAGE)
+                if not page:
+                    continue
+                for key, fields in zip(page, self._read_page(server, page), strict=True):
+                    listed = circuit_fields(fields, now)
+                    if listed is not None:
+                        found[name_of_key(text(key), self.prefix)] = listed
         return dict(sorted(found.items()))
+
+    def _read_page(self, server: Any, page: Sequence[Any]) -> list[list[str]]:
+        """Each key's :data:`LISTED_FIELDS`: one script call for the page, or (a server that
+        refuses such scripts) one pipelined HMGET per key in one round trip."""
+        try:
+            rows = server.eval(_LIST_SCRIPT, 0, *page)
+        except self._exceptions.ResponseError:
+            pipe = server.pipeline(transaction=False)
+            for key in page:
+                pipe.hmget(key, *LISTED_FIELDS)
+            return [[plain(f) for f in fields] for fields in pipe.execute()]
+        width = len(LISTED_FIELDS)
+        split = [(row.decode() if isinstance(row, bytes) else str(row)).split("\0") for row in rows]
+        return [fields if len(fields) == width else [""] * width for fields in split]
 
     def __repr__(self) -> str:
         kind = "asyncio" if self.is_async else "sync"

@@ -150,9 +150,9 @@ def circuit_breaker(
             name_of = ScopedName(name, func)
 
             def shell_for_name(scope: str) -> Any:
-                return shell(
-                    registry.get_or_create_with(scope, config_fields, config=config, scoped=True)
-                )
+                made = registry.get_or_create_with(scope, config_fields, config=config, scoped=True)
+                made.template = name
+                return shell(made)
 
             wrapper = scoped(func, name_of, shell_for_name, registry)
             wrapper.breaker = None

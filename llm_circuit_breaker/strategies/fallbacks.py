@@ -15,9 +15,12 @@ refuses at once, so it is passed over without a call or a sleep. What each error
 from the one verdict: a provider's fault (a breaker failure, a refusal, a rate limit, quota, a
 timeout, a 5xx/529, a broken connection) moves on; the caller's fault (400, 401, 403, 404,
 422 and the other errors the breaker ignores) is raised at once; a context-length error moves on
-only with ``on_context_length=True``. A stream fails over only before its first item. When
-every target failed: :class:`FallbacksExhaustedError` with each target's error in order. The
-error that ends the chain reaches the earlier targets' errors through ``__context__``.
+only with ``on_context_length=True``, a content-policy refusal (a 400 content-policy error, or
+an answer stopped by a content filter) only with ``on_content_policy=True``. A stream fails
+over only before its first item. When every target failed: :class:`FallbacksExhaustedError`
+with each target's error in order (a target that is itself a chain or a pool and raised one
+had no answer: the chain moves on). The error that ends the chain reaches the earlier
+targets' errors through ``__context__``.
 """
 
 from __future__ import annotations
@@ -32,14 +35,15 @@ from typing import Any, TypeVar, cast
 
 from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._judge.refusal import refusal_of
-from llm_circuit_breaker.errors import FallbacksExhaustedError
+from llm_circuit_breaker._judge.results import content_filter
+from llm_circuit_breaker.errors import FallbacksExhaustedError, InvalidResponseError
 from llm_circuit_breaker.strategies.gate import PLAIN
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
 __all__ = ["FallbackStats", "with_fallbacks"]
 
 
-logger = logging.getLogger("llm_circuit_breaker")
+logger = logging.getLogger("llm_circuit_breaker.fallback")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,10 +66,16 @@ class FallbackStats:
 class _Chain:
     """The targets, their names, and the decision after each error (shared by the shells)."""
 
-    def __init__(self, targets: tuple[Callable[..., Any], ...], on_context_length: bool):
+    def __init__(
+        self,
+        targets: tuple[Callable[..., Any], ...],
+        on_context_length: bool,
+        on_content_policy: bool = False,
+    ):
         self.targets = targets
         self.names = _distinct([_name(t) for t in targets])
         self.on_context_length = on_context_length
+        self.on_content_policy = on_content_policy
         self.stats = {name: FallbackStats() for name in self.names}
 
     def moves_on(self, index: int, exc: BaseException) -> bool:
@@ -80,11 +90,18 @@ class _Chain:
         from llm_circuit_breaker._judge.verdict import judge  # loaded by the first failure
 
         verdict = judge(exc)
-        provider = (
-            verdict.outcome in (Outcome.FAILURE, Outcome.THROTTLED)
-            or verdict.kind.value in _PROVIDER_FAULTS
-            or (verdict.kind.value == "context_length" and self.on_context_length)
+        policy = verdict.kind.value == "content_policy" or (
+            isinstance(exc, InvalidResponseError) and exc.kind == "content_filter"
         )
+        if policy:  # a refusal: another provider may answer, if the caller says so
+            provider = self.on_content_policy
+        else:
+            provider = (
+                verdict.outcome in (Outcome.FAILURE, Outcome.THROTTLED)
+                or verdict.kind.value in _PROVIDER_FAULTS
+                or (verdict.kind.value == "context_length" and self.on_context_length)
+                or isinstance(exc, FallbacksExhaustedError)  # a nested chain or pool: no answer
+            )
         if provider:
             self.stats[name].failed += 1
             self._announce(index, exc, verdict.reason or verdict.kind.value)
@@ -102,11 +119,26 @@ class _Chain:
     def served(self, index: int) -> None:
         self.stats[self.names[index]].served += 1
 
+    def refused_answer(self, result: Any) -> InvalidResponseError | None:
+        """The error standing for ``result`` when it is a content-filter stop the chain moves
+        on from (``on_content_policy``), else None."""
+        if self.on_content_policy and content_filter(result):
+            return InvalidResponseError("content_filter", result)
+        return None
+
     def _announce(self, index: int, exc: BaseException, why: str) -> None:
         last = index + 1 >= len(self.targets)
         following = "no target left" if last else f"trying {self.names[index + 1]!r}"
+        from llm_circuit_breaker.breaker.telemetry import error_type
+
+        kind = error_type(exc)
         logger.info(
-            "fallback: %r %s (%s); %s", self.names[index], why, type(exc).__name__, following
+            "fallback: %r %s (%s); %s",
+            self.names[index],
+            why,
+            kind,
+            following,
+            extra={"breaker": self.names[index], "reason": why, "error_type": kind},
         )
         trace = sys.modules.get("opentelemetry.trace")  # loaded only if the app uses it
         if trace is None:
@@ -118,7 +150,7 @@ class _Chain:
                 {
                     "llm_circuit_breaker.name": self.names[index],
                     "llm_circuit_breaker.fallback.next": "" if last else self.names[index + 1],
-                    "error.type": type(exc).__name__,
+                    "error.type": kind,
                 },
             )
 
@@ -164,7 +196,10 @@ def _distinct(names: list[str]) -> list[str]:
 
 
 def with_fallbacks(
-    primary: F, *alternatives: Callable[..., Any], on_context_length: bool = False
+    primary: F,
+    *alternatives: Callable[..., Any],
+    on_context_length: bool = False,
+    on_content_policy: bool = False,
 ) -> F:
     """A callable of the same kind as ``primary`` (sync, async, generator, async generator)
     that tries ``primary``, then each alternative, with the same arguments.
@@ -182,7 +217,7 @@ def with_fallbacks(
             "with_fallbacks targets must be of one kind (all sync functions, all coroutine "
             f"functions, all generators or all async generators), got {sorted(map(str, kinds))}"
         )
-    chain = _Chain(targets, on_context_length)
+    chain = _Chain(targets, on_context_length, on_content_policy)
     kind = kinds.pop()
     wrapper = {
         CallableKind.ASYNC_GENERATOR: _async_gen_chain,
@@ -204,6 +239,9 @@ def _sync_chain(chain: _Chain) -> Callable[..., Any]:
                 if result.__class__ not in PLAIN and hasattr(result.__class__, "__next__"):
                     # a returned stream fails over until its first item
                     result = Resumed(result, next(result, END))
+                refusal = chain.refused_answer(result)
+                if refusal is not None:
+                    raise refusal
             except Exception as exc:
                 chain.failed(index, exc, errors)
                 continue
@@ -222,6 +260,9 @@ def _async_chain(chain: _Chain) -> Callable[..., Any]:
                 result = await target(*args, **kwargs)
                 if hasattr(result, "__anext__"):  # an async stream fails over until its first item
                     result = AsyncResumed(result, await first_item(result))
+                refusal = chain.refused_answer(result)
+                if refusal is not None:
+                    raise refusal
             except Exception as exc:
                 chain.failed(index, exc, errors)
                 continue

@@ -23,6 +23,7 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from llm_circuit_breaker._judge.results import non_answer, retried_by_default
 from llm_circuit_breaker.breaker import clock as time_source
 from llm_circuit_breaker.config import DEFAULT_RETRY_STATUS_CODES, RETRY_MARK, RetryConfig
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
@@ -37,7 +38,7 @@ import logging
 import random
 from typing import TYPE_CHECKING
 
-from llm_circuit_breaker.errors import ThrottledError
+from llm_circuit_breaker.errors import InvalidResponseError, ThrottledError
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -123,6 +124,7 @@ def with_retry(
     sleep: Callable[[float], None] | None = ...,
     async_sleep: Callable[[float], Awaitable[None]] | None = ...,
     clock: Callable[[], float] | None = ...,
+    retry_on_result: Callable[[Any], object] | None = ...,
     # RetryConfig's fields, listed for signature help (tests keep them in step)
     initial_delay: float = 1.0,
     max_delay: float = 30.0,
@@ -143,6 +145,7 @@ def with_retry(
     sleep: Callable[[float], None] | None = None,
     async_sleep: Callable[[float], Awaitable[None]] | None = None,
     clock: Callable[[], float] | None = None,
+    retry_on_result: Callable[[Any], object] | None = retried_by_default,
     **options: Any,
 ) -> Any:
     """Retry a function on the errors that are worth it.
@@ -161,13 +164,21 @@ def with_retry(
     looked up when called, ``asyncio.sleep`` or ``trio.sleep`` as the running library says;
     a fake clock in tests); ``sleep`` / ``async_sleep`` / ``clock`` replace it for this
     decoration alone.
+
+    A plain or coroutine function's result is retried too when ``retry_on_result(result)`` is
+    true: by default an openai / anthropic completion (object or dict) that is ``empty`` or
+    has ``invalid_tool_arguments`` (:mod:`llm_circuit_breaker.results`); ``None`` retries no
+    result. When the retries run out on such a result, :class:`InvalidResponseError` is raised
+    with its kind and the last response.
     """
     if callable(max_retries):  # used bare: @with_retry
         return with_retry()(max_retries)
     if max_retries is not None:
         options["max_retries"] = max_retries
+    if retry_on_result is not None and not callable(retry_on_result):
+        raise TypeError(f"retry_on_result must be callable or None, got {retry_on_result!r}")
     config = RetryConfig.from_options(options)
-    policy = RetryPolicy(config, clock=clock)
+    policy = RetryPolicy(config, clock=clock, retry_on_result=retry_on_result)
     loops = _Loops(policy, sleep or time_source.sleep, async_sleep or time_source.async_sleep)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
@@ -186,9 +197,10 @@ def with_retry(
     return decorate
 
 
-def _sync_shell(func: Callable[..., R], loops: _Loops) -> Callable[..., R]:
+def _sync_shell(func: Callable[..., R], loops: _Loops, results: bool = True) -> Callable[..., R]:
     policy = loops.policy
     timed = policy.config.deadline is not None
+    judged = policy.judged(func) if results and policy.retry_on_result else func
 
     sdk_retries = _SdkRetries(func)
 
@@ -196,19 +208,22 @@ def _sync_shell(func: Callable[..., R], loops: _Loops) -> Callable[..., R]:
     def wrapper(*args: Any, **kwargs: Any) -> R:
         started = policy.clock() if timed else 0.0
         try:
-            return func(*args, **kwargs)
+            return judged(*args, **kwargs)
         except Exception as exc:
             sdk_retries.notice(exc)
             if not policy.should_retry(exc):
                 raise
-            return loops.sync(started)(_replaying(exc, func), *args, **kwargs)
+            return loops.sync(started)(_replaying(exc, judged), *args, **kwargs)
 
     return wrapper
 
 
-def _async_shell(func: Callable[..., Awaitable[R]], loops: _Loops) -> Callable[..., Awaitable[R]]:
+def _async_shell(
+    func: Callable[..., Awaitable[R]], loops: _Loops, results: bool = True
+) -> Callable[..., Awaitable[R]]:
     policy = loops.policy
     timed = policy.config.deadline is not None
+    judged = policy.ajudged(func) if results and policy.retry_on_result else func
 
     sdk_retries = _SdkRetries(func)
 
@@ -216,12 +231,12 @@ def _async_shell(func: Callable[..., Awaitable[R]], loops: _Loops) -> Callable[.
     async def wrapper(*args: Any, **kwargs: Any) -> R:
         started = policy.clock() if timed else 0.0
         try:
-            return await func(*args, **kwargs)
+            return await judged(*args, **kwargs)
         except Exception as exc:
             sdk_retries.notice(exc)
             if not policy.should_retry(exc):
                 raise
-            return await loops.asynchronous(started)(_areplaying(exc, func), *args, **kwargs)
+            return await loops.asynchronous(started)(_areplaying(exc, judged), *args, **kwargs)
 
     return wrapper
 
@@ -281,7 +296,7 @@ def _gen_shell(
         except StopIteration:
             return stream, _EXHAUSTED
 
-    retried_start = _sync_shell(functools.wraps(func)(start), loops)
+    retried_start = _sync_shell(functools.wraps(func)(start), loops, results=False)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
@@ -308,7 +323,7 @@ def _async_gen_shell(
         except StopAsyncIteration:
             return stream, _EXHAUSTED
 
-    retried_start = _async_shell(functools.wraps(func)(start), loops)
+    retried_start = _async_shell(functools.wraps(func)(start), loops, results=False)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -325,7 +340,7 @@ def _async_gen_shell(
     return wrapper
 
 
-logger = logging.getLogger("llm_circuit_breaker")
+logger = logging.getLogger("llm_circuit_breaker.retry")
 
 _MAX_HINT_JITTER = 1.0  # seconds: a server's wait is spread by up to 10%, at most this
 # Waits for a throttle slot use no retry, but a call gives up after this many of them.
@@ -341,11 +356,13 @@ class RetryPolicy:
         *,
         clock: Callable[[], float] | None = None,
         random_uniform: Callable[[float, float], float] = random.uniform,
+        retry_on_result: Callable[[Any], object] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or time_source.now  # the library's, read anew on every call
         self._uniform = random_uniform
         self._last: tuple[BaseException, Verdict] | None = None
+        self.retry_on_result = retry_on_result
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -363,7 +380,46 @@ class RetryPolicy:
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether ``exc`` is worth another attempt."""
+        if isinstance(exc, InvalidResponseError):  # an answer that is none: asked of its result
+            return self.rejects(exc.response)
         return self.verdict(exc).retry
+
+    # -- results ---------------------------------------------------------------------------
+
+    def rejects(self, result: object) -> bool:
+        """Whether ``result`` is worth another attempt (``retry_on_result``)."""
+        check = self.retry_on_result
+        if check is None:
+            return False
+        return bool(check(result))
+
+    def invalid(self, result: object) -> InvalidResponseError:
+        """The error that stands for a rejected ``result`` (raised when retries run out)."""
+        return InvalidResponseError(non_answer(result) or "retry_on_result", result)
+
+    def judged(self, func: Callable[..., R]) -> Callable[..., R]:
+        """``func``, raising :meth:`invalid` for a result to retry."""
+
+        @functools.wraps(func)
+        def attempt(*args: Any, **kwargs: Any) -> R:
+            result = func(*args, **kwargs)
+            if self.rejects(result):
+                raise self.invalid(result)
+            return result
+
+        return attempt
+
+    def ajudged(self, func: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+        """:meth:`judged` for a coroutine function."""
+
+        @functools.wraps(func)
+        async def attempt(*args: Any, **kwargs: Any) -> R:
+            result = await func(*args, **kwargs)
+            if self.rejects(result):
+                raise self.invalid(result)
+            return result
+
+        return attempt
 
     def delay(self, retry_number: int, exc: BaseException | None) -> float:
         """Seconds to wait before retry ``retry_number`` (1-based) after ``exc``.
@@ -418,17 +474,33 @@ class RetryPolicy:
         from llm_circuit_breaker._redact import redact_text
 
         exc = _error(state)
-        _raise_if_refused(state.fn, exc)
+        breaker = _breaker_of(state)
+        _raise_if_refused(breaker, exc)
         delay = state.upcoming_sleep
-        logger.info(
-            "retrying %s in %.3fs after attempt %d failed: %s: %s",
-            state.get_fn_name(),
-            delay,
-            state.attempt_number,
-            type(exc).__name__,
-            redact_text(str(exc))[:300],
-        )
-        breaker = getattr(state.fn, "breaker", None)
+        if logger.isEnabledFor(logging.INFO):
+            from llm_circuit_breaker.breaker.telemetry import error_type, split_name
+
+            name = getattr(breaker, "name", None)
+            template, scope = (
+                split_name(name, getattr(breaker, "template", None))
+                if name
+                else (state.get_fn_name(), "")
+            )
+            logger.info(
+                "retrying %s in %.3fs after attempt %d failed: %s: %s",
+                name or state.get_fn_name(),
+                delay,
+                state.attempt_number,
+                type(exc).__name__,
+                redact_text(str(exc))[:300],
+                extra={
+                    "breaker": template,
+                    "scope": scope,
+                    "attempt": state.attempt_number,
+                    "delay_s": delay,
+                    "error_type": error_type(exc),
+                },
+            )
         if breaker is not None:
             breaker.record_retry(state.attempt_number, exc, delay)
         on_retry = self.config.on_retry
@@ -444,10 +516,23 @@ class RetryPolicy:
         return None if deadline is None else started + deadline
 
 
-def _raise_if_refused(fn: Any, exc: BaseException) -> None:
+def _breaker_of(state: RetryCallState) -> Any:
+    """The breaker under the retried function for this call: its ``.breaker``, or for a scoped
+    name (``"openai:{model}"``) the one its arguments name."""
+    breaker = getattr(state.fn, "breaker", None)
+    if breaker is None:
+        breaker_for = getattr(state.fn, "breaker_for", None)
+        if breaker_for is not None:
+            try:
+                breaker = breaker_for(*state.args, **state.kwargs)
+            except (TypeError, ValueError):  # the call itself was malformed: nothing to count
+                return None
+    return breaker
+
+
+def _raise_if_refused(breaker: Any, exc: BaseException) -> None:
     """When the breaker under us is open now, retrying is pointless: raise its refusal at once,
     chained to the error that made it open (no sleep first)."""
-    breaker = getattr(fn, "breaker", None)
     if breaker is None or breaker.is_async:
         return
     refusal = breaker.refusal_now()

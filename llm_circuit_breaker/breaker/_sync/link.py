@@ -43,10 +43,14 @@ class StoreLink(LinkCore):
     def enter(self) -> Entry:
         """Admit one call through the store (locally while it is unreachable; from the
         near-cache while the shared circuit was just seen CLOSED and clean; from this
-        process's lease of throttle slots while it lasts)."""
+        process's lease of throttle slots while it lasts; refused without asking while a refusal
+        the store gave holds)."""
         permit = self._cached_permit
         if permit >= 0 and self._now() < self._cached_until:
             return permit
+        refusal = self.cached_refusal()
+        if refusal is not None:
+            return refusal
         entry, tokens, terms = self.unasked()
         if entry is not None:
             return entry

@@ -1,0 +1,184 @@
+"""The Redis store on a real 3-node Redis Cluster, through redis-py's and valkey's cluster
+clients (sync and asyncio): one slot per breaker, circuits spread over slots, listing across
+every primary, and a plain client on a node refused or never taken for an outage."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+import valkey.cluster
+from redis.crc import key_slot
+
+from llm_circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, Outcome
+from llm_circuit_breaker._cli.status import run_status
+from llm_circuit_breaker.storage import RedisStateStore
+from tests.polling import until
+from tests.redis_cluster import RedisCluster
+
+pytestmark = pytest.mark.redis
+
+TRIP = CircuitBreakerConfig(failure_threshold=1, reset_timeout=60)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    """Three primaries on free ports, for this module."""
+    made = RedisCluster()
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()
+
+
+@pytest.fixture
+def flushed(cluster: RedisCluster) -> RedisCluster:
+    """The cluster with every node emptied."""
+    cluster.flush()
+    return cluster
+
+
+def _trip_seen_by_another(first: RedisStateStore, second: RedisStateStore, name: str) -> None:
+    a = CircuitBreaker(name, TRIP, store=first)
+    b = CircuitBreaker(name, TRIP, store=second)
+    a.record(a.admit(), Outcome.FAILURE)
+    with pytest.raises(CircuitOpenError):
+        b.admit()
+    assert first.available and second.available
+
+
+@pytest.mark.parametrize("name", ["openai", "}starts-with-brace", "a}b{c", "{x}", "%7B"])
+def test_sync_cluster_client_shares_one_circuit(flushed: RedisCluster, name: str) -> None:
+    """Two processes' RedisCluster clients see one circuit, whatever braces its name holds."""
+    stores = [RedisStateStore.from_url(flushed.url, cluster=True) for _ in range(2)]
+    _trip_seen_by_another(*stores, name)
+    assert stores[0].circuits()[name]["state"] == "OPEN"
+
+
+def test_given_cluster_clients_of_both_packages(flushed: RedisCluster) -> None:
+    """A redis-py RedisCluster and a valkey ValkeyCluster given by the caller share a circuit."""
+    ours = redis.cluster.RedisCluster.from_url(flushed.url, socket_timeout=1)
+    theirs = valkey.cluster.ValkeyCluster.from_url(flushed.url, socket_timeout=1)
+    _trip_seen_by_another(RedisStateStore(ours), RedisStateStore(theirs), "both")
+    ours.close()
+    theirs.close()
+
+
+async def test_asyncio_cluster_client(flushed: RedisCluster) -> None:
+    """redis.asyncio.cluster.RedisCluster: admissions, reports and a trip, all in Redis."""
+    store = RedisStateStore.from_url(flushed.url, cluster=True, asyncio=True)
+    breaker = CircuitBreaker("async-cluster", TRIP, store=store)
+    permit = await breaker.aadmit()
+    await breaker.arecord(permit, Outcome.FAILURE)
+    other = CircuitBreaker(
+        "async-cluster", TRIP, store=RedisStateStore.from_url(flushed.url, cluster=True)
+    )
+    with pytest.raises(CircuitOpenError):
+        other.admit()
+    assert store.available
+    await store.client.aclose()
+
+
+def test_keys_of_a_breaker_share_a_slot_and_breakers_spread(flushed: RedisCluster) -> None:
+    """A breaker's three keys hash together; 64 breakers under a prefix with braces land on
+    many slots (a prefix never pins them all to one)."""
+    store = RedisStateStore.from_url(flushed.url, prefix="app{tenant}", cluster=True)
+    slots = set()
+    for index in range(64):
+        for name in (f"model-{index}", f"}}{index}", f"{{{index}}}"):
+            keys = store.keys(name)
+            assert len({key_slot(k.encode()) for k in keys}) == 1, keys
+            slots.add(key_slot(keys[0].encode()))
+    assert len(slots) > 100
+
+
+def test_listing_covers_every_primary(flushed: RedisCluster) -> None:
+    """store.circuits() and `status --redis` list the circuits of all three primaries."""
+    store = RedisStateStore.from_url(flushed.url, prefix="listed", cluster=True)
+    names = [f"c{i}" for i in range(60)]
+    for name in names:
+        CircuitBreaker(name, TRIP, store=store).admit()
+    nodes = {store.client.get_node_from_key(store.keys(n)[0]).name for n in names}
+    assert len(nodes) == 3  # the test means something: circuits on every primary
+    assert sorted(store.circuits()) == sorted(names)
+    out = io.StringIO()
+    assert run_status(flushed.url, "listed", as_json=True, out=out) == 0
+    assert sorted(json.loads(out.getvalue())) == sorted(names)
+
+
+def test_plain_client_on_a_cluster_node_is_refused(flushed: RedisCluster) -> None:
+    """A redis.Redis connected to one node of a cluster is refused at construction, with an
+    error that says to pass cluster=True."""
+    client = redis.Redis.from_url(flushed.url, socket_timeout=1)
+    with pytest.raises(ValueError, match="cluster=True"):
+        RedisStateStore(client)
+    client.close()
+
+
+async def test_moved_is_not_an_outage(
+    flushed: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain asyncio client on one node (not checkable at construction) gets MOVED for the
+    circuits of other nodes: those calls are decided locally, the store stays available for
+    the rest, and one ERROR says to pass cluster=True."""
+    client = redis.asyncio.Redis.from_url(flushed.url, socket_timeout=1)
+    store = RedisStateStore(client, prefix="moved")
+    node = redis.cluster.RedisCluster.from_url(flushed.url)
+    here = node.get_node(host="127.0.0.1", port=flushed.servers[0].port)
+    names = [f"m{i}" for i in range(30)]
+    elsewhere = [n for n in names if node.get_node_from_key(store.keys(n)[0]) != here]
+    assert elsewhere
+    with caplog.at_level(logging.ERROR, logger="llm_circuit_breaker"):
+        for name in names:
+            breaker = CircuitBreaker(name, TRIP, store=store)
+            await breaker.arecord(await breaker.aadmit(), Outcome.SUCCESS)
+            assert store.available
+    assert sum("cluster=True" in r.getMessage() for r in caplog.records) == 1
+    node.close()
+    await client.aclose()
+
+
+def test_a_reset_elsewhere_ends_a_cached_refusal_on_a_cluster(flushed: RedisCluster) -> None:
+    """With near_cache, a refusal is held until the circuit's retry time; a reset through
+    another store is published across the cluster and ends it at once."""
+    store = RedisStateStore.from_url(flushed.url, cluster=True, near_cache=0.05)
+    breaker = CircuitBreaker("noticed", TRIP, store=store)
+    other = CircuitBreaker(
+        "noticed", TRIP, store=RedisStateStore.from_url(flushed.url, cluster=True)
+    )
+    other.record(other.admit(), Outcome.FAILURE)
+    until(lambda: breaker.try_admit() < 0)
+    assert store.notifies
+    other.reset()
+    until(lambda: breaker.try_admit() >= 0)  # 60 s before the circuit's own retry time
+    store.close()
+
+
+def test_a_cluster_down_at_start_and_later_never_fails_a_call(closed_port: int) -> None:
+    """from_url(cluster=True) while no node answers still makes a store (its breakers decide
+    locally); a cluster that stops later (the cluster client's own errors) neither."""
+    store = RedisStateStore.from_url(
+        f"redis://127.0.0.1:{closed_port}", cluster=True, near_cache=0.05
+    )
+    breaker = CircuitBreaker("down-at-start", TRIP, store=store)
+    breaker.record(breaker.admit(), Outcome.SUCCESS)
+    assert not store.available
+    later = RedisCluster()
+    later.start()
+    try:
+        store = RedisStateStore.from_url(later.url, cluster=True)
+        breaker = CircuitBreaker("down-later", TRIP, store=store)
+        breaker.record(breaker.admit(), Outcome.SUCCESS)
+        assert store.available
+    finally:
+        later.stop()
+    breaker.record(breaker.admit(), Outcome.SUCCESS)
+    assert not store.available
