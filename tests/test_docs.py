@@ -104,12 +104,15 @@ def test_runnable_blocks_call_no_real_provider(page: Path) -> None:
         "llm_circuit_breaker.httpx",
         "llm_circuit_breaker.storage",
         "llm_circuit_breaker.testing",
+        "llm_circuit_breaker.results",
     ],
 )
 def test_the_reference_covers_every_public_name(module: str) -> None:
     """Every name in a public module's __all__ has a mkdocstrings entry in the reference."""
     reference = "\n".join(p.read_text(encoding="utf-8") for p in (DOCS / "reference").glob("*.md"))
     documented = set(re.findall(r"^::: ([\w.]+)", reference, re.MULTILINE))
+    if module in documented:  # the whole module, every member
+        return
     short = {entry.rsplit(".", 1)[-1] for entry in documented}
     missing = [name for name in importlib.import_module(module).__all__ if name not in short]
     assert not missing, f"{module}: {missing}"
