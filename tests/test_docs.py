@@ -34,7 +34,11 @@ PRINTS = {
         "(backup) Hello!",
     ],
     "how-to/sdks.md": ["Hello!", "the provider answered 503", "not sent: circuit"],
-    "how-to/fallbacks-pools-hedging.md": ["anthropic/claude-haiku-4-5: Capital of France?"],
+    "how-to/fallbacks-pools-hedging.md": [
+        "anthropic/claude-haiku-4-5: Capital of France?",
+        "Hello!\nNone\n1",
+        "Hello! 2",
+    ],
     "how-to/rate-limits.md": ["499", "rate limited, try again in 60s"],
     "how-to/web-and-workers.md": ["300 300"],
     "how-to/testing.md": ["OPEN", "HALF_OPEN"],
