@@ -11,6 +11,8 @@ from __future__ import annotations
 import gc
 import importlib
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -19,7 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
-NO_RUN = re.compile(r"<!-- no-run: [^>]+ -->\s*$")
+NO_RUN = re.compile(r"<!-- (no-run|pytest): [^>]+ -->\s*$")
+AS_PYTEST = re.compile(r"<!-- pytest: [^>]+ -->\s*$")
 REAL_HOSTS = ("api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com")
 PAGES = sorted(DOCS.rglob("*.md"))
 # What a page says its code prints, checked on the output (lines in this order).
@@ -45,15 +48,22 @@ PRINTS = {
 }
 
 
-def blocks(page: Path) -> list[tuple[int, str, bool]]:
-    """(line, code, runnable) for each ```python block of ``page``."""
+def blocks(page: Path, marker: re.Pattern[str] = NO_RUN) -> list[tuple[int, str, bool]]:
+    """(line, code, runnable) for each ```python block of ``page``: runnable unless the line
+    before it matches ``marker`` (with AS_PYTEST: the blocks that are test modules)."""
     text = page.read_text(encoding="utf-8")
     found = []
     for match in BLOCK.finditer(text):
         before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
         line = text.count("\n", 0, match.start()) + 2
-        found.append((line, match.group(1), not NO_RUN.search(before)))
+        matched = bool(marker.search(before))
+        found.append((line, match.group(1), matched if marker is AS_PYTEST else not matched))
     return found
+
+
+TEST_MODULES = [
+    (page, line, code) for page in PAGES for line, code, run in blocks(page, AS_PYTEST) if run
+]
 
 
 RUNNABLE = [page for page in PAGES if any(run for _, _, run in blocks(page))]
@@ -91,6 +101,24 @@ def test_page_runs(page: Path, capsys: pytest.CaptureFixture[str]) -> None:
         found = printed.find(expected, at)
         assert found >= 0, f"{expected!r} not printed (in order) by {page.name}:\n{printed}"
         at = found + len(expected)
+
+
+@pytest.mark.parametrize(
+    ("page", "line", "code"),
+    TEST_MODULES,
+    ids=[f"{page.relative_to(DOCS)}:{line}" for page, line, _ in TEST_MODULES],
+)
+def test_test_module_passes(page: Path, line: int, code: str, tmp_path: Path) -> None:
+    """A block that is a test module passes under pytest, with the package's plugin."""
+    ini = "[pytest]\nasyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n"
+    (tmp_path / "pytest.ini").write_text(ini, encoding="utf-8")
+    (tmp_path / "test_from_docs.py").write_text(code, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "."],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{page.name}:{line}\n{done.stdout}\n{done.stderr}"
+    assert " passed" in done.stdout
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
