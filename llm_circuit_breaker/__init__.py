@@ -41,6 +41,7 @@ if typing.TYPE_CHECKING:
     from llm_circuit_breaker.http._sse import SSEEvent
     from llm_circuit_breaker.http.client import LLMCircuitBreaker
     from llm_circuit_breaker.strategies.fallbacks import FallbackStats, with_fallbacks
+    from llm_circuit_breaker.strategies.hedging import HedgeStats, with_hedging
     from llm_circuit_breaker.strategies.pool import PoolStats, with_pool
     from llm_circuit_breaker.strategies.retry import with_retry
 
@@ -56,6 +57,7 @@ __all__ = [
     "FallbacksExhaustedError",
     "Guarded",
     "HTTPStatusError",
+    "HedgeStats",
     "IncompleteStreamError",
     "InvalidResponseError",
     "LLMCircuitBreaker",
@@ -75,6 +77,7 @@ __all__ = [
     "breaker_registry",
     "circuit_breaker",
     "with_fallbacks",
+    "with_hedging",
     "with_pool",
     "with_retry",
 ]
@@ -86,6 +89,8 @@ _LAZY = {
     "with_fallbacks": "llm_circuit_breaker.strategies.fallbacks",
     "PoolStats": "llm_circuit_breaker.strategies.pool",
     "with_pool": "llm_circuit_breaker.strategies.pool",
+    "HedgeStats": "llm_circuit_breaker.strategies.hedging",
+    "with_hedging": "llm_circuit_breaker.strategies.hedging",
     "with_retry": "llm_circuit_breaker.strategies.retry",
     "LLMCircuitBreaker": "llm_circuit_breaker.http.client",
     "SSEEvent": "llm_circuit_breaker.http._sse",
@@ -93,7 +98,8 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> typing.Any:
-    # The HTTP helpers, fallbacks and pools are loaded when first named: the decorators never pay.
+    # The HTTP helpers, fallbacks, pools and hedging are loaded when first named: the decorators
+    # never pay.
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'llm_circuit_breaker' has no attribute {name!r}")

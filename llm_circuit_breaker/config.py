@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from llm_circuit_breaker import _validate as check
 
@@ -76,6 +76,10 @@ class CircuitBreakerConfig(_Options):
     ``throttle_max_pause`` seconds.
     ``enabled=False`` is metrics-only mode: the circuit opens and closes as usual and refusals
     are counted, but no call is refused.
+    ``max_concurrent`` caps this process's calls of the breaker in flight (a returned stream
+    holds its slot until it ends or is closed); more wait in line up to ``throttle_max_wait``
+    and get ``ThrottledError`` (reason "concurrency") beyond. ``"adaptive"`` finds the cap by
+    AIMD, between 1 and ``max_concurrent_ceiling``.
     """
 
     _what: ClassVar[str] = "circuit breaker config"
@@ -104,6 +108,8 @@ class CircuitBreakerConfig(_Options):
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     enabled: bool = True
+    max_concurrent: int | Literal["adaptive"] | None = None
+    max_concurrent_ceiling: int = 256
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -143,6 +149,14 @@ class CircuitBreakerConfig(_Options):
                     raise check.OptionTypeError(f"{name}.{field} must be a number, got {value!r}")
                 if not (math.isfinite(value) and 0 < value <= 1e12):
                     raise ValueError(f"{name}.{field} must be a positive rate, got {value!r}")
+        limit: object = self.max_concurrent
+        if limit is not None and limit != "adaptive":
+            if isinstance(limit, str):
+                raise ValueError(
+                    f'{name}.max_concurrent must be an int >= 1, "adaptive" or None, got {limit!r}'
+                )
+            check.count(name, "max_concurrent", limit, 1)
+        check.count(name, "max_concurrent_ceiling", self.max_concurrent_ceiling, 1)
         for flag in ("throttle", "enabled"):
             if not isinstance(getattr(self, flag), bool):
                 raise check.OptionTypeError(

@@ -104,16 +104,28 @@ class ThrottledError(LLMCircuitBreakerError):
     """Over the rate limit: the next free slot is ``retry_after`` seconds away, further than
     the caller may wait (``throttle_max_wait``). The call was not made."""
 
-    def __init__(self, name: str, retry_after: float) -> None:
+    def __init__(self, name: str, retry_after: float, reason: str = "rate_limit") -> None:
         super().__init__(name, retry_after)
         self.name = name
         self.retry_after = retry_after
+        self.reason = reason  # "rate_limit" (the throttle) or "concurrency" (max_concurrent)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.retry_after, self.reason))
 
     def __str__(self) -> str:
+        if self.reason == "concurrency":
+            return (
+                f"circuit {self.name!r} has its max_concurrent calls in flight; "
+                f"retry in {self.retry_after:.3f}s"
+            )
         return f"circuit {self.name!r} is throttled; a slot is free in {self.retry_after:.3f}s"
 
     def __repr__(self) -> str:
-        return f"ThrottledError(name={self.name!r}, retry_after={self.retry_after!r})"
+        return (
+            f"ThrottledError(name={self.name!r}, retry_after={self.retry_after!r}, "
+            f"reason={self.reason!r})"
+        )
 
 
 class InvalidResponseError(LLMCircuitBreakerError):

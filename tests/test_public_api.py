@@ -19,9 +19,11 @@ def test_all_is_sorted_and_complete() -> None:
         "LLMCircuitBreaker",
         "SSEEvent",
         "FallbackStats",
+        "HedgeStats",
         "with_fallbacks",
         "PoolStats",
         "with_pool",
+        "with_hedging",
         "with_retry",
     }  # loaded on first use
     modules = {n for n in public if inspect.ismodule(getattr(llm_circuit_breaker, n))}

@@ -47,6 +47,7 @@ def test_snapshot_is_json_serialisable(clock: FakeClock) -> None:
         "opened_at",
         "retry_after",
         "throttle",
+        "concurrency",
         "stats",
     }
     assert set(snap["openai"]["throttle"]) == {

@@ -30,6 +30,7 @@ from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 if TYPE_CHECKING:
     from llm_circuit_breaker.breaker._async.link import AsyncStoreLink
     from llm_circuit_breaker.breaker._sync.link import StoreLink
+    from llm_circuit_breaker.breaker.concurrency import ConcurrencyLimit
     from llm_circuit_breaker.storage.base import AsyncStateStore, StateStore
 
 __all__ = ["BreakerStats", "CircuitBreaker", "Clock", "Listener", "Observer", "StateChange"]
@@ -58,6 +59,7 @@ class CircuitBreaker:
     # The name template this breaker was made from (``"openai:{model}"``), None when named
     # outright: exporters and logs label by template and scope value apart.
     template: str | None = None
+    _limit: ConcurrencyLimit | None = None  # the cap on calls in flight (max_concurrent)
 
     def __init__(
         self,
@@ -99,6 +101,19 @@ class CircuitBreaker:
             self.enter = self.record_success = self._needs_await
         else:
             self.enter, self.record_success = self._circuit.enter, self._circuit.record_success
+        if self.config.max_concurrent is not None:
+            self._cap_calls_in_flight()
+
+    def _cap_calls_in_flight(self) -> None:
+        """Count calls in flight on admission and report (``max_concurrent``)."""
+        from llm_circuit_breaker.breaker.concurrency import ConcurrencyLimit
+
+        limit = ConcurrencyLimit(
+            self.name, self.config, self._time, self._telemetry, self.enter, self.record_success
+        )
+        self._limit = limit
+        if self._alink is None:  # with an asyncio store, aenter() and the a-reports count
+            self.enter, self.record_success = limit.enter, limit.record_success
 
     @property
     def is_async(self) -> bool:
@@ -139,6 +154,8 @@ class CircuitBreaker:
         """Admit one call: its permit, or ``-1`` when refused or throttled (nothing waits)."""
         entry = self.enter()
         if isinstance(entry, Wait):
+            if self._limit is not None and self._limit.give_up(entry):
+                return REJECTED  # a place in line for a slot in flight, dropped and counted
             self._settle(entry, gave_up=True)
             self._telemetry.count_throttle_refusal()  # refused: it would have had to wait
             return REJECTED
@@ -148,6 +165,13 @@ class CircuitBreaker:
         return self._sync().waited(wait, gave_up=gave_up)
 
     def wait(self, wait: Wait) -> int:
+        """Sleep until a slot in flight (``max_concurrent``) and a throttle slot: the permit
+        (or ``ThrottledError``)."""
+        if self._limit is not None:
+            return self._limit.wait(wait, self._wait_throttle)
+        return self._wait_throttle(wait)
+
+    def _wait_throttle(self, wait: Wait) -> int:
         """Sleep (``time.sleep``, looked up now) until a throttle slot; the permit it held. A
         pause that a rate limit set meanwhile, past the slot, is waited out too (or
         ``ThrottledError``)."""
@@ -178,9 +202,16 @@ class CircuitBreaker:
         return self._known_throttle()
 
     @property
+    def concurrency(self) -> dict[str, int | str] | None:
+        """``{limit, in_flight, waiting, mode}`` of ``max_concurrent`` in this process (None
+        without a limit)."""
+        return None if self._limit is None else self._limit.view()
+
+    @property
     def idle(self) -> bool:
         """CLOSED and clean: a registry may drop this (scoped) breaker without losing state."""
-        return self._followed.idle
+        busy = self._limit is not None and self._limit.busy
+        return not busy and self._followed.idle
 
     def _known_throttle(self) -> dict[str, float | int | None]:
         return self._followed.throttle_view()
@@ -202,6 +233,8 @@ class CircuitBreaker:
         ``THROTTLED`` outcome (a rate limit), which pauses the throttle.
         """
         self._sync().record(permit, outcome, open_for=open_for, why=why, error=error, hint=hint)
+        if self._limit is not None:
+            self._limit.released(outcome, error)
 
     def refusal_now(self) -> CircuitOpenError | None:
         """The :class:`CircuitOpenError` a call would get now, or None if it would be admitted
@@ -225,6 +258,13 @@ class CircuitBreaker:
         return self._settle(wait, gave_up=gave_up)
 
     async def await_slot(self, wait: Wait) -> int:
+        """Sleep (tasks) until a slot in flight and a throttle slot: the permit."""
+        if self._limit is not None:
+            enter = None if self._alink is None else self._alink.aenter
+            return await self._limit.await_slot(wait, self._await_throttle, enter)
+        return await self._await_throttle(wait)
+
+    async def _await_throttle(self, wait: Wait) -> int:
         """Sleep (``asyncio.sleep``, ``trio.sleep``) until a throttle slot; the permit it held.
         Cancelling frees the slot; a pause set meanwhile, past the slot, is waited out too."""
         while True:
@@ -250,6 +290,8 @@ class CircuitBreaker:
     async def aenter(self) -> Entry:
         """``enter()`` as a coroutine (what an asyncio store needs)."""
         if self._alink is not None:
+            if self._limit is not None:
+                return await self._limit.aenter(self._alink.aenter)
             return await self._alink.aenter()
         return self.enter()
 
@@ -269,6 +311,8 @@ class CircuitBreaker:
         """``try_admit()`` as a coroutine."""
         entry = await self.aenter()
         if isinstance(entry, Wait):
+            if self._limit is not None and self._limit.give_up(entry):
+                return REJECTED
             await self._asettle(entry, gave_up=True)
             self._telemetry.count_throttle_refusal()  # refused: it would have had to wait
             return REJECTED
@@ -278,6 +322,8 @@ class CircuitBreaker:
         """``record_success()`` as a coroutine."""
         if self._alink is not None:
             await self._alink.arecord_success(permit)
+            if self._limit is not None:
+                self._limit.released(Outcome.SUCCESS, None)
         else:
             self.record_success(permit)
 
@@ -296,6 +342,8 @@ class CircuitBreaker:
             await self._alink.arecord(
                 permit, outcome, open_for=open_for, why=why, error=error, hint=hint
             )
+            if self._limit is not None:
+                self._limit.released(outcome, error)
         else:
             self.record(permit, outcome, open_for=open_for, why=why, error=error, hint=hint)
 
@@ -374,6 +422,7 @@ class CircuitBreaker:
             "opened_at": view.opened_at,
             "retry_after": view.retry_after,
             "throttle": self._known_throttle(),
+            "concurrency": self.concurrency,
             "stats": dataclasses.asdict(self.stats),
         }
 

@@ -6,11 +6,15 @@ same way. Counters are bumped without a lock (``itertools.count`` is atomic unde
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import functools
 import itertools
 import logging
+import math
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -21,14 +25,17 @@ from llm_circuit_breaker.errors import CircuitOpenError
 __all__ = [
     "THROTTLE_REASONS",
     "BreakerStats",
+    "Latency",
     "Listener",
     "Observer",
+    "RecentTimes",
     "StateChange",
     "Telemetry",
     "ThrottleEvent",
     "ThrottleSignal",
     "WaitHistogram",
     "error_type",
+    "latency_of",
     "split_name",
 ]
 
@@ -399,3 +406,78 @@ class Telemetry:
                 logger.exception(
                     "state-change listener %r of circuit %r raised", listener, self.name
                 )
+
+
+# -- latency: times to first item, hedges ---------------------------------------------------
+
+
+class RecentTimes:
+    """The last ``size`` durations in seconds (a ring): what a quantile is read from."""
+
+    __slots__ = ("_lock", "_samples")
+
+    def __init__(self, size: int = 200) -> None:
+        self._samples: collections.deque[float] = collections.deque(maxlen=size)
+        self._lock = threading.Lock()  # appends from threads while another one sorts
+
+    def add(self, seconds: float) -> None:
+        """Keep one duration (the oldest one goes when the ring is full)."""
+        with self._lock:
+            self._samples.append(seconds)
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def quantile(self, q: float, *, minimum: int = 20) -> float | None:
+        """The ``q`` quantile (0 < q < 1, nearest rank) of the durations kept, or None while
+        fewer than ``minimum`` are."""
+        with self._lock:
+            if len(self._samples) < max(1, minimum):
+                return None
+            ordered = sorted(self._samples)
+        rank = math.ceil(round(q * len(ordered), 9))  # 0.9 * 200 is 180.00000000000003
+        return ordered[min(max(rank, 1), len(ordered)) - 1]
+
+
+class Latency:
+    """One breaker's recent times to first item (an answer, or a stream's first content
+    item) and the hedges started and won on it. Not a state change: listeners hear nothing
+    of it; the exporters read the counts at collection."""
+
+    __slots__ = ("_started", "_won", "first_item")
+
+    def __init__(self) -> None:
+        self.first_item = RecentTimes()
+        self._started = _Tally()
+        self._won = _Tally()
+
+    def hedge_started(self) -> None:
+        """Count an extra attempt started because the ones in flight were slow."""
+        self._started.add()
+
+    def hedge_won(self) -> None:
+        """Count a hedge that answered first."""
+        self._won.add()
+
+    @property
+    def hedges_started(self) -> int:
+        """Hedges started on this breaker."""
+        return self._started.value
+
+    @property
+    def hedges_won(self) -> int:
+        """Hedges on this breaker that answered first."""
+        return self._won.value
+
+
+_latencies: weakref.WeakKeyDictionary[Observed, Latency] = weakref.WeakKeyDictionary()
+_latencies_lock = threading.Lock()
+
+
+def latency_of(breaker: Observed) -> Latency:
+    """The :class:`Latency` record of ``breaker`` (made on first use, gone with the breaker)."""
+    found = _latencies.get(breaker)
+    if found is None:
+        with _latencies_lock:
+            found = _latencies.setdefault(breaker, Latency())
+    return found

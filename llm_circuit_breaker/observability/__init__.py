@@ -87,6 +87,10 @@ class Series:
     wait_sum: float = 0.0
     paused_seconds: float = 0.0  # the longest pause of the breakers summed here
     waiting: int = 0
+    # max_concurrent, summed over the breakers here that have one (None: none has)
+    concurrency_limit: int | None = None
+    in_flight: int = 0
+    concurrency_waiting: int = 0
     breakers: list[CircuitBreaker] = dataclasses.field(default_factory=list)
 
     @property
@@ -117,6 +121,11 @@ class Series:
         self.wait_sum += histogram.total
         self.paused_seconds = max(self.paused_seconds, throttle["paused_for"] or 0.0)
         self.waiting += int(throttle["waiting"] or 0)
+        limit = breaker.concurrency  # counted in this process, whatever the store
+        if limit is not None:
+            self.concurrency_limit = (self.concurrency_limit or 0) + int(limit["limit"])
+            self.in_flight += int(limit["in_flight"])
+            self.concurrency_waiting += int(limit["waiting"])
 
     def wait_buckets(self) -> list[tuple[float, int]]:
         """Cumulative ``[(upper bound, waits at most that long), ...]`` ending at +Inf."""

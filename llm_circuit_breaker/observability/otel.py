@@ -23,6 +23,9 @@ outright; past ``max_metric_scopes`` values per template, ``other``):
   slot, recorded as calls are admitted while the throttle paces; explicit bucket boundaries)
 * ``llm_circuit_breaker.throttle.paused`` (gauge, seconds until a rate-limit pause ends)
 * ``llm_circuit_breaker.throttle.waiting`` (gauge, callers asleep until their slot)
+* ``llm_circuit_breaker.concurrency.limit``, ``.concurrency.in_flight``,
+  ``.concurrency.waiting`` (gauges: ``max_concurrent``, calls in flight and callers waiting
+  for a slot in this process, for breakers with a limit)
 * ``llm_circuit_breaker.fallback.calls`` (counter, ``chain``, ``target``, ``outcome`` = served |
   failed | refused) for the ``with_fallbacks`` chains given as ``fallbacks=``
 
@@ -122,6 +125,18 @@ class _Instruments:
             "llm_circuit_breaker.throttle.waiting", [self._waiting], unit="{call}",
             description="Callers asleep until their throttle slot.",
         )  # fmt: skip
+        meter.create_observable_gauge(
+            "llm_circuit_breaker.concurrency.limit", [self._limit], unit="{call}",
+            description="Calls allowed in flight in this process (max_concurrent).",
+        )  # fmt: skip
+        meter.create_observable_gauge(
+            "llm_circuit_breaker.concurrency.in_flight", [self._in_flight], unit="{call}",
+            description="Calls in flight in this process, under max_concurrent.",
+        )  # fmt: skip
+        meter.create_observable_gauge(
+            "llm_circuit_breaker.concurrency.waiting", [self._in_line], unit="{call}",
+            description="Callers waiting for a slot under max_concurrent.",
+        )  # fmt: skip
         meter.create_observable_counter(
             "llm_circuit_breaker.fallback.calls", [self._fallbacks], unit="{call}",
             description="Calls of each fallback chain's targets by outcome.",
@@ -196,6 +211,21 @@ class _Instruments:
     def _waiting(self, _options: Any) -> Iterable[Any]:
         for _user, row in self.rows():
             yield _metrics.Observation(row.waiting, _labels(row))
+
+    def _limit(self, _options: Any) -> Iterable[Any]:
+        for _user, row in self.rows():
+            if row.concurrency_limit is not None:
+                yield _metrics.Observation(row.concurrency_limit, _labels(row))
+
+    def _in_flight(self, _options: Any) -> Iterable[Any]:
+        for _user, row in self.rows():
+            if row.concurrency_limit is not None:
+                yield _metrics.Observation(row.in_flight, _labels(row))
+
+    def _in_line(self, _options: Any) -> Iterable[Any]:
+        for _user, row in self.rows():
+            if row.concurrency_limit is not None:
+                yield _metrics.Observation(row.concurrency_waiting, _labels(row))
 
     def _fallbacks(self, _options: Any) -> Iterable[Any]:
         seen: set[str] = set()

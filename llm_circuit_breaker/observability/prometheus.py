@@ -24,6 +24,10 @@ a breaker named outright; past ``max_metric_scopes`` values per template, ``othe
   (calls admitted while the throttle paced)
 * ``llm_circuit_breaker_throttle_paused_seconds`` seconds until a rate-limit pause ends
 * ``llm_circuit_breaker_throttle_waiting`` callers asleep until their slot
+* ``llm_circuit_breaker_concurrency_limit``, ``llm_circuit_breaker_concurrency_in_flight``,
+  ``llm_circuit_breaker_concurrency_waiting``: ``max_concurrent`` (its current value when
+  adaptive), the calls in flight and the callers waiting for a slot, in this process (only
+  for breakers with a limit)
 * ``llm_circuit_breaker_fallback_calls_total{chain, target, outcome}`` for the
   ``with_fallbacks`` chains given as ``fallbacks=``: calls each target served, failed (the
   chain moved on) or refused without running
@@ -112,6 +116,21 @@ class PrometheusCollector:
             "Callers asleep until their throttle slot.",
             labels=_LABELS,
         )
+        limits = GaugeMetricFamily(
+            "llm_circuit_breaker_concurrency_limit",
+            "Calls allowed in flight in this process (max_concurrent).",
+            labels=_LABELS,
+        )
+        in_flight = GaugeMetricFamily(
+            "llm_circuit_breaker_concurrency_in_flight",
+            "Calls in flight in this process, under max_concurrent.",
+            labels=_LABELS,
+        )
+        in_line = GaugeMetricFamily(
+            "llm_circuit_breaker_concurrency_waiting",
+            "Callers waiting for a slot under max_concurrent.",
+            labels=_LABELS,
+        )
         covered = registries() if self.registry is None else [self.registry]
         for row in series(covered, self.cap):
             labels = [row.breaker, row.scope]
@@ -126,7 +145,12 @@ class PrometheusCollector:
             waits.add_metric(labels, buckets, row.wait_sum)
             paused.add_metric(labels, row.paused_seconds)
             waiting.add_metric(labels, row.waiting)
+            if row.concurrency_limit is not None:
+                limits.add_metric(labels, row.concurrency_limit)
+                in_flight.add_metric(labels, row.in_flight)
+                in_line.add_metric(labels, row.concurrency_waiting)
         yield from (calls, retries, changes, state, failures, waits, paused, waiting)
+        yield from (limits, in_flight, in_line)
         if self.fallbacks:
             chains = CounterMetricFamily(
                 "llm_circuit_breaker_fallback_calls",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload
 
 from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker, Listener
@@ -85,6 +85,8 @@ def circuit_breaker(
     requests_per_minute: float | None = None,
     tokens_per_minute: float | None = None,
     enabled: bool = True,
+    max_concurrent: int | Literal["adaptive"] | None = None,
+    max_concurrent_ceiling: int = 256,
 ) -> Callable[[Callable[P, R]], Guarded[P, R]]: ...
 
 
