@@ -41,6 +41,8 @@ PRINTS = {
         "anthropic/claude-haiku-4-5: Capital of France?",
         "Hello!\nNone\n1",
         "Hello! 2",
+        "fast: Capital of France?\n1",
+        "20 {'limit': 8, 'in_flight': 0, 'waiting': 0, 'mode': 'fixed'}",
     ],
     "how-to/rate-limits.md": ["499", "rate limited, try again in 60s"],
     "how-to/web-and-workers.md": ["300 300"],
