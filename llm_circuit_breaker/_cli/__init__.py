@@ -20,11 +20,19 @@ def _positive(kind: type[float] | type[int]) -> Callable[[str], float]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m llm_circuit_breaker", description="Circuit breakers for LLM APIs."
+        prog="python -m llm_circuit_breaker",
+        description="Circuit breakers, rate-limit pacing and retries for LLM APIs.",
+        epilog="Run a command with --help for its options.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(
+        dest="command", required=True, title="commands", metavar="COMMAND"
+    )
     demo = commands.add_parser(
-        "demo", help="watch a breaker ride out a simulated provider outage (no network, no key)"
+        "demo",
+        help="watch four clients ride out a fake outage (no network, no key)",
+        description="A fake provider goes healthy -> rate limited -> outage -> recovered; "
+        "an unprotected client, tenacity alone, this library and this library with a "
+        "fallback run the same script side by side, and the summary compares them.",
     )
     demo.add_argument(
         "--duration",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import statistics
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,12 +22,19 @@ from llm_circuit_breaker.http.client import LLMCircuitBreaker
 from llm_circuit_breaker.strategies.fallbacks import with_fallbacks
 from llm_circuit_breaker.testing import FakeLLMServer
 
-__all__ = ["BREAKER", "NAMES", "RETRY", "Contest", "Tally"]
+__all__ = ["BREAKER", "NAMES", "REFUSALS", "RETRY", "Contest", "Tally"]
 
-BREAKER = {"failure_threshold": 5, "reset_timeout": 1.5, "success_threshold": 2, "timeout": 0.5}
+BREAKER = {
+    "failure_threshold": 5,
+    "reset_timeout": 0.3,
+    "success_threshold": 2,
+    "half_open_max_calls": 2,
+    "timeout": 0.5,
+}
 RETRY = {"max_retries": 3, "initial_delay": 0.1, "max_delay": 2.0}
 NAMES = ("unprotected", "tenacity alone", "llm-circuit-breaker", "with fallbacks")
 BODY = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+REFUSALS = ("CircuitOpenError", "ThrottledError")  # what a refused call raises: nothing sent
 Call = Callable[[str], Awaitable[Any]]
 
 
@@ -45,6 +53,7 @@ class Tally:
     errors: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     first_answer_after_recovery: float | None = None
     seconds_lost: float = 0.0  # what failed calls cost their callers, in all
+    refusal_seconds: list[float] = dataclasses.field(default_factory=list)  # per refused call
 
     @property
     def failed(self) -> int:
@@ -64,10 +73,11 @@ class Contest:
         self.servers = {name: self.scenarios[name].server() for name in NAMES}
         self.tallies = {name: Tally() for name in NAMES}
         self.begun = asyncio.Event()  # set once the providers are up and the script runs
-        # A short run gets a shorter reset timeout, so that it still shows the recovery.
+        # The outage lasts seconds, not minutes: a short reset timeout probes often enough
+        # that the circuit closes soon after the provider recovers (a short run, sooner).
         breaker = {
             **BREAKER,
-            "reset_timeout": max(0.3, min(BREAKER["reset_timeout"], duration / 14)),
+            "reset_timeout": max(0.2, min(BREAKER["reset_timeout"], duration / 60)),
         }
         registry = BreakerRegistry()
         self.ours = LLMCircuitBreaker(
@@ -163,8 +173,11 @@ class Contest:
                 try:
                     await call(url)
                 except Exception as exc:  # every error a caller sees is counted
-                    tally.errors[_kind(exc)] += 1
+                    kind = _kind(exc)
+                    tally.errors[kind] += 1
                     tally.seconds_lost += scenario.elapsed() - began
+                    if kind in REFUSALS:
+                        tally.refusal_seconds.append(scenario.elapsed() - began)
                 else:
                     tally.answered += 1
                     elapsed = scenario.elapsed()
@@ -188,6 +201,9 @@ class Contest:
                 "errors seen by callers": tally.failed,
                 "errors by type": dict(tally.errors.most_common()),
                 "seconds callers spent on failed calls": round(tally.seconds_lost, 1),
+                "median refusal (us)": round(
+                    statistics.median(tally.refusal_seconds or [0.0]) * 1e6, 1
+                ),
                 "calls answered": tally.answered,
                 "answered in the rate-limited phase": tally.answered_by_phase["rate limited"],
                 "success rate in the outage": round(
@@ -202,7 +218,7 @@ def _kind(exc: BaseException) -> str:
     """A caller-facing name for an error: the library's class, else an HTTP status or class."""
     status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
     name = type(exc).__name__
-    if name in {"CircuitOpenError", "ThrottledError"}:
+    if name in REFUSALS:
         return name
     if isinstance(status, int):
         return f"HTTP {status}"
