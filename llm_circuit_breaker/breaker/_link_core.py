@@ -26,7 +26,7 @@ from llm_circuit_breaker.breaker.circuit import Entry, LocalCircuit, check_repor
 from llm_circuit_breaker.breaker.telemetry import StateChange, Telemetry, refused
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import ThrottledError
-from llm_circuit_breaker.storage._lease import Lease, Terms
+from llm_circuit_breaker.storage._lease import Lease, LeaseTerms
 from llm_circuit_breaker.storage.base import (
     Admission,
     AsyncStateStore,
@@ -142,7 +142,7 @@ class LinkCore:
         else:
             self._cached_permit = -1
 
-    def unasked(self) -> tuple[Entry | None, float, Terms]:
+    def prepare_admission(self) -> tuple[Entry | None, float, LeaseTerms]:
         """Past the near-cache: the entry this process's lease gives (None: the store must be
         asked), the call's estimated tokens, and the lease's terms for the store."""
         if self.local.rejoin is not None:  # forgotten by the registry: back in it first
@@ -203,7 +203,7 @@ class LinkCore:
     def _event(self, old: CircuitState, new: CircuitState, reason: str) -> None:
         self.telemetry.notify(StateChange(self.name, old, new, self.local.now(), reason))
 
-    def admitted(self, admission: Admission, tokens: float) -> Entry:
+    def apply_admission(self, admission: Admission, tokens: float) -> Entry:
         """The permit (tagged shared), the refusal, or the throttle slot to wait for, from a
         store's admission."""
         permit, view, wait = admission.permit, admission.view, admission.wait
@@ -269,13 +269,15 @@ class LinkCore:
             open_for = min(open_for, self.config.effective_max_open_for)
         return False, open_for
 
-    def entered(self, admission: Admission | None, tokens: float, terms: Terms = ()) -> Entry:
+    def apply_entry(
+        self, admission: Admission | None, tokens: float, terms: LeaseTerms = ()
+    ) -> Entry:
         """The outcome of an admission: the store's (None when it could not be asked), asked
         with the lease's ``terms``."""
         self.lease.answered(terms)
         if admission is None:
             return self.enter_locally()
-        return self.admitted(admission, tokens)
+        return self.apply_admission(admission, tokens)
 
     def limits(self, headers: object) -> RateLimits | None:
         """A response's rate-limit headers, for the store (None: none, or deciding locally,
@@ -346,7 +348,7 @@ class LinkCore:
             return self.local.throttle_view()
         return {**self._known.throttle, "waiting": self.waiting}
 
-    def reported(
+    def apply_report(
         self, outcome: Outcome, reply: tuple[Outcome, View] | None, error: BaseException | None
     ) -> None:
         """Count a report the store answered (None: it could not be asked)."""
@@ -358,7 +360,7 @@ class LinkCore:
             self.adopt(view, error)
         self.telemetry.tally(counted)
 
-    def viewed(self, view: View | None) -> View:
+    def apply_view(self, view: View | None) -> View:
         """The store's view, or the local one when the store could not be asked."""
         if view is None:
             self.go_local()
@@ -366,7 +368,7 @@ class LinkCore:
         self.adopt(view)
         return view
 
-    def followed(self, view: View | None) -> None:
+    def follow_view(self, view: View | None) -> None:
         """Adopt a view the store answered (None: it could not be asked: decide locally)."""
         if view is not None:
             self.adopt(view)

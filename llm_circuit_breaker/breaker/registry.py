@@ -125,7 +125,7 @@ class BreakerRegistry:
         return True
 
     @property
-    def toucher(self) -> Callable[[str], None]:
+    def mark_used(self) -> Callable[[str], None]:
         """:meth:`touch` as the bare ordered-dict operation, for hot paths: it raises
         ``KeyError`` where :meth:`touch` returns False."""
         return self._scoped.move_to_end

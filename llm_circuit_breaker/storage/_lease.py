@@ -13,10 +13,10 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable, Sequence
 
-__all__ = ["MAX_LEASE", "Lease", "Terms"]
+__all__ = ["MAX_LEASE", "Lease", "LeaseTerms"]
 
 MAX_LEASE = 64  # slots one admission may lease (the script's cap too)
-Terms = tuple[()] | tuple[int, int, float]
+LeaseTerms = tuple[()] | tuple[int, int, float]
 
 
 class Lease:
@@ -37,7 +37,7 @@ class Lease:
     def __bool__(self) -> bool:
         return bool(self._slots)
 
-    def terms(self) -> Terms:
+    def terms(self) -> LeaseTerms:
         """What this admission asks of the store beside its own slot: ``(more, unused,
         unused_tokens)``, slots to lease and unused ones given back with their tokens; ``()``
         when nothing (always without a near-cache: a store of another make sees no extras)."""
@@ -55,7 +55,7 @@ class Lease:
         unused, self._unused = self._unused, 0
         return (more, unused, unused * self._tokens) if more or unused else ()
 
-    def answered(self, terms: Terms) -> None:
+    def answered(self, terms: LeaseTerms) -> None:
         """The admission asked with ``terms`` was answered (or could not be)."""
         if terms and terms[0]:
             self._asking = False

@@ -258,13 +258,13 @@ def _async_shell(
 ) -> Callable[..., Any]:
     enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
     no_fallback, plain, waiting = gate.fallback is None, PLAIN, Wait
-    store_io, name = gate.store_io, gate.breaker.name
+    awaits_store, name = gate.awaits_store, gate.breaker.name
     call = func if call_timeout is None else _timed(func, call_timeout, name)
     charge = _charge_of(gate)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        permit: Any = (await gate.aenter()) if store_io else enter()
+        permit: Any = (await gate.aenter()) if awaits_store else enter()
         if permit.__class__ is not int:
             if permit.__class__ is waiting:
                 permit = await gate.await_slot(permit)
@@ -278,7 +278,7 @@ def _async_shell(
         try:
             result = await call(*args, **kwargs)
         except BaseException as exc:
-            if store_io:
+            if awaits_store:
                 await gate.afailed(permit, exc)
             else:
                 failed(permit, exc)
@@ -287,7 +287,7 @@ def _async_shell(
             return AsyncGuardedStream(result, gate, permit)
         if charge is not None:
             charge(result, kwargs)
-        if store_io:
+        if awaits_store:
             await gate.asucceeded(permit)
         else:
             succeeded(permit)
@@ -372,12 +372,12 @@ def _async_gen_shell(
 ) -> Callable[..., Any]:
     enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
     no_fallback, waiting = gate.fallback is None, Wait
-    store_io, name = gate.store_io, gate.breaker.name
+    awaits_store, name = gate.awaits_store, gate.breaker.name
     charge = _charge_of(gate)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        permit: Any = (await gate.aenter()) if store_io else enter()
+        permit: Any = (await gate.aenter()) if awaits_store else enter()
         if permit.__class__ is not int:
             if permit.__class__ is waiting:
                 permit = await gate.await_slot(permit)
@@ -398,14 +398,14 @@ def _async_gen_shell(
             async for item in items:
                 yield item
         except BaseException as exc:
-            if store_io:
+            if awaits_store:
                 await gate.afailed(permit, exc)
             else:
                 failed(permit, exc)
             raise
         finally:
             await stream.aclose()
-        if store_io:
+        if awaits_store:
             await gate.asucceeded(permit)
         else:
             succeeded(permit)

@@ -4,7 +4,7 @@ The decorator shells (plain, coroutine, generator and async generator functions)
 ``enter`` / ``succeeded`` are the breaker's own methods bound once (a guarded call pays for no
 extra frame), ``failed`` judges the exception once (:func:`._verdict.judge`) and reports the
 verdict, and ``refuse`` is the one refusal path. The ``a``-methods are the same for a breaker
-whose circuit lives in an asyncio store; ``store_io`` says which a shell must use.
+whose circuit lives in an asyncio store; ``awaits_store`` says which a shell must use.
 
 A function that returns a stream (an iterator or async iterator, such as the openai SDK's
 ``Stream``) is guarded until the stream ends: :class:`GuardedStream` / :class:`AsyncGuardedStream`
@@ -56,12 +56,12 @@ class Gate:
         "aenter",
         "asucceeded",
         "await_slot",
+        "awaits_store",
         "breaker",
         "call_fallback",
         "enter",
         "fallback",
         "rules",
-        "store_io",
         "succeeded",
         "wait",
     )
@@ -76,7 +76,7 @@ class Gate:
         self.rules = rules
         self.fallback = fallback
         self.call_fallback: Callable[..., Any] = fallback or _no_fallback
-        self.store_io = breaker.is_async
+        self.awaits_store = breaker.is_async
         self.enter = breaker.enter
         self.succeeded = breaker.record_success
         self.aenter = breaker.aenter
@@ -217,11 +217,11 @@ class AsyncGuardedStream:
             return
         gate = self._gate
         if exc is None:
-            if gate.store_io:
+            if gate.awaits_store:
                 await gate.asucceeded(permit)
             else:
                 gate.succeeded(permit)
-        elif gate.store_io:
+        elif gate.awaits_store:
             await gate.afailed(permit, exc)
         else:
             gate.failed(permit, exc)
@@ -254,7 +254,7 @@ class AsyncGuardedStream:
         """Close the stream; a stream closed before its end counts as neither outcome."""
         permit, self._permit = self._permit, None
         if permit is not None:
-            if self._gate.store_io:
+            if self._gate.awaits_store:
                 await self._gate.aabandoned(permit)
             else:
                 self._gate.abandoned(permit)

@@ -143,7 +143,7 @@ def scoped(
     # is still registered.
     shells: dict[Any, tuple[str, Callable[..., Any]]] = {}
     touch, key_of, name_of_key = registry.touch, name_of.key, name_of.name
-    mark_used = registry.toucher
+    mark_used = registry.mark_used
 
     def shell(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any]:
         key = key_of(args, kwargs)

@@ -50,7 +50,7 @@ class AsyncStoreLink(LinkCore):
         refusal = self.cached_refusal()
         if refusal is not None:
             return refusal
-        entry, tokens, terms = self.unasked()
+        entry, tokens, terms = self.prepare_admission()
         if entry is not None:
             return entry
         try:
@@ -58,18 +58,20 @@ class AsyncStoreLink(LinkCore):
         except BaseException:  # cancelled: the lease may be asked for again
             self.lease.answered(terms)
             raise
-        return self.entered(admission, tokens, terms)
+        return self.apply_entry(admission, tokens, terms)
 
     async def awaited(self, wait: Wait, *, gave_up: bool) -> None:
         """A caller woke up for its slot, or gave it up (the slot goes back to the store)."""
         if not self.gave_up_locally(wait, gave_up=gave_up):
-            self.followed(await self._ask(self.store.arelease, untagged(wait.permit), wait.tokens))
+            self.follow_view(
+                await self._ask(self.store.arelease, untagged(wait.permit), wait.tokens)
+            )
 
     async def aobserve(self, headers: object) -> None:
         """Feed a response's rate-limit headers to the shared throttle."""
         limits = self.limits(headers)
         if limits is not None:
-            self.followed(await self._ask(self.store.aobserve, limits))
+            self.follow_view(await self._ask(self.store.aobserve, limits))
 
     async def arecord_success(self, permit: int) -> None:
         """Report a success (nothing is sent when it changes nothing: the hot path)."""
@@ -92,13 +94,13 @@ class AsyncStoreLink(LinkCore):
         done, open_for = self.recorded_locally(permit, outcome, open_for, why, error, hint)
         if not done:
             args = (untagged(permit), outcome, open_for, why, spread(hint))
-            self.reported(outcome, await self._ask(self.store.arecord, *args), error)
+            self.apply_report(outcome, await self._ask(self.store.arecord, *args), error)
 
     async def aview(self) -> View:
         """The store's view now (the local one while it is unreachable)."""
-        return self.viewed(await self._ask(self.store.asnapshot))
+        return self.apply_view(await self._ask(self.store.asnapshot))
 
     async def acontrol(self, action: Control) -> None:
         """Reset, force open or force closed: locally and in the store."""
         self.local.control(action)
-        self.followed(await self._ask(self.store.acontrol, action))
+        self.follow_view(await self._ask(self.store.acontrol, action))

@@ -51,7 +51,7 @@ class StoreLink(LinkCore):
         refusal = self.cached_refusal()
         if refusal is not None:
             return refusal
-        entry, tokens, terms = self.unasked()
+        entry, tokens, terms = self.prepare_admission()
         if entry is not None:
             return entry
         try:
@@ -59,18 +59,18 @@ class StoreLink(LinkCore):
         except BaseException:  # cancelled: the lease may be asked for again
             self.lease.answered(terms)
             raise
-        return self.entered(admission, tokens, terms)
+        return self.apply_entry(admission, tokens, terms)
 
     def waited(self, wait: Wait, *, gave_up: bool) -> None:
         """A caller woke up for its slot, or gave it up (the slot goes back to the store)."""
         if not self.gave_up_locally(wait, gave_up=gave_up):
-            self.followed(self._ask(self.store.release, untagged(wait.permit), wait.tokens))
+            self.follow_view(self._ask(self.store.release, untagged(wait.permit), wait.tokens))
 
     def observe(self, headers: object) -> None:
         """Feed a response's rate-limit headers to the shared throttle."""
         limits = self.limits(headers)
         if limits is not None:
-            self.followed(self._ask(self.store.observe, limits))
+            self.follow_view(self._ask(self.store.observe, limits))
 
     def record_success(self, permit: int) -> None:
         """Report a success (nothing is sent when it changes nothing: the hot path)."""
@@ -93,13 +93,13 @@ class StoreLink(LinkCore):
         done, open_for = self.recorded_locally(permit, outcome, open_for, why, error, hint)
         if not done:
             args = (untagged(permit), outcome, open_for, why, spread(hint))
-            self.reported(outcome, self._ask(self.store.record, *args), error)
+            self.apply_report(outcome, self._ask(self.store.record, *args), error)
 
     def view(self) -> View:
         """The store's view now (the local one while it is unreachable)."""
-        return self.viewed(self._ask(self.store.snapshot))
+        return self.apply_view(self._ask(self.store.snapshot))
 
     def control(self, action: Control) -> None:
         """Reset, force open or force closed: locally and in the store."""
         self.local.control(action)
-        self.followed(self._ask(self.store.control, action))
+        self.follow_view(self._ask(self.store.control, action))
