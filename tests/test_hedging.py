@@ -526,6 +526,46 @@ def test_a_slow_sync_call_is_hedged_in_a_thread() -> None:
     )
 
 
+def test_a_sync_loser_that_fails_after_the_winner_is_ignored() -> None:
+    """A plain function and a generator that fail once another attempt has answered are
+    reported ignored to their breakers, never as failures."""
+    registry = BreakerRegistry()
+    release = threading.Event()
+    failed = threading.Event()
+
+    @circuit_breaker("slow", registry=registry)
+    def slow() -> str:
+        release.wait()
+        try:
+            raise http_status_error(503, {}, None, "https://api.example.com")
+        finally:
+            failed.set()
+
+    @circuit_breaker("slow-stream", registry=registry)
+    def slow_stream() -> Iterator[str]:
+        yield ""  # not content
+        release.wait()
+        raise http_status_error(503, {}, None, "https://api.example.com")
+
+    @circuit_breaker("fast", registry=registry)
+    def fast() -> str:
+        return "fast"
+
+    @circuit_breaker("fast-stream", registry=registry)
+    def fast_stream() -> Iterator[str]:
+        yield "fast"
+
+    try:
+        assert with_hedging(slow, fast, delay=QUICK)() == "fast"
+        assert list(with_hedging(slow_stream, fast_stream, delay=QUICK)()) == ["fast"]
+    finally:
+        release.set()
+    assert failed.wait(10)
+    for name in ("slow", "slow-stream"):
+        until(lambda name=name: registry.get(name).stats.ignored == 1)  # type: ignore[misc]
+        assert registry.get(name).stats.failures == 0
+
+
 def test_a_losing_sync_stream_is_closed_once_it_answers() -> None:
     """A generator that yields its first content late loses: when it does, its thread closes
     it, and its breaker counts the call ignored."""
