@@ -26,6 +26,7 @@ from llm_circuit_breaker.breaker.telemetry import (
     WAIT_BUCKETS,
     BreakerStats,
     error_type,
+    latency_of,
     split_name,
 )
 
@@ -87,6 +88,8 @@ class Series:
     wait_sum: float = 0.0
     paused_seconds: float = 0.0  # the longest pause of the breakers summed here
     waiting: int = 0
+    hedges: int = 0  # extra attempts with_hedging started because those in flight were slow
+    hedge_wins: int = 0  # of those, the ones that answered first
     breakers: list[CircuitBreaker] = dataclasses.field(default_factory=list)
 
     @property
@@ -117,6 +120,9 @@ class Series:
         self.wait_sum += histogram.total
         self.paused_seconds = max(self.paused_seconds, throttle["paused_for"] or 0.0)
         self.waiting += int(throttle["waiting"] or 0)
+        latency = latency_of(breaker)
+        self.hedges += latency.hedges_started
+        self.hedge_wins += latency.hedges_won
 
     def wait_buckets(self) -> list[tuple[float, int]]:
         """Cumulative ``[(upper bound, waits at most that long), ...]`` ending at +Inf."""

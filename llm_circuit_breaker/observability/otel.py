@@ -23,6 +23,9 @@ outright; past ``max_metric_scopes`` values per template, ``other``):
   slot, recorded as calls are admitted while the throttle paces; explicit bucket boundaries)
 * ``llm_circuit_breaker.throttle.paused`` (gauge, seconds until a rate-limit pause ends)
 * ``llm_circuit_breaker.throttle.waiting`` (gauge, callers asleep until their slot)
+* ``llm_circuit_breaker.hedges`` (counter, extra attempts ``with_hedging`` started because
+  those in flight were slow) and ``llm_circuit_breaker.hedge_wins`` (counter, those that
+  answered first)
 * ``llm_circuit_breaker.fallback.calls`` (counter, ``chain``, ``target``, ``outcome`` = served |
   failed | refused) for the ``with_fallbacks`` chains given as ``fallbacks=``
 
@@ -34,6 +37,9 @@ metrics-only mode: ``llm_circuit_breaker.enforced`` false), ``llm_circuit_breake
 when a throttle refuses one (``llm_circuit_breaker.reason``), ``llm_circuit_breaker.retry``
 before a retry (``error.type``: the HTTP status, else the exception class) and
 ``llm_circuit_breaker.throttle_wait`` when a call waits for its throttle slot.
+``with_hedging`` adds ``llm_circuit_breaker.hedge`` for each hedge it starts (the hedge's
+breaker's filled name, ``llm_circuit_breaker.hedge.attempt``, ``.hedge.delay_s``), with or
+without this instrumentation.
 
 A span per logical call: ``instrumentation.traced(operation="chat", provider="openai")``
 decorates a function (stacked outermost, above ``with_retry``, ``with_fallbacks`` and
@@ -123,6 +129,14 @@ class _Instruments:
             description="Callers asleep until their throttle slot.",
         )  # fmt: skip
         meter.create_observable_counter(
+            "llm_circuit_breaker.hedges", [self._hedges], unit="{attempt}",
+            description="Hedged attempts started.",
+        )  # fmt: skip
+        meter.create_observable_counter(
+            "llm_circuit_breaker.hedge_wins", [self._hedge_wins], unit="{attempt}",
+            description="Hedged attempts that answered first.",
+        )  # fmt: skip
+        meter.create_observable_counter(
             "llm_circuit_breaker.fallback.calls", [self._fallbacks], unit="{call}",
             description="Calls of each fallback chain's targets by outcome.",
         )  # fmt: skip
@@ -196,6 +210,14 @@ class _Instruments:
     def _waiting(self, _options: Any) -> Iterable[Any]:
         for _user, row in self.rows():
             yield _metrics.Observation(row.waiting, _labels(row))
+
+    def _hedges(self, _options: Any) -> Iterable[Any]:
+        for _user, row in self.rows():
+            yield _metrics.Observation(row.hedges, _labels(row))
+
+    def _hedge_wins(self, _options: Any) -> Iterable[Any]:
+        for _user, row in self.rows():
+            yield _metrics.Observation(row.hedge_wins, _labels(row))
 
     def _fallbacks(self, _options: Any) -> Iterable[Any]:
         seen: set[str] = set()

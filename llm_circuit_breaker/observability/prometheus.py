@@ -24,6 +24,9 @@ a breaker named outright; past ``max_metric_scopes`` values per template, ``othe
   (calls admitted while the throttle paced)
 * ``llm_circuit_breaker_throttle_paused_seconds`` seconds until a rate-limit pause ends
 * ``llm_circuit_breaker_throttle_waiting`` callers asleep until their slot
+* ``llm_circuit_breaker_hedges_total`` extra attempts ``with_hedging`` started on the breaker
+  because those in flight were slow; ``llm_circuit_breaker_hedge_wins_total`` those that
+  answered first
 * ``llm_circuit_breaker_fallback_calls_total{chain, target, outcome}`` for the
   ``with_fallbacks`` chains given as ``fallbacks=``: calls each target served, failed (the
   chain moved on) or refused without running
@@ -112,6 +115,12 @@ class PrometheusCollector:
             "Callers asleep until their throttle slot.",
             labels=_LABELS,
         )
+        hedges = CounterMetricFamily(
+            "llm_circuit_breaker_hedges", "Hedged attempts started.", labels=_LABELS
+        )
+        hedge_wins = CounterMetricFamily(
+            "llm_circuit_breaker_hedge_wins", "Hedged attempts that answered first.", labels=_LABELS
+        )
         covered = registries() if self.registry is None else [self.registry]
         for row in series(covered, self.cap):
             labels = [row.breaker, row.scope]
@@ -126,7 +135,10 @@ class PrometheusCollector:
             waits.add_metric(labels, buckets, row.wait_sum)
             paused.add_metric(labels, row.paused_seconds)
             waiting.add_metric(labels, row.waiting)
+            hedges.add_metric(labels, row.hedges)
+            hedge_wins.add_metric(labels, row.hedge_wins)
         yield from (calls, retries, changes, state, failures, waits, paused, waiting)
+        yield from (hedges, hedge_wins)
         if self.fallbacks:
             chains = CounterMetricFamily(
                 "llm_circuit_breaker_fallback_calls",
