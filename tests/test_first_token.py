@@ -1,0 +1,199 @@
+"""first_token_timeout: the longest wait for a stream's first *content* event, which comments,
+pings, keep-alives and role-only deltas cannot reset.
+
+Times are generous multiples: a stream that must time out keeps sending framing for 10 s
+(or stays silent that long) against a 0.5 s deadline, and the test asks for an answer within
+half of that; a stream that must not time out answers within 0.2 s of a 5 s deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import anthropic
+import httpx
+import httpx2
+import openai
+import pytest
+
+from llm_circuit_breaker import BreakerRegistry, RequestTimeoutError
+from llm_circuit_breaker.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport
+from llm_circuit_breaker.testing import FakeLLMServer, Reply
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+DEADLINE = 0.5
+FRAMING_FOR = 10.0  # how long a stream without content keeps the connection busy
+IN_TIME = 5.0  # a deadline that an answer within 0.2 s meets
+
+
+def _sse(data: Any, event: str | None = None) -> str:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+def _chat_chunk(delta: dict[str, Any]) -> str:
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+    return _sse({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                 "choices": [choice]})  # fmt: skip
+
+
+def _framing(api: str) -> Reply:
+    """A stream that opens, then sends only framing: comments, pings, role-only or empty
+    deltas, lifecycle events; no content for FRAMING_FOR seconds."""
+    if api == "chat":
+        head = [_chat_chunk({"role": "assistant", "content": ""})]
+        beat = [": keep-alive\n\n", _chat_chunk({"content": ""}), _sse({}, "ping")]
+    elif api == "responses":
+        head = [
+            _sse({"type": "response.created", "sequence_number": 0,
+                  "response": {"id": "r", "status": "in_progress"}}, "response.created"),
+        ]  # fmt: skip
+        beat = [": keep-alive\n\n", _sse({"type": "keepalive"}, "keepalive")]
+    else:
+        start: dict[str, Any] = {"id": "m", "type": "message", "role": "assistant", "model": "c", "content": [],
+                 "stop_reason": None, "usage": {"input_tokens": 1, "output_tokens": 1}}  # fmt: skip
+        head = [
+            _sse({"type": "message_start", "message": start}, "message_start"),
+            _sse({"type": "content_block_start", "index": 0,
+                  "content_block": {"type": "text", "text": ""}}, "content_block_start"),
+        ]  # fmt: skip
+        beat = [_sse({"type": "ping"}, "ping"), ": keep-alive\n\n"]
+    delay = 0.1
+    count = int(FRAMING_FOR / delay / len(beat))
+    return Reply(events=head + beat * count, event_delay=delay)
+
+
+def _silent(api: str) -> Reply:
+    """A whole stream whose content waits FRAMING_FOR seconds after the opening events."""
+    build = {"chat": Reply.chat, "responses": Reply.responses, "messages": Reply.messages}[api]
+    reply = build("Hello!", stream=True)
+    return Reply(
+        events=reply.events,
+        headers=reply.headers,
+        first_content=reply.first_content,
+        first_token_delay=FRAMING_FOR,
+    )
+
+
+def _client(api: str, server: FakeLLMServer, transport: Any, *, asynchronous: bool) -> Any:
+    lib: Any
+    if api == "messages":
+        lib = httpx2
+        cls: Any = anthropic.AsyncAnthropic if asynchronous else anthropic.Anthropic
+        base = server.anthropic_base_url
+    else:
+        lib = httpx
+        cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+        base = server.openai_base_url
+    http = (lib.AsyncClient if asynchronous else lib.Client)(transport=transport)
+    return cls(api_key="sk-test", base_url=base, http_client=http, max_retries=0)
+
+
+def _open(api: str, client: Any) -> Any:
+    if api == "chat":
+        return client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+    if api == "responses":
+        return client.responses.create(model="m", input="hi", stream=True)
+    return client.messages.create(model="c", max_tokens=8, messages=MESSAGES, stream=True)
+
+
+APIS = ["chat", "responses", "messages"]
+
+
+@pytest.fixture
+def registry() -> BreakerRegistry:
+    return BreakerRegistry()
+
+
+def _read(api: str, registry: BreakerRegistry, server: FakeLLMServer, timeout: float) -> list[Any]:
+    transport = CircuitBreakerTransport("llm", registry=registry, first_token_timeout=timeout)
+    with _client(api, server, transport, asynchronous=False) as client:
+        return list(_open(api, client))
+
+
+async def _aread(
+    api: str, registry: BreakerRegistry, server: FakeLLMServer, timeout: float
+) -> list[Any]:
+    transport = AsyncCircuitBreakerTransport("llm", registry=registry, first_token_timeout=timeout)
+    async with _client(api, server, transport, asynchronous=True) as client:
+        return [event async for event in await _open(api, client)]
+
+
+def _timed_out(exc: BaseException) -> RequestTimeoutError | None:
+    """The RequestTimeoutError raised, or that caused the SDK's error."""
+    for found in (exc, exc.__cause__):
+        if isinstance(found, RequestTimeoutError):
+            return found
+    return None
+
+
+@pytest.mark.parametrize("reply", [_framing, _silent], ids=["framing", "silent"])
+@pytest.mark.parametrize("api", APIS)
+def test_no_content_by_the_deadline_times_out(
+    api: str, reply: Any, registry: BreakerRegistry, llm_server: FakeLLMServer
+) -> None:
+    """Keep-alives, pings and role-only deltas (or silence) past first_token_timeout fail the
+    attempt with RequestTimeoutError, counted as the provider's failure."""
+    llm_server.script(reply(api))
+    started = time.monotonic()
+    with pytest.raises(Exception) as caught:
+        _read(api, registry, llm_server, DEADLINE)
+    assert time.monotonic() - started < FRAMING_FOR / 2
+    assert "no content within 0.5 s" in str(_timed_out(caught.value)), repr(caught.value)
+    assert registry.get("llm").stats.failures == 1
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_content_in_time_does_not_time_out(
+    api: str, registry: BreakerRegistry, llm_server: FakeLLMServer
+) -> None:
+    """Content that comes before the deadline: the stream is read to its end, a success."""
+    llm_server.slow_first_token(0.2)
+    assert _read(api, registry, llm_server, IN_TIME)
+    stats = registry.get("llm").stats
+    assert (stats.successes, stats.failures) == (1, 0)
+
+
+@pytest.mark.parametrize("reply", [_framing, _silent], ids=["framing", "silent"])
+@pytest.mark.parametrize("api", APIS)
+async def test_async_no_content_by_the_deadline_times_out(
+    api: str, reply: Any, registry: BreakerRegistry, llm_server: FakeLLMServer
+) -> None:
+    """The asyncio transport times a stream without content out at its deadline too."""
+    llm_server.script(reply(api))
+    started = time.monotonic()
+    with pytest.raises(Exception) as caught:
+        await _aread(api, registry, llm_server, DEADLINE)
+    assert time.monotonic() - started < FRAMING_FOR / 2
+    assert _timed_out(caught.value) is not None, repr(caught.value)
+    assert registry.get("llm").stats.failures == 1
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_async_content_in_time_does_not_time_out(
+    api: str, registry: BreakerRegistry, llm_server: FakeLLMServer
+) -> None:
+    """The asyncio transport lets a stream whose content comes in time run to its end."""
+    llm_server.slow_first_token(0.2)
+    assert await _aread(api, registry, llm_server, IN_TIME)
+    stats = registry.get("llm").stats
+    assert (stats.successes, stats.failures) == (1, 0)
+
+
+def test_headers_later_than_the_deadline_time_out(
+    registry: BreakerRegistry, llm_server: FakeLLMServer
+) -> None:
+    """Headers that come after the deadline: the SDK sees a timeout (its APITimeoutError,
+    caused by RequestTimeoutError) and the breaker a failure."""
+    llm_server.script(Reply(events=Reply.chat("hi", stream=True).events, delay=FRAMING_FOR))
+    with pytest.raises(openai.APITimeoutError) as caught:
+        _read("chat", registry, llm_server, DEADLINE)
+    assert isinstance(caught.value.__cause__, RequestTimeoutError)
+    assert registry.get("llm").stats.failures == 1
+
+
+def test_a_bad_first_token_timeout_is_named() -> None:
+    with pytest.raises(ValueError, match="first_token_timeout"):
+        CircuitBreakerTransport("x", first_token_timeout=-1)
