@@ -1,7 +1,7 @@
 """first_token_timeout: the longest wait for a stream's first *content* event, which comments,
 pings, keep-alives and role-only deltas cannot reset.
 
-Times are generous multiples: a stream that must time out keeps sending framing for 10 s
+Times are generous multiples: a stream that must time out keeps sending framing for 30 s
 (or stays silent that long) against a 0.5 s deadline, and the test asks for an answer within
 half of that; a stream that must not time out answers within 0.2 s of a 5 s deadline.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anthropic
@@ -18,13 +19,18 @@ import httpx2
 import openai
 import pytest
 
-from llm_circuit_breaker import BreakerRegistry, RequestTimeoutError
+from llm_circuit_breaker import (
+    BreakerRegistry,
+    LLMCircuitBreaker,
+    RequestTimeoutError,
+    circuit_breaker,
+)
 from llm_circuit_breaker.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport
 from llm_circuit_breaker.testing import FakeLLMServer, Reply
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 DEADLINE = 0.5
-FRAMING_FOR = 10.0  # how long a stream without content keeps the connection busy
+FRAMING_FOR = 30.0  # how long a stream without content keeps the connection busy
 IN_TIME = 5.0  # a deadline that an answer within 0.2 s meets
 
 
@@ -195,5 +201,148 @@ def test_headers_later_than_the_deadline_time_out(
 
 
 def test_a_bad_first_token_timeout_is_named() -> None:
+    """The transport names a bad first_token_timeout."""
     with pytest.raises(ValueError, match="first_token_timeout"):
         CircuitBreakerTransport("x", first_token_timeout=-1)
+
+
+# -- the decorator --------------------------------------------------------------------------
+
+
+def _sdk(server: FakeLLMServer, *, asynchronous: bool) -> Any:
+    cls: Any = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+    return cls(api_key="sk-test", base_url=server.openai_base_url, max_retries=0)
+
+
+@pytest.mark.parametrize("reply", [_framing, _silent], ids=["framing", "silent"])
+async def test_an_async_generator_without_content_times_out(
+    reply: Any, registry: BreakerRegistry, llm_server: FakeLLMServer
+) -> None:
+    """An async generator relaying an SDK stream that sends only framing (or nothing) fails
+    at first_token_timeout, counted as a failure, having yielded nothing."""
+    llm_server.script(reply("chat"))
+    client = _sdk(llm_server, asynchronous=True)
+
+    @circuit_breaker("gen", registry=registry, first_token_timeout=DEADLINE)
+    async def ask() -> AsyncIterator[Any]:
+        async for chunk in await client.chat.completions.create(
+            model="m", messages=MESSAGES, stream=True
+        ):
+            yield chunk
+
+    got: list[Any] = []
+    started = time.monotonic()
+    with pytest.raises(RequestTimeoutError, match="no content within 0.5 s"):
+        async for chunk in ask():
+            got.append(chunk)
+    assert time.monotonic() - started < FRAMING_FOR / 2
+    assert got == []
+    assert registry.get("gen").stats.failures == 1
+    await client.close()
+
+
+def test_a_returned_stream_with_framing_past_the_deadline_times_out(
+    registry: BreakerRegistry, llm_server: FakeLLMServer
+) -> None:
+    """A function returning the SDK's stream: framing past the deadline fails it (a sync
+    stream is checked at each item)."""
+    llm_server.script(_framing("chat"))
+    client = _sdk(llm_server, asynchronous=False)
+
+    @circuit_breaker("returned", registry=registry, first_token_timeout=DEADLINE)
+    def ask() -> Any:
+        return client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+
+    started = time.monotonic()
+    with pytest.raises(RequestTimeoutError), ask() as stream:
+        list(stream)
+    assert time.monotonic() - started < FRAMING_FOR / 2
+    assert registry.get("returned").stats.failures == 1
+    client.close()
+
+
+def test_a_generator_whose_content_comes_in_time_runs_to_its_end(
+    registry: BreakerRegistry, llm_server: FakeLLMServer
+) -> None:
+    """Content within the deadline: every chunk arrives, in order, framing included."""
+    llm_server.slow_first_token(0.2)
+    client = _sdk(llm_server, asynchronous=False)
+
+    @circuit_breaker("gen", registry=registry, first_token_timeout=IN_TIME)
+    def ask() -> Iterator[str]:
+        for chunk in client.chat.completions.create(model="m", messages=MESSAGES, stream=True):
+            if chunk.choices:
+                yield chunk.choices[0].delta.content or ""
+
+    assert "".join(ask()) == "Hello!"
+    assert registry.get("gen").stats.successes == 1
+    client.close()
+
+
+async def test_an_async_returned_stream_whose_content_comes_in_time(
+    registry: BreakerRegistry, llm_server: FakeLLMServer
+) -> None:
+    """A coroutine returning the SDK's async stream, content in time: read to its end."""
+    llm_server.slow_first_token(0.2)
+    client = _sdk(llm_server, asynchronous=True)
+
+    @circuit_breaker("returned", registry=registry, first_token_timeout=IN_TIME)
+    async def ask() -> Any:
+        return await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+
+    chunks = [chunk async for chunk in await ask()]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert registry.get("returned").stats.successes == 1
+    await client.close()
+
+
+# -- the HTTP helpers -----------------------------------------------------------------------
+
+
+def _facade(registry: BreakerRegistry) -> LLMCircuitBreaker:
+    return LLMCircuitBreaker(
+        "helpers",
+        registry=registry,
+        retry={"max_retries": 1, "initial_delay": 0.01, "jitter": False},
+        first_token_timeout=DEADLINE,
+    )
+
+
+def test_a_helper_stream_without_content_is_retried(
+    registry: BreakerRegistry, llm_server: FakeLLMServer
+) -> None:
+    """stream(): framing past the deadline fails the attempt before anything is yielded, so
+    it is retried; the second attempt answers."""
+    llm_server.script(_framing("chat"), Reply.chat("Hi!", stream=True))
+    with _facade(registry) as cb:
+        events = list(cb.stream(url=llm_server.openai_base_url + "/chat/completions",
+                                data={"model": "m", "messages": MESSAGES, "stream": True}))  # fmt: skip
+    text = "".join(e.data["choices"][0]["delta"].get("content", "") for e in events if e.data)
+    assert text == "Hi!"
+    stats = registry.get("helpers").stats
+    assert (stats.failures, stats.successes, stats.retries) == (1, 1, 1)
+
+
+async def test_a_helper_astream_without_content_times_out(
+    registry: BreakerRegistry, llm_server: FakeLLMServer
+) -> None:
+    """astream(): a silent stream fails at the deadline with RequestTimeoutError."""
+    llm_server.script(_silent("messages"), _silent("messages"))
+    started = time.monotonic()
+    async with _facade(registry) as cb:
+        with pytest.raises(RequestTimeoutError, match="no content within 0.5 s"):
+            async for _ in cb.astream(
+                url=llm_server.anthropic_base_url + "/v1/messages",
+                data={"model": "c", "max_tokens": 8, "messages": MESSAGES, "stream": True},
+            ):
+                pass
+    assert time.monotonic() - started < FRAMING_FOR / 2
+    assert registry.get("helpers").stats.failures == 2
+
+
+def test_bad_first_token_timeouts_are_named() -> None:
+    """A negative or non-number first_token_timeout is refused where it is given."""
+    with pytest.raises(ValueError, match="first_token_timeout"):
+        circuit_breaker("x", first_token_timeout=-1)
+    with pytest.raises(ValueError, match="first_token_timeout"):
+        LLMCircuitBreaker(first_token_timeout=0)

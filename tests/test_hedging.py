@@ -137,6 +137,7 @@ def test_sdk_objects_are_judged_like_their_json() -> None:
     assert not is_content(ChatCompletionChunk.model_validate({**head, **ROLE_ONLY}))
     assert is_content(ChatCompletionChunk.model_validate({**head, **TEXT}))
     assert is_content(ChatCompletionChunk.model_validate({**head, **TOOL_CALL}))
+    assert not is_content(ChatCompletionChunk.model_construct()), "the SDK's chunk of a ping"
     delta = {
         "type": "content_block_delta",
         "index": 0,

@@ -58,6 +58,8 @@ class LLMCircuitBreaker:
     ``acall`` an ``aiohttp.ClientSession`` made on first use in each event loop (so threads each
     running their own loop can share a facade); pass your own
     with ``session=`` / ``client_session=`` (then closing them is yours).
+    ``first_token_timeout`` bounds a stream's wait for its first *content* event (pings,
+    keep-alives, role-only deltas do not count): ``RequestTimeoutError``, a failure, retried.
     """
 
     def __init__(
@@ -72,10 +74,16 @@ class LLMCircuitBreaker:
         client_session: aiohttp.ClientSession | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        first_token_timeout: float | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:
             refuse_options(unknown)
+        self.first_token_timeout = (
+            None
+            if first_token_timeout is None
+            else check.seconds("LLMCircuitBreaker", "first_token_timeout", first_token_timeout)
+        )
         self._limits = {
             "max_response_bytes": check.count("", "max_response_bytes", max_response_bytes, 1),
             "max_event_bytes": check.count("", "max_event_bytes", max_event_bytes, 1),
@@ -317,6 +325,7 @@ _OPTIONS = (
     "client_session",
     "max_response_bytes",
     "max_event_bytes",
+    "first_token_timeout",
 )
 
 
