@@ -346,3 +346,33 @@ def test_bad_first_token_timeouts_are_named() -> None:
         circuit_breaker("x", first_token_timeout=-1)
     with pytest.raises(ValueError, match="first_token_timeout"):
         LLMCircuitBreaker(first_token_timeout=0)
+
+
+def test_a_streaming_call_without_content_times_out(
+    registry: BreakerRegistry, llm_server: FakeLLMServer
+) -> None:
+    """call() of a streaming request reads the whole body: framing past the deadline fails
+    it with RequestTimeoutError, retried."""
+    llm_server.script(_framing("messages"), _framing("messages"))
+    data = {"model": "c", "max_tokens": 8, "messages": MESSAGES, "stream": True}
+    url = llm_server.anthropic_base_url + "/v1/messages"
+    started = time.monotonic()
+    with _facade(registry) as cb, pytest.raises(RequestTimeoutError, match="no content within"):
+        cb.call(url=url, data=data)
+    assert time.monotonic() - started < FRAMING_FOR / 2
+    assert registry.get("helpers").stats.failures == 2
+
+
+async def test_a_streaming_acall_without_content_times_out(
+    registry: BreakerRegistry, llm_server: FakeLLMServer
+) -> None:
+    """acall() of a streaming request: a silent stream fails at the deadline."""
+    llm_server.script(_silent("chat"), _silent("chat"))
+    data = {"model": "m", "messages": MESSAGES, "stream": True}
+    url = llm_server.openai_base_url + "/chat/completions"
+    started = time.monotonic()
+    async with _facade(registry) as cb:
+        with pytest.raises(RequestTimeoutError, match="no content within"):
+            await cb.acall(url=url, data=data)
+    assert time.monotonic() - started < FRAMING_FOR / 2
+    assert registry.get("helpers").stats.failures == 2

@@ -7,6 +7,7 @@ never loads either HTTP stack.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import weakref
@@ -203,7 +204,8 @@ class LLMCircuitBreaker:
         """Send ``data`` as JSON and return the parsed JSON response (requests)."""
         route = self._route_for(url, data)
         with token_cost(data):
-            return route.call(self._prepare(route, url, method, headers, data))
+            prepared = self._prepare(route, url, method, headers, data)
+            return route.call(self._streaming(prepared, data))
 
     async def acall(
         self,
@@ -217,7 +219,15 @@ class LLMCircuitBreaker:
         route = self._route_for(url, data)
         with token_cost(data):
             prepared = self._prepare(route, url, method, headers, data, asynchronous=True)
-            return await route.acall(prepared)
+            return await route.acall(self._streaming(prepared, data))
+
+    def _streaming(self, prepared: PreparedRequest, data: Any) -> PreparedRequest:
+        """``prepared`` with the first-token deadline when its body asks for a stream (a call
+        reads the whole body, judged as it comes)."""
+        streams = isinstance(data, Mapping) and data.get("stream") is True
+        if self.first_token_timeout is None or not streams:
+            return prepared
+        return dataclasses.replace(prepared, first_token_timeout=self.first_token_timeout)
 
     def stream(
         self,
