@@ -376,3 +376,49 @@ async def test_a_streaming_acall_without_content_times_out(
             await cb.acall(url=url, data=data)
     assert time.monotonic() - started < FRAMING_FOR / 2
     assert registry.get("helpers").stats.failures == 2
+
+
+async def test_a_stream_without_content_fails_over() -> None:
+    """A decorated async generator that only pings past its deadline is a provider fault:
+    with_fallbacks moves on to the next target, which answers."""
+    import asyncio
+
+    from llm_circuit_breaker import with_fallbacks
+
+    registry = BreakerRegistry()
+
+    @circuit_breaker("pinging", registry=registry, first_token_timeout=DEADLINE)
+    async def pinging() -> AsyncIterator[Any]:
+        while True:
+            yield {"type": "ping"}
+            await asyncio.sleep(0.05)
+
+    @circuit_breaker("answering", registry=registry)
+    async def answering() -> AsyncIterator[Any]:
+        yield {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hi"}}
+
+    ask = with_fallbacks(pinging, answering)
+    items = [item async for item in ask()]
+    assert items == [{"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hi"}}]
+    assert registry.get("pinging").stats.failures == 1
+
+
+def test_a_generator_keeps_its_framing_and_return_value() -> None:
+    """Items before the first content are held back, then given in order; the generator's
+    return value passes through."""
+    registry = BreakerRegistry()
+    seen: list[Any] = []
+
+    @circuit_breaker("gen", registry=registry, first_token_timeout=IN_TIME)
+    def gen() -> Any:
+        yield {"type": "ping"}
+        yield ""
+        yield "Hi"
+        return "done"
+
+    def outer() -> Any:
+        seen.append((yield from gen()))
+
+    assert list(outer()) == [{"type": "ping"}, "", "Hi"]
+    assert seen == ["done"]
+    assert registry.get("gen").stats.successes == 1
