@@ -137,6 +137,7 @@ def test_sdk_objects_are_judged_like_their_json() -> None:
     assert not is_content(ChatCompletionChunk.model_validate({**head, **ROLE_ONLY}))
     assert is_content(ChatCompletionChunk.model_validate({**head, **TEXT}))
     assert is_content(ChatCompletionChunk.model_validate({**head, **TOOL_CALL}))
+    assert not is_content(ChatCompletionChunk.model_construct()), "the SDK's chunk of a ping"
     delta = {
         "type": "content_block_delta",
         "index": 0,
@@ -526,6 +527,46 @@ def test_a_slow_sync_call_is_hedged_in_a_thread() -> None:
     )
 
 
+def test_a_sync_loser_that_fails_after_the_winner_is_ignored() -> None:
+    """A plain function and a generator that fail once another attempt has answered are
+    reported ignored to their breakers, never as failures."""
+    registry = BreakerRegistry()
+    release = threading.Event()
+    failed = threading.Event()
+
+    @circuit_breaker("slow", registry=registry)
+    def slow() -> str:
+        release.wait()
+        try:
+            raise http_status_error(503, {}, None, "https://api.example.com")
+        finally:
+            failed.set()
+
+    @circuit_breaker("slow-stream", registry=registry)
+    def slow_stream() -> Iterator[str]:
+        yield ""  # not content
+        release.wait()
+        raise http_status_error(503, {}, None, "https://api.example.com")
+
+    @circuit_breaker("fast", registry=registry)
+    def fast() -> str:
+        return "fast"
+
+    @circuit_breaker("fast-stream", registry=registry)
+    def fast_stream() -> Iterator[str]:
+        yield "fast"
+
+    try:
+        assert with_hedging(slow, fast, delay=QUICK)() == "fast"
+        assert list(with_hedging(slow_stream, fast_stream, delay=QUICK)()) == ["fast"]
+    finally:
+        release.set()
+    assert failed.wait(10)
+    for name in ("slow", "slow-stream"):
+        until(lambda name=name: registry.get(name).stats.ignored == 1)  # type: ignore[misc]
+        assert registry.get(name).stats.failures == 0
+
+
 def test_a_losing_sync_stream_is_closed_once_it_answers() -> None:
     """A generator that yields its first content late loses: when it does, its thread closes
     it, and its breaker counts the call ignored."""
@@ -791,3 +832,78 @@ async def test_a_hedge_is_a_span_event() -> None:
     assert event.attributes is not None
     assert event.attributes["llm_circuit_breaker.name"] == "b"
     assert event.attributes["llm_circuit_breaker.hedge.attempt"] == 2
+
+
+async def test_a_hedge_event_names_the_scoped_breaker_filled() -> None:
+    """The hedge event of a scoped target carries its breaker's filled name, not the
+    template."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    registry = BreakerRegistry()
+
+    @circuit_breaker("slow:{model}", registry=registry)
+    async def slow(model: str) -> str:
+        await asyncio.Event().wait()
+        return "never"  # pragma: no cover
+
+    @circuit_breaker("fast:{model}", registry=registry)
+    async def fast(model: str) -> str:
+        return model
+
+    with provider.get_tracer("t").start_as_current_span("call"):
+        assert await with_hedging(slow, fast, delay=QUICK)("gpt-4o") == "gpt-4o"
+    (span,) = spans.get_finished_spans()
+    (event,) = [e for e in span.events if e.name == "llm_circuit_breaker.hedge"]
+    assert event.attributes is not None
+    assert event.attributes["llm_circuit_breaker.name"] == "fast:gpt-4o"
+
+
+async def test_hedges_started_and_won_are_exported() -> None:
+    """Prometheus and OpenTelemetry count the hedges started and won on each breaker under
+    the same names."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from prometheus_client import CollectorRegistry
+
+    from llm_circuit_breaker.observability.otel import OpenTelemetryInstrumentation
+    from llm_circuit_breaker.observability.prometheus import PrometheusCollector
+
+    registry = BreakerRegistry()
+    prom = CollectorRegistry()
+    PrometheusCollector(registry).register(prom)
+    reader = InMemoryMetricReader()
+    OpenTelemetryInstrumentation(
+        registry, meter_provider=MeterProvider(metric_readers=[reader])
+    ).instrument()
+    log: list[str] = []
+    hedged = with_hedging(_hanging(registry, "a", log), _answering(registry, "b", log), delay=QUICK)
+    assert await hedged("hi") == "b: hi"
+    assert await hedged("hi") == "b: hi"
+
+    def sample(name: str, breaker: str) -> float | None:
+        return prom.get_sample_value(name, {"breaker": breaker, "scope": ""})
+
+    assert sample("llm_circuit_breaker_hedges_total", "b") == 2
+    assert sample("llm_circuit_breaker_hedge_wins_total", "b") == 2
+    assert sample("llm_circuit_breaker_hedges_total", "a") == 0
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = {
+        (metric.name, point.attributes["breaker"]): point.value
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name.startswith("llm_circuit_breaker.hedge")
+        for point in metric.data.data_points
+    }
+    assert points == {
+        ("llm_circuit_breaker.hedges", "a"): 0,
+        ("llm_circuit_breaker.hedges", "b"): 2,
+        ("llm_circuit_breaker.hedge_wins", "a"): 0,
+        ("llm_circuit_breaker.hedge_wins", "b"): 2,
+    }

@@ -42,6 +42,7 @@ RENAMES = {
     "AsyncHTTPTransport": "HTTPTransport",
     "_AsyncBody": "_SyncBody",
     "aread_capped": "read_capped",
+    "achunks": "chunks",
     "abreaker_and_body": "breaker_and_body",
     "handle_async_request": "handle_request",
     "__aenter__": "__enter__",

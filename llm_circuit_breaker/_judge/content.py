@@ -122,6 +122,8 @@ def _frame(frame: object) -> bool:
     choices = _field(frame, "choices")
     if choices is not None:
         return isinstance(choices, Sequence) and any(_choice(c) for c in choices)
+    if not isinstance(frame, Mapping) and getattr(frame, "choices", _MISSING) is not _MISSING:
+        return False  # an SDK's chunk without choices: what it makes of a ping or an empty frame
     if _field(frame, "error") is not None:
         return False
     kind = _field(frame, "type")

@@ -12,9 +12,12 @@ from typing import Any
 import aiohttp
 
 from llm_circuit_breaker._judge.local import is_local
+from llm_circuit_breaker.errors import RequestTimeoutError
 from llm_circuit_breaker.http._common import (
     BodyLimit,
     PreparedRequest,
+    first_content,
+    is_sse,
     local_error,
     parse_response,
     redirect,
@@ -116,11 +119,33 @@ class AsyncTransport:
     async def request(self, request: PreparedRequest) -> Any:
         """Send ``request``; the parsed JSON body, or our error."""
         timeout = aiohttp.ClientTimeout(total=request.timeout)
-        with _translated(request):
-            async with await self._open(request, timeout) as response:
-                limit = BodyLimit(request)
-                async for chunk in response.content.iter_chunked(65536):
-                    limit.add(chunk)
+        first = first_content(request)
+        try:
+            with _translated(request):
+                opening = self._open(request, timeout)
+                if first is not None:
+                    opening = asyncio.wait_for(opening, max(0.0, first.left()))
+                async with await opening as response:
+                    if first is not None and not is_sse(response.headers):
+                        first = None  # not a stream: read as any body
+                    limit = BodyLimit(request)
+                    chunks = response.content.iter_chunked(65536).__aiter__()
+                    while True:
+                        reading = chunks.__anext__()
+                        if first is not None and not first.seen:
+                            reading = asyncio.wait_for(reading, max(0.0, first.left()))
+                        try:
+                            chunk = await reading
+                        except StopAsyncIteration:
+                            break
+                        limit.add(chunk)
+                        if first is not None:
+                            first.feed(chunk)
+        except RequestTimeoutError as exc:
+            late = first.late(exc, request) if first is not None else None
+            if late is None:
+                raise
+            raise late from exc
         return parse_response(response.status, response.headers, limit.body(), request.url)
 
     async def stream(self, request: PreparedRequest) -> AsyncIterator[SSEEvent]:

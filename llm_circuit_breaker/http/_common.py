@@ -69,6 +69,9 @@ class PreparedRequest:
     # Where the response's headers go (the breaker's throttle): a function for the sync
     # driver, a coroutine function for the async one.
     observe: Callable[[Any], Any] | None = None
+    # A streaming request read whole by call() / acall(): the longest wait for its first
+    # content event (LLMCircuitBreaker's first_token_timeout).
+    first_token_timeout: float | None = None
 
     def __repr__(self) -> str:
         headers = dict(redact_headers(self.headers))
@@ -126,6 +129,57 @@ def prepare(
         max_event_bytes,
         observe,
     )
+
+
+class FirstContent:
+    """``first_token_timeout`` for a streaming request whose whole SSE body is read (call /
+    acall): the deadline of its first content event, judged on whole events as they come."""
+
+    __slots__ = ("_buffer", "at", "seconds", "seen")
+
+    def __init__(self, seconds: float) -> None:
+        import time
+
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self.seen = False
+        self._buffer = b""
+
+    def left(self) -> float:
+        import time
+
+        return self.at - time.monotonic()
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next (decoded) chunk of the body."""
+        if self.seen:
+            return
+        from llm_circuit_breaker._judge.content import is_content
+
+        self._buffer += chunk
+        end = max(self._buffer.rfind(b"\n\n"), self._buffer.rfind(b"\r\n\r\n"))
+        if end >= 0 and is_content(self._buffer[:end]):  # whole events only
+            self.seen, self._buffer = True, b""
+
+    def late(self, exc: BaseException, request: PreparedRequest) -> RequestTimeoutError | None:
+        """The deadline's error when ``exc`` (a timeout) came at it, before any content."""
+        if self.seen or not isinstance(exc, RequestTimeoutError) or self.left() > 0.001:
+            return None
+        return RequestTimeoutError(
+            f"no content within {self.seconds:g} s (first_token_timeout)", url=request.url
+        )
+
+
+def first_content(request: PreparedRequest) -> FirstContent | None:
+    """The first-content deadline of ``request``, as it is sent (None without one)."""
+    if request.first_token_timeout is None:
+        return None
+    return FirstContent(request.first_token_timeout)
+
+
+def is_sse(headers: Mapping[str, str]) -> bool:
+    """Whether a response's body is server-sent events."""
+    return "text/event-stream" in headers.get("content-type", "")
 
 
 def error_type_of(body: Any) -> str | None:

@@ -11,10 +11,14 @@ from typing import Any
 import requests
 import urllib3
 
+from llm_circuit_breaker.errors import RequestTimeoutError
 from llm_circuit_breaker.http._common import (
     BodyLimit,
+    FirstContent,
     Inflate,
     PreparedRequest,
+    first_content,
+    is_sse,
     local_error,
     parse_response,
     redirect,
@@ -58,7 +62,10 @@ _CHUNK = 64 * 1024
 
 
 def _chunks(
-    response: requests.Response, request: PreparedRequest, deadline: float | None = None
+    response: requests.Response,
+    request: PreparedRequest,
+    deadline: float | None = None,
+    first: FirstContent | None = None,
 ) -> Iterator[bytes]:
     """The body's chunks as they come, decoded (gzip and deflate here, in bounded pieces: a
     Content-Length body is never inflated in one piece); past ``deadline`` (monotonic), a
@@ -75,6 +82,8 @@ def _chunks(
     while True:
         if deadline is not None:
             left = deadline - time.monotonic()
+            if first is not None and not first.seen:  # until the first content: its deadline
+                left = min(left, first.left())
             if left <= 0:
                 raise transport_error(request, TimeoutError(), timed_out=True)
             _read_timeout(response, min(left, request.timeout))
@@ -97,11 +106,16 @@ def _read_timeout(response: requests.Response, seconds: float) -> None:
 
 
 def _read(
-    response: requests.Response, request: PreparedRequest, deadline: float | None = None
+    response: requests.Response,
+    request: PreparedRequest,
+    deadline: float | None = None,
+    first: FirstContent | None = None,
 ) -> bytes:
     limit = BodyLimit(request)
-    for chunk in _chunks(response, request, deadline):
+    for chunk in _chunks(response, request, deadline, first):
         limit.add(chunk)
+        if first is not None:
+            first.feed(chunk)
     return limit.body()
 
 
@@ -155,10 +169,21 @@ class SyncTransport:
     def request(self, request: PreparedRequest) -> Any:
         """Send ``request``; the parsed JSON body, or our error (within ``timeout`` in all)."""
         deadline = time.monotonic() + request.timeout
-        with _translated(request):
-            response = self._open(request, deadline=deadline)
-            with response:
-                body = _read(response, request, deadline)
+        first = first_content(request)
+        try:
+            with _translated(request):
+                response = self._open(
+                    request, deadline=deadline if first is None else min(deadline, first.at)
+                )
+                with response:
+                    if first is not None and not is_sse(response.headers):
+                        first = None  # not a stream: read as any body
+                    body = _read(response, request, deadline, first)
+        except RequestTimeoutError as exc:
+            late = first.late(exc, request) if first is not None else None
+            if late is None:
+                raise
+            raise late from exc
         return parse_response(response.status_code, response.headers, body, request.url)
 
     def stream(self, request: PreparedRequest) -> Iterator[SSEEvent]:

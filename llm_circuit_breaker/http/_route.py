@@ -22,6 +22,8 @@ class Facade(Protocol):
     @property
     def _async(self) -> Any: ...
     def _retrying(self, func: Callable[..., Any]) -> Callable[..., Any]: ...
+    @property
+    def first_token_timeout(self) -> float | None: ...
 
 
 __all__ = ["Route", "acosted", "costed", "token_cost"]
@@ -34,6 +36,12 @@ class Route:
         self.facade = facade
         self.breaker = breaker
         self.guard = guarded(breaker=breaker)
+        if facade.first_token_timeout is not None:  # for the streams: a call reads a whole body
+            self.stream_guard = guarded(
+                breaker=breaker, first_token_timeout=facade.first_token_timeout
+            )
+        else:
+            self.stream_guard = self.guard
 
     def _sync_only(self) -> None:
         if self.breaker.is_async:
@@ -49,7 +57,7 @@ class Route:
     @functools.cached_property
     def stream(self) -> Callable[[PreparedRequest], Iterator[SSEEvent]]:
         self._sync_only()
-        return self.facade._retrying(self.guard(self.facade._sync.stream))
+        return self.facade._retrying(self.stream_guard(self.facade._sync.stream))
 
     @functools.cached_property
     def acall(self) -> Callable[[PreparedRequest], Any]:
@@ -57,7 +65,7 @@ class Route:
 
     @functools.cached_property
     def astream(self) -> Callable[[PreparedRequest], AsyncIterator[SSEEvent]]:
-        return self.facade._retrying(self.guard(self.facade._async.stream))
+        return self.facade._retrying(self.stream_guard(self.facade._async.stream))
 
 
 @contextlib.contextmanager

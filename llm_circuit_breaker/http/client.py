@@ -7,6 +7,7 @@ never loads either HTTP stack.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import weakref
@@ -58,6 +59,8 @@ class LLMCircuitBreaker:
     ``acall`` an ``aiohttp.ClientSession`` made on first use in each event loop (so threads each
     running their own loop can share a facade); pass your own
     with ``session=`` / ``client_session=`` (then closing them is yours).
+    ``first_token_timeout`` bounds a stream's wait for its first *content* event (pings,
+    keep-alives, role-only deltas do not count): ``RequestTimeoutError``, a failure, retried.
     """
 
     def __init__(
@@ -72,10 +75,16 @@ class LLMCircuitBreaker:
         client_session: aiohttp.ClientSession | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        first_token_timeout: float | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:
             refuse_options(unknown)
+        self.first_token_timeout = (
+            None
+            if first_token_timeout is None
+            else check.seconds("LLMCircuitBreaker", "first_token_timeout", first_token_timeout)
+        )
         self._limits = {
             "max_response_bytes": check.count("", "max_response_bytes", max_response_bytes, 1),
             "max_event_bytes": check.count("", "max_event_bytes", max_event_bytes, 1),
@@ -195,7 +204,8 @@ class LLMCircuitBreaker:
         """Send ``data`` as JSON and return the parsed JSON response (requests)."""
         route = self._route_for(url, data)
         with token_cost(data):
-            return route.call(self._prepare(route, url, method, headers, data))
+            prepared = self._prepare(route, url, method, headers, data)
+            return route.call(self._streaming(prepared, data))
 
     async def acall(
         self,
@@ -209,7 +219,15 @@ class LLMCircuitBreaker:
         route = self._route_for(url, data)
         with token_cost(data):
             prepared = self._prepare(route, url, method, headers, data, asynchronous=True)
-            return await route.acall(prepared)
+            return await route.acall(self._streaming(prepared, data))
+
+    def _streaming(self, prepared: PreparedRequest, data: Any) -> PreparedRequest:
+        """``prepared`` with the first-token deadline when its body asks for a stream (a call
+        reads the whole body, judged as it comes)."""
+        streams = isinstance(data, Mapping) and data.get("stream") is True
+        if self.first_token_timeout is None or not streams:
+            return prepared
+        return dataclasses.replace(prepared, first_token_timeout=self.first_token_timeout)
 
     def stream(
         self,
@@ -317,6 +335,7 @@ _OPTIONS = (
     "client_session",
     "max_response_bytes",
     "max_event_bytes",
+    "first_token_timeout",
 )
 
 

@@ -8,8 +8,10 @@ import functools
 import json
 import math
 import sys
+import threading
+import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from llm_circuit_breaker._core.state import Outcome
@@ -22,6 +24,7 @@ from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import (
     CircuitOpenError,
     IncompleteStreamError,
+    RequestTimeoutError,
     ThrottledError,
     http_status_error,
 )
@@ -33,6 +36,7 @@ __all__ = [
     "Body",
     "BreakerSpec",
     "Core",
+    "FirstToken",
     "SDKRetry",
     "Watch",
     "incomplete",
@@ -63,6 +67,8 @@ class Core:
         first_byte_timeout: float | None,
         idle_timeout: float | None,
         fields: dict[str, Any],
+        *,
+        first_token_timeout: float | None = None,
     ) -> None:
         from llm_circuit_breaker._validate import seconds
 
@@ -81,6 +87,11 @@ class Core:
         )
         self.idle_timeout = (
             None if idle_timeout is None else seconds(owner, "idle_timeout", idle_timeout)
+        )
+        self.first_token_timeout = (
+            None
+            if first_token_timeout is None
+            else seconds(owner, "first_token_timeout", first_token_timeout)
         )
         CircuitBreakerConfig.check_names(fields)
         self.fields = fields
@@ -174,6 +185,13 @@ class Core:
             _set_read_timeout(request, self.first_byte_timeout)
         return streams
 
+    def first_token(self, request: Any, streams: bool) -> FirstToken | None:
+        """The deadline of a streaming request's first content, as it is sent (None without
+        ``first_token_timeout``)."""
+        if not streams or self.first_token_timeout is None:
+            return None
+        return FirstToken(request, self.first_token_timeout)
+
     # -- refusals ----------------------------------------------------------------------------
 
     def refused(self, request: Any, error: CircuitOpenError | ThrottledError) -> Any:
@@ -223,14 +241,136 @@ class Core:
         return None
 
 
-class Body:
-    """What both guarded bodies hold: the library's stream, the attempt, the SSE watch."""
+class FirstToken:
+    """``first_token_timeout`` for one streaming attempt: the longest wait from sending the
+    request to the body's first *content* event (comments, ``ping`` / keep-alive events,
+    role-only or empty deltas do not count: they reset a read timeout, not this deadline).
 
-    def __init__(self, inner: Any, attempt: Attempt, watch: Watch | None, request: Any):
+    The headers must come within it (the read timeout is shortened until they do). Then the
+    asyncio transport waits for each chunk at most until the deadline; the sync one checks
+    the deadline at each chunk and, on an HTTP/1.1 connection, a timer shuts the socket down
+    when it passes, so a blocked read ends on time."""
+
+    __slots__ = ("_network", "_read", "deadline", "expired", "seconds")
+
+    def __init__(self, request: Any, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+        self.expired = False
+        self._network: Any = None
+        timeout = request.extensions.get("timeout")
+        self._read = timeout.get("read") if isinstance(timeout, dict) else None
+        _set_read_timeout(request, seconds)
+
+    def headers_in(self, request: Any, response: Any) -> None:
+        """The headers came: reads get back their own timeout (the deadline is kept by the
+        body from now on)."""
+        timeout = request.extensions.get("timeout")
+        if isinstance(timeout, dict):
+            timeout["read"] = self._read
+        if response.extensions.get("http_version", b"HTTP/1.1") == b"HTTP/1.1":
+            self._network = response.extensions.get("network_stream")
+
+    def error(self, request: Any) -> RequestTimeoutError:
+        """The error of a stream with no content by the deadline (also the library's
+        ReadTimeout, which the SDKs handle as a timeout)."""
+        from llm_circuit_breaker import _redact
+
+        error = _timeout_type(library(request))(  # type: ignore[call-arg]
+            f"no content within {self.seconds:g} s from {request.url.host} (first_token_timeout)",
+            request=request,
+        )
+        error.url = _redact.redact_url(str(request.url))
+        return error
+
+    def late(self, exc: BaseException, request: Any) -> RequestTimeoutError | None:
+        """The deadline's error when ``exc`` came once it had passed (a read timed out, a
+        socket shut down by the timer), else None."""
+        if isinstance(exc, Exception) and (self.expired or time.monotonic() >= self.deadline):
+            return self.error(request)
+        return None
+
+    def chunks(self, inner: Any, watch: Watch | None, request: Any) -> Iterator[bytes]:
+        """``inner``'s chunks, failing when no content has come by the deadline."""
+        chunks = iter(inner)
+        timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            seen = False
+            while not seen:
+                if time.monotonic() >= self.deadline:
+                    raise self.error(request)
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    return
+                except Exception as exc:
+                    late = self.late(exc, request)
+                    if late is None:
+                        raise
+                    raise late from exc
+                seen = watch.content if watch is not None else bool(chunk)
+                yield chunk
+        finally:
+            timer.cancel()
+        yield from chunks
+
+    async def achunks(self, inner: Any, watch: Watch | None, request: Any) -> AsyncIterator[bytes]:
+        """:meth:`chunks` for an async body: each wait bounded by the deadline."""
+        import anyio  # httpx's own dependency: asyncio and trio alike
+
+        chunks = inner.__aiter__()
+        seen = False
+        while not seen:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise self.error(request)
+            try:
+                with anyio.fail_after(left):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+            except Exception as exc:
+                late = self.late(exc, request)
+                if late is None:
+                    raise
+                raise late from exc
+            seen = watch.content if watch is not None else bool(chunk)
+            yield chunk
+        async for chunk in chunks:
+            yield chunk
+
+    def _expire(self) -> None:
+        """The timer: end a read blocked past the deadline by shutting the socket down."""
+        self.expired = True
+        try:
+            sock = self._network.get_extra_info("socket") if self._network is not None else None
+            if sock is not None:
+                import socket
+
+                sock.shutdown(socket.SHUT_RDWR)
+        except Exception:  # closed already, or no socket: the next chunk tells
+            pass
+
+
+class Body:
+    """What both guarded bodies hold: the library's stream, the attempt, the SSE watch and
+    the first-token deadline."""
+
+    def __init__(
+        self,
+        inner: Any,
+        attempt: Attempt,
+        watch: Watch | None,
+        request: Any,
+        first: FirstToken | None = None,
+    ):
         self._inner = inner
         self._attempt = attempt
         self._watch = watch
         self._request = request
+        self._first = first
 
 
 class Transport:
@@ -244,9 +384,17 @@ class Transport:
         registry: BreakerRegistry | None = None,
         first_byte_timeout: float | None = None,
         idle_timeout: float | None = None,
+        first_token_timeout: float | None = None,
         **fields: Any,
     ) -> None:
-        self._core = Core(breaker, registry, first_byte_timeout, idle_timeout, fields)
+        self._core = Core(
+            breaker,
+            registry,
+            first_byte_timeout,
+            idle_timeout,
+            fields,
+            first_token_timeout=first_token_timeout,
+        )
         self._inner = transport
 
 
@@ -362,6 +510,12 @@ def _incomplete_type(lib: Any) -> type[IncompleteStreamError]:
     """IncompleteStreamError that is also ``lib``'s RemoteProtocolError: the error the SDKs
     handle (and wrap, where they wrap transport errors) as a broken body."""
     return type("IncompleteStreamError", (lib.RemoteProtocolError, IncompleteStreamError), {})
+
+
+@functools.cache
+def _timeout_type(lib: Any) -> type[RequestTimeoutError]:
+    """RequestTimeoutError that is also ``lib``'s ReadTimeout (see :func:`_incomplete_type`)."""
+    return type("RequestTimeoutError", (lib.ReadTimeout, RequestTimeoutError), {})
 
 
 def incomplete(request: Any) -> IncompleteStreamError:

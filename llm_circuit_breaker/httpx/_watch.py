@@ -1,9 +1,11 @@
-"""``Watch``: an SSE body read as it passes, for its error frames and its final event."""
+"""``Watch``: an SSE body read as it passes, for its error frames, its first content event
+and its final event."""
 
 from __future__ import annotations
 
 import zlib
 
+from llm_circuit_breaker._judge.content import is_content
 from llm_circuit_breaker._judge.kinds import parse_json
 from llm_circuit_breaker.http._common import Inflate
 
@@ -11,11 +13,12 @@ __all__ = ["Watch", "watch_for"]
 
 
 class Watch:
-    """Reads an SSE body as it passes: error frames, and whether the final event came.
+    """Reads an SSE body as it passes: error frames, whether content has come (the first
+    token), and whether the final event came.
 
-    The SDK parses every event anyway, so the watch parses only those that can matter: a
-    possible error, the stream's first event, and a possible final one (found by a substring
-    test on the raw data); the rest cost a few ``in`` tests each.
+    The SDK parses every event anyway, so the watch parses only those that can matter: the
+    events up to the first with content, a possible error, and a possible final one (found by
+    a substring test on the raw data); the rest cost a few ``in`` tests each.
     """
 
     __slots__ = (
@@ -28,6 +31,7 @@ class Watch:
         "_size",
         "_started",
         "_url",
+        "content",
         "metered",
     )
 
@@ -45,6 +49,7 @@ class Watch:
         # Set for a breaker with a token budget: events that carry ``usage`` are read too.
         self.metered = False
         self._parts: list[float | None] = [None, None, None]  # total, input, output tokens
+        self.content = False  # whether an event with content has passed (is_content)
 
     def feed(self, chunk: bytes) -> BaseException | None:
         """The first provider error in ``chunk`` (as it came, encoded or not), if any."""
@@ -63,7 +68,7 @@ class Watch:
 
     def _feed(self, chunk: bytes) -> BaseException | None:
         if (
-            self._started
+            self.content
             and not self._data
             and not self._event
             and chunk.endswith(b"\n\n")
@@ -104,6 +109,8 @@ class Watch:
         self._event, self._data, self._size = "", [], 0
         if not data and not event:
             return None
+        if not self.content:
+            self.content = is_content(_Event(event or None, data.decode("utf-8", "replace")))
         if not (
             event in _NOTABLE_EVENTS
             or data == b"[DONE]"
@@ -164,6 +171,16 @@ class Watch:
             self._line(rest.rstrip(b"\r"))
         self._dispatch()
         return self._checker.incomplete
+
+
+class _Event:
+    """An event as :func:`is_content` reads it (``.event``, ``.data`` as text)."""
+
+    __slots__ = ("data", "event")
+
+    def __init__(self, event: str | None, data: str) -> None:
+        self.event = event
+        self.data = data
 
 
 _MAX_EVENT = 8 * 1024 * 1024

@@ -26,6 +26,7 @@ from llm_circuit_breaker.breaker.telemetry import (
     WAIT_BUCKETS,
     BreakerStats,
     error_type,
+    latency_of,
     split_name,
 )
 
@@ -91,6 +92,8 @@ class Series:
     concurrency_limit: int | None = None
     in_flight: int = 0
     concurrency_waiting: int = 0
+    hedges: int = 0  # extra attempts with_hedging started because those in flight were slow
+    hedge_wins: int = 0  # of those, the ones that answered first
     breakers: list[CircuitBreaker] = dataclasses.field(default_factory=list)
 
     @property
@@ -126,6 +129,9 @@ class Series:
             self.concurrency_limit = (self.concurrency_limit or 0) + int(limit["limit"])
             self.in_flight += int(limit["in_flight"])
             self.concurrency_waiting += int(limit["waiting"])
+        latency = latency_of(breaker)
+        self.hedges += latency.hedges_started
+        self.hedge_wins += latency.hedges_won
 
     def wait_buckets(self) -> list[tuple[float, int]]:
         """Cumulative ``[(upper bound, waits at most that long), ...]`` ending at +Inf."""

@@ -26,6 +26,9 @@ outright; past ``max_metric_scopes`` values per template, ``other``):
 * ``llm_circuit_breaker.concurrency.limit``, ``.concurrency.in_flight``,
   ``.concurrency.waiting`` (gauges: ``max_concurrent``, calls in flight and callers waiting
   for a slot in this process, for breakers with a limit)
+* ``llm_circuit_breaker.hedges`` (counter, extra attempts ``with_hedging`` started because
+  those in flight were slow) and ``llm_circuit_breaker.hedge_wins`` (counter, those that
+  answered first)
 * ``llm_circuit_breaker.fallback.calls`` (counter, ``chain``, ``target``, ``outcome`` = served |
   failed | refused) for the ``with_fallbacks`` chains given as ``fallbacks=``
 
@@ -37,6 +40,9 @@ metrics-only mode: ``llm_circuit_breaker.enforced`` false), ``llm_circuit_breake
 when a throttle refuses one (``llm_circuit_breaker.reason``), ``llm_circuit_breaker.retry``
 before a retry (``error.type``: the HTTP status, else the exception class) and
 ``llm_circuit_breaker.throttle_wait`` when a call waits for its throttle slot.
+``with_hedging`` adds ``llm_circuit_breaker.hedge`` for each hedge it starts (the hedge's
+breaker's filled name, ``llm_circuit_breaker.hedge.attempt``, ``.hedge.delay_s``), with or
+without this instrumentation.
 
 A span per logical call: ``instrumentation.traced(operation="chat", provider="openai")``
 decorates a function (stacked outermost, above ``with_retry``, ``with_fallbacks`` and
@@ -138,6 +144,14 @@ class _Instruments:
             description="Callers waiting for a slot under max_concurrent.",
         )  # fmt: skip
         meter.create_observable_counter(
+            "llm_circuit_breaker.hedges", [self._hedges], unit="{attempt}",
+            description="Hedged attempts started.",
+        )  # fmt: skip
+        meter.create_observable_counter(
+            "llm_circuit_breaker.hedge_wins", [self._hedge_wins], unit="{attempt}",
+            description="Hedged attempts that answered first.",
+        )  # fmt: skip
+        meter.create_observable_counter(
             "llm_circuit_breaker.fallback.calls", [self._fallbacks], unit="{call}",
             description="Calls of each fallback chain's targets by outcome.",
         )  # fmt: skip
@@ -226,6 +240,14 @@ class _Instruments:
         for _user, row in self.rows():
             if row.concurrency_limit is not None:
                 yield _metrics.Observation(row.concurrency_waiting, _labels(row))
+
+    def _hedges(self, _options: Any) -> Iterable[Any]:
+        for _user, row in self.rows():
+            yield _metrics.Observation(row.hedges, _labels(row))
+
+    def _hedge_wins(self, _options: Any) -> Iterable[Any]:
+        for _user, row in self.rows():
+            yield _metrics.Observation(row.hedge_wins, _labels(row))
 
     def _fallbacks(self, _options: Any) -> Iterable[Any]:
         seen: set[str] = set()

@@ -28,6 +28,9 @@ a breaker named outright; past ``max_metric_scopes`` values per template, ``othe
   ``llm_circuit_breaker_concurrency_waiting``: ``max_concurrent`` (its current value when
   adaptive), the calls in flight and the callers waiting for a slot, in this process (only
   for breakers with a limit)
+* ``llm_circuit_breaker_hedges_total`` extra attempts ``with_hedging`` started on the breaker
+  because those in flight were slow; ``llm_circuit_breaker_hedge_wins_total`` those that
+  answered first
 * ``llm_circuit_breaker_fallback_calls_total{chain, target, outcome}`` for the
   ``with_fallbacks`` chains given as ``fallbacks=``: calls each target served, failed (the
   chain moved on) or refused without running
@@ -131,6 +134,12 @@ class PrometheusCollector:
             "Callers waiting for a slot under max_concurrent.",
             labels=_LABELS,
         )
+        hedges = CounterMetricFamily(
+            "llm_circuit_breaker_hedges", "Hedged attempts started.", labels=_LABELS
+        )
+        hedge_wins = CounterMetricFamily(
+            "llm_circuit_breaker_hedge_wins", "Hedged attempts that answered first.", labels=_LABELS
+        )
         covered = registries() if self.registry is None else [self.registry]
         for row in series(covered, self.cap):
             labels = [row.breaker, row.scope]
@@ -149,8 +158,10 @@ class PrometheusCollector:
                 limits.add_metric(labels, row.concurrency_limit)
                 in_flight.add_metric(labels, row.in_flight)
                 in_line.add_metric(labels, row.concurrency_waiting)
+            hedges.add_metric(labels, row.hedges)
+            hedge_wins.add_metric(labels, row.hedge_wins)
         yield from (calls, retries, changes, state, failures, waits, paused, waiting)
-        yield from (limits, in_flight, in_line)
+        yield from (limits, in_flight, in_line, hedges, hedge_wins)
         if self.fallbacks:
             chains = CounterMetricFamily(
                 "llm_circuit_breaker_fallback_calls",

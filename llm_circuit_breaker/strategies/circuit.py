@@ -69,6 +69,7 @@ def circuit_breaker(
     fallback: Callable[..., Any] | None = None,
     on_state_change: Listener | None = None,
     call_timeout: float | None = None,
+    first_token_timeout: float | None = None,
     # CircuitBreakerConfig's fields, listed for signature help (tests keep them in step)
     failure_threshold: int = 5,
     reset_timeout: float = 30.0,
@@ -105,6 +106,7 @@ def circuit_breaker(
     fallback: Callable[..., Any] | None = None,
     on_state_change: Listener | None = None,
     call_timeout: float | None = None,
+    first_token_timeout: float | None = None,
     **config_fields: Any,
 ) -> Any:
     """Guard a function with the circuit breaker ``name`` of ``registry``.
@@ -114,7 +116,10 @@ def circuit_breaker(
     fields (an existing breaker must agree with the ones given). While the circuit is open the
     call raises :class:`CircuitOpenError` without running, or returns ``fallback(*args,
     **kwargs)`` when one is given. ``call_timeout`` bounds a coroutine function's call (and
-    each item of an async generator) and raises the built-in ``TimeoutError``. A returned
+    each item of an async generator) and raises the built-in ``TimeoutError``.
+    ``first_token_timeout`` bounds the wait from the call to the first *content* item of a
+    generator's, an async generator's or a returned stream's items (pings, keep-alives,
+    role-only deltas do not count) and raises ``RequestTimeoutError``, a failure. A returned
     iterator or async iterator (an SDK's stream) is guarded until it ends. The wrapper exposes
     ``.breaker``.
     """
@@ -134,6 +139,11 @@ def circuit_breaker(
     if call_timeout is not None:
         call_timeout = check.seconds("circuit_breaker", "call_timeout", call_timeout)
         check.warn_if_milliseconds("circuit_breaker", "call_timeout", call_timeout)
+    if first_token_timeout is not None:
+        first_token_timeout = check.seconds(
+            "circuit_breaker", "first_token_timeout", first_token_timeout
+        )
+        check.warn_if_milliseconds("circuit_breaker", "first_token_timeout", first_token_timeout)
     if failure_predicate is not None and not callable(failure_predicate):
         raise TypeError(f"failure_predicate must be callable, got {failure_predicate!r}")
     # Bad names or values fail here, before any breaker is registered.
@@ -146,7 +156,12 @@ def circuit_breaker(
         warn_wrong_order(func)
 
         def shell(chosen: CircuitBreaker) -> Any:
-            wrapper = shell_for(func, Gate(chosen, rules, fallback), call_timeout)
+            inner: Callable[..., Any] = func
+            if first_token_timeout is not None:
+                from llm_circuit_breaker.strategies.first_token import bounded
+
+                inner = bounded(func, first_token_timeout, chosen.name)
+            wrapper = shell_for(inner, Gate(chosen, rules, fallback), call_timeout)
             if on_state_change is not None:
                 chosen.add_listener(on_state_change)
             return wrapper

@@ -15,6 +15,7 @@ provider's final one (:mod:`.._judge.streams`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from types import NoneType
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,10 @@ from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.config import BreakerRules
 
 __all__ = ["PLAIN", "AsyncGuardedStream", "Gate", "GuardedStream", "is_stream"]
+
+# Set (to a flag) by with_hedging in an attempt's thread: once the flag is up another attempt
+# won, and this one's failure is no failure of its provider.
+LOST: ContextVar[Any] = ContextVar("llm_circuit_breaker_lost", default=None)
 
 # Results that are never streams, checked first because most results are one of them.
 PLAIN = frozenset({str, bytes, dict, list, tuple, int, float, bool, NoneType})
@@ -89,7 +94,13 @@ class Gate:
         from llm_circuit_breaker._judge.verdict import judge  # loaded by the first failure
 
         breaker = self.breaker
-        return judge(exc, breaker.config, rules=self.rules, name=breaker.name)
+        verdict = judge(exc, breaker.config, rules=self.rules, name=breaker.name)
+        lost = LOST.get()
+        if lost is not None and lost.is_set():  # a hedge's loser: never a failure
+            from dataclasses import replace
+
+            return replace(verdict, outcome=Outcome.IGNORED, open_for=None)
+        return verdict
 
     def failed(self, permit: int, exc: BaseException) -> None:
         """Report that the call holding ``permit`` raised ``exc`` (a rate limit's headers go

@@ -45,7 +45,7 @@ from llm_circuit_breaker._judge.content import is_content
 from llm_circuit_breaker._judge.refusal import refusal_of
 from llm_circuit_breaker.breaker.telemetry import Latency, latency_of
 from llm_circuit_breaker.strategies.fallbacks import _PROVIDER_FAULTS, _distinct, _name
-from llm_circuit_breaker.strategies.gate import PLAIN
+from llm_circuit_breaker.strategies.gate import LOST, PLAIN
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
 if TYPE_CHECKING:
@@ -560,8 +560,10 @@ def _thread_race(run: _Call, attempt: Callable[[int], Any]) -> tuple[int, Any]:
 
     outbox = _Outbox()
     in_flight: dict[int, float] = {}
+    lost = threading.Event()  # up once the race is over: what fails later has only lost
 
     def work(number: int, started_at: float) -> None:
+        LOST.set(lost)  # in this attempt's own copy of the context
         try:
             result = attempt(number)
         except BaseException as exc:
@@ -602,6 +604,7 @@ def _thread_race(run: _Call, attempt: Callable[[int], Any]) -> tuple[int, Any]:
             elif not in_flight:
                 raise run.exhausted()
     finally:
+        lost.set()
         for _, answered, value in outbox.close():
             if answered:
                 _discard(value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from typing_extensions import assert_type
 
 from llm_circuit_breaker import CircuitBreaker, circuit_breaker, with_retry
@@ -16,6 +18,11 @@ def complete(prompt: str, *, temperature: float = 0.0) -> str:
 @circuit_breaker("anthropic")
 async def acomplete(prompt: str) -> str:
     return prompt
+
+
+@circuit_breaker("stream", first_token_timeout=10.0)
+async def astream(prompt: str) -> AsyncIterator[str]:
+    yield prompt
 
 
 @circuit_breaker
@@ -34,6 +41,7 @@ async def check() -> None:
     assert_type(await acomplete("hi"), str)
     assert_type(acomplete.breaker, CircuitBreaker)
     assert_type(bare(1), int)
+    assert_type(astream("hi"), AsyncIterator[str])
     assert_type(Client().call("x"), str)
     assert_type(Client.call.breaker, CircuitBreaker)
     complete(1)  # type: ignore[arg-type]

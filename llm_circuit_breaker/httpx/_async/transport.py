@@ -34,10 +34,13 @@ class _AsyncBody(Body):
     """A response body guarded to its end (mixed into the library's byte stream class)."""
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        attempt, watch = self._attempt, self._watch
+        attempt, watch, first = self._attempt, self._watch, self._first
         meter = attempt.meter if watch is None else None  # a JSON body: kept to read its usage
         try:
-            async for chunk in self._inner:
+            chunks = (
+                self._inner if first is None else first.achunks(self._inner, watch, self._request)
+            )
+            async for chunk in chunks:
                 if meter is not None:
                     meter.feed(chunk)
                 error = watch.feed(chunk) if watch is not None else None
@@ -86,20 +89,28 @@ class AsyncCircuitBreakerTransport(Transport):
         finally:
             TOKEN_COST.reset(token)
         streams = core.bound_first_byte(request, body)
+        first = core.first_token(request, streams)
         if self._inner is None:  # the client's own library's transport, pooled
             self._inner = library(request).AsyncHTTPTransport()
         try:
             response = await self._inner.handle_async_request(request)
         except BaseException as exc:
-            await _tell(attempt, attempt.failed(exc))
+            late = first.late(exc, request) if first is not None else None
+            await _tell(attempt, attempt.failed(late or exc))
+            if late is not None:
+                raise late from exc
             raise
         await breaker.aobserve(response.headers)
         if response.status_code >= 400:
             await _tell(attempt, attempt.answered(request, response, await aread_capped(response)))
             return response
+        if first is not None:
+            first.headers_in(request, response)
         watch = core.after_headers(request, response, streams)
         core.meter(attempt, request, body, watch)
-        response.stream = _body_type(library(response))(response.stream, attempt, watch, request)
+        response.stream = _body_type(library(response))(
+            response.stream, attempt, watch, request, first
+        )
         return response
 
     async def aclose(self) -> None:

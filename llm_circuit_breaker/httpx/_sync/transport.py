@@ -35,10 +35,13 @@ class _SyncBody(Body):
     """A response body guarded to its end (mixed into the library's byte stream class)."""
 
     def __iter__(self) -> Iterator[bytes]:
-        attempt, watch = self._attempt, self._watch
+        attempt, watch, first = self._attempt, self._watch, self._first
         meter = attempt.meter if watch is None else None  # a JSON body: kept to read its usage
         try:
-            for chunk in self._inner:
+            chunks = (
+                self._inner if first is None else first.chunks(self._inner, watch, self._request)
+            )
+            for chunk in chunks:
                 if meter is not None:
                     meter.feed(chunk)
                 error = watch.feed(chunk) if watch is not None else None
@@ -87,20 +90,28 @@ class CircuitBreakerTransport(Transport):
         finally:
             TOKEN_COST.reset(token)
         streams = core.bound_first_byte(request, body)
+        first = core.first_token(request, streams)
         if self._inner is None:  # the client's own library's transport, pooled
             self._inner = library(request).HTTPTransport()
         try:
             response = self._inner.handle_request(request)
         except BaseException as exc:
-            _tell(attempt, attempt.failed(exc))
+            late = first.late(exc, request) if first is not None else None
+            _tell(attempt, attempt.failed(late or exc))
+            if late is not None:
+                raise late from exc
             raise
         breaker.observe(response.headers)
         if response.status_code >= 400:
             _tell(attempt, attempt.answered(request, response, read_capped(response)))
             return response
+        if first is not None:
+            first.headers_in(request, response)
         watch = core.after_headers(request, response, streams)
         core.meter(attempt, request, body, watch)
-        response.stream = _body_type(library(response))(response.stream, attempt, watch, request)
+        response.stream = _body_type(library(response))(
+            response.stream, attempt, watch, request, first
+        )
         return response
 
     def close(self) -> None:
