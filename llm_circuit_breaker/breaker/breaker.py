@@ -239,6 +239,19 @@ class CircuitBreaker:
         if self._limit is not None:
             self._limit.released(outcome, error)
 
+    def dropped(self, permit: int, loop: Any = None) -> None:
+        """Report, from a finaliser, a guarded stream collected without being closed: neither
+        outcome, so no probe slot, in-flight entry or concurrency slot outlives it. With an
+        asyncio store the report is scheduled on ``loop`` (the loop that made the stream).
+        Never raises."""
+        try:
+            if self._alink is None:
+                self.record(permit, Outcome.IGNORED)
+            elif loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(_report_later, loop, self.arecord, permit)
+        except Exception:  # a finaliser has no caller to tell
+            pass
+
     def refusal_now(self) -> CircuitOpenError | None:
         """The :class:`CircuitOpenError` a call would get now, or None if it would be admitted
         (nothing is admitted or counted)."""
@@ -595,3 +608,12 @@ class CircuitBreaker:
             f"CircuitBreaker({self.name!r}, state={view.state.value}, "
             f"failure_count={view.failure_count}, success_count={view.success_count})"
         )
+
+
+_LATER: set[Any] = set()  # reports scheduled from finalisers, held until they ran
+
+
+def _report_later(loop: Any, arecord: Callable[..., Any], permit: int) -> None:
+    task = loop.create_task(arecord(permit, Outcome.IGNORED))
+    _LATER.add(task)
+    task.add_done_callback(_LATER.discard)

@@ -371,6 +371,16 @@ class Body:
         self._watch = watch
         self._request = request
         self._first = first
+        # an asyncio store is reported to on the loop that read the headers, even when dropped
+        breaker = attempt.breaker
+        self._loop: Any = sys.modules["asyncio"].get_running_loop() if breaker.is_async else None
+
+    def __del__(self) -> None:
+        # A response collected without being read to its end or closed: what its attempt holds
+        # (a probe slot, an in-flight entry) is released, reported as neither outcome.
+        attempt = getattr(self, "_attempt", None)
+        if attempt is not None and attempt.settle():
+            attempt.breaker.dropped(attempt.permit, self._loop)
 
 
 class Transport:

@@ -14,6 +14,7 @@ provider's final one (:mod:`.._judge.streams`).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from contextvars import ContextVar
 from types import NoneType
@@ -188,6 +189,13 @@ class GuardedStream:
             raise problem from None
         self._report(None)
 
+    def __del__(self) -> None:
+        # Collected without close(): what it holds is released (reported neither outcome).
+        permit = self._permit
+        if permit is not None:
+            self._permit = None
+            self._gate.breaker.dropped(permit)
+
     def close(self) -> None:
         """Close the stream; a stream closed before its end counts as neither outcome."""
         permit, self._permit = self._permit, None
@@ -214,13 +222,22 @@ class AsyncGuardedStream:
     """An async iterator returned by a guarded coroutine function, reporting when it ends (an
     SDK stream cut short or carrying a failed response raises at its end)."""
 
-    __slots__ = ("_gate", "_inner", "_permit", "_watch")
+    __slots__ = ("_gate", "_inner", "_loop", "_permit", "_watch")
 
     def __init__(self, inner: Any, gate: Gate, permit: int) -> None:
         self._inner = inner
         self._gate = gate
         self._permit: int | None = permit
         self._watch: ItemWatch | None = ItemWatch()
+        # an asyncio store is reported to on the loop that made the stream, even when dropped
+        self._loop: Any = sys.modules["asyncio"].get_running_loop() if gate.awaits_store else None
+
+    def __del__(self) -> None:
+        # Collected without aclose(): what it holds is released (reported neither outcome).
+        permit = self._permit
+        if permit is not None:
+            self._permit = None
+            self._gate.breaker.dropped(permit, self._loop)
 
     async def _report(self, exc: BaseException | None) -> None:
         permit, self._permit = self._permit, None
