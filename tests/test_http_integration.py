@@ -272,7 +272,7 @@ def test_key_in_url_is_masked_in_our_messages(
     """A key in a query string (Gemini's ?key=) is masked in our message, repr and retry logs.
 
     The HTTP client's own exception, kept as __cause__, shows the URL as the client saw it:
-    keys belong in headers (README)."""
+    keys belong in headers (docs/explanation/limits-and-secrets.md)."""
     cb = LLMCircuitBreaker(retry={**FAST_RETRY, "max_retries": 1})
     with (
         caplog.at_level(logging.INFO, logger="llm_circuit_breaker"),

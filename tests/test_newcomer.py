@@ -32,7 +32,8 @@ PACKAGE = Path(llm_circuit_breaker.__file__).parent
 def test_the_distribution_is_installed_under_its_own_name() -> None:
     """The package installs as llm-circuit-guard; every install hint names that distribution."""
     assert importlib.metadata.distribution("llm-circuit-guard").version
-    for path in [*PACKAGE.rglob("*.py"), PACKAGE.parent / "README.md"]:
+    docs = (PACKAGE.parent / "docs").rglob("*.md")
+    for path in [*PACKAGE.rglob("*.py"), PACKAGE.parent / "README.md", *docs]:
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"install\W+llm-circuit-breaker", text), path
 

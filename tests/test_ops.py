@@ -1,4 +1,4 @@
-"""The README's PromQL, the alert rules and the Grafana dashboard, checked with ``promtool``
+"""The PromQL of the metrics guide, the alert rules and the Grafana dashboard, checked with ``promtool``
 against sample series shaped as the exporters shape them."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = ROOT / "docs" / "ops"
+METRICS_GUIDE = ROOT / "docs" / "how-to" / "metrics.md"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
 
@@ -49,10 +50,10 @@ SERIES = {
     'llm_circuit_breaker_throttle_paused_seconds{breaker="shadow"}': "0x15",
 }
 
-# What each README query answers over SERIES at 10 minutes, in the README's order. openai:
+# What each query of the metrics guide answers over SERIES at 10 minutes, in the guide's order. openai:
 # 0.9 successes, 0.1 failures, 0.5 throttled, 0.5 rejected and 0.2 retries a second; shadow
 # (metrics-only): 1 success and 1 would-be refusal a second.
-README_ANSWERS: list[list[tuple[str, float]]] = [
+GUIDE_ANSWERS: list[list[tuple[str, float]]] = [
     [('{breaker="openai"}', 0.1), ('{breaker="shadow"}', 0.0)],  # failure ratio (not 1.0)
     [('{breaker="openai"}', 0.5), ('{breaker="shadow"}', 0.0)],  # refused share
     [('{breaker="openai"}', 0.5)],  # calls saved per second
@@ -61,10 +62,10 @@ README_ANSWERS: list[list[tuple[str, float]]] = [
 ]
 
 
-def readme_queries() -> list[str]:
-    """The README's PromQL: each ``promql`` block holds queries apart by blank lines, each
+def guide_queries() -> list[str]:
+    """The metrics guide's PromQL: each ``promql`` block holds queries apart by blank lines, each
     under a comment saying what it answers."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = METRICS_GUIDE.read_text(encoding="utf-8")
     queries = []
     for block in re.findall(r"```promql\n(.*?)```", text, re.DOTALL):
         for chunk in block.strip().split("\n\n"):
@@ -89,14 +90,14 @@ def _input_series() -> list[dict[str, str]]:
     return [{"series": series, "values": values} for series, values in SERIES.items()]
 
 
-def test_the_readme_has_its_queries() -> None:
-    """Every query of the README has its expected answer here."""
-    assert len(readme_queries()) == len(README_ANSWERS)
+def test_the_guide_has_its_queries() -> None:
+    """Every query of the metrics guide has its expected answer here."""
+    assert len(guide_queries()) == len(GUIDE_ANSWERS)
 
 
 @needs_promtool
-def test_readme_queries_answer_what_they_claim(tmp_path: Path) -> None:
-    """Each README query is valid PromQL giving the numbers its comment promises (the
+def test_guide_queries_answer_what_they_claim(tmp_path: Path) -> None:
+    """Each query of the metrics guide is valid PromQL giving the numbers its comment promises (the
     failure ratio is 0.1 for 10% failures, not the 1.0 of a query matched on ``outcome``)."""
     tests = [
         {
@@ -108,7 +109,7 @@ def test_readme_queries_answer_what_they_claim(tmp_path: Path) -> None:
                     "eval_time": "10m",
                     "exp_samples": [{"labels": labels, "value": value} for labels, value in want],
                 }
-                for query, want in zip(readme_queries(), README_ANSWERS, strict=True)
+                for query, want in zip(guide_queries(), GUIDE_ANSWERS, strict=True)
             ],
         }
     ]

@@ -13,7 +13,7 @@ import pytest
 
 from llm_circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState, Outcome
 from llm_circuit_breaker.breaker import clock as time_source
-from llm_circuit_breaker.testing import FakeLLMServer, frozen_time, instant
+from llm_circuit_breaker.testing import frozen_time, instant
 
 pytest_plugins = ["pytester"]
 
@@ -85,15 +85,14 @@ def test_outage_and_recovery_as_a_user_writes_it(pytester: pytest.Pytester) -> N
     run(pytester).assert_outcomes(passed=2)
 
 
-def test_readme_testing_example_runs(pytester: pytest.Pytester) -> None:
-    """The README's outage-and-recovery test passes as written (once fake_llm has the
-    scenario switches it uses)."""
-    if not hasattr(FakeLLMServer, "outage"):
-        pytest.skip("FakeLLMServer has no .outage() / .healthy() yet")
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Testing code that uses it", 1)[1].split("\n## ", 1)[0]
-    example = re.findall(r"```python\n(.*?)```", section, re.DOTALL)[0]
-    pytester.makepyfile(test_readme_example=example)
+def test_testing_guide_example_runs(pytester: pytest.Pytester) -> None:
+    """The testing guide's outage-and-recovery test, at most 15 lines, passes as written."""
+    guide = (ROOT / "docs" / "how-to" / "testing.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", guide, re.DOTALL)
+    example = next(b for b in blocks if "def test_busy_while_openai_is_down_then_recovers" in b)
+    test = example[example.index("def test_busy_while_openai_is_down_then_recovers") :]
+    assert len(test.strip().splitlines()) <= 15
+    pytester.makepyfile(test_guide_example=example)
     run(pytester).assert_outcomes(passed=1)
 
 

@@ -139,7 +139,8 @@ def test_the_registry_stays_bounded_under_many_scopes() -> None:
 
 
 def test_memory_per_scoped_breaker_is_small() -> None:
-    """The memory a scoped breaker costs, measured (the README quotes it): under 8 KiB each."""
+    """The memory a scoped breaker costs, measured (docs/how-to/fallbacks-pools-hedging.md
+    quotes it): under 8 KiB each."""
     registry = BreakerRegistry(max_breakers=20_000)
 
     @circuit_breaker("m:{model}", registry=registry)

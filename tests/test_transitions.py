@@ -35,7 +35,7 @@ def _fail(breaker: CircuitBreaker, times: int = 1, **kwargs: Any) -> None:
 
 
 def test_defaults_match_the_spec() -> None:
-    """The defaults are those of the README table."""
+    """The defaults are those of the table in docs/reference/configuration.md."""
     config = CircuitBreakerConfig()
     assert (config.failure_threshold, config.reset_timeout, config.success_threshold) == (
         5,
