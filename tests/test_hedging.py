@@ -907,3 +907,27 @@ async def test_hedges_started_and_won_are_exported() -> None:
         ("llm_circuit_breaker.hedge_wins", "a"): 0,
         ("llm_circuit_breaker.hedge_wins", "b"): 2,
     }
+
+
+async def test_a_hedge_the_retry_budget_cannot_pay_is_not_started() -> None:
+    """A hedge is an extra attempt: with an empty retry budget on the hedge's breaker the call
+    waits for the primary, and the denial is counted."""
+    registry = BreakerRegistry()
+    log: list[str] = []
+
+    @circuit_breaker("slow-ok", registry=registry)
+    async def slow(prompt: str) -> str:
+        log.append("slow")
+        await asyncio.sleep(QUICK * 3)
+        return f"slow: {prompt}"
+
+    @circuit_breaker("broke", registry=registry, retry_budget=0.0, retry_budget_floor=0.0)
+    async def broke(prompt: str) -> str:
+        log.append("broke")
+        return f"broke: {prompt}"
+
+    ask = with_hedging(slow, broke, delay=QUICK)
+    assert await ask("hi") == "slow: hi"
+    assert log == ["slow"]
+    assert ask.hedge_stats.hedges == 0
+    assert registry.get("broke").stats.retries_denied == 1

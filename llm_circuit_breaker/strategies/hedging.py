@@ -141,12 +141,25 @@ class _Call:
         self.last_start = 0.0
         self.why: list[str] = []
         self.errors: list[Exception] = []
+        self.hedging = True  # False once the retry budget refused a hedge
         with hedge.lock:
             hedge.stats.calls += 1
 
     @property
     def can_start(self) -> bool:
         return self.started < self.hedge.total
+
+    @property
+    def can_hedge(self) -> bool:
+        return self.hedging and self.started < self.hedge.total
+
+    def pay_for_hedge(self) -> bool:
+        """Whether the next target's breaker's retry budget pays for a hedge (a hedge is an
+        extra attempt); once it cannot, this call starts no more hedges."""
+        breaker = self.record(self.slot(self.started))[0]
+        if breaker is not None and not breaker.try_spend_retry():
+            self.hedging = False
+        return self.hedging
 
     def target(self, attempt: int) -> Callable[..., Any]:
         return self.hedge.targets[self.slot(attempt)]
@@ -360,13 +373,14 @@ async def _async_race(run: _Call, attempt: Callable[[int], Awaitable[Any]]) -> t
     try:
         while True:
             timeout = None
-            if len(tasks) < run.hedge.max_attempts and run.can_start:
+            if len(tasks) < run.hedge.max_attempts and run.can_hedge:
                 timeout = max(0.0, run.last_start + run.delay - time.monotonic())
             done, _ = await asyncio.wait(
                 set(tasks), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if not done:
-                launch(HEDGE)
+                if run.pay_for_hedge():
+                    launch(HEDGE)
                 continue
             ordered = sorted(done, key=lambda task: tasks[task][0])
             for task in ordered:
@@ -588,12 +602,13 @@ def _thread_race(run: _Call, attempt: Callable[[int], Any]) -> tuple[int, Any]:
     try:
         while True:
             timeout = None
-            if len(in_flight) < run.hedge.max_attempts and run.can_start:
+            if len(in_flight) < run.hedge.max_attempts and run.can_hedge:
                 timeout = max(0.0, run.last_start + run.delay - time.monotonic())
             try:
                 number, answered, value = outbox.queue.get(timeout=timeout)
             except queue.Empty:
-                launch(HEDGE)
+                if run.pay_for_hedge():
+                    launch(HEDGE)
                 continue
             del in_flight[number]
             if answered:
