@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import threading
 import time
@@ -234,3 +235,22 @@ def test_judging_never_raises() -> None:
     verdict = judge(ValueError("x"), rules=BreakerRules(exclude=(Excluded,)))
     assert verdict.outcome is Outcome.FAILURE
     assert verdict.retry is False
+
+
+def test_a_body_nested_too_deep_never_reaches_the_json_decoder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The decoder would recurse to the interpreter's limit (and a collector running there
+    cannot even report what it finds): the depth is read first, without recursion."""
+    from llm_circuit_breaker._judge import kinds
+
+    def refuse(text: str) -> Any:
+        raise AssertionError("json.loads was called")
+
+    deep = '{"a": ' * 65 + "1" + "}" * 65
+    monkeypatch.setattr(kinds.json, "loads", refuse)
+    assert kinds.parse_json(deep) == deep
+    assert kinds.parse_json("[" * 100_000) == "[" * 100_000
+    monkeypatch.undo()
+    quoted = {"a": "[" * 1_000, "b": [[[["{" * 100]]]]}  # brackets inside strings do not count
+    assert kinds.parse_json(json.dumps(quoted)) == quoted

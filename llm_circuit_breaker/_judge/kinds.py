@@ -113,6 +113,8 @@ def parse_json(raw: str | bytes) -> Any:
     """``raw`` parsed as JSON, else ``raw`` as text: when it is not JSON, and when it nests
     deeper than 64 (``[[[[...`` would raise ``RecursionError`` here or wherever it is shown)."""
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    if _too_deep(text):  # json.loads would recurse to the interpreter's limit first
+        return text
     try:
         value = json.loads(text)
     except Exception:  # ValueError, and RecursionError on a body nested too deep
@@ -126,6 +128,23 @@ def parse_json(raw: str | bytes) -> Any:
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, depth + 1) for child in children)
     return value
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _too_deep(text: str) -> bool:
+    """Whether ``text`` opens more than ``_MAX_DEPTH`` arrays or objects at once (outside its
+    strings), read without recursion: what only a hostile or broken body does."""
+    if text.count("[") + text.count("{") <= _MAX_DEPTH:
+        return False
+    depth = 0
+    for bracket in _BRACKETS.finditer(_STRING.sub("", text)):
+        depth += 1 if bracket.group() in "[{" else -1
+        if depth > _MAX_DEPTH:
+            return True
+    return False
 
 
 def error_object_of(body: Any) -> dict[str, Any]:
