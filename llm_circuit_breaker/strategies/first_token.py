@@ -26,7 +26,7 @@ from typing import Any
 from llm_circuit_breaker._judge.content import is_content
 from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.errors import RequestTimeoutError
-from llm_circuit_breaker.strategies.gate import PLAIN, is_stream
+from llm_circuit_breaker.strategies.gate import PLAIN, aclose_inner, is_stream
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
 __all__ = ["bounded"]
@@ -238,13 +238,7 @@ class BoundedAsyncStream:
         return held.popleft()
 
     async def aclose(self) -> None:
-        for name in ("aclose", "close"):
-            close = getattr(self._inner, name, None)
-            if close is not None:
-                result = close()
-                if hasattr(result, "__await__"):
-                    await result
-                return
+        await aclose_inner(self._inner)
 
     async def __aenter__(self) -> BoundedAsyncStream:
         return self

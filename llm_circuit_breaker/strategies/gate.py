@@ -28,7 +28,7 @@ from llm_circuit_breaker._judge.streams import ItemWatch
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.config import BreakerRules
 
-__all__ = ["PLAIN", "AsyncGuardedStream", "Gate", "GuardedStream", "is_stream"]
+__all__ = ["PLAIN", "AsyncGuardedStream", "Gate", "GuardedStream", "aclose_inner", "is_stream"]
 
 # Set (to a flag) by with_hedging in an attempt's thread: once the flag is up another attempt
 # won, and this one's failure is no failure of its provider.
@@ -43,6 +43,18 @@ def is_stream(result: object) -> bool:
     skip the ``PLAIN`` types before asking)."""
     cls = result.__class__
     return hasattr(cls, "__next__") or hasattr(cls, "__anext__")
+
+
+async def aclose_inner(inner: Any) -> None:
+    """Close what an async stream wraps: its ``aclose()`` (awaited), else its ``close()``
+    (awaited when it returns an awaitable)."""
+    for name in ("aclose", "close"):
+        close = getattr(inner, name, None)
+        if close is not None:
+            result = close()
+            if hasattr(result, "__await__"):
+                await result
+            return
 
 
 def _no_fallback(*args: object, **kwargs: object) -> Any:  # pragma: no cover - refuse() raised
@@ -286,13 +298,7 @@ class AsyncGuardedStream:
                 await self._gate.aabandoned(permit)
             else:
                 self._gate.abandoned(permit)
-        for name in ("aclose", "close"):
-            close = getattr(self._inner, name, None)
-            if close is not None:
-                result = close()
-                if hasattr(result, "__await__"):
-                    await result
-                return
+        await aclose_inner(self._inner)
 
     async def __aenter__(self) -> AsyncGuardedStream:
         return self
