@@ -1,4 +1,4 @@
-"""Tests of examples/my_app written as its team would, with the package's pytest plugin:
+"""Tests of examples/support_bot written as its team would, with the package's pytest plugin:
 ``fake_llm`` (a local OpenAI-compatible provider), ``llm_clock`` (no test sleeps) and
 ``llm_breakers`` (no circuit leaks from one test into the next)."""
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from my_app import BUSY, answer, make_client
+from support_bot import BUSY, answer, make_client
 
 from llm_circuit_breaker.testing import FakeLLMServer
 
