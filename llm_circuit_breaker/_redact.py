@@ -35,21 +35,23 @@ _SECRET_WORDS = (
 )
 _SECRET_NAME = re.compile(_SECRET_WORDS, re.IGNORECASE)
 # The patterns are linear in their input: no part backtracks over a run it has already scanned
-# (a pair's name is a whole run of [\w.-], looked at once from where it starts; whitespace is
-# taken possessively), so "key.key.key..." or "key=" and blanks cost one pass. They apply in
-# turn: URL credentials, then pairs (a pair's match never ends inside a run, so the next name is
-# seen from its start), then the shapes, anywhere, names of pairs included.
-_URL_CREDENTIALS = re.compile(r"://[^/\s:@]*+:[^/\s@]++@")  # user:password@ in a URL
+# (a pair's name is a whole run of [\w.-], looked at once from where it starts; each run is
+# followed by a character its class excludes, so giving part of it back never matches, and no
+# possessive quantifier is needed: Python 3.10 has none), so "key.key.key..." or "key=" and
+# blanks cost one pass. They apply in turn: URL credentials, then pairs (a pair's match never
+# ends inside a run, so the next name is seen from its start), then the shapes, anywhere, names
+# of pairs included.
+_URL_CREDENTIALS = re.compile(r"://[^/\s:@]*:[^/\s@]+@")  # user:password@ in a URL
 # name=value / name: value where the name looks like a credential (query strings, headers echoed
 # in messages, form bodies): the name is a run of [\w.-] holding one of the words between
 # separators; the value runs to the next separator
 _SECRET_PAIR = re.compile(
-    rf"(?i)((?<![\w.-])(?=[\w.-]*?(?<![^\W_])(?:{_SECRET_WORDS})(?![^\W_]))[\w.-]++"
-    r"(?:\s*+=\s*+|:\s*+|\"\s*+:\s*+\"|'\s*+:\s*+'|\s++provided:\s*+))"
-    r"(?!\[REDACTED\])(?:(?:bearer|basic)\s++)?[^\s&#,;\"'}]+"
+    rf"(?i)((?<![\w.-])(?=[\w.-]*?(?<![^\W_])(?:{_SECRET_WORDS})(?![^\W_]))[\w.-]+"
+    r"(?:\s*=\s*|:\s*|\"\s*:\s*\"|'\s*:\s*'|\s+provided:\s*))"
+    r"(?!\[REDACTED\])(?:(?:bearer|basic)\s+)?[^\s&#,;\"'}]+"
 )
 _SECRET_SHAPE = re.compile(
-    r"(?i)(bearer\s++|basic\s++)[^\s,;\"']+"  # Authorization: Bearer <token>
+    r"(?i)(bearer\s+|basic\s+)[^\s,;\"']+"  # Authorization: Bearer <token>
     r"|\b(sk-[\w-]{6,}|sk-ant-[\w-]{6,}|AIza[\w-]{20,}|gsk_[\w-]{10,}|xai-[\w-]{10,})"
 )
 

@@ -59,6 +59,10 @@ def _nested(exc: BaseException) -> list[BaseException | None]:
     group = attr(exc, "exceptions")  # ExceptionGroup (3.11+), matched by shape
     if isinstance(group, tuple) and "BaseExceptionGroup" in mro_names(exc):
         return list(group[:32])
+    if type(exc).__name__ == "FallbacksExhaustedError":  # ours, no ExceptionGroup on 3.10
+        errors = attr(exc, "errors")
+        if isinstance(errors, tuple):
+            return list(errors[:32])
     return []
 
 
