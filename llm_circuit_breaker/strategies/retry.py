@@ -197,18 +197,27 @@ def with_retry(
     return decorate
 
 
+# Results the default judgement (``retried_by_default``) never rejects: not looked at.
+_NEVER_ANSWERS = frozenset({str, bytes, int, float, bool, type(None)})
+
+
 def _sync_shell(func: Callable[..., R], loops: _Loops, results: bool = True) -> Callable[..., R]:
     policy = loops.policy
     timed = policy.config.deadline is not None
-    judged = policy.judged(func) if results and policy.retry_on_result else func
+    check = policy.retry_on_result if results else None
+    judged = policy.judged(func) if check is not None else func
+    plain = _NEVER_ANSWERS if check is retried_by_default else frozenset()
 
     sdk_retries = _SdkRetries(func)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> R:
         started = policy.clock() if timed else 0.0
-        try:
-            return judged(*args, **kwargs)
+        try:  # the first attempt judged here: no extra frame on the path that succeeds
+            result = func(*args, **kwargs)
+            if check is not None and result.__class__ not in plain and check(result):
+                raise policy.invalid(result)
+            return result
         except Exception as exc:
             sdk_retries.notice(exc)
             if not policy.should_retry(exc):
@@ -223,15 +232,20 @@ def _async_shell(
 ) -> Callable[..., Awaitable[R]]:
     policy = loops.policy
     timed = policy.config.deadline is not None
-    judged = policy.ajudged(func) if results and policy.retry_on_result else func
+    check = policy.retry_on_result if results else None
+    judged = policy.ajudged(func) if check is not None else func
+    plain = _NEVER_ANSWERS if check is retried_by_default else frozenset()
 
     sdk_retries = _SdkRetries(func)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> R:
         started = policy.clock() if timed else 0.0
-        try:
-            return await judged(*args, **kwargs)
+        try:  # the first attempt judged here: no extra frame on the path that succeeds
+            result = await func(*args, **kwargs)
+            if check is not None and result.__class__ not in plain and check(result):
+                raise policy.invalid(result)
+            return result
         except Exception as exc:
             sdk_retries.notice(exc)
             if not policy.should_retry(exc):
