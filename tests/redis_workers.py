@@ -99,3 +99,23 @@ def paced(port: int) -> list[float]:
         entry = breaker.enter()
         waits.append(entry.seconds if isinstance(entry, Wait) else 0.0)
     return waits
+
+
+def spend(port: int, cap: float, tokens: float, calls: int) -> int:
+    """Up to ``calls`` calls each spending ``tokens`` against one fleet-wide ``token_budget``
+    of ``cap`` (the shared clock frozen): how many were admitted."""
+    from llm_circuit_breaker import BudgetExceededError
+
+    client = redis.Redis(port=port, socket_timeout=5.0, retry=Retry(NoBackoff(), 0))
+    store = RedisStateStore(client, prefix="spend", clock=lambda: float(client.get(CLOCK_KEY)))
+    breaker = CircuitBreaker("provider", CircuitBreakerConfig(token_budget=cap), store=store)
+    admitted = 0
+    for _ in range(calls):
+        try:
+            permit = breaker.admit()
+        except BudgetExceededError:
+            continue
+        admitted += 1
+        breaker.spend(tokens)
+        breaker.record_success(permit)
+    return admitted

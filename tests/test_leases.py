@@ -81,10 +81,10 @@ def test_a_lapsed_lease_goes_back_from_the_link(
     asked: list[tuple[int, int]] = []
     admit = store.admit
 
-    def recording(*args: Any) -> Any:
+    def recording(*args: Any, **riders: Any) -> Any:
         lease, unused = (*args[3:5], 0, 0)[:2]  # nothing beyond the tokens: nothing asked
         asked.append((lease, unused))
-        return admit(*args)
+        return admit(*args, **riders)
 
     monkeypatch.setattr(store, "admit", recording)
     breaker = CircuitBreaker("lapse", SLOW, clock=clock, store=store)

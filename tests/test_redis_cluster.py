@@ -182,3 +182,29 @@ def test_a_cluster_down_at_start_and_later_never_fails_a_call(closed_port: int) 
         later.stop()
     breaker.record(breaker.admit(), Outcome.SUCCESS)
     assert not store.available
+
+
+@pytest.mark.parametrize("name", ["budget", "}brace"])
+def test_budgets_share_the_circuit_s_slot(flushed: RedisCluster, name: str) -> None:
+    """A spend cap and the retry budget synced through a cluster: no CROSSSLOT, no new key
+    (the fields live in the circuit's hash), and the other process sees what was spent."""
+    from llm_circuit_breaker import BudgetExceededError
+
+    config = CircuitBreakerConfig(token_budget=100)
+    stores = [RedisStateStore.from_url(flushed.url, cluster=True) for _ in range(2)]
+    a, b = (CircuitBreaker(name, config, store=store) for store in stores)
+    a.record_success(a.admit())
+    assert a.try_spend_retry()
+    a.spend(100)
+    with pytest.raises(BudgetExceededError):
+        a.admit()  # refused: what it spent is sent with a store call of its own
+    b.snapshot()
+    assert b.budget["spent"] == 100.0
+    with pytest.raises(BudgetExceededError):
+        b.admit()
+    assert all(store.available for store in stores)
+    client = redis.cluster.RedisCluster.from_url(flushed.url)
+    keys = {k.decode() for k in client.keys("llm-circuit-breaker:*", target_nodes="all")}
+    assert keys <= set(stores[0].keys(name))
+    assert all(client.hmget(stores[0].keys(name)[0], "rb", "ts", "tw"))
+    client.close()

@@ -319,18 +319,39 @@ def test_rate_limit_headers_are_coalesced(
     store.close()
 
 
-def test_headers_that_say_less_remains_are_sent(redis_server: RedisServer) -> None:
+def test_headers_that_say_less_remains_ride_on_the_next_store_call(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
     """Headers reporting fewer requests left than the shared model holds (someone else uses
-    the quota) reach Redis at once."""
+    the quota) cost no round trip of their own: they ride on the next call to Redis, which
+    applies them before it admits."""
     store = RedisStateStore(_counting_client(redis_server.port))
     breaker = CircuitBreaker("news", CircuitBreakerConfig(), store=store)
+    other = CircuitBreaker("news", CircuitBreakerConfig(), store=RedisStateStore(redis_client))
     breaker.observe(_headers(9000))
+    breaker.record_success(breaker.admit())
     CountingConnection.sent = 0
     breaker.observe(_headers(9000))
-    assert CountingConnection.sent == 0  # nothing new
     breaker.observe(_headers(5000))
+    assert CountingConnection.sent == 0  # nothing sent yet
+    assert other.throttle["requests_remaining"] >= 8999  # type: ignore[operator]
+    breaker.record_success(breaker.admit())
+    assert CountingConnection.sent == 1  # the admission carried them
+    assert other.throttle["requests_remaining"] <= 5000  # type: ignore[operator]
+
+
+def test_headers_saying_a_bucket_is_used_up_are_sent_at_once(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """Remaining 0: every process must slow down now, so the headers go at once."""
+    store = RedisStateStore(_counting_client(redis_server.port))
+    breaker = CircuitBreaker("used-up", CircuitBreakerConfig(), store=store)
+    other = CircuitBreaker("used-up", CircuitBreakerConfig(), store=RedisStateStore(redis_client))
+    breaker.record_success(breaker.admit())
+    CountingConnection.sent = 0
+    breaker.observe(_headers(0))
     assert CountingConnection.sent == 1
-    assert breaker.throttle["requests_remaining"] == 5000
+    assert other.throttle["requests_remaining"] == 0
 
 
 # -- keys live while used ------------------------------------------------------------------

@@ -62,6 +62,7 @@ RENAMES = {
     "arecord": "record",
     "aview": "view",
     "acontrol": "control",
+    "aflush": "flush",
     "aadmit": "admit",
     "arelease": "release",
     "asnapshot": "snapshot",

@@ -8,17 +8,34 @@ once while a busy one adds at most ``ratio`` of its traffic (plus the floor) in 
 
 :class:`SpendCap` counts the tokens spent in a fixed window that starts with the first spend;
 once ``limit`` is reached calls are refused until the window ends.
+
+Shared through a store (:class:`SharedBudgets`), each process keeps its own budgets and sends
+what changed since its last call (deposits, withdrawals, tokens spent) with the next call the
+store makes for the circuit anyway; the store answers the fleet's totals, which the budgets
+then decide by (plus what this process did since). While nothing is known of the fleet (no
+store, or one that cannot be reached), the budgets decide by this process alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 
-__all__ = ["WINDOW", "RetryBudget", "SpendCap", "StreamUsage", "usage_tokens"]
+__all__ = [
+    "SYNC",
+    "WINDOW",
+    "BudgetDelta",
+    "RetryBudget",
+    "SharedBudgets",
+    "SpendCap",
+    "StreamUsage",
+    "usage_tokens",
+]
 
 WINDOW = 10.0  # seconds over which first attempts pay for retries
 _SLOTS = 10  # the window kept as this many slots (one second each)
+SYNC = 1.0  # seconds between two syncs of a budget with nothing urgent to send (deposits)
 
 
 class RetryBudget:
@@ -32,6 +49,10 @@ class RetryBudget:
     __slots__ = (
         "_at",
         "_deposits",
+        "_fleet",
+        "_fly",
+        "_out",
+        "_out_since",
         "_owed",
         "_seen",
         "_seen_at",
@@ -49,6 +70,20 @@ class RetryBudget:
         self._seen = 0  # the first-attempt counter as of the last settle
         self._seen_at: float | None = None
         self._owed = 0  # retries paid for whose own attempts the counter has not seen yet
+        # Shared: the fleet's deposits and withdrawals in the window as the store last said
+        # (None: unknown, decide by this process's slots), what is being sent, what is not yet.
+        self._fleet: tuple[float, float] | None = None
+        self._fly = [0.0, 0.0]
+        self._out = [0.0, 0.0]
+        self._out_since: float | None = None  # when the oldest unsent deposit was made
+
+    def restart(self) -> None:
+        """Forget this process's counts (its statistics start again from zero); what the
+        fleet spent stays the fleet's."""
+        self._deposits = [0.0] * _SLOTS
+        self._withdrawals = [0.0] * _SLOTS
+        self._at = [-1] * _SLOTS
+        self._seen, self._seen_at, self._owed = 0, None, 0
 
     @property
     def reserve(self) -> float:
@@ -72,6 +107,9 @@ class RetryBudget:
         """Count ``attempts`` first attempts made at ``now``."""
         if attempts > 0:
             self._deposits[self._slot(now)] += attempts
+            self._out[0] += attempts
+            if self._out_since is None:
+                self._out_since = now
 
     def settle(self, now: float, counted: int) -> None:
         """Fold in the first attempts a lock-free counter saw since the last settle (``counted``
@@ -98,7 +136,12 @@ class RetryBudget:
         self._owed += 1
 
     def balance(self, now: float) -> float:
-        """Retries that may be made now."""
+        """Retries that may be made now (the fleet's, once a store told them)."""
+        fleet = self._fleet
+        if fleet is not None:
+            deposits = fleet[0] + self._fly[0] + self._out[0]
+            withdrawals = fleet[1] + self._fly[1] + self._out[1]
+            return self.reserve + self.ratio * deposits - withdrawals
         live = self._live(now)
         deposits = sum(self._deposits[i] for i in live)
         withdrawals = sum(self._withdrawals[i] for i in live)
@@ -109,7 +152,40 @@ class RetryBudget:
         if self.balance(now) < 1.0:
             return False
         self._withdrawals[self._slot(now)] += 1.0
+        self._out[1] += 1.0
         return True
+
+    # -- shared through a store (SharedBudgets) --
+
+    def take(self, now: float) -> tuple[float, float, float]:
+        """What to send: (deposits, seconds since the oldest of them, withdrawals)."""
+        deposits, withdrawals = self._out
+        age = 0.0 if self._out_since is None else max(0.0, now - self._out_since)
+        self._fly[0] += deposits
+        self._fly[1] += withdrawals
+        self._out, self._out_since = [0.0, 0.0], None
+        return deposits, age, withdrawals
+
+    def landed(
+        self, sent: tuple[float, float, float], fleet: tuple[float, float] | None, now: float
+    ) -> None:
+        """A sync's answer: the fleet's (deposits, withdrawals), None when it failed (what
+        was sent goes out again with the next)."""
+        deposits, age, withdrawals = sent
+        self._fly[0] -= deposits
+        self._fly[1] -= withdrawals
+        if fleet is not None:
+            self._fleet = fleet
+            return
+        self._out[0] += deposits
+        self._out[1] += withdrawals
+        if deposits:
+            since = now - age
+            self._out_since = since if self._out_since is None else min(since, self._out_since)
+
+    def unshare(self) -> None:
+        """Decide by this process alone (the store cannot be reached)."""
+        self._fleet = None
 
     def refill_in(self, now: float) -> float:
         """Seconds until the oldest slot leaves the window (when a denied retry may be paid)."""
@@ -120,13 +196,15 @@ class RetryBudget:
 class SpendCap:
     """At most ``limit`` tokens per ``window`` seconds, the window starting with a spend."""
 
-    __slots__ = ("limit", "spent", "started", "window")
+    __slots__ = ("_fly", "_out", "limit", "spent", "started", "window")
 
     def __init__(self, limit: float, window: float) -> None:
         self.limit = float(limit)
         self.window = float(window)
         self.spent = 0.0
         self.started: float | None = None
+        self._out = 0.0  # tokens not yet sent to a store
+        self._fly = 0.0  # tokens being sent
 
     def _roll(self, now: float) -> None:
         if self.started is not None and now >= self.started + self.window:
@@ -140,6 +218,27 @@ class SpendCap:
         if self.started is None:
             self.started = now
         self.spent += tokens
+        self._out += tokens
+
+    def take(self) -> float:
+        """The tokens to send to the store (spent since the last sync)."""
+        tokens, self._out = self._out, 0.0
+        self._fly += tokens
+        return tokens
+
+    def landed(self, sent: float, fleet: tuple[float, float | None] | None, now: float) -> None:
+        """A sync's answer: the fleet's (spent, seconds until its window ends: None before
+        any spend), None when it failed (the tokens go out again with the next)."""
+        self._fly -= sent
+        if fleet is None:
+            self._out += sent
+            return
+        spent, resets_in = fleet
+        self.spent = spent + self._fly + self._out
+        if resets_in is not None:
+            self.started = now + resets_in - self.window
+        elif not self.spent:
+            self.started = None
 
     def refusal(self, now: float) -> float | None:
         """Seconds until calls are allowed again, or None while the budget has tokens left."""
@@ -156,7 +255,86 @@ class SpendCap:
 
     def forget(self) -> None:
         """Start afresh: nothing spent."""
-        self.started, self.spent = None, 0.0
+        self.started, self.spent, self._out = None, 0.0, 0.0
+
+
+@dataclasses.dataclass(slots=True)
+class BudgetDelta:
+    """What one store call carries of a breaker's budgets, and what the store answers.
+
+    ``retry``: (deposits, their age in seconds, withdrawals) or None without a retry budget;
+    ``tokens`` spent, with the cap's ``window`` (None without a cap). The store sets
+    ``fleet_retry`` (the fleet's deposits and withdrawals in the window) and ``fleet_spend``
+    (spent, seconds until the window ends) when it ran the call."""
+
+    retry: tuple[float, float, float] | None
+    tokens: float
+    window: float | None
+    fleet_retry: tuple[float, float] | None = None
+    fleet_spend: tuple[float, float | None] | None = None
+
+
+class SharedBudgets:
+    """A breaker's budgets as a store shares them: what the next store call carries, and what
+    its answer teaches. Withdrawals and spends go with the very next call; deposits alone at
+    most every :data:`SYNC` seconds (they only make the budget larger, so late is safe)."""
+
+    __slots__ = ("_next", "retry", "spend")
+
+    def __init__(self, retry: RetryBudget | None, spend: SpendCap | None) -> None:
+        self.retry = retry
+        self.spend = spend
+        self._next = float("-inf")
+
+    def due(self, now: float) -> bool:
+        """Whether the next store call should carry a sync: always with a spend cap (its
+        answer says what the fleet spent), else once withdrawals wait or :data:`SYNC` passed."""
+        retry = self.retry
+        return (
+            self.spend is not None
+            or now >= self._next
+            or (retry is not None and retry._out[1] > 0.0)
+        )
+
+    def deposits_due(self, now: float) -> bool:
+        """Whether this sync also settles and sends deposits (every :data:`SYNC` seconds)."""
+        return self.retry is not None and now >= self._next
+
+    @property
+    def unsent(self) -> bool:
+        """Whether withdrawals or tokens wait to be sent."""
+        retry, spend = self.retry, self.spend
+        return (retry is not None and retry._out[1] > 0.0) or (
+            spend is not None and spend._out > 0.0
+        )
+
+    def take(self, now: float, counted: int | None) -> BudgetDelta:
+        """The sync to send (``counted``: the breaker's first-attempt counter, settled first;
+        None: deposits wait for a later sync)."""
+        retry, spend = self.retry, self.spend
+        sent = None
+        if retry is not None:
+            if counted is not None:
+                self._next = now + SYNC
+                retry.settle(now, counted)
+            sent = retry.take(now)
+        if spend is None:
+            return BudgetDelta(sent, 0.0, None)
+        return BudgetDelta(sent, spend.take(), spend.window)
+
+    def landed(self, delta: BudgetDelta, now: float, *, ok: bool) -> None:
+        """Learn what the store answered (``ok`` False: the call failed)."""
+        if self.retry is not None and delta.retry is not None:
+            self.retry.landed(delta.retry, delta.fleet_retry if ok else None, now)
+        if self.spend is not None and delta.window is not None:
+            self.spend.landed(delta.tokens, delta.fleet_spend if ok else None, now)
+        if not ok:
+            self._next = float("-inf")
+
+    def unshare(self) -> None:
+        """The store cannot be reached: decide by this process alone."""
+        if self.retry is not None:
+            self.retry.unshare()
 
 
 def _number(value: object) -> float | None:

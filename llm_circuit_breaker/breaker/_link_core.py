@@ -3,13 +3,19 @@ near-cache (of a CLOSED circuit, and of a refusal: an OPEN circuit seen until *t
 until *t* without asking), coalescing rate-limit headers, and falling back to the breaker's
 :class:`LocalCircuit` while the store is unreachable. Permits carry where they came from in
 their two low bits: 0 local, 1 shared and clean, 2 shared (every outcome reported).
+
+With a store that takes riders (``rides``), a response's headers that are news but not
+urgent, and the breaker's budget syncs (:class:`SharedBudgets`), ride on the next call the
+link makes to the store anyway: they cost no round trip of their own.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING
 
+from llm_circuit_breaker._core.budget import SharedBudgets
 from llm_circuit_breaker._core.permits import (
     CLEAN,
     LOCAL,
@@ -30,11 +36,13 @@ from llm_circuit_breaker.storage._lease import Lease, LeaseTerms
 from llm_circuit_breaker.storage.base import (
     Admission,
     AsyncStateStore,
+    Ride,
     StateStore,
     View,
 )
 
 if TYPE_CHECKING:
+    from llm_circuit_breaker._core.budget import RetryBudget, SpendCap
     from llm_circuit_breaker._core.headers import Bucket, RateLimits
 
 __all__ = ["LinkCore"]
@@ -50,6 +58,14 @@ def _refusal(state: CircuitState) -> str:
     if state is CircuitState.HALF_OPEN:
         return "half-open: probe slots taken"
     return "open (shared)"
+
+
+def _used_up(limits: RateLimits) -> bool:
+    """Whether headers say a bucket has nothing left (news the fleet needs at once)."""
+    return any(
+        bucket is not None and bucket.remaining is not None and bucket.remaining < 1
+        for bucket in (limits.requests, limits.tokens)
+    )
 
 
 class LinkCore:
@@ -82,6 +98,11 @@ class LinkCore:
         self._coalesce: bool = getattr(store, "coalesces_headers", False)
         self._sent: dict[str, tuple[int | None, float | None]] = {}  # bucket -> limit, reset at
         self._observed_at = float("-inf")
+        # headers and budget syncs ride on the next store call (stores that take them)
+        self._rides: bool = getattr(store, "rides", False)
+        self._pending: RateLimits | None = None  # headers that are news, for the next call
+        self._budgets: SharedBudgets | None = None
+        self._budget_lock: threading.Lock | None = None
         self.lease = Lease(self.near_cache, local.now)
         self._now = local.now
         self.count_success = telemetry.count_success
@@ -90,6 +111,43 @@ class LinkCore:
             follow(name, self)
         # whether a change elsewhere reaches this link at once (sync Redis clients listen)
         self._notified: bool = bool(self.near_cache and getattr(store, "notifies", False))
+
+    def share_budgets(
+        self, lock: threading.Lock, retry: RetryBudget | None, spend: SpendCap | None
+    ) -> None:
+        """Share the breaker's budgets through the store (``lock`` guards them), when it
+        takes riders: each store call carries what changed since the last one."""
+        if self._rides and (retry is not None or spend is not None):
+            self._budgets = SharedBudgets(retry, spend)
+            self._budget_lock = lock
+
+    def ride(self) -> Ride | None:
+        """What the next store call carries besides its own operation (None: nothing)."""
+        limits, budgets = self._pending, self._budgets
+        delta = None
+        if budgets is not None:
+            now = self._now()
+            if budgets.due(now):
+                # the first-attempt count (for deposits) is read at most every SYNC seconds
+                counted = self.telemetry.stats().calls if budgets.deposits_due(now) else None
+                with self._budget_lock:  # type: ignore[union-attr]
+                    delta = budgets.take(now, counted)
+        if limits is None and delta is None:
+            return None
+        self._pending = None
+        return Ride(limits, delta)
+
+    def landed(self, ride: Ride, *, ok: bool) -> None:
+        """A store call that carried ``ride`` answered (``ok``) or failed."""
+        delta, budgets = ride.budget, self._budgets
+        if delta is not None and budgets is not None:
+            with self._budget_lock:  # type: ignore[union-attr]
+                budgets.landed(delta, self._now(), ok=ok)
+
+    @property
+    def unsent(self) -> bool:
+        """Whether budget changes of this process wait to reach the store."""
+        return self._budgets is not None and self._budgets.unsent
 
     def forget(self) -> None:
         """Drop the near-cache and the lease: the circuit changed elsewhere."""
@@ -194,6 +252,10 @@ class LinkCore:
         self._cached_permit = -1
         self._refused_until = 0.0
         self.lease.drop()
+        self._pending = None
+        if self._budgets is not None:
+            with self._budget_lock:  # type: ignore[union-attr]
+                self._budgets.unshare()
         if not self._deciding_locally:
             self._deciding_locally = True
             self._event(
@@ -280,8 +342,9 @@ class LinkCore:
         return self.apply_admission(admission, tokens)
 
     def limits(self, headers: object) -> RateLimits | None:
-        """A response's rate-limit headers, for the store (None: none, or deciding locally,
-        in which case the local throttle has them)."""
+        """A response's rate-limit headers, for the store now (None: none, deciding locally,
+        in which case the local throttle has them, or riding on the next store call: headers
+        that are news are sent at once only when a bucket is used up)."""
         if not self.config.throttle:
             return None
         if self._deciding_locally:
@@ -290,8 +353,16 @@ class LinkCore:
         from llm_circuit_breaker._core.headers import parse_rate_limits
 
         limits = parse_rate_limits(headers, time.time())
-        if limits is None or not self._coalesce or self._news(limits):
+        if limits is None or not self._coalesce:
             return limits
+        if self._pending is not None:  # newer headers replace those not sent yet
+            self._pending = limits
+            return None
+        if not self._news(limits):
+            return None
+        if not self._rides or _used_up(limits):
+            return limits
+        self._pending = limits
         return None
 
     def _news(self, limits: RateLimits) -> bool:

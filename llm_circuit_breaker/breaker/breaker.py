@@ -264,7 +264,7 @@ class CircuitBreaker:
         """Count a retry of a call guarded by this breaker (``with_retry`` calls it)."""
         self._telemetry.retried(attempt, error, delay)
 
-    # -- budgets: retries and spend (kept in this process) -----------------------------------
+    # -- budgets: retries and spend (a store's link shares them) ---------------------------
 
     def _make_budgets(self) -> None:
         config = self.config
@@ -280,6 +280,9 @@ class CircuitBreaker:
             if self._circuit is not None:  # a spent budget refuses before the circuit admits
                 self._enter_circuit = self.enter
                 self.enter = self._capped_enter
+        share = getattr(self._followed, "share_budgets", None)  # a store's link shares them
+        if share is not None:
+            share(self._budget_lock, self._retry_budget, self._spend)
 
     def try_spend_retry(self) -> bool:
         """Pay for one extra attempt (a retry, an SDK's retry, a hedge) from the retry
@@ -355,7 +358,11 @@ class CircuitBreaker:
 
     def _capped_enter(self) -> Entry:
         refusal = self.budget_refusal()
-        return self._enter_circuit() if refusal is None else refusal
+        if refusal is None:
+            return self._enter_circuit()
+        if self._circuit is not self._local:  # what this process spent reaches the fleet
+            cast("StoreLink", self._circuit).flush()
+        return refusal
 
     @property
     def budget(self) -> dict[str, float | None]:
@@ -410,6 +417,7 @@ class CircuitBreaker:
         if self._alink is not None:
             refusal = self.budget_refusal()
             if refusal is not None:
+                await self._alink.aflush()  # what this process spent reaches the fleet
                 return refusal
             if self._limit is not None:
                 return await self._limit.aenter(self._alink.aenter)
@@ -572,7 +580,7 @@ class CircuitBreaker:
         self._telemetry.zero()
         with self._budget_lock:  # the counts the retry budget reads start again from zero
             if self._retry_budget is not None:
-                self._retry_budget = RetryBudget(self._retry_budget.ratio, self._retry_budget.floor)
+                self._retry_budget.restart()
             if self._spend is not None:
                 self._spend.forget()
 

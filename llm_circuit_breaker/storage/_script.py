@@ -11,7 +11,9 @@ from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.storage.base import Admission, ThrottleNews, View
 
 if TYPE_CHECKING:
+    from llm_circuit_breaker._core.budget import BudgetDelta
     from llm_circuit_breaker._core.headers import Bucket, RateLimits
+    from llm_circuit_breaker.storage.base import Ride
 
 __all__ = [
     "LISTED_FIELDS",
@@ -19,8 +21,10 @@ __all__ = [
     "admission",
     "circuit_fields",
     "observe_args",
+    "landed",
     "plain",
     "record_args",
+    "ride_args",
     "script_args",
     "text",
     "view",
@@ -29,7 +33,9 @@ __all__ = [
 logger = logging.getLogger("llm_circuit_breaker")
 
 OUTCOMES = {o.value: o for o in Outcome}
-_TRANSITIONS = 17  # where the transitions start in a reply
+_BUDGET = 17  # where a budget sync's answer is in a reply
+_TRANSITIONS = 21  # where the transitions start in a reply
+_RIDERS = 25  # the op's own arguments are padded to this many, then come the riders
 
 
 def number(value: Any) -> float | None:
@@ -76,6 +82,33 @@ def script_args(
         repr(float(tokens)),
         *extra,
     ]
+
+
+def ride_args(args: list[object], ride: Ride | None) -> list[object]:
+    """``args`` with a call's riders (headers, a budget sync) after them, if any."""
+    if ride is None:
+        return args
+    args.extend([""] * (_RIDERS - len(args)))
+    limits = ride.limits
+    args.extend(observe_args(limits) if limits is not None else ("",) * 8)
+    budget = ride.budget
+    if budget is not None:
+        retry = budget.retry
+        args.extend(("", "", "") if retry is None else (repr(x) for x in retry))
+        if budget.window is None:
+            args.extend(("", ""))
+        else:
+            args.extend((repr(float(budget.tokens)), repr(budget.window)))
+    return args
+
+
+def landed(reply: Sequence[Any], budget: BudgetDelta) -> None:
+    """Set what a reply says of the fleet's budgets on the sync it answered."""
+    deposits, withdrawals, spent, resets_in = (number(x) for x in reply[_BUDGET:_TRANSITIONS])
+    if deposits is not None and withdrawals is not None:
+        budget.fleet_retry = (deposits, withdrawals)
+    if spent is not None:
+        budget.fleet_spend = (spent, resets_in)
 
 
 def record_args(

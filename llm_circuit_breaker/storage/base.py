@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -17,6 +18,7 @@ from llm_circuit_breaker._core.views import (
 from llm_circuit_breaker.config import CircuitBreakerConfig
 
 if TYPE_CHECKING:
+    from llm_circuit_breaker._core.budget import BudgetDelta
     from llm_circuit_breaker._core.headers import RateLimits
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "AsyncStateStore",
     "AsyncStoreCall",
     "Control",
+    "Ride",
     "StateStore",
     "StoreCall",
     "StoreUnavailableError",
@@ -39,11 +42,24 @@ StoreCall = Callable[..., T]
 AsyncStoreCall = Callable[..., Awaitable[T]]
 
 
+@dataclasses.dataclass(slots=True)
+class Ride:
+    """What a call to a store carries besides its own operation, for a store whose
+    ``rides`` is True (given as ``ride=`` to every method but ``control``): a response's
+    rate-limit headers to follow first, and a sync of the breaker's budgets (whose answer
+    the store sets on it)."""
+
+    limits: RateLimits | None = None
+    budget: BudgetDelta | None = None
+
+
 class StateStore(Protocol):
     """Keeps circuits by name. Each method is one atomic transition.
 
     ``is_async`` is False: a store whose client is asyncio is an :class:`AsyncStateStore`.
-    ``available`` is False while the store is known to be unreachable.
+    ``available`` is False while the store is known to be unreachable. A store whose
+    ``rides`` attribute is True also takes ``ride=`` (a :class:`Ride`, or None) on every
+    method but ``control``; the others are called without it.
     """
 
     @property
@@ -62,6 +78,7 @@ class StateStore(Protocol):
         lease: int = 0,
         unused: int = 0,
         unused_tokens: float = 0.0,
+        ride: Ride | None = None,
     ) -> Admission:
         """Admit a call to circuit ``name`` (creating it CLOSED if unknown) and, when its
         throttle paces, reserve its slot (``tokens``: the call's estimated token cost) and up
@@ -77,17 +94,27 @@ class StateStore(Protocol):
         open_for: float | None,
         why: str,
         pause: float | None = None,
+        ride: Ride | None = None,
     ) -> tuple[Outcome, View]:
         """Report a call's outcome; the outcome as counted, and the view. A ``THROTTLED``
         outcome pauses the throttle ``pause`` seconds (None: the adaptive pause)."""
 
-    def release(self, name: str, config: CircuitBreakerConfig, permit: int, tokens: float) -> View:
+    def release(
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        permit: int,
+        tokens: float,
+        ride: Ride | None = None,
+    ) -> View:
         """Give back a throttle slot whose caller will not call (and its permit)."""
 
-    def observe(self, name: str, config: CircuitBreakerConfig, limits: RateLimits) -> View:
+    def observe(
+        self, name: str, config: CircuitBreakerConfig, limits: RateLimits, ride: Ride | None = None
+    ) -> View:
         """Follow a response's rate-limit headers."""
 
-    def snapshot(self, name: str, config: CircuitBreakerConfig) -> View:
+    def snapshot(self, name: str, config: CircuitBreakerConfig, ride: Ride | None = None) -> View:
         """The circuit's current state (applying the lazy OPEN -> HALF_OPEN)."""
 
     def control(self, name: str, config: CircuitBreakerConfig, action: Control) -> View:
@@ -113,6 +140,7 @@ class AsyncStateStore(Protocol):
         lease: int = 0,
         unused: int = 0,
         unused_tokens: float = 0.0,
+        ride: Ride | None = None,
     ) -> Admission:
         """Admit a call (and reserve its throttle slot; lease and take back as ``admit``)."""
 
@@ -125,18 +153,28 @@ class AsyncStateStore(Protocol):
         open_for: float | None,
         why: str,
         pause: float | None = None,
+        ride: Ride | None = None,
     ) -> tuple[Outcome, View]:
         """Report a call's outcome; the outcome as counted, and the view."""
 
     async def arelease(
-        self, name: str, config: CircuitBreakerConfig, permit: int, tokens: float
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        permit: int,
+        tokens: float,
+        ride: Ride | None = None,
     ) -> View:
         """Give back a throttle slot whose caller will not call (and its permit)."""
 
-    async def aobserve(self, name: str, config: CircuitBreakerConfig, limits: RateLimits) -> View:
+    async def aobserve(
+        self, name: str, config: CircuitBreakerConfig, limits: RateLimits, ride: Ride | None = None
+    ) -> View:
         """Follow a response's rate-limit headers."""
 
-    async def asnapshot(self, name: str, config: CircuitBreakerConfig) -> View:
+    async def asnapshot(
+        self, name: str, config: CircuitBreakerConfig, ride: Ride | None = None
+    ) -> View:
         """The circuit's current state (applying the lazy OPEN -> HALF_OPEN)."""
 
     async def acontrol(self, name: str, config: CircuitBreakerConfig, action: Control) -> View:

@@ -12,11 +12,17 @@
 --       away at most), unused (slots of an earlier lease given back), unused tokens;
 --       record: permit, outcome, open_for ("" = none), why, pause ("" = adaptive);
 --       control: action;  release: permit;
---       observe: for requests then tokens: reported ("1"), limit, remaining, reset.
+--       observe: for requests then tokens: reported ("1"), limit, remaining, reset;
+--       then riders any op but control may carry (the op's own arguments padded to ARGV[25]):
+--       ARGV[26..33] a response's rate-limit headers, as observe's (applied first);
+--       ARGV[34..38] a budget sync: retry deposits ("" = no retry budget), their age in
+--       seconds, retry withdrawals, tokens spent ("" = no spend cap), the cap's window.
 -- Reply: {result, state, failure_count, success_count, opened_at, retry_after, repaired,
 --         clean, wait, paused_for, requests_remaining, tokens_remaining, reset_in,
 --         news ("" | "THROTTLED" | "UNTHROTTLED"), news_pause, news_reason,
 --         lease (the leased slots' waits, comma-separated: "" none),
+--         fleet retry deposits, fleet retry withdrawals (in the last 10 s), tokens spent,
+--         seconds until the spend window ends ("" unless synced / none started),
 --         old1, new1, reason1, old2, ...}; floats travel as strings, "" is none.
 -- A change of state, or a pause of the throttle, is published on the channel named like
 -- KEYS[1] (for processes that near-cache; see storage/_notices.py).
@@ -359,11 +365,77 @@ local function record_probe(s, ok, open_for, why)
   open(s, math.max(reset_timeout, open_for or 0), reason)
 end
 
+-- A budget sync (SPEC section 16), kept in the state hash: rb the retry window as
+-- "second:deposits:withdrawals" slots joined by ",", ts / tw tokens spent and when the
+-- spend window started. Deposits made `age` seconds ago count from then.
+local RETRY_WINDOW = 10
+local budget_reply = {'', '', '', ''}
+local function sync_budgets()
+  local deposits, withdrawals = tonumber(ARGV[34]), tonumber(ARGV[36])
+  local tokens = tonumber(ARGV[37])
+  local got = redis.call('HMGET', H, 'rb', 'ts', 'tw')
+  if deposits then
+    local age = math.max(0, math.min(RETRY_WINDOW, tonumber(ARGV[35]) or 0))
+    local second = math.floor(now)
+    local first = second - RETRY_WINDOW + 1
+    local slots, order = {}, {}
+    for at, d, w in string.gmatch(got[1] or '', '(-?%d+):([^:,]+):([^:,]+)') do
+      at, d, w = tonumber(at), tonumber(d), tonumber(w)
+      if at and d and w and at >= first and at <= second and finite(d) and finite(w) and not slots[at] then
+        slots[at] = {d, w}
+        table.insert(order, at)
+      end
+    end
+    local function add(at, i, amount)
+      if amount and finite(amount) and amount > 0 and at >= first then
+        if not slots[at] then slots[at] = {0, 0}; table.insert(order, at) end
+        slots[at][i] = slots[at][i] + amount
+      end
+    end
+    add(math.floor(now - age), 1, deposits)
+    add(second, 2, withdrawals)
+    local parts, total_d, total_w = {}, 0, 0
+    for _, at in ipairs(order) do
+      local slot = slots[at]
+      total_d, total_w = total_d + slot[1], total_w + slot[2]
+      table.insert(parts, at .. ':' .. num(slot[1]) .. ':' .. num(slot[2]))
+    end
+    redis.call('HSET', H, 'rb', table.concat(parts, ','))
+    budget_reply[1], budget_reply[2] = num(total_d), num(total_w)
+  end
+  if tokens then
+    local window = tonumber(ARGV[38]) or 86400
+    local spent, started = tonumber(got[2] or ''), tonumber(got[3] or '')
+    if not (spent and finite(spent) and spent >= 0 and started and moment(started)
+            and now < started + window) then
+      spent, started = 0, nil
+    end
+    if finite(tokens) and tokens > 0 then
+      spent = spent + tokens
+      started = started or now
+    end
+    if started then
+      redis.call('HSET', H, 'ts', num(spent), 'tw', num(started))
+      budget_reply[4] = num(started + window - now)
+    end
+    budget_reply[3] = num(spent)
+  end
+end
+
 local s = load()
 local loaded = signature(s)
 local result = 0
 local wait = 0
 if throttled then tload() end
+if throttled and ARGV[26] ~= nil and op ~= 'control' then  -- headers riding on this call
+  if ARGV[26] == '1' then
+    if T.pv then T.R.i = 0; T.pv = false end
+    observe_bucket(T.R, tonumber(ARGV[27]), tonumber(ARGV[28]), tonumber(ARGV[29]))
+  end
+  if ARGV[30] == '1' then
+    observe_bucket(T.K, tonumber(ARGV[31]), tonumber(ARGV[32]), tonumber(ARGV[33]))
+  end
+end
 
 if op == 'admit' then
   local plain = false  -- a CLOSED admission holding no lease of its own: it may lease slots
@@ -486,6 +558,7 @@ if must_write or op == 'record' or op == 'control' or signature(s) ~= loaded or 
   save(s)
 end
 if tchanged then tsave() end
+if ARGV[38] ~= nil and op ~= 'control' then sync_budgets() end
 -- A heartbeat: an admission writes one field once a second per circuit (fleet-wide), so a
 -- process still connected to a demoted primary (now a replica, which serves the read-only
 -- admissions) gets READONLY within a second and its client finds the new primary.
@@ -511,5 +584,6 @@ table.insert(reply, news)
 table.insert(reply, num(news_pause))
 table.insert(reply, news_reason)
 table.insert(reply, table.concat(lease, ','))
+for _, item in ipairs(budget_reply) do table.insert(reply, item) end
 for _, item in ipairs(transitions) do table.insert(reply, item) end
 return reply

@@ -20,6 +20,7 @@ from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.storage.base import (
     Admission,
     Control,
+    Ride,
     ThrottleNews,
     View,
 )
@@ -83,6 +84,7 @@ class MemoryStateStore:
         lease: int = 0,
         unused: int = 0,
         unused_tokens: float = 0.0,
+        ride: Ride | None = None,
     ) -> Admission:
         """Admit a call (nothing is leased: every holder lives in this process)."""
         slot = self._slot(name, config)
@@ -108,6 +110,7 @@ class MemoryStateStore:
         open_for: float | None,
         why: str,
         pause: float | None = None,
+        ride: Ride | None = None,
     ) -> tuple[Outcome, View]:
         slot = self._slot(name, config)
         with slot.lock:
@@ -121,7 +124,14 @@ class MemoryStateStore:
                 news = None if said is None else ThrottleNews(*said)
             return counted, self._view(slot, now, news)
 
-    def release(self, name: str, config: CircuitBreakerConfig, permit: int, tokens: float) -> View:
+    def release(
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        permit: int,
+        tokens: float,
+        ride: Ride | None = None,
+    ) -> View:
         slot = self._slot(name, config)
         with slot.lock:
             now = self._clock()
@@ -130,7 +140,9 @@ class MemoryStateStore:
             slot.core.record(permit, Outcome.IGNORED, now)
             return self._view(slot, now)
 
-    def observe(self, name: str, config: CircuitBreakerConfig, limits: RateLimits) -> View:
+    def observe(
+        self, name: str, config: CircuitBreakerConfig, limits: RateLimits, ride: Ride | None = None
+    ) -> View:
         slot = self._slot(name, config)
         with slot.lock:
             now = self._clock()
@@ -138,7 +150,7 @@ class MemoryStateStore:
                 slot.throttle.observe(limits, now)
             return self._view(slot, now)
 
-    def snapshot(self, name: str, config: CircuitBreakerConfig) -> View:
+    def snapshot(self, name: str, config: CircuitBreakerConfig, ride: Ride | None = None) -> View:
         slot = self._slot(name, config)
         with slot.lock:
             return self._view(slot, self._clock())

@@ -56,14 +56,16 @@ from llm_circuit_breaker.storage._script import (
     OUTCOMES,
     admission,
     circuit_fields,
+    landed,
     observe_args,
     plain,
     record_args,
+    ride_args,
     script_args,
     text,
     view,
 )
-from llm_circuit_breaker.storage.base import Admission, Control, StoreUnavailableError, View
+from llm_circuit_breaker.storage.base import Admission, Control, Ride, StoreUnavailableError, View
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -149,6 +151,7 @@ class RedisStateStore:
     """
 
     coalesces_headers = True  # breakers send a response's headers only when they are news
+    rides = True  # headers and budget syncs ride on the next script call (``ride=``)
 
     def __init__(
         self,
@@ -399,9 +402,17 @@ class RedisStateStore:
     # -- sync ------------------------------------------------------------------------------
 
     def _run(
-        self, name: str, op: str, config: CircuitBreakerConfig, *extra: object, tokens: float = 0.0
+        self,
+        name: str,
+        op: str,
+        config: CircuitBreakerConfig,
+        *extra: object,
+        tokens: float = 0.0,
+        ride: Ride | None = None,
     ) -> list[Any]:
-        args = script_args(self._clock, self._ttl, op, config, *extra, tokens=tokens)
+        args = ride_args(
+            script_args(self._clock, self._ttl, op, config, *extra, tokens=tokens), ride
+        )
         keys = self.keys(name)
         give_up = time.monotonic() + _CONTENTION_WAIT
         pause = 0.001
@@ -417,6 +428,8 @@ class RedisStateStore:
                 self._drop_connections(exc)
                 raise self._failed(exc, name) from exc
         self._succeeded(op)
+        if ride is not None and ride.budget is not None:
+            landed(reply, ride.budget)
         return list(reply)
 
     def admit(
@@ -427,9 +440,10 @@ class RedisStateStore:
         lease: int = 0,
         unused: int = 0,
         unused_tokens: float = 0.0,
+        ride: Ride | None = None,
     ) -> Admission:
         extra = self._lease(lease, unused, unused_tokens)
-        reply = self._run(name, self._admit_op(), config, *extra, tokens=tokens)
+        reply = self._run(name, self._admit_op(), config, *extra, tokens=tokens, ride=ride)
         return admission(reply, config, self.keys(name)[0])
 
     def record(
@@ -441,21 +455,31 @@ class RedisStateStore:
         open_for: float | None,
         why: str,
         pause: float | None = None,
+        ride: Ride | None = None,
     ) -> tuple[Outcome, View]:
         extra = record_args(permit, outcome, open_for, why, pause)
-        reply = self._run(name, "record", config, *extra)
+        reply = self._run(name, "record", config, *extra, ride=ride)
         return OUTCOMES[text(reply[0])], view(reply, config, self.keys(name)[0])
 
-    def release(self, name: str, config: CircuitBreakerConfig, permit: int, tokens: float) -> View:
-        reply = self._run(name, "release", config, permit, tokens=tokens)
+    def release(
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        permit: int,
+        tokens: float,
+        ride: Ride | None = None,
+    ) -> View:
+        reply = self._run(name, "release", config, permit, tokens=tokens, ride=ride)
         return view(reply, config, self.keys(name)[0])
 
-    def observe(self, name: str, config: CircuitBreakerConfig, limits: RateLimits) -> View:
-        reply = self._run(name, "observe", config, *observe_args(limits))
+    def observe(
+        self, name: str, config: CircuitBreakerConfig, limits: RateLimits, ride: Ride | None = None
+    ) -> View:
+        reply = self._run(name, "observe", config, *observe_args(limits), ride=ride)
         return view(reply, config, self.keys(name)[0])
 
-    def snapshot(self, name: str, config: CircuitBreakerConfig) -> View:
-        return view(self._run(name, "snapshot", config), config, self.keys(name)[0])
+    def snapshot(self, name: str, config: CircuitBreakerConfig, ride: Ride | None = None) -> View:
+        return view(self._run(name, "snapshot", config, ride=ride), config, self.keys(name)[0])
 
     def control(self, name: str, config: CircuitBreakerConfig, action: Control) -> View:
         return view(self._run(name, "control", config, action), config, self.keys(name)[0])
@@ -463,9 +487,17 @@ class RedisStateStore:
     # -- asyncio ---------------------------------------------------------------------------
 
     async def _arun(
-        self, name: str, op: str, config: CircuitBreakerConfig, *extra: object, tokens: float = 0.0
+        self,
+        name: str,
+        op: str,
+        config: CircuitBreakerConfig,
+        *extra: object,
+        tokens: float = 0.0,
+        ride: Ride | None = None,
     ) -> list[Any]:
-        args = script_args(self._clock, self._ttl, op, config, *extra, tokens=tokens)
+        args = ride_args(
+            script_args(self._clock, self._ttl, op, config, *extra, tokens=tokens), ride
+        )
         keys = self.keys(name)
         give_up = time.monotonic() + _CONTENTION_WAIT
         pause = 0.001
@@ -494,6 +526,8 @@ class RedisStateStore:
                 raise
             raise StoreUnavailableError(redact_text(str(exc))) from exc
         self._succeeded(op)
+        if ride is not None and ride.budget is not None:
+            landed(reply, ride.budget)
         return list(reply)
 
     async def _admission(
@@ -536,9 +570,10 @@ class RedisStateStore:
         lease: int = 0,
         unused: int = 0,
         unused_tokens: float = 0.0,
+        ride: Ride | None = None,
     ) -> Admission:
         extra = self._lease(lease, unused, unused_tokens)
-        reply = await self._arun(name, self._admit_op(), config, *extra, tokens=tokens)
+        reply = await self._arun(name, self._admit_op(), config, *extra, tokens=tokens, ride=ride)
         return admission(reply, config, self.keys(name)[0])
 
     async def arecord(
@@ -550,23 +585,34 @@ class RedisStateStore:
         open_for: float | None,
         why: str,
         pause: float | None = None,
+        ride: Ride | None = None,
     ) -> tuple[Outcome, View]:
         extra = record_args(permit, outcome, open_for, why, pause)
-        reply = await self._arun(name, "record", config, *extra)
+        reply = await self._arun(name, "record", config, *extra, ride=ride)
         return OUTCOMES[text(reply[0])], view(reply, config, self.keys(name)[0])
 
     async def arelease(
-        self, name: str, config: CircuitBreakerConfig, permit: int, tokens: float
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        permit: int,
+        tokens: float,
+        ride: Ride | None = None,
     ) -> View:
-        reply = await self._arun(name, "release", config, permit, tokens=tokens)
+        reply = await self._arun(name, "release", config, permit, tokens=tokens, ride=ride)
         return view(reply, config, self.keys(name)[0])
 
-    async def aobserve(self, name: str, config: CircuitBreakerConfig, limits: RateLimits) -> View:
-        reply = await self._arun(name, "observe", config, *observe_args(limits))
+    async def aobserve(
+        self, name: str, config: CircuitBreakerConfig, limits: RateLimits, ride: Ride | None = None
+    ) -> View:
+        reply = await self._arun(name, "observe", config, *observe_args(limits), ride=ride)
         return view(reply, config, self.keys(name)[0])
 
-    async def asnapshot(self, name: str, config: CircuitBreakerConfig) -> View:
-        return view(await self._arun(name, "snapshot", config), config, self.keys(name)[0])
+    async def asnapshot(
+        self, name: str, config: CircuitBreakerConfig, ride: Ride | None = None
+    ) -> View:
+        reply = await self._arun(name, "snapshot", config, ride=ride)
+        return view(reply, config, self.keys(name)[0])
 
     async def acontrol(self, name: str, config: CircuitBreakerConfig, action: Control) -> View:
         reply = await self._arun(name, "control", config, action)

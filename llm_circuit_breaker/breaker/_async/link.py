@@ -30,14 +30,27 @@ class AsyncStoreLink(LinkCore):
 
     store: AsyncStateStore
 
-    async def _ask(self, method: AsyncStoreCall[T], *args: Any) -> T | None:
-        """The store's ``method(name, config, *args)``; None when it cannot be asked."""
+    async def _ask(self, method: AsyncStoreCall[T], *args: Any, carry: bool = True) -> T | None:
+        """The store's ``method(name, config, *args)``, with what rides on it (``carry``:
+        the method takes riders); None when it cannot be asked."""
         if not self.store.available:
             return None
+        ride = self.ride() if carry and self._rides else None
+        if ride is None:
+            try:
+                return await method(self.name, self.config, *args)
+            except StoreUnavailableError:
+                return None
         try:
-            return await method(self.name, self.config, *args)
+            answer = await method(self.name, self.config, *args, ride=ride)
         except StoreUnavailableError:
+            self.landed(ride, ok=False)
             return None
+        except BaseException:
+            self.landed(ride, ok=False)
+            raise
+        self.landed(ride, ok=True)
+        return answer
 
     async def aenter(self) -> Entry:
         """Admit one call through the store (locally while it is unreachable; from the
@@ -100,7 +113,12 @@ class AsyncStoreLink(LinkCore):
         """The store's view now (the local one while it is unreachable)."""
         return self.apply_view(await self._ask(self.store.asnapshot))
 
+    async def aflush(self) -> None:
+        """Send the budget changes waiting for a store call (a refused call makes none)."""
+        if self.unsent:
+            self.follow_view(await self._ask(self.store.asnapshot))
+
     async def acontrol(self, action: Control) -> None:
         """Reset, force open or force closed: locally and in the store."""
         self.local.control(action)
-        self.follow_view(await self._ask(self.store.acontrol, action))
+        self.follow_view(await self._ask(self.store.acontrol, action, carry=False))

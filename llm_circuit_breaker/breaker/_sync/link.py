@@ -31,14 +31,27 @@ class StoreLink(LinkCore):
 
     store: StateStore
 
-    def _ask(self, method: StoreCall[T], *args: Any) -> T | None:
-        """The store's ``method(name, config, *args)``; None when it cannot be asked."""
+    def _ask(self, method: StoreCall[T], *args: Any, carry: bool = True) -> T | None:
+        """The store's ``method(name, config, *args)``, with what rides on it (``carry``:
+        the method takes riders); None when it cannot be asked."""
         if not self.store.available:
             return None
+        ride = self.ride() if carry and self._rides else None
+        if ride is None:
+            try:
+                return method(self.name, self.config, *args)
+            except StoreUnavailableError:
+                return None
         try:
-            return method(self.name, self.config, *args)
+            answer = method(self.name, self.config, *args, ride=ride)
         except StoreUnavailableError:
+            self.landed(ride, ok=False)
             return None
+        except BaseException:
+            self.landed(ride, ok=False)
+            raise
+        self.landed(ride, ok=True)
+        return answer
 
     def enter(self) -> Entry:
         """Admit one call through the store (locally while it is unreachable; from the
@@ -99,7 +112,12 @@ class StoreLink(LinkCore):
         """The store's view now (the local one while it is unreachable)."""
         return self.apply_view(self._ask(self.store.snapshot))
 
+    def flush(self) -> None:
+        """Send the budget changes waiting for a store call (a refused call makes none)."""
+        if self.unsent:
+            self.follow_view(self._ask(self.store.snapshot))
+
     def control(self, action: Control) -> None:
         """Reset, force open or force closed: locally and in the store."""
         self.local.control(action)
-        self.follow_view(self._ask(self.store.control, action))
+        self.follow_view(self._ask(self.store.control, action, carry=False))

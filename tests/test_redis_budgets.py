@@ -1,0 +1,222 @@
+"""Budgets shared through Redis (SPEC sections 14 and 16) on a real redis-server: one retry
+budget and one spend cap for every process, carried by the script calls the circuit makes
+anyway (no round trip of their own), batched with the near-cache, kept in the circuit's own
+hash (one cluster slot)."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from llm_circuit_breaker import BudgetExceededError, CircuitBreaker, CircuitBreakerConfig
+from llm_circuit_breaker.storage import RedisStateStore
+from llm_circuit_breaker.testing import FakeClock
+from tests import redis_workers
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+NOW = 1_000_000.0
+
+
+class CountingConnection(redis.Connection):
+    """Counts the commands sent (each is one round trip: no pipelines)."""
+
+    sent = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        super().send_packed_command(command, check_health)
+
+
+def _store(port: int, *, counting: bool = False, near_cache: float = 0.0) -> RedisStateStore:
+    kind = CountingConnection if counting else redis.Connection
+    pool = redis.ConnectionPool(port=port, connection_class=kind)
+    client = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+    return RedisStateStore(client, prefix="budgets", clock=lambda: NOW, near_cache=near_cache)
+
+
+def _fleet(
+    port: int, name: str, config: CircuitBreakerConfig, processes: int = 2, **kw: Any
+) -> list[CircuitBreaker]:
+    """Breakers of one name, each with its own store and clock (``CLOCKS[breaker]``):
+    processes of a fleet."""
+    fleet = []
+    for _ in range(processes):
+        clock = FakeClock()
+        breaker = CircuitBreaker(name, config, store=_store(port, **kw), clock=clock)
+        CLOCKS[breaker] = clock
+        fleet.append(breaker)
+    return fleet
+
+
+CLOCKS: dict[CircuitBreaker, FakeClock] = {}
+
+
+def _spend_in_turns(breakers: list[CircuitBreaker], tokens: float, rounds: int) -> int:
+    """Each breaker in turn: admit, spend ``tokens``, report; the calls admitted."""
+    admitted = 0
+    for _ in range(rounds):
+        for breaker in breakers:
+            try:
+                permit = breaker.admit()
+            except BudgetExceededError:
+                continue
+            admitted += 1
+            breaker.spend(tokens)
+            breaker.record_success(permit)
+    return admitted
+
+
+def test_two_processes_share_one_spend_cap(redis_server: RedisServer) -> None:
+    """token_budget=1000 for the fleet: two processes spending 100 a call stop after about
+    10 calls between them (a process alone would make 10 by itself)."""
+    fleet = _fleet(redis_server.port, "cap", CircuitBreakerConfig(token_budget=1000))
+    admitted = _spend_in_turns(fleet, 100, rounds=20)
+    assert 10 <= admitted <= 10 + len(fleet)  # at most one call each past the cap
+    for breaker in fleet:
+        with pytest.raises(BudgetExceededError) as refused:
+            breaker.admit()
+        assert refused.value.limit == 1000
+    for breaker in fleet:
+        breaker.snapshot()  # a store call: each learns what the other's refusal sent
+    spent = {breaker.budget["spent"] for breaker in fleet}
+    assert spent == {100.0 * admitted}  # both know what the fleet spent
+
+
+def test_a_lone_process_keeps_its_cap_to_itself_without_a_store() -> None:
+    """The contrast: per process, two breakers of one name spend a cap each."""
+    fleet = [
+        CircuitBreaker("cap", CircuitBreakerConfig(token_budget=1000), clock=FakeClock())
+        for _ in range(2)
+    ]
+    assert _spend_in_turns(fleet, 100, rounds=20) == 20
+
+
+def test_two_processes_share_one_retry_budget(redis_server: RedisServer) -> None:
+    """A reserve of 10 retries per 10 s for the fleet (floor 1/s, no share of traffic): what
+    one process retried, the other cannot."""
+    config = CircuitBreakerConfig(retry_budget=0.0, retry_budget_floor=1.0)
+    a, b = _fleet(redis_server.port, "retries", config)
+    a.record_success(a.admit())
+    assert all(a.try_spend_retry() for _ in range(6))
+    a.record_success(a.admit())  # carries the six withdrawals
+    b.record_success(b.admit())  # learns them
+    paid = [b.try_spend_retry() for _ in range(10)]
+    assert paid == [True] * 4 + [False] * 6
+    assert b.stats.retries_denied == 6
+    b.record_success(b.admit())  # carries b's four
+    CLOCKS[a].advance(1.0)  # with nothing of its own to send, a process syncs every second
+    a.record_success(a.admit())
+    assert not a.try_spend_retry()  # the fleet's reserve is spent
+
+
+def test_budgets_cost_no_round_trip_of_their_own(redis_server: RedisServer) -> None:
+    """With a spend cap and the retry budget, every answered call costs the one script call
+    of its admission, retries included (INFO commandstats agrees with the client's count)."""
+    config = CircuitBreakerConfig(token_budget=1_000_000)
+    (breaker,) = _fleet(redis_server.port, "trips", config, processes=1, counting=True)
+    breaker.record_success(breaker.admit())  # the script is loaded
+    admin = redis.Redis(port=redis_server.port)
+    before = admin.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    CountingConnection.sent = 0
+    for index in range(50):
+        breaker.record_success(breaker.admit())
+        breaker.spend(10)
+        if index % 5 == 0:
+            assert breaker.try_spend_retry()
+    assert CountingConnection.sent == 50
+    after = admin.info("commandstats")["cmdstat_evalsha"]["calls"]
+    assert after - before == 50
+    assert breaker.budget["spent"] == 500.0  # the last spend rides on the next call
+
+
+def test_with_a_near_cache_the_deltas_are_batched(redis_server: RedisServer) -> None:
+    """near_cache=0.05 at 200 calls/s: about one script call per 10 answered calls, and the
+    spends of the batch all reach the fleet."""
+    config = CircuitBreakerConfig(token_budget=1_000_000)
+    a, b = _fleet(redis_server.port, "batched", config, counting=True, near_cache=0.05)
+    clock = CLOCKS[a]  # the near-cache runs on it
+    a.record_success(a.admit())
+    CountingConnection.sent = 0
+    for _ in range(200):
+        clock.advance(1 / 200)
+        a.record_success(a.admit())
+        a.spend(1)
+    assert CountingConnection.sent <= 0.1 * 200 + 1
+    a.snapshot()  # a store call: the last batch goes with it
+    b.snapshot()
+    assert b.budget["spent"] == 200.0
+
+
+def test_while_redis_is_down_each_process_decides_alone(redis_server: RedisServer) -> None:
+    """Unreachable Redis: the retry budget falls back to this process's own counts (its own
+    reserve), and what it withdrew meanwhile reaches the fleet once Redis answers."""
+    config = CircuitBreakerConfig(retry_budget=0.0, retry_budget_floor=1.0)
+    (a,) = _fleet(redis_server.port, "down", config, processes=1)
+    a.record_success(a.admit())
+    assert all(a.try_spend_retry() for _ in range(8))
+    a.record_success(a.admit())  # the fleet has 8 withdrawals
+    assert a.retry_budget["balance"] == 2.0  # type: ignore[index]
+    a._followed.go_local()  # type: ignore[union-attr]  # as after a failed command
+    assert a.retry_budget["balance"] == 2.0  # type: ignore[index]  # its own 8 of 10
+
+
+def test_budget_fields_live_in_the_circuit_s_hash(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """No key of its own: a cluster slot holds a circuit with its budgets."""
+    config = CircuitBreakerConfig(token_budget=100)
+    (breaker,) = _fleet(redis_server.port, "fields", config, processes=1)
+    breaker.record_success(breaker.admit())
+    assert breaker.try_spend_retry()
+    breaker.spend(5)
+    breaker.record_success(breaker.admit())
+    store = breaker.store
+    assert isinstance(store, RedisStateStore)
+    assert set(redis_client.keys("budgets:*")) <= {k.encode() for k in store.keys("fields")}
+    held = redis_client.hmget(store.keys("fields")[0], "rb", "ts", "tw")
+    assert all(held)
+
+
+async def test_an_asyncio_store_shares_the_spend_cap(redis_server: RedisServer) -> None:
+    """Two asyncio stores (two processes' event loops) share one cap too."""
+    stores = []
+    for _ in range(2):
+        client = redis.asyncio.Redis(port=redis_server.port)
+        stores.append(RedisStateStore(client, prefix="abudgets", clock=lambda: NOW))
+    config = CircuitBreakerConfig(token_budget=1000)
+    fleet = [CircuitBreaker("acap", config, store=s, clock=FakeClock()) for s in stores]
+    admitted = 0
+    for _ in range(20):
+        for breaker in fleet:
+            try:
+                permit = await breaker.aadmit()
+            except BudgetExceededError:
+                continue
+            admitted += 1
+            breaker.spend(100)
+            await breaker.arecord_success(permit)
+    assert 10 <= admitted <= 12
+    for store in stores:
+        await store.client.aclose()
+    await asyncio.sleep(0)
+
+
+def test_forked_processes_share_one_spend_cap(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """Two real processes spending 100 tokens a call against one fleet cap of 2000 make
+    about 20 calls between them, not 20 each."""
+    redis_client.set(redis_workers.CLOCK_KEY, repr(NOW))
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        admitted = pool.starmap(redis_workers.spend, [(redis_server.port, 2000.0, 100.0, 40)] * 2)
+    assert 20 <= sum(admitted) <= 20 + 2 * 2, admitted
