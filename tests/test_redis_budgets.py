@@ -1,7 +1,7 @@
 """Budgets shared through Redis (SPEC sections 14 and 16) on a real redis-server: one retry
 budget and one spend cap for every process, carried by the script calls the circuit makes
 anyway (no round trip of their own), batched with the near-cache, kept in the circuit's own
-hash (one cluster slot)."""
+hash (one cluster slot); and the listing that reads every circuit a script call per page."""
 
 from __future__ import annotations
 
@@ -15,7 +15,12 @@ import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from llm_circuit_breaker import BudgetExceededError, CircuitBreaker, CircuitBreakerConfig
+from llm_circuit_breaker import (
+    BudgetExceededError,
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    Outcome,
+)
 from llm_circuit_breaker.storage import RedisStateStore
 from llm_circuit_breaker.testing import FakeClock
 from tests import redis_workers
@@ -220,3 +225,63 @@ def test_forked_processes_share_one_spend_cap(
     with context.Pool(2) as pool:
         admitted = pool.starmap(redis_workers.spend, [(redis_server.port, 2000.0, 100.0, 40)] * 2)
     assert 20 <= sum(admitted) <= 20 + 2 * 2, admitted
+
+
+# -- listing (status --redis): a script call per page -------------------------------------
+
+
+def _many_circuits(client: redis.Redis, prefix: str, count: int) -> RedisStateStore:
+    store = RedisStateStore(client, prefix=prefix)  # the listing reads the server's time
+    pipe = client.pipeline(transaction=False)
+    for index in range(count):
+        fields = {"state": "CLOSED", "gen": 0, "seq": 0, "fc": 0, "sc": 0, "held": "0"}
+        pipe.hset(store.keys(f"c:{index}")[0], mapping=fields)
+    pipe.execute()
+    return store
+
+
+def test_listing_reads_a_page_per_script_call(redis_server: RedisServer) -> None:
+    """3,000 circuits, mixed states and odd names, listed in a handful of commands (not one
+    per circuit), exactly as the per-key reads list them."""
+    client = redis.Redis(
+        connection_pool=redis.ConnectionPool(
+            port=redis_server.port, connection_class=CountingConnection
+        )
+    )
+    store = _many_circuits(client, "listed", 3000)
+    odd = ["é 名前", "a:b:{c}", "12:34", "x\x00y", "%7B"]
+    trip = CircuitBreakerConfig(failure_threshold=1, reset_timeout=60, requests_per_minute=60)
+    for name in odd:
+        breaker = CircuitBreaker(name, trip, store=store)
+        breaker.record(breaker.admit(), Outcome.FAILURE)
+    CircuitBreaker("held", trip, store=store).force_open()
+    client.hset(store.keys("garbage")[0], mapping={"state": "NOPE"})
+    CountingConnection.sent = 0
+    listed = store.circuits()
+    assert CountingConnection.sent <= 5
+    assert len(listed) == 3000 + len(odd) + 1
+    assert listed["held"]["retry_after"] is None
+    assert listed["é 名前"]["state"] == "OPEN"
+    assert 0 < listed["é 名前"]["retry_after"] <= 60.0
+    assert listed["a:b:{c}"]["throttle"]["requests_remaining"] is not None
+    seconds, micros = client.time()
+    per_key: dict[str, Any] = {}
+    store._scan_pages(client, "listed:{*}", seconds + micros / 1e6, per_key)
+    assert _timeless(listed) == _timeless(dict(sorted(per_key.items())))
+
+
+def _timeless(listed: dict[str, Any]) -> dict[str, Any]:
+    """A listing without the seconds that depend on when it was read."""
+    return {
+        name: {**view, "retry_after": view["retry_after"] is None, "throttle": None}
+        for name, view in listed.items()
+    }
+
+
+def test_listing_through_a_client_that_decodes_replies(redis_server: RedisServer) -> None:
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    store = _many_circuits(client, "decoded", 50)
+    CircuitBreaker("é", CircuitBreakerConfig(), store=store).force_open()
+    listed = store.circuits()
+    assert len(listed) == 51
+    assert listed["é"]["state"] == "OPEN"

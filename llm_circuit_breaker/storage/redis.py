@@ -68,7 +68,7 @@ from llm_circuit_breaker.storage._script import (
 from llm_circuit_breaker.storage.base import Admission, Control, Ride, StoreUnavailableError, View
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from llm_circuit_breaker._core.headers import RateLimits
 
@@ -80,7 +80,7 @@ _SCRIPT = resources.files("llm_circuit_breaker.storage").joinpath("breaker.lua")
 _MAX_BROKEN = 1000  # circuits named in a script failure's warning (each once)
 _FIRST_RETRY = 0.5  # seconds before Redis is tried again after a failure (then doubling)
 _CONTENTION_WAIT = 5.0  # seconds a call waits at most for a connection of a full pool
-_PAGE = 1000  # keys per SCAN page when listing
+_PAGE = 5000  # keys per SCAN page when listing
 # Reads a page of circuits in one call, each as its LISTED_FIELDS joined by NUL (false: "").
 # The keys are arguments, not KEYS: a page of one cluster node spans many slots, which a
 # script may read on the node that holds them.
@@ -97,6 +97,23 @@ for i, key in ipairs(ARGV) do
   end
 end
 return out
+"""
+# One SCAN page read where it is (cursor, pattern, count): {next cursor, the page as one
+# string}: per circuit "<key length>:<key><fields length>:<LISTED_FIELDS joined by NUL>", so
+# a page is one reply to parse, not a reply per key.
+_SCAN_SCRIPT = """
+local got = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+local out = {}
+for _, key in ipairs(got[2]) do
+  local v = redis.pcall('HMGET', key, 'state', 'fc', 'sc', 'opened_at', 'open_until', 'held',
+                        'pu', 'ri', 'rc', 'rt')
+  if not v['err'] then
+    for j = 1, 10 do v[j] = v[j] or '' end
+    local fields = table.concat(v, '\\0')
+    out[#out + 1] = #key .. ':' .. key .. #fields .. ':' .. fields
+  end
+end
+return {got[1], table.concat(out)}
 """
 
 
@@ -131,6 +148,20 @@ def _demoted(exc: BaseException, exceptions: Any) -> bool:
     if isinstance(exc, exceptions.ReadOnlyError):
         return True
     return isinstance(exc, exceptions.ConnectionError) and "now a slave" in str(exc)
+
+
+def _records(blob: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """The (key, fields) records of a page that ``_SCAN_SCRIPT`` read."""
+    pos, end = 0, len(blob)
+    while pos < end:
+        colon = blob.index(b":", pos)
+        start = colon + 1
+        pos = start + int(blob[pos:colon])
+        key = blob[start:pos]
+        colon = blob.index(b":", pos)
+        start = colon + 1
+        pos = start + int(blob[pos:colon])
+        yield key, blob[start:pos]
 
 
 class RedisStateStore:
@@ -630,24 +661,64 @@ class RedisStateStore:
     def circuits(self) -> dict[str, dict[str, Any]]:
         """Every circuit under this prefix: name -> {state, failure_count, success_count,
         opened_at, retry_after, throttle: {paused_for, requests_remaining}}, as of the server's
-        clock (raises redis errors as they are). Pages with SCAN on every primary, reading
-        each page's circuits in one pipelined round trip."""
+        clock (raises redis errors as they are). Pages with SCAN on every primary, each page
+        scanned and read by one script call (one reply to parse); a server refusing such
+        scripts is read a pipelined round trip per page."""
         servers = self._primaries()
         seconds, micros = servers[0].time()
         now = seconds + micros / 1_000_000
         found: dict[str, dict[str, Any]] = {}
         pattern = circuit_keys(self.prefix)
+        # identical fields give identical views at one `now`: most circuits are quiet CLOSED
+        seen: dict[bytes, dict[str, Any] | None] = {}
         for server in servers:
-            cursor = None
-            while cursor != 0:
-                cursor, page = server.scan(cursor or 0, match=pattern, count=_PAGE)
-                if not page:
-                    continue
-                for key, fields in zip(page, self._read_page(server, page), strict=True):
-                    listed = circuit_fields(fields, now)
-                    if listed is not None:
-                        found[name_of_key(text(key), self.prefix)] = listed
-        return dict(sorted(found.items()))
+            if not self._scan_in_scripts(server, pattern, now, found, seen):
+                self._scan_pages(server, pattern, now, found)
+        return {name: found[name] for name in sorted(found)}
+
+    def _scan_in_scripts(
+        self,
+        server: Any,
+        pattern: str,
+        now: float,
+        found: dict[str, dict[str, Any]],
+        seen: dict[bytes, dict[str, Any] | None],
+    ) -> bool:
+        """List one server's circuits a script call per page (False: it refuses the script
+        before the first page)."""
+        cursor: Any = 0
+        prefix = self.prefix
+        try:
+            cursor, blob = server.eval(_SCAN_SCRIPT, 0, cursor, pattern, _PAGE)
+        except self._exceptions.ResponseError:
+            return False
+        while True:
+            if isinstance(blob, str):  # a client that decodes replies
+                blob = blob.encode()
+            for key, fields in _records(blob):
+                if fields in seen:
+                    listed = seen[fields]
+                else:
+                    listed = seen[fields] = circuit_fields(fields.decode().split("\0"), now)
+                if listed is not None:
+                    name = name_of_key(key.decode(errors="replace"), prefix)
+                    found[name] = {**listed, "throttle": {**listed["throttle"]}}
+            if int(cursor) == 0:
+                return True
+            cursor, blob = server.eval(_SCAN_SCRIPT, 0, cursor, pattern, _PAGE)
+
+    def _scan_pages(
+        self, server: Any, pattern: str, now: float, found: dict[str, dict[str, Any]]
+    ) -> None:
+        cursor = None
+        while cursor != 0:
+            cursor, page = server.scan(cursor or 0, match=pattern, count=_PAGE)
+            if not page:
+                continue
+            for key, fields in zip(page, self._read_page(server, page), strict=True):
+                listed = circuit_fields(fields, now)
+                if listed is not None:
+                    found[name_of_key(text(key), self.prefix)] = listed
 
     def _read_page(self, server: Any, page: Sequence[Any]) -> list[list[str]]:
         """Each key's :data:`LISTED_FIELDS`: one script call for the page, or (a server that
