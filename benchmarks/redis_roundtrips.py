@@ -2,9 +2,10 @@
 without its near-cache, CLOSED and under a throttle) vs pybreaker's storage vs a bare PING, in
 one process and in four, and how long a trip in one process takes to be seen by another.
 Then a fleet: ``--processes`` processes each making ``--rate`` calls/s for ``--seconds``,
-while healthy, during a provider outage (per refused call) and through the HTTP helpers
-against a provider that sends rate-limit headers on every response (per answered call),
-with near_cache 0 and 0.05; and how long listing ``--circuits`` circuits takes.
+while healthy (also with a shared spend cap), during a provider outage (per refused call)
+and through the HTTP helpers against a provider that sends rate-limit headers on every
+response (per answered call), with near_cache 0 and 0.05; and how long listing
+``--circuits`` circuits takes.
 
     pip install -e ".[bench,redis]" && python benchmarks/redis_roundtrips.py [--quick]
     python benchmarks/redis_roundtrips.py --fleet-only --processes 16 --rate 200
@@ -239,14 +240,18 @@ def _scenario_call(scenario: str, store: RedisStateStore, llm_url: str) -> Calla
             return "ok"
 
         return through_http
-    outage = scenario == "outage"
+    outage, budget = scenario == "outage", scenario == "budgets"
     config = CircuitBreakerConfig(failure_threshold=5, reset_timeout=2.0)
+    if budget:  # a fleet-wide spend cap (never reached) and the retry budget, both shared
+        config = CircuitBreakerConfig(failure_threshold=5, reset_timeout=2.0, token_budget=1e15)
     breaker = registry.get_or_create(f"fleet-{scenario}", config)
 
     @circuit_breaker(breaker=breaker)
     def provider() -> str:
         if outage:
             raise _ProviderDown("provider down")
+        if budget:
+            breaker.spend(100)  # as a response's usage would
         return "ok"
 
     def call() -> str:
@@ -273,10 +278,19 @@ def _fleet_worker(
     """One process of the fleet: ``rate`` calls/s for ``seconds``, counting round trips."""
     logging.getLogger("llm_circuit_breaker").setLevel(logging.CRITICAL)
     store = _fleet_store(port, near_cache)
+    observed = [0]  # script calls made for headers alone (an "observe" of their own)
+    observe = store.observe
+
+    def counted_observe(*args: Any, **kwargs: Any) -> Any:
+        observed[0] += 1
+        return observe(*args, **kwargs)
+
+    store.observe = counted_observe  # type: ignore[method-assign]
     call = _scenario_call(scenario, store, llm_url)
     call()  # warm up: connections, script loading, the notice subscription
     barrier.wait()
     sent = CountingConnection.sent
+    observed[0] = 0
     outcomes: dict[str, int] = {}
     started = time.monotonic()
     due = started
@@ -287,7 +301,7 @@ def _fleet_worker(
         what = call()
         outcomes[what] = outcomes.get(what, 0) + 1
         due += 1.0 / rate
-    out.put((CountingConnection.sent - sent, outcomes))
+    out.put((CountingConnection.sent - sent, outcomes, observed[0]))
     store.close()
 
 
@@ -312,12 +326,14 @@ def fleet(
     for worker in workers:
         worker.join()
     outcomes: dict[str, int] = {}
-    for _, seen in results:
+    for _, seen, _ in results:
         for what, count in seen.items():
             outcomes[what] = outcomes.get(what, 0) + count
     counted = outcomes.get("refused" if scenario == "outage" else "ok", 0) or 1
     sent = sum(r[0] for r in results)
-    return sent / counted, cpu / counted, sum(outcomes.values()) / elapsed, outcomes
+    achieved = sum(outcomes.values()) / elapsed
+    outcomes["observe calls"] = sum(r[2] for r in results)  # headers sent on their own
+    return sent / counted, cpu / counted, achieved, outcomes
 
 
 def listing(port: int, circuits: int) -> tuple[float, float, float]:
@@ -357,9 +373,12 @@ def run_fleet(port: int, args: argparse.Namespace) -> None:
         server.rate_limit(requests_per_minute=10_000_000)  # headers on every answer, no 429
         for scenario, per in (
             ("healthy", "answered call"),
+            ("budgets", "answered call, spend cap shared"),
             ("outage", "refused call"),
             ("headers", "answered call (HTTP helper)"),
         ):
+            if args.scenarios and scenario not in args.scenarios:
+                continue
             for near_cache in (0.0, 0.05):
                 trips, cpu, achieved, outcomes = fleet(
                     port, scenario, near_cache, n, rate, seconds, server.url
@@ -385,6 +404,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="calls/s per process")
     parser.add_argument("--seconds", type=float, default=10.0, help="per fleet scenario")
     parser.add_argument("--circuits", type=int, default=100_000, help="listed (0: skip)")
+    parser.add_argument(
+        "--scenarios",
+        nargs="*",
+        default=[],
+        help="fleet scenarios to run (healthy, budgets, outage, headers; default all)",
+    )
     args = parser.parse_args()
     calls = 2000 if args.quick else 20_000
     process, port = start_redis()

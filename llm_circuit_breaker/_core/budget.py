@@ -297,7 +297,8 @@ class SharedBudgets:
         )
 
     def deposits_due(self, now: float) -> bool:
-        """Whether this sync also settles and sends deposits (every :data:`SYNC` seconds)."""
+        """Whether this sync also settles and sends deposits (every :data:`SYNC` seconds; the
+        retry budget rides only then, or with withdrawals)."""
         return self.retry is not None and now >= self._next
 
     @property
@@ -313,7 +314,7 @@ class SharedBudgets:
         None: deposits wait for a later sync)."""
         retry, spend = self.retry, self.spend
         sent = None
-        if retry is not None:
+        if retry is not None and (counted is not None or retry._out[1] > 0.0):
             if counted is not None:
                 self._next = now + SYNC
                 retry.settle(now, counted)

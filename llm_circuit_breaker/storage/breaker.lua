@@ -400,7 +400,8 @@ local function sync_budgets()
       total_d, total_w = total_d + slot[1], total_w + slot[2]
       table.insert(parts, at .. ':' .. num(slot[1]) .. ':' .. num(slot[2]))
     end
-    redis.call('HSET', H, 'rb', table.concat(parts, ','))
+    local kept = table.concat(parts, ',')
+    if kept ~= (got[1] or '') then redis.call('HSET', H, 'rb', kept) end
     budget_reply[1], budget_reply[2] = num(total_d), num(total_w)
   end
   if tokens then
@@ -413,11 +414,9 @@ local function sync_budgets()
     if finite(tokens) and tokens > 0 then
       spent = spent + tokens
       started = started or now
-    end
-    if started then
       redis.call('HSET', H, 'ts', num(spent), 'tw', num(started))
-      budget_reply[4] = num(started + window - now)
     end
+    if started then budget_reply[4] = num(started + window - now) end
     budget_reply[3] = num(spent)
   end
 end
