@@ -265,6 +265,16 @@ def _scenario_call(scenario: str, store: RedisStateStore, llm_url: str) -> Calla
     return call
 
 
+class _OutageCount(logging.Handler):
+    """Counts the store's "unavailable" warnings."""
+
+    count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "unavailable" in record.getMessage():
+            self.count += 1
+
+
 def _fleet_worker(
     port: int,
     scenario: str,
@@ -276,7 +286,10 @@ def _fleet_worker(
     out: Any,
 ) -> None:
     """One process of the fleet: ``rate`` calls/s for ``seconds``, counting round trips."""
-    logging.getLogger("llm_circuit_breaker").setLevel(logging.CRITICAL)
+    outages = _OutageCount()  # times this process found Redis unavailable (a timeout, say)
+    logging.getLogger("llm_circuit_breaker").addHandler(outages)
+    logging.getLogger("llm_circuit_breaker").setLevel(logging.WARNING)
+    logging.getLogger("llm_circuit_breaker").propagate = False
     store = _fleet_store(port, near_cache)
     observed = [0]  # script calls made for headers alone (an "observe" of their own)
     observe = store.observe
@@ -290,7 +303,7 @@ def _fleet_worker(
     call()  # warm up: connections, script loading, the notice subscription
     barrier.wait()
     sent = CountingConnection.sent
-    observed[0] = 0
+    observed[0] = outages.count = 0
     outcomes: dict[str, int] = {}
     started = time.monotonic()
     due = started
@@ -301,7 +314,7 @@ def _fleet_worker(
         what = call()
         outcomes[what] = outcomes.get(what, 0) + 1
         due += 1.0 / rate
-    out.put((CountingConnection.sent - sent, outcomes, observed[0]))
+    out.put((CountingConnection.sent - sent, outcomes, observed[0], outages.count))
     store.close()
 
 
@@ -326,13 +339,14 @@ def fleet(
     for worker in workers:
         worker.join()
     outcomes: dict[str, int] = {}
-    for _, seen, _ in results:
+    for _, seen, _, _ in results:
         for what, count in seen.items():
             outcomes[what] = outcomes.get(what, 0) + count
     counted = outcomes.get("refused" if scenario == "outage" else "ok", 0) or 1
     sent = sum(r[0] for r in results)
     achieved = sum(outcomes.values()) / elapsed
     outcomes["observe calls"] = sum(r[2] for r in results)  # headers sent on their own
+    outcomes["Redis unavailable"] = sum(r[3] for r in results)  # then decided locally
     return sent / counted, cpu / counted, achieved, outcomes
 
 
