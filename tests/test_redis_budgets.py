@@ -21,6 +21,7 @@ from llm_circuit_breaker import (
     CircuitBreakerConfig,
     Outcome,
 )
+from llm_circuit_breaker._core.budget import RetryBudget, SharedBudgets, SpendCap
 from llm_circuit_breaker.storage import RedisStateStore
 from llm_circuit_breaker.testing import FakeClock
 from tests import redis_workers
@@ -78,6 +79,32 @@ def _spend_in_turns(breakers: list[CircuitBreaker], tokens: float, rounds: int) 
             breaker.spend(tokens)
             breaker.record_success(permit)
     return admitted
+
+
+def test_a_sync_in_flight_or_failed_loses_nothing() -> None:
+    """The pure part: what is being sent still counts, what a failed call carried goes out
+    again with the next sync, and once the store answered the fleet's figures decide."""
+    retry, spend = RetryBudget(0.5, 1.0), SpendCap(100, 60)
+    shared = SharedBudgets(retry, spend)
+    retry.deposit(0.0, 4)
+    assert retry.try_withdraw(0.0)
+    spend.spend(0.0, 30)
+    assert shared.due(0.0)
+    balance = retry.balance(0.0)
+    first = shared.take(0.5, None)
+    assert first.retry == (4.0, 0.5, 1.0) and first.tokens == 30.0
+    assert retry.balance(0.5) == balance  # in flight: still counted
+    shared.landed(first, 0.5, ok=False)
+    again = shared.take(0.6, None)
+    assert again.retry == (4.0, 0.6, 1.0) and again.tokens == 30.0
+    again.fleet_retry, again.fleet_spend = (40.0, 25.0), (90.0, 30.0)
+    shared.landed(again, 0.6, ok=True)
+    assert retry.balance(0.6) == 10.0 + 0.5 * 40.0 - 25.0
+    assert spend.refusal(0.6) is None and spend.spent == 90.0
+    spend.spend(0.7, 10)
+    assert spend.refusal(0.7) == pytest.approx(29.9)  # the fleet's window: 30 s left at 0.6
+    shared.unshare()
+    assert retry.balance(0.7) == 10.0 + 0.5 * 4.0 - 1.0  # this process's own counts
 
 
 def test_two_processes_share_one_spend_cap(redis_server: RedisServer) -> None:
@@ -285,3 +312,20 @@ def test_listing_through_a_client_that_decodes_replies(redis_server: RedisServer
     listed = store.circuits()
     assert len(listed) == 51
     assert listed["é"]["state"] == "OPEN"
+
+
+def test_garbage_budget_fields_start_the_budgets_afresh(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """Foreign or corrupt budget fields never stall calls: they are read as nothing spent."""
+    config = CircuitBreakerConfig(token_budget=100, retry_budget=0.0, retry_budget_floor=1.0)
+    (breaker,) = _fleet(redis_server.port, "garbage", config, processes=1)
+    breaker.record_success(breaker.admit())
+    key = breaker.store.keys("garbage")[0]  # type: ignore[union-attr]
+    for rb in ("nonsense", "1:nan:inf,x:y:z", "9" * 400 + ":1:1", ":::,,,"):
+        redis_client.hset(key, mapping={"rb": rb, "ts": "nan", "tw": "1e300"})
+        CLOCKS[breaker].advance(1.0)  # a sync with deposits, which reads the window
+        breaker.record_success(breaker.admit())
+        assert breaker.budget["spent"] == 0.0
+        assert breaker.retry_budget["balance"] == 10.0  # type: ignore[index]
+    assert breaker.store.available  # type: ignore[union-attr]

@@ -349,9 +349,12 @@ def test_headers_saying_a_bucket_is_used_up_are_sent_at_once(
     other = CircuitBreaker("used-up", CircuitBreakerConfig(), store=RedisStateStore(redis_client))
     breaker.record_success(breaker.admit())
     CountingConnection.sent = 0
+    breaker.observe(_headers(5000))  # news, waiting for the next call
     breaker.observe(_headers(0))
     assert CountingConnection.sent == 1
     assert other.throttle["requests_remaining"] == 0
+    breaker.observe(_headers(0))  # no news: the shared model says as much
+    assert CountingConnection.sent == 1
 
 
 # -- keys live while used ------------------------------------------------------------------

@@ -355,12 +355,14 @@ class LinkCore:
         limits = parse_rate_limits(headers, time.time())
         if limits is None or not self._coalesce:
             return limits
-        if self._pending is not None:  # newer headers replace those not sent yet
+        used_up = _used_up(limits)
+        if self._pending is not None and not used_up:  # newer headers replace those waiting
             self._pending = limits
             return None
         if not self._news(limits):
             return None
-        if not self._rides or _used_up(limits):
+        if not self._rides or used_up:
+            self._pending = None  # these are newer
             return limits
         self._pending = limits
         return None
