@@ -329,3 +329,25 @@ def test_garbage_budget_fields_start_the_budgets_afresh(
         assert breaker.budget["spent"] == 0.0
         assert breaker.retry_budget["balance"] == 10.0  # type: ignore[index]
     assert breaker.store.available  # type: ignore[union-attr]
+
+
+def test_a_valkey_client_shares_the_budgets(redis_server: RedisServer) -> None:
+    """A valkey.Valkey store and a redis-py store spend from one cap."""
+    import valkey
+
+    theirs = valkey.Valkey(port=redis_server.port, socket_timeout=1)
+    config = CircuitBreakerConfig(token_budget=100)
+    store = RedisStateStore(theirs, prefix="budgets", clock=lambda: NOW)
+    a = CircuitBreaker("vk", config, store=store)
+    (b,) = _fleet(redis_server.port, "vk", config, processes=1)
+    a.record_success(a.admit())
+    a.spend(60)
+    a.record_success(a.admit())  # carries the 60
+    b.record_success(b.admit())
+    b.spend(60)
+    with pytest.raises(BudgetExceededError):
+        b.admit()
+    a.record_success(a.admit())  # learns b's 60, sent with b's refusal
+    with pytest.raises(BudgetExceededError):
+        a.admit()
+    theirs.close()
