@@ -29,6 +29,10 @@ outright; past ``max_metric_scopes`` values per template, ``other``):
 * ``llm_circuit_breaker.hedges`` (counter, extra attempts ``with_hedging`` started because
   those in flight were slow) and ``llm_circuit_breaker.hedge_wins`` (counter, those that
   answered first)
+* ``llm_circuit_breaker.retries_denied`` (counter, retries the retry budget could not pay:
+  not made)
+* ``llm_circuit_breaker.budget.spent_tokens`` and ``.budget.limit_tokens`` (gauges: tokens
+  spent in the current ``token_budget`` window and the limit, for breakers with a budget)
 * ``llm_circuit_breaker.fallback.calls`` (counter, ``chain``, ``target``, ``outcome`` = served |
   failed | refused) for the ``with_fallbacks`` chains given as ``fallbacks=``
 
@@ -152,6 +156,18 @@ class _Instruments:
             description="Hedged attempts that answered first.",
         )  # fmt: skip
         meter.create_observable_counter(
+            "llm_circuit_breaker.retries_denied", [self._denied], unit="{retry}",
+            description="Retries the retry budget could not pay (not made).",
+        )  # fmt: skip
+        meter.create_observable_gauge(
+            "llm_circuit_breaker.budget.spent_tokens", [self._spent], unit="{token}",
+            description="Tokens spent in the current token_budget window.",
+        )  # fmt: skip
+        meter.create_observable_gauge(
+            "llm_circuit_breaker.budget.limit_tokens", [self._budget_limit], unit="{token}",
+            description="Tokens allowed per token_budget window.",
+        )  # fmt: skip
+        meter.create_observable_counter(
             "llm_circuit_breaker.fallback.calls", [self._fallbacks], unit="{call}",
             description="Calls of each fallback chain's targets by outcome.",
         )  # fmt: skip
@@ -248,6 +264,20 @@ class _Instruments:
     def _hedge_wins(self, _options: Any) -> Iterable[Any]:
         for _user, row in self.rows():
             yield _metrics.Observation(row.hedge_wins, _labels(row))
+
+    def _denied(self, _options: Any) -> Iterable[Any]:
+        for _user, row in self.rows():
+            yield _metrics.Observation(row.retries_denied, _labels(row))
+
+    def _spent(self, _options: Any) -> Iterable[Any]:
+        for _user, row in self.rows():
+            if row.budget_limit is not None:
+                yield _metrics.Observation(row.budget_spent, _labels(row))
+
+    def _budget_limit(self, _options: Any) -> Iterable[Any]:
+        for _user, row in self.rows():
+            if row.budget_limit is not None:
+                yield _metrics.Observation(row.budget_limit, _labels(row))
 
     def _fallbacks(self, _options: Any) -> Iterable[Any]:
         seen: set[str] = set()
