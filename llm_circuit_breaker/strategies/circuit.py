@@ -259,7 +259,7 @@ def _sync_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
             failed(permit, exc)
             raise
         if result.__class__ not in plain and is_stream(result):
-            return GuardedStream(result, gate, permit)
+            return GuardedStream(result, gate, permit, kwargs)
         if charge is not None:
             charge(result, kwargs)
         succeeded(permit)
@@ -299,7 +299,7 @@ def _async_shell(
                 failed(permit, exc)
             raise
         if result.__class__ not in plain and is_stream(result):
-            return AsyncGuardedStream(result, gate, permit)
+            return AsyncGuardedStream(result, gate, permit, kwargs)
         if charge is not None:
             charge(result, kwargs)
         if awaits_store:
