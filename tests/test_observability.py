@@ -580,13 +580,18 @@ def test_a_logical_call_is_one_client_span_with_its_attempts_as_events(clock: Fa
     tracer = tracer_provider.get_tracer("test")
     with tracer.start_as_current_span("request"), pytest.raises(Exception, match="503"):
         chat("fail", model="gpt-4o")
-    ok, failed, parent = spans.get_finished_spans()
-    assert (ok.name, ok.kind, ok.parent) == ("chat gpt-4o", SpanKind.CLIENT, None)
+    finished = spans.get_finished_spans()
+    (parent,) = [s for s in finished if s.name == "request"]
+    ok, failed = [s for s in finished if s.kind is SpanKind.CLIENT]
+    assert (ok.name, ok.parent) == ("chat gpt-4o", None)
     assert ok.attributes == {
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": "openai",
         "gen_ai.request.model": "gpt-4o",
+        "llm_circuit_breaker.name": "openai:gpt-4o",  # told by its attempt
     }
+    attempts = [s for s in finished if s.name == "llm_circuit_breaker.attempt"]
+    assert len(attempts) == 4  # one, then three (two retries): children, never CLIENT spans
     assert failed.parent is not None and failed.parent.span_id == parent.context.span_id
     assert failed.attributes["error.type"] == "503"
     assert failed.status.status_code is StatusCode.ERROR

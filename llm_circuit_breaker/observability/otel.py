@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -85,6 +84,7 @@ from llm_circuit_breaker.observability import (
     require,
     series,
 )
+from llm_circuit_breaker.observability._spans import HOOK, Call
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
 _metrics = require("opentelemetry.metrics", "otel")
@@ -303,9 +303,11 @@ _shared_lock = threading.Lock()
 class OpenTelemetryInstrumentation:
     """Reports the breakers of ``registry`` (every registry in the process when None) through
     OpenTelemetry. ``attributes`` maps breaker names or name templates to attributes for the
-    span events (such as ``{"gen_ai.provider.name": "openai"}``); ``max_metric_scopes`` caps
-    the ``scope`` values of one template in the metrics; ``fallbacks`` maps names to
-    ``with_fallbacks`` chains whose stats to report."""
+    spans and span events (such as ``{"gen_ai.provider.name": "openai"}``);
+    ``max_metric_scopes`` caps the ``scope`` values of one template in the metrics;
+    ``fallbacks`` maps names to ``with_fallbacks`` chains whose stats to report;
+    ``trace_calls`` (True) gives each guarded call its span and its duration in the
+    histograms (False: only the metrics read at collection and the span events)."""
 
     def __init__(
         self,
@@ -316,8 +318,10 @@ class OpenTelemetryInstrumentation:
         attributes: Mapping[str, Attributes] | None = None,
         max_metric_scopes: int = 100,
         fallbacks: Mapping[str, Any] | None = None,
+        trace_calls: bool = True,
     ) -> None:
         self.registry = registry
+        self.trace_calls = trace_calls
         self.fallbacks = dict(fallbacks or {})
         self._tracer = _trace.get_tracer("llm_circuit_breaker", tracer_provider=tracer_provider)
         self._models = ScopeCap(max_metric_scopes)  # request models in the histograms
@@ -350,6 +354,8 @@ class OpenTelemetryInstrumentation:
             BreakerRegistry.observe_all(self)
         else:
             self.registry.add_observer(self)
+        if self.trace_calls:
+            HOOK.add(self)
         return self
 
     def uninstrument(self) -> None:
@@ -361,6 +367,7 @@ class OpenTelemetryInstrumentation:
             with _shared_lock:
                 instruments.users.remove(self)
             BreakerRegistry.unobserve_all(self)
+        HOOK.remove(self)
 
     def _event_attributes(self, breaker: Observed, **extra: Any) -> dict[str, Any]:
         name = breaker.name
@@ -431,7 +438,7 @@ class OpenTelemetryInstrumentation:
 
         return decorate
 
-    def _start(self, operation: str, provider: str | None, kwargs: dict[str, Any]) -> _Call:
+    def _start(self, operation: str, provider: str | None, kwargs: dict[str, Any]) -> Call:
         model = kwargs.get("model")
         attributes: dict[str, Any] = {"gen_ai.operation.name": operation}
         if provider:
@@ -440,89 +447,32 @@ class OpenTelemetryInstrumentation:
             attributes["gen_ai.request.model"] = model
         name = f"{operation} {model}" if isinstance(model, str) and model else operation
         span = self._tracer.start_span(name, kind=_trace.SpanKind.CLIENT, attributes=attributes)
-        return _Call(self, span, attributes)
-
-
-class _Call:
-    """One logical call in flight: its span, attributes and start."""
-
-    __slots__ = ("attributes", "first", "owner", "span", "started")
-
-    def __init__(
-        self, owner: OpenTelemetryInstrumentation, span: Any, attributes: dict[str, Any]
-    ) -> None:
-        self.owner, self.span, self.attributes = owner, span, attributes
-        self.started = time.perf_counter()
-        self.first = True
-
-    def _metric_attributes(self) -> dict[str, Any]:
-        attributes = dict(self.attributes)
-        model = attributes.get("gen_ai.request.model")
-        if model is not None:  # a client may choose it: bounded like the scopes
-            attributes["gen_ai.request.model"] = self.owner._models.label(
-                attributes["gen_ai.operation.name"], model
-            )
-        return attributes
-
-    def chunk(self) -> None:
-        """A streamed item arrived: the first one is timed."""
-        if self.first:
-            self.first = False
-            instruments = self.owner._instruments
-            if instruments is not None:
-                elapsed = time.perf_counter() - self.started
-                with self._current():  # an exemplar carries the trace id
-                    instruments.first_chunk.record(elapsed, self._metric_attributes())
-
-    def end(self, error: BaseException | None = None) -> None:
-        """Record the duration and end the span (with ``error.type`` on a failure)."""
-        attributes = self._metric_attributes()
-        if error is not None:
-            kind = error_type(error)
-            attributes["error.type"] = kind
-            self.span.set_attribute("error.type", kind)
-            self.span.record_exception(error)
-            self.span.set_status(_trace.Status(_trace.StatusCode.ERROR, kind))
-        instruments = self.owner._instruments
-        if instruments is not None:
-            with self._current():  # an exemplar carries the trace id
-                instruments.duration.record(time.perf_counter() - self.started, attributes)
-        self.span.end()
-
-    def _current(self) -> Any:
-        return _trace.use_span(
-            self.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-        )
+        return Call(self, span, attributes, logical=True)
 
 
 def _traced(
     owner: OpenTelemetryInstrumentation, func: F, operation: str, provider: str | None
 ) -> F:
-    """``func`` with a span per call (the four callable kinds)."""
+    """``func`` with a span per call (the four callable kinds); the guarded shells inside see
+    the call and add their attempts to it."""
     kind = kind_of(func)
-    use_span = _trace.use_span
 
     if kind is CallableKind.COROUTINE:
 
         @functools.wraps(func)
         async def coroutine(*args: Any, **kwargs: Any) -> Any:
             call = owner._start(operation, provider, kwargs)
-            with use_span(call.span, end_on_exit=False, record_exception=False,
-                          set_status_on_exception=False):  # fmt: skip
-                try:
-                    result = await func(*args, **kwargs)
-                except BaseException as exc:
-                    call.end(exc)
-                    raise
-            call.end()
-            return result
+            tokens = call.enter()
+            try:
+                result = await func(*args, **kwargs)
+            except BaseException as exc:
+                call.end(exc)
+                raise
+            finally:
+                call.exit(tokens)
+            return call.returned(result)
 
         return coroutine  # type: ignore[return-value]
-
-    def inside(call: _Call) -> Any:
-        return use_span(
-            call.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-        )
 
     if kind is CallableKind.GENERATOR:
 
@@ -532,14 +482,16 @@ def _traced(
             call = owner._start(operation, provider, kwargs)
             stream: Any = None
             try:
-                with inside(call):
-                    stream = iter(func(*args, **kwargs))
                 while True:
-                    with inside(call):
-                        try:
-                            item = next(stream)
-                        except StopIteration:
-                            break
+                    tokens = call.enter()
+                    try:
+                        if stream is None:
+                            stream = iter(func(*args, **kwargs))
+                        item = next(stream)
+                    except StopIteration:
+                        break
+                    finally:
+                        call.exit(tokens)
                     call.chunk()
                     yield item
             except BaseException as exc:
@@ -558,14 +510,16 @@ def _traced(
             call = owner._start(operation, provider, kwargs)
             stream: Any = None
             try:
-                with inside(call):
-                    stream = func(*args, **kwargs)
                 while True:
-                    with inside(call):
-                        try:
-                            item = await stream.__anext__()
-                        except StopAsyncIteration:
-                            break
+                    tokens = call.enter()
+                    try:
+                        if stream is None:
+                            stream = func(*args, **kwargs)
+                        item = await stream.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        call.exit(tokens)
                     call.chunk()
                     yield item
             except BaseException as exc:
@@ -580,14 +534,14 @@ def _traced(
     @functools.wraps(func)
     def plain(*args: Any, **kwargs: Any) -> Any:
         call = owner._start(operation, provider, kwargs)
-        with use_span(call.span, end_on_exit=False, record_exception=False,
-                      set_status_on_exception=False):  # fmt: skip
-            try:
-                result = func(*args, **kwargs)
-            except BaseException as exc:
-                call.end(exc)
-                raise
-        call.end()
-        return result
+        tokens = call.enter()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            call.end(exc)
+            raise
+        finally:
+            call.exit(tokens)
+        return call.returned(result)
 
     return plain  # type: ignore[return-value]

@@ -37,6 +37,7 @@ from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._judge.refusal import refusal_of
 from llm_circuit_breaker._judge.results import content_filter
 from llm_circuit_breaker.errors import FallbacksExhaustedError, InvalidResponseError
+from llm_circuit_breaker.strategies import tracing
 from llm_circuit_breaker.strategies.gate import PLAIN
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
@@ -232,6 +233,8 @@ def with_fallbacks(
 
 def _sync_chain(chain: _Chain) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
+        if tracing.hook is not None and tracing.passing() is not call:
+            return tracing.hook.call(call, None, args, kwargs)
         errors: list[Exception] = []
         for index, target in enumerate(chain.targets):
             try:
@@ -254,6 +257,8 @@ def _sync_chain(chain: _Chain) -> Callable[..., Any]:
 
 def _async_chain(chain: _Chain) -> Callable[..., Any]:
     async def call(*args: Any, **kwargs: Any) -> Any:
+        if tracing.hook is not None and tracing.passing() is not call:
+            return await tracing.hook.acall(call, None, args, kwargs)
         errors: list[Exception] = []
         for index, target in enumerate(chain.targets):
             try:
@@ -275,6 +280,9 @@ def _async_chain(chain: _Chain) -> Callable[..., Any]:
 
 def _gen_chain(chain: _Chain) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        if tracing.hook is not None and tracing.passing() is not call:
+            yield from tracing.hook.gen(call, None, args, kwargs)
+            return
         errors: list[Exception] = []
         for index, target in enumerate(chain.targets):
             stream = target(*args, **kwargs)
@@ -295,6 +303,10 @@ def _gen_chain(chain: _Chain) -> Callable[..., Any]:
 
 def _async_gen_chain(chain: _Chain) -> Callable[..., Any]:
     async def call(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        if tracing.hook is not None and tracing.passing() is not call:
+            async for item in tracing.hook.agen(call, None, args, kwargs):
+                yield item
+            return
         errors: list[Exception] = []
         for index, target in enumerate(chain.targets):
             stream = target(*args, **kwargs)
