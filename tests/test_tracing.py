@@ -6,6 +6,8 @@ openai SDK and the fake provider."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -335,3 +337,60 @@ def test_a_helper_call_is_one_client_span(llm_server: FakeLLMServer) -> None:
     assert call.name == "chat gpt-4o"
     assert (call.attributes or {})["gen_ai.provider.name"] == "openai"
     assert (call.attributes or {})["server.address"] == "127.0.0.1"
+
+
+def test_a_failover_event_names_the_filled_breakers(registry: BreakerRegistry) -> None:
+    """Scoped targets: the failover event carries the filled names and the status."""
+    traced = Traced(registry)
+
+    @circuit_breaker("openai:{model}", registry=registry)
+    def primary(model: str) -> str:
+        raise http_status_error(529)
+
+    @circuit_breaker("anthropic:{model}", registry=registry)
+    def backup(model: str) -> str:
+        return "ok"
+
+    assert with_fallbacks(primary, backup)(model="big") == "ok"
+    (call,) = traced.finished(SpanKind.CLIENT)
+    (event,) = call.events
+    assert dict(event.attributes or {}) == {
+        "llm_circuit_breaker.name": "openai:big",
+        "llm_circuit_breaker.fallback.next": "anthropic:big",
+        "error.type": "529",
+    }
+    assert call.name == "chat big"
+
+
+def test_hedges_are_attempts_of_one_logical_call(registry: BreakerRegistry) -> None:
+    """with_hedging with delay 0: both attempts start at once, each in its own thread, and
+    both are attempt spans of the one logical call (the thread gets the caller's context)."""
+    from llm_circuit_breaker import with_hedging
+
+    traced = Traced(registry)
+    answer = threading.Event()
+
+    @circuit_breaker("openai", registry=registry)
+    def slow() -> str:
+        answer.wait(5)
+        return "late"
+
+    @circuit_breaker("anthropic", registry=registry)
+    def fast() -> str:
+        return "ok"
+
+    try:
+        assert with_hedging(slow, fast, delay=0)() == "ok"
+    finally:
+        answer.set()
+    for _ in range(1000):  # the loser's thread ends its span once released
+        if len(traced.finished(SpanKind.INTERNAL)) == 2:
+            break
+        time.sleep(0.01)
+    (call,) = traced.finished(SpanKind.CLIENT)
+    attempts = traced.finished(SpanKind.INTERNAL)
+    assert sorted((s.attributes or {})["llm_circuit_breaker.name"] for s in attempts) == [
+        "anthropic",
+        "openai",
+    ]
+    assert all(s.parent is not None and s.parent.span_id == call.context.span_id for s in attempts)

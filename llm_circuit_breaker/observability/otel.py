@@ -48,16 +48,19 @@ before a retry (``error.type``: the HTTP status, else the exception class) and
 breaker's filled name, ``llm_circuit_breaker.hedge.attempt``, ``.hedge.delay_s``), with or
 without this instrumentation.
 
-A span per logical call: ``instrumentation.traced(operation="chat", provider="openai")``
-decorates a function (stacked outermost, above ``with_retry``, ``with_fallbacks`` and
-``circuit_breaker``) so that each call is a CLIENT span following the GenAI conventions
-(``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model`` from the call's
-``model`` argument, ``error.type``), nested under the caller's span or a root; the library's
-events of that call (attempts retried, refusals, throttle waits, failovers) land on it. It
-records ``gen_ai.client.operation.duration`` and, for a stream, the time to its first chunk
-(``gen_ai.client.operation.time_to_first_chunk``), in seconds with explicit boundaries. The
-library does not add the span on its own: a wrapper on every guarded call would cost the
-calls of applications that trace nothing (see ``benchmarks/overhead.py``).
+A span per logical call: while an instrumentation is on (``trace_calls=True``, the default),
+each guarded logical call (a decorated call, an ``LLMCircuitBreaker`` helper call, an SDK
+request through the httpx transport) is a CLIENT span following the GenAI conventions
+(``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model`` from the
+scope's fields, the call's ``model`` argument or the request body, ``error.type``), nested
+under the caller's span or a root; its attempts through a breaker are INTERNAL child spans
+``llm_circuit_breaker.attempt`` with the breaker's filled name, and the events above land on
+them. It records ``gen_ai.client.operation.duration`` and, for a stream, the time to its first
+chunk (``gen_ai.client.operation.time_to_first_chunk``), in seconds with explicit boundaries.
+Without instrumentation a guarded call pays one read of the hook slot
+(:mod:`llm_circuit_breaker.strategies.tracing`). ``instrumentation.traced(operation="chat",
+provider="openai")`` decorates a function whose each call is one logical call above the guarded
+ones it makes.
 
 ``instrument()`` is idempotent. Without ``registry=`` it covers every registry in the process,
 made before or after. Instrumentations sharing a MeterProvider share its instruments: each

@@ -238,12 +238,14 @@ class _Pool:
             return
         span = trace.get_current_span()
         if span.is_recording():
+            from llm_circuit_breaker.breaker.telemetry import error_type
+
             span.add_event(
                 "llm_circuit_breaker.fallback",
                 {
                     "llm_circuit_breaker.name": name,
                     "llm_circuit_breaker.fallback.next": then,
-                    "error.type": type(exc).__name__,
+                    "error.type": error_type(exc),
                 },
             )
 
