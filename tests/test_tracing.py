@@ -394,3 +394,38 @@ def test_hedges_are_attempts_of_one_logical_call(registry: BreakerRegistry) -> N
         "openai",
     ]
     assert all(s.parent is not None and s.parent.span_id == call.context.span_id for s in attempts)
+
+
+def test_an_async_generator_and_a_helper_stream_are_one_span_each(
+    registry: BreakerRegistry, llm_server: FakeLLMServer
+) -> None:
+    """A decorated async generator under with_retry, and LLMCircuitBreaker.stream: the span
+    of each covers its items (one CLIENT span, its attempt a child)."""
+    traced = Traced(registry)
+
+    @with_retry(max_retries=1)
+    @circuit_breaker("anthropic:{model}", registry=registry)
+    async def stream(model: str) -> Any:
+        for piece in ("Hel", "lo"):
+            yield piece
+
+    async def consume() -> list[str]:
+        return [piece async for piece in stream(model="claude-x")]
+
+    assert asyncio.run(consume()) == ["Hel", "lo"]
+    (call,) = traced.finished(SpanKind.CLIENT)
+    (attempt,) = traced.finished(SpanKind.INTERNAL)
+    assert call.name == "chat claude-x"
+    assert (call.attributes or {})["gen_ai.provider.name"] == "anthropic"
+    assert attempt.parent is not None and attempt.parent.span_id == call.context.span_id
+    llm_server.script(Reply.chat("Hello there!", stream=True))
+    with LLMCircuitBreaker("openai", registry=registry) as cb:
+        events = cb.stream(
+            llm_server.url + "/v1/chat/completions",
+            data={"model": "gpt-4o", "messages": [], "stream": True},
+        )
+        assert len(traced.finished(SpanKind.CLIENT)) == 1  # the stream's span is open
+        assert list(events)
+    assert [s.name for s in traced.finished(SpanKind.CLIENT)] == ["chat claude-x", "chat gpt-4o"]
+    firsts = traced.points("gen_ai.client.operation.time_to_first_chunk")
+    assert sum(point.count for point in firsts) == 2  # each stream's first chunk, once

@@ -395,8 +395,8 @@ def _request_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, A
     model = kwargs.get("model")
     if isinstance(model, str) and model:
         found["gen_ai.request.model"] = model
-    elif args:
-        prepared = args[0]
+    elif args and type(args[0]).__name__ == "PreparedRequest":
+        prepared = args[0]  # an LLMCircuitBreaker helper's request, handed to its driver
         url = getattr(prepared, "url", None)
         body = getattr(prepared, "body", None)
         if isinstance(url, str) and (body is None or isinstance(body, bytes)):
