@@ -429,3 +429,39 @@ def test_an_async_generator_and_a_helper_stream_are_one_span_each(
     assert [s.name for s in traced.finished(SpanKind.CLIENT)] == ["chat claude-x", "chat gpt-4o"]
     firsts = traced.points("gen_ai.client.operation.time_to_first_chunk")
     assert sum(point.count for point in firsts) == 2  # each stream's first chunk, once
+
+
+def test_a_throttle_wait_is_an_event_of_the_attempt_that_waited(
+    registry: BreakerRegistry, clock: FakeClock
+) -> None:
+    """After a 429 with retry-after, the next call waits for its slot: the wait is an event
+    on that call's attempt span, named after the filled breaker; the 429 is the first call's
+    error.type."""
+
+    @with_retry(max_retries=0)
+    @circuit_breaker("openai:{model}", registry=registry)
+    def ask(model: str, error: BaseException | None = None) -> str:
+        if error is not None:
+            raise error
+        return "ok"
+
+    traced = Traced(registry)
+    limited = http_status_error(
+        429, {"retry-after": "2"}, {"error": {"code": "rate_limit_exceeded"}}
+    )
+    with pytest.raises(Exception, match="429"):
+        ask("gpt-4o", limited)
+    assert ask("gpt-4o") == "ok"
+    assert clock.sleeps  # the second call waited for its slot
+    first, second = traced.finished(SpanKind.CLIENT)
+    assert (first.attributes or {})["error.type"] == "429"
+    (attempt,) = [
+        s
+        for s in traced.finished(SpanKind.INTERNAL)
+        if s.parent is not None and s.parent.span_id == second.context.span_id
+    ]
+    (wait,) = [e for e in attempt.events if e.name == "llm_circuit_breaker.throttle_wait"]
+    assert (wait.attributes or {})["llm_circuit_breaker.name"] == "openai:gpt-4o"
+    assert (wait.attributes or {})["llm_circuit_breaker.throttle.wait"] == pytest.approx(
+        clock.sleeps[0]
+    )
