@@ -221,17 +221,18 @@ def nap() -> None:
 
 
 def print_instrumentation_costs(
-    number: int, repeat: int, base: float, plain: tuple[float, float]
+    number: int, repeat: int, base: float, abase: float, plain: dict[str, float]
 ) -> None:
     """What OpenTelemetry instrumentation costs per call: the exporters (read at collection),
-    the span events of refusals, and ``traced()``'s span per logical call, with the span
-    recorded (an SDK tracer that samples everything) and not (one that samples nothing)."""
+    the span each guarded call then gets (a CLIENT span per logical call, its attempts as
+    child spans) and the span events of refusals, with the spans recorded (an SDK tracer that
+    samples everything) and not (one that samples nothing). Without instrumentation a call
+    pays one read of the tracing hook slot (the first rows)."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
     rows: list[tuple[str, float]] = [
-        ("closed, no instrumentation", plain[0]),
-        ("fast-fail, no instrumentation", plain[1]),
+        (f"{label}, no instrumentation", value) for label, value in plain.items()
     ]
     for label, sampler in (("no recording span", ALWAYS_OFF), ("recording span", None)):
         tracer_provider = TracerProvider() if sampler is None else TracerProvider(sampler=sampler)
@@ -242,22 +243,39 @@ def print_instrumentation_costs(
             tracer_provider=tracer_provider,
         ).instrument()
         closed = circuit_breaker("closed", registry=registry)(work)
+        aclosed = circuit_breaker("aclosed", registry=registry)(awork)
+        retried = with_retry()(work)
+        stacked = with_retry()(circuit_breaker("stacked", registry=registry)(work))
         broken_one = circuit_breaker("open", registry=registry)(broken)
         trip(broken_one)
-        tracer = tracer_provider.get_tracer("bench")
-        with tracer.start_as_current_span("caller"):
-            rows.append(
-                (
-                    f"closed, instrumented, {label} current",
-                    ns_per_call(closed, number, repeat) - base,
-                )
-            )
-            fast = ns_per_call(failing_fast(broken_one), number, repeat) - base
-            rows.append((f"fast-fail, instrumented, {label} current (an event each)", fast))
-        traced = otel.traced(operation="chat", provider="bench")(closed)
+        calls = max(number // 20, 100)  # a recorded span costs microseconds: fewer calls
         rows.append(
-            (f"traced() + closed breaker, {label}", ns_per_call(traced, number // 4, repeat) - base)
+            (
+                f"sync closed, with instrumentation, {label}",
+                ns_per_call(closed, calls, repeat) - base,
+            )
         )
+        rows.append(
+            (
+                f"async closed, with instrumentation, {label}",
+                ns_per_acall(aclosed, calls, repeat) - abase,
+            )
+        )
+        rows.append(
+            (
+                f"with_retry, with instrumentation, {label}",
+                ns_per_call(retried, calls, repeat) - base,
+            )
+        )
+        rows.append(
+            (
+                f"with_retry + circuit_breaker, with instrumentation, {label} (two spans)",
+                ns_per_call(stacked, calls, repeat) - base,
+            )
+        )
+        fast = ns_per_call(failing_fast(broken_one), calls, repeat) - base
+        rows.append((f"sync fast-fail, with instrumentation, {label} (an event each)", fast))
+        otel.uninstrument()
     print("\n| OpenTelemetry instrumentation, per call | ns |")
     print("|---|---:|")
     for label, value in rows:
@@ -312,14 +330,28 @@ def main() -> None:
 
     exported = BreakerRegistry()
     PrometheusCollector(exported).register(CollectorRegistry())
-    OpenTelemetryInstrumentation(
-        exported, meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()])
+    exporters = OpenTelemetryInstrumentation(
+        exported,
+        meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+        trace_calls=False,  # the metrics read at collection alone: a span per call is below
     ).instrument()
     with_exporters = (
         ns_per_call(circuit_breaker("exported", registry=exported)(work), number, repeat) - base
     )
+    exporters.uninstrument()
     print(f"\n| closed path with Prometheus + OpenTelemetry exporters | {with_exporters:.0f} ns |")
-    print_instrumentation_costs(number, repeat, base, sync_rows["llm-circuit-breaker"])
+    print_instrumentation_costs(
+        number,
+        repeat,
+        base,
+        abase,
+        {
+            "sync closed": sync_rows["llm-circuit-breaker"][0],
+            "async closed": async_rows["llm-circuit-breaker"][0],
+            "with_retry": retry_rows["llm-circuit-breaker with_retry"][0],
+            "sync fast-fail": sync_rows["llm-circuit-breaker"][1],
+        },
+    )
 
     registry = BreakerRegistry()
     ours = circuit_breaker("threads", registry=registry)(work)

@@ -21,6 +21,18 @@ def _fresh_default_registry() -> Iterator[None]:
     breaker_registry.clear()
 
 
+@pytest.fixture(autouse=True)
+def _no_tracing_left_on() -> Iterator[None]:
+    """An OpenTelemetry instrumentation a test left on traces no later test's calls."""
+    yield
+    from llm_circuit_breaker.strategies import tracing
+
+    hook = tracing.hook
+    if hook is not None:
+        for owner in list(hook.owners):
+            owner.uninstrument()
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     """A clock that moves only when the test says so."""

@@ -439,7 +439,10 @@ def test_opentelemetry_and_prometheus_expose_the_same_names(clock: FakeClock) ->
 
     scoped("gpt-4o")
     chat()
+    _budget_script(registry, clock)
     assert _families(theirs) == _families(ours)
+    assert "llm_circuit_breaker_budget_spent_tokens" in _families(ours)
+    assert "llm_circuit_breaker_retries_denied_total" in _families(ours)
     assert "llm_circuit_breaker_fallback_calls_total" in _families(ours)
     assert "llm_circuit_breaker_calls_total" in _families(ours)
 
@@ -577,13 +580,18 @@ def test_a_logical_call_is_one_client_span_with_its_attempts_as_events(clock: Fa
     tracer = tracer_provider.get_tracer("test")
     with tracer.start_as_current_span("request"), pytest.raises(Exception, match="503"):
         chat("fail", model="gpt-4o")
-    ok, failed, parent = spans.get_finished_spans()
-    assert (ok.name, ok.kind, ok.parent) == ("chat gpt-4o", SpanKind.CLIENT, None)
+    finished = spans.get_finished_spans()
+    (parent,) = [s for s in finished if s.name == "request"]
+    ok, failed = [s for s in finished if s.kind is SpanKind.CLIENT]
+    assert (ok.name, ok.parent) == ("chat gpt-4o", None)
     assert ok.attributes == {
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": "openai",
         "gen_ai.request.model": "gpt-4o",
+        "llm_circuit_breaker.name": "openai:gpt-4o",  # told by its attempt
     }
+    attempts = [s for s in finished if s.name == "llm_circuit_breaker.attempt"]
+    assert len(attempts) == 4  # one, then three (two retries): children, never CLIENT spans
     assert failed.parent is not None and failed.parent.span_id == parent.context.span_id
     assert failed.attributes["error.type"] == "503"
     assert failed.status.status_code is StatusCode.ERROR
@@ -659,3 +667,55 @@ def test_fallback_chains_are_counted_per_target(clock: FakeClock) -> None:
         for p in otel_points(reader)["llm_circuit_breaker.fallback.calls"]
     }
     assert points[("primary", "failed")] == 1 and points[("backup", "served")] == 1
+
+
+# -- budgets ----------------------------------------------------------------------------------
+
+
+def _budget_script(registry: BreakerRegistry, clock: FakeClock) -> None:
+    """A breaker with a 1,000-token budget that spends 300 (one answer's usage), and one whose
+    retry budget (no floor, no share) denies its only retry."""
+
+    @circuit_breaker("capped", registry=registry, token_budget=1000)
+    def capped() -> dict[str, Any]:
+        return {"usage": {"total_tokens": 300}}
+
+    capped()
+
+    @with_retry(max_retries=2, sleep=clock.sleep, jitter=False)
+    @circuit_breaker("stingy", registry=registry, retry_budget=0.0, retry_budget_floor=0.0)
+    def stingy() -> None:
+        raise http_status_error(503)
+
+    with pytest.raises(Exception, match="503"):
+        stingy()
+
+
+def test_budget_gauges_and_denied_retries(clock: FakeClock) -> None:
+    """Tokens spent and the limit per breaker with a token budget, and the retries the retry
+    budget denied: exact, through Prometheus and OpenTelemetry alike."""
+    registry = BreakerRegistry(clock=clock)
+    prom = CollectorRegistry()
+    PrometheusCollector(registry).register(prom)
+    reader = InMemoryMetricReader()
+    OpenTelemetryInstrumentation(
+        registry, meter_provider=MeterProvider(metric_readers=[reader])
+    ).instrument()
+    _budget_script(registry, clock)
+
+    def sample(name: str, breaker: str) -> float | None:
+        return prom.get_sample_value(name, {"breaker": breaker, "scope": ""})
+
+    assert sample("llm_circuit_breaker_budget_spent_tokens", "capped") == 300
+    assert sample("llm_circuit_breaker_budget_limit_tokens", "capped") == 1000
+    assert sample("llm_circuit_breaker_budget_limit_tokens", "stingy") is None  # no cap
+    assert sample("llm_circuit_breaker_retries_denied_total", "stingy") == 1
+    assert sample("llm_circuit_breaker_retries_denied_total", "capped") == 0
+    points = otel_points(reader)
+
+    def values(name: str) -> dict[str, float]:
+        return {p.attributes["breaker"]: p.value for p in points[name]}
+
+    assert values("llm_circuit_breaker.budget.spent_tokens") == {"capped": 300}
+    assert values("llm_circuit_breaker.budget.limit_tokens") == {"capped": 1000}
+    assert values("llm_circuit_breaker.retries_denied") == {"capped": 0, "stingy": 1}

@@ -48,6 +48,10 @@ SERIES = {
     'llm_circuit_breaker_state{breaker="shadow", state="CLOSED"}': "0x15",
     'llm_circuit_breaker_throttle_paused_seconds{breaker="openai"}': "20x15",
     'llm_circuit_breaker_throttle_paused_seconds{breaker="shadow"}': "0x15",
+    'llm_circuit_breaker_retries_denied_total{breaker="openai"}': "0+3x15",
+    'llm_circuit_breaker_retries_denied_total{breaker="shadow"}': "0+0x15",
+    'llm_circuit_breaker_budget_spent_tokens{breaker="openai"}': "0+9000x15",
+    'llm_circuit_breaker_budget_limit_tokens{breaker="openai"}': "100000x15",
 }
 
 # What each query of the metrics guide answers over SERIES at 10 minutes, in the guide's order. openai:
@@ -59,6 +63,8 @@ GUIDE_ANSWERS: list[list[tuple[str, float]]] = [
     [('{breaker="openai"}', 0.5)],  # calls saved per second
     [('{breaker="openai"}', 1.0), ('{breaker="shadow"}', 1.0)],  # cut off
     [('{breaker="openai"}', 0.1), ('{breaker="shadow"}', 0.0)],  # retries per call
+    [('{breaker="openai"}', 0.025), ('{breaker="shadow"}', 0.0)],  # retries denied per call
+    [('{breaker="openai"}', 0.9)],  # share of the token budget spent (90,000 of 100,000)
 ]
 
 

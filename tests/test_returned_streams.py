@@ -236,3 +236,118 @@ def test_a_returned_responses_stream_that_failed_is_a_failure(
             seen.append(item)
     assert seen[-1].type == "response.failed" and caught.value.error_type == "server_error"
     assert (ask.breaker.stats.failures, ask.breaker.stats.successes) == (1, 0)
+
+
+# -- usage of returned streams counts against the token budget (SPEC section 16) --------------
+
+CHAT_WITH_USAGE = Reply(
+    events=[
+        _chunk("a"),
+        _chunk("b", finish="stop"),
+        _sse(
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "gpt-4o-mini",
+                "choices": [],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+            }
+        ),
+        "data: [DONE]\n\n",
+    ]
+)
+# What each stream says it used: openai's final usage chunk (stream_options include_usage), a
+# Responses response.completed (1 in, 4 out), anthropic's message_start (1 in) and its
+# message_delta (4 out).
+WITH_USAGE = {
+    "chat": (CHAT_WITH_USAGE, 10.0),
+    "responses": (Reply.responses("Hello there!", stream=True), 5.0),
+    "anthropic": (Reply.messages("Hello there!", stream=True), 5.0),
+}
+
+
+def _sync_usage_call(clients: dict[str, Any], api: str) -> Any:
+    if api == "chat":
+        return clients["openai"].chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    return _sync_call(clients, api)
+
+
+async def _async_usage_call(clients: dict[str, Any], api: str) -> Any:
+    if api == "chat":
+        return await clients["aopenai"].chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    return await _async_call(clients, api)
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_returned_stream_s_usage_counts_against_the_token_budget(
+    api: str, asynchronous: bool, clients: dict[str, Any], llm_server: FakeLLMServer
+) -> None:
+    """The usage an SDK stream reports is counted when it ends; once it spent the budget, the
+    next call is refused with BudgetExceededError without reaching the provider."""
+    from llm_circuit_breaker import BudgetExceededError
+
+    reply, tokens = WITH_USAGE[api]
+    llm_server.script(reply)
+    if asynchronous:
+        aclients = _async_clients(llm_server.url)
+
+        @circuit_breaker("metered", token_budget=tokens)
+        async def aask() -> Any:
+            return await _async_usage_call(aclients, api)
+
+        async def consume() -> list[Any]:
+            try:
+                items = [item async for item in await aask()]
+                with pytest.raises(BudgetExceededError):
+                    await aask()
+                return items
+            finally:
+                await _aclose(aclients)
+
+        items = asyncio.run(consume())
+        breaker = aask.breaker
+    else:
+
+        @circuit_breaker("metered", token_budget=tokens)
+        def ask() -> Any:
+            return _sync_usage_call(clients, api)
+
+        items = list(ask())
+        with pytest.raises(BudgetExceededError):
+            ask()
+        breaker = ask.breaker
+    assert items
+    assert breaker.budget["spent"] == tokens
+    assert llm_server.hits == 1
+    assert (breaker.stats.successes, breaker.stats.throttle_refusals["token_budget"]) == (1, 1)
+
+
+def test_a_returned_stream_closed_early_counts_only_the_usage_it_saw(
+    clients: dict[str, Any], llm_server: FakeLLMServer
+) -> None:
+    """Closed after anthropic's message_start: its input tokens count, no estimate is added;
+    a whole stream that says nothing counts the estimate of the call's arguments."""
+    llm_server.script(Reply.messages("Hello there!", stream=True), CHAT_WHOLE)
+
+    @circuit_breaker("closed-early", token_budget=1_000_000)
+    def ask(kind: str, max_tokens: int = 0) -> Any:
+        return _sync_call(clients, kind)
+
+    stream = ask("anthropic")
+    next(stream)  # message_start: 1 input token, 1 output token so far
+    stream.close()
+    assert ask.breaker.budget["spent"] == 2.0
+    list(ask("chat", max_tokens=100))  # no usage chunk: max_tokens + prompt estimate
+    assert ask.breaker.budget["spent"] > 100.0

@@ -60,6 +60,7 @@ RENAMES = {
     "aobserve": "observe",
     "arecord_success": "record_success",
     "arecord": "record",
+    "arequest": "request",
     "aview": "view",
     "acontrol": "control",
     "aflush": "flush",

@@ -94,6 +94,10 @@ class Series:
     concurrency_waiting: int = 0
     hedges: int = 0  # extra attempts with_hedging started because those in flight were slow
     hedge_wins: int = 0  # of those, the ones that answered first
+    retries_denied: int = 0  # retries the retry budget could not pay (not made)
+    # token_budget, summed over the breakers here that have one (None: none has)
+    budget_limit: float | None = None
+    budget_spent: float = 0.0  # tokens spent in the current windows of those breakers
     breakers: list[CircuitBreaker] = dataclasses.field(default_factory=list)
 
     @property
@@ -108,6 +112,7 @@ class Series:
         for key, count in calls_by_outcome(breaker, stats).items():
             self.calls[key] = self.calls.get(key, 0) + count
         self.retries += stats.retries
+        self.retries_denied += stats.retries_denied
         for state, count in stats.state_changes.items():
             self.state_changes[state] = self.state_changes.get(state, 0) + count
         if breaker.store is None:  # read in this process: no snapshot's copying
@@ -129,6 +134,10 @@ class Series:
             self.concurrency_limit = (self.concurrency_limit or 0) + int(limit["limit"])
             self.in_flight += int(limit["in_flight"])
             self.concurrency_waiting += int(limit["waiting"])
+        if breaker.config.token_budget is not None:
+            budget = breaker.budget
+            self.budget_limit = (self.budget_limit or 0.0) + float(budget["limit"] or 0.0)
+            self.budget_spent += float(budget["spent"] or 0.0)
         latency = latency_of(breaker)
         self.hedges += latency.hedges_started
         self.hedge_wins += latency.hedges_won

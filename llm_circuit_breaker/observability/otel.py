@@ -29,6 +29,10 @@ outright; past ``max_metric_scopes`` values per template, ``other``):
 * ``llm_circuit_breaker.hedges`` (counter, extra attempts ``with_hedging`` started because
   those in flight were slow) and ``llm_circuit_breaker.hedge_wins`` (counter, those that
   answered first)
+* ``llm_circuit_breaker.retries_denied`` (counter, retries the retry budget could not pay:
+  not made)
+* ``llm_circuit_breaker.budget.spent_tokens`` and ``.budget.limit_tokens`` (gauges: tokens
+  spent in the current ``token_budget`` window and the limit, for breakers with a budget)
 * ``llm_circuit_breaker.fallback.calls`` (counter, ``chain``, ``target``, ``outcome`` = served |
   failed | refused) for the ``with_fallbacks`` chains given as ``fallbacks=``
 
@@ -44,16 +48,19 @@ before a retry (``error.type``: the HTTP status, else the exception class) and
 breaker's filled name, ``llm_circuit_breaker.hedge.attempt``, ``.hedge.delay_s``), with or
 without this instrumentation.
 
-A span per logical call: ``instrumentation.traced(operation="chat", provider="openai")``
-decorates a function (stacked outermost, above ``with_retry``, ``with_fallbacks`` and
-``circuit_breaker``) so that each call is a CLIENT span following the GenAI conventions
-(``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model`` from the call's
-``model`` argument, ``error.type``), nested under the caller's span or a root; the library's
-events of that call (attempts retried, refusals, throttle waits, failovers) land on it. It
-records ``gen_ai.client.operation.duration`` and, for a stream, the time to its first chunk
-(``gen_ai.client.operation.time_to_first_chunk``), in seconds with explicit boundaries. The
-library does not add the span on its own: a wrapper on every guarded call would cost the
-calls of applications that trace nothing (see ``benchmarks/overhead.py``).
+A span per logical call: while an instrumentation is on (``trace_calls=True``, the default),
+each guarded logical call (a decorated call, an ``LLMCircuitBreaker`` helper call, an SDK
+request through the httpx transport) is a CLIENT span following the GenAI conventions
+(``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model`` from the
+scope's fields, the call's ``model`` argument or the request body, ``error.type``), nested
+under the caller's span or a root; its attempts through a breaker are INTERNAL child spans
+``llm_circuit_breaker.attempt`` with the breaker's filled name, and the events above land on
+them. It records ``gen_ai.client.operation.duration`` and, for a stream, the time to its first
+chunk (``gen_ai.client.operation.time_to_first_chunk``), in seconds with explicit boundaries.
+Without instrumentation a guarded call pays one read of the hook slot
+(:mod:`llm_circuit_breaker.strategies.tracing`). ``instrumentation.traced(operation="chat",
+provider="openai")`` decorates a function whose each call is one logical call above the guarded
+ones it makes.
 
 ``instrument()`` is idempotent. Without ``registry=`` it covers every registry in the process,
 made before or after. Instrumentations sharing a MeterProvider share its instruments: each
@@ -64,7 +71,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -81,6 +87,7 @@ from llm_circuit_breaker.observability import (
     require,
     series,
 )
+from llm_circuit_breaker.observability._spans import HOOK, Call
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
 _metrics = require("opentelemetry.metrics", "otel")
@@ -150,6 +157,18 @@ class _Instruments:
         meter.create_observable_counter(
             "llm_circuit_breaker.hedge_wins", [self._hedge_wins], unit="{attempt}",
             description="Hedged attempts that answered first.",
+        )  # fmt: skip
+        meter.create_observable_counter(
+            "llm_circuit_breaker.retries_denied", [self._denied], unit="{retry}",
+            description="Retries the retry budget could not pay (not made).",
+        )  # fmt: skip
+        meter.create_observable_gauge(
+            "llm_circuit_breaker.budget.spent_tokens", [self._spent], unit="{token}",
+            description="Tokens spent in the current token_budget window.",
+        )  # fmt: skip
+        meter.create_observable_gauge(
+            "llm_circuit_breaker.budget.limit_tokens", [self._budget_limit], unit="{token}",
+            description="Tokens allowed per token_budget window.",
         )  # fmt: skip
         meter.create_observable_counter(
             "llm_circuit_breaker.fallback.calls", [self._fallbacks], unit="{call}",
@@ -249,6 +268,20 @@ class _Instruments:
         for _user, row in self.rows():
             yield _metrics.Observation(row.hedge_wins, _labels(row))
 
+    def _denied(self, _options: Any) -> Iterable[Any]:
+        for _user, row in self.rows():
+            yield _metrics.Observation(row.retries_denied, _labels(row))
+
+    def _spent(self, _options: Any) -> Iterable[Any]:
+        for _user, row in self.rows():
+            if row.budget_limit is not None:
+                yield _metrics.Observation(row.budget_spent, _labels(row))
+
+    def _budget_limit(self, _options: Any) -> Iterable[Any]:
+        for _user, row in self.rows():
+            if row.budget_limit is not None:
+                yield _metrics.Observation(row.budget_limit, _labels(row))
+
     def _fallbacks(self, _options: Any) -> Iterable[Any]:
         seen: set[str] = set()
         for user in list(self.users):
@@ -273,9 +306,11 @@ _shared_lock = threading.Lock()
 class OpenTelemetryInstrumentation:
     """Reports the breakers of ``registry`` (every registry in the process when None) through
     OpenTelemetry. ``attributes`` maps breaker names or name templates to attributes for the
-    span events (such as ``{"gen_ai.provider.name": "openai"}``); ``max_metric_scopes`` caps
-    the ``scope`` values of one template in the metrics; ``fallbacks`` maps names to
-    ``with_fallbacks`` chains whose stats to report."""
+    spans and span events (such as ``{"gen_ai.provider.name": "openai"}``);
+    ``max_metric_scopes`` caps the ``scope`` values of one template in the metrics;
+    ``fallbacks`` maps names to ``with_fallbacks`` chains whose stats to report;
+    ``trace_calls`` (True) gives each guarded call its span and its duration in the
+    histograms (False: only the metrics read at collection and the span events)."""
 
     def __init__(
         self,
@@ -286,8 +321,10 @@ class OpenTelemetryInstrumentation:
         attributes: Mapping[str, Attributes] | None = None,
         max_metric_scopes: int = 100,
         fallbacks: Mapping[str, Any] | None = None,
+        trace_calls: bool = True,
     ) -> None:
         self.registry = registry
+        self.trace_calls = trace_calls
         self.fallbacks = dict(fallbacks or {})
         self._tracer = _trace.get_tracer("llm_circuit_breaker", tracer_provider=tracer_provider)
         self._models = ScopeCap(max_metric_scopes)  # request models in the histograms
@@ -320,6 +357,8 @@ class OpenTelemetryInstrumentation:
             BreakerRegistry.observe_all(self)
         else:
             self.registry.add_observer(self)
+        if self.trace_calls:
+            HOOK.add(self)
         return self
 
     def uninstrument(self) -> None:
@@ -331,6 +370,7 @@ class OpenTelemetryInstrumentation:
             with _shared_lock:
                 instruments.users.remove(self)
             BreakerRegistry.unobserve_all(self)
+        HOOK.remove(self)
 
     def _event_attributes(self, breaker: Observed, **extra: Any) -> dict[str, Any]:
         name = breaker.name
@@ -401,7 +441,7 @@ class OpenTelemetryInstrumentation:
 
         return decorate
 
-    def _start(self, operation: str, provider: str | None, kwargs: dict[str, Any]) -> _Call:
+    def _start(self, operation: str, provider: str | None, kwargs: dict[str, Any]) -> Call:
         model = kwargs.get("model")
         attributes: dict[str, Any] = {"gen_ai.operation.name": operation}
         if provider:
@@ -410,89 +450,32 @@ class OpenTelemetryInstrumentation:
             attributes["gen_ai.request.model"] = model
         name = f"{operation} {model}" if isinstance(model, str) and model else operation
         span = self._tracer.start_span(name, kind=_trace.SpanKind.CLIENT, attributes=attributes)
-        return _Call(self, span, attributes)
-
-
-class _Call:
-    """One logical call in flight: its span, attributes and start."""
-
-    __slots__ = ("attributes", "first", "owner", "span", "started")
-
-    def __init__(
-        self, owner: OpenTelemetryInstrumentation, span: Any, attributes: dict[str, Any]
-    ) -> None:
-        self.owner, self.span, self.attributes = owner, span, attributes
-        self.started = time.perf_counter()
-        self.first = True
-
-    def _metric_attributes(self) -> dict[str, Any]:
-        attributes = dict(self.attributes)
-        model = attributes.get("gen_ai.request.model")
-        if model is not None:  # a client may choose it: bounded like the scopes
-            attributes["gen_ai.request.model"] = self.owner._models.label(
-                attributes["gen_ai.operation.name"], model
-            )
-        return attributes
-
-    def chunk(self) -> None:
-        """A streamed item arrived: the first one is timed."""
-        if self.first:
-            self.first = False
-            instruments = self.owner._instruments
-            if instruments is not None:
-                elapsed = time.perf_counter() - self.started
-                with self._current():  # an exemplar carries the trace id
-                    instruments.first_chunk.record(elapsed, self._metric_attributes())
-
-    def end(self, error: BaseException | None = None) -> None:
-        """Record the duration and end the span (with ``error.type`` on a failure)."""
-        attributes = self._metric_attributes()
-        if error is not None:
-            kind = error_type(error)
-            attributes["error.type"] = kind
-            self.span.set_attribute("error.type", kind)
-            self.span.record_exception(error)
-            self.span.set_status(_trace.Status(_trace.StatusCode.ERROR, kind))
-        instruments = self.owner._instruments
-        if instruments is not None:
-            with self._current():  # an exemplar carries the trace id
-                instruments.duration.record(time.perf_counter() - self.started, attributes)
-        self.span.end()
-
-    def _current(self) -> Any:
-        return _trace.use_span(
-            self.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-        )
+        return Call(self, span, attributes, logical=True)
 
 
 def _traced(
     owner: OpenTelemetryInstrumentation, func: F, operation: str, provider: str | None
 ) -> F:
-    """``func`` with a span per call (the four callable kinds)."""
+    """``func`` with a span per call (the four callable kinds); the guarded shells inside see
+    the call and add their attempts to it."""
     kind = kind_of(func)
-    use_span = _trace.use_span
 
     if kind is CallableKind.COROUTINE:
 
         @functools.wraps(func)
         async def coroutine(*args: Any, **kwargs: Any) -> Any:
             call = owner._start(operation, provider, kwargs)
-            with use_span(call.span, end_on_exit=False, record_exception=False,
-                          set_status_on_exception=False):  # fmt: skip
-                try:
-                    result = await func(*args, **kwargs)
-                except BaseException as exc:
-                    call.end(exc)
-                    raise
-            call.end()
-            return result
+            tokens = call.enter()
+            try:
+                result = await func(*args, **kwargs)
+            except BaseException as exc:
+                call.end(exc)
+                raise
+            finally:
+                call.exit(tokens)
+            return call.returned(result)
 
         return coroutine  # type: ignore[return-value]
-
-    def inside(call: _Call) -> Any:
-        return use_span(
-            call.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-        )
 
     if kind is CallableKind.GENERATOR:
 
@@ -502,14 +485,16 @@ def _traced(
             call = owner._start(operation, provider, kwargs)
             stream: Any = None
             try:
-                with inside(call):
-                    stream = iter(func(*args, **kwargs))
                 while True:
-                    with inside(call):
-                        try:
-                            item = next(stream)
-                        except StopIteration:
-                            break
+                    tokens = call.enter()
+                    try:
+                        if stream is None:
+                            stream = iter(func(*args, **kwargs))
+                        item = next(stream)
+                    except StopIteration:
+                        break
+                    finally:
+                        call.exit(tokens)
                     call.chunk()
                     yield item
             except BaseException as exc:
@@ -528,14 +513,16 @@ def _traced(
             call = owner._start(operation, provider, kwargs)
             stream: Any = None
             try:
-                with inside(call):
-                    stream = func(*args, **kwargs)
                 while True:
-                    with inside(call):
-                        try:
-                            item = await stream.__anext__()
-                        except StopAsyncIteration:
-                            break
+                    tokens = call.enter()
+                    try:
+                        if stream is None:
+                            stream = func(*args, **kwargs)
+                        item = await stream.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        call.exit(tokens)
                     call.chunk()
                     yield item
             except BaseException as exc:
@@ -550,14 +537,14 @@ def _traced(
     @functools.wraps(func)
     def plain(*args: Any, **kwargs: Any) -> Any:
         call = owner._start(operation, provider, kwargs)
-        with use_span(call.span, end_on_exit=False, record_exception=False,
-                      set_status_on_exception=False):  # fmt: skip
-            try:
-                result = func(*args, **kwargs)
-            except BaseException as exc:
-                call.end(exc)
-                raise
-        call.end()
-        return result
+        tokens = call.enter()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            call.end(exc)
+            raise
+        finally:
+            call.exit(tokens)
+        return call.returned(result)
 
     return plain  # type: ignore[return-value]

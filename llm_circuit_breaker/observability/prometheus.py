@@ -28,6 +28,11 @@ a breaker named outright; past ``max_metric_scopes`` values per template, ``othe
   ``llm_circuit_breaker_concurrency_waiting``: ``max_concurrent`` (its current value when
   adaptive), the calls in flight and the callers waiting for a slot, in this process (only
   for breakers with a limit)
+* ``llm_circuit_breaker_retries_denied_total`` retries the retry budget could not pay (not
+  made; also counted as ``calls_total{outcome="throttled", reason="retry_budget"}``)
+* ``llm_circuit_breaker_budget_spent_tokens``, ``llm_circuit_breaker_budget_limit_tokens``
+  tokens spent in the current ``token_budget`` window and the limit (only for breakers with
+  a token budget)
 * ``llm_circuit_breaker_hedges_total`` extra attempts ``with_hedging`` started on the breaker
   because those in flight were slow; ``llm_circuit_breaker_hedge_wins_total`` those that
   answered first
@@ -140,12 +145,31 @@ class PrometheusCollector:
         hedge_wins = CounterMetricFamily(
             "llm_circuit_breaker_hedge_wins", "Hedged attempts that answered first.", labels=_LABELS
         )
+        denied = CounterMetricFamily(
+            "llm_circuit_breaker_retries_denied",
+            "Retries the retry budget could not pay (not made).",
+            labels=_LABELS,
+        )
+        spent = GaugeMetricFamily(
+            "llm_circuit_breaker_budget_spent_tokens",
+            "Tokens spent in the current token_budget window.",
+            labels=_LABELS,
+        )
+        budget_limits = GaugeMetricFamily(
+            "llm_circuit_breaker_budget_limit_tokens",
+            "Tokens allowed per token_budget window.",
+            labels=_LABELS,
+        )
         covered = registries() if self.registry is None else [self.registry]
         for row in series(covered, self.cap):
             labels = [row.breaker, row.scope]
             for (outcome, reason, enforced), count in row.calls.items():
                 calls.add_metric([*labels, outcome, reason, enforced], count)
             retries.add_metric(labels, row.retries)
+            denied.add_metric(labels, row.retries_denied)
+            if row.budget_limit is not None:
+                spent.add_metric(labels, row.budget_spent)
+                budget_limits.add_metric(labels, row.budget_limit)
             for each in CircuitState:
                 changes.add_metric([*labels, each.value], row.state_changes.get(each.value, 0))
                 state.add_metric([*labels, each.value], row.states.get(each.value, 0))
@@ -161,7 +185,7 @@ class PrometheusCollector:
             hedges.add_metric(labels, row.hedges)
             hedge_wins.add_metric(labels, row.hedge_wins)
         yield from (calls, retries, changes, state, failures, waits, paused, waiting)
-        yield from (limits, in_flight, in_line, hedges, hedge_wins)
+        yield from (limits, in_flight, in_line, hedges, hedge_wins, denied, spent, budget_limits)
         if self.fallbacks:
             chains = CounterMetricFamily(
                 "llm_circuit_breaker_fallback_calls",

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Generator, Iterator
 from llm_circuit_breaker._core.budget import StreamUsage
 from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait
 from llm_circuit_breaker.breaker.clock import running_library
+from llm_circuit_breaker.strategies import tracing
 from llm_circuit_breaker.strategies.gate import (
     PLAIN,
     AsyncGuardedStream,
@@ -242,6 +243,8 @@ def _sync_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if tracing.hook is not None and tracing.passing() is not wrapper:
+            return tracing.hook.call(wrapper, gate.breaker, args, kwargs)
         permit: Any = enter()
         if permit.__class__ is not int:  # a throttle slot to wait for, or a refusal
             if permit.__class__ is waiting:
@@ -259,7 +262,7 @@ def _sync_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
             failed(permit, exc)
             raise
         if result.__class__ not in plain and is_stream(result):
-            return GuardedStream(result, gate, permit)
+            return GuardedStream(result, gate, permit, kwargs)
         if charge is not None:
             charge(result, kwargs)
         succeeded(permit)
@@ -279,6 +282,8 @@ def _async_shell(
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if tracing.hook is not None and tracing.passing() is not wrapper:
+            return await tracing.hook.acall(wrapper, gate.breaker, args, kwargs)
         permit: Any = (await gate.aenter()) if awaits_store else enter()
         if permit.__class__ is not int:
             if permit.__class__ is waiting:
@@ -299,7 +304,7 @@ def _async_shell(
                 failed(permit, exc)
             raise
         if result.__class__ not in plain and is_stream(result):
-            return AsyncGuardedStream(result, gate, permit)
+            return AsyncGuardedStream(result, gate, permit, kwargs)
         if charge is not None:
             charge(result, kwargs)
         if awaits_store:
@@ -357,6 +362,8 @@ def _gen_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         # Admitted when iteration starts, so a generator that is never iterated holds no permit.
+        if tracing.hook is not None and tracing.passing() is not wrapper:
+            return (yield from tracing.hook.gen(wrapper, gate.breaker, args, kwargs))
         permit: Any = enter()
         if permit.__class__ is not int:
             if permit.__class__ is waiting:
@@ -392,6 +399,10 @@ def _async_gen_shell(
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        if tracing.hook is not None and tracing.passing() is not wrapper:
+            async for item in tracing.hook.agen(wrapper, gate.breaker, args, kwargs):
+                yield item
+            return
         permit: Any = (await gate.aenter()) if awaits_store else enter()
         if permit.__class__ is not int:
             if permit.__class__ is waiting:

@@ -37,6 +37,7 @@ from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._judge.refusal import refusal_of
 from llm_circuit_breaker._judge.results import content_filter
 from llm_circuit_breaker.errors import FallbacksExhaustedError, InvalidResponseError
+from llm_circuit_breaker.strategies import tracing
 from llm_circuit_breaker.strategies.gate import PLAIN
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
@@ -46,6 +47,7 @@ __all__ = ["FallbackStats", "with_fallbacks"]
 logger = logging.getLogger("llm_circuit_breaker.fallback")
 
 F = TypeVar("F", bound=Callable[..., Any])
+Arguments = tuple[tuple[Any, ...], dict[str, Any]]  # a call's positional and keyword arguments
 
 # Kinds that say the provider, not the request, is at fault: another provider may answer.
 _PROVIDER_FAULTS = frozenset(
@@ -78,14 +80,15 @@ class _Chain:
         self.on_content_policy = on_content_policy
         self.stats = {name: FallbackStats() for name in self.names}
 
-    def moves_on(self, index: int, exc: BaseException) -> bool:
-        """Whether the chain goes on after target ``index`` raised ``exc`` (counted)."""
+    def moves_on(self, index: int, exc: BaseException, call: Arguments = ((), {})) -> bool:
+        """Whether the chain goes on after target ``index`` raised ``exc`` for a call with
+        ``call``'s arguments (counted)."""
         if not isinstance(exc, Exception):
             return False  # KeyboardInterrupt, cancellation ...
         name = self.names[index]
         if refusal_of(exc) is not None:
             self.stats[name].refused += 1
-            self._announce(index, exc, "refused")
+            self._announce(index, exc, "refused", call)
             return True
         from llm_circuit_breaker._judge.verdict import judge  # loaded by the first failure
 
@@ -104,15 +107,17 @@ class _Chain:
             )
         if provider:
             self.stats[name].failed += 1
-            self._announce(index, exc, verdict.reason or verdict.kind.value)
+            self._announce(index, exc, verdict.reason or verdict.kind.value, call)
         return provider
 
-    def failed(self, index: int, exc: Exception, errors: list[Exception]) -> None:
+    def failed(
+        self, index: int, exc: Exception, errors: list[Exception], call: Arguments = ((), {})
+    ) -> None:
         """Keep ``exc`` and go on, or raise it when it is the caller's fault (the earlier
         targets' errors reachable from it through ``__context__``)."""
         if errors:
             _link(exc, errors[-1])
-        if not self.moves_on(index, exc):
+        if not self.moves_on(index, exc, call):
             raise exc
         errors.append(exc)
 
@@ -126,7 +131,7 @@ class _Chain:
             return InvalidResponseError("content_filter", result)
         return None
 
-    def _announce(self, index: int, exc: BaseException, why: str) -> None:
+    def _announce(self, index: int, exc: BaseException, why: str, call: Arguments) -> None:
         last = index + 1 >= len(self.targets)
         following = "no target left" if last else f"trying {self.names[index + 1]!r}"
         from llm_circuit_breaker.breaker.telemetry import error_type
@@ -144,12 +149,14 @@ class _Chain:
         if trace is None:
             return
         span = trace.get_current_span()
-        if span.is_recording():
+        if span.is_recording():  # the filled names of scoped targets ("openai:gpt-4o")
+            name = _filled(self.targets[index], call) or self.names[index]
+            then = "" if last else _filled(self.targets[index + 1], call) or self.names[index + 1]
             span.add_event(
                 "llm_circuit_breaker.fallback",
                 {
-                    "llm_circuit_breaker.name": self.names[index],
-                    "llm_circuit_breaker.fallback.next": "" if last else self.names[index + 1],
+                    "llm_circuit_breaker.name": name,
+                    "llm_circuit_breaker.fallback.next": then,
                     "error.type": kind,
                 },
             )
@@ -173,6 +180,20 @@ def _link(exc: BaseException, earlier: BaseException) -> None:
         current = current.__context__
     if current is not earlier and id(current) not in seen:
         current.__context__ = earlier
+
+
+def _filled(target: Callable[..., Any], call: Arguments) -> str | None:
+    """The filled name of the breaker a call of ``target`` with ``call``'s arguments goes
+    through (a scoped target's ``breaker_for``), or None."""
+    breaker = getattr(target, "breaker", None)
+    if breaker is None and callable(getattr(target, "breaker_for", None)):
+        args, kwargs = call
+        try:
+            breaker = target.breaker_for(*args, **kwargs)  # type: ignore[attr-defined]
+        except Exception:  # arguments its name cannot be filled from: the template then
+            return None
+    name = getattr(breaker, "name", None)
+    return name if isinstance(name, str) else None
 
 
 def _name(target: Callable[..., Any]) -> str:
@@ -232,6 +253,8 @@ def with_fallbacks(
 
 def _sync_chain(chain: _Chain) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
+        if tracing.hook is not None and tracing.passing() is not call:
+            return tracing.hook.call(call, None, args, kwargs)
         errors: list[Exception] = []
         for index, target in enumerate(chain.targets):
             try:
@@ -243,7 +266,7 @@ def _sync_chain(chain: _Chain) -> Callable[..., Any]:
                 if refusal is not None:
                     raise refusal
             except Exception as exc:
-                chain.failed(index, exc, errors)
+                chain.failed(index, exc, errors, (args, kwargs))
                 continue
             chain.served(index)
             return result
@@ -254,6 +277,8 @@ def _sync_chain(chain: _Chain) -> Callable[..., Any]:
 
 def _async_chain(chain: _Chain) -> Callable[..., Any]:
     async def call(*args: Any, **kwargs: Any) -> Any:
+        if tracing.hook is not None and tracing.passing() is not call:
+            return await tracing.hook.acall(call, None, args, kwargs)
         errors: list[Exception] = []
         for index, target in enumerate(chain.targets):
             try:
@@ -264,7 +289,7 @@ def _async_chain(chain: _Chain) -> Callable[..., Any]:
                 if refusal is not None:
                     raise refusal
             except Exception as exc:
-                chain.failed(index, exc, errors)
+                chain.failed(index, exc, errors, (args, kwargs))
                 continue
             chain.served(index)
             return result
@@ -275,13 +300,16 @@ def _async_chain(chain: _Chain) -> Callable[..., Any]:
 
 def _gen_chain(chain: _Chain) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        if tracing.hook is not None and tracing.passing() is not call:
+            yield from tracing.hook.gen(call, None, args, kwargs)
+            return
         errors: list[Exception] = []
         for index, target in enumerate(chain.targets):
             stream = target(*args, **kwargs)
             try:
                 first = next(stream, END)
             except Exception as exc:
-                chain.failed(index, exc, errors)
+                chain.failed(index, exc, errors, (args, kwargs))
                 continue
             chain.served(index)
             if first is not END:
@@ -295,13 +323,17 @@ def _gen_chain(chain: _Chain) -> Callable[..., Any]:
 
 def _async_gen_chain(chain: _Chain) -> Callable[..., Any]:
     async def call(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        if tracing.hook is not None and tracing.passing() is not call:
+            async for item in tracing.hook.agen(call, None, args, kwargs):
+                yield item
+            return
         errors: list[Exception] = []
         for index, target in enumerate(chain.targets):
             stream = target(*args, **kwargs)
             try:
                 first = await first_item(stream)
             except Exception as exc:
-                chain.failed(index, exc, errors)
+                chain.failed(index, exc, errors, (args, kwargs))
                 continue
             chain.served(index)
             try:

@@ -9,7 +9,11 @@ whose circuit lives in an asyncio store; ``awaits_store`` says which a shell mus
 A function that returns a stream (an iterator or async iterator, such as the openai SDK's
 ``Stream``) is guarded until the stream ends: :class:`GuardedStream` / :class:`AsyncGuardedStream`
 report when it is exhausted, fails or is closed, and check an SDK stream's items for its
-provider's final one (:mod:`.._judge.streams`).
+provider's final one (:mod:`.._judge.streams`). Under a ``token_budget`` they also read the
+items' ``usage`` (openai's last chunk with ``stream_options={"include_usage": True}``, a
+Responses ``response.completed``, anthropic's ``message_start`` and ``message_delta``) and
+count it when the stream ends: the estimate of the call's arguments for a whole stream that
+said nothing, what was said for one that failed or was closed early.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llm_circuit_breaker._judge.verdict import Verdict
 
+from llm_circuit_breaker._core.budget import StreamUsage
 from llm_circuit_breaker._core.state import Outcome
+from llm_circuit_breaker._core.throttle import TOKEN_COST
 from llm_circuit_breaker._judge.streams import ItemWatch
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.config import BreakerRules
@@ -148,6 +154,35 @@ class Gate:
         return self.call_fallback(*args, **kwargs)
 
 
+class _Meter:
+    """What a returned stream's items say they used, counted against its breaker's token
+    budget once, when the stream ends."""
+
+    __slots__ = ("breaker", "cost", "request", "usage")
+
+    def __init__(self, breaker: CircuitBreaker, request: object) -> None:
+        self.breaker, self.request = breaker, request
+        self.usage = StreamUsage()
+        self.cost = TOKEN_COST.get()  # set by the HTTP helpers while a stream starts
+
+    @staticmethod
+    def of(gate: Gate, request: object) -> _Meter | None:
+        """A meter for a stream of ``gate``'s breaker; None without a token budget."""
+        breaker = gate.breaker
+        return None if breaker.config.token_budget is None else _Meter(breaker, request)
+
+    def charge(self, whole: bool) -> None:
+        """Count the usage the items reported; for a ``whole`` stream that reported none,
+        the estimate (the helpers' token cost, else the call's arguments)."""
+        total = self.usage.total
+        if total is None:
+            if not whole:
+                return
+            total = self.cost or None
+        response = None if total is None else {"usage": {"total_tokens": total}}
+        self.breaker.charge(response, self.request)
+
+
 def _url_of(stream: Any) -> str | None:
     try:
         return str(stream.response.url)  # the openai and anthropic SDKs' streams keep it
@@ -160,18 +195,25 @@ class GuardedStream:
     SDK stream that ends before its provider's final item raises ``IncompleteStreamError`` (a
     failure) at its end; one that carried a failed response raises that provider error."""
 
-    __slots__ = ("_gate", "_inner", "_permit", "_watch")
+    __slots__ = ("_gate", "_inner", "_meter", "_permit", "_watch")
 
-    def __init__(self, inner: Any, gate: Gate, permit: int) -> None:
+    def __init__(self, inner: Any, gate: Gate, permit: int, request: object = None) -> None:
         self._inner = inner
         self._gate = gate
         self._permit: int | None = permit
         self._watch: ItemWatch | None = ItemWatch()
+        self._meter = _Meter.of(gate, request)
+
+    def _charge(self, whole: bool) -> None:
+        meter, self._meter = self._meter, None
+        if meter is not None:
+            meter.charge(whole)
 
     def _report(self, exc: BaseException | None) -> None:
         permit, self._permit = self._permit, None
         if permit is None:
             return
+        self._charge(exc is None)
         if exc is None:
             self._gate.succeeded(permit)
         else:
@@ -191,6 +233,8 @@ class GuardedStream:
             raise
         if self._watch is not None:
             self._watch = self._watch.see(item)
+        if self._meter is not None:
+            self._meter.usage.see(item)
         return item
 
     def _end(self) -> None:
@@ -212,6 +256,7 @@ class GuardedStream:
         """Close the stream; a stream closed before its end counts as neither outcome."""
         permit, self._permit = self._permit, None
         if permit is not None:
+            self._charge(False)
             self._gate.abandoned(permit)
         close = getattr(self._inner, "close", None)
         if close is not None:
@@ -234,13 +279,14 @@ class AsyncGuardedStream:
     """An async iterator returned by a guarded coroutine function, reporting when it ends (an
     SDK stream cut short or carrying a failed response raises at its end)."""
 
-    __slots__ = ("_gate", "_inner", "_loop", "_permit", "_watch")
+    __slots__ = ("_gate", "_inner", "_loop", "_meter", "_permit", "_watch")
 
-    def __init__(self, inner: Any, gate: Gate, permit: int) -> None:
+    def __init__(self, inner: Any, gate: Gate, permit: int, request: object = None) -> None:
         self._inner = inner
         self._gate = gate
         self._permit: int | None = permit
         self._watch: ItemWatch | None = ItemWatch()
+        self._meter = _Meter.of(gate, request)
         # an asyncio store is reported to on the loop that made the stream, even when dropped
         self._loop: Any = sys.modules["asyncio"].get_running_loop() if gate.awaits_store else None
 
@@ -251,10 +297,16 @@ class AsyncGuardedStream:
             self._permit = None
             self._gate.breaker.dropped(permit, self._loop)
 
+    def _charge(self, whole: bool) -> None:
+        meter, self._meter = self._meter, None
+        if meter is not None:
+            meter.charge(whole)
+
     async def _report(self, exc: BaseException | None) -> None:
         permit, self._permit = self._permit, None
         if permit is None:
             return
+        self._charge(exc is None)
         gate = self._gate
         if exc is None:
             if gate.awaits_store:
@@ -280,6 +332,8 @@ class AsyncGuardedStream:
             raise
         if self._watch is not None:
             self._watch = self._watch.see(item)
+        if self._meter is not None:
+            self._meter.usage.see(item)
         return item
 
     async def _end(self) -> None:
@@ -294,6 +348,7 @@ class AsyncGuardedStream:
         """Close the stream; a stream closed before its end counts as neither outcome."""
         permit, self._permit = self._permit, None
         if permit is not None:
+            self._charge(False)
             if self._gate.awaits_store:
                 await self._gate.aabandoned(permit)
             else:

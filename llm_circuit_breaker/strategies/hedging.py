@@ -44,6 +44,7 @@ from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._judge.content import is_content
 from llm_circuit_breaker._judge.refusal import refusal_of
 from llm_circuit_breaker.breaker.telemetry import Latency, latency_of
+from llm_circuit_breaker.strategies import tracing
 from llm_circuit_breaker.strategies.fallbacks import _PROVIDER_FAULTS, _distinct, _name
 from llm_circuit_breaker.strategies.gate import LOST, PLAIN
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
@@ -321,6 +322,8 @@ def with_hedging(
 
 def _async_hedge(hedge: _Hedge) -> Callable[..., Any]:
     async def call(*args: Any, **kwargs: Any) -> Any:
+        if tracing.hook is not None and tracing.passing() is not call:
+            return await tracing.hook.acall(call, None, args, kwargs)
         run = _Call(hedge, args, kwargs)
 
         async def attempt(number: int) -> Any:
@@ -338,6 +341,10 @@ def _async_hedge(hedge: _Hedge) -> Callable[..., Any]:
 
 def _async_gen_hedge(hedge: _Hedge) -> Callable[..., Any]:
     async def call(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        if tracing.hook is not None and tracing.passing() is not call:
+            async for item in tracing.hook.agen(call, None, args, kwargs):
+                yield item
+            return
         run = _Call(hedge, args, kwargs)
 
         async def attempt(number: int) -> AsyncReplayed:
@@ -498,6 +505,8 @@ class AsyncReplayed:
 
 def _sync_hedge(hedge: _Hedge) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
+        if tracing.hook is not None and tracing.passing() is not call:
+            return tracing.hook.call(call, None, args, kwargs)
         run = _Call(hedge, args, kwargs)
 
         def attempt(number: int) -> Any:
@@ -515,6 +524,9 @@ def _sync_hedge(hedge: _Hedge) -> Callable[..., Any]:
 
 def _gen_hedge(hedge: _Hedge) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        if tracing.hook is not None and tracing.passing() is not call:
+            yield from tracing.hook.gen(call, None, args, kwargs)
+            return
         run = _Call(hedge, args, kwargs)
 
         def attempt(number: int) -> Replayed:

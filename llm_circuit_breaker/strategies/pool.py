@@ -52,6 +52,7 @@ from typing import Any, Literal, TypeVar, cast
 from llm_circuit_breaker._judge.refusal import refusal_of
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.errors import FallbacksExhaustedError, ThrottledError
+from llm_circuit_breaker.strategies import tracing
 from llm_circuit_breaker.strategies.fallbacks import (
     _PROVIDER_FAULTS,
     END,
@@ -237,12 +238,14 @@ class _Pool:
             return
         span = trace.get_current_span()
         if span.is_recording():
+            from llm_circuit_breaker.breaker.telemetry import error_type
+
             span.add_event(
                 "llm_circuit_breaker.fallback",
                 {
                     "llm_circuit_breaker.name": name,
                     "llm_circuit_breaker.fallback.next": then,
-                    "error.type": type(exc).__name__,
+                    "error.type": error_type(exc),
                 },
             )
 
@@ -390,6 +393,8 @@ def with_pool(
 
 def _sync_pool(pool: _Pool) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
+        if tracing.hook is not None and tracing.passing() is not call:
+            return tracing.hook.call(call, None, args, kwargs)
         plan = pool.plan(args, kwargs)
         errors: list[Exception] = []
         for index in plan.order:
@@ -415,6 +420,8 @@ def _sync_pool(pool: _Pool) -> Callable[..., Any]:
 
 def _async_pool(pool: _Pool) -> Callable[..., Any]:
     async def call(*args: Any, **kwargs: Any) -> Any:
+        if tracing.hook is not None and tracing.passing() is not call:
+            return await tracing.hook.acall(call, None, args, kwargs)
         plan = pool.plan(args, kwargs)
         errors: list[Exception] = []
         for index in plan.order:
@@ -440,6 +447,9 @@ def _async_pool(pool: _Pool) -> Callable[..., Any]:
 
 def _gen_pool(pool: _Pool) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        if tracing.hook is not None and tracing.passing() is not call:
+            yield from tracing.hook.gen(call, None, args, kwargs)
+            return
         plan = pool.plan(args, kwargs)
         errors: list[Exception] = []
         for index in plan.order:
@@ -470,6 +480,10 @@ def _gen_pool(pool: _Pool) -> Callable[..., Any]:
 
 def _async_gen_pool(pool: _Pool) -> Callable[..., Any]:
     async def call(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        if tracing.hook is not None and tracing.passing() is not call:
+            async for item in tracing.hook.agen(call, None, args, kwargs):
+                yield item
+            return
         plan = pool.plan(args, kwargs)
         errors: list[Exception] = []
         for index in plan.order:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from llm_circuit_breaker._judge.results import non_answer, retried_by_default
 from llm_circuit_breaker.breaker import clock as time_source
 from llm_circuit_breaker.config import DEFAULT_RETRY_STATUS_CODES, RETRY_MARK, RetryConfig
+from llm_circuit_breaker.strategies import tracing
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
 if TYPE_CHECKING:
@@ -201,7 +202,9 @@ def with_retry(
 _NEVER_ANSWERS = frozenset({str, bytes, int, float, bool, type(None)})
 
 
-def _sync_shell(func: Callable[..., R], loops: _Loops, results: bool = True) -> Callable[..., R]:
+def _sync_shell(
+    func: Callable[..., R], loops: _Loops, results: bool = True, traced: bool = True
+) -> Callable[..., R]:
     policy = loops.policy
     timed = policy.config.deadline is not None
     check = policy.retry_on_result if results else None
@@ -212,6 +215,8 @@ def _sync_shell(func: Callable[..., R], loops: _Loops, results: bool = True) -> 
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> R:
+        if tracing.hook is not None and traced and tracing.passing() is not wrapper:
+            return tracing.hook.call(wrapper, None, args, kwargs)  # type: ignore[no-any-return]
         started = policy.clock() if timed else 0.0
         try:  # the first attempt judged here: no extra frame on the path that succeeds
             result = func(*args, **kwargs)
@@ -228,7 +233,7 @@ def _sync_shell(func: Callable[..., R], loops: _Loops, results: bool = True) -> 
 
 
 def _async_shell(
-    func: Callable[..., Awaitable[R]], loops: _Loops, results: bool = True
+    func: Callable[..., Awaitable[R]], loops: _Loops, results: bool = True, traced: bool = True
 ) -> Callable[..., Awaitable[R]]:
     policy = loops.policy
     timed = policy.config.deadline is not None
@@ -240,6 +245,8 @@ def _async_shell(
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> R:
+        if tracing.hook is not None and traced and tracing.passing() is not wrapper:
+            return await tracing.hook.acall(wrapper, None, args, kwargs)  # type: ignore[no-any-return]
         started = policy.clock() if timed else 0.0
         try:  # the first attempt judged here: no extra frame on the path that succeeds
             result = await func(*args, **kwargs)
@@ -310,10 +317,12 @@ def _gen_shell(
         except StopIteration:
             return stream, _EXHAUSTED
 
-    retried_start = _sync_shell(functools.wraps(func)(start), loops, results=False)
+    retried_start = _sync_shell(functools.wraps(func)(start), loops, results=False, traced=False)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        if tracing.hook is not None and tracing.passing() is not wrapper:
+            return (yield from tracing.hook.gen(wrapper, None, args, kwargs))
         # Retried until the first item arrives; after that a failure is the caller's to see.
         stream, first = retried_start(*args, **kwargs)
         if first is _EXHAUSTED:
@@ -337,10 +346,14 @@ def _async_gen_shell(
         except StopAsyncIteration:
             return stream, _EXHAUSTED
 
-    retried_start = _async_shell(functools.wraps(func)(start), loops, results=False)
+    retried_start = _async_shell(functools.wraps(func)(start), loops, results=False, traced=False)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        if tracing.hook is not None and tracing.passing() is not wrapper:
+            async for item in tracing.hook.agen(wrapper, None, args, kwargs):
+                yield item
+            return
         stream, first = await retried_start(*args, **kwargs)
         if first is _EXHAUSTED:
             return

@@ -20,6 +20,7 @@ from llm_circuit_breaker.httpx._core import (
     incomplete,
     library,
 )
+from llm_circuit_breaker.strategies import tracing
 
 __all__ = ["AsyncCircuitBreakerTransport"]
 
@@ -76,6 +77,8 @@ class AsyncCircuitBreakerTransport(Transport):
     for ``httpx.Client``)."""
 
     async def handle_async_request(self, request: Any) -> Any:
+        if tracing.hook is not None and tracing.passing() is not self:
+            return await tracing.hook.arequest(self, request)
         core = self._core
         breaker, body = core.abreaker_and_body(request)
         unpaid = core.unpaid_retry(request, breaker)

@@ -21,6 +21,7 @@ from llm_circuit_breaker.httpx._core import (
     library,
     read_capped,
 )
+from llm_circuit_breaker.strategies import tracing
 
 __all__ = ["CircuitBreakerTransport"]
 
@@ -77,6 +78,8 @@ class CircuitBreakerTransport(Transport):
     for ``httpx.Client``)."""
 
     def handle_request(self, request: Any) -> Any:
+        if tracing.hook is not None and tracing.passing() is not self:
+            return tracing.hook.request(self, request)
         core = self._core
         breaker, body = core.breaker_and_body(request)
         unpaid = core.unpaid_retry(request, breaker)

@@ -1,0 +1,467 @@
+"""A span per logical call without asking (SPEC section 18): with OpenTelemetry instrumentation
+on, decorated calls, helper calls and SDK requests through the transport are CLIENT spans, their
+attempts child spans; with the real opentelemetry-sdk (in-memory exporter and reader), the real
+openai SDK and the fake provider."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from llm_circuit_breaker import (
+    BreakerRegistry,
+    CircuitOpenError,
+    LLMCircuitBreaker,
+    circuit_breaker,
+    with_fallbacks,
+    with_retry,
+)
+from llm_circuit_breaker.errors import http_status_error
+from llm_circuit_breaker.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport
+from llm_circuit_breaker.observability.otel import OpenTelemetryInstrumentation
+from llm_circuit_breaker.strategies import tracing
+from llm_circuit_breaker.testing import FakeClock, FakeLLMServer, Reply
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+class Traced:
+    """An instrumentation of one registry with its span exporter and metric reader."""
+
+    def __init__(self, registry: BreakerRegistry, **options: Any) -> None:
+        self.spans = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.reader = InMemoryMetricReader()
+        self.otel = OpenTelemetryInstrumentation(
+            registry,
+            meter_provider=MeterProvider(metric_readers=[self.reader]),
+            tracer_provider=self.tracer_provider,
+            **options,
+        ).instrument()
+
+    def finished(self, kind: SpanKind | None = None) -> list[ReadableSpan]:
+        spans = list(self.spans.get_finished_spans())
+        return [s for s in spans if kind is None or s.kind is kind]
+
+    def points(self, name: str) -> list[Any]:
+        data = self.reader.get_metrics_data()
+        return [
+            point
+            for resource in (data.resource_metrics if data is not None else ())
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == name
+            for point in metric.data.data_points
+        ]
+
+
+@pytest.fixture
+def registry(clock: FakeClock) -> BreakerRegistry:
+    return BreakerRegistry(clock=clock)
+
+
+def test_a_decorated_call_is_one_client_span_with_its_attempts_as_children(
+    registry: BreakerRegistry, clock: FakeClock
+) -> None:
+    """with_retry over a scoped circuit_breaker, no traced(): one CLIENT span per call named
+    and attributed from the scope's fields, each attempt an INTERNAL child with the filled name,
+    the retries as events on the call's span, nested under the caller's span or a root."""
+    traced = Traced(registry)
+
+    @with_retry(max_retries=2, sleep=clock.sleep, jitter=False)
+    @circuit_breaker("openai:{model}", registry=registry, failure_threshold=5)
+    def chat(prompt: str, model: str) -> str:
+        if prompt == "fail":
+            raise http_status_error(503)
+        return "ok"
+
+    assert chat("hi", "gpt-4o") == "ok"
+    with (
+        traced.tracer_provider.get_tracer("test").start_as_current_span("request") as caller,
+        pytest.raises(Exception, match="503"),
+    ):
+        chat("fail", "gpt-4o")
+    ok, failed = traced.finished(SpanKind.CLIENT)
+    assert (ok.name, ok.parent) == ("chat gpt-4o", None)
+    assert ok.attributes is not None and failed.attributes is not None
+    assert {k: v for k, v in ok.attributes.items() if k.startswith("gen_ai.")} == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o",
+    }
+    assert failed.parent is not None and failed.parent.span_id == caller.get_span_context().span_id
+    assert failed.attributes["error.type"] == "503"
+    assert failed.status.status_code is StatusCode.ERROR
+    attempts = [s for s in traced.finished(SpanKind.INTERNAL) if s.parent is not None]
+    assert [s.parent.span_id for s in attempts if s.parent] == [ok.context.span_id] + [
+        failed.context.span_id
+    ] * 3
+    assert {(s.attributes or {}).get("llm_circuit_breaker.name") for s in attempts} == {
+        "openai:gpt-4o"
+    }
+    assert [(s.attributes or {}).get("llm_circuit_breaker.attempt") for s in attempts] == [
+        1,
+        1,
+        2,
+        3,
+    ]
+    retries = [e for e in failed.events if e.name == "llm_circuit_breaker.retry"]
+    assert len(retries) == 2
+    assert all((e.attributes or {})["llm_circuit_breaker.name"] == "openai:gpt-4o" for e in retries)
+    durations = traced.points("gen_ai.client.operation.duration")
+    assert sorted(str(p.attributes.get("error.type")) for p in durations) == ["503", "None"]
+    assert sum(p.count for p in durations) == 2
+
+
+def test_a_refusal_is_a_failed_span_with_its_event(registry: BreakerRegistry) -> None:
+    """A call the open circuit refuses: its span carries the refusal's error.type and the
+    rejected event with the breaker's name."""
+    traced = Traced(registry)
+
+    @circuit_breaker("anthropic", registry=registry, failure_threshold=1)
+    def ask() -> str:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        ask()
+    with pytest.raises(CircuitOpenError):
+        ask()
+    failed, refused = traced.finished(SpanKind.CLIENT)
+    assert failed.attributes is not None and refused.attributes is not None
+    assert failed.attributes["gen_ai.provider.name"] == "anthropic"
+    assert failed.attributes["error.type"] == "ConnectionError"
+    assert refused.attributes["error.type"].endswith("CircuitOpenError")
+    (event,) = [e for e in refused.events if e.name == "llm_circuit_breaker.rejected"]
+    assert (event.attributes or {})["llm_circuit_breaker.name"] == "anthropic"
+
+
+def test_a_failover_is_one_logical_span_with_both_targets_as_attempts(
+    registry: BreakerRegistry,
+) -> None:
+    """with_fallbacks: one CLIENT span; the failed and the serving target are attempts; the
+    failover is an event on the call's span."""
+    traced = Traced(registry)
+
+    @circuit_breaker("openai", registry=registry)
+    def primary() -> str:
+        raise http_status_error(503)
+
+    @circuit_breaker("anthropic", registry=registry)
+    def backup() -> str:
+        return "ok"
+
+    assert with_fallbacks(primary, backup)() == "ok"
+    (call,) = traced.finished(SpanKind.CLIENT)
+    attempts = traced.finished(SpanKind.INTERNAL)
+    assert [(s.attributes or {})["llm_circuit_breaker.name"] for s in attempts] == [
+        "openai",
+        "anthropic",
+    ]
+    assert attempts[0].status.status_code is StatusCode.ERROR
+    assert all(s.parent is not None and s.parent.span_id == call.context.span_id for s in attempts)
+    assert [e.name for e in call.events] == ["llm_circuit_breaker.fallback"]
+    assert call.status.status_code is not StatusCode.ERROR
+
+
+def test_a_generator_s_span_covers_its_items_and_times_the_first(
+    registry: BreakerRegistry,
+) -> None:
+    """A decorated generator: the span ends with the stream; the first chunk is timed."""
+    traced = Traced(registry)
+
+    @circuit_breaker("gemini:{model}", registry=registry)
+    def stream(model: str) -> Iterator[str]:
+        yield "Hel"
+        assert not traced.finished(), "the span is open while the stream is"
+        yield "lo"
+
+    assert list(stream(model="gemini-2.0-flash")) == ["Hel", "lo"]
+    (span,) = traced.finished()
+    assert span.name == "chat gemini-2.0-flash"
+    assert (span.attributes or {})["gen_ai.provider.name"] == "gcp.gemini"
+    (first,) = traced.points("gen_ai.client.operation.time_to_first_chunk")
+    assert first.count == 1
+
+
+def test_uninstrumented_nothing_is_traced(registry: BreakerRegistry) -> None:
+    """uninstrument() empties the hook slot: calls make no span."""
+    traced = Traced(registry)
+    assert tracing.hook is not None
+
+    @circuit_breaker("openai", registry=registry)
+    def ask() -> str:
+        return "ok"
+
+    ask()
+    traced.otel.uninstrument()
+    assert tracing.hook is None
+    ask()
+    assert len(traced.finished()) == 1
+
+
+def test_a_returned_sdk_stream_is_one_span_ended_with_the_stream(
+    llm_server: FakeLLMServer,
+) -> None:
+    """A coroutine function returning the openai SDK's AsyncStream: its span ends when the
+    stream does, with the time to the first chunk."""
+    registry = BreakerRegistry()
+    traced = Traced(registry)
+    llm_server.script(Reply.chat("Hello there!", stream=True))
+
+    async def run() -> list[Any]:
+        client = openai.AsyncOpenAI(
+            api_key="sk-test", base_url=llm_server.url + "/v1", max_retries=0
+        )
+
+        @circuit_breaker("openai:{model}", registry=registry)
+        async def ask(model: str) -> Any:
+            return await client.chat.completions.create(model=model, messages=MESSAGES, stream=True)
+
+        try:
+            stream = await ask("gpt-4o-mini")
+            assert not traced.finished(SpanKind.CLIENT)
+            return [chunk async for chunk in stream]
+        finally:
+            await client.close()
+
+    chunks = asyncio.run(run())
+    assert chunks
+    (span,) = traced.finished(SpanKind.CLIENT)
+    assert span.name == "chat gpt-4o-mini"
+    (first,) = traced.points("gen_ai.client.operation.time_to_first_chunk")
+    assert first.count == 1
+
+
+def test_an_sdk_request_through_the_transport_is_a_client_span(
+    llm_server: FakeLLMServer,
+) -> None:
+    """The openai SDK over CircuitBreakerTransport: one CLIENT span per request, attributed
+    from the request (model, operation, server) and the breaker's name; a refused request's
+    span carries the refusal."""
+    registry = BreakerRegistry()
+    traced = Traced(registry)
+    llm_server.script(Reply.chat("Hello there!", stream=True), Reply.error(503))
+    transport = CircuitBreakerTransport("openai", registry=registry, failure_threshold=1)
+    client = openai.OpenAI(
+        api_key="sk-test",
+        base_url=llm_server.url + "/v1",
+        max_retries=0,
+        http_client=httpx.Client(transport=transport),
+    )
+    try:
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        assert not traced.finished()  # open until the body is read
+        assert list(stream)
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        with pytest.raises(openai.APIStatusError):  # refused by the open circuit
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    finally:
+        client.close()
+    ok, failed, refused = traced.finished(SpanKind.CLIENT)
+    assert ok.attributes is not None and failed.attributes is not None
+    assert ok.name == "chat gpt-4o-mini"
+    assert ok.attributes["gen_ai.request.model"] == "gpt-4o-mini"
+    assert ok.attributes["gen_ai.provider.name"] == "openai"
+    assert ok.attributes["server.address"] == "127.0.0.1"
+    assert ok.attributes["llm_circuit_breaker.name"] == "openai"
+    assert "error.type" not in ok.attributes
+    assert failed.attributes["error.type"] == "503"
+    assert (refused.attributes or {})["error.type"].endswith("CircuitOpenError")
+    assert any(e.name == "llm_circuit_breaker.rejected" for e in refused.events)
+    (first,) = traced.points("gen_ai.client.operation.time_to_first_chunk")
+    assert first.count == 1
+
+
+def test_transport_requests_inside_a_decorated_call_are_its_attempts(
+    llm_server: FakeLLMServer,
+) -> None:
+    """Under a decorated call (async SDK client), the transport's request is an attempt of
+    that call, not a second logical span."""
+    registry = BreakerRegistry()
+    traced = Traced(registry)
+    llm_server.script(Reply.chat("Hello there!"))
+
+    async def run() -> Any:
+        transport = AsyncCircuitBreakerTransport("openai-http", registry=registry)
+        client = openai.AsyncOpenAI(
+            api_key="sk-test",
+            base_url=llm_server.url + "/v1",
+            max_retries=0,
+            http_client=httpx.AsyncClient(transport=transport),
+        )
+
+        @with_retry(max_retries=1)
+        async def ask(model: str) -> Any:
+            return await client.chat.completions.create(model=model, messages=MESSAGES)
+
+        try:
+            return await ask(model="gpt-4o")
+        finally:
+            await client.close()
+
+    assert asyncio.run(run()).choices
+    (call,) = traced.finished(SpanKind.CLIENT)
+    (attempt,) = traced.finished(SpanKind.INTERNAL)
+    assert attempt.parent is not None and attempt.parent.span_id == call.context.span_id
+    assert (attempt.attributes or {})["llm_circuit_breaker.name"] == "openai-http"
+    assert call.name == "chat gpt-4o"
+    assert (call.attributes or {})["gen_ai.provider.name"] == "openai"
+
+
+def test_a_helper_call_is_one_client_span(llm_server: FakeLLMServer) -> None:
+    """LLMCircuitBreaker.call: one CLIENT span with the body's model; its attempt a child."""
+    registry = BreakerRegistry()
+    traced = Traced(registry)
+    llm_server.script(Reply.chat("Hello there!"))
+    with LLMCircuitBreaker("openai", registry=registry) as cb:
+        answer = cb.call(
+            llm_server.url + "/v1/chat/completions", data={"model": "gpt-4o", "messages": []}
+        )
+    assert answer["choices"]
+    (call,) = traced.finished(SpanKind.CLIENT)
+    assert call.name == "chat gpt-4o"
+    assert (call.attributes or {})["gen_ai.provider.name"] == "openai"
+    assert (call.attributes or {})["server.address"] == "127.0.0.1"
+
+
+def test_a_failover_event_names_the_filled_breakers(registry: BreakerRegistry) -> None:
+    """Scoped targets: the failover event carries the filled names and the status."""
+    traced = Traced(registry)
+
+    @circuit_breaker("openai:{model}", registry=registry)
+    def primary(model: str) -> str:
+        raise http_status_error(529)
+
+    @circuit_breaker("anthropic:{model}", registry=registry)
+    def backup(model: str) -> str:
+        return "ok"
+
+    assert with_fallbacks(primary, backup)(model="big") == "ok"
+    (call,) = traced.finished(SpanKind.CLIENT)
+    (event,) = call.events
+    assert dict(event.attributes or {}) == {
+        "llm_circuit_breaker.name": "openai:big",
+        "llm_circuit_breaker.fallback.next": "anthropic:big",
+        "error.type": "529",
+    }
+    assert call.name == "chat big"
+
+
+def test_hedges_are_attempts_of_one_logical_call(registry: BreakerRegistry) -> None:
+    """with_hedging with delay 0: both attempts start at once, each in its own thread, and
+    both are attempt spans of the one logical call (the thread gets the caller's context)."""
+    from llm_circuit_breaker import with_hedging
+
+    traced = Traced(registry)
+    answer = threading.Event()
+
+    @circuit_breaker("openai", registry=registry)
+    def slow() -> str:
+        answer.wait(5)
+        return "late"
+
+    @circuit_breaker("anthropic", registry=registry)
+    def fast() -> str:
+        return "ok"
+
+    try:
+        assert with_hedging(slow, fast, delay=0)() == "ok"
+    finally:
+        answer.set()
+    for _ in range(1000):  # the loser's thread ends its span once released
+        if len(traced.finished(SpanKind.INTERNAL)) == 2:
+            break
+        time.sleep(0.01)
+    (call,) = traced.finished(SpanKind.CLIENT)
+    attempts = traced.finished(SpanKind.INTERNAL)
+    assert sorted((s.attributes or {})["llm_circuit_breaker.name"] for s in attempts) == [
+        "anthropic",
+        "openai",
+    ]
+    assert all(s.parent is not None and s.parent.span_id == call.context.span_id for s in attempts)
+
+
+def test_an_async_generator_and_a_helper_stream_are_one_span_each(
+    registry: BreakerRegistry, llm_server: FakeLLMServer
+) -> None:
+    """A decorated async generator under with_retry, and LLMCircuitBreaker.stream: the span
+    of each covers its items (one CLIENT span, its attempt a child)."""
+    traced = Traced(registry)
+
+    @with_retry(max_retries=1)
+    @circuit_breaker("anthropic:{model}", registry=registry)
+    async def stream(model: str) -> Any:
+        for piece in ("Hel", "lo"):
+            yield piece
+
+    async def consume() -> list[str]:
+        return [piece async for piece in stream(model="claude-x")]
+
+    assert asyncio.run(consume()) == ["Hel", "lo"]
+    (call,) = traced.finished(SpanKind.CLIENT)
+    (attempt,) = traced.finished(SpanKind.INTERNAL)
+    assert call.name == "chat claude-x"
+    assert (call.attributes or {})["gen_ai.provider.name"] == "anthropic"
+    assert attempt.parent is not None and attempt.parent.span_id == call.context.span_id
+    llm_server.script(Reply.chat("Hello there!", stream=True))
+    with LLMCircuitBreaker("openai", registry=registry) as cb:
+        events = cb.stream(
+            llm_server.url + "/v1/chat/completions",
+            data={"model": "gpt-4o", "messages": [], "stream": True},
+        )
+        assert len(traced.finished(SpanKind.CLIENT)) == 1  # the stream's span is open
+        assert list(events)
+    assert [s.name for s in traced.finished(SpanKind.CLIENT)] == ["chat claude-x", "chat gpt-4o"]
+    firsts = traced.points("gen_ai.client.operation.time_to_first_chunk")
+    assert sum(point.count for point in firsts) == 2  # each stream's first chunk, once
+
+
+def test_a_throttle_wait_is_an_event_of_the_attempt_that_waited(
+    registry: BreakerRegistry, clock: FakeClock
+) -> None:
+    """After a 429 with retry-after, the next call waits for its slot: the wait is an event
+    on that call's attempt span, named after the filled breaker; the 429 is the first call's
+    error.type."""
+
+    @with_retry(max_retries=0)
+    @circuit_breaker("openai:{model}", registry=registry)
+    def ask(model: str, error: BaseException | None = None) -> str:
+        if error is not None:
+            raise error
+        return "ok"
+
+    traced = Traced(registry)
+    limited = http_status_error(
+        429, {"retry-after": "2"}, {"error": {"code": "rate_limit_exceeded"}}
+    )
+    with pytest.raises(Exception, match="429"):
+        ask("gpt-4o", limited)
+    assert ask("gpt-4o") == "ok"
+    assert clock.sleeps  # the second call waited for its slot
+    first, second = traced.finished(SpanKind.CLIENT)
+    assert (first.attributes or {})["error.type"] == "429"
+    (attempt,) = [
+        s
+        for s in traced.finished(SpanKind.INTERNAL)
+        if s.parent is not None and s.parent.span_id == second.context.span_id
+    ]
+    (wait,) = [e for e in attempt.events if e.name == "llm_circuit_breaker.throttle_wait"]
+    assert (wait.attributes or {})["llm_circuit_breaker.name"] == "openai:gpt-4o"
+    assert (wait.attributes or {})["llm_circuit_breaker.throttle.wait"] == pytest.approx(
+        clock.sleeps[0]
+    )
