@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 from llm_circuit_breaker import _validate as check
 
 __all__ = [
+    "DEFAULT_CONFIG",
     "DEFAULT_RETRY_STATUS_CODES",
     "BreakerRules",
     "CircuitBreakerConfig",
@@ -212,6 +213,10 @@ class CircuitBreakerConfig(_Options):
     def as_fields(self) -> dict[str, Any]:
         """Every field and its value."""
         return {name: getattr(self, name) for name in self.option_names()}
+
+
+DEFAULT_CONFIG = CircuitBreakerConfig()
+"""The defaults, one frozen object shared by every breaker made without a config."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

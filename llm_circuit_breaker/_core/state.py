@@ -18,6 +18,7 @@ import dataclasses
 import enum
 import math
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from llm_circuit_breaker._core.permits import REJECTED
@@ -132,10 +133,10 @@ class BreakerCore:
         self.open_until = -math.inf
         self.paced = False  # a throttle must see every call: no lock-free path
         self.held_open = False
-        self.transitions: list[Transition] = []
+        self.transitions: list[Transition] | None = None  # made by the first state change
         self._seq = 0
         self.generation = 0
-        self._inflight: dict[int, float] = {}
+        self._inflight: dict[int, float] | None = None  # made by the first tracked admission
         self._track_calls = config.slow_call_duration is not None
         rate_mode = config.failure_rate_threshold is not None
         self._window = _FailureWindow(config.effective_window) if rate_mode else None
@@ -158,9 +159,14 @@ class BreakerCore:
         self.advance(now)
         if self.state is OPEN:
             return None if self.held_open else max(0.0, self.open_until - now)
-        if self.state is HALF_OPEN and len(self._inflight) >= self.config.half_open_max_calls:
+        inflight = self._inflight
+        if (
+            self.state is HALF_OPEN
+            and inflight
+            and len(inflight) >= self.config.half_open_max_calls
+        ):
             lease = self.config.half_open_probe_timeout
-            return max(0.0, min(self._inflight.values()) + lease - now)
+            return max(0.0, min(inflight.values()) + lease - now)
         return 0.0
 
     # -- admitting and recording -----------------------------------------------------------
@@ -175,10 +181,13 @@ class BreakerCore:
             return REJECTED
         else:
             self._expire_leases(now)
-            if len(self._inflight) >= self.config.half_open_max_calls:
+            if self._inflight and len(self._inflight) >= self.config.half_open_max_calls:
                 return REJECTED
         self._seq += 1
-        self._inflight[self._seq] = now
+        inflight = self._inflight
+        if inflight is None:
+            inflight = self._inflight = {}
+        inflight[self._seq] = now
         return self._seq
 
     def record(
@@ -195,7 +204,7 @@ class BreakerCore:
         ``open_for`` asks for the circuit to open for that many seconds on a failure (a
         server's long retry hint, or quota exhaustion); ``why`` says which, for the listeners.
         """
-        started = self._inflight.pop(permit, None)
+        started = self._inflight.pop(permit, None) if self._inflight else None
         if started is None and not (self.state is CLOSED and permit == self.generation):
             return outcome  # admitted under an earlier state, or a probe whose lease ran out
         slow = self.config.slow_call_duration
@@ -271,11 +280,16 @@ class BreakerCore:
         self.open_until = now + duration
 
     def _move(self, new: CircuitState, now: float, reason: str) -> None:
-        self.transitions.append(Transition(self.state, new, reason, now))
+        change = Transition(self.state, new, reason, now)
+        if self.transitions is None:
+            self.transitions = [change]
+        else:
+            self.transitions.append(change)
         self.state = new
         self._seq += 1
         self.generation = self._seq
-        self._inflight.clear()
+        if self._inflight:
+            self._inflight.clear()
         self.success_count = 0
         self.held_open = False
         if new is not OPEN:
@@ -288,9 +302,20 @@ class BreakerCore:
         self._refresh()
 
     def _expire_leases(self, now: float) -> None:
+        inflight = self._inflight
+        if not inflight:
+            return
         deadline = now - self.config.half_open_probe_timeout
-        for permit in [p for p, started in self._inflight.items() if started <= deadline]:
-            del self._inflight[permit]
+        for permit in [p for p, started in inflight.items() if started <= deadline]:
+            del inflight[permit]
+
+    def drain(self) -> Sequence[Transition]:
+        """Take the pending state changes (the caller hands them to the listeners)."""
+        transitions = self.transitions
+        if transitions is None:
+            return ()
+        self.transitions = None
+        return transitions
 
     def set_paced(self, paced: bool) -> None:
         """Whether every admission and success must reach the caller's throttle."""

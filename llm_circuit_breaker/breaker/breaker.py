@@ -26,7 +26,7 @@ from llm_circuit_breaker.breaker.telemetry import (
     Telemetry,
     WaitHistogram,
 )
-from llm_circuit_breaker.config import CircuitBreakerConfig
+from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
 from llm_circuit_breaker.errors import BudgetExceededError, CircuitOpenError, ThrottledError
 
 if TYPE_CHECKING:
@@ -56,12 +56,28 @@ class CircuitBreaker:
     decorators and the HTTP helpers do that for you. Thread-safe and asyncio-safe.
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_alink",
+        "_budget_lock",
+        "_circuit",
+        "_enter_circuit",
+        "_followed",
+        "_limit",
+        "_local",
+        "_retry_budget",
+        "_spend",
+        "_telemetry",
+        "_time",
+        "config",
+        "enter",
+        "name",
+        "record_success",
+        "store",
+    )
+
     enter: Callable[[], Entry]  # the circuit's own method, bound once: no extra frame per call
     record_success: Callable[[int], None]
-    # The name template this breaker was made from (``"openai:{model}"``), None when named
-    # outright: exporters and logs label by template and scope value apart.
-    template: str | None = None
-    _limit: ConcurrencyLimit | None = None  # the cap on calls in flight (max_concurrent)
 
     def __init__(
         self,
@@ -76,13 +92,13 @@ class CircuitBreaker:
         if config is not None and not isinstance(config, CircuitBreakerConfig):
             raise TypeError(f"config must be a CircuitBreakerConfig, got {type(config).__name__}")
         self.name = name
-        self.config = config or CircuitBreakerConfig()
+        self.config = config or DEFAULT_CONFIG  # frozen: one shared by every default breaker
         self.store = store
         # Without a clock of its own the breaker reads (and waits with) the library's time
         # source; a clock that can sleep (``testing.FakeClock``) also drives the throttle's waits.
         self._time = clock_module.SHARED if clock is None else TimeSource.of(clock)
         self._telemetry = Telemetry(name, self.config.enabled)
-        self._telemetry.breaker = self
+        self._limit: ConcurrencyLimit | None = None  # the cap on calls in flight
         # With a store, the local circuit (and its throttle) decides while the store is down.
         self._local = LocalCircuit(name, self.config, self._time, self._telemetry)
         self._alink: AsyncStoreLink | None = None
@@ -103,7 +119,12 @@ class CircuitBreaker:
             self.enter = self.record_success = self._needs_await
         else:
             self.enter, self.record_success = self._circuit.enter, self._circuit.record_success
-        self._make_budgets()
+        # The retry budget and the lock of the budgets are made on first need.
+        self._budget_lock: threading.Lock | None = None
+        self._retry_budget: RetryBudget | None = None
+        self._spend: SpendCap | None = None
+        if self.config.token_budget is not None:
+            self._cap_spend()
         if self.config.max_concurrent is not None:
             self._cap_calls_in_flight()
 
@@ -117,6 +138,16 @@ class CircuitBreaker:
         self._limit = limit
         if self._alink is None:  # with an asyncio store, aenter() and the a-reports count
             self.enter, self.record_success = limit.enter, limit.record_success
+
+    @property
+    def template(self) -> str | None:
+        """The name template this breaker was made from (``"openai:{model}"``), None when
+        named outright: exporters and logs label by template and scope value apart."""
+        return self._telemetry.template
+
+    @template.setter
+    def template(self, template: str | None) -> None:
+        self._telemetry.template = template
 
     @property
     def is_async(self) -> bool:
@@ -266,31 +297,43 @@ class CircuitBreaker:
 
     # -- budgets: retries and spend (kept in this process) -----------------------------------
 
-    def _make_budgets(self) -> None:
+    def _budgets(self) -> threading.Lock:
+        """The lock of the budgets (made now if this is the first need of one)."""
+        lock = self._budget_lock
+        if lock is None:
+            with _MAKING:
+                lock = self._budget_lock
+                if lock is None:
+                    lock = self._budget_lock = threading.Lock()
+        return lock
+
+    def _cap_spend(self) -> None:
         config = self.config
-        self._budget_lock = threading.Lock()
-        self._retry_budget = (
-            None
-            if config.retry_budget is None
-            else RetryBudget(config.retry_budget, config.retry_budget_floor)
-        )
-        self._spend: SpendCap | None = None
-        if config.token_budget is not None:
-            self._spend = SpendCap(config.token_budget, config.token_budget_window)
-            if self._circuit is not None:  # a spent budget refuses before the circuit admits
-                self._enter_circuit = self.enter
-                self.enter = self._capped_enter
+        self._budgets()
+        self._spend = SpendCap(cast("float", config.token_budget), config.token_budget_window)
+        if self._circuit is not None:  # a spent budget refuses before the circuit admits
+            self._enter_circuit = self.enter
+            self.enter = self._capped_enter
+
+    def _settled_budget(self, ratio: float, now: float) -> RetryBudget:
+        """The retry budget with the first attempts counted since (lock held); made by the
+        first retry (the counts it reads start with the breaker, so it sees them all)."""
+        budget = self._retry_budget
+        if budget is None:
+            budget = self._retry_budget = RetryBudget(ratio, self.config.retry_budget_floor)
+        budget.settle(now, self._telemetry.stats().calls)  # retries too: settle sorts
+        return budget
 
     def try_spend_retry(self) -> bool:
         """Pay for one extra attempt (a retry, an SDK's retry, a hedge) from the retry
         budget: True when it may be made, False when the budget cannot pay (counted in
         ``stats.retries_denied``; a metrics-only breaker counts it and says True)."""
-        budget = self._retry_budget
-        if budget is None:
+        ratio = self.config.retry_budget
+        if ratio is None:
             return True
-        with self._budget_lock:  # the count read under the lock: settles see it only grow
+        with self._budgets():  # the count read under the lock: settles see it only grow
             now = self._time.now()
-            budget.settle(now, self._telemetry.stats().calls)  # retries too: settle sorts
+            budget = self._settled_budget(ratio, now)
             paid = budget.try_withdraw(now)
             if paid:
                 budget.skip()  # the retry's own call is no first attempt
@@ -302,12 +345,12 @@ class CircuitBreaker:
     @property
     def retry_budget(self) -> dict[str, float] | None:
         """``{balance, ratio, floor}``: the retries that may be made now (None when off)."""
-        budget = self._retry_budget
-        if budget is None:
+        ratio = self.config.retry_budget
+        if ratio is None:
             return None
-        with self._budget_lock:
+        with self._budgets():
             now = self._time.now()
-            budget.settle(now, self._telemetry.stats().calls)
+            budget = self._settled_budget(ratio, now)
             balance = budget.balance(now)
         return {"balance": balance, "ratio": budget.ratio, "floor": budget.floor}
 
@@ -317,7 +360,7 @@ class CircuitBreaker:
         cap = self._spend
         if cap is None:
             return
-        with self._budget_lock:
+        with self._budgets():
             now = self._time.now()
             before = cap.refusal(now)
             cap.spend(now, tokens)
@@ -343,7 +386,7 @@ class CircuitBreaker:
         cap = self._spend
         if cap is None:
             return None
-        with self._budget_lock:
+        with self._budgets():
             wait = cap.refusal(self._time.now())
             spent, limit = cap.spent, cap.limit
         if wait is None:
@@ -363,7 +406,7 @@ class CircuitBreaker:
         cap = self._spend
         if cap is None:
             return {"spent": 0.0, "limit": None, "resets_in": None}
-        with self._budget_lock:
+        with self._budgets():
             return dict(cap.view(self._time.now()))
 
     # -- the coroutine face: awaited through a link to an asyncio store, or answered by the
@@ -524,7 +567,7 @@ class CircuitBreaker:
     @property
     def wait_histogram(self) -> WaitHistogram:
         """How long admitted calls waited for their throttle slot (for the exporters)."""
-        return self._telemetry.waits
+        return self._telemetry.known_waits()
 
     @property
     def stats(self) -> BreakerStats:
@@ -570,9 +613,10 @@ class CircuitBreaker:
         else:
             self.reset()
         self._telemetry.zero()
-        with self._budget_lock:  # the counts the retry budget reads start again from zero
-            if self._retry_budget is not None:
-                self._retry_budget = RetryBudget(self._retry_budget.ratio, self._retry_budget.floor)
+        if self._budget_lock is None:
+            return
+        with self._budgets():  # the counts the retry budget reads start again from zero
+            self._retry_budget = None  # made afresh by the next retry
             if self._spend is not None:
                 self._spend.forget()
 
@@ -592,7 +636,7 @@ class CircuitBreaker:
 
     def add_observer(self, observer: Observer) -> None:
         """Tell ``observer`` of refusals and retries (the metrics exporters use this)."""
-        self._telemetry.add_observer(observer)
+        self._telemetry.add_observer(observer, self)
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(StateChange)`` after every state change (outside the lock)."""
@@ -610,6 +654,7 @@ class CircuitBreaker:
         )
 
 
+_MAKING = threading.Lock()  # makes a breaker's budget lock once
 _LATER: set[Any] = set()  # reports scheduled from finalisers, held until they ran
 
 

@@ -29,6 +29,10 @@ OPEN = CircuitState.OPEN
 _INF = float("inf")
 
 
+def _not_open_yet() -> int:  # pragma: no cover - a circuit opens only after a report
+    raise RuntimeError("a refusal was counted before the circuit could open")
+
+
 def check_report(permit: object, outcome: object, open_for: float | None) -> None:
     """Refuse a malformed report before it can touch the state machine."""
     if permit.__class__ is not int:
@@ -51,6 +55,7 @@ class LocalCircuit:
         "cause",
         "max_wait",
         "name",
+        "paced",
         "rejoin",
         "telemetry",
         "throttle",
@@ -67,18 +72,30 @@ class LocalCircuit:
     ) -> None:
         self.name = name
         self.telemetry = telemetry
-        # Bound once: the CLOSED success path and the fail-fast path call them.
+        # Bound once: the CLOSED success path calls it. The fail-fast path's counter is made
+        # by the first report or control, before the circuit can open.
         self._count_success = telemetry.count_success
-        self._count_rejection = telemetry.count_rejection
+        self._count_rejection: Callable[[], int] = _not_open_yet
         self._time = source
         # Set while the registry has forgotten this circuit: the next call puts it back.
         self.rejoin: Callable[[], None] | None = None
         self._core = BreakerCore(config)
         self._lock = threading.Lock()
         self.cause: BaseException | None = None  # the error that last opened the circuit
-        self.throttle = ThrottleCore(config) if config.throttle and paced else None
+        # The throttle is made on first need (a rate limit, rate-limit headers), at once when
+        # rates are configured; ``paced``: whether this circuit has one to make.
+        self.paced = paced = config.throttle and paced
+        rated = config.requests_per_minute is not None or config.tokens_per_minute is not None
+        self.throttle = ThrottleCore(config) if paced and rated else None
         self.max_wait = config.throttle_max_wait
         self._follow_throttle()
+
+    def _throttle(self) -> ThrottleCore | None:
+        """The throttle, made now if this circuit paces and has none yet (lock held)."""
+        throttle = self.throttle
+        if throttle is None and self.paced:
+            throttle = self.throttle = ThrottleCore(self._core.config)
+        return throttle
 
     def _follow_throttle(self) -> None:
         """Send every call through the slow path while the throttle has a say (lock held)."""
@@ -215,10 +232,14 @@ class LocalCircuit:
         ``error`` is kept as the cause of later refusals if this report opens the circuit;
         ``hint`` is the server's wait for a rate limit (``THROTTLED``)."""
         check_report(permit, outcome, open_for)
+        if self._count_rejection is _not_open_yet:
+            self._count_rejection = self.telemetry.rejection_counter()
         with self._lock:
             now = self._time.now()
             counted = self._core.record(permit, outcome, now, open_for=open_for, why=why)
             throttle = self.throttle
+            if throttle is None and outcome is Outcome.THROTTLED:
+                throttle = self._throttle()
             news = None
             if throttle is not None:
                 news = throttle.report(
@@ -244,7 +265,7 @@ class LocalCircuit:
 
     def observe(self, headers: object) -> None:
         """Feed a response's rate-limit headers to the throttle."""
-        if self.throttle is None:
+        if not self.paced:
             return
         import time
 
@@ -254,7 +275,9 @@ class LocalCircuit:
         if limits is None:
             return
         with self._lock:
-            self.throttle.observe(limits, self._time.now())
+            throttle = self._throttle()
+            if throttle is not None:
+                throttle.observe(limits, self._time.now())
             self._follow_throttle()
 
     @property
@@ -272,11 +295,14 @@ class LocalCircuit:
     def throttle_view(self) -> dict[str, float | int | None]:
         """What the throttle says now (all None/0 without a throttle)."""
         with self._lock:
-            if self.throttle is None:
+            throttle = self.throttle
+            if throttle is None and self.paced:  # nothing learned yet: what a new one says
+                throttle = ThrottleCore(self._core.config)
+            if throttle is None:
                 return dict.fromkeys(
                     ("paused_for", "requests_remaining", "tokens_remaining", "reset_in"), None
                 ) | {"waiting": 0}
-            return self.throttle.view(self._time.now())
+            return throttle.view(self._time.now())
 
     def view(self) -> View:
         """The circuit now (applying the lazy OPEN -> HALF_OPEN)."""
@@ -308,6 +334,8 @@ class LocalCircuit:
 
     def control(self, action: Control) -> None:
         """Reset (the circuit and the throttle), force open or force closed."""
+        if self._count_rejection is _not_open_yet:
+            self._count_rejection = self.telemetry.rejection_counter()
         with self._lock:
             now = self._time.now()
             if action == "force_open":
@@ -324,8 +352,4 @@ class LocalCircuit:
 
     def _drain(self) -> Sequence[Transition]:
         """Take the core's pending transitions (call with the lock held)."""
-        transitions = self._core.transitions
-        if not transitions:
-            return ()  # never hand out the core's own list: others append to it later
-        self._core.transitions = []
-        return transitions
+        return self._core.drain()

@@ -52,8 +52,7 @@ class MemoryStateStore:
     def _view(slot: _Slot, now: float, news: ThrottleNews | None = None) -> View:
         core, throttle = slot.core, slot.throttle
         retry_after = core.retry_after(now)
-        transitions = tuple(core.transitions)
-        core.transitions = []
+        transitions = tuple(core.drain())
         config = core.config
         clean = (
             core.state is CircuitState.CLOSED
