@@ -34,6 +34,9 @@ OnRetry = Callable[[int, BaseException, float], object]  # (attempt that failed,
 FailurePredicate = Callable[[BaseException], bool]
 
 
+_NAMES: dict[type, tuple[str, ...]] = {}  # option names by config class (read per new breaker)
+
+
 class _Options:
     """Shared by the config dataclasses: building from a dict of option names."""
 
@@ -45,12 +48,16 @@ class _Options:
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
         """The option names, in declaration order (not the class constants)."""
-        return tuple(f.name for f in dataclasses.fields(cls))
+        names = _NAMES.get(cls)
+        if names is None:
+            names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+        return names
 
     @classmethod
     def check_names(cls, options: Mapping[str, Any]) -> None:
         """``TypeError`` with a did-you-mean hint for every unknown option name."""
-        check.check_option_names(options, cls.option_names(), cls._what)
+        if options:  # none to check: the common case of a scope's breaker made on first use
+            check.check_option_names(options, cls.option_names(), cls._what)
 
     def _warn_milliseconds(self) -> None:
         for name in self._time_fields:

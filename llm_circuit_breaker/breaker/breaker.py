@@ -61,23 +61,20 @@ class CircuitBreaker:
         "_alink",
         "_budget_lock",
         "_circuit",
+        "_enter",
         "_enter_circuit",
         "_followed",
         "_limit",
         "_local",
+        "_record_success",
         "_retry_budget",
         "_spend",
         "_telemetry",
         "_time",
         "config",
-        "enter",
         "name",
-        "record_success",
         "store",
     )
-
-    enter: Callable[[], Entry]  # the circuit's own method, bound once: no extra frame per call
-    record_success: Callable[[int], None]
 
     def __init__(
         self,
@@ -115,10 +112,14 @@ class CircuitBreaker:
             self._circuit, self._followed = None, self._alink
         elif store is not None:
             self._circuit = self._followed = StoreLink(cast("StateStore", store), *parts)
+        # What enter / record_success are when not the local circuit's own (a link's, the
+        # concurrency limit's, the token budget's): None keeps no bound method per breaker.
+        self._enter: Callable[[], Entry] | None = None
+        self._record_success: Callable[[int], None] | None = None
         if self._circuit is None:
-            self.enter = self.record_success = self._needs_await
-        else:
-            self.enter, self.record_success = self._circuit.enter, self._circuit.record_success
+            self._enter = self._record_success = self._needs_await
+        elif self._circuit is not self._local:
+            self._enter, self._record_success = self._circuit.enter, self._circuit.record_success
         # The retry budget and the lock of the budgets are made on first need.
         self._budget_lock: threading.Lock | None = None
         self._retry_budget: RetryBudget | None = None
@@ -137,7 +138,21 @@ class CircuitBreaker:
         )
         self._limit = limit
         if self._alink is None:  # with an asyncio store, aenter() and the a-reports count
-            self.enter, self.record_success = limit.enter, limit.record_success
+            self._enter, self._record_success = limit.enter, limit.record_success
+
+    @property
+    def enter(self) -> Callable[[], Entry]:
+        """Admit one call: its permit, the :class:`CircuitOpenError` that says why not, the
+        :class:`ThrottledError` when its throttle slot is too far away, or the ``Wait`` for a
+        slot. The circuit's own method: bind it once (the decorators do), no extra frame."""
+        enter = self._enter
+        return self._local.enter if enter is None else enter
+
+    @property
+    def record_success(self) -> Callable[[int], None]:
+        """Report that the call holding ``permit`` succeeded (the circuit's own method)."""
+        record = self._record_success
+        return self._local.record_success if record is None else record
 
     @property
     def template(self) -> str | None:
@@ -313,7 +328,7 @@ class CircuitBreaker:
         self._spend = SpendCap(cast("float", config.token_budget), config.token_budget_window)
         if self._circuit is not None:  # a spent budget refuses before the circuit admits
             self._enter_circuit = self.enter
-            self.enter = self._capped_enter
+            self._enter = self._capped_enter
 
     def _settled_budget(self, ratio: float, now: float) -> RetryBudget:
         """The retry budget with the first attempts counted since (lock held); made by the

@@ -49,8 +49,8 @@ class LocalCircuit:
     __slots__ = (
         "_core",
         "_count_rejection",
-        "_count_success",
         "_lock",
+        "_successes",
         "_time",
         "cause",
         "max_wait",
@@ -72,9 +72,9 @@ class LocalCircuit:
     ) -> None:
         self.name = name
         self.telemetry = telemetry
-        # Bound once: the CLOSED success path calls it. The fail-fast path's counter is made
-        # by the first report or control, before the circuit can open.
-        self._count_success = telemetry.count_success
+        # Bumped by the CLOSED success path (``next``: no bound method kept). The fail-fast
+        # path's counter is made by the first report or control, before the circuit can open.
+        self._successes = telemetry.successes
         self._count_rejection: Callable[[], int] = _not_open_yet
         self._time = source
         # Set while the registry has forgotten this circuit: the next call puts it back.
@@ -214,7 +214,7 @@ class LocalCircuit:
     def record_success(self, permit: int) -> None:
         """Report that the call holding ``permit`` succeeded."""
         if permit == self._core.clean_permit:  # nothing to change but the count
-            self._count_success()
+            next(self._successes)
             return
         self.record(permit, Outcome.SUCCESS)
 

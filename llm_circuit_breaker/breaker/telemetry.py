@@ -238,12 +238,12 @@ class Telemetry:
         "_listeners",
         "_observers",
         "_rejections",
-        "_successes",
         "_waits",
         "breaker",
         "enforced",
         "name",
         "plain_refusals",
+        "successes",
         "template",
     )
 
@@ -256,7 +256,7 @@ class Telemetry:
         self.template: str | None = None  # the name template, for the log records' fields
         self._listeners: tuple[Listener, ...] = ()
         self._observers: tuple[Observer, ...] = ()
-        self._successes = itertools.count()
+        self.successes = itertools.count()  # bumped lock-free: ``next(telemetry.successes)``
         self._rejections: itertools.count[int] | None = None
         self._counts: list[int] | None = None
         self._waits: WaitHistogram | None = None
@@ -266,7 +266,7 @@ class Telemetry:
     @property
     def count_success(self) -> Callable[[], int]:
         """Count a success (lock-free: bind it once where successes are counted)."""
-        return self._successes.__next__
+        return self.successes.__next__
 
     def rejection_counter(self) -> Callable[[], int]:
         """Count a refusal (lock-free), the counter made now if it was not yet: a circuit
@@ -308,7 +308,7 @@ class Telemetry:
             counts = self._counts
             if counts is None:
                 counts = self._counts = [0] * _SIZE
-            success_zero = _raw(self._successes, counts, _SUCCESS_READS)
+            success_zero = _raw(self.successes, counts, _SUCCESS_READS)
             rejection_zero = _raw(self._rejections, counts, _REJECTION_READS)
             counts[:_SUCCESS_READS] = [0] * _SUCCESS_READS
             counts[_SUCCESS_ZERO] = success_zero
@@ -319,7 +319,7 @@ class Telemetry:
     def tally(self, outcome: Outcome) -> None:
         """Count a finished call by its outcome as the circuit counted it."""
         if outcome is Outcome.SUCCESS:
-            next(self._successes)
+            next(self.successes)
         else:
             self._bump(_BY_OUTCOME[outcome])
 
@@ -329,7 +329,7 @@ class Telemetry:
             counts = self._counts
             if counts is None:
                 counts = self._counts = [0] * _SIZE
-            successes = _raw(self._successes, counts, _SUCCESS_READS) - counts[_SUCCESS_ZERO]
+            successes = _raw(self.successes, counts, _SUCCESS_READS) - counts[_SUCCESS_ZERO]
             rejections = _raw(self._rejections, counts, _REJECTION_READS)
             rejections -= counts[_REJECTION_ZERO]
             counts = list(counts)
