@@ -12,7 +12,8 @@ import pytest
 
 from llm_circuit_breaker import BreakerRegistry, CircuitBreaker, circuit_breaker
 from llm_circuit_breaker._core.state import Outcome
-from llm_circuit_breaker.config import DEFAULT_CONFIG
+from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
+from llm_circuit_breaker.storage.memory import Cell, MemoryStateStore
 
 BREAKERS = 500
 
@@ -129,3 +130,24 @@ def test_counts_read_while_threads_count_stay_exact() -> None:
     assert breaker.stats.successes == 80_001
     assert seen == sorted(seen)  # a read never went back
     assert breaker.stats.failures == 1
+
+
+def test_the_local_circuit_and_the_memory_store_hold_a_circuit_alike() -> None:
+    store = MemoryStateStore(clock=lambda: 100.0)
+    config = CircuitBreakerConfig()
+    store.snapshot("svc", config)
+    cell = store._cores["svc"]
+    local = CircuitBreaker("svc")._local
+    assert type(cell) is Cell and isinstance(local, Cell)
+    # Neither makes a throttle before it has something to say ...
+    assert cell.throttle is None and local.throttle is None
+    before = store.snapshot("svc", config).throttle
+    assert before is not None and before["paused_for"] == 0.0
+    # ... and both make it for a rate limit.
+    admission = store.admit("svc", config)
+    store.record("svc", config, admission.permit, Outcome.THROTTLED, None, "", pause=5.0)
+    assert cell.throttle is not None and cell.throttle.paused_until == 105.0
+    breaker = CircuitBreaker("svc", clock=lambda: 100.0)
+    breaker.record(breaker.admit(), Outcome.THROTTLED, hint=5.0)
+    assert breaker._local.throttle is not None
+    assert breaker.throttle["paused_for"] == pytest.approx(5.0, abs=0.5)

@@ -1,4 +1,4 @@
-"""``LocalCircuit``: the pure core behind a lock that never spans the caller's call.
+"""``LocalCircuit``: the pure cores behind a lock that never spans the caller's call.
 
 What a breaker without a store runs, and what a store-backed breaker falls back to while its
 store is unreachable. In CLOSED a call takes no lock: admission reads one attribute and a clean
@@ -7,18 +7,18 @@ success bumps a counter; failing fast in OPEN needs no lock either.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 
 from llm_circuit_breaker._core.permits import REJECTED, SHADOW
-from llm_circuit_breaker._core.state import BreakerCore, CircuitState, Outcome, Transition
-from llm_circuit_breaker._core.throttle import TOKEN_COST, ThrottleCore, Wait, spread
+from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
+from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait, spread
 from llm_circuit_breaker._core.views import Control, View
 from llm_circuit_breaker.breaker import clock
 from llm_circuit_breaker.breaker.clock import TimeSource
 from llm_circuit_breaker.breaker.telemetry import Telemetry, refused
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
+from llm_circuit_breaker.storage.memory import Cell
 
 __all__ = ["Entry", "LocalCircuit", "check_report"]
 
@@ -43,13 +43,13 @@ def check_report(permit: object, outcome: object, open_for: float | None) -> Non
         raise ValueError(f"open_for must be a finite number of seconds >= 0, got {open_for!r}")
 
 
-class LocalCircuit:
-    """One circuit decided in this process (thread- and asyncio-safe)."""
+class LocalCircuit(Cell):
+    """One circuit decided in this process (thread- and asyncio-safe): a :class:`Cell` (the
+    pure cores behind their lock, as a ``MemoryStateStore`` keeps them) with a lock-free path
+    in CLOSED and for failing fast, and the telemetry that reports it."""
 
     __slots__ = (
-        "_core",
         "_count_rejection",
-        "_lock",
         "_successes",
         "_time",
         "cause",
@@ -79,33 +79,20 @@ class LocalCircuit:
         self._time = source
         # Set while the registry has forgotten this circuit: the next call puts it back.
         self.rejoin: Callable[[], None] | None = None
-        self._core = BreakerCore(config)
-        self._lock = threading.Lock()
+        super().__init__(config, paces=paced)
         self.cause: BaseException | None = None  # the error that last opened the circuit
-        # The throttle is made on first need (a rate limit, rate-limit headers), at once when
-        # rates are configured; ``paced``: whether this circuit has one to make.
-        self.paced = paced = config.throttle and paced
-        rated = config.requests_per_minute is not None or config.tokens_per_minute is not None
-        self.throttle = ThrottleCore(config) if paced and rated else None
         self.max_wait = config.throttle_max_wait
         self._follow_throttle()
-
-    def _throttle(self) -> ThrottleCore | None:
-        """The throttle, made now if this circuit paces and has none yet (lock held)."""
-        throttle = self.throttle
-        if throttle is None and self.paced:
-            throttle = self.throttle = ThrottleCore(self._core.config)
-        return throttle
 
     def _follow_throttle(self) -> None:
         """Send every call through the slow path while the throttle has a say (lock held)."""
         throttle = self.throttle
-        self._core.set_paced((throttle is not None and throttle.active) or self.rejoin is not None)
+        self.core.set_paced((throttle is not None and throttle.active) or self.rejoin is not None)
 
     def detach(self, rejoin: Callable[[], None]) -> None:
         """The registry forgot this circuit: the next admission calls ``rejoin`` first (until
         then every call takes the slow path, which is where it looks)."""
-        with self._lock:
+        with self.lock:
             self.rejoin = rejoin
             self._follow_throttle()
 
@@ -114,7 +101,7 @@ class LocalCircuit:
         rejoin, self.rejoin = self.rejoin, None
         if rejoin is not None:
             rejoin()
-        with self._lock:
+        with self.lock:
             self._follow_throttle()
 
     # -- admitting and recording -----------------------------------------------------------
@@ -123,7 +110,7 @@ class LocalCircuit:
         """Admit one call: its permit, the :class:`CircuitOpenError` that says why not, the
         :class:`ThrottledError` when its throttle slot is too far away, or the ``Wait`` for a
         slot within ``throttle_max_wait``."""
-        core = self._core
+        core = self.core
         permit = core.lock_free_permit
         if permit >= 0:
             return permit
@@ -141,7 +128,7 @@ class LocalCircuit:
             return self.telemetry.observed(error)
         if self.rejoin is not None:
             self.return_to_registry()
-        with self._lock:
+        with self.lock:
             permit = core.admit(now)
             retry_after = core.retry_after(now) if permit == REJECTED else 0.0
             reason = core.open_reason or "half-open: probe slots taken"
@@ -172,7 +159,7 @@ class LocalCircuit:
             self.telemetry.waits.add(0.0)
             return permit
         if wait > self.max_wait:
-            self._core.record(permit, Outcome.IGNORED, now)
+            self.core.record(permit, Outcome.IGNORED, now)
             return ThrottledError(self.name, wait)
         throttle.waiting += 1
         self.telemetry.waits.add(wait)
@@ -183,7 +170,7 @@ class LocalCircuit:
         limit that paused calls after the slot was booked, past it, holds the caller back: a
         new slot after the pause (another wait), or ``ThrottledError`` past the longest wait."""
         again: int | ThrottledError | Wait = wait.permit
-        with self._lock:
+        with self.lock:
             now, throttle = self._time.now(), self.throttle
             if throttle is not None:
                 throttle.waiting -= 1
@@ -193,7 +180,7 @@ class LocalCircuit:
                 if rebook:
                     again = self._pace(wait.permit, now, wait.tokens)
             if gave_up:
-                self._core.record(wait.permit, Outcome.IGNORED, now)
+                self.core.record(wait.permit, Outcome.IGNORED, now)
             transitions = self._drain()
         telemetry = self.telemetry
         telemetry.publish(transitions)
@@ -213,7 +200,7 @@ class LocalCircuit:
 
     def record_success(self, permit: int) -> None:
         """Report that the call holding ``permit`` succeeded."""
-        if permit == self._core.clean_permit:  # nothing to change but the count
+        if permit == self.core.clean_permit:  # nothing to change but the count
             next(self._successes)
             return
         self.record(permit, Outcome.SUCCESS)
@@ -234,12 +221,12 @@ class LocalCircuit:
         check_report(permit, outcome, open_for)
         if self._count_rejection is _not_open_yet:
             self._count_rejection = self.telemetry.rejection_counter()
-        with self._lock:
+        with self.lock:
             now = self._time.now()
-            counted = self._core.record(permit, outcome, now, open_for=open_for, why=why)
+            counted = self.core.record(permit, outcome, now, open_for=open_for, why=why)
             throttle = self.throttle
             if throttle is None and outcome is Outcome.THROTTLED:
-                throttle = self._throttle()
+                throttle = self.made_throttle()
             news = None
             if throttle is not None:
                 news = throttle.report(
@@ -265,7 +252,7 @@ class LocalCircuit:
 
     def observe(self, headers: object) -> None:
         """Feed a response's rate-limit headers to the throttle."""
-        if not self.paced:
+        if not self.paces:
             return
         import time
 
@@ -274,8 +261,8 @@ class LocalCircuit:
         limits = parse_rate_limits(headers, time.time())
         if limits is None:
             return
-        with self._lock:
-            throttle = self._throttle()
+        with self.lock:
+            throttle = self.made_throttle()
             if throttle is not None:
                 throttle.observe(limits, self._time.now())
             self._follow_throttle()
@@ -284,7 +271,7 @@ class LocalCircuit:
     def idle(self) -> bool:
         """CLOSED with nothing counted, nothing paced and nobody waiting: dropping the
         circuit loses no state (a registry may drop idle scoped breakers)."""
-        core, throttle = self._core, self.throttle
+        core, throttle = self.core, self.throttle
         return (
             core.state is CircuitState.CLOSED
             and not core.failure_count
@@ -294,21 +281,19 @@ class LocalCircuit:
 
     def throttle_view(self) -> dict[str, float | int | None]:
         """What the throttle says now (all None/0 without a throttle)."""
-        with self._lock:
-            throttle = self.throttle
-            if throttle is None and self.paced:  # nothing learned yet: what a new one says
-                throttle = ThrottleCore(self._core.config)
-            if throttle is None:
-                return dict.fromkeys(
-                    ("paused_for", "requests_remaining", "tokens_remaining", "reset_in"), None
-                ) | {"waiting": 0}
-            return throttle.view(self._time.now())
+        with self.lock:
+            view = self.throttle_now(self._time.now())
+        if view is None:
+            return dict.fromkeys(
+                ("paused_for", "requests_remaining", "tokens_remaining", "reset_in"), None
+            ) | {"waiting": 0}
+        return view
 
     def view(self) -> View:
         """The circuit now (applying the lazy OPEN -> HALF_OPEN)."""
-        with self._lock:
+        with self.lock:
             now = self._time.now()
-            core = self._core
+            core = self.core
             retry_after = core.retry_after(now)
             view = View(
                 core.state,
@@ -325,9 +310,9 @@ class LocalCircuit:
     @property
     def state(self) -> CircuitState:
         """The current state without building a whole view."""
-        with self._lock:
-            self._core.advance(self._time.now())
-            state = self._core.state
+        with self.lock:
+            self.core.advance(self._time.now())
+            state = self.core.state
             transitions = self._drain()
         self.telemetry.publish(transitions)
         return state
@@ -336,12 +321,12 @@ class LocalCircuit:
         """Reset (the circuit and the throttle), force open or force closed."""
         if self._count_rejection is _not_open_yet:
             self._count_rejection = self.telemetry.rejection_counter()
-        with self._lock:
+        with self.lock:
             now = self._time.now()
             if action == "force_open":
-                self._core.force_open(now)
+                self.core.force_open(now)
             else:
-                self._core.close(now, "reset" if action == "reset" else "forced closed")
+                self.core.close(now, "reset" if action == "reset" else "forced closed")
             if action == "reset" and self.throttle is not None:
                 self.throttle.forget()  # a pause or a learned limit is state too
                 self._follow_throttle()
@@ -352,4 +337,4 @@ class LocalCircuit:
 
     def _drain(self) -> Sequence[Transition]:
         """Take the core's pending transitions (call with the lock held)."""
-        return self._core.drain()
+        return self.core.drain()
