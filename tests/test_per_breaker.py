@@ -151,3 +151,13 @@ def test_the_local_circuit_and_the_memory_store_hold_a_circuit_alike() -> None:
     breaker.record(breaker.admit(), Outcome.THROTTLED, hint=5.0)
     assert breaker._local.throttle is not None
     assert breaker.throttle["paused_for"] == pytest.approx(5.0, abs=0.5)
+
+
+def test_a_new_breaker_is_idle_and_its_first_call_opens_the_lock_free_path() -> None:
+    breaker = CircuitBreaker("svc")
+    assert breaker.idle
+    assert breaker._local.core.clean_permit < 0  # no success counter yet: the slow path
+    breaker.record_success(breaker.admit())
+    assert breaker._local.core.clean_permit >= 0 and breaker.idle
+    breaker.record_success(breaker.admit())
+    assert breaker.stats.successes == 2

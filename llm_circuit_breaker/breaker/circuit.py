@@ -7,6 +7,7 @@ success bumps a counter; failing fast in OPEN needs no lock either.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 from llm_circuit_breaker._core.permits import REJECTED, SHADOW
@@ -55,10 +56,8 @@ class LocalCircuit(Cell):
         "cause",
         "max_wait",
         "name",
-        "paced",
         "rejoin",
         "telemetry",
-        "throttle",
     )
 
     def __init__(
@@ -72,9 +71,11 @@ class LocalCircuit(Cell):
     ) -> None:
         self.name = name
         self.telemetry = telemetry
-        # Bumped by the CLOSED success path (``next``: no bound method kept). The fail-fast
-        # path's counter is made by the first report or control, before the circuit can open.
-        self._successes = telemetry.successes
+        # Bumped by the CLOSED success path (``next``: no bound method kept), made by the first
+        # admission (until then every call takes the slow path, which is where it looks). The
+        # fail-fast path's counter is made by the first report or control, before the circuit
+        # can open.
+        self._successes: itertools.count[int] | None = None
         self._count_rejection: Callable[[], int] = _not_open_yet
         self._time = source
         # Set while the registry has forgotten this circuit: the next call puts it back.
@@ -87,7 +88,18 @@ class LocalCircuit(Cell):
     def _follow_throttle(self) -> None:
         """Send every call through the slow path while the throttle has a say (lock held)."""
         throttle = self.throttle
-        self.core.set_paced((throttle is not None and throttle.active) or self.rejoin is not None)
+        self.core.set_paced(
+            (throttle is not None and throttle.active)
+            or self.rejoin is not None
+            or self._successes is None
+        )
+
+    def _arm(self) -> None:
+        """Make the lock-free success counter (the first admission) and take the fast path."""
+        counter = self.telemetry.success_counter()
+        with self.lock:
+            self._successes = counter
+            self._follow_throttle()
 
     def detach(self, rejoin: Callable[[], None]) -> None:
         """The registry forgot this circuit: the next admission calls ``rejoin`` first (until
@@ -128,6 +140,8 @@ class LocalCircuit(Cell):
             return self.telemetry.observed(error)
         if self.rejoin is not None:
             self.return_to_registry()
+        if self._successes is None:
+            self._arm()
         with self.lock:
             permit = core.admit(now)
             retry_after = core.retry_after(now) if permit == REJECTED else 0.0
@@ -201,7 +215,7 @@ class LocalCircuit(Cell):
     def record_success(self, permit: int) -> None:
         """Report that the call holding ``permit`` succeeded."""
         if permit == self.core.clean_permit:  # nothing to change but the count
-            next(self._successes)
+            next(self._successes)  # type: ignore[arg-type]  # made before the fast path opens
             return
         self.record(permit, Outcome.SUCCESS)
 
@@ -275,8 +289,11 @@ class LocalCircuit(Cell):
         return (
             core.state is CircuitState.CLOSED
             and not core.failure_count
-            and not core.paced
-            and (throttle is None or (not throttle.waiting and throttle.quiet))
+            and self.rejoin is None
+            and (
+                throttle is None
+                or (not throttle.waiting and throttle.quiet and not throttle.active)
+            )
         )
 
     def throttle_view(self) -> dict[str, float | int | None]:

@@ -256,7 +256,8 @@ class Telemetry:
         self.template: str | None = None  # the name template, for the log records' fields
         self._listeners: tuple[Listener, ...] = ()
         self._observers: tuple[Observer, ...] = ()
-        self.successes = itertools.count()  # bumped lock-free: ``next(telemetry.successes)``
+        # Bumped lock-free (``next(telemetry.successes)``); made by the first admission.
+        self.successes: itertools.count[int] | None = None
         self._rejections: itertools.count[int] | None = None
         self._counts: list[int] | None = None
         self._waits: WaitHistogram | None = None
@@ -266,7 +267,17 @@ class Telemetry:
     @property
     def count_success(self) -> Callable[[], int]:
         """Count a success (lock-free: bind it once where successes are counted)."""
-        return self.successes.__next__
+        return self.success_counter().__next__
+
+    def success_counter(self) -> itertools.count[int]:
+        """The lock-free success counter, made now if it was not yet."""
+        counter = self.successes
+        if counter is None:
+            with _counting:
+                counter = self.successes
+                if counter is None:
+                    counter = self.successes = itertools.count()
+        return counter
 
     def rejection_counter(self) -> Callable[[], int]:
         """Count a refusal (lock-free), the counter made now if it was not yet: a circuit
@@ -319,7 +330,7 @@ class Telemetry:
     def tally(self, outcome: Outcome) -> None:
         """Count a finished call by its outcome as the circuit counted it."""
         if outcome is Outcome.SUCCESS:
-            next(self.successes)
+            next(self.success_counter())
         else:
             self._bump(_BY_OUTCOME[outcome])
 
