@@ -80,7 +80,7 @@ class LocalCircuit(Cell):
         self._time = source
         # Set while the registry has forgotten this circuit: the next call puts it back.
         self.rejoin: Callable[[], None] | None = None
-        super().__init__(config, paces=paced)
+        super().__init__(config, paces=paced, lock=False)
         self.cause: BaseException | None = None  # the error that last opened the circuit
         self.max_wait = config.throttle_max_wait
         self._follow_throttle()
@@ -97,14 +97,14 @@ class LocalCircuit(Cell):
     def _arm(self) -> None:
         """Make the lock-free success counter (the first admission) and take the fast path."""
         counter = self.telemetry.success_counter()
-        with self.lock:
+        with self.locked():
             self._successes = counter
             self._follow_throttle()
 
     def detach(self, rejoin: Callable[[], None]) -> None:
         """The registry forgot this circuit: the next admission calls ``rejoin`` first (until
         then every call takes the slow path, which is where it looks)."""
-        with self.lock:
+        with self.locked():
             self.rejoin = rejoin
             self._follow_throttle()
 
@@ -113,7 +113,7 @@ class LocalCircuit(Cell):
         rejoin, self.rejoin = self.rejoin, None
         if rejoin is not None:
             rejoin()
-        with self.lock:
+        with self.locked():
             self._follow_throttle()
 
     # -- admitting and recording -----------------------------------------------------------
@@ -142,7 +142,7 @@ class LocalCircuit(Cell):
             self.return_to_registry()
         if self._successes is None:
             self._arm()
-        with self.lock:
+        with self.locked():
             permit = core.admit(now)
             retry_after = core.retry_after(now) if permit == REJECTED else 0.0
             reason = core.open_reason or "half-open: probe slots taken"
@@ -184,7 +184,7 @@ class LocalCircuit(Cell):
         limit that paused calls after the slot was booked, past it, holds the caller back: a
         new slot after the pause (another wait), or ``ThrottledError`` past the longest wait."""
         again: int | ThrottledError | Wait = wait.permit
-        with self.lock:
+        with self.locked():
             now, throttle = self._time.now(), self.throttle
             if throttle is not None:
                 throttle.waiting -= 1
@@ -235,7 +235,7 @@ class LocalCircuit(Cell):
         check_report(permit, outcome, open_for)
         if self._count_rejection is _not_open_yet:
             self._count_rejection = self.telemetry.rejection_counter()
-        with self.lock:
+        with self.locked():
             now = self._time.now()
             counted = self.core.record(permit, outcome, now, open_for=open_for, why=why)
             throttle = self.throttle
@@ -275,7 +275,7 @@ class LocalCircuit(Cell):
         limits = parse_rate_limits(headers, time.time())
         if limits is None:
             return
-        with self.lock:
+        with self.locked():
             throttle = self.made_throttle()
             if throttle is not None:
                 throttle.observe(limits, self._time.now())
@@ -298,7 +298,7 @@ class LocalCircuit(Cell):
 
     def throttle_view(self) -> dict[str, float | int | None]:
         """What the throttle says now (all None/0 without a throttle)."""
-        with self.lock:
+        with self.locked():
             view = self.throttle_now(self._time.now())
         if view is None:
             return dict.fromkeys(
@@ -308,7 +308,7 @@ class LocalCircuit(Cell):
 
     def view(self) -> View:
         """The circuit now (applying the lazy OPEN -> HALF_OPEN)."""
-        with self.lock:
+        with self.locked():
             now = self._time.now()
             core = self.core
             retry_after = core.retry_after(now)
@@ -327,7 +327,7 @@ class LocalCircuit(Cell):
     @property
     def state(self) -> CircuitState:
         """The current state without building a whole view."""
-        with self.lock:
+        with self.locked():
             self.core.advance(self._time.now())
             state = self.core.state
             transitions = self._drain()
@@ -338,7 +338,7 @@ class LocalCircuit(Cell):
         """Reset (the circuit and the throttle), force open or force closed."""
         if self._count_rejection is _not_open_yet:
             self._count_rejection = self.telemetry.rejection_counter()
-        with self.lock:
+        with self.locked():
             now = self._time.now()
             if action == "force_open":
                 self.core.force_open(now)

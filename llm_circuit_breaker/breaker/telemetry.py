@@ -28,6 +28,7 @@ __all__ = [
     "BreakerStats",
     "Latency",
     "Listener",
+    "Listening",
     "Observer",
     "RecentTimes",
     "StateChange",
@@ -164,10 +165,13 @@ class Observed(Protocol):
 
 
 class Observer(Protocol):
-    """Hears of refusals and retries as they happen (what listeners do for state changes).
-    An observer may also define ``waited(breaker, seconds)`` (an admitted call waits for its
-    throttle slot) and ``throttled(breaker, reason)`` (a throttle, limit or budget refused a
-    call); they are looked up, not required."""
+    """A hook that hears of refusals and retries as they happen (the exporters are ones).
+
+    One protocol for whatever hears a breaker, every method looked up, none required:
+    ``changed(event)`` (a :class:`StateChange` or :class:`ThrottleEvent`: what a listener
+    hears; ``add_listener(fn)`` makes ``fn`` a hook with only this method), ``rejected``,
+    ``retried``, ``waited(breaker, seconds)`` (an admitted call waits for its throttle slot)
+    and ``throttled(breaker, reason)`` (a throttle, limit or budget refused a call)."""
 
     def rejected(self, breaker: Observed, enforced: bool) -> None:
         """A call was refused (``enforced`` False: a metrics-only breaker let it through)."""
@@ -235,8 +239,7 @@ class Telemetry:
 
     __slots__ = (
         "_counts",
-        "_listeners",
-        "_observers",
+        "_hooks",
         "_rejections",
         "_waits",
         "breaker",
@@ -254,8 +257,8 @@ class Telemetry:
         # breaker holds no reference cycle, so dropping it frees it at once).
         self.breaker: Observed | None = None
         self.template: str | None = None  # the name template, for the log records' fields
-        self._listeners: tuple[Listener, ...] = ()
-        self._observers: tuple[Observer, ...] = ()
+        # Listeners and observers alike, in the order added (empty: a shared tuple).
+        self._hooks: tuple[object, ...] = ()
         # Bumped lock-free (``next(telemetry.successes)``); made by the first admission.
         self.successes: itertools.count[int] | None = None
         self._rejections: itertools.count[int] | None = None
@@ -364,25 +367,16 @@ class Telemetry:
         throttle_logger.debug(
             "circuit %r refused a call: %s", self.name, reason, extra=self._fields(reason=reason)
         )
-        for observer in self._observers:
-            hear = getattr(observer, "throttled", None)
-            if hear is None:
-                continue
-            try:
-                hear(self._owner(), reason)
-            except Exception:
-                logger.exception("observer %r of circuit %r raised", observer, self.name)
+        if self._hooks:
+            self._tell("throttled", reason, owned=True)
 
     # -- refusals and retries --------------------------------------------------------------
 
     def observed(self, error: CircuitOpenError) -> int | CircuitOpenError:
         """After counting a refusal: tell the observers; the error to raise, or a shadow
         permit in metrics-only mode."""
-        for observer in self._observers:
-            try:
-                observer.rejected(self._owner(), self.enforced)
-            except Exception:  # noqa: PERF203 - an observer's bug must not touch the call
-                logger.exception("observer %r of circuit %r raised", observer, self.name)
+        if self._hooks:
+            self._tell("rejected", self.enforced, owned=True)
         if self.enforced:
             return error
         state_logger.debug(
@@ -395,23 +389,34 @@ class Telemetry:
     def retried(self, attempt: int, error: BaseException, delay: float) -> None:
         """Count a retry and tell the observers."""
         self._bump(_RETRIES)
-        for observer in self._observers:
-            try:
-                observer.retried(self._owner(), attempt, error, delay)
-            except Exception:  # noqa: PERF203 - an observer's bug must not touch the call
-                logger.exception("observer %r of circuit %r raised", observer, self.name)
+        if self._hooks:
+            self._tell("retried", attempt, error, delay, owned=True)
 
     def waited(self, seconds: float) -> None:
         """Tell the observers that can hear it (``waited(breaker, seconds)``) how long an
         admitted call waits for its throttle slot."""
-        for observer in self._observers:
-            hear = getattr(observer, "waited", None)
+        if self._hooks:
+            self._tell("waited", seconds, owned=True)
+
+    def _tell(self, event: str, *args: object, owned: bool = False) -> None:
+        """Call ``event(*args)`` on every hook that defines it (``owned``: with the breaker
+        first); one that raises is logged."""
+        for hook in self._hooks:
+            hear = getattr(hook, event, None)
             if hear is None:
                 continue
             try:
-                hear(self._owner(), seconds)
+                if owned:
+                    hear(self._owner(), *args)
+                else:
+                    hear(*args)
             except Exception:
-                logger.exception("observer %r of circuit %r raised", observer, self.name)
+                if isinstance(hook, Listening):
+                    logger.exception(
+                        "state-change listener %r of circuit %r raised", hear, self.name
+                    )
+                else:
+                    logger.exception("observer %r of circuit %r raised", hook, self.name)
 
     def _fields(self, **more: object) -> dict[str, object]:
         """``extra=`` fields for a log record: the breaker's template and scope, and more."""
@@ -430,8 +435,8 @@ class Telemetry:
         is added)."""
         with _counting:
             self.breaker = breaker
-            if observer not in self._observers:
-                self._observers = (*self._observers, observer)
+            if observer not in self._hooks:
+                self._hooks = (*self._hooks, observer)
             self.plain_refusals = False
 
     def add_listener(self, listener: Listener) -> None:
@@ -439,14 +444,19 @@ class Telemetry:
         if not callable(listener):
             raise TypeError(f"a listener must be callable, got {listener!r}")
         with _counting:
-            self._listeners = (*self._listeners, listener)
+            self._hooks = (*self._hooks, Listening(listener))
 
     def remove_listener(self, listener: Listener) -> None:
         """Stop calling ``listener`` (``ValueError`` if it is not one)."""
         with _counting:
-            listeners = list(self._listeners)
-            listeners.remove(listener)
-            self._listeners = tuple(listeners)
+            hooks = list(self._hooks)
+            for index, hook in enumerate(hooks):
+                if isinstance(hook, Listening) and hook.changed == listener:
+                    del hooks[index]
+                    break
+            else:
+                raise ValueError(f"{listener!r} is not a listener of circuit {self.name!r}")
+            self._hooks = tuple(hooks)
 
     def publish(self, transitions: Sequence[Transition]) -> None:
         """Count, log and announce the state changes a circuit made."""
@@ -491,14 +501,21 @@ class Telemetry:
         self.notify(ThrottleEvent(self.name, old, new, at, reason, resets_in))
 
     def notify(self, change: StateChange | ThrottleEvent) -> None:
-        """Hand ``change`` to every listener; one that raises is logged."""
-        for listener in self._listeners:
-            try:
-                listener(change)
-            except Exception:  # noqa: PERF203 - one listener's bug must not stop the rest
-                logger.exception(
-                    "state-change listener %r of circuit %r raised", listener, self.name
-                )
+        """Hand ``change`` to every hook that hears changes (the listeners)."""
+        if self._hooks:
+            self._tell("changed", change)
+
+
+class Listening:
+    """A state-change listener as a hook: ``changed`` is the listener itself."""
+
+    __slots__ = ("changed",)
+
+    def __init__(self, changed: Listener) -> None:
+        self.changed = changed
+
+    def __repr__(self) -> str:
+        return f"Listening({self.changed!r})"
 
 
 # -- latency: times to first item, hedges ---------------------------------------------------

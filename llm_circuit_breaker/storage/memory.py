@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Cell", "MemoryStateStore"]
 
+_MAKING = threading.Lock()  # makes a cell's lock once
+
 
 class MemoryStateStore:
     """Circuits kept in this process. ``clock`` returns monotonic seconds (tests inject one)."""
@@ -86,7 +88,7 @@ class MemoryStateStore:
     ) -> Admission:
         """Admit a call (nothing is leased: every holder lives in this process)."""
         slot = self._slot(name, config)
-        with slot.lock:
+        with slot.locked():
             now = self._clock()
             permit = slot.core.admit(now)
             wait, throttle = 0.0, slot.throttle
@@ -110,7 +112,7 @@ class MemoryStateStore:
         pause: float | None = None,
     ) -> tuple[Outcome, View]:
         slot = self._slot(name, config)
-        with slot.lock:
+        with slot.locked():
             now = self._clock()
             counted = slot.core.record(permit, outcome, now, open_for=open_for, why=why)
             news = None
@@ -126,7 +128,7 @@ class MemoryStateStore:
 
     def release(self, name: str, config: CircuitBreakerConfig, permit: int, tokens: float) -> View:
         slot = self._slot(name, config)
-        with slot.lock:
+        with slot.locked():
             now = self._clock()
             if slot.throttle is not None:
                 slot.throttle.cancel(tokens)
@@ -135,7 +137,7 @@ class MemoryStateStore:
 
     def observe(self, name: str, config: CircuitBreakerConfig, limits: RateLimits) -> View:
         slot = self._slot(name, config)
-        with slot.lock:
+        with slot.locked():
             now = self._clock()
             throttle = slot.made_throttle()
             if throttle is not None:
@@ -144,12 +146,12 @@ class MemoryStateStore:
 
     def snapshot(self, name: str, config: CircuitBreakerConfig) -> View:
         slot = self._slot(name, config)
-        with slot.lock:
+        with slot.locked():
             return self._view(slot, self._clock())
 
     def control(self, name: str, config: CircuitBreakerConfig, action: Control) -> View:
         slot = self._slot(name, config)
-        with slot.lock:
+        with slot.locked():
             now = self._clock()
             if action == "force_open":
                 slot.core.force_open(now)
@@ -168,12 +170,26 @@ class Cell:
 
     __slots__ = ("core", "lock", "paces", "throttle")
 
-    def __init__(self, config: CircuitBreakerConfig, *, paces: bool = True) -> None:
+    def __init__(
+        self, config: CircuitBreakerConfig, *, paces: bool = True, lock: bool = True
+    ) -> None:
         self.core = BreakerCore(config)
-        self.lock = threading.Lock()
+        # ``lock=False``: made by the first :meth:`locked` (a breaker that is never called
+        # needs none).
+        self.lock: threading.Lock | None = threading.Lock() if lock else None
         self.paces = paces = config.throttle and paces
         rated = config.requests_per_minute is not None or config.tokens_per_minute is not None
         self.throttle = ThrottleCore(config) if paces and rated else None
+
+    def locked(self) -> threading.Lock:
+        """The lock (made now if it was not yet)."""
+        lock = self.lock
+        if lock is None:
+            with _MAKING:
+                lock = self.lock
+                if lock is None:
+                    lock = self.lock = threading.Lock()
+        return lock
 
     def made_throttle(self) -> ThrottleCore | None:
         """The throttle, made now if this circuit paces and has none yet (lock held)."""
