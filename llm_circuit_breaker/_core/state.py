@@ -106,7 +106,6 @@ class BreakerCore:
     __slots__ = (
         "_inflight",
         "_seq",
-        "_track_calls",
         "_window",
         "clean_permit",
         "config",
@@ -137,7 +136,6 @@ class BreakerCore:
         self._seq = 0
         self.generation = 0
         self._inflight: dict[int, float] | None = None  # made by the first tracked admission
-        self._track_calls = config.slow_call_duration is not None
         rate_mode = config.failure_rate_threshold is not None
         self._window = _FailureWindow(config.effective_window) if rate_mode else None
         # Readable without the lock: the permit of a CLOSED call that needs no bookkeeping at
@@ -175,7 +173,7 @@ class BreakerCore:
         """Return a permit for a call starting at ``now``, or ``REJECTED``."""
         self.advance(now)
         if self.state is CLOSED:
-            if not self._track_calls:
+            if self.config.slow_call_duration is None:  # no call to time
                 return self.generation
         elif self.state is OPEN:
             return REJECTED
@@ -324,7 +322,12 @@ class BreakerCore:
             self._refresh()
 
     def _refresh(self) -> None:
-        simple = LOCK_FREE and self.state is CLOSED and not self._track_calls and not self.paced
+        simple = (
+            LOCK_FREE
+            and self.state is CLOSED
+            and self.config.slow_call_duration is None
+            and not self.paced
+        )
         self.lock_free_permit = self.generation if simple else REJECTED
         quiet = not self.failure_count and self._window is None
         self.clean_permit = self.lock_free_permit if quiet else REJECTED

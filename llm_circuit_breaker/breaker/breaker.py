@@ -59,16 +59,12 @@ class CircuitBreaker:
     __slots__ = (
         "__weakref__",
         "_alink",
-        "_budget_lock",
+        "_budget",
         "_circuit",
         "_enter",
-        "_enter_circuit",
-        "_followed",
         "_limit",
         "_local",
         "_record_success",
-        "_retry_budget",
-        "_spend",
         "_telemetry",
         "_time",
         "config",
@@ -104,14 +100,13 @@ class CircuitBreaker:
             from llm_circuit_breaker.breaker._async.link import AsyncStoreLink
             from llm_circuit_breaker.breaker._sync.link import StoreLink
         # What the sync methods drive (the local circuit or a sync store's link; None for an
-        # asyncio store, whose circuit only coroutines reach), and what a read without I/O sees.
+        # asyncio store, whose circuit only coroutines reach).
         self._circuit: LocalCircuit | StoreLink | None = self._local
-        self._followed: LocalCircuit | StoreLink | AsyncStoreLink = self._local
         if store is not None and store.is_async:
             self._alink = AsyncStoreLink(cast("AsyncStateStore", store), *parts)
-            self._circuit, self._followed = None, self._alink
+            self._circuit = None
         elif store is not None:
-            self._circuit = self._followed = StoreLink(cast("StateStore", store), *parts)
+            self._circuit = StoreLink(cast("StateStore", store), *parts)
         # What enter / record_success are when not the local circuit's own (a link's, the
         # concurrency limit's, the token budget's): None keeps no bound method per breaker.
         self._enter: Callable[[], Entry] | None = None
@@ -121,9 +116,7 @@ class CircuitBreaker:
         elif self._circuit is not self._local:
             self._enter, self._record_success = self._circuit.enter, self._circuit.record_success
         # The retry budget and the lock of the budgets are made on first need.
-        self._budget_lock: threading.Lock | None = None
-        self._retry_budget: RetryBudget | None = None
-        self._spend: SpendCap | None = None
+        self._budget: _Budgets | None = None
         if self.config.token_budget is not None:
             self._cap_spend()
         if self.config.max_concurrent is not None:
@@ -163,6 +156,13 @@ class CircuitBreaker:
     @template.setter
     def template(self, template: str | None) -> None:
         self._telemetry.template = template
+
+    @property
+    def _followed(self) -> LocalCircuit | StoreLink | AsyncStoreLink:
+        """What a read without I/O sees: the local circuit, or the link to the store."""
+        if self._alink is not None:
+            return self._alink
+        return cast("LocalCircuit | StoreLink", self._circuit)
 
     @property
     def is_async(self) -> bool:
@@ -314,28 +314,35 @@ class CircuitBreaker:
 
     def _budgets(self) -> threading.Lock:
         """The lock of the budgets (made now if this is the first need of one)."""
-        lock = self._budget_lock
-        if lock is None:
+        budgets = self._budget
+        if budgets is None:
             with _MAKING:
-                lock = self._budget_lock
-                if lock is None:
-                    lock = self._budget_lock = threading.Lock()
-        return lock
+                budgets = self._budget
+                if budgets is None:
+                    budgets = self._budget = _Budgets()
+        return budgets.lock
+
+    @property
+    def _spend(self) -> SpendCap | None:
+        budgets = self._budget
+        return None if budgets is None else budgets.spend
 
     def _cap_spend(self) -> None:
         config = self.config
         self._budgets()
-        self._spend = SpendCap(cast("float", config.token_budget), config.token_budget_window)
+        budgets = cast("_Budgets", self._budget)
+        budgets.spend = SpendCap(cast("float", config.token_budget), config.token_budget_window)
         if self._circuit is not None:  # a spent budget refuses before the circuit admits
-            self._enter_circuit = self.enter
+            budgets.enter_circuit = self.enter
             self._enter = self._capped_enter
 
     def _settled_budget(self, ratio: float, now: float) -> RetryBudget:
         """The retry budget with the first attempts counted since (lock held); made by the
         first retry (the counts it reads start with the breaker, so it sees them all)."""
-        budget = self._retry_budget
+        budgets = cast("_Budgets", self._budget)
+        budget = budgets.retry
         if budget is None:
-            budget = self._retry_budget = RetryBudget(ratio, self.config.retry_budget_floor)
+            budget = budgets.retry = RetryBudget(ratio, self.config.retry_budget_floor)
         budget.settle(now, self._telemetry.stats().calls)  # retries too: settle sorts
         return budget
 
@@ -413,7 +420,9 @@ class CircuitBreaker:
 
     def _capped_enter(self) -> Entry:
         refusal = self.budget_refusal()
-        return self._enter_circuit() if refusal is None else refusal
+        if refusal is not None:
+            return refusal
+        return cast("_Budgets", self._budget).enter_circuit()
 
     @property
     def budget(self) -> dict[str, float | None]:
@@ -628,12 +637,13 @@ class CircuitBreaker:
         else:
             self.reset()
         self._telemetry.zero()
-        if self._budget_lock is None:
+        budgets = self._budget
+        if budgets is None:
             return
-        with self._budgets():  # the counts the retry budget reads start again from zero
-            self._retry_budget = None  # made afresh by the next retry
-            if self._spend is not None:
-                self._spend.forget()
+        with budgets.lock:  # the counts the retry budget reads start again from zero
+            budgets.retry = None  # made afresh by the next retry
+            if budgets.spend is not None:
+                budgets.spend.forget()
 
     def _detach(self, rejoin: Callable[[], None]) -> None:
         """The registry forgot this breaker: its next admission calls ``rejoin`` first."""
@@ -669,7 +679,25 @@ class CircuitBreaker:
         )
 
 
-_MAKING = threading.Lock()  # makes a breaker's budget lock once
+_MAKING = threading.Lock()  # makes a breaker's budgets once
+
+
+def _no_circuit() -> Entry:  # pragma: no cover - set with the spend cap, before any call
+    raise RuntimeError("a token budget without a circuit to enter")
+
+
+class _Budgets:
+    """A breaker's retry budget and spend cap and their lock (made on first need)."""
+
+    __slots__ = ("enter_circuit", "lock", "retry", "spend")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.retry: RetryBudget | None = None  # made by the first retry
+        self.spend: SpendCap | None = None  # token_budget
+        self.enter_circuit: Callable[[], Entry] = _no_circuit  # what a capped enter admits
+
+
 _LATER: set[Any] = set()  # reports scheduled from finalisers, held until they ran
 
 

@@ -54,7 +54,6 @@ class LocalCircuit(Cell):
         "_successes",
         "_time",
         "cause",
-        "max_wait",
         "name",
         "rejoin",
         "telemetry",
@@ -82,7 +81,6 @@ class LocalCircuit(Cell):
         self.rejoin: Callable[[], None] | None = None
         super().__init__(config, paces=paced, lock=False)
         self.cause: BaseException | None = None  # the error that last opened the circuit
-        self.max_wait = config.throttle_max_wait
         self._follow_throttle()
 
     def _follow_throttle(self) -> None:
@@ -168,11 +166,12 @@ class LocalCircuit(Cell):
             return permit
         if tokens is None:
             tokens = TOKEN_COST.get()
-        wait = throttle.book(now, tokens, self.max_wait)
+        max_wait = self.core.config.throttle_max_wait
+        wait = throttle.book(now, tokens, max_wait)
         if wait <= 0.0:
             self.telemetry.waits.add(0.0)
             return permit
-        if wait > self.max_wait:
+        if wait > max_wait:
             self.core.record(permit, Outcome.IGNORED, now)
             return ThrottledError(self.name, wait)
         throttle.waiting += 1
