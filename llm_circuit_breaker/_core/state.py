@@ -111,7 +111,6 @@ class BreakerCore:
         "config",
         "failure_count",
         "generation",
-        "held_open",
         "lock_free_permit",
         "open_reason",
         "open_until",
@@ -131,7 +130,6 @@ class BreakerCore:
         self.open_reason = ""
         self.open_until = -math.inf
         self.paced = False  # a throttle must see every call: no lock-free path
-        self.held_open = False
         self.transitions: list[Transition] | None = None  # made by the first state change
         self._seq = 0
         self.generation = 0
@@ -151,6 +149,11 @@ class BreakerCore:
         """Apply the lazy OPEN -> HALF_OPEN transition once ``reset_timeout`` has passed."""
         if self.state is OPEN and now >= self.open_until:
             self._move(HALF_OPEN, now, "reset timeout elapsed")
+
+    @property
+    def held_open(self) -> bool:
+        """Forced open: open until closed (the only way ``open_until`` is infinite)."""
+        return self.state is OPEN and self.open_until == math.inf
 
     def retry_after(self, now: float) -> float | None:
         """Seconds until a call may be admitted (0.0 when one may be now; None when held)."""
@@ -253,8 +256,7 @@ class BreakerCore:
 
     def force_open(self, now: float) -> None:
         """Open the circuit and hold it open until :meth:`close` is called."""
-        self._open(now, math.inf, "forced open")
-        self.held_open = True
+        self._open(now, math.inf, "forced open")  # open until closed: held open
 
     def close(self, now: float, reason: str) -> None:
         """Close the circuit with clean counts and an empty window."""
@@ -289,7 +291,6 @@ class BreakerCore:
         if self._inflight:
             self._inflight.clear()
         self.success_count = 0
-        self.held_open = False
         if new is not OPEN:
             self.failure_count = 0
             self.opened_at = None

@@ -66,7 +66,6 @@ class CircuitBreaker:
         "_local",
         "_record_success",
         "_telemetry",
-        "_time",
         "config",
         "name",
         "store",
@@ -89,11 +88,11 @@ class CircuitBreaker:
         self.store = store
         # Without a clock of its own the breaker reads (and waits with) the library's time
         # source; a clock that can sleep (``testing.FakeClock``) also drives the throttle's waits.
-        self._time = clock_module.SHARED if clock is None else TimeSource.of(clock)
+        source = clock_module.SHARED if clock is None else TimeSource.of(clock)
         self._telemetry = Telemetry(name, self.config.enabled)
         self._limit: ConcurrencyLimit | None = None  # the cap on calls in flight
         # With a store, the local circuit (and its throttle) decides while the store is down.
-        self._local = LocalCircuit(name, self.config, self._time, self._telemetry)
+        self._local = LocalCircuit(name, self.config, source, self._telemetry)
         self._alink: AsyncStoreLink | None = None
         parts = (name, self.config, self._local, self._telemetry)
         if store is not None:  # only a shared breaker needs the links
@@ -156,6 +155,11 @@ class CircuitBreaker:
     @template.setter
     def template(self, template: str | None) -> None:
         self._telemetry.template = template
+
+    @property
+    def _time(self) -> TimeSource:
+        """The breaker's time source (its local circuit's)."""
+        return self._local.source
 
     @property
     def _followed(self) -> LocalCircuit | StoreLink | AsyncStoreLink:

@@ -52,10 +52,10 @@ class LocalCircuit(Cell):
     __slots__ = (
         "_count_rejection",
         "_successes",
-        "_time",
         "cause",
         "name",
         "rejoin",
+        "source",
         "telemetry",
     )
 
@@ -76,7 +76,7 @@ class LocalCircuit(Cell):
         # can open.
         self._successes: itertools.count[int] | None = None
         self._count_rejection: Callable[[], int] = _not_open_yet
-        self._time = source
+        self.source = source
         # Set while the registry has forgotten this circuit: the next call puts it back.
         self.rejoin: Callable[[], None] | None = None
         super().__init__(config, paces=paced, lock=False)
@@ -124,12 +124,11 @@ class LocalCircuit(Cell):
         permit = core.lock_free_permit
         if permit >= 0:
             return permit
-        now = self._time.now()
+        now = self.source.now()
         open_until = core.open_until
         if now < open_until and core.state is OPEN:  # failing fast needs no lock either
-            # open_until is infinite only when held open; read without the lock, held_open may
-            # lag behind it for an instant, and retry_after must stay a finite float or None.
-            retry_after = None if open_until == _INF or core.held_open else open_until - now
+            # open_until is infinite only when held open (forced), and retry_after is None then.
+            retry_after = None if open_until == _INF else open_until - now
             error = refused(self.name, retry_after, core.open_reason)
             error.__cause__ = self.cause
             self._count_rejection()
@@ -184,7 +183,7 @@ class LocalCircuit(Cell):
         new slot after the pause (another wait), or ``ThrottledError`` past the longest wait."""
         again: int | ThrottledError | Wait = wait.permit
         with self.locked():
-            now, throttle = self._time.now(), self.throttle
+            now, throttle = self.source.now(), self.throttle
             if throttle is not None:
                 throttle.waiting -= 1
                 rebook = not gave_up and throttle.paused_until > max(wait.at, now)
@@ -235,7 +234,7 @@ class LocalCircuit(Cell):
         if self._count_rejection is _not_open_yet:
             self._count_rejection = self.telemetry.rejection_counter()
         with self.locked():
-            now = self._time.now()
+            now = self.source.now()
             counted = self.core.record(permit, outcome, now, open_for=open_for, why=why)
             throttle = self.throttle
             if throttle is None and outcome is Outcome.THROTTLED:
@@ -261,7 +260,7 @@ class LocalCircuit(Cell):
     @property
     def now(self) -> Callable[[], float]:
         """The breaker's clock (the library's, read anew each time, unless it has its own)."""
-        return clock.now if self._time is clock.SHARED else self._time.now
+        return clock.now if self.source is clock.SHARED else self.source.now
 
     def observe(self, headers: object) -> None:
         """Feed a response's rate-limit headers to the throttle."""
@@ -277,7 +276,7 @@ class LocalCircuit(Cell):
         with self.locked():
             throttle = self.made_throttle()
             if throttle is not None:
-                throttle.observe(limits, self._time.now())
+                throttle.observe(limits, self.source.now())
             self._follow_throttle()
 
     @property
@@ -298,7 +297,7 @@ class LocalCircuit(Cell):
     def throttle_view(self) -> dict[str, float | int | None]:
         """What the throttle says now (all None/0 without a throttle)."""
         with self.locked():
-            view = self.throttle_now(self._time.now())
+            view = self.throttle_now(self.source.now())
         if view is None:
             return dict.fromkeys(
                 ("paused_for", "requests_remaining", "tokens_remaining", "reset_in"), None
@@ -308,7 +307,7 @@ class LocalCircuit(Cell):
     def view(self) -> View:
         """The circuit now (applying the lazy OPEN -> HALF_OPEN)."""
         with self.locked():
-            now = self._time.now()
+            now = self.source.now()
             core = self.core
             retry_after = core.retry_after(now)
             view = View(
@@ -327,7 +326,7 @@ class LocalCircuit(Cell):
     def state(self) -> CircuitState:
         """The current state without building a whole view."""
         with self.locked():
-            self.core.advance(self._time.now())
+            self.core.advance(self.source.now())
             state = self.core.state
             transitions = self._drain()
         self.telemetry.publish(transitions)
@@ -338,7 +337,7 @@ class LocalCircuit(Cell):
         if self._count_rejection is _not_open_yet:
             self._count_rejection = self.telemetry.rejection_counter()
         with self.locked():
-            now = self._time.now()
+            now = self.source.now()
             if action == "force_open":
                 self.core.force_open(now)
             else:
