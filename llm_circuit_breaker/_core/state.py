@@ -121,7 +121,7 @@ class BreakerCore:
         "transitions",
     )
 
-    def __init__(self, config: CircuitBreakerConfig) -> None:
+    def __init__(self, config: CircuitBreakerConfig, *, paced: bool = False) -> None:
         self.config = config
         self.state = CLOSED
         self.failure_count = 0
@@ -129,7 +129,7 @@ class BreakerCore:
         self.opened_at: float | None = None
         self.open_reason = ""
         self.open_until = -math.inf
-        self.paced = False  # a throttle must see every call: no lock-free path
+        self.paced = paced  # a throttle must see every call: no lock-free path
         self.transitions: list[Transition] | None = None  # made by the first state change
         self._seq = 0
         self.generation = 0
@@ -141,7 +141,8 @@ class BreakerCore:
         # with that permit changes nothing but the statistics).
         self.lock_free_permit = REJECTED
         self.clean_permit = REJECTED
-        self._refresh()
+        if not paced:  # paced: both stay -1
+            self._refresh()
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -79,9 +79,9 @@ class LocalCircuit(Cell):
         self.source = source
         # Set while the registry has forgotten this circuit: the next call puts it back.
         self.rejoin: Callable[[], None] | None = None
-        super().__init__(config, paces=paced, lock=False)
+        # Paced (every call on the slow path) until the first admission arms the fast path.
+        super().__init__(config, paces=paced, lock=False, paced=True)
         self.cause: BaseException | None = None  # the error that last opened the circuit
-        self._follow_throttle()
 
     def _follow_throttle(self) -> None:
         """Send every call through the slow path while the throttle has a say (lock held)."""

@@ -171,9 +171,14 @@ class Cell:
     __slots__ = ("core", "lock", "paces", "throttle")
 
     def __init__(
-        self, config: CircuitBreakerConfig, *, paces: bool = True, lock: bool = True
+        self,
+        config: CircuitBreakerConfig,
+        *,
+        paces: bool = True,
+        lock: bool = True,
+        paced: bool = False,
     ) -> None:
-        self.core = BreakerCore(config)
+        self.core = BreakerCore(config, paced=paced)  # paced: every call on the slow path
         # ``lock=False``: made by the first :meth:`locked` (a breaker that is never called
         # needs none).
         self.lock: threading.Lock | None = threading.Lock() if lock else None
