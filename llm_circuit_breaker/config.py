@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 from llm_circuit_breaker import _validate as check
 
 __all__ = [
+    "DEFAULT_CONFIG",
     "DEFAULT_RETRY_STATUS_CODES",
     "BreakerRules",
     "CircuitBreakerConfig",
@@ -33,6 +34,9 @@ OnRetry = Callable[[int, BaseException, float], object]  # (attempt that failed,
 FailurePredicate = Callable[[BaseException], bool]
 
 
+_NAMES: dict[type, tuple[str, ...]] = {}  # option names by config class (read per new breaker)
+
+
 class _Options:
     """Shared by the config dataclasses: building from a dict of option names."""
 
@@ -44,12 +48,16 @@ class _Options:
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
         """The option names, in declaration order (not the class constants)."""
-        return tuple(f.name for f in dataclasses.fields(cls))
+        names = _NAMES.get(cls)
+        if names is None:
+            names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+        return names
 
     @classmethod
     def check_names(cls, options: Mapping[str, Any]) -> None:
         """``TypeError`` with a did-you-mean hint for every unknown option name."""
-        check.check_option_names(options, cls.option_names(), cls._what)
+        if options:  # none to check: the common case of a scope's breaker made on first use
+            check.check_option_names(options, cls.option_names(), cls._what)
 
     def _warn_milliseconds(self) -> None:
         for name in self._time_fields:
@@ -212,6 +220,10 @@ class CircuitBreakerConfig(_Options):
     def as_fields(self) -> dict[str, Any]:
         """Every field and its value."""
         return {name: getattr(self, name) for name in self.option_names()}
+
+
+DEFAULT_CONFIG = CircuitBreakerConfig()
+"""The defaults, one frozen object shared by every breaker made without a config."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -76,14 +76,14 @@ class BreakerMachine(RuleBasedStateMachine):
     @invariant()
     def counts_match_the_state(self) -> None:
         state = self.breaker.state
-        core = self.breaker._local._core  # the core itself: in-flight probes
+        core = self.breaker._local.core  # the core itself: in-flight probes
         if state is CircuitState.CLOSED:
             assert 0 <= self.breaker.failure_count < self.config.failure_threshold
             assert self.breaker.success_count == 0
         elif state is CircuitState.HALF_OPEN:
             assert self.breaker.failure_count == 0
             assert 0 <= self.breaker.success_count < self.config.success_threshold
-            assert len(core._inflight) <= self.config.half_open_max_calls
+            assert len(core._inflight or ()) <= self.config.half_open_max_calls
         else:
             assert self.breaker.success_count == 0
 

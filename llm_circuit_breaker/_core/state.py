@@ -18,6 +18,7 @@ import dataclasses
 import enum
 import math
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from llm_circuit_breaker._core.permits import REJECTED
@@ -105,13 +106,11 @@ class BreakerCore:
     __slots__ = (
         "_inflight",
         "_seq",
-        "_track_calls",
         "_window",
         "clean_permit",
         "config",
         "failure_count",
         "generation",
-        "held_open",
         "lock_free_permit",
         "open_reason",
         "open_until",
@@ -122,7 +121,7 @@ class BreakerCore:
         "transitions",
     )
 
-    def __init__(self, config: CircuitBreakerConfig) -> None:
+    def __init__(self, config: CircuitBreakerConfig, *, paced: bool = False) -> None:
         self.config = config
         self.state = CLOSED
         self.failure_count = 0
@@ -130,13 +129,11 @@ class BreakerCore:
         self.opened_at: float | None = None
         self.open_reason = ""
         self.open_until = -math.inf
-        self.paced = False  # a throttle must see every call: no lock-free path
-        self.held_open = False
-        self.transitions: list[Transition] = []
+        self.paced = paced  # a throttle must see every call: no lock-free path
+        self.transitions: list[Transition] | None = None  # made by the first state change
         self._seq = 0
         self.generation = 0
-        self._inflight: dict[int, float] = {}
-        self._track_calls = config.slow_call_duration is not None
+        self._inflight: dict[int, float] | None = None  # made by the first tracked admission
         rate_mode = config.failure_rate_threshold is not None
         self._window = _FailureWindow(config.effective_window) if rate_mode else None
         # Readable without the lock: the permit of a CLOSED call that needs no bookkeeping at
@@ -144,7 +141,8 @@ class BreakerCore:
         # with that permit changes nothing but the statistics).
         self.lock_free_permit = REJECTED
         self.clean_permit = REJECTED
-        self._refresh()
+        if not paced:  # paced: both stay -1
+            self._refresh()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -153,14 +151,24 @@ class BreakerCore:
         if self.state is OPEN and now >= self.open_until:
             self._move(HALF_OPEN, now, "reset timeout elapsed")
 
+    @property
+    def held_open(self) -> bool:
+        """Forced open: open until closed (the only way ``open_until`` is infinite)."""
+        return self.state is OPEN and self.open_until == math.inf
+
     def retry_after(self, now: float) -> float | None:
         """Seconds until a call may be admitted (0.0 when one may be now; None when held)."""
         self.advance(now)
         if self.state is OPEN:
             return None if self.held_open else max(0.0, self.open_until - now)
-        if self.state is HALF_OPEN and len(self._inflight) >= self.config.half_open_max_calls:
+        inflight = self._inflight
+        if (
+            self.state is HALF_OPEN
+            and inflight
+            and len(inflight) >= self.config.half_open_max_calls
+        ):
             lease = self.config.half_open_probe_timeout
-            return max(0.0, min(self._inflight.values()) + lease - now)
+            return max(0.0, min(inflight.values()) + lease - now)
         return 0.0
 
     # -- admitting and recording -----------------------------------------------------------
@@ -169,16 +177,19 @@ class BreakerCore:
         """Return a permit for a call starting at ``now``, or ``REJECTED``."""
         self.advance(now)
         if self.state is CLOSED:
-            if not self._track_calls:
+            if self.config.slow_call_duration is None:  # no call to time
                 return self.generation
         elif self.state is OPEN:
             return REJECTED
         else:
             self._expire_leases(now)
-            if len(self._inflight) >= self.config.half_open_max_calls:
+            if self._inflight and len(self._inflight) >= self.config.half_open_max_calls:
                 return REJECTED
         self._seq += 1
-        self._inflight[self._seq] = now
+        inflight = self._inflight
+        if inflight is None:
+            inflight = self._inflight = {}
+        inflight[self._seq] = now
         return self._seq
 
     def record(
@@ -195,7 +206,7 @@ class BreakerCore:
         ``open_for`` asks for the circuit to open for that many seconds on a failure (a
         server's long retry hint, or quota exhaustion); ``why`` says which, for the listeners.
         """
-        started = self._inflight.pop(permit, None)
+        started = self._inflight.pop(permit, None) if self._inflight else None
         if started is None and not (self.state is CLOSED and permit == self.generation):
             return outcome  # admitted under an earlier state, or a probe whose lease ran out
         slow = self.config.slow_call_duration
@@ -246,8 +257,7 @@ class BreakerCore:
 
     def force_open(self, now: float) -> None:
         """Open the circuit and hold it open until :meth:`close` is called."""
-        self._open(now, math.inf, "forced open")
-        self.held_open = True
+        self._open(now, math.inf, "forced open")  # open until closed: held open
 
     def close(self, now: float, reason: str) -> None:
         """Close the circuit with clean counts and an empty window."""
@@ -271,13 +281,17 @@ class BreakerCore:
         self.open_until = now + duration
 
     def _move(self, new: CircuitState, now: float, reason: str) -> None:
-        self.transitions.append(Transition(self.state, new, reason, now))
+        change = Transition(self.state, new, reason, now)
+        if self.transitions is None:
+            self.transitions = [change]
+        else:
+            self.transitions.append(change)
         self.state = new
         self._seq += 1
         self.generation = self._seq
-        self._inflight.clear()
+        if self._inflight:
+            self._inflight.clear()
         self.success_count = 0
-        self.held_open = False
         if new is not OPEN:
             self.failure_count = 0
             self.opened_at = None
@@ -288,9 +302,20 @@ class BreakerCore:
         self._refresh()
 
     def _expire_leases(self, now: float) -> None:
+        inflight = self._inflight
+        if not inflight:
+            return
         deadline = now - self.config.half_open_probe_timeout
-        for permit in [p for p, started in self._inflight.items() if started <= deadline]:
-            del self._inflight[permit]
+        for permit in [p for p, started in inflight.items() if started <= deadline]:
+            del inflight[permit]
+
+    def drain(self) -> Sequence[Transition]:
+        """Take the pending state changes (the caller hands them to the listeners)."""
+        transitions = self.transitions
+        if transitions is None:
+            return ()
+        self.transitions = None
+        return transitions
 
     def set_paced(self, paced: bool) -> None:
         """Whether every admission and success must reach the caller's throttle."""
@@ -299,7 +324,12 @@ class BreakerCore:
             self._refresh()
 
     def _refresh(self) -> None:
-        simple = LOCK_FREE and self.state is CLOSED and not self._track_calls and not self.paced
+        simple = (
+            LOCK_FREE
+            and self.state is CLOSED
+            and self.config.slow_call_duration is None
+            and not self.paced
+        )
         self.lock_free_permit = self.generation if simple else REJECTED
         quiet = not self.failure_count and self._window is None
         self.clean_permit = self.lock_free_permit if quiet else REJECTED

@@ -26,7 +26,7 @@ from llm_circuit_breaker.breaker.telemetry import (
     Telemetry,
     WaitHistogram,
 )
-from llm_circuit_breaker.config import CircuitBreakerConfig
+from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
 from llm_circuit_breaker.errors import BudgetExceededError, CircuitOpenError, ThrottledError
 
 if TYPE_CHECKING:
@@ -56,12 +56,20 @@ class CircuitBreaker:
     decorators and the HTTP helpers do that for you. Thread-safe and asyncio-safe.
     """
 
-    enter: Callable[[], Entry]  # the circuit's own method, bound once: no extra frame per call
-    record_success: Callable[[int], None]
-    # The name template this breaker was made from (``"openai:{model}"``), None when named
-    # outright: exporters and logs label by template and scope value apart.
-    template: str | None = None
-    _limit: ConcurrencyLimit | None = None  # the cap on calls in flight (max_concurrent)
+    __slots__ = (
+        "__weakref__",
+        "_alink",
+        "_budget",
+        "_circuit",
+        "_enter",
+        "_limit",
+        "_local",
+        "_record_success",
+        "_telemetry",
+        "config",
+        "name",
+        "store",
+    )
 
     def __init__(
         self,
@@ -76,34 +84,42 @@ class CircuitBreaker:
         if config is not None and not isinstance(config, CircuitBreakerConfig):
             raise TypeError(f"config must be a CircuitBreakerConfig, got {type(config).__name__}")
         self.name = name
-        self.config = config or CircuitBreakerConfig()
+        self.config = config or DEFAULT_CONFIG  # frozen: one shared by every default breaker
         self.store = store
         # Without a clock of its own the breaker reads (and waits with) the library's time
         # source; a clock that can sleep (``testing.FakeClock``) also drives the throttle's waits.
-        self._time = clock_module.SHARED if clock is None else TimeSource.of(clock)
+        source = clock_module.SHARED if clock is None else TimeSource.of(clock)
         self._telemetry = Telemetry(name, self.config.enabled)
-        self._telemetry.breaker = self
+        self._limit: ConcurrencyLimit | None = None  # the cap on calls in flight
         # With a store, the local circuit (and its throttle) decides while the store is down.
-        self._local = LocalCircuit(name, self.config, self._time, self._telemetry)
+        self._local = LocalCircuit(name, self.config, source, self._telemetry)
         self._alink: AsyncStoreLink | None = None
         parts = (name, self.config, self._local, self._telemetry)
         if store is not None:  # only a shared breaker needs the links
             from llm_circuit_breaker.breaker._async.link import AsyncStoreLink
             from llm_circuit_breaker.breaker._sync.link import StoreLink
         # What the sync methods drive (the local circuit or a sync store's link; None for an
-        # asyncio store, whose circuit only coroutines reach), and what a read without I/O sees.
+        # asyncio store, whose circuit only coroutines reach).
         self._circuit: LocalCircuit | StoreLink | None = self._local
-        self._followed: LocalCircuit | StoreLink | AsyncStoreLink = self._local
         if store is not None and store.is_async:
             self._alink = AsyncStoreLink(cast("AsyncStateStore", store), *parts)
-            self._circuit, self._followed = None, self._alink
+            self._circuit = None
         elif store is not None:
-            self._circuit = self._followed = StoreLink(cast("StateStore", store), *parts)
+            self._circuit = StoreLink(cast("StateStore", store), *parts)
+        # What enter / record_success are when not the local circuit's own (a link's, the
+        # concurrency limit's, the token budget's): None keeps no bound method per breaker.
+        self._enter: Callable[[], Entry] | None = None
+        self._record_success: Callable[[int], None] | None = None
         if self._circuit is None:
-            self.enter = self.record_success = self._needs_await
-        else:
-            self.enter, self.record_success = self._circuit.enter, self._circuit.record_success
-        self._make_budgets()
+            self._enter = self._record_success = self._needs_await
+        elif self._circuit is not self._local:
+            self._enter, self._record_success = self._circuit.enter, self._circuit.record_success
+        # The retry budget and the lock of the budgets are made on first need.
+        self._budget: _Budgets | None = None
+        if self.config.token_budget is not None:
+            self._cap_spend()
+        if store is not None:  # a store's link may share the budgets with the fleet
+            self._share_budgets()
         if self.config.max_concurrent is not None:
             self._cap_calls_in_flight()
 
@@ -116,7 +132,43 @@ class CircuitBreaker:
         )
         self._limit = limit
         if self._alink is None:  # with an asyncio store, aenter() and the a-reports count
-            self.enter, self.record_success = limit.enter, limit.record_success
+            self._enter, self._record_success = limit.enter, limit.record_success
+
+    @property
+    def enter(self) -> Callable[[], Entry]:
+        """Admit one call: its permit, the :class:`CircuitOpenError` that says why not, the
+        :class:`ThrottledError` when its throttle slot is too far away, or the ``Wait`` for a
+        slot. The circuit's own method: bind it once (the decorators do), no extra frame."""
+        enter = self._enter
+        return self._local.enter if enter is None else enter
+
+    @property
+    def record_success(self) -> Callable[[int], None]:
+        """Report that the call holding ``permit`` succeeded (the circuit's own method)."""
+        record = self._record_success
+        return self._local.record_success if record is None else record
+
+    @property
+    def template(self) -> str | None:
+        """The name template this breaker was made from (``"openai:{model}"``), None when
+        named outright: exporters and logs label by template and scope value apart."""
+        return self._telemetry.template
+
+    @template.setter
+    def template(self, template: str | None) -> None:
+        self._telemetry.template = template
+
+    @property
+    def _time(self) -> TimeSource:
+        """The breaker's time source (its local circuit's)."""
+        return self._local.source
+
+    @property
+    def _followed(self) -> LocalCircuit | StoreLink | AsyncStoreLink:
+        """What a read without I/O sees: the local circuit, or the link to the store."""
+        if self._alink is not None:
+            return self._alink
+        return cast("LocalCircuit | StoreLink", self._circuit)
 
     @property
     def is_async(self) -> bool:
@@ -266,34 +318,63 @@ class CircuitBreaker:
 
     # -- budgets: retries and spend (a store's link shares them) ---------------------------
 
-    def _make_budgets(self) -> None:
+    def _budgets(self) -> threading.Lock:
+        """The lock of the budgets (made now if this is the first need of one)."""
+        budgets = self._budget
+        if budgets is None:
+            with _MAKING:
+                budgets = self._budget
+                if budgets is None:
+                    budgets = self._budget = _Budgets()
+        return budgets.lock
+
+    @property
+    def _spend(self) -> SpendCap | None:
+        budgets = self._budget
+        return None if budgets is None else budgets.spend
+
+    def _cap_spend(self) -> None:
         config = self.config
-        self._budget_lock = threading.Lock()
-        self._retry_budget = (
-            None
-            if config.retry_budget is None
-            else RetryBudget(config.retry_budget, config.retry_budget_floor)
-        )
-        self._spend: SpendCap | None = None
-        if config.token_budget is not None:
-            self._spend = SpendCap(config.token_budget, config.token_budget_window)
-            if self._circuit is not None:  # a spent budget refuses before the circuit admits
-                self._enter_circuit = self.enter
-                self.enter = self._capped_enter
-        share = getattr(self._followed, "share_budgets", None)  # a store's link shares them
-        if share is not None:
-            share(self._budget_lock, self._retry_budget, self._spend)
+        self._budgets()
+        budgets = cast("_Budgets", self._budget)
+        budgets.spend = SpendCap(cast("float", config.token_budget), config.token_budget_window)
+        if self._circuit is not None:  # a spent budget refuses before the circuit admits
+            budgets.enter_circuit = self.enter
+            self._enter = self._capped_enter
+
+    def _share_budgets(self) -> None:
+        """Hand the budgets to a store's link that shares them (made now: the link syncs
+        them with each store call)."""
+        config = self.config
+        share = getattr(self._followed, "share_budgets", None)
+        if share is None or (config.retry_budget is None and config.token_budget is None):
+            return
+        lock = self._budgets()
+        budgets = cast("_Budgets", self._budget)
+        if config.retry_budget is not None and budgets.retry is None:
+            budgets.retry = RetryBudget(config.retry_budget, config.retry_budget_floor)
+        share(lock, budgets.retry, budgets.spend)
+
+    def _settled_budget(self, ratio: float, now: float) -> RetryBudget:
+        """The retry budget with the first attempts counted since (lock held); made by the
+        first retry (the counts it reads start with the breaker, so it sees them all)."""
+        budgets = cast("_Budgets", self._budget)
+        budget = budgets.retry
+        if budget is None:
+            budget = budgets.retry = RetryBudget(ratio, self.config.retry_budget_floor)
+        budget.settle(now, self._telemetry.stats().calls)  # retries too: settle sorts
+        return budget
 
     def try_spend_retry(self) -> bool:
         """Pay for one extra attempt (a retry, an SDK's retry, a hedge) from the retry
         budget: True when it may be made, False when the budget cannot pay (counted in
         ``stats.retries_denied``; a metrics-only breaker counts it and says True)."""
-        budget = self._retry_budget
-        if budget is None:
+        ratio = self.config.retry_budget
+        if ratio is None:
             return True
-        with self._budget_lock:  # the count read under the lock: settles see it only grow
+        with self._budgets():  # the count read under the lock: settles see it only grow
             now = self._time.now()
-            budget.settle(now, self._telemetry.stats().calls)  # retries too: settle sorts
+            budget = self._settled_budget(ratio, now)
             paid = budget.try_withdraw(now)
             if paid:
                 budget.skip()  # the retry's own call is no first attempt
@@ -305,12 +386,12 @@ class CircuitBreaker:
     @property
     def retry_budget(self) -> dict[str, float] | None:
         """``{balance, ratio, floor}``: the retries that may be made now (None when off)."""
-        budget = self._retry_budget
-        if budget is None:
+        ratio = self.config.retry_budget
+        if ratio is None:
             return None
-        with self._budget_lock:
+        with self._budgets():
             now = self._time.now()
-            budget.settle(now, self._telemetry.stats().calls)
+            budget = self._settled_budget(ratio, now)
             balance = budget.balance(now)
         return {"balance": balance, "ratio": budget.ratio, "floor": budget.floor}
 
@@ -320,7 +401,7 @@ class CircuitBreaker:
         cap = self._spend
         if cap is None:
             return
-        with self._budget_lock:
+        with self._budgets():
             now = self._time.now()
             before = cap.refusal(now)
             cap.spend(now, tokens)
@@ -346,7 +427,7 @@ class CircuitBreaker:
         cap = self._spend
         if cap is None:
             return None
-        with self._budget_lock:
+        with self._budgets():
             wait = cap.refusal(self._time.now())
             spent, limit = cap.spent, cap.limit
         if wait is None:
@@ -359,7 +440,7 @@ class CircuitBreaker:
     def _capped_enter(self) -> Entry:
         refusal = self.budget_refusal()
         if refusal is None:
-            return self._enter_circuit()
+            return cast("_Budgets", self._budget).enter_circuit()
         if self._circuit is not self._local:  # what this process spent reaches the fleet
             cast("StoreLink", self._circuit).flush()
         return refusal
@@ -370,7 +451,7 @@ class CircuitBreaker:
         cap = self._spend
         if cap is None:
             return {"spent": 0.0, "limit": None, "resets_in": None}
-        with self._budget_lock:
+        with self._budgets():
             return dict(cap.view(self._time.now()))
 
     # -- the coroutine face: awaited through a link to an asyncio store, or answered by the
@@ -532,7 +613,7 @@ class CircuitBreaker:
     @property
     def wait_histogram(self) -> WaitHistogram:
         """How long admitted calls waited for their throttle slot (for the exporters)."""
-        return self._telemetry.waits
+        return self._telemetry.known_waits()
 
     @property
     def stats(self) -> BreakerStats:
@@ -578,11 +659,14 @@ class CircuitBreaker:
         else:
             self.reset()
         self._telemetry.zero()
-        with self._budget_lock:  # the counts the retry budget reads start again from zero
-            if self._retry_budget is not None:
-                self._retry_budget.restart()
-            if self._spend is not None:
-                self._spend.forget()
+        budgets = self._budget
+        if budgets is None:
+            return
+        with budgets.lock:  # the counts the retry budget reads start again from zero
+            if budgets.retry is not None:  # a store's link may share it: kept, restarted
+                budgets.retry.restart()
+            if budgets.spend is not None:
+                budgets.spend.forget()
 
     def _detach(self, rejoin: Callable[[], None]) -> None:
         """The registry forgot this breaker: its next admission calls ``rejoin`` first."""
@@ -600,7 +684,7 @@ class CircuitBreaker:
 
     def add_observer(self, observer: Observer) -> None:
         """Tell ``observer`` of refusals and retries (the metrics exporters use this)."""
-        self._telemetry.add_observer(observer)
+        self._telemetry.add_observer(observer, self)
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(StateChange)`` after every state change (outside the lock)."""
@@ -616,6 +700,25 @@ class CircuitBreaker:
             f"CircuitBreaker({self.name!r}, state={view.state.value}, "
             f"failure_count={view.failure_count}, success_count={view.success_count})"
         )
+
+
+_MAKING = threading.Lock()  # makes a breaker's budgets once
+
+
+def _no_circuit() -> Entry:  # pragma: no cover - set with the spend cap, before any call
+    raise RuntimeError("a token budget without a circuit to enter")
+
+
+class _Budgets:
+    """A breaker's retry budget and spend cap and their lock (made on first need)."""
+
+    __slots__ = ("enter_circuit", "lock", "retry", "spend")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.retry: RetryBudget | None = None  # made by the first retry
+        self.spend: SpendCap | None = None  # token_budget
+        self.enter_circuit: Callable[[], Entry] = _no_circuit  # what a capped enter admits
 
 
 _LATER: set[Any] = set()  # reports scheduled from finalisers, held until they ran

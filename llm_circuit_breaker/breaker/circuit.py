@@ -1,4 +1,4 @@
-"""``LocalCircuit``: the pure core behind a lock that never spans the caller's call.
+"""``LocalCircuit``: the pure cores behind a lock that never spans the caller's call.
 
 What a breaker without a store runs, and what a store-backed breaker falls back to while its
 store is unreachable. In CLOSED a call takes no lock: admission reads one attribute and a clean
@@ -7,18 +7,19 @@ success bumps a counter; failing fast in OPEN needs no lock either.
 
 from __future__ import annotations
 
-import threading
+import itertools
 from collections.abc import Callable, Sequence
 
 from llm_circuit_breaker._core.permits import REJECTED, SHADOW
-from llm_circuit_breaker._core.state import BreakerCore, CircuitState, Outcome, Transition
-from llm_circuit_breaker._core.throttle import TOKEN_COST, ThrottleCore, Wait, spread
+from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
+from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait, spread
 from llm_circuit_breaker._core.views import Control, View
 from llm_circuit_breaker.breaker import clock
 from llm_circuit_breaker.breaker.clock import TimeSource
 from llm_circuit_breaker.breaker.telemetry import Telemetry, refused
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
+from llm_circuit_breaker.storage.memory import Cell
 
 __all__ = ["Entry", "LocalCircuit", "check_report"]
 
@@ -27,6 +28,10 @@ Entry = int | CircuitOpenError | ThrottledError | Wait
 
 OPEN = CircuitState.OPEN
 _INF = float("inf")
+
+
+def _not_open_yet() -> int:  # pragma: no cover - a circuit opens only after a report
+    raise RuntimeError("a refusal was counted before the circuit could open")
 
 
 def check_report(permit: object, outcome: object, open_for: float | None) -> None:
@@ -39,21 +44,19 @@ def check_report(permit: object, outcome: object, open_for: float | None) -> Non
         raise ValueError(f"open_for must be a finite number of seconds >= 0, got {open_for!r}")
 
 
-class LocalCircuit:
-    """One circuit decided in this process (thread- and asyncio-safe)."""
+class LocalCircuit(Cell):
+    """One circuit decided in this process (thread- and asyncio-safe): a :class:`Cell` (the
+    pure cores behind their lock, as a ``MemoryStateStore`` keeps them) with a lock-free path
+    in CLOSED and for failing fast, and the telemetry that reports it."""
 
     __slots__ = (
-        "_core",
         "_count_rejection",
-        "_count_success",
-        "_lock",
-        "_time",
+        "_successes",
         "cause",
-        "max_wait",
         "name",
         "rejoin",
+        "source",
         "telemetry",
-        "throttle",
     )
 
     def __init__(
@@ -67,28 +70,39 @@ class LocalCircuit:
     ) -> None:
         self.name = name
         self.telemetry = telemetry
-        # Bound once: the CLOSED success path and the fail-fast path call them.
-        self._count_success = telemetry.count_success
-        self._count_rejection = telemetry.count_rejection
-        self._time = source
+        # Bumped by the CLOSED success path (``next``: no bound method kept), made by the first
+        # admission (until then every call takes the slow path, which is where it looks). The
+        # fail-fast path's counter is made by the first report or control, before the circuit
+        # can open.
+        self._successes: itertools.count[int] | None = None
+        self._count_rejection: Callable[[], int] = _not_open_yet
+        self.source = source
         # Set while the registry has forgotten this circuit: the next call puts it back.
         self.rejoin: Callable[[], None] | None = None
-        self._core = BreakerCore(config)
-        self._lock = threading.Lock()
+        # Paced (every call on the slow path) until the first admission arms the fast path.
+        super().__init__(config, paces=paced, lock=False, paced=True)
         self.cause: BaseException | None = None  # the error that last opened the circuit
-        self.throttle = ThrottleCore(config) if config.throttle and paced else None
-        self.max_wait = config.throttle_max_wait
-        self._follow_throttle()
 
     def _follow_throttle(self) -> None:
         """Send every call through the slow path while the throttle has a say (lock held)."""
         throttle = self.throttle
-        self._core.set_paced((throttle is not None and throttle.active) or self.rejoin is not None)
+        self.core.set_paced(
+            (throttle is not None and throttle.active)
+            or self.rejoin is not None
+            or self._successes is None
+        )
+
+    def _arm(self) -> None:
+        """Make the lock-free success counter (the first admission) and take the fast path."""
+        counter = self.telemetry.success_counter()
+        with self.locked():
+            self._successes = counter
+            self._follow_throttle()
 
     def detach(self, rejoin: Callable[[], None]) -> None:
         """The registry forgot this circuit: the next admission calls ``rejoin`` first (until
         then every call takes the slow path, which is where it looks)."""
-        with self._lock:
+        with self.locked():
             self.rejoin = rejoin
             self._follow_throttle()
 
@@ -97,7 +111,7 @@ class LocalCircuit:
         rejoin, self.rejoin = self.rejoin, None
         if rejoin is not None:
             rejoin()
-        with self._lock:
+        with self.locked():
             self._follow_throttle()
 
     # -- admitting and recording -----------------------------------------------------------
@@ -106,16 +120,15 @@ class LocalCircuit:
         """Admit one call: its permit, the :class:`CircuitOpenError` that says why not, the
         :class:`ThrottledError` when its throttle slot is too far away, or the ``Wait`` for a
         slot within ``throttle_max_wait``."""
-        core = self._core
+        core = self.core
         permit = core.lock_free_permit
         if permit >= 0:
             return permit
-        now = self._time.now()
+        now = self.source.now()
         open_until = core.open_until
         if now < open_until and core.state is OPEN:  # failing fast needs no lock either
-            # open_until is infinite only when held open; read without the lock, held_open may
-            # lag behind it for an instant, and retry_after must stay a finite float or None.
-            retry_after = None if open_until == _INF or core.held_open else open_until - now
+            # open_until is infinite only when held open (forced), and retry_after is None then.
+            retry_after = None if open_until == _INF else open_until - now
             error = refused(self.name, retry_after, core.open_reason)
             error.__cause__ = self.cause
             self._count_rejection()
@@ -124,7 +137,9 @@ class LocalCircuit:
             return self.telemetry.observed(error)
         if self.rejoin is not None:
             self.return_to_registry()
-        with self._lock:
+        if self._successes is None:
+            self._arm()
+        with self.locked():
             permit = core.admit(now)
             retry_after = core.retry_after(now) if permit == REJECTED else 0.0
             reason = core.open_reason or "half-open: probe slots taken"
@@ -150,12 +165,13 @@ class LocalCircuit:
             return permit
         if tokens is None:
             tokens = TOKEN_COST.get()
-        wait = throttle.book(now, tokens, self.max_wait)
+        max_wait = self.core.config.throttle_max_wait
+        wait = throttle.book(now, tokens, max_wait)
         if wait <= 0.0:
             self.telemetry.waits.add(0.0)
             return permit
-        if wait > self.max_wait:
-            self._core.record(permit, Outcome.IGNORED, now)
+        if wait > max_wait:
+            self.core.record(permit, Outcome.IGNORED, now)
             return ThrottledError(self.name, wait)
         throttle.waiting += 1
         self.telemetry.waits.add(wait)
@@ -166,8 +182,8 @@ class LocalCircuit:
         limit that paused calls after the slot was booked, past it, holds the caller back: a
         new slot after the pause (another wait), or ``ThrottledError`` past the longest wait."""
         again: int | ThrottledError | Wait = wait.permit
-        with self._lock:
-            now, throttle = self._time.now(), self.throttle
+        with self.locked():
+            now, throttle = self.source.now(), self.throttle
             if throttle is not None:
                 throttle.waiting -= 1
                 rebook = not gave_up and throttle.paused_until > max(wait.at, now)
@@ -176,7 +192,7 @@ class LocalCircuit:
                 if rebook:
                     again = self._pace(wait.permit, now, wait.tokens)
             if gave_up:
-                self._core.record(wait.permit, Outcome.IGNORED, now)
+                self.core.record(wait.permit, Outcome.IGNORED, now)
             transitions = self._drain()
         telemetry = self.telemetry
         telemetry.publish(transitions)
@@ -196,8 +212,8 @@ class LocalCircuit:
 
     def record_success(self, permit: int) -> None:
         """Report that the call holding ``permit`` succeeded."""
-        if permit == self._core.clean_permit:  # nothing to change but the count
-            self._count_success()
+        if permit == self.core.clean_permit:  # nothing to change but the count
+            next(self._successes)  # type: ignore[arg-type]  # made before the fast path opens
             return
         self.record(permit, Outcome.SUCCESS)
 
@@ -215,10 +231,14 @@ class LocalCircuit:
         ``error`` is kept as the cause of later refusals if this report opens the circuit;
         ``hint`` is the server's wait for a rate limit (``THROTTLED``)."""
         check_report(permit, outcome, open_for)
-        with self._lock:
-            now = self._time.now()
-            counted = self._core.record(permit, outcome, now, open_for=open_for, why=why)
+        if self._count_rejection is _not_open_yet:
+            self._count_rejection = self.telemetry.rejection_counter()
+        with self.locked():
+            now = self.source.now()
+            counted = self.core.record(permit, outcome, now, open_for=open_for, why=why)
             throttle = self.throttle
+            if throttle is None and outcome is Outcome.THROTTLED:
+                throttle = self.made_throttle()
             news = None
             if throttle is not None:
                 news = throttle.report(
@@ -240,11 +260,11 @@ class LocalCircuit:
     @property
     def now(self) -> Callable[[], float]:
         """The breaker's clock (the library's, read anew each time, unless it has its own)."""
-        return clock.now if self._time is clock.SHARED else self._time.now
+        return clock.now if self.source is clock.SHARED else self.source.now
 
     def observe(self, headers: object) -> None:
         """Feed a response's rate-limit headers to the throttle."""
-        if self.throttle is None:
+        if not self.paces:
             return
         import time
 
@@ -253,36 +273,42 @@ class LocalCircuit:
         limits = parse_rate_limits(headers, time.time())
         if limits is None:
             return
-        with self._lock:
-            self.throttle.observe(limits, self._time.now())
+        with self.locked():
+            throttle = self.made_throttle()
+            if throttle is not None:
+                throttle.observe(limits, self.source.now())
             self._follow_throttle()
 
     @property
     def idle(self) -> bool:
         """CLOSED with nothing counted, nothing paced and nobody waiting: dropping the
         circuit loses no state (a registry may drop idle scoped breakers)."""
-        core, throttle = self._core, self.throttle
+        core, throttle = self.core, self.throttle
         return (
             core.state is CircuitState.CLOSED
             and not core.failure_count
-            and not core.paced
-            and (throttle is None or (not throttle.waiting and throttle.quiet))
+            and self.rejoin is None
+            and (
+                throttle is None
+                or (not throttle.waiting and throttle.quiet and not throttle.active)
+            )
         )
 
     def throttle_view(self) -> dict[str, float | int | None]:
         """What the throttle says now (all None/0 without a throttle)."""
-        with self._lock:
-            if self.throttle is None:
-                return dict.fromkeys(
-                    ("paused_for", "requests_remaining", "tokens_remaining", "reset_in"), None
-                ) | {"waiting": 0}
-            return self.throttle.view(self._time.now())
+        with self.locked():
+            view = self.throttle_now(self.source.now())
+        if view is None:
+            return dict.fromkeys(
+                ("paused_for", "requests_remaining", "tokens_remaining", "reset_in"), None
+            ) | {"waiting": 0}
+        return view
 
     def view(self) -> View:
         """The circuit now (applying the lazy OPEN -> HALF_OPEN)."""
-        with self._lock:
-            now = self._time.now()
-            core = self._core
+        with self.locked():
+            now = self.source.now()
+            core = self.core
             retry_after = core.retry_after(now)
             view = View(
                 core.state,
@@ -299,21 +325,23 @@ class LocalCircuit:
     @property
     def state(self) -> CircuitState:
         """The current state without building a whole view."""
-        with self._lock:
-            self._core.advance(self._time.now())
-            state = self._core.state
+        with self.locked():
+            self.core.advance(self.source.now())
+            state = self.core.state
             transitions = self._drain()
         self.telemetry.publish(transitions)
         return state
 
     def control(self, action: Control) -> None:
         """Reset (the circuit and the throttle), force open or force closed."""
-        with self._lock:
-            now = self._time.now()
+        if self._count_rejection is _not_open_yet:
+            self._count_rejection = self.telemetry.rejection_counter()
+        with self.locked():
+            now = self.source.now()
             if action == "force_open":
-                self._core.force_open(now)
+                self.core.force_open(now)
             else:
-                self._core.close(now, "reset" if action == "reset" else "forced closed")
+                self.core.close(now, "reset" if action == "reset" else "forced closed")
             if action == "reset" and self.throttle is not None:
                 self.throttle.forget()  # a pause or a learned limit is state too
                 self._follow_throttle()
@@ -324,8 +352,4 @@ class LocalCircuit:
 
     def _drain(self) -> Sequence[Transition]:
         """Take the core's pending transitions (call with the lock held)."""
-        transitions = self._core.transitions
-        if not transitions:
-            return ()  # never hand out the core's own list: others append to it later
-        self._core.transitions = []
-        return transitions
+        return self.core.drain()

@@ -154,7 +154,7 @@ class BreakerRegistry:
         with self._lock:
             breaker = self._breakers.get(name)
             if breaker is None:
-                breaker = self._retired.pop(name, None)
+                breaker = self._retired.pop(name, None) if self._retired else None
                 if breaker is None or not _agrees(breaker, fields, self.store):
                     if config is None and fields:
                         config = CircuitBreakerConfig(**fields)
@@ -208,6 +208,13 @@ class BreakerRegistry:
         if excess <= 0:
             return
         try:
+            if excess == 1:  # the common case: one in, the least recently used one out
+                name = next(iter(self._scoped))
+                breaker = self._breakers.get(name)
+                if breaker is None or breaker.idle:
+                    self._scoped.pop(name, None)
+                    self._breakers.pop(name, None)
+                    return
             oldest = list(itertools.islice(self._scoped, _EVICTION_SCAN))
         except RuntimeError:  # touched meanwhile by a lock-free caller: evict on the next one
             return

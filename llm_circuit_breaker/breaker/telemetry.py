@@ -1,7 +1,8 @@
 """What a breaker tells the world: counts, state-change listeners, observers and logs.
 
 Kept apart from the deciding so that the in-process circuit and the store links report the
-same way. Counters are bumped without a lock (``itertools.count`` is atomic under the GIL).
+same way. Successes and refusals are counted without a lock (``itertools.count`` is atomic
+under the GIL), the rarer counts under one lock.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "BreakerStats",
     "Latency",
     "Listener",
+    "Listening",
     "Observer",
     "RecentTimes",
     "StateChange",
@@ -163,10 +165,13 @@ class Observed(Protocol):
 
 
 class Observer(Protocol):
-    """Hears of refusals and retries as they happen (what listeners do for state changes).
-    An observer may also define ``waited(breaker, seconds)`` (an admitted call waits for its
-    throttle slot) and ``throttled(breaker, reason)`` (a throttle, limit or budget refused a
-    call); they are looked up, not required."""
+    """A hook that hears of refusals and retries as they happen (the exporters are ones).
+
+    One protocol for whatever hears a breaker, every method looked up, none required:
+    ``changed(event)`` (a :class:`StateChange` or :class:`ThrottleEvent`: what a listener
+    hears; ``add_listener(fn)`` makes ``fn`` a hook with only this method), ``rejected``,
+    ``retried``, ``waited(breaker, seconds)`` (an admitted call waits for its throttle slot)
+    and ``throttled(breaker, reason)`` (a throttle, limit or budget refused a call)."""
 
     def rejected(self, breaker: Observed, enforced: bool) -> None:
         """A call was refused (``enforced`` False: a metrics-only breaker let it through)."""
@@ -194,121 +199,184 @@ class BreakerStats:
     retries_denied: int = 0  # retries the retry budget could not pay (not made)
 
 
-class _Tally:
-    """A counter that threads may bump without a lock (``itertools.count`` is atomic)."""
+# The counts of every breaker that need no lock-free path are updated under this one lock
+# (failures, retries, state changes, refusals by reason: rare next to successes), and the
+# two lock-free counters are read under it.
+_counting = threading.Lock()
 
-    __slots__ = ("_count", "_zero", "add")
+# Where each count sits in a breaker's ``counts`` list (made on the first count).
+_FAILURES, _IGNORED, _THROTTLED, _RETRIES = 0, 1, 2, 3
+_CHANGES = {CircuitState.CLOSED: 4, CircuitState.OPEN: 5, CircuitState.HALF_OPEN: 6}
+_REFUSALS = {reason: 7 + i for i, reason in enumerate(THROTTLE_REASONS)}
+_BY_OUTCOME = {Outcome.FAILURE: _FAILURES, Outcome.IGNORED: _IGNORED, Outcome.THROTTLED: _THROTTLED}
+# Bookkeeping of the two lock-free counters (successes, rejections): reads made and the raw
+# value at the last reset.
+_SUCCESS_READS, _SUCCESS_ZERO, _REJECTION_READS, _REJECTION_ZERO = 11, 12, 13, 14
+_SIZE = 15
 
-    def __init__(self) -> None:
-        self._count = itertools.count()
-        self.add = self._count.__next__
-        self._zero = 0  # the count at the last reset: ``add`` stays bound where it was handed
 
-    @property
-    def value(self) -> int:
-        return self._read() - self._zero
+def _raw(counter: itertools.count[int] | None, counts: list[int], reads: int) -> int:
+    """How often ``counter`` was bumped by its users (call with ``_counting`` held).
 
-    def _read(self) -> int:
-        return int(repr(self._count)[6:-1])  # "count(N)": reading it does not bump it
-
-    def reset(self) -> None:
-        """Count from zero again."""
-        self._zero = self._read()
+    ``itertools.count`` is bumped atomically under the GIL (the CLOSED success path and the
+    fail-fast path count without a lock), and it has no way to be read but to be bumped: a read
+    bumps it too, and ``counts[reads]`` keeps how often that happened."""
+    if counter is None:
+        return 0
+    bumped = next(counter) - counts[reads]
+    counts[reads] += 1
+    return bumped
 
 
 class Telemetry:
-    """Counts, listeners and observers of one breaker."""
+    """Counts, listeners and observers of one breaker.
+
+    Compact: an idle breaker's telemetry is this object and one ``itertools.count`` (its
+    successes, bumped without a lock). The other counts live in one list of ints made on the
+    first of them, the rejection counter is made before the circuit can first open, the
+    listeners and observers are tuples (empty: shared), the wait histogram made on the first
+    throttle wait."""
 
     __slots__ = (
-        "_changes",
-        "_listeners",
-        "_observers",
+        "_counts",
+        "_hooks",
         "_rejections",
-        "_retries",
-        "_tallies",
-        "_throttle_refusals",
+        "_waits",
         "breaker",
-        "count_rejection",
-        "count_success",
         "enforced",
         "name",
         "plain_refusals",
-        "waits",
+        "successes",
+        "template",
     )
 
     def __init__(self, name: str, enforced: bool) -> None:
         self.name = name
         self.enforced = enforced
-        self.breaker: Observed | None = None  # set by the breaker, for observers
-        self._listeners: list[Listener] = []
-        self._observers: list[Observer] = []
-        self._tallies = {outcome: _Tally() for outcome in Outcome}
-        self._retries = _Tally()
-        self._rejections = _Tally()
-        self._changes = {state: _Tally() for state in CircuitState}
-        self._throttle_refusals = {reason: _Tally() for reason in THROTTLE_REASONS}
-        # Bound once: the CLOSED success path and the fail-fast path call them.
-        self.count_success = self._tallies[Outcome.SUCCESS].add
-        self.count_rejection = self._rejections.add
+        # The breaker observers are told of: set when the first observer is added (an idle
+        # breaker holds no reference cycle, so dropping it frees it at once).
+        self.breaker: Observed | None = None
+        self.template: str | None = None  # the name template, for the log records' fields
+        # Listeners and observers alike, in the order added (empty: a shared tuple).
+        self._hooks: tuple[object, ...] = ()
+        # Bumped lock-free (``next(telemetry.successes)``); made by the first admission.
+        self.successes: itertools.count[int] | None = None
+        self._rejections: itertools.count[int] | None = None
+        self._counts: list[int] | None = None
+        self._waits: WaitHistogram | None = None
         # Refusals need no more than a count: enforced, and nobody to tell.
         self.plain_refusals = enforced
-        self.waits = WaitHistogram()
+
+    @property
+    def count_success(self) -> Callable[[], int]:
+        """Count a success (lock-free: bind it once where successes are counted)."""
+        return self.success_counter().__next__
+
+    def success_counter(self) -> itertools.count[int]:
+        """The lock-free success counter, made now if it was not yet."""
+        counter = self.successes
+        if counter is None:
+            with _counting:
+                counter = self.successes
+                if counter is None:
+                    counter = self.successes = itertools.count()
+        return counter
+
+    def rejection_counter(self) -> Callable[[], int]:
+        """Count a refusal (lock-free), the counter made now if it was not yet: a circuit
+        calls this before it can first open, and binds what it returns for its fail-fast path."""
+        counter = self._rejections
+        if counter is None:
+            with _counting:
+                counter = self._rejections
+                if counter is None:
+                    counter = self._rejections = itertools.count()
+        return counter.__next__
+
+    def count_rejection(self) -> None:
+        """Count one refusal (the circuit was open)."""
+        self.rejection_counter()()
+
+    def _bump(self, index: int) -> None:
+        with _counting:
+            counts = self._counts
+            if counts is None:
+                counts = self._counts = [0] * _SIZE
+            counts[index] += 1
+
+    @property
+    def waits(self) -> WaitHistogram:
+        """How long admitted calls waited for their throttle slot (made on first need)."""
+        waits = self._waits
+        if waits is None:
+            waits = self._waits = WaitHistogram()
+        return waits
+
+    def known_waits(self) -> WaitHistogram:
+        """The wait histogram, or an empty one (not kept) while nothing waited."""
+        return WaitHistogram() if self._waits is None else self._waits
 
     def zero(self) -> None:
         """Zero every count and the wait histogram (``registry.reset_all()``)."""
-        for tally in (*self._tallies.values(), self._retries, self._rejections):
-            tally.reset()
-        for tally in (*self._changes.values(), *self._throttle_refusals.values()):
-            tally.reset()
-        self.waits.reset()
+        with _counting:
+            counts = self._counts
+            if counts is None:
+                counts = self._counts = [0] * _SIZE
+            success_zero = _raw(self.successes, counts, _SUCCESS_READS)
+            rejection_zero = _raw(self._rejections, counts, _REJECTION_READS)
+            counts[:_SUCCESS_READS] = [0] * _SUCCESS_READS
+            counts[_SUCCESS_ZERO] = success_zero
+            counts[_REJECTION_ZERO] = rejection_zero
+        if self._waits is not None:
+            self._waits.reset()
 
     def tally(self, outcome: Outcome) -> None:
         """Count a finished call by its outcome as the circuit counted it."""
-        self._tallies[outcome].add()
+        if outcome is Outcome.SUCCESS:
+            next(self.success_counter())
+        else:
+            self._bump(_BY_OUTCOME[outcome])
 
     def stats(self) -> BreakerStats:
         """The counts now."""
-        counts = {outcome: tally.value for outcome, tally in self._tallies.items()}
+        with _counting:
+            counts = self._counts
+            if counts is None:
+                counts = self._counts = [0] * _SIZE
+            successes = _raw(self.successes, counts, _SUCCESS_READS) - counts[_SUCCESS_ZERO]
+            rejections = _raw(self._rejections, counts, _REJECTION_READS)
+            rejections -= counts[_REJECTION_ZERO]
+            counts = list(counts)
+        failures, ignored, throttled = counts[_FAILURES], counts[_IGNORED], counts[_THROTTLED]
         return BreakerStats(
-            calls=sum(counts.values()),
-            successes=counts[Outcome.SUCCESS],
-            failures=counts[Outcome.FAILURE],
-            ignored=counts[Outcome.IGNORED],
-            throttled=counts[Outcome.THROTTLED],
-            rejections=self._rejections.value,
-            retries=self._retries.value,
-            state_changes={state.value: tally.value for state, tally in self._changes.items()},
-            throttle_refusals={
-                reason: tally.value for reason, tally in self._throttle_refusals.items()
-            },
-            retries_denied=self._throttle_refusals["retry_budget"].value,
+            calls=successes + failures + ignored + throttled,
+            successes=successes,
+            failures=failures,
+            ignored=ignored,
+            throttled=throttled,
+            rejections=rejections,
+            retries=counts[_RETRIES],
+            state_changes={state.value: counts[index] for state, index in _CHANGES.items()},
+            throttle_refusals={reason: counts[index] for reason, index in _REFUSALS.items()},
+            retries_denied=counts[_REFUSALS["retry_budget"]],
         )
 
     def count_throttle_refusal(self, reason: str = "rate_limit") -> None:
         """Count a call refused before it ran by its throttle (or a limit or budget)."""
-        self._throttle_refusals[reason].add()
+        self._bump(_REFUSALS[reason])
         throttle_logger.debug(
             "circuit %r refused a call: %s", self.name, reason, extra=self._fields(reason=reason)
         )
-        for observer in list(self._observers):
-            hear = getattr(observer, "throttled", None)
-            if hear is None:
-                continue
-            try:
-                hear(self._owner(), reason)
-            except Exception:
-                logger.exception("observer %r of circuit %r raised", observer, self.name)
+        if self._hooks:
+            self._tell("throttled", reason, owned=True)
 
     # -- refusals and retries --------------------------------------------------------------
 
     def observed(self, error: CircuitOpenError) -> int | CircuitOpenError:
         """After counting a refusal: tell the observers; the error to raise, or a shadow
         permit in metrics-only mode."""
-        for observer in list(self._observers):
-            try:
-                observer.rejected(self._owner(), self.enforced)
-            except Exception:  # noqa: PERF203 - an observer's bug must not touch the call
-                logger.exception("observer %r of circuit %r raised", observer, self.name)
+        if self._hooks:
+            self._tell("rejected", self.enforced, owned=True)
         if self.enforced:
             return error
         state_logger.debug(
@@ -320,28 +388,39 @@ class Telemetry:
 
     def retried(self, attempt: int, error: BaseException, delay: float) -> None:
         """Count a retry and tell the observers."""
-        self._retries.add()
-        for observer in list(self._observers):
-            try:
-                observer.retried(self._owner(), attempt, error, delay)
-            except Exception:  # noqa: PERF203 - an observer's bug must not touch the call
-                logger.exception("observer %r of circuit %r raised", observer, self.name)
+        self._bump(_RETRIES)
+        if self._hooks:
+            self._tell("retried", attempt, error, delay, owned=True)
 
     def waited(self, seconds: float) -> None:
         """Tell the observers that can hear it (``waited(breaker, seconds)``) how long an
         admitted call waits for its throttle slot."""
-        for observer in list(self._observers):
-            hear = getattr(observer, "waited", None)
+        if self._hooks:
+            self._tell("waited", seconds, owned=True)
+
+    def _tell(self, event: str, *args: object, owned: bool = False) -> None:
+        """Call ``event(*args)`` on every hook that defines it (``owned``: with the breaker
+        first); one that raises is logged."""
+        for hook in self._hooks:
+            hear = getattr(hook, event, None)
             if hear is None:
                 continue
             try:
-                hear(self._owner(), seconds)
+                if owned:
+                    hear(self._owner(), *args)
+                else:
+                    hear(*args)
             except Exception:
-                logger.exception("observer %r of circuit %r raised", observer, self.name)
+                if isinstance(hook, Listening):
+                    logger.exception(
+                        "state-change listener %r of circuit %r raised", hear, self.name
+                    )
+                else:
+                    logger.exception("observer %r of circuit %r raised", hook, self.name)
 
     def _fields(self, **more: object) -> dict[str, object]:
         """``extra=`` fields for a log record: the breaker's template and scope, and more."""
-        template, scope = split_name(self.name, getattr(self.breaker, "template", None))
+        template, scope = split_name(self.name, self.template)
         return {"breaker": template, "scope": scope, "enforced": self.enforced, **more}
 
     def _owner(self) -> Observed:
@@ -351,27 +430,38 @@ class Telemetry:
 
     # -- listeners and observers -----------------------------------------------------------
 
-    def add_observer(self, observer: Observer) -> None:
-        """Tell ``observer`` of refusals and retries (once, however often it is added)."""
-        if observer in self._observers:
-            return
-        self._observers.append(observer)
-        self.plain_refusals = False
+    def add_observer(self, observer: Observer, breaker: Observed) -> None:
+        """Tell ``observer`` of refusals and retries on ``breaker`` (once, however often it
+        is added)."""
+        with _counting:
+            self.breaker = breaker
+            if observer not in self._hooks:
+                self._hooks = (*self._hooks, observer)
+            self.plain_refusals = False
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(StateChange)`` after every state change."""
         if not callable(listener):
             raise TypeError(f"a listener must be callable, got {listener!r}")
-        self._listeners.append(listener)
+        with _counting:
+            self._hooks = (*self._hooks, Listening(listener))
 
     def remove_listener(self, listener: Listener) -> None:
-        """Stop calling ``listener``."""
-        self._listeners.remove(listener)
+        """Stop calling ``listener`` (``ValueError`` if it is not one)."""
+        with _counting:
+            hooks = list(self._hooks)
+            for index, hook in enumerate(hooks):
+                if isinstance(hook, Listening) and hook.changed == listener:
+                    del hooks[index]
+                    break
+            else:
+                raise ValueError(f"{listener!r} is not a listener of circuit {self.name!r}")
+            self._hooks = tuple(hooks)
 
     def publish(self, transitions: Sequence[Transition]) -> None:
         """Count, log and announce the state changes a circuit made."""
         for t in transitions:
-            self._changes[t.new].add()
+            self._bump(_CHANGES[t.new])
             # Opening (or holding open) is news for whoever is on call; recovering is not.
             level = logging.WARNING if t.new is CircuitState.OPEN else logging.INFO
             if state_logger.isEnabledFor(level):
@@ -411,14 +501,21 @@ class Telemetry:
         self.notify(ThrottleEvent(self.name, old, new, at, reason, resets_in))
 
     def notify(self, change: StateChange | ThrottleEvent) -> None:
-        """Hand ``change`` to every listener; one that raises is logged."""
-        for listener in list(self._listeners):
-            try:
-                listener(change)
-            except Exception:  # noqa: PERF203 - one listener's bug must not stop the rest
-                logger.exception(
-                    "state-change listener %r of circuit %r raised", listener, self.name
-                )
+        """Hand ``change`` to every hook that hears changes (the listeners)."""
+        if self._hooks:
+            self._tell("changed", change)
+
+
+class Listening:
+    """A state-change listener as a hook: ``changed`` is the listener itself."""
+
+    __slots__ = ("changed",)
+
+    def __init__(self, changed: Listener) -> None:
+        self.changed = changed
+
+    def __repr__(self) -> str:
+        return f"Listening({self.changed!r})"
 
 
 # -- latency: times to first item, hedges ---------------------------------------------------
@@ -457,30 +554,22 @@ class Latency:
     item) and the hedges started and won on it. Not a state change: listeners hear nothing
     of it; the exporters read the counts at collection."""
 
-    __slots__ = ("_started", "_won", "first_item")
+    __slots__ = ("first_item", "hedges_started", "hedges_won")
 
     def __init__(self) -> None:
         self.first_item = RecentTimes()
-        self._started = _Tally()
-        self._won = _Tally()
+        self.hedges_started = 0  # hedges started on this breaker
+        self.hedges_won = 0  # hedges on this breaker that answered first
 
     def hedge_started(self) -> None:
         """Count an extra attempt started because the ones in flight were slow."""
-        self._started.add()
+        with _counting:
+            self.hedges_started += 1
 
     def hedge_won(self) -> None:
         """Count a hedge that answered first."""
-        self._won.add()
-
-    @property
-    def hedges_started(self) -> int:
-        """Hedges started on this breaker."""
-        return self._started.value
-
-    @property
-    def hedges_won(self) -> int:
-        """Hedges on this breaker that answered first."""
-        return self._won.value
+        with _counting:
+            self.hedges_won += 1
 
 
 _latencies: weakref.WeakKeyDictionary[Observed, Latency] = weakref.WeakKeyDictionary()

@@ -1,9 +1,10 @@
-"""``MemoryStateStore``: circuits in this process, each a ``BreakerCore`` (and its throttle)
-behind a lock.
+"""``MemoryStateStore``: circuits in this process, each a :class:`Cell` (a ``BreakerCore``
+and its throttle behind a lock).
 
-A ``CircuitBreaker`` without a store embeds a ``LocalCircuit`` (breaker/circuit.py) instead,
-with a lock-free fast path. As a store this lets several breaker objects of one process share
-circuits by name, and serves as the reference the Redis store is tested against.
+A ``CircuitBreaker`` without a store embeds a ``LocalCircuit`` (breaker/circuit.py) instead:
+a ``Cell`` too, with a lock-free fast path. As a store this lets several breaker objects of
+one process share circuits by name, and serves as the reference the Redis store is tested
+against.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from llm_circuit_breaker.storage.base import (
 if TYPE_CHECKING:
     from llm_circuit_breaker._core.headers import RateLimits
 
-__all__ = ["MemoryStateStore"]
+__all__ = ["Cell", "MemoryStateStore"]
+
+_MAKING = threading.Lock()  # makes a cell's lock once
 
 
 class MemoryStateStore:
@@ -39,22 +42,21 @@ class MemoryStateStore:
 
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self._clock = clock or time.monotonic
-        self._cores: dict[str, _Slot] = {}
+        self._cores: dict[str, Cell] = {}
         self._lock = threading.Lock()
 
-    def _slot(self, name: str, config: CircuitBreakerConfig) -> _Slot:
+    def _slot(self, name: str, config: CircuitBreakerConfig) -> Cell:
         slot = self._cores.get(name)
         if slot is None:
             with self._lock:
-                slot = self._cores.setdefault(name, _Slot(config))
+                slot = self._cores.setdefault(name, Cell(config))
         return slot
 
     @staticmethod
-    def _view(slot: _Slot, now: float, news: ThrottleNews | None = None) -> View:
+    def _view(slot: Cell, now: float, news: ThrottleNews | None = None) -> View:
         core, throttle = slot.core, slot.throttle
         retry_after = core.retry_after(now)
-        transitions = tuple(core.transitions)
-        core.transitions = []
+        transitions = tuple(core.drain())
         config = core.config
         clean = (
             core.state is CircuitState.CLOSED
@@ -72,7 +74,7 @@ class MemoryStateStore:
             transitions,
             clean=clean,
             reason=core.open_reason,
-            throttle=None if throttle is None else throttle.view(now),
+            throttle=slot.throttle_now(now),
             news=news,
         )
 
@@ -88,7 +90,7 @@ class MemoryStateStore:
     ) -> Admission:
         """Admit a call (nothing is leased: every holder lives in this process)."""
         slot = self._slot(name, config)
-        with slot.lock:
+        with slot.locked():
             now = self._clock()
             permit = slot.core.admit(now)
             wait, throttle = 0.0, slot.throttle
@@ -113,12 +115,15 @@ class MemoryStateStore:
         ride: Ride | None = None,
     ) -> tuple[Outcome, View]:
         slot = self._slot(name, config)
-        with slot.lock:
+        with slot.locked():
             now = self._clock()
             counted = slot.core.record(permit, outcome, now, open_for=open_for, why=why)
             news = None
-            if slot.throttle is not None:
-                said = slot.throttle.report(
+            throttle = slot.throttle
+            if throttle is None and outcome is Outcome.THROTTLED:
+                throttle = slot.made_throttle()
+            if throttle is not None:
+                said = throttle.report(
                     now, outcome is Outcome.THROTTLED, outcome is Outcome.SUCCESS, pause
                 )
                 news = None if said is None else ThrottleNews(*said)
@@ -133,7 +138,7 @@ class MemoryStateStore:
         ride: Ride | None = None,
     ) -> View:
         slot = self._slot(name, config)
-        with slot.lock:
+        with slot.locked():
             now = self._clock()
             if slot.throttle is not None:
                 slot.throttle.cancel(tokens)
@@ -144,20 +149,21 @@ class MemoryStateStore:
         self, name: str, config: CircuitBreakerConfig, limits: RateLimits, ride: Ride | None = None
     ) -> View:
         slot = self._slot(name, config)
-        with slot.lock:
+        with slot.locked():
             now = self._clock()
-            if slot.throttle is not None:
-                slot.throttle.observe(limits, now)
+            throttle = slot.made_throttle()
+            if throttle is not None:
+                throttle.observe(limits, now)
             return self._view(slot, now)
 
     def snapshot(self, name: str, config: CircuitBreakerConfig, ride: Ride | None = None) -> View:
         slot = self._slot(name, config)
-        with slot.lock:
+        with slot.locked():
             return self._view(slot, self._clock())
 
     def control(self, name: str, config: CircuitBreakerConfig, action: Control) -> View:
         slot = self._slot(name, config)
-        with slot.lock:
+        with slot.locked():
             now = self._clock()
             if action == "force_open":
                 slot.core.force_open(now)
@@ -166,12 +172,53 @@ class MemoryStateStore:
             return self._view(slot, now)
 
 
-class _Slot:
-    """One named circuit, its throttle (None when ``throttle=False``) and its lock."""
+class Cell:
+    """One circuit's pure cores behind their lock: the :class:`BreakerCore`, its throttle
+    and the lock that serialises them. What a ``MemoryStateStore`` keeps per name and what a
+    breaker's ``LocalCircuit`` extends (one way to hold a circuit in this process).
 
-    __slots__ = ("core", "lock", "throttle")
+    The throttle is made on first need (a rate limit, rate-limit headers), at once when rates
+    are configured; ``paces``: whether this circuit has one to make (``throttle=True``)."""
 
-    def __init__(self, config: CircuitBreakerConfig) -> None:
-        self.core = BreakerCore(config)
-        self.throttle = ThrottleCore(config) if config.throttle else None
-        self.lock = threading.Lock()
+    __slots__ = ("core", "lock", "paces", "throttle")
+
+    def __init__(
+        self,
+        config: CircuitBreakerConfig,
+        *,
+        paces: bool = True,
+        lock: bool = True,
+        paced: bool = False,
+    ) -> None:
+        self.core = BreakerCore(config, paced=paced)  # paced: every call on the slow path
+        # ``lock=False``: made by the first :meth:`locked` (a breaker that is never called
+        # needs none).
+        self.lock: threading.Lock | None = threading.Lock() if lock else None
+        self.paces = paces = config.throttle and paces
+        rated = config.requests_per_minute is not None or config.tokens_per_minute is not None
+        self.throttle = ThrottleCore(config) if paces and rated else None
+
+    def locked(self) -> threading.Lock:
+        """The lock (made now if it was not yet)."""
+        lock = self.lock
+        if lock is None:
+            with _MAKING:
+                lock = self.lock
+                if lock is None:
+                    lock = self.lock = threading.Lock()
+        return lock
+
+    def made_throttle(self) -> ThrottleCore | None:
+        """The throttle, made now if this circuit paces and has none yet (lock held)."""
+        throttle = self.throttle
+        if throttle is None and self.paces:
+            throttle = self.throttle = ThrottleCore(self.core.config)
+        return throttle
+
+    def throttle_now(self, now: float) -> dict[str, float | int | None] | None:
+        """What the throttle says (a new one's word while none is made; lock held), None
+        without a throttle."""
+        throttle = self.throttle
+        if throttle is None and self.paces:  # nothing learned yet: what a new one says
+            throttle = ThrottleCore(self.core.config)
+        return None if throttle is None else throttle.view(now)

@@ -23,6 +23,7 @@ __all__ = ["ExcludeTypes", "Guarded", "circuit_breaker"]
 
 import functools
 import inspect
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Generator, Iterator
 
 from llm_circuit_breaker._core.budget import StreamUsage
@@ -243,8 +244,8 @@ def _sync_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if tracing.hook is not None and tracing.passing() is not wrapper:
-            return tracing.hook.call(wrapper, gate.breaker, args, kwargs)
+        if tracing.hook is not None and tracing.passing() is not me():
+            return tracing.hook.call(me(), gate.breaker, args, kwargs)
         permit: Any = enter()
         if permit.__class__ is not int:  # a throttle slot to wait for, or a refusal
             if permit.__class__ is waiting:
@@ -268,6 +269,7 @@ def _sync_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
         succeeded(permit)
         return result
 
+    me = weakref.ref(wrapper)  # the shell names itself without a reference cycle
     return wrapper
 
 
@@ -282,8 +284,8 @@ def _async_shell(
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if tracing.hook is not None and tracing.passing() is not wrapper:
-            return await tracing.hook.acall(wrapper, gate.breaker, args, kwargs)
+        if tracing.hook is not None and tracing.passing() is not me():
+            return await tracing.hook.acall(me(), gate.breaker, args, kwargs)
         permit: Any = (await gate.aenter()) if awaits_store else enter()
         if permit.__class__ is not int:
             if permit.__class__ is waiting:
@@ -313,6 +315,7 @@ def _async_shell(
             succeeded(permit)
         return result
 
+    me = weakref.ref(wrapper)  # the shell names itself without a reference cycle
     return wrapper
 
 
@@ -362,8 +365,8 @@ def _gen_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         # Admitted when iteration starts, so a generator that is never iterated holds no permit.
-        if tracing.hook is not None and tracing.passing() is not wrapper:
-            return (yield from tracing.hook.gen(wrapper, gate.breaker, args, kwargs))
+        if tracing.hook is not None and tracing.passing() is not me():
+            return (yield from tracing.hook.gen(me(), gate.breaker, args, kwargs))
         permit: Any = enter()
         if permit.__class__ is not int:
             if permit.__class__ is waiting:
@@ -386,6 +389,7 @@ def _gen_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
         succeeded(permit)
         return result
 
+    me = weakref.ref(wrapper)  # the shell names itself without a reference cycle
     return wrapper
 
 
@@ -399,8 +403,8 @@ def _async_gen_shell(
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        if tracing.hook is not None and tracing.passing() is not wrapper:
-            async for item in tracing.hook.agen(wrapper, gate.breaker, args, kwargs):
+        if tracing.hook is not None and tracing.passing() is not me():
+            async for item in tracing.hook.agen(me(), gate.breaker, args, kwargs):
                 yield item
             return
         permit: Any = (await gate.aenter()) if awaits_store else enter()
@@ -436,6 +440,7 @@ def _async_gen_shell(
         else:
             succeeded(permit)
 
+    me = weakref.ref(wrapper)  # the shell names itself without a reference cycle
     return wrapper
 
 

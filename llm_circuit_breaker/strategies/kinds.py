@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import enum
 import inspect
+import weakref
 from collections.abc import Callable
+from types import FunctionType
 from typing import Any
 
 __all__ = ["CallableKind", "kind_of"]
@@ -26,6 +28,18 @@ class CallableKind(str, enum.Enum):
 def kind_of(func: Callable[..., Any]) -> CallableKind:
     """The kind of ``func``: a function, a bound method, a ``functools.partial`` of one, or an
     object whose ``__call__`` is one (a class is a plain callable)."""
+    if type(func) is FunctionType:  # remembered: a scoped decoration asks per new scope
+        kind = _KINDS.get(func)
+        if kind is None:
+            kind = _KINDS[func] = _kind_of(func)
+        return kind
+    return _kind_of(func)
+
+
+_KINDS: weakref.WeakKeyDictionary[Callable[..., Any], CallableKind] = weakref.WeakKeyDictionary()
+
+
+def _kind_of(func: Callable[..., Any]) -> CallableKind:
     target: Any = func
     if not isinstance(func, type) and not inspect.isroutine(func) and not _is_partial(func):
         try:

@@ -8,6 +8,8 @@ of its own breaker, made on first use and cached.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import inspect
 import string
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
 __all__ = ["ScopedName", "is_template", "scoped"]
 
 _EMPTY = inspect.Parameter.empty
+# The shells of one scoped decoration: call key -> (breaker name, shell), oldest first.
+Shells = collections.OrderedDict[Any, tuple[str, Callable[..., Any]]]
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
@@ -141,7 +145,7 @@ def scoped(
     # The breaker name and shell of each call key (the template's arguments): a cache hit
     # formats nothing. ``touch`` keeps the registry's LRU order and says whether the breaker
     # is still registered.
-    shells: dict[Any, tuple[str, Callable[..., Any]]] = {}
+    shells: Shells = collections.OrderedDict()
     touch, key_of, name_of_key = registry.touch, name_of.key, name_of.name
     mark_used = registry.mark_used
 
@@ -176,7 +180,12 @@ def scoped(
 
         @functools.wraps(func)
         async def coroutine(*args: Any, **kwargs: Any) -> Any:
-            return await shell(args, kwargs)(*args, **kwargs)
+            try:  # the cached path inline: one frame less per call
+                name, found = shells[key_of(args, kwargs)]
+                mark_used(name)
+            except (KeyError, TypeError):
+                found = shell(args, kwargs)
+            return await found(*args, **kwargs)
 
         return coroutine
     if kind is CallableKind.GENERATOR:
@@ -189,13 +198,18 @@ def scoped(
 
     @functools.wraps(func)
     def plain(*args: Any, **kwargs: Any) -> Any:
-        return shell(args, kwargs)(*args, **kwargs)
+        try:  # the cached path inline: one frame less per call
+            name, found = shells[key_of(args, kwargs)]
+            mark_used(name)
+        except (KeyError, TypeError):  # made, remade, or an unhashable argument
+            found = shell(args, kwargs)
+        return found(*args, **kwargs)
 
     return plain
 
 
 def _cached(
-    shells: dict[Any, tuple[str, Callable[..., Any]]],
+    shells: Shells,
     key: Any,
     name: str,
     touch: Callable[[str], bool],
@@ -204,11 +218,15 @@ def _cached(
 ) -> Callable[..., Any]:
     """The shell for ``name``, made (or remade, if the registry dropped its breaker) and kept
     under ``key``."""
-    entry = shells.get(key)
+    entry = shells.pop(key, None)
     if entry is not None and touch(name):
+        shells[key] = entry
         return entry[1]
+    # Bounded as the registry is: the oldest shell goes (a shell whose breaker the registry
+    # dropped goes when its key is next seen, or in its turn), one at a time, never all at once.
     if len(shells) >= registry.max_breakers:
-        shells.clear()
+        with contextlib.suppress(KeyError):  # another thread emptied it first
+            shells.popitem(last=False)
     found = shell_for_name(name)
     shells[key] = (name, found)
     return found

@@ -1,0 +1,163 @@
+"""What one breaker costs: GC-tracked objects, reference cycles, exact counts without
+parsing anything (issue: per-breaker cost). Bounded by counts, never by time."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from llm_circuit_breaker import BreakerRegistry, CircuitBreaker, circuit_breaker
+from llm_circuit_breaker._core.state import Outcome
+from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
+from llm_circuit_breaker.storage.memory import Cell, MemoryStateStore
+
+BREAKERS = 500
+
+
+@pytest.fixture
+def no_collector() -> Iterator[None]:
+    """Only reference counts free objects while a test runs."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _tracked_per_breaker(make: object) -> float:
+    kept = []
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(BREAKERS):
+        kept.append(make(i))  # type: ignore[operator]
+    gc.collect()
+    return (len(gc.get_objects()) - before) / BREAKERS
+
+
+def test_a_registry_breaker_holds_few_gc_tracked_objects() -> None:
+    registry = BreakerRegistry()
+    registry.get_or_create("warm")
+    assert _tracked_per_breaker(lambda i: registry.get_or_create(f"svc-{i}")) <= 12
+
+
+def test_a_used_breaker_stays_small_too() -> None:
+    def make(i: int) -> CircuitBreaker:
+        breaker = CircuitBreaker(f"svc-{i}")
+        breaker.record_success(breaker.admit())
+        breaker.record(breaker.admit(), Outcome.FAILURE)
+        assert breaker.stats.calls == 2  # a read makes nothing that stays
+        return breaker
+
+    make(-1)
+    assert _tracked_per_breaker(make) <= 12
+
+
+def test_breakers_made_without_a_config_share_the_defaults() -> None:
+    registry = BreakerRegistry()
+    one, two = registry.get_or_create("one"), CircuitBreaker("two")
+    assert one.config is two.config is DEFAULT_CONFIG
+
+
+@pytest.mark.usefixtures("no_collector")
+def test_an_idle_or_used_breaker_is_freed_by_reference_counts() -> None:
+    breaker = CircuitBreaker("svc")
+    freed = weakref.ref(breaker)
+    breaker.record_success(breaker.admit())
+    breaker.record(breaker.admit(), Outcome.FAILURE)
+    breaker.template = "svc"
+    del breaker
+    assert freed() is None
+
+
+@pytest.mark.usefixtures("no_collector")
+def test_an_evicted_scoped_breaker_is_freed_by_reference_counts() -> None:
+    registry = BreakerRegistry(max_breakers=4)
+
+    @circuit_breaker("tenant:{tenant}", registry=registry)
+    def call(tenant: int) -> int:
+        return tenant
+
+    call(0)
+    first = weakref.ref(registry.get("tenant:0"))
+    for tenant in range(1, 40):
+        call(tenant)
+    assert len(registry) <= 5
+    assert first() is None
+
+
+def test_reading_the_counts_changes_none_of_them() -> None:
+    breaker = CircuitBreaker("svc", DEFAULT_CONFIG)
+    for _ in range(3):
+        breaker.record_success(breaker.admit())
+    breaker.record(breaker.admit(), Outcome.IGNORED)
+    for _ in range(5):
+        assert (breaker.stats.successes, breaker.stats.ignored, breaker.stats.calls) == (3, 1, 4)
+    breaker._restart()
+    assert (breaker.stats.successes, breaker.stats.calls, breaker.stats.rejections) == (0, 0, 0)
+    breaker.record_success(breaker.admit())
+    assert breaker.stats.successes == 1
+
+
+def test_counts_read_while_threads_count_stay_exact() -> None:
+    breaker = CircuitBreaker("svc")
+    breaker.record(breaker.admit(), Outcome.FAILURE)  # the slow counts exist too
+    breaker.record_success(breaker.admit())  # clean again: successes take the lock-free path
+    done = threading.Event()
+    seen: list[int] = []
+
+    def read() -> None:
+        while not done.is_set():
+            seen.append(breaker.stats.successes)
+
+    def work() -> None:
+        for _ in range(20_000):
+            breaker.record_success(breaker.admit())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    workers = [threading.Thread(target=work) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    done.set()
+    reader.join()
+    assert breaker.stats.successes == 80_001
+    assert seen == sorted(seen)  # a read never went back
+    assert breaker.stats.failures == 1
+
+
+def test_the_local_circuit_and_the_memory_store_hold_a_circuit_alike() -> None:
+    store = MemoryStateStore(clock=lambda: 100.0)
+    config = CircuitBreakerConfig()
+    store.snapshot("svc", config)
+    cell = store._cores["svc"]
+    local = CircuitBreaker("svc")._local
+    assert type(cell) is Cell and isinstance(local, Cell)
+    # Neither makes a throttle before it has something to say ...
+    assert cell.throttle is None and local.throttle is None
+    before = store.snapshot("svc", config).throttle
+    assert before is not None and before["paused_for"] == 0.0
+    # ... and both make it for a rate limit.
+    admission = store.admit("svc", config)
+    store.record("svc", config, admission.permit, Outcome.THROTTLED, None, "", pause=5.0)
+    assert cell.throttle is not None and cell.throttle.paused_until == 105.0
+    breaker = CircuitBreaker("svc", clock=lambda: 100.0)
+    breaker.record(breaker.admit(), Outcome.THROTTLED, hint=5.0)
+    assert breaker._local.throttle is not None
+    assert breaker.throttle["paused_for"] == pytest.approx(5.0, abs=0.5)
+
+
+def test_a_new_breaker_is_idle_and_its_first_call_opens_the_lock_free_path() -> None:
+    breaker = CircuitBreaker("svc")
+    assert breaker.idle
+    assert breaker._local.core.clean_permit < 0  # no success counter yet: the slow path
+    breaker.record_success(breaker.admit())
+    assert breaker._local.core.clean_permit >= 0 and breaker.idle
+    breaker.record_success(breaker.admit())
+    assert breaker.stats.successes == 2
