@@ -666,6 +666,62 @@ def test_whole_events_are_judged_as_byte_by_byte(events: list[str]) -> None:
     assert by_event[1] == by_byte[1]
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    events=st.lists(st.sampled_from(_EVENTS), max_size=12),
+    cuts=st.lists(st.integers(1, 400), max_size=12),
+    metered=st.booleans(),
+)
+def test_reads_cut_anywhere_are_judged_as_byte_by_byte(
+    events: list[str], cuts: list[int], metered: bool
+) -> None:
+    """Reads that end inside an event (as 64 KiB reads do) are judged as the same body fed
+    one byte at a time: the first error found, the usage, the verdict on truncation."""
+    from llm_circuit_breaker.httpx._watch import Watch
+
+    def watched(chunks: list[bytes]) -> tuple[list[str], float | None, bool]:
+        watch = Watch("http://x")
+        watch.metered = metered
+        found = [type(watch.feed(chunk)).__name__ for chunk in chunks]
+        errors = [n for n in found if n != "NoneType"]
+        return errors[:1], watch.usage, watch.truncated()  # a read reports its first error
+
+    body = "".join(events).encode()
+    reads, at = [], 0
+    for size in cuts:
+        reads.append(body[at : at + size])
+        at += size
+    reads.append(body[at:])
+    assert watched(reads) == watched([body[i : i + 1] for i in range(len(body))])
+
+
+def test_a_long_read_of_plain_events_is_not_cut_into_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the first content event, the whole events of a read that ends inside one are not
+    cut into lines when none can matter: only the lines of the event it ends in are read."""
+    from llm_circuit_breaker.httpx._watch import Watch
+
+    read: list[bytes] = []
+    line = Watch._line
+
+    def counted(self: Watch, text: bytes) -> BaseException | None:
+        read.append(text)
+        return line(self, text)
+
+    monkeypatch.setattr(Watch, "_line", counted)
+    watch = Watch("http://x")
+    delta = 'data: {"choices": [{"delta": {"content": "hi"}, "finish_reason": null}]}\n\n'
+    watch.feed(delta.encode())
+    assert watch.content
+    read.clear()
+    body = (delta * 300).encode()
+    watch.feed(body + b'data: {"choices": [{"delta"')
+    assert read == []  # the unfinished line waits for its end
+    watch.feed(b': {"content": "!"}, "finish_reason": null}]}\n\n' + body)
+    assert len(read) == 2  # that event's data line and the blank line that ends it
+
+
 def test_refusal_of_a_hostile_error_is_none() -> None:
     class Hostile(Exception):
         def __getattr__(self, name: str) -> Any:
