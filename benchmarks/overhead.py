@@ -88,6 +88,42 @@ def broken() -> None:
     raise ConnectionError("down")
 
 
+def floor() -> None:
+    """The floor of failing fast: raise a new exception (caught by ``failing_fast``)."""
+    raise ValueError("refused")
+
+
+async def items() -> Any:
+    for i in range(ITEMS):
+        yield i
+
+
+ITEMS = 10  # items per async generator call
+
+# A chat completion as an SDK returns it (``model_dump()``), for ``with_retry`` to judge.
+COMPLETION = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "model": "gpt-4o-mini",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello there!"},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
+}
+
+
+def completion() -> dict[str, Any]:
+    return COMPLETION
+
+
+async def acompletion() -> dict[str, Any]:
+    return COMPLETION
+
+
 async def abroken() -> None:
     raise ConnectionError("down")
 
@@ -130,6 +166,37 @@ def sync_breakers() -> dict[str, tuple[Fn, Fn]]:
         "pybreaker": (pb_ok(work), failing_fast(pb_broken)),
         "circuitbreaker": (cb_ok(work), failing_fast(cb_broken)),
         "purgatory": (pg_ok, failing_fast(pg_broken)),
+        "floor: raise and catch a new exception": (work, failing_fast(floor)),
+    }
+
+
+def drained(gen: Callable[[], Any]) -> AFn:
+    async def call() -> None:
+        async for _ in gen():
+            pass
+
+    return call
+
+
+def async_generators() -> dict[str, tuple[AFn, AFn]]:
+    """name -> (a 10-item async generator read to its end, the same with ``break`` after the
+    first item), guarded."""
+    registry = BreakerRegistry()
+    ours = circuit_breaker("agen", registry=registry)(items)
+    cb = circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=60)(items)
+
+    def first_only(gen: Callable[[], Any]) -> AFn:
+        async def call() -> None:
+            stream = gen()
+            async for _ in stream:
+                break
+            await stream.aclose()
+
+        return call
+
+    return {
+        "llm-circuit-breaker": (drained(ours), first_only(ours)),
+        "circuitbreaker": (drained(cb), first_only(cb)),
     }
 
 
@@ -181,6 +248,11 @@ def retries() -> dict[str, tuple[Fn, AFn]]:
             with_retry()(circuit_breaker("a", registry=registry)(awork)),
         ),
         "tenacity + pybreaker": (tenacity_retry(pb(work)), tenacity_retry(pb(awork))),
+        "llm-circuit-breaker with_retry, a completion dict": (
+            with_retry()(completion),
+            with_retry()(acompletion),
+        ),
+        "tenacity, a completion dict": (tenacity_retry(completion), tenacity_retry(acompletion)),
     }
 
 
@@ -322,6 +394,32 @@ def main() -> None:
     for name, (closed, fast) in async_rows.items():
         print(f"| {name} | {closed:.0f} | {fast:.0f} |")
 
+    print("\n| async generator, 10 items | read to the end (ns) | first item, closed (ns) |")
+    print("|---|---:|---:|")
+
+    async def bare_items() -> None:
+        async for _ in items():
+            pass
+
+    async def bare_first() -> None:
+        stream = items()
+        async for _ in stream:
+            break
+        await stream.aclose()
+
+    agen_base = (
+        min(ns_per_acall(bare_items, number // 4, repeat) for _ in range(rounds)),
+        min(ns_per_acall(bare_first, number // 4, repeat) for _ in range(rounds)),
+    )
+    agen_best: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for name, fns in async_generators().items():
+            row = agen_best.setdefault(name, [float("inf")] * 2)
+            for i in range(2):
+                row[i] = min(row[i], ns_per_acall(fns[i], number // 4, repeat) - agen_base[i])
+    for name, (whole, first) in agen_best.items():
+        print(f"| {name} | {whole:.0f} | {first:.0f} |")
+
     print("\n| retry, first attempt succeeds | sync (ns) | async (ns) |")
     print("|---|---:|---:|")
     retry_rows = best_of_rounds(retries(), (ns_per_call, ns_per_acall))
@@ -380,6 +478,13 @@ def main() -> None:
     ours_sync, pb_sync = sync_rows["llm-circuit-breaker"], sync_rows["pybreaker"]
     ours_async, ab_async = async_rows["llm-circuit-breaker"], async_rows["aiobreaker"]
     ours_retry, ten = retry_rows["llm-circuit-breaker with_retry"], retry_rows["tenacity"]
+    ours_dict = retry_rows["llm-circuit-breaker with_retry, a completion dict"]
+    ten_dict = retry_rows["tenacity, a completion dict"]
+    cb_sync, floor_sync = (
+        sync_rows["circuitbreaker"],
+        sync_rows["floor: raise and catch a new exception"],
+    )
+    ours_agen, cb_agen = agen_best["llm-circuit-breaker"], agen_best["circuitbreaker"]
     stacked, ten_pb = (
         retry_rows["llm-circuit-breaker with_retry + circuit_breaker"],
         retry_rows["tenacity + pybreaker"],
@@ -390,6 +495,10 @@ def main() -> None:
         ("sync closed vs pybreaker", ours_sync[0] / pb_sync[0], "<= 0.25"),
         ("closed with exporters vs without", with_exporters / ours_sync[0], "<= 2.0"),
         ("sync fast-fail vs pybreaker", ours_sync[1] / pb_sync[1], "<= 0.30"),
+        ("sync fast-fail vs circuitbreaker", ours_sync[1] / cb_sync[1], "<= 0.50"),
+        ("sync fast-fail vs raise-and-catch floor", ours_sync[1] / floor_sync[1], "<= 1.8"),
+        ("async generator read to its end vs circuitbreaker", ours_agen[0] / cb_agen[0], "<= 0.6"),
+        ("async generator closed early vs circuitbreaker", ours_agen[1] / cb_agen[1], "<= 0.6"),
         ("async closed vs aiobreaker", ours_async[0] / ab_async[0], "<= 0.35"),
         ("async fast-fail vs aiobreaker", ours_async[1] / ab_async[1], "<= 0.35"),
         (
@@ -404,6 +513,8 @@ def main() -> None:
         ),
         ("with_retry sync vs tenacity", ours_retry[0] / ten[0], "<= 0.05"),
         ("with_retry async vs tenacity", ours_retry[1] / ten[1], "<= 0.05"),
+        ("with_retry sync, completion dict vs tenacity", ours_dict[0] / ten_dict[0], "<= 0.01"),
+        ("with_retry async, completion dict vs tenacity", ours_dict[1] / ten_dict[1], "<= 0.01"),
         ("stacked sync vs tenacity+pybreaker", stacked[0] / ten_pb[0], "<= 0.06"),
         ("stacked async vs tenacity+pybreaker", stacked[1] / ten_pb[1], "<= 0.06"),
     ):

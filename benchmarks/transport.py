@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import statistics
+import threading
 import time
 from typing import Any
 
@@ -132,13 +134,70 @@ async def _rounds(
     return times, rates
 
 
-def _in_process_cost(calls: int, rounds: int) -> float:
-    """Microseconds the transport adds to a request with no network at all (an
-    ``httpx.MockTransport`` answers): the best of ``rounds`` each."""
-    body = Reply.ok("hi").json
+# What an OpenAI answer carries besides its body (the rate-limit headers report plenty left).
+ANSWER_HEADERS = {
+    "date": "Sat, 05 Dec 2026 12:00:00 GMT",
+    "content-type": "application/json",
+    "transfer-encoding": "chunked",
+    "connection": "keep-alive",
+    "access-control-expose-headers": "X-Request-ID",
+    "openai-organization": "org-bench",
+    "openai-processing-ms": "412",
+    "openai-version": "2020-10-01",
+    "strict-transport-security": "max-age=31536000; includeSubDomains; preload",
+    "x-ratelimit-limit-requests": "10000",
+    "x-ratelimit-limit-tokens": "30000000",
+    "x-ratelimit-remaining-requests": "9999",
+    "x-ratelimit-remaining-tokens": "29999990",
+    "x-ratelimit-reset-requests": "6ms",
+    "x-ratelimit-reset-tokens": "0s",
+    "x-request-id": "req_0123456789abcdef",
+    "cf-cache-status": "DYNAMIC",
+    "server": "cloudflare",
+    "cf-ray": "8f0e0e0e0e0e0e0e-AMS",
+    "alt-svc": 'h3=":443"; ma=86400',
+}
+# A chat request of a few turns (~3 KB of JSON), as the SDK sends it.
+REQUEST = {
+    "model": "gpt-4o-mini",
+    "messages": [
+        {"role": "system", "content": "You are a helpful assistant. " * 10},
+        *(
+            {"role": role, "content": f"turn {i}: " + "some words of the conversation " * 8}
+            for i, role in enumerate(["user", "assistant"] * 4)
+        ),
+    ],
+    "max_tokens": 256,
+    "temperature": 0.2,
+}
+SDK_HEADERS = {
+    "x-stainless-lang": "python",
+    "x-stainless-package-version": "1.99.0",
+    "x-stainless-os": "Linux",
+    "x-stainless-arch": "x64",
+    "x-stainless-runtime": "CPython",
+    "x-stainless-runtime-version": "3.11.7",
+    "x-stainless-async": "false",
+    "x-stainless-retry-count": "0",
+    "x-stainless-read-timeout": "600",
+    "authorization": "Bearer sk-bench",
+    "openai-organization": "org-bench",
+}
+
+
+def _in_process_cost(calls: int, rounds: int, *, openai_like: bool) -> tuple[float, float]:
+    """Microseconds of CPU (``time.process_time``) the transport adds to a request with no
+    network at all (an ``httpx.MockTransport`` answers with an unread body, as a connection
+    would), and the bare request's: the best of ``rounds`` each. ``openai_like``: a 3 KB
+    request with the SDK's headers, answered with OpenAI's headers (rate limits: the throttle
+    paces every call); else ``{"model": "m"}`` answered with a content type alone."""
+    payload = json.dumps(Reply.ok("hi").json).encode()
+    headers = ANSWER_HEADERS if openai_like else {"content-type": "application/json"}
+    request = REQUEST if openai_like else {"model": "m"}
+    request_headers = SDK_HEADERS if openai_like else {}
 
     def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=body)
+        return httpx.Response(200, headers=headers, stream=httpx.ByteStream(payload))
 
     registry = BreakerRegistry()
     bare = httpx.Client(transport=httpx.MockTransport(answer))
@@ -146,13 +205,58 @@ def _in_process_cost(calls: int, rounds: int) -> float:
         transport=CircuitBreakerTransport("mock", httpx.MockTransport(answer), registry=registry)
     )
     best = {"bare": float("inf"), "guarded": float("inf")}
+    url = "http://provider/v1/chat/completions"
     for _ in range(rounds):
         for name, client in (("bare", bare), ("guarded", guarded)):
-            started = time.perf_counter()
+            started = time.process_time()
             for _ in range(calls):
-                client.post("http://provider/v1/chat/completions", json={"model": "m"}).read()
-            best[name] = min(best[name], (time.perf_counter() - started) / calls)
-    return (best["guarded"] - best["bare"]) * 1e6
+                client.post(url, json=request, headers=request_headers).read()
+            best[name] = min(best[name], (time.process_time() - started) / calls)
+    return (best["guarded"] - best["bare"]) * 1e6, best["bare"] * 1e6
+
+
+def _threaded(url: str, threads: int, calls: int, rounds: int) -> dict[str, float]:
+    """Requests per second from ``threads`` threads sharing one client (bare httpx, and
+    through the transport), against the server process: the median of ``rounds``."""
+    registry = BreakerRegistry()
+    clients = {
+        "bare": httpx.Client(limits=httpx.Limits(max_connections=threads)),
+        "transport": httpx.Client(
+            transport=CircuitBreakerTransport(
+                "threads",
+                httpx.HTTPTransport(limits=httpx.Limits(max_connections=threads)),
+                registry=registry,
+            )
+        ),
+    }
+    target = url + "/v1/chat/completions"
+
+    def rate(client: httpx.Client) -> float:
+        barrier = threading.Barrier(threads + 1)
+
+        def work() -> None:
+            barrier.wait()
+            for _ in range(calls):
+                client.post(target, json=REQUEST, headers=SDK_HEADERS).read()
+
+        pool = [threading.Thread(target=work) for _ in range(threads)]
+        for thread in pool:
+            thread.start()
+        barrier.wait()
+        started = time.perf_counter()
+        for thread in pool:
+            thread.join()
+        return threads * calls / (time.perf_counter() - started)
+
+    for client in clients.values():  # warm up: connections, the breaker
+        rate(client)
+    rates: dict[str, list[float]] = {name: [] for name in clients}
+    for _ in range(rounds):
+        for name, client in clients.items():
+            rates[name].append(rate(client))
+    for client in clients.values():
+        client.close()
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def _ratio(guarded: list[float], bare: list[float]) -> float:
@@ -174,6 +278,7 @@ def main() -> None:
     try:
         url = f"http://127.0.0.1:{ports.get(timeout=60)}"
         times, rates = asyncio.run(_rounds(url, calls, rounds, events))
+        threaded = _threaded(url, 32, 10 if args.quick else 40, rounds)
     finally:
         stop.set()
         serving.join(10)
@@ -181,7 +286,8 @@ def main() -> None:
         refusals = sorted(_refusals(server.url, calls))
         assert server.hits == 0, "a refusal reached the provider"
         assert len(refusals) == calls
-    in_process = _in_process_cost(calls * 3, rounds)
+    in_process, bare_cpu = _in_process_cost(calls * 3, rounds, openai_like=False)
+    in_openai, bare_openai = _in_process_cost(calls * 3, rounds, openai_like=True)
     median = {name: statistics.median(values) for name, values in times.items()}
     rate = {name: statistics.median(values) for name, values in rates.items()}
     sync_ratio = _ratio(times["transport"], times["bare"])
@@ -206,7 +312,15 @@ def main() -> None:
         "round trip"
     )
     print(f"SSE throughput through the transport: {sse_ratio:.3f}x")
-    print(f"without a network (httpx.MockTransport): {in_process:+.1f} us per request")
+    print(
+        f"without a network (httpx.MockTransport): {in_process:+.1f} us of CPU per request "
+        f"(bare httpx {bare_cpu:.1f} us); a 3 KB request answered with OpenAI's rate-limit "
+        f"headers {in_openai:+.1f} us (bare {bare_openai:.1f} us)"
+    )
+    print(
+        f"32 threads, one client: bare httpx {threaded['bare']:,.0f} requests/s, through the "
+        f"transport {threaded['transport']:,.0f} ({threaded['transport'] / threaded['bare']:.3f}x)"
+    )
     print(
         f"a refusal under max_retries=2: median {statistics.median(refusals) * 1e3:.2f} ms, "
         f"slowest {refusals[-1] * 1e3:.2f} ms of {len(refusals)}"

@@ -214,6 +214,37 @@ async def test_async_generator_guarded() -> None:
             pass
 
 
+async def test_async_generator_adds_one_async_generator_per_call() -> None:
+    """Without an item timeout a guarded async generator's items reach the caller through the
+    wrapper alone (no second async generator per call), closed early or read to the end."""
+    import sys
+
+    @circuit_breaker("agen-layers")
+    async def stream(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            yield i
+
+    started: list[object] = []
+    hooks = sys.get_asyncgen_hooks()
+
+    def first_iteration(agen: object) -> None:
+        started.append(agen)
+        if hooks.firstiter is not None:
+            hooks.firstiter(agen)  # type: ignore[arg-type]
+
+    sys.set_asyncgen_hooks(firstiter=first_iteration, finalizer=hooks.finalizer)
+    try:
+        assert [item async for item in stream(3)] == [0, 1, 2]
+        early = stream(3)
+        assert await early.__anext__() == 0
+        await early.aclose()
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
+    assert len(started) == 4  # per call: the wrapper and the function's own generator
+    assert stream.breaker.stats.successes == 1
+    assert stream.breaker.stats.ignored == 1
+
+
 async def test_call_timeout_times_out_coroutines() -> None:
     """call_timeout bounds a coroutine function's call, and the timeout is a failure."""
 

@@ -666,6 +666,62 @@ def test_whole_events_are_judged_as_byte_by_byte(events: list[str]) -> None:
     assert by_event[1] == by_byte[1]
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    events=st.lists(st.sampled_from(_EVENTS), max_size=12),
+    cuts=st.lists(st.integers(1, 400), max_size=12),
+    metered=st.booleans(),
+)
+def test_reads_cut_anywhere_are_judged_as_byte_by_byte(
+    events: list[str], cuts: list[int], metered: bool
+) -> None:
+    """Reads that end inside an event (as 64 KiB reads do) are judged as the same body fed
+    one byte at a time: the first error found, the usage, the verdict on truncation."""
+    from llm_circuit_breaker.httpx._watch import Watch
+
+    def watched(chunks: list[bytes]) -> tuple[list[str], float | None, bool]:
+        watch = Watch("http://x")
+        watch.metered = metered
+        found = [type(watch.feed(chunk)).__name__ for chunk in chunks]
+        errors = [n for n in found if n != "NoneType"]
+        return errors[:1], watch.usage, watch.truncated()  # a read reports its first error
+
+    body = "".join(events).encode()
+    reads, at = [], 0
+    for size in cuts:
+        reads.append(body[at : at + size])
+        at += size
+    reads.append(body[at:])
+    assert watched(reads) == watched([body[i : i + 1] for i in range(len(body))])
+
+
+def test_a_long_read_of_plain_events_is_not_cut_into_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the first content event, the whole events of a read that ends inside one are not
+    cut into lines when none can matter: only the lines of the event it ends in are read."""
+    from llm_circuit_breaker.httpx._watch import Watch
+
+    read: list[bytes] = []
+    line = Watch._line
+
+    def counted(self: Watch, text: bytes) -> BaseException | None:
+        read.append(text)
+        return line(self, text)
+
+    monkeypatch.setattr(Watch, "_line", counted)
+    watch = Watch("http://x")
+    delta = 'data: {"choices": [{"delta": {"content": "hi"}, "finish_reason": null}]}\n\n'
+    watch.feed(delta.encode())
+    assert watch.content
+    read.clear()
+    body = (delta * 300).encode()
+    watch.feed(body + b'data: {"choices": [{"delta"')
+    assert read == []  # the unfinished line waits for its end
+    watch.feed(b': {"content": "!"}, "finish_reason": null}]}\n\n' + body)
+    assert len(read) == 2  # that event's data line and the blank line that ends it
+
+
 def test_refusal_of_a_hostile_error_is_none() -> None:
     class Hostile(Exception):
         def __getattr__(self, name: str) -> Any:
@@ -676,3 +732,73 @@ def test_refusal_of_a_hostile_error_is_none() -> None:
 
     assert refusal(Hostile()) is None
     assert refusal(BadResponse()) is None
+
+
+def _mock_client(registry: BreakerRegistry, **fields: Any) -> httpx.Client:
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.dumps({"choices": [], "usage": {"total_tokens": 7}}).encode()
+        return httpx.Response(
+            200, headers={"Content-Type": "application/json"}, stream=httpx.ByteStream(body)
+        )
+
+    transport = CircuitBreakerTransport(
+        "mock", httpx.MockTransport(answer), registry=registry, **fields
+    )
+    return httpx.Client(transport=transport)
+
+
+def test_a_request_body_is_parsed_only_when_something_needs_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No name template, no "stream" key, no throttle pacing and no budget: the body of a
+    long conversation is not parsed; a "stream" key is read from the parsed body; a token
+    budget still counts the answer's usage."""
+    from types import SimpleNamespace
+
+    from llm_circuit_breaker.httpx import _core
+
+    parsed: list[bytes] = []
+
+    def loads(content: bytes) -> Any:
+        parsed.append(content)
+        return json.loads(content)
+
+    monkeypatch.setattr(_core, "json", SimpleNamespace(loads=loads, dumps=json.dumps))
+    conversation = {"model": "m", "messages": MESSAGES * 100, "max_tokens": 50}
+    registry = BreakerRegistry()
+    with _mock_client(registry) as client:
+        for _ in range(3):
+            client.post("http://provider/v1/chat/completions", json=conversation).read()
+        assert parsed == []
+        client.post("http://provider/v1/chat/completions", json={**conversation, "stream": False})
+        assert len(parsed) == 1
+    assert registry.get_or_create("mock").stats.successes == 4
+    budgeted = BreakerRegistry()
+    with _mock_client(budgeted, token_budget=1000) as client:
+        client.post("http://provider/v1/chat/completions", json=conversation).read()
+    assert budgeted.get_or_create("mock").budget["spent"] == 7
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["model", "max_tokens", "max_output_tokens", "max_completion_tokens"])
+        | st.text(max_size=8),
+        st.none()
+        | st.integers(-10, 10**6)
+        | st.floats(allow_nan=False, allow_infinity=False, width=32)
+        | st.text(max_size=30)
+        | st.dictionaries(st.sampled_from(["x", "y"]), st.integers(0, 99), max_size=2)
+        | st.fixed_dictionaries({"max_tokens": st.fixed_dictionaries({"type": st.just("int")})}),
+        max_size=5,
+    )
+)
+def test_a_token_estimate_read_from_the_bytes_is_the_parsed_one(body: dict[str, Any]) -> None:
+    """The token estimate of a body left unparsed equals the one of its parsed JSON (a cap
+    named in a string, a tool schema's field of that name, or a cap that is not a number
+    included)."""
+    from llm_circuit_breaker.httpx._core import UNREAD, Core
+
+    core = Core("x", BreakerRegistry(), None, None, {})
+    request = httpx.Request("POST", "http://provider/v1/chat/completions", json=body)
+    assert core.tokens(request, UNREAD) == core.tokens(request, core.body_of(request))

@@ -313,6 +313,20 @@ def test_predicates_never_raise_on_any_json(value: Any) -> None:
         assert isinstance(predicate(value), bool)
 
 
+@settings(max_examples=300, deadline=None)
+@given(JSON | SHAPED | st.sampled_from([c[1] for c in CASES]))
+def test_the_quick_look_at_an_answer_agrees_with_the_full_judgement(value: Any) -> None:
+    """What the quick look at a chat answer accepts, the full walk judges an answer too."""
+    from llm_circuit_breaker._judge.results import _answers, _judge
+
+    try:
+        quick = _answers(value)
+    except Exception:
+        quick = False
+    if quick:
+        assert _judge(value) is None
+
+
 # -- InvalidResponseError -------------------------------------------------------------------
 
 

@@ -68,6 +68,8 @@ def non_answer(response: object) -> NonAnswer | None:
     if response.__class__ in _SCALARS:
         return None
     try:
+        if _answers(response):  # the common case, seen without the full walk
+            return None
         return _judge(response)
     except Exception:  # a hostile attribute or a shape of its own: no verdict
         return None
@@ -97,7 +99,14 @@ def invalid_tool_arguments(response: object) -> bool:
 def retried_by_default(response: object) -> bool:
     """Whether ``with_retry`` retries ``response`` unless told otherwise (``empty`` and
     ``invalid_tool_arguments``)."""
-    return non_answer(response) in RETRIED_BY_DEFAULT
+    if response.__class__ in _SCALARS:
+        return False
+    try:
+        if _answers(response):  # the common case, seen without the full walk
+            return False
+        return _judge(response) in RETRIED_BY_DEFAULT
+    except Exception:  # a hostile attribute or a shape of its own: no verdict
+        return False
 
 
 # -- reading any shape ----------------------------------------------------------------------
@@ -149,6 +158,56 @@ def _judge(response: Any) -> NonAnswer | None:
     if _get(response, "type") == "message" and isinstance(_get(response, "content"), list | tuple):
         return _messages(response)
     return None
+
+
+_CHAT_KINDS = ("chat.completion", "text_completion")
+
+
+def _answers(response: Any) -> bool:
+    """Whether ``response`` is a Chat Completion (a dict or the SDK's object) whose first
+    choice has text, no tool call and no content filter: an answer, whatever the other choices
+    hold (one choice that answers is enough). False means "not decided here" (it may raise on a
+    hostile object; :func:`non_answer` catches)."""
+    if response.__class__ is dict:
+        try:  # subscripts, not .get(): a KeyError is rare, and each .get() costs a call
+            if response["object"] not in _CHAT_KINDS:
+                return False
+            choice = response["choices"][0]
+            message = choice["message"]
+            content = message["content"]
+            if (
+                response["choices"].__class__ is not list
+                or choice.__class__ is not dict
+                or message.__class__ is not dict
+                or content.__class__ is not str
+                or choice["finish_reason"] == "content_filter"
+            ):
+                return False
+        except (KeyError, IndexError, TypeError):
+            return False
+        return (
+            content != ""
+            and not content.isspace()
+            and not message.get("tool_calls")
+            and message.get("function_call") is None
+        )
+    if getattr(response, "object", None) not in _CHAT_KINDS:
+        return False
+    choices = getattr(response, "choices", None)
+    if choices.__class__ is not list or not choices:
+        return False
+    choice = choices[0]
+    if getattr(choice, "finish_reason", None) == "content_filter":
+        return False
+    message = getattr(choice, "message", None)
+    content = getattr(message, "content", None)
+    return (
+        content.__class__ is str
+        and content != ""
+        and not content.isspace()
+        and not getattr(message, "tool_calls", None)
+        and getattr(message, "function_call", None) is None
+    )
 
 
 def _looks_like_choices(choices: Any) -> bool:

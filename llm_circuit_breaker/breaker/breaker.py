@@ -257,6 +257,16 @@ class CircuitBreaker:
         return self._known_throttle()
 
     @property
+    def reads_token_cost(self) -> bool:
+        """Whether admitting a call now reads its estimated tokens (``TOKEN_COST``): with a
+        token budget, a store (its shared throttle), or a throttle that paces calls. Code that
+        sees request bodies estimates only then."""
+        if self.config.token_budget is not None or self.store is not None:
+            return True
+        throttle = self._local.throttle
+        return throttle is not None and throttle.active
+
+    @property
     def concurrency(self) -> dict[str, int | str] | None:
         """``{limit, in_flight, waiting, mode}`` of ``max_concurrent`` in this process (None
         without a limit)."""

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import math
+import re
 import sys
 import threading
 import time
@@ -32,6 +33,8 @@ from llm_circuit_breaker.http._common import Inflate
 from llm_circuit_breaker.httpx._watch import Watch, watch_for
 
 __all__ = [
+    "UNREAD",
+    "Answer",
     "Attempt",
     "Body",
     "BreakerSpec",
@@ -43,6 +46,7 @@ __all__ = [
     "library",
     "aread_capped",
     "read_capped",
+    "request_headers",
 ]
 
 # What to tell a breaker about an attempt: ``record(permit, outcome, **details)``.
@@ -50,6 +54,9 @@ Report = tuple[Outcome, dict[str, Any]]
 BreakerSpec = str | CircuitBreaker | Callable[[Any], str]
 _MAX_PARSED_BODY = 4 * 1024 * 1024  # request bodies parsed for the model and a token estimate
 _MAX_ERROR_BODY = 256 * 1024  # of an error response, read to judge it
+_MAX_HEADERS = 256  # headers looked at (a message with thousands is hostile, not informative)
+# A request body nobody needed parsed: no name template, no "stream" key, no token estimate.
+UNREAD: Any = type("Unread", (), {"__repr__": lambda self: "UNREAD"})()
 
 
 class SDKRetry(Exception):
@@ -99,7 +106,14 @@ class Core:
         self.template = isinstance(breaker, str) and "{" in breaker
 
     def tokens(self, request: Any, body: Any) -> float:
-        """The request's estimated token cost: its output cap plus its size / 4."""
+        """The request's estimated token cost: its output cap plus its size / 4 (an unread
+        body's cap is found in its bytes: no parse of the whole conversation)."""
+        if body is UNREAD:
+            content = _content(request)
+            cap = _cap_in(content) if content and len(content) <= _MAX_PARSED_BODY else None
+            if cap is not None:
+                return max(0.0, cap) + len(content or b"") / 4.0
+            body = self.body_of(request)
         if not isinstance(body, Mapping):
             return 0.0
         cap = next(
@@ -113,16 +127,29 @@ class Core:
 
     def body_of(self, request: Any) -> Any:
         """The request's JSON body, when it has a small one (else None)."""
-        try:
-            content = request.content
-        except Exception:  # a streaming body, not read: nothing to learn from it
-            return None
+        content = _content(request)
         if not content or len(content) > _MAX_PARSED_BODY:
             return None
         try:
             return json.loads(content)
         except Exception:  # ValueError, RecursionError on a body nested too deep
             return None
+
+    def needed_body(self, request: Any) -> Any:
+        """The request's JSON body when something needs it now -- a name template, or a
+        ``"stream"`` key to read -- else ``UNREAD`` (a long conversation costs a parse of
+        many microseconds; the token estimate parses it when a throttle or budget asks)."""
+        if self.template:
+            return self.body_of(request)
+        content = _content(request)
+        if content and b'"stream"' in content:
+            return self.body_of(request)
+        return UNREAD
+
+    def cost(self, request: Any, body: Any, breaker: CircuitBreaker) -> float | None:
+        """The request's estimated tokens when admitting it reads them (a throttle that
+        paces, a store, a token budget), else None."""
+        return self.tokens(request, body) if breaker.reads_token_cost else None
 
     def breaker_for(self, request: Any, body: Any) -> CircuitBreaker:
         """The breaker that guards ``request``."""
@@ -154,7 +181,7 @@ class Core:
         use an asyncio store). Every request is an attempt, counted as a call; one the SDK
         retries (its ``x-stainless-retry-count`` header: openai, anthropic) is also counted as
         a retry (:meth:`unpaid_retry`), so logical calls are calls minus retries."""
-        body = self.body_of(request)
+        body = self.needed_body(request)
         breaker = self.breaker_for(request, body)
         if breaker.is_async and not asynchronous:
             raise TypeError(
@@ -163,11 +190,11 @@ class Core:
             )
         return breaker, body
 
-    def unpaid_retry(self, request: Any, breaker: CircuitBreaker) -> ThrottledError | None:
-        """An SDK's own retry (``x-stainless-retry-count`` > 0) is counted as a retry and paid
-        from the breaker's retry budget; the refusal to answer with when the budget cannot pay
-        (the SDK stops retrying, as it does for a throttled attempt)."""
-        retry = request.headers.get("x-stainless-retry-count", "0")
+    def unpaid_retry(self, retry: str, breaker: CircuitBreaker) -> ThrottledError | None:
+        """An SDK's own retry (``retry``: its ``x-stainless-retry-count`` header, > 0) is
+        counted as a retry and paid from the breaker's retry budget; the refusal to answer with
+        when the budget cannot pay (the SDK stops retrying, as it does for a throttled
+        attempt)."""
         if retry == "0" or not retry.isdigit():
             return None
         if not breaker.try_spend_retry():
@@ -175,12 +202,12 @@ class Core:
         breaker.record_retry(int(retry), SDKRetry(), 0.0)
         return None
 
-    def bound_first_byte(self, request: Any, body: Any) -> bool:
+    def bound_first_byte(self, request: Any, body: Any, accept: str) -> bool:
         """Shorten the read timeout of a streaming request to ``first_byte_timeout``; whether
-        it streams."""
-        streams = (isinstance(body, Mapping) and body.get("stream") is True) or (
-            "text/event-stream" in request.headers.get("accept", "")
-        )
+        it streams (``accept``: its Accept header)."""
+        streams = (
+            body is not UNREAD and isinstance(body, Mapping) and body.get("stream") is True
+        ) or ("text/event-stream" in accept)
         if streams and self.first_byte_timeout is not None:
             _set_read_timeout(request, self.first_byte_timeout)
         return streams
@@ -226,18 +253,21 @@ class Core:
 
     # -- responses ---------------------------------------------------------------------------
 
-    def meter(self, attempt: Attempt, request: Any, body: Any, watch: Watch | None) -> None:
-        """Meter an answer when its breaker has a token budget."""
+    def meter(
+        self, attempt: Attempt, request: Any, cost: float | None, watch: Watch | None
+    ) -> None:
+        """Meter an answer when its breaker has a token budget (``cost``: the request's
+        estimate, made at admission, since a budget reads it)."""
         if attempt.breaker.config.token_budget is not None:
-            attempt.meter = Meter(self.tokens(request, body), watch)
+            attempt.meter = Meter(cost or 0.0, watch)
 
-    def after_headers(self, request: Any, response: Any, streams: bool) -> Watch | None:
+    def after_headers(self, request: Any, answer: Answer, streams: bool) -> Watch | None:
         """Once the headers are in: the read timeout of a stream's silences, and the watch of
         an SSE body."""
         if streams and self.idle_timeout is not None:
             _set_read_timeout(request, self.idle_timeout)
-        if "text/event-stream" in response.headers.get("content-type", ""):
-            return watch_for(str(request.url), response.headers.get("content-encoding", ""))
+        if "text/event-stream" in answer.content_type:
+            return watch_for(str(request.url), answer.content_encoding)
         return None
 
 
@@ -489,6 +519,98 @@ class Attempt:
         if whole:
             self.charge()
         return (Outcome.SUCCESS if whole else Outcome.IGNORED), {}
+
+
+_CAPS = tuple(
+    f'"{f}"'.encode() for f in ("max_tokens", "max_output_tokens", "max_completion_tokens")
+)
+_NUMBER = re.compile(rb"\s*:\s*(-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*[,}]")
+
+
+def _cap_in(content: bytes) -> float | None:
+    """The output cap of a JSON request body read from its bytes, 0.0 without one; None when
+    the bytes do not tell (a cap's name seen twice, or followed by no number: a tool schema's
+    field) and the body must be parsed. A name inside a JSON string has its quotes escaped, so
+    a quoted name is a key; a numeric one met once is taken for the body's own (nested in an
+    object of its own, it would count too: an estimate, reconciled by the headers)."""
+    for name in _CAPS:
+        at = content.find(name)
+        if at < 0:
+            continue
+        if content.find(name, at + len(name)) >= 0:
+            return None
+        number = _NUMBER.match(content, at + len(name))
+        if number is None:
+            return None  # not a number (an object of a schema, null ...): parsed to be sure
+        return float(number.group(1))
+    return 0.0
+
+
+def _content(request: Any) -> bytes | None:
+    """The request's body, or None for a streaming body not read (nothing to learn from it)."""
+    try:
+        return request.content  # type: ignore[no-any-return]
+    except Exception:
+        return None
+
+
+def _lowered(headers: Any) -> list[tuple[Any, bytes, bytes]] | Iterator[tuple[Any, bytes, bytes]]:
+    """``headers`` as (name, lower-case name, value) byte triples, the first 256: httpx keeps
+    them so (its ``Headers._list``), else they are made here."""
+    kept = getattr(headers, "_list", None)
+    if kept.__class__ is list and (not kept or len(kept[0]) == 3):
+        return kept[:_MAX_HEADERS]
+    raw = getattr(headers, "raw", None)
+    pairs = raw if isinstance(raw, list) else list(headers.items())
+    return (
+        (
+            None,
+            (k if isinstance(k, bytes) else str(k).encode("latin-1", "replace")).lower(),
+            v if isinstance(v, bytes) else str(v).encode("latin-1", "replace"),
+        )
+        for k, v in pairs[:_MAX_HEADERS]
+    )
+
+
+def _joined(old: bytes | None, value: bytes) -> bytes:
+    """A header's values joined as a lookup by name joins them."""
+    return value if old is None else old + b", " + value
+
+
+def request_headers(request: Any) -> tuple[str, str]:
+    """The request's ``x-stainless-retry-count`` (``"0"`` without one) and ``Accept`` headers,
+    read in one pass (a lookup by name scans every header, each time)."""
+    retry = accept = None
+    for _, name, value in _lowered(request.headers):
+        if name == b"x-stainless-retry-count":
+            retry = _joined(retry, value)
+        elif name == b"accept":
+            accept = _joined(accept, value)
+    return (
+        "0" if retry is None else retry.decode("latin-1"),
+        "" if accept is None else accept.decode("latin-1"),
+    )
+
+
+class Answer:
+    """What the transport reads of a response's headers, in one pass: the rate-limit headers
+    (by lower-case name, as text), the content type and encoding."""
+
+    __slots__ = ("content_encoding", "content_type", "rate_limits")
+
+    def __init__(self, response: Any) -> None:
+        found: dict[str, str] = {}
+        kind = encoding = None
+        for _, name, value in _lowered(response.headers):
+            if b"ratelimit" in name:
+                found[name.decode("latin-1")] = value.decode("latin-1")[:1000]
+            elif name == b"content-type":
+                kind = _joined(kind, value)
+            elif name == b"content-encoding":
+                encoding = _joined(encoding, value)
+        self.rate_limits = found
+        self.content_type = "" if kind is None else kind.decode("latin-1")
+        self.content_encoding = "" if encoding is None else encoding.decode("latin-1")
 
 
 def _fill(template: str, request: Any, body: Any) -> str:

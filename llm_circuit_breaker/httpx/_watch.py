@@ -67,22 +67,45 @@ class Watch:
         return error
 
     def _feed(self, chunk: bytes) -> BaseException | None:
-        if (
-            self.content
-            and not self._data
-            and not self._event
-            and chunk.endswith(b"\n\n")
-            and len(chunk) <= _MAX_EVENT
-            and self._lines.empty
-            and b"error" not in chunk
-            and b"message_stop" not in chunk
-            and b"response." not in chunk
-            and b"[DONE]" not in chunk
-            and b'"finish_reason":"' not in chunk
-            and b'"finish_reason": "' not in chunk
-            and not (self.metered and b'"usage"' in chunk)
-        ):  # whole events, none of them an error or a final one (nor named so):
-            return None  # no need to cut them up
+        if not self.content:  # up to the first content event, every event is read
+            return self._cut(chunk)
+        if self._data or self._event or not self._lines.empty:
+            # An event began in an earlier chunk: its end is read line by line, then what
+            # follows it is fed again, from an event boundary.
+            first = chunk.find(b"\n\n") + 2
+            if first <= 1 or first == len(chunk):
+                return self._cut(chunk)
+            error = self._cut(chunk[:first])
+            if self._data or self._event or not self._lines.empty:  # \r line ends: no cut
+                rest = self._cut(chunk[first:])
+            else:
+                rest = self._feed(chunk[first:])
+            return error or rest
+        if chunk.endswith(b"\n\n"):
+            return None if self._dull(chunk) else self._cut(chunk)
+        # Whole events, then the start of one: the whole ones may need no cutting up.
+        last = chunk.rfind(b"\n\n") + 2
+        if last > 1 and self._dull(chunk[:last]):
+            return self._cut(chunk[last:])
+        return self._cut(chunk)
+
+    def _dull(self, events: bytes) -> bool:
+        """Whether whole ``events`` hold nothing to read: no error, no final event or finish
+        reason (nor anything named so), no usage to meter. A few substring tests; they are
+        then not cut into lines at all."""
+        return (
+            len(events) <= _MAX_EVENT
+            and b"error" not in events
+            and b"message_stop" not in events
+            and b"response." not in events
+            and b"[DONE]" not in events
+            and b'"finish_reason":"' not in events
+            and b'"finish_reason": "' not in events
+            and not (self.metered and b'"usage"' in events)
+        )
+
+    def _cut(self, chunk: bytes) -> BaseException | None:
+        """Read ``chunk`` line by line (the first error found, if any)."""
         error = None
         for line in self._lines.feed(chunk):
             found = self._line(line)

@@ -383,7 +383,10 @@ def _gen_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
             items = _metered(items, charge, kwargs)
         try:
             result = yield from items
-        except BaseException as exc:  # GeneratorExit (closed early) is ignored by the verdict
+        except GeneratorExit:  # closed early: neither outcome, nothing to judge
+            gate.abandoned(permit)
+            raise
+        except BaseException as exc:
             failed(permit, exc)
             raise
         succeeded(permit)
@@ -422,19 +425,26 @@ def _async_gen_shell(
                 return
         stream = func(*args, **kwargs)
         try:
-            items = _items(stream, item_timeout, name)
+            # Without an item timeout or a budget the items come straight from the stream: no
+            # async generator between them and the caller.
+            items = stream if item_timeout is None else _items(stream, item_timeout, name)
             if charge is not None:
                 items = _ametered(items, charge, kwargs)
             async for item in items:
                 yield item
         except BaseException as exc:
-            if awaits_store:
+            # closed early (GeneratorExit), failed or cancelled: close what is still open
+            await stream.aclose()
+            if exc.__class__ is GeneratorExit:  # closed early: neither outcome, nothing to judge
+                if awaits_store:
+                    await gate.aabandoned(permit)
+                else:
+                    gate.abandoned(permit)
+            elif awaits_store:
                 await gate.afailed(permit, exc)
             else:
                 failed(permit, exc)
             raise
-        finally:
-            await stream.aclose()
         if awaits_store:
             await gate.asucceeded(permit)
         else:
@@ -475,12 +485,8 @@ async def _within(awaitable: Awaitable[Any], timeout: float, name: str) -> Any:
         raise _timeout_error(name, timeout) from None
 
 
-async def _items(stream: Any, item_timeout: float | None, name: str) -> AsyncIterator[Any]:
-    """Iterate ``stream``; with ``item_timeout``, waiting longer for one item times out."""
-    if item_timeout is None:
-        async for item in stream:
-            yield item
-        return
+async def _items(stream: Any, item_timeout: float, name: str) -> AsyncIterator[Any]:
+    """Iterate ``stream``; waiting longer than ``item_timeout`` for one item times out."""
     while True:
         try:
             item = await _within(stream.__anext__(), item_timeout, name)

@@ -12,6 +12,7 @@ from typing import Any
 from llm_circuit_breaker._core.throttle import TOKEN_COST
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 from llm_circuit_breaker.httpx._core import (
+    Answer,
     Attempt,
     Body,
     Report,
@@ -19,6 +20,7 @@ from llm_circuit_breaker.httpx._core import (
     aread_capped,
     incomplete,
     library,
+    request_headers,
 )
 from llm_circuit_breaker.strategies import tracing
 
@@ -81,17 +83,20 @@ class AsyncCircuitBreakerTransport(Transport):
             return await tracing.hook.arequest(self, request)
         core = self._core
         breaker, body = core.abreaker_and_body(request)
-        unpaid = core.unpaid_retry(request, breaker)
+        retry, accept = request_headers(request)
+        unpaid = core.unpaid_retry(retry, breaker)
         if unpaid is not None:
             return core.refused(request, unpaid)
-        token = TOKEN_COST.set(core.tokens(request, body))
+        cost = core.cost(request, body, breaker)
+        token = TOKEN_COST.set(cost) if cost is not None else None
         try:
             attempt = Attempt(breaker, await breaker.aadmit())
         except (CircuitOpenError, ThrottledError) as refused:
             return core.refused(request, refused)
         finally:
-            TOKEN_COST.reset(token)
-        streams = core.bound_first_byte(request, body)
+            if token is not None:
+                TOKEN_COST.reset(token)
+        streams = core.bound_first_byte(request, body, accept)
         first = core.first_token(request, streams)
         if self._inner is None:  # the client's own library's transport, pooled
             self._inner = library(request).AsyncHTTPTransport()
@@ -103,14 +108,16 @@ class AsyncCircuitBreakerTransport(Transport):
             if late is not None:
                 raise late from exc
             raise
-        await breaker.aobserve(response.headers)
+        answer = Answer(response)
+        if answer.rate_limits:  # none: nothing for the throttle to learn
+            await breaker.aobserve(answer.rate_limits)
         if response.status_code >= 400:
             await _tell(attempt, attempt.answered(request, response, await aread_capped(response)))
             return response
         if first is not None:
             first.headers_in(request, response)
-        watch = core.after_headers(request, response, streams)
-        core.meter(attempt, request, body, watch)
+        watch = core.after_headers(request, answer, streams)
+        core.meter(attempt, request, cost, watch)
         response.stream = _body_type(library(response))(
             response.stream, attempt, watch, request, first
         )

@@ -13,6 +13,7 @@ from typing import Any
 from llm_circuit_breaker._core.throttle import TOKEN_COST
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 from llm_circuit_breaker.httpx._core import (
+    Answer,
     Attempt,
     Body,
     Report,
@@ -20,6 +21,7 @@ from llm_circuit_breaker.httpx._core import (
     incomplete,
     library,
     read_capped,
+    request_headers,
 )
 from llm_circuit_breaker.strategies import tracing
 
@@ -82,17 +84,20 @@ class CircuitBreakerTransport(Transport):
             return tracing.hook.request(self, request)
         core = self._core
         breaker, body = core.breaker_and_body(request)
-        unpaid = core.unpaid_retry(request, breaker)
+        retry, accept = request_headers(request)
+        unpaid = core.unpaid_retry(retry, breaker)
         if unpaid is not None:
             return core.refused(request, unpaid)
-        token = TOKEN_COST.set(core.tokens(request, body))
+        cost = core.cost(request, body, breaker)
+        token = TOKEN_COST.set(cost) if cost is not None else None
         try:
             attempt = Attempt(breaker, breaker.admit())
         except (CircuitOpenError, ThrottledError) as refused:
             return core.refused(request, refused)
         finally:
-            TOKEN_COST.reset(token)
-        streams = core.bound_first_byte(request, body)
+            if token is not None:
+                TOKEN_COST.reset(token)
+        streams = core.bound_first_byte(request, body, accept)
         first = core.first_token(request, streams)
         if self._inner is None:  # the client's own library's transport, pooled
             self._inner = library(request).HTTPTransport()
@@ -104,14 +109,16 @@ class CircuitBreakerTransport(Transport):
             if late is not None:
                 raise late from exc
             raise
-        breaker.observe(response.headers)
+        answer = Answer(response)
+        if answer.rate_limits:  # none: nothing for the throttle to learn
+            breaker.observe(answer.rate_limits)
         if response.status_code >= 400:
             _tell(attempt, attempt.answered(request, response, read_capped(response)))
             return response
         if first is not None:
             first.headers_in(request, response)
-        watch = core.after_headers(request, response, streams)
-        core.meter(attempt, request, body, watch)
+        watch = core.after_headers(request, answer, streams)
+        core.meter(attempt, request, cost, watch)
         response.stream = _body_type(library(response))(
             response.stream, attempt, watch, request, first
         )
