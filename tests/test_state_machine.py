@@ -16,6 +16,7 @@ from llm_circuit_breaker import (
     Outcome,
     ThrottledError,
 )
+from llm_circuit_breaker._core.state import Hold
 from llm_circuit_breaker.testing import FakeClock
 
 # CI runs >= 10k steps (200 examples x 50 steps); a local run is quicker.
@@ -41,6 +42,7 @@ class BreakerMachine(RuleBasedStateMachine):
         self.admitted = 0
         self.refused = 0
         self.reported = 0
+        self.forced = False  # held open by force_open() until force_closed() or reset()
 
     @rule(target=permits)
     def admit(self) -> int:
@@ -50,11 +52,13 @@ class BreakerMachine(RuleBasedStateMachine):
         except CircuitOpenError as refused:
             assert state is not CircuitState.CLOSED
             assert refused.retry_after is None or refused.retry_after >= 0
+            assert (refused.retry_after is None) is (state is CircuitState.OPEN and self.forced)
             self.refused += 1
             return -1
         except ThrottledError as throttled:  # rate limits paused the throttle past its wait
             assert throttled.retry_after > self.config.throttle_max_wait
             return -1
+        assert not self.forced, "a forced-open circuit admitted a call"
         self.admitted += 1
         return permit
 
@@ -72,6 +76,26 @@ class BreakerMachine(RuleBasedStateMachine):
     @rule()
     def reset(self) -> None:
         self.breaker.reset()
+        self.forced = False
+
+    @rule()
+    def force_open(self) -> None:
+        self.breaker.force_open()
+        self.forced = True
+
+    @rule()
+    def force_closed(self) -> None:
+        self.breaker.force_closed()
+        self.forced = False
+        assert (self.breaker.state, self.breaker.failure_count) == (CircuitState.CLOSED, 0)
+
+    @invariant()
+    def held_open_while_forced(self) -> None:
+        core = self.breaker._local.core
+        assert (core.hold is Hold.FORCED_OPEN) is self.forced
+        if self.forced:
+            assert self.breaker.state is CircuitState.OPEN
+            assert self.breaker.retry_after is None
 
     @invariant()
     def counts_match_the_state(self) -> None:

@@ -6,8 +6,12 @@ sequence (see :mod:`.state`); the negative values and the high bit are refusals 
 
 * :data:`REJECTED` -- the circuit refused the call (``try_admit`` returns it).
 * :data:`THROTTLED` -- a store's circuit admitted the call but its throttle's slot was too far.
-* :data:`SHADOW` -- a metrics-only breaker let through a call it would have refused: its report
-  matches no permit of the state machine, so the circuit evolves as if it had not run.
+* :data:`SHADOW` -- a metrics-only core's refusal: the call it would have refused is let through
+  and counted once, as a refusal not enforced; its report matches no permit of the state
+  machine, so the circuit evolves as if it had not run. A store speaks only ``REJECTED`` (the
+  Redis script knows nothing of metrics-only); the breaker's own core translates it.
+
+:func:`is_refusal` says whether a core's permit is either refusal.
 
 A breaker linked to a store tags each permit with where it was decided, in its two low bits
 (:func:`tagged` / :func:`untagged` / :func:`tag_of`): :data:`LOCAL` (the in-process circuit
@@ -24,6 +28,7 @@ __all__ = [
     "SHADOW",
     "SHARED",
     "THROTTLED",
+    "is_refusal",
     "tag_of",
     "tagged",
     "untagged",
@@ -36,6 +41,11 @@ SHADOW = 1 << 62
 LOCAL, CLEAN, SHARED = 0, 1, 2
 _TAG_BITS = 2
 _TAG_MASK = (1 << _TAG_BITS) - 1
+
+
+def is_refusal(permit: int) -> bool:
+    """Whether a core's :meth:`~.state.BreakerCore.admit` refused (enforced or not)."""
+    return permit in (REJECTED, SHADOW)
 
 
 def tagged(permit: int, tag: int) -> int:

@@ -9,6 +9,17 @@ generation; a probe's permit (and, with ``slow_call_duration``, every call's) is
 kept in ``_inflight`` with its admission time. Each state change starts a new generation and
 forgets every in-flight permit, so an outcome that arrives after the state changed since its
 call was admitted matches nothing and is ignored.
+
+Two conditions are states of the core too, not flags of its callers:
+
+* :class:`Hold` -- whether the circuit moves with its counts (``NONE``) or is held where an
+  operator put it (``FORCED_OPEN``: open until :meth:`BreakerCore.close`, whatever successes,
+  failures or time pass; ``open_until`` is infinite then, which is what a lock-free reader
+  compares against).
+* ``enforced`` -- whether a refusal stops the call. A metrics-only core (``enabled=False``)
+  decides exactly as an enforcing one, but what it would refuse gets :data:`SHADOW` instead of
+  :data:`REJECTED`: a permit the caller lets through, counts once as a refusal not enforced,
+  and whose report matches nothing, so the circuit evolves as if the call had not run.
 """
 
 from __future__ import annotations
@@ -21,12 +32,12 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from llm_circuit_breaker._core.permits import REJECTED
+from llm_circuit_breaker._core.permits import REJECTED, SHADOW
 
 if TYPE_CHECKING:
     from llm_circuit_breaker.config import CircuitBreakerConfig
 
-__all__ = ["REJECTED", "BreakerCore", "CircuitState", "Outcome", "Transition"]
+__all__ = ["REJECTED", "SHADOW", "BreakerCore", "CircuitState", "Hold", "Outcome", "Transition"]
 
 
 class CircuitState(str, enum.Enum):
@@ -45,6 +56,13 @@ CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.H
 # which holds under the GIL. A free-threaded interpreter takes the lock for every call.
 LOCK_FREE = getattr(sys, "_is_gil_enabled", lambda: True)()
 _BUCKETS = 20  # resolution of the failure-rate window
+
+
+class Hold(enum.Enum):
+    """Whether a circuit follows its counts or is held where an operator put it."""
+
+    NONE = "none"  # the counts and the clock decide
+    FORCED_OPEN = "forced_open"  # open until closed: no success, failure or time moves it
 
 
 class Outcome(enum.Enum):
@@ -109,13 +127,16 @@ class BreakerCore:
         "_window",
         "clean_permit",
         "config",
+        "enforced",
         "failure_count",
         "generation",
+        "hold",
         "lock_free_permit",
         "open_reason",
         "open_until",
         "opened_at",
         "paced",
+        "refusal",
         "state",
         "success_count",
         "transitions",
@@ -129,6 +150,11 @@ class BreakerCore:
         self.opened_at: float | None = None
         self.open_reason = ""
         self.open_until = -math.inf
+        self.hold = Hold.NONE
+        # Metrics-only (``enabled=False``): the same decisions, but what is refused gets a
+        # shadow permit that the caller lets through (counted once, as a refusal not enforced).
+        self.enforced = config.enabled
+        self.refusal = REJECTED if config.enabled else SHADOW
         self.paced = paced  # a throttle must see every call: no lock-free path
         self.transitions: list[Transition] | None = None  # made by the first state change
         self._seq = 0
@@ -147,14 +173,15 @@ class BreakerCore:
     # -- reading ---------------------------------------------------------------------------
 
     def advance(self, now: float) -> None:
-        """Apply the lazy OPEN -> HALF_OPEN transition once ``reset_timeout`` has passed."""
-        if self.state is OPEN and now >= self.open_until:
+        """Apply the lazy OPEN -> HALF_OPEN transition once ``reset_timeout`` has passed (never
+        while held open)."""
+        if self.state is OPEN and now >= self.open_until and self.hold is Hold.NONE:
             self._move(HALF_OPEN, now, "reset timeout elapsed")
 
     @property
     def held_open(self) -> bool:
-        """Forced open: open until closed (the only way ``open_until`` is infinite)."""
-        return self.state is OPEN and self.open_until == math.inf
+        """Forced open: held open until closed (``open_until`` is infinite meanwhile)."""
+        return self.hold is Hold.FORCED_OPEN
 
     def retry_after(self, now: float) -> float | None:
         """Seconds until a call may be admitted (0.0 when one may be now; None when held)."""
@@ -174,17 +201,18 @@ class BreakerCore:
     # -- admitting and recording -----------------------------------------------------------
 
     def admit(self, now: float) -> int:
-        """Return a permit for a call starting at ``now``, or ``REJECTED``."""
+        """Return a permit for a call starting at ``now``, or :attr:`refusal` (``REJECTED``;
+        ``SHADOW`` in metrics-only mode: a call to let through that matches no permit)."""
         self.advance(now)
         if self.state is CLOSED:
             if self.config.slow_call_duration is None:  # no call to time
                 return self.generation
         elif self.state is OPEN:
-            return REJECTED
+            return self.refusal
         else:
             self._expire_leases(now)
             if self._inflight and len(self._inflight) >= self.config.half_open_max_calls:
-                return REJECTED
+                return self.refusal
         self._seq += 1
         inflight = self._inflight
         if inflight is None:
@@ -257,10 +285,11 @@ class BreakerCore:
 
     def force_open(self, now: float) -> None:
         """Open the circuit and hold it open until :meth:`close` is called."""
-        self._open(now, math.inf, "forced open")  # open until closed: held open
+        self._open(now, math.inf, "forced open")
+        self.hold = Hold.FORCED_OPEN
 
     def close(self, now: float, reason: str) -> None:
-        """Close the circuit with clean counts and an empty window."""
+        """Close the circuit with clean counts and an empty window (ending a hold)."""
         if self.state is not CLOSED:
             self._move(CLOSED, now, reason)
         self.failure_count = 0
@@ -275,7 +304,7 @@ class BreakerCore:
         return min(open_for or 0.0, self.config.effective_max_open_for)
 
     def _open(self, now: float, duration: float, reason: str) -> None:
-        self._move(OPEN, now, reason)
+        self._move(OPEN, now, reason)  # ends a hold: force_open() sets it again
         self.opened_at = now
         self.open_reason = reason
         self.open_until = now + duration
@@ -287,6 +316,7 @@ class BreakerCore:
         else:
             self.transitions.append(change)
         self.state = new
+        self.hold = Hold.NONE
         self._seq += 1
         self.generation = self._seq
         if self._inflight:

@@ -175,7 +175,7 @@ class LinkCore:
         error = refused(self.name, retry_after, known.reason or _refusal(known.state))
         error.__cause__ = self.cause
         self.telemetry.count_rejection()
-        return self.telemetry.observed(error)
+        return self.telemetry.observed(error, self.local.core.refusal)
 
     def _cache_refusal(self, view: View) -> None:
         if not self.near_cache:
@@ -279,7 +279,7 @@ class LinkCore:
             error = refused(self.name, view.retry_after, view.reason or _refusal(view.state))
             error.__cause__ = self.cause
             self.telemetry.count_rejection()
-            return self.telemetry.observed(error)
+            return self.telemetry.observed(error, self.local.core.refusal)
         ours = tagged(permit, CLEAN if view.clean else SHARED)
         if admission.lease and view.clean:
             self.lease.fill(ours, admission.lease, tokens)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 
-from llm_circuit_breaker._core.permits import REJECTED, SHADOW
+from llm_circuit_breaker._core.permits import SHADOW, is_refusal
 from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
 from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait, spread
 from llm_circuit_breaker._core.views import Control, View
@@ -127,29 +127,30 @@ class LocalCircuit(Cell):
         now = self.source.now()
         open_until = core.open_until
         if now < open_until and core.state is OPEN:  # failing fast needs no lock either
-            # open_until is infinite only when held open (forced), and retry_after is None then.
+            # open_until is infinite only while held open (forced): retry_after is None then.
             retry_after = None if open_until == _INF else open_until - now
             error = refused(self.name, retry_after, core.open_reason)
             error.__cause__ = self.cause
             self._count_rejection()
-            if self.telemetry.plain_refusals:
+            if self.telemetry.plain_refusals:  # enforced, nobody to tell
                 return error
-            return self.telemetry.observed(error)
+            return self.telemetry.observed(error, core.refusal)
         if self.rejoin is not None:
             self.return_to_registry()
         if self._successes is None:
             self._arm()
         with self.locked():
             permit = core.admit(now)
-            retry_after = core.retry_after(now) if permit == REJECTED else 0.0
+            refusal = is_refusal(permit)  # SHADOW: metrics-only, let through
+            retry_after = core.retry_after(now) if refusal else 0.0
             reason = core.open_reason or "half-open: probe slots taken"
-            paced = permit != REJECTED and core.paced
+            paced = not refusal and core.paced
             entry = self._pace(permit, now) if paced else permit
             transitions = self._drain()
         telemetry = self.telemetry
         telemetry.publish(transitions)
-        if permit == REJECTED:
-            return self._refuse(retry_after, reason)
+        if refusal:
+            return self._refuse(permit, retry_after, reason)
         if entry.__class__ is ThrottledError:
             telemetry.count_throttle_refusal()
         elif paced and not telemetry.plain_refusals:
@@ -204,11 +205,15 @@ class LocalCircuit(Cell):
             telemetry.waited(again.seconds)
         return again
 
-    def _refuse(self, retry_after: float | None, reason: str) -> int | CircuitOpenError:
+    def _refuse(
+        self, permit: int, retry_after: float | None, reason: str
+    ) -> int | CircuitOpenError:
+        """Count the core's refusal ``permit``: the error to raise, or ``SHADOW`` to let the
+        call through (metrics-only)."""
         error = refused(self.name, retry_after, reason)
         error.__cause__ = self.cause
         self.telemetry.count_rejection()
-        return self.telemetry.observed(error)
+        return self.telemetry.observed(error, permit)
 
     def record_success(self, permit: int) -> None:
         """Report that the call holding ``permit`` succeeded."""

@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from llm_circuit_breaker._core.permits import SHADOW
+from llm_circuit_breaker._core.permits import REJECTED
 from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
 from llm_circuit_breaker.errors import CircuitOpenError
 
@@ -372,19 +372,21 @@ class Telemetry:
 
     # -- refusals and retries --------------------------------------------------------------
 
-    def observed(self, error: CircuitOpenError) -> int | CircuitOpenError:
-        """After counting a refusal: tell the observers; the error to raise, or a shadow
-        permit in metrics-only mode."""
+    def observed(self, error: CircuitOpenError, permit: int) -> int | CircuitOpenError:
+        """After counting a refusal: tell the observers. ``permit`` is the refusal the core
+        decided (its ``refusal``): ``REJECTED`` gives the error to raise, ``SHADOW`` (a
+        metrics-only core) the permit that lets the call through."""
+        enforced = permit == REJECTED
         if self._hooks:
-            self._tell("rejected", self.enforced, owned=True)
-        if self.enforced:
+            self._tell("rejected", enforced, owned=True)
+        if enforced:
             return error
         state_logger.debug(
             "circuit %r would have refused a call (metrics-only)",
             self.name,
             extra=self._fields(enforced=False),
         )
-        return SHADOW
+        return permit
 
     def retried(self, attempt: int, error: BaseException, delay: float) -> None:
         """Count a retry and tell the observers."""

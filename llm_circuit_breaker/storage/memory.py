@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from llm_circuit_breaker._core.permits import REJECTED, THROTTLED
+from llm_circuit_breaker._core.permits import REJECTED, THROTTLED, is_refusal
 from llm_circuit_breaker._core.state import BreakerCore, CircuitState, Outcome
 from llm_circuit_breaker._core.throttle import ThrottleCore
 from llm_circuit_breaker.config import CircuitBreakerConfig
@@ -94,12 +94,12 @@ class MemoryStateStore:
             now = self._clock()
             permit = slot.core.admit(now)
             wait, throttle = 0.0, slot.throttle
-            if permit >= 0 and throttle is not None and throttle.active:
+            if not is_refusal(permit) and throttle is not None and throttle.active:
                 wait = throttle.book(now, tokens, config.throttle_max_wait)
                 if wait > config.throttle_max_wait:
                     slot.core.record(permit, Outcome.IGNORED, now)
                     permit = THROTTLED
-            if permit < 0 and permit != THROTTLED:
+            if is_refusal(permit):  # a store speaks REJECTED: metrics-only is the breaker's
                 permit = REJECTED
             return Admission(permit, self._view(slot, now), wait)
 
