@@ -20,11 +20,14 @@ from llm_circuit_breaker import (
     CircuitBreaker,
     CircuitBreakerConfig,
     Outcome,
+    ThrottleEvent,
+    ThrottleSignal,
 )
 from llm_circuit_breaker._core.budget import RetryBudget, SharedBudgets, SpendCap
 from llm_circuit_breaker.storage import RedisStateStore
 from llm_circuit_breaker.testing import FakeClock
 from tests import redis_workers
+from tests.polling import auntil
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -254,6 +257,229 @@ def test_forked_processes_share_one_spend_cap(
     assert 20 <= sum(admitted) <= 20 + 2 * 2, admitted
 
 
+# -- the admission that learns the fleet spent the cap refuses -----------------------------
+
+
+def _turn(breaker: CircuitBreaker, tokens: float) -> str:
+    """One call of ``breaker`` (admit, spend, report): "ok", or "refused" by the budget."""
+    try:
+        permit = breaker.admit()
+    except BudgetExceededError:
+        return "refused"
+    breaker.spend(tokens)
+    breaker.record_success(permit)
+    return "ok"
+
+
+def _budget_events(breaker: CircuitBreaker) -> list[ThrottleEvent]:
+    events: list[ThrottleEvent] = []
+
+    def heard(change: object) -> None:
+        if isinstance(change, ThrottleEvent) and change.new is ThrottleSignal.BUDGET_EXCEEDED:
+            events.append(change)
+
+    breaker.add_listener(heard)
+    return events
+
+
+def test_an_admission_refuses_by_the_fleet_totals_its_own_call_returned(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """token_budget=25, 10 tokens a call: once A's refusal sent what A spent, B's next
+    admission, which carries B's last 10 and learns the fleet's 40, is refused by that same
+    script call (one round trip, as an admitted call costs), nothing is taken, and the
+    error says the fleet's 40. Both processes' listeners hear BUDGET_EXCEEDED once."""
+    a, b = _fleet(
+        redis_server.port, "crossing", CircuitBreakerConfig(token_budget=25), counting=True
+    )
+    heard = {a: _budget_events(a), b: _budget_events(b)}
+    steps = [(a, "A"), (a, "A"), (b, "B"), (a, "A"), (a, "A")]
+    assert [_turn(breaker, 10) for breaker, _ in steps] == ["ok"] * 4 + ["refused"]
+    key = a.store.keys("crossing")[0]  # type: ignore[union-attr]
+    assert float(redis_client.hget(key, "ts")) == 30.0  # A's refusal sent its last 10
+    CountingConnection.sent = 0
+    with pytest.raises(BudgetExceededError) as refused:
+        b.admit()
+    assert CountingConnection.sent == 1  # the admission's own script call, nothing more
+    assert float(redis_client.hget(key, "ts")) == 40.0
+    assert (refused.value.spent, refused.value.limit) == (40.0, 25.0)  # the fleet's, fresh
+    assert refused.value.retry_after == pytest.approx(86400.0)
+    assert b.stats.throttle_refusals["token_budget"] == 1
+    assert b.budget["spent"] == 40.0
+    for breaker in (a, b):
+        assert len(heard[breaker]) == 1  # each process hears the crossing, once
+        with pytest.raises(BudgetExceededError):
+            breaker.admit()  # decided here now: no store call, no second event
+        assert len(heard[breaker]) == 1
+
+
+def test_a_budget_refusal_takes_no_probe_and_no_throttle_slot(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """The script refuses before it admits: a HALF_OPEN circuit's probe slot stays free for
+    the fleet, and the throttle's bucket is untouched."""
+    config = CircuitBreakerConfig(
+        token_budget=25, failure_threshold=1, reset_timeout=1.0, requests_per_minute=600
+    )
+    a, b = _fleet(redis_server.port, "probing", config)
+    a.spend(20)
+    a.record(a.admit(), Outcome.FAILURE)  # carries the 20 and opens the circuit
+    store = a.store
+    assert isinstance(store, RedisStateStore)
+    inflight = store.keys("probing")[1]
+    before = redis_client.hget(store.keys("probing")[0], "rt")
+    global NOW
+    NOW += 2.0  # HALF_OPEN in the store's clock
+    b.spend(10)
+    try:
+        with pytest.raises(BudgetExceededError):
+            b.admit()  # carries the 10: the fleet's 30 are over the cap
+        assert redis_client.zcard(inflight) == 0
+        assert redis_client.hget(store.keys("probing")[0], "rt") == before
+    finally:
+        NOW -= 2.0
+
+
+def test_a_refusal_decided_here_says_what_its_flush_learned(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """A process whose own figures refuse sends what it spent (one call) and its error says
+    the fleet's total that call answered, not its own older figure."""
+    a, b = _fleet(redis_server.port, "flushed", CircuitBreakerConfig(token_budget=25))
+    a.record_success(a.admit())
+    a.spend(30)  # a's own figures: spent
+    b.record_success(b.admit())
+    b.spend(10)
+    b.snapshot()  # the fleet has b's 10
+    with pytest.raises(BudgetExceededError) as refused:
+        a.admit()
+    assert refused.value.spent == 40.0
+    assert float(redis_client.hget(a.store.keys("flushed")[0], "ts")) == 40.0  # type: ignore[union-attr]
+
+
+def test_a_metrics_only_breaker_is_not_refused_by_the_script(redis_server: RedisServer) -> None:
+    """enabled=False: the fleet's spent cap is counted, never refused (by Redis neither)."""
+    config = CircuitBreakerConfig(token_budget=25, enabled=False)
+    a, b = _fleet(redis_server.port, "shadowed", config)
+    a.record_success(a.admit())
+    a.spend(30)
+    a.record_success(a.admit())  # carries the 30
+    b.record_success(b.admit())
+    assert b.budget["spent"] == 30.0
+    b.record_success(b.admit())  # b's own figures now say spent: counted, let through
+    assert b.stats.throttle_refusals["token_budget"] == 1
+
+
+def test_a_fleet_in_turns_goes_over_by_at_most_one_call_per_process(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """near_cache=0, a cap of 1000, 100 tokens a call in turns: the fleet spends at most
+    1100 (one process's last spend had not reached Redis when the other was admitted);
+    a refusal never lets a call through that the fleet's totals forbid."""
+    config = CircuitBreakerConfig(token_budget=1000)
+    fleet = _fleet(redis_server.port, "turns", config)
+    admitted = _spend_in_turns(fleet, 100, rounds=20)
+    for breaker in fleet:
+        breaker.snapshot()
+    key = fleet[0].store.keys("turns")[0]  # type: ignore[union-attr]
+    assert float(redis_client.hget(key, "ts")) == 100.0 * admitted <= 1100.0
+
+
+def test_with_a_near_cache_a_refusal_says_the_fleet_spent(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """near_cache=0.05: a process that learns from Redis the cap is spent refuses on that
+    same call, its listeners hear it, and the error says the fleet's total; the calls the
+    near-cache admitted meanwhile are all that goes over."""
+    config = CircuitBreakerConfig(token_budget=1000)
+    a, b = _fleet(redis_server.port, "nearly", config, near_cache=0.05)
+    heard = _budget_events(b)
+    clock_a, clock_b = CLOCKS[a], CLOCKS[b]
+    results = []
+    for _ in range(40):
+        clock_a.advance(0.02)
+        clock_b.advance(0.02)
+        results.append((_turn(a, 100), _turn(b, 100)))
+    for breaker in (a, b):
+        breaker.snapshot()
+    key = a.store.keys("nearly")[0]  # type: ignore[union-attr]
+    spent = float(redis_client.hget(key, "ts"))
+    admitted = sum(r.count("ok") for r in results)
+    assert spent == 100.0 * admitted
+    # each process syncs at least every near_cache (0.05 s: every 3rd call at 0.02 s): what
+    # it admits from its cache meanwhile (two calls) and its last unsent call go over
+    assert spent <= 1000.0 + 2 * 3 * 100.0
+    assert len(heard) == 1
+    with pytest.raises(BudgetExceededError) as refused:
+        b.admit()
+    assert refused.value.spent == spent
+
+
+async def test_an_asyncio_store_refuses_by_the_totals_it_just_learned(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """The reviewer's sequence with asyncio stores: B's admission that learns the fleet's 40
+    is refused by that script call, with the fleet's total, and B hears the crossing."""
+    stores = []
+    for _ in range(2):
+        client = redis.asyncio.Redis(port=redis_server.port)
+        stores.append(RedisStateStore(client, prefix="acrossing", clock=lambda: NOW))
+    config = CircuitBreakerConfig(token_budget=25)
+    a, b = (CircuitBreaker("acap", config, store=s, clock=FakeClock()) for s in stores)
+    heard = _budget_events(b)
+
+    async def turn(breaker: CircuitBreaker) -> str:
+        try:
+            permit = await breaker.aadmit()
+        except BudgetExceededError:
+            return "refused"
+        breaker.spend(10)
+        await breaker.arecord_success(permit)
+        return "ok"
+
+    assert [await turn(x) for x in (a, a, b, a, a)] == ["ok"] * 4 + ["refused"]
+    with pytest.raises(BudgetExceededError) as refused:
+        await b.aadmit()
+    assert refused.value.spent == 40.0
+    assert float(redis_client.hget("acrossing:{acap}", "ts")) == 40.0
+    assert len(heard) == 1
+    for store in stores:
+        await store.client.aclose()
+
+
+async def test_a_cancelled_admission_counts_its_tokens_once(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """A task cancelled while its admission (carrying 30 tokens) is in Redis: the script ran
+    and counted them; they are not sent again with the next call."""
+    from tests.test_hardening_storage import GatedConnection
+
+    pool = redis.asyncio.ConnectionPool(port=redis_server.port, connection_class=GatedConnection)
+    client = redis.asyncio.Redis(connection_pool=pool)
+    store = RedisStateStore(client, prefix="cancelled", clock=lambda: NOW)
+    breaker = CircuitBreaker("c", CircuitBreakerConfig(token_budget=1000), store=store)
+    key = store.keys("c")[0]
+    await breaker.arecord_success(await breaker.aadmit())
+    breaker.spend(30)
+    GatedConnection.gate, sent = asyncio.Event(), GatedConnection.sent
+    try:
+        admission = asyncio.create_task(breaker.aadmit())
+        await auntil(lambda: GatedConnection.sent > sent)  # the script runs; its reply held
+        admission.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await admission
+        assert float(redis_client.hget(key, "ts")) == 30.0
+        GatedConnection.gate.set()
+        await auntil(lambda: not breaker._alink.unsent and breaker.budget["spent"] == 30.0)  # type: ignore[union-attr]
+    finally:
+        GatedConnection.gate = None
+    await breaker.arecord_success(await breaker.aadmit())
+    await breaker.asnapshot()
+    assert float(redis_client.hget(key, "ts")) == 30.0  # counted once
+    assert breaker.budget["spent"] == 30.0
+    await client.aclose(close_connection_pool=True)
+
+
 # -- listing (status --redis): a script call per page -------------------------------------
 
 
@@ -347,7 +573,7 @@ def test_a_valkey_client_shares_the_budgets(redis_server: RedisServer) -> None:
     b.spend(60)
     with pytest.raises(BudgetExceededError):
         b.admit()
-    a.record_success(a.admit())  # learns b's 60, sent with b's refusal
-    with pytest.raises(BudgetExceededError):
-        a.admit()
+    with pytest.raises(BudgetExceededError) as refused:
+        a.admit()  # the script call that learns b's 60 (sent with b's refusal) refuses
+    assert refused.value.spent == 120.0
     theirs.close()

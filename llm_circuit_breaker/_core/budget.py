@@ -263,13 +263,16 @@ class BudgetDelta:
     """What one store call carries of a breaker's budgets, and what the store answers.
 
     ``retry``: (deposits, their age in seconds, withdrawals) or None without a retry budget;
-    ``tokens`` spent, with the cap's ``window`` (None without a cap). The store sets
+    ``tokens`` spent, with the cap's ``window`` (None without a cap) and its ``limit`` (None:
+    the store never refuses an admission for it, as for a metrics-only breaker; else an
+    admission riding on the sync is refused once the fleet's total reaches it). The store sets
     ``fleet_retry`` (the fleet's deposits and withdrawals in the window) and ``fleet_spend``
     (spent, seconds until the window ends) when it ran the call."""
 
     retry: tuple[float, float, float] | None
     tokens: float
     window: float | None
+    limit: float | None = None
     fleet_retry: tuple[float, float] | None = None
     fleet_spend: tuple[float, float | None] | None = None
 
@@ -277,13 +280,18 @@ class BudgetDelta:
 class SharedBudgets:
     """A breaker's budgets as a store shares them: what the next store call carries, and what
     its answer teaches. Withdrawals and spends go with the very next call; deposits alone at
-    most every :data:`SYNC` seconds (they only make the budget larger, so late is safe)."""
+    most every :data:`SYNC` seconds (they only make the budget larger, so late is safe).
+    ``refuses``: whether the store refuses admissions once the fleet spent the cap (False for
+    a metrics-only breaker, which lets such calls through)."""
 
-    __slots__ = ("_next", "retry", "spend")
+    __slots__ = ("_next", "refuses", "retry", "spend")
 
-    def __init__(self, retry: RetryBudget | None, spend: SpendCap | None) -> None:
+    def __init__(
+        self, retry: RetryBudget | None, spend: SpendCap | None, *, refuses: bool = True
+    ) -> None:
         self.retry = retry
         self.spend = spend
+        self.refuses = refuses
         self._next = float("-inf")
 
     def due(self, now: float) -> bool:
@@ -321,16 +329,28 @@ class SharedBudgets:
             sent = retry.take(now)
         if spend is None:
             return BudgetDelta(sent, 0.0, None)
-        return BudgetDelta(sent, spend.take(), spend.window)
+        limit = spend.limit if self.refuses else None
+        return BudgetDelta(sent, spend.take(), spend.window, limit)
 
-    def landed(self, delta: BudgetDelta, now: float, *, ok: bool) -> None:
-        """Learn what the store answered (``ok`` False: the call failed)."""
+    def landed(
+        self, delta: BudgetDelta, now: float, *, ok: bool
+    ) -> tuple[float, float, float] | None:
+        """Learn what the store answered (``ok`` False: the call failed). When the answer
+        says the cap is spent and this process did not know: (spent, limit, seconds until
+        the window ends), for the ``BUDGET_EXCEEDED`` event; else None."""
         if self.retry is not None and delta.retry is not None:
             self.retry.landed(delta.retry, delta.fleet_retry if ok else None, now)
-        if self.spend is not None and delta.window is not None:
-            self.spend.landed(delta.tokens, delta.fleet_spend if ok else None, now)
         if not ok:
             self._next = float("-inf")
+        spend = self.spend
+        if spend is None or delta.window is None:
+            return None
+        before = spend.refusal(now)
+        spend.landed(delta.tokens, delta.fleet_spend if ok else None, now)
+        if before is not None or not ok:
+            return None
+        after = spend.refusal(now)
+        return None if after is None else (spend.spent, spend.limit, after)
 
     def unshare(self) -> None:
         """The store cannot be reached: decide by this process alone."""

@@ -6,6 +6,8 @@ sequence (see :mod:`.state`); the negative values and the high bit are refusals 
 
 * :data:`REJECTED` -- the circuit refused the call (``try_admit`` returns it).
 * :data:`THROTTLED` -- a store's circuit admitted the call but its throttle's slot was too far.
+* :data:`SPENT` -- a store refused the call: the fleet's token budget is spent (the totals
+  the same store call answered say so).
 * :data:`SHADOW` -- a metrics-only core's refusal: the call it would have refused is let through
   and counted once, as a refusal not enforced; its report matches no permit of the state
   machine, so the circuit evolves as if it had not run. A store speaks only ``REJECTED`` (the
@@ -27,6 +29,7 @@ __all__ = [
     "REJECTED",
     "SHADOW",
     "SHARED",
+    "SPENT",
     "THROTTLED",
     "is_refusal",
     "tag_of",
@@ -36,6 +39,7 @@ __all__ = [
 
 REJECTED = -1
 THROTTLED = -2
+SPENT = -3
 SHADOW = 1 << 62
 
 LOCAL, CLEAN, SHARED = 0, 1, 2

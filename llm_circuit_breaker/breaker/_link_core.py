@@ -21,6 +21,7 @@ from llm_circuit_breaker._core.permits import (
     LOCAL,
     SHADOW,
     SHARED,
+    SPENT,
     THROTTLED,
     tag_of,
     tagged,
@@ -31,7 +32,7 @@ from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait
 from llm_circuit_breaker.breaker.circuit import Entry, LocalCircuit, check_report
 from llm_circuit_breaker.breaker.telemetry import StateChange, Telemetry, refused
 from llm_circuit_breaker.config import CircuitBreakerConfig
-from llm_circuit_breaker.errors import ThrottledError
+from llm_circuit_breaker.errors import BudgetExceededError, ThrottledError
 from llm_circuit_breaker.storage._lease import Lease, LeaseTerms
 from llm_circuit_breaker.storage.base import (
     Admission,
@@ -118,7 +119,7 @@ class LinkCore:
         """Share the breaker's budgets through the store (``lock`` guards them), when it
         takes riders: each store call carries what changed since the last one."""
         if self._rides and (retry is not None or spend is not None):
-            self._budgets = SharedBudgets(retry, spend)
+            self._budgets = SharedBudgets(retry, spend, refuses=self.config.enabled)
             self._budget_lock = lock
 
     def ride(self) -> Ride | None:
@@ -135,14 +136,33 @@ class LinkCore:
         if limits is None and delta is None:
             return None
         self._pending = None
-        return Ride(limits, delta)
+        return Ride(limits, delta, self.landed)
 
     def landed(self, ride: Ride, *, ok: bool) -> None:
-        """A store call that carried ``ride`` answered (``ok``) or failed."""
+        """A store call that carried ``ride`` answered (``ok``) or failed. An answer that
+        says the fleet spent the cap, news to this process, is announced here
+        (``BUDGET_EXCEEDED``): every process hears it once per window, not only the one whose
+        own spend crossed it."""
         delta, budgets = ride.budget, self._budgets
         if delta is not None and budgets is not None:
+            now = self._now()
             with self._budget_lock:  # type: ignore[union-attr]
-                budgets.landed(delta, self._now(), ok=ok)
+                crossed = budgets.landed(delta, now, ok=ok)
+            if crossed is not None:
+                self.telemetry.budget_spent(*crossed, at=now)
+
+    def budget_spent(self) -> BudgetExceededError:
+        """The refusal of a store that found the fleet's cap spent (counted): what the fleet
+        spent as its answer said, and when the window ends."""
+        budgets = self._budgets
+        spend = None if budgets is None else budgets.spend
+        if spend is None:  # a store that refuses only a cap it was sent: never here
+            raise AssertionError("a budget refusal without a budget")
+        with self._budget_lock:  # type: ignore[union-attr]
+            wait = spend.refusal(self._now())
+            spent, limit = spend.spent, spend.limit
+        self.telemetry.count_throttle_refusal("token_budget")
+        return BudgetExceededError(self.name, 0.0 if wait is None else wait, spent, limit)
 
     @property
     def unsent(self) -> bool:
@@ -274,6 +294,8 @@ class LinkCore:
         if permit == THROTTLED:
             self.telemetry.count_throttle_refusal()
             return ThrottledError(self.name, wait)
+        if permit == SPENT:
+            return self.budget_spent()
         if permit < 0:
             self._cache_refusal(view)
             error = refused(self.name, view.retry_after, view.reason or _refusal(view.state))

@@ -453,7 +453,17 @@ class CircuitBreaker:
             return cast("_Budgets", self._budget).enter_circuit()
         if self._circuit is not self._local:  # what this process spent reaches the fleet
             cast("StoreLink", self._circuit).flush()
+            self._freshen(refusal)
         return refusal
+
+    def _freshen(self, refusal: BudgetExceededError) -> None:
+        """Say in ``refusal`` what the fleet spent as the flush just answered (the freshest
+        figure known), while the cap still refuses."""
+        cap = cast("SpendCap", self._spend)
+        with self._budgets():
+            wait = cap.refusal(self._time.now())
+            if wait is not None:
+                refusal.spent, refusal.retry_after = cap.spent, wait
 
     @property
     def budget(self) -> dict[str, float | None]:
@@ -509,6 +519,7 @@ class CircuitBreaker:
             refusal = self.budget_refusal()
             if refusal is not None:
                 await self._alink.aflush()  # what this process spent reaches the fleet
+                self._freshen(refusal)
                 return refusal
             if self._limit is not None:
                 return await self._limit.aenter(self._alink.aenter)

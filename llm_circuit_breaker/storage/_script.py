@@ -98,7 +98,8 @@ def ride_args(args: list[object], ride: Ride | None) -> list[object]:
         if budget.window is None:
             args.extend(("", ""))
         else:
-            args.extend((repr(float(budget.tokens)), repr(budget.window)))
+            limit = "" if budget.limit is None else repr(float(budget.limit))
+            args.extend((repr(float(budget.tokens)), repr(budget.window), limit))
     return args
 
 

@@ -47,10 +47,17 @@ class Ride:
     """What a call to a store carries besides its own operation, for a store whose
     ``rides`` is True (given as ``ride=`` to every method but ``control``): a response's
     rate-limit headers to follow first, and a sync of the breaker's budgets (whose answer
-    the store sets on it)."""
+    the store sets on it).
+
+    ``landing``: what the sender calls as ``landing(ride, ok=...)`` once a call's fate is
+    known. An asyncio store whose caller was cancelled while the call went on (Redis may run
+    it anyway) sets ``late`` and calls ``landing`` itself when the call completes: what the
+    sync carried is then counted once, by the store's answer, not sent again."""
 
     limits: RateLimits | None = None
     budget: BudgetDelta | None = None
+    landing: Callable[..., None] | None = None
+    late: bool = False
 
 
 class StateStore(Protocol):

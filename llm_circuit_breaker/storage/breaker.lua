@@ -15,8 +15,10 @@
 --       observe: for requests then tokens: reported ("1"), limit, remaining, reset;
 --       then riders any op but control may carry (the op's own arguments padded to ARGV[25]):
 --       ARGV[26..33] a response's rate-limit headers, as observe's (applied first);
---       ARGV[34..38] a budget sync: retry deposits ("" = no retry budget), their age in
---       seconds, retry withdrawals, tokens spent ("" = no spend cap), the cap's window.
+--       ARGV[34..39] a budget sync: retry deposits ("" = no retry budget), their age in
+--       seconds, retry withdrawals, tokens spent ("" = no spend cap), the cap's window, its
+--       limit ("" = never refuse for it): an admission is refused (-3) once the fleet's
+--       total, this sync's tokens included, reaches the limit.
 -- Reply: {result, state, failure_count, success_count, opened_at, retry_after, repaired,
 --         clean, wait, paused_for, requests_remaining, tokens_remaining, reset_in,
 --         news ("" | "THROTTLED" | "UNTHROTTLED"), news_pause, news_reason,
@@ -26,7 +28,8 @@
 --         old1, new1, reason1, old2, ...}; floats travel as strings, "" is none.
 -- A change of state, or a pause of the throttle, is published on the channel named like
 -- KEYS[1] (for processes that near-cache; see storage/_notices.py).
--- A result of -2 on admit: the circuit admitted the call but its throttle slot is further
+-- A result of -3 on admit: the fleet's token budget is spent (nothing was taken: no probe,
+-- no permit, no throttle slot). A result of -2 on admit: the circuit admitted the call but its throttle slot is further
 -- away than throttle_max_wait (nothing reserved; wait says how far).
 -- A lease: with a plain CLOSED admission under a throttle, up to `lease` more slots whose
 -- time is within `horizon` are reserved at once for the caller's process to hand out; a
@@ -370,6 +373,7 @@ end
 -- spend window started. Deposits made `age` seconds ago count from then.
 local RETRY_WINDOW = 10
 local budget_reply = {'', '', '', ''}
+local budget_spent = false  -- the fleet's spend cap is reached (an admission is refused)
 local function sync_budgets()
   local deposits, withdrawals = tonumber(ARGV[34]), tonumber(ARGV[36])
   local tokens = tonumber(ARGV[37])
@@ -418,6 +422,8 @@ local function sync_budgets()
     end
     if started then budget_reply[4] = num(started + window - now) end
     budget_reply[3] = num(spent)
+    local limit = tonumber(ARGV[39])
+    budget_spent = started ~= nil and limit ~= nil and spent >= limit
   end
 end
 
@@ -435,6 +441,8 @@ if throttled and ARGV[26] ~= nil and op ~= 'control' then  -- headers riding on 
     observe_bucket(T.K, tonumber(ARGV[31]), tonumber(ARGV[32]), tonumber(ARGV[33]))
   end
 end
+-- the budgets first: an admission refused for a spent cap takes nothing
+if ARGV[38] ~= nil and op ~= 'control' then sync_budgets() end
 
 if op == 'admit' then
   local plain = false  -- a CLOSED admission holding no lease of its own: it may lease slots
@@ -445,7 +453,9 @@ if op == 'admit' then
     tchanged = true
   end
   advance(s)
-  if s.state == 'CLOSED' then
+  if budget_spent then
+    result = -3
+  elseif s.state == 'CLOSED' then
     if slow then
       s.seq = s.seq + 1
       redis.call('ZADD', sure(INFLIGHT, 'zset'), now, s.seq)
@@ -557,7 +567,6 @@ if must_write or op == 'record' or op == 'control' or signature(s) ~= loaded or 
   save(s)
 end
 if tchanged then tsave() end
-if ARGV[38] ~= nil and op ~= 'control' then sync_budgets() end
 -- A heartbeat: an admission writes one field once a second per circuit (fleet-wide), so a
 -- process still connected to a demoted primary (now a replica, which serves the read-only
 -- admissions) gets READONLY within a second and its client finds the new primary.

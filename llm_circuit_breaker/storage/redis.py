@@ -164,6 +164,16 @@ def _records(blob: bytes) -> Iterator[tuple[bytes, bytes]]:
         yield key, blob[start:pos]
 
 
+def _land_late(ride: Ride, task: asyncio.Future[Any]) -> None:
+    """A budget sync whose caller was cancelled lands by the answer of the call that went
+    on (a failed call's sync goes out again with the next)."""
+    ok = not task.cancelled() and task.exception() is None
+    if ok and ride.budget is not None:
+        landed(task.result(), ride.budget)
+    if ride.landing is not None:
+        ride.landing(ride, ok=ok)
+
+
 class RedisStateStore:
     """Circuit state shared through Redis, for a ``redis.Redis``, ``redis.asyncio.Redis``,
     ``redis.cluster.RedisCluster``, ``redis.asyncio.cluster.RedisCluster``, a Sentinel
@@ -538,8 +548,8 @@ class RedisStateStore:
             while True:
                 try:
                     call = self._script(keys=keys, args=args, client=client)
-                    if op.startswith("admit"):
-                        reply = await self._admission(call, name, config, tokens)
+                    if op.startswith("admit") or (ride is not None and ride.budget is not None):
+                        reply = await self._shielded(call, name, config, op, tokens, ride)
                     else:
                         reply = await call
                     break
@@ -561,17 +571,29 @@ class RedisStateStore:
             landed(reply, ride.budget)
         return list(reply)
 
-    async def _admission(
-        self, call: Awaitable[Any], name: str, config: CircuitBreakerConfig, tokens: float
+    async def _shielded(
+        self,
+        call: Awaitable[Any],
+        name: str,
+        config: CircuitBreakerConfig,
+        op: str,
+        tokens: float,
+        ride: Ride | None,
     ) -> Any:
-        """Await an admission's script call. A caller cancelled meanwhile does not cancel the
-        call (Redis may have run it already): once it completes, what it admitted (a probe's
-        lease, a throttle slot) is given back, so no probe is held until its lease runs out."""
+        """Await an admission's script call, or one carrying a budget sync. A caller
+        cancelled meanwhile does not cancel the call (Redis may have run it already): once it
+        completes, what an admission admitted (a probe's lease, a throttle slot) is given
+        back, so no probe is held until its lease runs out, and the sync lands by the call's
+        answer (``ride.late``): what it carried is counted once, never sent again."""
         task = asyncio.ensure_future(call)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            task.add_done_callback(functools.partial(self._give_back, name, config, tokens))
+            if op.startswith("admit"):
+                task.add_done_callback(functools.partial(self._give_back, name, config, tokens))
+            if ride is not None and ride.budget is not None and ride.landing is not None:
+                ride.late = True
+                task.add_done_callback(functools.partial(_land_late, ride))
             raise
 
     def _give_back(

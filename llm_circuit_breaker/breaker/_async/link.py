@@ -47,7 +47,8 @@ class AsyncStoreLink(LinkCore):
             self.landed(ride, ok=False)
             return None
         except BaseException:
-            self.landed(ride, ok=False)
+            if not ride.late:  # else the store lands it once the call it went on with ends
+                self.landed(ride, ok=False)
             raise
         self.landed(ride, ok=True)
         return answer

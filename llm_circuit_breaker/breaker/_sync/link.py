@@ -48,7 +48,8 @@ class StoreLink(LinkCore):
             self.landed(ride, ok=False)
             return None
         except BaseException:
-            self.landed(ride, ok=False)
+            if not ride.late:  # else the store lands it once the call it went on with ends
+                self.landed(ride, ok=False)
             raise
         self.landed(ride, ok=True)
         return answer
