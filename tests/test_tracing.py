@@ -605,6 +605,34 @@ def test_an_sdk_retry_through_the_transport_is_an_attempt_of_its_call(
     assert retries.value == 1
 
 
+def test_an_async_sdk_retry_through_the_transport_is_an_attempt_of_its_call(
+    llm_server: FakeLLMServer,
+) -> None:
+    """The same with the async SDK client over AsyncCircuitBreakerTransport."""
+    registry = BreakerRegistry()
+    traced = Traced(registry)
+    llm_server.script(Reply.error(503, headers={"retry-after-ms": "1"}), Reply.chat("hey"))
+
+    async def run() -> Any:
+        transport = AsyncCircuitBreakerTransport("openai", registry=registry)
+        client = openai.AsyncOpenAI(
+            api_key="sk-test",
+            base_url=llm_server.url + "/v1",
+            max_retries=2,
+            http_client=httpx.AsyncClient(transport=transport),
+        )
+        try:
+            return await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        finally:
+            await client.close()
+
+    assert asyncio.run(run()).choices[0].message.content == "hey"
+    (call,) = traced.finished(SpanKind.CLIENT)
+    (retry,) = traced.finished(SpanKind.INTERNAL)
+    assert retry.parent is not None and retry.parent.span_id == call.context.span_id
+    assert sum(p.count for p in traced.points("gen_ai.client.operation.duration")) == 1
+
+
 def test_a_task_outliving_its_call_is_a_call_of_its_own(registry: BreakerRegistry) -> None:
     """A task started inside a traced call that runs its guarded call after that call ended:
     a logical span of its own (in the same trace), timed, not an attempt of the ended one."""
