@@ -6,6 +6,7 @@ openai SDK and the fake provider."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from llm_circuit_breaker import (
     BreakerRegistry,
+    BudgetExceededError,
     CircuitOpenError,
     LLMCircuitBreaker,
     circuit_breaker,
@@ -465,3 +467,248 @@ def test_a_throttle_wait_is_an_event_of_the_attempt_that_waited(
     assert (wait.attributes or {})["llm_circuit_breaker.throttle.wait"] == pytest.approx(
         clock.sleeps[0]
     )
+
+
+def _client(server: FakeLLMServer, transport: Any = None, *, max_retries: int = 0) -> Any:
+    return openai.OpenAI(
+        api_key="sk-test",
+        base_url=server.url + "/v1",
+        max_retries=max_retries,
+        http_client=None if transport is None else httpx.Client(transport=transport),
+    )
+
+
+def test_a_returned_sdk_stream_dropped_unclosed_ends_its_call(
+    llm_server: FakeLLMServer,
+) -> None:
+    """A decorated call returning the openai SDK's stream, one chunk read, then dropped without
+    close(): its span ends (marked dropped, not an error) and its duration is recorded."""
+    registry = BreakerRegistry()
+    traced = Traced(registry)
+    llm_server.script(Reply.chat("Hello there!", stream=True))
+    client = _client(llm_server)
+
+    @circuit_breaker("openai", registry=registry)
+    def ask() -> Any:
+        return client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+
+    try:
+        stream = ask()
+        next(iter(stream))
+        assert not traced.finished(SpanKind.CLIENT)
+        del stream
+        gc.collect()
+    finally:
+        client.close()
+    (span,) = traced.finished(SpanKind.CLIENT)
+    assert (span.attributes or {})["llm_circuit_breaker.dropped"] is True
+    assert span.status.status_code is not StatusCode.ERROR
+    assert "error.type" not in (span.attributes or {})
+    (duration,) = traced.points("gen_ai.client.operation.duration")
+    assert duration.count == 1
+
+
+def test_a_returned_async_stream_dropped_unclosed_ends_its_call(
+    registry: BreakerRegistry,
+) -> None:
+    """The same for a coroutine function returning an async stream, never iterated."""
+    traced = Traced(registry)
+
+    async def chunks() -> Any:
+        yield "a"
+
+    @circuit_breaker("anthropic", registry=registry)
+    async def ask() -> Any:
+        return chunks()
+
+    async def run() -> None:
+        stream = await ask()
+        assert not traced.finished(SpanKind.CLIENT)
+        del stream
+        gc.collect()
+
+    asyncio.run(run())
+    (span,) = traced.finished(SpanKind.CLIENT)
+    assert (span.attributes or {})["llm_circuit_breaker.dropped"] is True
+    assert span.status.status_code is not StatusCode.ERROR
+    assert sum(p.count for p in traced.points("gen_ai.client.operation.duration")) == 1
+
+
+def test_a_refusal_is_named_by_its_class_not_the_failure_it_carries(
+    registry: BreakerRegistry, llm_server: FakeLLMServer
+) -> None:
+    """A circuit opened by a 503 refuses: the refusal's span says CircuitOpenError (not the
+    503 the error carries), as the transport's refused request does; a budget's refusal says
+    BudgetExceededError."""
+    traced = Traced(registry)
+
+    @circuit_breaker("openai", registry=registry, failure_threshold=1)
+    def ask() -> str:
+        raise http_status_error(503)
+
+    with pytest.raises(Exception, match="503"):
+        ask()
+    with pytest.raises(CircuitOpenError):
+        ask()
+
+    @circuit_breaker("openai-budget", registry=registry, token_budget=5)
+    def spend() -> str:
+        return "ok"
+
+    spend.breaker.spend(10)  # type: ignore[attr-defined]
+    with pytest.raises(BudgetExceededError):
+        spend()
+
+    llm_server.script(Reply.error(503))
+    transport = CircuitBreakerTransport("openai-http", registry=registry, failure_threshold=1)
+    client = _client(llm_server, transport)
+    try:
+        for _ in range(2):
+            with pytest.raises(openai.APIStatusError):
+                client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    finally:
+        client.close()
+    kinds = [(s.attributes or {}).get("error.type") for s in traced.finished(SpanKind.CLIENT)]
+    assert kinds == [
+        "503",
+        "llm_circuit_breaker.errors.CircuitOpenError",
+        "llm_circuit_breaker.errors.BudgetExceededError",
+        "503",
+        "llm_circuit_breaker.errors.CircuitOpenError",
+    ]
+
+
+def test_an_sdk_retry_through_the_transport_is_an_attempt_of_its_call(
+    llm_server: FakeLLMServer,
+) -> None:
+    """The openai SDK retries a 503 itself (max_retries=2): one logical CLIENT span and one
+    call in the duration histogram; the retry is an attempt span under it, counted as a retry
+    of the breaker."""
+    registry = BreakerRegistry()
+    traced = Traced(registry)
+    llm_server.script(Reply.error(503, headers={"retry-after-ms": "1"}), Reply.chat("hey"))
+    transport = CircuitBreakerTransport("openai", registry=registry, failure_threshold=10)
+    client = _client(llm_server, transport, max_retries=2)
+    try:
+        reply = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    finally:
+        client.close()
+    assert reply.choices[0].message.content == "hey"
+    (call,) = traced.finished(SpanKind.CLIENT)
+    (retry,) = traced.finished(SpanKind.INTERNAL)
+    assert retry.parent is not None and retry.parent.span_id == call.context.span_id
+    assert (retry.attributes or {})["llm_circuit_breaker.attempt"] == 2
+    assert [e.name for e in retry.events] == ["llm_circuit_breaker.retry"]
+    durations = traced.points("gen_ai.client.operation.duration")
+    assert sum(p.count for p in durations) == 1
+    (retries,) = traced.points("llm_circuit_breaker.retries")
+    assert retries.value == 1
+
+
+def test_an_async_sdk_retry_through_the_transport_is_an_attempt_of_its_call(
+    llm_server: FakeLLMServer,
+) -> None:
+    """The same with the async SDK client over AsyncCircuitBreakerTransport."""
+    registry = BreakerRegistry()
+    traced = Traced(registry)
+    llm_server.script(Reply.error(503, headers={"retry-after-ms": "1"}), Reply.chat("hey"))
+
+    async def run() -> Any:
+        transport = AsyncCircuitBreakerTransport("openai", registry=registry)
+        client = openai.AsyncOpenAI(
+            api_key="sk-test",
+            base_url=llm_server.url + "/v1",
+            max_retries=2,
+            http_client=httpx.AsyncClient(transport=transport),
+        )
+        try:
+            return await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        finally:
+            await client.close()
+
+    assert asyncio.run(run()).choices[0].message.content == "hey"
+    (call,) = traced.finished(SpanKind.CLIENT)
+    (retry,) = traced.finished(SpanKind.INTERNAL)
+    assert retry.parent is not None and retry.parent.span_id == call.context.span_id
+    assert sum(p.count for p in traced.points("gen_ai.client.operation.duration")) == 1
+
+
+def test_a_task_outliving_its_call_is_a_call_of_its_own(registry: BreakerRegistry) -> None:
+    """A task started inside a traced call that runs its guarded call after that call ended:
+    a logical span of its own (in the same trace), timed, not an attempt of the ended one."""
+    traced = Traced(registry)
+    go = threading.Event()
+
+    @circuit_breaker("openai-background", registry=registry)
+    async def background() -> int:
+        return 1
+
+    tasks: list[asyncio.Task[Any]] = []
+
+    @circuit_breaker("openai", registry=registry)
+    async def outer() -> int:
+        async def later() -> int:
+            while not go.is_set():
+                await asyncio.sleep(0)
+            return await background()
+
+        tasks.append(asyncio.get_running_loop().create_task(later()))
+        return 0
+
+    async def run() -> None:
+        await outer()
+        assert len(traced.finished(SpanKind.CLIENT)) == 1  # the outer call has ended
+        go.set()
+        await tasks[0]
+
+    asyncio.run(run())
+    first, second = traced.finished(SpanKind.CLIENT)
+    assert not traced.finished(SpanKind.INTERNAL)
+    assert (second.attributes or {})["llm_circuit_breaker.name"] == "openai-background"
+    assert second.context.trace_id == first.context.trace_id
+    assert sum(p.count for p in traced.points("gen_ai.client.operation.duration")) == 2
+
+
+def test_a_json_answer_through_the_transport_has_no_time_to_first_chunk(
+    llm_server: FakeLLMServer,
+) -> None:
+    """time_to_first_chunk is for streams: a JSON answer through the transport records none."""
+    registry = BreakerRegistry()
+    traced = Traced(registry)
+    llm_server.script(Reply.chat("hey"), Reply.chat("Hello there!", stream=True))
+    client = _client(llm_server, CircuitBreakerTransport("openai", registry=registry))
+    try:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert not traced.points("gen_ai.client.operation.time_to_first_chunk")
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        assert list(stream)
+    finally:
+        client.close()
+    (first,) = traced.points("gen_ai.client.operation.time_to_first_chunk")
+    assert first.count == 1
+
+
+def test_a_fallback_that_served_is_named_on_the_logical_span(registry: BreakerRegistry) -> None:
+    """with_fallbacks a -> b over a scoped breaker: the logical span keeps the requested model
+    and says which breaker and model served it."""
+    traced = Traced(registry)
+
+    @circuit_breaker("openai:{model}", registry=registry)
+    def ask(model: str) -> str:
+        if model == "gpt-4o":
+            raise ConnectionError("down")
+        return model
+
+    assert with_fallbacks(lambda: ask(model="gpt-4o"), lambda: ask(model="gpt-4o-mini"))() == (
+        "gpt-4o-mini"
+    )
+    assert with_fallbacks(lambda: ask(model="gpt-4o-mini"), lambda: ask(model="gpt-4o"))() == (
+        "gpt-4o-mini"
+    )
+    served, first = traced.finished(SpanKind.CLIENT)
+    attributes = served.attributes or {}
+    assert attributes["gen_ai.request.model"] == "gpt-4o"
+    assert attributes["llm_circuit_breaker.name"] == "openai:gpt-4o"
+    assert attributes["llm_circuit_breaker.served_by"] == "openai:gpt-4o-mini"
+    assert attributes["gen_ai.response.model"] == "gpt-4o-mini"
+    assert "llm_circuit_breaker.served_by" not in (first.attributes or {})

@@ -49,6 +49,11 @@ _REFUSALS = (CircuitOpenError, ThrottledError)  # refused without running (budge
 # The traced call this code runs in (a logical call, or an attempt of one).
 CURRENT: ContextVar[Call | None] = ContextVar("llm_circuit_breaker_call", default=None)
 
+# The logical call of the last SDK request through a transport in this context (set, never
+# reset, so that the SDK's own retries of it, sent from the same thread or task, find it).
+_SDK_CALL: ContextVar[Call | None] = ContextVar("llm_circuit_breaker_sdk_call", default=None)
+_RETRY_HEADER = "x-stainless-retry-count"  # the openai and anthropic SDKs' retries
+
 _MAX_BODY = 256 * 1024  # request bodies larger than this are not parsed for their model
 
 # Words in a host or breaker name -> gen_ai.provider.name (the GenAI conventions' values).
@@ -126,6 +131,25 @@ def scope_fields(name: str, template: str | None) -> dict[str, str]:
     return dict(zip(fields, match.groups(), strict=True))
 
 
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _refusal(error: BaseException) -> BaseException | None:
+    """Our refusal behind ``error``: itself, or the one the transport left on the response of
+    an SDK's error (its status stands for the refusal)."""
+    if isinstance(error, _REFUSALS):
+        return error
+    from llm_circuit_breaker._judge.refusal import REFUSAL
+
+    try:
+        extensions = getattr(getattr(error, "response", None), "extensions", None)
+        found = extensions.get(REFUSAL) if isinstance(extensions, Mapping) else None
+    except Exception:  # a hostile attribute: no refusal here
+        return None
+    return found if isinstance(found, _REFUSALS) else None
+
+
 def _body_json(body: bytes | None) -> Any:
     if not body or len(body) > _MAX_BODY:
         return None
@@ -142,9 +166,11 @@ class Call:
     __slots__ = (
         "attempts",
         "attributes",
+        "ended",
         "first",
         "logical",
         "owner",
+        "parent",
         "recording",
         "span",
         "started",
@@ -156,8 +182,11 @@ class Call:
         span: Any,
         attributes: dict[str, Any],
         logical: bool,
+        parent: Call | None = None,
     ) -> None:
         self.owner, self.span, self.attributes, self.logical = owner, span, attributes, logical
+        self.parent = parent  # an attempt's logical call
+        self.ended = False
         # A span nobody records (a no-op tracer, sampled out) is not made current: the events
         # of the call stay on the caller's span.
         self.recording = span.is_recording()
@@ -203,10 +232,11 @@ class Call:
             for key, value in self.attributes.items()
             if key.startswith("gen_ai.") or key in ("server.address", "error.type")
         }
-        model = attributes.get("gen_ai.request.model")
-        if model is not None:  # a client may choose it: bounded like the scopes
-            operation = str(attributes.get("gen_ai.operation.name", ""))
-            attributes["gen_ai.request.model"] = self.owner._models.label(operation, str(model))
+        operation = str(attributes.get("gen_ai.operation.name", ""))
+        for key in ("gen_ai.request.model", "gen_ai.response.model"):
+            model = attributes.get(key)
+            if model is not None:  # a client may choose it: bounded like the scopes
+                attributes[key] = self.owner._models.label(operation, str(model))
         return attributes
 
     def _record(self, histogram: Any, seconds: float) -> None:
@@ -229,20 +259,53 @@ class Call:
             if self.logical and instruments is not None:
                 self._record(instruments.first_chunk, time.perf_counter() - self.started)
 
+    def served(self, attempt: Call) -> None:
+        """A later attempt than the first answered: the logical call says which breaker (and
+        which model) served it, its requested model left as it was."""
+        name = attempt.attributes.get("llm_circuit_breaker.name")
+        if name is None or name == self.attributes.get("llm_circuit_breaker.name"):
+            return
+        found = {"llm_circuit_breaker.served_by": name}
+        model = attempt.attributes.get("gen_ai.request.model")
+        if model is not None and model != self.attributes.get("gen_ai.request.model"):
+            found["gen_ai.response.model"] = model
+        self.attributes.update(found)
+        if self.recording:
+            self.span.set_attributes(found)
+
+    def dropped(self) -> None:
+        """Its stream was collected without being closed: the span ends (neither a success
+        nor an error), ``llm_circuit_breaker.dropped`` saying so."""
+        if self.recording:
+            self.span.set_attribute("llm_circuit_breaker.dropped", True)
+        self.end()
+
     def end(self, error: BaseException | None = None, *, kind: str | None = None) -> None:
         """Record the duration and end the span; ``error`` (or an error ``kind``, such as an
-        HTTP status) sets ``error.type`` and the error status."""
+        HTTP status) sets ``error.type`` and the error status. A refusal of ours is named by
+        its class (not by the status of the failure it carries)."""
+        if self.ended:
+            return
+        self.ended = True
         if error is not None:
-            kind = error_type(error)
-            # The exception event (its formatted traceback costs far more than the call) for
-            # the logical call's failures; a refusal is told by its event already.
-            if self.recording and self.logical and not isinstance(error, _REFUSALS):
-                self.span.record_exception(error)
+            refusal = _refusal(error)
+            if refusal is not None:  # told by its event already: no exception event
+                kind = _qualified(type(refusal))
+            else:
+                kind = error_type(error)
+                # The exception event (its formatted traceback costs far more than the call)
+                # for the logical call's failures.
+                if self.recording and self.logical:
+                    self.span.record_exception(error)
         if kind is not None:
             self.attributes["error.type"] = kind
             if self.recording:
                 self.span.set_attribute("error.type", kind)
                 self.span.set_status(_trace.Status(_trace.StatusCode.ERROR, kind))
+        elif not self.logical:
+            parent = self.parent
+            if parent is not None and not parent.ended:
+                parent.served(self)
         instruments = self.owner._instruments
         if self.logical and instruments is not None:
             self._record(instruments.duration, time.perf_counter() - self.started)
@@ -264,6 +327,14 @@ def _span_name(attributes: Mapping[str, Any]) -> str:
     operation = attributes.get("gen_ai.operation.name", "chat")
     model = attributes.get("gen_ai.request.model")
     return f"{operation} {model}" if model else str(operation)
+
+
+def _drop(call: Call) -> None:
+    """End a dropped stream's call from a finaliser (which must not raise)."""
+    try:
+        call.dropped()
+    except Exception:  # pragma: no cover - the interpreter is shutting down
+        pass
 
 
 class TracedStream:
@@ -297,6 +368,13 @@ class TracedStream:
             call.exit(tokens)
         call.chunk()
         return item
+
+    def __del__(self) -> None:
+        # Collected without close(): the call ends as dropped (neither outcome).
+        call = self._call
+        if call is not None:
+            self._call = None
+            _drop(call)
 
     def close(self) -> None:
         """Close the stream (and end the span)."""
@@ -353,6 +431,13 @@ class AsyncTracedStream:
             call.exit(tokens)
         call.chunk()
         return item
+
+    def __del__(self) -> None:
+        # Collected without aclose(): the call ends as dropped (neither outcome).
+        call = self._call
+        if call is not None:
+            self._call = None
+            _drop(call)
 
     async def aclose(self) -> None:
         """Close the stream (and end the span)."""
@@ -456,7 +541,7 @@ class Hook:
         """The call to trace for a shell with ``breaker`` (None: a shell holding several),
         or None when it opens no span."""
         parent = CURRENT.get()
-        if parent is not None:
+        if parent is not None and not parent.ended:  # (a task can outlive the call it began in)
             if breaker is None:  # with_retry and the like inside a traced call: no span
                 return None
             return self._attempt(parent, breaker, request)
@@ -491,7 +576,39 @@ class Hook:
             kind=_trace.SpanKind.INTERNAL,
             attributes=attributes,
         )
-        return Call(owner, span, attributes, logical=False)
+        return Call(owner, span, attributes, logical=False, parent=parent)
+
+    def _sdk_retry(self, breaker: Any, request: dict[str, Any], retry: int) -> Call | None:
+        """An SDK's own retry of a request (``x-stainless-retry-count`` > 0) made outside any
+        traced call: an attempt of the logical call its first request made (a child of that
+        span), not timed as a call of its own."""
+        parent = _SDK_CALL.get()
+        if (
+            parent is not None
+            and parent.owner in self.owners
+            and parent.attributes.get("llm_circuit_breaker.name") == breaker.name
+        ):
+            owner: Owner | None = parent.owner
+            context = _trace.set_span_in_context(parent.span)
+        else:  # its first request was not seen here: an attempt on its own
+            parent, owner, context = None, self._owner_for(breaker), None
+        if owner is None:
+            return None
+        attributes: dict[str, Any] = {
+            "llm_circuit_breaker.name": breaker.name,
+            "llm_circuit_breaker.attempt": retry + 1,
+        }
+        found = {**request, **_breaker_attributes(owner, breaker)}
+        model = found.get("gen_ai.request.model")
+        if model is not None:
+            attributes["gen_ai.request.model"] = model
+        span = owner._tracer.start_span(
+            "llm_circuit_breaker.attempt",
+            context=context,
+            kind=_trace.SpanKind.INTERNAL,
+            attributes=attributes,
+        )
+        return Call(owner, span, attributes, logical=False, parent=parent)
 
     # -- the four kinds of callables -------------------------------------------------------
 
@@ -608,7 +725,18 @@ class Hook:
             breaker = core.breaker_for(request, body)
         except Exception:  # the transport itself will say what is wrong
             return None
-        return self.begin(breaker, _http_request(str(request.url), body))
+        found = _http_request(str(request.url), body)
+        retry = request.headers.get(_RETRY_HEADER)
+        if retry is None:  # not an SDK that retries
+            return self.begin(breaker, found)
+        outer = CURRENT.get()
+        if outer is not None and not outer.ended:  # an attempt of the traced call
+            return self.begin(breaker, found)
+        if retry != "0" and retry.isdigit():
+            return self._sdk_retry(breaker, found, int(retry))
+        call = self.begin(breaker, found)
+        _SDK_CALL.set(call)  # its retries, if the SDK makes any, are its attempts
+        return call
 
     def request(self, transport: Any, request: Any) -> Any:
         """Run ``transport.handle_request`` inside its span (ended with the response body)."""
@@ -680,14 +808,15 @@ def _answered(call: Call, response: Any, *, asynchronous: bool) -> Any:
 
     refusal = response.extensions.get(REFUSAL)
     if refusal is not None:  # nothing was sent: the refusal, not the status standing for it
-        cls = type(refusal)
-        call.end(kind=f"{cls.__module__}.{cls.__qualname__}")
+        call.end(kind=_qualified(type(refusal)))
         return response
     if response.status_code >= 400:
         call.end(kind=str(response.status_code))
         return response
     from llm_circuit_breaker.httpx._core import library
 
+    if "text/event-stream" not in response.headers.get("content-type", ""):
+        call.first = False  # not a stream: no time to a first chunk
     lib = library(response)
     body = _async_body(lib) if asynchronous else _sync_body(lib)
     response.stream = body(response.stream, call)
@@ -719,6 +848,13 @@ class _SyncBody:
         call, self._call = self._call, None
         if call is not None:
             call.end(error)
+
+    def __del__(self) -> None:
+        # Collected unread and unclosed: the call ends as dropped (neither outcome).
+        call = getattr(self, "_call", None)
+        if call is not None:
+            self._call = None
+            _drop(call)
 
     def close(self) -> None:
         try:
@@ -752,6 +888,13 @@ class _AsyncBody:
         call, self._call = self._call, None
         if call is not None:
             call.end(error)
+
+    def __del__(self) -> None:
+        # Collected unread and unclosed: the call ends as dropped (neither outcome).
+        call = getattr(self, "_call", None)
+        if call is not None:
+            self._call = None
+            _drop(call)
 
     async def aclose(self) -> None:
         try:

@@ -57,6 +57,10 @@ under the caller's span or a root; its attempts through a breaker are INTERNAL c
 ``llm_circuit_breaker.attempt`` with the breaker's filled name, and the events above land on
 them. It records ``gen_ai.client.operation.duration`` and, for a stream, the time to its first
 chunk (``gen_ai.client.operation.time_to_first_chunk``), in seconds with explicit boundaries.
+A refusal's ``error.type`` is its class; a fallback that served is named on the call's span
+(``llm_circuit_breaker.served_by``, ``gen_ai.response.model``); a returned stream collected
+unclosed ends its span (``llm_circuit_breaker.dropped``); an SDK's own retry through the bare
+transport is an attempt span under its first request's span, not a call of its own.
 Without instrumentation a guarded call pays one read of the hook slot
 (:mod:`llm_circuit_breaker.strategies.tracing`). ``instrumentation.traced(operation="chat",
 provider="openai")`` decorates a function whose each call is one logical call above the guarded
