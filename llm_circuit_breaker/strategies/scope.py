@@ -137,13 +137,13 @@ def _root(field: str) -> str:
 
 class Scopes:
     """The breakers of one scoped decoration by call key (the template's arguments), made on
-    first use and cached, least recently used first: a cache hit formats nothing. The shells
-    read ``cache``, ``key_of`` and ``mark_used`` inline (a hit costs no frame) and call
-    :meth:`resolve` on a miss. The registry keeps the LRU order across decorations and drops
-    idle breakers past ``max_breakers``; ``mark_used`` raises ``KeyError`` for a dropped one,
-    and the next call makes a fresh one."""
+    first use and cached: a cache hit formats nothing. The shells read ``cache``, ``key_of``
+    and ``mark_used`` inline (a hit costs no frame) and call :meth:`resolve` on a miss. The
+    registry keeps the LRU order across decorations and drops idle breakers past
+    ``max_breakers``; ``mark_used`` raises ``KeyError`` for a dropped one, and the next call
+    makes a fresh one."""
 
-    __slots__ = ("cache", "key_of", "make", "mark_used", "name_of", "registry")
+    __slots__ = ("bound", "cache", "key_of", "make", "mark_used", "name_of", "registry")
 
     def __init__(
         self,
@@ -151,10 +151,12 @@ class Scopes:
         make: Callable[[str], CircuitBreaker],
         registry: BreakerRegistry,
     ) -> None:
-        self.cache: collections.OrderedDict[Any, CircuitBreaker] = collections.OrderedDict()
+        # A plain dict (a third of an ordered one's bytes per scope), pruned in batches.
+        self.cache: dict[Any, CircuitBreaker] = {}
         self.name_of, self.make, self.registry = name_of, make, registry
         self.key_of = name_of.key
         self.mark_used = registry.mark_used
+        self.bound = registry.max_breakers + max(8, registry.max_breakers // 8)
 
     def resolve(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CircuitBreaker:
         """The breaker of a call: cached, or made (remade if the registry dropped it)."""
@@ -167,20 +169,33 @@ class Scopes:
             name = self.name_of.name(key)
         except TypeError:  # an unhashable argument: keyed by the name it gives
             key = name = self.name_of.name(key)
+            found = cache.get(key)  # type: ignore[assignment]
+            if found is not None and self.registry.touch(name):
+                return found
         else:
             return found
-        entry = cache.pop(key, None)
-        if entry is not None and self.registry.touch(name):
-            cache[key] = entry
-            return entry
-        # Bounded as the registry is: the oldest entry goes (one whose breaker the registry
-        # dropped goes when its key is next seen, or in its turn), one at a time.
-        if len(cache) >= self.registry.max_breakers:
-            with contextlib.suppress(KeyError):  # another thread emptied it first
-                cache.popitem(last=False)
-        found = self.make(name)
-        cache[key] = found
+        if len(cache) >= self.bound:
+            self._prune()
+        found = cache[key] = self.make(name)
         return found
+
+    def _prune(self) -> None:
+        """Forget the scopes whose breakers the registry dropped (freed by reference counts),
+        then the oldest down to ``max_breakers``: at most one pass per ``bound -
+        max_breakers`` misses."""
+        cache, registered = self.cache, self.registry._breakers
+        entries = list(cache.items())  # another thread may change the cache meanwhile
+        kept = len(entries)
+        for key, breaker in entries:
+            if registered.get(breaker.name) is not breaker:
+                cache.pop(key, None)
+                kept -= 1
+        excess = kept - self.registry.max_breakers
+        for key, _ in entries:
+            if excess <= 0:
+                break
+            if cache.pop(key, None) is not None:
+                excess -= 1
 
 
 def scoped(
