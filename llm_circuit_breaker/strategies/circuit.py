@@ -179,7 +179,8 @@ def circuit_breaker(
                 made = registry.get_or_create_with(scope, config_fields, config=config, scoped=True)
                 made.template = name
                 if one_shell:
-                    _check_scoped(func, made, call_timeout)
+                    if call_timeout is not None or made.is_async:
+                        _check_scoped(func, made, call_timeout)
                     if on_state_change is not None:
                         made.add_listener(on_state_change)
                 return made
