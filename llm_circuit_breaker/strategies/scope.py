@@ -13,6 +13,7 @@ import collections
 import contextlib
 import functools
 import inspect
+import itertools
 import string
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -180,20 +181,20 @@ class Scopes:
         return found
 
     def _prune(self) -> None:
-        """Forget the scopes whose breakers the registry dropped (freed by reference counts),
-        then the oldest down to ``max_breakers``: at most one pass per ``bound -
-        max_breakers`` misses."""
+        """Forget the oldest scopes down to ``max_breakers``, those whose breakers the registry
+        dropped first (freed by reference counts then): one pass over twice as many entries
+        per ``bound - max_breakers`` misses."""
         cache, registered = self.cache, self.registry._breakers
-        entries = list(cache.items())  # another thread may change the cache meanwhile
-        kept = len(entries)
-        for key, breaker in entries:
-            if registered.get(breaker.name) is not breaker:
-                cache.pop(key, None)
-                kept -= 1
-        excess = kept - self.registry.max_breakers
-        for key, _ in entries:
+        excess = len(cache) - self.registry.max_breakers
+        # another thread may change the cache meanwhile: a copy of the oldest entries
+        oldest = list(itertools.islice(cache.items(), 2 * excess))
+        for key, breaker in oldest:
+            dropped = registered.get(breaker.name) is not breaker
+            if excess > 0 and dropped and cache.pop(key, None) is not None:
+                excess -= 1
+        for key, _ in oldest:
             if excess <= 0:
-                break
+                return
             if cache.pop(key, None) is not None:
                 excess -= 1
 
