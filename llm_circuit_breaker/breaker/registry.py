@@ -161,7 +161,10 @@ class BreakerRegistry:
                     if config is None and fields:
                         config = CircuitBreakerConfig(**fields)
                     breaker = CircuitBreaker(name, config, clock=self._clock, store=self.store)
-                self._register(breaker, scoped)
+                if scoped or self._observers:
+                    self._register(breaker, scoped)
+                else:  # the common case inline: creating many breakers is a hot path too
+                    self._breakers[breaker.name] = breaker
                 return breaker
             if scoped:
                 self.touch(name)
