@@ -6,9 +6,10 @@ time, GC-tracked objects, and the time of a full ``gc.collect()`` with many brea
 
 Rows: this library's breakers made through a registry (``registry.get_or_create(name)``),
 decorated functions (``@circuit_breaker(name)``), scopes of one scoped decoration
-(``@circuit_breaker("tenant:{tenant}")``, each scope called once), beside ``pybreaker``,
-``aiobreaker`` and ``circuitbreaker`` where installed (a peer's breaker made with its
-defaults; ``circuitbreaker`` decorates a function, like the decorated row).
+(``@circuit_breaker("tenant:{tenant}")``, each scope called once: its breaker, its entries in
+the registry's LRU order and the decoration's cache, what its first call made), beside
+``pybreaker``, ``aiobreaker`` and ``circuitbreaker`` where installed (a peer's breaker made
+with its defaults; ``circuitbreaker`` decorates a function, like the decorated row).
 
 - **bytes**: ``tracemalloc`` bytes still allocated after making N breakers and a
   ``gc.collect()``, divided by N (the breakers kept alive in a list).
@@ -181,6 +182,18 @@ def main() -> None:
                     f"{figures['objects'] / base['objects']:.2f}x, "
                     f"{figures['collect_ms'] / base['collect_ms']:.2f}x"
                 )
+        print("\ngoals (registry and scoped): bytes <= pybreaker, no slower to make, <= 12 objects")
+        for label in ("llm-circuit-breaker (registry)", "llm-circuit-breaker (scoped)"):
+            figures = best[label]
+            met = {
+                "bytes": figures["bytes"] <= base["bytes"],
+                "make": figures["make_us"] <= base["make_us"],
+                "objects": figures["objects"] <= 12,
+            }
+            print(
+                f"  {label}: "
+                + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in met.items())
+            )
 
 
 if __name__ == "__main__":

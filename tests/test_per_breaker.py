@@ -90,6 +90,46 @@ def test_an_evicted_scoped_breaker_is_freed_by_reference_counts() -> None:
     assert first() is None
 
 
+def test_a_scope_costs_its_breaker_alone() -> None:
+    """One shell for every scope of a decoration: a scope adds its breaker, not a shell."""
+    registry = BreakerRegistry()
+
+    @circuit_breaker("tenant:{tenant}", registry=registry)
+    def call(tenant: int) -> int:
+        return tenant
+
+    @circuit_breaker("tenant-async:{tenant}", registry=registry)
+    async def acall(tenant: int) -> int:
+        return tenant
+
+    def scope_of_coroutine(i: int) -> None:
+        with pytest.raises(StopIteration):
+            acall(i).send(None)
+
+    call(-1)
+    scope_of_coroutine(-1)
+    assert _tracked_per_breaker(call) <= 12
+    assert _tracked_per_breaker(scope_of_coroutine) <= 12
+
+
+@pytest.mark.usefixtures("no_collector")
+def test_cycling_scopes_keeps_a_bounded_number_of_breakers_alive() -> None:
+    registry = BreakerRegistry(max_breakers=4)
+
+    @circuit_breaker("tenant:{tenant}", registry=registry)
+    def call(tenant: int) -> int:
+        return tenant
+
+    alive = []
+    for _ in range(3):
+        for tenant in range(100):
+            call(tenant)
+            alive.append(weakref.ref(registry.get(f"tenant:{tenant}")))
+    assert len(registry) <= 5
+    # the registry's breakers, and at most max(8, max_breakers / 8) more the cache let go late
+    assert sum(ref() is not None for ref in alive) <= 4 + 8 + 1
+
+
 def test_reading_the_counts_changes_none_of_them() -> None:
     breaker = CircuitBreaker("svc", DEFAULT_CONFIG)
     for _ in range(3):

@@ -81,47 +81,51 @@ class CircuitBreaker:
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a circuit breaker needs a non-empty str name, got {name!r}")
-        if config is not None and not isinstance(config, CircuitBreakerConfig):
+        if config is None:
+            config = DEFAULT_CONFIG  # frozen: one shared by every default breaker
+        elif not isinstance(config, CircuitBreakerConfig):
             raise TypeError(f"config must be a CircuitBreakerConfig, got {type(config).__name__}")
         self.name = name
-        self.config = config or DEFAULT_CONFIG  # frozen: one shared by every default breaker
+        self.config = config
         self.store = store
         # Without a clock of its own the breaker reads (and waits with) the library's time
         # source; a clock that can sleep (``testing.FakeClock``) also drives the throttle's waits.
         source = clock_module.SHARED if clock is None else TimeSource.of(clock)
-        self._telemetry = Telemetry(name, self.config.enabled)
+        self._telemetry = telemetry = Telemetry(name, config.enabled)
         self._limit: ConcurrencyLimit | None = None  # the cap on calls in flight
         # With a store, the local circuit (and its throttle) decides while the store is down.
-        self._local = LocalCircuit(name, self.config, source, self._telemetry)
+        # What the sync methods drive (``_circuit``) is the local circuit, or a sync store's
+        # link; None for an asyncio store, whose circuit only coroutines reach.
+        self._local = local = LocalCircuit(name, config, source, telemetry)
+        self._circuit: LocalCircuit | StoreLink | None = local
         self._alink: AsyncStoreLink | None = None
-        parts = (name, self.config, self._local, self._telemetry)
-        if store is not None:  # only a shared breaker needs the links
-            from llm_circuit_breaker.breaker._async.link import AsyncStoreLink
-            from llm_circuit_breaker.breaker._sync.link import StoreLink
-        # What the sync methods drive (the local circuit or a sync store's link; None for an
-        # asyncio store, whose circuit only coroutines reach).
-        self._circuit: LocalCircuit | StoreLink | None = self._local
-        if store is not None and store.is_async:
-            self._alink = AsyncStoreLink(cast("AsyncStateStore", store), *parts)
-            self._circuit = None
-        elif store is not None:
-            self._circuit = StoreLink(cast("StateStore", store), *parts)
         # What enter / record_success are when not the local circuit's own (a link's, the
         # concurrency limit's, the token budget's): None keeps no bound method per breaker.
         self._enter: Callable[[], Entry] | None = None
         self._record_success: Callable[[int], None] | None = None
-        if self._circuit is None:
-            self._enter = self._record_success = self._needs_await
-        elif self._circuit is not self._local:
-            self._enter, self._record_success = self._circuit.enter, self._circuit.record_success
         # The retry budget and the lock of the budgets are made on first need.
         self._budget: _Budgets | None = None
-        if self.config.token_budget is not None:
+        if store is not None:  # only a shared breaker needs the links
+            self._link(store, (name, config, local, telemetry))
+        if config.token_budget is not None:
             self._cap_spend()
         if store is not None:  # a store's link may share the budgets with the fleet
             self._share_budgets()
-        if self.config.max_concurrent is not None:
+        if config.max_concurrent is not None:
             self._cap_calls_in_flight()
+
+    def _link(self, store: StateStore | AsyncStateStore, parts: tuple[Any, ...]) -> None:
+        """Drive the circuit through a link to ``store`` (made with the breaker)."""
+        from llm_circuit_breaker.breaker._async.link import AsyncStoreLink
+        from llm_circuit_breaker.breaker._sync.link import StoreLink
+
+        if store.is_async:
+            self._alink = AsyncStoreLink(cast("AsyncStateStore", store), *parts)
+            self._circuit = None
+            self._enter = self._record_success = self._needs_await
+        else:
+            circuit = self._circuit = StoreLink(cast("StateStore", store), *parts)
+            self._enter, self._record_success = circuit.enter, circuit.record_success
 
     def _cap_calls_in_flight(self) -> None:
         """Count calls in flight on admission and report (``max_concurrent``)."""

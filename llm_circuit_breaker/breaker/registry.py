@@ -54,6 +54,7 @@ class BreakerRegistry:
         self._retired: weakref.WeakValueDictionary[str, CircuitBreaker] = (
             weakref.WeakValueDictionary()
         )
+        self._cleared = False  # whether clear() ever retired a breaker
         self._lock = threading.Lock()
         _REGISTRIES.add(self)
         for observer in _EVERYWHERE.copy():  # another thread may add one
@@ -154,12 +155,16 @@ class BreakerRegistry:
         with self._lock:
             breaker = self._breakers.get(name)
             if breaker is None:
-                breaker = self._retired.pop(name, None) if self._retired else None
+                retired = self._retired if self._cleared else None  # none before a clear()
+                breaker = retired.pop(name, None) if retired else None
                 if breaker is None or not _agrees(breaker, fields, self.store):
                     if config is None and fields:
                         config = CircuitBreakerConfig(**fields)
                     breaker = CircuitBreaker(name, config, clock=self._clock, store=self.store)
-                self._register(breaker, scoped)
+                if scoped or self._observers:
+                    self._register(breaker, scoped)
+                else:  # the common case inline: creating many breakers is a hot path too
+                    self._breakers[breaker.name] = breaker
                 return breaker
             if scoped:
                 self.touch(name)
@@ -280,6 +285,7 @@ class BreakerRegistry:
             forgotten = list(self._breakers.values())
             earlier = list(self._retired.values())  # forgotten before, their return pending
             self._retired.update(self._breakers)
+            self._cleared = True
             self._breakers.clear()
             self._scoped.clear()
         for breaker in earlier:

@@ -169,16 +169,27 @@ def circuit_breaker(
             return wrapper
 
         if breaker is None and name is not None and "{" in name:  # one breaker per scope
-            from llm_circuit_breaker.strategies.scope import ScopedName, scoped
+            from llm_circuit_breaker.strategies.scope import ScopedName, Scopes, scoped
 
             name_of = ScopedName(name, func)
+            kind = kind_of(func)
+            one_shell = first_token_timeout is None and kind in _SCOPED_SHELLS
 
-            def shell_for_name(scope: str) -> Any:
+            def make(scope: str) -> CircuitBreaker:
                 made = registry.get_or_create_with(scope, config_fields, config=config, scoped=True)
                 made.template = name
-                return shell(made)
+                if one_shell:
+                    if call_timeout is not None or made.is_async:
+                        _check_scoped(func, made, call_timeout)
+                    if on_state_change is not None:
+                        made.add_listener(on_state_change)
+                return made
 
-            wrapper = scoped(func, name_of, shell_for_name, registry)
+            scopes = Scopes(name_of, make, registry)
+            if one_shell:  # one shell for every scope: a scope costs its breaker alone
+                wrapper: Any = _SCOPED_SHELLS[kind](func, scopes, rules, fallback, call_timeout)
+            else:
+                wrapper = scoped(func, scopes, shell)
             wrapper.breaker = None
             wrapper.scope = name  # the template: names the wrapper where one breaker would
             wrapper.breaker_for = lambda *a, **k: registry.get_or_create_with(
@@ -317,6 +328,158 @@ def _async_shell(
 
     me = weakref.ref(wrapper)  # the shell names itself without a reference cycle
     return wrapper
+
+
+def _check_scoped(func: Callable[..., Any], breaker: CircuitBreaker, timeout: float | None) -> None:
+    """What :func:`shell_for` refuses, for a scope's new breaker under a shared shell."""
+    if breaker.is_async and kind_of(func) is not CallableKind.COROUTINE:
+        raise TypeError(
+            f"circuit {breaker.name!r} keeps its state in an asyncio store: it can guard "
+            f"coroutine functions and async generators, not {func.__qualname__}"
+        )
+    if timeout is not None and kind_of(func) is not CallableKind.COROUTINE:
+        raise TypeError(
+            f"call_timeout applies to coroutine functions and async generators; "
+            f"{func.__qualname__} is neither (a thread cannot be timed out safely)"
+        )
+
+
+def _scoped_sync_shell(
+    func: Callable[..., Any],
+    scopes: Any,
+    rules: BreakerRules,
+    fallback: Callable[..., Any] | None,
+    call_timeout: float | None,
+) -> Callable[..., Any]:
+    """:func:`_sync_shell` for every scope of a scoped decoration: the call's breaker is
+    looked up per call (a cache hit inline), its methods read from it; a gate is made only
+    for what is rare (a failure, a returned stream)."""
+    cache, key_of, mark_used, resolve = (
+        scopes.cache,
+        scopes.key_of,
+        scopes.mark_used,
+        scopes.resolve,
+    )
+    no_fallback, plain, waiting = fallback is None, PLAIN, Wait
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:  # the cached path inline: one frame less per call
+            breaker = cache[key_of(args, kwargs)]
+            mark_used(breaker.name)
+        except (KeyError, TypeError):  # made, remade, or an unhashable argument
+            breaker = resolve(args, kwargs)
+        if tracing.hook is not None and tracing.passing() is not me():
+            return tracing.hook.call(me(), breaker, args, kwargs)
+        enter = breaker._enter
+        permit: Any = breaker._local.enter() if enter is None else enter()
+        if permit.__class__ is not int:  # a throttle slot to wait for, or a refusal
+            if permit.__class__ is waiting:
+                permit = breaker.wait(permit)
+            elif no_fallback:  # raised in this frame: failing fast is a hot path
+                try:
+                    raise permit
+                finally:
+                    del permit  # else frame -> error -> traceback -> frame: a cycle
+            else:
+                return fallback(*args, **kwargs)  # type: ignore[misc]
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            Gate(breaker, rules, fallback).failed(permit, exc)
+            raise
+        if result.__class__ not in plain and is_stream(result):
+            return GuardedStream(result, Gate(breaker, rules, fallback), permit, kwargs)
+        if breaker._budget is not None:  # a token budget, perhaps
+            breaker.charge(result, kwargs)
+        record = breaker._record_success
+        if record is None:
+            breaker._local.record_success(permit)
+        else:
+            record(permit)
+        return result
+
+    me = weakref.ref(wrapper)  # the shell names itself without a reference cycle
+    return wrapper
+
+
+def _scoped_async_shell(
+    func: Callable[..., Any],
+    scopes: Any,
+    rules: BreakerRules,
+    fallback: Callable[..., Any] | None,
+    call_timeout: float | None,
+) -> Callable[..., Any]:
+    """:func:`_async_shell` for every scope of a scoped decoration (see
+    :func:`_scoped_sync_shell`)."""
+    cache, key_of, mark_used, resolve = (
+        scopes.cache,
+        scopes.key_of,
+        scopes.mark_used,
+        scopes.resolve,
+    )
+    no_fallback, plain, waiting = fallback is None, PLAIN, Wait
+
+    @functools.wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:  # the cached path inline: one frame less per call
+            breaker = cache[key_of(args, kwargs)]
+            mark_used(breaker.name)
+        except (KeyError, TypeError):  # made, remade, or an unhashable argument
+            breaker = resolve(args, kwargs)
+        if tracing.hook is not None and tracing.passing() is not me():
+            return await tracing.hook.acall(me(), breaker, args, kwargs)
+        awaits_store = breaker._alink is not None
+        if awaits_store:
+            permit: Any = await breaker.aenter()
+        else:
+            enter = breaker._enter
+            permit = breaker._local.enter() if enter is None else enter()
+        if permit.__class__ is not int:
+            if permit.__class__ is waiting:
+                permit = await breaker.await_slot(permit)
+            elif no_fallback:  # raised in this frame: failing fast is a hot path
+                try:
+                    raise permit
+                finally:
+                    del permit  # else frame -> error -> traceback -> frame: a cycle
+            else:
+                return await _awaited(fallback(*args, **kwargs))  # type: ignore[misc]
+        try:
+            if call_timeout is None:
+                result = await func(*args, **kwargs)
+            else:
+                result = await _within(func(*args, **kwargs), call_timeout, breaker.name)
+        except BaseException as exc:
+            gate = Gate(breaker, rules, fallback)
+            if awaits_store:
+                await gate.afailed(permit, exc)
+            else:
+                gate.failed(permit, exc)
+            raise
+        if result.__class__ not in plain and is_stream(result):
+            return AsyncGuardedStream(result, Gate(breaker, rules, fallback), permit, kwargs)
+        if breaker._budget is not None:  # a token budget, perhaps
+            breaker.charge(result, kwargs)
+        if awaits_store:
+            await breaker.arecord_success(permit)
+        else:
+            record = breaker._record_success
+            if record is None:
+                breaker._local.record_success(permit)
+            else:
+                record(permit)
+        return result
+
+    me = weakref.ref(wrapper)  # the shell names itself without a reference cycle
+    return wrapper
+
+
+# The kinds a scoped decoration guards with one shell for all its scopes.
+_SCOPED_SHELLS: dict[CallableKind, Callable[..., Callable[..., Any]]] = {
+    CallableKind.PLAIN: _scoped_sync_shell,
+    CallableKind.COROUTINE: _scoped_async_shell,
+}
 
 
 def _metered(

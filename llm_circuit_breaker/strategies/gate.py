@@ -2,9 +2,10 @@
 
 The decorator shells (plain, coroutine, generator and async generator functions) share it:
 ``enter`` / ``succeeded`` are the breaker's own methods bound once (a guarded call pays for no
-extra frame), ``failed`` judges the exception once (:func:`._verdict.judge`) and reports the
-verdict, and ``refuse`` is the one refusal path. The ``a``-methods are the same for a breaker
-whose circuit lives in an asyncio store; ``awaits_store`` says which a shell must use.
+extra frame; the rarer ones pass through to the breaker), ``failed`` judges the exception once
+(:func:`._verdict.judge`) and reports the verdict, and ``refuse`` is the one refusal path.
+The ``a``-methods are the same for a breaker whose circuit lives in an asyncio store;
+``awaits_store`` says which a shell must use.
 
 A function that returns a stream (an iterator or async iterator, such as the openai SDK's
 ``Stream``) is guarded until the stream ends: :class:`GuardedStream` / :class:`AsyncGuardedStream`
@@ -19,13 +20,15 @@ said nothing, what was said for one that failed or was closed early.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from types import NoneType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from llm_circuit_breaker._core.throttle import Wait
     from llm_circuit_breaker._judge.verdict import Verdict
+    from llm_circuit_breaker.breaker.circuit import Entry
 
 from llm_circuit_breaker._core.budget import StreamUsage
 from llm_circuit_breaker._core.state import Outcome
@@ -77,9 +80,6 @@ class Gate:
     """A breaker plus one decoration's rules and fallback."""
 
     __slots__ = (
-        "aenter",
-        "asucceeded",
-        "await_slot",
         "awaits_store",
         "breaker",
         "call_fallback",
@@ -87,7 +87,6 @@ class Gate:
         "fallback",
         "rules",
         "succeeded",
-        "wait",
     )
 
     def __init__(
@@ -103,10 +102,25 @@ class Gate:
         self.awaits_store = breaker.is_async
         self.enter = breaker.enter
         self.succeeded = breaker.record_success
-        self.aenter = breaker.aenter
-        self.asucceeded = breaker.arecord_success
-        self.wait = breaker.wait  # sleep until a throttle slot (sync shells)
-        self.await_slot = breaker.await_slot  # the same with asyncio.sleep
+
+    # The rest pass through to the breaker when called: rare (a throttle's wait) or awaiting a
+    # store anyway, they keep no bound method per decoration.
+
+    def aenter(self) -> Awaitable[Entry]:
+        """``enter`` of a breaker on an asyncio store (awaited)."""
+        return self.breaker.aenter()
+
+    def asucceeded(self, permit: int) -> Awaitable[None]:
+        """``succeeded`` of a breaker on an asyncio store (awaited)."""
+        return self.breaker.arecord_success(permit)
+
+    def wait(self, wait: Wait) -> int:
+        """Sleep until a throttle slot (sync shells): the permit."""
+        return self.breaker.wait(wait)
+
+    def await_slot(self, wait: Wait) -> Awaitable[int]:
+        """The same with the running library's sleep (awaited)."""
+        return self.breaker.await_slot(wait)
 
     def verdict(self, exc: BaseException) -> Verdict:
         """What ``exc`` means for this breaker under this decoration's rules."""

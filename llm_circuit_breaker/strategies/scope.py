@@ -2,8 +2,9 @@
 
 :class:`ScopedName` reads the template's fields once and finds, from the function's signature,
 where each is passed (position, keyword, default), so a call costs a few lookups and one
-``str.format_map``; :func:`scoped` wraps a function so that each call runs through the shell
-of its own breaker, made on first use and cached.
+``str.format_map``; :class:`Scopes` finds each call's breaker, made on first use and cached
+(the decorator's shells read it per call; :func:`scoped` gives a shell per breaker to the
+kinds that need one).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import collections
 import contextlib
 import functools
 import inspect
+import itertools
 import string
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -19,13 +21,12 @@ from typing import TYPE_CHECKING, Any
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
 if TYPE_CHECKING:
+    from llm_circuit_breaker.breaker.breaker import CircuitBreaker
     from llm_circuit_breaker.breaker.registry import BreakerRegistry
 
-__all__ = ["ScopedName", "is_template", "scoped"]
+__all__ = ["ScopedName", "Scopes", "is_template", "scoped"]
 
 _EMPTY = inspect.Parameter.empty
-# The shells of one scoped decoration: call key -> (breaker name, shell), oldest first.
-Shells = collections.OrderedDict[Any, tuple[str, Callable[..., Any]]]
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
@@ -135,33 +136,95 @@ def _root(field: str) -> str:
     return field
 
 
-def scoped(
-    func: Callable[..., Any],
-    name_of: ScopedName,
-    shell_for_name: Callable[[str], Callable[..., Any]],
-    registry: BreakerRegistry,
-) -> Any:
-    """``func`` wrapped so that each call runs through the shell of its scope's breaker."""
-    # The breaker name and shell of each call key (the template's arguments): a cache hit
-    # formats nothing. ``touch`` keeps the registry's LRU order and says whether the breaker
-    # is still registered.
-    shells: Shells = collections.OrderedDict()
-    touch, key_of, name_of_key = registry.touch, name_of.key, name_of.name
-    mark_used = registry.mark_used
+class Scopes:
+    """The breakers of one scoped decoration by call key (the template's arguments), made on
+    first use and cached: a cache hit formats nothing. The shells read ``cache``, ``key_of``
+    and ``mark_used`` inline (a hit costs no frame) and call :meth:`resolve` on a miss. The
+    registry keeps the LRU order across decorations and drops idle breakers past
+    ``max_breakers``; ``mark_used`` raises ``KeyError`` for a dropped one, and the next call
+    makes a fresh one."""
 
-    def shell(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any]:
-        key = key_of(args, kwargs)
+    __slots__ = ("bound", "cache", "key_of", "make", "mark_used", "name_of", "registry")
+
+    def __init__(
+        self,
+        name_of: ScopedName,
+        make: Callable[[str], CircuitBreaker],
+        registry: BreakerRegistry,
+    ) -> None:
+        # A plain dict (a third of an ordered one's bytes per scope), pruned in batches.
+        self.cache: dict[Any, CircuitBreaker] = {}
+        self.name_of, self.make, self.registry = name_of, make, registry
+        self.key_of = name_of.key
+        self.mark_used = registry.mark_used
+        self.bound = registry.max_breakers + max(8, registry.max_breakers // 8)
+
+    def resolve(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CircuitBreaker:
+        """The breaker of a call: cached, or made (remade if the registry dropped it)."""
+        key = self.key_of(args, kwargs)
+        cache = self.cache
         try:
-            name, found = shells[key]
-            mark_used(name)  # KeyError: the registry dropped it
+            found = cache[key]
+            self.mark_used(found.name)  # KeyError: the registry dropped it
         except KeyError:
-            pass
+            name = self.name_of.name(key)
         except TypeError:  # an unhashable argument: keyed by the name it gives
-            key = name_of_key(key)
-            return _cached(shells, key, key, touch, shell_for_name, registry)
+            key = name = self.name_of.name(key)
+            found = cache.get(key)  # type: ignore[assignment]
+            if found is not None and self.registry.touch(name):
+                return found
         else:
             return found
-        return _cached(shells, key, name_of_key(key), touch, shell_for_name, registry)
+        if len(cache) >= self.bound:
+            self._prune()
+        found = cache[key] = self.make(name)
+        return found
+
+    def _prune(self) -> None:
+        """Forget the oldest scopes down to ``max_breakers``, those whose breakers the registry
+        dropped first (freed by reference counts then): one pass over twice as many entries
+        per ``bound - max_breakers`` misses."""
+        cache, registered = self.cache, self.registry._breakers
+        excess = len(cache) - self.registry.max_breakers
+        # another thread may change the cache meanwhile: a copy of the oldest entries
+        oldest = list(itertools.islice(cache.items(), 2 * excess))
+        for key, breaker in oldest:
+            dropped = registered.get(breaker.name) is not breaker
+            if excess > 0 and dropped and cache.pop(key, None) is not None:
+                excess -= 1
+        for key, _ in oldest:
+            if excess <= 0:
+                return
+            if cache.pop(key, None) is not None:
+                excess -= 1
+
+
+def scoped(
+    func: Callable[..., Any],
+    scopes: Scopes,
+    shell_of: Callable[[CircuitBreaker], Callable[..., Any]],
+) -> Any:
+    """``func`` wrapped so that each call runs through a shell of its scope's breaker, one
+    made per breaker and kept while the breaker is (generators, and ``first_token_timeout``,
+    whose deadline names its breaker; the other decorations share one shell, see
+    :mod:`.circuit`)."""
+    shells: collections.OrderedDict[str, tuple[CircuitBreaker, Callable[..., Any]]] = (
+        collections.OrderedDict()
+    )
+    resolve, registry = scopes.resolve, scopes.registry
+
+    def shell(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any]:
+        breaker = resolve(args, kwargs)
+        entry = shells.get(breaker.name)
+        if entry is not None and entry[0] is breaker:
+            return entry[1]
+        shells.pop(breaker.name, None)
+        if len(shells) >= registry.max_breakers:
+            with contextlib.suppress(KeyError):  # another thread emptied it first
+                shells.popitem(last=False)
+        found = shell_of(breaker)
+        shells[breaker.name] = (breaker, found)
+        return found
 
     kind = kind_of(func)
     if kind is CallableKind.ASYNC_GENERATOR:
@@ -180,12 +243,7 @@ def scoped(
 
         @functools.wraps(func)
         async def coroutine(*args: Any, **kwargs: Any) -> Any:
-            try:  # the cached path inline: one frame less per call
-                name, found = shells[key_of(args, kwargs)]
-                mark_used(name)
-            except (KeyError, TypeError):
-                found = shell(args, kwargs)
-            return await found(*args, **kwargs)
+            return await shell(args, kwargs)(*args, **kwargs)
 
         return coroutine
     if kind is CallableKind.GENERATOR:
@@ -198,35 +256,6 @@ def scoped(
 
     @functools.wraps(func)
     def plain(*args: Any, **kwargs: Any) -> Any:
-        try:  # the cached path inline: one frame less per call
-            name, found = shells[key_of(args, kwargs)]
-            mark_used(name)
-        except (KeyError, TypeError):  # made, remade, or an unhashable argument
-            found = shell(args, kwargs)
-        return found(*args, **kwargs)
+        return shell(args, kwargs)(*args, **kwargs)
 
     return plain
-
-
-def _cached(
-    shells: Shells,
-    key: Any,
-    name: str,
-    touch: Callable[[str], bool],
-    shell_for_name: Callable[[str], Callable[..., Any]],
-    registry: BreakerRegistry,
-) -> Callable[..., Any]:
-    """The shell for ``name``, made (or remade, if the registry dropped its breaker) and kept
-    under ``key``."""
-    entry = shells.pop(key, None)
-    if entry is not None and touch(name):
-        shells[key] = entry
-        return entry[1]
-    # Bounded as the registry is: the oldest shell goes (a shell whose breaker the registry
-    # dropped goes when its key is next seen, or in its turn), one at a time, never all at once.
-    if len(shells) >= registry.max_breakers:
-        with contextlib.suppress(KeyError):  # another thread emptied it first
-            shells.popitem(last=False)
-    found = shell_for_name(name)
-    shells[key] = (name, found)
-    return found
