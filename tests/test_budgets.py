@@ -561,7 +561,7 @@ async def test_an_asyncio_store_s_breaker_refuses_a_spent_budget_before_asking_i
     and retries still pay from the (in-process) retry budget."""
     from llm_circuit_breaker.storage.redis import RedisStateStore
 
-    store = RedisStateStore.from_url(redis_server.url, asyncio=True)
+    store = RedisStateStore.from_url(redis_server.url, asyncio=True, timeout=2)
     calls = 0
 
     @circuit_breaker("aio-budget", registry=BreakerRegistry(store=store), token_budget=10)

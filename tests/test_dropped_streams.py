@@ -81,7 +81,7 @@ async def test_a_dropped_stream_on_an_asyncio_store_gives_its_redis_permit_back(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
     clock = FakeClock()
-    store = RedisStateStore.from_url(redis_server.url, asyncio=True, clock=clock)
+    store = RedisStateStore.from_url(redis_server.url, asyncio=True, clock=clock, timeout=2)
     breaker = CircuitBreaker("adropped", HALF_OPEN_SOON, clock=clock, store=store)
 
     async def items() -> AsyncIterator[int]:

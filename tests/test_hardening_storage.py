@@ -150,7 +150,7 @@ async def _closing_the_given_client(
 def test_an_asyncio_store_serves_one_asyncio_run_after_another(redis_server: RedisServer) -> None:
     """One asyncio store and breaker, used by five ``asyncio.run()`` in a row: every call is
     admitted through Redis (no loop-mismatch error reaches the caller, nothing goes local)."""
-    store = RedisStateStore.from_url(redis_server.url, prefix="loops", asyncio=True)
+    store = RedisStateStore.from_url(redis_server.url, prefix="loops", asyncio=True, timeout=2)
     calls = _guarded_calls(store, "runs", 3)
     assert asyncio.run(_closing_the_given_client(store, calls)) == 3
     for _ in range(4):
@@ -164,7 +164,7 @@ def test_an_asyncio_store_serves_two_threads_each_running_a_loop(
 ) -> None:
     """Two threads, each with its own event loop running at the same time, share one asyncio
     store: every call of both is admitted, none fails."""
-    store = RedisStateStore.from_url(redis_server.url, prefix="threads", asyncio=True)
+    store = RedisStateStore.from_url(redis_server.url, prefix="threads", asyncio=True, timeout=2)
     calls = _guarded_calls(store, "both", 50)
     assert asyncio.run(_closing_the_given_client(store, calls)) == 50
     start = threading.Barrier(2)

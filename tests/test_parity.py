@@ -175,7 +175,7 @@ def stores(request: pytest.FixtureRequest) -> Callable[[str, FakeClock], Any]:
         sync_client = redis.Redis(port=server.port)
         sync_client.flushall()
         sync_client.close()
-        store = RedisStateStore.from_url(server.url, asyncio=True, clock=clock)
+        store = RedisStateStore.from_url(server.url, asyncio=True, clock=clock, timeout=2)
         made.append(store)
         return store
 

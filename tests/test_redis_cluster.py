@@ -58,7 +58,7 @@ def _trip_seen_by_another(first: RedisStateStore, second: RedisStateStore, name:
 @pytest.mark.parametrize("name", ["openai", "}starts-with-brace", "a}b{c", "{x}", "%7B"])
 def test_sync_cluster_client_shares_one_circuit(flushed: RedisCluster, name: str) -> None:
     """Two processes' RedisCluster clients see one circuit, whatever braces its name holds."""
-    stores = [RedisStateStore.from_url(flushed.url, cluster=True) for _ in range(2)]
+    stores = [RedisStateStore.from_url(flushed.url, cluster=True, timeout=2) for _ in range(2)]
     _trip_seen_by_another(*stores, name)
     assert stores[0].circuits()[name]["state"] == "OPEN"
 
@@ -74,12 +74,12 @@ def test_given_cluster_clients_of_both_packages(flushed: RedisCluster) -> None:
 
 async def test_asyncio_cluster_client(flushed: RedisCluster) -> None:
     """redis.asyncio.cluster.RedisCluster: admissions, reports and a trip, all in Redis."""
-    store = RedisStateStore.from_url(flushed.url, cluster=True, asyncio=True)
+    store = RedisStateStore.from_url(flushed.url, cluster=True, asyncio=True, timeout=2)
     breaker = CircuitBreaker("async-cluster", TRIP, store=store)
     permit = await breaker.aadmit()
     await breaker.arecord(permit, Outcome.FAILURE)
     other = CircuitBreaker(
-        "async-cluster", TRIP, store=RedisStateStore.from_url(flushed.url, cluster=True)
+        "async-cluster", TRIP, store=RedisStateStore.from_url(flushed.url, cluster=True, timeout=2)
     )
     with pytest.raises(CircuitOpenError):
         other.admit()
@@ -90,7 +90,7 @@ async def test_asyncio_cluster_client(flushed: RedisCluster) -> None:
 def test_keys_of_a_breaker_share_a_slot_and_breakers_spread(flushed: RedisCluster) -> None:
     """A breaker's three keys hash together; 64 breakers under a prefix with braces land on
     many slots (a prefix never pins them all to one)."""
-    store = RedisStateStore.from_url(flushed.url, prefix="app{tenant}", cluster=True)
+    store = RedisStateStore.from_url(flushed.url, prefix="app{tenant}", cluster=True, timeout=2)
     slots = set()
     for index in range(64):
         for name in (f"model-{index}", f"}}{index}", f"{{{index}}}"):
@@ -102,7 +102,7 @@ def test_keys_of_a_breaker_share_a_slot_and_breakers_spread(flushed: RedisCluste
 
 def test_listing_covers_every_primary(flushed: RedisCluster) -> None:
     """store.circuits() and `status --redis` list the circuits of all three primaries."""
-    store = RedisStateStore.from_url(flushed.url, prefix="listed", cluster=True)
+    store = RedisStateStore.from_url(flushed.url, prefix="listed", cluster=True, timeout=2)
     names = [f"c{i}" for i in range(60)]
     for name in names:
         CircuitBreaker(name, TRIP, store=store).admit()
@@ -149,10 +149,10 @@ async def test_moved_is_not_an_outage(
 def test_a_reset_elsewhere_ends_a_cached_refusal_on_a_cluster(flushed: RedisCluster) -> None:
     """With near_cache, a refusal is held until the circuit's retry time; a reset through
     another store is published across the cluster and ends it at once."""
-    store = RedisStateStore.from_url(flushed.url, cluster=True, near_cache=0.05)
+    store = RedisStateStore.from_url(flushed.url, cluster=True, near_cache=0.05, timeout=2)
     breaker = CircuitBreaker("noticed", TRIP, store=store)
     other = CircuitBreaker(
-        "noticed", TRIP, store=RedisStateStore.from_url(flushed.url, cluster=True)
+        "noticed", TRIP, store=RedisStateStore.from_url(flushed.url, cluster=True, timeout=2)
     )
     other.record(other.admit(), Outcome.FAILURE)
     until(lambda: breaker.try_admit() < 0)
@@ -174,7 +174,7 @@ def test_a_cluster_down_at_start_and_later_never_fails_a_call(closed_port: int) 
     later = RedisCluster()
     later.start()
     try:
-        store = RedisStateStore.from_url(later.url, cluster=True)
+        store = RedisStateStore.from_url(later.url, cluster=True, timeout=2)
         breaker = CircuitBreaker("down-later", TRIP, store=store)
         breaker.record(breaker.admit(), Outcome.SUCCESS)
         assert store.available
@@ -191,7 +191,7 @@ def test_budgets_share_the_circuit_s_slot(flushed: RedisCluster, name: str) -> N
     from llm_circuit_breaker import BudgetExceededError
 
     config = CircuitBreakerConfig(token_budget=100)
-    stores = [RedisStateStore.from_url(flushed.url, cluster=True) for _ in range(2)]
+    stores = [RedisStateStore.from_url(flushed.url, cluster=True, timeout=2) for _ in range(2)]
     a, b = (CircuitBreaker(name, config, store=store) for store in stores)
     a.record_success(a.admit())
     assert a.try_spend_retry()

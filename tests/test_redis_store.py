@@ -242,7 +242,7 @@ async def test_asyncio_store_guards_coroutines_only(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
     """An asyncio store guards coroutine functions; a sync function is refused at decoration."""
-    store = RedisStateStore.from_url(redis_server.url, asyncio=True)
+    store = RedisStateStore.from_url(redis_server.url, asyncio=True, timeout=2)
     client = store.client
     registry = BreakerRegistry(store=store)
 

@@ -66,7 +66,7 @@ async def _arun_vector(breaker: CircuitBreaker, clock: FakeClock, steps: list[St
 async def async_redis(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> AsyncIterator[redis.asyncio.Redis]:
-    client = RedisStateStore.from_url(redis_server.url, asyncio=True).client
+    client = RedisStateStore.from_url(redis_server.url, asyncio=True, timeout=2).client
     yield client
     await client.aclose()
 
