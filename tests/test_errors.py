@@ -102,3 +102,37 @@ def test_circuit_open_error_construction() -> None:
     )
     assert str(by_keyword) == str(fast) == "circuit 'openai' is open; retry after 3.000s"
     assert CircuitOpenError("x").retry_after is None
+
+
+def test_fail_fast_refusal_is_the_documented_error() -> None:
+    """A call refused by an OPEN circuit (the lock-free fail-fast path) gets the same error as
+    the constructor builds: its class, fields, message, repr, cause and pickle, and each
+    refusal is counted once."""
+    from llm_circuit_breaker import CircuitBreaker, CircuitBreakerConfig, circuit_breaker
+    from llm_circuit_breaker.testing import FakeClock
+
+    clock = FakeClock(start=100.0)
+    breaker = CircuitBreaker("openai", CircuitBreakerConfig(failure_threshold=1), clock=clock)
+
+    @circuit_breaker(breaker=breaker)
+    def call() -> None:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError) as opened:
+        call()
+    clock.advance(12.5)
+    refusals = []
+    for _ in range(3):
+        with pytest.raises(CircuitOpenError) as caught:
+            call()
+        refusals.append(caught.value)
+    error = refusals[0]
+    expected = CircuitOpenError(name="openai", retry_after=17.5, reason=error.reason)
+    assert type(error) is CircuitOpenError and error.reason
+    assert (error.name, error.retry_after) == ("openai", 17.5)
+    assert (str(error), repr(error)) == (str(expected), repr(expected))
+    assert error.__cause__ is opened.value and error.__suppress_context__
+    clone = pickle.loads(pickle.dumps(error))
+    assert (type(clone), repr(clone)) == (CircuitOpenError, repr(error))
+    assert len({id(refusal) for refusal in refusals}) == 3  # a new error per refusal
+    assert breaker.stats.rejections == 3

@@ -8,7 +8,7 @@ success bumps a counter; failing fast in OPEN needs no lock either.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from llm_circuit_breaker._core.permits import SHADOW, is_refusal
 from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
@@ -34,6 +34,11 @@ def _not_open_yet() -> int:  # pragma: no cover - a circuit opens only after a r
     raise RuntimeError("a refusal was counted before the circuit could open")
 
 
+# What ``_rejections`` is until the first report or control makes the real counter.
+_NOT_OPEN_YET: Iterator[int] = iter(_not_open_yet, None)
+_new = BaseException.__new__
+
+
 def check_report(permit: object, outcome: object, open_for: float | None) -> None:
     """Refuse a malformed report before it can touch the state machine."""
     if permit.__class__ is not int:
@@ -50,7 +55,7 @@ class LocalCircuit(Cell):
     in CLOSED and for failing fast, and the telemetry that reports it."""
 
     __slots__ = (
-        "_count_rejection",
+        "_rejections",
         "_successes",
         "cause",
         "name",
@@ -75,7 +80,7 @@ class LocalCircuit(Cell):
         # fail-fast path's counter is made by the first report or control, before the circuit
         # can open.
         self._successes: itertools.count[int] | None = None
-        self._count_rejection: Callable[[], int] = _not_open_yet
+        self._rejections: Iterator[int] = _NOT_OPEN_YET
         self.source = source
         # Set while the registry has forgotten this circuit: the next call puts it back.
         self.rejoin: Callable[[], None] | None = None
@@ -124,14 +129,19 @@ class LocalCircuit(Cell):
         permit = core.lock_free_permit
         if permit >= 0:
             return permit
-        now = self.source.now()
+        now = self.source.now()  # the one clock read of a refusal
         open_until = core.open_until
         if now < open_until and core.state is OPEN:  # failing fast needs no lock either
-            # open_until is infinite only while held open (forced): retry_after is None then.
-            retry_after = None if open_until == _INF else open_until - now
-            error = refused(self.name, retry_after, core.open_reason)
+            # Built by BaseException.__new__ alone (C code, no __init__, no partial); open_until
+            # is infinite only while held open (forced): retry_after is None then.
+            error = _new(
+                CircuitOpenError,
+                self.name,
+                None if open_until == _INF else open_until - now,
+                core.open_reason,
+            )
             error.__cause__ = self.cause
-            self._count_rejection()
+            next(self._rejections)  # the builtin: cheaper than a bound ``__next__``
             if self.telemetry.plain_refusals:  # enforced, nobody to tell
                 return error
             return self.telemetry.observed(error, core.refusal)
@@ -236,8 +246,8 @@ class LocalCircuit(Cell):
         ``error`` is kept as the cause of later refusals if this report opens the circuit;
         ``hint`` is the server's wait for a rate limit (``THROTTLED``)."""
         check_report(permit, outcome, open_for)
-        if self._count_rejection is _not_open_yet:
-            self._count_rejection = self.telemetry.rejection_counter()
+        if self._rejections is _NOT_OPEN_YET:
+            self._rejections = self.telemetry.rejection_count()
         with self.locked():
             now = self.source.now()
             counted = self.core.record(permit, outcome, now, open_for=open_for, why=why)
@@ -339,8 +349,8 @@ class LocalCircuit(Cell):
 
     def control(self, action: Control) -> None:
         """Reset (the circuit and the throttle), force open or force closed."""
-        if self._count_rejection is _not_open_yet:
-            self._count_rejection = self.telemetry.rejection_counter()
+        if self._rejections is _NOT_OPEN_YET:
+            self._rejections = self.telemetry.rejection_count()
         with self.locked():
             now = self.source.now()
             if action == "force_open":

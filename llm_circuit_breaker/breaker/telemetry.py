@@ -282,20 +282,20 @@ class Telemetry:
                     counter = self.successes = itertools.count()
         return counter
 
-    def rejection_counter(self) -> Callable[[], int]:
-        """Count a refusal (lock-free), the counter made now if it was not yet: a circuit
-        calls this before it can first open, and binds what it returns for its fail-fast path."""
+    def rejection_count(self) -> itertools.count[int]:
+        """The lock-free refusal counter (``next()`` counts one), made now if it was not yet:
+        a circuit calls this before it can first open, and keeps it for its fail-fast path."""
         counter = self._rejections
         if counter is None:
             with _counting:
                 counter = self._rejections
                 if counter is None:
                     counter = self._rejections = itertools.count()
-        return counter.__next__
+        return counter
 
     def count_rejection(self) -> None:
         """Count one refusal (the circuit was open)."""
-        self.rejection_counter()()
+        next(self.rejection_count())
 
     def _bump(self, index: int) -> None:
         with _counting:
