@@ -712,3 +712,36 @@ def test_a_fallback_that_served_is_named_on_the_logical_span(registry: BreakerRe
     assert attributes["llm_circuit_breaker.served_by"] == "openai:gpt-4o-mini"
     assert attributes["gen_ai.response.model"] == "gpt-4o-mini"
     assert "llm_circuit_breaker.served_by" not in (first.attributes or {})
+
+
+def test_a_call_of_the_same_function_inside_a_traced_call_is_traced_too(
+    registry: BreakerRegistry,
+) -> None:
+    """The shell the hook is calling is marked for that one entry only: a recursive call of
+    the same decorated function, and a task it starts, are attempts of the running call."""
+    traced = Traced(registry)
+
+    @circuit_breaker("openai", registry=registry)
+    def countdown(n: int) -> int:
+        return 0 if n == 0 else 1 + countdown(n - 1)
+
+    @circuit_breaker("openai-async", registry=registry)
+    async def fan(n: int) -> int:
+        if n == 0:
+            return 0
+        return 1 + await asyncio.get_running_loop().create_task(fan(n - 1))
+
+    assert countdown(2) == 2
+    assert asyncio.run(fan(2)) == 2
+    calls = traced.finished(SpanKind.CLIENT)
+    assert len(calls) == 2
+    attempts = traced.finished(SpanKind.INTERNAL)
+    assert sorted((s.attributes or {})["llm_circuit_breaker.name"] for s in attempts) == [
+        "openai",
+        "openai",
+        "openai-async",
+        "openai-async",
+    ]
+    ids = {c.context.span_id for c in calls} | {a.context.span_id for a in attempts}
+    assert all(a.parent is not None and a.parent.span_id in ids for a in attempts)
+    assert sum(p.count for p in traced.points("gen_ai.client.operation.duration")) == 2

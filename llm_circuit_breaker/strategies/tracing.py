@@ -31,4 +31,14 @@ hook: Any = None  # the tracing hook, or None: nothing is traced
 
 # The shell the hook is calling right now: it runs the call as usual (no second span).
 PASSING: ContextVar[object] = ContextVar("llm_circuit_breaker_passing", default=None)
-passing = PASSING.get
+_get, _set = PASSING.get, PASSING.set
+
+
+def passing() -> object:
+    """The shell the hook is calling, read once: it is cleared as it is read, so that the
+    call's own body (a recursive call of the same function, a task it starts) is traced
+    again. The hook's ``PASSING.reset`` restores what was there before."""
+    shell = _get()
+    if shell is not None:
+        _set(None)
+    return shell
