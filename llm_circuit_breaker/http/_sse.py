@@ -28,48 +28,48 @@ __all__ = ["DONE", "EventReader", "LineSplitter", "SSEDecoder", "SSEEvent", "Str
 
 
 class LineSplitter:
-    """Cuts chunks of bytes into lines (without their endings), scanning each byte once."""
+    """Cuts chunks of bytes into lines (without their endings), scanning each byte once: a
+    line that began in an earlier chunk is ended by one ``find``, the chunk's other lines by
+    one ``split``."""
 
-    __slots__ = ("_buffer", "_limit", "_scanned", "_url")
+    __slots__ = ("_buffer", "_limit", "_url")
 
     def __init__(self, limit: int, url: str) -> None:
-        self._buffer = bytearray()
-        self._scanned = 0  # bytes of the buffer already known to hold no line break
+        self._buffer = bytearray()  # the start of a line waiting for its end
         self._limit = limit
         self._url = url
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The lines completed by ``chunk``."""
         buffer = self._buffer
-        if not buffer and b"\r" not in chunk:  # the common case: one C-level split
-            lines = chunk.split(b"\n")
-            rest = lines.pop()
-            if rest:
-                if len(rest) > self._limit:
-                    raise TransportError(
-                        f"server-sent event line longer than max_event_bytes={self._limit}",
-                        url=self._url,
-                    )
-                buffer += rest
-                self._scanned = len(rest)
-            return lines
-        buffer += chunk
-        lines = []
-        start = 0
-        while True:
-            end = buffer.find(b"\n", max(start, self._scanned))
+        if buffer:
+            end = chunk.find(b"\n")
             if end < 0:
-                break
-            lines.append(bytes(buffer[start:end]).rstrip(b"\r"))
-            start = end + 1
-        del buffer[:start]
-        self._scanned = len(buffer)
-        if len(buffer) > self._limit:
+                buffer += chunk
+                self._bound()
+                return []
+            buffer += chunk[:end]
+            head = bytes(buffer).rstrip(b"\r")
+            buffer.clear()
+            chunk = chunk[end + 1 :]
+            lines = chunk.split(b"\n")
+            lines.insert(0, head)
+        else:
+            lines = chunk.split(b"\n")
+        rest = lines.pop()
+        if b"\r" in chunk:
+            lines = [line.rstrip(b"\r") for line in lines]
+        if rest:
+            buffer += rest
+            self._bound()
+        return lines
+
+    def _bound(self) -> None:
+        if len(self._buffer) > self._limit:
             raise TransportError(
                 f"server-sent event line longer than max_event_bytes={self._limit}",
                 url=self._url,
             )
-        return lines
 
     @property
     def empty(self) -> bool:
