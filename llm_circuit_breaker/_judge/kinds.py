@@ -106,6 +106,7 @@ STREAM_ERROR_STATUS = {
 }
 
 
+_decode = json.JSONDecoder().decode  # json.loads(text) without its argument checks
 _MAX_DEPTH = 64  # no provider's error nests deeper; far deeper breaks json, repr and str
 
 
@@ -115,7 +116,7 @@ def parse_json(raw: str | bytes) -> Any:
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
     if text.count("[") + text.count("{") <= _MAX_DEPTH:  # cannot nest deeper: no walk
         try:
-            return json.loads(text)
+            return _decode(text)
         except Exception:
             return text
     if _too_deep(text):  # json.loads would recurse to the interpreter's limit first

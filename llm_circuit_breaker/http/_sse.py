@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from llm_circuit_breaker._judge.classify import classify_response
 from llm_circuit_breaker._judge.kinds import parse_json
@@ -132,10 +132,14 @@ class SSEDecoder:
         value = line[6:] if line[5:6] == b" " else line[5:]
         self._size += len(value) + 1
         if self._size > self._limit:
-            raise TransportError(
-                f"server-sent event larger than max_event_bytes={self._limit}", url=self._url
-            )
+            self.overflow()
         self._data.append(value)
+
+    def overflow(self) -> NoReturn:
+        """Raise for an event grown past ``max_event_bytes``."""
+        raise TransportError(
+            f"server-sent event larger than max_event_bytes={self._limit}", url=self._url
+        )
 
     def field(self, line: bytes) -> None:
         """Take a line of another field (``event``, ``id``; others are ignored)."""
@@ -250,10 +254,7 @@ def _finished(data: Any) -> bool:
     choices = data.get("choices") if isinstance(data, dict) else None
     if type(choices) is not list:
         return False
-    for choice in choices:
-        if isinstance(choice, dict) and choice.get("finish_reason"):
-            return True
-    return False
+    return any(isinstance(choice, dict) and choice.get("finish_reason") for choice in choices)
 
 
 class EventReader:
@@ -286,17 +287,28 @@ class EventReader:
         Lines stay bytes: a ``data`` line is a prefix test and an append, and an event's data
         is decoded once, as it is parsed."""
         events: list[SSEEvent] = []
-        decoder = self._decoder
+        decoder, checker = self._decoder, self._checker
         for line in self._lines.feed(chunk):
             if not line:
                 if decoder._data or decoder._event is not None:
-                    event = self._accept(decoder.flush())
-                    if event is not None:
-                        events.append(event)
-                    if self.done:
+                    event = decoder.flush()
+                    if event is DONE:
+                        self.done = True
+                        checker.error_in(event)
                         break
+                    if event is None:
+                        continue
+                    error = checker.error_in(event)
+                    if error is not None:
+                        raise error
+                    if event.event != "ping":
+                        events.append(event)
             elif line.startswith(b"data:"):
-                decoder.data(line)
+                value = line[6:] if line[5:6] == b" " else line[5:]
+                decoder._size += len(value) + 1
+                if decoder._size > decoder._limit:
+                    decoder.overflow()
+                decoder._data.append(value)
             elif line[0] != 58:  # not a comment (":"), a keep-alive
                 decoder.field(line)
         now = self._clock()
