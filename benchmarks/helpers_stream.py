@@ -173,11 +173,15 @@ def main() -> None:
     print(f"CPU per event, {events} events, best of {rounds}:")
     print("| client | us / event | ratio |\n|---|---:|---:|")
     print(f"| raw requests (iter_lines) | {best['requests']:.2f} | 1.00x |")
-    print(f"| LLMCircuitBreaker.stream | {best['stream']:.2f} | "
-          f"{best['stream'] / best['requests']:.2f}x |")
+    print(
+        f"| LLMCircuitBreaker.stream | {best['stream']:.2f} | "
+        f"{best['stream'] / best['requests']:.2f}x |"
+    )
     print(f"| raw aiohttp (async for line) | {best['aiohttp']:.2f} | 1.00x |")
-    print(f"| LLMCircuitBreaker.astream | {best['astream']:.2f} | "
-          f"{best['astream'] / best['aiohttp']:.2f}x |")
+    print(
+        f"| LLMCircuitBreaker.astream | {best['astream']:.2f} | "
+        f"{best['astream'] / best['aiohttp']:.2f}x |"
+    )
 
 
 if __name__ == "__main__":

@@ -95,6 +95,23 @@ class SSEEvent:
     id: str | None = None
 
 
+def _new_event(event: str, data: Any, id: str | None) -> SSEEvent:
+    """``SSEEvent(event, data, id)`` through its slots' descriptors: a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``, a third slower, once per
+    event."""
+    made = _NEW(SSEEvent)
+    _SET_EVENT(made, event)
+    _SET_DATA(made, data)
+    _SET_ID(made, id)
+    return made
+
+
+_NEW = SSEEvent.__new__
+_SLOTS: dict[str, Any] = dict(vars(SSEEvent))  # the member descriptors of its slots
+_SET_EVENT = _SLOTS["event"].__set__
+_SET_DATA = _SLOTS["data"].__set__
+_SET_ID = _SLOTS["id"].__set__
+
 DONE = SSEEvent("done", "[DONE]")  # OpenAI's end-of-stream marker; never yielded
 
 
@@ -163,7 +180,7 @@ class SSEDecoder:
         self._event, self._data, self._size = None, [], 0
         if raw == b"[DONE]":
             return DONE
-        return SSEEvent(event, parse_json(raw), self._id)
+        return _new_event(event, parse_json(raw), self._id)
 
 
 # Provider streams with a terminal frame: a stream that ends without it was cut off.
@@ -204,8 +221,15 @@ class StreamChecker:
             name = kind if isinstance(kind, str) else event.event
             if name in _STARTS or data.get("object") == "chat.completion.chunk":
                 self._needs_end = True
-            if name in _TERMINAL or _finished(data):
+            if name in _TERMINAL:
                 self._needs_end, self._ended = False, True
+                return None
+            choices = data.get("choices")
+            if type(choices) is list:
+                for choice in choices:  # a loop, not any(): this runs for every chat chunk
+                    if isinstance(choice, dict) and choice.get("finish_reason"):
+                        self._needs_end, self._ended = False, True
+                        break
             return None
         kind = None
         if (
