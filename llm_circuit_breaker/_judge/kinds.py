@@ -106,6 +106,7 @@ STREAM_ERROR_STATUS = {
 }
 
 
+_decode = json.JSONDecoder().decode  # json.loads(text) without its argument checks
 _MAX_DEPTH = 64  # no provider's error nests deeper; far deeper breaks json, repr and str
 
 
@@ -113,6 +114,11 @@ def parse_json(raw: str | bytes) -> Any:
     """``raw`` parsed as JSON, else ``raw`` as text: when it is not JSON, and when it nests
     deeper than 64 (``[[[[...`` would raise ``RecursionError`` here or wherever it is shown)."""
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    if text.count("[") + text.count("{") <= _MAX_DEPTH:  # cannot nest deeper: no walk
+        try:
+            return _decode(text)
+        except Exception:
+            return text
     if _too_deep(text):  # json.loads would recurse to the interpreter's limit first
         return text
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from llm_circuit_breaker._judge.classify import classify_response
 from llm_circuit_breaker._judge.kinds import parse_json
@@ -28,36 +28,48 @@ __all__ = ["DONE", "EventReader", "LineSplitter", "SSEDecoder", "SSEEvent", "Str
 
 
 class LineSplitter:
-    """Cuts chunks of bytes into lines (without their endings), scanning each byte once."""
+    """Cuts chunks of bytes into lines (without their endings), scanning each byte once: a
+    line that began in an earlier chunk is ended by one ``find``, the chunk's other lines by
+    one ``split``."""
 
-    __slots__ = ("_buffer", "_limit", "_scanned", "_url")
+    __slots__ = ("_buffer", "_limit", "_url")
 
     def __init__(self, limit: int, url: str) -> None:
-        self._buffer = bytearray()
-        self._scanned = 0  # bytes of the buffer already known to hold no line break
+        self._buffer = bytearray()  # the start of a line waiting for its end
         self._limit = limit
         self._url = url
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The lines completed by ``chunk``."""
         buffer = self._buffer
-        buffer += chunk
-        lines = []
-        start = 0
-        while True:
-            end = buffer.find(b"\n", max(start, self._scanned))
+        if buffer:
+            end = chunk.find(b"\n")
             if end < 0:
-                break
-            lines.append(bytes(buffer[start:end]).rstrip(b"\r"))
-            start = end + 1
-        del buffer[:start]
-        self._scanned = len(buffer)
-        if len(buffer) > self._limit:
+                buffer += chunk
+                self._bound()
+                return []
+            buffer += chunk[:end]
+            head = bytes(buffer).rstrip(b"\r")
+            buffer.clear()
+            chunk = chunk[end + 1 :]
+            lines = chunk.split(b"\n")
+            lines.insert(0, head)
+        else:
+            lines = chunk.split(b"\n")
+        rest = lines.pop()
+        if b"\r" in chunk:
+            lines = [line.rstrip(b"\r") for line in lines]
+        if rest:
+            buffer += rest
+            self._bound()
+        return lines
+
+    def _bound(self) -> None:
+        if len(self._buffer) > self._limit:
             raise TransportError(
                 f"server-sent event line longer than max_event_bytes={self._limit}",
                 url=self._url,
             )
-        return lines
 
     @property
     def empty(self) -> bool:
@@ -83,6 +95,23 @@ class SSEEvent:
     id: str | None = None
 
 
+def _new_event(event: str, data: Any, id: str | None) -> SSEEvent:
+    """``SSEEvent(event, data, id)`` through its slots' descriptors: a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``, a third slower, once per
+    event."""
+    made = _NEW(SSEEvent)
+    _SET_EVENT(made, event)
+    _SET_DATA(made, data)
+    _SET_ID(made, id)
+    return made
+
+
+_NEW = SSEEvent.__new__
+_SLOTS: dict[str, Any] = dict(vars(SSEEvent))  # the member descriptors of its slots
+_SET_EVENT = _SLOTS["event"].__set__
+_SET_DATA = _SLOTS["data"].__set__
+_SET_ID = _SLOTS["id"].__set__
+
 DONE = SSEEvent("done", "[DONE]")  # OpenAI's end-of-stream marker; never yielded
 
 
@@ -93,7 +122,7 @@ class SSEDecoder:
 
     def __init__(self, limit: int = 8 * 1024 * 1024, url: str = "") -> None:
         self._event: str | None = None
-        self._data: list[str] = []
+        self._data: list[bytes] = []
         self._id: str | None = None
         self._size = 0
         self._limit = limit
@@ -104,41 +133,59 @@ class SSEDecoder:
         """How many bytes of data the event being assembled holds."""
         return self._size
 
-    def feed(self, line: str) -> SSEEvent | None:
-        """Take one line; return an event when a blank line completes one."""
+    def feed(self, line: bytes) -> SSEEvent | None:
+        """Take one line (without its ending); return an event when a blank line completes
+        one."""
         if not line:
             return self.flush()
-        if line.startswith(":"):
-            return None  # a comment, used as a keep-alive
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "data":
-            self._size += len(value) + 1
-            if self._size > self._limit:
-                raise TransportError(
-                    f"server-sent event larger than max_event_bytes={self._limit}", url=self._url
-                )
-            self._data.append(value)
-        elif field == "event":
-            self._event = value
-        elif field == "id":
-            self._id = value
+        if line.startswith(b"data:"):
+            self.data(line)
+        elif not line.startswith(b":"):  # a comment is a keep-alive
+            self.field(line)
         return None
+
+    def data(self, line: bytes) -> None:
+        """Take a ``data:`` line."""
+        value = line[6:] if line[5:6] == b" " else line[5:]
+        self._size += len(value) + 1
+        if self._size > self._limit:
+            self.overflow()
+        self._data.append(value)
+
+    def overflow(self) -> NoReturn:
+        """Raise for an event grown past ``max_event_bytes``."""
+        raise TransportError(
+            f"server-sent event larger than max_event_bytes={self._limit}", url=self._url
+        )
+
+    def field(self, line: bytes) -> None:
+        """Take a line of another field (``event``, ``id``; others are ignored)."""
+        name, _, raw = line.partition(b":")
+        if name == b"data":  # "data" without a colon: an empty data line
+            self.data(b"data:")
+            return
+        value = raw.removeprefix(b" ").decode("utf-8", errors="replace")
+        if name == b"event":
+            self._event = value
+        elif name == b"id":
+            self._id = value
 
     def flush(self) -> SSEEvent | None:
         """Emit the event being assembled, if any (at a blank line or the end of the stream)."""
-        if not self._data and self._event is None:
+        data = self._data
+        if not data and self._event is None:
             return None
-        raw = "\n".join(self._data)
+        raw = data[0] if len(data) == 1 else b"\n".join(data)
         event = self._event or "message"
         self._event, self._data, self._size = None, [], 0
-        if raw == "[DONE]":
+        if raw == b"[DONE]":
             return DONE
-        return SSEEvent(event, parse_json(raw), self._id)
+        return _new_event(event, parse_json(raw), self._id)
 
 
 # Provider streams with a terminal frame: a stream that ends without it was cut off.
-_TERMINAL = {"message_stop", "response.completed", "response.incomplete", "done"}
+_TERMINAL = frozenset({"message_stop", "response.completed", "response.incomplete", "done"})
+_STARTS = frozenset({"message_start", "response.created"})
 
 
 class StreamChecker:
@@ -162,7 +209,29 @@ class StreamChecker:
         """The provider error ``event`` carries, if it is an error frame (and follow whether
         the stream's terminal frame has come)."""
         data = event.data
-        kind = data.get("type") if isinstance(data, dict) else None
+        if type(data) is dict:  # a parsed frame (the common case): fewer tests
+            kind = data.get("type")
+            if "error" in data or kind == "error" or event.event == "error":
+                return self._error(data)
+            if kind == "response.failed" or event.event == "response.failed":
+                response = data.get("response")
+                return self._error(response if isinstance(response, dict) else data)
+            if self._ended:  # nothing below changes once the stream's end has come
+                return None
+            name = kind if isinstance(kind, str) else event.event
+            if name in _STARTS or data.get("object") == "chat.completion.chunk":
+                self._needs_end = True
+            if name in _TERMINAL:
+                self._needs_end, self._ended = False, True
+                return None
+            choices = data.get("choices")
+            if type(choices) is list:
+                for choice in choices:  # a loop, not any(): this runs for every chat chunk
+                    if isinstance(choice, dict) and choice.get("finish_reason"):
+                        self._needs_end, self._ended = False, True
+                        break
+            return None
+        kind = None
         if (
             event.event == "error"
             or kind == "error"
@@ -207,9 +276,9 @@ def _finished(data: Any) -> bool:
     """Whether a chat chunk carries a finish reason (the answer is whole even without
     ``[DONE]``)."""
     choices = data.get("choices") if isinstance(data, dict) else None
-    return isinstance(choices, list) and any(
-        isinstance(c, dict) and c.get("finish_reason") for c in choices
-    )
+    if type(choices) is not list:
+        return False
+    return any(isinstance(choice, dict) and choice.get("finish_reason") for choice in choices)
 
 
 class EventReader:
@@ -237,16 +306,37 @@ class EventReader:
         A stream makes progress when it yields an event or when the event it is sending grows
         (bounded by ``max_event_bytes``); keep-alives (comments, pings) are no progress, so a
         stream that sends only them fails once ``timeout`` has passed without any: the
-        drivers' read timeouts never fire on it."""
-        events = []
+        drivers' read timeouts never fire on it.
+
+        Lines stay bytes: a ``data`` line is a prefix test and an append, and an event's data
+        is decoded once, as it is parsed."""
+        events: list[SSEEvent] = []
+        decoder, checker = self._decoder, self._checker
         for line in self._lines.feed(chunk):
-            event = self._accept(self._decoder.feed(line.decode("utf-8", errors="replace")))
-            if event is not None:
-                events.append(event)
-            if self.done:
-                break
+            if not line:
+                if decoder._data or decoder._event is not None:
+                    event = decoder.flush()
+                    if event is DONE:
+                        self.done = True
+                        checker.error_in(event)
+                        break
+                    if event is None:
+                        continue
+                    error = checker.error_in(event)
+                    if error is not None:
+                        raise error
+                    if event.event != "ping":
+                        events.append(event)
+            elif line.startswith(b"data:"):
+                value = line[6:] if line[5:6] == b" " else line[5:]
+                decoder._size += len(value) + 1
+                if decoder._size > decoder._limit:
+                    decoder.overflow()
+                decoder._data.append(value)
+            elif line[0] != 58:  # not a comment (":"), a keep-alive
+                decoder.field(line)
         now = self._clock()
-        pending = self._lines.pending + self._decoder.pending
+        pending = self._lines.pending + decoder._size
         if events or self.done or pending > self._high:
             self._last, self._high = now, pending
         elif now - self._last > self._request.timeout:
@@ -262,7 +352,7 @@ class EventReader:
         """At the end of the body: the event still being assembled, if any."""
         rest = self._lines.rest()
         if rest and not self.done:
-            self._decoder.feed(rest.decode("utf-8", errors="replace").rstrip("\r"))
+            self._decoder.feed(rest.rstrip(b"\r"))
         return self._accept(self._decoder.flush())
 
     def finish(self) -> None:

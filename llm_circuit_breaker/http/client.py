@@ -242,7 +242,7 @@ class LLMCircuitBreaker:
         """
         route = self._route_for(url, data)
         events = route.stream(self._prepare(route, url, method, headers, data))
-        cost = estimate_tokens(data)
+        cost = estimate_tokens(data) if route.breaker.reads_token_cost else 0  # else unread
         return costed(events, cost) if cost else events
 
     def astream(
@@ -258,7 +258,7 @@ class LLMCircuitBreaker:
         route = self._route_for(url, data)
         prepared = self._prepare(route, url, method, headers, data, asynchronous=True)
         events = route.astream(prepared)
-        cost = estimate_tokens(data)
+        cost = estimate_tokens(data) if route.breaker.reads_token_cost else 0  # else unread
         return acosted(events, cost) if cost else events
 
     def get_state(self) -> dict[str, Any]:

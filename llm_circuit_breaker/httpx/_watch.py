@@ -54,6 +54,13 @@ class Watch:
     def feed(self, chunk: bytes) -> BaseException | None:
         """The first provider error in ``chunk`` (as it came, encoded or not), if any."""
         if self._inflate is None:
+            if (  # the common read once content has come: whole events, nothing to read
+                self.content
+                and chunk.endswith(b"\n\n")
+                and not (self._data or self._event or self._lines._buffer)
+                and self._dull(chunk)
+            ):
+                return None
             return self._feed(chunk)
         error = None
         try:
