@@ -232,6 +232,14 @@ class LocalCircuit(Cell):
             return
         self.record(permit, Outcome.SUCCESS)
 
+    def record_abandoned(self, permit: int) -> None:
+        """Report that the caller stopped reading the result of the call holding ``permit``
+        (neither outcome: counted as ignored)."""
+        if permit == self.core.clean_permit and self.throttle is None:  # nothing to change
+            self.telemetry.tally(Outcome.IGNORED)
+            return
+        self.record(permit, Outcome.IGNORED)
+
     def record(
         self,
         permit: int,

@@ -9,6 +9,7 @@ from typing import Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload
 
 from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker, Listener
+from llm_circuit_breaker.breaker.circuit import LocalCircuit
 from llm_circuit_breaker.breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.config import (
     RETRY_MARK,
@@ -16,6 +17,7 @@ from llm_circuit_breaker.config import (
     CircuitBreakerConfig,
     FailurePredicate,
 )
+from llm_circuit_breaker.errors import CircuitOpenError
 from llm_circuit_breaker.strategies.gate import Gate
 
 __all__ = ["ExcludeTypes", "Guarded", "circuit_breaker"]
@@ -27,6 +29,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Generator, Iterator
 
 from llm_circuit_breaker._core.budget import StreamUsage
+from llm_circuit_breaker._core.state import CircuitState
 from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait
 from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.strategies import tracing
@@ -248,26 +251,68 @@ def _charge_of(gate: Gate) -> Callable[[object, object], None] | None:
     return breaker.charge if breaker.config.token_budget is not None else None
 
 
+class _Entered:
+    """What an unscoped shell reads in place of a local circuit's core when its admission is
+    someone else's (a store's link, a concurrency cap, a token budget): never admitted
+    without asking."""
+
+    __slots__ = ()
+    lock_free_permit = -1
+
+
+_ENTERED = _Entered()
+_new = BaseException.__new__
+_INF = float("inf")
+
+
+def _fast_path(gate: Gate) -> tuple[LocalCircuit | None, Any, Any, Any, str]:
+    """What an unscoped shell reads to admit a call or fail fast in its own frame: the local
+    circuit when the breaker's admission is its own (``LocalCircuit.enter`` inline: CLOSED
+    and clean admits with one attribute read, OPEN refuses with one clock read), its core,
+    time source and telemetry; else None and a core that always asks ``enter()``."""
+    breaker = gate.breaker
+    local = breaker._local
+    if breaker._enter is not None:
+        return None, _ENTERED, None, None, breaker.name
+    return local, local.core, local.source, local.telemetry, breaker.name
+
+
 def _sync_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
     enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
     no_fallback, plain, waiting = gate.fallback is None, PLAIN, Wait
     charge = _charge_of(gate)
+    local, core, source, telemetry, name = _fast_path(gate)
+    new, open_error, inf, opened = _new, CircuitOpenError, _INF, CircuitState.OPEN
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if tracing.hook is not None and tracing.passing() is not me():
             return tracing.hook.call(me(), gate.breaker, args, kwargs)
-        permit: Any = enter()
-        if permit.__class__ is not int:  # a throttle slot to wait for, or a refusal
-            if permit.__class__ is waiting:
-                permit = gate.wait(permit)
-            elif no_fallback:  # raised in this frame: failing fast is a hot path
-                try:
-                    raise permit
-                finally:
-                    del permit  # else frame -> error -> traceback -> frame: a cycle
-            else:
-                return refuse(args, kwargs)
+        permit: Any = core.lock_free_permit  # CLOSED and clean: admitted, no call
+        if permit < 0:
+            if local is not None:  # failing fast, decided and raised in this frame
+                now, open_until = source.now(), core.open_until
+                if now < open_until and core.state is opened and telemetry.plain_refusals:
+                    next(local._rejections)
+                    if no_fallback:
+                        raise new(
+                            open_error,
+                            name,
+                            None if open_until == inf else open_until - now,
+                            core.open_reason,
+                        ) from local.cause
+                    return refuse(args, kwargs)
+            permit = enter()
+            if permit.__class__ is not int:  # a throttle slot to wait for, or a refusal
+                if permit.__class__ is waiting:
+                    permit = gate.wait(permit)
+                elif no_fallback:  # raised in this frame: failing fast is a hot path
+                    try:
+                        raise permit
+                    finally:
+                        del permit  # else frame -> error -> traceback -> frame: a cycle
+                else:
+                    return refuse(args, kwargs)
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
@@ -292,22 +337,38 @@ def _async_shell(
     awaits_store, name = gate.awaits_store, gate.breaker.name
     call = func if call_timeout is None else _timed(func, call_timeout, name)
     charge = _charge_of(gate)
+    local, core, source, telemetry, name = _fast_path(gate)
+    new, open_error, inf, opened = _new, CircuitOpenError, _INF, CircuitState.OPEN
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         if tracing.hook is not None and tracing.passing() is not me():
             return await tracing.hook.acall(me(), gate.breaker, args, kwargs)
-        permit: Any = (await gate.aenter()) if awaits_store else enter()
-        if permit.__class__ is not int:
-            if permit.__class__ is waiting:
-                permit = await gate.await_slot(permit)
-            elif no_fallback:  # raised in this frame: failing fast is a hot path
-                try:
-                    raise permit
-                finally:
-                    del permit  # else frame -> error -> traceback -> frame: a cycle
-            else:
-                return await _awaited(refuse(args, kwargs))
+        permit: Any = core.lock_free_permit  # CLOSED and clean: admitted, no call
+        if permit < 0:
+            if local is not None:  # failing fast, decided and raised in this frame
+                now, open_until = source.now(), core.open_until
+                if now < open_until and core.state is opened and telemetry.plain_refusals:
+                    next(local._rejections)
+                    if no_fallback:
+                        raise new(
+                            open_error,
+                            name,
+                            None if open_until == inf else open_until - now,
+                            core.open_reason,
+                        ) from local.cause
+                    return await _awaited(refuse(args, kwargs))
+            permit = (await gate.aenter()) if awaits_store else enter()
+            if permit.__class__ is not int:
+                if permit.__class__ is waiting:
+                    permit = await gate.await_slot(permit)
+                elif no_fallback:  # raised in this frame: failing fast is a hot path
+                    try:
+                        raise permit
+                    finally:
+                        del permit  # else frame -> error -> traceback -> frame: a cycle
+                else:
+                    return await _awaited(refuse(args, kwargs))
         try:
             result = await call(*args, **kwargs)
         except BaseException as exc:
@@ -566,6 +627,8 @@ def _async_gen_shell(
     no_fallback, waiting = gate.fallback is None, Wait
     awaits_store, name = gate.awaits_store, gate.breaker.name
     charge = _charge_of(gate)
+    local = _fast_path(gate)[0]
+    abandoned = gate.abandoned if local is None else local.record_abandoned
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -602,7 +665,7 @@ def _async_gen_shell(
                 if awaits_store:
                     await gate.aabandoned(permit)
                 else:
-                    gate.abandoned(permit)
+                    abandoned(permit)
             elif awaits_store:
                 await gate.afailed(permit, exc)
             else:
