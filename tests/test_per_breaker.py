@@ -201,3 +201,33 @@ def test_a_new_breaker_is_idle_and_its_first_call_opens_the_lock_free_path() -> 
     assert breaker._local.core.clean_permit >= 0 and breaker.idle
     breaker.record_success(breaker.admit())
     assert breaker.stats.successes == 2
+
+
+def test_breakers_share_a_few_striped_locks_and_count_exactly_under_threads() -> None:
+    """A breaker's first call makes no lock: its circuit takes one of a few shared ones, which
+    guard a few lines each and never nest, so breakers that share one neither deadlock nor
+    lose a count."""
+    breakers = [CircuitBreaker(f"svc-{i}", CircuitBreakerConfig(failure_threshold=10**9))
+                for i in range(300)]  # fmt: skip
+    for breaker in breakers:
+        breaker.record_success(breaker.admit())
+    locks = {id(breaker._local.lock) for breaker in breakers}
+    assert len(locks) <= 67
+
+    rounds = 50
+
+    def work(offset: int) -> None:
+        for n in range(rounds):
+            for breaker in breakers[offset::4]:
+                outcome = Outcome.FAILURE if n % 2 else Outcome.SUCCESS
+                breaker.record(breaker.admit(), outcome)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for breaker in breakers:
+        stats = breaker.stats
+        assert stats.calls == rounds + 1
+        assert stats.failures == rounds // 2
