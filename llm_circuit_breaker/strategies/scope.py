@@ -177,8 +177,26 @@ class Scopes:
             return found
         if len(cache) >= self.bound:
             self._prune()
+        elif len(cache) >= self.registry.max_breakers:
+            self._let_go_oldest()
         found = cache[key] = self.make(name)
+        lru = self.registry._scoped
+        if name in lru:  # the scope's key beside its name, for _let_go_oldest
+            lru[name] = key
         return found
+
+    def _let_go_oldest(self) -> None:
+        """Scopes cycling past the bound: forget the oldest cached scope when its breaker is
+        the next the registry drops, so that the registry may reuse that very object for the
+        new scope (held by nothing else). A scope forgotten here that the registry keeps
+        after all is found again by name on its next call."""
+        cache = self.cache
+        try:
+            name, key = next(iter(self.registry._scoped.items()))
+            if key is not None and cache[key].name == name:
+                del cache[key]
+        except (KeyError, StopIteration, RuntimeError, TypeError):  # changed meanwhile
+            return
 
     def _prune(self) -> None:
         """Forget the oldest scopes down to ``max_breakers``, those whose breakers the registry
