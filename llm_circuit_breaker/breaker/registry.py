@@ -200,7 +200,8 @@ class BreakerRegistry:
             breaker.add_observer(observer)
         if scoped:
             self._scoped[name] = None
-            self._evict()
+            if len(self._scoped) > self.max_breakers:
+                self._evict()
 
     def _reused(self, name: str, config: CircuitBreakerConfig) -> CircuitBreaker | None:
         """The least recently used scoped breaker, dropped and renamed ``name`` when it would

@@ -108,10 +108,12 @@ class ScopedName:
 
     def name(self, key: Any) -> str:
         """The breaker name for a call's key."""
-        values = key if len(self._lookups) != 1 else (key,)
+        lookups = self._lookups
         try:
+            if len(lookups) == 1:  # the common case: no comprehension
+                return self.template.format_map({lookups[0][0]: key})
             return self.template.format_map(
-                {lookup[0]: value for lookup, value in zip(self._lookups, values, strict=True)}
+                {lookup[0]: value for lookup, value in zip(lookups, key, strict=True)}
             )
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
             raise TypeError(
@@ -175,28 +177,24 @@ class Scopes:
                 return found
         else:
             return found
+        lru = self.registry._scoped
         if len(cache) >= self.bound:
             self._prune()
         elif len(cache) >= self.registry.max_breakers:
-            self._let_go_oldest()
+            # Cycling past the bound: forget the oldest cached scope when its breaker is the
+            # next the registry drops, so that the registry may reuse that very object for
+            # this scope (held by nothing else then). A scope forgotten here that the registry
+            # keeps after all is found again by name on its next call.
+            try:
+                oldest, oldest_key = next(iter(lru.items()))
+                if oldest_key is not None and cache[oldest_key].name == oldest:
+                    del cache[oldest_key]
+            except (KeyError, StopIteration, RuntimeError, TypeError):  # changed meanwhile
+                pass
         found = cache[key] = self.make(name)
-        lru = self.registry._scoped
-        if name in lru:  # the scope's key beside its name, for _let_go_oldest
+        if name in lru:  # the scope's key beside its name, for the above
             lru[name] = key
         return found
-
-    def _let_go_oldest(self) -> None:
-        """Scopes cycling past the bound: forget the oldest cached scope when its breaker is
-        the next the registry drops, so that the registry may reuse that very object for the
-        new scope (held by nothing else). A scope forgotten here that the registry keeps
-        after all is found again by name on its next call."""
-        cache = self.cache
-        try:
-            name, key = next(iter(self.registry._scoped.items()))
-            if key is not None and cache[key].name == name:
-                del cache[key]
-        except (KeyError, StopIteration, RuntimeError, TypeError):  # changed meanwhile
-            return
 
     def _prune(self) -> None:
         """Forget the oldest scopes down to ``max_breakers``, those whose breakers the registry
