@@ -166,17 +166,16 @@ class Scopes:
         key = self.key_of(args, kwargs)
         cache = self.cache
         try:
-            found = cache[key]
-            self.mark_used(found.name)  # KeyError: the registry dropped it
-        except KeyError:
-            name = self.name_of.name(key)
+            found = cache.get(key)  # a miss raises nothing (the shell's raised already)
         except TypeError:  # an unhashable argument: keyed by the name it gives
             key = name = self.name_of.name(key)
-            found = cache.get(key)  # type: ignore[assignment]
+            found = cache.get(key)
             if found is not None and self.registry.touch(name):
                 return found
         else:
-            return found
+            if found is not None and self.registry.touch(found.name):
+                return found  # False: the registry dropped it
+            name = self.name_of.name(key)
         lru = self.registry._scoped
         if len(cache) >= self.bound:
             self._prune()
