@@ -9,7 +9,8 @@ Per call, best of rounds of N calls in CLOSED: a bare function, the same functio
 filled from the call's arguments, its breaker looked up in a per-decoration cache). Goal: a
 scoped call <= 2x an unscoped one. Then, per call: cycling through 10,000 live scopes (all
 cached; goal <= 2x an unscoped call) and through 2x ``max_breakers`` distinct scopes (every
-call misses: a breaker made, one evicted; goal <= 5x), with the collector on. Last, the memory
+call misses: the least recently used breaker dropped, and reused for the new scope when
+nothing else holds it; goal <= 5x), with the collector on. Last, the memory
 of 100,000 distinct scopes under the default ``max_breakers`` (10,000): the registry's bound
 holds, and what each live scoped breaker costs.
 """

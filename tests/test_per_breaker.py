@@ -201,3 +201,101 @@ def test_a_new_breaker_is_idle_and_its_first_call_opens_the_lock_free_path() -> 
     assert breaker._local.core.clean_permit >= 0 and breaker.idle
     breaker.record_success(breaker.admit())
     assert breaker.stats.successes == 2
+
+
+def test_breakers_share_a_few_striped_locks_and_count_exactly_under_threads() -> None:
+    """A breaker's first call makes no lock: its circuit takes one of a few shared ones, which
+    guard a few lines each and never nest, so breakers that share one neither deadlock nor
+    lose a count."""
+    breakers = [CircuitBreaker(f"svc-{i}", CircuitBreakerConfig(failure_threshold=10**9))
+                for i in range(300)]  # fmt: skip
+    for breaker in breakers:
+        breaker.record_success(breaker.admit())
+    locks = {id(breaker._local.lock) for breaker in breakers}
+    assert len(locks) <= 67
+
+    rounds = 50
+
+    def work(offset: int) -> None:
+        for n in range(rounds):
+            for breaker in breakers[offset::4]:
+                outcome = Outcome.FAILURE if n % 2 else Outcome.SUCCESS
+                breaker.record(breaker.admit(), outcome)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for breaker in breakers:
+        stats = breaker.stats
+        assert stats.calls == rounds + 1
+        assert stats.failures == rounds // 2
+
+
+def _counting_breakers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    made: list[str] = []
+    init = CircuitBreaker.__init__
+
+    def counted(self: CircuitBreaker, name: str, *args: object, **kwargs: object) -> None:
+        made.append(name)
+        init(self, name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CircuitBreaker, "__init__", counted)
+    return made
+
+
+def test_cycling_scopes_reuses_the_dropped_breaker_as_a_fresh_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past ``max_breakers`` the breaker the registry drops, held by nothing else, becomes the
+    new scope's: no breaker made per miss, and nothing tells it from a fresh one."""
+    made = _counting_breakers(monkeypatch)
+    registry = BreakerRegistry(max_breakers=4)
+    used: list[CircuitBreaker] = []
+
+    @circuit_breaker("tenant:{tenant}", registry=registry)
+    def call(tenant: int) -> int:
+        if tenant % 3 == 0 and tenant not in failed:
+            failed.add(tenant)
+            raise ConnectionError("down")
+        used.append(registry.get(f"tenant:{tenant}"))
+        return tenant
+
+    failed: set[int] = set()
+    for tenant in range(100):
+        if tenant % 3 == 0:  # a failure, then a success: idle again, its counts not zero
+            with pytest.raises(ConnectionError):
+                call(tenant)
+        assert call(tenant) == tenant
+        breaker = used.pop()
+        assert breaker.name == f"tenant:{tenant}" and breaker.template == "tenant:{tenant}"
+        stats = breaker.stats
+        assert stats.successes == 1 and stats.failures == (tenant % 3 == 0)
+        assert stats.calls == 1 + (tenant % 3 == 0)
+    del breaker
+    assert len(registry) == 4
+    assert len(made) <= 4 + 1  # the first four, and at most one more
+    assert [b.name for b in registry.breakers()] == [f"tenant:{t}" for t in range(96, 100)]
+
+
+def test_a_breaker_held_elsewhere_or_listened_to_is_never_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made = _counting_breakers(monkeypatch)
+    registry = BreakerRegistry(max_breakers=2)
+
+    @circuit_breaker("tenant:{tenant}", registry=registry)
+    def call(tenant: int) -> int:
+        return tenant
+
+    call(0)
+    held = registry.get("tenant:0")
+    call(1)
+    registry.get("tenant:1").add_listener(lambda change: None)
+    for tenant in range(2, 10):
+        call(tenant)
+    assert held.name == "tenant:0" and held.stats.calls == 1
+    assert "tenant:0" not in registry and "tenant:1" not in registry
+    # 0 and 1 are not reused: 2 and 3 are made; from then on each dropped one is reused
+    assert made == ["tenant:0", "tenant:1", "tenant:2", "tenant:3"]

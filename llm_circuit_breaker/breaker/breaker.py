@@ -6,7 +6,10 @@ sync store, coroutines for an asyncio one); its :class:`Telemetry` reports eithe
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import sys
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -16,7 +19,7 @@ from llm_circuit_breaker._core.state import CircuitState, Outcome
 from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait, estimate_tokens
 from llm_circuit_breaker._core.views import Control, View
 from llm_circuit_breaker.breaker import clock as clock_module
-from llm_circuit_breaker.breaker.circuit import Entry, LocalCircuit
+from llm_circuit_breaker.breaker.circuit import _NOT_OPEN_YET, Entry, LocalCircuit
 from llm_circuit_breaker.breaker.clock import TimeSource
 from llm_circuit_breaker.breaker.telemetry import (
     BreakerStats,
@@ -38,6 +41,11 @@ if TYPE_CHECKING:
 __all__ = ["BreakerStats", "CircuitBreaker", "Clock", "Listener", "Observer", "StateChange"]
 
 Clock = Callable[[], float]
+
+# Reference counts say when nothing else holds a breaker (CPython; elsewhere none is reused).
+_REFCOUNTED = sys.implementation.name == "cpython"
+refcount = sys.getrefcount
+weakref_count = weakref.getweakrefcount
 
 
 class CircuitBreaker:
@@ -281,6 +289,51 @@ class CircuitBreaker:
         """CLOSED and clean: a registry may drop this (scoped) breaker without losing state."""
         busy = self._limit is not None and self._limit.busy
         return not busy and self._followed.idle
+
+    def _reusable(self, config: CircuitBreakerConfig) -> bool:
+        """Whether this (scoped) breaker can become another name's new breaker: a local
+        circuit with ``config`` that never changed state and keeps nothing but counts (no
+        failure pending, no throttle, no listener, no budget, no cap), that nothing but its
+        registry and the caller holds (reference counts: no call in flight, no decoration,
+        no weak reference). The registry drops it then, so nothing can tell it apart from a
+        fresh one (see :meth:`_rename`)."""
+        local, telemetry = self._local, self._telemetry
+        core = local.core
+        return (
+            _REFCOUNTED
+            and self._circuit is local
+            and self._enter is None
+            and self._limit is None
+            and self._budget is None
+            and (self.config is config or self.config == config)
+            and core.generation == 0  # never left CLOSED
+            and not core.failure_count
+            and not core.transitions
+            and not core._inflight
+            and core._window is None
+            and local.throttle is None
+            and local.rejoin is None
+            and not telemetry._hooks
+            and telemetry.breaker is None
+            and telemetry._waits is None
+            and not weakref_count(self)
+            # held by the breaker twice (``_local``/``_circuit``; ``_telemetry`` and the
+            # circuit's), by the local variable here and by the call's argument
+            and refcount(local) == 4
+            and refcount(telemetry) == 4
+        )
+
+    def _rename(self, name: str) -> None:
+        """Become a fresh breaker called ``name`` (only after :meth:`_reusable`): the name, and
+        statistics from zero; the cores are as a new breaker's already."""
+        local, telemetry = self._local, self._telemetry
+        self.name = local.name = telemetry.name = name
+        if local._successes is not None:  # armed: the fast path stays open
+            local._successes = telemetry.successes = itertools.count()
+        local._rejections = _NOT_OPEN_YET
+        telemetry._rejections = None
+        telemetry._counts = None
+        telemetry.template = None
 
     def _known_throttle(self) -> dict[str, float | int | None]:
         return self._followed.throttle_view()

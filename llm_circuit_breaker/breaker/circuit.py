@@ -8,6 +8,7 @@ success bumps a counter; failing fast in OPEN needs no lock either.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Iterator, Sequence
 
 from llm_circuit_breaker._core.permits import SHADOW, is_refusal
@@ -37,6 +38,12 @@ def _not_open_yet() -> int:  # pragma: no cover - a circuit opens only after a r
 # What ``_rejections`` is until the first report or control makes the real counter.
 _NOT_OPEN_YET: Iterator[int] = iter(_not_open_yet, None)
 _new = BaseException.__new__
+
+# The locks of the local circuits: a circuit takes one of these, chosen by its id, instead of a
+# lock of its own (100k breakers, a few dozen locks). A circuit's lock guards only its cores
+# for a few lines and never spans a call, nor another circuit's lock: a shared one serialises
+# at worst two circuits' bookkeeping, never deadlocks.
+_STRIPES = tuple(threading.Lock() for _ in range(67))
 
 
 def check_report(permit: object, outcome: object, open_for: float | None) -> None:
@@ -85,7 +92,8 @@ class LocalCircuit(Cell):
         # Set while the registry has forgotten this circuit: the next call puts it back.
         self.rejoin: Callable[[], None] | None = None
         # Paced (every call on the slow path) until the first admission arms the fast path.
-        super().__init__(config, paces=paced, lock=False, paced=True)
+        lock = _STRIPES[(id(self) >> 4) % len(_STRIPES)]
+        super().__init__(config, paces=paced, lock=lock, paced=True)
         self.cause: BaseException | None = None  # the error that last opened the circuit
 
     def _follow_throttle(self) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker, Clock, Observer
-from llm_circuit_breaker.config import CircuitBreakerConfig
+from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
 
 if TYPE_CHECKING:
     from llm_circuit_breaker.storage.base import AsyncStateStore, StateStore
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["BreakerRegistry", "breaker_registry", "registries"]
 
 _LISTED = 20  # names listed in a KeyError
+refcount = sys.getrefcount
 _EVICTION_SCAN = 64  # scoped breakers looked at per eviction: the oldest, for an idle one
 
 
@@ -47,8 +49,9 @@ class BreakerRegistry:
         self.max_breakers = max_breakers
         self._observers: list[Observer] = []
         self._breakers: dict[str, CircuitBreaker] = {}
-        # Names of the scoped breakers, least recently used first.
-        self._scoped: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Names of the scoped breakers, least recently used first, each with the key of the
+        # decoration's cache that holds it (see ``Scopes``), None until it says.
+        self._scoped: collections.OrderedDict[str, Any] = collections.OrderedDict()
         # Breakers forgotten by clear() that something still holds (a decoration, a facade, a
         # transport): naming one again gives that very breaker back, so both agree on it.
         self._retired: weakref.WeakValueDictionary[str, CircuitBreaker] = (
@@ -160,7 +163,12 @@ class BreakerRegistry:
                 if breaker is None or not _agrees(breaker, fields, self.store):
                     if config is None and fields:
                         config = CircuitBreakerConfig(**fields)
-                    breaker = CircuitBreaker(name, config, clock=self._clock, store=self.store)
+                    reused = None
+                    if scoped and len(self._scoped) >= self.max_breakers:
+                        reused = self._reused(name, config or DEFAULT_CONFIG)
+                    breaker = reused or CircuitBreaker(
+                        name, config, clock=self._clock, store=self.store
+                    )
                 if scoped or self._observers:
                     self._register(breaker, scoped)
                 else:  # the common case inline: creating many breakers is a hot path too
@@ -192,7 +200,28 @@ class BreakerRegistry:
             breaker.add_observer(observer)
         if scoped:
             self._scoped[name] = None
-            self._evict()
+            if len(self._scoped) > self.max_breakers:
+                self._evict()
+
+    def _reused(self, name: str, config: CircuitBreakerConfig) -> CircuitBreaker | None:
+        """The least recently used scoped breaker, dropped and renamed ``name`` when it would
+        be dropped for this new one anyway and nothing else holds it (see
+        ``CircuitBreaker._reusable``): cycling scopes past ``max_breakers`` then makes no
+        breaker, nor garbage for the collector (lock held)."""
+        if self._observers or self._cleared or self.store is not None:
+            return None
+        try:
+            oldest = next(iter(self._scoped))
+        except (StopIteration, RuntimeError):  # touched meanwhile by a lock-free caller
+            return None
+        breaker = self._breakers.get(oldest)
+        # held here by the registry, the local variable and the call's argument alone
+        if breaker is None or refcount(breaker) != 3 or not breaker._reusable(config):
+            return None
+        self._scoped.pop(oldest, None)
+        del self._breakers[oldest]
+        breaker._rename(name)
+        return breaker
 
     def _rejoin(self, forgotten: weakref.ref[CircuitBreaker], scoped: bool) -> None:
         """A breaker forgotten by :meth:`clear` is used again: it is the one of its name once

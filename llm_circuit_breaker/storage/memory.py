@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Cell", "MemoryStateStore"]
 
-_MAKING = threading.Lock()  # makes a cell's lock once
-
 
 class MemoryStateStore:
     """Circuits kept in this process. ``clock`` returns monotonic seconds (tests inject one)."""
@@ -187,26 +185,20 @@ class Cell:
         config: CircuitBreakerConfig,
         *,
         paces: bool = True,
-        lock: bool = True,
+        lock: threading.Lock | None = None,
         paced: bool = False,
     ) -> None:
         self.core = BreakerCore(config, paced=paced)  # paced: every call on the slow path
-        # ``lock=False``: made by the first :meth:`locked` (a breaker that is never called
-        # needs none).
-        self.lock: threading.Lock | None = threading.Lock() if lock else None
+        # A lock of its own, or one shared with other cells (a breaker's circuit takes one of
+        # a few striped locks): it guards the cores for a few lines, never across a call.
+        self.lock = threading.Lock() if lock is None else lock
         self.paces = paces = config.throttle and paces
         rated = config.requests_per_minute is not None or config.tokens_per_minute is not None
         self.throttle = ThrottleCore(config) if paces and rated else None
 
     def locked(self) -> threading.Lock:
-        """The lock (made now if it was not yet)."""
-        lock = self.lock
-        if lock is None:
-            with _MAKING:
-                lock = self.lock
-                if lock is None:
-                    lock = self.lock = threading.Lock()
-        return lock
+        """The lock."""
+        return self.lock
 
     def made_throttle(self) -> ThrottleCore | None:
         """The throttle, made now if this circuit paces and has none yet (lock held)."""

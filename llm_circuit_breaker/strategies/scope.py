@@ -108,10 +108,12 @@ class ScopedName:
 
     def name(self, key: Any) -> str:
         """The breaker name for a call's key."""
-        values = key if len(self._lookups) != 1 else (key,)
+        lookups = self._lookups
         try:
+            if len(lookups) == 1:  # the common case: no comprehension
+                return self.template.format_map({lookups[0][0]: key})
             return self.template.format_map(
-                {lookup[0]: value for lookup, value in zip(self._lookups, values, strict=True)}
+                {lookup[0]: value for lookup, value in zip(lookups, key, strict=True)}
             )
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
             raise TypeError(
@@ -164,20 +166,33 @@ class Scopes:
         key = self.key_of(args, kwargs)
         cache = self.cache
         try:
-            found = cache[key]
-            self.mark_used(found.name)  # KeyError: the registry dropped it
-        except KeyError:
-            name = self.name_of.name(key)
+            found = cache.get(key)  # a miss raises nothing (the shell's raised already)
         except TypeError:  # an unhashable argument: keyed by the name it gives
             key = name = self.name_of.name(key)
-            found = cache.get(key)  # type: ignore[assignment]
+            found = cache.get(key)
             if found is not None and self.registry.touch(name):
                 return found
         else:
-            return found
+            if found is not None and self.registry.touch(found.name):
+                return found  # False: the registry dropped it
+            name = self.name_of.name(key)
+        lru = self.registry._scoped
         if len(cache) >= self.bound:
             self._prune()
+        elif len(cache) >= self.registry.max_breakers:
+            # Cycling past the bound: forget the oldest cached scope when its breaker is the
+            # next the registry drops, so that the registry may reuse that very object for
+            # this scope (held by nothing else then). A scope forgotten here that the registry
+            # keeps after all is found again by name on its next call.
+            try:
+                oldest, oldest_key = next(iter(lru.items()))
+                if oldest_key is not None and cache[oldest_key].name == oldest:
+                    del cache[oldest_key]
+            except (KeyError, StopIteration, RuntimeError, TypeError):  # changed meanwhile
+                pass
         found = cache[key] = self.make(name)
+        if name in lru:  # the scope's key beside its name, for the above
+            lru[name] = key
         return found
 
     def _prune(self) -> None:
