@@ -104,6 +104,9 @@ class Core:
         self.fields = fields
         self.config = CircuitBreakerConfig(**fields) if fields else None
         self.template = isinstance(breaker, str) and "{" in breaker
+        # the one breaker of every request, once found (a name without a template, or a
+        # breaker): no lookup per request
+        self.fixed: CircuitBreaker | None = None
 
     def tokens(self, request: Any, body: Any) -> float:
         """The request's estimated token cost: its output cap plus its size / 4 (an unread
@@ -188,6 +191,8 @@ class Core:
                 f"circuit {breaker.name!r} keeps its state in an asyncio store: "
                 "use AsyncCircuitBreakerTransport"
             )
+        if self.spec is breaker:
+            self.fixed = breaker
         return breaker, body
 
     def unpaid_retry(self, retry: str, breaker: CircuitBreaker) -> ThrottledError | None:
@@ -401,15 +406,14 @@ class Body:
         self._watch = watch
         self._request = request
         self._first = first
-        # an asyncio store is reported to on the loop that read the headers, even when dropped
-        breaker = attempt.breaker
-        self._loop: Any = sys.modules["asyncio"].get_running_loop() if breaker.is_async else None
+        self._loop: Any = attempt.loop()
 
     def __del__(self) -> None:
         # A response collected without being read to its end or closed: what its attempt holds
         # (a probe slot, an in-flight entry) is released, reported as neither outcome.
         attempt = getattr(self, "_attempt", None)
-        if attempt is not None and attempt.settle():
+        if attempt is not None and not attempt.done:
+            attempt.done = True
             attempt.breaker.dropped(attempt.permit, self._loop)
 
 
@@ -481,6 +485,11 @@ class Attempt:
         self.permit = permit
         self.done = False
         self.meter: Meter | None = None  # set for a breaker with a token budget
+
+    def loop(self) -> Any:
+        """The loop to report a dropped body on: an asyncio store is reported to on the loop
+        that read the headers (None for any other breaker)."""
+        return sys.modules["asyncio"].get_running_loop() if self.breaker.is_async else None
 
     def settle(self) -> bool:
         """Mark reported; whether it still had to be."""
