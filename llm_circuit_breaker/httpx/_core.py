@@ -581,20 +581,15 @@ def _lowered(headers: Any) -> list[tuple[Any, bytes, bytes]] | Iterator[tuple[An
     )
 
 
-def _joined(old: bytes | None, value: bytes) -> bytes:
-    """A header's values joined as a lookup by name joins them."""
-    return value if old is None else old + b", " + value
-
-
 def request_headers(request: Any) -> tuple[str, str]:
     """The request's ``x-stainless-retry-count`` (``"0"`` without one) and ``Accept`` headers,
     read in one pass (a lookup by name scans every header, each time)."""
     retry = accept = None
     for _, name, value in _lowered(request.headers):
         if name == b"x-stainless-retry-count":
-            retry = _joined(retry, value)
+            retry = value if retry is None else retry + b", " + value  # as a lookup joins them
         elif name == b"accept":
-            accept = _joined(accept, value)
+            accept = value if accept is None else accept + b", " + value
     return (
         "0" if retry is None else retry.decode("latin-1"),
         "" if accept is None else accept.decode("latin-1"),
@@ -614,9 +609,9 @@ class Answer:
             if b"ratelimit" in name:
                 found[name.decode("latin-1")] = value.decode("latin-1")[:1000]
             elif name == b"content-type":
-                kind = _joined(kind, value)
+                kind = value if kind is None else kind + b", " + value  # as a lookup joins them
             elif name == b"content-encoding":
-                encoding = _joined(encoding, value)
+                encoding = value if encoding is None else encoding + b", " + value
         self.rate_limits = found
         self.content_type = "" if kind is None else kind.decode("latin-1")
         self.content_encoding = "" if encoding is None else encoding.decode("latin-1")

@@ -171,7 +171,8 @@ class CircuitBreakerTransport(Transport):
         if cost is not None:  # a token budget reads the estimate: none, no meter
             core.meter(attempt, request, cost, watch)
         if watch is None and first is None and attempt.meter is None:
-            response.stream = _plain_type(response)(response.stream, attempt)
+            plain = _PLAIN_TYPES.get(response.__class__) or _plain_type(response)
+            response.stream = plain(response.stream, attempt)
         else:
             response.stream = _body_type(response)(response.stream, attempt, watch, request, first)
         return response
