@@ -802,3 +802,64 @@ def test_a_token_estimate_read_from_the_bytes_is_the_parsed_one(body: dict[str, 
     core = Core("x", BreakerRegistry(), None, None, {})
     request = httpx.Request("POST", "http://provider/v1/chat/completions", json=body)
     assert core.tokens(request, UNREAD) == core.tokens(request, core.body_of(request))
+
+
+# -- the work per request -------------------------------------------------------------------
+
+
+def _calls_into_the_package(send: Any, requests: int) -> float:
+    """Python functions of this package called per request by ``send()`` (a count, not a
+    time: the same on any machine)."""
+    import sys
+
+    calls = 0
+
+    def count(frame: Any, event: str, arg: Any) -> None:
+        nonlocal calls
+        if event == "call" and "llm_circuit_breaker" in frame.f_code.co_filename:
+            calls += 1
+
+    sys.setprofile(count)
+    try:
+        for _ in range(requests):
+            send()
+    finally:
+        sys.setprofile(None)
+    return calls / requests
+
+
+def _plain_answer(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(
+        200, headers={"content-type": "application/json"}, stream=httpx.ByteStream(b"{}")
+    )
+
+
+def test_a_plain_answer_costs_few_calls_and_is_counted() -> None:
+    # A JSON answer with nothing to watch (no SSE, no first-token deadline, no token budget):
+    # the body passes through one generator, the breaker is looked up once, no estimate made.
+    registry = BreakerRegistry()
+    transport = CircuitBreakerTransport(
+        "plain", httpx.MockTransport(_plain_answer), registry=registry
+    )
+    with httpx.Client(transport=transport) as client:
+        url = "http://provider/v1/chat/completions"
+        client.post(url, json={"model": "m"}).read()
+        per_request = _calls_into_the_package(
+            lambda: client.post(url, json={"model": "m"}).read(), 20
+        )
+    assert per_request <= 24, per_request  # 36 with a generic guarded body
+    stats = registry.get_or_create("plain").stats
+    assert (stats.successes, stats.failures, stats.calls) == (21, 0, 21)
+
+
+async def test_an_async_plain_answer_costs_few_calls_and_is_counted() -> None:
+    registry = BreakerRegistry()
+    transport = AsyncCircuitBreakerTransport(
+        "aplain", httpx.MockTransport(_plain_answer), registry=registry
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        url = "http://provider/v1/chat/completions"
+        for _ in range(3):
+            (await client.post(url, json={"model": "m"})).read()
+    stats = registry.get_or_create("aplain").stats
+    assert (stats.successes, stats.failures, stats.calls) == (3, 0, 3)

@@ -104,6 +104,9 @@ class Core:
         self.fields = fields
         self.config = CircuitBreakerConfig(**fields) if fields else None
         self.template = isinstance(breaker, str) and "{" in breaker
+        # the one breaker of every request, once found (a name without a template, or a
+        # breaker): no lookup per request
+        self.fixed: CircuitBreaker | None = None
 
     def tokens(self, request: Any, body: Any) -> float:
         """The request's estimated token cost: its output cap plus its size / 4 (an unread
@@ -188,6 +191,8 @@ class Core:
                 f"circuit {breaker.name!r} keeps its state in an asyncio store: "
                 "use AsyncCircuitBreakerTransport"
             )
+        if self.spec is breaker:
+            self.fixed = breaker
         return breaker, body
 
     def unpaid_retry(self, retry: str, breaker: CircuitBreaker) -> ThrottledError | None:
@@ -401,15 +406,14 @@ class Body:
         self._watch = watch
         self._request = request
         self._first = first
-        # an asyncio store is reported to on the loop that read the headers, even when dropped
-        breaker = attempt.breaker
-        self._loop: Any = sys.modules["asyncio"].get_running_loop() if breaker.is_async else None
+        self._loop: Any = attempt.loop()
 
     def __del__(self) -> None:
         # A response collected without being read to its end or closed: what its attempt holds
         # (a probe slot, an in-flight entry) is released, reported as neither outcome.
         attempt = getattr(self, "_attempt", None)
-        if attempt is not None and attempt.settle():
+        if attempt is not None and not attempt.done:
+            attempt.done = True
             attempt.breaker.dropped(attempt.permit, self._loop)
 
 
@@ -481,6 +485,11 @@ class Attempt:
         self.permit = permit
         self.done = False
         self.meter: Meter | None = None  # set for a breaker with a token budget
+
+    def loop(self) -> Any:
+        """The loop to report a dropped body on: an asyncio store is reported to on the loop
+        that read the headers (None for any other breaker)."""
+        return sys.modules["asyncio"].get_running_loop() if self.breaker.is_async else None
 
     def settle(self) -> bool:
         """Mark reported; whether it still had to be."""
@@ -572,20 +581,15 @@ def _lowered(headers: Any) -> list[tuple[Any, bytes, bytes]] | Iterator[tuple[An
     )
 
 
-def _joined(old: bytes | None, value: bytes) -> bytes:
-    """A header's values joined as a lookup by name joins them."""
-    return value if old is None else old + b", " + value
-
-
 def request_headers(request: Any) -> tuple[str, str]:
     """The request's ``x-stainless-retry-count`` (``"0"`` without one) and ``Accept`` headers,
     read in one pass (a lookup by name scans every header, each time)."""
     retry = accept = None
     for _, name, value in _lowered(request.headers):
         if name == b"x-stainless-retry-count":
-            retry = _joined(retry, value)
+            retry = value if retry is None else retry + b", " + value  # as a lookup joins them
         elif name == b"accept":
-            accept = _joined(accept, value)
+            accept = value if accept is None else accept + b", " + value
     return (
         "0" if retry is None else retry.decode("latin-1"),
         "" if accept is None else accept.decode("latin-1"),
@@ -605,9 +609,9 @@ class Answer:
             if b"ratelimit" in name:
                 found[name.decode("latin-1")] = value.decode("latin-1")[:1000]
             elif name == b"content-type":
-                kind = _joined(kind, value)
+                kind = value if kind is None else kind + b", " + value  # as a lookup joins them
             elif name == b"content-encoding":
-                encoding = _joined(encoding, value)
+                encoding = value if encoding is None else encoding + b", " + value
         self.rate_limits = found
         self.content_type = "" if kind is None else kind.decode("latin-1")
         self.content_encoding = "" if encoding is None else encoding.decode("latin-1")
