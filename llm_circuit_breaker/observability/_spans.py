@@ -823,12 +823,28 @@ def _answered(call: Call, response: Any, *, asynchronous: bool) -> Any:
     return response
 
 
-class _SyncBody:
+class _Body:
     """A response body that ends its call's span when it ends (the first chunk timed)."""
 
     def __init__(self, inner: Any, call: Call) -> None:
         self._inner = inner
         self._call: Call | None = call
+
+    def _end(self, error: BaseException | None) -> None:
+        call, self._call = self._call, None
+        if call is not None:
+            call.end(error)
+
+    def __del__(self) -> None:
+        # Collected unread and unclosed: the call ends as dropped (neither outcome).
+        call = getattr(self, "_call", None)
+        if call is not None:
+            self._call = None
+            _drop(call)
+
+
+class _SyncBody(_Body):
+    """:class:`_Body` for a sync response body."""
 
     def __iter__(self) -> Iterator[bytes]:
         call = self._call
@@ -844,18 +860,6 @@ class _SyncBody:
             raise
         self._end(None)
 
-    def _end(self, error: BaseException | None) -> None:
-        call, self._call = self._call, None
-        if call is not None:
-            call.end(error)
-
-    def __del__(self) -> None:
-        # Collected unread and unclosed: the call ends as dropped (neither outcome).
-        call = getattr(self, "_call", None)
-        if call is not None:
-            self._call = None
-            _drop(call)
-
     def close(self) -> None:
         try:
             self._inner.close()
@@ -863,12 +867,8 @@ class _SyncBody:
             self._end(None)
 
 
-class _AsyncBody:
-    """:class:`_SyncBody` for an async response body."""
-
-    def __init__(self, inner: Any, call: Call) -> None:
-        self._inner = inner
-        self._call: Call | None = call
+class _AsyncBody(_Body):
+    """:class:`_Body` for an async response body."""
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         call = self._call
@@ -883,18 +883,6 @@ class _AsyncBody:
             self._end(exc)
             raise
         self._end(None)
-
-    def _end(self, error: BaseException | None) -> None:
-        call, self._call = self._call, None
-        if call is not None:
-            call.end(error)
-
-    def __del__(self) -> None:
-        # Collected unread and unclosed: the call ends as dropped (neither outcome).
-        call = getattr(self, "_call", None)
-        if call is not None:
-            self._call = None
-            _drop(call)
 
     async def aclose(self) -> None:
         try:
