@@ -11,7 +11,7 @@ import threading
 import time
 import warnings
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import redis
@@ -184,6 +184,12 @@ class GatedConnection(redis.asyncio.Connection):
 
     gate: asyncio.Event | None = None
     sent = 0
+    made: ClassVar[list[GatedConnection]] = []  # every one, closed by the test: a cancelled call's
+    # connection may have left the pool, whose close would not reach it
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        GatedConnection.made.append(self)
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         await super().send_packed_command(command, check_health)
@@ -232,6 +238,9 @@ async def test_a_probe_cancelled_during_its_admission_gives_its_lease_back(
     if others:
         await asyncio.wait(others, timeout=10.0)
     await client.aclose(close_connection_pool=True)
+    for connection in GatedConnection.made:
+        await connection.disconnect()
+    GatedConnection.made.clear()
 
 
 def _refuses_soon(breaker: CircuitBreaker, ready: Any, result: Any) -> None:
