@@ -17,7 +17,7 @@ from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
 if TYPE_CHECKING:
     from llm_circuit_breaker.storage.base import AsyncStateStore, StateStore
 
-__all__ = ["BreakerRegistry", "breaker_registry", "registries"]
+__all__ = ["BreakerRegistry", "ScopeCache", "breaker_registry", "registries"]
 
 _LISTED = 20  # names listed in a KeyError
 refcount = sys.getrefcount
@@ -58,6 +58,8 @@ class BreakerRegistry:
             weakref.WeakValueDictionary()
         )
         self._cleared = False  # whether clear() ever retired a breaker
+        # No observer and nothing cleared yet: a new breaker is made and registered inline.
+        self._simple = True
         self._lock = threading.Lock()
         _REGISTRIES.add(self)
         for observer in _EVERYWHERE.copy():  # another thread may add one
@@ -101,6 +103,25 @@ class BreakerRegistry:
         Naming an existing breaker with a different ``config`` raises ``ValueError`` saying
         which fields differ; ``config=None`` reuses it as it is.
         """
+        breakers = self._breakers
+        if config is None:
+            breaker = breakers.get(name)  # one dict read: no lock to find a breaker
+            if breaker is not None:
+                return breaker
+        if self.store is None:  # the common case inline: creation is a hot path too
+            lock = self._lock
+            lock.acquire()
+            try:
+                if self._simple and name not in breakers:
+                    clock = self._clock
+                    breaker = breakers[name] = (
+                        CircuitBreaker(name, config)
+                        if clock is None
+                        else CircuitBreaker(name, config, clock=clock)
+                    )
+                    return breaker
+            finally:
+                lock.release()
         fields = None if config is None else _as_fields(config)
         return self._get_or_create(name, fields, config)
 
@@ -274,6 +295,7 @@ class BreakerRegistry:
     def add_observer(self, observer: Observer) -> None:
         """Attach ``observer`` to every breaker here, now and created later (exporters)."""
         with self._lock:
+            self._simple = False  # before the listing: a breaker made inline meanwhile is in it
             self._observers.append(observer)
             breakers = list(self._breakers.values())
         for breaker in breakers:
@@ -315,6 +337,7 @@ class BreakerRegistry:
             earlier = list(self._retired.values())  # forgotten before, their return pending
             self._retired.update(self._breakers)
             self._cleared = True
+            self._simple = False
             self._breakers.clear()
             self._scoped.clear()
         for breaker in earlier:
@@ -348,6 +371,150 @@ class BreakerRegistry:
 
     def __repr__(self) -> str:
         return f"BreakerRegistry({sorted(self._breakers)!r})"
+
+
+# Call keys whose formatting in a name is ``str()`` and cannot fail.
+_PLAIN_KEYS = frozenset({str, int})
+
+
+class ScopeCache(dict[Any, CircuitBreaker]):
+    """The breakers of one scoped decoration of ``registry`` (a template such as
+    ``"tenant:{tenant}"``) by call key: a plain dict, so that a hit is one lookup, and a miss
+    calls :meth:`__missing__` from that very lookup (nothing raised), which gives the
+    scope's breaker in one function: the name formatted once (``parts``, the text around a
+    template's one plain field, else ``name_of``), one lock, and the breaker made or, past
+    ``max_breakers``, the least recently used scoped breaker renamed when it drops for this
+    one anyway and nothing else holds it once this cache forgets it
+    (``CircuitBreaker._reusable``): cycling scopes then makes no breaker, nor garbage for the
+    collector. The registry's LRU entry of a scope keeps its key here, so that the entry is
+    found in one step when the scope is the next to drop. ``made`` sees every breaker a
+    miss gives (a decoration's checks and listener); with ``stored_only``, those on a store
+    alone. Pruned in batches to ``max_breakers`` (``bound``)."""
+
+    __slots__ = (
+        "_breakers",
+        "_lock",
+        "_lru",
+        "bound",
+        "config",
+        "fields",
+        "made",
+        "name_of",
+        "parts",
+        "registry",
+        "stored_only",
+        "template",
+    )
+
+    def __init__(
+        self,
+        registry: BreakerRegistry,
+        template: str,
+        name_of: Callable[[Any], str],
+        parts: tuple[str, str] | None = None,
+        fields: Mapping[str, Any] | None = None,
+        config: CircuitBreakerConfig | None = None,
+        made: Callable[[CircuitBreaker], None] | None = None,
+        *,
+        stored_only: bool = False,
+    ) -> None:
+        super().__init__()
+        if fields:
+            CircuitBreakerConfig.check_names(fields)
+        self.registry, self.template, self.name_of, self.parts = registry, template, name_of, parts
+        self.fields = dict(fields) if fields else None
+        self.config = config
+        self.made, self.stored_only = made, stored_only
+        # the registry's own structures (never replaced: clear() empties them)
+        self._breakers, self._lru, self._lock = registry._breakers, registry._scoped, registry._lock
+        self.bound = registry.max_breakers + max(8, registry.max_breakers // 8)
+
+    def __missing__(self, key: Any) -> CircuitBreaker:
+        """The breaker of a call key this cache does not hold (made, or another scope's
+        renamed): cached under ``key`` and returned."""
+        parts = self.parts
+        if parts is not None and key.__class__ in _PLAIN_KEYS:  # formatting cannot fail
+            name = f"{parts[0]}{key}{parts[1]}"
+        else:
+            name = self.name_of(key)
+        if len(self) >= self.bound:
+            self._prune()
+        registry, lru, breakers = self.registry, self._lru, self._breakers
+        breaker = None
+        lock = self._lock
+        lock.acquire()
+        try:
+            # nothing observed, nothing cleared, no store: the whole miss here
+            if registry._simple and registry.store is None and name not in breakers:
+                config = self.config
+                if len(lru) >= registry.max_breakers:  # the least recently used scope drops
+                    oldest, oldest_key = lru.popitem(False)
+                    breaker = breakers.get(oldest)
+                    if breaker is not None and oldest_key is not None:
+                        try:  # forgotten here when it is this decoration's
+                            if self.get(oldest_key) is breaker:
+                                del self[oldest_key]
+                        except (KeyError, TypeError):  # changed meanwhile
+                            pass
+                    # held by the registry, the local variable and the call's argument alone
+                    if (
+                        breaker is not None
+                        and refcount(breaker) == 3
+                        and breaker._reusable(config or DEFAULT_CONFIG)
+                    ):
+                        del breakers[oldest]
+                        breaker._rename(name)
+                    elif breaker is not None:  # kept: first in line again, for _evict
+                        lru[oldest] = oldest_key
+                        lru.move_to_end(oldest, False)
+                        breaker = None
+                if breaker is None:
+                    clock = registry._clock
+                    breaker = (
+                        CircuitBreaker(name, config)
+                        if clock is None
+                        else CircuitBreaker(name, config, clock=clock)
+                    )
+                breakers[name] = breaker
+                lru[name] = key
+                if len(lru) > registry.max_breakers:
+                    registry._evict()
+                breaker._telemetry.template = self.template
+        finally:
+            lock.release()
+        if breaker is None:  # observed, cleared, on a store, or named already
+            breaker = self._named(name, key)
+        made = self.made
+        if made is not None and (not self.stored_only or breaker.store is not None):
+            made(breaker)  # may refuse it: then it is not cached
+        self[key] = breaker
+        return breaker
+
+    def _named(self, name: str, key: Any) -> CircuitBreaker:
+        """The scoped breaker ``name`` through the registry's general path."""
+        breaker = self.registry._get_or_create(name, self.fields, self.config, scoped=True)
+        if name in self._lru:  # the scope's key beside its name, as in __missing__
+            self._lru[name] = key
+        breaker.template = self.template
+        return breaker
+
+    def _prune(self) -> None:
+        """Forget the oldest scopes down to ``max_breakers``, those whose breakers the registry
+        dropped first (freed by reference counts then): one pass over twice as many entries
+        per ``bound - max_breakers`` misses."""
+        registered = self._breakers
+        excess = len(self) - self.registry.max_breakers
+        # another thread may change the cache meanwhile: a copy of the oldest entries
+        oldest = list(itertools.islice(self.items(), 2 * excess))
+        for key, breaker in oldest:
+            dropped = registered.get(breaker.name) is not breaker
+            if excess > 0 and dropped and self.pop(key, None) is not None:
+                excess -= 1
+        for key, _ in oldest:
+            if excess <= 0:
+                return
+            if self.pop(key, None) is not None:
+                excess -= 1
 
 
 def _first(pair: tuple[str, CircuitBreaker]) -> str:

@@ -177,18 +177,27 @@ def circuit_breaker(
             name_of = ScopedName(name, func)
             kind = kind_of(func)
             one_shell = first_token_timeout is None and kind in _SCOPED_SHELLS
+            finish = None
+            if one_shell and (call_timeout is not None or on_state_change is not None):
 
-            def make(scope: str) -> CircuitBreaker:
-                made = registry.get_or_create_with(scope, config_fields, config=config, scoped=True)
-                made.template = name
-                if one_shell:
-                    if call_timeout is not None or made.is_async:
-                        _check_scoped(func, made, call_timeout)
+                def finish(made: CircuitBreaker) -> None:
+                    _check_scoped(func, made, call_timeout)
                     if on_state_change is not None:
                         made.add_listener(on_state_change)
-                return made
 
-            scopes = Scopes(name_of, make, registry)
+            elif one_shell and kind is not CallableKind.COROUTINE:  # an asyncio store refused
+
+                def finish(made: CircuitBreaker) -> None:
+                    _check_scoped(func, made, call_timeout)
+
+            scopes = Scopes(
+                name_of,
+                registry,
+                config_fields,
+                config,
+                finish,
+                stored_only=call_timeout is None and on_state_change is None,
+            )
             if one_shell:  # one shell for every scope: a scope costs its breaker alone
                 wrapper: Any = _SCOPED_SHELLS[kind](func, scopes, rules, fallback, call_timeout)
             else:
@@ -415,21 +424,22 @@ def _scoped_sync_shell(
     """:func:`_sync_shell` for every scope of a scoped decoration: the call's breaker is
     looked up per call (a cache hit inline), its methods read from it; a gate is made only
     for what is rare (a failure, a returned stream)."""
-    cache, key_of, mark_used, resolve = (
+    cache, key_of, mark_used, missed = (
         scopes.cache,
         scopes.key_of,
         scopes.mark_used,
-        scopes.resolve,
+        scopes.missed,
     )
     no_fallback, plain, waiting = fallback is None, PLAIN, Wait
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:  # the cached path inline: one frame less per call
-            breaker = cache[key_of(args, kwargs)]
+        key = key_of(args, kwargs)
+        try:  # the cached path inline; a miss is made by the cache's __missing__, no raise
+            breaker = cache[key]
             mark_used(breaker.name)
-        except (KeyError, TypeError):  # made, remade, or an unhashable argument
-            breaker = resolve(args, kwargs)
+        except (KeyError, TypeError):  # dropped by the registry, or an unhashable argument
+            breaker = missed(key)
         if tracing.hook is not None and tracing.passing() is not me():
             return tracing.hook.call(me(), breaker, args, kwargs)
         enter = breaker._enter
@@ -473,21 +483,22 @@ def _scoped_async_shell(
 ) -> Callable[..., Any]:
     """:func:`_async_shell` for every scope of a scoped decoration (see
     :func:`_scoped_sync_shell`)."""
-    cache, key_of, mark_used, resolve = (
+    cache, key_of, mark_used, missed = (
         scopes.cache,
         scopes.key_of,
         scopes.mark_used,
-        scopes.resolve,
+        scopes.missed,
     )
     no_fallback, plain, waiting = fallback is None, PLAIN, Wait
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:  # the cached path inline: one frame less per call
-            breaker = cache[key_of(args, kwargs)]
+        key = key_of(args, kwargs)
+        try:  # the cached path inline; a miss is made by the cache's __missing__, no raise
+            breaker = cache[key]
             mark_used(breaker.name)
-        except (KeyError, TypeError):  # made, remade, or an unhashable argument
-            breaker = resolve(args, kwargs)
+        except (KeyError, TypeError):  # dropped by the registry, or an unhashable argument
+            breaker = missed(key)
         if tracing.hook is not None and tracing.passing() is not me():
             return await tracing.hook.acall(me(), breaker, args, kwargs)
         awaits_store = breaker._alink is not None

@@ -13,11 +13,12 @@ import collections
 import contextlib
 import functools
 import inspect
-import itertools
 import string
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from llm_circuit_breaker.breaker.registry import ScopeCache
+from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["ScopedName", "Scopes", "is_template", "scoped"]
 
 _EMPTY = inspect.Parameter.empty
+
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
@@ -38,15 +40,23 @@ def is_template(name: str | None) -> bool:
 class ScopedName:
     """The breaker name of one call of ``func``, from the template ``template``."""
 
-    __slots__ = ("_lookups", "_owner", "key", "template")
+    __slots__ = ("_lookups", "_owner", "key", "parts", "template")
 
     def __init__(self, template: str, func: Callable[..., Any]) -> None:
         self.template = template
         self._owner = getattr(func, "__qualname__", repr(func))
         try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+            parsed = list(string.Formatter().parse(template))
         except ValueError as exc:
             raise ValueError(f"bad circuit breaker name template {template!r}: {exc}") from None
+        fields = [f for _, f, _, _ in parsed if f is not None]
+        # The text around the field of a template with one plain field (``"openai:{model}"``,
+        # no format spec, conversion, attribute or index): a name is then one f-string.
+        self.parts: tuple[str, str] | None = None
+        if len(fields) == 1 and fields[0].isidentifier():
+            (before, field, spec, conversion), *after = parsed
+            if field is not None and not spec and conversion is None:
+                self.parts = (before, "".join(text for text, _, _, _ in after))
         parameters = inspect.signature(func).parameters
         positional = [p.name for p in parameters.values() if p.kind in _POSITIONAL]
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
@@ -138,80 +148,73 @@ def _root(field: str) -> str:
     return field
 
 
-class Scopes:
+class Scopes(ScopeCache):
     """The breakers of one scoped decoration by call key (the template's arguments), made on
-    first use and cached: a cache hit formats nothing. The shells read ``cache``, ``key_of``
-    and ``mark_used`` inline (a hit costs no frame) and call :meth:`resolve` on a miss. The
-    registry keeps the LRU order across decorations and drops idle breakers past
-    ``max_breakers``; ``mark_used`` raises ``KeyError`` for a dropped one, and the next call
-    makes a fresh one."""
+    first use and cached (see :class:`ScopeCache`): a hit formats nothing. The shells read
+    the cache, ``key_of`` and ``mark_used`` inline (a hit costs no frame; a miss is made by
+    the lookup itself). The registry keeps the LRU order across decorations and drops idle
+    breakers past ``max_breakers``; ``mark_used`` raises ``KeyError`` for a dropped one,
+    and the shell then calls :meth:`missed`, as for an unhashable argument."""
 
-    __slots__ = ("bound", "cache", "key_of", "make", "mark_used", "name_of", "registry")
+    __slots__ = ("key_of", "mark_used")
 
     def __init__(
         self,
         name_of: ScopedName,
-        make: Callable[[str], CircuitBreaker],
         registry: BreakerRegistry,
+        fields: Mapping[str, Any] | None = None,
+        config: CircuitBreakerConfig | None = None,
+        made: Callable[[CircuitBreaker], None] | None = None,
+        *,
+        stored_only: bool = False,
     ) -> None:
-        # A plain dict (a third of an ordered one's bytes per scope), pruned in batches.
-        self.cache: dict[Any, CircuitBreaker] = {}
-        self.name_of, self.make, self.registry = name_of, make, registry
+        super().__init__(
+            registry,
+            name_of.template,
+            name_of.name,
+            name_of.parts,
+            fields,
+            config,
+            made,
+            stored_only=stored_only,
+        )
         self.key_of = name_of.key
         self.mark_used = registry.mark_used
-        self.bound = registry.max_breakers + max(8, registry.max_breakers // 8)
+
+    @property
+    def cache(self) -> dict[Any, CircuitBreaker]:
+        """The breakers by call key (this dict)."""
+        return self
 
     def resolve(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CircuitBreaker:
         """The breaker of a call: cached, or made (remade if the registry dropped it)."""
         key = self.key_of(args, kwargs)
-        cache = self.cache
         try:
-            found = cache.get(key)  # a miss raises nothing (the shell's raised already)
-        except TypeError:  # an unhashable argument: keyed by the name it gives
-            key = name = self.name_of.name(key)
-            found = cache.get(key)
-            if found is not None and self.registry.touch(name):
-                return found
-        else:
-            if found is not None and self.registry.touch(found.name):
-                return found  # False: the registry dropped it
-            name = self.name_of.name(key)
-        lru = self.registry._scoped
-        if len(cache) >= self.bound:
-            self._prune()
-        elif len(cache) >= self.registry.max_breakers:
-            # Cycling past the bound: forget the oldest cached scope when its breaker is the
-            # next the registry drops, so that the registry may reuse that very object for
-            # this scope (held by nothing else then). A scope forgotten here that the registry
-            # keeps after all is found again by name on its next call.
-            try:
-                oldest, oldest_key = next(iter(lru.items()))
-                if oldest_key is not None and cache[oldest_key].name == oldest:
-                    del cache[oldest_key]
-            except (KeyError, StopIteration, RuntimeError, TypeError):  # changed meanwhile
-                pass
-        found = cache[key] = self.make(name)
-        if name in lru:  # the scope's key beside its name, for the above
-            lru[name] = key
+            found = self[key]
+            self.mark_used(found.name)
+        except (KeyError, TypeError):  # dropped, or an unhashable argument
+            return self.missed(key)
         return found
 
-    def _prune(self) -> None:
-        """Forget the oldest scopes down to ``max_breakers``, those whose breakers the registry
-        dropped first (freed by reference counts then): one pass over twice as many entries
-        per ``bound - max_breakers`` misses."""
-        cache, registered = self.cache, self.registry._breakers
-        excess = len(cache) - self.registry.max_breakers
-        # another thread may change the cache meanwhile: a copy of the oldest entries
-        oldest = list(itertools.islice(cache.items(), 2 * excess))
-        for key, breaker in oldest:
-            dropped = registered.get(breaker.name) is not breaker
-            if excess > 0 and dropped and cache.pop(key, None) is not None:
-                excess -= 1
-        for key, _ in oldest:
-            if excess <= 0:
-                return
-            if cache.pop(key, None) is not None:
-                excess -= 1
+    def missed(self, key: Any) -> CircuitBreaker:
+        """The breaker for ``key`` after the shell's lookup raised: its breaker dropped by
+        the registry (made again), or an unhashable argument (keyed by the name it gives)."""
+        try:
+            hash(key)
+        except TypeError:
+            name = self.name_of(key)
+            found = self.get(name)
+            if found is not None and self.registry.touch(name):
+                return found
+            if len(self) >= self.bound:
+                self._prune()
+            found = self._named(name, name)
+            made = self.made
+            if made is not None and (not self.stored_only or found.store is not None):
+                made(found)
+            self[name] = found
+            return found
+        return self.__missing__(key)
 
 
 def scoped(
