@@ -449,25 +449,24 @@ class ScopeCache(dict[Any, CircuitBreaker]):
                 config = self.config
                 if len(lru) >= registry.max_breakers:  # the least recently used scope drops
                     oldest, oldest_key = lru.popitem(False)
-                    breaker = breakers.get(oldest)
-                    if breaker is not None and oldest_key is not None:
-                        try:  # forgotten here when it is this decoration's
-                            if self.get(oldest_key) is breaker:
-                                del self[oldest_key]
-                        except (KeyError, TypeError):  # changed meanwhile
-                            pass
-                    # held by the registry, the local variable and the call's argument alone
-                    if (
-                        breaker is not None
-                        and refcount(breaker) == 3
-                        and breaker._reusable(config or DEFAULT_CONFIG)
-                    ):
-                        del breakers[oldest]
-                        breaker._rename(name)
-                    elif breaker is not None:  # kept: first in line again, for _evict
-                        lru[oldest] = oldest_key
-                        lru.move_to_end(oldest, False)
-                        breaker = None
+                    breaker = breakers.pop(oldest, None)
+                    if breaker is not None:
+                        if oldest_key is not None:  # forgotten here when it is this cache's
+                            try:
+                                cached = self.pop(oldest_key, None)
+                                if cached is not breaker and cached is not None:
+                                    self[oldest_key] = cached  # another scope's: kept
+                                cached = None
+                            except TypeError:  # pragma: no cover - keys here are hashable
+                                pass
+                        # held by the local variable and the call's argument alone
+                        if refcount(breaker) == 2 and breaker._reusable(config or DEFAULT_CONFIG):
+                            breaker._rename(name)
+                        else:  # kept, first in line again (for _evict)
+                            breakers[oldest] = breaker
+                            lru[oldest] = oldest_key
+                            lru.move_to_end(oldest, False)
+                            breaker = None
                 if breaker is None:
                     clock = registry._clock
                     breaker = (

@@ -430,11 +430,18 @@ def _scoped_sync_shell(
         scopes.mark_used,
         scopes.missed,
     )
+    position, keyword = scopes.inline
     no_fallback, plain, waiting = fallback is None, PLAIN, Wait
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        key = key_of(args, kwargs)
+        # a one-field template's argument found in this frame; key_of for the rest
+        if position < len(args):
+            key = args[position]
+        elif keyword in kwargs:
+            key = kwargs[keyword]
+        else:
+            key = key_of(args, kwargs)
         try:  # the cached path inline; a miss is made by the cache's __missing__, no raise
             breaker = cache[key]
             mark_used(breaker.name)
@@ -489,11 +496,18 @@ def _scoped_async_shell(
         scopes.mark_used,
         scopes.missed,
     )
+    position, keyword = scopes.inline
     no_fallback, plain, waiting = fallback is None, PLAIN, Wait
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        key = key_of(args, kwargs)
+        # a one-field template's argument found in this frame; key_of for the rest
+        if position < len(args):
+            key = args[position]
+        elif keyword in kwargs:
+            key = kwargs[keyword]
+        else:
+            key = key_of(args, kwargs)
         try:  # the cached path inline; a miss is made by the cache's __missing__, no raise
             breaker = cache[key]
             mark_used(breaker.name)

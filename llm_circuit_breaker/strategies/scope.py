@@ -14,6 +14,7 @@ import contextlib
 import functools
 import inspect
 import string
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,7 @@ def is_template(name: str | None) -> bool:
 class ScopedName:
     """The breaker name of one call of ``func``, from the template ``template``."""
 
-    __slots__ = ("_lookups", "_owner", "key", "parts", "template")
+    __slots__ = ("_lookups", "_owner", "inline", "key", "parts", "template")
 
     def __init__(self, template: str, func: Callable[..., Any]) -> None:
         self.template = template
@@ -80,6 +81,16 @@ class ScopedName:
             self._lookups.append((root, position, by_keyword, default))
 
         self.key = self._one_key() if len(self._lookups) == 1 else self._keys
+        # What a shell reads to find a one-field template's argument in its own frame: its
+        # position (past any call's arguments when it has none) and its keyword (a key no
+        # call passes when it cannot be passed by keyword); ``key`` for the rest.
+        self.inline: tuple[int, object] = (sys.maxsize, _NO_KEYWORD)
+        if len(self._lookups) == 1:
+            root, position, by_keyword, _ = self._lookups[0]
+            self.inline = (
+                sys.maxsize if position is None else position,
+                root if by_keyword else _NO_KEYWORD,
+            )
 
     def _value(self, lookup: tuple[str, int | None, bool, Any], args: tuple[Any, ...],
                kwargs: dict[str, Any]) -> Any:  # fmt: skip
@@ -138,6 +149,7 @@ class ScopedName:
 
 
 _KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
+_NO_KEYWORD = object()  # never a keyword argument's name
 
 
 def _root(field: str) -> str:
@@ -156,7 +168,7 @@ class Scopes(ScopeCache):
     breakers past ``max_breakers``; ``mark_used`` raises ``KeyError`` for a dropped one,
     and the shell then calls :meth:`missed`, as for an unhashable argument."""
 
-    __slots__ = ("key_of", "mark_used")
+    __slots__ = ("inline", "key_of", "mark_used")
 
     def __init__(
         self,
@@ -178,7 +190,7 @@ class Scopes(ScopeCache):
             made,
             stored_only=stored_only,
         )
-        self.key_of = name_of.key
+        self.key_of, self.inline = name_of.key, name_of.inline
         self.mark_used = registry.mark_used
 
     @property
