@@ -153,7 +153,11 @@ def circuit_breaker(
         raise TypeError(f"failure_predicate must be callable, got {failure_predicate!r}")
     # Bad names or values fail here, before any breaker is registered.
     config = CircuitBreakerConfig.from_mapping(config_fields) if config_fields else None
-    rules = BreakerRules(check.exception_types("exclude", exclude), failure_predicate)
+    rules = (
+        _NO_RULES  # shared: frozen, and what most decorations add
+        if exclude == () and failure_predicate is None
+        else BreakerRules(check.exception_types("exclude", exclude), failure_predicate)
+    )
 
     def decorate(func: Callable[P, R]) -> Guarded[P, R]:
         if not callable(func):
@@ -208,8 +212,11 @@ def circuit_breaker(
                 name_of(a, k), config_fields, config=config, scoped=True
             )
             return cast("Guarded[P, R]", wrapper)
-        chosen = breaker or registry.get_or_create_with(
-            name or f"{func.__module__}.{func.__qualname__}", config_fields, config=config
+        named = name or f"{func.__module__}.{func.__qualname__}"
+        chosen = breaker or (
+            registry.get_or_create_with(named, config_fields, config=config)
+            if config_fields
+            else registry.get_or_create(named)  # its inline path: nothing to compare
         )
         wrapper = shell(chosen)
         wrapper.breaker = chosen
@@ -270,6 +277,7 @@ class _Entered:
 
 
 _ENTERED = _Entered()
+_NO_RULES = BreakerRules()
 _new = BaseException.__new__
 _INF = float("inf")
 

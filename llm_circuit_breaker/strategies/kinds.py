@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import enum
 import inspect
-import weakref
 from collections.abc import Callable
 from types import FunctionType
 from typing import Any
@@ -28,15 +27,21 @@ class CallableKind(str, enum.Enum):
 def kind_of(func: Callable[..., Any]) -> CallableKind:
     """The kind of ``func``: a function, a bound method, a ``functools.partial`` of one, or an
     object whose ``__call__`` is one (a class is a plain callable)."""
-    if type(func) is FunctionType:  # remembered: a scoped decoration asks per new scope
-        kind = _KINDS.get(func)
-        if kind is None:
-            kind = _KINDS[func] = _kind_of(func)
-        return kind
+    if type(func) is FunctionType:  # the common case: read from its code's flags at once
+        flags = func.__code__.co_flags
+        if flags & _ASYNC_GENERATOR:
+            return CallableKind.ASYNC_GENERATOR
+        if flags & _COROUTINE:
+            return CallableKind.COROUTINE
+        if getattr(func, "_is_coroutine_marker", None) is not None:  # inspect's mark (3.12+)
+            return _kind_of(func)
+        return CallableKind.GENERATOR if flags & _GENERATOR else CallableKind.PLAIN
     return _kind_of(func)
 
 
-_KINDS: weakref.WeakKeyDictionary[Callable[..., Any], CallableKind] = weakref.WeakKeyDictionary()
+_ASYNC_GENERATOR = inspect.CO_ASYNC_GENERATOR
+_COROUTINE = inspect.CO_COROUTINE
+_GENERATOR = inspect.CO_GENERATOR
 
 
 def _kind_of(func: Callable[..., Any]) -> CallableKind:

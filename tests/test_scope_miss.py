@@ -1,0 +1,215 @@
+"""A scope's miss and a breaker's creation through the registry: the work each does, counted
+(lookups, formatting, lock acquisitions, objects kept), never timed (issue: per-breaker
+cost)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+import weakref
+from typing import Any
+
+import pytest
+
+from llm_circuit_breaker import BreakerRegistry, CircuitBreaker, circuit_breaker
+from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
+
+
+class Key:
+    """A call's argument that counts how often it is hashed and formatted into a name."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self.hashed = self.formatted = 0
+
+    def __hash__(self) -> int:
+        self.hashed += 1
+        return hash(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Key) and other.value == self.value
+
+    def __format__(self, spec: str) -> str:
+        self.formatted += 1
+        return f"k{self.value}"
+
+
+class CountingLock:
+    """The registry's lock, its acquisitions counted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.acquired = 0
+
+    def acquire(self, *args: Any) -> bool:
+        self.acquired += 1
+        return self._lock.acquire(*args)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def test_a_scope_s_first_call_looks_its_key_up_once_and_formats_its_name_once() -> None:
+    """The miss is found by the lookup itself: the key hashed for that lookup and for the
+    cache's store, the name formatted once; a hit hashes it once and formats nothing."""
+    registry = BreakerRegistry()
+
+    @circuit_breaker("tenant:{tenant}", registry=registry)
+    def call(tenant: Key) -> str:
+        return "ok"
+
+    key = Key(1)
+    assert call(key) == "ok"
+    assert (key.hashed, key.formatted) == (2, 1)
+    assert registry.get("tenant:k1").template == "tenant:{tenant}"
+    assert call(key) == "ok" and call(tenant=key) == "ok"
+    assert (key.hashed, key.formatted) == (4, 1)
+
+
+def test_a_scope_s_miss_past_the_bound_takes_the_registry_s_lock_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry = BreakerRegistry(max_breakers=3)
+    lock = CountingLock()
+    registry._lock = lock  # type: ignore[assignment]
+    made: list[str] = []
+    init = CircuitBreaker.__init__
+
+    def counted(self: CircuitBreaker, name: str, *args: Any, **kwargs: Any) -> None:
+        made.append(name)
+        init(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(CircuitBreaker, "__init__", counted)
+
+    @circuit_breaker("tenant:{tenant}", registry=registry)
+    def call(tenant: int) -> int:
+        return tenant
+
+    for tenant in range(3):
+        call(tenant)
+    lock.acquired = 0
+    for tenant in range(3, 30):  # every call a miss: the least recently used one reused
+        assert call(tenant) == tenant
+    assert lock.acquired == 27
+    assert made == ["tenant:0", "tenant:1", "tenant:2"]
+    assert [b.name for b in registry.breakers()] == ["tenant:27", "tenant:28", "tenant:29"]
+    assert all(b.stats.calls == 1 for b in registry.breakers())
+
+
+def test_a_refused_scope_is_never_cached() -> None:
+    """What a decoration refuses for a scope's breaker (an asyncio store under a plain
+    function, a call_timeout on one) is refused on every call, not once."""
+    registry = BreakerRegistry()
+
+    @circuit_breaker("tenant:{tenant}", registry=registry, call_timeout=1.0)
+    def call(tenant: int) -> int:  # pragma: no cover - never runs
+        return tenant
+
+    for _ in range(3):
+        with pytest.raises(TypeError, match="call_timeout applies to coroutine functions"):
+            call(1)
+
+
+def test_a_breaker_made_inline_while_an_observer_is_added_is_observed() -> None:
+    """get_or_create makes a breaker under the lock that add_observer takes: a breaker made
+    by one thread while another adds an observer is observed either way."""
+    registry = BreakerRegistry()
+    heard: set[str] = set()
+
+    class Observer:
+        def retried(self, breaker: Any, attempt: int, error: BaseException, delay: float) -> None:
+            heard.add(breaker.name)
+
+    start = threading.Barrier(2)
+
+    def make() -> None:
+        start.wait()
+        for i in range(300):
+            registry.get_or_create(f"svc-{i}")
+
+    thread = threading.Thread(target=make)
+    thread.start()
+    start.wait()
+    registry.add_observer(Observer())  # type: ignore[arg-type]
+    thread.join()
+    for breaker in registry.breakers():
+        breaker.record_retry(1, ConnectionError("down"), 0.0)
+    assert heard == {f"svc-{i}" for i in range(300)}
+
+
+def test_a_decorated_function_s_breaker_is_the_registry_s() -> None:
+    registry = BreakerRegistry()
+
+    @circuit_breaker("svc", registry=registry)
+    def call() -> int:
+        return 1
+
+    assert call() == 1
+    assert call.breaker is registry.get("svc") is registry.get_or_create("svc")
+    assert circuit_breaker("svc", registry=registry)(lambda: 2).breaker is call.breaker
+
+
+async def _coroutine() -> None:
+    return None
+
+
+def _generator() -> Any:
+    yield 1
+
+
+async def _async_generator() -> Any:
+    yield 1
+
+
+def _plain() -> None:
+    return None
+
+
+class _Methods:
+    async def coroutine(self) -> None:
+        return None
+
+    def __call__(self) -> Any:
+        yield 1
+
+
+@pytest.mark.parametrize(
+    ("func", "kind"),
+    [
+        (_plain, CallableKind.PLAIN),
+        (_coroutine, CallableKind.COROUTINE),
+        (_generator, CallableKind.GENERATOR),
+        (_async_generator, CallableKind.ASYNC_GENERATOR),
+        (lambda: None, CallableKind.PLAIN),
+        (_Methods().coroutine, CallableKind.COROUTINE),
+        (functools.partial(_async_generator), CallableKind.ASYNC_GENERATOR),
+        (_Methods(), CallableKind.GENERATOR),
+        (_Methods, CallableKind.PLAIN),
+        (len, CallableKind.PLAIN),
+    ],
+)
+def test_kind_of_tells_every_kind_and_keeps_nothing(func: Any, kind: CallableKind) -> None:
+    """A function's kind is read from its code at once: nothing remembered per function (no
+    weak reference to it)."""
+    assert kind_of(func) is kind
+    assert kind_of(func) is kind
+    if inspect.isfunction(func):
+        assert weakref.getweakrefcount(func) == 0
+
+
+@pytest.mark.skipif(
+    not hasattr(inspect, "markcoroutinefunction"), reason="inspect marks from Python 3.12"
+)
+def test_kind_of_a_plain_function_marked_a_coroutine_function() -> None:
+    def returns_awaitable() -> Any:
+        return _coroutine()
+
+    marked = inspect.markcoroutinefunction(returns_awaitable)  # type: ignore[attr-defined,unused-ignore]
+    assert kind_of(marked) is CallableKind.COROUTINE
