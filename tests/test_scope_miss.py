@@ -213,3 +213,21 @@ def test_kind_of_a_plain_function_marked_a_coroutine_function() -> None:
 
     marked = inspect.markcoroutinefunction(returns_awaitable)  # type: ignore[attr-defined,unused-ignore]
     assert kind_of(marked) is CallableKind.COROUTINE
+
+
+def test_a_store_given_to_a_registry_later_reaches_the_breakers_made_then() -> None:
+    from llm_circuit_breaker.storage.memory import MemoryStateStore
+
+    registry = BreakerRegistry()
+    assert registry.get_or_create("before").store is None
+    store = MemoryStateStore()
+    registry.store = store
+    assert registry.store is store
+    assert registry.get_or_create("after").store is store
+
+    @circuit_breaker("tenant:{tenant}", registry=registry)
+    def call(tenant: int) -> int:
+        return tenant
+
+    assert call(1) == 1
+    assert registry.get("tenant:1").store is store

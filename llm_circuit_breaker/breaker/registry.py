@@ -45,7 +45,7 @@ class BreakerRegistry:
         if isinstance(max_breakers, bool) or not isinstance(max_breakers, int) or max_breakers < 1:
             raise ValueError(f"max_breakers must be an int >= 1, got {max_breakers!r}")
         self._clock = clock
-        self.store = store
+        self._store = store
         self.max_breakers = max_breakers
         self._observers: list[Observer] = []
         self._breakers: dict[str, CircuitBreaker] = {}
@@ -58,12 +58,24 @@ class BreakerRegistry:
             weakref.WeakValueDictionary()
         )
         self._cleared = False  # whether clear() ever retired a breaker
-        # No observer and nothing cleared yet: a new breaker is made and registered inline.
-        self._simple = True
+        # No store, no observer and nothing cleared yet: a new breaker is made and
+        # registered inline (False for good once one of them is not so).
+        self._simple = store is None
         self._lock = threading.Lock()
         _REGISTRIES.add(self)
         for observer in _EVERYWHERE.copy():  # another thread may add one
             self.add_observer(observer)
+
+    @property
+    def store(self) -> StateStore | AsyncStateStore | None:
+        """The store handed to every breaker made from now on (None: each keeps its own)."""
+        return self._store
+
+    @store.setter
+    def store(self, store: StateStore | AsyncStateStore | None) -> None:
+        self._store = store
+        if store is not None:
+            self._simple = False
 
     @staticmethod
     def observe_all(observer: Observer) -> None:
@@ -108,7 +120,7 @@ class BreakerRegistry:
             breaker = breakers.get(name)  # one dict read: no lock to find a breaker
             if breaker is not None:
                 return breaker
-        if self.store is None:  # the common case inline: creation is a hot path too
+        if self._simple:  # the common case inline: creation is a hot path too
             lock = self._lock
             lock.acquire()
             try:
@@ -445,7 +457,7 @@ class ScopeCache(dict[Any, CircuitBreaker]):
         lock.acquire()
         try:
             # nothing observed, nothing cleared, no store: the whole miss here
-            if registry._simple and registry.store is None and name not in breakers:
+            if registry._simple and name not in breakers:
                 config = self.config
                 if len(lru) >= registry.max_breakers:  # the least recently used scope drops
                     oldest, oldest_key = lru.popitem(False)
