@@ -231,3 +231,46 @@ def test_a_store_given_to_a_registry_later_reaches_the_breakers_made_then() -> N
 
     assert call(1) == 1
     assert registry.get("tenant:1").store is store
+
+
+def test_threads_cycling_scopes_past_the_bound_keep_every_key_on_its_own_breaker() -> None:
+    """Four threads cycle overlapping scopes through a bound of 8 (a miss reuses the least
+    recently used breaker when nothing holds it): nothing raises, the bound holds, and the
+    cache keeps no key whose breaker went to another scope."""
+    registry = BreakerRegistry(max_breakers=8)
+    errors: list[BaseException] = []
+    calls_per_thread = 3_000
+
+    @circuit_breaker("tenant:{tenant}", registry=registry)
+    def call(tenant: int) -> int:
+        return tenant
+
+    start = threading.Barrier(4)
+
+    def cycle(offset: int) -> None:
+        start.wait()
+        try:
+            for i in range(calls_per_thread):
+                tenant = (i * 7 + offset) % 40
+                if call(tenant) != tenant:  # pragma: no cover - the failure
+                    raise AssertionError(tenant)
+        except BaseException as exc:  # pragma: no cover - the failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=cycle, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(registry) <= 8 + 4  # the bound, give or take a miss per thread in flight
+    cache = next(
+        cell.cell_contents
+        for cell in call.__closure__ or ()  # type: ignore[attr-defined]
+        if isinstance(cell.cell_contents, dict) and hasattr(cell.cell_contents, "template")
+    )
+    assert cache
+    for key, breaker in list(cache.items()):
+        assert breaker.name == f"tenant:{key}"
+    for breaker in registry.breakers():
+        assert breaker.template == "tenant:{tenant}" and breaker.stats.calls >= 1
