@@ -181,17 +181,17 @@ def circuit_breaker(
             name_of = ScopedName(name, func)
             kind = kind_of(func)
             one_shell = first_token_timeout is None and kind in _SCOPED_SHELLS
-            finish = None
+            on_made = None
             if one_shell and (call_timeout is not None or on_state_change is not None):
 
-                def finish(made: CircuitBreaker) -> None:
+                def on_made(made: CircuitBreaker) -> None:
                     _check_scoped(func, made, call_timeout)
                     if on_state_change is not None:
                         made.add_listener(on_state_change)
 
             elif one_shell and kind is not CallableKind.COROUTINE:  # an asyncio store refused
 
-                def finish(made: CircuitBreaker) -> None:
+                def on_made(made: CircuitBreaker) -> None:
                     _check_scoped(func, made, call_timeout)
 
             scopes = Scopes(
@@ -199,7 +199,7 @@ def circuit_breaker(
                 registry,
                 config_fields,
                 config,
-                finish,
+                on_made,
                 stored_only=call_timeout is None and on_state_change is None,
             )
             if one_shell:  # one shell for every scope: a scope costs its breaker alone
