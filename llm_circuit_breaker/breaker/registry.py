@@ -115,23 +115,23 @@ class BreakerRegistry:
         Naming an existing breaker with a different ``config`` raises ``ValueError`` saying
         which fields differ; ``config=None`` reuses it as it is.
         """
-        breakers = self._breakers
-        if config is None:
-            breaker = breakers.get(name)  # one dict read: no lock to find a breaker
-            if breaker is not None:
-                return breaker
         if self._simple:  # the common case inline: creation is a hot path too
             lock = self._lock
             lock.acquire()
             try:
-                if self._simple and name not in breakers:
-                    clock = self._clock
-                    breaker = breakers[name] = (
-                        CircuitBreaker(name, config)
-                        if clock is None
-                        else CircuitBreaker(name, config, clock=clock)
-                    )
-                    return breaker
+                if self._simple:
+                    breakers = self._breakers
+                    breaker = breakers.get(name)
+                    if breaker is None:
+                        clock = self._clock
+                        breaker = breakers[name] = (
+                            CircuitBreaker(name, config)
+                            if clock is None
+                            else CircuitBreaker(name, config, clock=clock)
+                        )
+                        return breaker
+                    if config is None:
+                        return breaker
             finally:
                 lock.release()
         fields = None if config is None else _as_fields(config)
