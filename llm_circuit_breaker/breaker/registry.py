@@ -404,9 +404,8 @@ class ScopeCache(dict[Any, CircuitBreaker]):
     alone. Pruned in batches to ``max_breakers`` (``bound``)."""
 
     __slots__ = (
-        "_breakers",
-        "_lock",
-        "_lru",
+        "_held",
+        "_reuse_config",
         "bound",
         "config",
         "fields",
@@ -437,8 +436,9 @@ class ScopeCache(dict[Any, CircuitBreaker]):
         self.fields = dict(fields) if fields else None
         self.config = config
         self.made, self.stored_only = made, stored_only
-        # the registry's own structures (never replaced: clear() empties them)
-        self._breakers, self._lru, self._lock = registry._breakers, registry._scoped, registry._lock
+        # the registry and its own structures (never replaced: clear() empties them)
+        self._held = (registry, registry._breakers, registry._scoped, registry._lock)
+        self._reuse_config = config or DEFAULT_CONFIG  # what a reused breaker must have
         self.bound = registry.max_breakers + max(8, registry.max_breakers // 8)
 
     def __missing__(self, key: Any) -> CircuitBreaker:
@@ -451,9 +451,8 @@ class ScopeCache(dict[Any, CircuitBreaker]):
             name = self.name_of(key)
         if len(self) >= self.bound:
             self._prune()
-        registry, lru, breakers = self.registry, self._lru, self._breakers
+        registry, breakers, lru, lock = self._held
         breaker = None
-        lock = self._lock
         lock.acquire()
         try:
             # nothing observed, nothing cleared, no store: the whole miss here
@@ -472,7 +471,7 @@ class ScopeCache(dict[Any, CircuitBreaker]):
                             except TypeError:  # pragma: no cover - keys here are hashable
                                 pass
                         # held by the local variable and the call's argument alone
-                        if refcount(breaker) == 2 and breaker._reusable(config or DEFAULT_CONFIG):
+                        if refcount(breaker) == 2 and breaker._reusable(self._reuse_config):
                             breaker._rename(name)
                         else:  # kept, first in line again (for _evict)
                             breakers[oldest] = breaker
@@ -504,8 +503,9 @@ class ScopeCache(dict[Any, CircuitBreaker]):
     def _named(self, name: str, key: Any) -> CircuitBreaker:
         """The scoped breaker ``name`` through the registry's general path."""
         breaker = self.registry._get_or_create(name, self.fields, self.config, scoped=True)
-        if name in self._lru:  # the scope's key beside its name, as in __missing__
-            self._lru[name] = key
+        lru = self.registry._scoped
+        if name in lru:  # the scope's key beside its name, as in __missing__
+            lru[name] = key
         breaker.template = self.template
         return breaker
 
@@ -513,7 +513,7 @@ class ScopeCache(dict[Any, CircuitBreaker]):
         """Forget the oldest scopes down to ``max_breakers``, those whose breakers the registry
         dropped first (freed by reference counts then): one pass over twice as many entries
         per ``bound - max_breakers`` misses."""
-        registered = self._breakers
+        registered = self.registry._breakers
         excess = len(self) - self.registry.max_breakers
         # another thread may change the cache meanwhile: a copy of the oldest entries
         oldest = list(itertools.islice(self.items(), 2 * excess))
