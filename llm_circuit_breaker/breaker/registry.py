@@ -392,9 +392,10 @@ _PLAIN_KEYS = frozenset({str, int})
 class ScopeCache(dict[Any, CircuitBreaker]):
     """The breakers of one scoped decoration of ``registry`` (a template such as
     ``"tenant:{tenant}"``) by call key: a plain dict, so that a hit is one lookup, and a miss
-    calls :meth:`__missing__` from that very lookup (nothing raised), which gives the
-    scope's breaker in one function: the name formatted once (``parts``, the text around a
-    template's one plain field, else ``name_of``), one lock, and the breaker made or, past
+    goes to :meth:`__missing__` (called by ``cache[key]`` itself, or by the shells after
+    their ``get``: nothing raised), which gives the scope's breaker in one function: the
+    name formatted once (``parts``, the text around a template's one plain field, else
+    ``name_of``), one lock, and the breaker made or, past
     ``max_breakers``, the least recently used scoped breaker renamed when it drops for this
     one anyway and nothing else holds it once this cache forgets it
     (``CircuitBreaker._reusable``): cycling scopes then makes no breaker, nor garbage for the

@@ -432,13 +432,9 @@ def _scoped_sync_shell(
     """:func:`_sync_shell` for every scope of a scoped decoration: the call's breaker is
     looked up per call (a cache hit inline), its methods read from it; a gate is made only
     for what is rare (a failure, a returned stream)."""
-    cache, key_of, mark_used, missed = (
-        scopes.cache,
-        scopes.key_of,
-        scopes.mark_used,
-        scopes.missed,
-    )
+    key_of, mark_used, missed = scopes.key_of, scopes.mark_used, scopes.missed
     position, keyword = scopes.inline
+    cached, made = scopes.get, scopes.__missing__
     no_fallback, plain, waiting = fallback is None, PLAIN, Wait
 
     @functools.wraps(func)
@@ -450,8 +446,10 @@ def _scoped_sync_shell(
             key = kwargs[keyword]
         else:
             key = key_of(args, kwargs)
-        try:  # the cached path inline; a miss is made by the cache's __missing__, no raise
-            breaker = cache[key]
+        try:  # the cached path inline; a miss goes to the cache's __missing__, nothing raised
+            breaker = cached(key)
+            if breaker is None:
+                breaker = made(key)
             mark_used(breaker.name)
         except (KeyError, TypeError):  # dropped by the registry, or an unhashable argument
             breaker = missed(key)
@@ -498,13 +496,9 @@ def _scoped_async_shell(
 ) -> Callable[..., Any]:
     """:func:`_async_shell` for every scope of a scoped decoration (see
     :func:`_scoped_sync_shell`)."""
-    cache, key_of, mark_used, missed = (
-        scopes.cache,
-        scopes.key_of,
-        scopes.mark_used,
-        scopes.missed,
-    )
+    key_of, mark_used, missed = scopes.key_of, scopes.mark_used, scopes.missed
     position, keyword = scopes.inline
+    cached, made = scopes.get, scopes.__missing__
     no_fallback, plain, waiting = fallback is None, PLAIN, Wait
 
     @functools.wraps(func)
@@ -516,8 +510,10 @@ def _scoped_async_shell(
             key = kwargs[keyword]
         else:
             key = key_of(args, kwargs)
-        try:  # the cached path inline; a miss is made by the cache's __missing__, no raise
-            breaker = cache[key]
+        try:  # the cached path inline; a miss goes to the cache's __missing__, nothing raised
+            breaker = cached(key)
+            if breaker is None:
+                breaker = made(key)
             mark_used(breaker.name)
         except (KeyError, TypeError):  # dropped by the registry, or an unhashable argument
             breaker = missed(key)

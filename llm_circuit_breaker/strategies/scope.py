@@ -163,8 +163,8 @@ def _root(field: str) -> str:
 class Scopes(ScopeCache):
     """The breakers of one scoped decoration by call key (the template's arguments), made on
     first use and cached (see :class:`ScopeCache`): a hit formats nothing. The shells read
-    the cache, ``key_of`` and ``mark_used`` inline (a hit costs no frame; a miss is made by
-    the lookup itself). The registry keeps the LRU order across decorations and drops idle
+    the cache, ``key_of`` and ``mark_used`` inline (a hit costs no frame; a miss goes
+    straight to ``__missing__``). The registry keeps the LRU order across decorations and drops idle
     breakers past ``max_breakers``; ``mark_used`` raises ``KeyError`` for a dropped one,
     and the shell then calls :meth:`missed`, as for an unhashable argument."""
 
