@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from llm_circuit_breaker import BreakerRegistry, CircuitBreaker, circuit_breaker
+from llm_circuit_breaker.breaker.registry import ScopeCache
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
 
@@ -264,11 +265,8 @@ def test_threads_cycling_scopes_past_the_bound_keep_every_key_on_its_own_breaker
         thread.join()
     assert not errors
     assert len(registry) <= 8 + 4  # the bound, give or take a miss per thread in flight
-    cache = next(
-        cell.cell_contents
-        for cell in call.__closure__ or ()  # type: ignore[attr-defined]
-        if isinstance(cell.cell_contents, dict) and hasattr(cell.cell_contents, "template")
-    )
+    held = [getattr(c.cell_contents, "__self__", c.cell_contents) for c in call.__closure__]  # type: ignore[attr-defined]
+    cache = next(scopes for scopes in held if isinstance(scopes, ScopeCache))
     assert cache
     for key, breaker in list(cache.items()):
         assert breaker.name == f"tenant:{key}"
