@@ -449,8 +449,9 @@ def _scoped_sync_shell(
         try:  # the cached path inline; a miss goes to the cache's __missing__, nothing raised
             breaker = cached(key)
             if breaker is None:
-                breaker = made(key)
-            mark_used(breaker.name)
+                breaker = made(key)  # last in the LRU order already
+            else:
+                mark_used(breaker.name)
         except (KeyError, TypeError):  # dropped by the registry, or an unhashable argument
             breaker = missed(key)
         if tracing.hook is not None and tracing.passing() is not me():
@@ -513,8 +514,9 @@ def _scoped_async_shell(
         try:  # the cached path inline; a miss goes to the cache's __missing__, nothing raised
             breaker = cached(key)
             if breaker is None:
-                breaker = made(key)
-            mark_used(breaker.name)
+                breaker = made(key)  # last in the LRU order already
+            else:
+                mark_used(breaker.name)
         except (KeyError, TypeError):  # dropped by the registry, or an unhashable argument
             breaker = missed(key)
         if tracing.hook is not None and tracing.passing() is not me():
