@@ -4,6 +4,7 @@ parsing anything (issue: per-breaker cost). Bounded by counts, never by time."""
 from __future__ import annotations
 
 import gc
+import itertools
 import threading
 import weakref
 from collections.abc import Iterator
@@ -11,8 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 from llm_circuit_breaker import BreakerRegistry, CircuitBreaker, circuit_breaker
-from llm_circuit_breaker._core.state import Outcome
+from llm_circuit_breaker._core.state import BreakerCore, Outcome
 from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
+from llm_circuit_breaker.errors import CircuitOpenError
 from llm_circuit_breaker.storage.memory import Cell, MemoryStateStore
 
 BREAKERS = 500
@@ -178,7 +180,9 @@ def test_the_local_circuit_and_the_memory_store_hold_a_circuit_alike() -> None:
     store.snapshot("svc", config)
     cell = store._cores["svc"]
     local = CircuitBreaker("svc")._local
-    assert type(cell) is Cell and isinstance(local, Cell)
+    # the store's cell holds a core; the breaker's circuit is one (no object apart)
+    assert type(cell) is Cell and type(cell.core) is BreakerCore
+    assert isinstance(local, BreakerCore) and local.core is local
     # Neither makes a throttle before it has something to say ...
     assert cell.throttle is None and local.throttle is None
     before = store.snapshot("svc", config).throttle
@@ -193,14 +197,64 @@ def test_the_local_circuit_and_the_memory_store_hold_a_circuit_alike() -> None:
     assert breaker.throttle["paused_for"] == pytest.approx(5.0, abs=0.5)
 
 
-def test_a_new_breaker_is_idle_and_its_first_call_opens_the_lock_free_path() -> None:
+def test_a_new_breaker_is_idle_and_its_second_call_opens_the_lock_free_path() -> None:
+    """A breaker called once makes no counter (its success counted in an int, under a
+    lock); the next admission makes the lock-free one, which goes on from that count."""
     breaker = CircuitBreaker("svc")
+    local = breaker._local
     assert breaker.idle
-    assert breaker._local.core.clean_permit < 0  # no success counter yet: the slow path
+    assert local.clean_permit < 0  # no success counter yet: the slow path
     breaker.record_success(breaker.admit())
-    assert breaker._local.core.clean_permit >= 0 and breaker.idle
+    assert local.clean_permit < 0 and local._successes == 1 and breaker.idle
+    assert breaker.stats.successes == 1
+    permit = breaker.admit()
+    assert local.clean_permit >= 0 and isinstance(local._successes, itertools.count)
+    breaker.record_success(permit)
     breaker.record_success(breaker.admit())
-    assert breaker.stats.successes == 2
+    assert breaker.stats.successes == 3 and breaker.stats.calls == 3
+
+
+def test_a_breaker_that_only_fails_or_is_ignored_makes_no_success_counter() -> None:
+    breaker = CircuitBreaker("svc", CircuitBreakerConfig(failure_threshold=100))
+    for _ in range(5):
+        breaker.record(breaker.admit(), Outcome.FAILURE)
+        breaker.record(breaker.admit(), Outcome.IGNORED)
+    assert breaker._local._successes == 0
+    assert (breaker.stats.failures, breaker.stats.ignored, breaker.stats.calls) == (5, 5, 10)
+
+
+def test_a_success_makes_no_refusal_counter_a_failure_does() -> None:
+    """The fail-fast path's counter is made by a report that can open the circuit."""
+    from llm_circuit_breaker.breaker.telemetry import NOT_OPEN_YET
+
+    breaker = CircuitBreaker("svc", CircuitBreakerConfig(failure_threshold=1))
+    breaker.record_success(breaker.admit())
+    assert breaker._local._rejections is NOT_OPEN_YET
+    breaker.record(breaker.admit(), Outcome.FAILURE, error=ConnectionError("down"))
+    assert breaker._local._rejections is not NOT_OPEN_YET
+    with pytest.raises(CircuitOpenError):
+        breaker.admit()
+    assert breaker.stats.rejections == 1
+
+
+def test_counts_stay_exact_while_threads_arm_the_lock_free_path() -> None:
+    """Successes counted in an int under a lock, then by the counter made while other
+    threads still count in the int: not one lost, however the threads interleave."""
+    for _ in range(20):
+        breaker = CircuitBreaker("svc")
+        start = threading.Barrier(4)
+
+        def work(breaker: CircuitBreaker = breaker, start: threading.Barrier = start) -> None:
+            start.wait()
+            for _ in range(200):
+                breaker.record_success(breaker.admit())
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert breaker.stats.successes == 800 and breaker.stats.calls == 800
 
 
 def test_breakers_share_a_few_striped_locks_and_count_exactly_under_threads() -> None:
@@ -211,7 +265,7 @@ def test_breakers_share_a_few_striped_locks_and_count_exactly_under_threads() ->
                 for i in range(300)]  # fmt: skip
     for breaker in breakers:
         breaker.record_success(breaker.admit())
-    locks = {id(breaker._local.lock) for breaker in breakers}
+    locks = {id(breaker._local.locked()) for breaker in breakers}
     assert len(locks) <= 67
 
     rounds = 50

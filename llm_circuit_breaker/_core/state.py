@@ -127,7 +127,6 @@ class BreakerCore:
         "_window",
         "clean_permit",
         "config",
-        "enforced",
         "failure_count",
         "generation",
         "hold",
@@ -136,7 +135,6 @@ class BreakerCore:
         "open_until",
         "opened_at",
         "paced",
-        "refusal",
         "state",
         "success_count",
         "transitions",
@@ -151,10 +149,6 @@ class BreakerCore:
         self.open_reason = ""
         self.open_until = -math.inf
         self.hold = Hold.NONE
-        # Metrics-only (``enabled=False``): the same decisions, but what is refused gets a
-        # shadow permit that the caller lets through (counted once, as a refusal not enforced).
-        self.enforced = config.enabled
-        self.refusal = REJECTED if config.enabled else SHADOW
         self.paced = paced  # a throttle must see every call: no lock-free path
         self.transitions: list[Transition] | None = None  # made by the first state change
         self._seq = 0
@@ -171,6 +165,19 @@ class BreakerCore:
             self._refresh()
 
     # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def enforced(self) -> bool:
+        """Whether a refusal stops the call. Metrics-only (``enabled=False``): the same
+        decisions, but what is refused gets a shadow permit that the caller lets through
+        (counted once, as a refusal not enforced)."""
+        return self.config.enabled
+
+    @property
+    def refusal(self) -> int:
+        """What :meth:`admit` gives a call it refuses: ``REJECTED``, or ``SHADOW`` when not
+        enforced."""
+        return REJECTED if self.config.enabled else SHADOW
 
     def advance(self, now: float) -> None:
         """Apply the lazy OPEN -> HALF_OPEN transition once ``reset_timeout`` has passed (never
@@ -220,7 +227,7 @@ class BreakerCore:
         inflight[self._seq] = now
         return self._seq
 
-    def record(
+    def report(
         self,
         permit: int,
         outcome: Outcome,

@@ -95,7 +95,7 @@ class MemoryStateStore:
             if not is_refusal(permit) and throttle is not None and throttle.active:
                 wait = throttle.book(now, tokens, config.throttle_max_wait)
                 if wait > config.throttle_max_wait:
-                    slot.core.record(permit, Outcome.IGNORED, now)
+                    slot.core.report(permit, Outcome.IGNORED, now)
                     permit = THROTTLED
             if is_refusal(permit):  # a store speaks REJECTED: metrics-only is the breaker's
                 permit = REJECTED
@@ -115,7 +115,7 @@ class MemoryStateStore:
         slot = self._slot(name, config)
         with slot.locked():
             now = self._clock()
-            counted = slot.core.record(permit, outcome, now, open_for=open_for, why=why)
+            counted = slot.core.report(permit, outcome, now, open_for=open_for, why=why)
             news = None
             throttle = slot.throttle
             if throttle is None and outcome is Outcome.THROTTLED:
@@ -140,7 +140,7 @@ class MemoryStateStore:
             now = self._clock()
             if slot.throttle is not None:
                 slot.throttle.cancel(tokens)
-            slot.core.record(permit, Outcome.IGNORED, now)
+            slot.core.report(permit, Outcome.IGNORED, now)
             return self._view(slot, now)
 
     def observe(
