@@ -16,6 +16,7 @@ from llm_circuit_breaker._core.state import BreakerCore, Outcome
 from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError
 from llm_circuit_breaker.storage.memory import Cell, MemoryStateStore
+from llm_circuit_breaker.testing import FakeClock
 
 BREAKERS = 500
 
@@ -197,21 +198,31 @@ def test_the_local_circuit_and_the_memory_store_hold_a_circuit_alike() -> None:
     assert breaker.throttle["paused_for"] == pytest.approx(5.0, abs=0.5)
 
 
-def test_a_new_breaker_is_idle_and_its_second_call_opens_the_lock_free_path() -> None:
-    """A breaker called once makes no counter (its success counted in an int, under a
-    lock); the next admission makes the lock-free one, which goes on from that count."""
+def test_a_breaker_called_once_makes_no_success_counter() -> None:
+    """Admitted lock-free from the first call; the first success is counted in an int under
+    a lock, the second makes the lock-free counter (going on from that count), which the
+    later ones bump without a lock."""
     breaker = CircuitBreaker("svc")
     local = breaker._local
     assert breaker.idle
-    assert local.clean_permit < 0  # no success counter yet: the slow path
+    assert local.lock_free_permit >= 0 and local.clean_permit < 0  # no success counter yet
     breaker.record_success(breaker.admit())
     assert local.clean_permit < 0 and local._successes == 1 and breaker.idle
     assert breaker.stats.successes == 1
-    permit = breaker.admit()
+    breaker.record_success(breaker.admit())
     assert local.clean_permit >= 0 and isinstance(local._successes, itertools.count)
-    breaker.record_success(permit)
     breaker.record_success(breaker.admit())
     assert breaker.stats.successes == 3 and breaker.stats.calls == 3
+
+
+def test_a_new_breaker_with_a_pacing_throttle_takes_the_slow_path_from_its_first_call() -> None:
+    clock = FakeClock(start=100.0)
+    breaker = CircuitBreaker("svc", CircuitBreakerConfig(requests_per_minute=60), clock=clock)
+    assert breaker._local.lock_free_permit < 0
+    for _ in range(3):
+        breaker.record_success(breaker.try_admit())
+    assert sum(breaker.wait_histogram.counts) == 3  # every admission asked the throttle
+    assert breaker.stats.successes == 3
 
 
 def test_a_breaker_that_only_fails_or_is_ignored_makes_no_success_counter() -> None:

@@ -8,10 +8,11 @@ state machine, the counts and hooks, the throttle's place.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 
-from llm_circuit_breaker._core.permits import SHADOW, is_refusal
+from llm_circuit_breaker._core.permits import REJECTED, SHADOW, is_refusal
 from llm_circuit_breaker._core.state import BreakerCore, CircuitState, Outcome
 from llm_circuit_breaker._core.throttle import TOKEN_COST, ThrottleCore, Wait, spread
 from llm_circuit_breaker._core.views import Control, View
@@ -75,23 +76,24 @@ class LocalCircuit(BreakerCore, Telemetry):
     )
 
     def __init__(self, name: str, config: CircuitBreakerConfig, source: TimeSource) -> None:
-        # Paced (every call on the slow path) until its successes arm the fast path.
-        BreakerCore.__init__(self, config, paced=True)
+        # (before the core: its lock-free permits read these)
+        self._successes = 0
         rated = config.requests_per_minute is not None or config.tokens_per_minute is not None
-        self.throttle = ThrottleCore(config) if rated and config.throttle else None
+        self.throttle = throttle = ThrottleCore(config) if rated and config.throttle else None
+        # Paced (every call on the slow path) while a throttle has a say.
+        BreakerCore.__init__(self, config, paced=throttle is not None and throttle.active)
         self.cause: BaseException | None = None  # the error that last opened the circuit
         # Set while the registry has forgotten this circuit: the next call puts it back.
         self.rejoin: Callable[[], None] | None = None
         self.source = source
         # Telemetry's attributes (set here, where every breaker is made). Successes
-        # are an int until the lock-free counter is made (the first admission after a success:
-        # a circuit called once makes none); the fail-fast path's counter is made by the
+        # are an int until the lock-free counter is made (by the second clean success: a
+        # circuit called once makes none); the fail-fast path's counter is made by the
         # first report or control that can open the circuit.
         self.name = name
         self.breaker = None
         self.template = None
         self._hooks = ()
-        self._successes = 0
         self._rejections = NOT_OPEN_YET
         self._counts = None
         self._waits = None
@@ -129,18 +131,32 @@ class LocalCircuit(BreakerCore, Telemetry):
     def _follow_throttle(self) -> None:
         """Send every call through the slow path while the throttle has a say (lock held)."""
         throttle = self.throttle
-        self.set_paced(
-            (throttle is not None and throttle.active)
-            or self.rejoin is not None
-            or self._successes.__class__ is int
+        self.set_paced((throttle is not None and throttle.active) or self.rejoin is not None)
+
+    def _refresh(self) -> None:
+        """The core's lock-free permits, with no clean one (a success that changes nothing
+        but the count) until the lock-free success counter is made."""
+        BreakerCore._refresh(self)
+        if self._successes.__class__ is int:
+            self.clean_permit = REJECTED
+
+    def _quiet(self, permit: int) -> bool:
+        """Whether a success or an ignored call with ``permit`` changes nothing but the counts
+        (what ``clean_permit`` says once the success counter is made)."""
+        return (
+            permit == self.lock_free_permit
+            and permit >= 0
+            and not self.failure_count
+            and self._window is None
         )
 
-    def _arm(self) -> None:
-        """Make the lock-free success counter (the first admission after a success) and take
-        the fast path."""
-        self.success_counter()
+    def _armed(self) -> itertools.count[int]:
+        """Make the lock-free success counter (the second clean success) and open the clean
+        path: a circuit called once makes none."""
+        counter = self.success_counter()
         with self.locked():
-            self._follow_throttle()
+            self._refresh()
+        return counter
 
     def detach(self, rejoin: Callable[[], None]) -> None:
         """The registry forgot this circuit: the next admission calls ``rejoin`` first (until
@@ -184,16 +200,12 @@ class LocalCircuit(BreakerCore, Telemetry):
             return self.observed(error, self.refusal)
         if self.rejoin is not None:
             self.return_to_registry()
-        successes = self._successes
-        if successes.__class__ is int and successes:  # a success counted: arm the fast path
-            self._arm()
         with self.locked():
             permit = self.admit(now)
             refusal = is_refusal(permit)  # SHADOW: metrics-only, let through
             retry_after = self.retry_after(now) if refusal else 0.0
             reason = self.open_reason or "half-open: probe slots taken"
-            throttle = self.throttle  # paced for a throttle that has a say (not to arm)
-            paced = not refusal and throttle is not None and throttle.active
+            paced = not refusal and self.paced
             entry = self._pace(permit, now) if paced else permit
             transitions = self.drain()
         if transitions:
@@ -266,15 +278,21 @@ class LocalCircuit(BreakerCore, Telemetry):
     def record_success(self, permit: int) -> None:
         """Report that the call holding ``permit`` succeeded."""
         if permit == self.clean_permit:  # nothing to change but the count
-            next(self._successes)  # type: ignore[arg-type]  # made before the fast path opens
+            next(self._successes)  # type: ignore[arg-type]  # made before the clean path opens
+            return
+        if self._successes.__class__ is int and self._quiet(permit):  # the first successes
+            if self._successes:
+                next(self._armed())
+            else:
+                self.tally(Outcome.SUCCESS)  # an int, under the counting lock
             return
         self.record(permit, Outcome.SUCCESS)
 
     def record_abandoned(self, permit: int) -> None:
         """Report that the caller stopped reading the result of the call holding ``permit``
         (neither outcome: counted as ignored)."""
-        if permit == self.clean_permit and self.throttle is None:  # nothing to change
-            self.tally(Outcome.IGNORED)
+        if self.throttle is None and (permit == self.clean_permit or self._quiet(permit)):
+            self.tally(Outcome.IGNORED)  # nothing to change but the count
             return
         self.record(permit, Outcome.IGNORED)
 
