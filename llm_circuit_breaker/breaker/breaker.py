@@ -73,9 +73,7 @@ class CircuitBreaker:
         "_limit",
         "_local",
         "_record_success",
-        "config",
         "name",
-        "store",
     )
 
     def __init__(
@@ -93,8 +91,6 @@ class CircuitBreaker:
         elif not isinstance(config, CircuitBreakerConfig):
             raise TypeError(f"config must be a CircuitBreakerConfig, got {type(config).__name__}")
         self.name = name
-        self.config = config
-        self.store = store
         # Without a clock of its own the breaker reads (and waits with) the library's time
         # source; a clock that can sleep (``testing.FakeClock``) also drives the throttle's waits.
         source = clock_module.SHARED if clock is None else TimeSource.of(clock)
@@ -144,6 +140,19 @@ class CircuitBreaker:
         self._limit = limit
         if self._alink is None:  # with an asyncio store, aenter() and the a-reports count
             self._enter, self._record_success = limit.enter, limit.record_success
+
+    @property
+    def config(self) -> CircuitBreakerConfig:
+        """The breaker's configuration (kept by its circuit)."""
+        return self._local.config
+
+    @property
+    def store(self) -> StateStore | AsyncStateStore | None:
+        """The shared store that keeps the circuit, None when it is decided in this process."""
+        if self._alink is not None:
+            return self._alink.store
+        circuit = self._circuit
+        return None if circuit is self._local else cast("StoreLink", circuit).store
 
     @property
     def enter(self) -> Callable[[], Entry]:
@@ -272,7 +281,7 @@ class CircuitBreaker:
         """Whether admitting a call now reads its estimated tokens (``TOKEN_COST``): with a
         token budget, a store (its shared throttle), or a throttle that paces calls. Code that
         sees request bodies estimates only then."""
-        if self.config.token_budget is not None or self.store is not None:
+        if self._local.config.token_budget is not None or self._followed is not self._local:
             return True
         throttle = self._local.throttle
         return throttle is not None and throttle.active
