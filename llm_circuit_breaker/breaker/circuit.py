@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 
 from llm_circuit_breaker._core.permits import REJECTED, SHADOW, is_refusal
-from llm_circuit_breaker._core.state import BreakerCore, CircuitState, Outcome
+from llm_circuit_breaker._core.state import LOCK_FREE, BreakerCore, CircuitState, Outcome
 from llm_circuit_breaker._core.throttle import TOKEN_COST, ThrottleCore, Wait, spread
 from llm_circuit_breaker._core.views import Control, View
 from llm_circuit_breaker.breaker import clock
@@ -80,8 +80,14 @@ class LocalCircuit(BreakerCore, Telemetry):
         self._successes = 0
         rated = config.requests_per_minute is not None or config.tokens_per_minute is not None
         self.throttle = throttle = ThrottleCore(config) if rated and config.throttle else None
-        # Paced (every call on the slow path) while a throttle has a say.
-        BreakerCore.__init__(self, config, paced=throttle is not None and throttle.active)
+        # Paced (every call on the slow path) while a throttle has a say. The core's lock-free
+        # permits are set here, not refreshed: CLOSED, generation 0, no clean permit before
+        # the success counter is made.
+        BreakerCore.__init__(self, config, paced=True)
+        if throttle is None or not throttle.active:
+            self.paced = False
+            if LOCK_FREE and config.slow_call_duration is None:
+                self.lock_free_permit = 0
         self.cause: BaseException | None = None  # the error that last opened the circuit
         # Set while the registry has forgotten this circuit: the next call puts it back.
         self.rejoin: Callable[[], None] | None = None
