@@ -2,9 +2,9 @@
 and its throttle behind a lock).
 
 A ``CircuitBreaker`` without a store embeds a ``LocalCircuit`` (breaker/circuit.py) instead:
-a ``Cell`` too, with a lock-free fast path. As a store this lets several breaker objects of
-one process share circuits by name, and serves as the reference the Redis store is tested
-against.
+the same parts in one object (a ``BreakerCore`` itself, with its throttle, a shared lock and a
+lock-free fast path). As a store this lets several breaker objects of one process share
+circuits by name, and serves as the reference the Redis store is tested against.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ class MemoryStateStore:
 class Cell:
     """One circuit's pure cores behind their lock: the :class:`BreakerCore`, its throttle
     and the lock that serialises them. What a ``MemoryStateStore`` keeps per name and what a
-    breaker's ``LocalCircuit`` extends (one way to hold a circuit in this process).
+    breaker's ``LocalCircuit`` holds in one object (one way to hold a circuit in this process).
 
     The throttle is made on first need (a rate limit, rate-limit headers), at once when rates
     are configured; ``paces``: whether this circuit has one to make (``throttle=True``)."""
