@@ -225,6 +225,17 @@ def test_a_new_breaker_with_a_pacing_throttle_takes_the_slow_path_from_its_first
     assert breaker.stats.successes == 3
 
 
+def test_a_counter_made_before_the_first_success_opens_the_clean_path_too() -> None:
+    """A store's link makes the success counter with the breaker: the first clean success
+    decided locally opens the clean path (no success takes the lock after it)."""
+    breaker = CircuitBreaker("svc")
+    local = breaker._local
+    local.success_counter()  # what a store's link does
+    assert local.clean_permit < 0
+    breaker.record_success(breaker.admit())
+    assert local.clean_permit >= 0 and breaker.stats.successes == 1
+
+
 def test_a_breaker_that_only_fails_or_is_ignored_makes_no_success_counter() -> None:
     breaker = CircuitBreaker("svc", CircuitBreakerConfig(failure_threshold=100))
     for _ in range(5):

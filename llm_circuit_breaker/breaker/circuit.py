@@ -157,8 +157,8 @@ class LocalCircuit(BreakerCore, Telemetry):
         )
 
     def _armed(self) -> itertools.count[int]:
-        """Make the lock-free success counter (the second clean success) and open the clean
-        path: a circuit called once makes none."""
+        """Make the lock-free success counter (the second clean success) if none is made yet,
+        and open the clean path: a circuit called once makes none."""
         counter = self.success_counter()
         with self.locked():
             self._refresh()
@@ -286,11 +286,11 @@ class LocalCircuit(BreakerCore, Telemetry):
         if permit == self.clean_permit:  # nothing to change but the count
             next(self._successes)  # type: ignore[arg-type]  # made before the clean path opens
             return
-        if self._successes.__class__ is int and self._quiet(permit):  # the first successes
-            if self._successes:
+        if self._quiet(permit):  # clean, but the clean path is not open yet
+            if self._successes:  # a success counted before (or a counter made elsewhere)
                 next(self._armed())
-            else:
-                self.tally(Outcome.SUCCESS)  # an int, under the counting lock
+            else:  # the first: an int, under the counting lock
+                self.tally(Outcome.SUCCESS)
             return
         self.record(permit, Outcome.SUCCESS)
 
