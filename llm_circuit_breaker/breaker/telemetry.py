@@ -1,8 +1,9 @@
 """What a breaker tells the world: counts, state-change listeners, observers and logs.
 
-Kept apart from the deciding so that the in-process circuit and the store links report the
-same way. Successes and refusals are counted without a lock (``itertools.count`` is atomic
-under the GIL), the rarer counts under one lock.
+Written apart from the deciding so that the in-process circuit and the store links report
+the same way; its attributes live in the breaker's ``LocalCircuit`` (no object of their own).
+Successes and refusals are counted without a lock (``itertools.count`` is atomic under the
+GIL; a breaker's first success in an int, under a lock), the rarer counts under one lock.
 """
 
 from __future__ import annotations
