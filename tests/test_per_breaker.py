@@ -11,8 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from llm_circuit_breaker import BreakerRegistry, CircuitBreaker, circuit_breaker
+from llm_circuit_breaker import BreakerRegistry, CircuitBreaker, CircuitState, circuit_breaker
 from llm_circuit_breaker._core.state import BreakerCore, Outcome
+from llm_circuit_breaker.breaker.circuit import LocalCircuit
 from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError
 from llm_circuit_breaker.storage.memory import Cell, MemoryStateStore
@@ -234,6 +235,57 @@ def test_a_counter_made_before_the_first_success_opens_the_clean_path_too() -> N
     assert local.clean_permit < 0
     breaker.record_success(breaker.admit())
     assert local.clean_permit >= 0 and breaker.stats.successes == 1
+
+
+def test_the_circuit_refreshes_its_lock_free_permits_as_its_core_does() -> None:
+    """``LocalCircuit._refresh`` is the core's, inline, with no clean permit before the
+    success counter is made: the two agree in every state once it is."""
+    clock = FakeClock(start=100.0)
+    configs = [
+        CircuitBreakerConfig(failure_threshold=2, reset_timeout=5.0, success_threshold=1),
+        CircuitBreakerConfig(failure_rate_threshold=0.5, minimum_calls=2, reset_timeout=5.0),
+        CircuitBreakerConfig(slow_call_duration=1.0, failure_threshold=2, reset_timeout=5.0),
+    ]
+    for config in configs:
+        breaker = CircuitBreaker("svc", config, clock=clock)
+        local = breaker._local
+
+        def agree(local: LocalCircuit = local) -> None:
+            local._refresh()
+            mine = (local.lock_free_permit, local.clean_permit)
+            BreakerCore._refresh(local)
+            assert (local.lock_free_permit, local.clean_permit) == mine
+            local._refresh()
+
+        local.success_counter()
+        agree()
+        for outcome in (Outcome.SUCCESS, Outcome.FAILURE, Outcome.FAILURE, Outcome.FAILURE):
+            permit = breaker.try_admit()
+            if permit >= 0:
+                breaker.record(permit, outcome)
+            agree()
+        clock.advance(6.0)
+        assert breaker.state is CircuitState.HALF_OPEN
+        agree()
+        breaker.record_success(breaker.admit())
+        agree()
+        breaker.force_open()
+        agree()
+        breaker.force_closed()
+        agree()
+
+
+def test_successes_reported_under_the_lock_make_the_counter_from_the_second() -> None:
+    breaker = CircuitBreaker("svc", CircuitBreakerConfig(failure_threshold=100))
+    local = breaker._local
+    breaker.record(breaker.admit(), Outcome.FAILURE)  # a failure pending: reports take the lock
+    breaker.record(breaker.admit(), Outcome.FAILURE)
+    local.tally(Outcome.SUCCESS)
+    assert local._successes == 1
+    local.tally(Outcome.SUCCESS)
+    assert isinstance(local._successes, itertools.count)
+    local.tally(Outcome.SUCCESS)
+    assert breaker.stats.successes == 3 and breaker.stats.failures == 2
 
 
 def test_a_breaker_that_only_fails_or_is_ignored_makes_no_success_counter() -> None:

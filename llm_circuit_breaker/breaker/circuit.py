@@ -27,7 +27,7 @@ __all__ = ["Entry", "LocalCircuit", "check_report"]
 # What an admission hands back: a permit, a refusal to raise, or a throttle slot to wait for.
 Entry = int | CircuitOpenError | ThrottledError | Wait
 
-OPEN = CircuitState.OPEN
+OPEN, CLOSED = CircuitState.OPEN, CircuitState.CLOSED
 _INF = float("inf")
 _new = BaseException.__new__
 _NOT_OPEN_YET = NOT_OPEN_YET
@@ -36,7 +36,8 @@ _NOT_OPEN_YET = NOT_OPEN_YET
 # lock of its own (100k breakers, a few dozen locks). A circuit's lock guards only its state
 # for a few lines and never spans a call, nor another circuit's lock: a shared one serialises
 # at worst two circuits' bookkeeping, never deadlocks.
-_STRIPES = tuple(threading.Lock() for _ in range(67))
+_STRIPES = tuple(threading.Lock() for _ in range(67))  # a prime: ids are multiples of 16
+_N_STRIPES = len(_STRIPES)
 
 
 def check_report(permit: object, outcome: object, open_for: float | None) -> None:
@@ -117,7 +118,7 @@ class LocalCircuit(BreakerCore, Telemetry):
 
     def locked(self) -> threading.Lock:
         """This circuit's lock: one of the shared stripes, chosen by its id."""
-        return _STRIPES[(id(self) >> 4) % 67]
+        return _STRIPES[id(self) % _N_STRIPES]
 
     def made_throttle(self) -> ThrottleCore | None:
         """The throttle, made now if this circuit paces and has none yet (lock held)."""
@@ -140,11 +141,18 @@ class LocalCircuit(BreakerCore, Telemetry):
         self.set_paced((throttle is not None and throttle.active) or self.rejoin is not None)
 
     def _refresh(self) -> None:
-        """The core's lock-free permits, with no clean one (a success that changes nothing
-        but the count) until the lock-free success counter is made."""
-        BreakerCore._refresh(self)
-        if self._successes.__class__ is int:
-            self.clean_permit = REJECTED
+        """The core's lock-free permits (``BreakerCore._refresh``, inline), with no clean one
+        (a success that changes nothing but the count) until the success counter is made."""
+        simple = (
+            LOCK_FREE
+            and self.state is CLOSED
+            and self.config.slow_call_duration is None
+            and not self.paced
+        )
+        self.lock_free_permit = permit = self.generation if simple else REJECTED
+        quiet = not self.failure_count and self._window is None
+        armed = self._successes.__class__ is not int
+        self.clean_permit = permit if quiet and armed else REJECTED
 
     def _quiet(self, permit: int) -> bool:
         """Whether a success or an ignored call with ``permit`` changes nothing but the counts
@@ -206,7 +214,7 @@ class LocalCircuit(BreakerCore, Telemetry):
             return self.observed(error, self.refusal)
         if self.rejoin is not None:
             self.return_to_registry()
-        with self.locked():
+        with _STRIPES[id(self) % _N_STRIPES]:  # ``locked()``, inline
             permit = self.admit(now)
             refusal = is_refusal(permit)  # SHADOW: metrics-only, let through
             retry_after = self.retry_after(now) if refusal else 0.0
@@ -286,7 +294,12 @@ class LocalCircuit(BreakerCore, Telemetry):
         if permit == self.clean_permit:  # nothing to change but the count
             next(self._successes)  # type: ignore[arg-type]  # made before the clean path opens
             return
-        if self._quiet(permit):  # clean, but the clean path is not open yet
+        if (
+            permit == self.lock_free_permit
+            and not self.failure_count
+            and permit >= 0
+            and self._window is None
+        ):  # clean (see ``_quiet``), but the clean path is not open yet
             if self._successes:  # a success counted before (or a counter made elsewhere)
                 next(self._armed())
             else:  # the first: an int, under the counting lock
@@ -320,7 +333,7 @@ class LocalCircuit(BreakerCore, Telemetry):
             outcome is Outcome.FAILURE or self.config.slow_call_duration is not None
         ):  # this report may open the circuit: its fail-fast path counts with this
             self.rejection_count()
-        with self.locked():
+        with _STRIPES[id(self) % _N_STRIPES]:  # ``locked()``, inline
             now = self.source.now()
             counted = self.report(permit, outcome, now, open_for=open_for, why=why)
             throttle = self.throttle

@@ -345,9 +345,11 @@ class Telemetry:
             if counter.__class__ is int:
                 with _counting:
                     counter = self._successes
-                    if counter.__class__ is int:  # no lock-free path yet: counted here
-                        self._successes = counter + 1
+                    if counter == 0:  # the first success: an int, no counter
+                        self._successes = 1
                         return
+                    if counter.__class__ is int:  # the second makes the counter
+                        counter = self._successes = itertools.count(counter)
             next(cast("itertools.count[int]", counter))
         else:
             self._bump(_BY_OUTCOME[outcome])
