@@ -111,11 +111,6 @@ class LocalCircuit(BreakerCore, Telemetry):
         """The state machine: this circuit itself."""
         return self
 
-    @property
-    def paces(self) -> bool:
-        """Whether this circuit has a throttle to make (``throttle=True``)."""
-        return self.config.throttle
-
     def locked(self) -> threading.Lock:
         """This circuit's lock: one of the shared stripes, chosen by its id."""
         return _STRIPES[id(self) % _N_STRIPES]
