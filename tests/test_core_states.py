@@ -80,7 +80,7 @@ class _Driven:
             return permit
         if step[0] == "report":
             if self.permits:
-                self.core.record(self.permits.pop(0), step[1], self.now, open_for=step[2])
+                self.core.report(self.permits.pop(0), step[1], self.now, open_for=step[2])
             return None
         self.now += step[1]
         return None

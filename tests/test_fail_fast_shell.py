@@ -66,8 +66,9 @@ def _open(call: Callable[[bool], Any]) -> BaseException:
 
 def test_sync_fail_fast_and_clean_calls_do_not_call_enter(entered: list[str]) -> None:
     breaker, clock, call = _sync_pair()
-    assert call(False) == "ok"  # the first admission arms the lock-free path through enter()
+    assert call(False) == "ok"  # admitted lock-free from the first call: no enter()
     armed = len(entered)
+    assert armed == 0
     assert call(False) == "ok" and len(entered) == armed  # CLOSED and clean: no enter()
     cause = _open(call)
     after_open = len(entered)
@@ -120,7 +121,7 @@ def test_async_fail_fast_and_clean_calls_do_not_call_enter(entered: list[str]) -
         return armed, len(entered) - before, refusals, opened.value
 
     armed, refusal_enters, refusals, cause = asyncio.run(run())
-    assert armed == 1 and refusal_enters == 0
+    assert armed == 0 and refusal_enters == 0
     assert [(e.name, e.retry_after) for e in refusals] == [("allm", 20.0)] * 2
     assert refusals[0].__cause__ is cause and refusals[0] is not refusals[1]
     assert breaker.stats.rejections == 2

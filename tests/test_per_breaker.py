@@ -4,16 +4,20 @@ parsing anything (issue: per-breaker cost). Bounded by counts, never by time."""
 from __future__ import annotations
 
 import gc
+import itertools
 import threading
 import weakref
 from collections.abc import Iterator
 
 import pytest
 
-from llm_circuit_breaker import BreakerRegistry, CircuitBreaker, circuit_breaker
-from llm_circuit_breaker._core.state import Outcome
+from llm_circuit_breaker import BreakerRegistry, CircuitBreaker, CircuitState, circuit_breaker
+from llm_circuit_breaker._core.state import BreakerCore, Outcome
+from llm_circuit_breaker.breaker.circuit import LocalCircuit
 from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
+from llm_circuit_breaker.errors import CircuitOpenError
 from llm_circuit_breaker.storage.memory import Cell, MemoryStateStore
+from llm_circuit_breaker.testing import FakeClock
 
 BREAKERS = 500
 
@@ -178,7 +182,9 @@ def test_the_local_circuit_and_the_memory_store_hold_a_circuit_alike() -> None:
     store.snapshot("svc", config)
     cell = store._cores["svc"]
     local = CircuitBreaker("svc")._local
-    assert type(cell) is Cell and isinstance(local, Cell)
+    # the store's cell holds a core; the breaker's circuit is one (no object apart)
+    assert type(cell) is Cell and type(cell.core) is BreakerCore
+    assert isinstance(local, BreakerCore) and local.core is local
     # Neither makes a throttle before it has something to say ...
     assert cell.throttle is None and local.throttle is None
     before = store.snapshot("svc", config).throttle
@@ -193,14 +199,136 @@ def test_the_local_circuit_and_the_memory_store_hold_a_circuit_alike() -> None:
     assert breaker.throttle["paused_for"] == pytest.approx(5.0, abs=0.5)
 
 
-def test_a_new_breaker_is_idle_and_its_first_call_opens_the_lock_free_path() -> None:
+def test_a_breaker_called_once_makes_no_success_counter() -> None:
+    """Admitted lock-free from the first call; the first success is counted in an int under
+    a lock, the second makes the lock-free counter (going on from that count), which the
+    later ones bump without a lock."""
     breaker = CircuitBreaker("svc")
+    local = breaker._local
     assert breaker.idle
-    assert breaker._local.core.clean_permit < 0  # no success counter yet: the slow path
+    assert local.lock_free_permit >= 0 and local.clean_permit < 0  # no success counter yet
     breaker.record_success(breaker.admit())
-    assert breaker._local.core.clean_permit >= 0 and breaker.idle
+    assert local.clean_permit < 0 and local._successes == 1 and breaker.idle
+    assert breaker.stats.successes == 1
     breaker.record_success(breaker.admit())
-    assert breaker.stats.successes == 2
+    assert local.clean_permit >= 0 and isinstance(local._successes, itertools.count)
+    breaker.record_success(breaker.admit())
+    assert breaker.stats.successes == 3 and breaker.stats.calls == 3
+
+
+def test_a_new_breaker_with_a_pacing_throttle_takes_the_slow_path_from_its_first_call() -> None:
+    clock = FakeClock(start=100.0)
+    breaker = CircuitBreaker("svc", CircuitBreakerConfig(requests_per_minute=60), clock=clock)
+    assert breaker._local.lock_free_permit < 0
+    for _ in range(3):
+        breaker.record_success(breaker.try_admit())
+    assert sum(breaker.wait_histogram.counts) == 3  # every admission asked the throttle
+    assert breaker.stats.successes == 3
+
+
+def test_a_counter_made_before_the_first_success_opens_the_clean_path_too() -> None:
+    """A store's link makes the success counter with the breaker: the first clean success
+    decided locally opens the clean path (no success takes the lock after it)."""
+    breaker = CircuitBreaker("svc")
+    local = breaker._local
+    local.success_counter()  # what a store's link does
+    assert local.clean_permit < 0
+    breaker.record_success(breaker.admit())
+    assert local.clean_permit >= 0 and breaker.stats.successes == 1
+
+
+def test_the_circuit_refreshes_its_lock_free_permits_as_its_core_does() -> None:
+    """``LocalCircuit._refresh`` is the core's, inline, with no clean permit before the
+    success counter is made: the two agree in every state once it is."""
+    clock = FakeClock(start=100.0)
+    configs = [
+        CircuitBreakerConfig(failure_threshold=2, reset_timeout=5.0, success_threshold=1),
+        CircuitBreakerConfig(failure_rate_threshold=0.5, minimum_calls=2, reset_timeout=5.0),
+        CircuitBreakerConfig(slow_call_duration=1.0, failure_threshold=2, reset_timeout=5.0),
+    ]
+    for config in configs:
+        breaker = CircuitBreaker("svc", config, clock=clock)
+        local = breaker._local
+
+        def agree(local: LocalCircuit = local) -> None:
+            local._refresh()
+            mine = (local.lock_free_permit, local.clean_permit)
+            BreakerCore._refresh(local)
+            assert (local.lock_free_permit, local.clean_permit) == mine
+            local._refresh()
+
+        local.success_counter()
+        agree()
+        for outcome in (Outcome.SUCCESS, Outcome.FAILURE, Outcome.FAILURE, Outcome.FAILURE):
+            permit = breaker.try_admit()
+            if permit >= 0:
+                breaker.record(permit, outcome)
+            agree()
+        clock.advance(6.0)
+        assert breaker.state is CircuitState.HALF_OPEN
+        agree()
+        breaker.record_success(breaker.admit())
+        agree()
+        breaker.force_open()
+        agree()
+        breaker.force_closed()
+        agree()
+
+
+def test_successes_reported_under_the_lock_make_the_counter_from_the_second() -> None:
+    breaker = CircuitBreaker("svc", CircuitBreakerConfig(failure_threshold=100))
+    local = breaker._local
+    breaker.record(breaker.admit(), Outcome.FAILURE)  # a failure pending: reports take the lock
+    breaker.record(breaker.admit(), Outcome.FAILURE)
+    local.tally(Outcome.SUCCESS)
+    assert local._successes == 1
+    local.tally(Outcome.SUCCESS)
+    assert isinstance(local._successes, itertools.count)
+    local.tally(Outcome.SUCCESS)
+    assert breaker.stats.successes == 3 and breaker.stats.failures == 2
+
+
+def test_a_breaker_that_only_fails_or_is_ignored_makes_no_success_counter() -> None:
+    breaker = CircuitBreaker("svc", CircuitBreakerConfig(failure_threshold=100))
+    for _ in range(5):
+        breaker.record(breaker.admit(), Outcome.FAILURE)
+        breaker.record(breaker.admit(), Outcome.IGNORED)
+    assert breaker._local._successes == 0
+    assert (breaker.stats.failures, breaker.stats.ignored, breaker.stats.calls) == (5, 5, 10)
+
+
+def test_a_success_makes_no_refusal_counter_a_failure_does() -> None:
+    """The fail-fast path's counter is made by a report that can open the circuit."""
+    from llm_circuit_breaker.breaker.telemetry import NOT_OPEN_YET
+
+    breaker = CircuitBreaker("svc", CircuitBreakerConfig(failure_threshold=1))
+    breaker.record_success(breaker.admit())
+    assert breaker._local._rejections is NOT_OPEN_YET
+    breaker.record(breaker.admit(), Outcome.FAILURE, error=ConnectionError("down"))
+    assert breaker._local._rejections is not NOT_OPEN_YET
+    with pytest.raises(CircuitOpenError):
+        breaker.admit()
+    assert breaker.stats.rejections == 1
+
+
+def test_counts_stay_exact_while_threads_arm_the_lock_free_path() -> None:
+    """Successes counted in an int under a lock, then by the counter made while other
+    threads still count in the int: not one lost, however the threads interleave."""
+    for _ in range(20):
+        breaker = CircuitBreaker("svc")
+        start = threading.Barrier(4)
+
+        def work(breaker: CircuitBreaker = breaker, start: threading.Barrier = start) -> None:
+            start.wait()
+            for _ in range(200):
+                breaker.record_success(breaker.admit())
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert breaker.stats.successes == 800 and breaker.stats.calls == 800
 
 
 def test_breakers_share_a_few_striped_locks_and_count_exactly_under_threads() -> None:
@@ -211,7 +339,7 @@ def test_breakers_share_a_few_striped_locks_and_count_exactly_under_threads() ->
                 for i in range(300)]  # fmt: skip
     for breaker in breakers:
         breaker.record_success(breaker.admit())
-    locks = {id(breaker._local.lock) for breaker in breakers}
+    locks = {id(breaker._local.locked()) for breaker in breakers}
     assert len(locks) <= 67
 
     rounds = 50

@@ -127,16 +127,13 @@ class BreakerCore:
         "_window",
         "clean_permit",
         "config",
-        "enforced",
         "failure_count",
         "generation",
-        "hold",
         "lock_free_permit",
         "open_reason",
         "open_until",
         "opened_at",
         "paced",
-        "refusal",
         "state",
         "success_count",
         "transitions",
@@ -150,11 +147,6 @@ class BreakerCore:
         self.opened_at: float | None = None
         self.open_reason = ""
         self.open_until = -math.inf
-        self.hold = Hold.NONE
-        # Metrics-only (``enabled=False``): the same decisions, but what is refused gets a
-        # shadow permit that the caller lets through (counted once, as a refusal not enforced).
-        self.enforced = config.enabled
-        self.refusal = REJECTED if config.enabled else SHADOW
         self.paced = paced  # a throttle must see every call: no lock-free path
         self.transitions: list[Transition] | None = None  # made by the first state change
         self._seq = 0
@@ -172,16 +164,36 @@ class BreakerCore:
 
     # -- reading ---------------------------------------------------------------------------
 
+    @property
+    def enforced(self) -> bool:
+        """Whether a refusal stops the call. Metrics-only (``enabled=False``): the same
+        decisions, but what is refused gets a shadow permit that the caller lets through
+        (counted once, as a refusal not enforced)."""
+        return self.config.enabled
+
+    @property
+    def refusal(self) -> int:
+        """What :meth:`admit` gives a call it refuses: ``REJECTED``, or ``SHADOW`` when not
+        enforced."""
+        return REJECTED if self.config.enabled else SHADOW
+
     def advance(self, now: float) -> None:
         """Apply the lazy OPEN -> HALF_OPEN transition once ``reset_timeout`` has passed (never
         while held open)."""
-        if self.state is OPEN and now >= self.open_until and self.hold is Hold.NONE:
+        if self.state is OPEN and now >= self.open_until:  # never while held (infinite)
             self._move(HALF_OPEN, now, "reset timeout elapsed")
+
+    @property
+    def hold(self) -> Hold:
+        """Whether the circuit follows its counts (``NONE``) or is held open (``FORCED_OPEN``):
+        held exactly while ``open_until`` is infinite (every other open lasts finite seconds),
+        so the hold needs no attribute of its own."""
+        return Hold.FORCED_OPEN if self.open_until == math.inf else Hold.NONE
 
     @property
     def held_open(self) -> bool:
         """Forced open: held open until closed (``open_until`` is infinite meanwhile)."""
-        return self.hold is Hold.FORCED_OPEN
+        return self.open_until == math.inf
 
     def retry_after(self, now: float) -> float | None:
         """Seconds until a call may be admitted (0.0 when one may be now; None when held)."""
@@ -220,7 +232,7 @@ class BreakerCore:
         inflight[self._seq] = now
         return self._seq
 
-    def record(
+    def report(
         self,
         permit: int,
         outcome: Outcome,
@@ -284,9 +296,9 @@ class BreakerCore:
     # -- manual control --------------------------------------------------------------------
 
     def force_open(self, now: float) -> None:
-        """Open the circuit and hold it open until :meth:`close` is called."""
+        """Open the circuit and hold it open until :meth:`close` is called (``open_until``
+        infinite: the hold)."""
         self._open(now, math.inf, "forced open")
-        self.hold = Hold.FORCED_OPEN
 
     def close(self, now: float, reason: str) -> None:
         """Close the circuit with clean counts and an empty window (ending a hold)."""
@@ -304,7 +316,7 @@ class BreakerCore:
         return min(open_for or 0.0, self.config.effective_max_open_for)
 
     def _open(self, now: float, duration: float, reason: str) -> None:
-        self._move(OPEN, now, reason)  # ends a hold: force_open() sets it again
+        self._move(OPEN, now, reason)
         self.opened_at = now
         self.open_reason = reason
         self.open_until = now + duration
@@ -316,7 +328,6 @@ class BreakerCore:
         else:
             self.transitions.append(change)
         self.state = new
-        self.hold = Hold.NONE
         self._seq += 1
         self.generation = self._seq
         if self._inflight:

@@ -195,7 +195,7 @@ class LinkCore:
         error = refused(self.name, retry_after, known.reason or _refusal(known.state))
         error.__cause__ = self.cause
         self.telemetry.count_rejection()
-        return self.telemetry.observed(error, self.local.core.refusal)
+        return self.telemetry.observed(error, self.local.refusal)
 
     def _cache_refusal(self, view: View) -> None:
         if not self.near_cache:
@@ -239,7 +239,7 @@ class LinkCore:
         wait = max(0.0, wait)  # a leased slot whose time has come
         self.telemetry.waits.add(wait)
         if not self.telemetry.plain_refusals:
-            self.telemetry.waited(wait)
+            self.telemetry.tell_waited(wait)
         if wait > 0.0:
             self.waiting += 1
             return Wait(tagged, wait, tokens)
@@ -249,7 +249,9 @@ class LinkCore:
         """Follow ``view``, announcing its transitions (and a return from local mode)."""
         if self._deciding_locally:
             self._deciding_locally = False
-            self._event(self.local.state, view.state, "shared store reachable again: following it")
+            self._event(
+                self.local.state_now, view.state, "shared store reachable again: following it"
+            )
         self._known, self._known_at = view, self._now()
         if view.state is CircuitState.CLOSED:
             self._refused_until = 0.0
@@ -279,7 +281,9 @@ class LinkCore:
         if not self._deciding_locally:
             self._deciding_locally = True
             self._event(
-                self._known.state, self.local.state, "shared store unavailable: deciding locally"
+                self._known.state,
+                self.local.state_now,
+                "shared store unavailable: deciding locally",
             )
 
     def _event(self, old: CircuitState, new: CircuitState, reason: str) -> None:
@@ -301,7 +305,7 @@ class LinkCore:
             error = refused(self.name, view.retry_after, view.reason or _refusal(view.state))
             error.__cause__ = self.cause
             self.telemetry.count_rejection()
-            return self.telemetry.observed(error, self.local.core.refusal)
+            return self.telemetry.observed(error, self.local.refusal)
         ours = tagged(permit, CLEAN if view.clean else SHARED)
         if admission.lease and view.clean:
             self.lease.fill(ours, admission.lease, tokens)

@@ -19,14 +19,14 @@ from llm_circuit_breaker._core.state import CircuitState, Outcome
 from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait, estimate_tokens
 from llm_circuit_breaker._core.views import Control, View
 from llm_circuit_breaker.breaker import clock as clock_module
-from llm_circuit_breaker.breaker.circuit import _NOT_OPEN_YET, Entry, LocalCircuit
+from llm_circuit_breaker.breaker.circuit import Entry, LocalCircuit
 from llm_circuit_breaker.breaker.clock import TimeSource
 from llm_circuit_breaker.breaker.telemetry import (
+    NOT_OPEN_YET,
     BreakerStats,
     Listener,
     Observer,
     StateChange,
-    Telemetry,
     WaitHistogram,
 )
 from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
@@ -73,10 +73,7 @@ class CircuitBreaker:
         "_limit",
         "_local",
         "_record_success",
-        "_telemetry",
-        "config",
         "name",
-        "store",
     )
 
     def __init__(
@@ -94,17 +91,15 @@ class CircuitBreaker:
         elif not isinstance(config, CircuitBreakerConfig):
             raise TypeError(f"config must be a CircuitBreakerConfig, got {type(config).__name__}")
         self.name = name
-        self.config = config
-        self.store = store
         # Without a clock of its own the breaker reads (and waits with) the library's time
         # source; a clock that can sleep (``testing.FakeClock``) also drives the throttle's waits.
         source = clock_module.SHARED if clock is None else TimeSource.of(clock)
-        self._telemetry = telemetry = Telemetry(name, config.enabled)
         self._limit: ConcurrencyLimit | None = None  # the cap on calls in flight
         # With a store, the local circuit (and its throttle) decides while the store is down.
         # What the sync methods drive (``_circuit``) is the local circuit, or a sync store's
-        # link; None for an asyncio store, whose circuit only coroutines reach.
-        self._local = local = LocalCircuit(name, config, source, telemetry)
+        # link; None for an asyncio store, whose circuit only coroutines reach. The local
+        # circuit is the breaker's telemetry too (counts, listeners, observers).
+        self._local = local = LocalCircuit(name, config, source)
         self._circuit: LocalCircuit | StoreLink | None = local
         self._alink: AsyncStoreLink | None = None
         # What enter / record_success are when not the local circuit's own (a link's, the
@@ -114,7 +109,7 @@ class CircuitBreaker:
         # The retry budget and the lock of the budgets are made on first need.
         self._budget: _Budgets | None = None
         if store is not None:  # only a shared breaker needs the links
-            self._link(store, (name, config, local, telemetry))
+            self._link(store, (name, config, local, local))
         if config.token_budget is not None:
             self._cap_spend()
         if store is not None:  # a store's link may share the budgets with the fleet
@@ -140,11 +135,24 @@ class CircuitBreaker:
         from llm_circuit_breaker.breaker.concurrency import ConcurrencyLimit
 
         limit = ConcurrencyLimit(
-            self.name, self.config, self._time, self._telemetry, self.enter, self.record_success
+            self.name, self.config, self._time, self._local, self.enter, self.record_success
         )
         self._limit = limit
         if self._alink is None:  # with an asyncio store, aenter() and the a-reports count
             self._enter, self._record_success = limit.enter, limit.record_success
+
+    @property
+    def config(self) -> CircuitBreakerConfig:
+        """The breaker's configuration (kept by its circuit)."""
+        return self._local.config
+
+    @property
+    def store(self) -> StateStore | AsyncStateStore | None:
+        """The shared store that keeps the circuit, None when it is decided in this process."""
+        if self._alink is not None:
+            return self._alink.store
+        circuit = self._circuit
+        return None if circuit is self._local else cast("StoreLink", circuit).store
 
     @property
     def enter(self) -> Callable[[], Entry]:
@@ -164,11 +172,11 @@ class CircuitBreaker:
     def template(self) -> str | None:
         """The name template this breaker was made from (``"openai:{model}"``), None when
         named outright: exporters and logs label by template and scope value apart."""
-        return self._telemetry.template
+        return self._local.template
 
     @template.setter
     def template(self, template: str | None) -> None:
-        self._telemetry.template = template
+        self._local.template = template
 
     @property
     def _time(self) -> TimeSource:
@@ -224,7 +232,7 @@ class CircuitBreaker:
             if self._limit is not None and self._limit.give_up(entry):
                 return REJECTED  # a place in line for a slot in flight, dropped and counted
             self._settle(entry, gave_up=True)
-            self._telemetry.count_throttle_refusal()  # refused: it would have had to wait
+            self._local.count_throttle_refusal()  # refused: it would have had to wait
             return REJECTED
         return entry if isinstance(entry, int) else REJECTED
 
@@ -273,7 +281,7 @@ class CircuitBreaker:
         """Whether admitting a call now reads its estimated tokens (``TOKEN_COST``): with a
         token budget, a store (its shared throttle), or a throttle that paces calls. Code that
         sees request bodies estimates only then."""
-        if self.config.token_budget is not None or self.store is not None:
+        if self._local.config.token_budget is not None or self._followed is not self._local:
             return True
         throttle = self._local.throttle
         return throttle is not None and throttle.active
@@ -297,8 +305,7 @@ class CircuitBreaker:
         registry and the caller holds (reference counts: no call in flight, no decoration,
         no weak reference). The registry drops it then, so nothing can tell it apart from a
         fresh one (see :meth:`_rename`)."""
-        local, telemetry = self._local, self._telemetry
-        core = local.core
+        local = self._local
         return (
             _REFCOUNTED
             and self._circuit is local
@@ -306,34 +313,32 @@ class CircuitBreaker:
             and self._limit is None
             and self._budget is None
             and (self.config is config or self.config == config)
-            and core.generation == 0  # never left CLOSED
-            and not core.failure_count
-            and not core.transitions
-            and not core._inflight
-            and core._window is None
+            and local.generation == 0  # never left CLOSED
+            and not local.failure_count
+            and not local.transitions
+            and not local._inflight
+            and local._window is None
             and local.throttle is None
             and local.rejoin is None
-            and not telemetry._hooks
-            and telemetry.breaker is None
-            and telemetry._waits is None
+            and not local._hooks
+            and local.breaker is None
+            and local._waits is None
             and not weakref_count(self)
-            # held by the breaker twice (``_local``/``_circuit``; ``_telemetry`` and the
-            # circuit's), by the local variable here and by the call's argument
+            # held by the breaker twice (``_local``, ``_circuit``), by the local variable
+            # here and by the call's argument
             and refcount(local) == 4
-            and refcount(telemetry) == 4
         )
 
     def _rename(self, name: str) -> None:
         """Become a fresh breaker called ``name`` (only after :meth:`_reusable`): the name, and
         statistics from zero; the cores are as a new breaker's already."""
-        local, telemetry = self._local, self._telemetry
-        self.name = local.name = telemetry.name = name
-        if local._successes is not None:  # armed: the fast path stays open
-            local._successes = telemetry.successes = itertools.count()
-        local._rejections = _NOT_OPEN_YET
-        telemetry._rejections = None
-        telemetry._counts = None
-        telemetry.template = None
+        local = self._local
+        self.name = local.name = name
+        # armed (a counter): the fast path stays open
+        local._successes = 0 if local._successes.__class__ is int else itertools.count()
+        local._rejections = NOT_OPEN_YET
+        local._counts = None
+        local.template = None
 
     def _known_throttle(self) -> dict[str, float | int | None]:
         return self._followed.throttle_view()
@@ -381,7 +386,7 @@ class CircuitBreaker:
 
     def record_retry(self, attempt: int, error: BaseException, delay: float) -> None:
         """Count a retry of a call guarded by this breaker (``with_retry`` calls it)."""
-        self._telemetry.retried(attempt, error, delay)
+        self._local.retried(attempt, error, delay)
 
     # -- budgets: retries and spend (a store's link shares them) ---------------------------
 
@@ -429,7 +434,7 @@ class CircuitBreaker:
         budget = budgets.retry
         if budget is None:
             budget = budgets.retry = RetryBudget(ratio, self.config.retry_budget_floor)
-        budget.settle(now, self._telemetry.stats().calls)  # retries too: settle sorts
+        budget.settle(now, self._local.stats().calls)  # retries too: settle sorts
         return budget
 
     def try_spend_retry(self) -> bool:
@@ -447,7 +452,7 @@ class CircuitBreaker:
                 budget.skip()  # the retry's own call is no first attempt
         if paid:
             return True
-        self._telemetry.count_throttle_refusal("retry_budget")
+        self._local.count_throttle_refusal("retry_budget")
         return not self.config.enabled
 
     @property
@@ -475,7 +480,7 @@ class CircuitBreaker:
             after = cap.refusal(now)
             view = cap.view(now)
         if before is None and after is not None:
-            self._telemetry.budget_spent(view["spent"], view["limit"], after, at=now)
+            self._local.budget_spent(view["spent"], view["limit"], after, at=now)
 
     def charge(self, response: object, request: object = None) -> None:
         """Count what a call cost against ``token_budget``: its response's ``usage``, or the
@@ -499,7 +504,7 @@ class CircuitBreaker:
             spent, limit = cap.spent, cap.limit
         if wait is None:
             return None
-        self._telemetry.count_throttle_refusal("token_budget")
+        self._local.count_throttle_refusal("token_budget")
         if not self.config.enabled:  # metrics-only: counted, let through
             return None
         return BudgetExceededError(self.name, wait, spent, limit)
@@ -602,7 +607,7 @@ class CircuitBreaker:
             if self._limit is not None and self._limit.give_up(entry):
                 return REJECTED
             await self._asettle(entry, gave_up=True)
-            self._telemetry.count_throttle_refusal()  # refused: it would have had to wait
+            self._local.count_throttle_refusal()  # refused: it would have had to wait
             return REJECTED
         return entry if isinstance(entry, int) else REJECTED
 
@@ -670,7 +675,7 @@ class CircuitBreaker:
     def state(self) -> CircuitState:
         """The current state (HALF_OPEN as soon as ``reset_timeout`` has passed)."""
         if self._followed is self._local:
-            return self._local.state
+            return self._local.state_now
         return self._view().state
 
     @property
@@ -691,12 +696,12 @@ class CircuitBreaker:
     @property
     def wait_histogram(self) -> WaitHistogram:
         """How long admitted calls waited for their throttle slot (for the exporters)."""
-        return self._telemetry.known_waits()
+        return self._local.known_waits()
 
     @property
     def stats(self) -> BreakerStats:
         """Calls, successes, failures, ignored, throttled, rejections, retries, state changes."""
-        return self._telemetry.stats()
+        return self._local.stats()
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-serialisable view: state, counts, ``opened_at``, ``retry_after``, stats."""
@@ -736,7 +741,7 @@ class CircuitBreaker:
             self._local.control("reset")
         else:
             self.reset()
-        self._telemetry.zero()
+        self._local.zero()
         budgets = self._budget
         if budgets is None:
             return
@@ -762,15 +767,15 @@ class CircuitBreaker:
 
     def add_observer(self, observer: Observer) -> None:
         """Tell ``observer`` of refusals and retries (the metrics exporters use this)."""
-        self._telemetry.add_observer(observer, self)
+        self._local.add_observer(observer, self)
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(StateChange)`` after every state change (outside the lock)."""
-        self._telemetry.add_listener(listener)
+        self._local.add_listener(listener)
 
     def remove_listener(self, listener: Listener) -> None:
         """Stop calling ``listener``."""
-        self._telemetry.remove_listener(listener)
+        self._local.remove_listener(listener)
 
     def __repr__(self) -> str:
         view = self._local.view() if self._followed is self._local else self._link_view()

@@ -1,49 +1,43 @@
-"""``LocalCircuit``: the pure cores behind a lock that never spans the caller's call.
+"""``LocalCircuit``: the pure core behind a lock that never spans the caller's call.
 
 What a breaker without a store runs, and what a store-backed breaker falls back to while its
 store is unreachable. In CLOSED a call takes no lock: admission reads one attribute and a clean
-success bumps a counter; failing fast in OPEN needs no lock either.
+success bumps a counter; failing fast in OPEN needs no lock either. One object per breaker: the
+state machine, the counts and hooks, the throttle's place.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 
-from llm_circuit_breaker._core.permits import SHADOW, is_refusal
-from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
-from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait, spread
+from llm_circuit_breaker._core.permits import REJECTED, SHADOW, is_refusal
+from llm_circuit_breaker._core.state import LOCK_FREE, BreakerCore, CircuitState, Outcome
+from llm_circuit_breaker._core.throttle import TOKEN_COST, ThrottleCore, Wait, spread
 from llm_circuit_breaker._core.views import Control, View
 from llm_circuit_breaker.breaker import clock
 from llm_circuit_breaker.breaker.clock import TimeSource
-from llm_circuit_breaker.breaker.telemetry import Telemetry, refused
+from llm_circuit_breaker.breaker.telemetry import NOT_OPEN_YET, Telemetry, refused
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
-from llm_circuit_breaker.storage.memory import Cell
 
 __all__ = ["Entry", "LocalCircuit", "check_report"]
 
 # What an admission hands back: a permit, a refusal to raise, or a throttle slot to wait for.
 Entry = int | CircuitOpenError | ThrottledError | Wait
 
-OPEN = CircuitState.OPEN
+OPEN, CLOSED = CircuitState.OPEN, CircuitState.CLOSED
 _INF = float("inf")
-
-
-def _not_open_yet() -> int:  # pragma: no cover - a circuit opens only after a report
-    raise RuntimeError("a refusal was counted before the circuit could open")
-
-
-# What ``_rejections`` is until the first report or control makes the real counter.
-_NOT_OPEN_YET: Iterator[int] = iter(_not_open_yet, None)
 _new = BaseException.__new__
+_NOT_OPEN_YET = NOT_OPEN_YET
 
 # The locks of the local circuits: a circuit takes one of these, chosen by its id, instead of a
-# lock of its own (100k breakers, a few dozen locks). A circuit's lock guards only its cores
+# lock of its own (100k breakers, a few dozen locks). A circuit's lock guards only its state
 # for a few lines and never spans a call, nor another circuit's lock: a shared one serialises
 # at worst two circuits' bookkeeping, never deadlocks.
-_STRIPES = tuple(threading.Lock() for _ in range(67))
+_STRIPES = tuple(threading.Lock() for _ in range(67))  # a prime: ids are multiples of 16
+_N_STRIPES = len(_STRIPES)
 
 
 def check_report(permit: object, outcome: object, open_for: float | None) -> None:
@@ -56,61 +50,122 @@ def check_report(permit: object, outcome: object, open_for: float | None) -> Non
         raise ValueError(f"open_for must be a finite number of seconds >= 0, got {open_for!r}")
 
 
-class LocalCircuit(Cell):
-    """One circuit decided in this process (thread- and asyncio-safe): a :class:`Cell` (the
-    pure cores behind their lock, as a ``MemoryStateStore`` keeps them) with a lock-free path
-    in CLOSED and for failing fast, and the telemetry that reports it."""
+class LocalCircuit(BreakerCore, Telemetry):
+    """One circuit decided in this process (thread- and asyncio-safe), in one object: its
+    :class:`BreakerCore` (the state machine itself, not a part held apart), its throttle,
+    its :class:`Telemetry` (counts, listeners, observers), and a lock-free path in CLOSED and
+    for failing fast. Its lock is one of a few shared ones; it holds a circuit as a
+    ``MemoryStateStore``'s ``Cell`` does (the core, the throttle, a lock)."""
 
+    # BreakerCore's slots, and: Telemetry's (``_counts`` ... ``template``), the throttle
+    # (made on first need, at once when rates are configured), the cause of the last opening,
+    # the registry's ``rejoin`` and the time source.
     __slots__ = (
+        "_counts",
+        "_hooks",
         "_rejections",
         "_successes",
+        "_waits",
+        "breaker",
         "cause",
         "name",
+        "plain_refusals",
         "rejoin",
         "source",
-        "telemetry",
+        "template",
+        "throttle",
     )
 
-    def __init__(
-        self,
-        name: str,
-        config: CircuitBreakerConfig,
-        source: TimeSource,
-        telemetry: Telemetry,
-        *,
-        paced: bool = True,
-    ) -> None:
-        self.name = name
-        self.telemetry = telemetry
-        # Bumped by the CLOSED success path (``next``: no bound method kept), made by the first
-        # admission (until then every call takes the slow path, which is where it looks). The
-        # fail-fast path's counter is made by the first report or control, before the circuit
-        # can open.
-        self._successes: itertools.count[int] | None = None
-        self._rejections: Iterator[int] = _NOT_OPEN_YET
-        self.source = source
+    def __init__(self, name: str, config: CircuitBreakerConfig, source: TimeSource) -> None:
+        # (before the core: its lock-free permits read these)
+        self._successes = 0
+        rated = config.requests_per_minute is not None or config.tokens_per_minute is not None
+        self.throttle = throttle = ThrottleCore(config) if rated and config.throttle else None
+        # Paced (every call on the slow path) while a throttle has a say. The core's lock-free
+        # permits are set here, not refreshed: CLOSED, generation 0, no clean permit before
+        # the success counter is made.
+        BreakerCore.__init__(self, config, paced=True)
+        if throttle is None or not throttle.active:
+            self.paced = False
+            if LOCK_FREE and config.slow_call_duration is None:
+                self.lock_free_permit = 0
+        self.cause: BaseException | None = None  # the error that last opened the circuit
         # Set while the registry has forgotten this circuit: the next call puts it back.
         self.rejoin: Callable[[], None] | None = None
-        # Paced (every call on the slow path) until the first admission arms the fast path.
-        lock = _STRIPES[(id(self) >> 4) % len(_STRIPES)]
-        super().__init__(config, paces=paced, lock=lock, paced=True)
-        self.cause: BaseException | None = None  # the error that last opened the circuit
+        self.source = source
+        # Telemetry's attributes (set here, where every breaker is made). Successes
+        # are an int until the lock-free counter is made (by the second clean success: a
+        # circuit called once makes none); the fail-fast path's counter is made by the
+        # first report or control that can open the circuit.
+        self.name = name
+        self.breaker = None
+        self.template = None
+        self._hooks = ()
+        self._rejections = NOT_OPEN_YET
+        self._counts = None
+        self._waits = None
+        self.plain_refusals = config.enabled
+
+    @property
+    def core(self) -> LocalCircuit:
+        """The state machine: this circuit itself."""
+        return self
+
+    def locked(self) -> threading.Lock:
+        """This circuit's lock: one of the shared stripes, chosen by its id."""
+        return _STRIPES[id(self) % _N_STRIPES]
+
+    def made_throttle(self) -> ThrottleCore | None:
+        """The throttle, made now if this circuit paces and has none yet (lock held)."""
+        throttle = self.throttle
+        if throttle is None and self.config.throttle:
+            throttle = self.throttle = ThrottleCore(self.config)
+        return throttle
+
+    def throttle_now(self, now: float) -> dict[str, float | int | None] | None:
+        """What the throttle says (a new one's word while none is made; lock held), None
+        without a throttle."""
+        throttle = self.throttle
+        if throttle is None and self.config.throttle:  # nothing learned yet
+            throttle = ThrottleCore(self.config)
+        return None if throttle is None else throttle.view(now)
 
     def _follow_throttle(self) -> None:
         """Send every call through the slow path while the throttle has a say (lock held)."""
         throttle = self.throttle
-        self.core.set_paced(
-            (throttle is not None and throttle.active)
-            or self.rejoin is not None
-            or self._successes is None
+        self.set_paced((throttle is not None and throttle.active) or self.rejoin is not None)
+
+    def _refresh(self) -> None:
+        """The core's lock-free permits (``BreakerCore._refresh``, inline), with no clean one
+        (a success that changes nothing but the count) until the success counter is made."""
+        simple = (
+            LOCK_FREE
+            and self.state is CLOSED
+            and self.config.slow_call_duration is None
+            and not self.paced
+        )
+        self.lock_free_permit = permit = self.generation if simple else REJECTED
+        quiet = not self.failure_count and self._window is None
+        armed = self._successes.__class__ is not int
+        self.clean_permit = permit if quiet and armed else REJECTED
+
+    def _quiet(self, permit: int) -> bool:
+        """Whether a success or an ignored call with ``permit`` changes nothing but the counts
+        (what ``clean_permit`` says once the success counter is made)."""
+        return (
+            permit == self.lock_free_permit
+            and permit >= 0
+            and not self.failure_count
+            and self._window is None
         )
 
-    def _arm(self) -> None:
-        """Make the lock-free success counter (the first admission) and take the fast path."""
-        counter = self.telemetry.success_counter()
+    def _armed(self) -> itertools.count[int]:
+        """Make the lock-free success counter (the second clean success) if none is made yet,
+        and open the clean path: a circuit called once makes none."""
+        counter = self.success_counter()
         with self.locked():
-            self._successes = counter
-            self._follow_throttle()
+            self._refresh()
+        return counter
 
     def detach(self, rejoin: Callable[[], None]) -> None:
         """The registry forgot this circuit: the next admission calls ``rejoin`` first (until
@@ -133,46 +188,43 @@ class LocalCircuit(Cell):
         """Admit one call: its permit, the :class:`CircuitOpenError` that says why not, the
         :class:`ThrottledError` when its throttle slot is too far away, or the ``Wait`` for a
         slot within ``throttle_max_wait``."""
-        core = self.core
-        permit = core.lock_free_permit
+        permit = self.lock_free_permit
         if permit >= 0:
             return permit
         now = self.source.now()  # the one clock read of a refusal
-        open_until = core.open_until
-        if now < open_until and core.state is OPEN:  # failing fast needs no lock either
+        open_until = self.open_until
+        if now < open_until and self.state is OPEN:  # failing fast needs no lock either
             # Built by BaseException.__new__ alone (C code, no __init__, no partial); open_until
             # is infinite only while held open (forced): retry_after is None then.
             error = _new(
                 CircuitOpenError,
                 self.name,
                 None if open_until == _INF else open_until - now,
-                core.open_reason,
+                self.open_reason,
             )
             error.__cause__ = self.cause
             next(self._rejections)  # the builtin: cheaper than a bound ``__next__``
-            if self.telemetry.plain_refusals:  # enforced, nobody to tell
+            if self.plain_refusals:  # enforced, nobody to tell
                 return error
-            return self.telemetry.observed(error, core.refusal)
+            return self.observed(error, self.refusal)
         if self.rejoin is not None:
             self.return_to_registry()
-        if self._successes is None:
-            self._arm()
-        with self.locked():
-            permit = core.admit(now)
+        with _STRIPES[id(self) % _N_STRIPES]:  # ``locked()``, inline
+            permit = self.admit(now)
             refusal = is_refusal(permit)  # SHADOW: metrics-only, let through
-            retry_after = core.retry_after(now) if refusal else 0.0
-            reason = core.open_reason or "half-open: probe slots taken"
-            paced = not refusal and core.paced
+            retry_after = self.retry_after(now) if refusal else 0.0
+            reason = self.open_reason or "half-open: probe slots taken"
+            paced = not refusal and self.paced
             entry = self._pace(permit, now) if paced else permit
-            transitions = self._drain()
-        telemetry = self.telemetry
-        telemetry.publish(transitions)
+            transitions = self.drain()
+        if transitions:
+            self.publish(transitions)
         if refusal:
             return self._refuse(permit, retry_after, reason)
         if entry.__class__ is ThrottledError:
-            telemetry.count_throttle_refusal()
-        elif paced and not telemetry.plain_refusals:
-            telemetry.waited(entry.seconds if isinstance(entry, Wait) else 0.0)
+            self.count_throttle_refusal()
+        elif paced and not self.plain_refusals:
+            self.tell_waited(entry.seconds if isinstance(entry, Wait) else 0.0)
         return entry
 
     def _pace(
@@ -180,20 +232,20 @@ class LocalCircuit(Cell):
     ) -> int | ThrottledError | Wait:
         """The throttle's say on an admitted call (lock held)."""
         throttle = self.throttle
-        if throttle is None:  # pragma: no cover - paced only with a throttle
+        if throttle is None:  # pragma: no cover - paced with a throttle only
             return permit
         if tokens is None:
             tokens = TOKEN_COST.get()
-        max_wait = self.core.config.throttle_max_wait
+        max_wait = self.config.throttle_max_wait
         wait = throttle.book(now, tokens, max_wait)
         if wait <= 0.0:
-            self.telemetry.waits.add(0.0)
+            self.waits.add(0.0)
             return permit
         if wait > max_wait:
-            self.core.record(permit, Outcome.IGNORED, now)
+            self.report(permit, Outcome.IGNORED, now)
             return ThrottledError(self.name, wait)
         throttle.waiting += 1
-        self.telemetry.waits.add(wait)
+        self.waits.add(wait)
         return Wait(permit, wait, tokens, now + wait)
 
     def waited(self, wait: Wait, *, gave_up: bool) -> Wait | ThrottledError | None:
@@ -211,16 +263,15 @@ class LocalCircuit(Cell):
                 if rebook:
                     again = self._pace(wait.permit, now, wait.tokens)
             if gave_up:
-                self.core.record(wait.permit, Outcome.IGNORED, now)
-            transitions = self._drain()
-        telemetry = self.telemetry
-        telemetry.publish(transitions)
+                self.report(wait.permit, Outcome.IGNORED, now)
+            transitions = self.drain()
+        self.publish(transitions)
         if isinstance(again, int):
             return None
         if isinstance(again, ThrottledError):
-            telemetry.count_throttle_refusal()
-        elif isinstance(again, Wait) and not telemetry.plain_refusals:
-            telemetry.waited(again.seconds)
+            self.count_throttle_refusal()
+        elif isinstance(again, Wait) and not self.plain_refusals:
+            self.tell_waited(again.seconds)
         return again
 
     def _refuse(
@@ -230,21 +281,32 @@ class LocalCircuit(Cell):
         call through (metrics-only)."""
         error = refused(self.name, retry_after, reason)
         error.__cause__ = self.cause
-        self.telemetry.count_rejection()
-        return self.telemetry.observed(error, permit)
+        self.count_rejection()
+        return self.observed(error, permit)
 
     def record_success(self, permit: int) -> None:
         """Report that the call holding ``permit`` succeeded."""
-        if permit == self.core.clean_permit:  # nothing to change but the count
-            next(self._successes)  # type: ignore[arg-type]  # made before the fast path opens
+        if permit == self.clean_permit:  # nothing to change but the count
+            next(self._successes)  # type: ignore[arg-type]  # made before the clean path opens
+            return
+        if (
+            permit == self.lock_free_permit
+            and not self.failure_count
+            and permit >= 0
+            and self._window is None
+        ):  # clean (see ``_quiet``), but the clean path is not open yet
+            if self._successes:  # a success counted before (or a counter made elsewhere)
+                next(self._armed())
+            else:  # the first: an int, under the counting lock
+                self.tally(Outcome.SUCCESS)
             return
         self.record(permit, Outcome.SUCCESS)
 
     def record_abandoned(self, permit: int) -> None:
         """Report that the caller stopped reading the result of the call holding ``permit``
         (neither outcome: counted as ignored)."""
-        if permit == self.core.clean_permit and self.throttle is None:  # nothing to change
-            self.telemetry.tally(Outcome.IGNORED)
+        if self.throttle is None and (permit == self.clean_permit or self._quiet(permit)):
+            self.tally(Outcome.IGNORED)  # nothing to change but the count
             return
         self.record(permit, Outcome.IGNORED)
 
@@ -262,11 +324,13 @@ class LocalCircuit(Cell):
         ``error`` is kept as the cause of later refusals if this report opens the circuit;
         ``hint`` is the server's wait for a rate limit (``THROTTLED``)."""
         check_report(permit, outcome, open_for)
-        if self._rejections is _NOT_OPEN_YET:
-            self._rejections = self.telemetry.rejection_count()
-        with self.locked():
+        if self._rejections is _NOT_OPEN_YET and (
+            outcome is Outcome.FAILURE or self.config.slow_call_duration is not None
+        ):  # this report may open the circuit: its fail-fast path counts with this
+            self.rejection_count()
+        with _STRIPES[id(self) % _N_STRIPES]:  # ``locked()``, inline
             now = self.source.now()
-            counted = self.core.record(permit, outcome, now, open_for=open_for, why=why)
+            counted = self.report(permit, outcome, now, open_for=open_for, why=why)
             throttle = self.throttle
             if throttle is None and outcome is Outcome.THROTTLED:
                 throttle = self.made_throttle()
@@ -276,14 +340,15 @@ class LocalCircuit(Cell):
                     now, outcome is Outcome.THROTTLED, outcome is Outcome.SUCCESS, spread(hint)
                 )
                 self._follow_throttle()
-            transitions = self._drain()
+            transitions = self.drain()
         if transitions and transitions[-1].new is OPEN:
             self.cause = error
         if permit != SHADOW:  # a metrics-only pass-through counted once, as its rejection
-            self.telemetry.tally(counted)
-        self.telemetry.publish(transitions)
+            self.tally(counted)
+        if transitions:
+            self.publish(transitions)
         if news is not None:
-            self.telemetry.throttle_event(*news, at=now)
+            self.throttle_event(*news, at=now)
         return counted
 
     # -- reading and control ---------------------------------------------------------------
@@ -295,7 +360,7 @@ class LocalCircuit(Cell):
 
     def observe(self, headers: object) -> None:
         """Feed a response's rate-limit headers to the throttle."""
-        if not self.paces:
+        if not self.config.throttle:
             return
         import time
 
@@ -314,10 +379,10 @@ class LocalCircuit(Cell):
     def idle(self) -> bool:
         """CLOSED with nothing counted, nothing paced and nobody waiting: dropping the
         circuit loses no state (a registry may drop idle scoped breakers)."""
-        core, throttle = self.core, self.throttle
+        throttle = self.throttle
         return (
-            core.state is CircuitState.CLOSED
-            and not core.failure_count
+            self.state is CircuitState.CLOSED
+            and not self.failure_count
             and self.rejoin is None
             and (
                 throttle is None
@@ -339,48 +404,42 @@ class LocalCircuit(Cell):
         """The circuit now (applying the lazy OPEN -> HALF_OPEN)."""
         with self.locked():
             now = self.source.now()
-            core = self.core
-            retry_after = core.retry_after(now)
+            retry_after = self.retry_after(now)
             view = View(
-                core.state,
-                core.failure_count,
-                core.success_count,
-                core.opened_at,
+                self.state,
+                self.failure_count,
+                self.success_count,
+                self.opened_at,
                 retry_after,
-                reason=core.open_reason,
+                reason=self.open_reason,
             )
-            transitions = self._drain()
-        self.telemetry.publish(transitions)
+            transitions = self.drain()
+        self.publish(transitions)
         return view
 
     @property
-    def state(self) -> CircuitState:
-        """The current state without building a whole view."""
+    def state_now(self) -> CircuitState:
+        """The current state (applying the lazy OPEN -> HALF_OPEN) without a whole view."""
         with self.locked():
-            self.core.advance(self.source.now())
-            state = self.core.state
-            transitions = self._drain()
-        self.telemetry.publish(transitions)
+            self.advance(self.source.now())
+            state = self.state
+            transitions = self.drain()
+        self.publish(transitions)
         return state
 
     def control(self, action: Control) -> None:
         """Reset (the circuit and the throttle), force open or force closed."""
-        if self._rejections is _NOT_OPEN_YET:
-            self._rejections = self.telemetry.rejection_count()
+        self.rejection_count()  # made before the circuit can open
         with self.locked():
             now = self.source.now()
             if action == "force_open":
-                self.core.force_open(now)
+                self.force_open(now)
             else:
-                self.core.close(now, "reset" if action == "reset" else "forced closed")
+                self.close(now, "reset" if action == "reset" else "forced closed")
             if action == "reset" and self.throttle is not None:
                 self.throttle.forget()  # a pause or a learned limit is state too
                 self._follow_throttle()
-            transitions = self._drain()
+            transitions = self.drain()
         if action != "force_open":
             self.cause = None
-        self.telemetry.publish(transitions)
-
-    def _drain(self) -> Sequence[Transition]:
-        """Take the core's pending transitions (call with the lock held)."""
-        return self.core.drain()
+        self.publish(transitions)

@@ -490,7 +490,7 @@ class ScopeCache(dict[Any, CircuitBreaker]):
                 lru[name] = key
                 if len(lru) > registry.max_breakers:
                     registry._evict()
-                breaker._telemetry.template = self.template
+                breaker._local.template = self.template
         finally:
             lock.release()
         if breaker is None:  # observed, cleared, on a store, or named already

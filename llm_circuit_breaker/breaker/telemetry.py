@@ -1,8 +1,9 @@
 """What a breaker tells the world: counts, state-change listeners, observers and logs.
 
-Kept apart from the deciding so that the in-process circuit and the store links report the
-same way. Successes and refusals are counted without a lock (``itertools.count`` is atomic
-under the GIL), the rarer counts under one lock.
+Written apart from the deciding so that the in-process circuit and the store links report
+the same way; its attributes live in the breaker's ``LocalCircuit`` (no object of their own).
+Successes and refusals are counted without a lock (``itertools.count`` is atomic under the
+GIL; a breaker's first success in an int, under a lock), the rarer counts under one lock.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import logging
 import math
 import threading
 import weakref
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol, cast
 
 from llm_circuit_breaker._core.permits import REJECTED
 from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
 from llm_circuit_breaker.errors import CircuitOpenError
+
+if TYPE_CHECKING:
+    from llm_circuit_breaker.config import CircuitBreakerConfig
 
 __all__ = [
     "THROTTLE_REASONS",
@@ -215,57 +219,60 @@ _SUCCESS_READS, _SUCCESS_ZERO, _REJECTION_READS, _REJECTION_ZERO = 11, 12, 13, 1
 _SIZE = 15
 
 
-def _raw(counter: itertools.count[int] | None, counts: list[int], reads: int) -> int:
-    """How often ``counter`` was bumped by its users (call with ``_counting`` held).
+def _raw(counter: Iterator[int] | int, counts: list[int], reads: int) -> int:
+    """How often ``counter`` was bumped by its users (call with ``_counting`` held): an int
+    is its own count (successes before the lock-free counter is made).
 
     ``itertools.count`` is bumped atomically under the GIL (the CLOSED success path and the
     fail-fast path count without a lock), and it has no way to be read but to be bumped: a read
     bumps it too, and ``counts[reads]`` keeps how often that happened."""
-    if counter is None:
+    if counter.__class__ is int:
+        return counter
+    if counter is NOT_OPEN_YET:
         return 0
-    bumped = next(counter) - counts[reads]
+    bumped = next(cast("Iterator[int]", counter)) - counts[reads]
     counts[reads] += 1
     return bumped
 
 
+def _not_open_yet() -> int:  # pragma: no cover - a circuit opens only after a report
+    raise RuntimeError("a refusal was counted before the circuit could open")
+
+
+# What the refusal counter is until it is made (before the circuit can first open).
+NOT_OPEN_YET: Iterator[int] = iter(_not_open_yet, None)
+
+
 class Telemetry:
-    """Counts, listeners and observers of one breaker.
+    """Counts, listeners and observers of one breaker: the reporting half of its
+    :class:`~llm_circuit_breaker.breaker.circuit.LocalCircuit`, which keeps these attributes
+    in its own slots (no object, no header and no name of their own).
 
-    Compact: an idle breaker's telemetry is this object and one ``itertools.count`` (its
-    successes, bumped without a lock). The other counts live in one list of ints made on the
-    first of them, the rejection counter is made before the circuit can first open, the
-    listeners and observers are tuples (empty: shared), the wait histogram made on the first
-    throttle wait."""
+    Compact: successes are an int (counted under a lock) until the circuit opens its lock-free
+    path, then one ``itertools.count``; the other counts live in one list of ints made on the
+    first of them, the refusal counter is made before the circuit can first open, the
+    listeners and observers are tuples (empty: shared), the wait histogram is made on the
+    first throttle wait."""
 
-    __slots__ = (
-        "_counts",
-        "_hooks",
-        "_rejections",
-        "_waits",
-        "breaker",
-        "enforced",
-        "name",
-        "plain_refusals",
-        "successes",
-        "template",
-    )
+    if not TYPE_CHECKING:  # its attributes are the circuit's slots (mypy: see them here)
+        __slots__ = ()
 
-    def __init__(self, name: str, enforced: bool) -> None:
-        self.name = name
-        self.enforced = enforced
-        # The breaker observers are told of: set when the first observer is added (an idle
-        # breaker holds no reference cycle, so dropping it frees it at once).
-        self.breaker: Observed | None = None
-        self.template: str | None = None  # the name template, for the log records' fields
-        # Listeners and observers alike, in the order added (empty: a shared tuple).
-        self._hooks: tuple[object, ...] = ()
-        # Bumped lock-free (``next(telemetry.successes)``); made by the first admission.
-        self.successes: itertools.count[int] | None = None
-        self._rejections: itertools.count[int] | None = None
-        self._counts: list[int] | None = None
-        self._waits: WaitHistogram | None = None
-        # Refusals need no more than a count: enforced, and nobody to tell.
-        self.plain_refusals = enforced
+    name: str
+    config: CircuitBreakerConfig
+    # The breaker observers are told of: set when the first observer is added (an idle
+    # breaker holds no reference cycle, so dropping it frees it at once).
+    breaker: Observed | None
+    template: str | None  # the name template, for the log records' fields
+    # Listeners and observers alike, in the order added (empty: a shared tuple).
+    _hooks: tuple[object, ...]
+    # Successes: an int bumped under ``_counting``, then (``success_counter()``) an
+    # ``itertools.count`` bumped without a lock (``next(telemetry._successes)``).
+    _successes: int | itertools.count[int]
+    _rejections: Iterator[int]  # NOT_OPEN_YET until made
+    _counts: list[int] | None
+    _waits: WaitHistogram | None
+    # Refusals need no more than a count: enforced, and nobody to tell.
+    plain_refusals: bool
 
     @property
     def count_success(self) -> Callable[[], int]:
@@ -273,23 +280,24 @@ class Telemetry:
         return self.success_counter().__next__
 
     def success_counter(self) -> itertools.count[int]:
-        """The lock-free success counter, made now if it was not yet."""
-        counter = self.successes
-        if counter is None:
+        """The lock-free success counter, made now (from the successes counted so far) if it
+        was not yet."""
+        counter = self._successes
+        if counter.__class__ is int:
             with _counting:
-                counter = self.successes
-                if counter is None:
-                    counter = self.successes = itertools.count()
-        return counter
+                counter = self._successes
+                if counter.__class__ is int:
+                    counter = self._successes = itertools.count(counter)
+        return cast("itertools.count[int]", counter)
 
-    def rejection_count(self) -> itertools.count[int]:
+    def rejection_count(self) -> Iterator[int]:
         """The lock-free refusal counter (``next()`` counts one), made now if it was not yet:
         a circuit calls this before it can first open, and keeps it for its fail-fast path."""
         counter = self._rejections
-        if counter is None:
+        if counter is NOT_OPEN_YET:
             with _counting:
                 counter = self._rejections
-                if counter is None:
+                if counter is NOT_OPEN_YET:
                     counter = self._rejections = itertools.count()
         return counter
 
@@ -322,7 +330,7 @@ class Telemetry:
             counts = self._counts
             if counts is None:
                 counts = self._counts = [0] * _SIZE
-            success_zero = _raw(self.successes, counts, _SUCCESS_READS)
+            success_zero = _raw(self._successes, counts, _SUCCESS_READS)
             rejection_zero = _raw(self._rejections, counts, _REJECTION_READS)
             counts[:_SUCCESS_READS] = [0] * _SUCCESS_READS
             counts[_SUCCESS_ZERO] = success_zero
@@ -333,7 +341,16 @@ class Telemetry:
     def tally(self, outcome: Outcome) -> None:
         """Count a finished call by its outcome as the circuit counted it."""
         if outcome is Outcome.SUCCESS:
-            next(self.success_counter())
+            counter = self._successes
+            if counter.__class__ is int:
+                with _counting:
+                    counter = self._successes
+                    if counter == 0:  # the first success: an int, no counter
+                        self._successes = 1
+                        return
+                    if counter.__class__ is int:  # the second makes the counter
+                        counter = self._successes = itertools.count(counter)
+            next(cast("itertools.count[int]", counter))
         else:
             self._bump(_BY_OUTCOME[outcome])
 
@@ -343,7 +360,7 @@ class Telemetry:
             counts = self._counts
             if counts is None:
                 counts = self._counts = [0] * _SIZE
-            successes = _raw(self.successes, counts, _SUCCESS_READS) - counts[_SUCCESS_ZERO]
+            successes = _raw(self._successes, counts, _SUCCESS_READS) - counts[_SUCCESS_ZERO]
             rejections = _raw(self._rejections, counts, _REJECTION_READS)
             rejections -= counts[_REJECTION_ZERO]
             counts = list(counts)
@@ -394,7 +411,7 @@ class Telemetry:
         if self._hooks:
             self._tell("retried", attempt, error, delay, owned=True)
 
-    def waited(self, seconds: float) -> None:
+    def tell_waited(self, seconds: float) -> None:
         """Tell the observers that can hear it (``waited(breaker, seconds)``) how long an
         admitted call waits for its throttle slot."""
         if self._hooks:
@@ -423,7 +440,7 @@ class Telemetry:
     def _fields(self, **more: object) -> dict[str, object]:
         """``extra=`` fields for a log record: the breaker's template and scope, and more."""
         template, scope = split_name(self.name, self.template)
-        return {"breaker": template, "scope": scope, "enforced": self.enforced, **more}
+        return {"breaker": template, "scope": scope, "enforced": self.config.enabled, **more}
 
     def _owner(self) -> Observed:
         if self.breaker is None:  # pragma: no cover - the breaker sets it at construction

@@ -2,9 +2,9 @@
 and its throttle behind a lock).
 
 A ``CircuitBreaker`` without a store embeds a ``LocalCircuit`` (breaker/circuit.py) instead:
-a ``Cell`` too, with a lock-free fast path. As a store this lets several breaker objects of
-one process share circuits by name, and serves as the reference the Redis store is tested
-against.
+the same parts in one object (a ``BreakerCore`` itself, with its throttle, a shared lock and a
+lock-free fast path). As a store this lets several breaker objects of one process share
+circuits by name, and serves as the reference the Redis store is tested against.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class MemoryStateStore:
             if not is_refusal(permit) and throttle is not None and throttle.active:
                 wait = throttle.book(now, tokens, config.throttle_max_wait)
                 if wait > config.throttle_max_wait:
-                    slot.core.record(permit, Outcome.IGNORED, now)
+                    slot.core.report(permit, Outcome.IGNORED, now)
                     permit = THROTTLED
             if is_refusal(permit):  # a store speaks REJECTED: metrics-only is the breaker's
                 permit = REJECTED
@@ -115,7 +115,7 @@ class MemoryStateStore:
         slot = self._slot(name, config)
         with slot.locked():
             now = self._clock()
-            counted = slot.core.record(permit, outcome, now, open_for=open_for, why=why)
+            counted = slot.core.report(permit, outcome, now, open_for=open_for, why=why)
             news = None
             throttle = slot.throttle
             if throttle is None and outcome is Outcome.THROTTLED:
@@ -140,7 +140,7 @@ class MemoryStateStore:
             now = self._clock()
             if slot.throttle is not None:
                 slot.throttle.cancel(tokens)
-            slot.core.record(permit, Outcome.IGNORED, now)
+            slot.core.report(permit, Outcome.IGNORED, now)
             return self._view(slot, now)
 
     def observe(
@@ -173,7 +173,7 @@ class MemoryStateStore:
 class Cell:
     """One circuit's pure cores behind their lock: the :class:`BreakerCore`, its throttle
     and the lock that serialises them. What a ``MemoryStateStore`` keeps per name and what a
-    breaker's ``LocalCircuit`` extends (one way to hold a circuit in this process).
+    breaker's ``LocalCircuit`` holds in one object (one way to hold a circuit in this process).
 
     The throttle is made on first need (a rate limit, rate-limit headers), at once when rates
     are configured; ``paces``: whether this circuit has one to make (``throttle=True``)."""

@@ -291,7 +291,7 @@ def _fast_path(gate: Gate) -> tuple[LocalCircuit | None, Any, Any, Any, str]:
     local = breaker._local
     if breaker._enter is not None:
         return None, _ENTERED, None, None, breaker.name
-    return local, local.core, local.source, local.telemetry, breaker.name
+    return local, local, local.source, local, breaker.name
 
 
 def _sync_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
