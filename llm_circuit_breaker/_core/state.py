@@ -37,7 +37,16 @@ from llm_circuit_breaker._core.permits import REJECTED, SHADOW
 if TYPE_CHECKING:
     from llm_circuit_breaker.config import CircuitBreakerConfig
 
-__all__ = ["REJECTED", "SHADOW", "BreakerCore", "CircuitState", "Hold", "Outcome", "Transition"]
+__all__ = [
+    "REJECTED",
+    "SHADOW",
+    "BreakerCore",
+    "CircuitState",
+    "FailureWindow",
+    "Hold",
+    "Outcome",
+    "Transition",
+]
 
 
 class CircuitState(str, enum.Enum):
@@ -118,8 +127,12 @@ class _FailureWindow:
         self.calls = self.failures = 0
 
 
+FailureWindow = _FailureWindow  # for the local circuit, which sets the core's slots itself
+
+
 class BreakerCore:
-    """The state machine of one circuit. Not thread-safe: the caller serialises access."""
+    """The state machine of one circuit. Not thread-safe: the caller serialises access.
+    (``LocalCircuit.__init__`` sets these slots itself: keep the two alike.)"""
 
     __slots__ = (
         "_inflight",

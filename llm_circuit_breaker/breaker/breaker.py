@@ -46,6 +46,8 @@ Clock = Callable[[], float]
 _REFCOUNTED = sys.implementation.name == "cpython"
 refcount = sys.getrefcount
 weakref_count = weakref.getweakrefcount
+# What a circuit that never left CLOSED and keeps nothing but counts holds (see _renamed).
+_FRESH = (0, 0, None, None, None, None, (), None, None)
 
 
 class CircuitBreaker:
@@ -298,47 +300,47 @@ class CircuitBreaker:
         busy = self._limit is not None and self._limit.busy
         return not busy and self._followed.idle
 
-    def _reusable(self, config: CircuitBreakerConfig) -> bool:
-        """Whether this (scoped) breaker can become another name's new breaker: a local
-        circuit with ``config`` that never changed state and keeps nothing but counts (no
-        failure pending, no throttle, no listener, no budget, no cap), that nothing but its
-        registry and the caller holds (reference counts: no call in flight, no decoration,
-        no weak reference). The registry drops it then, so nothing can tell it apart from a
-        fresh one (see :meth:`_rename`)."""
+    def _renamed(self, name: str, config: CircuitBreakerConfig) -> bool:
+        """Become a fresh breaker called ``name`` if this (scoped) breaker can: a local circuit
+        with ``config`` that never changed state and keeps nothing but counts (no failure
+        pending, no throttle, no listener, no budget, no cap), that nothing but the caller
+        holds (reference counts: no call in flight, no decoration, no weak reference; the
+        caller checks its own). The registry has dropped it, so nothing can tell it apart from
+        a fresh one: the name changes, statistics start from zero, the cores are as a new
+        breaker's already. False (nothing changed) if it cannot."""
         local = self._local
-        return (
-            _REFCOUNTED
-            and self._circuit is local
-            and self._enter is None
-            and self._limit is None
+        if (
+            # no link, limit or token budget (each sets ``_enter``), no retry budget
+            self._enter is None
             and self._budget is None
-            and (self.config is config or self.config == config)
-            and local.generation == 0  # never left CLOSED
-            and not local.failure_count
-            and not local.transitions
-            and not local._inflight
-            and local._window is None
-            and local.throttle is None
-            and local.rejoin is None
-            and not local._hooks
-            and local.breaker is None
-            and local._waits is None
-            and not weakref_count(self)
-            # held by the breaker twice (``_local``, ``_circuit``), by the local variable
-            # here and by the call's argument
+            and (local.config is config or local.config == config)
+            # held by the breaker twice (``_local``, ``_circuit``), here and by the argument
             and refcount(local) == 4
-        )
-
-    def _rename(self, name: str) -> None:
-        """Become a fresh breaker called ``name`` (only after :meth:`_reusable`): the name, and
-        statistics from zero; the cores are as a new breaker's already."""
-        local = self._local
-        self.name = local.name = name
-        # armed (a counter): the fast path stays open
-        local._successes = 0 if local._successes.__class__ is int else itertools.count()
-        local._rejections = NOT_OPEN_YET
-        local._counts = None
-        local.template = None
+            and not weakref_count(self)
+            and _REFCOUNTED
+            # never left CLOSED, nothing pending, made or hooked since
+            and (
+                local.generation,
+                local.failure_count,
+                local.transitions,
+                local._window,
+                local.throttle,
+                local.rejoin,
+                local._hooks,
+                local.breaker,
+                local._waits,
+            )
+            == _FRESH
+            and not local._inflight  # none in flight (an empty dict once tracked)
+        ):
+            self.name = local.name = name
+            # armed (a counter): the fast path stays open
+            local._successes = 0 if local._successes.__class__ is int else itertools.count()
+            local._rejections = NOT_OPEN_YET
+            local._counts = None
+            local.template = None
+            return True
+        return False
 
     def _known_throttle(self) -> dict[str, float | int | None]:
         return self._followed.throttle_view()

@@ -11,14 +11,21 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable
+from typing import cast
 
 from llm_circuit_breaker._core.permits import REJECTED, SHADOW, is_refusal
-from llm_circuit_breaker._core.state import LOCK_FREE, BreakerCore, CircuitState, Outcome
+from llm_circuit_breaker._core.state import (
+    LOCK_FREE,
+    BreakerCore,
+    CircuitState,
+    FailureWindow,
+    Outcome,
+)
 from llm_circuit_breaker._core.throttle import TOKEN_COST, ThrottleCore, Wait, spread
 from llm_circuit_breaker._core.views import Control, View
 from llm_circuit_breaker.breaker import clock
 from llm_circuit_breaker.breaker.clock import TimeSource
-from llm_circuit_breaker.breaker.telemetry import NOT_OPEN_YET, Telemetry, refused
+from llm_circuit_breaker.breaker.telemetry import NOT_OPEN_YET, Telemetry, _counting, refused
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 
@@ -29,6 +36,7 @@ Entry = int | CircuitOpenError | ThrottledError | Wait
 
 OPEN, CLOSED = CircuitState.OPEN, CircuitState.CLOSED
 _INF = float("inf")
+_NEG_INF = -_INF
 _new = BaseException.__new__
 _NOT_OPEN_YET = NOT_OPEN_YET
 
@@ -77,18 +85,39 @@ class LocalCircuit(BreakerCore, Telemetry):
     )
 
     def __init__(self, name: str, config: CircuitBreakerConfig, source: TimeSource) -> None:
-        # (before the core: its lock-free permits read these)
-        self._successes = 0
-        rated = config.requests_per_minute is not None or config.tokens_per_minute is not None
-        self.throttle = throttle = ThrottleCore(config) if rated and config.throttle else None
-        # Paced (every call on the slow path) while a throttle has a say. The core's lock-free
-        # permits are set here, not refreshed: CLOSED, generation 0, no clean permit before
-        # the success counter is made.
-        BreakerCore.__init__(self, config, paced=True)
+        # The core's slots set here, as ``BreakerCore.__init__`` sets them (one frame fewer:
+        # making a breaker is a hot path too), with its lock-free permits set, not refreshed:
+        # CLOSED, generation 0, no clean permit before the success counter is made.
+        self.config = config
+        self.state = CLOSED
+        self.failure_count = 0
+        self.success_count = 0
+        self.opened_at = None
+        self.open_reason = ""
+        self.open_until = _NEG_INF
+        self.transitions = None  # made by the first state change
+        self._seq = 0
+        self.generation = 0
+        self._inflight = None  # made by the first tracked admission
+        self._window = (
+            None
+            if config.failure_rate_threshold is None
+            else FailureWindow(config.effective_window)
+        )
+        self.clean_permit = REJECTED
+        # The throttle: made at once when rates are configured. Paced (every call on the
+        # slow path) while it has a say.
+        if config.requests_per_minute is None and config.tokens_per_minute is None:
+            self.throttle = throttle = None
+        else:
+            self.throttle = throttle = ThrottleCore(config) if config.throttle else None
         if throttle is None or not throttle.active:
             self.paced = False
-            if LOCK_FREE and config.slow_call_duration is None:
-                self.lock_free_permit = 0
+            simple = LOCK_FREE and config.slow_call_duration is None
+            self.lock_free_permit = 0 if simple else REJECTED
+        else:
+            self.paced = True
+            self.lock_free_permit = REJECTED
         self.cause: BaseException | None = None  # the error that last opened the circuit
         # Set while the registry has forgotten this circuit: the next call puts it back.
         self.rejoin: Callable[[], None] | None = None
@@ -100,6 +129,7 @@ class LocalCircuit(BreakerCore, Telemetry):
         self.name = name
         self.breaker = None
         self.template = None
+        self._successes = 0
         self._hooks = ()
         self._rejections = NOT_OPEN_YET
         self._counts = None
@@ -297,8 +327,17 @@ class LocalCircuit(BreakerCore, Telemetry):
         ):  # clean (see ``_quiet``), but the clean path is not open yet
             if self._successes:  # a success counted before (or a counter made elsewhere)
                 next(self._armed())
-            else:  # the first: an int, under the counting lock
-                self.tally(Outcome.SUCCESS)
+                return
+            # the first: an int, under the counting lock (bare acquire / release: a scope's
+            # first call is a hot path too)
+            _counting.acquire()
+            successes = cast("int | itertools.count[int]", self._successes)
+            if type(successes) is int:
+                self._successes = successes + 1  # the second success makes the counter
+                _counting.release()
+                return
+            _counting.release()
+            next(successes)  # type: ignore[arg-type]  # the counter, made meanwhile
             return
         self.record(permit, Outcome.SUCCESS)
 

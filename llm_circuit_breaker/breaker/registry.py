@@ -239,7 +239,7 @@ class BreakerRegistry:
     def _reused(self, name: str, config: CircuitBreakerConfig) -> CircuitBreaker | None:
         """The least recently used scoped breaker, dropped and renamed ``name`` when it would
         be dropped for this new one anyway and nothing else holds it (see
-        ``CircuitBreaker._reusable``): cycling scopes past ``max_breakers`` then makes no
+        ``CircuitBreaker._renamed``): cycling scopes past ``max_breakers`` then makes no
         breaker, nor garbage for the collector (lock held)."""
         if self._observers or self._cleared or self.store is not None:
             return None
@@ -249,11 +249,10 @@ class BreakerRegistry:
             return None
         breaker = self._breakers.get(oldest)
         # held here by the registry, the local variable and the call's argument alone
-        if breaker is None or refcount(breaker) != 3 or not breaker._reusable(config):
+        if breaker is None or refcount(breaker) != 3 or not breaker._renamed(name, config):
             return None
         self._scoped.pop(oldest, None)
         del self._breakers[oldest]
-        breaker._rename(name)
         return breaker
 
     def _rejoin(self, forgotten: weakref.ref[CircuitBreaker], scoped: bool) -> None:
@@ -398,7 +397,7 @@ class ScopeCache(dict[Any, CircuitBreaker]):
     ``name_of``), one lock, and the breaker made or, past
     ``max_breakers``, the least recently used scoped breaker renamed when it drops for this
     one anyway and nothing else holds it once this cache forgets it
-    (``CircuitBreaker._reusable``): cycling scopes then makes no breaker, nor garbage for the
+    (``CircuitBreaker._renamed``): cycling scopes then makes no breaker, nor garbage for the
     collector. The registry's LRU entry of a scope keeps its key here, so that the entry is
     found in one step when the scope is the next to drop. ``made`` sees every breaker a
     miss gives (a decoration's checks and listener); with ``stored_only``, those on a store
@@ -471,10 +470,9 @@ class ScopeCache(dict[Any, CircuitBreaker]):
                                 cached = None
                             except TypeError:  # pragma: no cover - keys here are hashable
                                 pass
-                        # held by the local variable and the call's argument alone
-                        if refcount(breaker) == 2 and breaker._reusable(self._reuse_config):
-                            breaker._rename(name)
-                        else:  # kept, first in line again (for _evict)
+                        # renamed when held by the local variable and the argument alone;
+                        # else kept, first in line again (for _evict)
+                        if refcount(breaker) != 2 or not breaker._renamed(name, self._reuse_config):
                             breakers[oldest] = breaker
                             lru[oldest] = oldest_key
                             lru.move_to_end(oldest, False)
