@@ -86,7 +86,7 @@ class CircuitBreaker:
         clock: Clock | None = None,
         store: StateStore | AsyncStateStore | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name:
+        if (name.__class__ is not str and not isinstance(name, str)) or not name:
             raise ValueError(f"a circuit breaker needs a non-empty str name, got {name!r}")
         if config is None:
             config = DEFAULT_CONFIG  # frozen: one shared by every default breaker
@@ -110,6 +110,8 @@ class CircuitBreaker:
         self._record_success: Callable[[int], None] | None = None
         # The retry budget and the lock of the budgets are made on first need.
         self._budget: _Budgets | None = None
+        if store is None and config.token_budget is None and config.max_concurrent is None:
+            return  # the common case: nothing more to make
         if store is not None:  # only a shared breaker needs the links
             self._link(store, (name, config, local, local))
         if config.token_budget is not None:
