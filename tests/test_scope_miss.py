@@ -272,3 +272,134 @@ def test_threads_cycling_scopes_past_the_bound_keep_every_key_on_its_own_breaker
         assert breaker.name == f"tenant:{key}"
     for breaker in registry.breakers():
         assert breaker.template == "tenant:{tenant}" and breaker.stats.calls >= 1
+
+
+def _renamed(breaker: CircuitBreaker, config: Any = None) -> bool:
+    from llm_circuit_breaker.config import DEFAULT_CONFIG
+
+    return breaker._renamed("new", DEFAULT_CONFIG if config is None else config)
+
+
+def test_a_fresh_breaker_is_renamed_with_statistics_from_zero() -> None:
+    from llm_circuit_breaker.config import CircuitBreakerConfig
+
+    breaker = CircuitBreaker("old")
+    for _ in range(3):  # counted clean successes: the lock-free counter made
+        breaker.record_success(breaker.admit())
+    breaker.template = "t:{x}"
+    assert _renamed(breaker)
+    assert breaker.name == breaker._local.name == "new" and breaker._local.template is None
+    assert breaker.stats.calls == 0 and breaker.stats.successes == 0
+    breaker.record_success(breaker.admit())
+    assert breaker.stats.successes == 1
+    # a config tracked per call (slow calls): an empty in-flight dict is nothing pending
+    slow = CircuitBreakerConfig(slow_call_duration=5.0)
+    tracked = CircuitBreaker("slow", slow)
+    tracked.record_success(tracked.admit())
+    assert tracked._local._inflight == {}
+    assert _renamed(tracked, slow) and tracked.name == "new"
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        "opened_and_closed",
+        "failure_pending",
+        "listener",
+        "weak_reference",
+        "other_config",
+        "held_circuit",
+        "retry_budget",
+        "throttle",
+        "forgotten",
+        "rate_window",
+    ],
+)
+def test_a_breaker_that_keeps_more_than_counts_is_never_renamed(spoil: str) -> None:
+    from llm_circuit_breaker import Outcome
+    from llm_circuit_breaker.config import CircuitBreakerConfig
+
+    config: Any = None
+    if spoil == "rate_window":
+        config = CircuitBreakerConfig(failure_rate_threshold=0.5, minimum_calls=5)
+    breaker = CircuitBreaker("old", config)
+    keep: list[Any] = []
+    if spoil == "opened_and_closed":
+        breaker.force_open()
+        breaker.force_closed()
+    elif spoil == "failure_pending":
+        breaker.record(breaker.enter(), Outcome.FAILURE)  # type: ignore[arg-type]
+    elif spoil == "listener":
+        breaker.add_listener(lambda change: None)
+    elif spoil == "weak_reference":
+        keep.append(weakref.ref(breaker))
+    elif spoil == "other_config":
+        config = CircuitBreakerConfig(failure_threshold=2)
+    elif spoil == "held_circuit":
+        keep.append(breaker._local)
+    elif spoil == "retry_budget":
+        breaker._budgets()
+        breaker._budget.retry = object()  # type: ignore[union-attr]
+    elif spoil == "throttle":
+        assert breaker._local.made_throttle() is not None  # as the first rate-limit header
+    elif spoil == "forgotten":
+        breaker._local.rejoin = lambda: None
+    assert not _renamed(breaker, config)
+    assert breaker.name == "old"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"failure_rate_threshold": 0.5, "minimum_calls": 5},
+        {"slow_call_duration": 2.0},
+        {"requests_per_minute": 60},
+        {"requests_per_minute": 60, "throttle": False},
+        {"enabled": False},
+    ],
+)
+def test_a_local_circuit_s_core_is_set_as_a_breaker_core_sets_it(fields: dict[str, Any]) -> None:
+    """The local circuit sets its core's slots itself: each as ``BreakerCore.__init__`` sets
+    it, the lock-free permits as a refresh would."""
+    from llm_circuit_breaker._core.state import BreakerCore
+    from llm_circuit_breaker.config import CircuitBreakerConfig
+
+    config = CircuitBreakerConfig(**fields)
+    local = CircuitBreaker("c", config)._local
+    core = BreakerCore(config)
+    for slot in BreakerCore.__slots__:
+        mine, theirs = getattr(local, slot), getattr(core, slot)
+        if slot == "_window":
+            assert type(mine) is type(theirs)
+        elif slot in ("lock_free_permit", "paced", "clean_permit"):
+            continue
+        else:
+            assert mine == theirs, slot
+    paced = local.throttle is not None and local.throttle.active
+    assert local.paced is paced
+    assert local.clean_permit == -1  # no clean permit before the success counter is made
+    saved = local.lock_free_permit
+    local._refresh()
+    assert local.lock_free_permit == saved
+
+
+def test_first_successes_racing_on_fresh_breakers_are_each_counted() -> None:
+    """Threads report the first successes of the same fresh breakers at once (the first is
+    an int bumped under the counting lock, the second makes the counter): none is lost."""
+    breakers = [CircuitBreaker(f"b{i}") for i in range(200)]
+    threads, rounds = 4, 3
+    start = threading.Barrier(threads)
+
+    def report() -> None:
+        start.wait()
+        for _ in range(rounds):
+            for breaker in breakers:
+                breaker.record_success(breaker.admit())
+
+    workers = [threading.Thread(target=report) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert [b.stats.successes for b in breakers] == [threads * rounds] * len(breakers)
