@@ -302,14 +302,16 @@ class CircuitBreaker:
         busy = self._limit is not None and self._limit.busy
         return not busy and self._followed.idle
 
-    def _renamed(self, name: str, config: CircuitBreakerConfig) -> bool:
+    def _renamed(
+        self, name: str, config: CircuitBreakerConfig, template: str | None = None
+    ) -> bool:
         """Become a fresh breaker called ``name`` if this (scoped) breaker can: a local circuit
         with ``config`` that never changed state and keeps nothing but counts (no failure
         pending, no throttle, no listener, no budget, no cap), that nothing but the caller
         holds (reference counts: no call in flight, no decoration, no weak reference; the
         caller checks its own). The registry has dropped it, so nothing can tell it apart from
-        a fresh one: the name changes, statistics start from zero, the cores are as a new
-        breaker's already. False (nothing changed) if it cannot."""
+        a fresh one: the name (and ``template``) change, statistics start from zero, the
+        cores are as a new breaker's already. False (nothing changed) if it cannot."""
         local = self._local
         if (
             # no link, limit or token budget (each sets ``_enter``), no retry budget
@@ -340,7 +342,7 @@ class CircuitBreaker:
             local._successes = 0 if local._successes.__class__ is int else itertools.count()
             local._rejections = NOT_OPEN_YET
             local._counts = None
-            local.template = None
+            local.template = template
             return True
         return False
 

@@ -457,8 +457,8 @@ class ScopeCache(dict[Any, CircuitBreaker]):
         try:
             # nothing observed, nothing cleared, no store: the whole miss here
             if registry._simple and name not in breakers:
-                config = self.config
-                if len(lru) >= registry.max_breakers:  # the least recently used scope drops
+                bound = registry.max_breakers
+                if len(lru) >= bound:  # the least recently used scope drops
                     oldest, oldest_key = lru.popitem(False)
                     breaker = breakers.pop(oldest, None)
                     if breaker is not None:
@@ -472,7 +472,9 @@ class ScopeCache(dict[Any, CircuitBreaker]):
                                 pass
                         # renamed when held by the local variable and the argument alone;
                         # else kept, first in line again (for _evict)
-                        if refcount(breaker) != 2 or not breaker._renamed(name, self._reuse_config):
+                        if refcount(breaker) != 2 or not breaker._renamed(
+                            name, self._reuse_config, self.template
+                        ):
                             breakers[oldest] = breaker
                             lru[oldest] = oldest_key
                             lru.move_to_end(oldest, False)
@@ -480,15 +482,15 @@ class ScopeCache(dict[Any, CircuitBreaker]):
                 if breaker is None:
                     clock = registry._clock
                     breaker = (
-                        CircuitBreaker(name, config)
+                        CircuitBreaker(name, self.config)
                         if clock is None
-                        else CircuitBreaker(name, config, clock=clock)
+                        else CircuitBreaker(name, self.config, clock=clock)
                     )
+                    breaker._local.template = self.template
                 breakers[name] = breaker
                 lru[name] = key
-                if len(lru) > registry.max_breakers:
+                if len(lru) > bound:
                     registry._evict()
-                breaker._local.template = self.template
         finally:
             lock.release()
         if breaker is None:  # observed, cleared, on a store, or named already
