@@ -427,3 +427,16 @@ def test_a_breaker_held_elsewhere_or_listened_to_is_never_reused(
     assert "tenant:0" not in registry and "tenant:1" not in registry
     # 0 and 1 are not reused: 2 and 3 are made; from then on each dropped one is reused
     assert made == ["tenant:0", "tenant:1", "tenant:2", "tenant:3"]
+
+
+def test_a_closed_circuit_holds_no_float_of_its_own() -> None:
+    """``open_until`` while not open is one float shared by every circuit and core (24 B a
+    breaker otherwise), made so again when an opened circuit closes."""
+    clock = FakeClock()
+    first, second = CircuitBreaker("a", clock=clock), CircuitBreaker("b", clock=clock)
+    assert first._local.open_until is second._local.open_until
+    assert BreakerCore(DEFAULT_CONFIG).open_until is first._local.open_until
+    first.force_open()
+    first.force_closed()
+    assert first.state is CircuitState.CLOSED
+    assert first._local.open_until is second._local.open_until

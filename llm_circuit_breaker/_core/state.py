@@ -43,6 +43,7 @@ __all__ = [
     "BreakerCore",
     "CircuitState",
     "FailureWindow",
+    "NOT_OPEN",
     "Hold",
     "Outcome",
     "Transition",
@@ -65,6 +66,8 @@ CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.H
 # which holds under the GIL. A free-threaded interpreter takes the lock for every call.
 LOCK_FREE = getattr(sys, "_is_gil_enabled", lambda: True)()
 _BUCKETS = 20  # resolution of the failure-rate window
+# ``open_until`` while not open: one float shared by every core (not one made per core).
+NOT_OPEN = -math.inf
 
 
 class Hold(enum.Enum):
@@ -159,7 +162,7 @@ class BreakerCore:
         self.success_count = 0
         self.opened_at: float | None = None
         self.open_reason = ""
-        self.open_until = -math.inf
+        self.open_until = NOT_OPEN
         self.paced = paced  # a throttle must see every call: no lock-free path
         self.transitions: list[Transition] | None = None  # made by the first state change
         self._seq = 0
@@ -350,7 +353,7 @@ class BreakerCore:
             self.failure_count = 0
             self.opened_at = None
             self.open_reason = ""
-            self.open_until = -math.inf
+            self.open_until = NOT_OPEN
         if self._window is not None:
             self._window.clear()
         self._refresh()

@@ -16,6 +16,7 @@ from typing import cast
 from llm_circuit_breaker._core.permits import REJECTED, SHADOW, is_refusal
 from llm_circuit_breaker._core.state import (
     LOCK_FREE,
+    NOT_OPEN,
     BreakerCore,
     CircuitState,
     FailureWindow,
@@ -36,7 +37,6 @@ Entry = int | CircuitOpenError | ThrottledError | Wait
 
 OPEN, CLOSED = CircuitState.OPEN, CircuitState.CLOSED
 _INF = float("inf")
-_NEG_INF = -_INF
 _new = BaseException.__new__
 _NOT_OPEN_YET = NOT_OPEN_YET
 
@@ -94,7 +94,7 @@ class LocalCircuit(BreakerCore, Telemetry):
         self.success_count = 0
         self.opened_at = None
         self.open_reason = ""
-        self.open_until = _NEG_INF
+        self.open_until = NOT_OPEN
         self.transitions = None  # made by the first state change
         self._seq = 0
         self.generation = 0
