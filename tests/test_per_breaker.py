@@ -13,6 +13,7 @@ import pytest
 
 from llm_circuit_breaker import BreakerRegistry, CircuitBreaker, CircuitState, circuit_breaker
 from llm_circuit_breaker._core.state import BreakerCore, Outcome
+from llm_circuit_breaker.breaker import registry as registry_module
 from llm_circuit_breaker.breaker.circuit import LocalCircuit
 from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
 from llm_circuit_breaker.errors import CircuitOpenError
@@ -370,7 +371,15 @@ def _counting_breakers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         init(self, name, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(CircuitBreaker, "__init__", counted)
+    # the registry's own way to make one, through the class (and so counted) here
+    monkeypatch.setattr(registry_module, "new_breaker", _through_the_class)
     return made
+
+
+def _through_the_class(
+    name: str, config: CircuitBreakerConfig | None = None, clock: object = None
+) -> CircuitBreaker:
+    return CircuitBreaker(name, config, clock=clock)  # type: ignore[arg-type]
 
 
 def test_cycling_scopes_reuses_the_dropped_breaker_as_a_fresh_one(
@@ -440,3 +449,49 @@ def test_a_closed_circuit_holds_no_float_of_its_own() -> None:
     first.force_closed()
     assert first.state is CircuitState.CLOSED
     assert first._local.open_until is second._local.open_until
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        None,
+        CircuitBreakerConfig(failure_threshold=2),
+        CircuitBreakerConfig(failure_rate_threshold=0.5, minimum_calls=4),
+        CircuitBreakerConfig(requests_per_minute=60),
+        CircuitBreakerConfig(token_budget=1_000),
+        CircuitBreakerConfig(max_concurrent=2),
+    ],
+)
+def test_a_breaker_the_registry_makes_is_the_one_its_class_makes(
+    config: CircuitBreakerConfig | None,
+) -> None:
+    """``new_breaker`` (the registry's way to make one) sets every slot of the breaker and its
+    local circuit as ``CircuitBreaker(name, config, clock=...)`` does."""
+    from llm_circuit_breaker.breaker.breaker import new_breaker
+
+    clock = FakeClock()
+    for with_clock in (None, clock):
+        made, reference = (
+            new_breaker("n", config, with_clock),
+            CircuitBreaker("n", config, clock=with_clock),
+        )
+        for slot in CircuitBreaker.__slots__:
+            if slot == "__weakref__":
+                continue
+            mine, theirs = getattr(made, slot), getattr(reference, slot)
+            if slot in ("_local", "_circuit", "_enter", "_record_success", "_limit", "_budget"):
+                assert (mine is None) == (theirs is None), slot
+            else:
+                assert mine == theirs, slot
+        assert made._circuit is made._local
+        for slot in (*BreakerCore.__slots__, *LocalCircuit.__slots__):
+            mine, theirs = getattr(made._local, slot), getattr(reference._local, slot)
+            if slot in ("_window", "throttle"):
+                assert type(mine) is type(theirs), slot
+            elif slot == "source":
+                assert mine.now == theirs.now and mine.sleep == theirs.sleep
+            else:
+                assert mine == theirs, slot
+    for bad in ("", 3):
+        with pytest.raises(ValueError):
+            new_breaker(bad, config)  # type: ignore[arg-type]

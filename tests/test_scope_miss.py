@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from llm_circuit_breaker import BreakerRegistry, CircuitBreaker, circuit_breaker
+from llm_circuit_breaker.breaker import registry as registry_module
 from llm_circuit_breaker.breaker.registry import ScopeCache
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
@@ -88,6 +89,11 @@ def test_a_scope_s_miss_past_the_bound_takes_the_registry_s_lock_once(
         init(self, name, *args, **kwargs)
 
     monkeypatch.setattr(CircuitBreaker, "__init__", counted)
+    monkeypatch.setattr(  # the registry's own way to make one, through the class here
+        registry_module,
+        "new_breaker",
+        lambda name, config=None, clock=None: CircuitBreaker(name, config, clock=clock),
+    )
 
     @circuit_breaker("tenant:{tenant}", registry=registry)
     def call(tenant: int) -> int:

@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from llm_circuit_breaker.breaker.breaker import CircuitBreaker, Clock, Observer
+from llm_circuit_breaker.breaker.breaker import CircuitBreaker, Clock, Observer, new_breaker
 from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
 
 if TYPE_CHECKING:
@@ -123,12 +123,7 @@ class BreakerRegistry:
                     breakers = self._breakers
                     breaker = breakers.get(name)
                     if breaker is None:
-                        clock = self._clock
-                        breaker = breakers[name] = (
-                            CircuitBreaker(name, config)
-                            if clock is None
-                            else CircuitBreaker(name, config, clock=clock)
-                        )
+                        breaker = breakers[name] = new_breaker(name, config, self._clock)
                         return breaker
                     if config is None:
                         return breaker
@@ -480,12 +475,7 @@ class ScopeCache(dict[Any, CircuitBreaker]):
                             lru.move_to_end(oldest, False)
                             breaker = None
                 if breaker is None:
-                    clock = registry._clock
-                    breaker = (
-                        CircuitBreaker(name, self.config)
-                        if clock is None
-                        else CircuitBreaker(name, self.config, clock=clock)
-                    )
+                    breaker = new_breaker(name, self.config, registry._clock)
                     breaker._local.template = self.template
                 breakers[name] = breaker
                 lru[name] = key
