@@ -453,7 +453,8 @@ class ScopeCache(dict[Any, CircuitBreaker]):
             # nothing observed, nothing cleared, no store: the whole miss here
             if registry._simple and name not in breakers:
                 bound = registry.max_breakers
-                if len(lru) >= bound:  # the least recently used scope drops
+                full = len(lru) >= bound
+                if full:  # the least recently used scope drops
                     oldest, oldest_key = lru.popitem(False)
                     breaker = breakers.pop(oldest, None)
                     if breaker is not None:
@@ -479,7 +480,7 @@ class ScopeCache(dict[Any, CircuitBreaker]):
                     breaker._local.template = self.template
                 breakers[name] = breaker
                 lru[name] = key
-                if len(lru) > bound:
+                if full and len(lru) > bound:  # one was kept (busy): drop another
                     registry._evict()
         finally:
             lock.release()
