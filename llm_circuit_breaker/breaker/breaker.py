@@ -314,14 +314,14 @@ class CircuitBreaker:
         cores are as a new breaker's already. False (nothing changed) if it cannot."""
         local = self._local
         if (
+            _REFCOUNTED
             # no link, limit or token budget (each sets ``_enter``), no retry budget
-            self._enter is None
+            and self._enter is None
             and self._budget is None
             and (local.config is config or local.config == config)
             # held by the breaker twice (``_local``, ``_circuit``), here and by the argument
             and refcount(local) == 4
             and not weakref_count(self)
-            and _REFCOUNTED
             # never left CLOSED, nothing pending, made or hooked since
             and (
                 local.generation,
