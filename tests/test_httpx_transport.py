@@ -750,9 +750,10 @@ def _mock_client(registry: BreakerRegistry, **fields: Any) -> httpx.Client:
 def test_a_request_body_is_parsed_only_when_something_needs_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """No name template, no "stream" key, no throttle pacing and no budget: the body of a
-    long conversation is not parsed; a "stream" key is read from the parsed body; a token
-    budget still counts the answer's usage."""
+    """No name template, no "stream" key read for a stream's timeouts, no throttle pacing and
+    no budget: the body of a long conversation is not parsed; with a stream timeout, a
+    "stream" key is read from the parsed body; a token budget still counts the answer's
+    usage."""
     from types import SimpleNamespace
 
     from llm_circuit_breaker.httpx import _core
@@ -771,8 +772,14 @@ def test_a_request_body_is_parsed_only_when_something_needs_it(
             client.post("http://provider/v1/chat/completions", json=conversation).read()
         assert parsed == []
         client.post("http://provider/v1/chat/completions", json={**conversation, "stream": False})
-        assert len(parsed) == 1
+        assert parsed == []  # no timeout of a stream's own: whether it streams does not matter
     assert registry.get_or_create("mock").stats.successes == 4
+    timed = BreakerRegistry()
+    with _mock_client(timed, first_byte_timeout=5.0) as client:
+        client.post("http://provider/v1/chat/completions", json=conversation).read()
+        assert parsed == []
+        client.post("http://provider/v1/chat/completions", json={**conversation, "stream": False})
+        assert len(parsed) == 1
     budgeted = BreakerRegistry()
     with _mock_client(budgeted, token_budget=1000) as client:
         client.post("http://provider/v1/chat/completions", json=conversation).read()
