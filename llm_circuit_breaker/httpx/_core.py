@@ -7,7 +7,6 @@ import contextlib
 import functools
 import json
 import math
-import operator
 import re
 import sys
 import threading
@@ -35,7 +34,6 @@ from llm_circuit_breaker.httpx._watch import Watch, watch_for
 
 __all__ = [
     "UNREAD",
-    "Answer",
     "Attempt",
     "Body",
     "BreakerSpec",
@@ -45,6 +43,7 @@ __all__ = [
     "Watch",
     "incomplete",
     "accept",
+    "answer_headers",
     "aread_capped",
     "library",
     "read_capped",
@@ -278,13 +277,16 @@ class Core:
         if attempt.breaker.config.token_budget is not None:
             attempt.meter = Meter(cost or 0.0, watch)
 
-    def after_headers(self, request: Any, answer: Answer, streams: bool) -> Watch | None:
+    def after_headers(
+        self, request: Any, response: Any, streams: bool, events: bool
+    ) -> Watch | None:
         """Once the headers are in: the read timeout of a stream's silences, and the watch of
-        an SSE body."""
+        an SSE body (``events``: its content type is ``text/event-stream``)."""
         if streams and self.idle_timeout is not None:
             _set_read_timeout(request, self.idle_timeout)
-        if "text/event-stream" in answer.content_type:
-            return watch_for(str(request.url), answer.content_encoding)
+        if events:
+            encoding = _joined(_lowered(response.headers), b"content-encoding") or ""
+            return watch_for(str(request.url), encoding)
         return None
 
 
@@ -572,24 +574,12 @@ def _content(request: Any) -> bytes | None:
         return None
 
 
-_NAME = operator.itemgetter(1)  # of httpx's (name, lower-case name, value) header triples
-
-
-def _kept(headers: Any) -> list[tuple[bytes, bytes, bytes]] | None:
-    """httpx's own list of ``headers`` as (name, lower-case name, value) byte triples, the
-    first 256 (its ``Headers._list``), or None for headers kept otherwise."""
+def _lowered(headers: Any) -> list[tuple[Any, bytes, bytes]]:
+    """``headers`` as (name, lower-case name, value) byte triples, the first 256: httpx keeps
+    them so (its ``Headers._list``), else they are made here."""
     kept = getattr(headers, "_list", None)
     if kept.__class__ is list and (not kept or len(kept[0]) == 3):
         return kept if len(kept) <= _MAX_HEADERS else kept[:_MAX_HEADERS]
-    return None
-
-
-def _lowered(headers: Any) -> list[tuple[Any, bytes, bytes]]:
-    """``headers`` as (name, lower-case name, value) byte triples, the first 256: httpx keeps
-    them so, else they are made here."""
-    kept = _kept(headers)
-    if kept is not None:
-        return kept
     raw = getattr(headers, "raw", None)
     pairs = raw if isinstance(raw, list) else list(headers.items())
     return [
@@ -613,12 +603,16 @@ def _joined(headers: list[tuple[Any, bytes, bytes]], name: bytes) -> str | None:
 
 
 def retry_count(request: Any) -> str:
-    """The request's ``x-stainless-retry-count`` header, ``"0"`` without one (its absence is
-    found without a loop in Python: httpx's header names are scanned in C)."""
-    headers = _lowered(request.headers)
-    if _RETRY not in map(_NAME, headers):
-        return "0"
-    return _joined(headers, _RETRY) or ""
+    """The request's ``x-stainless-retry-count`` header, ``"0"`` without one (httpx's own
+    list looked through in place: this runs for every request)."""
+    headers = request.headers
+    kept = getattr(headers, "_list", None)
+    if kept.__class__ is not list or len(kept) > _MAX_HEADERS or (kept and len(kept[0]) != 3):
+        kept = _lowered(headers)
+    for _, name, _ in kept:
+        if name == b"x-stainless-retry-count":
+            return _joined(kept, name) or ""
+    return "0"
 
 
 def accept(request: Any) -> str:
@@ -626,35 +620,23 @@ def accept(request: Any) -> str:
     return _joined(_lowered(request.headers), b"accept") or ""
 
 
-_RETRY = b"x-stainless-retry-count"
-
-
-class Answer:
-    """What the transport reads of a response's headers: the rate-limit headers (by lower-case
-    name, as text), the content type and (read on demand) encoding. The names are scanned in
-    C (a join and a count); only rate-limit headers, when there are some, are looped over."""
-
-    __slots__ = ("_headers", "content_type", "rate_limits")
-
-    def __init__(self, response: Any) -> None:
-        headers = self._headers = _lowered(response.headers)
-        names = list(map(_NAME, headers))
-        found: dict[str, str] = {}
-        if b"ratelimit" in b"\n".join(names):
-            for _, name, value in headers:
-                if b"ratelimit" in name:
-                    found[name.decode("latin-1")] = value.decode("latin-1")[:1000]
-        self.rate_limits = found
-        kinds = names.count(b"content-type")
-        if kinds == 1:
-            self.content_type = headers[names.index(b"content-type")][2].decode("latin-1")
-        else:
-            self.content_type = _joined(headers, b"content-type") or ""
-
-    @property
-    def content_encoding(self) -> str:
-        """The response's ``Content-Encoding`` (``""`` without one)."""
-        return _joined(self._headers, b"content-encoding") or ""
+def answer_headers(response: Any) -> tuple[dict[str, str], bool]:
+    """What the transport reads of a response's headers, in one pass: its rate-limit headers
+    (by lower-case name, as text) and whether its content type is ``text/event-stream`` (a
+    lookup joins several content types with ", ", which cannot make or break that
+    substring)."""
+    headers = response.headers
+    kept = getattr(headers, "_list", None)
+    if kept.__class__ is not list or len(kept) > _MAX_HEADERS or (kept and len(kept[0]) != 3):
+        kept = _lowered(headers)
+    found: dict[str, str] = {}
+    events = False
+    for _, name, value in kept:
+        if b"ratelimit" in name:
+            found[name.decode("latin-1")] = value.decode("latin-1")[:1000]
+        elif name == b"content-type" and b"text/event-stream" in value:
+            events = True
+    return found, events
 
 
 def _fill(template: str, request: Any, body: Any) -> str:

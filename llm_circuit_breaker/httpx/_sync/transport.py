@@ -13,12 +13,12 @@ from llm_circuit_breaker._core.throttle import TOKEN_COST
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 from llm_circuit_breaker.httpx._core import (
     UNREAD,
-    Answer,
     Attempt,
     Body,
     Report,
     Transport,
     accept,
+    answer_headers,
     incomplete,
     library,
     read_capped,
@@ -169,18 +169,16 @@ class CircuitBreakerTransport(Transport):
             if late is not None:
                 raise late from exc
             raise
-        answer = Answer(response)
-        if answer.rate_limits:  # none: nothing for the throttle to learn
-            breaker.observe(answer.rate_limits)
+        rate_limits, events = answer_headers(response)
+        if rate_limits:  # none: nothing for the throttle to learn
+            breaker.observe(rate_limits)
         if response.status_code >= 400:
             _tell(attempt, attempt.answered(request, response, read_capped(response)))
             return response
         if first is not None:
             first.headers_in(request, response)
         watch = (
-            core.after_headers(request, answer, streams)
-            if streams or "text/event-stream" in answer.content_type
-            else None
+            core.after_headers(request, response, streams, events) if streams or events else None
         )
         if cost is not None:  # a token budget reads the estimate: none, no meter
             core.meter(attempt, request, cost, watch)
