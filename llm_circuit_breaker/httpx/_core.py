@@ -156,7 +156,7 @@ class Core:
         if not self.timed:
             return UNREAD
         content = _content(request)
-        if content and b'"stream"' in content:
+        if content and content.find(b'"stream"') >= 0:  # find: see answer_headers
             return self.body_of(request)
         return UNREAD
 
@@ -632,7 +632,9 @@ def answer_headers(response: Any) -> tuple[dict[str, str], bool]:
     found: dict[str, str] = {}
     events = False
     for _, name, value in kept:
-        if b"ratelimit" in name:
+        # find, not in: bytes.__contains__ first tries its argument as an integer and clears
+        # the error, ~0.1 us a test, here for every header
+        if name.find(b"ratelimit") >= 0:
             found[name.decode("latin-1")] = value.decode("latin-1")[:1000]
         elif name == b"content-type" and b"text/event-stream" in value:
             events = True
