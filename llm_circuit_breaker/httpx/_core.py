@@ -15,6 +15,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
+from llm_circuit_breaker._core.headers import RateLimitHeaders
 from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._judge.kinds import parse_json
 from llm_circuit_breaker._judge.refusal import REFUSAL
@@ -629,7 +630,7 @@ def answer_headers(response: Any) -> tuple[dict[str, str], bool]:
     kept = getattr(headers, "_list", None)
     if kept.__class__ is not list or len(kept) > _MAX_HEADERS or (kept and len(kept[0]) != 3):
         kept = _lowered(headers)
-    found: dict[str, str] = {}
+    found = RateLimitHeaders()  # picked as the throttle would: not picked again
     events = False
     for _, name, value in kept:
         # find, not in: bytes.__contains__ first tries its argument as an integer and clears
