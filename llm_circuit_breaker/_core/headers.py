@@ -135,9 +135,9 @@ def parse_duration(value: str) -> float | None:
     # would find, sooner. A number followed by a unit is no plain number.
     unit = _UNITS.get(value[-2:]) if value.endswith("ms") else _UNITS.get(value[-1:])
     if unit is not None:
-        amount = value[: -len(unit[0])]
-        if amount.isdigit() and amount.isascii() and len(amount) <= 12:
-            return float(amount) * unit[1]
+        whole = value[: -len(unit[0])]
+        if whole.isdigit() and whole.isascii() and len(whole) <= 12:
+            return float(whole) * unit[1]
     number = parse_number(value)
     if number is not None:
         return number
@@ -214,7 +214,7 @@ def _rate_limit_headers(headers: Any) -> dict[str, str]:
     """The rate-limit headers among ``headers`` as text, by lower-case name (one pass, at most
     the first 256 headers: a response with thousands is hostile, not informative)."""
     if headers.__class__ is RateLimitHeaders:
-        return headers  # type: ignore[no-any-return]
+        return headers
     try:
         raw = getattr(headers, "raw", None)  # httpx's headers as sent: a list of byte pairs
         pairs = raw if isinstance(raw, list) else headers.items()
