@@ -610,10 +610,11 @@ def retry_count(request: Any) -> str:
     kept = getattr(headers, "_list", None)
     if kept.__class__ is not list or len(kept) > _MAX_HEADERS or (kept and len(kept[0]) != 3):
         kept = _lowered(headers)
-    for _, name, _ in kept:
-        if name == b"x-stainless-retry-count":
-            return _joined(kept, name) or ""
-    return "0"
+    found = None
+    for _, name, value in kept:
+        if name == b"x-stainless-retry-count":  # several are joined, as a lookup joins them
+            found = value if found is None else found + b", " + value
+    return "0" if found is None else found.decode("latin-1")
 
 
 def accept(request: Any) -> str:
