@@ -632,6 +632,10 @@ def test_stream_frames_in_any_order_never_crash(events: list[str]) -> None:
 _EVENTS = (
     'data: {"object": "chat.completion.chunk", "choices": [{"delta": {"content": "hi"}}]}\n\n',
     'data: {"object": "chat.completion.chunk", "choices": [{"finish_reason": "stop"}]}\n\n',
+    # the compact spelling the API sends: a finish reason of null, then one that ends it
+    'data: {"object":"chat.completion.chunk","choices":[{"delta":{"content":"x"},'
+    '"finish_reason":null}]}\n\n',
+    'data: {"object":"chat.completion.chunk","choices":[{"delta":{},"finish_reason":"stop"}]}\n\n',
     'data: {"error": {"message": "x", "type": "server_error"}}\n\n',
     "data: [DONE]\n\n",
     'event: message_start\ndata: {"type": "message_start"}\n\n',
@@ -854,7 +858,7 @@ def test_a_plain_answer_costs_few_calls_and_is_counted() -> None:
         per_request = _calls_into_the_package(
             lambda: client.post(url, json={"model": "m"}).read(), 20
         )
-    assert per_request <= 24, per_request  # 36 with a generic guarded body
+    assert per_request <= 17, per_request  # 36 with a generic guarded body, 22 with an attempt apart
     stats = registry.get_or_create("plain").stats
     assert (stats.successes, stats.failures, stats.calls) == (21, 0, 21)
 
