@@ -638,7 +638,7 @@ def answer_headers(response: Any) -> tuple[dict[str, str], bool]:
         # the error, ~0.1 us a test, here for every header
         if name.find(b"ratelimit") >= 0:
             found[name.decode("latin-1")] = value.decode("latin-1")[:1000]
-        elif name == b"content-type" and b"text/event-stream" in value:
+        elif name == b"content-type" and value.find(b"text/event-stream") >= 0:
             events = True
     return found, events
 
