@@ -62,6 +62,8 @@ def _positive(seconds: float) -> float | None:
 def parse_number(value: str) -> float | None:
     """A plain decimal number of ASCII digits (``"2"``, ``"1.5"``), else ``None``."""
     value = value.strip()
+    if value.isdigit() and value.isascii() and len(value) <= 15:  # the common case, sooner
+        return float(value)
     return float(value) if _NUMBER.fullmatch(value) else None
 
 
@@ -129,6 +131,13 @@ class RateLimits:
 def parse_duration(value: str) -> float | None:
     """Seconds in a Go-style duration (``6m0s``, ``20ms``) or a plain number of seconds."""
     value = value.strip()[:64]
+    # One whole number and one unit ("6ms", "0s", "20m"): what the regular expression below
+    # would find, sooner. A number followed by a unit is no plain number.
+    unit = _UNITS.get(value[-2:]) if value.endswith("ms") else _UNITS.get(value[-1:])
+    if unit is not None:
+        whole = value[: -len(unit[0])]
+        if whole.isdigit() and whole.isascii() and len(whole) <= 12:
+            return float(whole) * unit[1]
     number = parse_number(value)
     if number is not None:
         return number
@@ -140,6 +149,9 @@ def parse_duration(value: str) -> float | None:
         total += amount * {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}[match.group(2)]
         position = match.end()
     return total if position == len(value) and position else None
+
+
+_UNITS = {"h": ("h", 3600.0), "m": ("m", 60.0), "s": ("s", 1.0), "ms": ("ms", 0.001)}
 
 
 def _timestamp_in(value: str, now: float) -> float | None:
@@ -190,9 +202,19 @@ def _bucket(headers: dict[str, str], kind: str, wall_now: float) -> Bucket | Non
     return None
 
 
+class RateLimitHeaders(dict[str, str]):
+    """Rate-limit headers picked already (by whoever read the response: the httpx transport)
+    as :func:`_rate_limit_headers` picks them: lower-case names holding ``ratelimit``, text
+    values of at most 1000 characters, from the first 256 headers. Not picked again."""
+
+    __slots__ = ()
+
+
 def _rate_limit_headers(headers: Any) -> dict[str, str]:
     """The rate-limit headers among ``headers`` as text, by lower-case name (one pass, at most
     the first 256 headers: a response with thousands is hostile, not informative)."""
+    if headers.__class__ is RateLimitHeaders:
+        return headers
     try:
         raw = getattr(headers, "raw", None)  # httpx's headers as sent: a list of byte pairs
         pairs = raw if isinstance(raw, list) else headers.items()

@@ -15,6 +15,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
+from llm_circuit_breaker._core.headers import RateLimitHeaders
 from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._judge.kinds import parse_json
 from llm_circuit_breaker._judge.refusal import REFUSAL
@@ -34,7 +35,6 @@ from llm_circuit_breaker.httpx._watch import Watch, watch_for
 
 __all__ = [
     "UNREAD",
-    "Answer",
     "Attempt",
     "Body",
     "BreakerSpec",
@@ -43,10 +43,12 @@ __all__ = [
     "SDKRetry",
     "Watch",
     "incomplete",
-    "library",
+    "accept",
+    "answer_headers",
     "aread_capped",
+    "library",
     "read_capped",
-    "request_headers",
+    "retry_count",
 ]
 
 # What to tell a breaker about an attempt: ``record(permit, outcome, **details)``.
@@ -100,6 +102,13 @@ class Core:
             if first_token_timeout is None
             else seconds(owner, "first_token_timeout", first_token_timeout)
         )
+        # whether a request's streaming matters (a timeout of its own for streams): else its
+        # body is not read for a "stream" key, nor its Accept header looked up
+        self.timed = not (
+            self.first_byte_timeout is None
+            and self.idle_timeout is None
+            and self.first_token_timeout is None
+        )
         CircuitBreakerConfig.check_names(fields)
         self.fields = fields
         self.config = CircuitBreakerConfig(**fields) if fields else None
@@ -140,12 +149,15 @@ class Core:
 
     def needed_body(self, request: Any) -> Any:
         """The request's JSON body when something needs it now -- a name template, or a
-        ``"stream"`` key to read -- else ``UNREAD`` (a long conversation costs a parse of
-        many microseconds; the token estimate parses it when a throttle or budget asks)."""
+        ``"stream"`` key to read for a stream's timeouts -- else ``UNREAD`` (a long
+        conversation costs a parse of many microseconds; the token estimate parses it when a
+        throttle or budget asks)."""
         if self.template:
             return self.body_of(request)
+        if not self.timed:
+            return UNREAD
         content = _content(request)
-        if content and b'"stream"' in content:
+        if content and content.find(b'"stream"') >= 0:  # find: see answer_headers
             return self.body_of(request)
         return UNREAD
 
@@ -266,13 +278,16 @@ class Core:
         if attempt.breaker.config.token_budget is not None:
             attempt.meter = Meter(cost or 0.0, watch)
 
-    def after_headers(self, request: Any, answer: Answer, streams: bool) -> Watch | None:
+    def after_headers(
+        self, request: Any, response: Any, streams: bool, events: bool
+    ) -> Watch | None:
         """Once the headers are in: the read timeout of a stream's silences, and the watch of
-        an SSE body."""
+        an SSE body (``events``: its content type is ``text/event-stream``)."""
         if streams and self.idle_timeout is not None:
             _set_read_timeout(request, self.idle_timeout)
-        if "text/event-stream" in answer.content_type:
-            return watch_for(str(request.url), answer.content_encoding)
+        if events:
+            encoding = _joined(_lowered(response.headers), b"content-encoding") or ""
+            return watch_for(str(request.url), encoding)
         return None
 
 
@@ -391,7 +406,8 @@ class FirstToken:
 
 class Body:
     """What both guarded bodies hold: the library's stream, the attempt, the SSE watch and
-    the first-token deadline."""
+    the first-token deadline. A body collected unread is released by its attempt's
+    finaliser."""
 
     def __init__(
         self,
@@ -406,15 +422,6 @@ class Body:
         self._watch = watch
         self._request = request
         self._first = first
-        self._loop: Any = attempt.loop()
-
-    def __del__(self) -> None:
-        # A response collected without being read to its end or closed: what its attempt holds
-        # (a probe slot, an in-flight entry) is released, reported as neither outcome.
-        attempt = getattr(self, "_attempt", None)
-        if attempt is not None and not attempt.done:
-            attempt.done = True
-            attempt.breaker.dropped(attempt.permit, self._loop)
 
 
 class Transport:
@@ -476,20 +483,25 @@ class Meter:
 
 
 class Attempt:
-    """One admitted attempt: reports its outcome exactly once."""
+    """One admitted attempt: reports its outcome exactly once. One collected unreported (its
+    response dropped unread and unclosed, say) releases what it holds -- a probe slot, an
+    in-flight entry -- reported as neither outcome."""
 
-    __slots__ = ("breaker", "done", "meter", "permit")
+    __slots__ = ("breaker", "done", "loop", "meter", "permit")
 
     def __init__(self, breaker: CircuitBreaker, permit: int) -> None:
         self.breaker = breaker
         self.permit = permit
         self.done = False
         self.meter: Meter | None = None  # set for a breaker with a token budget
+        # the loop to report a dropped attempt on: an asyncio store is reported to on the
+        # loop that admitted it (None for any other breaker)
+        self.loop = sys.modules["asyncio"].get_running_loop() if breaker.is_async else None
 
-    def loop(self) -> Any:
-        """The loop to report a dropped body on: an asyncio store is reported to on the loop
-        that read the headers (None for any other breaker)."""
-        return sys.modules["asyncio"].get_running_loop() if self.breaker.is_async else None
+    def __del__(self) -> None:
+        if not self.done:
+            self.done = True
+            self.breaker.dropped(self.permit, self.loop)
 
     def settle(self) -> bool:
         """Mark reported; whether it still had to be."""
@@ -563,58 +575,72 @@ def _content(request: Any) -> bytes | None:
         return None
 
 
-def _lowered(headers: Any) -> list[tuple[Any, bytes, bytes]] | Iterator[tuple[Any, bytes, bytes]]:
+def _lowered(headers: Any) -> list[tuple[Any, bytes, bytes]]:
     """``headers`` as (name, lower-case name, value) byte triples, the first 256: httpx keeps
     them so (its ``Headers._list``), else they are made here."""
     kept = getattr(headers, "_list", None)
     if kept.__class__ is list and (not kept or len(kept[0]) == 3):
-        return kept[:_MAX_HEADERS]
+        return kept if len(kept) <= _MAX_HEADERS else kept[:_MAX_HEADERS]
     raw = getattr(headers, "raw", None)
     pairs = raw if isinstance(raw, list) else list(headers.items())
-    return (
+    return [
         (
             None,
             (k if isinstance(k, bytes) else str(k).encode("latin-1", "replace")).lower(),
             v if isinstance(v, bytes) else str(v).encode("latin-1", "replace"),
         )
         for k, v in pairs[:_MAX_HEADERS]
-    )
+    ]
 
 
-def request_headers(request: Any) -> tuple[str, str]:
-    """The request's ``x-stainless-retry-count`` (``"0"`` without one) and ``Accept`` headers,
-    read in one pass (a lookup by name scans every header, each time)."""
-    retry = accept = None
-    for _, name, value in _lowered(request.headers):
-        if name == b"x-stainless-retry-count":
-            retry = value if retry is None else retry + b", " + value  # as a lookup joins them
-        elif name == b"accept":
-            accept = value if accept is None else accept + b", " + value
-    return (
-        "0" if retry is None else retry.decode("latin-1"),
-        "" if accept is None else accept.decode("latin-1"),
-    )
+def _joined(headers: list[tuple[Any, bytes, bytes]], name: bytes) -> str | None:
+    """The value of header ``name`` (lower case) in ``headers`` as a lookup by name gives it
+    (several joined by ``", "``), None without one."""
+    found = None
+    for _, each, value in headers:
+        if each == name:
+            found = value if found is None else found + b", " + value
+    return None if found is None else found.decode("latin-1")
 
 
-class Answer:
-    """What the transport reads of a response's headers, in one pass: the rate-limit headers
-    (by lower-case name, as text), the content type and encoding."""
+def retry_count(request: Any) -> str:
+    """The request's ``x-stainless-retry-count`` header, ``"0"`` without one (httpx's own
+    list looked through in place: this runs for every request)."""
+    headers = request.headers
+    kept = getattr(headers, "_list", None)
+    if kept.__class__ is not list or len(kept) > _MAX_HEADERS or (kept and len(kept[0]) != 3):
+        kept = _lowered(headers)
+    found = None
+    for _, name, value in kept:
+        if name == b"x-stainless-retry-count":  # several are joined, as a lookup joins them
+            found = value if found is None else found + b", " + value
+    return "0" if found is None else found.decode("latin-1")
 
-    __slots__ = ("content_encoding", "content_type", "rate_limits")
 
-    def __init__(self, response: Any) -> None:
-        found: dict[str, str] = {}
-        kind = encoding = None
-        for _, name, value in _lowered(response.headers):
-            if b"ratelimit" in name:
-                found[name.decode("latin-1")] = value.decode("latin-1")[:1000]
-            elif name == b"content-type":
-                kind = value if kind is None else kind + b", " + value  # as a lookup joins them
-            elif name == b"content-encoding":
-                encoding = value if encoding is None else encoding + b", " + value
-        self.rate_limits = found
-        self.content_type = "" if kind is None else kind.decode("latin-1")
-        self.content_encoding = "" if encoding is None else encoding.decode("latin-1")
+def accept(request: Any) -> str:
+    """The request's ``Accept`` header (``""`` without one)."""
+    return _joined(_lowered(request.headers), b"accept") or ""
+
+
+def answer_headers(response: Any) -> tuple[dict[str, str], bool]:
+    """What the transport reads of a response's headers, in one pass: its rate-limit headers
+    (by lower-case name, as text) and whether its content type is ``text/event-stream`` (a
+    lookup joins several content types with ", ", which cannot make or break that
+    substring)."""
+    headers = response.headers
+    kept = getattr(headers, "_list", None)
+    if kept.__class__ is not list or len(kept) > _MAX_HEADERS or (kept and len(kept[0]) != 3):
+        kept = _lowered(headers)
+    found = RateLimitHeaders()  # picked as the throttle would: not picked again
+    events = False
+    for _, name, value in kept:
+        # find, not in: bytes.__contains__ first tries its argument as an integer and clears
+        # the error, ~0.1 us a test, here for every header
+        if name.find(b"ratelimit") >= 0:
+            found[name.decode("latin-1")] = value.decode("latin-1")[:1000]
+        elif name == b"content-type" and value.find(b"text/event-stream") >= 0:
+            events = True
+    return found, events
 
 
 def _fill(template: str, request: Any, body: Any) -> str:

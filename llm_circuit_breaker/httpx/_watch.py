@@ -98,17 +98,19 @@ class Watch:
 
     def _dull(self, events: bytes) -> bool:
         """Whether whole ``events`` hold nothing to read: no error, no final event or finish
-        reason (nor anything named so), no usage to meter. A few substring tests; they are
-        then not cut into lines at all."""
+        reason (nor anything named so), no usage to meter. A few substring searches; they are
+        then not cut into lines at all. (``find``, not ``in``: ``bytes.__contains__`` first
+        tries its argument as an integer and clears the error, ~0.1 us a test.)"""
+        find = events.find
         return (
             len(events) <= _MAX_EVENT
-            and b"error" not in events
-            and b"message_stop" not in events
-            and b"response." not in events
-            and b"[DONE]" not in events
-            and b'"finish_reason":"' not in events
-            and b'"finish_reason": "' not in events
-            and not (self.metered and b'"usage"' in events)
+            and find(b"error") < 0
+            and find(b"message_stop") < 0
+            and find(b"response.") < 0
+            and find(b"[DONE]") < 0
+            and find(b'"finish_reason":"') < 0
+            and find(b'"finish_reason": "') < 0
+            and not (self.metered and find(b'"usage"') >= 0)
         )
 
     def _cut(self, chunk: bytes) -> BaseException | None:
@@ -144,9 +146,9 @@ class Watch:
         if not (
             event in _NOTABLE_EVENTS
             or data == b"[DONE]"
-            or any(marker in data for marker in _NOTABLE_DATA)
+            or any(data.find(marker) >= 0 for marker in _NOTABLE_DATA)
             or not self._started
-            or (self.metered and b'"usage"' in data)
+            or (self.metered and data.find(b'"usage"') >= 0)
         ):
             return None
         self._started = True

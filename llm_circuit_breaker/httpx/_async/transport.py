@@ -11,15 +11,17 @@ from typing import Any
 from llm_circuit_breaker._core.throttle import TOKEN_COST
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 from llm_circuit_breaker.httpx._core import (
-    Answer,
+    UNREAD,
     Attempt,
     Body,
     Report,
     Transport,
+    accept,
+    answer_headers,
     aread_capped,
     incomplete,
     library,
-    request_headers,
+    retry_count,
 )
 from llm_circuit_breaker.strategies import tracing
 
@@ -69,34 +71,37 @@ class _AsyncBody(Body):
                 await _tell(attempt, attempt.closed(self._watch))
 
 
-class _AsyncPlainBody(_AsyncBody):
-    """A body with nothing to watch (no SSE watch, no first-token deadline, no token meter):
-    its chunks pass through as they are, the attempt settled at its end."""
+class _AsyncPlainAttempt(Attempt):
+    """An attempt that is also its answer's body when there is nothing to watch (no SSE
+    watch, no first-token deadline, no token meter): the chunks pass through as they are, the
+    attempt settled at their end. One object per request, mixed into the library's byte
+    stream class."""
 
-    _watch = _first = _request = None
-
-    def __init__(self, inner: Any, attempt: Attempt) -> None:
-        self._inner = inner
-        self._attempt = attempt
-        self._loop = attempt.loop()
+    _inner: Any
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        attempt = self._attempt
         try:
             async for chunk in self._inner:  # noqa: RUF100, UP028 (the sync twin is generated)
                 yield chunk
         except GeneratorExit:
             raise
         except BaseException as exc:
-            await _tell(attempt, attempt.failed(exc))
+            await _tell(self, self.failed(exc))
             raise
-        if not attempt.done:
-            attempt.done = True
-            await attempt.breaker.arecord_success(attempt.permit)
+        if not self.done:
+            self.done = True
+            await self.breaker.arecord_success(self.permit)
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            if not self.done:  # else read to its end (or failed): reported already
+                await _tell(self, self.closed(None))
 
 
 _BODY_TYPES: dict[type, type[_AsyncBody]] = {}
-_PLAIN_TYPES: dict[type, type[_AsyncPlainBody]] = {}
+_ATTEMPT_TYPES: dict[type, type[_AsyncPlainAttempt]] = {}
 
 
 def _body_type(response: Any) -> type[_AsyncBody]:
@@ -109,12 +114,13 @@ def _body_type(response: Any) -> type[_AsyncBody]:
     return made
 
 
-def _plain_type(response: Any) -> type[_AsyncPlainBody]:
-    """:func:`_body_type` for a body with nothing to watch."""
-    made = _PLAIN_TYPES.get(response.__class__)
+def _attempt_type(request: Any) -> type[_AsyncPlainAttempt]:
+    """The attempt class for ``request``'s library (see :func:`_body_type`)."""
+    made = _ATTEMPT_TYPES.get(request.__class__)
     if made is None:
-        stream = library(response).AsyncByteStream
-        made = _PLAIN_TYPES[response.__class__] = type("GuardedBody", (_AsyncPlainBody, stream), {})
+        stream = library(request).AsyncByteStream
+        made = type("GuardedBody", (_AsyncPlainAttempt, stream), {})
+        _ATTEMPT_TYPES[request.__class__] = made
     return made
 
 
@@ -130,24 +136,28 @@ class AsyncCircuitBreakerTransport(Transport):
         breaker = core.fixed
         if breaker is None:
             breaker, body = core.abreaker_and_body(request)
-        else:  # one breaker for every request: only a "stream" key to look for
-            body = core.needed_body(request)
-        retry, accept = request_headers(request)
+        else:  # one breaker for every request: at most a "stream" key to look for
+            body = core.needed_body(request) if core.timed else UNREAD
+        retry = retry_count(request)
         if retry != "0":
             unpaid = core.unpaid_retry(retry, breaker)
             if unpaid is not None:
                 return core.refused(request, unpaid)
         cost = core.tokens(request, body) if breaker.reads_token_cost else None
         token = TOKEN_COST.set(cost) if cost is not None else None
+        made = _ATTEMPT_TYPES.get(request.__class__) or _attempt_type(request)
         try:
-            attempt = Attempt(breaker, await breaker.aadmit())
+            attempt = made(breaker, await breaker.aadmit())
         except (CircuitOpenError, ThrottledError) as refused:
             return core.refused(request, refused)
         finally:
             if token is not None:
                 TOKEN_COST.reset(token)
-        streams = core.bound_first_byte(request, body, accept)
-        first = core.first_token(request, streams) if streams else None
+        if core.timed:  # a stream has timeouts of its own
+            streams = core.bound_first_byte(request, body, accept(request))
+            first = core.first_token(request, streams) if streams else None
+        else:
+            streams, first = False, None
         if self._inner is None:  # the client's own library's transport, pooled
             self._inner = library(request).AsyncHTTPTransport()
         try:
@@ -158,20 +168,22 @@ class AsyncCircuitBreakerTransport(Transport):
             if late is not None:
                 raise late from exc
             raise
-        answer = Answer(response)
-        if answer.rate_limits:  # none: nothing for the throttle to learn
-            await breaker.aobserve(answer.rate_limits)
+        rate_limits, events = answer_headers(response)
+        if rate_limits:  # none: nothing for the throttle to learn
+            await breaker.aobserve(rate_limits)
         if response.status_code >= 400:
             await _tell(attempt, attempt.answered(request, response, await aread_capped(response)))
             return response
         if first is not None:
             first.headers_in(request, response)
-        watch = core.after_headers(request, answer, streams)
+        watch = (
+            core.after_headers(request, response, streams, events) if streams or events else None
+        )
         if cost is not None:  # a token budget reads the estimate: none, no meter
             core.meter(attempt, request, cost, watch)
         if watch is None and first is None and attempt.meter is None:
-            plain = _PLAIN_TYPES.get(response.__class__) or _plain_type(response)
-            response.stream = plain(response.stream, attempt)
+            attempt._inner = response.stream
+            response.stream = attempt
         else:
             response.stream = _body_type(response)(response.stream, attempt, watch, request, first)
         return response
