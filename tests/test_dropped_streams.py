@@ -135,3 +135,34 @@ def test_a_dropped_transport_response_frees_its_probe(llm_server: FakeLLMServer)
         assert breaker.stats.ignored == 1
         assert client.post("/v1/chat/completions", json={"model": "m"}).status_code == 200
     assert breaker.state is CircuitState.CLOSED
+
+
+def test_an_attempt_that_ends_before_its_body_frees_its_probe(
+    monkeypatch: Any, llm_server: FakeLLMServer
+) -> None:
+    """Admitted, then an error between the answer's headers and its body (here the throttle's
+    reading of the rate-limit headers): the attempt is dropped unreported and gives its probe
+    slot back, as neither outcome."""
+    clock = FakeClock()
+    breaker = CircuitBreaker("early", HALF_OPEN_SOON, clock=clock)
+    transport = CircuitBreakerTransport(breaker)
+    _half_open(breaker, clock)
+    limited = Reply.ok(headers={"x-ratelimit-remaining-requests": "99"})
+    llm_server.script(limited, Reply.ok())
+
+    def broken(self: CircuitBreaker, headers: Any) -> None:
+        raise RuntimeError("observe broke")
+
+    with httpx.Client(transport=transport, base_url=llm_server.url) as client:
+        with monkeypatch.context() as patched:
+            patched.setattr(CircuitBreaker, "observe", broken)
+            try:
+                client.post("/v1/chat/completions", json={"model": "m"})
+                raise AssertionError("the error should reach the caller")
+            except RuntimeError:
+                pass
+        gc.collect()
+        assert breaker.stats.ignored == 1
+        assert breaker.state is CircuitState.HALF_OPEN
+        assert client.post("/v1/chat/completions", json={"model": "m"}).status_code == 200
+    assert breaker.state is CircuitState.CLOSED
