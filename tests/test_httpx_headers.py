@@ -7,6 +7,7 @@ import re
 import time
 
 import httpx
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -97,3 +98,12 @@ def test_the_transport_picks_the_rate_limit_headers_as_the_throttle_does(
     assert events == ("text/event-stream" in response.headers.get("content-type", ""))
     request = httpx.Request("POST", "http://provider/v1", headers=response.headers.raw)
     assert retry_count(request) == request.headers.get("x-stainless-retry-count", "0")
+
+
+@pytest.mark.parametrize("value", [b"2", b"\xc2\x80", b"\xff", b"\xe2\x82\xac"])
+def test_the_retry_count_reads_as_httpx_reads_it(value: bytes) -> None:
+    """Non-ASCII bytes decode as httpx's own lookup decodes them (UTF-8 when they are)."""
+    request = httpx.Request(
+        "POST", "http://provider/v1", headers=[(b"x-stainless-retry-count", value)]
+    )
+    assert retry_count(request) == request.headers["x-stainless-retry-count"]

@@ -593,6 +593,16 @@ def _lowered(headers: Any) -> list[tuple[Any, bytes, bytes]]:
     ]
 
 
+def _text(value: bytes, headers: Any) -> str:
+    """A request header's bytes as text, as httpx's own lookup decodes them: ASCII, else the
+    encoding its headers settled on (UTF-8 when every header decodes so, else Latin-1)."""
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        encoding = getattr(headers, "encoding", None)
+        return value.decode(encoding if isinstance(encoding, str) else "latin-1", "replace")
+
+
 def _joined(headers: list[tuple[Any, bytes, bytes]], name: bytes) -> str | None:
     """The value of header ``name`` (lower case) in ``headers`` as a lookup by name gives it
     (several joined by ``", "``), None without one."""
@@ -614,7 +624,7 @@ def retry_count(request: Any) -> str:
     for _, name, value in kept:
         if name == b"x-stainless-retry-count":  # several are joined, as a lookup joins them
             found = value if found is None else found + b", " + value
-    return "0" if found is None else found.decode("latin-1")
+    return "0" if found is None else _text(found, headers)
 
 
 def accept(request: Any) -> str:
