@@ -458,11 +458,16 @@ class Telemetry:
                 self._hooks = (*self._hooks, observer)
             self.plain_refusals = False
 
-    def add_listener(self, listener: Listener) -> None:
-        """Call ``listener(StateChange)`` after every state change."""
+    def add_listener(self, listener: Listener, *, once: bool = False) -> None:
+        """Call ``listener(StateChange)`` after every state change; ``once``: not if it is a
+        listener already (a scoped decoration meets a scope's breaker again and again)."""
         if not callable(listener):
             raise TypeError(f"a listener must be callable, got {listener!r}")
         with _counting:
+            if once and any(
+                isinstance(hook, Listening) and hook.changed is listener for hook in self._hooks
+            ):
+                return
             self._hooks = (*self._hooks, Listening(listener))
 
     def remove_listener(self, listener: Listener) -> None:

@@ -163,6 +163,7 @@ def circuit_breaker(
         if not callable(func):
             raise TypeError(f"circuit_breaker decorates callables, got {func!r}")
         warn_wrong_order(func)
+        scoped_name = breaker is None and name is not None and "{" in name
 
         def shell(chosen: CircuitBreaker) -> Any:
             inner: Callable[..., Any] = func
@@ -171,7 +172,9 @@ def circuit_breaker(
 
                 inner = bounded(func, first_token_timeout, chosen.name)
             wrapper = shell_for(inner, Gate(chosen, rules, fallback), call_timeout)
-            if on_state_change is not None:
+            if on_state_change is not None and scoped_name:  # once: made again after a drop
+                chosen._local.add_listener(on_state_change, once=True)
+            elif on_state_change is not None:
                 chosen.add_listener(on_state_change)
             return wrapper
 
@@ -186,8 +189,8 @@ def circuit_breaker(
 
                 def on_made(made: CircuitBreaker) -> None:
                     _check_scoped(func, made, call_timeout)
-                    if on_state_change is not None:
-                        made.add_listener(on_state_change)
+                    if on_state_change is not None:  # once: a scope is met again
+                        made._local.add_listener(on_state_change, once=True)
 
             elif one_shell and kind is not CallableKind.COROUTINE:  # an asyncio store refused
 
