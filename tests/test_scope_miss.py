@@ -409,3 +409,30 @@ def test_first_successes_racing_on_fresh_breakers_are_each_counted() -> None:
     for worker in workers:
         worker.join()
     assert [b.stats.successes for b in breakers] == [threads * rounds] * len(breakers)
+
+
+def test_without_reference_counts_a_miss_past_the_bound_makes_a_breaker() -> None:
+    """An interpreter without ``sys.getrefcount`` (PyPy) imports the package and cycles scopes
+    past ``max_breakers`` by making breakers, never by reusing one it cannot prove idle."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+del sys.getrefcount
+from llm_circuit_breaker import BreakerRegistry, circuit_breaker
+registry = BreakerRegistry(max_breakers=4)
+@circuit_breaker("tenant:{tenant}", registry=registry)
+def call(tenant: int) -> int:
+    return tenant
+for i in range(12):
+    assert call(i) == i
+assert len(registry.scope("tenant")) <= 4
+assert registry.get("tenant:11").stats.successes == 1
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"

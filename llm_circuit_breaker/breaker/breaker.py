@@ -44,7 +44,9 @@ Clock = Callable[[], float]
 
 # Reference counts say when nothing else holds a breaker (CPython; elsewhere none is reused).
 _REFCOUNTED = sys.implementation.name == "cpython"
-refcount = sys.getrefcount
+# Interpreters without reference counts have no sys.getrefcount: there it counts -1, never
+# the count a reuse requires.
+refcount: Callable[[object], int] = getattr(sys, "getrefcount", lambda _obj: -1)
 weakref_count = weakref.getweakrefcount
 # What a circuit that never left CLOSED and keeps nothing but counts holds (see _renamed).
 _FRESH = (0, 0, None, None, None, None, (), None, None)

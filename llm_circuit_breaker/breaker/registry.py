@@ -5,13 +5,18 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from llm_circuit_breaker.breaker.breaker import CircuitBreaker, Clock, Observer, new_breaker
+from llm_circuit_breaker.breaker.breaker import (
+    CircuitBreaker,
+    Clock,
+    Observer,
+    new_breaker,
+    refcount,
+)
 from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
 
 if TYPE_CHECKING:
@@ -20,7 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["BreakerRegistry", "ScopeCache", "breaker_registry", "registries"]
 
 _LISTED = 20  # names listed in a KeyError
-refcount = sys.getrefcount
 _EVICTION_SCAN = 64  # scoped breakers looked at per eviction: the oldest, for an idle one
 
 
