@@ -593,6 +593,10 @@ def _lowered(headers: Any) -> list[tuple[Any, bytes, bytes]]:
     ]
 
 
+# what answer_headers gives for a response without rate-limit headers (never changed)
+_NO_RATE_LIMITS = RateLimitHeaders()
+
+
 def _joined(headers: list[tuple[Any, bytes, bytes]], name: bytes) -> str | None:
     """The value of header ``name`` (lower case) in ``headers`` as a lookup by name gives it
     (several joined by ``", "``), None without one."""
@@ -622,21 +626,23 @@ def accept(request: Any) -> str:
     return _joined(_lowered(request.headers), b"accept") or ""
 
 
-def answer_headers(response: Any) -> tuple[dict[str, str], bool]:
+def answer_headers(response: Any) -> tuple[RateLimitHeaders, bool]:
     """What the transport reads of a response's headers, in one pass: its rate-limit headers
-    (by lower-case name, as text) and whether its content type is ``text/event-stream`` (a
-    lookup joins several content types with ", ", which cannot make or break that
-    substring)."""
+    (by lower-case name, as text; the one shared empty dict without any, not to be changed)
+    and whether its content type is ``text/event-stream`` (a lookup joins several content
+    types with ", ", which cannot make or break that substring)."""
     headers = response.headers
     kept = getattr(headers, "_list", None)
     if kept.__class__ is not list or len(kept) > _MAX_HEADERS or (kept and len(kept[0]) != 3):
         kept = _lowered(headers)
-    found = RateLimitHeaders()  # picked as the throttle would: not picked again
+    found = _NO_RATE_LIMITS  # made only for a response that has some: most have none
     events = False
     for _, name, value in kept:
         # find, not in: bytes.__contains__ first tries its argument as an integer and clears
         # the error, ~0.1 us a test, here for every header
         if name.find(b"ratelimit") >= 0:
+            if found is _NO_RATE_LIMITS:
+                found = RateLimitHeaders()  # picked as the throttle would: not picked again
             found[name.decode("latin-1")] = value.decode("latin-1")[:1000]
         elif name == b"content-type" and value.find(b"text/event-stream") >= 0:
             events = True
