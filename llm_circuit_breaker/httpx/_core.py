@@ -116,6 +116,9 @@ class Core:
         # the one breaker of every request, once found (a name without a template, or a
         # breaker): no lookup per request
         self.fixed: CircuitBreaker | None = None
+        # its admission (``enter`` / ``aenter``), bound once as the decorators bind it
+        self.enter: Any = None
+        self.aenter: Any = None
 
     def tokens(self, request: Any, body: Any) -> float:
         """The request's estimated token cost: its output cap plus its size / 4 (an unread
@@ -204,7 +207,8 @@ class Core:
                 "use AsyncCircuitBreakerTransport"
             )
         if self.spec is breaker:
-            self.fixed = breaker
+            self.enter, self.aenter = breaker.enter, breaker.aenter
+            self.fixed = breaker  # last: a thread that sees it sees its admission
         return breaker, body
 
     def unpaid_retry(self, retry: str, breaker: CircuitBreaker) -> ThrottledError | None:

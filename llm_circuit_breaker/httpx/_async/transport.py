@@ -148,8 +148,10 @@ class AsyncCircuitBreakerTransport(Transport):
         breaker = core.fixed
         if breaker is None:
             breaker, body = core.abreaker_and_body(request)
+            aenter = breaker.aenter
         else:  # one breaker for every request: at most a "stream" key to look for
             body = core.needed_body(request) if core.timed else UNREAD
+            aenter = core.aenter  # bound once
         retry = retry_count(request)
         if retry != "0":
             unpaid = core.unpaid_retry(retry, breaker)
@@ -159,7 +161,7 @@ class AsyncCircuitBreakerTransport(Transport):
         token = TOKEN_COST.set(cost) if cost is not None else None
         made = _ATTEMPT_TYPES.get(request.__class__) or _attempt_type(request)
         try:
-            entry = await breaker.aenter()  # admit()'s steps, inline: a permit, mostly
+            entry = await aenter()  # admit()'s steps, inline: a permit, mostly
             attempt = made(
                 breaker, entry if entry.__class__ is int else await _admit(breaker, entry)
             )

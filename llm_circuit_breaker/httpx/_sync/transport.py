@@ -149,8 +149,10 @@ class CircuitBreakerTransport(Transport):
         breaker = core.fixed
         if breaker is None:
             breaker, body = core.breaker_and_body(request)
+            enter = breaker.enter
         else:  # one breaker for every request: at most a "stream" key to look for
             body = core.needed_body(request) if core.timed else UNREAD
+            enter = core.enter  # bound once
         retry = retry_count(request)
         if retry != "0":
             unpaid = core.unpaid_retry(retry, breaker)
@@ -160,7 +162,7 @@ class CircuitBreakerTransport(Transport):
         token = TOKEN_COST.set(cost) if cost is not None else None
         made = _ATTEMPT_TYPES.get(request.__class__) or _attempt_type(request)
         try:
-            entry = breaker.enter()  # admit()'s steps, inline: a permit, mostly
+            entry = enter()  # admit()'s steps, inline: a permit, mostly
             attempt = made(breaker, entry if entry.__class__ is int else _admit(breaker, entry))
         except (CircuitOpenError, ThrottledError) as refused:
             return core.refused(request, refused)
