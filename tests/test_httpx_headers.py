@@ -97,3 +97,13 @@ def test_the_transport_picks_the_rate_limit_headers_as_the_throttle_does(
     assert events == ("text/event-stream" in response.headers.get("content-type", ""))
     request = httpx.Request("POST", "http://provider/v1", headers=response.headers.raw)
     assert retry_count(request) == request.headers.get("x-stainless-retry-count", "0")
+
+
+def test_a_response_without_rate_limit_headers_makes_no_dict_for_them() -> None:
+    """Most answers carry no rate-limit headers: the one shared empty dict stands for none,
+    a new one is made only for an answer that has some."""
+    none, events = answer_headers(httpx.Response(200, headers={"content-type": "text/plain"}))
+    again, _ = answer_headers(httpx.Response(200))
+    assert none is again and not none and type(none) is RateLimitHeaders and not events
+    some, _ = answer_headers(httpx.Response(200, headers={"x-ratelimit-limit-requests": "5"}))
+    assert some is not none and some == {"x-ratelimit-limit-requests": "5"} and not none
