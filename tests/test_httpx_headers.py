@@ -107,3 +107,13 @@ def test_the_retry_count_reads_as_httpx_reads_it(value: bytes) -> None:
         "POST", "http://provider/v1", headers=[(b"x-stainless-retry-count", value)]
     )
     assert retry_count(request) == request.headers["x-stainless-retry-count"]
+
+
+def test_a_response_without_rate_limit_headers_makes_no_dict_for_them() -> None:
+    """Most answers carry no rate-limit headers: the one shared empty dict stands for none,
+    a new one is made only for an answer that has some."""
+    none, events = answer_headers(httpx.Response(200, headers={"content-type": "text/plain"}))
+    again, _ = answer_headers(httpx.Response(200))
+    assert none is again and not none and type(none) is RateLimitHeaders and not events
+    some, _ = answer_headers(httpx.Response(200, headers={"x-ratelimit-limit-requests": "5"}))
+    assert some is not none and some == {"x-ratelimit-limit-requests": "5"} and not none

@@ -858,9 +858,9 @@ def test_a_plain_answer_costs_few_calls_and_is_counted() -> None:
         per_request = _calls_into_the_package(
             lambda: client.post(url, json={"model": "m"}).read(), 20
         )
-    assert per_request <= 17, (
-        per_request
-    )  # 36 with a generic guarded body, 22 with an attempt apart
+    # 36 with a generic guarded body, 22 with an attempt apart, 15 through admit() and two
+    # property calls of reads_token_cost
+    assert per_request <= 13, per_request
     stats = registry.get_or_create("plain").stats
     assert (stats.successes, stats.failures, stats.calls) == (21, 0, 21)
 

@@ -65,6 +65,7 @@ RENAMES = {
     "acontrol": "control",
     "aflush": "flush",
     "aadmit": "admit",
+    "await_slot": "wait",
     "arelease": "release",
     "asnapshot": "snapshot",
 }

@@ -287,9 +287,10 @@ class CircuitBreaker:
         """Whether admitting a call now reads its estimated tokens (``TOKEN_COST``): with a
         token budget, a store (its shared throttle), or a throttle that paces calls. Code that
         sees request bodies estimates only then."""
-        if self._local.config.token_budget is not None or self._followed is not self._local:
+        local = self._local  # an asyncio store's breaker has no sync circuit: not local either
+        if local.config.token_budget is not None or self._circuit is not local:
             return True
-        throttle = self._local.throttle
+        throttle = local.throttle
         return throttle is not None and throttle.active
 
     @property

@@ -116,6 +116,9 @@ class Core:
         # the one breaker of every request, once found (a name without a template, or a
         # breaker): no lookup per request
         self.fixed: CircuitBreaker | None = None
+        # its admission (``enter`` / ``aenter``), bound once as the decorators bind it
+        self.enter: Any = None
+        self.aenter: Any = None
 
     def tokens(self, request: Any, body: Any) -> float:
         """The request's estimated token cost: its output cap plus its size / 4 (an unread
@@ -204,7 +207,8 @@ class Core:
                 "use AsyncCircuitBreakerTransport"
             )
         if self.spec is breaker:
-            self.fixed = breaker
+            self.enter, self.aenter = breaker.enter, breaker.aenter
+            self.fixed = breaker  # last: a thread that sees it sees its admission
         return breaker, body
 
     def unpaid_retry(self, retry: str, breaker: CircuitBreaker) -> ThrottledError | None:
@@ -603,6 +607,10 @@ def _text(value: bytes, headers: Any) -> str:
         return value.decode(encoding if isinstance(encoding, str) else "latin-1", "replace")
 
 
+# what answer_headers gives for a response without rate-limit headers (never changed)
+_NO_RATE_LIMITS = RateLimitHeaders()
+
+
 def _joined(headers: list[tuple[Any, bytes, bytes]], name: bytes) -> str | None:
     """The value of header ``name`` (lower case) in ``headers`` as a lookup by name gives it
     (several joined by ``", "``), None without one."""
@@ -632,21 +640,23 @@ def accept(request: Any) -> str:
     return _joined(_lowered(request.headers), b"accept") or ""
 
 
-def answer_headers(response: Any) -> tuple[dict[str, str], bool]:
+def answer_headers(response: Any) -> tuple[RateLimitHeaders, bool]:
     """What the transport reads of a response's headers, in one pass: its rate-limit headers
-    (by lower-case name, as text) and whether its content type is ``text/event-stream`` (a
-    lookup joins several content types with ", ", which cannot make or break that
-    substring)."""
+    (by lower-case name, as text; the one shared empty dict without any, not to be changed)
+    and whether its content type is ``text/event-stream`` (a lookup joins several content
+    types with ", ", which cannot make or break that substring)."""
     headers = response.headers
     kept = getattr(headers, "_list", None)
     if kept.__class__ is not list or len(kept) > _MAX_HEADERS or (kept and len(kept[0]) != 3):
         kept = _lowered(headers)
-    found = RateLimitHeaders()  # picked as the throttle would: not picked again
+    found = _NO_RATE_LIMITS  # made only for a response that has some: most have none
     events = False
     for _, name, value in kept:
         # find, not in: bytes.__contains__ first tries its argument as an integer and clears
         # the error, ~0.1 us a test, here for every header
         if name.find(b"ratelimit") >= 0:
+            if found is _NO_RATE_LIMITS:
+                found = RateLimitHeaders()  # picked as the throttle would: not picked again
             found[name.decode("latin-1")] = value.decode("latin-1")[:1000]
         elif name == b"content-type" and value.find(b"text/event-stream") >= 0:
             events = True

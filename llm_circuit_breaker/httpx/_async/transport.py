@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from llm_circuit_breaker._core.throttle import TOKEN_COST
+from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait
+from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 from llm_circuit_breaker.httpx._core import (
     UNREAD,
@@ -32,6 +33,17 @@ async def _tell(attempt: Attempt, report: Report | None) -> None:
     if report is not None:
         outcome, details = report
         await attempt.breaker.arecord(attempt.permit, outcome, **details)
+
+
+async def _admit(breaker: CircuitBreaker, entry: Any) -> int:
+    """The permit of an entry that is not one yet, as ``admit()`` makes it: a wait for a slot
+    waited out, a refusal raised."""
+    if isinstance(entry, Wait):
+        return await breaker.await_slot(entry)
+    try:
+        raise entry
+    finally:
+        del entry  # else frame -> error -> traceback -> frame: a cycle for the GC
 
 
 class _AsyncBody(Body):
@@ -136,8 +148,10 @@ class AsyncCircuitBreakerTransport(Transport):
         breaker = core.fixed
         if breaker is None:
             breaker, body = core.abreaker_and_body(request)
+            aenter = breaker.aenter
         else:  # one breaker for every request: at most a "stream" key to look for
             body = core.needed_body(request) if core.timed else UNREAD
+            aenter = core.aenter  # bound once
         retry = retry_count(request)
         if retry != "0":
             unpaid = core.unpaid_retry(retry, breaker)
@@ -147,7 +161,10 @@ class AsyncCircuitBreakerTransport(Transport):
         token = TOKEN_COST.set(cost) if cost is not None else None
         made = _ATTEMPT_TYPES.get(request.__class__) or _attempt_type(request)
         try:
-            attempt = made(breaker, await breaker.aadmit())
+            entry = await aenter()  # admit()'s steps, inline: a permit, mostly
+            attempt = made(
+                breaker, entry if entry.__class__ is int else await _admit(breaker, entry)
+            )
         except (CircuitOpenError, ThrottledError) as refused:
             return core.refused(request, refused)
         finally:
