@@ -34,6 +34,7 @@ from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait
 from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.strategies import tracing
 from llm_circuit_breaker.strategies.gate import (
+    ASK,
     PLAIN,
     AsyncGuardedStream,
     Elsewhere,
@@ -338,8 +339,9 @@ def _sync_shell(gate: ShellGate) -> Callable[..., Any]:
             return tracing.hook.call(gate, gate.breaker, args, kwargs)
         core: Any = gate.core
         permit: Any = core.lock_free_permit  # CLOSED and clean: admitted, no call
+        via = None  # the Elsewhere that admitted the call, if one did
         if permit < 0:
-            if core.__class__ is not Elsewhere:  # failing fast, decided and raised here
+            if permit != ASK:  # the local circuit: failing fast, decided and raised here
                 now, open_until = core.source.now(), core.open_until
                 if now < open_until and core.state is _OPEN and core.plain_refusals:
                     next(core._rejections)
@@ -351,6 +353,8 @@ def _sync_shell(gate: ShellGate) -> Callable[..., Any]:
                             core.open_reason,
                         ) from core.cause
                     return gate.refuse(args, kwargs)
+            else:
+                via = core
             permit = core.enter()
             if permit.__class__ is not int:  # a throttle slot to wait for, or a refusal
                 if permit.__class__ is Wait:
@@ -369,8 +373,8 @@ def _sync_shell(gate: ShellGate) -> Callable[..., Any]:
             raise
         if result.__class__ not in PLAIN and is_stream(result):
             return GuardedStream(result, gate, permit, kwargs)
-        if core.__class__ is Elsewhere and core.charge is not None:
-            core.charge(result, kwargs)
+        if via is not None and via.charge is not None:
+            via.charge(result, kwargs)
         core.record_success(permit)
         return result
 
@@ -383,8 +387,9 @@ def _async_shell(gate: ShellGate) -> Callable[..., Any]:
             return await tracing.hook.acall(gate, gate.breaker, args, kwargs)
         core: Any = gate.core
         permit: Any = core.lock_free_permit  # CLOSED and clean: admitted, no call
+        via = None  # the Elsewhere that admitted the call, if one did
         if permit < 0:
-            if core.__class__ is not Elsewhere:  # failing fast, decided and raised here
+            if permit != ASK:  # the local circuit: failing fast, decided and raised here
                 now, open_until = core.source.now(), core.open_until
                 if now < open_until and core.state is _OPEN and core.plain_refusals:
                     next(core._rejections)
@@ -397,10 +402,9 @@ def _async_shell(gate: ShellGate) -> Callable[..., Any]:
                         ) from core.cause
                     return await _awaited(gate.refuse(args, kwargs))
                 permit = core.enter()
-            elif core.awaits_store:
-                permit = await gate.aenter()
             else:
-                permit = core.enter()
+                via = core
+                permit = (await gate.aenter()) if via.awaits_store else via.enter()
             if permit.__class__ is not int:
                 if permit.__class__ is Wait:
                     permit = await gate.await_slot(permit)
@@ -414,22 +418,22 @@ def _async_shell(gate: ShellGate) -> Callable[..., Any]:
         try:
             result = await gate.func(*args, **kwargs)
         except BaseException as exc:
-            if core.__class__ is Elsewhere and core.awaits_store:
+            if via is not None and via.awaits_store:
                 await gate.afailed(permit, exc)
             else:
                 gate.failed(permit, exc)
             raise
         if result.__class__ not in PLAIN and is_stream(result):
             return AsyncGuardedStream(result, gate, permit, kwargs)
-        if core.__class__ is not Elsewhere:
+        if via is None:
             core.record_success(permit)
             return result
-        if core.charge is not None:
-            core.charge(result, kwargs)
-        if core.awaits_store:
+        if via.charge is not None:
+            via.charge(result, kwargs)
+        if via.awaits_store:
             await gate.asucceeded(permit)
         else:
-            core.record_success(permit)
+            via.record_success(permit)
         return result
 
     return wrapper
@@ -657,7 +661,7 @@ def _gen_shell(gate: ShellGate) -> Callable[..., Any]:
             else:
                 return (yield from gate.refuse(args, kwargs))
         items = gate.func(*args, **kwargs)
-        if core.__class__ is Elsewhere and core.charge is not None:
+        if core.__class__ is Elsewhere and core.charge is not None:  # a token budget
             items = _metered(items, core.charge, kwargs)
         try:
             result = yield from items
@@ -680,7 +684,8 @@ def _async_gen_shell(gate: _AsyncGenGate) -> Callable[..., Any]:
                 yield item
             return
         core: Any = gate.core
-        awaits_store = core.__class__ is Elsewhere and core.awaits_store
+        via = core if core.lock_free_permit == ASK else None  # an Elsewhere admits
+        awaits_store = via is not None and via.awaits_store
         permit: Any = (await gate.aenter()) if awaits_store else core.enter()
         if permit.__class__ is not int:
             if permit.__class__ is Wait:
@@ -700,8 +705,8 @@ def _async_gen_shell(gate: _AsyncGenGate) -> Callable[..., Any]:
             # async generator between them and the caller.
             timeout = gate.timeout
             items = stream if timeout is None else _items(stream, timeout, gate.breaker.name)
-            if core.__class__ is Elsewhere and core.charge is not None:
-                items = _ametered(items, core.charge, kwargs)
+            if via is not None and via.charge is not None:
+                items = _ametered(items, via.charge, kwargs)
             async for item in items:
                 yield item
         except BaseException as exc:
@@ -710,7 +715,7 @@ def _async_gen_shell(gate: _AsyncGenGate) -> Callable[..., Any]:
             if exc.__class__ is GeneratorExit:  # closed early: neither outcome, nothing to judge
                 if awaits_store:
                     await gate.aabandoned(permit)
-                elif core.__class__ is Elsewhere:
+                elif via is not None:
                     gate.abandoned(permit)
                 else:
                     core.record_abandoned(permit)

@@ -39,6 +39,7 @@ from llm_circuit_breaker.config import BreakerRules
 
 __all__ = [
     "PLAIN",
+    "ASK",
     "AsyncGuardedStream",
     "Elsewhere",
     "Gate",
@@ -178,6 +179,12 @@ class Gate:
         return (self.fallback or _no_fallback)(*args, **kwargs)
 
 
+# What an :class:`Elsewhere` reads for its lock-free permit: negative (never admitted without
+# asking), and never a local circuit's (``REJECTED``, -1, while not CLOSED and clean), so a
+# shell tells the two apart by the permit it read, with no other attribute read.
+ASK = -2
+
+
 class Elsewhere:
     """What a shell reads in place of its breaker's local circuit when the admission is
     someone else's (a store's link, a concurrency cap, a token budget): never admitted
@@ -186,7 +193,7 @@ class Elsewhere:
     token budget is always admitted elsewhere, so a local circuit never charges)."""
 
     __slots__ = ("awaits_store", "charge", "enter", "record_success")
-    lock_free_permit = -1
+    lock_free_permit = ASK
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         self.enter = breaker.enter
