@@ -1,11 +1,13 @@
 """``Gate``: how one decoration admits calls to its breaker and reports how they ended.
 
 The decorator shells (plain, coroutine, generator and async generator functions) share it:
-``enter`` / ``succeeded`` are the breaker's own methods bound once (a guarded call pays for no
-extra frame; the rarer ones pass through to the breaker), ``failed`` judges the exception once
-(:func:`._verdict.judge`) and reports the verdict, and ``refuse`` is the one refusal path.
-The ``a``-methods are the same for a breaker whose circuit lives in an asyncio store;
-``awaits_store`` says which a shell must use.
+a shell closes over one :class:`ShellGate` (its only closure cell) and reads what admits its
+calls from it (``core``: the breaker's local circuit, read inline, or an :class:`Elsewhere`
+whose ``enter`` / ``record_success`` are the breaker's own, bound once); the rarer methods
+pass through to the breaker, ``failed`` judges the exception once (:func:`._verdict.judge`)
+and reports the verdict, and ``refuse`` is the one refusal path. The ``a``-methods are the
+same for a breaker whose circuit lives in an asyncio store; ``awaits_store`` says which a
+shell must use.
 
 A function that returns a stream (an iterator or async iterator, such as the openai SDK's
 ``Stream``) is guarded until the stream ends: :class:`GuardedStream` / :class:`AsyncGuardedStream`
