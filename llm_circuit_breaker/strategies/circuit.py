@@ -166,18 +166,6 @@ def circuit_breaker(
         if not callable(func):
             raise TypeError(f"circuit_breaker decorates callables, got {func!r}")
         warn_wrong_order(func)
-
-        def shell(chosen: CircuitBreaker) -> Any:
-            inner: Callable[..., Any] = func
-            if first_token_timeout is not None:
-                from llm_circuit_breaker.strategies.first_token import bounded
-
-                inner = bounded(func, first_token_timeout, chosen.name)
-            wrapper = shell_for(inner, chosen, rules, fallback, call_timeout)
-            if on_state_change is not None:
-                chosen.add_listener(on_state_change)
-            return wrapper
-
         if breaker is None and name is not None and "{" in name:  # one breaker per scope
             from llm_circuit_breaker.strategies.scope import ScopedName, Scopes, scoped
 
@@ -208,6 +196,8 @@ def circuit_breaker(
             if one_shell:  # one shell for every scope: a scope costs its breaker alone
                 wrapper: Any = _SCOPED_SHELLS[kind](func, scopes, rules, fallback, call_timeout)
             else:
+                timeouts = (call_timeout, first_token_timeout)
+                shell = functools.partial(_shell, func, rules, fallback, *timeouts, on_state_change)
                 wrapper = scoped(func, scopes, shell)
             wrapper.breaker = None
             wrapper.scope = name  # the template: names the wrapper where one breaker would
@@ -221,11 +211,34 @@ def circuit_breaker(
             if config_fields
             else registry.get_or_create(named)  # its inline path: nothing to compare
         )
-        wrapper = shell(chosen)
+        wrapper = _shell(
+            func, rules, fallback, call_timeout, first_token_timeout, on_state_change, chosen
+        )
         wrapper.breaker = chosen
         return cast("Guarded[P, R]", wrapper)
 
     return decorate
+
+
+def _shell(
+    func: Callable[..., Any],
+    rules: BreakerRules,
+    fallback: Callable[..., Any] | None,
+    call_timeout: float | None,
+    first_token_timeout: float | None,
+    on_state_change: Listener | None,
+    chosen: CircuitBreaker,
+) -> Any:
+    """``func``'s shell on ``chosen`` (a module function: decorating makes no closure for it)."""
+    inner: Callable[..., Any] = func
+    if first_token_timeout is not None:
+        from llm_circuit_breaker.strategies.first_token import bounded
+
+        inner = bounded(func, first_token_timeout, chosen.name)
+    wrapper = shell_for(inner, chosen, rules, fallback, call_timeout)
+    if on_state_change is not None:
+        chosen.add_listener(on_state_change)
+    return wrapper
 
 
 def warn_wrong_order(func: Callable[..., Any]) -> None:
