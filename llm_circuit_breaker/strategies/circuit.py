@@ -9,7 +9,6 @@ from typing import Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload
 
 from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker, Listener
-from llm_circuit_breaker.breaker.circuit import LocalCircuit
 from llm_circuit_breaker.breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.config import (
     RETRY_MARK,
@@ -27,6 +26,7 @@ import functools
 import inspect
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Generator, Iterator
+from types import FunctionType
 
 from llm_circuit_breaker._core.budget import StreamUsage
 from llm_circuit_breaker._core.state import CircuitState
@@ -34,9 +34,12 @@ from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait
 from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.strategies import tracing
 from llm_circuit_breaker.strategies.gate import (
+    ASK,
     PLAIN,
     AsyncGuardedStream,
+    Elsewhere,
     GuardedStream,
+    ShellGate,
     is_stream,
 )
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
@@ -163,21 +166,6 @@ def circuit_breaker(
         if not callable(func):
             raise TypeError(f"circuit_breaker decorates callables, got {func!r}")
         warn_wrong_order(func)
-        scoped_name = breaker is None and name is not None and "{" in name
-
-        def shell(chosen: CircuitBreaker) -> Any:
-            inner: Callable[..., Any] = func
-            if first_token_timeout is not None:
-                from llm_circuit_breaker.strategies.first_token import bounded
-
-                inner = bounded(func, first_token_timeout, chosen.name)
-            wrapper = shell_for(inner, Gate(chosen, rules, fallback), call_timeout)
-            if on_state_change is not None and scoped_name:  # once: made again after a drop
-                chosen._local.add_listener(on_state_change, once=True)
-            elif on_state_change is not None:
-                chosen.add_listener(on_state_change)
-            return wrapper
-
         if breaker is None and name is not None and "{" in name:  # one breaker per scope
             from llm_circuit_breaker.strategies.scope import ScopedName, Scopes, scoped
 
@@ -208,6 +196,10 @@ def circuit_breaker(
             if one_shell:  # one shell for every scope: a scope costs its breaker alone
                 wrapper: Any = _SCOPED_SHELLS[kind](func, scopes, rules, fallback, call_timeout)
             else:
+                timeouts = (call_timeout, first_token_timeout)
+                shell = functools.partial(
+                    _shell, func, rules, fallback, *timeouts, on_state_change, True
+                )
                 wrapper = scoped(func, scopes, shell)
             wrapper.breaker = None
             wrapper.scope = name  # the template: names the wrapper where one breaker would
@@ -221,11 +213,39 @@ def circuit_breaker(
             if config_fields
             else registry.get_or_create(named)  # its inline path: nothing to compare
         )
-        wrapper = shell(chosen)
+        wrapper = _shell(
+            func, rules, fallback, call_timeout, first_token_timeout, on_state_change, False, chosen
+        )
         wrapper.breaker = chosen
         return cast("Guarded[P, R]", wrapper)
 
     return decorate
+
+
+def _shell(
+    func: Callable[..., Any],
+    rules: BreakerRules,
+    fallback: Callable[..., Any] | None,
+    call_timeout: float | None,
+    first_token_timeout: float | None,
+    on_state_change: Listener | None,
+    scoped: bool,
+    chosen: CircuitBreaker,
+) -> Any:
+    """``func``'s shell on ``chosen`` (a module function: decorating makes no closure for it).
+    A scope's shell may be made again for the same breaker (after its cache dropped it): its
+    listener is added once."""
+    inner: Callable[..., Any] = func
+    if first_token_timeout is not None:
+        from llm_circuit_breaker.strategies.first_token import bounded
+
+        inner = bounded(func, first_token_timeout, chosen.name)
+    wrapper = shell_for(inner, chosen, rules, fallback, call_timeout)
+    if on_state_change is not None and scoped:
+        chosen._local.add_listener(on_state_change, once=True)
+    elif on_state_change is not None:
+        chosen.add_listener(on_state_change)
+    return wrapper
 
 
 def warn_wrong_order(func: Callable[..., Any]) -> None:
@@ -240,17 +260,26 @@ def warn_wrong_order(func: Callable[..., Any]) -> None:
         )
 
 
-def shell_for(func: Callable[..., Any], gate: Gate, call_timeout: float | None) -> Any:
-    """The shell that fits ``func``: plain, coroutine, generator or async generator."""
-    chosen = gate.breaker
+def shell_for(
+    func: Callable[..., Any],
+    breaker: CircuitBreaker,
+    rules: BreakerRules,
+    fallback: Callable[..., Any] | None,
+    call_timeout: float | None,
+) -> Any:
+    """The shell that fits ``func``: plain, coroutine, generator or async generator, with
+    ``func``'s name, docstring, signature and attributes (as ``functools.wraps`` gives)."""
     kind = kind_of(func)
     if kind is CallableKind.ASYNC_GENERATOR:
-        return _async_gen_shell(func, gate, call_timeout)
+        gate = _AsyncGenGate(breaker, rules, fallback, func)
+        gate.timeout = call_timeout
+        return _dressed(_async_gen_shell(gate), func)
     if kind is CallableKind.COROUTINE:
-        return _async_shell(func, gate, call_timeout)
-    if chosen.is_async:
+        call = func if call_timeout is None else _timed(func, call_timeout, breaker.name)
+        return _dressed(_async_shell(_AsyncGate(breaker, rules, fallback, call)), func)
+    if breaker.is_async:
         raise TypeError(
-            f"circuit {chosen.name!r} keeps its state in an asyncio store: it can guard "
+            f"circuit {breaker.name!r} keeps its state in an asyncio store: it can guard "
             f"coroutine functions and async generators, not {func.__qualname__}"
         )
     if call_timeout is not None:
@@ -259,155 +288,174 @@ def shell_for(func: Callable[..., Any], gate: Gate, call_timeout: float | None) 
             f"{func.__qualname__} is neither (a thread cannot be timed out safely)"
         )
     if kind is CallableKind.GENERATOR:
-        return _gen_shell(func, gate)
-    return _sync_shell(func, gate)
+        return _dressed(_gen_shell(_GenGate(breaker, rules, fallback, func)), func)
+    return _dressed(_sync_shell(_SyncGate(breaker, rules, fallback, func)), func)
 
 
-def _charge_of(gate: Gate) -> Callable[[object, object], None] | None:
-    """What counts a returned answer's tokens (its ``usage``, or the estimate of the call's
-    keyword arguments) against the breaker's token budget; None without one."""
-    breaker = gate.breaker
-    return breaker.charge if breaker.config.token_budget is not None else None
+_TYPE_PARAMS = "__type_params__" in functools.WRAPPER_ASSIGNMENTS  # Python 3.12+
 
 
-class _Entered:
-    """What an unscoped shell reads in place of a local circuit's core when its admission is
-    someone else's (a store's link, a concurrency cap, a token budget): never admitted
-    without asking."""
-
-    __slots__ = ()
-    lock_free_permit = -1
-
-
-_ENTERED = _Entered()
-_NO_RULES = BreakerRules()
-_new = BaseException.__new__
-_INF = float("inf")
-
-
-def _fast_path(gate: Gate) -> tuple[LocalCircuit | None, Any, Any, Any, str]:
-    """What an unscoped shell reads to admit a call or fail fast in its own frame: the local
-    circuit when the breaker's admission is its own (``LocalCircuit.enter`` inline: CLOSED
-    and clean admits with one attribute read, OPEN refuses with one clock read), its core,
-    time source and telemetry; else None and a core that always asks ``enter()``."""
-    breaker = gate.breaker
-    local = breaker._local
-    if breaker._enter is not None:
-        return None, _ENTERED, None, None, breaker.name
-    return local, local, local.source, local, breaker.name
-
-
-def _sync_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
-    enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
-    no_fallback, plain, waiting = gate.fallback is None, PLAIN, Wait
-    charge = _charge_of(gate)
-    local, core, source, telemetry, name = _fast_path(gate)
-    new, open_error, inf, opened = _new, CircuitOpenError, _INF, CircuitState.OPEN
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if tracing.hook is not None and tracing.passing() is not me():
-            return tracing.hook.call(me(), gate.breaker, args, kwargs)
-        permit: Any = core.lock_free_permit  # CLOSED and clean: admitted, no call
-        if permit < 0:
-            if local is not None:  # failing fast, decided and raised in this frame
-                now, open_until = source.now(), core.open_until
-                if now < open_until and core.state is opened and telemetry.plain_refusals:
-                    next(local._rejections)
-                    if no_fallback:
-                        raise new(
-                            open_error,
-                            name,
-                            None if open_until == inf else open_until - now,
-                            core.open_reason,
-                        ) from local.cause
-                    return refuse(args, kwargs)
-            permit = enter()
-            if permit.__class__ is not int:  # a throttle slot to wait for, or a refusal
-                if permit.__class__ is waiting:
-                    permit = gate.wait(permit)
-                elif no_fallback:  # raised in this frame: failing fast is a hot path
-                    try:
-                        raise permit
-                    finally:
-                        del permit  # else frame -> error -> traceback -> frame: a cycle
-                else:
-                    return refuse(args, kwargs)
-        try:
-            result = func(*args, **kwargs)
-        except BaseException as exc:
-            failed(permit, exc)
-            raise
-        if result.__class__ not in plain and is_stream(result):
-            return GuardedStream(result, gate, permit, kwargs)
-        if charge is not None:
-            charge(result, kwargs)
-        succeeded(permit)
-        return result
-
-    me = weakref.ref(wrapper)  # the shell names itself without a reference cycle
+def _dressed(wrapper: Callable[..., Any], func: Callable[..., Any]) -> Any:
+    """``wrapper`` given ``func``'s attributes exactly as ``functools.update_wrapper`` gives
+    them (the same names in the same order, ``__dict__``'s contents, then ``__wrapped__``); a
+    function's read outright, without the partial, the loop over names and the ``getattr`` /
+    ``setattr`` calls: a function has every one of them."""
+    if func.__class__ is not FunctionType:
+        return functools.update_wrapper(wrapper, func)
+    wrapper.__module__ = func.__module__
+    wrapper.__name__ = func.__name__
+    wrapper.__qualname__ = func.__qualname__
+    wrapper.__doc__ = func.__doc__
+    wrapper.__annotations__ = func.__annotations__
+    if _TYPE_PARAMS:
+        wrapper.__type_params__ = func.__type_params__  # type: ignore[attr-defined]
+    attributes = func.__dict__
+    if attributes:
+        wrapper.__dict__.update(attributes)
+    wrapper.__wrapped__ = func  # type: ignore[attr-defined]
     return wrapper
 
 
-def _async_shell(
-    func: Callable[..., Any], gate: Gate, call_timeout: float | None
-) -> Callable[..., Any]:
-    enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
-    no_fallback, plain, waiting = gate.fallback is None, PLAIN, Wait
-    awaits_store, name = gate.awaits_store, gate.breaker.name
-    call = func if call_timeout is None else _timed(func, call_timeout, name)
-    charge = _charge_of(gate)
-    local, core, source, telemetry, name = _fast_path(gate)
-    new, open_error, inf, opened = _new, CircuitOpenError, _INF, CircuitState.OPEN
+# What the unscoped shells read as module globals (cached reads), not closure cells: a shell
+# closes over its gate alone (one cell) and reads the rest from it.
+_new = BaseException.__new__
+_INF = float("inf")
+_OPEN = CircuitState.OPEN
+_NO_RULES = BreakerRules()
 
-    @functools.wraps(func)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if tracing.hook is not None and tracing.passing() is not me():
-            return await tracing.hook.acall(me(), gate.breaker, args, kwargs)
+
+class _SyncGate(ShellGate):
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _sync_shell(self)(*args, **kwargs)
+
+
+class _AsyncGate(ShellGate):
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _async_shell(self)(*args, **kwargs)
+
+
+class _GenGate(ShellGate):
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _gen_shell(self)(*args, **kwargs)
+
+
+class _AsyncGenGate(ShellGate):
+    __slots__ = ("timeout",)
+    timeout: float | None  # each item's (``call_timeout``), or None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _async_gen_shell(self)(*args, **kwargs)
+
+
+def _sync_shell(gate: ShellGate) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if tracing.hook is not None and tracing.passing() is not gate:
+            return tracing.hook.call(gate, gate.breaker, args, kwargs)
+        core: Any = gate.core
         permit: Any = core.lock_free_permit  # CLOSED and clean: admitted, no call
+        via = None  # the Elsewhere that admitted the call, if one did
         if permit < 0:
-            if local is not None:  # failing fast, decided and raised in this frame
-                now, open_until = source.now(), core.open_until
-                if now < open_until and core.state is opened and telemetry.plain_refusals:
-                    next(local._rejections)
-                    if no_fallback:
-                        raise new(
-                            open_error,
-                            name,
-                            None if open_until == inf else open_until - now,
+            if permit != ASK:  # the local circuit: failing fast, decided and raised here
+                now, open_until = core.source.now(), core.open_until
+                if now < open_until and core.state is _OPEN and core.plain_refusals:
+                    next(core._rejections)
+                    if gate.fallback is None:
+                        raise _new(
+                            CircuitOpenError,
+                            core.name,
+                            None if open_until == _INF else open_until - now,
                             core.open_reason,
-                        ) from local.cause
-                    return await _awaited(refuse(args, kwargs))
-            permit = (await gate.aenter()) if awaits_store else enter()
-            if permit.__class__ is not int:
-                if permit.__class__ is waiting:
-                    permit = await gate.await_slot(permit)
-                elif no_fallback:  # raised in this frame: failing fast is a hot path
+                        ) from core.cause
+                    return gate.refuse(args, kwargs)
+            else:
+                via = core
+            permit = core.enter()
+            if permit.__class__ is not int:  # a throttle slot to wait for, or a refusal
+                if permit.__class__ is Wait:
+                    permit = gate.wait(permit)
+                elif gate.fallback is None:  # raised in this frame: failing fast is a hot path
                     try:
                         raise permit
                     finally:
                         del permit  # else frame -> error -> traceback -> frame: a cycle
                 else:
-                    return await _awaited(refuse(args, kwargs))
+                    return gate.refuse(args, kwargs)
         try:
-            result = await call(*args, **kwargs)
+            result = gate.func(*args, **kwargs)
         except BaseException as exc:
-            if awaits_store:
-                await gate.afailed(permit, exc)
-            else:
-                failed(permit, exc)
+            gate.failed(permit, exc)
             raise
-        if result.__class__ not in plain and is_stream(result):
-            return AsyncGuardedStream(result, gate, permit, kwargs)
-        if charge is not None:
-            charge(result, kwargs)
-        if awaits_store:
-            await gate.asucceeded(permit)
-        else:
-            succeeded(permit)
+        if result.__class__ not in PLAIN and is_stream(result):
+            return GuardedStream(result, gate, permit, kwargs)
+        if via is not None and via.charge is not None:
+            via.charge(result, kwargs)
+        core.record_success(permit)
         return result
 
-    me = weakref.ref(wrapper)  # the shell names itself without a reference cycle
+    return wrapper
+
+
+def _async_shell(gate: ShellGate) -> Callable[..., Any]:
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if tracing.hook is not None and tracing.passing() is not gate:
+            return await tracing.hook.acall(gate, gate.breaker, args, kwargs)
+        core: Any = gate.core
+        permit: Any = core.lock_free_permit  # CLOSED and clean: admitted, no call
+        via = None  # the Elsewhere that admitted the call, if one did
+        if permit < 0:
+            if permit != ASK:  # the local circuit: failing fast, decided and raised here
+                now, open_until = core.source.now(), core.open_until
+                if now < open_until and core.state is _OPEN and core.plain_refusals:
+                    next(core._rejections)
+                    if gate.fallback is None:
+                        raise _new(
+                            CircuitOpenError,
+                            core.name,
+                            None if open_until == _INF else open_until - now,
+                            core.open_reason,
+                        ) from core.cause
+                    return await _awaited(gate.refuse(args, kwargs))
+                permit = core.enter()
+            else:
+                via = core
+                permit = (await gate.aenter()) if via.awaits_store else via.enter()
+            if permit.__class__ is not int:
+                if permit.__class__ is Wait:
+                    permit = await gate.await_slot(permit)
+                elif gate.fallback is None:  # raised in this frame: failing fast is a hot path
+                    try:
+                        raise permit
+                    finally:
+                        del permit  # else frame -> error -> traceback -> frame: a cycle
+                else:
+                    return await _awaited(gate.refuse(args, kwargs))
+        try:
+            result = await gate.func(*args, **kwargs)
+        except BaseException as exc:
+            if via is not None and via.awaits_store:
+                await gate.afailed(permit, exc)
+            else:
+                gate.failed(permit, exc)
+            raise
+        if result.__class__ not in PLAIN and is_stream(result):
+            return AsyncGuardedStream(result, gate, permit, kwargs)
+        if via is None:
+            core.record_success(permit)
+            return result
+        if via.charge is not None:
+            via.charge(result, kwargs)
+        if via.awaits_store:
+            await gate.asucceeded(permit)
+        else:
+            via.record_success(permit)
+        return result
+
     return wrapper
 
 
@@ -615,81 +663,70 @@ def _charge_stream(
     charge(None if total is None else {"usage": {"total_tokens": total}}, request)
 
 
-def _gen_shell(func: Callable[..., Any], gate: Gate) -> Callable[..., Any]:
-    enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
-    no_fallback, waiting = gate.fallback is None, Wait
-    charge = _charge_of(gate)
-
-    @functools.wraps(func)
+def _gen_shell(gate: ShellGate) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         # Admitted when iteration starts, so a generator that is never iterated holds no permit.
-        if tracing.hook is not None and tracing.passing() is not me():
-            return (yield from tracing.hook.gen(me(), gate.breaker, args, kwargs))
-        permit: Any = enter()
+        if tracing.hook is not None and tracing.passing() is not gate:
+            return (yield from tracing.hook.gen(gate, gate.breaker, args, kwargs))
+        core: Any = gate.core
+        permit: Any = core.enter()
         if permit.__class__ is not int:
-            if permit.__class__ is waiting:
+            if permit.__class__ is Wait:
                 permit = gate.wait(permit)
-            elif no_fallback:
+            elif gate.fallback is None:
                 try:
                     raise permit
                 finally:
                     del permit  # else frame -> error -> traceback -> frame: a cycle
             else:
-                return (yield from refuse(args, kwargs))
-        items = func(*args, **kwargs)
-        if charge is not None:
-            items = _metered(items, charge, kwargs)
+                return (yield from gate.refuse(args, kwargs))
+        items = gate.func(*args, **kwargs)
+        if core.__class__ is Elsewhere and core.charge is not None:  # a token budget
+            items = _metered(items, core.charge, kwargs)
         try:
             result = yield from items
         except GeneratorExit:  # closed early: neither outcome, nothing to judge
             gate.abandoned(permit)
             raise
         except BaseException as exc:
-            failed(permit, exc)
+            gate.failed(permit, exc)
             raise
-        succeeded(permit)
+        core.record_success(permit)
         return result
 
-    me = weakref.ref(wrapper)  # the shell names itself without a reference cycle
     return wrapper
 
 
-def _async_gen_shell(
-    func: Callable[..., Any], gate: Gate, item_timeout: float | None
-) -> Callable[..., Any]:
-    enter, succeeded, failed, refuse = gate.enter, gate.succeeded, gate.failed, gate.refuse
-    no_fallback, waiting = gate.fallback is None, Wait
-    awaits_store, name = gate.awaits_store, gate.breaker.name
-    charge = _charge_of(gate)
-    local = _fast_path(gate)[0]
-    abandoned = gate.abandoned if local is None else local.record_abandoned
-
-    @functools.wraps(func)
+def _async_gen_shell(gate: _AsyncGenGate) -> Callable[..., Any]:
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        if tracing.hook is not None and tracing.passing() is not me():
-            async for item in tracing.hook.agen(me(), gate.breaker, args, kwargs):
+        if tracing.hook is not None and tracing.passing() is not gate:
+            async for item in tracing.hook.agen(gate, gate.breaker, args, kwargs):
                 yield item
             return
-        permit: Any = (await gate.aenter()) if awaits_store else enter()
+        core: Any = gate.core
+        via = core if core.lock_free_permit == ASK else None  # an Elsewhere admits
+        awaits_store = via is not None and via.awaits_store
+        permit: Any = (await gate.aenter()) if awaits_store else core.enter()
         if permit.__class__ is not int:
-            if permit.__class__ is waiting:
+            if permit.__class__ is Wait:
                 permit = await gate.await_slot(permit)
-            elif no_fallback:
+            elif gate.fallback is None:
                 try:
                     raise permit
                 finally:
                     del permit  # else frame -> error -> traceback -> frame: a cycle
             else:
-                async for item in _as_async_iterator(refuse(args, kwargs)):
+                async for item in _as_async_iterator(gate.refuse(args, kwargs)):
                     yield item
                 return
-        stream = func(*args, **kwargs)
+        stream = gate.func(*args, **kwargs)
         try:
             # Without an item timeout or a budget the items come straight from the stream: no
             # async generator between them and the caller.
-            items = stream if item_timeout is None else _items(stream, item_timeout, name)
-            if charge is not None:
-                items = _ametered(items, charge, kwargs)
+            timeout = gate.timeout
+            items = stream if timeout is None else _items(stream, timeout, gate.breaker.name)
+            if via is not None and via.charge is not None:
+                items = _ametered(items, via.charge, kwargs)
             async for item in items:
                 yield item
         except BaseException as exc:
@@ -698,19 +735,20 @@ def _async_gen_shell(
             if exc.__class__ is GeneratorExit:  # closed early: neither outcome, nothing to judge
                 if awaits_store:
                     await gate.aabandoned(permit)
+                elif via is not None:
+                    gate.abandoned(permit)
                 else:
-                    abandoned(permit)
+                    core.record_abandoned(permit)
             elif awaits_store:
                 await gate.afailed(permit, exc)
             else:
-                failed(permit, exc)
+                gate.failed(permit, exc)
             raise
         if awaits_store:
             await gate.asucceeded(permit)
         else:
-            succeeded(permit)
+            core.record_success(permit)
 
-    me = weakref.ref(wrapper)  # the shell names itself without a reference cycle
     return wrapper
 
 

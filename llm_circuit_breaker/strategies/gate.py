@@ -1,11 +1,13 @@
 """``Gate``: how one decoration admits calls to its breaker and reports how they ended.
 
 The decorator shells (plain, coroutine, generator and async generator functions) share it:
-``enter`` / ``succeeded`` are the breaker's own methods bound once (a guarded call pays for no
-extra frame; the rarer ones pass through to the breaker), ``failed`` judges the exception once
-(:func:`._verdict.judge`) and reports the verdict, and ``refuse`` is the one refusal path.
-The ``a``-methods are the same for a breaker whose circuit lives in an asyncio store;
-``awaits_store`` says which a shell must use.
+a shell closes over one :class:`ShellGate` (its only closure cell) and reads what admits its
+calls from it (``core``: the breaker's local circuit, read inline, or an :class:`Elsewhere`
+whose ``enter`` / ``record_success`` are the breaker's own, bound once); the rarer methods
+pass through to the breaker, ``failed`` judges the exception once (:func:`._verdict.judge`)
+and reports the verdict, and ``refuse`` is the one refusal path. The ``a``-methods are the
+same for a breaker whose circuit lives in an asyncio store; ``awaits_store`` says which a
+shell must use.
 
 A function that returns a stream (an iterator or async iterator, such as the openai SDK's
 ``Stream``) is guarded until the stream ends: :class:`GuardedStream` / :class:`AsyncGuardedStream`
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llm_circuit_breaker._core.throttle import Wait
     from llm_circuit_breaker._judge.verdict import Verdict
-    from llm_circuit_breaker.breaker.circuit import Entry
+    from llm_circuit_breaker.breaker.circuit import Entry, LocalCircuit
 
 from llm_circuit_breaker._core.budget import StreamUsage
 from llm_circuit_breaker._core.state import Outcome
@@ -37,7 +39,17 @@ from llm_circuit_breaker._judge.streams import ItemWatch
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.config import BreakerRules
 
-__all__ = ["PLAIN", "AsyncGuardedStream", "Gate", "GuardedStream", "aclose_inner", "is_stream"]
+__all__ = [
+    "PLAIN",
+    "ASK",
+    "AsyncGuardedStream",
+    "Elsewhere",
+    "Gate",
+    "GuardedStream",
+    "ShellGate",
+    "aclose_inner",
+    "is_stream",
+]
 
 # Set (to a flag) by with_hedging in an attempt's thread: once the flag is up another attempt
 # won, and this one's failure is no failure of its provider.
@@ -79,15 +91,7 @@ def _headers_of(exc: BaseException) -> Any:
 class Gate:
     """A breaker plus one decoration's rules and fallback."""
 
-    __slots__ = (
-        "awaits_store",
-        "breaker",
-        "call_fallback",
-        "enter",
-        "fallback",
-        "rules",
-        "succeeded",
-    )
+    __slots__ = ("breaker", "fallback", "rules")
 
     def __init__(
         self,
@@ -98,10 +102,19 @@ class Gate:
         self.breaker = breaker
         self.rules = rules
         self.fallback = fallback
-        self.call_fallback: Callable[..., Any] = fallback or _no_fallback
-        self.awaits_store = breaker.is_async
-        self.enter = breaker.enter
-        self.succeeded = breaker.record_success
+
+    @property
+    def awaits_store(self) -> bool:
+        """Whether the breaker's circuit lives in an asyncio store: the ``a``-methods then."""
+        return self.breaker.is_async
+
+    def enter(self) -> Entry:
+        """Admit one call (the breaker's ``enter``)."""
+        return self.breaker.enter()
+
+    def succeeded(self, permit: int) -> None:
+        """Report that the call holding ``permit`` succeeded."""
+        self.breaker.record_success(permit)
 
     # The rest pass through to the breaker when called: rare (a throttle's wait) or awaiting a
     # store anyway, they keep no bound method per decoration.
@@ -165,7 +178,59 @@ class Gate:
     def refuse(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """What a refused call returns: the fallback's result (the shells raise the refusal
         themselves when there is no fallback)."""
-        return self.call_fallback(*args, **kwargs)
+        return (self.fallback or _no_fallback)(*args, **kwargs)
+
+
+# What an :class:`Elsewhere` reads for its lock-free permit: negative (never admitted without
+# asking), and never a local circuit's (``REJECTED``, -1, while not CLOSED and clean), so a
+# shell tells the two apart by the permit it read, with no other attribute read.
+ASK = -2
+
+
+class Elsewhere:
+    """What a shell reads in place of its breaker's local circuit when the admission is
+    someone else's (a store's link, a concurrency cap, a token budget): never admitted
+    without asking ``enter``. Its methods are the breaker's own, bound once; ``charge``
+    counts a result's tokens against the token budget (None without one: a breaker with a
+    token budget is always admitted elsewhere, so a local circuit never charges)."""
+
+    __slots__ = ("awaits_store", "charge", "enter", "record_success")
+    lock_free_permit = ASK
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self.enter = breaker.enter
+        self.record_success = breaker.record_success
+        self.charge = breaker.charge if breaker.config.token_budget is not None else None
+        self.awaits_store = breaker.is_async
+
+
+class ShellGate(Gate):
+    """The gate a decoration's shell closes over (its one closure cell): the guarded
+    function too, and ``core``, what admits its calls -- the breaker's local circuit when
+    the admission is its own (``LocalCircuit.enter`` inline in the shell: CLOSED and clean
+    admits with one attribute read, OPEN refuses with one clock read), else an
+    :class:`Elsewhere`. Calling it runs the shell once more (for the tracing hook, which
+    calls it with ``tracing.PASSING`` set to it: a shell keeps no reference to itself)."""
+
+    __slots__ = ("core", "func")
+
+    def __init__(
+        self,
+        breaker: CircuitBreaker,
+        rules: BreakerRules,
+        fallback: Callable[..., Any] | None,
+        func: Callable[..., Any],
+    ) -> None:
+        self.breaker = breaker
+        self.rules = rules
+        self.fallback = fallback
+        self.func = func
+        self.core: LocalCircuit | Elsewhere = (
+            breaker._local if breaker._enter is None else Elsewhere(breaker)
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - subclasses'
+        raise NotImplementedError
 
 
 class _Meter:
