@@ -80,6 +80,10 @@ def _peer(module: str) -> Callable[[int], Callable[[int], Any]] | None:
     if module == "circuitbreaker":
 
         def factory(n: int) -> Callable[[int], Any]:
+            # circuitbreaker's monitor keeps every breaker by name: cleared, so that a round's
+            # new breakers do not free the last round's (a best of rounds would be too low)
+            lib.CircuitBreakerMonitor.circuit_breakers.clear()
+
             def one(i: int) -> Any:
                 def call(prompt: str) -> str:
                     return prompt
