@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable
-from typing import cast
 
 from llm_circuit_breaker._core.permits import REJECTED, SHADOW, is_refusal
 from llm_circuit_breaker._core.state import (
@@ -331,13 +330,13 @@ class LocalCircuit(BreakerCore, Telemetry):
             # the first: an int, under the counting lock (bare acquire / release: a scope's
             # first call is a hot path too)
             _counting.acquire()
-            successes = cast("int | itertools.count[int]", self._successes)
-            if type(successes) is int:
+            successes = self._successes
+            if isinstance(successes, int):
                 self._successes = successes + 1  # the second success makes the counter
                 _counting.release()
                 return
             _counting.release()
-            next(successes)  # type: ignore[arg-type]  # the counter, made meanwhile
+            next(successes)  # the counter, made meanwhile
             return
         self.record(permit, Outcome.SUCCESS)
 

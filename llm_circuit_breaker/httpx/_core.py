@@ -500,7 +500,7 @@ class Attempt:
         self.meter: Meter | None = None  # set for a breaker with a token budget
         # the loop to report a dropped attempt on: an asyncio store is reported to on the
         # loop that admitted it (None for any other breaker)
-        self.loop = sys.modules["asyncio"].get_running_loop() if breaker.is_async else None
+        self.loop = None if breaker._alink is None else sys.modules["asyncio"].get_running_loop()
 
     def __del__(self) -> None:
         if not self.done:
