@@ -117,3 +117,21 @@ def test_a_response_without_rate_limit_headers_makes_no_dict_for_them() -> None:
     assert none is again and not none and type(none) is RateLimitHeaders and not events
     some, _ = answer_headers(httpx.Response(200, headers={"x-ratelimit-limit-requests": "5"}))
     assert some is not none and some == {"x-ratelimit-limit-requests": "5"} and not none
+
+
+def test_only_the_names_a_bucket_is_read_from_are_picked() -> None:
+    """Headers that merely hold "ratelimit" (Anthropic's input/output token limits, a gateway's
+    own) tell no bucket: neither the transport nor the throttle keeps them, and an answer
+    with only those makes no dict."""
+    headers = {
+        "anthropic-ratelimit-input-tokens-remaining": "10",
+        "x-ratelimit-policy": "gateway",
+        "ratelimit": "limit=10",
+    }
+    none, _ = answer_headers(httpx.Response(200, headers=headers))
+    assert not none and none is answer_headers(httpx.Response(200))[0]
+    assert _rate_limit_headers(httpx.Response(200, headers=headers).headers) == {}
+    kept = headers | {"X-RateLimit-Remaining-Requests": "7"}
+    some, _ = answer_headers(httpx.Response(200, headers=kept))
+    assert some == {"x-ratelimit-remaining-requests": "7"}
+    assert _rate_limit_headers(kept) == some

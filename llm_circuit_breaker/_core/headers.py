@@ -202,17 +202,26 @@ def _bucket(headers: dict[str, str], kind: str, wall_now: float) -> Bucket | Non
     return None
 
 
+# Every rate-limit header name a bucket is read from (lower case, as bytes and as text).
+RATE_LIMIT_NAMES = frozenset(
+    name for families in _FAMILIES.values() for names, _ in families for name in names
+)
+RATE_LIMIT_BYTES = frozenset(name.encode("ascii") for name in RATE_LIMIT_NAMES)
+
+
 class RateLimitHeaders(dict[str, str]):
     """Rate-limit headers picked already (by whoever read the response: the httpx transport)
-    as :func:`_rate_limit_headers` picks them: lower-case names holding ``ratelimit``, text
-    values of at most 1000 characters, from the first 256 headers. Not picked again."""
+    as :func:`_rate_limit_headers` picks them: those a bucket is read from, by lower-case
+    name, text values of at most 1000 characters, from the first 256 headers. Not picked
+    again."""
 
     __slots__ = ()
 
 
 def _rate_limit_headers(headers: Any) -> dict[str, str]:
-    """The rate-limit headers among ``headers`` as text, by lower-case name (one pass, at most
-    the first 256 headers: a response with thousands is hostile, not informative)."""
+    """The rate-limit headers among ``headers`` that a bucket is read from
+    (``RATE_LIMIT_NAMES``) as text, by lower-case name (one pass, at most the first 256
+    headers: a response with thousands is hostile, not informative)."""
     if headers.__class__ is RateLimitHeaders:
         return headers
     try:
@@ -221,7 +230,7 @@ def _rate_limit_headers(headers: Any) -> dict[str, str]:
         found = {}
         for key, value in itertools.islice(pairs, 256):
             name = (key.decode("latin-1") if isinstance(key, bytes) else str(key)).lower()
-            if "ratelimit" in name:
+            if name in RATE_LIMIT_NAMES:
                 text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
                 found[name] = text[:1000]
         return found

@@ -15,7 +15,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
-from llm_circuit_breaker._core.headers import RateLimitHeaders
+from llm_circuit_breaker._core.headers import RATE_LIMIT_BYTES, RateLimitHeaders
 from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._judge.kinds import parse_json
 from llm_circuit_breaker._judge.refusal import REFUSAL
@@ -116,9 +116,12 @@ class Core:
         # the one breaker of every request, once found (a name without a template, or a
         # breaker): no lookup per request
         self.fixed: CircuitBreaker | None = None
-        # its admission (``enter`` / ``aenter``), bound once as the decorators bind it
+        # its admission (``enter`` / ``aenter``), bound once as the decorators bind it, and
+        # whether admitting it always reads a request's token estimate (a token budget, a
+        # store): else only while its local circuit is paced (``reads_token_cost``)
         self.enter: Any = None
         self.aenter: Any = None
+        self.costly = False
 
     def tokens(self, request: Any, body: Any) -> float:
         """The request's estimated token cost: its output cap plus its size / 4 (an unread
@@ -208,6 +211,8 @@ class Core:
             )
         if self.spec is breaker:
             self.enter, self.aenter = breaker.enter, breaker.aenter
+            local = breaker._local
+            self.costly = local.config.token_budget is not None or breaker._circuit is not local
             self.fixed = breaker  # last: a thread that sees it sees its admission
         return breaker, body
 
@@ -642,9 +647,11 @@ def accept(request: Any) -> str:
 
 def answer_headers(response: Any) -> tuple[RateLimitHeaders, bool]:
     """What the transport reads of a response's headers, in one pass: its rate-limit headers
-    (by lower-case name, as text; the one shared empty dict without any, not to be changed)
-    and whether its content type is ``text/event-stream`` (a lookup joins several content
-    types with ", ", which cannot make or break that substring)."""
+    (those a throttle's bucket is read from, by lower-case name, as text; the one shared empty
+    dict without any, not to be changed) and whether its content type is
+    ``text/event-stream`` (a lookup joins several content types with ", ", which cannot make
+    or break that substring). A name is looked up in a set: no substring search per header
+    (``bytes.find`` parses its arguments as a tuple, ~0.1 us a header)."""
     headers = response.headers
     kept = getattr(headers, "_list", None)
     if kept.__class__ is not list or len(kept) > _MAX_HEADERS or (kept and len(kept[0]) != 3):
@@ -652,12 +659,12 @@ def answer_headers(response: Any) -> tuple[RateLimitHeaders, bool]:
     found = _NO_RATE_LIMITS  # made only for a response that has some: most have none
     events = False
     for _, name, value in kept:
-        # find, not in: bytes.__contains__ first tries its argument as an integer and clears
-        # the error, ~0.1 us a test, here for every header
-        if name.find(b"ratelimit") >= 0:
+        if name in RATE_LIMIT_BYTES:
             if found is _NO_RATE_LIMITS:
                 found = RateLimitHeaders()  # picked as the throttle would: not picked again
             found[name.decode("latin-1")] = value.decode("latin-1")[:1000]
+        # find, not in: bytes.__contains__ first tries its argument as an integer and clears
+        # the error, ~0.1 us a test
         elif name == b"content-type" and value.find(b"text/event-stream") >= 0:
             events = True
     return found, events

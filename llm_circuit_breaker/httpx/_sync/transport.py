@@ -150,15 +150,17 @@ class CircuitBreakerTransport(Transport):
         if breaker is None:
             breaker, body = core.breaker_and_body(request)
             enter = breaker.enter
+            costs = breaker.reads_token_cost
         else:  # one breaker for every request: at most a "stream" key to look for
             body = core.needed_body(request) if core.timed else UNREAD
             enter = core.enter  # bound once
+            costs = core.costly or breaker._local.paced  # reads_token_cost, inline
         retry = retry_count(request)
         if retry != "0":
             unpaid = core.unpaid_retry(retry, breaker)
             if unpaid is not None:
                 return core.refused(request, unpaid)
-        cost = core.tokens(request, body) if breaker.reads_token_cost else None
+        cost = core.tokens(request, body) if costs else None
         token = TOKEN_COST.set(cost) if cost is not None else None
         made = _ATTEMPT_TYPES.get(request.__class__) or _attempt_type(request)
         try:
