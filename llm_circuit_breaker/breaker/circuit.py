@@ -387,6 +387,8 @@ class LocalCircuit(BreakerCore, Telemetry):
             self.publish(transitions)
         if news is not None:
             self.throttle_event(*news, at=now)
+        if self.rejoin is not None and counted is Outcome.FAILURE:
+            self.return_to_registry()  # a forgotten circuit's failure is the registry's news
         return counted
 
     # -- reading and control ---------------------------------------------------------------

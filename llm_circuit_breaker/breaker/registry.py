@@ -62,6 +62,11 @@ class BreakerRegistry:
             weakref.WeakValueDictionary()
         )
         self._cleared = False  # whether clear() ever retired a breaker
+        # Scoped breakers dropped past ``max_breakers`` while something still held them (a
+        # call in flight, another decoration's cache): naming one again gives it back, so
+        # whatever holds it and the registry agree on one breaker of the name (weakly held).
+        self._dropped: dict[str, weakref.KeyedRef] = {}
+        self._gone = _forgetter(self._dropped)
         # No store, no observer and nothing cleared yet: a new breaker is made and
         # registered inline (False for good once one of them is not so).
         self._simple = store is None
@@ -192,6 +197,8 @@ class BreakerRegistry:
             if breaker is None:
                 retired = self._retired if self._cleared else None  # none before a clear()
                 breaker = retired.pop(name, None) if retired else None
+                if breaker is None and self._dropped:
+                    breaker = self._revived(name)
                 if breaker is None or not _agrees(breaker, fields, self.store):
                     if config is None and fields:
                         config = CircuitBreakerConfig(**fields)
@@ -254,6 +261,25 @@ class BreakerRegistry:
         del self._breakers[oldest]
         return breaker
 
+    def _revived(self, name: str) -> CircuitBreaker | None:
+        """The scoped breaker ``name`` dropped while something held it, if it lives (lock
+        held)."""
+        ref = self._dropped.pop(name, None)
+        return None if ref is None else ref()
+
+    def _drop(self, name: str) -> None:
+        """Drop the scoped breaker ``name``; kept weakly when something else holds it
+        (lock held)."""
+        self._scoped.pop(name, None)
+        breaker = self._breakers.pop(name, None)
+        # held by the local variable and the argument alone: freed now, nothing to keep
+        if breaker is None or refcount(breaker) == 2:
+            return
+        self._dropped[name] = weakref.KeyedRef(breaker, self._gone, name)
+        if breaker._followed is breaker._local:  # a store keeps a circuit by name anyway
+            # a failure reported on it (a call in flight) puts it back, as its next call does
+            breaker._detach(functools.partial(self._rejoin, weakref.ref(breaker), True))
+
     def _rejoin(self, forgotten: weakref.ref[CircuitBreaker], scoped: bool) -> None:
         """A breaker forgotten by :meth:`clear` is used again: it is the one of its name once
         more, unless the name went to another breaker meanwhile."""
@@ -265,6 +291,9 @@ class BreakerRegistry:
                 return
             if self._retired.get(breaker.name) is breaker:
                 del self._retired[breaker.name]
+            dropped = self._dropped.get(breaker.name)
+            if dropped is not None and dropped() is breaker:
+                del self._dropped[breaker.name]
             self._register(breaker, scoped)
 
     def _evict(self) -> None:
@@ -277,8 +306,8 @@ class BreakerRegistry:
                 name = next(iter(self._scoped))
                 breaker = self._breakers.get(name)
                 if breaker is None or breaker.idle:
-                    self._scoped.pop(name, None)
-                    self._breakers.pop(name, None)
+                    breaker = None
+                    self._drop(name)
                     return
             oldest = list(itertools.islice(self._scoped, _EVICTION_SCAN))
         except RuntimeError:  # touched meanwhile by a lock-free caller: evict on the next one
@@ -286,8 +315,8 @@ class BreakerRegistry:
         for name in oldest:
             breaker = self._breakers.get(name)
             if breaker is None or breaker.idle:
-                self._scoped.pop(name, None)
-                self._breakers.pop(name, None)
+                breaker = None
+                self._drop(name)
                 excess -= 1
                 if excess <= 0:
                     return
@@ -345,6 +374,11 @@ class BreakerRegistry:
             scoped = set(self._scoped)
             forgotten = list(self._breakers.values())
             earlier = list(self._retired.values())  # forgotten before, their return pending
+            # dropped past the bound but held: reset too, given back when named again
+            dropped = [b for b in (ref() for ref in self._dropped.values()) if b is not None]
+            self._dropped.clear()
+            self._retired.update({b.name: b for b in dropped})
+            earlier += dropped
             self._retired.update(self._breakers)
             self._cleared = True
             self._simple = False
@@ -457,7 +491,11 @@ class ScopeCache(dict[Any, CircuitBreaker]):
             # nothing observed, nothing cleared, no store: the whole miss here
             if registry._simple and name not in breakers:
                 bound = registry.max_breakers
-                full = len(lru) >= bound
+                if registry._dropped:  # dropped while held: the same breaker again
+                    breaker = registry._revived(name)
+                    if breaker is not None and not _agrees(breaker, self.fields, None):
+                        breaker = None
+                full = breaker is None and len(lru) >= bound
                 if full:  # the least recently used scope drops
                     oldest, oldest_key = lru.popitem(False)
                     breaker = breakers.pop(oldest, None)
@@ -484,7 +522,7 @@ class ScopeCache(dict[Any, CircuitBreaker]):
                     breaker._local.template = self.template
                 breakers[name] = breaker
                 lru[name] = key
-                if full and len(lru) > bound:  # one was kept (busy): drop another
+                if len(lru) > bound:  # one was kept (busy), or one came back: drop another
                     registry._evict()
         finally:
             lock.release()
@@ -522,6 +560,17 @@ class ScopeCache(dict[Any, CircuitBreaker]):
                 return
             if self.pop(key, None) is not None:
                 excess -= 1
+
+
+def _forgetter(dropped: dict[str, weakref.KeyedRef]) -> Callable[[weakref.KeyedRef], None]:
+    """The callback that forgets a dropped breaker's entry once the breaker is freed (no
+    lock: a finaliser may run in a thread that holds the registry's)."""
+
+    def gone(ref: weakref.KeyedRef) -> None:
+        if dropped.get(ref.key) is ref:
+            dropped.pop(ref.key, None)
+
+    return gone
 
 
 def _first(pair: tuple[str, CircuitBreaker]) -> str:
