@@ -82,3 +82,177 @@ def test_a_failure_of_a_call_in_flight_when_its_scope_dropped_is_not_lost() -> N
     assert registry.get("t:1").state is CircuitState.OPEN
     with pytest.raises(CircuitOpenError):
         call(1)
+
+
+def test_a_scope_s_breaker_is_never_named_after_another_argument_s_cache_entry() -> None:
+    """An unhashable argument's breaker is cached by its name; a later call whose (hashable)
+    argument equals that name must still get the breaker its own name says."""
+    registry = BreakerRegistry()
+    call = _scoped(registry)
+    assert call(["a"]) == ["a"]  # cached under its name, "t:['a']"
+    assert call("t:['a']") == "t:['a']"
+    assert "t:t:['a']" in registry
+    cache = _cache_of(call)
+    assert sorted(b.name for b in cache.values()) == ["t:['a']", "t:t:['a']"]
+
+
+# -- threads racing misses under a tiny bound -------------------------------------------------
+
+
+@pytest.mark.parametrize("bound", [1, 2, 3])
+def test_threads_racing_misses_keep_one_breaker_per_name_and_the_bound(bound: int) -> None:
+    """Four threads, two decorations of one template, six scopes through a bound of 1-3,
+    some calls failing (below the threshold): nothing raises from the LRU, every cached
+    breaker is named after its key, every registered name is the breaker both caches give,
+    and the bound holds (give or take a miss per thread)."""
+    registry = BreakerRegistry(max_breakers=bound)
+    first, second = _scoped(registry, failure_threshold=10_000), _scoped(
+        registry, failure_threshold=10_000
+    )
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def run(offset: int) -> None:
+        start.wait()
+        try:
+            for i in range(1_500):
+                k = (i * 5 + offset) % 6
+                call = first if (i + offset) % 2 else second
+                try:
+                    if call(k, fail=i % 7 == 0) != k:  # pragma: no cover - the failure
+                        raise AssertionError(k)
+                except RuntimeError as exc:
+                    if str(exc) != "provider down":  # pragma: no cover - the failure
+                        raise
+        except BaseException as exc:  # pragma: no cover - the failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert set(registry) == set(registry._scoped)
+    # a breaker with failures pending is never dropped: those may stay past the bound
+    assert len([b for b in registry.breakers() if b.idle]) <= bound + 4
+    for call in (first, second):
+        for key, breaker in list(_cache_of(call).items()):
+            assert breaker.name == f"t:{key}"
+            if breaker.name in registry:
+                assert registry.get(breaker.name) is breaker
+    for k in range(6):  # a call of each scope now meets the registry's breaker
+        assert first(k) == k and second(k) == k
+        assert _cache_of(first)[k] is _cache_of(second)[k] is registry.get(f"t:{k}")
+
+
+def test_successes_of_threads_racing_a_fresh_breaker_s_first_calls_are_each_counted() -> None:
+    """The first success is an int under a lock, the second makes the lock-free counter:
+    eight threads start together on fresh breakers, round after round; every success is
+    counted exactly once."""
+    registry = BreakerRegistry()
+    threads_n, calls, rounds = 8, 50, 20
+    for round_ in range(rounds):
+
+        @circuit_breaker(f"fresh-{round_}", registry=registry)
+        def call() -> int:
+            return 1
+
+        start = threading.Barrier(threads_n)
+
+        def run() -> None:
+            start.wait()
+            for _ in range(calls):
+                call()
+
+        threads = [threading.Thread(target=run) for _ in range(threads_n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stats = call.breaker.stats
+        assert (stats.successes, stats.calls) == (threads_n * calls, threads_n * calls)
+
+
+def test_control_and_listeners_on_a_breaker_whose_clean_path_is_open() -> None:
+    """Once successes run lock-free, force_open refuses the next call, a listener added then
+    hears every later change, force_closed and reset give the clean path back, and the
+    counts stay exact."""
+    registry = BreakerRegistry()
+
+    @circuit_breaker("armed", registry=registry)
+    def call() -> str:
+        return "ok"
+
+    for _ in range(3):
+        call()
+    breaker = call.breaker
+    assert breaker._local.clean_permit >= 0  # armed
+    heard: list[tuple[str, str]] = []
+    breaker.add_listener(lambda change: heard.append((change.old.value, change.new.value)))
+    breaker.force_open()
+    with pytest.raises(CircuitOpenError):
+        call()
+    breaker.force_closed()
+    assert call() == "ok"
+    breaker.force_open()
+    breaker.reset()
+    assert call() == "ok" and call() == "ok"
+    assert heard == [("CLOSED", "OPEN"), ("OPEN", "CLOSED"), ("CLOSED", "OPEN"), ("OPEN", "CLOSED")]
+    stats = breaker.stats
+    assert (stats.successes, stats.rejections) == (6, 1)
+    assert stats.state_changes == {"CLOSED": 2, "OPEN": 2, "HALF_OPEN": 0}
+    assert breaker._local.clean_permit >= 0  # armed again
+
+
+def test_an_observer_added_to_every_registry_later_hears_scoped_breakers_made_before() -> None:
+    """``observe_all`` after scoped breakers exist: they are observed, and no breaker the
+    observer holds is renamed into another scope afterwards."""
+    registry = BreakerRegistry(max_breakers=1)
+    call = _scoped(registry, failure_threshold=1)
+    call(1)
+    refusals: list[str] = []
+
+    class Observer:
+        def rejected(self, breaker: Any, enforced: bool) -> None:
+            refusals.append(breaker.name)
+
+    observer = Observer()
+    BreakerRegistry.observe_all(observer)
+    try:
+        with pytest.raises(RuntimeError):
+            call(1, fail=True)
+        with pytest.raises(CircuitOpenError):
+            call(1)
+        assert call(2) == 2 and call(3) == 3  # past the bound: t:1 is not idle, kept
+        with pytest.raises(CircuitOpenError):
+            call(1)
+        with pytest.raises(RuntimeError):
+            call(3, fail=True)
+        with pytest.raises(CircuitOpenError):
+            call(3)
+    finally:
+        BreakerRegistry.unobserve_all(observer)
+    assert refusals == ["t:1", "t:1", "t:3"]
+
+
+def test_clear_mid_traffic_leaves_one_breaker_per_scope_with_fresh_state() -> None:
+    """``registry.clear()`` while scoped decorations run (one of them holding a dropped
+    breaker): each scope's next call, ``registry.get`` and both decorations agree on one
+    breaker, with fresh state."""
+    registry = BreakerRegistry(max_breakers=1)
+    first = _scoped(registry, failure_threshold=2)
+    second = _scoped(registry, failure_threshold=2)
+    first(1), second(1), first(2)  # t:1 dropped, second's cache holds it
+    with pytest.raises(RuntimeError):
+        second(1, fail=True)  # counted on t:1, which goes back to the registry
+    assert registry.get("t:1").failure_count == 1
+    registry.clear()
+    assert second(1) == 1 and first(1) == 1
+    assert registry.get("t:1") is _cache_of(first)[1] is _cache_of(second)[1]
+    assert registry.get("t:1").failure_count == 0
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            first(1, fail=True)
+    with pytest.raises(CircuitOpenError):
+        second(1)
