@@ -12,7 +12,6 @@ import pytest
 
 from llm_circuit_breaker import (
     BreakerRegistry,
-    CircuitBreaker,
     CircuitOpenError,
     CircuitState,
     circuit_breaker,
@@ -23,8 +22,7 @@ from llm_circuit_breaker.breaker.registry import ScopeCache
 def _cache_of(wrapper: Any) -> ScopeCache:
     """The scope cache a scoped decoration's shell reads."""
     held = [
-        getattr(cell.cell_contents, "__self__", cell.cell_contents)
-        for cell in wrapper.__closure__
+        getattr(cell.cell_contents, "__self__", cell.cell_contents) for cell in wrapper.__closure__
     ]
     return next(h for h in held if isinstance(h, ScopeCache))
 
@@ -106,8 +104,9 @@ def test_threads_racing_misses_keep_one_breaker_per_name_and_the_bound(bound: in
     breaker is named after its key, every registered name is the breaker both caches give,
     and the bound holds (give or take a miss per thread)."""
     registry = BreakerRegistry(max_breakers=bound)
-    first, second = _scoped(registry, failure_threshold=10_000), _scoped(
-        registry, failure_threshold=10_000
+    first, second = (
+        _scoped(registry, failure_threshold=10_000),
+        _scoped(registry, failure_threshold=10_000),
     )
     errors: list[BaseException] = []
     start = threading.Barrier(4)
@@ -160,7 +159,7 @@ def test_successes_of_threads_racing_a_fresh_breaker_s_first_calls_are_each_coun
 
         start = threading.Barrier(threads_n)
 
-        def run() -> None:
+        def run(start: threading.Barrier = start) -> None:
             start.wait()
             for _ in range(calls):
                 call()
@@ -256,3 +255,68 @@ def test_clear_mid_traffic_leaves_one_breaker_per_scope_with_fresh_state() -> No
             first(1, fail=True)
     with pytest.raises(CircuitOpenError):
         second(1)
+
+
+# -- forked children ---------------------------------------------------------------------------
+
+
+def _child_status(pid: int, polls: int = 500) -> int | None:
+    """The forked child's exit code, or None when it hung (killed after ~5 s of polls)."""
+    import time
+
+    for _ in range(polls):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_while_another_thread_counts_can_use_its_breakers() -> None:
+    """The locks breakers now share (the counting lock, the striped circuit locks) and the
+    registry's lock are held by some thread for a few lines at a time; a child forked at
+    that moment (a worker forked by a server with threads running) must not find them
+    held forever."""
+    import warnings
+
+    from llm_circuit_breaker.breaker import circuit as circuit_module
+    from llm_circuit_breaker.breaker import telemetry
+
+    registry = BreakerRegistry()
+    breaker = registry.get_or_create("forked")
+    locks = [telemetry._counting, breaker._local.locked(), registry._lock]
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        for lock in locks:
+            lock.acquire()
+        holding.set()
+        release.wait()
+        for lock in reversed(locks):
+            lock.release()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads (3.12+)
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                breaker.force_open()
+                breaker.reset()
+                assert breaker.stats.state_changes["OPEN"] == 1
+                assert registry.get_or_create("forked") is breaker
+                assert circuit_module._STRIPES  # still there
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        release.set()
+        holder.join()
+    assert _child_status(pid) == 0

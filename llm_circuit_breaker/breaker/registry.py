@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
@@ -20,7 +21,11 @@ from llm_circuit_breaker.breaker.breaker import (
 from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from llm_circuit_breaker.storage.base import AsyncStateStore, StateStore
+
+    _Held: TypeAlias = weakref.KeyedRef[str, CircuitBreaker]  # a dropped breaker, weakly
 
 __all__ = ["BreakerRegistry", "ScopeCache", "breaker_registry", "registries"]
 
@@ -65,7 +70,7 @@ class BreakerRegistry:
         # Scoped breakers dropped past ``max_breakers`` while something still held them (a
         # call in flight, another decoration's cache): naming one again gives it back, so
         # whatever holds it and the registry agree on one breaker of the name (weakly held).
-        self._dropped: dict[str, weakref.KeyedRef] = {}
+        self._dropped: dict[str, _Held] = {}
         self._gone = _forgetter(self._dropped)
         # No store, no observer and nothing cleared yet: a new breaker is made and
         # registered inline (False for good once one of them is not so).
@@ -291,8 +296,8 @@ class BreakerRegistry:
                 return
             if self._retired.get(breaker.name) is breaker:
                 del self._retired[breaker.name]
-            dropped = self._dropped.get(breaker.name)
-            if dropped is not None and dropped() is breaker:
+            held = self._dropped.get(breaker.name)
+            if held is not None and held() is breaker:
                 del self._dropped[breaker.name]
             self._register(breaker, scoped)
 
@@ -562,11 +567,11 @@ class ScopeCache(dict[Any, CircuitBreaker]):
                 excess -= 1
 
 
-def _forgetter(dropped: dict[str, weakref.KeyedRef]) -> Callable[[weakref.KeyedRef], None]:
+def _forgetter(dropped: dict[str, _Held]) -> Callable[[_Held], None]:
     """The callback that forgets a dropped breaker's entry once the breaker is freed (no
     lock: a finaliser may run in a thread that holds the registry's)."""
 
-    def gone(ref: weakref.KeyedRef) -> None:
+    def gone(ref: _Held) -> None:
         if dropped.get(ref.key) is ref:
             dropped.pop(ref.key, None)
 
@@ -598,6 +603,23 @@ def registries() -> list[BreakerRegistry]:
     """Every registry alive in the process (the exporters' default: all of them)."""
     return list(_REGISTRIES)
 
+
+def _after_fork_in_child() -> None:
+    """Free, in a forked child, the locks every breaker shares (the counting lock, the
+    striped circuit locks, the budgets') and the registries' own: the thread that held one
+    at the fork does not exist in the child. Reset in place: caches and hot paths hold them."""
+    from llm_circuit_breaker.breaker import breaker, circuit, telemetry
+
+    locks = [telemetry._counting, telemetry._latencies_lock, breaker._MAKING, *circuit._STRIPES]
+    locks += [registry._lock for registry in list(_REGISTRIES)]
+    for lock in locks:
+        reinit = getattr(lock, "_at_fork_reinit", None)  # CPython's and PyPy's locks
+        if reinit is not None:
+            reinit()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 breaker_registry = BreakerRegistry()
 """The process-wide default registry that the decorators and helpers use."""
