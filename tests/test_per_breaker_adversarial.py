@@ -320,3 +320,22 @@ def test_a_child_forked_while_another_thread_counts_can_use_its_breakers() -> No
         release.set()
         holder.join()
     assert _child_status(pid) == 0
+
+
+def test_scopes_left_open_do_not_lift_the_bound_for_clean_ones() -> None:
+    """An outage leaves 80 scopes OPEN and never called again (not droppable: not clean);
+    then 500 new scopes are called once each. The clean ones past ``max_breakers`` are
+    dropped: the registry holds the open scopes and at most the bound besides."""
+    registry = BreakerRegistry(max_breakers=4)
+    call = _scoped(registry, failure_threshold=1)
+    for k in range(80):
+        with pytest.raises(RuntimeError):
+            call(f"down-{k}", fail=True)
+    assert len(registry) == 80
+    for k in range(500):
+        assert call(k) == k
+    assert len([b for b in registry.breakers() if b.state is CircuitState.OPEN]) == 80
+    assert len(registry) <= 80 + 4
+    for k in range(80):  # still open, still refusing
+        with pytest.raises(CircuitOpenError):
+            call(f"down-{k}")

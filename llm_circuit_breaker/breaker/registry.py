@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import itertools
 import os
@@ -325,6 +326,9 @@ class BreakerRegistry:
                 excess -= 1
                 if excess <= 0:
                     return
+            else:  # not droppable now (open, failures pending): the next scan looks past it
+                with contextlib.suppress(KeyError):  # discarded meanwhile by a finaliser
+                    self._scoped.move_to_end(name)
 
     def add(self, breaker: CircuitBreaker) -> CircuitBreaker:
         """Register an existing breaker under its name (``ValueError`` if the name is taken)."""
