@@ -339,3 +339,81 @@ def test_scopes_left_open_do_not_lift_the_bound_for_clean_ones() -> None:
     for k in range(80):  # still open, still refusing
         with pytest.raises(CircuitOpenError):
             call(f"down-{k}")
+
+
+def test_a_decoration_naming_a_scope_outright_shares_it_after_the_scope_dropped() -> None:
+    """``@circuit_breaker("t:1")`` names the breaker a scoped decoration made for ``k=1``;
+    the scope drops past the bound and is called again: one breaker still guards both."""
+    registry = BreakerRegistry(max_breakers=1)
+    scoped = _scoped(registry, failure_threshold=2)
+    scoped(1)
+
+    @circuit_breaker("t:1", registry=registry)
+    def outright() -> str:
+        raise RuntimeError("provider down")
+
+    scoped(2)  # t:1 dropped: held by the outright decoration
+    assert scoped(1) == 1
+    assert registry.get("t:1") is outright.breaker
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            outright()
+    with pytest.raises(CircuitOpenError):
+        scoped(1)
+
+
+def test_async_scopes_with_listener_fallback_and_timeout_through_a_bound_of_one() -> None:
+    """A scoped coroutine function with ``on_state_change``, ``fallback`` and
+    ``call_timeout``, its scopes cycling through ``max_breakers=1``: the open scope is kept
+    and keeps refusing into the fallback, the listener hears each change under the scope's
+    own name once, clean scopes are reused under their new names, the timeout names its
+    breaker."""
+    import asyncio
+
+    from llm_circuit_breaker.testing import FakeClock
+
+    clock = FakeClock()
+    registry = BreakerRegistry(max_breakers=1, clock=clock)
+    heard: list[tuple[str, str]] = []
+
+    async def fallback(k: Any, fail: bool = False, hang: bool = False) -> str:
+        return f"fallback {k}"
+
+    @circuit_breaker(
+        "t:{k}",
+        registry=registry,
+        failure_threshold=1,
+        success_threshold=1,
+        on_state_change=lambda change: heard.append((change.name, change.new.value)),
+        fallback=fallback,
+        call_timeout=0.05,
+    )
+    async def call(k: Any, fail: bool = False, hang: bool = False) -> Any:
+        if hang:
+            await asyncio.Event().wait()
+        if fail:
+            raise RuntimeError("provider down")
+        return k
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError):
+            await call(1, fail=True)
+        assert await call(1) == "fallback 1"
+        for k in range(2, 6):
+            assert await call(k) == k
+        assert await call(1) == "fallback 1"
+        names = sorted(b.name for b in registry.breakers())
+        assert names[0] == "t:1" and len(names) <= 3
+        clock.advance(30.0)
+        assert await call(1) == 1  # the probe closes it
+        with pytest.raises(TimeoutError, match="'t:7'"):
+            await call(7, hang=True)  # a hang always outlasts the timeout
+        assert await call(7) == "fallback 7"
+
+    asyncio.run(main())
+    assert heard == [
+        ("t:1", "OPEN"),
+        ("t:1", "HALF_OPEN"),
+        ("t:1", "CLOSED"),
+        ("t:7", "OPEN"),
+    ]
