@@ -417,3 +417,116 @@ def test_async_scopes_with_listener_fallback_and_timeout_through_a_bound_of_one(
         ("t:1", "CLOSED"),
         ("t:7", "OPEN"),
     ]
+
+
+def test_scoped_generators_through_a_bound_of_one_count_each_failure_on_its_scope() -> None:
+    """Scoped generators take a shell per breaker (kept while the breaker is): two scopes
+    alternating through ``max_breakers=1``, one failing mid-stream, open exactly the
+    failing scope, which then refuses without running."""
+    registry = BreakerRegistry(max_breakers=1)
+    ran: list[str] = []
+
+    @circuit_breaker("g:{k}", registry=registry, failure_threshold=3)
+    def stream(k: str) -> Any:
+        ran.append(k)
+        yield 1
+        if k == "bad":
+            raise RuntimeError("cut off")
+        yield 2
+
+    for _ in range(3):
+        assert list(stream("good")) == [1, 2]
+        with pytest.raises(RuntimeError):
+            list(stream("bad"))
+    assert registry.get("g:bad").state is CircuitState.OPEN
+    assert "g:good" not in registry or registry.get("g:good").state is CircuitState.CLOSED
+    ran.clear()
+    with pytest.raises(CircuitOpenError):
+        list(stream("bad"))
+    assert list(stream("good")) == [1, 2]
+    assert ran == ["good"]
+
+
+def test_event_loops_in_threads_racing_scoped_coroutines_keep_one_breaker_per_name() -> None:
+    """Four threads, each running its own event loop, call a scoped coroutine function over
+    five scopes through ``max_breakers=2``: every success and failure lands on a breaker
+    named after its scope, and afterwards each scope's breaker is the registry's."""
+    import asyncio
+
+    registry = BreakerRegistry(max_breakers=2)
+
+    @circuit_breaker("a:{k}", registry=registry, failure_threshold=10_000)
+    async def call(k: int, fail: bool = False) -> int:
+        await asyncio.sleep(0)
+        if fail:
+            raise RuntimeError("provider down")
+        return k
+
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    async def drive(offset: int) -> None:
+        async def one(i: int) -> None:
+            k = (i * 3 + offset) % 5
+            try:
+                assert await call(k, fail=i % 5 == 0) == k
+            except RuntimeError as exc:
+                assert str(exc) == "provider down"
+
+        for i in range(0, 600, 6):
+            await asyncio.gather(*(one(i + j) for j in range(6)))
+
+    def run(offset: int) -> None:
+        start.wait()
+        try:
+            asyncio.run(drive(offset))
+        except BaseException as exc:  # pragma: no cover - the failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for key, breaker in list(_cache_of(call).items()):
+        assert breaker.name == f"a:{key}"
+        if breaker.name in registry:
+            assert registry.get(breaker.name) is breaker
+    assert set(registry) == set(registry._scoped)
+
+
+def test_a_scope_with_failures_in_its_rate_window_is_not_dropped_as_clean() -> None:
+    """Failure-rate mode: a failure then a success leave ``failure_count`` at 0 but the
+    window holds the failure. Dropping that scope past the bound would forget it; the
+    window's failures keep it until they expire, then it drops like any clean scope."""
+    from llm_circuit_breaker.testing import FakeClock
+
+    clock = FakeClock()
+    registry = BreakerRegistry(max_breakers=1, clock=clock)
+    call = _scoped(
+        registry, failure_rate_threshold=0.5, window=60.0, minimum_calls=4, failure_threshold=99
+    )
+    with pytest.raises(RuntimeError):
+        call(1, fail=True)
+    assert call(1) == 1
+    assert registry.get("t:1").failure_count == 0
+    assert call(2) == 2  # past the bound: t:1 is not clean, kept
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            call(1, fail=True)
+    assert registry.get("t:1").state is CircuitState.OPEN  # 3 of 4 calls failed
+    with pytest.raises(CircuitOpenError):
+        call(1)
+    clock.advance(31.0)
+    assert call(1) == 1
+    registry.get("t:1").reset()
+    for k in range(3, 6):  # the window empties with time: clean, dropped
+        assert call(k) == k
+    with pytest.raises(RuntimeError):
+        call(6, fail=True)
+    assert call(6) == 6
+    clock.advance(61.0)
+    for k in range(7, 10):
+        assert call(k) == k
+    assert "t:6" not in registry and len(registry) <= 2
