@@ -530,3 +530,30 @@ def test_a_scope_with_failures_in_its_rate_window_is_not_dropped_as_clean() -> N
     for k in range(7, 10):
         assert call(k) == k
     assert "t:6" not in registry and len(registry) <= 2
+
+
+def test_a_scope_s_spent_token_budget_survives_scopes_cycling_past_the_bound() -> None:
+    """``token_budget`` per scope (a tenant's daily cap): a tenant that spent its budget is
+    refused; a hundred other tenants called meanwhile must not drop its breaker and hand it
+    a fresh budget. Once its window ends it is clean again and may drop."""
+    from llm_circuit_breaker import BudgetExceededError
+    from llm_circuit_breaker.testing import FakeClock
+
+    clock = FakeClock()
+    registry = BreakerRegistry(max_breakers=2, clock=clock)
+
+    @circuit_breaker("tenant:{tenant}", registry=registry, token_budget=100.0)
+    def complete(tenant: str) -> dict[str, Any]:
+        return {"usage": {"total_tokens": 150}}
+
+    complete("big")  # spends 150 of 100
+    with pytest.raises(BudgetExceededError):
+        complete("big")
+    for k in range(100):
+        complete(f"small-{k}")
+    with pytest.raises(BudgetExceededError):
+        complete("big")
+    clock.advance(86_400.0)
+    for k in range(100, 104):
+        complete(f"small-{k}")
+    assert "tenant:big" not in registry

@@ -303,7 +303,18 @@ class CircuitBreaker:
     def idle(self) -> bool:
         """CLOSED and clean: a registry may drop this (scoped) breaker without losing state."""
         busy = self._limit is not None and self._limit.busy
-        return not busy and self._followed.idle
+        return not busy and not self._spending() and self._followed.idle
+
+    def _spending(self) -> bool:
+        """Whether the token budget holds what dropping the breaker would forget: tokens
+        spent in its window (in this process), or not yet sent to the store that keeps them."""
+        cap = self._spend
+        if cap is None:
+            return False
+        with self._budgets():
+            if self._followed is not self._local:
+                return cap.unsent
+            return cap.view(self._time.now())["spent"] > 0.0
 
     def _renamed(
         self, name: str, config: CircuitBreakerConfig, template: str | None = None
