@@ -557,3 +557,85 @@ def test_a_scope_s_spent_token_budget_survives_scopes_cycling_past_the_bound() -
     for k in range(100, 104):
         complete(f"small-{k}")
     assert "tenant:big" not in registry
+
+
+def test_where_a_call_lends_its_argument_a_held_breaker_is_still_never_renamed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CPython 3.14 passes a local variable to ``sys.getrefcount`` as a borrowed reference:
+    the count of an object held by one local is 1, not 2. Reuse must measure that, not
+    assume it: a scope's breaker that a decoration naming it outright holds must never be
+    renamed into another scope (simulated here on any version)."""
+    import sys
+
+    from llm_circuit_breaker.breaker import breaker as breaker_module
+    from llm_circuit_breaker.breaker import registry as registry_module
+
+    def lent(obj: object) -> int:
+        # the caller's argument not counted (nor this function's own local)
+        return sys.getrefcount(obj) - 2
+
+    def held_by_one_local() -> int:  # what the library measures on such an interpreter
+        probe = object()
+        return lent(probe)
+
+    for module in (breaker_module, registry_module):
+        monkeypatch.setattr(module, "refcount", lent)
+    held_once = held_by_one_local()
+    assert held_once == 1
+    monkeypatch.setattr(breaker_module, "ONE_HOLDER", held_once, raising=False)
+    monkeypatch.setattr(registry_module, "ONE_HOLDER", held_once, raising=False)
+
+    registry = BreakerRegistry(max_breakers=1)
+    scoped = _scoped(registry)
+    scoped(1)
+    breaker = registry.get("t:1")
+    held = (
+        breaker,
+        breaker._local.enter,
+    )  # as a transport holds a fixed breaker: its admission too
+    del breaker
+    for k in range(2, 5):
+        assert scoped(k) == k
+    assert held[0].name == "t:1"
+    # a breaker nothing else holds is still reused on such an interpreter
+    reused_id = id(registry.get("t:4"))
+    assert scoped(5) == 5
+    assert id(registry.get("t:5")) == reused_id
+
+
+def test_without_reference_counts_decorations_still_agree_on_a_dropped_scope() -> None:
+    """Without ``sys.getrefcount`` (PyPy) nothing proves a dropped breaker unheld: it is kept
+    weakly and given back, so two decorations of one template still share each scope."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+del sys.getrefcount
+from llm_circuit_breaker import BreakerRegistry, CircuitOpenError, circuit_breaker
+registry = BreakerRegistry(max_breakers=1)
+def make():
+    @circuit_breaker("t:{k}", registry=registry, failure_threshold=2)
+    def call(k, fail=False):
+        if fail:
+            raise RuntimeError("provider down")
+        return k
+    return call
+first, second = make(), make()
+first(1), second(1), first(2), first(1)
+for _ in range(2):
+    try:
+        second(1, fail=True)
+    except RuntimeError:
+        pass
+try:
+    first(1)
+except CircuitOpenError:
+    print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from llm_circuit_breaker._core.budget import RetryBudget, SpendCap, usage_tokens
 from llm_circuit_breaker._core.permits import REJECTED
-from llm_circuit_breaker._core.state import CircuitState, Outcome
+from llm_circuit_breaker._core.state import LOCK_FREE, CircuitState, Outcome
 from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait, estimate_tokens
 from llm_circuit_breaker._core.views import Control, View
 from llm_circuit_breaker.breaker import clock as clock_module
@@ -42,12 +42,24 @@ __all__ = ["BreakerStats", "CircuitBreaker", "Clock", "Listener", "Observer", "S
 
 Clock = Callable[[], float]
 
-# Reference counts say when nothing else holds a breaker (CPython; elsewhere none is reused).
-_REFCOUNTED = sys.implementation.name == "cpython"
+# Reference counts say when nothing else holds a breaker (CPython with its GIL; elsewhere,
+# free-threaded builds included, none is reused).
+_REFCOUNTED = sys.implementation.name == "cpython" and LOCK_FREE
 # Interpreters without reference counts have no sys.getrefcount: there it counts -1, never
 # the count a reuse requires.
 refcount: Callable[[object], int] = getattr(sys, "getrefcount", lambda _obj: -1)
 weakref_count = weakref.getweakrefcount
+
+
+def _held_once() -> int:
+    """What ``refcount`` says of an object that one local variable alone holds: 2 where the
+    call's argument is a reference of its own, 1 where the interpreter lends it (CPython 3.14's
+    borrowed references), -1 without reference counts. The reuse checks count from this."""
+    probe = object()
+    return refcount(probe)
+
+
+ONE_HOLDER = _held_once()
 # What a circuit that never left CLOSED and keeps nothing but counts holds (see _renamed).
 _FRESH = (0, 0, None, None, None, None, (), None, None)
 
@@ -333,8 +345,8 @@ class CircuitBreaker:
             and self._enter is None
             and self._budget is None
             and (local.config is config or local.config == config)
-            # held by the breaker twice (``_local``, ``_circuit``), here and by the argument
-            and refcount(local) == 4
+            # held by the breaker twice (``_local``, ``_circuit``) and here alone
+            and refcount(local) == ONE_HOLDER + 2
             and not weakref_count(self)
             # never left CLOSED, nothing pending, made or hooked since
             and (

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from llm_circuit_breaker.breaker.breaker import (
+    ONE_HOLDER,
     CircuitBreaker,
     Clock,
     Observer,
@@ -260,8 +261,12 @@ class BreakerRegistry:
         except (StopIteration, RuntimeError):  # touched meanwhile by a lock-free caller
             return None
         breaker = self._breakers.get(oldest)
-        # held here by the registry, the local variable and the call's argument alone
-        if breaker is None or refcount(breaker) != 3 or not breaker._renamed(name, config):
+        # held by the registry and here alone
+        if (
+            breaker is None
+            or refcount(breaker) != ONE_HOLDER + 1
+            or not breaker._renamed(name, config)
+        ):
             return None
         self._scoped.pop(oldest, None)
         del self._breakers[oldest]
@@ -278,8 +283,8 @@ class BreakerRegistry:
         (lock held)."""
         self._scoped.pop(name, None)
         breaker = self._breakers.pop(name, None)
-        # held by the local variable and the argument alone: freed now, nothing to keep
-        if breaker is None or refcount(breaker) == 2:
+        # held here alone: freed now, nothing to keep (without reference counts: kept)
+        if breaker is None or (ONE_HOLDER > 0 and refcount(breaker) == ONE_HOLDER):
             return
         self._dropped[name] = weakref.KeyedRef(breaker, self._gone, name)
         if breaker._followed is breaker._local:  # a store keeps a circuit by name anyway
@@ -517,9 +522,9 @@ class ScopeCache(dict[Any, CircuitBreaker]):
                                 cached = None
                             except TypeError:  # pragma: no cover - keys here are hashable
                                 pass
-                        # renamed when held by the local variable and the argument alone;
-                        # else kept, first in line again (for _evict)
-                        if refcount(breaker) != 2 or not breaker._renamed(
+                        # renamed when held here alone; else kept, first in line again
+                        # (for _evict)
+                        if refcount(breaker) != ONE_HOLDER or not breaker._renamed(
                             name, self._reuse_config, self.template
                         ):
                             breakers[oldest] = breaker
