@@ -639,3 +639,19 @@ except CircuitOpenError:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok"
+
+
+def test_reset_all_also_resets_a_dropped_scope_that_is_still_held() -> None:
+    """``reset_all()`` (the test fixtures' isolation) resets every breaker of the registry:
+    also a scoped one dropped past the bound that something holds, and that is given back
+    when its scope is called again."""
+    registry = BreakerRegistry(max_breakers=1)
+    call = _scoped(registry)
+    call(1)
+    held = registry.get("t:1")
+    call(2)  # t:1 dropped, held here
+    held.force_open()
+    registry.reset_all()
+    assert held.state is CircuitState.CLOSED
+    assert call(1) == 1
+    assert registry.get("t:1") is held and held.stats.rejections == 0

@@ -408,8 +408,11 @@ class BreakerRegistry:
     def reset_all(self) -> None:
         """Reset every breaker here in place: circuit CLOSED with clean counts, throttle
         unpaused with its learned limits forgotten (configured rates kept), statistics
-        zeroed. The objects stay, so everything that holds one sees the fresh state at once."""
-        for breaker in self.breakers():
+        zeroed. The objects stay, so everything that holds one sees the fresh state at once
+        (scoped breakers dropped past the bound but still held too)."""
+        with self._lock:
+            dropped = [b for b in (ref() for ref in list(self._dropped.values())) if b]
+        for breaker in [*self.breakers(), *dropped]:
             breaker._restart()
 
     def __contains__(self, name: object) -> bool:
