@@ -571,9 +571,17 @@ def test_where_a_call_lends_its_argument_a_held_breaker_is_still_never_renamed(
     from llm_circuit_breaker.breaker import breaker as breaker_module
     from llm_circuit_breaker.breaker import registry as registry_module
 
+    def through(obj: object) -> int:
+        return sys.getrefcount(obj)
+
+    def one_local() -> int:
+        probe = object()
+        return through(probe)
+
+    calling = one_local() - 1  # what passing the object on to a function adds, here
+
     def lent(obj: object) -> int:
-        # the caller's argument not counted (nor this function's own local)
-        return sys.getrefcount(obj) - 2
+        return sys.getrefcount(obj) - calling  # the passing not counted: the object's holders
 
     def held_by_one_local() -> int:  # what the library measures on such an interpreter
         probe = object()
