@@ -663,3 +663,56 @@ def test_reset_all_also_resets_a_dropped_scope_that_is_still_held() -> None:
     assert held.state is CircuitState.CLOSED
     assert call(1) == 1
     assert registry.get("t:1") is held and held.stats.rejections == 0
+
+
+# -- finalisers and the shared locks -----------------------------------------------------------
+
+
+def _finalised_while(lock: Any, drop: Any) -> bool:
+    """Run ``drop()`` (which lets a guarded stream be collected: its finaliser reports) in a
+    thread that holds ``lock``, as a collection that starts inside a locked section does.
+    True if it came back (a finaliser that waits on that lock would never)."""
+    finished = threading.Event()
+
+    def run() -> None:
+        with lock:
+            drop()
+        finished.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return finished.wait(5.0)
+
+
+@pytest.mark.parametrize("which", ["stripe", "counting"])
+def test_a_stream_collected_while_its_thread_holds_a_shared_lock_does_not_hang(
+    which: str,
+) -> None:
+    """Breakers share a few striped locks and the counting lock. The collector may run a
+    guarded stream's finaliser in any thread, inside any locked section of any breaker;
+    the finaliser's report must not wait for a lock its own thread holds."""
+    from llm_circuit_breaker.breaker import circuit as circuit_module
+    from llm_circuit_breaker.breaker import telemetry
+
+    registry = BreakerRegistry()
+
+    @circuit_breaker("streams", registry=registry)
+    def stream() -> Any:
+        return iter([1, 2, 3])  # a returned iterator is guarded until it ends
+
+    guarded = stream()
+    assert next(guarded) == 1
+    breaker = registry.get("streams")
+    # the stripe is shared: any breaker mapped to it may hold it when the collector runs
+    stripe = breaker._local.locked()
+    assert stripe in circuit_module._STRIPES
+    lock = stripe if which == "stripe" else telemetry._counting
+    held = [guarded]
+    del guarded
+
+    assert _finalised_while(lock, held.clear)
+    # the report lands once the lock is free: nothing stays in flight, nothing is counted
+    for _ in range(100):
+        if breaker.stats.ignored == 1:
+            break
+        threading.Event().wait(0.01)
+    assert breaker.stats.ignored == 1 and breaker.stats.calls == 1

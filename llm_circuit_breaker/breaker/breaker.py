@@ -28,6 +28,7 @@ from llm_circuit_breaker.breaker.telemetry import (
     Observer,
     StateChange,
     WaitHistogram,
+    _counting,
 )
 from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
 from llm_circuit_breaker.errors import BudgetExceededError, CircuitOpenError, ThrottledError
@@ -402,11 +403,25 @@ class CircuitBreaker:
         Never raises."""
         try:
             if self._alink is None:
-                self.record(permit, Outcome.IGNORED)
+                if self._locks_free():
+                    self.record(permit, Outcome.IGNORED)
+                else:  # perhaps held by this very thread: the collector ran inside a locked
+                    # section (of any breaker: the locks are shared), so never wait here
+                    _report_apart(self.record, permit)
             elif loop is not None and not loop.is_closed():
                 loop.call_soon_threadsafe(_report_later, loop, self.arecord, permit)
         except Exception:  # a finaliser has no caller to tell
             pass
+
+    def _locks_free(self) -> bool:
+        """Whether the locks a report takes are free now (a finaliser's report may not wait
+        for one: its own thread may hold it)."""
+        limit = self._limit
+        return not (
+            _counting.locked()
+            or self._local.locked().locked()
+            or (limit is not None and limit.locked())
+        )
 
     def refusal_now(self) -> CircuitOpenError | None:
         """The :class:`CircuitOpenError` a call would get now, or None if it would be admitted
@@ -837,6 +852,19 @@ class _Budgets:
 
 
 _LATER: set[Any] = set()  # reports scheduled from finalisers, held until they ran
+
+
+def _report_apart(record: Callable[..., Any], permit: int) -> None:
+    """Report a dropped stream's permit (neither outcome) from a thread of its own, which
+    waits for the locks the finaliser's thread may hold."""
+
+    def report() -> None:
+        try:
+            record(permit, Outcome.IGNORED)
+        except Exception:  # pragma: no cover - a finaliser has no caller to tell
+            pass
+
+    threading.Thread(target=report, name="llm-circuit-breaker-dropped", daemon=True).start()
 
 
 def _report_later(loop: Any, arecord: Callable[..., Any], permit: int) -> None:
