@@ -487,7 +487,13 @@ class ScopeCache(dict[Any, CircuitBreaker]):
         self.config = config
         self.made, self.stored_only = made, stored_only
         # the registry and its own structures (never replaced: clear() empties them)
-        self._held = (registry, registry._breakers, registry._scoped, registry._lock)
+        self._held = (
+            registry,
+            registry._breakers,
+            registry._scoped,
+            registry._lock,
+            registry._dropped,
+        )
         self._reuse_config = config or DEFAULT_CONFIG  # what a reused breaker must have
         self.bound = registry.max_breakers + max(8, registry.max_breakers // 8)
 
@@ -501,14 +507,14 @@ class ScopeCache(dict[Any, CircuitBreaker]):
             name = self.name_of(key)
         if len(self) >= self.bound:
             self._prune()
-        registry, breakers, lru, lock = self._held
+        registry, breakers, lru, lock, dropped = self._held
         breaker = None
         lock.acquire()
         try:
             # nothing observed, nothing cleared, no store: the whole miss here
             if registry._simple and name not in breakers:
                 bound = registry.max_breakers
-                if registry._dropped:  # dropped while held: the same breaker again
+                if dropped:  # dropped while held: the same breaker again
                     breaker = registry._revived(name)
                     if breaker is not None and not _agrees(breaker, self.fields, None):
                         breaker = None
