@@ -220,6 +220,11 @@ class SpendCap:
         self.spent += tokens
         self._out += tokens
 
+    @property
+    def unsent(self) -> bool:
+        """Whether tokens spent here have not reached the store yet (or are on their way)."""
+        return bool(self._out or self._fly)
+
     def take(self) -> float:
         """The tokens to send to the store (spent since the last sync)."""
         tokens, self._out = self._out, 0.0

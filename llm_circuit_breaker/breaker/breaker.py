@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from llm_circuit_breaker._core.budget import RetryBudget, SpendCap, usage_tokens
 from llm_circuit_breaker._core.permits import REJECTED
-from llm_circuit_breaker._core.state import CircuitState, Outcome
+from llm_circuit_breaker._core.state import LOCK_FREE, CircuitState, Outcome
 from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait, estimate_tokens
 from llm_circuit_breaker._core.views import Control, View
 from llm_circuit_breaker.breaker import clock as clock_module
@@ -28,6 +28,7 @@ from llm_circuit_breaker.breaker.telemetry import (
     Observer,
     StateChange,
     WaitHistogram,
+    _counting,
 )
 from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
 from llm_circuit_breaker.errors import BudgetExceededError, CircuitOpenError, ThrottledError
@@ -42,12 +43,24 @@ __all__ = ["BreakerStats", "CircuitBreaker", "Clock", "Listener", "Observer", "S
 
 Clock = Callable[[], float]
 
-# Reference counts say when nothing else holds a breaker (CPython; elsewhere none is reused).
-_REFCOUNTED = sys.implementation.name == "cpython"
+# Reference counts say when nothing else holds a breaker (CPython with its GIL; elsewhere,
+# free-threaded builds included, none is reused).
+_REFCOUNTED = sys.implementation.name == "cpython" and LOCK_FREE
 # Interpreters without reference counts have no sys.getrefcount: there it counts -1, never
 # the count a reuse requires.
 refcount: Callable[[object], int] = getattr(sys, "getrefcount", lambda _obj: -1)
 weakref_count = weakref.getweakrefcount
+
+
+def _held_once() -> int:
+    """What ``refcount`` says of an object that one local variable alone holds: 2 where the
+    call's argument is a reference of its own, 1 where the interpreter lends it (CPython 3.14's
+    borrowed references), -1 without reference counts. The reuse checks count from this."""
+    probe = object()
+    return refcount(probe)
+
+
+ONE_HOLDER = _held_once()
 # What a circuit that never left CLOSED and keeps nothing but counts holds (see _renamed).
 _FRESH = (0, 0, None, None, None, None, (), None, None)
 
@@ -303,7 +316,18 @@ class CircuitBreaker:
     def idle(self) -> bool:
         """CLOSED and clean: a registry may drop this (scoped) breaker without losing state."""
         busy = self._limit is not None and self._limit.busy
-        return not busy and self._followed.idle
+        return not busy and not self._spending() and self._followed.idle
+
+    def _spending(self) -> bool:
+        """Whether the token budget holds what dropping the breaker would forget: tokens
+        spent in its window (in this process), or not yet sent to the store that keeps them."""
+        cap = self._spend
+        if cap is None:
+            return False
+        with self._budgets():
+            if self._followed is not self._local:
+                return cap.unsent
+            return cap.view(self._time.now())["spent"] > 0.0
 
     def _renamed(
         self, name: str, config: CircuitBreakerConfig, template: str | None = None
@@ -322,8 +346,8 @@ class CircuitBreaker:
             and self._enter is None
             and self._budget is None
             and (local.config is config or local.config == config)
-            # held by the breaker twice (``_local``, ``_circuit``), here and by the argument
-            and refcount(local) == 4
+            # held by the breaker twice (``_local``, ``_circuit``) and here alone
+            and refcount(local) == ONE_HOLDER + 2
             and not weakref_count(self)
             # never left CLOSED, nothing pending, made or hooked since
             and (
@@ -379,11 +403,25 @@ class CircuitBreaker:
         Never raises."""
         try:
             if self._alink is None:
-                self.record(permit, Outcome.IGNORED)
+                if self._locks_free():
+                    self.record(permit, Outcome.IGNORED)
+                else:  # perhaps held by this very thread: the collector ran inside a locked
+                    # section (of any breaker: the locks are shared), so never wait here
+                    _report_apart(self.record, permit)
             elif loop is not None and not loop.is_closed():
                 loop.call_soon_threadsafe(_report_later, loop, self.arecord, permit)
         except Exception:  # a finaliser has no caller to tell
             pass
+
+    def _locks_free(self) -> bool:
+        """Whether the locks a report takes are free now (a finaliser's report may not wait
+        for one: its own thread may hold it)."""
+        limit = self._limit
+        return not (
+            _counting.locked()
+            or self._local.locked().locked()
+            or (limit is not None and limit.locked())
+        )
 
     def refusal_now(self) -> CircuitOpenError | None:
         """The :class:`CircuitOpenError` a call would get now, or None if it would be admitted
@@ -814,6 +852,19 @@ class _Budgets:
 
 
 _LATER: set[Any] = set()  # reports scheduled from finalisers, held until they ran
+
+
+def _report_apart(record: Callable[..., Any], permit: int) -> None:
+    """Report a dropped stream's permit (neither outcome) from a thread of its own, which
+    waits for the locks the finaliser's thread may hold."""
+
+    def report() -> None:
+        try:
+            record(permit, Outcome.IGNORED)
+        except Exception:  # pragma: no cover - a finaliser has no caller to tell
+            pass
+
+    threading.Thread(target=report, name="llm-circuit-breaker-dropped", daemon=True).start()
 
 
 def _report_later(loop: Any, arecord: Callable[..., Any], permit: int) -> None:

@@ -387,6 +387,8 @@ class LocalCircuit(BreakerCore, Telemetry):
             self.publish(transitions)
         if news is not None:
             self.throttle_event(*news, at=now)
+        if self.rejoin is not None and counted is Outcome.FAILURE:
+            self.return_to_registry()  # a forgotten circuit's failure is the registry's news
         return counted
 
     # -- reading and control ---------------------------------------------------------------
@@ -426,7 +428,17 @@ class LocalCircuit(BreakerCore, Telemetry):
                 throttle is None
                 or (not throttle.waiting and throttle.quiet and not throttle.active)
             )
+            and (self._window is None or not self._window_failures())
         )
+
+    def _window_failures(self) -> int:
+        """The failures the sliding window still holds (the expired ones forgotten now)."""
+        window = self._window
+        if window is None or not window.failures:
+            return 0
+        with self.locked():
+            window.expire(self.source.now())
+            return window.failures
 
     def throttle_view(self) -> dict[str, float | int | None]:
         """What the throttle says now (all None/0 without a throttle)."""

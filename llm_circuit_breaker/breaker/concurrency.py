@@ -352,6 +352,10 @@ class ConcurrencyLimit:
         core = self._core
         return bool(core.in_flight or core.queue)
 
+    def locked(self) -> bool:
+        """Whether this limit's lock is held now (by any thread)."""
+        return self._lock.locked()
+
     def view(self) -> dict[str, int | str]:
         """``{limit, in_flight, waiting, mode}`` now."""
         with self._lock:

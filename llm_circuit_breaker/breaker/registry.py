@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import itertools
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from llm_circuit_breaker.breaker.breaker import (
+    ONE_HOLDER,
     CircuitBreaker,
     Clock,
     Observer,
@@ -20,7 +23,11 @@ from llm_circuit_breaker.breaker.breaker import (
 from llm_circuit_breaker.config import DEFAULT_CONFIG, CircuitBreakerConfig
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from llm_circuit_breaker.storage.base import AsyncStateStore, StateStore
+
+    _Held: TypeAlias = weakref.KeyedRef[str, CircuitBreaker]  # a dropped breaker, weakly
 
 __all__ = ["BreakerRegistry", "ScopeCache", "breaker_registry", "registries"]
 
@@ -62,6 +69,11 @@ class BreakerRegistry:
             weakref.WeakValueDictionary()
         )
         self._cleared = False  # whether clear() ever retired a breaker
+        # Scoped breakers dropped past ``max_breakers`` while something still held them (a
+        # call in flight, another decoration's cache): naming one again gives it back, so
+        # whatever holds it and the registry agree on one breaker of the name (weakly held).
+        self._dropped: dict[str, _Held] = {}
+        self._gone = _forgetter(self._dropped)
         # No store, no observer and nothing cleared yet: a new breaker is made and
         # registered inline (False for good once one of them is not so).
         self._simple = store is None
@@ -192,6 +204,8 @@ class BreakerRegistry:
             if breaker is None:
                 retired = self._retired if self._cleared else None  # none before a clear()
                 breaker = retired.pop(name, None) if retired else None
+                if breaker is None and self._dropped:
+                    breaker = self._revived(name)
                 if breaker is None or not _agrees(breaker, fields, self.store):
                     if config is None and fields:
                         config = CircuitBreakerConfig(**fields)
@@ -247,12 +261,35 @@ class BreakerRegistry:
         except (StopIteration, RuntimeError):  # touched meanwhile by a lock-free caller
             return None
         breaker = self._breakers.get(oldest)
-        # held here by the registry, the local variable and the call's argument alone
-        if breaker is None or refcount(breaker) != 3 or not breaker._renamed(name, config):
+        # held by the registry and here alone
+        if (
+            breaker is None
+            or refcount(breaker) != ONE_HOLDER + 1
+            or not breaker._renamed(name, config)
+        ):
             return None
         self._scoped.pop(oldest, None)
         del self._breakers[oldest]
         return breaker
+
+    def _revived(self, name: str) -> CircuitBreaker | None:
+        """The scoped breaker ``name`` dropped while something held it, if it lives (lock
+        held)."""
+        ref = self._dropped.pop(name, None)
+        return None if ref is None else ref()
+
+    def _drop(self, name: str) -> None:
+        """Drop the scoped breaker ``name``; kept weakly when something else holds it
+        (lock held)."""
+        self._scoped.pop(name, None)
+        breaker = self._breakers.pop(name, None)
+        # held here alone: freed now, nothing to keep (without reference counts: kept)
+        if breaker is None or (ONE_HOLDER > 0 and refcount(breaker) == ONE_HOLDER):
+            return
+        self._dropped[name] = weakref.KeyedRef(breaker, self._gone, name)
+        if breaker._followed is breaker._local:  # a store keeps a circuit by name anyway
+            # a failure reported on it (a call in flight) puts it back, as its next call does
+            breaker._detach(functools.partial(self._rejoin, weakref.ref(breaker), True))
 
     def _rejoin(self, forgotten: weakref.ref[CircuitBreaker], scoped: bool) -> None:
         """A breaker forgotten by :meth:`clear` is used again: it is the one of its name once
@@ -265,6 +302,9 @@ class BreakerRegistry:
                 return
             if self._retired.get(breaker.name) is breaker:
                 del self._retired[breaker.name]
+            held = self._dropped.get(breaker.name)
+            if held is not None and held() is breaker:
+                del self._dropped[breaker.name]
             self._register(breaker, scoped)
 
     def _evict(self) -> None:
@@ -277,8 +317,8 @@ class BreakerRegistry:
                 name = next(iter(self._scoped))
                 breaker = self._breakers.get(name)
                 if breaker is None or breaker.idle:
-                    self._scoped.pop(name, None)
-                    self._breakers.pop(name, None)
+                    breaker = None
+                    self._drop(name)
                     return
             oldest = list(itertools.islice(self._scoped, _EVICTION_SCAN))
         except RuntimeError:  # touched meanwhile by a lock-free caller: evict on the next one
@@ -286,11 +326,14 @@ class BreakerRegistry:
         for name in oldest:
             breaker = self._breakers.get(name)
             if breaker is None or breaker.idle:
-                self._scoped.pop(name, None)
-                self._breakers.pop(name, None)
+                breaker = None
+                self._drop(name)
                 excess -= 1
                 if excess <= 0:
                     return
+            else:  # not droppable now (open, failures pending): the next scan looks past it
+                with contextlib.suppress(KeyError):  # discarded meanwhile by a finaliser
+                    self._scoped.move_to_end(name)
 
     def add(self, breaker: CircuitBreaker) -> CircuitBreaker:
         """Register an existing breaker under its name (``ValueError`` if the name is taken)."""
@@ -345,6 +388,11 @@ class BreakerRegistry:
             scoped = set(self._scoped)
             forgotten = list(self._breakers.values())
             earlier = list(self._retired.values())  # forgotten before, their return pending
+            # dropped past the bound but held: reset too, given back when named again
+            dropped = [b for b in (ref() for ref in self._dropped.values()) if b is not None]
+            self._dropped.clear()
+            self._retired.update({b.name: b for b in dropped})
+            earlier += dropped
             self._retired.update(self._breakers)
             self._cleared = True
             self._simple = False
@@ -360,8 +408,11 @@ class BreakerRegistry:
     def reset_all(self) -> None:
         """Reset every breaker here in place: circuit CLOSED with clean counts, throttle
         unpaused with its learned limits forgotten (configured rates kept), statistics
-        zeroed. The objects stay, so everything that holds one sees the fresh state at once."""
-        for breaker in self.breakers():
+        zeroed. The objects stay, so everything that holds one sees the fresh state at once
+        (scoped breakers dropped past the bound but still held too)."""
+        with self._lock:
+            dropped = [b for b in (ref() for ref in list(self._dropped.values())) if b]
+        for breaker in [*self.breakers(), *dropped]:
             breaker._restart()
 
     def __contains__(self, name: object) -> bool:
@@ -436,7 +487,13 @@ class ScopeCache(dict[Any, CircuitBreaker]):
         self.config = config
         self.made, self.stored_only = made, stored_only
         # the registry and its own structures (never replaced: clear() empties them)
-        self._held = (registry, registry._breakers, registry._scoped, registry._lock)
+        self._held = (
+            registry,
+            registry._breakers,
+            registry._scoped,
+            registry._lock,
+            registry._dropped,
+        )
         self._reuse_config = config or DEFAULT_CONFIG  # what a reused breaker must have
         self.bound = registry.max_breakers + max(8, registry.max_breakers // 8)
 
@@ -450,14 +507,18 @@ class ScopeCache(dict[Any, CircuitBreaker]):
             name = self.name_of(key)
         if len(self) >= self.bound:
             self._prune()
-        registry, breakers, lru, lock = self._held
+        registry, breakers, lru, lock, dropped = self._held
         breaker = None
         lock.acquire()
         try:
             # nothing observed, nothing cleared, no store: the whole miss here
             if registry._simple and name not in breakers:
                 bound = registry.max_breakers
-                full = len(lru) >= bound
+                if dropped:  # dropped while held: the same breaker again
+                    breaker = registry._revived(name)
+                    if breaker is not None and not _agrees(breaker, self.fields, None):
+                        breaker = None
+                full = breaker is None and len(lru) >= bound
                 if full:  # the least recently used scope drops
                     oldest, oldest_key = lru.popitem(False)
                     breaker = breakers.pop(oldest, None)
@@ -470,9 +531,9 @@ class ScopeCache(dict[Any, CircuitBreaker]):
                                 cached = None
                             except TypeError:  # pragma: no cover - keys here are hashable
                                 pass
-                        # renamed when held by the local variable and the argument alone;
-                        # else kept, first in line again (for _evict)
-                        if refcount(breaker) != 2 or not breaker._renamed(
+                        # renamed when held here alone; else kept, first in line again
+                        # (for _evict)
+                        if refcount(breaker) != ONE_HOLDER or not breaker._renamed(
                             name, self._reuse_config, self.template
                         ):
                             breakers[oldest] = breaker
@@ -484,7 +545,7 @@ class ScopeCache(dict[Any, CircuitBreaker]):
                     breaker._local.template = self.template
                 breakers[name] = breaker
                 lru[name] = key
-                if full and len(lru) > bound:  # one was kept (busy): drop another
+                if len(lru) > bound:  # one was kept (busy), or one came back: drop another
                     registry._evict()
         finally:
             lock.release()
@@ -524,6 +585,17 @@ class ScopeCache(dict[Any, CircuitBreaker]):
                 excess -= 1
 
 
+def _forgetter(dropped: dict[str, _Held]) -> Callable[[_Held], None]:
+    """The callback that forgets a dropped breaker's entry once the breaker is freed (no
+    lock: a finaliser may run in a thread that holds the registry's)."""
+
+    def gone(ref: _Held) -> None:
+        if dropped.get(ref.key) is ref:
+            dropped.pop(ref.key, None)
+
+    return gone
+
+
 def _first(pair: tuple[str, CircuitBreaker]) -> str:
     return pair[0]
 
@@ -549,6 +621,23 @@ def registries() -> list[BreakerRegistry]:
     """Every registry alive in the process (the exporters' default: all of them)."""
     return list(_REGISTRIES)
 
+
+def _after_fork_in_child() -> None:
+    """Free, in a forked child, the locks every breaker shares (the counting lock, the
+    striped circuit locks, the budgets') and the registries' own: the thread that held one
+    at the fork does not exist in the child. Reset in place: caches and hot paths hold them."""
+    from llm_circuit_breaker.breaker import breaker, circuit, telemetry
+
+    locks = [telemetry._counting, telemetry._latencies_lock, breaker._MAKING, *circuit._STRIPES]
+    locks += [registry._lock for registry in list(_REGISTRIES)]
+    for lock in locks:
+        reinit = getattr(lock, "_at_fork_reinit", None)  # CPython's and PyPy's locks
+        if reinit is not None:
+            reinit()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 breaker_registry = BreakerRegistry()
 """The process-wide default registry that the decorators and helpers use."""

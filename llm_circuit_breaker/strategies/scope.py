@@ -150,6 +150,7 @@ class ScopedName:
 
 _KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
 _NO_KEYWORD = object()  # never a keyword argument's name
+_BY_NAME = object()  # an unhashable argument's breaker is cached as (_BY_NAME, its name)
 
 
 def _root(field: str) -> str:
@@ -215,16 +216,17 @@ class Scopes(ScopeCache):
             hash(key)
         except TypeError:
             name = self.name_of(key)
-            found = self.get(name)
+            by_name = (_BY_NAME, name)  # never a call's own key (no call passes _BY_NAME)
+            found = self.get(by_name)
             if found is not None and self.registry.touch(name):
                 return found
             if len(self) >= self.bound:
                 self._prune()
-            found = self._named(name, name)
+            found = self._named(name, by_name)
             made = self.made
             if made is not None and (not self.stored_only or found.store is not None):
                 made(found)
-            self[name] = found
+            self[by_name] = found
             return found
         return self.__missing__(key)
 
