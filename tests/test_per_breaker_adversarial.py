@@ -27,6 +27,15 @@ def _cache_of(wrapper: Any) -> ScopeCache:
     return next(h for h in held if isinstance(h, ScopeCache))
 
 
+def _in_threads(target: Any, count: int, *, numbered: bool = True) -> None:
+    """Run ``target`` (given its number when ``numbered``) in ``count`` threads; wait for all."""
+    threads = [threading.Thread(target=target, args=(n,) if numbered else ()) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def _scoped(registry: BreakerRegistry, template: str = "t:{k}", **fields: Any) -> Any:
     @circuit_breaker(template, registry=registry, **fields)
     def call(k: Any, fail: bool = False) -> Any:
@@ -126,11 +135,7 @@ def test_threads_racing_misses_keep_one_breaker_per_name_and_the_bound(bound: in
         except BaseException as exc:  # pragma: no cover - the failure
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _in_threads(run, 4)
     assert not errors
     assert set(registry) == set(registry._scoped)
     # a breaker with failures pending is never dropped: those may stay past the bound
@@ -164,11 +169,7 @@ def test_successes_of_threads_racing_a_fresh_breaker_s_first_calls_are_each_coun
             for _ in range(calls):
                 call()
 
-        threads = [threading.Thread(target=run) for _ in range(threads_n)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        _in_threads(run, threads_n, numbered=False)
         stats = call.breaker.stats
         assert (stats.successes, stats.calls) == (threads_n * calls, threads_n * calls)
 
@@ -483,11 +484,7 @@ def test_event_loops_in_threads_racing_scoped_coroutines_keep_one_breaker_per_na
         except BaseException as exc:  # pragma: no cover - the failure
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _in_threads(run, 4)
     assert not errors
     for key, breaker in list(_cache_of(call).items()):
         assert breaker.name == f"a:{key}"
