@@ -140,9 +140,12 @@ class ScopedName:
     def _keyed(self, value: Any) -> Any:
         """The cache key of a one-field template's argument that is not a str or an int (see
         :class:`Scopes`)."""
-        if value.__class__.__hash__ is None or isinstance(value, _FORMAT_APART):
+        kind = value.__class__
+        if kind in _BY_VALUE:  # True, False, None: no more to ask
+            return (kind, value)
+        if kind.__hash__ is None or isinstance(value, _FORMAT_APART):
             return (_BY_NAME, self._format({self._lookups[0][0]: value}))
-        return (value.__class__, value)
+        return (kind, value)
 
     def _keys(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The key of a call: the template's arguments, in order (each keyed as a one-field
@@ -193,6 +196,7 @@ class ScopedName:
 _KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
 _NO_KEYWORD = object()  # never a keyword argument's name
 _BY_NAME = object()  # a call keyed by its name is cached as (_BY_NAME, the name)
+_BY_VALUE = frozenset({bool, type(None)})  # the commonest other keys, their (class, value)
 # Classes whose equal values may format apart (0.0 and -0.0, Decimal("1") and
 # Decimal("1.0"), (1,) and (True,), one instant in two time zones): keyed by the name.
 _FORMAT_APART = (
