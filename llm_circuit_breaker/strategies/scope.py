@@ -150,11 +150,15 @@ class ScopedName:
     def _keys(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The key of a call: the template's arguments, in order (each keyed as a one-field
         template's; the name itself when one is keyed by name)."""
-        key = tuple(self._value(lookup, args, kwargs) for lookup in self._lookups)
-        for value in key:
+        found, plain = self._value, True
+        values = []
+        for lookup in self._lookups:
+            value = found(lookup, args, kwargs)
             if value.__class__ is not str and value.__class__ is not int:
-                break
-        else:
+                plain = False
+            values.append(value)
+        key = tuple(values)
+        if plain:
             return key
         if any(
             value.__class__.__hash__ is None or isinstance(value, _FORMAT_APART) for value in key
