@@ -483,18 +483,23 @@ def _scoped_sync_shell(
     """:func:`_sync_shell` for every scope of a scoped decoration: the call's breaker is
     looked up per call (a cache hit inline), its methods read from it; a gate is made only
     for what is rare (a failure, a returned stream)."""
-    key_of, mark_used, missed = scopes.key_of, scopes.mark_used, scopes.missed
+    key_of, keyed, mark_used, missed = scopes.key_of, scopes.keyed, scopes.mark_used, scopes.missed
     position, keyword = scopes.inline
     cached, made = scopes.get, scopes.__missing__
     no_fallback, plain, waiting = fallback is None, PLAIN, Wait
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        # a one-field template's argument found in this frame; key_of for the rest
+        # a one-field template's argument found in this frame (a str or an int is its own
+        # key; keyed() gives any other's, see Scopes); key_of for the rest
         if position < len(args):
             key = args[position]
+            if key.__class__ is not str and key.__class__ is not int:
+                key = keyed(key)
         elif keyword in kwargs:
             key = kwargs[keyword]
+            if key.__class__ is not str and key.__class__ is not int:
+                key = keyed(key)
         else:
             key = key_of(args, kwargs)
         try:  # the cached path inline; a miss goes to the cache's __missing__, nothing raised
@@ -548,18 +553,23 @@ def _scoped_async_shell(
 ) -> Callable[..., Any]:
     """:func:`_async_shell` for every scope of a scoped decoration (see
     :func:`_scoped_sync_shell`)."""
-    key_of, mark_used, missed = scopes.key_of, scopes.mark_used, scopes.missed
+    key_of, keyed, mark_used, missed = scopes.key_of, scopes.keyed, scopes.mark_used, scopes.missed
     position, keyword = scopes.inline
     cached, made = scopes.get, scopes.__missing__
     no_fallback, plain, waiting = fallback is None, PLAIN, Wait
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        # a one-field template's argument found in this frame; key_of for the rest
+        # a one-field template's argument found in this frame (a str or an int is its own
+        # key; keyed() gives any other's, see Scopes); key_of for the rest
         if position < len(args):
             key = args[position]
+            if key.__class__ is not str and key.__class__ is not int:
+                key = keyed(key)
         elif keyword in kwargs:
             key = kwargs[keyword]
+            if key.__class__ is not str and key.__class__ is not int:
+                key = keyed(key)
         else:
             key = key_of(args, kwargs)
         try:  # the cached path inline; a miss goes to the cache's __missing__, nothing raised

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime
+import decimal
 import functools
 import inspect
 import string
@@ -41,7 +43,7 @@ def is_template(name: str | None) -> bool:
 class ScopedName:
     """The breaker name of one call of ``func``, from the template ``template``."""
 
-    __slots__ = ("_lookups", "_owner", "inline", "key", "parts", "template")
+    __slots__ = ("_lookups", "_owner", "inline", "key", "keyed", "parts", "template")
 
     def __init__(self, template: str, func: Callable[..., Any]) -> None:
         self.template = template
@@ -81,6 +83,8 @@ class ScopedName:
             self._lookups.append((root, position, by_keyword, default))
 
         self.key = self._one_key() if len(self._lookups) == 1 else self._keys
+        # a one-field template's cache key for an argument that is not a str or an int
+        self.keyed: Callable[[Any], Any] = self._keyed
         # What a shell reads to find a one-field template's argument in its own frame: its
         # position (past any call's arguments when it has none) and its keyword (a key no
         # call passes when it cannot be passed by keyword); ``key`` for the rest.
@@ -107,35 +111,80 @@ class ScopedName:
         )
 
     def _one_key(self) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
-        """The key of a call for a one-field template: the argument itself (the hot path)."""
+        """The key of a call for a one-field template: the argument itself when it is a str or
+        an int (the hot path), else :meth:`_keyed`'s."""
         lookup = self._lookups[0]
         root, position, by_keyword, default = lookup
-        value = self._value
+        value, keyed = self._value, self._keyed
         if position is not None and by_keyword:
 
             def key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                 if position < len(args):
-                    return args[position]
-                if root in kwargs:
-                    return kwargs[root]
-                return default if default is not _EMPTY else value(lookup, args, kwargs)
+                    found = args[position]
+                elif root in kwargs:
+                    found = kwargs[root]
+                else:
+                    found = default if default is not _EMPTY else value(lookup, args, kwargs)
+                if found.__class__ is str or found.__class__ is int:
+                    return found
+                return keyed(found)
 
             return key
-        return lambda args, kwargs: value(lookup, args, kwargs)
+
+        def any_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            found = value(lookup, args, kwargs)
+            return found if found.__class__ is str or found.__class__ is int else keyed(found)
+
+        return any_key
+
+    def _keyed(self, value: Any) -> Any:
+        """The cache key of a one-field template's argument that is not a str or an int (see
+        :class:`Scopes`)."""
+        kind = value.__class__
+        if kind in _BY_VALUE:  # True, False, None: no more to ask
+            return (kind, value)
+        if kind.__hash__ is None or isinstance(value, _FORMAT_APART):
+            return (_BY_NAME, self._format({self._lookups[0][0]: value}))
+        return (kind, value)
 
     def _keys(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """The key of a call: the template's arguments, in order."""
-        return tuple(self._value(lookup, args, kwargs) for lookup in self._lookups)
+        """The key of a call: the template's arguments, in order (each keyed as a one-field
+        template's; the name itself when one is keyed by name)."""
+        found, plain = self._value, True
+        values = []
+        for lookup in self._lookups:
+            value = found(lookup, args, kwargs)
+            if value.__class__ is not str and value.__class__ is not int:
+                plain = False
+            values.append(value)
+        key = tuple(values)
+        if plain:
+            return key
+        if any(
+            value.__class__.__hash__ is None or isinstance(value, _FORMAT_APART) for value in key
+        ):
+            return (_BY_NAME, self.name(tuple(_wrapped(value) for value in key)))
+        return tuple(_wrapped(value) for value in key)
 
     def name(self, key: Any) -> str:
-        """The breaker name for a call's key."""
+        """The breaker name for a call's key (as :attr:`key` gives it)."""
         lookups = self._lookups
+        if key.__class__ is tuple and len(key) == 2 and key[0] is _BY_NAME:
+            return key[1]  # type: ignore[no-any-return]
+        if len(lookups) == 1:  # the common case: no comprehension
+            if key.__class__ is tuple:  # (class, value)
+                key = key[1]
+            return self._format({lookups[0][0]: key})
+        return self._format(
+            {
+                lookup[0]: value[1] if value.__class__ is tuple else value
+                for lookup, value in zip(lookups, key, strict=True)
+            }
+        )
+
+    def _format(self, fields: dict[str, Any]) -> str:
         try:
-            if len(lookups) == 1:  # the common case: no comprehension
-                return self.template.format_map({lookups[0][0]: key})
-            return self.template.format_map(
-                {lookup[0]: value for lookup, value in zip(lookups, key, strict=True)}
-            )
+            return self.template.format_map(fields)
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
             raise TypeError(
                 f"circuit breaker name {self.template!r} cannot be filled for this call of "
@@ -150,7 +199,27 @@ class ScopedName:
 
 _KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
 _NO_KEYWORD = object()  # never a keyword argument's name
-_BY_NAME = object()  # an unhashable argument's breaker is cached as (_BY_NAME, its name)
+_BY_NAME = object()  # a call keyed by its name is cached as (_BY_NAME, the name)
+_BY_VALUE = frozenset({bool, type(None)})  # the commonest other keys, their (class, value)
+# Classes whose equal values may format apart (0.0 and -0.0, Decimal("1") and
+# Decimal("1.0"), (1,) and (True,), one instant in two time zones): keyed by the name.
+_FORMAT_APART = (
+    float,
+    complex,
+    decimal.Decimal,
+    tuple,
+    frozenset,
+    range,
+    datetime.datetime,
+    datetime.time,
+)
+
+
+def _wrapped(value: Any) -> Any:
+    """A multi-field key's element: a str or an int itself, else ``(class, value)``."""
+    if value.__class__ is str or value.__class__ is int:
+        return value
+    return (value.__class__, value)
 
 
 def _root(field: str) -> str:
@@ -163,13 +232,19 @@ def _root(field: str) -> str:
 
 class Scopes(ScopeCache):
     """The breakers of one scoped decoration by call key (the template's arguments), made on
-    first use and cached (see :class:`ScopeCache`): a hit formats nothing. The shells read
+    first use and cached (see :class:`ScopeCache`): a hit formats nothing. A key is an
+    argument that is a str or an int (a model's name, a tenant's id: no cost), else
+    ``(its class, it)``, so that equal arguments of two classes (``1``, ``True``, ``1.0``)
+    are two scopes as their names are; an argument whose class's equal values may format
+    apart (``0.0`` and ``-0.0``; floats, decimals, tuples, ...) or that is unhashable is keyed
+    by the name it formats to (``(_BY_NAME, name)``: formatted per call). A multi-field
+    template's key is the tuple of its arguments keyed so, or its name. The shells read
     the cache, ``key_of`` and ``mark_used`` inline (a hit costs no frame; a miss goes
     straight to ``__missing__``). The registry keeps the LRU order across decorations and drops idle
     breakers past ``max_breakers``; ``mark_used`` raises ``KeyError`` for a dropped one,
     and the shell then calls :meth:`missed`, as for an unhashable argument."""
 
-    __slots__ = ("inline", "key_of", "mark_used")
+    __slots__ = ("inline", "key_of", "keyed", "mark_used")
 
     def __init__(
         self,
@@ -191,7 +266,7 @@ class Scopes(ScopeCache):
             made,
             stored_only=stored_only,
         )
-        self.key_of, self.inline = name_of.key, name_of.inline
+        self.key_of, self.keyed, self.inline = name_of.key, name_of.keyed, name_of.inline
         self.mark_used = registry.mark_used
 
     @property
@@ -211,7 +286,8 @@ class Scopes(ScopeCache):
 
     def missed(self, key: Any) -> CircuitBreaker:
         """The breaker for ``key`` after the shell's lookup raised: its breaker dropped by
-        the registry (made again), or an unhashable argument (keyed by the name it gives)."""
+        the registry (made again), or an argument whose hash raised (keyed by the name it
+        gives)."""
         try:
             hash(key)
         except TypeError:
