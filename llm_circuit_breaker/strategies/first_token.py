@@ -11,8 +11,9 @@ until it comes (a timeout then finds nothing yielded, so ``with_retry`` tries ag
 it they pass untouched.
 
 An async wait is cut at the deadline. A sync one cannot be (a thread is not interrupted): a
-sync stream is checked as each item comes, so framing past the deadline fails at once, while
-complete silence is bounded by the read timeout of the client underneath.
+sync stream is checked as each item comes, so any item past the deadline, content included,
+fails the attempt as it comes, while complete silence is bounded by the read timeout of the
+client underneath.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ class Deadline:
         if self.left() <= 0:
             raise self.error()
         return False
+
+    def check_late(self, item: Any) -> bool:
+        """:meth:`check` for an item read in a thread, which no deadline cut: one that came
+        after the deadline missed it, content or not."""
+        if self.left() <= 0:
+            raise self.error()
+        return is_content(item)
 
 
 def bounded(func: Callable[..., Any], seconds: float, name: str) -> Callable[..., Any]:
@@ -124,7 +132,7 @@ def _items(stream: Any, deadline: Deadline) -> Any:
                 yield from held
                 return stop.value
             held.append(item)
-            if deadline.check(item):
+            if deadline.check_late(item):
                 break
     except BaseException:
         stream.close()
@@ -176,7 +184,7 @@ class BoundedStream:
                         return held.popleft()
                     raise
                 held.append(item)
-                if deadline.check(item):
+                if deadline.check_late(item):
                     break
         except RequestTimeoutError:
             _close(self._inner)

@@ -1,0 +1,401 @@
+"""Sections 15-17 under hostile use: deadlines met late, hedges that both answer or both fail,
+pools whose deployments all refuse, slots in flight under cancellation and errors, budgets
+under threads.
+
+Times are generous multiples (a first item 0.6 s late against a 0.1 s deadline); counts bound
+everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_circuit_breaker import (
+    BreakerRegistry,
+    FallbacksExhaustedError,
+    RateLimitError,
+    RequestTimeoutError,
+    ServerError,
+    ThrottledError,
+    circuit_breaker,
+    with_hedging,
+    with_pool,
+    with_retry,
+)
+from llm_circuit_breaker.testing import FakeClock
+
+CONTENT = {"choices": [{"index": 0, "delta": {"content": "hi"}}]}
+ROLE = {"choices": [{"index": 0, "delta": {"role": "assistant"}}]}
+LATE = 0.6  # when a late first item comes
+DEADLINE = 0.1  # the first_token_timeout it misses
+
+
+# -- section 15: first_token_timeout on sync streams ----------------------------------------
+
+
+def test_a_sync_generator_whose_first_content_comes_late_times_out() -> None:
+    """A thread cannot be interrupted, but a first content item that comes after the deadline
+    has missed it: the attempt fails (a provider fault, counted), nothing is yielded."""
+    registry = BreakerRegistry()
+
+    @circuit_breaker("late-gen", registry=registry, first_token_timeout=DEADLINE)
+    def stream() -> Iterator[Any]:
+        time.sleep(LATE)
+        yield CONTENT
+
+    got: list[Any] = []
+    with pytest.raises(RequestTimeoutError, match="no content within"):
+        got.extend(stream())
+    assert got == []
+    assert registry.get("late-gen").stats.failures == 1
+
+
+def test_a_returned_sync_stream_whose_first_content_comes_late_times_out() -> None:
+    registry = BreakerRegistry()
+    closed: list[bool] = []
+
+    def sdk_stream() -> Iterator[Any]:
+        try:
+            time.sleep(LATE)
+            yield CONTENT
+        finally:
+            closed.append(True)
+
+    @circuit_breaker("late-returned", registry=registry, first_token_timeout=DEADLINE)
+    def call() -> Iterator[Any]:
+        return sdk_stream()
+
+    with pytest.raises(RequestTimeoutError):
+        list(call())
+    assert closed == [True]
+    assert registry.get("late-returned").stats.failures == 1
+
+
+def test_with_retry_tries_a_late_sync_stream_again_and_keeps_the_one_in_time() -> None:
+    registry = BreakerRegistry()
+    calls: list[int] = []
+
+    @with_retry(max_retries=2, sleep=lambda s: None)
+    @circuit_breaker("late-retried", registry=registry, first_token_timeout=DEADLINE)
+    def stream() -> Iterator[Any]:
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(LATE)
+        yield ROLE
+        yield CONTENT
+
+    assert list(stream()) == [ROLE, CONTENT]
+    assert len(calls) == 2
+
+
+def test_a_sync_stream_in_time_is_untouched() -> None:
+    @circuit_breaker("in-time", registry=BreakerRegistry(), first_token_timeout=5.0)
+    def stream() -> Iterator[Any]:
+        yield ROLE
+        yield CONTENT
+        time.sleep(2 * DEADLINE)  # after the first content: no deadline any more
+        yield CONTENT
+
+    assert list(stream()) == [ROLE, CONTENT, CONTENT]
+
+
+# -- section 15: hedging -------------------------------------------------------------------
+
+
+async def test_hedges_that_both_answer_give_one_result_and_every_slot_back() -> None:
+    """Twenty hedged calls whose two attempts both answer: one result each, the loser never
+    a failure, no slot in flight left, no task left running."""
+    registry = BreakerRegistry()
+    release = asyncio.Event()
+
+    @circuit_breaker("both-a", registry=registry, max_concurrent=64)
+    async def slow(i: int) -> str:
+        await release.wait()
+        return f"a{i}"
+
+    @circuit_breaker("both-b", registry=registry, max_concurrent=64)
+    async def other(i: int) -> str:
+        await release.wait()
+        return f"b{i}"
+
+    hedged = with_hedging(slow, other, delay=0.0)
+    calls = [asyncio.ensure_future(hedged(i)) for i in range(20)]
+    await asyncio.sleep(0.05)
+    before = set(asyncio.all_tasks())
+    release.set()
+    results = await asyncio.gather(*calls)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert sorted(r[1:] for r in results) == sorted(str(i) for i in range(20))
+    assert hedged.hedge_stats.attempts == 40
+    assert sum(hedged.hedge_stats.wins.values()) == 20
+    for name in ("both-a", "both-b"):
+        breaker = registry.get(name)
+        assert breaker.stats.failures == 0
+        assert breaker.concurrency["in_flight"] == 0
+        assert breaker.concurrency["waiting"] == 0
+    leftover = {t for t in asyncio.all_tasks() & before if not t.done()}
+    assert leftover <= {asyncio.current_task()}
+
+
+async def test_cancelling_a_hedged_stream_mid_way_closes_both_attempts() -> None:
+    registry = BreakerRegistry()
+    closed: list[str] = []
+
+    def make(name: str, first_after: float) -> Any:
+        @circuit_breaker(name, registry=registry, max_concurrent=1)
+        async def stream() -> AsyncIterator[Any]:
+            try:
+                await asyncio.sleep(first_after)
+                yield CONTENT
+                await asyncio.sleep(30)
+                yield CONTENT
+            finally:
+                closed.append(name)
+
+        return stream
+
+    hedged = with_hedging(make("mid-a", 30.0), make("mid-b", 0.0), delay=0.01)
+    got: list[Any] = []
+
+    async def consume() -> None:
+        async for item in hedged():
+            got.append(item)
+
+    task = asyncio.ensure_future(consume())
+    while not got:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(20):
+        if len(closed) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(closed) == ["mid-a", "mid-b"]
+    for name in ("mid-a", "mid-b"):
+        breaker = registry.get(name)
+        assert breaker.concurrency["in_flight"] == 0
+        assert breaker.stats.failures == 0
+
+
+def test_sync_hedges_that_all_fail_raise_the_last_error_once_each_target_tried() -> None:
+    registry = BreakerRegistry()
+    calls: list[str] = []
+
+    def make(name: str) -> Any:
+        @circuit_breaker(name, registry=registry, failure_threshold=100)
+        def call() -> str:
+            calls.append(name)
+            raise ServerError(503)
+
+        return call
+
+    hedged = with_hedging(make("sf-a"), make("sf-b"), make("sf-c"), delay=5.0)
+    with pytest.raises(ServerError):
+        hedged()
+    assert sorted(calls) == ["sf-a", "sf-b", "sf-c"]
+    assert hedged.hedge_stats.failovers == 2
+    assert hedged.hedge_stats.hedges == 0
+
+
+# -- section 17: pools ---------------------------------------------------------------------
+
+
+def test_a_pool_whose_deployments_all_429_refuses_without_calling_them_again() -> None:
+    registry = BreakerRegistry()
+    calls: list[str] = []
+
+    def make(name: str) -> Any:
+        @circuit_breaker(name, registry=registry, throttle_max_wait=1.0)
+        def call() -> str:
+            calls.append(name)
+            raise RateLimitError(429, {"retry-after": "100"})
+
+        return call
+
+    pool = with_pool(make("rl-a"), make("rl-b"))
+    with pytest.raises(FallbacksExhaustedError):
+        pool()
+    assert sorted(calls) == ["rl-a", "rl-b"]
+    with pytest.raises(ThrottledError) as refused:
+        pool()
+    assert len(calls) == 2  # nothing sent the second time
+    assert 90 < refused.value.retry_after <= 110  # the hint, plus its jitter
+    for name in ("rl-a", "rl-b"):
+        assert registry.get(name).stats.failures == 0  # throttled, not failed
+        assert pool.pool_stats[name].in_flight == 0
+
+
+@pytest.mark.parametrize("kind", ["plain", "coroutine", "generator", "async_generator"])
+async def test_a_pool_call_that_raises_a_base_exception_gives_its_slot_back(kind: str) -> None:
+    registry = BreakerRegistry()
+
+    class Interrupt(BaseException):
+        pass
+
+    if kind == "plain":
+
+        @circuit_breaker("bx", registry=registry, max_concurrent=1)
+        def target() -> Any:
+            raise Interrupt
+
+    elif kind == "coroutine":
+
+        @circuit_breaker("bx", registry=registry, max_concurrent=1)
+        async def target() -> Any:
+            raise Interrupt
+
+    elif kind == "generator":
+
+        @circuit_breaker("bx", registry=registry, max_concurrent=1)
+        def target() -> Any:
+            raise Interrupt
+            yield  # pragma: no cover
+
+    else:
+
+        @circuit_breaker("bx", registry=registry, max_concurrent=1)
+        async def target() -> Any:
+            raise Interrupt
+            yield  # pragma: no cover
+
+    pool = with_pool(target)
+    for _ in range(3):
+        with pytest.raises(Interrupt):
+            if kind == "plain":
+                pool()
+            elif kind == "coroutine":
+                await pool()
+            elif kind == "generator":
+                list(pool())
+            else:
+                [item async for item in pool()]
+    assert pool.pool_stats["bx"].in_flight == 0
+    assert registry.get("bx").concurrency["in_flight"] == 0
+
+
+# -- section 17: calls in flight ------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["ok", "fail", "caller", "cancel", "slow"]),
+        min_size=1,
+        max_size=24,
+    ),
+    st.integers(min_value=1, max_value=4),
+)
+def test_slots_always_come_back_whatever_each_call_does(plan: list[str], limit: int) -> None:
+    async def main() -> None:
+        registry = BreakerRegistry()
+
+        @circuit_breaker("slots", registry=registry, max_concurrent=limit, throttle_max_wait=30)
+        async def call(what: str) -> str:
+            await asyncio.sleep(0)
+            if what == "fail":
+                raise ServerError(503)
+            if what == "caller":
+                raise ValueError("bad input")
+            if what in ("cancel", "slow"):
+                await asyncio.sleep(30 if what == "cancel" else 0.001)
+            return what
+
+        tasks = [asyncio.ensure_future(call(what)) for what in plan]
+        await asyncio.sleep(0.01)
+        for task, what in zip(tasks, plan, strict=True):
+            if what == "cancel":
+                task.cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        assert len(done) == len(plan)
+        view = registry.get("slots").concurrency
+        assert view["in_flight"] == 0
+        assert view["waiting"] == 0
+
+    asyncio.run(main())
+
+
+def test_the_adaptive_limit_halves_on_529_and_timeouts_not_on_429() -> None:
+    registry = BreakerRegistry()
+    errors: list[BaseException] = []
+
+    @circuit_breaker("aimd", registry=registry, max_concurrent="adaptive", failure_threshold=1000)
+    def call() -> str:
+        raise errors.pop()
+
+    breaker = registry.get("aimd")
+    start = breaker.concurrency["limit"]
+    assert breaker.concurrency["mode"] == "adaptive"
+    errors.append(RateLimitError(429))
+    with pytest.raises(RateLimitError):
+        call()
+    assert breaker.concurrency["limit"] == start
+    errors.append(ServerError(529))
+    with pytest.raises(ServerError):
+        call()
+    assert breaker.concurrency["limit"] == max(1, start // 2)
+    errors.append(RequestTimeoutError("read timed out"))
+    with pytest.raises(RequestTimeoutError):
+        call()
+    assert breaker.concurrency["limit"] == max(1, start // 4)
+    assert breaker.concurrency["in_flight"] == 0
+
+
+# -- section 16: retry budget under threads --------------------------------------------------
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    st.integers(min_value=2, max_value=8),
+    st.integers(min_value=1, max_value=40),
+    st.sampled_from([0.1, 0.2, 0.5]),
+    st.sampled_from([0.0, 0.5, 1.0]),
+)
+def test_threads_never_retry_past_the_budgets_share_plus_reserve(
+    threads: int, calls_each: int, ratio: float, floor: float
+) -> None:
+    """Every call fails; the clock stands still, so all of it falls in one window: retries
+    <= ratio x first attempts + floor x 10 s."""
+    clock = FakeClock(start=1000.0)
+    registry = BreakerRegistry(clock=clock)
+    first, total = [0], [0]
+    lock = threading.Lock()
+
+    @with_retry(max_retries=3, sleep=lambda s: None)
+    @circuit_breaker(
+        "budget",
+        registry=registry,
+        retry_budget=ratio,
+        retry_budget_floor=floor,
+        failure_threshold=10**6,
+    )
+    def call() -> str:
+        with lock:
+            total[0] += 1
+        raise ServerError(503)
+
+    def worker() -> None:
+        for _ in range(calls_each):
+            with lock:
+                first[0] += 1
+            with pytest.raises(ServerError):
+                call()
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    retries = total[0] - first[0]
+    assert retries <= ratio * first[0] + floor * 10 + 1e-9
+    stats = registry.get("budget").stats
+    assert stats.retries_denied >= 1 or retries == 3 * first[0]
