@@ -399,3 +399,138 @@ def test_threads_never_retry_past_the_budgets_share_plus_reserve(
     assert retries <= ratio * first[0] + floor * 10 + 1e-9
     stats = registry.get("budget").stats
     assert stats.retries_denied >= 1 or retries == 3 * first[0]
+
+
+# -- section 12 x 15: hedging under trio and anyio -------------------------------------------
+
+
+def _trio_targets(registry: BreakerRegistry, log: list[str]) -> tuple[Any, Any]:
+    import trio
+
+    @circuit_breaker("trio-slow", registry=registry, max_concurrent=4)
+    async def slow() -> str:
+        log.append("slow")
+        try:
+            await trio.sleep(30)
+        finally:
+            log.append("slow ended")
+        return "slow"
+
+    @circuit_breaker("trio-fast", registry=registry, max_concurrent=4)
+    async def fast() -> str:
+        log.append("fast")
+        await trio.sleep(0)
+        return "fast"
+
+    return slow, fast
+
+
+def test_hedging_runs_under_trio_and_cancels_the_loser_as_ignored() -> None:
+    import trio
+
+    registry = BreakerRegistry()
+    log: list[str] = []
+    slow, fast = _trio_targets(registry, log)
+    hedged = with_hedging(slow, fast, delay=0.01)
+
+    assert trio.run(hedged) == "fast"
+    assert log == ["slow", "fast", "slow ended"]
+    slow_breaker = registry.get("trio-slow")
+    assert slow_breaker.stats.ignored == 1
+    assert slow_breaker.stats.failures == 0
+    assert slow_breaker.concurrency["in_flight"] == 0
+    assert hedged.hedge_stats.wins == {"trio-slow": 0, "trio-fast": 1}
+
+
+def test_hedging_under_trio_raises_plain_errors_not_exception_groups() -> None:
+    import trio
+
+    registry = BreakerRegistry()
+
+    @circuit_breaker("trio-down", registry=registry, failure_threshold=100)
+    async def down() -> str:
+        await trio.sleep(0)
+        raise ServerError(503)
+
+    @circuit_breaker("trio-caller", registry=registry)
+    async def bad_request() -> str:
+        from llm_circuit_breaker import HTTPStatusError
+
+        raise HTTPStatusError(400)
+
+    with pytest.raises(ServerError):
+        trio.run(with_hedging(down, down, delay=0.01))
+    from llm_circuit_breaker import HTTPStatusError
+
+    log: list[str] = []
+    slow, _ = _trio_targets(registry, log)
+    with pytest.raises(HTTPStatusError):
+        trio.run(with_hedging(bad_request, slow, delay=0.0))
+    assert registry.get("trio-slow").concurrency["in_flight"] == 0
+
+
+def test_a_hedged_stream_under_trio_wins_by_content_and_closes_the_loser() -> None:
+    import trio
+
+    registry = BreakerRegistry()
+    closed: list[str] = []
+
+    def make(name: str, first_after: float) -> Any:
+        @circuit_breaker(name, registry=registry)
+        async def stream() -> AsyncIterator[Any]:
+            try:
+                yield ROLE
+                await trio.sleep(first_after)
+                yield CONTENT
+            finally:
+                closed.append(name)
+
+        return stream
+
+    hedged = with_hedging(make("trio-s1", 30.0), make("trio-s2", 0.0), delay=0.01)
+
+    async def main() -> list[Any]:
+        return [item async for item in hedged()]
+
+    assert trio.run(main) == [ROLE, CONTENT]
+    assert sorted(closed) == ["trio-s1", "trio-s2"]
+    assert registry.get("trio-s1").stats.failures == 0
+
+
+def test_cancelling_a_hedged_call_under_trio_cancels_every_attempt() -> None:
+    import trio
+
+    registry = BreakerRegistry()
+    log: list[str] = []
+    slow, _ = _trio_targets(registry, log)
+    hedged = with_hedging(slow, slow, delay=0.0)
+
+    async def main() -> None:
+        with trio.move_on_after(0.05):
+            await hedged()
+
+    trio.run(main)
+    assert log.count("slow ended") == 2
+    breaker = registry.get("trio-slow")
+    assert breaker.stats.failures == 0
+    assert breaker.concurrency["in_flight"] == 0
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_hedging_runs_under_anyio_on_either_backend(backend: str) -> None:
+    import anyio
+
+    registry = BreakerRegistry()
+
+    @circuit_breaker("anyio-slow", registry=registry)
+    async def slow() -> str:
+        await anyio.sleep(30)
+        return "slow"
+
+    @circuit_breaker("anyio-fast", registry=registry)
+    async def fast() -> str:
+        return "fast"
+
+    hedged = with_hedging(slow, fast, delay=0.01)
+    assert anyio.run(hedged, backend=backend) == "fast"
+    assert registry.get("anyio-slow").stats.failures == 0

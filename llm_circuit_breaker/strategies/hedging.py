@@ -31,6 +31,7 @@ import contextvars
 import dataclasses
 import functools
 import logging
+import math
 import queue
 import re
 import sys
@@ -43,6 +44,7 @@ from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._judge.content import is_content
 from llm_circuit_breaker._judge.refusal import refusal_of
+from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.breaker.telemetry import Latency, latency_of
 from llm_circuit_breaker.strategies import tracing
 from llm_circuit_breaker.strategies.fallbacks import _PROVIDER_FAULTS, _distinct, _name
@@ -285,9 +287,10 @@ def with_hedging(
 
     ``delay`` is seconds (0: all at once) or a quantile of the primary breaker's recent time
     to first item, ``"p50"``..``"p99"`` (``delay_default`` until 20 times are known).
-    Coroutine functions and async generators run their attempts as tasks; plain functions and
-    generators in threads (each attempt in a thread of its own, so that the caller can take
-    the first answer; with ``max_attempts=1`` in the caller's thread). When no attempt
+    Coroutine functions and async generators run their attempts as tasks (asyncio's, or a
+    trio nursery's under trio); plain functions and generators in threads (each attempt in a
+    thread of its own, so that the caller can take the first answer; with
+    ``max_attempts=1`` in the caller's thread). When no attempt
     answered, the last attempt's error is raised.
 
     The result exposes ``.hedge_stats`` (:class:`HedgeStats`).
@@ -363,6 +366,8 @@ def _async_gen_hedge(hedge: _Hedge) -> Callable[..., Any]:
 
 async def _async_race(run: _Call, attempt: Callable[[int], Awaitable[Any]]) -> tuple[int, Any]:
     """Run attempts as tasks until one answers: its number and its result."""
+    if running_library() == "trio":
+        return await _trio_race(run, attempt)
     import asyncio  # loaded already: a coroutine is running
 
     tasks: dict[asyncio.Future[Any], tuple[int, float]] = {}
@@ -406,6 +411,79 @@ async def _async_race(run: _Call, attempt: Callable[[int], Awaitable[Any]]) -> t
             if not task.done():
                 run.cancelled(number, started_at)
             _drop(task)
+
+
+async def _trio_race(run: _Call, attempt: Callable[[int], Awaitable[Any]]) -> tuple[int, Any]:
+    """:func:`_async_race` under trio: attempts in a nursery, each in a cancel scope of its
+    own. Nothing is raised inside the nursery (trio would wrap it in an exception group): the
+    race's end is kept, the losers cancelled, and the end raised or returned once they are."""
+    import trio
+
+    send, receive = trio.open_memory_channel[tuple[int, bool, Any]](math.inf)
+    in_flight: dict[int, tuple[float, trio.CancelScope]] = {}
+    end: tuple[int, Any] | BaseException | None = None
+
+    async def timed(number: int, started_at: float, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                result = await attempt(number)
+            except Exception as exc:
+                send.send_nowait((number, False, exc))
+                return
+            run.answered(number, started_at)
+            send.send_nowait((number, True, result))
+
+    try:
+        async with trio.open_nursery() as nursery:
+
+            def launch(why: str) -> None:
+                number, started_at = run.start(why)
+                scope = trio.CancelScope()
+                in_flight[number] = (started_at, scope)
+                nursery.start_soon(timed, number, started_at, scope)
+
+            launch(FIRST)
+            try:
+                while end is None:
+                    timeout = math.inf
+                    if len(in_flight) < run.hedge.max_attempts and run.can_hedge:
+                        timeout = max(0.0, run.last_start + run.delay - time.monotonic())
+                    with trio.move_on_after(timeout):
+                        number, answered, value = await receive.receive()
+                        del in_flight[number]
+                        if answered:
+                            end = (number, value)
+                            break
+                        try:
+                            run.failed(number, value)
+                        except Exception as exc:  # the caller's fault
+                            end = exc
+                            break
+                        if run.can_start:
+                            launch(FAILOVER)
+                        elif not in_flight:
+                            end = run.exhausted()
+                        continue
+                    if run.pay_for_hedge():
+                        launch(HEDGE)
+            finally:
+                for number, (started_at, scope) in in_flight.items():
+                    run.cancelled(number, started_at)
+                    scope.cancel()
+    finally:
+        send.close()
+        while True:  # losers that answered all the same: their streams are closed
+            try:
+                _, answered, value = receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if answered and value.__class__ not in PLAIN and hasattr(value, "aclose"):
+                with trio.CancelScope(shield=True):
+                    await value.aclose()
+    if isinstance(end, BaseException):
+        raise end
+    assert end is not None  # the loop ends with an answer or an error
+    return end
 
 
 def _error(task: asyncio.Future[Any]) -> BaseException:
