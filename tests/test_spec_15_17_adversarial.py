@@ -26,6 +26,7 @@ from llm_circuit_breaker import (
     ServerError,
     ThrottledError,
     circuit_breaker,
+    with_fallbacks,
     with_hedging,
     with_pool,
     with_retry,
@@ -534,3 +535,99 @@ def test_hedging_runs_under_anyio_on_either_backend(backend: str) -> None:
     hedged = with_hedging(slow, fast, delay=0.01)
     assert anyio.run(hedged, backend=backend) == "fast"
     assert registry.get("anyio-slow").stats.failures == 0
+
+
+# -- sections 11 x 17: a returned SDK stream left behind is closed ---------------------------
+
+
+class _SDKStream:
+    """An SDK stream object (no generator): only ``close`` gives its connection back."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.closed = False
+
+    def __iter__(self) -> _SDKStream:
+        return self
+
+    def __next__(self) -> Any:
+        if self.fail:
+            raise ServerError(503)
+        return CONTENT
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _AsyncSDKStream:
+    def __init__(self, fail: bool, hang: bool = False) -> None:
+        self.fail = fail
+        self.hang = hang
+        self.closed = False
+
+    def __aiter__(self) -> _AsyncSDKStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self.hang:
+            await asyncio.sleep(30)
+        if self.fail:
+            raise ServerError(503)
+        return CONTENT
+
+    async def close(self) -> None:  # as openai's AsyncStream: close, awaited
+        self.closed = True
+
+
+@pytest.mark.parametrize("combine", [with_pool, with_fallbacks])
+def test_a_returned_stream_that_fails_before_its_first_item_is_closed(combine: Any) -> None:
+    registry = BreakerRegistry()
+    made: list[_SDKStream] = []
+
+    @circuit_breaker("ret-down", registry=registry, failure_threshold=100)
+    def down() -> Any:
+        made.append(_SDKStream(fail=True))
+        return made[-1]
+
+    @circuit_breaker("ret-up", registry=registry)
+    def up() -> Any:
+        return _SDKStream(fail=False)
+
+    stream = combine(down, up)()
+    assert next(stream) == CONTENT
+    assert [s.closed for s in made] == [True]
+
+
+@pytest.mark.parametrize("combine", [with_pool, with_fallbacks])
+async def test_a_returned_async_stream_left_behind_is_closed(combine: Any) -> None:
+    """Failing before its first item, or cancelled while waiting for it: either way the SDK
+    stream is closed, not left to the garbage collector with its connection."""
+    registry = BreakerRegistry()
+    made: list[_AsyncSDKStream] = []
+
+    @circuit_breaker("aret-down", registry=registry, failure_threshold=100)
+    async def down() -> Any:
+        made.append(_AsyncSDKStream(fail=True))
+        return made[-1]
+
+    @circuit_breaker("aret-up", registry=registry)
+    async def up() -> Any:
+        return _AsyncSDKStream(fail=False)
+
+    @circuit_breaker("aret-hang", registry=registry, max_concurrent=1)
+    async def hang() -> Any:
+        made.append(_AsyncSDKStream(fail=False, hang=True))
+        return made[-1]
+
+    stream = await combine(down, up)()
+    assert await stream.__anext__() == CONTENT
+    assert [s.closed for s in made] == [True]
+
+    task = asyncio.ensure_future(combine(hang)())
+    while len(made) < 2:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [s.closed for s in made] == [True, True]
+    assert registry.get("aret-hang").concurrency["in_flight"] == 0

@@ -38,7 +38,7 @@ from llm_circuit_breaker._judge.refusal import refusal_of
 from llm_circuit_breaker._judge.results import content_filter
 from llm_circuit_breaker.errors import FallbacksExhaustedError, InvalidResponseError
 from llm_circuit_breaker.strategies import tracing
-from llm_circuit_breaker.strategies.gate import PLAIN
+from llm_circuit_breaker.strategies.gate import PLAIN, aclose_inner
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
 __all__ = ["FallbackStats", "with_fallbacks"]
@@ -261,7 +261,7 @@ def _sync_chain(chain: _Chain) -> Callable[..., Any]:
                 result = target(*args, **kwargs)
                 if result.__class__ not in PLAIN and hasattr(result.__class__, "__next__"):
                     # a returned stream fails over until its first item
-                    result = Resumed(result, next(result, END))
+                    result = Resumed(result, first_of(result))
                 refusal = chain.refused_answer(result)
                 if refusal is not None:
                     raise refusal
@@ -284,7 +284,7 @@ def _async_chain(chain: _Chain) -> Callable[..., Any]:
             try:
                 result = await target(*args, **kwargs)
                 if hasattr(result, "__anext__"):  # an async stream fails over until its first item
-                    result = AsyncResumed(result, await first_item(result))
+                    result = AsyncResumed(result, await afirst_of(result))
                 refusal = chain.refused_answer(result)
                 if refusal is not None:
                     raise refusal
@@ -358,6 +358,33 @@ async def first_item(stream: Any) -> Any:
         return await stream.__anext__()
     except StopAsyncIteration:
         return END
+
+
+def first_of(stream: Any) -> Any:
+    """A returned stream's first item, or :data:`END`; a failure (or an interrupt) closes
+    the stream first, so that an SDK stream left behind gives its connection back."""
+    try:
+        return next(stream, END)
+    except BaseException:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # the stream's error is the one to raise
+                logger.debug("closing a stream that failed before its first item raised")
+        raise
+
+
+async def afirst_of(stream: Any) -> Any:
+    """:func:`first_of` for a returned async stream."""
+    try:
+        return await first_item(stream)
+    except BaseException:
+        try:
+            await aclose_inner(stream)
+        except Exception:  # the stream's error is the one to raise
+            logger.debug("closing a stream that failed before its first item raised")
+        raise
 
 
 class Resumed:

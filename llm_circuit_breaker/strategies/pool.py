@@ -60,7 +60,9 @@ from llm_circuit_breaker.strategies.fallbacks import (
     Resumed,
     _distinct,
     _name,
+    afirst_of,
     first_item,
+    first_of,
 )
 from llm_circuit_breaker.strategies.gate import PLAIN
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
@@ -402,7 +404,7 @@ def _sync_pool(pool: _Pool) -> Callable[..., Any]:
             try:
                 result = pool.targets[index](*args, **kwargs)
                 if result.__class__ not in PLAIN and hasattr(result.__class__, "__next__"):
-                    result = Resumed(result, next(result, END))  # fails over until its first
+                    result = Resumed(result, first_of(result))  # fails over until its first
             except Exception as exc:
                 if not pool.failed(index, started, exc, plan):
                     raise
@@ -429,7 +431,7 @@ def _async_pool(pool: _Pool) -> Callable[..., Any]:
             try:
                 result = await pool.targets[index](*args, **kwargs)
                 if hasattr(result, "__anext__"):
-                    result = AsyncResumed(result, await first_item(result))
+                    result = AsyncResumed(result, await afirst_of(result))
             except Exception as exc:
                 if not pool.failed(index, started, exc, plan):
                     raise
