@@ -631,3 +631,87 @@ async def test_a_returned_async_stream_left_behind_is_closed(combine: Any) -> No
         await task
     assert [s.closed for s in made] == [True, True]
     assert registry.get("aret-hang").concurrency["in_flight"] == 0
+
+
+_OUTCOMES = st.tuples(
+    st.sampled_from(["answer", "provider", "caller", "stream", "stream-fail"]),
+    st.sampled_from([0.0, 0.001, 0.02]),
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(_OUTCOMES, min_size=1, max_size=4),
+    st.integers(min_value=1, max_value=3),
+    st.sampled_from(["asyncio", "trio"]),
+)
+def test_whatever_hedged_attempts_do_one_end_and_every_slot_back(
+    outcomes: list[tuple[str, float]], max_attempts: int, backend: str
+) -> None:
+    """Each target answers, fails (provider's or caller's fault), or streams (content, or a
+    failure before it) after a while: the call ends with one answer or one error, no loser
+    is counted a failure, every slot comes back and no task is left (asyncio and trio)."""
+    import anyio
+
+    from llm_circuit_breaker import HTTPStatusError
+
+    async def main() -> None:
+        registry = BreakerRegistry()
+        kinds = {what.startswith("stream") for what, _ in outcomes}
+        streaming = kinds == {True}
+        targets = []
+        for i, (what, after) in enumerate(outcomes):
+            name = f"t{i}"
+            if streaming:
+
+                @circuit_breaker(name, registry=registry, max_concurrent=8)
+                async def stream(what: str = what, after: float = after) -> AsyncIterator[Any]:
+                    yield ROLE
+                    await anyio.sleep(after)
+                    if what == "stream-fail":
+                        raise ServerError(503)
+                    yield CONTENT
+
+                targets.append(stream)
+            else:
+
+                @circuit_breaker(name, registry=registry, max_concurrent=8)
+                async def call(what: str = what, after: float = after) -> str:
+                    await anyio.sleep(after)
+                    if what in ("provider", "stream-fail"):
+                        raise ServerError(503)
+                    if what == "caller":
+                        raise HTTPStatusError(400)
+                    return "answer"
+
+                targets.append(call)
+        hedged = with_hedging(*targets, delay=0.005, max_attempts=max_attempts)
+        if streaming:
+            try:
+                got: Any = [item async for item in hedged()]
+            except Exception as exc:
+                got = exc
+        else:
+            try:
+                got = await hedged()
+            except Exception as exc:
+                got = exc
+        for _ in range(10):
+            await anyio.sleep(0)
+        if isinstance(got, Exception):
+            assert isinstance(got, (ServerError, HTTPStatusError))
+        else:
+            assert got in ("answer", [ROLE, CONTENT])
+            assert sum(hedged.hedge_stats.wins.values()) == 1
+        stats = hedged.hedge_stats
+        assert 1 <= stats.attempts <= max(max_attempts, len(targets))
+        for i, (what, _) in enumerate(outcomes):
+            breaker = registry.get(f"t{i}")
+            assert breaker.concurrency["in_flight"] == 0
+            if what not in ("provider", "stream-fail"):  # a loser is never a failure
+                assert breaker.stats.failures == 0
+        if backend == "asyncio":
+            current = asyncio.current_task()
+            assert all(t.done() for t in asyncio.all_tasks() if t is not current)
+
+    anyio.run(main, backend=backend)
