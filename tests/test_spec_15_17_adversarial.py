@@ -715,3 +715,32 @@ def test_whatever_hedged_attempts_do_one_end_and_every_slot_back(
             assert all(t.done() for t in asyncio.all_tasks() if t is not current)
 
     anyio.run(main, backend=backend)
+
+
+def test_a_sync_hedge_still_in_line_for_a_slot_when_the_race_ends_never_calls() -> None:
+    """max_concurrent=1: the hedge waits in line behind the primary's stream; the primary's
+    first content wins, and when its stream ends the slot goes to the hedge, which must give
+    it back uncalled (a thread cannot be cancelled, but it need not send a request nobody will
+    read)."""
+    registry = BreakerRegistry()
+    calls: list[int] = []
+
+    @circuit_breaker("one-slot", registry=registry, max_concurrent=1, throttle_max_wait=30)
+    def ask(i: int) -> Iterator[Any]:
+        calls.append(i)
+        time.sleep(0.1)
+        yield CONTENT
+
+    hedged = with_hedging(ask, ask, delay=0.02)
+    assert list(hedged(1)) == [CONTENT]
+    breaker = registry.get("one-slot")
+    for _ in range(200):  # the loser's thread hands the slot back at once
+        if breaker.concurrency["in_flight"] == 0 and breaker.concurrency["waiting"] == 0:
+            break
+        time.sleep(0.01)
+    assert hedged.hedge_stats.hedges == 1
+    assert calls == [1]
+    assert breaker.stats.calls == 1
+    assert breaker.stats.throttle_refusals["concurrency"] == 0
+    assert breaker.concurrency["in_flight"] == 0
+    assert list(ask(2)) == [CONTENT]  # the slot is free for the next caller

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from llm_circuit_breaker._core.concurrency import LimiterCore, Signal
@@ -30,7 +31,13 @@ if TYPE_CHECKING:
     from llm_circuit_breaker.breaker.circuit import Entry
     from llm_circuit_breaker.breaker.telemetry import Telemetry
 
-__all__ = ["QUEUED", "ConcurrencyLimit"]
+__all__ = ["ABANDONED", "QUEUED", "ConcurrencyLimit"]
+
+# Set (to a threading.Event) by with_hedging in an attempt's thread: once it is up another
+# attempt won, and a loser that got its slot in flight only then gives it back uncalled.
+ABANDONED: ContextVar[threading.Event | None] = ContextVar(
+    "llm_circuit_breaker_abandoned", default=None
+)
 
 # The permit of a Wait that stands in line for a slot in flight (not for a throttle slot).
 QUEUED = -3
@@ -224,6 +231,10 @@ class ConcurrencyLimit:
                     raise
                 if not self._leave(ticket):
                     raise self._refuse()
+            abandoned = ABANDONED.get()
+            if abandoned is not None and abandoned.is_set():  # a hedge that lost meanwhile
+                self._free(Signal.NEUTRAL)
+                raise ThrottledError(self.name, 0.0, "concurrency")
             entry = self._admitted()
             if isinstance(entry, int):
                 return entry

@@ -45,6 +45,7 @@ from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._judge.content import is_content
 from llm_circuit_breaker._judge.refusal import refusal_of
 from llm_circuit_breaker.breaker.clock import running_library
+from llm_circuit_breaker.breaker.concurrency import ABANDONED
 from llm_circuit_breaker.breaker.telemetry import Latency, latency_of
 from llm_circuit_breaker.strategies import tracing
 from llm_circuit_breaker.strategies.fallbacks import _PROVIDER_FAULTS, _distinct, _name
@@ -668,6 +669,7 @@ def _thread_race(run: _Call, attempt: Callable[[int], Any]) -> tuple[int, Any]:
 
     def work(number: int, started_at: float) -> None:
         LOST.set(lost)  # in this attempt's own copy of the context
+        ABANDONED.set(lost)  # a slot in flight that comes after the race is not used
         try:
             result = attempt(number)
         except BaseException as exc:
