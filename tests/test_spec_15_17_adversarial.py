@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from llm_circuit_breaker import (
     BreakerRegistry,
+    BudgetExceededError,
     FallbacksExhaustedError,
     RateLimitError,
     RequestTimeoutError,
@@ -744,3 +745,55 @@ def test_a_sync_hedge_still_in_line_for_a_slot_when_the_race_ends_never_calls() 
     assert breaker.stats.throttle_refusals["concurrency"] == 0
     assert breaker.concurrency["in_flight"] == 0
     assert list(ask(2)) == [CONTENT]  # the slot is free for the next caller
+
+
+# -- section 16: a spend cap under threads ---------------------------------------------------
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=6),
+    st.integers(min_value=1, max_value=50),
+    st.integers(min_value=1, max_value=300),
+)
+def test_threads_overspend_a_spend_cap_by_at_most_the_calls_in_flight(
+    threads: int, tokens: int, limit: int
+) -> None:
+    """Once the cap is spent nothing more is sent; what the calls already in flight when it
+    ran out spend still counts: at most one call per thread past the limit."""
+    registry = BreakerRegistry()
+    sent, refused = [0], [0]
+    lock = threading.Lock()
+
+    @circuit_breaker("cap", registry=registry, token_budget=limit)
+    def call() -> dict[str, Any]:
+        with lock:
+            sent[0] += 1
+        time.sleep(0.001)
+        return {
+            "choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens},
+        }
+
+    def worker() -> None:
+        for _ in range(limit // tokens + 3):
+            try:
+                call()
+            except BudgetExceededError as exc:
+                assert exc.limit == limit
+                assert exc.spent >= limit
+                with lock:
+                    refused[0] += 1
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    budget = registry.get("cap").budget
+    assert budget["spent"] == sent[0] * tokens
+    assert budget["spent"] < limit + threads * tokens
+    assert refused[0] >= 1
+    breaker = registry.get("cap")
+    assert breaker.stats.failures == 0
+    assert breaker.state.name == "CLOSED"
