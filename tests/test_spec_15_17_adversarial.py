@@ -797,3 +797,60 @@ def test_threads_overspend_a_spend_cap_by_at_most_the_calls_in_flight(
     breaker = registry.get("cap")
     assert breaker.stats.failures == 0
     assert breaker.state.name == "CLOSED"
+
+
+class _TrioSDKStream:
+    """An SDK async stream whose close awaits (a checkpoint, as a real response's has)."""
+
+    def __init__(self, hang: bool) -> None:
+        self.hang = hang
+        self.closed = False
+
+    def __aiter__(self) -> _TrioSDKStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        import trio
+
+        if self.hang:
+            await trio.sleep(30)
+        return CONTENT
+
+    async def close(self) -> None:
+        import trio
+
+        await trio.sleep(0)
+        self.closed = True
+
+
+@pytest.mark.parametrize("combine", ["hedging", "pool", "fallbacks"])
+def test_a_stream_left_behind_by_a_cancelled_trio_task_is_closed(combine: str) -> None:
+    """Under trio a cancelled task's awaits are cancelled too: closing the SDK stream it
+    leaves behind must be shielded, or its connection stays open."""
+    import trio
+
+    registry = BreakerRegistry()
+    made: list[_TrioSDKStream] = []
+
+    @circuit_breaker("trio-hang", registry=registry)
+    async def hang() -> Any:
+        made.append(_TrioSDKStream(hang=True))
+        return made[-1]
+
+    @circuit_breaker("trio-answer", registry=registry)
+    async def answer() -> Any:
+        made.append(_TrioSDKStream(hang=False))
+        return made[-1]
+
+    async def main() -> None:
+        if combine == "hedging":
+            stream = await with_hedging(hang, answer, delay=0.01)()
+            assert await stream.__anext__() == CONTENT
+            return
+        wrapped = with_pool(hang) if combine == "pool" else with_fallbacks(hang)
+        with trio.move_on_after(0.05):
+            await wrapped()
+
+    trio.run(main)
+    assert made[0].closed  # the attempt left behind
+    assert registry.get("trio-hang").stats.failures == 0

@@ -36,6 +36,7 @@ from typing import Any, TypeVar, cast
 from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._judge.refusal import refusal_of
 from llm_circuit_breaker._judge.results import content_filter
+from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.errors import FallbacksExhaustedError, InvalidResponseError
 from llm_circuit_breaker.strategies import tracing
 from llm_circuit_breaker.strategies.gate import PLAIN, aclose_inner
@@ -381,10 +382,22 @@ async def afirst_of(stream: Any) -> Any:
         return await first_item(stream)
     except BaseException:
         try:
-            await aclose_inner(stream)
+            await aclose_left(stream)
         except Exception:  # the stream's error is the one to raise
             logger.debug("closing a stream that failed before its first item raised")
         raise
+
+
+async def aclose_left(stream: Any) -> None:
+    """Close an async stream left behind, also from a cancelled trio task (shielded: else
+    the close's first await would be cancelled too and the connection left open)."""
+    if running_library() == "trio":
+        import trio
+
+        with trio.CancelScope(shield=True):
+            await aclose_inner(stream)
+        return
+    await aclose_inner(stream)
 
 
 class Resumed:

@@ -48,7 +48,12 @@ from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.breaker.concurrency import ABANDONED
 from llm_circuit_breaker.breaker.telemetry import Latency, latency_of
 from llm_circuit_breaker.strategies import tracing
-from llm_circuit_breaker.strategies.fallbacks import _PROVIDER_FAULTS, _distinct, _name
+from llm_circuit_breaker.strategies.fallbacks import (
+    _PROVIDER_FAULTS,
+    _distinct,
+    _name,
+    aclose_left,
+)
 from llm_circuit_breaker.strategies.gate import LOST, PLAIN
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
@@ -539,13 +544,7 @@ async def _async_until_content(stream: Any) -> AsyncReplayed:
 
 
 async def _aclose(stream: Any) -> None:
-    for name in ("aclose", "close"):
-        close = getattr(stream, name, None)
-        if close is not None:
-            result = close()
-            if hasattr(result, "__await__"):
-                await result
-            return
+    await aclose_left(stream)
 
 
 class AsyncReplayed:
