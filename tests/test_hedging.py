@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -565,6 +566,47 @@ def test_a_sync_loser_that_fails_after_the_winner_is_ignored() -> None:
     for name in ("slow", "slow-stream"):
         until(lambda name=name: registry.get(name).stats.ignored == 1)  # type: ignore[misc]
         assert registry.get(name).stats.failures == 0
+
+
+def test_a_sync_loser_that_answers_after_the_winner_is_ignored_not_a_success() -> None:
+    """A plain function's late result is discarded, so its breaker counts the attempt
+    ignored (SPEC: losers are reported ignored); the winner's success stays a success, and a
+    breaker shared by both targets counts one of each."""
+    registry = BreakerRegistry()
+    release = threading.Event()
+    finished = threading.Event()
+
+    @circuit_breaker("slow", registry=registry)
+    def slow() -> str:
+        release.wait()
+        return "late"
+
+    @circuit_breaker("fast", registry=registry)
+    def fast() -> str:
+        return "fast"
+
+    calls = itertools.count()
+
+    @circuit_breaker("shared", registry=registry)
+    def shared() -> str:
+        if next(calls) == 0:  # the primary: answers once the hedge has won
+            release.wait()
+            finished.set()
+            return "late"
+        return "fast"
+
+    try:
+        assert with_hedging(slow, fast, delay=QUICK)() == "fast"
+        assert with_hedging(shared, shared, delay=QUICK)() == "fast"
+    finally:
+        release.set()
+    assert finished.wait(10)
+    until(lambda: registry.get("slow").stats.ignored == 1)
+    until(lambda: registry.get("shared").stats.ignored == 1)
+    slow_stats, shared_stats = registry.get("slow").stats, registry.get("shared").stats
+    assert (slow_stats.successes, slow_stats.failures, slow_stats.calls) == (0, 0, 1)
+    assert registry.get("fast").stats.successes == 1
+    assert (shared_stats.successes, shared_stats.ignored, shared_stats.calls) == (1, 1, 2)
 
 
 def test_a_losing_sync_stream_is_closed_once_it_answers() -> None:

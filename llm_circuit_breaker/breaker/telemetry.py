@@ -354,6 +354,19 @@ class Telemetry:
         else:
             self._bump(_BY_OUTCOME[outcome])
 
+    def recount_success_as_ignored(self) -> None:
+        """Count one success already counted as ignored instead: a hedge's losing attempt in a
+        thread, which cannot be cancelled, whose plain result came after the race ended and
+        was discarded. Nothing if no success is counted."""
+        with _counting:
+            counts = self._counts
+            if counts is None:
+                counts = self._counts = [0] * _SIZE
+            counted = _raw(self._successes, counts, _SUCCESS_READS) - counts[_SUCCESS_ZERO]
+            if counted > 0:
+                counts[_SUCCESS_ZERO] += 1
+                counts[_IGNORED] += 1
+
     def stats(self) -> BreakerStats:
         """The counts now."""
         with _counting:

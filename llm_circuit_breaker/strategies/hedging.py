@@ -44,6 +44,7 @@ from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._judge.content import is_content
 from llm_circuit_breaker._judge.refusal import refusal_of
+from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.breaker.concurrency import ABANDONED
 from llm_circuit_breaker.breaker.telemetry import Latency, latency_of
@@ -54,7 +55,7 @@ from llm_circuit_breaker.strategies.fallbacks import (
     _name,
     aclose_left,
 )
-from llm_circuit_breaker.strategies.gate import LOST, PLAIN
+from llm_circuit_breaker.strategies.gate import LOST, PLAIN, is_stream
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
 if TYPE_CHECKING:
@@ -676,7 +677,7 @@ def _thread_race(run: _Call, attempt: Callable[[int], Any]) -> tuple[int, Any]:
             return
         run.answered(number, started_at)  # a loser's time counts too
         if not outbox.put(number, True, result):
-            _discard(result)  # lost: its stream closed, a plain result dropped
+            _lost(run, number, result)
 
     def launch(why: str) -> None:
         number, started_at = run.start(why)
@@ -711,9 +712,20 @@ def _thread_race(run: _Call, attempt: Callable[[int], Any]) -> tuple[int, Any]:
                 raise run.exhausted()
     finally:
         lost.set()
-        for _, answered, value in outbox.close():
+        for number, answered, value in outbox.close():
             if answered:
-                _discard(value)
+                _lost(run, number, value)
+
+
+def _lost(run: _Call, number: int, result: Any) -> None:
+    """A thread's attempt that answered after the race ended: its stream closed (reported
+    ignored by its guard), a plain result dropped and its success counted as ignored (the
+    thread could not be cancelled, so its breaker counted a success)."""
+    _discard(result)
+    if result.__class__ in PLAIN or not is_stream(result):
+        breaker = run.record(run.slot(number))[0]
+        if isinstance(breaker, CircuitBreaker):
+            breaker._local.recount_success_as_ignored()
 
 
 def _discard(result: Any) -> None:
