@@ -221,11 +221,16 @@ class Core:
         counted as a retry and paid from the breaker's retry budget; the refusal to answer with
         when the budget cannot pay (the SDK stops retrying, as it does for a throttled
         attempt)."""
-        if retry == "0" or not retry.isdigit():
+        # ASCII digits only: str.isdigit() also takes "²" (which int() refuses), other
+        # scripts' digits, and thousands of digits (past int()'s limit): no SDK's count
+        if not (retry.isascii() and retry.isdigit()) or len(retry) > 9:
+            return None
+        count = int(retry)
+        if count == 0:  # "00": the first attempt
             return None
         if not breaker.try_spend_retry():
             return ThrottledError(breaker.name, 1.0, reason="retry_budget")
-        breaker.record_retry(int(retry), SDKRetry(), 0.0)
+        breaker.record_retry(count, SDKRetry(), 0.0)
         return None
 
     def bound_first_byte(self, request: Any, body: Any, accept: str) -> bool:
@@ -536,7 +541,7 @@ class Attempt:
         if isinstance(parsed, str):
             parsed = parsed[:2000]
         error = http_status_error(
-            response.status_code, dict(response.headers), parsed, str(request.url)
+            response.status_code, _dict(response.headers), parsed, str(request.url)
         )
         return self.failed(error)
 
@@ -610,6 +615,17 @@ def _text(value: bytes, headers: Any) -> str:
     except UnicodeDecodeError:
         encoding = getattr(headers, "encoding", None)
         return value.decode(encoding if isinstance(encoding, str) else "latin-1", "replace")
+
+
+def _dict(headers: Any) -> dict[str, str]:
+    """``headers`` as a dict by lower-case name (several values joined by ``", "``, as a
+    lookup joins them), from the first 256: ``dict(httpx.Headers)`` looks each name up again,
+    seconds of work for a hostile answer with ten thousand headers."""
+    found: dict[str, str] = {}
+    for _, name, value in _lowered(headers):
+        key, text = name.decode("latin-1"), _text(value, headers)
+        found[key] = text if key not in found else f"{found[key]}, {text}"
+    return found
 
 
 # what answer_headers gives for a response without rate-limit headers (never changed)
