@@ -3,11 +3,14 @@ read partly, twice or never, probes that must always report, slots that must com
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import threading
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from llm_circuit_breaker import (
     BreakerRegistry,
@@ -17,7 +20,9 @@ from llm_circuit_breaker import (
     Outcome,
 )
 from llm_circuit_breaker.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport
+from llm_circuit_breaker.storage import RedisStateStore
 from llm_circuit_breaker.testing import FakeClock, FakeLLMServer, Reply
+from tests.redis_server import RedisServer
 
 HALF_OPEN_SOON = CircuitBreakerConfig(failure_threshold=1, reset_timeout=10.0, success_threshold=1)
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -285,3 +290,198 @@ def test_an_error_answer_with_ten_thousand_headers_is_judged_in_bounded_work(sta
     assert answer.status_code == status
     assert _CountedHeaders.lookups < 100
     assert registry.get("many").stats.calls == 1
+
+
+# -- stores, budgets and a client shared by threads --------------------------------------------
+
+
+def test_a_sync_transport_refuses_an_asyncio_store_before_admitting(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    clock = FakeClock()
+    store = RedisStateStore.from_url(redis_server.url, asyncio=True, clock=clock, timeout=2)
+    breaker = CircuitBreaker("astore", HALF_OPEN_SOON, clock=clock, store=store)
+    transport = CircuitBreakerTransport(breaker, httpx.MockTransport(_ok))
+    with httpx.Client(transport=transport) as client:
+        for _ in range(2):  # the same answer each time: no breaker fixed half-way
+            with pytest.raises(TypeError, match="AsyncCircuitBreakerTransport"):
+                client.get("http://llm.test/")
+    assert transport._core.fixed is None
+    assert breaker.stats.calls == 0
+
+
+async def test_an_asyncio_store_probe_dropped_unread_gives_its_permit_back(
+    redis_server: RedisServer, redis_client: redis.Redis, llm_server: FakeLLMServer
+) -> None:
+    clock = FakeClock()
+    store = RedisStateStore.from_url(redis_server.url, asyncio=True, clock=clock, timeout=2)
+    breaker = CircuitBreaker("aprobe", HALF_OPEN_SOON, clock=clock, store=store)
+    permit = await breaker.aadmit()
+    await breaker.arecord(permit, Outcome.FAILURE)
+    clock.advance(10.0)
+    llm_server.script(Reply.ok(), Reply.ok())
+    url = llm_server.url + "/v1/chat/completions"
+    async with httpx.AsyncClient(transport=AsyncCircuitBreakerTransport(breaker)) as client:
+        gc.disable()
+        try:
+            response = await client.send(client.build_request("POST", url, json=CHAT), stream=True)
+            inflight = store.keys("aprobe")[1]
+            assert redis_client.zcard(inflight) == 1
+            refused = await client.post(url, json=CHAT)  # the probe slot is taken
+            assert refused.headers["x-llm-circuit-breaker"] == "circuit-open"
+            del response
+        finally:
+            gc.enable()
+        gc.collect()
+        for _ in range(100):  # the report is scheduled on this loop
+            if redis_client.zcard(inflight) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert redis_client.zcard(inflight) == 0
+        assert (await client.post(url, json=CHAT)).status_code == 200
+    await store.client.aclose()
+
+
+def test_a_sync_store_with_a_token_budget_through_the_shortcut(
+    redis_server: RedisServer, redis_client: redis.Redis, llm_server: FakeLLMServer
+) -> None:
+    """A breaker passed in with a token budget and a store: admission reads the request's
+    estimate every time (``costly``), the answers' usage is spent, a spent budget refuses."""
+    clock = FakeClock()
+    store = RedisStateStore.from_url(redis_server.url, clock=clock, timeout=2)
+    config = CircuitBreakerConfig(token_budget=7.0, token_budget_window=60.0)
+    breaker = CircuitBreaker("spent", config, clock=clock, store=store)
+    transport = CircuitBreakerTransport(breaker)
+    answers = []
+    llm_server.script(*[Reply.ok()] * 10)
+    with httpx.Client(transport=transport) as client:
+        for _ in range(10):
+            body = {**CHAT, "max_tokens": 40}
+            answers.append(client.post(llm_server.url + "/v1/chat/completions", json=body))
+    assert transport._core.costly
+    statuses = [a.status_code for a in answers]
+    assert 200 in statuses and 429 in statuses
+    assert statuses.index(429) == statuses.count(200)  # once refused, refused
+    assert statuses.count(200) == 4  # 2 tokens each (the answers' usage): 8 > 7 after four
+    assert breaker.stats.throttle_refusals["token_budget"] == statuses.count(429)
+    assert breaker.budget is not None and breaker.budget["spent"] == 8.0
+    store.client.close()
+
+
+def test_threads_sharing_a_client_at_one_call_in_flight_leave_no_slot(
+    llm_server: FakeLLMServer,
+) -> None:
+    """Eight threads, one client, one slot: every call ends in an answer or a refusal, the
+    outcomes add up, and no slot or waiter is left."""
+    registry = BreakerRegistry()
+    transport = CircuitBreakerTransport(
+        "shared", registry=registry, max_concurrent=1, throttle_max_wait=0.5
+    )
+    llm_server.script(*[Reply.ok()] * 40)
+    statuses: list[int] = []
+    with httpx.Client(transport=transport) as client:
+
+        def calls() -> None:
+            for n in range(5):
+                if n % 2:  # half of them read as a stream, dropped half-read
+                    with client.stream("GET", llm_server.url + "/v1/models") as r:
+                        statuses.append(r.status_code)
+                        next(r.iter_raw(), None)
+                else:
+                    statuses.append(client.get(llm_server.url + "/v1/models").status_code)
+
+        threads = [threading.Thread(target=calls) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    breaker = registry.get("shared")
+    assert len(statuses) == 40 and set(statuses) <= {200, 429}
+    assert breaker.concurrency is not None
+    assert breaker.concurrency["in_flight"] == 0 and breaker.concurrency["waiting"] == 0
+    stats = breaker.stats
+    assert stats.successes + stats.ignored + stats.throttled == 40
+
+
+# -- the requests / aiohttp helpers' streams ---------------------------------------------------
+
+
+def _helper(clock: FakeClock, **fields: Any) -> Any:
+    from llm_circuit_breaker import LLMCircuitBreaker
+
+    registry = BreakerRegistry(clock=clock)
+    config = {"failure_threshold": 1, "reset_timeout": 10.0, "success_threshold": 1, **fields}
+    return LLMCircuitBreaker("helper", config, {"max_retries": 0}, registry=registry)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_helper_stream_abandoned_half_read_frees_its_probe(
+    llm_server: FakeLLMServer, kind: str
+) -> None:
+    clock = FakeClock()
+    cb = _helper(clock)
+    breaker = cb.breaker
+    _half_open(breaker, clock)
+    url = llm_server.url + "/v1/chat/completions"
+    llm_server.script(Reply.openai_stream(["a", "b", "c"]), Reply.openai_stream(["d"]))
+    gc.disable()
+    try:
+        if kind == "sync":
+            events = cb.stream(url, data={**CHAT, "stream": True})
+            next(events)
+        else:
+            aevents = cb.astream(url, data={**CHAT, "stream": True})
+            await anext(aevents)
+        assert not _next_probe_admitted(breaker)
+        if kind == "sync":
+            del events
+        else:
+            del aevents
+    finally:
+        gc.enable()
+    gc.collect()
+    for _ in range(100):  # an async generator is closed by its loop
+        if _next_probe_admitted(breaker):
+            break
+        await asyncio.sleep(0.01)
+    assert _next_probe_admitted(breaker)
+    if kind == "sync":
+        assert [e.data["choices"][0]["delta"]["content"] for e in cb.stream(url, data=CHAT)] == ["d"]
+    else:
+        assert len([e async for e in cb.astream(url, data=CHAT)]) == 1
+        await cb.aclose()
+    cb.close()
+    assert breaker.state is CircuitState.CLOSED
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply.openai_stream(["a"], error="server_error"),
+        Reply.openai_stream(["a", "b"], done=False),
+        Reply(events=['data: {"error": {"message": "boom", "type": "server_error"}}\n\n']),
+        Reply.openai_stream(["a", "b", "c"], done=False, drop=True),
+    ],
+    ids=["error-frame", "no-final", "error-first", "hung-up"],
+)
+async def test_a_broken_helper_stream_fails_its_probe(
+    llm_server: FakeLLMServer, kind: str, reply: Reply
+) -> None:
+    from llm_circuit_breaker import LLMCircuitBreakerError
+
+    clock = FakeClock()
+    cb = _helper(clock)
+    _half_open(cb.breaker, clock)
+    llm_server.script(reply)
+    url = llm_server.url + "/v1/chat/completions"
+    with pytest.raises(LLMCircuitBreakerError):
+        if kind == "sync":
+            for _ in cb.stream(url, data={**CHAT, "stream": True}):
+                pass
+        else:
+            async for _ in cb.astream(url, data={**CHAT, "stream": True}):
+                pass
+    await cb.aclose()
+    cb.close()
+    assert cb.breaker.state is CircuitState.OPEN
