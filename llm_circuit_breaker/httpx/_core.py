@@ -130,7 +130,7 @@ class Core:
             content = _content(request)
             cap = _cap_in(content) if content and len(content) <= _MAX_PARSED_BODY else None
             if cap is not None:
-                return max(0.0, cap) + len(content or b"") / 4.0
+                return _cap(cap) + len(content or b"") / 4.0
             body = self.body_of(request)
         if not isinstance(body, Mapping):
             return 0.0
@@ -139,7 +139,7 @@ class Core:
              if isinstance(body.get(f), int | float)),
             0,
         )  # fmt: skip
-        return max(0.0, float(cap)) + len(request.content) / 4.0
+        return _cap(cap) + len(request.content) / 4.0
 
     # -- the request -------------------------------------------------------------------------
 
@@ -256,6 +256,8 @@ class Core:
         """The answer to a refused attempt: nothing was sent, the SDK must not retry."""
         throttled = isinstance(error, ThrottledError)
         wait = error.retry_after
+        if wait is not None and not math.isfinite(wait):  # never: no hint to give
+            wait = None
         headers = {
             "content-type": "application/json",
             "x-should-retry": "false",
@@ -487,12 +489,12 @@ class Meter:
         """The tokens to count."""
         from llm_circuit_breaker._core.budget import usage_tokens
 
+        used = None
         if self.watch is not None:
             used = self.watch.usage
         elif self.size <= _MAX_PARSED_BODY and self.chunks:
-            used = usage_tokens(parse_json(b"".join(self.chunks)))
-        else:
-            used = None
+            with contextlib.suppress(Exception):  # a usage no float holds: unknown
+                used = usage_tokens(parse_json(b"".join(self.chunks)))
         return self.estimate if used is None else used
 
 
@@ -579,6 +581,19 @@ def _cap_in(content: bytes) -> float | None:
             return None  # not a number (an object of a schema, null ...): parsed to be sure
         return float(number.group(1))
     return 0.0
+
+
+def _cap(value: float) -> float:
+    """An output cap as tokens to estimate: 0 for one that is negative, infinite or too big
+    for a float (1e999, ``Infinity``, 400 digits): no estimate that refuses forever."""
+    try:
+        cap = float(value)
+    except OverflowError:
+        return 0.0
+    return cap if 0.0 < cap < _MAX_CAP else 0.0
+
+
+_MAX_CAP = 1e15  # tokens: past any model's output
 
 
 def _content(request: Any) -> bytes | None:
