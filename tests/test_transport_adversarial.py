@@ -594,3 +594,91 @@ async def test_a_helper_stream_whose_usage_no_float_holds_settles(
     cb.close()
     assert len(events) == 2
     assert cb.breaker.state is CircuitState.CLOSED
+
+
+async def test_cancelled_waits_sends_and_reads_leave_no_slot(llm_server: FakeLLMServer) -> None:
+    """One slot: a request cancelled while it waits for the slot, one cancelled while it is
+    sent, and one cancelled while its body is read all give back what they held."""
+    registry = BreakerRegistry()
+    transport = AsyncCircuitBreakerTransport(
+        "cancelled", registry=registry, max_concurrent=1, throttle_max_wait=30.0
+    )
+    url = llm_server.url + "/raw"
+    llm_server.script(
+        Reply(chunks=[b"a"] * 3),
+        Reply.ok(delay=30.0),  # sent, never answered in time
+        Reply(chunks=[b"x" * 10] * 3),
+        Reply.ok(),
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        async with client.stream("GET", url) as held:
+            breaker = registry.get("cancelled")
+            waiting = asyncio.ensure_future(client.get(url))
+            for _ in range(200):
+                await asyncio.sleep(0.005)
+                if breaker.concurrency is not None and breaker.concurrency["waiting"] == 1:
+                    break
+            assert breaker.concurrency["waiting"] == 1
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert breaker.concurrency["waiting"] == 0
+            await held.aread()
+        sending = asyncio.ensure_future(client.get(url))
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if llm_server.hits == 2:
+                break
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        assert breaker.concurrency["in_flight"] == 0
+
+        async def read_slowly() -> None:
+            async with client.stream("GET", url) as response:
+                async for _ in response.aiter_raw():
+                    await asyncio.sleep(30.0)
+
+        reading = asyncio.ensure_future(read_slowly())
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if breaker.concurrency["in_flight"] == 1 and llm_server.hits == 3:
+                break
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        assert breaker.concurrency == {**breaker.concurrency, "in_flight": 0, "waiting": 0}
+        assert (await client.get(llm_server.url + "/v1/chat/completions")).status_code == 200
+
+
+class _OwnResponse(httpx.Response):
+    """A response class of a module other than httpx (a test's, an SDK's)."""
+
+
+class _OwnRequest(httpx.Request):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [(200, "text/event-stream"), (200, "application/json"), (500, "application/json")],
+)
+async def test_request_and_response_subclasses_are_guarded(status: int, kind: str) -> None:
+    """The library a message belongs to is found through its class's bases: no
+    AttributeError for a subclass defined elsewhere (this module has no ``SyncByteStream``)."""
+    body = b'data: {"object": "chat.completion.chunk", "choices": []}\n\ndata: [DONE]\n\n'
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": kind}
+        return _OwnResponse(status, headers=headers, stream=httpx.ByteStream(body))
+
+    registry = BreakerRegistry()
+    sync = CircuitBreakerTransport("own", httpx.MockTransport(handler), registry=registry)
+    answer = sync.handle_request(_OwnRequest("POST", "http://llm.test/", json={"stream": True}))
+    answer.read()
+    both = AsyncCircuitBreakerTransport("own", httpx.MockTransport(handler), registry=registry)
+    answer = await both.handle_async_request(_OwnRequest("POST", "http://llm.test/"))
+    await answer.aread()
+    stats = registry.get("own").stats
+    assert stats.calls == 2
+    assert (stats.failures if status >= 400 else stats.successes) == 2

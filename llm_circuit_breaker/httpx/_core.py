@@ -721,8 +721,26 @@ def _set_read_timeout(request: Any, seconds: float) -> None:
 
 
 def library(message: Any) -> Any:
-    """The module (``httpx``, ``httpx2``) whose Request / Response ``message`` is."""
-    return sys.modules[type(message).__module__.partition(".")[0]]
+    """The module (``httpx``, ``httpx2``) whose Request / Response ``message`` is, or whose
+    class its class extends (a subclass made by a test or an SDK lives in a module of its
+    own)."""
+    kind = type(message)
+    found = _LIBRARIES.get(kind)
+    if found is None:
+        found = _LIBRARIES[kind] = _library_of(kind)
+    return found
+
+
+_LIBRARIES: dict[type, Any] = {}
+_NEEDED = ("Response", "SyncByteStream", "AsyncByteStream", "ReadTimeout", "RemoteProtocolError")
+
+
+def _library_of(kind: type) -> Any:
+    for each in kind.__mro__:
+        module = sys.modules.get(each.__module__.partition(".")[0])
+        if module is not None and all(hasattr(module, name) for name in _NEEDED):
+            return module
+    return sys.modules[kind.__module__.partition(".")[0]]
 
 
 @functools.cache
