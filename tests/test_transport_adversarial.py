@@ -4,6 +4,7 @@ read partly, twice or never, probes that must always report, slots that must com
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import threading
@@ -682,3 +683,72 @@ async def test_request_and_response_subclasses_are_guarded(status: int, kind: st
     stats = registry.get("own").stats
     assert stats.calls == 2
     assert (stats.failures if status >= 400 else stats.successes) == 2
+
+
+def test_a_dropped_body_collected_on_another_thread_frees_its_slot(
+    llm_server: FakeLLMServer,
+) -> None:
+    """A response left in a reference cycle, collected by a collection another thread runs:
+    its slot comes back (the finaliser never waits for a lock)."""
+    registry = BreakerRegistry()
+    transport = CircuitBreakerTransport("cycle", registry=registry, max_concurrent=1)
+    llm_server.script(Reply(chunks=[b"a"] * 3), Reply.ok())
+    with httpx.Client(transport=transport) as client:
+        gc.disable()
+        try:
+            response = client.send(
+                client.build_request("GET", llm_server.url + "/raw"), stream=True
+            )
+            response.cycle = response  # type: ignore[attr-defined]
+            del response
+            breaker = registry.get("cycle")
+            assert breaker.concurrency is not None and breaker.concurrency["in_flight"] == 1
+            collector = threading.Thread(target=gc.collect)
+            collector.start()
+            collector.join()
+        finally:
+            gc.enable()
+        assert breaker.concurrency["in_flight"] == 0
+        assert client.get(llm_server.url + "/v1/chat/completions").status_code == 200
+    assert breaker.stats.ignored == 1 and breaker.stats.successes == 1
+
+
+def test_no_credential_reaches_an_error_or_a_log(
+    llm_server: FakeLLMServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key in the URL's query (as Gemini's API takes it) and in the headers: absent from
+    the errors the breaker judged, their reprs and the log, whatever failed."""
+    import logging
+
+    secret = "sk-SECRETSECRETSECRET0123456789"
+    seen: list[BaseException] = []
+    registry = BreakerRegistry()
+    transport = CircuitBreakerTransport("creds", registry=registry, failure_threshold=100)
+    real_record = CircuitBreaker.record
+
+    def record(self: CircuitBreaker, permit: int, outcome: Outcome, **details: Any) -> None:
+        if details.get("error") is not None:
+            seen.append(details["error"])
+        real_record(self, permit, outcome, **details)
+
+    monkeypatch.setattr(CircuitBreaker, "record", record)
+    error_frame = (
+        'data: {"error": {"message": "bad key ' + secret + '", "type": "server_error"}}\n\n'
+    )
+    llm_server.script(
+        Reply.error(500, message=f"invalid key {secret}"),
+        Reply(events=[error_frame]),
+        Reply.openai_stream(["a"], done=False),
+    )
+    url = f"{llm_server.url}/v1/chat/completions?key={secret}"
+    headers = {"authorization": f"Bearer {secret}", "x-api-key": secret}
+    caplog.set_level(logging.DEBUG, logger="llm_circuit_breaker")
+    with httpx.Client(transport=transport, headers=headers) as client:
+        for _ in range(3):
+            with contextlib.suppress(httpx.HTTPError):
+                client.post(url, json={**CHAT, "stream": True}).read()
+    assert len(seen) == 3
+    for error in seen:
+        assert secret not in str(error) and secret not in repr(error)
+        assert secret not in str(getattr(error, "url", ""))
+    assert secret not in caplog.text
