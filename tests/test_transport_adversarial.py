@@ -8,6 +8,7 @@ import contextlib
 import gc
 import json
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from llm_circuit_breaker import (
 from llm_circuit_breaker.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport
 from llm_circuit_breaker.storage import RedisStateStore
 from llm_circuit_breaker.testing import FakeClock, FakeLLMServer, Reply
+from tests.polling import until
 from tests.redis_server import RedisServer
 
 HALF_OPEN_SOON = CircuitBreakerConfig(failure_threshold=1, reset_timeout=10.0, success_threshold=1)
@@ -752,3 +754,77 @@ def test_no_credential_reaches_an_error_or_a_log(
         assert secret not in str(error) and secret not in repr(error)
         assert secret not in str(getattr(error, "url", ""))
     assert secret not in caplog.text
+
+
+def _held(frames: list[bytes], release: threading.Event) -> Iterator[bytes]:
+    """A body sent once ``release`` is set (its headers go at once): the attempt stays in
+    flight until then."""
+    release.wait(5.0)
+    yield from frames
+
+
+@pytest.mark.parametrize("shape", ["plain", "sse-error-first", "sse-cut", "sse-whole"])
+def test_one_probe_among_threads_and_it_always_reports(
+    llm_server: FakeLLMServer, shape: str
+) -> None:
+    """Threads call a HALF_OPEN circuit through the real openai SDK while its probe is in
+    flight: they are refused without a request, and the probe's outcome settles the circuit
+    (closed on a whole answer, open again on an error frame or a cut stream)."""
+    import openai
+
+    from llm_circuit_breaker.testing._reply import completion
+
+    def chunk(text: str, finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": {"content": text}, "finish_reason": finish}
+        data = {"id": "c", "object": "chat.completion.chunk", "choices": [choice]}
+        return f"data: {json.dumps(data)}\n\n".encode()
+
+    bodies = {
+        "plain": [json.dumps(completion("hi")).encode()],
+        "sse-error-first": [
+            b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
+        ],
+        "sse-cut": [chunk("a"), chunk("b")],
+        "sse-whole": [chunk("a"), chunk("b", "stop"), b"data: [DONE]\n\n"],
+    }
+    kind = "application/json" if shape == "plain" else "text/event-stream"
+    release = threading.Event()
+    llm_server.script(Reply(chunks=_held(bodies[shape], release), headers={"content-type": kind}))
+    breaker, _ = _probe_breaker()
+    http_client = httpx.Client(transport=CircuitBreakerTransport(breaker))
+    client = openai.OpenAI(
+        api_key="sk-test", base_url=llm_server.url + "/v1", http_client=http_client, max_retries=0
+    )
+    outcomes: list[str] = []
+
+    def call() -> None:
+        try:
+            if shape == "plain":
+                client.chat.completions.create(model="m", messages=CHAT["messages"])
+            else:
+                for _ in client.chat.completions.create(
+                    model="m", messages=CHAT["messages"], stream=True
+                ):
+                    pass
+            outcomes.append("ok")
+        except openai.APIStatusError as exc:
+            outcomes.append(exc.response.headers.get("x-llm-circuit-breaker") or "status")
+        except Exception as exc:
+            outcomes.append(type(exc).__name__)
+
+    probe = threading.Thread(target=call)
+    probe.start()
+    until(lambda: llm_server.hits == 1)
+    others = [threading.Thread(target=call) for _ in range(7)]
+    for thread in others:
+        thread.start()
+    for thread in others:
+        thread.join()
+    assert outcomes == ["circuit-open"] * 7
+    release.set()
+    probe.join()
+    http_client.close()
+    assert llm_server.hits == 1
+    whole = shape in ("plain", "sse-whole")
+    assert outcomes[-1] == "ok" if whole else outcomes[-1] != "ok"
+    assert breaker.state is (CircuitState.CLOSED if whole else CircuitState.OPEN)
