@@ -130,7 +130,7 @@ class Core:
             content = _content(request)
             cap = _cap_in(content) if content and len(content) <= _MAX_PARSED_BODY else None
             if cap is not None:
-                return max(0.0, cap) + len(content or b"") / 4.0
+                return _cap(cap) + len(content or b"") / 4.0
             body = self.body_of(request)
         if not isinstance(body, Mapping):
             return 0.0
@@ -139,7 +139,7 @@ class Core:
              if isinstance(body.get(f), int | float)),
             0,
         )  # fmt: skip
-        return max(0.0, float(cap)) + len(request.content) / 4.0
+        return _cap(cap) + len(request.content) / 4.0
 
     # -- the request -------------------------------------------------------------------------
 
@@ -221,11 +221,16 @@ class Core:
         counted as a retry and paid from the breaker's retry budget; the refusal to answer with
         when the budget cannot pay (the SDK stops retrying, as it does for a throttled
         attempt)."""
-        if retry == "0" or not retry.isdigit():
+        # ASCII digits only: str.isdigit() also takes "²" (which int() refuses), other
+        # scripts' digits, and thousands of digits (past int()'s limit): no SDK's count
+        if not (retry.isascii() and retry.isdigit()) or len(retry) > 9:
+            return None
+        count = int(retry)
+        if count == 0:  # "00": the first attempt
             return None
         if not breaker.try_spend_retry():
             return ThrottledError(breaker.name, 1.0, reason="retry_budget")
-        breaker.record_retry(int(retry), SDKRetry(), 0.0)
+        breaker.record_retry(count, SDKRetry(), 0.0)
         return None
 
     def bound_first_byte(self, request: Any, body: Any, accept: str) -> bool:
@@ -251,6 +256,8 @@ class Core:
         """The answer to a refused attempt: nothing was sent, the SDK must not retry."""
         throttled = isinstance(error, ThrottledError)
         wait = error.retry_after
+        if wait is not None and not math.isfinite(wait):  # never: no hint to give
+            wait = None
         headers = {
             "content-type": "application/json",
             "x-should-retry": "false",
@@ -482,12 +489,12 @@ class Meter:
         """The tokens to count."""
         from llm_circuit_breaker._core.budget import usage_tokens
 
+        used = None
         if self.watch is not None:
             used = self.watch.usage
         elif self.size <= _MAX_PARSED_BODY and self.chunks:
-            used = usage_tokens(parse_json(b"".join(self.chunks)))
-        else:
-            used = None
+            with contextlib.suppress(Exception):  # a usage no float holds: unknown
+                used = usage_tokens(parse_json(b"".join(self.chunks)))
         return self.estimate if used is None else used
 
 
@@ -536,7 +543,7 @@ class Attempt:
         if isinstance(parsed, str):
             parsed = parsed[:2000]
         error = http_status_error(
-            response.status_code, dict(response.headers), parsed, str(request.url)
+            response.status_code, _dict(response.headers), parsed, str(request.url)
         )
         return self.failed(error)
 
@@ -576,6 +583,19 @@ def _cap_in(content: bytes) -> float | None:
     return 0.0
 
 
+def _cap(value: float) -> float:
+    """An output cap as tokens to estimate: 0 for one that is negative, infinite or too big
+    for a float (1e999, ``Infinity``, 400 digits): no estimate that refuses forever."""
+    try:
+        cap = float(value)
+    except OverflowError:
+        return 0.0
+    return cap if 0.0 < cap < _MAX_CAP else 0.0
+
+
+_MAX_CAP = 1e15  # tokens: past any model's output
+
+
 def _content(request: Any) -> bytes | None:
     """The request's body, or None for a streaming body not read (nothing to learn from it)."""
     try:
@@ -610,6 +630,17 @@ def _text(value: bytes, headers: Any) -> str:
     except UnicodeDecodeError:
         encoding = getattr(headers, "encoding", None)
         return value.decode(encoding if isinstance(encoding, str) else "latin-1", "replace")
+
+
+def _dict(headers: Any) -> dict[str, str]:
+    """``headers`` as a dict by lower-case name (several values joined by ``", "``, as a
+    lookup joins them), from the first 256: ``dict(httpx.Headers)`` looks each name up again,
+    seconds of work for a hostile answer with ten thousand headers."""
+    found: dict[str, str] = {}
+    for _, name, value in _lowered(headers):
+        key, text = name.decode("latin-1"), _text(value, headers)
+        found[key] = text if key not in found else f"{found[key]}, {text}"
+    return found
 
 
 # what answer_headers gives for a response without rate-limit headers (never changed)
@@ -690,8 +721,26 @@ def _set_read_timeout(request: Any, seconds: float) -> None:
 
 
 def library(message: Any) -> Any:
-    """The module (``httpx``, ``httpx2``) whose Request / Response ``message`` is."""
-    return sys.modules[type(message).__module__.partition(".")[0]]
+    """The module (``httpx``, ``httpx2``) whose Request / Response ``message`` is, or whose
+    class its class extends (a subclass made by a test or an SDK lives in a module of its
+    own)."""
+    kind = type(message)
+    found = _LIBRARIES.get(kind)
+    if found is None:
+        found = _LIBRARIES[kind] = _library_of(kind)
+    return found
+
+
+_LIBRARIES: dict[type, Any] = {}
+_NEEDED = ("Response", "SyncByteStream", "AsyncByteStream", "ReadTimeout", "RemoteProtocolError")
+
+
+def _library_of(kind: type) -> Any:
+    for each in kind.__mro__:
+        module = sys.modules.get(each.__module__.partition(".")[0])
+        if module is not None and all(hasattr(module, name) for name in _NEEDED):
+            return module
+    return sys.modules[kind.__module__.partition(".")[0]]
 
 
 @functools.cache

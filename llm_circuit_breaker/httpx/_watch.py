@@ -3,6 +3,7 @@ and its final event."""
 
 from __future__ import annotations
 
+import math
 import zlib
 
 from llm_circuit_breaker._judge.content import is_content
@@ -176,8 +177,13 @@ class Watch:
         aliases = {"prompt_tokens": 1, "completion_tokens": 2}
         for slot, key in [*enumerate(keys), *((i, k) for k, i in aliases.items())]:
             value = usage.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-                self._parts[slot] = float(value)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                try:
+                    number = float(value)
+                except OverflowError:  # an integer no float holds: not counted
+                    continue
+                if 0.0 <= number < math.inf:
+                    self._parts[slot] = number
 
     @property
     def usage(self) -> float | None:

@@ -112,6 +112,16 @@ class _AsyncPlainAttempt(Attempt):
                 await _tell(self, self.closed(None))
 
 
+async def _read_now(body: Any) -> None:
+    """Read the guarded body of a response whose body its transport read already: what it
+    holds is judged (and reported) now, the caller has the content either way."""
+    try:
+        async for _ in body:
+            pass
+    except Exception:  # reported by the body
+        pass
+
+
 _BODY_TYPES: dict[type, type[_AsyncBody]] = {}
 _ATTEMPT_TYPES: dict[type, type[_AsyncPlainAttempt]] = {}
 
@@ -205,6 +215,8 @@ class AsyncCircuitBreakerTransport(Transport):
             response.stream = attempt
         else:
             response.stream = _body_type(response)(response.stream, attempt, watch, request, first)
+        if response.is_closed:  # its body in hand (MockTransport, respx): no one reads it again
+            await _read_now(response.stream)
         return response
 
     async def aclose(self) -> None:

@@ -113,6 +113,16 @@ class _AsyncPlainAttempt(Attempt):
                 _tell(self, self.closed(None))
 
 
+def _read_now(body: Any) -> None:
+    """Read the guarded body of a response whose body its transport read already: what it
+    holds is judged (and reported) now, the caller has the content either way."""
+    try:
+        for _ in body:
+            pass
+    except Exception:  # reported by the body
+        pass
+
+
 _BODY_TYPES: dict[type, type[_SyncBody]] = {}
 _ATTEMPT_TYPES: dict[type, type[_AsyncPlainAttempt]] = {}
 
@@ -204,6 +214,8 @@ class CircuitBreakerTransport(Transport):
             response.stream = attempt
         else:
             response.stream = _body_type(response)(response.stream, attempt, watch, request, first)
+        if response.is_closed:  # its body in hand (MockTransport, respx): no one reads it again
+            _read_now(response.stream)
         return response
 
     def close(self) -> None:
