@@ -745,3 +745,25 @@ def test_a_call_of_the_same_function_inside_a_traced_call_is_traced_too(
     ids = {c.context.span_id for c in calls} | {a.context.span_id for a in attempts}
     assert all(a.parent is not None and a.parent.span_id in ids for a in attempts)
     assert sum(p.count for p in traced.points("gen_ai.client.operation.duration")) == 2
+
+
+@pytest.mark.parametrize("count", ["²", "1" * 5000])
+def test_an_odd_sdk_retry_count_is_a_call_of_its_own_when_traced(
+    llm_server: FakeLLMServer, count: str
+) -> None:
+    """A retry-count header that is no SDK's count ("²", thousands of digits) is a first
+    attempt for the spans as for the transport: one CLIENT span, no retry, no ValueError."""
+    registry = BreakerRegistry()
+    traced = Traced(registry)
+    llm_server.script(Reply.chat("hey"))
+    transport = CircuitBreakerTransport("odd-count", registry=registry)
+    with httpx.Client(transport=transport) as client:
+        answer = client.post(
+            llm_server.url + "/v1/chat/completions",
+            json={"model": "m", "messages": MESSAGES},
+            headers={"x-stainless-retry-count": count.encode("utf-8")},
+        )
+    assert answer.status_code == 200
+    assert len(traced.finished(SpanKind.CLIENT)) == 1
+    assert not traced.finished(SpanKind.INTERNAL)
+    assert registry.get("odd-count").stats.retries == 0

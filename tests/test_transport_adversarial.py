@@ -565,11 +565,6 @@ def test_an_output_cap_no_float_holds_is_no_crash(body: bytes, fields: dict[str,
         json.loads(answer.content)  # strict JSON: no Infinity in a refusal's body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_core/budget.py _number(): math.isfinite() of an int past a float overflows, "
-    "raised out of the decorators' stream meter (strategies/circuit.py _metered)",
-)
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_a_helper_stream_whose_usage_no_float_holds_settles(
     llm_server: FakeLLMServer, kind: str
@@ -828,3 +823,23 @@ def test_one_probe_among_threads_and_it_always_reports(
     whole = shape in ("plain", "sse-whole")
     assert outcomes[-1] == "ok" if whole else outcomes[-1] != "ok"
     assert breaker.state is (CircuitState.CLOSED if whole else CircuitState.OPEN)
+
+
+@pytest.mark.parametrize("cap", [10**400, float("inf"), 1e999, -5])
+def test_the_helpers_token_estimate_of_a_cap_no_float_holds_is_zero(cap: float) -> None:
+    """The helpers' estimate (``estimate_tokens``) reads an output cap as the transport does:
+    one past a float, infinite or negative estimates nothing, never an OverflowError."""
+    from llm_circuit_breaker._core.throttle import estimate_tokens
+
+    assert estimate_tokens({"max_tokens": cap}) == 0.0
+    assert estimate_tokens({"max_tokens": 100, "messages": []}) == 100 + len("[]") / 4
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "1" * 5000, "-1", "", "00", "1e3"])
+def test_an_odd_retry_count_is_the_first_attempt_everywhere(value: str) -> None:
+    """The transport and the spans read an SDK's retry count alike: anything but up to nine
+    ASCII digits is the first attempt, never a ValueError."""
+    from llm_circuit_breaker._core.headers import sdk_retry_count
+
+    assert sdk_retry_count(value) == 0
+    assert sdk_retry_count("2") == 2 and sdk_retry_count("007") == 7

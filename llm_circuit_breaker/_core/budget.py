@@ -364,9 +364,15 @@ class SharedBudgets:
 
 
 def _number(value: object) -> float | None:
+    """A token count as a float: None for what is not one (a bool, negative, infinite, or an
+    int too big for a float)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) and value >= 0 else None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 def _field(obj: object, name: str) -> object:

@@ -20,6 +20,7 @@ __all__ = [
     "parse_number",
     "parse_retry_after",
     "retry_after_from_headers",
+    "sdk_retry_count",
     "should_retry_from_headers",
 ]
 
@@ -51,6 +52,15 @@ def header(headers: Any, name: str) -> str | None:
         return str(value)[:1000]
     except Exception:
         return None
+
+
+def sdk_retry_count(value: str) -> int:
+    """An SDK's ``x-stainless-retry-count`` as a number, 0 (the first attempt) for anything
+    but up to nine ASCII digits: ``str.isdigit()`` also takes "²" (which ``int()`` refuses),
+    other scripts' digits and thousands of digits (past ``int()``'s limit), no SDK's count."""
+    if value.isascii() and value.isdigit() and len(value) <= 9:
+        return int(value)
+    return 0
 
 
 def _positive(seconds: float) -> float | None:

@@ -37,6 +37,19 @@ _OUTPUT_FIELDS = ("max_tokens", "max_output_tokens", "max_completion_tokens")
 _INPUT_FIELDS = ("messages", "prompt", "input", "system", "contents")
 
 
+_MAX_CAP = 1e15  # tokens: past any model's output
+
+
+def output_cap(value: float) -> float:
+    """An output cap as tokens to estimate: 0 for one that is negative, infinite or too big
+    for a float (1e999, ``Infinity``, 400 digits): no estimate that refuses forever."""
+    try:
+        cap = float(value)
+    except OverflowError:
+        return 0.0
+    return cap if 0.0 < cap < _MAX_CAP else 0.0
+
+
 def estimate_tokens(body: object) -> float:
     """A request's token cost before it is sent: its output cap plus the prompt's length / 4
     (characters of the JSON of its messages, prompt, input ...). 0 for a body of no known shape.
@@ -44,7 +57,8 @@ def estimate_tokens(body: object) -> float:
     if not isinstance(body, Mapping):
         return 0.0
     output = next(
-        (float(body[f]) for f in _OUTPUT_FIELDS if isinstance(body.get(f), (int, float))), 0.0
+        (output_cap(body[f]) for f in _OUTPUT_FIELDS if isinstance(body.get(f), (int, float))),
+        0.0,
     )
     import json
 

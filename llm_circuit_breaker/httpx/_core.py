@@ -15,8 +15,9 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
-from llm_circuit_breaker._core.headers import RATE_LIMIT_BYTES, RateLimitHeaders
+from llm_circuit_breaker._core.headers import RATE_LIMIT_BYTES, RateLimitHeaders, sdk_retry_count
 from llm_circuit_breaker._core.state import Outcome
+from llm_circuit_breaker._core.throttle import output_cap
 from llm_circuit_breaker._judge.kinds import parse_json
 from llm_circuit_breaker._judge.refusal import REFUSAL
 from llm_circuit_breaker._judge.verdict import judge
@@ -130,7 +131,7 @@ class Core:
             content = _content(request)
             cap = _cap_in(content) if content and len(content) <= _MAX_PARSED_BODY else None
             if cap is not None:
-                return _cap(cap) + len(content or b"") / 4.0
+                return output_cap(cap) + len(content or b"") / 4.0
             body = self.body_of(request)
         if not isinstance(body, Mapping):
             return 0.0
@@ -139,7 +140,7 @@ class Core:
              if isinstance(body.get(f), int | float)),
             0,
         )  # fmt: skip
-        return _cap(cap) + len(request.content) / 4.0
+        return output_cap(cap) + len(request.content) / 4.0
 
     # -- the request -------------------------------------------------------------------------
 
@@ -221,12 +222,8 @@ class Core:
         counted as a retry and paid from the breaker's retry budget; the refusal to answer with
         when the budget cannot pay (the SDK stops retrying, as it does for a throttled
         attempt)."""
-        # ASCII digits only: str.isdigit() also takes "²" (which int() refuses), other
-        # scripts' digits, and thousands of digits (past int()'s limit): no SDK's count
-        if not (retry.isascii() and retry.isdigit()) or len(retry) > 9:
-            return None
-        count = int(retry)
-        if count == 0:  # "00": the first attempt
+        count = sdk_retry_count(retry)
+        if not count:  # the first attempt ("00" too), or no SDK's count
             return None
         if not breaker.try_spend_retry():
             return ThrottledError(breaker.name, 1.0, reason="retry_budget")
@@ -581,19 +578,6 @@ def _cap_in(content: bytes) -> float | None:
             return None  # not a number (an object of a schema, null ...): parsed to be sure
         return float(number.group(1))
     return 0.0
-
-
-def _cap(value: float) -> float:
-    """An output cap as tokens to estimate: 0 for one that is negative, infinite or too big
-    for a float (1e999, ``Infinity``, 400 digits): no estimate that refuses forever."""
-    try:
-        cap = float(value)
-    except OverflowError:
-        return 0.0
-    return cap if 0.0 < cap < _MAX_CAP else 0.0
-
-
-_MAX_CAP = 1e15  # tokens: past any model's output
 
 
 def _content(request: Any) -> bytes | None:

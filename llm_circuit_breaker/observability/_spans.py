@@ -22,6 +22,7 @@ from contextvars import ContextVar
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from llm_circuit_breaker._core.headers import sdk_retry_count
 from llm_circuit_breaker.breaker.telemetry import error_type, split_name
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 from llm_circuit_breaker.observability import require
@@ -732,8 +733,9 @@ class Hook:
         outer = CURRENT.get()
         if outer is not None and not outer.ended:  # an attempt of the traced call
             return self.begin(breaker, found)
-        if retry != "0" and retry.isdigit():
-            return self._sdk_retry(breaker, found, int(retry))
+        count = sdk_retry_count(retry) if retry != "0" else 0
+        if count:
+            return self._sdk_retry(breaker, found, count)
         call = self.begin(breaker, found)
         _SDK_CALL.set(call)  # its retries, if the SDK makes any, are its attempts
         return call
