@@ -14,11 +14,13 @@ template get their own series, the rest add up under ``scope="other"``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from llm_circuit_breaker._core.state import CircuitState
+from llm_circuit_breaker._redact import redact_text
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.breaker.registry import BreakerRegistry
 from llm_circuit_breaker.breaker.telemetry import (
@@ -39,6 +41,7 @@ __all__ = [
     "calls_by_outcome",
     "error_type",
     "fallback_counts",
+    "safe",
     "series",
 ]
 
@@ -47,6 +50,13 @@ OTHER = "other"  # the scope value that aggregates the scopes past ``max_metric_
 
 BOUNDS = (*WAIT_BUCKETS, float("inf"))  # the throttle-wait histogram's upper bounds
 CallKey = tuple[str, str, str]  # (outcome, reason, enforced): "" where it does not apply
+
+
+@functools.lru_cache(maxsize=4096)
+def safe(text: str) -> str:
+    """``text`` as a metric label or span attribute: credentials masked (a breaker named after
+    a keyed URL, a scope filled with a key ...), by the redaction of messages and logs."""
+    return redact_text(text)
 
 
 def calls_by_outcome(
@@ -75,7 +85,7 @@ def calls_by_outcome(
 @dataclasses.dataclass(slots=True)
 class Series:
     """What the exporters report for one ``(breaker, scope)`` pair (several breakers summed
-    under ``scope="other"``)."""
+    under ``scope="other"``); both labels with any credential in them masked."""
 
     breaker: str
     scope: str
@@ -192,7 +202,7 @@ def series(registries: Iterable[BreakerRegistry], cap: ScopeCap) -> list[Series]
                 continue
             seen.add(id(breaker))
             template, scope = split_name(breaker.name, breaker.template)
-            key = (template, cap.label(template, scope))
+            key = (safe(template), safe(cap.label(template, scope)))
             row = rows.get(key)
             if row is None:
                 row = rows[key] = Series(*key)

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from llm_circuit_breaker._core.headers import sdk_retry_count
 from llm_circuit_breaker.breaker.telemetry import error_type, split_name
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
-from llm_circuit_breaker.observability import require
+from llm_circuit_breaker.observability import require, safe
 from llm_circuit_breaker.strategies import tracing
 from llm_circuit_breaker.strategies.gate import PLAIN
 
@@ -480,7 +480,7 @@ def _request_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, A
     found: dict[str, Any] = {}
     model = kwargs.get("model")
     if isinstance(model, str) and model:
-        found["gen_ai.request.model"] = model
+        found["gen_ai.request.model"] = safe(model)
     elif args and type(args[0]).__name__ == "PreparedRequest":
         prepared = args[0]  # an LLMCircuitBreaker helper's request, handed to its driver
         url = getattr(prepared, "url", None)
@@ -503,7 +503,7 @@ def _http_request(url: str, body: Any) -> dict[str, Any]:
     if isinstance(body, Mapping):
         model = body.get("model")
         if isinstance(model, str) and model:
-            found["gen_ai.request.model"] = model
+            found["gen_ai.request.model"] = safe(model)
     return found
 
 
@@ -565,7 +565,7 @@ class Hook:
         parent.learn(found)
         parent.attempts += 1
         attributes = {
-            "llm_circuit_breaker.name": breaker.name,
+            "llm_circuit_breaker.name": safe(breaker.name),
             "llm_circuit_breaker.attempt": parent.attempts,
         }
         model = found.get("gen_ai.request.model")
@@ -587,7 +587,7 @@ class Hook:
         if (
             parent is not None
             and parent.owner in self.owners
-            and parent.attributes.get("llm_circuit_breaker.name") == breaker.name
+            and parent.attributes.get("llm_circuit_breaker.name") == safe(breaker.name)
         ):
             owner: Owner | None = parent.owner
             context = _trace.set_span_in_context(parent.span)
@@ -596,7 +596,7 @@ class Hook:
         if owner is None:
             return None
         attributes: dict[str, Any] = {
-            "llm_circuit_breaker.name": breaker.name,
+            "llm_circuit_breaker.name": safe(breaker.name),
             "llm_circuit_breaker.attempt": retry + 1,
         }
         found = {**request, **_breaker_attributes(owner, breaker)}
@@ -791,13 +791,13 @@ def _breaker_attributes(owner: Owner, breaker: Any) -> dict[str, Any]:
 @functools.lru_cache(maxsize=4096)
 def _named(name: str, template: str | None) -> tuple[tuple[str, Any], ...]:
     """What a breaker's name says: itself, the scope's model, the provider."""
-    found: dict[str, Any] = {"llm_circuit_breaker.name": name}
+    found: dict[str, Any] = {"llm_circuit_breaker.name": safe(name)}
     fields = scope_fields(name, template)
     model = fields.get("model")
     if model is None and len(fields) == 1:
         model = next(iter(fields.values()))
     if model:
-        found["gen_ai.request.model"] = model
+        found["gen_ai.request.model"] = safe(str(model))
     provider = provider_of(name)
     if provider is not None:
         found["gen_ai.provider.name"] = provider

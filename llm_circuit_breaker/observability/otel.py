@@ -89,6 +89,7 @@ from llm_circuit_breaker.observability import (
     error_type,
     fallback_counts,
     require,
+    safe,
     series,
 )
 from llm_circuit_breaker.observability._spans import HOOK, Call
@@ -379,9 +380,9 @@ class OpenTelemetryInstrumentation:
     def _event_attributes(self, breaker: Observed, **extra: Any) -> dict[str, Any]:
         name = breaker.name
         template, scope = split_name(name, getattr(breaker, "template", None))
-        attributes: dict[str, Any] = {"llm_circuit_breaker.name": name}
+        attributes: dict[str, Any] = {"llm_circuit_breaker.name": safe(name)}
         if scope:
-            attributes["gen_ai.request.model"] = scope
+            attributes["gen_ai.request.model"] = safe(scope)
         attributes.update(self.attributes.get(template, {}))
         attributes.update(self.attributes.get(name, {}))
         attributes.update(extra)
@@ -447,12 +448,13 @@ class OpenTelemetryInstrumentation:
 
     def _start(self, operation: str, provider: str | None, kwargs: dict[str, Any]) -> Call:
         model = kwargs.get("model")
+        model = safe(model) if isinstance(model, str) else None
         attributes: dict[str, Any] = {"gen_ai.operation.name": operation}
         if provider:
             attributes["gen_ai.provider.name"] = provider
-        if isinstance(model, str) and model:
+        if model:
             attributes["gen_ai.request.model"] = model
-        name = f"{operation} {model}" if isinstance(model, str) and model else operation
+        name = f"{operation} {model}" if model else operation
         span = self._tracer.start_span(name, kind=_trace.SpanKind.CLIENT, attributes=attributes)
         return Call(self, span, attributes, logical=True)
 
