@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -158,3 +159,11 @@ def redact_headers(headers: Mapping[str, str] | None) -> Headers:
             for name, value in _items_of(headers)
         }
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def shown(name: str) -> str:
+    """A name (a breaker's, a scope's) as messages, reprs, logs, metric labels and spans show
+    it: credentials masked (a breaker named after a keyed URL, a scope filled with a key ...).
+    Cached: the same few names are shown again and again."""
+    return redact_text(name)

@@ -29,6 +29,8 @@ from typing import Any
 
 from llm_circuit_breaker import _redact
 
+_shown = _redact.shown  # a name in a message or repr: credentials masked
+
 __all__ = [
     "BudgetExceededError",
     "CircuitOpenError",
@@ -92,13 +94,14 @@ class CircuitOpenError(LLMCircuitBreakerError):
     def __str__(self) -> str:
         why = f" ({self.reason})" if self.reason else ""
         if self.retry_after is None:
-            return f"circuit {self.name!r} is held open{why}"
-        return f"circuit {self.name!r} is open{why}; retry after {self.retry_after:.3f}s"
+            return f"circuit {_shown(self.name)!r} is held open{why}"
+        name = _shown(self.name)
+        return f"circuit {name!r} is open{why}; retry after {self.retry_after:.3f}s"
 
     def __repr__(self) -> str:
         return (
-            f"CircuitOpenError(name={self.name!r}, retry_after={self.retry_after!r}, "
-            f"reason={self.reason!r})"
+            f"CircuitOpenError(name={_shown(self.name)!r}, "
+            f"retry_after={self.retry_after!r}, reason={self.reason!r})"
         )
 
 
@@ -120,19 +123,20 @@ class ThrottledError(LLMCircuitBreakerError):
     def __str__(self) -> str:
         if self.reason == "concurrency":
             return (
-                f"circuit {self.name!r} has its max_concurrent calls in flight; "
+                f"circuit {_shown(self.name)!r} has its max_concurrent calls in flight; "
                 f"retry in {self.retry_after:.3f}s"
             )
         if self.reason == "retry_budget":
             return (
-                f"circuit {self.name!r} refused a retry: retry budget exhausted; "
+                f"circuit {_shown(self.name)!r} refused a retry: retry budget exhausted; "
                 f"retry in {self.retry_after:.3f}s"
             )
-        return f"circuit {self.name!r} is throttled; a slot is free in {self.retry_after:.3f}s"
+        name = _shown(self.name)
+        return f"circuit {name!r} is throttled; a slot is free in {self.retry_after:.3f}s"
 
     def __repr__(self) -> str:
         return (
-            f"ThrottledError(name={self.name!r}, retry_after={self.retry_after!r}, "
+            f"ThrottledError(name={_shown(self.name)!r}, retry_after={self.retry_after!r}, "
             f"reason={self.reason!r})"
         )
 
@@ -155,14 +159,14 @@ class BudgetExceededError(ThrottledError):
 
     def __str__(self) -> str:
         return (
-            f"circuit {self.name!r} spent its token budget ({self.spent:.0f} of "
+            f"circuit {_shown(self.name)!r} spent its token budget ({self.spent:.0f} of "
             f"{self.limit:.0f} tokens); it resets in {self.retry_after:.3f}s"
         )
 
     def __repr__(self) -> str:
         return (
-            f"BudgetExceededError(name={self.name!r}, retry_after={self.retry_after!r}, "
-            f"spent={self.spent!r}, limit={self.limit!r})"
+            f"BudgetExceededError(name={_shown(self.name)!r}, "
+            f"retry_after={self.retry_after!r}, spent={self.spent!r}, limit={self.limit!r})"
         )
 
 

@@ -197,7 +197,6 @@ def test_max_metric_scopes_must_be_a_count(bad: Any) -> None:
 # -- differences found outside the exporters (left to their owners; strict: a fix shows) -------
 
 
-@pytest.mark.xfail(strict=True, reason="with_retry refuses at once over a metrics-only breaker")
 def test_metrics_only_breaker_under_with_retry_never_refuses() -> None:
     """Metrics-only mode (enabled=False) labels what it would have refused and lets the call
     run: the caller gets the provider's error, not CircuitOpenError."""
@@ -221,7 +220,6 @@ def test_metrics_only_breaker_under_with_retry_never_refuses() -> None:
     assert CircuitOpenError not in raised
 
 
-@pytest.mark.xfail(strict=True, reason="state logs and CircuitOpenError carry the raw name")
 def test_a_credential_in_a_breaker_name_never_reaches_a_log_record_or_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -18,6 +18,7 @@ from llm_circuit_breaker._core.permits import REJECTED
 from llm_circuit_breaker._core.state import LOCK_FREE, CircuitState, Outcome
 from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait, estimate_tokens
 from llm_circuit_breaker._core.views import Control, View
+from llm_circuit_breaker._redact import shown
 from llm_circuit_breaker.breaker import clock as clock_module
 from llm_circuit_breaker.breaker.circuit import Entry, LocalCircuit
 from llm_circuit_breaker.breaker.clock import TimeSource
@@ -425,7 +426,10 @@ class CircuitBreaker:
 
     def refusal_now(self) -> CircuitOpenError | None:
         """The :class:`CircuitOpenError` a call would get now, or None if it would be admitted
-        (nothing is admitted or counted)."""
+        (nothing is admitted or counted). A metrics-only breaker (``enabled=False``) refuses
+        nothing: None."""
+        if not self.config.enabled:
+            return None
         view = self._view()
         if view.retry_after == 0.0:
             return None
@@ -827,7 +831,7 @@ class CircuitBreaker:
     def __repr__(self) -> str:
         view = self._local.view() if self._followed is self._local else self._link_view()
         return (
-            f"CircuitBreaker({self.name!r}, state={view.state.value}, "
+            f"CircuitBreaker({shown(self.name)!r}, state={view.state.value}, "
             f"failure_count={view.failure_count}, success_count={view.success_count})"
         )
 

@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from llm_circuit_breaker._redact import shown
 from llm_circuit_breaker.breaker.breaker import (
     ONE_HOLDER,
     CircuitBreaker,
@@ -112,16 +113,16 @@ class BreakerRegistry:
         try:
             return self._breakers[name]
         except KeyError:
-            raise KeyError(f"no circuit breaker named {name!r}; {self._known()}") from None
+            raise KeyError(f"no circuit breaker named {shown(name)!r}; {self._known()}") from None
 
     def _known(self) -> str:
         """The known names for an error message: a few, never the whole (tenant) list."""
         names = sorted(self._breakers)
         if not names:
             return "none is registered"
-        shown = ", ".join(repr(n) for n in names[:_LISTED])
+        listed = ", ".join(repr(shown(n)) for n in names[:_LISTED])
         more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
-        return f"known: {shown}{more}"
+        return f"known: {listed}{more}"
 
     def get_or_create(
         self, name: str, config: CircuitBreakerConfig | None = None

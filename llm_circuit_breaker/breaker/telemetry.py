@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from llm_circuit_breaker._core.permits import REJECTED
 from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
+from llm_circuit_breaker._redact import shown
 from llm_circuit_breaker.errors import CircuitOpenError
 
 if TYPE_CHECKING:
@@ -395,7 +396,10 @@ class Telemetry:
         """Count a call refused before it ran by its throttle (or a limit or budget)."""
         self._bump(_REFUSALS[reason])
         throttle_logger.debug(
-            "circuit %r refused a call: %s", self.name, reason, extra=self._fields(reason=reason)
+            "circuit %r refused a call: %s",
+            shown(self.name),
+            reason,
+            extra=self._fields(reason=reason),
         )
         if self._hooks:
             self._tell("throttled", reason, owned=True)
@@ -413,7 +417,7 @@ class Telemetry:
             return error
         state_logger.debug(
             "circuit %r would have refused a call (metrics-only)",
-            self.name,
+            shown(self.name),
             extra=self._fields(enforced=False),
         )
         return permit
@@ -445,15 +449,20 @@ class Telemetry:
             except Exception:
                 if isinstance(hook, Listening):
                     logger.exception(
-                        "state-change listener %r of circuit %r raised", hear, self.name
+                        "state-change listener %r of circuit %r raised", hear, shown(self.name)
                     )
                 else:
-                    logger.exception("observer %r of circuit %r raised", hook, self.name)
+                    logger.exception("observer %r of circuit %r raised", hook, shown(self.name))
 
     def _fields(self, **more: object) -> dict[str, object]:
         """``extra=`` fields for a log record: the breaker's template and scope, and more."""
         template, scope = split_name(self.name, self.template)
-        return {"breaker": template, "scope": scope, "enforced": self.config.enabled, **more}
+        return {
+            "breaker": shown(template),
+            "scope": shown(scope),
+            "enforced": self.config.enabled,
+            **more,
+        }
 
     def _owner(self) -> Observed:
         if self.breaker is None:  # pragma: no cover - the breaker sets it at construction
@@ -506,7 +515,7 @@ class Telemetry:
                 state_logger.log(
                     level,
                     "circuit %r %s -> %s: %s",
-                    self.name,
+                    shown(self.name),
                     t.old.value,
                     t.new.value,
                     t.reason,
@@ -518,12 +527,18 @@ class Telemetry:
         """Log and announce that the throttle paused (``THROTTLED``) or resumed."""
         if paused:
             throttle_logger.warning(
-                "circuit %r throttled: %s", self.name, reason, extra=self._fields(reason=reason)
+                "circuit %r throttled: %s",
+                shown(self.name),
+                reason,
+                extra=self._fields(reason=reason),
             )
             old, new = ThrottleSignal.UNTHROTTLED, ThrottleSignal.THROTTLED
         else:
             throttle_logger.info(
-                "circuit %r unthrottled: %s", self.name, reason, extra=self._fields(reason=reason)
+                "circuit %r unthrottled: %s",
+                shown(self.name),
+                reason,
+                extra=self._fields(reason=reason),
             )
             old, new = ThrottleSignal.THROTTLED, ThrottleSignal.UNTHROTTLED
         self.notify(ThrottleEvent(self.name, old, new, at, reason, paused_for))
@@ -532,7 +547,7 @@ class Telemetry:
         """Log and announce (``BUDGET_EXCEEDED``) that the token budget ran out."""
         reason = f"token budget spent: {spent:.0f} of {limit:.0f} tokens"
         throttle_logger.warning(
-            "circuit %r: %s", self.name, reason, extra=self._fields(reason="token_budget")
+            "circuit %r: %s", shown(self.name), reason, extra=self._fields(reason="token_budget")
         )
         old, new = ThrottleSignal.UNTHROTTLED, ThrottleSignal.BUDGET_EXCEEDED
         self.notify(ThrottleEvent(self.name, old, new, at, reason, resets_in))

@@ -14,13 +14,12 @@ template get their own series, the rest add up under ``scope="other"``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from llm_circuit_breaker._core.state import CircuitState
-from llm_circuit_breaker._redact import redact_text
+from llm_circuit_breaker._redact import shown
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.breaker.registry import BreakerRegistry
 from llm_circuit_breaker.breaker.telemetry import (
@@ -52,11 +51,9 @@ BOUNDS = (*WAIT_BUCKETS, float("inf"))  # the throttle-wait histogram's upper bo
 CallKey = tuple[str, str, str]  # (outcome, reason, enforced): "" where it does not apply
 
 
-@functools.lru_cache(maxsize=4096)
-def safe(text: str) -> str:
-    """``text`` as a metric label or span attribute: credentials masked (a breaker named after
-    a keyed URL, a scope filled with a key ...), by the redaction of messages and logs."""
-    return redact_text(text)
+safe = shown
+"""``text`` as a metric label or span attribute: credentials masked (a breaker named after a
+keyed URL, a scope filled with a key ...), by the redaction of messages and logs."""
 
 
 def calls_by_outcome(
