@@ -23,6 +23,7 @@ __all__ = [
     "client_for_sentinel",
     "client_for_url",
     "client_kind",
+    "copy_for_loop",
     "is_async_client",
     "refuse_cluster_node",
     "warn_if_retrying",
@@ -304,7 +305,7 @@ class LoopClients:
                 self._given_used = True
                 self._clients[loop] = (self._given, None)
                 return self._given
-            client = _copy(self._given)
+            client = copy_for_loop(self._given)
             closer = None if client is self._given else _closed_at_shutdown(client)
             self._clients[loop] = (client, closer)
         if closer is not None:
@@ -320,7 +321,7 @@ async def _closed_at_shutdown(client: Any) -> AsyncIterator[None]:
         await client.aclose(close_connection_pool=True)
 
 
-def _copy(client: Any) -> Any:
+def copy_for_loop(client: Any) -> Any:
     """``client`` with a pool of its own (``client`` itself when its pool cannot be copied)."""
     pool = getattr(client, "connection_pool", None)
     if pool is None:  # a cluster client: its nodes' pools are its own business
