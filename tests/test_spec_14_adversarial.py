@@ -127,6 +127,27 @@ def test_an_asyncio_cluster_store_lists_every_primary(flushed: RedisCluster, fam
     assert sorted(fresh.circuits()) == sorted(names)
 
 
+@pytest.mark.parametrize("family", ["redis", "valkey"])
+async def test_a_plain_asyncio_client_on_a_cluster_node_is_refused(
+    flushed: RedisCluster, family: str
+) -> None:
+    module: Any = redis.asyncio if family == "redis" else valkey.asyncio
+    make = module.Redis if family == "redis" else module.Valkey
+    client = make(port=flushed.servers[1].port)  # default settings, retries included
+    with pytest.raises(ValueError, match="cluster=True"):
+        RedisStateStore(client)
+    await client.aclose()
+
+
+async def test_a_plain_asyncio_client_on_a_single_server_is_accepted(
+    redis_server: RedisServer, closed_port: int
+) -> None:
+    for port in (redis_server.port, closed_port):  # up, and down (nothing to say)
+        client = redis.asyncio.Redis(port=port)
+        assert RedisStateStore(client).is_async
+        await client.aclose()
+
+
 # -- strong passing probes ------------------------------------------------------------------
 
 

@@ -201,7 +201,8 @@ class RedisStateStore:
     a round trip (sync clients), within ``near_cache`` at worst. ``clock``: for tests only,
     replaces the server's ``TIME`` (so transition tests can move time). Give the client a short
     ``socket_timeout`` (say 0.1 s): it bounds what a call can lose when Redis hangs.
-    A plain client connected to a node of a Redis Cluster is refused (``ValueError``).
+    A plain client (sync or asyncio) connected to a node of a Redis Cluster is refused
+    (``ValueError``).
     """
 
     coalesces_headers = True  # breakers send a response's headers only when they are news
