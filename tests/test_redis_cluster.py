@@ -124,11 +124,14 @@ def test_plain_client_on_a_cluster_node_is_refused(flushed: RedisCluster) -> Non
 
 
 async def test_moved_is_not_an_outage(
-    flushed: RedisCluster, caplog: pytest.LogCaptureFixture
+    flushed: RedisCluster, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A plain asyncio client on one node (not checkable at construction) gets MOVED for the
-    circuits of other nodes: those calls are decided locally, the store stays available for
-    the rest, and one ERROR says to pass cluster=True."""
+    """A plain asyncio client on one node (not refused: its server could not be asked at
+    construction) gets MOVED for the circuits of other nodes: those calls are decided
+    locally, the store stays available for the rest, and one ERROR says to pass cluster=True."""
+    monkeypatch.setattr(
+        "llm_circuit_breaker.storage.redis.refuse_cluster_node", lambda client, kind: None
+    )
     client = redis.asyncio.Redis.from_url(flushed.url, socket_timeout=1)
     store = RedisStateStore(client, prefix="moved")
     node = redis.cluster.RedisCluster.from_url(flushed.url)

@@ -23,6 +23,7 @@ __all__ = [
     "client_for_sentinel",
     "client_for_url",
     "client_kind",
+    "copy_for_loop",
     "is_async_client",
     "refuse_cluster_node",
     "warn_if_retrying",
@@ -161,14 +162,18 @@ def is_async_client(client: Any) -> bool:
 
 
 def refuse_cluster_node(client: Any, kind: ClientKind) -> None:
-    """Refuse a plain sync client connected to a node of a cluster: its commands would draw
-    ``MOVED`` replies for most circuits. The check asks the server once; a server that cannot
-    be asked now is not refused (a ``MOVED`` reply later is still never taken for an outage),
-    nor is one that retries commands (asking would wait for every retry while Redis is down)."""
-    if kind.is_async or kind.is_cluster or _retries(client):
+    """Refuse a plain client (sync or asyncio) connected to a node of a cluster: its commands
+    would draw ``MOVED`` replies for most circuits. The check asks the server once (for an
+    asyncio client, through a sync connection of its own); a server that cannot be asked now
+    is not refused (a ``MOVED`` reply later is still never taken for an outage), nor is a sync
+    client that retries commands (asking would wait for every retry while Redis is down)."""
+    if kind.is_cluster or (not kind.is_async and _retries(client)):
         return
     try:
-        enabled = client.info("cluster").get("cluster_enabled")
+        if kind.is_async:  # asked through a sync connection to the same server
+            enabled = _cluster_enabled_of_async(client, kind.family)
+        else:
+            enabled = client.info("cluster").get("cluster_enabled")
     except Exception:  # unreachable now, or INFO not allowed: nothing to say
         return
     if str(enabled) == "1":
@@ -177,6 +182,45 @@ def refuse_cluster_node(client: Any, kind: ClientKind) -> None:
             "Cluster: pass a cluster client (redis.cluster.RedisCluster), or use "
             "RedisStateStore.from_url(url, cluster=True)"
         )
+
+
+def _cluster_enabled_of_async(client: Any, family: str) -> str | None:
+    """``cluster_enabled`` of the server of an asyncio client, asked through one sync
+    connection (0.5 s timeouts at most) with its address and credentials; None when that
+    cannot be made alike (TLS, a Sentinel, a credential provider, a pool of unknown make)."""
+    import importlib
+
+    pool = getattr(client, "connection_pool", None)
+    if pool is None or hasattr(pool, "service_name"):
+        return None
+    given = pool.connection_kwargs
+    if given.get("credential_provider") is not None:
+        return None
+    sync = importlib.import_module(family)
+    timeout = min(float(given.get("socket_timeout") or 0.5), 0.5)
+    kwargs: dict[str, Any] = {k: given[k] for k in ("username", "password", "db") if k in given}
+    kind = pool.connection_class.__name__
+    if kind == "Connection":
+        connection = sync.Connection(
+            host=given.get("host", "localhost"),
+            port=given.get("port", 6379),
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            **kwargs,
+        )
+    elif kind == "UnixDomainSocketConnection":
+        connection = sync.UnixDomainSocketConnection(
+            path=given["path"], socket_timeout=timeout, **kwargs
+        )
+    else:
+        return None
+    try:
+        connection.send_command("INFO", "cluster")
+        reply = connection.read_response()
+    finally:
+        connection.disconnect()
+    info = reply.decode() if isinstance(reply, bytes) else str(reply)
+    return "1" if "cluster_enabled:1" in info else "0"
 
 
 def _retries(client: Any) -> int:
@@ -304,7 +348,7 @@ class LoopClients:
                 self._given_used = True
                 self._clients[loop] = (self._given, None)
                 return self._given
-            client = _copy(self._given)
+            client = copy_for_loop(self._given)
             closer = None if client is self._given else _closed_at_shutdown(client)
             self._clients[loop] = (client, closer)
         if closer is not None:
@@ -320,7 +364,7 @@ async def _closed_at_shutdown(client: Any) -> AsyncIterator[None]:
         await client.aclose(close_connection_pool=True)
 
 
-def _copy(client: Any) -> Any:
+def copy_for_loop(client: Any) -> Any:
     """``client`` with a pool of its own (``client`` itself when its pool cannot be copied)."""
     pool = getattr(client, "connection_pool", None)
     if pool is None:  # a cluster client: its nodes' pools are its own business

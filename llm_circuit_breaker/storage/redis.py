@@ -25,6 +25,7 @@ primary. An asyncio store keeps one client per running event loop (``LoopClients
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import threading
@@ -41,6 +42,7 @@ from llm_circuit_breaker.storage._client import (
     client_for_sentinel,
     client_for_url,
     client_kind,
+    copy_for_loop,
     refuse_cluster_node,
     warn_if_retrying,
 )
@@ -68,7 +70,7 @@ from llm_circuit_breaker.storage._script import (
 from llm_circuit_breaker.storage.base import Admission, Control, Ride, StoreUnavailableError, View
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Generator, Iterator, Sequence
 
     from llm_circuit_breaker._core.headers import RateLimits
 
@@ -174,6 +176,17 @@ def _land_late(ride: Ride, task: asyncio.Future[Any]) -> None:
         ride.landing(ride, ok=ok)
 
 
+class _Listing(dict[str, dict[str, Any]]):
+    """The circuits an asyncio store listed: a dict that may also be awaited."""
+
+    def __await__(self) -> Generator[Any, None, dict[str, dict[str, Any]]]:
+        return _ready(self).__await__()
+
+
+async def _ready(listing: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return listing
+
+
 class RedisStateStore:
     """Circuit state shared through Redis, for a ``redis.Redis``, ``redis.asyncio.Redis``,
     ``redis.cluster.RedisCluster``, ``redis.asyncio.cluster.RedisCluster``, a Sentinel
@@ -188,7 +201,8 @@ class RedisStateStore:
     a round trip (sync clients), within ``near_cache`` at worst. ``clock``: for tests only,
     replaces the server's ``TIME`` (so transition tests can move time). Give the client a short
     ``socket_timeout`` (say 0.1 s): it bounds what a call can lose when Redis hangs.
-    A plain client connected to a node of a Redis Cluster is refused (``ValueError``).
+    A plain client (sync or asyncio) connected to a node of a Redis Cluster is refused
+    (``ValueError``).
     """
 
     coalesces_headers = True  # breakers send a response's headers only when they are news
@@ -671,21 +685,27 @@ class RedisStateStore:
         reply = await self._arun(name, "control", config, action)
         return view(reply, config, self.keys(name)[0])
 
-    # -- listing (sync clients; read-only, for the status command) -----------------------
+    # -- listing (read-only, for the status command) ---------------------------------------
 
     def _primaries(self) -> list[Any]:
         """A client for each server holding circuits: every primary of a cluster."""
         if not self.is_cluster:
             return [self.client]
         client = self.client
-        return [client.get_redis_connection(node) for node in client.get_primaries()]
+        connection = getattr(client, "get_redis_connection", None) or client.get_valkey_connection
+        return [connection(node) for node in client.get_primaries()]
 
     def circuits(self) -> dict[str, dict[str, Any]]:
         """Every circuit under this prefix: name -> {state, failure_count, success_count,
         opened_at, retry_after, throttle: {paused_for, requests_remaining}}, as of the server's
         clock (raises redis errors as they are). Pages with SCAN on every primary, each page
         scanned and read by one script call (one reply to parse); a server refusing such
-        scripts is read a pipelined round trip per page."""
+        scripts is read a pipelined round trip per page. An asyncio store lists through a copy
+        of its client on an event loop of its own (the listing may also be awaited; see
+        :meth:`acircuits`)."""
+        if self.is_async:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                return _Listing(pool.submit(asyncio.run, self._alist_apart()).result())
         servers = self._primaries()
         seconds, micros = servers[0].time()
         now = seconds + micros / 1_000_000
@@ -698,6 +718,78 @@ class RedisStateStore:
                 self._scan_pages(server, pattern, now, found)
         return {name: found[name] for name in sorted(found)}
 
+    async def acircuits(self) -> dict[str, dict[str, Any]]:
+        """:meth:`circuits` of an asyncio store, through the running loop's client."""
+        if not self.is_async:
+            return self.circuits()
+        return await self._alist(await self._loop_clients.current())  # type: ignore[union-attr]
+
+    async def _alist_apart(self) -> dict[str, dict[str, Any]]:
+        client = copy_for_loop(self.client)
+        try:
+            return await self._alist(client)
+        finally:
+            if client is not self.client:
+                await client.aclose(close_connection_pool=True)
+            elif self.is_cluster:  # its connections belong to this loop: reopened on next use
+                await client.aclose()
+
+    async def _alist(self, client: Any) -> dict[str, dict[str, Any]]:
+        if self.is_cluster:
+            nodes: list[Any] = list(client.get_primaries()) or [None]
+            if nodes == [None]:  # not initialised yet: the first command finds the nodes
+                await client.ping()
+                nodes = list(client.get_primaries())
+        else:
+            nodes = [None]
+
+        async def run(node: Any, *args: Any) -> Any:
+            if node is None:
+                return await client.execute_command(*args)
+            return await client.execute_command(*args, target_nodes=node)
+
+        seconds, micros = (float(x) for x in await run(nodes[0], "TIME"))
+        now = seconds + micros / 1_000_000
+        found: dict[str, dict[str, Any]] = {}
+        pattern = circuit_keys(self.prefix)
+        seen: dict[bytes, dict[str, Any] | None] = {}
+        for node in nodes:
+            cursor: Any = 0
+            while True:
+                try:
+                    cursor, blob = await run(node, "EVAL", _SCAN_SCRIPT, 0, cursor, pattern, _PAGE)
+                except self._exceptions.ResponseError:  # no scripts: a HMGET per key
+                    cursor, page = await run(node, "SCAN", cursor, "MATCH", pattern, "COUNT", _PAGE)
+                    for key in page:
+                        got = await run(node, "HMGET", key, *LISTED_FIELDS)
+                        listed = circuit_fields([plain(f) for f in got], now)
+                        if listed is not None:
+                            found[name_of_key(text(key), self.prefix)] = listed
+                else:
+                    self._take_page(blob, now, found, seen)
+                if int(cursor) == 0:
+                    break
+        return {name: found[name] for name in sorted(found)}
+
+    def _take_page(
+        self,
+        blob: bytes | str,
+        now: float,
+        found: dict[str, dict[str, Any]],
+        seen: dict[bytes, dict[str, Any] | None],
+    ) -> None:
+        """Add the circuits of a page that ``_SCAN_SCRIPT`` read to ``found``."""
+        if isinstance(blob, str):  # a client that decodes replies
+            blob = blob.encode()
+        for key, fields in _records(blob):
+            if fields in seen:
+                listed = seen[fields]
+            else:
+                listed = seen[fields] = circuit_fields(fields.decode().split("\0"), now)
+            if listed is not None:
+                name = name_of_key(key.decode(errors="replace"), self.prefix)
+                found[name] = {**listed, "throttle": {**listed["throttle"]}}
+
     def _scan_in_scripts(
         self,
         server: Any,
@@ -709,22 +801,12 @@ class RedisStateStore:
         """List one server's circuits a script call per page (False: it refuses the script
         before the first page)."""
         cursor: Any = 0
-        prefix = self.prefix
         try:
             cursor, blob = server.eval(_SCAN_SCRIPT, 0, cursor, pattern, _PAGE)
         except self._exceptions.ResponseError:
             return False
         while True:
-            if isinstance(blob, str):  # a client that decodes replies
-                blob = blob.encode()
-            for key, fields in _records(blob):
-                if fields in seen:
-                    listed = seen[fields]
-                else:
-                    listed = seen[fields] = circuit_fields(fields.decode().split("\0"), now)
-                if listed is not None:
-                    name = name_of_key(key.decode(errors="replace"), prefix)
-                    found[name] = {**listed, "throttle": {**listed["throttle"]}}
+            self._take_page(blob, now, found, seen)
             if int(cursor) == 0:
                 return True
             cursor, blob = server.eval(_SCAN_SCRIPT, 0, cursor, pattern, _PAGE)
