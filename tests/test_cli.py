@@ -123,9 +123,13 @@ def test_status_shows_the_shared_throttle(
     assert data["paced"]["throttle"] == {"paused_for": None, "requests_remaining": 9}
 
 
-def test_status_unreachable_redis(closed_port: int, capsys: pytest.CaptureFixture[str]) -> None:
-    """An unreachable Redis: one line on stderr, exit status 2, no traceback."""
-    assert main(["status", "--redis", f"redis://127.0.0.1:{closed_port}/0"]) == 2
+@pytest.mark.parametrize("scheme", ["redis", "valkey"])
+def test_status_unreachable_redis(
+    closed_port: int, capsys: pytest.CaptureFixture[str], scheme: str
+) -> None:
+    """An unreachable Redis (or Valkey, whose client's errors are its own): one line on
+    stderr, exit status 2, no traceback."""
+    assert main(["status", "--redis", f"{scheme}://127.0.0.1:{closed_port}/0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot read circuits")
     assert "Traceback" not in err

@@ -33,7 +33,7 @@ def run_status(url: str, prefix: str, *, as_json: bool, out: TextIO | None = Non
                 raise
             store = RedisStateStore.from_url(url, prefix, timeout=2.0, cluster=True)
         circuits = store.circuits()
-    except (redis.RedisError, OSError, ValueError) as exc:
+    except _client_errors(redis) as exc:
         from llm_circuit_breaker._redact import redact_text
 
         where = redact_text(url)
@@ -50,6 +50,16 @@ def run_status(url: str, prefix: str, *, as_json: bool, out: TextIO | None = Non
     else:
         _table(circuits, prefix, out)
     return 0
+
+
+def _client_errors(redis: Any) -> tuple[type[BaseException], ...]:
+    """What reading circuits may raise that is a failure to report: redis-py's errors,
+    valkey's (a ``valkey://`` URL), a refused connection, a bad URL."""
+    errors: list[type[BaseException]] = [redis.RedisError, OSError, ValueError]
+    valkey = sys.modules.get("valkey")  # imported by from_url for a valkey:// URL
+    if valkey is not None:
+        errors.append(valkey.ValkeyError)
+    return tuple(errors)
 
 
 def _table(circuits: dict[str, dict[str, Any]], prefix: str, out: TextIO) -> None:
