@@ -139,6 +139,34 @@ def test_frozen_time_nests_and_reaches_threads() -> None:
     assert abs(time_source.now() - time.monotonic()) < 5
 
 
+def test_frozen_time_blocks_ending_out_of_order_in_threads_leave_no_fake_clock() -> None:
+    """Two threads' blocks that end in the other order than they began (A in, B in, A out,
+    B out): the real clock is back afterwards; B's exit used to put A's fake clock back."""
+    steps = [threading.Event() for _ in range(3)]
+    during: list[float] = []
+
+    def first() -> None:
+        with frozen_time(1000.0):
+            steps[0].set()
+            steps[1].wait(5)
+        steps[2].set()
+
+    def second() -> None:
+        steps[0].wait(5)
+        with frozen_time(2000.0):
+            steps[1].set()
+            steps[2].wait(5)
+            during.append(time_source.now())
+
+    workers = [threading.Thread(target=first), threading.Thread(target=second)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(10)
+    assert during == [2000.0]  # the block still in force keeps its clock
+    assert abs(time_source.now() - time.monotonic()) < 5
+
+
 def test_a_retry_decorated_before_the_clock_is_frozen_waits_on_it() -> None:
     @with_retry(max_retries=2, initial_delay=10.0, jitter=False)
     def failing() -> None:
