@@ -7,11 +7,39 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
-from llm_circuit_breaker.breaker.clock import install, restore, system_async_sleep
+from llm_circuit_breaker.breaker.clock import TimeSource, install, restore, system_async_sleep
 
 __all__ = ["FakeClock", "frozen_time", "instant"]
+
+Sleep = Callable[[float], object]
+AsyncSleep = Callable[[float], Awaitable[object]]
+
+# The blocks in force, oldest first, each with the source it replaced: a block that ends
+# while a later one is still in force (threads) hands its predecessor to that later block
+# instead of putting it back, so no fake clock outlives its block whatever the order.
+_blocks: list[list[TimeSource]] = []
+_blocks_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _installed(
+    clock: Callable[[], float], sleep: Sleep | None = None, async_sleep: AsyncSleep | None = None
+) -> Iterator[None]:
+    with _blocks_lock:
+        block = [install(clock, sleep=sleep, async_sleep=async_sleep)]
+        _blocks.append(block)
+    try:
+        yield
+    finally:
+        with _blocks_lock:
+            index = next(i for i, held in enumerate(_blocks) if held is block)
+            del _blocks[index]
+            if index < len(_blocks):  # a later block is in force: it will restore ours
+                _blocks[index][0] = block[0]
+            else:
+                restore(block[0])
 
 
 class FakeClock:
@@ -57,11 +85,8 @@ def frozen_time(start: float | None = None) -> Iterator[FakeClock]:
             clock.advance(30)    # reset_timeout has passed: a probe is admitted
     """
     clock = FakeClock(time.monotonic() if start is None else start)
-    previous = install(clock)
-    try:
+    with _installed(clock):
         yield clock
-    finally:
-        restore(previous)
 
 
 def _no_sleep(seconds: float) -> None:
@@ -76,8 +101,5 @@ async def _checkpoint(seconds: float) -> None:
 def instant() -> Iterator[None]:
     """Real time, but no waits for the block: backoffs, ``Retry-After`` and throttle slots
     return at once (async ones after yielding to the loop), like stamina's testing mode."""
-    previous = install(time.monotonic, sleep=_no_sleep, async_sleep=_checkpoint)
-    try:
+    with _installed(time.monotonic, _no_sleep, _checkpoint):
         yield
-    finally:
-        restore(previous)

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from llm_circuit_breaker.breaker.clock import now as library_now
 from llm_circuit_breaker.testing._reply import Reply, provider_error
 
 __all__ = ["Quota"]
@@ -22,7 +23,9 @@ class Quota:
     the bucket has a request left, else a 429 ``rate_limit_exceeded`` whose ``retry-after-ms``
     and ``retry-after`` are the real wait. With ``anthropic=True`` the headers are
     ``anthropic-ratelimit-requests-*`` (the reset an RFC 3339 time) and the 429 is Anthropic's
-    ``rate_limit_error`` with ``retry-after``. Thread-safe; ``clock`` is for tests.
+    ``rate_limit_error`` with ``retry-after``. Thread-safe. It reads the library's time
+    source (``clock`` replaces it), so under ``frozen_time()`` / ``llm_clock`` a wait the
+    library advances refills it too.
     """
 
     def __init__(
@@ -30,7 +33,7 @@ class Quota:
         limit: int,
         window: float = 60.0,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = library_now,
     ) -> None:
         if limit < 1 or not window > 0:
             raise ValueError(f"a quota needs limit >= 1 and window > 0, got {limit}, {window}")
@@ -45,7 +48,7 @@ class Quota:
 
     def _refill(self) -> float:
         now = self._clock()
-        self._level = min(float(self.limit), self._level + (now - self._at) * self.rate)
+        self._level = min(float(self.limit), self._level + max(0.0, now - self._at) * self.rate)
         self._at = now
         return self._level
 

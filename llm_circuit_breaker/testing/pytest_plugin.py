@@ -3,8 +3,8 @@
 It only defines fixtures, so tests that do not ask for them see no change:
 
 * ``llm_breakers`` - isolation: ``breaker_registry.reset_all()`` before and after the test,
-  also for every registry passed to ``llm_breakers.track(registry)``; it stands for the
-  default registry (``llm_breakers.get("openai").state``).
+  also for every registry passed to ``llm_breakers.track(registry)``; it is the default
+  registry itself (``llm_breakers.get("openai").state``).
 * ``llm_clock`` - a :class:`~llm_circuit_breaker.testing.FakeClock` installed as the
   library's time source for the test: waits advance it at once, ``llm_clock.advance(30)``
   moves time.
@@ -15,7 +15,7 @@ It only defines fixtures, so tests that do not ask for them see no change:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -23,56 +23,39 @@ if TYPE_CHECKING:
     from llm_circuit_breaker.breaker.registry import BreakerRegistry
     from llm_circuit_breaker.testing import FakeClock, FakeLLMServer
 
-__all__ = ["LLMBreakers", "fake_llm", "llm_breakers", "llm_clock"]
+__all__ = ["fake_llm", "llm_breakers", "llm_clock"]
 
 
-class LLMBreakers:
-    """The default registry, reset around the test, and the registries it was told to track.
+class _Tracker:
+    """``track`` on the yielded registry: the registries reset again after the test."""
 
-    Reads and calls go to the default registry (``get``, ``snapshot``, ``in``, ``len`` ...).
-    """
+    def __init__(self) -> None:
+        self.registries: list[BreakerRegistry] = []
 
-    def __init__(self, registry: BreakerRegistry) -> None:
-        self.registry = registry
-        self._tracked = [registry]
-
-    def track(self, registry: BreakerRegistry) -> BreakerRegistry:
+    def __call__(self, registry: BreakerRegistry) -> BreakerRegistry:
         """Reset ``registry`` now and after the test too; returns it."""
         registry.reset_all()
-        self._tracked.append(registry)
+        self.registries.append(registry)
         return registry
-
-    def reset_all(self) -> None:
-        """Reset every tracked registry in place (the test's start and end do it)."""
-        for registry in self._tracked:
-            registry.reset_all()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.registry, name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.registry
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.registry)
-
-    def __len__(self) -> int:
-        return len(self.registry)
-
-    def __repr__(self) -> str:
-        return f"LLMBreakers({self.registry!r})"
 
 
 @pytest.fixture
-def llm_breakers() -> Iterator[LLMBreakers]:
-    """Every breaker of the default registry reset before and after the test (and of each
-    registry given to ``.track()``): no OPEN circuit or throttle pause leaks between tests."""
+def llm_breakers() -> Iterator[BreakerRegistry]:
+    """The default registry itself (``llm_breakers is breaker_registry``), every breaker of
+    it reset before and after the test, and of each registry given to
+    ``llm_breakers.track(registry)`` (which returns it): no OPEN circuit or throttle pause
+    leaks between tests."""
     from llm_circuit_breaker.breaker.registry import breaker_registry
 
-    breakers = LLMBreakers(breaker_registry)
-    breakers.reset_all()
-    yield breakers
-    breakers.reset_all()
+    tracker = _Tracker()
+    breaker_registry.reset_all()
+    breaker_registry.track = tracker  # type: ignore[attr-defined]  # for this test only
+    try:
+        yield breaker_registry
+    finally:
+        vars(breaker_registry).pop("track", None)
+        for registry in [breaker_registry, *tracker.registries]:
+            registry.reset_all()
 
 
 @pytest.fixture
