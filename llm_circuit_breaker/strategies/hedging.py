@@ -27,6 +27,7 @@ keeps its weight although its attempts never finish.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -36,7 +37,6 @@ import queue
 import re
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -44,6 +44,7 @@ from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._judge.content import is_content
 from llm_circuit_breaker._judge.refusal import refusal_of
+from llm_circuit_breaker.breaker import clock as time_source
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.breaker.concurrency import ABANDONED
@@ -200,18 +201,18 @@ class _Call:
             breaker, record = self.record(self.slot(attempt))
             record.hedge_started()
             self._announce(attempt, breaker)
-        self.last_start = time.monotonic()
+        self.last_start = time_source.now()
         return attempt, self.last_start
 
     def answered(self, attempt: int, started_at: float) -> None:
         """Keep the attempt's time to first item (it answered, winner or not)."""
         record = self.record(self.slot(attempt))[1]
-        record.first_item.add(time.monotonic() - started_at)
+        record.first_item.add(time_source.now() - started_at)
 
     def cancelled(self, attempt: int, started_at: float) -> None:
         """An attempt stopped before it answered: if it had waited longer than the delay,
         count it as taking the delay (a lower bound that keeps the slow tail's weight)."""
-        if time.monotonic() - started_at >= self.delay:
+        if time_source.now() - started_at >= self.delay:
             self.record(self.slot(attempt))[1].first_item.add(self.delay)
 
     def won(self, attempt: int) -> None:
@@ -393,10 +394,14 @@ async def _async_race(run: _Call, attempt: Callable[[int], Awaitable[Any]]) -> t
         while True:
             timeout = None
             if len(tasks) < run.hedge.max_attempts and run.can_hedge:
-                timeout = max(0.0, run.last_start + run.delay - time.monotonic())
+                timeout = max(0.0, run.last_start + run.delay - time_source.now())
+            faked = timeout is not None and _faked()
             done, _ = await asyncio.wait(
-                set(tasks), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                set(tasks), timeout=0.0 if faked else timeout, return_when=asyncio.FIRST_COMPLETED
             )
+            if not done and faked:  # the delay passes at once on a fake clock
+                await time_source.async_sleep(timeout or 0.0)
+                done = {task for task in tasks if task.done()}
             if not done:
                 if run.pay_for_hedge():
                     launch(HEDGE)
@@ -454,9 +459,20 @@ async def _trio_race(run: _Call, attempt: Callable[[int], Awaitable[Any]]) -> tu
                 while end is None:
                     timeout = math.inf
                     if len(in_flight) < run.hedge.max_attempts and run.can_hedge:
-                        timeout = max(0.0, run.last_start + run.delay - time.monotonic())
-                    with trio.move_on_after(timeout):
-                        number, answered, value = await receive.receive()
+                        timeout = max(0.0, run.last_start + run.delay - time_source.now())
+                    got = None
+                    if timeout != math.inf and _faked():  # the delay passes at once
+                        with contextlib.suppress(trio.WouldBlock):
+                            got = receive.receive_nowait()
+                        if got is None:
+                            await time_source.async_sleep(timeout)
+                            with contextlib.suppress(trio.WouldBlock):
+                                got = receive.receive_nowait()
+                    else:
+                        with trio.move_on_after(timeout):
+                            got = await receive.receive()
+                    if got is not None:
+                        number, answered, value = got
                         del in_flight[number]
                         if answered:
                             end = (number, value)
@@ -695,9 +711,16 @@ def _thread_race(run: _Call, attempt: Callable[[int], Any]) -> tuple[int, Any]:
         while True:
             timeout = None
             if len(in_flight) < run.hedge.max_attempts and run.can_hedge:
-                timeout = max(0.0, run.last_start + run.delay - time.monotonic())
+                timeout = max(0.0, run.last_start + run.delay - time_source.now())
             try:
-                number, answered, value = outbox.queue.get(timeout=timeout)
+                if timeout is not None and _faked():  # the delay passes at once
+                    try:
+                        number, answered, value = outbox.queue.get_nowait()
+                    except queue.Empty:
+                        time_source.sleep(timeout)
+                        number, answered, value = outbox.queue.get_nowait()
+                else:
+                    number, answered, value = outbox.queue.get(timeout=timeout)
             except queue.Empty:
                 if run.pay_for_hedge():
                     launch(HEDGE)
@@ -726,6 +749,13 @@ def _lost(run: _Call, number: int, result: Any) -> None:
         breaker = run.record(run.slot(number))[0]
         if isinstance(breaker, CircuitBreaker):
             breaker._local.recount_success_as_ignored()
+
+
+def _faked() -> bool:
+    """Whether the library's time source does not really sleep (``llm_clock`` and
+    ``frozen_time()`` advance a fake clock, ``instant()`` skips the wait): a hedge delay then
+    passes at once, as every wait the library would sleep does."""
+    return time_source.SHARED.sleep is not time_source.system_sleep
 
 
 def _discard(result: Any) -> None:
