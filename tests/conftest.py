@@ -10,6 +10,7 @@ import redis
 
 from llm_circuit_breaker import breaker_registry
 from llm_circuit_breaker.testing import FakeClock, FakeLLMServer
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
 
 
@@ -72,3 +73,22 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.flushall()
     yield client
     client.close()
+
+
+# A Redis Cluster for the modules that use one (started once per module).
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    """Three primaries on free ports, for this module."""
+    made = RedisCluster()
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()
+
+
+@pytest.fixture
+def flushed(cluster: RedisCluster) -> RedisCluster:
+    """The cluster with every node emptied."""
+    cluster.flush()
+    return cluster

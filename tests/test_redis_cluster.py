@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -26,24 +25,6 @@ from tests.redis_cluster import RedisCluster
 pytestmark = pytest.mark.redis
 
 TRIP = CircuitBreakerConfig(failure_threshold=1, reset_timeout=60)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisCluster]:
-    """Three primaries on free ports, for this module."""
-    made = RedisCluster()
-    try:
-        made.start()
-        yield made
-    finally:
-        made.stop()
-
-
-@pytest.fixture
-def flushed(cluster: RedisCluster) -> RedisCluster:
-    """The cluster with every node emptied."""
-    cluster.flush()
-    return cluster
 
 
 def _trip_seen_by_another(first: RedisStateStore, second: RedisStateStore, name: str) -> None:

@@ -8,7 +8,6 @@ import asyncio
 import io
 import json
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,22 +29,6 @@ from tests.redis_server import RedisServer
 pytestmark = pytest.mark.redis
 
 TRIP = CircuitBreakerConfig(failure_threshold=1, reset_timeout=60)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisCluster]:
-    made = RedisCluster()
-    try:
-        made.start()
-        yield made
-    finally:
-        made.stop()
-
-
-@pytest.fixture
-def flushed(cluster: RedisCluster) -> RedisCluster:
-    cluster.flush()
-    return cluster
 
 
 def _trip(store: RedisStateStore, name: str) -> None:
