@@ -8,6 +8,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import weakref
 
 import pytest
 import redis
@@ -35,6 +36,8 @@ class RedisServer:
         self.binary = binary
         self.port = free_port()
         self.workdir = tempfile.mkdtemp(prefix="redis-test-")
+        # kept across stop() / start() (a restart), removed with the server object or at exit
+        weakref.finalize(self, shutil.rmtree, self.workdir, True)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
