@@ -290,3 +290,30 @@ def test_a_forked_worker_hears_of_a_trip(
         if worker.is_alive():
             worker.kill()
     store.close()
+
+
+@pytest.mark.parametrize("field", ["open_until", "opened_at"])
+@pytest.mark.parametrize("value", ["1e400", "inf", "-inf", "nan"])
+def test_a_stored_number_no_float_holds_is_listed_as_garbage_never_as_infinity(
+    redis_server: RedisServer, field: str, value: str
+) -> None:
+    """A circuit's hash with an endless or not-a-number time (written by hand or by another
+    program) is left out of the listing as any garbage is: `status --json` never prints
+    Infinity or NaN, which JSON does not have."""
+    import io
+    import json
+
+    from llm_circuit_breaker._cli.status import run_status
+
+    store = RedisStateStore(redis_server.client(), prefix="odd")
+    tripped = CircuitBreaker("tripped", CircuitBreakerConfig(failure_threshold=1), store=store)
+    tripped.record(tripped.admit(), Outcome.FAILURE)
+    fine = CircuitBreaker("fine", store=store)
+    fine.record_success(fine.admit())
+    client = redis_server.client()
+    client.hset(store.keys("tripped")[0], field, value)
+    listed = store.circuits()
+    assert "tripped" not in listed and listed["fine"]["state"] == "CLOSED"
+    out = io.StringIO()
+    assert run_status(redis_server.url, "odd", as_json=True, out=out) == 0
+    json.loads(out.getvalue(), parse_constant=lambda constant: pytest.fail(constant))

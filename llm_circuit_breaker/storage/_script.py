@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -191,7 +192,14 @@ def plain(value: Any) -> str:
 
 
 def _float(string: str) -> float | None:
-    return float(string) if string else None
+    """A stored number ("" when absent: None); ``ValueError`` for one that is not finite
+    ("inf", "nan", "1e400"): garbage, as letters are (a listing never shows Infinity)."""
+    if not string:
+        return None
+    number = float(string)
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {string[:20]!r}")
+    return number
 
 
 def circuit_fields(got: Sequence[str], now: float) -> dict[str, Any] | None:
