@@ -306,6 +306,36 @@ def test_a_fresh_breaker_is_renamed_with_statistics_from_zero() -> None:
     assert _renamed(tracked, slow) and tracked.name == "new"
 
 
+def test_a_renamed_breaker_counts_its_first_successes_lock_free_and_exactly() -> None:
+    import threading
+
+    breaker = CircuitBreaker("old")
+    breaker.record_success(breaker.admit())  # called once: its successes an int
+    assert _renamed(breaker)
+    # armed as a circuit with a counter is: the new scope's first success takes the clean
+    # path (no lock), as every later one
+    local = breaker._local
+    assert local._successes.__class__ is not int
+    assert local.clean_permit == local.lock_free_permit >= 0
+    start = threading.Barrier(8)
+
+    def calls() -> None:
+        start.wait()
+        for _ in range(500):
+            breaker.record_success(breaker.admit())
+
+    threads = [threading.Thread(target=calls) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert breaker.stats.successes == breaker.stats.calls == 4000
+    from llm_circuit_breaker import Outcome
+
+    breaker.record(breaker.admit(), Outcome.FAILURE)  # a failure still closes the clean path
+    assert local.clean_permit < 0 and breaker.stats.failures == 1
+
+
 @pytest.mark.parametrize(
     "spoil",
     [

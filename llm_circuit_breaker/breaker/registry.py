@@ -550,11 +550,13 @@ class ScopeCache(dict[Any, CircuitBreaker]):
                     registry._evict()
         finally:
             lock.release()
+        made = self.made
         if breaker is None:  # observed, cleared, on a store, or named already
             breaker = self._named(name, key)
-        made = self.made
-        if made is not None and (not self.stored_only or breaker.store is not None):
-            made(breaker)  # may refuse it: then it is not cached
+            if made is not None and (not self.stored_only or breaker.store is not None):
+                made(breaker)  # may refuse it: then it is not cached
+        elif made is not None and not self.stored_only:  # made here: on no store
+            made(breaker)
         self[key] = breaker
         return breaker
 
