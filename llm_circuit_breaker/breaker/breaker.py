@@ -366,10 +366,9 @@ class CircuitBreaker:
             and not local._inflight  # none in flight (an empty dict once tracked)
         ):
             self.name = local.name = name
-            # armed (a counter, and the clean path open, as ``_refresh`` opens it for a quiet
-            # circuit): the new scope's first success is counted lock-free, as every later one
-            local._successes = itertools.count()
-            local.clean_permit = local.lock_free_permit
+            # armed (a counter): the fast path stays open; an int stays one (a counter given to
+            # every renamed breaker: ~0.1 us a cycling call for 56 B and a tracked object more)
+            local._successes = 0 if local._successes.__class__ is int else itertools.count()
             local._rejections = NOT_OPEN_YET
             local._counts = None
             local.template = template
