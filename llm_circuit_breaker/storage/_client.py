@@ -163,15 +163,16 @@ def is_async_client(client: Any) -> bool:
 
 def refuse_cluster_node(client: Any, kind: ClientKind) -> None:
     """Refuse a plain client (sync or asyncio) connected to a node of a cluster: its commands
-    would draw ``MOVED`` replies for most circuits. The check asks the server once (for an
-    asyncio client, through a sync connection of its own); a server that cannot be asked now
-    is not refused (a ``MOVED`` reply later is still never taken for an outage), nor is a sync
-    client that retries commands (asking would wait for every retry while Redis is down)."""
-    if kind.is_cluster or (not kind.is_async and _retries(client)):
+    would draw ``MOVED`` replies for most circuits. The check asks the server once: through
+    the client, or, for an asyncio client or one that retries commands (redis-py's default:
+    asking through it would wait for every retry while Redis is down), through one sync
+    connection of its own that does not retry. A server that cannot be asked now is not
+    refused (a ``MOVED`` reply later is still never taken for an outage)."""
+    if kind.is_cluster:
         return
     try:
-        if kind.is_async:  # asked through a sync connection to the same server
-            enabled = _cluster_enabled_of_async(client, kind.family)
+        if kind.is_async or _retries(client):  # asked through a connection of its own
+            enabled = _cluster_enabled_apart(client, kind.family)
         else:
             enabled = client.info("cluster").get("cluster_enabled")
     except Exception:  # unreachable now, or INFO not allowed: nothing to say
@@ -184,10 +185,11 @@ def refuse_cluster_node(client: Any, kind: ClientKind) -> None:
         )
 
 
-def _cluster_enabled_of_async(client: Any, family: str) -> str | None:
-    """``cluster_enabled`` of the server of an asyncio client, asked through one sync
-    connection (0.5 s timeouts at most) with its address and credentials; None when that
-    cannot be made alike (TLS, a Sentinel, a credential provider, a pool of unknown make)."""
+def _cluster_enabled_apart(client: Any, family: str) -> str | None:
+    """``cluster_enabled`` of the server of ``client`` (sync or asyncio), asked through one
+    sync connection that does not retry (0.5 s timeouts at most) with its address and
+    credentials; None when that cannot be made alike (TLS, a Sentinel, a credential provider,
+    a pool of unknown make)."""
     import importlib
 
     pool = getattr(client, "connection_pool", None)
@@ -199,6 +201,10 @@ def _cluster_enabled_of_async(client: Any, family: str) -> str | None:
     sync = importlib.import_module(family)
     timeout = min(float(given.get("socket_timeout") or 0.5), 0.5)
     kwargs: dict[str, Any] = {k: given[k] for k in ("username", "password", "db") if k in given}
+    no_retry = importlib.import_module(f"{family}.retry").Retry(
+        importlib.import_module(f"{family}.backoff").NoBackoff(), 0
+    )
+    kwargs["retry"] = no_retry
     kind = pool.connection_class.__name__
     if kind == "Connection":
         connection = sync.Connection(

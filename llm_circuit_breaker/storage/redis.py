@@ -35,7 +35,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from llm_circuit_breaker._core.state import Outcome
-from llm_circuit_breaker._redact import redact_text
+from llm_circuit_breaker._redact import redact_text, shown
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.storage._client import (
     LoopClients,
@@ -242,6 +242,7 @@ class RedisStateStore:
         self._errors = kind.errors
         self._down_until = 0.0
         self._pause = 0.0  # seconds Redis is left alone after the last failure
+        self._failed_at = 0.0  # when that failure was seen (time.monotonic())
         self._key_prefix = key_part(prefix)
         self._told_moved = False
         # After a failure, admissions also write until one succeeds: a Redis that answers reads
@@ -340,7 +341,9 @@ class RedisStateStore:
         ``retry_interval`` while Redis stays down."""
         return time.monotonic() >= self._down_until
 
-    def _failed(self, exc: BaseException, name: str) -> StoreUnavailableError:
+    def _failed(self, exc: BaseException, name: str, started: float) -> StoreUnavailableError:
+        """The error a call sees for ``exc`` (its command sent at ``started``), the store
+        marked unavailable when ``exc`` says Redis failed."""
         exceptions = self._exceptions
         if _contended(exc, exceptions):  # our own pool is full: Redis is fine
             return StoreUnavailableError(f"no free Redis connection: {exc}")
@@ -362,15 +365,20 @@ class RedisStateStore:
                     "Redis state store %r could not run circuit %r (%s); that call is decided "
                     "locally",
                     self.prefix,
-                    name,
+                    shown(name),
                     redact_text(str(exc)),
                 )
             return StoreUnavailableError(redact_text(str(exc)))
         with self._lock:
             was_up = self._down_until == 0.0
+            if not was_up and started < self._failed_at:
+                # sent before the failure that set the pause (calls in flight together all
+                # fail): one failure of Redis, whatever the number of calls that saw it
+                return StoreUnavailableError(redact_text(str(exc)))
             first = min(_FIRST_RETRY, self.retry_interval)
             self._pause = first if was_up else min(self.retry_interval, self._pause * 2 or first)
-            self._down_until = time.monotonic() + self._pause
+            self._failed_at = time.monotonic()
+            self._down_until = self._failed_at + self._pause
             self._confirm_writes = True
         if was_up:
             logger.warning(
@@ -469,7 +477,8 @@ class RedisStateStore:
             script_args(self._clock, self._ttl, op, config, *extra, tokens=tokens), ride
         )
         keys = self.keys(name)
-        give_up = time.monotonic() + _CONTENTION_WAIT
+        started = time.monotonic()
+        give_up = started + _CONTENTION_WAIT
         pause = 0.001
         while True:
             try:
@@ -481,7 +490,7 @@ class RedisStateStore:
                     pause = min(0.02, pause * 2)
                     continue
                 self._drop_connections(exc)
-                raise self._failed(exc, name) from exc
+                raise self._failed(exc, name, started) from exc
         self._succeeded(op)
         if ride is not None and ride.budget is not None:
             landed(reply, ride.budget)
@@ -554,7 +563,8 @@ class RedisStateStore:
             script_args(self._clock, self._ttl, op, config, *extra, tokens=tokens), ride
         )
         keys = self.keys(name)
-        give_up = time.monotonic() + _CONTENTION_WAIT
+        started = time.monotonic()
+        give_up = started + _CONTENTION_WAIT
         pause = 0.001
         client = None
         try:
@@ -575,7 +585,7 @@ class RedisStateStore:
         except self._errors as exc:
             if client is not None:
                 await self._adrop_connections(client, exc)
-            raise self._failed(exc, name) from exc
+            raise self._failed(exc, name, started) from exc
         except RuntimeError as exc:  # a client of another loop (its pool could not be copied)
             if "loop" not in str(exc):
                 raise

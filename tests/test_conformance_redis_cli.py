@@ -1,0 +1,255 @@
+"""Sections 6, 7, 8 and 14 of the SPEC read as an independent user would, against real
+redis-server processes: clients as users build them, a burst of calls failing at once, names
+and URLs that carry credentials or terminal codes, and what the command line prints."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import valkey
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from llm_circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Outcome
+from llm_circuit_breaker._cli import main
+from llm_circuit_breaker._cli.status import run_status
+from llm_circuit_breaker.storage import RedisStateStore
+from llm_circuit_breaker.storage.base import StoreUnavailableError
+from tests.redis_cluster import RedisCluster
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+TRIP = CircuitBreakerConfig(failure_threshold=1, reset_timeout=60)
+SECRET = "s3cret-Pa55word"
+
+
+def _trip(store: RedisStateStore, name: str) -> None:
+    breaker = CircuitBreaker(name, TRIP, store=store)
+    breaker.record(breaker.admit(), Outcome.FAILURE)
+
+
+# -- section 14: a plain client pointed at a cluster node ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda port: redis.Redis(host="127.0.0.1", port=port), id="redis-defaults"),
+        pytest.param(
+            lambda port: redis.Redis(
+                host="127.0.0.1", port=port, retry=Retry(ExponentialBackoff(), 3)
+            ),
+            id="redis-retrying",
+        ),
+        pytest.param(lambda port: valkey.Valkey(host="127.0.0.1", port=port), id="valkey"),
+    ],
+)
+def test_a_plain_client_built_as_users_build_it_is_refused_on_a_cluster_node(
+    cluster: RedisCluster, make: Any
+) -> None:
+    """``redis.Redis(host, port)`` with redis-py's default retries (or any retry policy)
+    pointed at a cluster node is refused at construction with an error naming
+    ``cluster=True``, as a client without retries is."""
+    client = make(cluster.servers[0].port)
+    try:
+        with pytest.raises(ValueError, match="cluster=True"):
+            RedisStateStore(client)
+    finally:
+        client.close()
+
+
+def test_a_retrying_client_of_a_down_server_is_accepted_at_once(closed_port: int) -> None:
+    """Asking whether a retrying client's server is a cluster node costs one refused
+    connection, not the client's retries: a store is made while Redis is down."""
+    client = redis.Redis(port=closed_port, retry=Retry(ExponentialBackoff(cap=5, base=2), 5))
+    store = RedisStateStore(client, prefix="down")  # would sleep ~30 s through the retries
+    assert store.client is client
+    client.close()
+
+
+# -- section 7 / 14: leaving Redis alone after a failure -----------------------------------
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield int(sock.getsockname()[1])
+
+
+def test_calls_failing_together_count_as_one_failure(silent_port: int) -> None:
+    """Eight calls in flight when Redis stops answering all fail with the same timeout: the
+    store leaves Redis alone for 0.5 s (the first failure's pause), not 0.5 s doubled for each
+    of them (which would be the 5 s cap after a blip)."""
+    store = RedisStateStore.from_url(f"redis://127.0.0.1:{silent_port}", "burst", timeout=1.0)
+    callers = 8
+    start = threading.Barrier(callers)
+    failed: list[BaseException] = []
+
+    def call() -> None:
+        start.wait()
+        try:
+            store.admit("burst", TRIP)
+        except StoreUnavailableError as exc:
+            failed.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(failed) == callers
+    assert not store.available
+    assert store._pause == 0.5  # one failure of Redis, however many calls saw it
+    store.client.close()
+
+
+def test_a_failure_after_the_pause_still_doubles_it(closed_port: int) -> None:
+    """A call made after the pause ended that fails again doubles the pause (0.5 s, 1 s)."""
+    store = RedisStateStore.from_url(f"redis://127.0.0.1:{closed_port}", "again")
+    with pytest.raises(StoreUnavailableError):
+        store.admit("again", TRIP)
+    assert store._pause == 0.5
+    store._down_until -= 1.0  # the pause is over: the next call asks Redis again
+    with pytest.raises(StoreUnavailableError):
+        store.admit("again", TRIP)
+    assert store._pause == 1.0
+    store.client.close()
+
+
+# -- section 6: the store's log lines mask credentials in names ----------------------------
+
+
+def test_the_store_s_warnings_mask_credentials_in_a_circuit_s_name(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A breaker named after a keyed URL: the warning that its stored data was foreign shows
+    the name as every other log line does, credentials masked."""
+    store = RedisStateStore(redis_client, prefix="masked")
+    name = f"https://user:{SECRET}@api.example.com/v1"
+    redis_client.set(store.keys(name)[0], "foreign")
+    with caplog.at_level(logging.WARNING, logger="llm_circuit_breaker"):
+        breaker = CircuitBreaker(name, TRIP, store=store)
+        breaker.record(breaker.admit(), Outcome.SUCCESS)
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "foreign data" in text
+    assert SECRET not in text
+
+
+# -- section 8: status with hostile breaker names -------------------------------------------
+
+HOSTILE = {
+    "escape": "evil\x1b[2J\x1b]0;owned\x07",
+    "newline": "one\ntwo  OPEN  1",
+    "carriage": "ok\rOPEN",
+    "bidi": "\u202eevil",
+}
+
+
+@pytest.fixture
+def hostile_store(redis_client: redis.Redis) -> RedisStateStore:
+    store = RedisStateStore(redis_client, prefix="hostile")
+    for name in (*HOSTILE.values(), f"https://user:{SECRET}@api.example.com/v1", "plain"):
+        _trip(store, name)
+    return store
+
+
+def test_status_prints_no_terminal_codes_from_names(
+    redis_server: RedisServer, hostile_store: RedisStateStore
+) -> None:
+    """Control characters in a breaker's name (escape sequences, newlines, carriage returns,
+    bidi overrides) are printed escaped: one line per circuit, nothing the terminal acts on."""
+    out = io.StringIO()
+    assert run_status(redis_server.url, "hostile", as_json=False, out=out) == 0
+    text = out.getvalue()
+    assert "\x1b" not in text and "\x07" not in text and "\r" not in text
+    assert "\u202e" not in text
+    rows = [line for line in text.splitlines()[1:] if line.strip()]
+    assert len(rows) == 6
+    assert all(" OPEN " in row for row in rows)
+    assert any(row.startswith("evil\\x1b[2J") for row in rows)
+    assert any(row.startswith("one\\ntwo") for row in rows)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_status_never_prints_credentials_in_names(
+    redis_server: RedisServer, hostile_store: RedisStateStore, as_json: bool
+) -> None:
+    """A breaker named after a keyed URL is listed with its credentials masked, in the table
+    and in JSON (as logs, metrics and reprs show it)."""
+    out = io.StringIO()
+    assert run_status(redis_server.url, "hostile", as_json=as_json, out=out) == 0
+    text = out.getvalue()
+    assert SECRET not in text
+    assert "api.example.com" in text and "[REDACTED]" in text
+    if as_json:
+        listed = json.loads(text)
+        assert len(listed) == 6 and listed["plain"]["state"] == "OPEN"
+
+
+def test_status_json_keeps_circuits_whose_shown_names_collide(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """Two circuits whose names differ only in their credentials are both listed in JSON."""
+    store = RedisStateStore(redis_client, prefix="twins")
+    _trip(store, "https://u:first-secret-1@host/v1")
+    _trip(store, "https://u:other-secret-2@host/v1")
+    out = io.StringIO()
+    assert run_status(redis_server.url, "twins", as_json=True, out=out) == 0
+    listed = json.loads(out.getvalue())
+    assert len(listed) == 2
+    assert "secret" not in out.getvalue()
+
+
+# -- section 8: status never prints the URL's credentials ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "userinfo",
+    [
+        f"user:{SECRET}",
+        f":{SECRET}",
+        f"{SECRET}",  # a password written where the user name goes
+        f"user:p@{SECRET}",  # an '@' left unescaped in the password
+        f"user:pw/{SECRET}",  # a '/' left unescaped in the password
+    ],
+)
+def test_status_never_prints_the_url_s_userinfo(
+    closed_port: int, capsys: pytest.CaptureFixture[str], userinfo: str
+) -> None:
+    """Whatever the URL's user part holds, none of it is printed: the error line masks it."""
+    assert main(["status", "--redis", f"redis://{userinfo}@127.0.0.1:{closed_port}/0"]) == 2
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    assert SECRET not in printed
+    assert "[REDACTED]" in printed
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_status_with_the_wrong_password_exits_2_without_printing_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A server that requires a password, given a wrong one: one error line, exit status 2,
+    the password nowhere."""
+    server = RedisServer()
+    server.start()
+    try:
+        redis.Redis(port=server.port).config_set("requirepass", "the-right-one")
+        url = f"redis://default:{SECRET}@127.0.0.1:{server.port}/0"
+        assert main(["status", "--redis", url]) == 2
+        captured = capsys.readouterr()
+        assert SECRET not in captured.out + captured.err
+        assert captured.err.startswith("error: cannot read circuits")
+    finally:
+        server.stop()
