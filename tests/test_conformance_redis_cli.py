@@ -8,6 +8,8 @@ import io
 import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -253,3 +255,28 @@ def test_status_with_the_wrong_password_exits_2_without_printing_it(
         assert captured.err.startswith("error: cannot read circuits")
     finally:
         server.stop()
+
+
+def test_status_piped_into_a_reader_that_stops_early_prints_no_traceback(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """``status --json | head -1``: the reader goes away after a line, the command ends
+    quietly (no BrokenPipeError traceback on stderr)."""
+    pipe = redis_client.pipeline(transaction=False)
+    for index in range(3000):  # far more than a pipe's buffer holds
+        pipe.hset(f"piped:{{circuit-{index}}}", mapping={"state": "CLOSED", "fc": "0", "sc": "0"})
+    pipe.execute()
+    for extra in ([], ["--json"]):
+        command = [sys.executable, "-m", "llm_circuit_breaker", "status", "--redis"]
+        with subprocess.Popen(
+            [*command, redis_server.url, "--prefix", "piped", *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as process:
+            assert process.stdout is not None and process.stderr is not None
+            assert process.stdout.readline()
+            process.stdout.close()  # as `head -1` does
+            err = process.stderr.read().decode()
+            process.wait(60)
+        assert "Traceback" not in err and "BrokenPipeError" not in err, err
+        assert process.returncode == 1
