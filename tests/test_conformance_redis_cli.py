@@ -4,9 +4,11 @@ and URLs that carry credentials or terminal codes, and what the command line pri
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import pathlib
 import socket
 import subprocess
 import sys
@@ -25,8 +27,10 @@ from llm_circuit_breaker._cli import main
 from llm_circuit_breaker._cli.status import run_status
 from llm_circuit_breaker.storage import RedisStateStore
 from llm_circuit_breaker.storage.base import StoreUnavailableError
+from tests.polling import until
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
+from tests.test_redis_fleet import _sentinel
 
 pytestmark = pytest.mark.redis
 
@@ -280,3 +284,66 @@ def test_status_piped_into_a_reader_that_stops_early_prints_no_traceback(
             process.wait(60)
         assert "Traceback" not in err and "BrokenPipeError" not in err, err
         assert process.returncode == 1
+
+
+# -- section 14: a Sentinel-managed asyncio store on more than one event loop ----------------
+
+
+@pytest.fixture
+def sentinel_port(redis_server: RedisServer, tmp_path: pathlib.Path) -> Iterator[int]:
+    """A Sentinel (redis-server --sentinel) watching the session's server as service "svc"."""
+    if redis_server.process is None:
+        redis_server.start()
+    process, port = _sentinel(redis_server, tmp_path)
+    probe = redis.Redis(port=port, socket_timeout=1)
+    try:
+        until(lambda: _answers(probe))
+        yield port
+    finally:
+        probe.close()
+        process.terminate()
+        process.wait(10)
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.mark.parametrize("family", ["redis", "valkey"])
+def test_an_asyncio_sentinel_store_serves_one_event_loop_after_another(
+    redis_server: RedisServer, sentinel_port: int, family: str
+) -> None:
+    """An asyncio store on a Sentinel service, used by one ``asyncio.run()`` then another
+    (and listed from sync code): every loop shares the circuit through Redis, none decides
+    alone because the Sentinel's connections belong to the first loop."""
+    store = RedisStateStore.from_sentinel(
+        [("127.0.0.1", sentinel_port)],
+        "svc",
+        prefix=f"sentinel-loops-{family}",
+        asyncio=True,
+        valkey=family == "valkey",
+        timeout=2.0,
+    )
+    seen = RedisStateStore(redis_server.client(), prefix=store.prefix)
+
+    async def trip(name: str) -> None:
+        breaker = CircuitBreaker(name, TRIP, store=store)
+        await breaker.arecord(await breaker.aadmit(), Outcome.FAILURE)
+        if name == "first-loop":  # the given client serves the first loop; closed by its owner
+            await store.client.aclose()
+            for sentinel in store.client.connection_pool.sentinel_manager.sentinels:
+                await sentinel.aclose()
+
+    for name in ("first-loop", "second-loop", "third-loop"):
+        asyncio.run(trip(name))
+        assert store.available
+        assert seen.circuits()[name]["state"] == "OPEN"  # shared, not decided locally
+    listed = store.circuits()  # through a loop of its own
+    assert {name: view["state"] for name, view in listed.items()} == {
+        "first-loop": "OPEN",
+        "second-loop": "OPEN",
+        "third-loop": "OPEN",
+    }

@@ -23,6 +23,7 @@ __all__ = [
     "client_for_sentinel",
     "client_for_url",
     "client_kind",
+    "close_copy",
     "copy_for_loop",
     "is_async_client",
     "refuse_cluster_node",
@@ -367,7 +368,37 @@ async def _closed_at_shutdown(client: Any) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await client.aclose(close_connection_pool=True)
+        await close_copy(client)
+
+
+async def close_copy(client: Any) -> None:
+    """Close a copy :func:`copy_for_loop` made: its pool, and its Sentinels' connections."""
+    await client.aclose(close_connection_pool=True)
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        await sentinel.aclose(close_connection_pool=True)
+
+
+def _sentinels_copied(manager: Any) -> Any:
+    """A Sentinel manager like ``manager`` with connections of its own: an asyncio Sentinel's
+    connections belong to the loop that opened them, as a client's do."""
+    addresses = [
+        (
+            sentinel.connection_pool.connection_kwargs.get("host", "localhost"),
+            sentinel.connection_pool.connection_kwargs.get("port", 26379),
+        )
+        for sentinel in manager.sentinels
+    ]
+    extra: dict[str, Any] = {}
+    if getattr(manager, "_force_master_ip", None) is not None:  # redis-py's option
+        extra["force_master_ip"] = manager._force_master_ip
+    return type(manager)(
+        addresses,
+        min_other_sentinels=manager.min_other_sentinels,
+        sentinel_kwargs=dict(manager.sentinel_kwargs),
+        **extra,
+        **manager.connection_kwargs,
+    )
 
 
 def copy_for_loop(client: Any) -> Any:
@@ -382,7 +413,7 @@ def copy_for_loop(client: Any) -> Any:
         if hasattr(pool, "service_name"):  # Sentinel-managed
             copy = type(pool)(
                 pool.service_name,
-                pool.sentinel_manager,
+                _sentinels_copied(pool.sentinel_manager),
                 is_master=pool.is_master,
                 check_connection=pool.check_connection,
                 connection_class=pool.connection_class,

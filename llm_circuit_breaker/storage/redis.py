@@ -42,6 +42,7 @@ from llm_circuit_breaker.storage._client import (
     client_for_sentinel,
     client_for_url,
     client_kind,
+    close_copy,
     copy_for_loop,
     refuse_cluster_node,
     warn_if_retrying,
@@ -740,7 +741,7 @@ class RedisStateStore:
             return await self._alist(client)
         finally:
             if client is not self.client:
-                await client.aclose(close_connection_pool=True)
+                await close_copy(client)
             elif self.is_cluster:  # its connections belong to this loop: reopened on next use
                 await client.aclose()
 
