@@ -347,3 +347,28 @@ def test_an_asyncio_sentinel_store_serves_one_event_loop_after_another(
         "second-loop": "OPEN",
         "third-loop": "OPEN",
     }
+
+
+@pytest.mark.parametrize("scheme", ["redis", "valkey"])
+def test_an_asyncio_cluster_store_serves_one_event_loop_after_another(
+    flushed: RedisCluster, scheme: str
+) -> None:
+    """An asyncio cluster store used by one ``asyncio.run()`` then others: each loop's calls
+    reach the cluster (a cluster client's node connections belong to the first loop, which is
+    closed: later loops get a client of their own), none decides alone."""
+    url = flushed.url.replace("redis://", f"{scheme}://", 1)
+    store = RedisStateStore.from_url(url, f"cluster-loops-{scheme}", cluster=True, asyncio=True)
+    seen = RedisStateStore.from_url(flushed.url, store.prefix, cluster=True)
+
+    async def trip(name: str) -> None:
+        breaker = CircuitBreaker(name, TRIP, store=store)
+        await breaker.arecord(await breaker.aadmit(), Outcome.FAILURE)
+        if name == "loop-0":  # the given client serves the first loop; closed by its owner
+            await store.client.aclose()
+
+    names = [f"loop-{index}" for index in range(4)]
+    for name in names:
+        asyncio.run(trip(name))
+        assert store.available
+        assert seen.circuits()[name]["state"] == "OPEN"  # shared, not decided locally
+    assert sorted(store.circuits()) == names  # listed through a loop of its own

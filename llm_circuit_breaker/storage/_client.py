@@ -329,8 +329,9 @@ class LoopClients:
 
     The given client serves the first loop that uses it (it stays the caller's to close);
     every other loop gets a copy with a pool of its own (same class, pool class and
-    connection settings), closed when ``asyncio.run`` finalises that loop and dropped once
-    the loop is closed. A client whose pool cannot be copied is used as it is.
+    connection settings; a cluster client: one for the same nodes with the same options),
+    closed when ``asyncio.run`` finalises that loop and dropped once the loop is closed. A
+    client that cannot be copied is used as it is.
     """
 
     def __init__(self, client: Any) -> None:
@@ -372,11 +373,41 @@ async def _closed_at_shutdown(client: Any) -> AsyncIterator[None]:
 
 
 async def close_copy(client: Any) -> None:
-    """Close a copy :func:`copy_for_loop` made: its pool, and its Sentinels' connections."""
+    """Close a copy :func:`copy_for_loop` made: its pool (a cluster client's: every node's),
+    and its Sentinels' connections."""
+    if getattr(client, "connection_pool", None) is None:  # a cluster client
+        await client.aclose()
+        return
     await client.aclose(close_connection_pool=True)
     manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
     for sentinel in getattr(manager, "sentinels", ()):
         await sentinel.aclose(close_connection_pool=True)
+
+
+def _cluster_copied(client: Any) -> Any:
+    """An asyncio cluster client like ``client`` (the same startup nodes, connection options
+    and retry policy) whose connections are its own: a cluster client's node connections
+    belong to the loop that opened them too."""
+    import importlib
+    import inspect
+
+    cls = type(client)
+    node = importlib.import_module(cls.__module__).ClusterNode
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {
+        key: value
+        for key, value in client.connection_kwargs.items()
+        if key in accepted and key not in ("host", "port", "startup_nodes", "retry")
+    }
+    manager = client.nodes_manager
+    startup = [node(n.host, n.port) for n in manager.startup_nodes.values()]
+    extra: dict[str, Any] = {"require_full_coverage": manager.require_full_coverage}
+    if "address_remap" in accepted and getattr(manager, "address_remap", None) is not None:
+        extra["address_remap"] = manager.address_remap
+    strategy = getattr(client, "load_balancing_strategy", None)
+    if strategy is not None and "load_balancing_strategy" in accepted:
+        extra["load_balancing_strategy"] = strategy
+    return cls(startup_nodes=startup, retry=client.retry, **extra, **kwargs)
 
 
 def _sentinels_copied(manager: Any) -> Any:
@@ -402,10 +433,16 @@ def _sentinels_copied(manager: Any) -> Any:
 
 
 def copy_for_loop(client: Any) -> Any:
-    """``client`` with a pool of its own (``client`` itself when its pool cannot be copied)."""
+    """``client`` with connections of its own: a copy of its pool (and of its Sentinel
+    manager), or, for a cluster client, a client for the same nodes (``client`` itself when
+    it cannot be copied)."""
     pool = getattr(client, "connection_pool", None)
-    if pool is None:  # a cluster client: its nodes' pools are its own business
-        return client
+    if pool is None:  # a cluster client: a new one for the same nodes, with the same options
+        try:
+            return _cluster_copied(client)
+        except Exception as exc:  # a client of unknown make: the client as it is
+            logger.debug("no copy of %r for another event loop: %s", client, exc)
+            return client
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "connection_pool"}
     if hasattr(pool, "timeout"):  # a blocking pool
         kwargs["timeout"] = pool.timeout
