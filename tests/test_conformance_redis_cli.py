@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 import redis
 import valkey
+import valkey.asyncio
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from llm_circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Outcome
+from llm_circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, Outcome
 from llm_circuit_breaker._cli import main
 from llm_circuit_breaker._cli.status import run_status
 from llm_circuit_breaker.storage import RedisStateStore
@@ -372,3 +373,68 @@ def test_an_asyncio_cluster_store_serves_one_event_loop_after_another(
         assert store.available
         assert seen.circuits()[name]["state"] == "OPEN"  # shared, not decided locally
     assert sorted(store.circuits()) == names  # listed through a loop of its own
+
+
+# -- section 14: a full pool of valkey's is contention too ----------------------------------
+
+
+def test_a_full_valkey_pool_is_contention_not_an_outage(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """valkey's pools say "Too many connections" with a plain ConnectionError (redis-py
+    raises MaxConnectionsError): 100 threads behind a valkey client of 2 connections all see
+    the circuit OPEN in Redis, and the store never goes local."""
+    _trip(RedisStateStore(redis_client, prefix="vk-crowd"), "crowd")
+    pool = valkey.ConnectionPool(port=redis_server.port, max_connections=2)
+    client = valkey.Valkey(connection_pool=pool)
+    store = RedisStateStore(client, prefix="vk-crowd")
+    breaker = CircuitBreaker("crowd", TRIP, store=store)
+    heard: list[object] = []
+    breaker.add_listener(heard.append)
+    callers = 100
+    start = threading.Barrier(callers)
+    outcomes: list[str] = []
+
+    def caller() -> None:
+        start.wait()
+        try:
+            breaker.admit()
+            outcomes.append("admitted")
+        except CircuitOpenError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert outcomes == ["refused"] * callers
+    assert store.available
+    assert heard == []  # no "shared store unavailable: deciding locally"
+    pool.disconnect()
+
+
+async def test_a_full_valkey_asyncio_pool_is_contention_not_an_outage(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """The same for valkey's asyncio client: 100 tasks behind a pool of 2 connections."""
+    _trip(RedisStateStore(redis_client, prefix="vk-acrowd"), "crowd")
+    pool = valkey.asyncio.ConnectionPool(port=redis_server.port, max_connections=2)
+    client = valkey.asyncio.Valkey(connection_pool=pool)
+    store = RedisStateStore(client, prefix="vk-acrowd")
+    breaker = CircuitBreaker("crowd", TRIP, store=store)
+    heard: list[object] = []
+    breaker.add_listener(heard.append)
+
+    async def caller() -> str:
+        try:
+            await breaker.aadmit()
+        except CircuitOpenError:
+            return "refused"
+        return "admitted"
+
+    outcomes = await asyncio.gather(*(caller() for _ in range(100)))
+    assert outcomes == ["refused"] * 100
+    assert store.available
+    assert heard == []
+    await client.aclose(close_connection_pool=True)

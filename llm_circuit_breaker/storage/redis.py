@@ -133,10 +133,14 @@ def _concerns_one_circuit(exc: BaseException, exceptions: Any) -> bool:
 
 def _contended(exc: BaseException, exceptions: Any) -> bool:
     """Whether a command failed only because the client's own pool had no free connection
-    (``MaxConnectionsError``, or a blocking pool's wait that ran out): the store is fine."""
+    (``MaxConnectionsError``; valkey's pools raise a plain ``ConnectionError`` saying "Too
+    many connections"; or a blocking pool's wait that ran out): the store is fine."""
     if isinstance(exc, getattr(exceptions, "MaxConnectionsError", ())):
         return True
-    return isinstance(exc, exceptions.ConnectionError) and "No connection available" in str(exc)
+    if not isinstance(exc, exceptions.ConnectionError):
+        return False
+    message = str(exc)
+    return "No connection available" in message or "Too many connections" in message
 
 
 def _redirected(exc: BaseException, exceptions: Any) -> bool:
