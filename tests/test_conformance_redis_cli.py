@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -438,3 +439,56 @@ async def test_a_full_valkey_asyncio_pool_is_contention_not_an_outage(
     assert store.available
     assert heard == []
     await client.aclose(close_connection_pool=True)
+
+
+# -- section 7: while Redis is left alone, nothing waits for it ------------------------------
+
+
+def test_breakers_made_while_redis_is_left_alone_wait_for_no_timeout(silent_port: int) -> None:
+    """A near-caching store on a Redis that stopped answering: once a call found it down,
+    breakers made meanwhile (a scope's new tenant, say) and their calls wait for no Redis
+    timeout: the change notices subscribe from their own thread."""
+    store = RedisStateStore.from_url(
+        f"redis://127.0.0.1:{silent_port}", "silent", near_cache=0.05, timeout=1.0
+    )
+    first = CircuitBreaker("first", TRIP, store=store)
+    first.record_success(first.admit())  # the calls that find Redis silent
+    assert not store.available
+    started = time.monotonic()
+    for index in range(5):
+        breaker = CircuitBreaker(f"tenant-{index}", TRIP, store=store)
+        breaker.record_success(breaker.admit())
+    assert time.monotonic() - started < 1.0  # one timeout each before: 5 s at least
+    assert not store.available
+    store.close()
+    store.client.close()
+
+
+def test_notices_subscribe_once_redis_answers_again() -> None:
+    """A near-caching store whose first subscription failed (Redis down when its first
+    breaker was made) subscribes from its thread once Redis is back: a trip elsewhere then
+    reaches it at once, not after its near-cache ran out."""
+    server = RedisServer()
+    url = f"redis://127.0.0.1:{server.port}"
+    store = RedisStateStore.from_url(url, "later", near_cache=60.0)
+    watcher = CircuitBreaker("later", TRIP, store=store)  # Redis down: subscribing fails
+    server.start()
+    other = RedisStateStore.from_url(url, "later")
+    try:
+        until(lambda: _subscribed(server.port))  # by the notices' own thread
+        watcher.record_success(watcher.admit())  # CLOSED and clean: cached for 60 s
+        _trip(other, "later")
+        until(lambda: watcher.try_admit() < 0)  # told at once
+    finally:
+        store.close()
+        store.client.close()
+        other.client.close()
+        server.stop()
+
+
+def _subscribed(port: int) -> bool:
+    client = redis.Redis(port=port, socket_timeout=1)
+    try:
+        return int(client.execute_command("PUBSUB", "NUMPAT")) > 0
+    finally:
+        client.close()

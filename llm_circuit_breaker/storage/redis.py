@@ -30,6 +30,7 @@ import functools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -181,6 +182,12 @@ def _land_late(ride: Ride, task: asyncio.Future[Any]) -> None:
         ride.landing(ride, ok=ok)
 
 
+def _available(store: weakref.ref[RedisStateStore]) -> bool:
+    """Whether the store (if still alive) asks Redis now."""
+    alive = store()
+    return alive is not None and alive.available
+
+
 class _Listing(dict[str, dict[str, Any]]):
     """The circuits an asyncio store listed: a dict that may also be awaited."""
 
@@ -255,7 +262,10 @@ class RedisStateStore:
         self._confirm_writes = False
         self._lock = threading.Lock()
         self._broken: set[str] = set()  # circuits whose script failed (warned once each)
-        self._notices = None if self.is_async or not near_cache else Notices(redis_client, prefix)
+        self._notices = None
+        if not self.is_async and near_cache:
+            me = weakref.ref(self)
+            self._notices = Notices(redis_client, prefix, ready=lambda: _available(me))
         self._loop_clients = LoopClients(redis_client) if self.is_async else None
         self._releases: set[asyncio.Future[None]] = set()  # give-backs of cancelled admissions
 
