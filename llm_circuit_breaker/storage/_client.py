@@ -402,6 +402,9 @@ def _cluster_copied(client: Any) -> Any:
     manager = client.nodes_manager
     startup = [node(n.host, n.port) for n in manager.startup_nodes.values()]
     extra: dict[str, Any] = {"require_full_coverage": manager.require_full_coverage}
+    connection_class = client.connection_kwargs.get("connection_class")
+    if "ssl" in accepted and "SSL" in getattr(connection_class, "__name__", ""):
+        extra["ssl"] = True  # the ssl_* options alone do not say it
     if "address_remap" in accepted and getattr(manager, "address_remap", None) is not None:
         extra["address_remap"] = manager.address_remap
     strategy = getattr(client, "load_balancing_strategy", None)
