@@ -29,7 +29,7 @@ from llm_circuit_breaker._cli import main
 from llm_circuit_breaker._cli.status import run_status
 from llm_circuit_breaker.storage import RedisStateStore
 from llm_circuit_breaker.storage.base import StoreUnavailableError
-from tests.polling import until
+from tests.polling import auntil, until
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
 from tests.test_redis_fleet import _sentinel
@@ -490,5 +490,65 @@ def _subscribed(port: int) -> bool:
     client = redis.Redis(port=port, socket_timeout=1)
     try:
         return int(client.execute_command("PUBSUB", "NUMPAT")) > 0
+    finally:
+        client.close()
+
+
+# -- section 14: a reset elsewhere ends an asyncio store's cached refusal at once ----------
+
+
+@pytest.mark.parametrize("scheme", ["redis", "valkey"])
+async def test_a_reset_elsewhere_ends_an_asyncio_store_s_cached_refusal_at_once(
+    redis_server: RedisServer, scheme: str
+) -> None:
+    """An asyncio store made by ``from_url`` with a near-cache refuses an OPEN circuit without
+    asking Redis, and a reset through another process's store is published and ends that at
+    once (not after the near-cache's 30 s)."""
+    url = redis_server.url.replace("redis://", f"{scheme}://", 1)
+    store = RedisStateStore.from_url(url, f"aio-notices-{scheme}", asyncio=True, near_cache=30.0)
+    assert store.notifies
+    breaker = CircuitBreaker("shared", TRIP, store=store)
+    other = RedisStateStore.from_url(redis_server.url, store.prefix)
+    _trip(other, "shared")
+    with pytest.raises(CircuitOpenError):
+        await breaker.aadmit()  # seen OPEN until its retry time: held here
+    asked = _script_calls(redis_server)
+    for _ in range(50):
+        with pytest.raises(CircuitOpenError):
+            await breaker.aadmit()
+    assert _script_calls(redis_server) == asked  # refusals cost no round trip
+    await auntil(lambda: _listened(redis_server, store.keys("shared")[0]))
+    CircuitBreaker("shared", TRIP, store=other).reset()
+
+    async def admitted() -> bool:
+        try:
+            await breaker.arecord_success(await breaker.aadmit())
+        except CircuitOpenError:
+            return False
+        return True
+
+    deadline = time.monotonic() + 10
+    while not await admitted():
+        assert time.monotonic() < deadline, "the reset never reached the asyncio store"
+        await asyncio.sleep(0.01)
+    store.close()
+    await store.client.aclose()
+    other.client.close()
+
+
+def _listened(server: RedisServer, channel: str) -> bool:
+    """Whether a subscriber hears ``channel`` (a notice there only makes it ask Redis)."""
+    client = redis.Redis(port=server.port, socket_timeout=1)
+    try:
+        return int(client.publish(channel, "CLOSED")) > 0
+    finally:
+        client.close()
+
+
+def _script_calls(server: RedisServer) -> int:
+    client = redis.Redis(port=server.port, socket_timeout=1)
+    try:
+        stats = client.info("commandstats")
+        return sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_eval"))
     finally:
         client.close()

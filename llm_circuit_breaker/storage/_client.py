@@ -150,6 +150,11 @@ class PendingCluster:
     def get_retry(self) -> Any:
         return self._retry
 
+    def close(self) -> None:
+        """Close the cluster client if it was made (never makes one to close it)."""
+        if self._client is not None:
+            self._client.close()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.made(), name)
 

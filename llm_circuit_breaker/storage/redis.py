@@ -210,7 +210,9 @@ class RedisStateStore:
     process keeps admitting calls without asking Redis after it saw the circuit CLOSED and
     clean (and the throttle slots it leases are due within), say 0.05 for a large fleet; its
     failures are still reported at once, and a trip elsewhere reaches it by pub/sub in about
-    a round trip (sync clients), within ``near_cache`` at worst. ``clock``: for tests only,
+    a round trip (sync clients, and asyncio stores that ``from_url`` / ``from_sentinel`` made:
+    they listen through a sync twin of their client), within ``near_cache`` at worst (a
+    second at worst for a refusal). ``clock``: for tests only,
     replaces the server's ``TIME`` (so transition tests can move time). Give the client a short
     ``socket_timeout`` (say 0.1 s): it bounds what a call can lose when Redis hangs.
     A plain client (sync or asyncio) connected to a node of a Redis Cluster is refused
@@ -262,16 +264,25 @@ class RedisStateStore:
         self._confirm_writes = False
         self._lock = threading.Lock()
         self._broken: set[str] = set()  # circuits whose script failed (warned once each)
-        self._notices = None
+        self._notices: Notices | None = None
+        self._twin: Any = None  # the sync client an asyncio store's notices use, if its own
         if not self.is_async and near_cache:
-            me = weakref.ref(self)
-            self._notices = Notices(redis_client, prefix, ready=lambda: _available(me))
+            self._listen_through(redis_client)
         self._loop_clients = LoopClients(redis_client) if self.is_async else None
         self._releases: set[asyncio.Future[None]] = set()  # give-backs of cancelled admissions
 
+    def _listen_through(self, sync_client: Any) -> None:
+        """Hear of changes elsewhere through ``sync_client`` (the store's own client, or, for
+        an asyncio store that ``from_url`` / ``from_sentinel`` made, a sync twin of it)."""
+        me = weakref.ref(self)
+        self._notices = Notices(sync_client, self.prefix, ready=lambda: _available(me))
+        if sync_client is not self.client:
+            self._twin = sync_client  # ours: closed by close()
+
     @property
     def notifies(self) -> bool:
-        """Whether followers hear of changes elsewhere (a near-cache and a sync client)."""
+        """Whether followers hear of changes elsewhere (a near-cache, and a sync client or an
+        asyncio store made by ``from_url`` / ``from_sentinel``)."""
         return self._notices is not None
 
     def follow(self, name: str, follower: Follower) -> None:
@@ -283,6 +294,12 @@ class RedisStateStore:
         """Stop listening for changes (the client stays open: it is the caller's)."""
         if self._notices is not None:
             self._notices.close()
+        twin, self._twin = self._twin, None
+        if twin is not None:
+            try:
+                twin.close()
+            except Exception:  # pragma: no cover - closing broken sockets
+                pass
 
     @classmethod
     def from_url(
@@ -307,7 +324,7 @@ class RedisStateStore:
         client = client_for_url(
             url, asyncio=asyncio, timeout=timeout, cluster=cluster, max_connections=max_connections
         )
-        return cls(
+        store = cls(
             client,
             prefix,
             retry_interval=retry_interval,
@@ -315,6 +332,11 @@ class RedisStateStore:
             near_cache=near_cache,
             clock=clock,
         )
+        if asyncio and near_cache:  # change notices through a sync twin, in their thread
+            store._listen_through(
+                client_for_url(url, asyncio=False, timeout=timeout, cluster=cluster)
+            )
+        return store
 
     @classmethod
     def from_sentinel(
@@ -337,16 +359,24 @@ class RedisStateStore:
         timeouts and no client-side retries. After a failover the client finds the new
         primary on its next connection (a ``READONLY`` reply drops the old ones at once).
         ``valkey=True``: through the valkey package."""
-        client = client_for_sentinel(
-            sentinels,
-            service_name,
-            asyncio=asyncio,
-            timeout=timeout,
-            family="valkey" if valkey else "redis",
-            password=password,
-            db=db,
+
+        def made(asyncio: bool) -> Any:
+            return client_for_sentinel(
+                sentinels,
+                service_name,
+                asyncio=asyncio,
+                timeout=timeout,
+                family="valkey" if valkey else "redis",
+                password=password,
+                db=db,
+            )
+
+        store = cls(
+            made(asyncio), prefix, retry_interval=retry_interval, ttl=ttl, near_cache=near_cache
         )
-        return cls(client, prefix, retry_interval=retry_interval, ttl=ttl, near_cache=near_cache)
+        if asyncio and near_cache:  # change notices through a sync twin, in their thread
+            store._listen_through(made(False))
+        return store
 
     # -- health ----------------------------------------------------------------------------
 
