@@ -100,7 +100,7 @@ def test_calls_failing_together_count_as_one_failure(silent_port: int) -> None:
     """Eight calls in flight when Redis stops answering all fail with the same timeout: the
     store leaves Redis alone for 0.5 s (the first failure's pause), not 0.5 s doubled for each
     of them (which would be the 5 s cap after a blip)."""
-    store = RedisStateStore.from_url(f"redis://127.0.0.1:{silent_port}", "burst", timeout=1.0)
+    store = RedisStateStore.from_url(f"redis://127.0.0.1:{silent_port}", "burst", timeout=3.0)
     callers = 8
     start = threading.Barrier(callers)
     failed: list[BaseException] = []
@@ -359,8 +359,10 @@ def test_an_asyncio_cluster_store_serves_one_event_loop_after_another(
     reach the cluster (a cluster client's node connections belong to the first loop, which is
     closed: later loops get a client of their own), none decides alone."""
     url = flushed.url.replace("redis://", f"{scheme}://", 1)
-    store = RedisStateStore.from_url(url, f"cluster-loops-{scheme}", cluster=True, asyncio=True)
-    seen = RedisStateStore.from_url(flushed.url, store.prefix, cluster=True)
+    store = RedisStateStore.from_url(
+        url, f"cluster-loops-{scheme}", cluster=True, asyncio=True, timeout=2.0
+    )
+    seen = RedisStateStore.from_url(flushed.url, store.prefix, cluster=True, timeout=2.0)
 
     async def trip(name: str) -> None:
         breaker = CircuitBreaker(name, TRIP, store=store)
@@ -470,10 +472,10 @@ def test_notices_subscribe_once_redis_answers_again() -> None:
     reaches it at once, not after its near-cache ran out."""
     server = RedisServer()
     url = f"redis://127.0.0.1:{server.port}"
-    store = RedisStateStore.from_url(url, "later", near_cache=60.0)
+    store = RedisStateStore.from_url(url, "later", near_cache=60.0, timeout=2.0)
     watcher = CircuitBreaker("later", TRIP, store=store)  # Redis down: subscribing fails
     server.start()
-    other = RedisStateStore.from_url(url, "later")
+    other = RedisStateStore.from_url(url, "later", timeout=2.0)
     try:
         until(lambda: _subscribed(server.port))  # by the notices' own thread
         watcher.record_success(watcher.admit())  # CLOSED and clean: cached for 60 s
@@ -505,10 +507,12 @@ async def test_a_reset_elsewhere_ends_an_asyncio_store_s_cached_refusal_at_once(
     asking Redis, and a reset through another process's store is published and ends that at
     once (not after the near-cache's 30 s)."""
     url = redis_server.url.replace("redis://", f"{scheme}://", 1)
-    store = RedisStateStore.from_url(url, f"aio-notices-{scheme}", asyncio=True, near_cache=30.0)
+    store = RedisStateStore.from_url(
+        url, f"aio-notices-{scheme}", asyncio=True, near_cache=30.0, timeout=2.0
+    )
     assert store.notifies
     breaker = CircuitBreaker("shared", TRIP, store=store)
-    other = RedisStateStore.from_url(redis_server.url, store.prefix)
+    other = RedisStateStore.from_url(redis_server.url, store.prefix, timeout=2.0)
     _trip(other, "shared")
     with pytest.raises(CircuitOpenError):
         await breaker.aadmit()  # seen OPEN until its retry time: held here

@@ -182,6 +182,10 @@ def _land_late(ride: Ride, task: asyncio.Future[Any]) -> None:
         ride.landing(ride, ok=ok)
 
 
+def _never() -> bool:
+    return False
+
+
 def _available(store: weakref.ref[RedisStateStore]) -> bool:
     """Whether the store (if still alive) asks Redis now."""
     alive = store()
@@ -275,7 +279,9 @@ class RedisStateStore:
         """Hear of changes elsewhere through ``sync_client`` (the store's own client, or, for
         an asyncio store that ``from_url`` / ``from_sentinel`` made, a sync twin of it)."""
         me = weakref.ref(self)
-        self._notices = Notices(sync_client, self.prefix, ready=lambda: _available(me))
+        # an asyncio store's callers are on an event loop: the thread subscribes, always
+        ready = _never if self.is_async else lambda: _available(me)
+        self._notices = Notices(sync_client, self.prefix, ready=ready)
         if sync_client is not self.client:
             self._twin = sync_client  # ours: closed by close()
 
