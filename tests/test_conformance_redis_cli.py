@@ -556,3 +556,18 @@ def _script_calls(server: RedisServer) -> int:
         return sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_eval"))
     finally:
         client.close()
+
+
+def test_status_of_a_valkey_url_without_the_valkey_package(
+    closed_port: int, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``valkey://`` URL where the optional valkey package is missing: one line saying so,
+    exit status 2, no traceback, no password."""
+    for module in [m for m in sys.modules if m == "valkey" or m.startswith("valkey.")]:
+        monkeypatch.setitem(sys.modules, module, None)  # `import valkey` raises ImportError
+    url = f"valkey://user:{SECRET}@127.0.0.1:{closed_port}/0"
+    assert main(["status", "--redis", url]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error:") and "valkey" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+    assert SECRET not in captured.out + captured.err

@@ -38,6 +38,11 @@ def run_status(url: str, prefix: str, *, as_json: bool, out: TextIO | None = Non
                 raise
             store = RedisStateStore.from_url(url, prefix, timeout=2.0, cluster=True)
         circuits = store.circuits()
+    except ImportError as exc:  # a valkey:// URL without the valkey package
+        print(
+            f"error: {_masked_url(url)} needs the {exc.name or 'valkey'} package", file=sys.stderr
+        )
+        return 2
     except _client_errors(redis) as exc:
         why = _masked(str(exc), url, pieces=isinstance(exc, ValueError))
         print(
