@@ -297,7 +297,8 @@ class RedisStateStore:
             self._notices.follow(name, follower)
 
     def close(self) -> None:
-        """Stop listening for changes (the client stays open: it is the caller's)."""
+        """Stop listening for changes (the client stays open: it is the caller's; the sync
+        twin an asyncio store made for its notices is closed)."""
         if self._notices is not None:
             self._notices.close()
         twin, self._twin = self._twin, None
