@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -65,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # state changes are shown by the demo itself
+    try:
+        code = _run(args)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is seen below
+    except BrokenPipeError:  # `status | head`: the reader has what it wanted
+        # what is still buffered would fail again at exit: write it nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from llm_circuit_breaker._cli.demo import run_demo
 

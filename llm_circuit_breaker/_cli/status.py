@@ -10,8 +10,13 @@ snapshot, which is on the breaker's own clock.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any, TextIO
+from urllib.parse import unquote
+
+from llm_circuit_breaker._redact import REDACTED, redact_text
+from llm_circuit_breaker._redact import shown as _shown
 
 
 def run_status(url: str, prefix: str, *, as_json: bool, out: TextIO | None = None) -> int:
@@ -33,23 +38,81 @@ def run_status(url: str, prefix: str, *, as_json: bool, out: TextIO | None = Non
                 raise
             store = RedisStateStore.from_url(url, prefix, timeout=2.0, cluster=True)
         circuits = store.circuits()
-    except _client_errors(redis) as exc:
-        from llm_circuit_breaker._redact import redact_text
-
-        where = redact_text(url)
+    except ImportError as exc:  # a valkey:// URL without the valkey package
         print(
-            f"error: cannot read circuits from Redis at {where}: "
-            f"{type(exc).__name__}: {redact_text(str(exc))}",
+            f"error: {_masked_url(url)} needs the {exc.name or 'valkey'} package", file=sys.stderr
+        )
+        return 2
+    except _client_errors(redis) as exc:
+        why = _masked(str(exc), url, pieces=isinstance(exc, ValueError))
+        print(
+            f"error: cannot read circuits from Redis at {_masked_url(url)}: "
+            f"{type(exc).__name__}: {_printable(why)}",
             file=sys.stderr,
         )
         return 2
+    shown = _shown_names(circuits)
     if as_json:
-        print(
-            json.dumps({name: _unix(view) for name, view in circuits.items()}, indent=2), file=out
-        )
+        print(json.dumps({name: _unix(view) for name, view in shown.items()}, indent=2), file=out)
     else:
-        _table(circuits, prefix, out)
+        _table(shown, prefix, out)
     return 0
+
+
+def _userinfo(url: str) -> str:
+    """The user part of ``url``: from ``://`` to its last ``@`` ("" for none), whatever it
+    holds (an ``@`` or a ``/`` left unescaped in a password included)."""
+    start = url.find("://")
+    end = url.rfind("@")
+    return url[start + 3 : end] if 0 <= start < end else ""
+
+
+def _masked_url(url: str) -> str:
+    """``url`` as printed: its whole user part masked (a user name alone may be a token),
+    credential-like query values too."""
+    info = _userinfo(url)
+    if info:
+        start = url.find("://") + 3
+        url = f"{url[:start]}{REDACTED}{url[start + len(info) :]}"
+    return _printable(redact_text(url))
+
+
+def _masked(text: str, url: str, *, pieces: bool) -> str:
+    """An error message about ``url`` with its credentials masked; ``pieces``: also every
+    part of the URL's user part (a parser that split a malformed URL echoes its parts)."""
+    info = _userinfo(url)
+    if info:
+        found = {info, unquote(info)}
+        if pieces:
+            for part in re.split(r"[:/@]", info):
+                if len(part) >= 2:
+                    found.update((part, unquote(part)))
+        for secret in sorted(found, key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+    return redact_text(text)
+
+
+def _printable(text: str) -> str:
+    """``text`` with what a terminal would act on (control characters, escape sequences, bidi
+    overrides) written as escapes (``\\x1b``, ``\\n``, ``\\u202e``): one line, shown as stored."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _shown_names(circuits: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``circuits`` by name as shown: credentials masked (a breaker named after a keyed
+    URL), control characters escaped; names that become alike are told apart (`` #2``)."""
+    shown: dict[str, dict[str, Any]] = {}
+    for name, view in circuits.items():
+        label = _printable(_shown(name))
+        if label in shown:
+            count = 2
+            while f"{label} #{count}" in shown:
+                count += 1
+            label = f"{label} #{count}"
+        shown[label] = view
+    return shown
 
 
 def _client_errors(redis: Any) -> tuple[type[BaseException], ...]:

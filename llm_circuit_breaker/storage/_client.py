@@ -23,6 +23,7 @@ __all__ = [
     "client_for_sentinel",
     "client_for_url",
     "client_kind",
+    "close_copy",
     "copy_for_loop",
     "is_async_client",
     "refuse_cluster_node",
@@ -149,6 +150,11 @@ class PendingCluster:
     def get_retry(self) -> Any:
         return self._retry
 
+    def close(self) -> None:
+        """Close the cluster client if it was made (never makes one to close it)."""
+        if self._client is not None:
+            self._client.close()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.made(), name)
 
@@ -163,15 +169,16 @@ def is_async_client(client: Any) -> bool:
 
 def refuse_cluster_node(client: Any, kind: ClientKind) -> None:
     """Refuse a plain client (sync or asyncio) connected to a node of a cluster: its commands
-    would draw ``MOVED`` replies for most circuits. The check asks the server once (for an
-    asyncio client, through a sync connection of its own); a server that cannot be asked now
-    is not refused (a ``MOVED`` reply later is still never taken for an outage), nor is a sync
-    client that retries commands (asking would wait for every retry while Redis is down)."""
-    if kind.is_cluster or (not kind.is_async and _retries(client)):
+    would draw ``MOVED`` replies for most circuits. The check asks the server once: through
+    the client, or, for an asyncio client or one that retries commands (redis-py's default:
+    asking through it would wait for every retry while Redis is down), through one sync
+    connection of its own that does not retry. A server that cannot be asked now is not
+    refused (a ``MOVED`` reply later is still never taken for an outage)."""
+    if kind.is_cluster:
         return
     try:
-        if kind.is_async:  # asked through a sync connection to the same server
-            enabled = _cluster_enabled_of_async(client, kind.family)
+        if kind.is_async or _retries(client):  # asked through a connection of its own
+            enabled = _cluster_enabled_apart(client, kind.family)
         else:
             enabled = client.info("cluster").get("cluster_enabled")
     except Exception:  # unreachable now, or INFO not allowed: nothing to say
@@ -184,10 +191,11 @@ def refuse_cluster_node(client: Any, kind: ClientKind) -> None:
         )
 
 
-def _cluster_enabled_of_async(client: Any, family: str) -> str | None:
-    """``cluster_enabled`` of the server of an asyncio client, asked through one sync
-    connection (0.5 s timeouts at most) with its address and credentials; None when that
-    cannot be made alike (TLS, a Sentinel, a credential provider, a pool of unknown make)."""
+def _cluster_enabled_apart(client: Any, family: str) -> str | None:
+    """``cluster_enabled`` of the server of ``client`` (sync or asyncio), asked through one
+    sync connection that does not retry (0.5 s timeouts at most) with its address and
+    credentials; None when that cannot be made alike (TLS, a Sentinel, a credential provider,
+    a pool of unknown make)."""
     import importlib
 
     pool = getattr(client, "connection_pool", None)
@@ -199,6 +207,10 @@ def _cluster_enabled_of_async(client: Any, family: str) -> str | None:
     sync = importlib.import_module(family)
     timeout = min(float(given.get("socket_timeout") or 0.5), 0.5)
     kwargs: dict[str, Any] = {k: given[k] for k in ("username", "password", "db") if k in given}
+    no_retry = importlib.import_module(f"{family}.retry").Retry(
+        importlib.import_module(f"{family}.backoff").NoBackoff(), 0
+    )
+    kwargs["retry"] = no_retry
     kind = pool.connection_class.__name__
     if kind == "Connection":
         connection = sync.Connection(
@@ -322,8 +334,9 @@ class LoopClients:
 
     The given client serves the first loop that uses it (it stays the caller's to close);
     every other loop gets a copy with a pool of its own (same class, pool class and
-    connection settings), closed when ``asyncio.run`` finalises that loop and dropped once
-    the loop is closed. A client whose pool cannot be copied is used as it is.
+    connection settings; a cluster client: one for the same nodes with the same options),
+    closed when ``asyncio.run`` finalises that loop and dropped once the loop is closed. A
+    client that cannot be copied is used as it is.
     """
 
     def __init__(self, client: Any) -> None:
@@ -361,14 +374,83 @@ async def _closed_at_shutdown(client: Any) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await client.aclose(close_connection_pool=True)
+        await close_copy(client)
+
+
+async def close_copy(client: Any) -> None:
+    """Close a copy :func:`copy_for_loop` made: its pool (a cluster client's: every node's),
+    and its Sentinels' connections."""
+    if getattr(client, "connection_pool", None) is None:  # a cluster client
+        await client.aclose()
+        return
+    await client.aclose(close_connection_pool=True)
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        await sentinel.aclose(close_connection_pool=True)
+
+
+def _cluster_copied(client: Any) -> Any:
+    """An asyncio cluster client like ``client`` (the same startup nodes, connection options
+    and retry policy) whose connections are its own: a cluster client's node connections
+    belong to the loop that opened them too."""
+    import importlib
+    import inspect
+
+    cls = type(client)
+    node = importlib.import_module(cls.__module__).ClusterNode
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {
+        key: value
+        for key, value in client.connection_kwargs.items()
+        if key in accepted and key not in ("host", "port", "startup_nodes", "retry")
+    }
+    manager = client.nodes_manager
+    startup = [node(n.host, n.port) for n in manager.startup_nodes.values()]
+    extra: dict[str, Any] = {"require_full_coverage": manager.require_full_coverage}
+    connection_class = client.connection_kwargs.get("connection_class")
+    if "ssl" in accepted and "SSL" in getattr(connection_class, "__name__", ""):
+        extra["ssl"] = True  # the ssl_* options alone do not say it
+    if "address_remap" in accepted and getattr(manager, "address_remap", None) is not None:
+        extra["address_remap"] = manager.address_remap
+    strategy = getattr(client, "load_balancing_strategy", None)
+    if strategy is not None and "load_balancing_strategy" in accepted:
+        extra["load_balancing_strategy"] = strategy
+    return cls(startup_nodes=startup, retry=client.retry, **extra, **kwargs)
+
+
+def _sentinels_copied(manager: Any) -> Any:
+    """A Sentinel manager like ``manager`` with connections of its own: an asyncio Sentinel's
+    connections belong to the loop that opened them, as a client's do."""
+    addresses = [
+        (
+            sentinel.connection_pool.connection_kwargs.get("host", "localhost"),
+            sentinel.connection_pool.connection_kwargs.get("port", 26379),
+        )
+        for sentinel in manager.sentinels
+    ]
+    extra: dict[str, Any] = {}
+    if getattr(manager, "_force_master_ip", None) is not None:  # redis-py's option
+        extra["force_master_ip"] = manager._force_master_ip
+    return type(manager)(
+        addresses,
+        min_other_sentinels=manager.min_other_sentinels,
+        sentinel_kwargs=dict(manager.sentinel_kwargs),
+        **extra,
+        **manager.connection_kwargs,
+    )
 
 
 def copy_for_loop(client: Any) -> Any:
-    """``client`` with a pool of its own (``client`` itself when its pool cannot be copied)."""
+    """``client`` with connections of its own: a copy of its pool (and of its Sentinel
+    manager), or, for a cluster client, a client for the same nodes (``client`` itself when
+    it cannot be copied)."""
     pool = getattr(client, "connection_pool", None)
-    if pool is None:  # a cluster client: its nodes' pools are its own business
-        return client
+    if pool is None:  # a cluster client: a new one for the same nodes, with the same options
+        try:
+            return _cluster_copied(client)
+        except Exception as exc:  # a client of unknown make: the client as it is
+            logger.debug("no copy of %r for another event loop: %s", client, exc)
+            return client
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "connection_pool"}
     if hasattr(pool, "timeout"):  # a blocking pool
         kwargs["timeout"] = pool.timeout
@@ -376,7 +458,7 @@ def copy_for_loop(client: Any) -> Any:
         if hasattr(pool, "service_name"):  # Sentinel-managed
             copy = type(pool)(
                 pool.service_name,
-                pool.sentinel_manager,
+                _sentinels_copied(pool.sentinel_manager),
                 is_master=pool.is_master,
                 check_connection=pool.check_connection,
                 connection_class=pool.connection_class,

@@ -6,7 +6,9 @@ pattern subscription in a daemon thread and tells the links following that circu
 what they cached (the admission after that asks Redis), so a trip elsewhere is seen in about
 a round trip instead of up to ``near_cache`` later. A notice that is lost (Redis restarted, the
 listener's connection dropped) costs nothing but that speed: the cache still ends after
-``near_cache`` seconds. The thread stops when no link follows the store any more. A forked
+``near_cache`` seconds. When Redis cannot be asked as a link starts following (down, or left
+alone after a failure), the thread subscribes itself, again every half second until Redis
+answers: no caller waits for it. The thread stops when no link follows the store any more. A forked
 child (gunicorn ``--preload``) has no listener thread: it starts its own after the fork.
 """
 
@@ -18,6 +20,7 @@ import re
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any, Protocol
 
 __all__ = ["Follower", "Notices", "circuit_keys", "key_part", "name_of_key"]
@@ -65,8 +68,9 @@ class Follower(Protocol):
 class Notices:
     """One pattern subscription for every circuit under ``prefix``, started on first use."""
 
-    def __init__(self, client: Any, prefix: str) -> None:
+    def __init__(self, client: Any, prefix: str, ready: Callable[[], bool] = bool) -> None:
         self._client = client
+        self._ready = ready  # False while the store leaves Redis alone: subscribe in the thread
         self._pattern = circuit_keys(prefix)
         self._prefix = prefix
         self._followers: dict[str, weakref.WeakSet[Follower]] = {}
@@ -85,13 +89,20 @@ class Notices:
                 self._start()
 
     def _start(self) -> None:
-        """Subscribe, then listen in a daemon thread (lock held)."""
-        pubsub = self._subscribed()
+        """Subscribe, then listen in a daemon thread (lock held). While Redis is known to be
+        unreachable, or when this first attempt fails, the thread subscribes itself (again
+        and again): a breaker made meanwhile never waits for a Redis timeout here."""
+        pubsub = self._subscribed() if self._ready() else None
         if pubsub is not None:
-            self._worker = threading.Thread(
+            worker = threading.Thread(
                 target=self._listen, args=(pubsub,), name="llm-circuit-breaker-notices", daemon=True
             )
-            self._worker.start()
+        else:
+            worker = threading.Thread(
+                target=self._subscribe_and_listen, name="llm-circuit-breaker-notices", daemon=True
+            )
+        self._worker = worker
+        worker.start()
 
     def _subscribed(self) -> Any:
         """A pub/sub connection subscribed to the pattern; None while Redis is unreachable."""
@@ -122,13 +133,15 @@ class Notices:
         self._worker.start()
 
     def _subscribe_and_listen(self) -> None:
-        pubsub = self._subscribed()
-        if pubsub is None:
-            with self._lock:
-                if self._worker is threading.current_thread():
-                    self._worker = None  # the next link to follow starts listening again
-            return
-        self._listen(pubsub)
+        """Subscribe from this thread (every ``_BROKEN_PAUSE`` until Redis answers, while a
+        link follows), then listen."""
+        me = threading.current_thread()
+        while self._still_listening(me):
+            pubsub = self._subscribed()
+            if pubsub is not None:
+                self._listen(pubsub)
+                return
+            time.sleep(_BROKEN_PAUSE)
 
     def _listen(self, pubsub: Any) -> None:
         """Read notices until no link follows any circuit of this store (or ``close``)."""

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
+from llm_circuit_breaker._redact import shown
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.storage.base import Admission, ThrottleNews, View
 
@@ -155,7 +156,7 @@ def view(reply: Sequence[Any], config: CircuitBreakerConfig, key: str) -> View:
         news = ThrottleNews(said == "THROTTLED", text(reply[15]), number(reply[14]) or 0.0)
     repaired = bool(int(reply[6]))
     if repaired:
-        logger.warning("corrupt or foreign data under %r replaced by a CLOSED circuit", key)
+        logger.warning("corrupt or foreign data under %r replaced by a CLOSED circuit", shown(key))
     return View(
         CircuitState(text(reply[1])),
         int(reply[2]),

@@ -30,18 +30,20 @@ import functools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from llm_circuit_breaker._core.state import Outcome
-from llm_circuit_breaker._redact import redact_text
+from llm_circuit_breaker._redact import redact_text, shown
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.storage._client import (
     LoopClients,
     client_for_sentinel,
     client_for_url,
     client_kind,
+    close_copy,
     copy_for_loop,
     refuse_cluster_node,
     warn_if_retrying,
@@ -132,10 +134,14 @@ def _concerns_one_circuit(exc: BaseException, exceptions: Any) -> bool:
 
 def _contended(exc: BaseException, exceptions: Any) -> bool:
     """Whether a command failed only because the client's own pool had no free connection
-    (``MaxConnectionsError``, or a blocking pool's wait that ran out): the store is fine."""
+    (``MaxConnectionsError``; valkey's pools raise a plain ``ConnectionError`` saying "Too
+    many connections"; or a blocking pool's wait that ran out): the store is fine."""
     if isinstance(exc, getattr(exceptions, "MaxConnectionsError", ())):
         return True
-    return isinstance(exc, exceptions.ConnectionError) and "No connection available" in str(exc)
+    if not isinstance(exc, exceptions.ConnectionError):
+        return False
+    message = str(exc)
+    return "No connection available" in message or "Too many connections" in message
 
 
 def _redirected(exc: BaseException, exceptions: Any) -> bool:
@@ -176,6 +182,16 @@ def _land_late(ride: Ride, task: asyncio.Future[Any]) -> None:
         ride.landing(ride, ok=ok)
 
 
+def _never() -> bool:
+    return False
+
+
+def _available(store: weakref.ref[RedisStateStore]) -> bool:
+    """Whether the store (if still alive) asks Redis now."""
+    alive = store()
+    return alive is not None and alive.available
+
+
 class _Listing(dict[str, dict[str, Any]]):
     """The circuits an asyncio store listed: a dict that may also be awaited."""
 
@@ -198,7 +214,9 @@ class RedisStateStore:
     process keeps admitting calls without asking Redis after it saw the circuit CLOSED and
     clean (and the throttle slots it leases are due within), say 0.05 for a large fleet; its
     failures are still reported at once, and a trip elsewhere reaches it by pub/sub in about
-    a round trip (sync clients), within ``near_cache`` at worst. ``clock``: for tests only,
+    a round trip (sync clients, and asyncio stores that ``from_url`` / ``from_sentinel`` made:
+    they listen through a sync twin of their client), within ``near_cache`` at worst (a
+    second at worst for a refusal). ``clock``: for tests only,
     replaces the server's ``TIME`` (so transition tests can move time). Give the client a short
     ``socket_timeout`` (say 0.1 s): it bounds what a call can lose when Redis hangs.
     A plain client (sync or asyncio) connected to a node of a Redis Cluster is refused
@@ -242,6 +260,7 @@ class RedisStateStore:
         self._errors = kind.errors
         self._down_until = 0.0
         self._pause = 0.0  # seconds Redis is left alone after the last failure
+        self._failed_at = 0.0  # when that failure was seen (time.monotonic())
         self._key_prefix = key_part(prefix)
         self._told_moved = False
         # After a failure, admissions also write until one succeeds: a Redis that answers reads
@@ -249,13 +268,27 @@ class RedisStateStore:
         self._confirm_writes = False
         self._lock = threading.Lock()
         self._broken: set[str] = set()  # circuits whose script failed (warned once each)
-        self._notices = None if self.is_async or not near_cache else Notices(redis_client, prefix)
+        self._notices: Notices | None = None
+        self._twin: Any = None  # the sync client an asyncio store's notices use, if its own
+        if not self.is_async and near_cache:
+            self._listen_through(redis_client)
         self._loop_clients = LoopClients(redis_client) if self.is_async else None
         self._releases: set[asyncio.Future[None]] = set()  # give-backs of cancelled admissions
 
+    def _listen_through(self, sync_client: Any) -> None:
+        """Hear of changes elsewhere through ``sync_client`` (the store's own client, or, for
+        an asyncio store that ``from_url`` / ``from_sentinel`` made, a sync twin of it)."""
+        me = weakref.ref(self)
+        # an asyncio store's callers are on an event loop: the thread subscribes, always
+        ready = _never if self.is_async else lambda: _available(me)
+        self._notices = Notices(sync_client, self.prefix, ready=ready)
+        if sync_client is not self.client:
+            self._twin = sync_client  # ours: closed by close()
+
     @property
     def notifies(self) -> bool:
-        """Whether followers hear of changes elsewhere (a near-cache and a sync client)."""
+        """Whether followers hear of changes elsewhere (a near-cache, and a sync client or an
+        asyncio store made by ``from_url`` / ``from_sentinel``)."""
         return self._notices is not None
 
     def follow(self, name: str, follower: Follower) -> None:
@@ -264,9 +297,16 @@ class RedisStateStore:
             self._notices.follow(name, follower)
 
     def close(self) -> None:
-        """Stop listening for changes (the client stays open: it is the caller's)."""
+        """Stop listening for changes (the client stays open: it is the caller's; the sync
+        twin an asyncio store made for its notices is closed)."""
         if self._notices is not None:
             self._notices.close()
+        twin, self._twin = self._twin, None
+        if twin is not None:
+            try:
+                twin.close()
+            except Exception:  # pragma: no cover - closing broken sockets
+                pass
 
     @classmethod
     def from_url(
@@ -291,7 +331,7 @@ class RedisStateStore:
         client = client_for_url(
             url, asyncio=asyncio, timeout=timeout, cluster=cluster, max_connections=max_connections
         )
-        return cls(
+        store = cls(
             client,
             prefix,
             retry_interval=retry_interval,
@@ -299,6 +339,11 @@ class RedisStateStore:
             near_cache=near_cache,
             clock=clock,
         )
+        if asyncio and near_cache:  # change notices through a sync twin, in their thread
+            store._listen_through(
+                client_for_url(url, asyncio=False, timeout=timeout, cluster=cluster)
+            )
+        return store
 
     @classmethod
     def from_sentinel(
@@ -321,16 +366,24 @@ class RedisStateStore:
         timeouts and no client-side retries. After a failover the client finds the new
         primary on its next connection (a ``READONLY`` reply drops the old ones at once).
         ``valkey=True``: through the valkey package."""
-        client = client_for_sentinel(
-            sentinels,
-            service_name,
-            asyncio=asyncio,
-            timeout=timeout,
-            family="valkey" if valkey else "redis",
-            password=password,
-            db=db,
+
+        def made(asyncio: bool) -> Any:
+            return client_for_sentinel(
+                sentinels,
+                service_name,
+                asyncio=asyncio,
+                timeout=timeout,
+                family="valkey" if valkey else "redis",
+                password=password,
+                db=db,
+            )
+
+        store = cls(
+            made(asyncio), prefix, retry_interval=retry_interval, ttl=ttl, near_cache=near_cache
         )
-        return cls(client, prefix, retry_interval=retry_interval, ttl=ttl, near_cache=near_cache)
+        if asyncio and near_cache:  # change notices through a sync twin, in their thread
+            store._listen_through(made(False))
+        return store
 
     # -- health ----------------------------------------------------------------------------
 
@@ -340,7 +393,9 @@ class RedisStateStore:
         ``retry_interval`` while Redis stays down."""
         return time.monotonic() >= self._down_until
 
-    def _failed(self, exc: BaseException, name: str) -> StoreUnavailableError:
+    def _failed(self, exc: BaseException, name: str, started: float) -> StoreUnavailableError:
+        """The error a call sees for ``exc`` (its command sent at ``started``), the store
+        marked unavailable when ``exc`` says Redis failed."""
         exceptions = self._exceptions
         if _contended(exc, exceptions):  # our own pool is full: Redis is fine
             return StoreUnavailableError(f"no free Redis connection: {exc}")
@@ -362,15 +417,20 @@ class RedisStateStore:
                     "Redis state store %r could not run circuit %r (%s); that call is decided "
                     "locally",
                     self.prefix,
-                    name,
+                    shown(name),
                     redact_text(str(exc)),
                 )
             return StoreUnavailableError(redact_text(str(exc)))
         with self._lock:
             was_up = self._down_until == 0.0
+            if not was_up and started < self._failed_at:
+                # sent before the failure that set the pause (calls in flight together all
+                # fail): one failure of Redis, whatever the number of calls that saw it
+                return StoreUnavailableError(redact_text(str(exc)))
             first = min(_FIRST_RETRY, self.retry_interval)
             self._pause = first if was_up else min(self.retry_interval, self._pause * 2 or first)
-            self._down_until = time.monotonic() + self._pause
+            self._failed_at = time.monotonic()
+            self._down_until = self._failed_at + self._pause
             self._confirm_writes = True
         if was_up:
             logger.warning(
@@ -469,7 +529,8 @@ class RedisStateStore:
             script_args(self._clock, self._ttl, op, config, *extra, tokens=tokens), ride
         )
         keys = self.keys(name)
-        give_up = time.monotonic() + _CONTENTION_WAIT
+        started = time.monotonic()
+        give_up = started + _CONTENTION_WAIT
         pause = 0.001
         while True:
             try:
@@ -481,7 +542,7 @@ class RedisStateStore:
                     pause = min(0.02, pause * 2)
                     continue
                 self._drop_connections(exc)
-                raise self._failed(exc, name) from exc
+                raise self._failed(exc, name, started) from exc
         self._succeeded(op)
         if ride is not None and ride.budget is not None:
             landed(reply, ride.budget)
@@ -554,7 +615,8 @@ class RedisStateStore:
             script_args(self._clock, self._ttl, op, config, *extra, tokens=tokens), ride
         )
         keys = self.keys(name)
-        give_up = time.monotonic() + _CONTENTION_WAIT
+        started = time.monotonic()
+        give_up = started + _CONTENTION_WAIT
         pause = 0.001
         client = None
         try:
@@ -575,7 +637,7 @@ class RedisStateStore:
         except self._errors as exc:
             if client is not None:
                 await self._adrop_connections(client, exc)
-            raise self._failed(exc, name) from exc
+            raise self._failed(exc, name, started) from exc
         except RuntimeError as exc:  # a client of another loop (its pool could not be copied)
             if "loop" not in str(exc):
                 raise
@@ -730,7 +792,7 @@ class RedisStateStore:
             return await self._alist(client)
         finally:
             if client is not self.client:
-                await client.aclose(close_connection_pool=True)
+                await close_copy(client)
             elif self.is_cluster:  # its connections belong to this loop: reopened on next use
                 await client.aclose()
 
