@@ -123,7 +123,8 @@ class Headers(Mapping[str, str]):
     def __init__(self, items: Mapping[str, str] | None = None) -> None:
         self._items: dict[str, tuple[str, str]] = {}
         for name, value in _items_of(items):
-            self._items[str(name).lower()] = (str(name), str(value))
+            name, value = _text(name), _text(value)
+            self._items[name.lower()] = (name, value)
 
     def __getitem__(self, name: str) -> str:
         return self._items[str(name).lower()][1]
@@ -142,20 +143,30 @@ class Headers(Mapping[str, str]):
 
 
 def _items_of(headers: Any) -> list[tuple[Any, Any]]:
-    """The (name, value) pairs of any header container; nothing for a hostile one."""
+    """The (name, value) pairs of any header container (a mapping, or a list or tuple of
+    pairs as HTTP libraries accept); nothing for a hostile one."""
     if headers is None:
         return []
     try:
+        if isinstance(headers, (list, tuple)):
+            return [(pair[0], pair[1]) for pair in headers if len(pair) == 2]
         return list(headers.items())
     except Exception:
         return []
+
+
+def _text(value: Any) -> str:
+    """A header name or value as text: raw ``bytes`` decoded as HTTP does (latin-1)."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("latin-1")
+    return str(value)
 
 
 def redact_headers(headers: Mapping[str, str] | None) -> Headers:
     """A case-insensitive copy of ``headers`` with credential values replaced."""
     return Headers(
         {
-            name: REDACTED if is_secret_name(name) else redact_text(str(value))
+            _text(name): REDACTED if is_secret_name(_text(name)) else redact_text(_text(value))
             for name, value in _items_of(headers)
         }
     )

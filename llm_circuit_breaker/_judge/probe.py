@@ -81,8 +81,12 @@ def mro_names(exc: BaseException) -> set[str]:
 
 
 def http_status(value: Any) -> int | None:
+    """An HTTP status (100-599) from an int or a string of three ASCII digits (``"503"``,
+    as some clients keep it); None for anything else."""
+    if isinstance(value, str) and len(value) == 3 and value.isascii() and value.isdigit():
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
-        return value
+        return int(value)
     return None
 
 

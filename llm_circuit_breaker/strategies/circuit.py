@@ -42,7 +42,13 @@ from llm_circuit_breaker.strategies.gate import (
     ShellGate,
     is_stream,
 )
-from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
+from llm_circuit_breaker.strategies.kinds import (
+    CallableKind,
+    default_name,
+    kind_of,
+    method_wrapper,
+    rewrapped,
+)
 
 ExcludeTypes = type[BaseException] | tuple[type[BaseException], ...]
 
@@ -140,6 +146,10 @@ def circuit_breaker(
             "circuit_breaker(timeout=...) would do nothing: `timeout` is the HTTP helpers' "
             "per-attempt timeout. Use call_timeout=<seconds> to time out a coroutine function"
         )
+    if breaker is not None and not isinstance(breaker, CircuitBreaker):
+        raise TypeError(f"breaker must be a CircuitBreaker, got {breaker!r}")
+    if not isinstance(registry, BreakerRegistry):
+        raise TypeError(f"registry must be a BreakerRegistry, got {registry!r}")
     if breaker is not None and (name is not None or config_fields):
         raise TypeError("circuit_breaker takes either breaker= or a name and config fields")
     if fallback is not None and not callable(fallback):
@@ -163,6 +173,10 @@ def circuit_breaker(
     )
 
     def decorate(func: Callable[P, R]) -> Guarded[P, R]:
+        method = method_wrapper(func)
+        if method is not None:  # stacked above @staticmethod / @classmethod
+            inner: Any = func
+            return cast("Guarded[P, R]", rewrapped(method, decorate(inner.__func__)))
         if not callable(func):
             raise TypeError(f"circuit_breaker decorates callables, got {func!r}")
         warn_wrong_order(func)
@@ -207,7 +221,7 @@ def circuit_breaker(
                 name_of(a, k), config_fields, config=config, scoped=True
             )
             return cast("Guarded[P, R]", wrapper)
-        named = name or f"{func.__module__}.{func.__qualname__}"
+        named = name or default_name(func)
         chosen = breaker or (
             registry.get_or_create_with(named, config_fields, config=config)
             if config_fields

@@ -21,13 +21,13 @@ from collections.abc import (
     Generator,
     Iterable,
 )
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from llm_circuit_breaker._judge.results import non_answer, retried_by_default
 from llm_circuit_breaker.breaker import clock as time_source
 from llm_circuit_breaker.config import DEFAULT_RETRY_STATUS_CODES, RETRY_MARK, RetryConfig
 from llm_circuit_breaker.strategies import tracing
-from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
+from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of, method_wrapper, rewrapped
 
 if TYPE_CHECKING:
     from tenacity import AsyncRetrying, Retrying
@@ -183,6 +183,10 @@ def with_retry(
     loops = _Loops(policy, sleep or time_source.sleep, async_sleep or time_source.async_sleep)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        method = method_wrapper(func)
+        if method is not None:  # stacked above @staticmethod / @classmethod
+            inner: Any = func
+            return cast("Callable[P, R]", rewrapped(method, decorate(inner.__func__)))
         if not callable(func):
             raise TypeError(f"with_retry decorates callables, got {func!r}")
         shells: dict[CallableKind, Callable[..., Any]] = {
@@ -520,7 +524,7 @@ class RetryPolicy:
                 delay,
                 state.attempt_number,
                 type(exc).__name__,
-                redact_text(str(exc))[:300],
+                _printable(exc, redact_text),
                 extra={
                     "breaker": template,
                     "scope": scope,
@@ -587,6 +591,15 @@ def _raise_if_unpaid(breaker: Any, exc: BaseException) -> None:
     if BUDGET_NOTE not in notes:
         notes.append(BUDGET_NOTE)
     raise exc
+
+
+def _printable(exc: BaseException, redact: Callable[[str], str]) -> str:
+    """``exc``'s message for a log line, redacted and cut; never raises (a ``__str__`` that
+    raises must not turn a retry into that error)."""
+    try:
+        return redact(str(exc))[:300]
+    except Exception:
+        return "<message unavailable: str() raised>"
 
 
 def _error(state: RetryCallState) -> BaseException:

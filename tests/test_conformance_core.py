@@ -1,0 +1,406 @@
+"""Sections 1, 2, 3 and 5 read sentence by sentence, as an independent user would write them:
+the shapes of callables the decorators take, the errors' hierarchy, pickling and redaction,
+and the exceptions that fight back (a ``__str__`` that raises, a status that is a string,
+headers held as bytes).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import logging
+import pickle
+import sys
+from typing import Any
+
+import pytest
+
+from llm_circuit_breaker import (
+    BreakerRegistry,
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitOpenError,
+    CircuitState,
+    FallbacksExhaustedError,
+    HTTPStatusError,
+    Outcome,
+    RateLimitError,
+    ServerError,
+    circuit_breaker,
+    with_retry,
+)
+from llm_circuit_breaker.storage import MemoryStateStore, RedisStateStore
+from llm_circuit_breaker.testing import FakeClock
+
+SECRET = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def _no_sleep(_seconds: float) -> None:
+    pass
+
+
+# -- section 3: methods, classmethods, staticmethods, partials, callable objects ------------
+
+
+def _client_class() -> Any:
+    """Methods of each kind under each decorator, stacked in either order."""
+
+    class Client:
+        calls = 0
+
+        @staticmethod
+        @circuit_breaker("static-inside", registry=BreakerRegistry())
+        def static_inside(x: int) -> int:
+            return x + 1
+
+        @circuit_breaker("static-outside", registry=BreakerRegistry())
+        @staticmethod
+        def static_outside(x: int) -> int:
+            return x + 1
+
+        @classmethod
+        @circuit_breaker("class-inside", registry=BreakerRegistry())
+        def class_inside(cls, x: int) -> tuple[type, int]:
+            return cls, x
+
+        @circuit_breaker("class-outside", registry=BreakerRegistry())  # type: ignore[arg-type]
+        @classmethod
+        def class_outside(cls, x: int) -> tuple[type, int]:
+            return cls, x
+
+        @with_retry(max_retries=2, jitter=False, sleep=_no_sleep)
+        @staticmethod
+        def retried_static(x: int) -> int:
+            Client.calls += 1
+            if Client.calls < 2:
+                raise ServerError(503)
+            return x
+
+        @with_retry(max_retries=2, jitter=False, sleep=_no_sleep)  # type: ignore[arg-type]
+        @classmethod
+        def retried_class(cls, x: int) -> tuple[type, int]:
+            return cls, x
+
+    return Client
+
+
+def test_a_staticmethod_is_guarded_whichever_decorator_comes_first() -> None:
+    """``@circuit_breaker`` above or below ``@staticmethod`` guards the function, called on the
+    class or on an instance, with no instance slipped in as an argument."""
+    client = _client_class()
+    assert client.static_inside(1) == 2
+    assert client().static_inside(1) == 2
+    assert client.static_outside(1) == 2
+    assert client().static_outside(1) == 2
+    assert client.static_outside.breaker.name == "static-outside"
+    assert client.static_outside.breaker.stats.successes == 2
+
+
+def test_a_classmethod_is_guarded_whichever_decorator_comes_first() -> None:
+    """``@circuit_breaker`` above ``@classmethod`` is no ``TypeError``: the class is bound."""
+    client = _client_class()
+    assert client.class_inside(3) == (client, 3)
+    assert client().class_outside(3) == (client, 3)
+    assert client.class_outside(4) == (client, 4)
+    assert client.class_outside.breaker.stats.successes == 2
+
+
+def test_with_retry_above_staticmethod_and_classmethod_retries_the_function() -> None:
+    """``@with_retry`` over ``@staticmethod`` retries with the right arguments, and over
+    ``@classmethod`` binds the class."""
+    client = _client_class()
+    assert client().retried_static(7) == 7
+    assert client.calls == 2
+    assert client.retried_class(1) == (client, 1)
+
+
+def test_a_breaker_without_a_name_is_named_after_what_a_partial_wraps() -> None:
+    """Without a name the breaker is named after the function's module and qualified name:
+    for a ``functools.partial`` the wrapped function's (no ``AttributeError``)."""
+    registry = BreakerRegistry()
+
+    def complete(model: str, prompt: str) -> str:
+        return f"{model}:{prompt}"
+
+    guarded = circuit_breaker(registry=registry)(functools.partial(complete, "gpt-4o"))
+    assert guarded("hi") == "gpt-4o:hi"
+    assert guarded.breaker.name == f"{__name__}.{complete.__qualname__}"
+
+
+def test_a_breaker_without_a_name_is_named_after_a_callable_objects_class() -> None:
+    """A callable object's breaker is named after its class; a coroutine ``__call__`` makes
+    the wrapper a coroutine function."""
+    registry = BreakerRegistry()
+
+    class Completer:
+        async def __call__(self, prompt: str) -> str:
+            return prompt
+
+    guarded = circuit_breaker(registry=registry)(Completer())
+    assert inspect.iscoroutinefunction(guarded)
+    assert guarded.breaker.name == f"{__name__}.{Completer.__qualname__}"
+
+
+def test_a_registry_of_the_wrong_type_is_a_clear_type_error() -> None:
+    """Bad input raises a clear error, never an ``AttributeError`` from inside."""
+    with pytest.raises(TypeError, match="registry must be a BreakerRegistry"):
+        circuit_breaker("x", registry={})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="breaker must be a CircuitBreaker"):
+        circuit_breaker(breaker="openai")  # type: ignore[arg-type]
+
+
+def test_exclude_and_retry_on_take_a_list_of_types() -> None:
+    """``exclude=[...]`` and ``retry_on=[...]`` work as their tuples do."""
+    registry = BreakerRegistry()
+
+    @circuit_breaker("listed", registry=registry, failure_threshold=1, exclude=[KeyError])
+    def lookup() -> None:
+        raise KeyError("missing")
+
+    with pytest.raises(KeyError):
+        lookup()
+    assert registry.get("listed").state is CircuitState.CLOSED
+
+    calls = []
+
+    @with_retry(retry_on=[LookupError], jitter=False, sleep=_no_sleep)
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise LookupError("later")
+        return "ok"
+
+    assert flaky() == "ok"
+    assert len(calls) == 3
+
+
+# -- section 3: with_retry and exceptions that fight back -----------------------------------
+
+
+class _Unprintable(ConnectionError):
+    """A connection failure whose ``str()`` and ``repr()`` raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
+def test_a_retry_is_logged_even_when_the_error_cannot_be_printed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Retries are logged at INFO; an error whose ``__str__`` raises is still retried (and the
+    original error re-raised when retries run out), never replaced by the logging's error."""
+    calls = []
+
+    @with_retry(max_retries=2, jitter=False, sleep=_no_sleep)
+    def connect() -> None:
+        calls.append(1)
+        raise _Unprintable()
+
+    with caplog.at_level(logging.INFO, logger="llm_circuit_breaker"), pytest.raises(_Unprintable):
+        connect()
+    assert len(calls) == 3
+    retries = [r for r in caplog.records if r.name == "llm_circuit_breaker.retry"]
+    assert len(retries) == 2
+    assert "_Unprintable" in retries[0].getMessage()
+
+
+# -- section 1: the sliding window ----------------------------------------------------------
+
+
+def test_the_failure_rate_opens_once_minimum_calls_were_seen_whatever_the_last_outcome(
+    clock: FakeClock,
+) -> None:
+    """Three failures then a success: the fourth call reaches ``minimum_calls`` with a 75%
+    failure rate over the window, above the 50% threshold: the circuit opens."""
+    config = CircuitBreakerConfig(
+        failure_threshold=100, failure_rate_threshold=0.5, window=60.0, minimum_calls=4
+    )
+    breaker = CircuitBreaker("rate", config, clock=clock)
+
+    @circuit_breaker(breaker=breaker)
+    def call(fail: bool) -> str:
+        if fail:
+            raise ServerError(500)
+        return "ok"
+
+    for _ in range(3):
+        with pytest.raises(ServerError):
+            call(True)
+    assert breaker.state is CircuitState.CLOSED  # three calls: fewer than minimum_calls
+    assert call(False) == "ok"
+    assert breaker.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError, match="failure rate 75%"):
+        call(False)
+
+
+def test_a_success_under_the_rate_threshold_keeps_the_circuit_closed(clock: FakeClock) -> None:
+    """A failure, then successes: 25% over four calls stays under the threshold."""
+    config = CircuitBreakerConfig(
+        failure_threshold=100, failure_rate_threshold=0.5, window=60.0, minimum_calls=4
+    )
+    breaker = CircuitBreaker("rate-low", config, clock=clock)
+
+    @circuit_breaker(breaker=breaker)
+    def call(fail: bool) -> str:
+        if fail:
+            raise ServerError(500)
+        return "ok"
+
+    with pytest.raises(ServerError):
+        call(True)
+    for _ in range(5):
+        assert call(False) == "ok"
+    assert breaker.state is CircuitState.CLOSED
+
+
+@pytest.mark.parametrize("where", ["core", "memory", "redis"])
+def test_a_success_that_reaches_minimum_calls_opens_in_every_store(
+    where: str, clock: FakeClock, request: pytest.FixtureRequest
+) -> None:
+    """The Lua decides as the core does: F, F, F then S opens the circuit (75% of 4 calls)."""
+    config = CircuitBreakerConfig(
+        failure_threshold=100, failure_rate_threshold=0.5, window=60.0, minimum_calls=4
+    )
+    store: Any = None
+    if where == "memory":
+        store = MemoryStateStore(clock=clock)
+    elif where == "redis":
+        client = request.getfixturevalue("redis_client")
+        store = RedisStateStore(client, prefix="conformance", clock=clock)
+    breaker = CircuitBreaker(f"rate-{where}", config, clock=clock, store=store)
+    for outcome in (Outcome.FAILURE, Outcome.FAILURE, Outcome.FAILURE):
+        breaker.record(breaker.admit(), outcome)
+    assert breaker.state is CircuitState.CLOSED
+    breaker.record_success(breaker.admit())
+    assert breaker.state is CircuitState.OPEN
+
+
+# -- section 5: errors --------------------------------------------------------------------
+
+
+def test_rate_limit_and_server_errors_default_their_status() -> None:
+    """``RateLimitError`` is the 429 and ``ServerError`` a 5xx: made without a status, they say
+    so (a test double needs only the headers)."""
+    limited = RateLimitError(headers={"Retry-After": "2"})
+    assert limited.status_code == 429
+    assert limited.retry_after == 2.0
+    assert ServerError().status_code == 500
+    assert pickle.loads(pickle.dumps(limited)).status_code == 429
+
+
+def test_a_status_given_as_a_string_of_digits_is_the_number() -> None:
+    """``HTTPStatusError("503")`` is a 503 (what the breaker and the retries read); a status
+    that is no number is a ``ValueError`` naming it."""
+    error = HTTPStatusError("503")  # type: ignore[arg-type]
+    assert error.status_code == 503
+    with pytest.raises(ValueError, match="status_code"):
+        HTTPStatusError("teapot")  # type: ignore[arg-type]
+
+
+def test_an_sdk_error_whose_status_is_a_string_is_classified_by_it() -> None:
+    """Duck typing reads ``status_code="400"`` as 400: the caller's fault, ignored by the
+    breaker; ``"503"`` as a failure that ``with_retry`` retries."""
+    registry = BreakerRegistry()
+
+    class SdkError(Exception):
+        def __init__(self, status: str) -> None:
+            super().__init__(status)
+            self.status_code = status
+
+    @circuit_breaker("strings", registry=registry, failure_threshold=1)
+    def bad_request() -> None:
+        raise SdkError("400")
+
+    with pytest.raises(SdkError):
+        bad_request()
+    assert registry.get("strings").state is CircuitState.CLOSED
+
+    calls = []
+
+    @with_retry(jitter=False, sleep=_no_sleep)
+    def overloaded() -> str:
+        calls.append(1)
+        if len(calls) < 2:
+            raise SdkError("503")
+        return "ok"
+
+    assert overloaded() == "ok"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"retry-after": b"3"},
+        {b"Retry-After": b"3"},
+        [("Retry-After", "3")],
+        [(b"retry-after", b"3")],
+    ],
+    ids=["bytes-value", "bytes-name", "pairs", "byte-pairs"],
+)
+def test_retry_hints_are_read_from_bytes_and_pairs_of_headers(headers: Any) -> None:
+    """Header names match whatever holds them: raw ``bytes`` names and values (as an HTTP
+    library's raw headers are) and a list of pairs."""
+    assert RateLimitError(429, headers).retry_after == 3.0
+
+
+def _exhausted() -> FallbacksExhaustedError:
+    return FallbacksExhaustedError(
+        [ServerError(503), ValueError(f"Authorization: Bearer {SECRET}")]
+    )
+
+
+def test_fallbacks_exhausted_error_pickles_and_copies() -> None:
+    """Every error of the hierarchy survives ``pickle`` (a worker process's result) and
+    ``copy``: its type, message and the errors it holds."""
+    error = _exhausted()
+    for clone in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):
+        assert type(clone) is FallbacksExhaustedError
+        assert str(clone) == str(error)
+        assert [type(e) for e in clone.errors] == [ServerError, ValueError]
+
+
+def test_fallbacks_exhausted_error_repr_shows_no_credential() -> None:
+    """``repr()`` never contains credentials, also those in the errors it holds."""
+    error = _exhausted()
+    assert SECRET not in repr(error)
+    assert SECRET not in str(error)
+    assert "FallbacksExhaustedError" in repr(error)
+
+
+def test_fallbacks_exhausted_error_holds_errors_that_cannot_be_printed() -> None:
+    """An error whose ``__str__`` raises does not stop the chain's error being made."""
+    error = FallbacksExhaustedError([_Unprintable(), ServerError(500)])
+    assert "_Unprintable" in str(error)
+    assert "HTTP 500" in str(error)
+    assert len(error.errors) == 2
+
+
+def test_http_status_error_whose_body_cannot_be_printed_still_prints() -> None:
+    """``str()`` of a status error never raises, whatever its body holds."""
+
+    class Hostile:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    error = ServerError(502, None, {"error": {"message": Hostile()}})
+    assert str(error).startswith("HTTP 502")
+
+
+@pytest.fixture
+def many_errors() -> list[BaseException]:
+    return [ServerError(503), RateLimitError(429, {"retry-after": "1"})]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="ExceptionGroup is 3.11+")
+def test_fallbacks_exhausted_error_is_an_exception_group(
+    many_errors: list[BaseException],
+) -> None:
+    """On 3.11+ the error is an ``ExceptionGroup``; ``derive`` keeps the type (``except*``)."""
+    error = FallbacksExhaustedError(many_errors)  # type: ignore[arg-type]
+    assert isinstance(error, ExceptionGroup)  # noqa: F821
+    rest = error.derive([many_errors[0]])  # type: ignore[list-item]
+    assert type(rest) is FallbacksExhaustedError
