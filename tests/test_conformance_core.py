@@ -175,6 +175,28 @@ def test_exclude_and_retry_on_take_a_list_of_types() -> None:
     assert len(calls) == 3
 
 
+# -- section 2: the registry and dict configs ----------------------------------------------
+
+
+def test_a_dict_config_is_built_and_checked_with_a_did_you_mean() -> None:
+    """``get_or_create`` and ``CircuitBreaker`` take a mapping of field names too; an unknown
+    or camelCase key is a ``TypeError`` with a did-you-mean hint, as in every entry point."""
+    registry = BreakerRegistry()
+    breaker = registry.get_or_create("dict", config={"failure_threshold": 2})
+    assert breaker.config.failure_threshold == 2
+    assert registry.get_or_create("dict", config={"failure_threshold": 2}) is breaker
+    with pytest.raises(ValueError, match="failure_threshold=3"):
+        registry.get_or_create("dict", config={"failure_threshold": 3})
+    with pytest.raises(TypeError, match="did you mean 'failure_threshold'"):
+        registry.get_or_create("other", config={"failureThreshold": 2})
+    assert "other" not in registry
+    assert CircuitBreaker("own", {"reset_timeout": 5.0}).config.reset_timeout == 5.0
+    with pytest.raises(TypeError, match="did you mean 'reset_timeout'"):
+        CircuitBreaker("own", {"reset_timout": 5.0})
+    with pytest.raises(TypeError, match="config must be a CircuitBreakerConfig"):
+        CircuitBreaker("own", 5)  # type: ignore[arg-type]
+
+
 # -- section 3: with_retry and exceptions that fight back -----------------------------------
 
 
