@@ -197,6 +197,43 @@ def test_a_dict_config_is_built_and_checked_with_a_did_you_mean() -> None:
         CircuitBreaker("own", 5)  # type: ignore[arg-type]
 
 
+def test_one_listener_given_to_several_decorations_hears_each_change_once() -> None:
+    """Functions that name one breaker with the same ``on_state_change`` share the breaker:
+    the listener is told of each state change once, not once per decoration."""
+    registry = BreakerRegistry()
+    heard: list[CircuitState] = []
+
+    def alert(change: Any) -> None:
+        heard.append(change.new)
+
+    @circuit_breaker("shared", registry=registry, on_state_change=alert, failure_threshold=1)
+    def complete() -> None:
+        raise ServerError(500)
+
+    @circuit_breaker("shared", registry=registry, on_state_change=alert)
+    def embed() -> str:
+        return "ok"
+
+    with pytest.raises(ServerError):
+        complete()
+    assert heard == [CircuitState.OPEN]
+    embed.breaker.reset()
+    assert heard == [CircuitState.OPEN, CircuitState.CLOSED]
+
+    class Pager:
+        def __init__(self) -> None:
+            self.pages = 0
+
+        def page(self, change: Any) -> None:
+            self.pages += 1
+
+    pager = Pager()  # a bound method is a new object at each read: equal, not identical
+    for _ in range(3):
+        circuit_breaker("shared", registry=registry, on_state_change=pager.page)(embed)
+    embed.breaker.force_open()
+    assert pager.pages == 1
+
+
 # -- section 3: with_retry and exceptions that fight back -----------------------------------
 
 

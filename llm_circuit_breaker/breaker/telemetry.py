@@ -486,8 +486,10 @@ class Telemetry:
         if not callable(listener):
             raise TypeError(f"a listener must be callable, got {listener!r}")
         with _counting:
-            if once and any(
-                isinstance(hook, Listening) and hook.changed is listener for hook in self._hooks
+            if once and any(  # == too: a bound method is made anew at each attribute read
+                isinstance(hook, Listening)
+                and (hook.changed is listener or hook.changed == listener)
+                for hook in self._hooks
             ):
                 return
             self._hooks = (*self._hooks, Listening(listener))

@@ -247,18 +247,17 @@ def _shell(
     chosen: CircuitBreaker,
 ) -> Any:
     """``func``'s shell on ``chosen`` (a module function: decorating makes no closure for it).
-    A scope's shell may be made again for the same breaker (after its cache dropped it): its
-    listener is added once."""
+    Its listener is added once per breaker: decorations that name one breaker with the same
+    ``on_state_change`` (or a scope's shell made again after its cache dropped it) add it
+    again."""
     inner: Callable[..., Any] = func
     if first_token_timeout is not None:
         from llm_circuit_breaker.strategies.first_token import bounded
 
         inner = bounded(func, first_token_timeout, chosen.name)
     wrapper = shell_for(inner, chosen, rules, fallback, call_timeout)
-    if on_state_change is not None and scoped:
+    if on_state_change is not None:  # once per breaker: decorations that share it add it again
         chosen._local.add_listener(on_state_change, once=True)
-    elif on_state_change is not None:
-        chosen.add_listener(on_state_change)
     return wrapper
 
 
