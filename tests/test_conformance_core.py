@@ -6,12 +6,14 @@ headers held as bytes).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import inspect
 import logging
 import pickle
 import sys
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -148,6 +150,8 @@ def test_a_registry_of_the_wrong_type_is_a_clear_type_error() -> None:
         circuit_breaker("x", registry={})  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="breaker must be a CircuitBreaker"):
         circuit_breaker(breaker="openai")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="fields themselves"):
+        circuit_breaker("x", config=CircuitBreakerConfig())
 
 
 def test_exclude_and_retry_on_take_a_list_of_types() -> None:
@@ -232,6 +236,56 @@ def test_one_listener_given_to_several_decorations_hears_each_change_once() -> N
         circuit_breaker("shared", registry=registry, on_state_change=pager.page)(embed)
     embed.breaker.force_open()
     assert pager.pages == 1
+
+
+def test_a_plain_function_returning_an_async_iterator_is_guarded_with_async_for() -> None:
+    """The stream's kind, not the function's, decides how it is iterated: a plain function
+    that returns an async iterator gives one to ``async for``, guarded until its end (an
+    error while iterating is a failure)."""
+    registry = BreakerRegistry()
+
+    async def chunks(fail: bool) -> AsyncIterator[int]:
+        yield 1
+        if fail:
+            raise ServerError(502)
+        yield 2
+
+    @circuit_breaker("sync-to-async", registry=registry, failure_threshold=1)
+    def stream(fail: bool) -> AsyncIterator[int]:
+        return chunks(fail)
+
+    async def main() -> None:
+        assert [item async for item in stream(False)] == [1, 2]
+        assert registry.get("sync-to-async").stats.successes == 1
+        with pytest.raises(ServerError):
+            async for _ in stream(True):
+                pass
+
+    asyncio.run(main())
+    assert registry.get("sync-to-async").state is CircuitState.OPEN
+
+
+def test_a_coroutine_function_returning_an_iterator_is_guarded_with_for() -> None:
+    """A coroutine function that returns a plain iterator gives one to ``for``, guarded until
+    its end."""
+    registry = BreakerRegistry()
+
+    def chunks(fail: bool) -> Iterator[int]:
+        yield 1
+        if fail:
+            raise ServerError(502)
+        yield 2
+
+    @circuit_breaker("async-to-sync", registry=registry, failure_threshold=1)
+    async def stream(fail: bool) -> Iterator[int]:
+        return chunks(fail)
+
+    assert list(asyncio.run(stream(False))) == [1, 2]
+    assert registry.get("async-to-sync").stats.successes == 1
+    failing = asyncio.run(stream(True))
+    with pytest.raises(ServerError):
+        list(failing)
+    assert registry.get("async-to-sync").state is CircuitState.OPEN
 
 
 # -- section 3: with_retry and exceptions that fight back -----------------------------------

@@ -36,10 +36,10 @@ from llm_circuit_breaker.strategies import tracing
 from llm_circuit_breaker.strategies.gate import (
     ASK,
     PLAIN,
-    AsyncGuardedStream,
     Elsewhere,
-    GuardedStream,
     ShellGate,
+    aguard_stream,
+    guard_stream,
     is_stream,
 )
 from llm_circuit_breaker.strategies.kinds import (
@@ -145,6 +145,11 @@ def circuit_breaker(
         raise TypeError(
             "circuit_breaker(timeout=...) would do nothing: `timeout` is the HTTP helpers' "
             "per-attempt timeout. Use call_timeout=<seconds> to time out a coroutine function"
+        )
+    if "config" in config_fields:
+        raise TypeError(
+            "circuit_breaker takes the config's fields themselves (failure_threshold=5, "
+            "reset_timeout=30.0, ...), not config=; or pass breaker=CircuitBreaker(name, config)"
         )
     if breaker is not None and not isinstance(breaker, CircuitBreaker):
         raise TypeError(f"breaker must be a CircuitBreaker, got {breaker!r}")
@@ -405,7 +410,7 @@ def _sync_shell(gate: ShellGate) -> Callable[..., Any]:
             gate.failed(permit, exc)
             raise
         if result.__class__ not in PLAIN and is_stream(result):
-            return GuardedStream(result, gate, permit, kwargs)
+            return guard_stream(result, gate, permit, kwargs)
         if via is not None and via.charge is not None:
             via.charge(result, kwargs)
         core.record_success(permit)
@@ -457,7 +462,7 @@ def _async_shell(gate: ShellGate) -> Callable[..., Any]:
                 gate.failed(permit, exc)
             raise
         if result.__class__ not in PLAIN and is_stream(result):
-            return AsyncGuardedStream(result, gate, permit, kwargs)
+            return aguard_stream(result, gate, permit, kwargs)
         if via is None:
             core.record_success(permit)
             return result
@@ -543,7 +548,7 @@ def _scoped_sync_shell(
             Gate(breaker, rules, fallback).failed(permit, exc)
             raise
         if result.__class__ not in plain and is_stream(result):
-            return GuardedStream(result, Gate(breaker, rules, fallback), permit, kwargs)
+            return guard_stream(result, Gate(breaker, rules, fallback), permit, kwargs)
         if breaker._budget is not None:  # a token budget, perhaps
             breaker.charge(result, kwargs)
         record = breaker._record_success
@@ -624,7 +629,7 @@ def _scoped_async_shell(
                 gate.failed(permit, exc)
             raise
         if result.__class__ not in plain and is_stream(result):
-            return AsyncGuardedStream(result, Gate(breaker, rules, fallback), permit, kwargs)
+            return aguard_stream(result, Gate(breaker, rules, fallback), permit, kwargs)
         if breaker._budget is not None:  # a token budget, perhaps
             breaker.charge(result, kwargs)
         if awaits_store:

@@ -48,6 +48,8 @@ __all__ = [
     "GuardedStream",
     "ShellGate",
     "aclose_inner",
+    "aguard_stream",
+    "guard_stream",
     "is_stream",
 ]
 
@@ -64,6 +66,25 @@ def is_stream(result: object) -> bool:
     skip the ``PLAIN`` types before asking)."""
     cls = result.__class__
     return hasattr(cls, "__next__") or hasattr(cls, "__anext__")
+
+
+def guard_stream(result: Any, gate: Gate, permit: int, request: object = None) -> Any:
+    """``result`` (a stream a sync function returned) guarded by the wrapper that fits its
+    kind: :class:`GuardedStream` for an iterator, :class:`AsyncGuardedStream` for an async
+    iterator (a plain function may return one: it is iterated with ``async for``)."""
+    if hasattr(result.__class__, "__next__"):
+        return GuardedStream(result, gate, permit, request)
+    return AsyncGuardedStream(result, gate, permit, request)
+
+
+def aguard_stream(result: Any, gate: Gate, permit: int, request: object = None) -> Any:
+    """:func:`guard_stream` for a stream a coroutine function returned: an async iterator
+    (or any stream of a breaker on an asyncio store, whose reports are awaited) is guarded
+    by :class:`AsyncGuardedStream`, a plain iterator by :class:`GuardedStream` (iterated with
+    ``for``)."""
+    if hasattr(result.__class__, "__anext__") or gate.awaits_store:
+        return AsyncGuardedStream(result, gate, permit, request)
+    return GuardedStream(result, gate, permit, request)
 
 
 async def aclose_inner(inner: Any) -> None:
