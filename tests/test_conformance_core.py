@@ -29,6 +29,7 @@ from llm_circuit_breaker import (
     Outcome,
     RateLimitError,
     ServerError,
+    breaker_registry,
     circuit_breaker,
     with_retry,
 )
@@ -115,6 +116,30 @@ def test_with_retry_above_staticmethod_and_classmethod_retries_the_function() ->
     assert client().retried_static(7) == 7
     assert client.calls == 2
     assert client.retried_class(1) == (client, 1)
+
+
+def test_the_decorators_signatures_show_the_specs_defaults() -> None:
+    """``inspect.signature`` shows each option with the default section 3 gives it."""
+    retry = inspect.signature(with_retry).parameters
+    assert {name: retry[name].default for name in list(retry)[:10]} == {
+        "max_retries": 3,
+        "initial_delay": 1.0,
+        "max_delay": 30.0,
+        "backoff_factor": 2.0,
+        "jitter": True,
+        "retry_on_status_codes": (408, 409, 429, 500, 502, 503, 504, 529),
+        "retry_on": (),
+        "respect_retry_after": True,
+        "deadline": None,
+        "on_retry": None,
+    }
+    guard = inspect.signature(circuit_breaker).parameters
+    assert guard["name"].default is None
+    assert guard["registry"].default is breaker_registry
+    for option in ("breaker", "failure_predicate", "fallback", "on_state_change", "call_timeout"):
+        assert guard[option].default is None
+    assert guard["exclude"].default == ()
+    assert guard["config_fields"].kind is inspect.Parameter.VAR_KEYWORD
 
 
 def test_a_breaker_without_a_name_is_named_after_what_a_partial_wraps() -> None:

@@ -12,6 +12,7 @@ while they have yielded nothing.
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 from collections.abc import (
     AsyncGenerator,
@@ -201,6 +202,35 @@ def with_retry(
 
     return decorate
 
+
+
+def _spelt_out() -> inspect.Signature:
+    """``with_retry``'s signature as introspection shows it: every option with its default
+    (``RetryConfig``'s fields, in order), though the options arrive in ``**options`` so that
+    a misspelt one gets a did-you-mean ``TypeError``."""
+    import dataclasses
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter(
+            field.name,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD if field.name == "max_retries" else keyword,
+            default=field.default,
+            annotation=field.type,
+        )
+        for field in dataclasses.fields(RetryConfig)
+    ]
+    for name, default in (
+        ("sleep", None),
+        ("async_sleep", None),
+        ("clock", None),
+        ("retry_on_result", retried_by_default),
+    ):
+        params.append(inspect.Parameter(name, keyword, default=default))
+    return inspect.Signature(params, return_annotation="Callable[[Callable[P, R]], Callable[P, R]]")
+
+
+with_retry.__signature__ = _spelt_out()  # type: ignore[attr-defined]
 
 # Results the default judgement (``retried_by_default``) never rejects: not looked at.
 _NEVER_ANSWERS = frozenset({str, bytes, int, float, bool, type(None)})
