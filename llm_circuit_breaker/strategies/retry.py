@@ -203,7 +203,6 @@ def with_retry(
     return decorate
 
 
-
 def _spelt_out() -> inspect.Signature:
     """``with_retry``'s signature as introspection shows it: every option with its default
     (``RetryConfig``'s fields, in order), though the options arrive in ``**options`` so that
