@@ -33,6 +33,7 @@ from llm_circuit_breaker import (
     circuit_breaker,
     with_retry,
 )
+from llm_circuit_breaker.errors import http_status_error
 from llm_circuit_breaker.storage import MemoryStateStore, RedisStateStore
 from llm_circuit_breaker.testing import FakeClock
 
@@ -311,6 +312,25 @@ def test_a_coroutine_function_returning_an_iterator_is_guarded_with_for() -> Non
     with pytest.raises(ServerError):
         list(failing)
     assert registry.get("async-to-sync").state is CircuitState.OPEN
+
+
+def test_retry_on_does_not_retry_quota_or_a_hint_longer_than_max_delay() -> None:
+    """``retry_on`` adds types to what is retried; a listed type that carries quota
+    exhaustion, or a hint past ``max_delay``, is still raised at once (section 3)."""
+    quota = http_status_error(429, body={"error": {"code": "insufficient_quota"}})
+    too_long = RateLimitError(429, {"retry-after": "120"})
+    short = RateLimitError(429, {"retry-after": "2"})
+    for error, attempts in ((quota, 1), (too_long, 1), (short, 2)):
+        calls: list[BaseException] = []
+
+        @with_retry(retry_on=RateLimitError, jitter=False, max_retries=1, sleep=_no_sleep)
+        def complete(error: BaseException = error, calls: list[BaseException] = calls) -> None:
+            calls.append(error)
+            raise error
+
+        with pytest.raises(RateLimitError):
+            complete()
+        assert len(calls) == attempts, error
 
 
 # -- section 3: with_retry and exceptions that fight back -----------------------------------

@@ -175,12 +175,14 @@ def _retried(
 ) -> bool:
     if not isinstance(exc, Exception):
         return False
-    if retry.retry_on and isinstance(exc, retry.retry_on):
-        return True
+    # Quota, this process's own faults and a wait longer than max_delay end the retries even
+    # for a type listed in retry_on (retry_on=(openai.RateLimitError,) meets insufficient_quota)
     if found.kind is ErrorKind.QUOTA or found.kind is ErrorKind.LOCAL:
         return False
     if hint is not None and hint > retry.max_delay:
         return False  # the server wants longer than we may wait: fail now
+    if retry.retry_on and isinstance(exc, retry.retry_on):
+        return True
     if found.should_retry is not None:
         return found.should_retry
     if found.status is not None:
