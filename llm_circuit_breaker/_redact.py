@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 __all__ = [
     "REDACTED",
     "Headers",
+    "hide_context",
     "MAX_REDACTED_TEXT",
     "is_secret_name",
     "redact_headers",
@@ -178,3 +180,12 @@ def shown(name: str) -> str:
     it: credentials masked (a breaker named after a keyed URL, a scope filled with a key ...).
     Cached: the same few names are shown again and again."""
     return redact_text(name)
+
+
+def hide_context() -> None:
+    """Before logging the exception being handled (a listener's or callback's own error):
+    leave the exception it was raised during out of the record's traceback. That is the
+    guarded call's error, whose message may hold a credential no redaction of ours has seen."""
+    current = sys.exc_info()[1]
+    if current is not None:
+        current.__suppress_context__ = True

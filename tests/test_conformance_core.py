@@ -366,6 +366,41 @@ def test_a_retry_is_logged_even_when_the_error_cannot_be_printed(
     assert "_Unprintable" in retries[0].getMessage()
 
 
+def test_a_failing_listener_or_predicate_logs_no_credential_of_the_calls_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Log records never contain credentials: a listener or a ``failure_predicate`` that
+    raises is logged with its own traceback, not the guarded call's error it was raised
+    while handling (whose message holds a key)."""
+    registry = BreakerRegistry()
+
+    def listener(change: Any) -> None:
+        raise RuntimeError("listener bug")
+
+    def predicate(error: BaseException) -> bool:
+        raise RuntimeError("predicate bug")
+
+    @circuit_breaker(
+        "leaky",
+        registry=registry,
+        failure_threshold=1,
+        on_state_change=listener,
+        failure_predicate=predicate,
+    )
+    def call() -> None:
+        raise ConnectionError(f"proxy said: Authorization: Bearer {SECRET}")
+
+    with (
+        caplog.at_level(logging.INFO, logger="llm_circuit_breaker"),
+        pytest.raises(ConnectionError),
+    ):
+        call()
+    assert registry.get("leaky").state is CircuitState.OPEN
+    assert "listener bug" in caplog.text
+    assert "predicate bug" in caplog.text
+    assert SECRET not in caplog.text
+
+
 # -- section 1: the sliding window ----------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from llm_circuit_breaker._judge.kinds import (
     ErrorKind,
 )
 from llm_circuit_breaker._judge.refusal import refusal_of
+from llm_circuit_breaker._redact import hide_context, redact_text
 from llm_circuit_breaker.config import BreakerRules, CircuitBreakerConfig, RetryConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 
@@ -85,7 +86,10 @@ def judge(
     try:
         return _judge(exc, config, retry, rules, name)
     except Exception:
-        logger.exception("circuit %r: could not judge an error; counted as a failure", name)
+        hide_context()
+        logger.exception(
+            "circuit %r: could not judge an error; counted as a failure", redact_text(name)
+        )
         return Verdict(Outcome.FAILURE, False, None, None, "unjudged error", ErrorKind.OTHER, None)
 
 
@@ -140,8 +144,10 @@ def _breaker_column(
         try:
             counted = bool(rules.failure_predicate(exc))
         except Exception:
+            hide_context()
             logger.exception(
-                "failure_predicate of circuit %r raised; counting the error as a failure", name
+                "failure_predicate of circuit %r raised; counting the error as a failure",
+                redact_text(name),
             )
             counted = True
     elif found.kind is ErrorKind.RATE_LIMIT:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from llm_circuit_breaker._core.permits import REJECTED
 from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
-from llm_circuit_breaker._redact import shown
+from llm_circuit_breaker._redact import hide_context, shown
 from llm_circuit_breaker.errors import CircuitOpenError
 
 if TYPE_CHECKING:
@@ -447,6 +447,7 @@ class Telemetry:
                 else:
                     hear(*args)
             except Exception:
+                hide_context()
                 if isinstance(hook, Listening):
                     logger.exception(
                         "state-change listener %r of circuit %r raised", hear, shown(self.name)

@@ -569,6 +569,9 @@ class RetryPolicy:
             try:
                 on_retry(state.attempt_number, exc, delay)
             except Exception:
+                from llm_circuit_breaker._redact import hide_context
+
+                hide_context()
                 logger.exception("on_retry callback raised; retrying anyway")
 
     def deadline_at(self, started: float) -> float | None:
