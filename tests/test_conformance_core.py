@@ -333,6 +333,36 @@ def test_retry_on_does_not_retry_quota_or_a_hint_longer_than_max_delay() -> None
         assert len(calls) == attempts, error
 
 
+def test_with_retry_over_a_breaker_with_a_fallback_answers_with_the_fallback() -> None:
+    """``with_retry`` over ``circuit_breaker(fallback=...)``: the failure that opens the
+    circuit is followed, without sleeping, by the fallback's answer (the circuit is open:
+    the fallback is called), not by a ``CircuitOpenError``."""
+    registry = BreakerRegistry()
+    sleeps: list[float] = []
+
+    @with_retry(max_retries=3, jitter=False, sleep=sleeps.append)
+    @circuit_breaker("fb", registry=registry, failure_threshold=1, fallback=lambda p: "busy")
+    def complete(prompt: str) -> str:
+        raise ServerError(503)
+
+    assert complete("hi") == "busy"
+    assert sum(sleeps) == 0.0
+    assert registry.get("fb").stats.failures == 1
+
+    async def no_sleep(_seconds: float) -> None:
+        pass
+
+    async def busy(prompt: str) -> str:
+        return "async busy"
+
+    @with_retry(max_retries=3, jitter=False, async_sleep=no_sleep)
+    @circuit_breaker("afb", registry=registry, failure_threshold=1, fallback=busy)
+    async def acomplete(prompt: str) -> str:
+        raise ServerError(503)
+
+    assert asyncio.run(acomplete("hi")) == "async busy"
+
+
 # -- section 3: with_retry and exceptions that fight back -----------------------------------
 
 

@@ -11,6 +11,7 @@ from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker, Listener
 from llm_circuit_breaker.breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.config import (
+    FALLBACK_MARK,
     RETRY_MARK,
     BreakerRules,
     CircuitBreakerConfig,
@@ -221,6 +222,8 @@ def circuit_breaker(
                 )
                 wrapper = scoped(func, scopes, shell)
             wrapper.breaker = None
+            if fallback is not None:
+                setattr(wrapper, FALLBACK_MARK, True)
             wrapper.scope = name  # the template: names the wrapper where one breaker would
             wrapper.breaker_for = lambda *a, **k: registry.get_or_create_with(
                 name_of(a, k), config_fields, config=config, scoped=True
@@ -236,6 +239,8 @@ def circuit_breaker(
             func, rules, fallback, call_timeout, first_token_timeout, on_state_change, False, chosen
         )
         wrapper.breaker = chosen
+        if fallback is not None:
+            setattr(wrapper, FALLBACK_MARK, True)
         return cast("Guarded[P, R]", wrapper)
 
     return decorate

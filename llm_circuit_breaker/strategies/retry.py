@@ -26,7 +26,12 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from llm_circuit_breaker._judge.results import non_answer, retried_by_default
 from llm_circuit_breaker.breaker import clock as time_source
-from llm_circuit_breaker.config import DEFAULT_RETRY_STATUS_CODES, RETRY_MARK, RetryConfig
+from llm_circuit_breaker.config import (
+    DEFAULT_RETRY_STATUS_CODES,
+    FALLBACK_MARK,
+    RETRY_MARK,
+    RetryConfig,
+)
 from llm_circuit_breaker.strategies import tracing
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of, method_wrapper, rewrapped
 
@@ -535,6 +540,9 @@ class RetryPolicy:
 
         exc = _error(state)
         breaker = _breaker_of(state)
+        if _falls_back(state, breaker):
+            state.upcoming_sleep = 0.0  # what the next attempt gets: its fallback, now
+            return
         _raise_if_refused(breaker, exc)
         _raise_if_unpaid(breaker, exc)
         delay = state.upcoming_sleep
@@ -592,6 +600,15 @@ def _breaker_of(state: RetryCallState) -> Any:
             except (TypeError, ValueError):  # the call itself was malformed: nothing to count
                 return None
     return breaker
+
+
+def _falls_back(state: RetryCallState, breaker: Any) -> bool:
+    """Whether the breaker under us is open now and its decoration has a ``fallback=``: the
+    next attempt, made at once, returns the fallback's answer (no refusal is raised, no
+    sleep comes first)."""
+    if breaker is None or breaker.is_async or not getattr(state.fn, FALLBACK_MARK, False):
+        return False
+    return breaker.refusal_now() is not None
 
 
 def _raise_if_refused(breaker: Any, exc: BaseException) -> None:
