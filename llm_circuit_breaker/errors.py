@@ -23,6 +23,7 @@ stored, and secrets in URLs and messages are masked (see :mod:`._redact`).
 
 from __future__ import annotations
 
+import operator
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -282,18 +283,22 @@ class ServerError(HTTPStatusError):
 
 
 def _status(value: Any) -> int:
-    """An HTTP status as an int: an ``int`` (``http.HTTPStatus`` too) or a string of three
-    ASCII digits (``"503"``); anything else is a ``ValueError`` naming it."""
+    """An HTTP status as an int: an integer of any kind (``http.HTTPStatus``, numpy's), a
+    whole float, or a string of three ASCII digits (``"503"``); anything else is a
+    ``ValueError`` naming it."""
     if value.__class__ is int:
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("latin-1")
     if isinstance(value, str):
         digits = value.strip()
         if len(digits) == 3 and digits.isascii() and digits.isdigit():
             return int(digits)
+    elif isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+    elif not isinstance(value, bool) and hasattr(value, "__index__"):
+        return operator.index(value)
     raise ValueError(f"status_code must be an HTTP status such as 429, got {value!r}")
 
 

@@ -14,6 +14,7 @@ import logging
 import pickle
 import sys
 from collections.abc import AsyncIterator, Iterator
+from http import HTTPStatus
 from typing import Any
 
 import pytest
@@ -520,6 +521,11 @@ def test_a_status_given_as_a_string_of_digits_is_the_number() -> None:
     that is no number is a ``ValueError`` naming it."""
     error = HTTPStatusError("503")  # type: ignore[arg-type]
     assert error.status_code == 503
+    assert type(error.status_code) is int
+    assert HTTPStatusError(HTTPStatus.BAD_GATEWAY).status_code == 502
+    assert HTTPStatusError(429.0).status_code == 429  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="status_code"):
+        HTTPStatusError(True)
     with pytest.raises(ValueError, match="status_code"):
         HTTPStatusError("teapot")  # type: ignore[arg-type]
 
