@@ -217,9 +217,7 @@ def circuit_breaker(
                 wrapper: Any = _SCOPED_SHELLS[kind](func, scopes, rules, fallback, call_timeout)
             else:
                 timeouts = (call_timeout, first_token_timeout)
-                shell = functools.partial(
-                    _shell, func, rules, fallback, *timeouts, on_state_change, True
-                )
+                shell = functools.partial(_shell, func, rules, fallback, *timeouts, on_state_change)
                 wrapper = scoped(func, scopes, shell)
             wrapper.breaker = None
             if fallback is not None:
@@ -236,7 +234,7 @@ def circuit_breaker(
             else registry.get_or_create(named)  # its inline path: nothing to compare
         )
         wrapper = _shell(
-            func, rules, fallback, call_timeout, first_token_timeout, on_state_change, False, chosen
+            func, rules, fallback, call_timeout, first_token_timeout, on_state_change, chosen
         )
         wrapper.breaker = chosen
         if fallback is not None:
@@ -253,7 +251,6 @@ def _shell(
     call_timeout: float | None,
     first_token_timeout: float | None,
     on_state_change: Listener | None,
-    scoped: bool,
     chosen: CircuitBreaker,
 ) -> Any:
     """``func``'s shell on ``chosen`` (a module function: decorating makes no closure for it).
