@@ -432,6 +432,30 @@ def test_a_failing_listener_or_predicate_logs_no_credential_of_the_calls_error(
     assert SECRET not in caplog.text
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception groups are 3.11+")
+def test_an_exception_group_of_cancellations_is_ignored_like_a_cancellation() -> None:
+    """A task group that was cancelled raises a group of cancellations: like a lone
+    ``CancelledError`` it is no failure; a group holding a provider error is one."""
+    registry = BreakerRegistry()
+
+    @circuit_breaker("groups", registry=registry, failure_threshold=1, exclude=KeyError)
+    def call(error: BaseException) -> None:
+        raise error
+
+    ignorable = [
+        BaseExceptionGroup("cancelled", [asyncio.CancelledError(), KeyboardInterrupt()]),  # noqa: F821
+        ExceptionGroup("excluded", [KeyError("a"), KeyError("b")]),  # noqa: F821
+    ]
+    for error in ignorable:
+        with pytest.raises(BaseExceptionGroup):  # noqa: F821
+            call(error)
+    assert registry.get("groups").state is CircuitState.CLOSED
+    assert registry.get("groups").stats.ignored == 2
+    with pytest.raises(BaseExceptionGroup):  # noqa: F821
+        call(BaseExceptionGroup("mixed", [asyncio.CancelledError(), ServerError(503)]))  # noqa: F821
+    assert registry.get("groups").state is CircuitState.OPEN
+
+
 # -- section 1: the sliding window ----------------------------------------------------------
 
 

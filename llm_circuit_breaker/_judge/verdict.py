@@ -20,6 +20,7 @@ from llm_circuit_breaker._judge.kinds import (
     Classification,
     ErrorKind,
 )
+from llm_circuit_breaker._judge.probe import attr
 from llm_circuit_breaker._judge.refusal import refusal_of
 from llm_circuit_breaker._redact import hide_context, redact_text
 from llm_circuit_breaker.config import BreakerRules, CircuitBreakerConfig, RetryConfig
@@ -133,11 +134,7 @@ def _breaker_column(
     rules: BreakerRules,
     name: str,
 ) -> tuple[Outcome, float | None, str]:
-    if (
-        isinstance(exc, _NEVER_FAILURES)
-        or _cancelled(exc)
-        or (rules.exclude and isinstance(exc, rules.exclude))
-    ):
+    if _ignored(exc, rules):
         return Outcome.IGNORED, None, ""
     counted = found.kind not in NOT_PROVIDER_FAILURES  # a rate limit is judged apart
     if rules.failure_predicate is not None:
@@ -159,6 +156,29 @@ def _breaker_column(
     if not counted:
         return Outcome.IGNORED, None, ""
     return _failure(found, config)
+
+
+def _ignored(exc: BaseException, rules: BreakerRules, depth: int = 0) -> bool:
+    """Whether ``exc`` says nothing of the provider: a cancellation, an interrupt, an
+    excluded type, or an exception group made of those alone (a task group cancelled)."""
+    if (
+        isinstance(exc, _NEVER_FAILURES)
+        or _cancelled(exc)
+        or (rules.exclude and isinstance(exc, rules.exclude))
+    ):
+        return True
+    if depth >= 8 or not _is_group(exc):
+        return False
+    group = attr(exc, "exceptions")  # guarded: a hostile attribute says nothing
+    if isinstance(group, tuple) and group:
+        return all(
+            isinstance(each, BaseException) and _ignored(each, rules, depth + 1) for each in group
+        )
+    return False
+
+
+def _is_group(exc: BaseException) -> bool:
+    return any(cls.__name__ == "BaseExceptionGroup" for cls in type(exc).__mro__)
 
 
 def _failure(
