@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import gc
 import inspect
 import logging
 import pickle
 import sys
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -454,6 +456,37 @@ def test_an_exception_group_of_cancellations_is_ignored_like_a_cancellation() ->
     with pytest.raises(BaseExceptionGroup):  # noqa: F821
         call(BaseExceptionGroup("mixed", [asyncio.CancelledError(), ServerError(503)]))  # noqa: F821
     assert registry.get("groups").state is CircuitState.OPEN
+
+
+def test_an_error_whose_response_reads_its_body_asynchronously_leaves_no_coroutine() -> None:
+    """Duck typing reads ``response.json()``; an async client's response (aiohttp's) gives a
+    coroutine, which is closed, not left to warn "never awaited" (``filterwarnings=error``
+    makes that a failure of the test that collects it)."""
+
+    class AsyncResponse:
+        status = 503
+        headers: ClassVar[dict[str, str]] = {}
+
+        async def json(self) -> dict[str, Any]:
+            return {"error": {"message": "overloaded"}}
+
+    class ProviderError(Exception):
+        def __init__(self) -> None:
+            super().__init__("503")
+            self.response = AsyncResponse()
+
+    registry = BreakerRegistry()
+
+    @circuit_breaker("async-body", registry=registry, failure_threshold=1)
+    def call() -> None:
+        raise ProviderError()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ProviderError):
+            call()
+        gc.collect()
+    assert registry.get("async-body").state is CircuitState.OPEN
 
 
 # -- section 1: the sliding window ----------------------------------------------------------

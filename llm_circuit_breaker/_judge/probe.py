@@ -140,9 +140,14 @@ def body_of(exc: BaseException) -> Any:
     response = attr(exc, "response")
     if response is not None:
         try:
-            return response.json()
+            body = response.json()
         except Exception:
             return None
+        close = getattr(body, "close", None) if hasattr(body, "__await__") else None
+        if close is not None:  # an async client's response (aiohttp's): never awaited here
+            close()
+            return None
+        return body
     return None
 
 
