@@ -366,6 +366,57 @@ def test_with_retry_over_a_breaker_with_a_fallback_answers_with_the_fallback() -
     assert asyncio.run(acomplete("hi")) == "async busy"
 
 
+def test_a_lambda_returning_a_coroutine_is_guarded_until_it_is_awaited() -> None:
+    """``circuit_breaker`` over ``lambda p: client.create(p)`` (an async SDK's coroutine,
+    returned by a plain function): the outcome is the awaited one, so failures count and
+    open the circuit, and an open circuit refuses without calling."""
+    registry = BreakerRegistry()
+    calls: list[str] = []
+
+    async def create(prompt: str) -> str:
+        calls.append(prompt)
+        raise ServerError(503)
+
+    guarded = circuit_breaker("lambda", registry=registry, failure_threshold=2)(
+        lambda prompt: create(prompt)
+    )
+
+    async def main() -> None:
+        for _ in range(2):
+            with pytest.raises(ServerError):
+                await guarded("hi")
+        with pytest.raises(CircuitOpenError):
+            guarded("refused")
+
+    asyncio.run(main())
+    assert registry.get("lambda").state is CircuitState.OPEN
+    assert calls == ["hi", "hi"]
+
+
+def test_with_retry_retries_a_lambda_returning_a_coroutine() -> None:
+    """``with_retry`` over a plain function that returns a coroutine retries what it awaits:
+    each attempt calls the function anew, the caller awaits the whole."""
+    registry = BreakerRegistry()
+    calls: list[str] = []
+
+    async def create(prompt: str) -> str:
+        calls.append(prompt)
+        if len(calls) < 3:
+            raise ServerError(503)
+        return f"ok {prompt}"
+
+    async def no_sleep(_seconds: float) -> None:
+        pass
+
+    guarded = with_retry(max_retries=3, jitter=False, async_sleep=no_sleep)(
+        circuit_breaker("lambda-retry", registry=registry)(lambda prompt: create(prompt))
+    )
+    assert asyncio.run(guarded("x")) == "ok x"
+    assert calls == ["x", "x", "x"]
+    stats = registry.get("lambda-retry").stats
+    assert (stats.failures, stats.successes, stats.retries) == (2, 1, 2)
+
+
 # -- section 3: with_retry and exceptions that fight back -----------------------------------
 
 

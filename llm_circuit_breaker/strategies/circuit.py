@@ -40,7 +40,8 @@ from llm_circuit_breaker.strategies.gate import (
     Elsewhere,
     ShellGate,
     aguard_stream,
-    guard_stream,
+    guard_returned,
+    guarded_later,
     is_stream,
 )
 from llm_circuit_breaker.strategies.kinds import (
@@ -411,8 +412,8 @@ def _sync_shell(gate: ShellGate) -> Callable[..., Any]:
         except BaseException as exc:
             gate.failed(permit, exc)
             raise
-        if result.__class__ not in PLAIN and is_stream(result):
-            return guard_stream(result, gate, permit, kwargs)
+        if result.__class__ not in PLAIN and guarded_later(result):
+            return guard_returned(result, gate, permit, kwargs)
         if via is not None and via.charge is not None:
             via.charge(result, kwargs)
         core.record_success(permit)
@@ -549,8 +550,8 @@ def _scoped_sync_shell(
         except BaseException as exc:
             Gate(breaker, rules, fallback).failed(permit, exc)
             raise
-        if result.__class__ not in plain and is_stream(result):
-            return guard_stream(result, Gate(breaker, rules, fallback), permit, kwargs)
+        if result.__class__ not in plain and guarded_later(result):
+            return guard_returned(result, Gate(breaker, rules, fallback), permit, kwargs)
         if breaker._budget is not None:  # a token budget, perhaps
             breaker.charge(result, kwargs)
         record = breaker._record_success

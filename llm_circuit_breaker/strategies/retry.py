@@ -22,6 +22,7 @@ from collections.abc import (
     Generator,
     Iterable,
 )
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from llm_circuit_breaker._judge.results import non_answer, retried_by_default
@@ -258,8 +259,12 @@ def _sync_shell(
         started = policy.clock() if timed else 0.0
         try:  # the first attempt judged here: no extra frame on the path that succeeds
             result = func(*args, **kwargs)
-            if check is not None and result.__class__ not in plain and check(result):
-                raise policy.invalid(result)
+            if result.__class__ not in plain:
+                if result.__class__ is CoroutineType:  # a lambda returning an SDK's coroutine
+                    retried = _retried_coroutine(result, func, loops, results)
+                    return cast("R", retried(*args, **kwargs))
+                if check is not None and check(result):
+                    raise policy.invalid(result)
             return result
         except Exception as exc:
             sdk_retries.notice(exc)
@@ -268,6 +273,23 @@ def _sync_shell(
             return loops.sync(started)(_replaying(exc, judged), *args, **kwargs)
 
     return wrapper
+
+
+def _retried_coroutine(
+    first: Any, func: Callable[..., Any], loops: _Loops, results: bool
+) -> Callable[..., Any]:
+    """For a plain function that returned a coroutine (``lambda: client.create(...)``): a
+    coroutine function's shell whose first attempt awaits ``first``, the later ones what
+    ``func`` returns anew. The caller awaits what it gives, retries included."""
+    pending = [first]
+
+    @functools.wraps(func)
+    def attempt(*args: Any, **kwargs: Any) -> Any:
+        if pending:
+            return pending.pop()
+        return func(*args, **kwargs)
+
+    return _async_shell(attempt, loops, results, traced=False)
 
 
 def _async_shell(
