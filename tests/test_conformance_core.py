@@ -18,6 +18,7 @@ import warnings
 from collections.abc import AsyncIterator, Iterator
 from http import HTTPStatus
 from typing import Any, ClassVar
+from unittest.mock import AsyncMock, Mock
 
 import pytest
 
@@ -171,6 +172,29 @@ def test_a_breaker_without_a_name_is_named_after_a_callable_objects_class() -> N
     guarded = circuit_breaker(registry=registry)(Completer())
     assert inspect.iscoroutinefunction(guarded)
     assert guarded.breaker.name == f"{__name__}.{Completer.__qualname__}"
+
+
+def test_mocks_are_guarded_as_what_they_stand_for() -> None:
+    """A ``Mock`` is a plain callable (its breaker named after its class), an ``AsyncMock`` a
+    coroutine function: the wrappers are coroutine functions exactly when they are."""
+    registry = BreakerRegistry()
+    mock = Mock(side_effect=[ServerError(500), "ok"])
+    guarded = with_retry(jitter=False, sleep=_no_sleep)(circuit_breaker(registry=registry)(mock))
+    assert not inspect.iscoroutinefunction(guarded)
+    assert guarded() == "ok"
+    assert mock.call_count == 2
+    assert list(registry) == ["unittest.mock.Mock"]
+
+    async def no_sleep(_seconds: float) -> None:
+        pass
+
+    amock = AsyncMock(side_effect=[ServerError(500), "async ok"])
+    aguarded = with_retry(jitter=False, async_sleep=no_sleep)(
+        circuit_breaker("amock", registry=registry)(amock)
+    )
+    assert inspect.iscoroutinefunction(aguarded)
+    assert asyncio.run(aguarded()) == "async ok"
+    assert registry.get("amock").stats.failures == 1
 
 
 def test_a_registry_of_the_wrong_type_is_a_clear_type_error() -> None:

@@ -46,6 +46,8 @@ _GENERATOR = inspect.CO_GENERATOR
 
 def _kind_of(func: Callable[..., Any]) -> CallableKind:
     target: Any = func
+    if inspect.iscoroutinefunction(func):  # marked as one (``unittest.mock.AsyncMock``)
+        return CallableKind.COROUTINE
     if not isinstance(func, type) and not inspect.isroutine(func) and not _is_partial(func):
         try:
             target = type(func).__call__  # a callable object: what its call gives
