@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 __all__ = [
     "REDACTED",
     "Headers",
+    "hide_context",
     "MAX_REDACTED_TEXT",
     "is_secret_name",
     "redact_headers",
@@ -123,7 +125,8 @@ class Headers(Mapping[str, str]):
     def __init__(self, items: Mapping[str, str] | None = None) -> None:
         self._items: dict[str, tuple[str, str]] = {}
         for name, value in _items_of(items):
-            self._items[str(name).lower()] = (str(name), str(value))
+            name, value = _text(name), _text(value)
+            self._items[name.lower()] = (name, value)
 
     def __getitem__(self, name: str) -> str:
         return self._items[str(name).lower()][1]
@@ -142,20 +145,30 @@ class Headers(Mapping[str, str]):
 
 
 def _items_of(headers: Any) -> list[tuple[Any, Any]]:
-    """The (name, value) pairs of any header container; nothing for a hostile one."""
+    """The (name, value) pairs of any header container (a mapping, or a list or tuple of
+    pairs as HTTP libraries accept); nothing for a hostile one."""
     if headers is None:
         return []
     try:
+        if isinstance(headers, (list, tuple)):
+            return [(pair[0], pair[1]) for pair in headers if len(pair) == 2]
         return list(headers.items())
     except Exception:
         return []
+
+
+def _text(value: Any) -> str:
+    """A header name or value as text: raw ``bytes`` decoded as HTTP does (latin-1)."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("latin-1")
+    return str(value)
 
 
 def redact_headers(headers: Mapping[str, str] | None) -> Headers:
     """A case-insensitive copy of ``headers`` with credential values replaced."""
     return Headers(
         {
-            name: REDACTED if is_secret_name(name) else redact_text(str(value))
+            _text(name): REDACTED if is_secret_name(_text(name)) else redact_text(_text(value))
             for name, value in _items_of(headers)
         }
     )
@@ -167,3 +180,12 @@ def shown(name: str) -> str:
     it: credentials masked (a breaker named after a keyed URL, a scope filled with a key ...).
     Cached: the same few names are shown again and again."""
     return redact_text(name)
+
+
+def hide_context() -> None:
+    """Before logging the exception being handled (a listener's or callback's own error):
+    leave the exception it was raised during out of the record's traceback. That is the
+    guarded call's error, whose message may hold a credential no redaction of ours has seen."""
+    current = sys.exc_info()[1]
+    if current is not None:
+        current.__suppress_context__ = True

@@ -66,8 +66,8 @@ def count(owner: str, name: str, value: Any, minimum: int) -> int:
 
 
 def exception_types(name: str, value: Any) -> tuple[type[BaseException], ...]:
-    """An exception type or a tuple of them, as a tuple."""
-    types = value if isinstance(value, tuple) else (value,)
+    """An exception type or a tuple (list, set) of them, as a tuple."""
+    types = tuple(value) if isinstance(value, (tuple, list, set, frozenset)) else (value,)
     for item in types:
         if not (isinstance(item, type) and issubclass(item, BaseException)):
             raise OptionTypeError(f"{name} takes exception types, got {item!r}")

@@ -30,6 +30,8 @@ DEFAULT_MINIMUM_CALLS = 10
 DEFAULT_MAX_OPEN_FACTOR = 10
 DEFAULT_RETRY_STATUS_CODES = (408, 409, 429, 500, 502, 503, 504, 529)
 RETRY_MARK = "__llm_circuit_breaker_retry__"  # set on with_retry wrappers (decorator order)
+# set on circuit_breaker wrappers with a fallback: a refusal under with_retry is not raised
+FALLBACK_MARK = "__llm_circuit_breaker_fallback__"
 OnRetry = Callable[[int, BaseException, float], object]  # (attempt that failed, error, delay)
 FailurePredicate = Callable[[BaseException], bool]
 

@@ -23,6 +23,7 @@ stored, and secrets in URLs and messages are masked (see :mod:`._redact`).
 
 from __future__ import annotations
 
+import operator
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -223,7 +224,7 @@ class HTTPStatusError(LLMCircuitBreakerError):
         *,
         error_type: str | None = None,
     ) -> None:
-        self.status_code = status_code
+        self.status_code = status_code = _status(status_code)
         self.headers = _redact.redact_headers(headers)
         self.body = body
         self.url = _redact.redact_url(url) if url else url
@@ -250,11 +251,55 @@ class HTTPStatusError(LLMCircuitBreakerError):
 
 
 class RateLimitError(HTTPStatusError):
-    """HTTP 429: the provider throttles this key (or, with a quota code, has cut it off)."""
+    """HTTP 429: the provider throttles this key (or, with a quota code, has cut it off).
+    ``status_code`` defaults to 429."""
+
+    def __init__(
+        self,
+        status_code: int = 429,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+        url: str | None = None,
+        *,
+        error_type: str | None = None,
+    ) -> None:
+        super().__init__(status_code, headers, body, url, error_type=error_type)
 
 
 class ServerError(HTTPStatusError):
-    """HTTP 5xx, including Anthropic's 529 ``overloaded_error``."""
+    """HTTP 5xx, including Anthropic's 529 ``overloaded_error``. ``status_code`` defaults to
+    500."""
+
+    def __init__(
+        self,
+        status_code: int = 500,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+        url: str | None = None,
+        *,
+        error_type: str | None = None,
+    ) -> None:
+        super().__init__(status_code, headers, body, url, error_type=error_type)
+
+
+def _status(value: Any) -> int:
+    """An HTTP status as an int: an integer of any kind (``http.HTTPStatus``, numpy's), a
+    whole float, or a string of three ASCII digits (``"503"``); anything else is a
+    ``ValueError`` naming it."""
+    if value.__class__ is int:
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("latin-1")
+    if isinstance(value, str):
+        digits = value.strip()
+        if len(digits) == 3 and digits.isascii() and digits.isdigit():
+            return int(digits)
+    elif isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+    elif not isinstance(value, bool) and hasattr(value, "__index__"):
+        return operator.index(value)
+    raise ValueError(f"status_code must be an HTTP status such as 429, got {value!r}")
 
 
 class TransportError(LLMCircuitBreakerError):
@@ -282,8 +327,21 @@ class IncompleteStreamError(TransportError):
 
 
 def _exhausted_message(errors: Sequence[BaseException]) -> str:
-    parts = "; ".join(f"{type(e).__name__}: {_redact.redact_text(str(e))[:200]}" for e in errors)
+    parts = "; ".join(f"{type(e).__name__}: {_printed(e, str)[:200]}" for e in errors)
     return f"all {len(errors)} fallback targets failed: {parts}"
+
+
+def _printed(error: BaseException, how: Any) -> str:
+    """``str()`` or ``repr()`` of ``error`` with credentials masked; never raises."""
+    try:
+        return _redact.redact_text(how(error))
+    except Exception:
+        return f"<{type(error).__name__}: {how.__name__}() raised>"
+
+
+def _exhausted_repr(error: Any) -> str:
+    inner = ", ".join(_printed(e, repr) for e in error.errors)
+    return f"{type(error).__name__}({str(error)!r}, [{inner}])"
 
 
 if sys.version_info >= (3, 11):
@@ -309,6 +367,12 @@ if sys.version_info >= (3, 11):
         def __str__(self) -> str:
             return _exhausted_message(self.exceptions)
 
+        def __repr__(self) -> str:
+            return _exhausted_repr(self)
+
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (type(self), (list(self.exceptions),))
+
 else:
 
     class FallbacksExhaustedError(LLMCircuitBreakerError):
@@ -324,6 +388,12 @@ else:
             """Each target's error, in the order the targets were tried."""
             return self.exceptions
 
+        def __repr__(self) -> str:
+            return _exhausted_repr(self)
+
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (type(self), (list(self.exceptions),))
+
 
 def http_status_error(
     status_code: int,
@@ -334,7 +404,8 @@ def http_status_error(
     error_type: str | None = None,
 ) -> HTTPStatusError:
     """Build the most specific :class:`HTTPStatusError` subclass for ``status_code``."""
-    cls = HTTPStatusError
+    status_code = _status(status_code)
+    cls: type[HTTPStatusError] = HTTPStatusError
     if status_code == 429:
         cls = RateLimitError
     elif status_code >= 500:
@@ -343,6 +414,13 @@ def http_status_error(
 
 
 def _describe_body(body: Any) -> str:
+    try:
+        return _body_text(body)
+    except Exception:  # a body whose parts cannot be printed: say so, never raise from str()
+        return "<body unavailable: str() raised>"
+
+
+def _body_text(body: Any) -> str:
     if isinstance(body, dict):
         inner = body.get("error", body)
         message = inner.get("message") if isinstance(inner, dict) else inner

@@ -78,6 +78,9 @@ def test_add_and_remove() -> None:
 
 
 def test_config_must_be_a_config() -> None:
-    """A dict where a config belongs is a TypeError, not a crash later."""
+    """Something else than a config (or a mapping of its fields) is a TypeError, not a crash
+    later; a mapping with an unknown field is one too."""
     with pytest.raises(TypeError, match="CircuitBreakerConfig"):
-        BreakerRegistry().get_or_create("x", {"failure_threshold": 1})  # type: ignore[arg-type]
+        BreakerRegistry().get_or_create("x", [("failure_threshold", 1)])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="did you mean"):
+        BreakerRegistry().get_or_create("x", {"failure_treshold": 1})

@@ -44,7 +44,7 @@ def header(headers: Any, name: str) -> str | None:
         value = headers.get(name)
         if value is None and isinstance(headers, Mapping):
             # A plain dict is case-sensitive; the mapping types of HTTP clients are not.
-            value = next((v for k, v in headers.items() if str(k).lower() == name), None)
+            value = next((v for k, v in headers.items() if _lowered(k) == name), None)
         if value is None:
             return None
         if isinstance(value, bytes):
@@ -52,6 +52,13 @@ def header(headers: Any, name: str) -> str | None:
         return str(value)[:1000]
     except Exception:
         return None
+
+
+def _lowered(name: object) -> str:
+    """A header name in lower case: raw ``bytes`` decoded (latin-1), as HTTP does."""
+    if isinstance(name, bytes):
+        return name.decode("latin-1").lower()
+    return str(name).lower()
 
 
 def sdk_retry_count(value: str) -> int:

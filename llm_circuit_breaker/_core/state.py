@@ -294,6 +294,8 @@ class BreakerCore:
             if self.failure_count:
                 self.failure_count = 0
                 self._refresh()
+            if window is not None:  # the call that reaches minimum_calls may be a success
+                self._check_rate(window, now)
             return
         self.failure_count += 1
         self._refresh()
@@ -302,7 +304,14 @@ class BreakerCore:
             self._open(now, self._capped(open_for), why or f"server asked to wait {open_for:g}s")
         elif self.failure_count >= config.failure_threshold:
             self._open(now, config.reset_timeout, f"{self.failure_count} consecutive failures")
-        elif window is not None and window.calls >= config.effective_minimum_calls:
+        elif window is not None:
+            self._check_rate(window, now)
+
+    def _check_rate(self, window: _FailureWindow, now: float) -> None:
+        """Open when, over the window and once ``minimum_calls`` were seen, the share of
+        failures reaches ``failure_rate_threshold``: after any call, whatever its outcome."""
+        config = self.config
+        if window.calls >= config.effective_minimum_calls:
             rate = window.failures / window.calls
             if rate >= (config.failure_rate_threshold or 1.0):
                 span = config.effective_window

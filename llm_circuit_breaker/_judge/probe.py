@@ -81,8 +81,12 @@ def mro_names(exc: BaseException) -> set[str]:
 
 
 def http_status(value: Any) -> int | None:
+    """An HTTP status (100-599) from an int or a string of three ASCII digits (``"503"``,
+    as some clients keep it); None for anything else."""
+    if isinstance(value, str) and len(value) == 3 and value.isascii() and value.isdigit():
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
-        return value
+        return int(value)
     return None
 
 
@@ -136,9 +140,14 @@ def body_of(exc: BaseException) -> Any:
     response = attr(exc, "response")
     if response is not None:
         try:
-            return response.json()
+            body = response.json()
         except Exception:
             return None
+        close = getattr(body, "close", None) if hasattr(body, "__await__") else None
+        if close is not None:  # an async client's response (aiohttp's): never awaited here
+            close()
+            return None
+        return body
     return None
 
 

@@ -20,7 +20,9 @@ from llm_circuit_breaker._judge.kinds import (
     Classification,
     ErrorKind,
 )
+from llm_circuit_breaker._judge.probe import attr
 from llm_circuit_breaker._judge.refusal import refusal_of
+from llm_circuit_breaker._redact import hide_context, redact_text
 from llm_circuit_breaker.config import BreakerRules, CircuitBreakerConfig, RetryConfig
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 
@@ -85,7 +87,10 @@ def judge(
     try:
         return _judge(exc, config, retry, rules, name)
     except Exception:
-        logger.exception("circuit %r: could not judge an error; counted as a failure", name)
+        hide_context()
+        logger.exception(
+            "circuit %r: could not judge an error; counted as a failure", redact_text(name)
+        )
         return Verdict(Outcome.FAILURE, False, None, None, "unjudged error", ErrorKind.OTHER, None)
 
 
@@ -129,19 +134,17 @@ def _breaker_column(
     rules: BreakerRules,
     name: str,
 ) -> tuple[Outcome, float | None, str]:
-    if (
-        isinstance(exc, _NEVER_FAILURES)
-        or _cancelled(exc)
-        or (rules.exclude and isinstance(exc, rules.exclude))
-    ):
+    if _ignored(exc, rules):
         return Outcome.IGNORED, None, ""
     counted = found.kind not in NOT_PROVIDER_FAILURES  # a rate limit is judged apart
     if rules.failure_predicate is not None:
         try:
             counted = bool(rules.failure_predicate(exc))
         except Exception:
+            hide_context()
             logger.exception(
-                "failure_predicate of circuit %r raised; counting the error as a failure", name
+                "failure_predicate of circuit %r raised; counting the error as a failure",
+                redact_text(name),
             )
             counted = True
     elif found.kind is ErrorKind.RATE_LIMIT:
@@ -153,6 +156,29 @@ def _breaker_column(
     if not counted:
         return Outcome.IGNORED, None, ""
     return _failure(found, config)
+
+
+def _ignored(exc: BaseException, rules: BreakerRules, depth: int = 0) -> bool:
+    """Whether ``exc`` says nothing of the provider: a cancellation, an interrupt, an
+    excluded type, or an exception group made of those alone (a task group cancelled)."""
+    if (
+        isinstance(exc, _NEVER_FAILURES)
+        or _cancelled(exc)
+        or (rules.exclude and isinstance(exc, rules.exclude))
+    ):
+        return True
+    if depth >= 8 or not _is_group(exc):
+        return False
+    group = attr(exc, "exceptions")  # guarded: a hostile attribute says nothing
+    if isinstance(group, tuple) and group:
+        return all(
+            isinstance(each, BaseException) and _ignored(each, rules, depth + 1) for each in group
+        )
+    return False
+
+
+def _is_group(exc: BaseException) -> bool:
+    return any(cls.__name__ == "BaseExceptionGroup" for cls in type(exc).__mro__)
 
 
 def _failure(
@@ -175,12 +201,14 @@ def _retried(
 ) -> bool:
     if not isinstance(exc, Exception):
         return False
-    if retry.retry_on and isinstance(exc, retry.retry_on):
-        return True
+    # Quota, this process's own faults and a wait longer than max_delay end the retries even
+    # for a type listed in retry_on (retry_on=(openai.RateLimitError,) meets insufficient_quota)
     if found.kind is ErrorKind.QUOTA or found.kind is ErrorKind.LOCAL:
         return False
     if hint is not None and hint > retry.max_delay:
         return False  # the server wants longer than we may wait: fail now
+    if retry.retry_on and isinstance(exc, retry.retry_on):
+        return True
     if found.should_retry is not None:
         return found.should_retry
     if found.status is not None:

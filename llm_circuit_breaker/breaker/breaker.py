@@ -69,6 +69,9 @@ _FRESH = (0, 0, None, None, None, None, (), None, None)
 class CircuitBreaker:
     """One circuit, shared by every caller that names it.
 
+    ``config`` is a :class:`CircuitBreakerConfig` or a mapping of its field names (checked as
+    every entry point checks them); None gives the defaults.
+
     ``state`` reads OPEN -> HALF_OPEN lazily from the library's time source
     (:mod:`llm_circuit_breaker.breaker.clock`, which tests replace) or from ``clock=``, a
     callable returning monotonic seconds that this breaker keeps (one with ``sleep`` /
@@ -97,7 +100,7 @@ class CircuitBreaker:
     def __init__(
         self,
         name: str,
-        config: CircuitBreakerConfig | None = None,
+        config: CircuitBreakerConfig | Mapping[str, Any] | None = None,
         *,
         clock: Clock | None = None,
         store: StateStore | AsyncStateStore | None = None,
@@ -107,7 +110,7 @@ class CircuitBreaker:
         if config is None:
             config = DEFAULT_CONFIG  # frozen: one shared by every default breaker
         elif not isinstance(config, CircuitBreakerConfig):
-            raise TypeError(f"config must be a CircuitBreakerConfig, got {type(config).__name__}")
+            config = config_of(config)
         self.name = name
         # Without a clock of its own the breaker reads (and waits with) the library's time
         # source; a clock that can sleep (``testing.FakeClock``) also drives the throttle's waits.
@@ -835,6 +838,20 @@ class CircuitBreaker:
             f"CircuitBreaker({shown(self.name)!r}, state={view.state.value}, "
             f"failure_count={view.failure_count}, success_count={view.success_count})"
         )
+
+
+def config_of(config: object) -> CircuitBreakerConfig:
+    """``config`` as a :class:`CircuitBreakerConfig`: a mapping of field names is built into
+    one (an unknown name is a ``TypeError`` with a did-you-mean hint); anything else that is
+    no config is a ``TypeError``."""
+    if isinstance(config, CircuitBreakerConfig):
+        return config
+    if isinstance(config, Mapping):
+        return CircuitBreakerConfig.from_mapping(config)
+    raise TypeError(
+        f"config must be a CircuitBreakerConfig or a mapping of its fields, "
+        f"got {type(config).__name__}"
+    )
 
 
 _MAKING = threading.Lock()  # makes a breaker's budgets once

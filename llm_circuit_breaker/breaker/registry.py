@@ -18,6 +18,7 @@ from llm_circuit_breaker.breaker.breaker import (
     CircuitBreaker,
     Clock,
     Observer,
+    config_of,
     new_breaker,
     refcount,
 )
@@ -125,13 +126,16 @@ class BreakerRegistry:
         return f"known: {listed}{more}"
 
     def get_or_create(
-        self, name: str, config: CircuitBreakerConfig | None = None
+        self, name: str, config: CircuitBreakerConfig | Mapping[str, Any] | None = None
     ) -> CircuitBreaker:
         """The breaker called ``name``, created with ``config`` if it does not exist yet.
 
         Naming an existing breaker with a different ``config`` raises ``ValueError`` saying
-        which fields differ; ``config=None`` reuses it as it is.
+        which fields differ; ``config=None`` reuses it as it is. ``config`` may be a mapping
+        of field names (an unknown one is a ``TypeError`` with a did-you-mean hint).
         """
+        if config is not None and config.__class__ is not CircuitBreakerConfig:
+            config = config_of(config)
         if self._simple:  # the common case inline: creation is a hot path too
             lock = self._lock
             lock.acquire()
@@ -611,9 +615,7 @@ def _agrees(breaker: CircuitBreaker, fields: dict[str, Any] | None, store: objec
 
 
 def _as_fields(config: CircuitBreakerConfig) -> dict[str, Any]:
-    if not isinstance(config, CircuitBreakerConfig):
-        raise TypeError(f"config must be a CircuitBreakerConfig, got {type(config).__name__}")
-    return config.as_fields()
+    return config_of(config).as_fields()
 
 
 _REGISTRIES: weakref.WeakSet[BreakerRegistry] = weakref.WeakSet()

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from llm_circuit_breaker._core.permits import REJECTED
 from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
-from llm_circuit_breaker._redact import shown
+from llm_circuit_breaker._redact import hide_context, shown
 from llm_circuit_breaker.errors import CircuitOpenError
 
 if TYPE_CHECKING:
@@ -447,6 +447,7 @@ class Telemetry:
                 else:
                     hear(*args)
             except Exception:
+                hide_context()
                 if isinstance(hook, Listening):
                     logger.exception(
                         "state-change listener %r of circuit %r raised", hear, shown(self.name)
@@ -486,8 +487,10 @@ class Telemetry:
         if not callable(listener):
             raise TypeError(f"a listener must be callable, got {listener!r}")
         with _counting:
-            if once and any(
-                isinstance(hook, Listening) and hook.changed is listener for hook in self._hooks
+            if once and any(  # == too: a bound method is made anew at each attribute read
+                isinstance(hook, Listening)
+                and (hook.changed is listener or hook.changed == listener)
+                for hook in self._hooks
             ):
                 return
             self._hooks = (*self._hooks, Listening(listener))

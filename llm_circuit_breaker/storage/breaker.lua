@@ -343,6 +343,11 @@ local function record_closed(s, ok, open_for, why)
   end
   if ok then
     s.fc = 0
+    -- the call that reaches minimum_calls may be a success: the rate is judged after any call
+    if rate and calls >= minimum and failures / calls >= rate then
+      open(s, reset_timeout, string.format('failure rate %d%% over %d calls in %gs',
+           math.floor(failures / calls * 100 + 0.5), calls, window))
+    end
     return
   end
   s.fc = s.fc + 1

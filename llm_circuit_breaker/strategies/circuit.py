@@ -11,6 +11,7 @@ from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker, Listener
 from llm_circuit_breaker.breaker.registry import BreakerRegistry, breaker_registry
 from llm_circuit_breaker.config import (
+    FALLBACK_MARK,
     RETRY_MARK,
     BreakerRules,
     CircuitBreakerConfig,
@@ -36,13 +37,20 @@ from llm_circuit_breaker.strategies import tracing
 from llm_circuit_breaker.strategies.gate import (
     ASK,
     PLAIN,
-    AsyncGuardedStream,
     Elsewhere,
-    GuardedStream,
     ShellGate,
+    aguard_stream,
+    guard_returned,
+    guarded_later,
     is_stream,
 )
-from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
+from llm_circuit_breaker.strategies.kinds import (
+    CallableKind,
+    default_name,
+    kind_of,
+    method_wrapper,
+    rewrapped,
+)
 
 ExcludeTypes = type[BaseException] | tuple[type[BaseException], ...]
 
@@ -140,6 +148,15 @@ def circuit_breaker(
             "circuit_breaker(timeout=...) would do nothing: `timeout` is the HTTP helpers' "
             "per-attempt timeout. Use call_timeout=<seconds> to time out a coroutine function"
         )
+    if "config" in config_fields:
+        raise TypeError(
+            "circuit_breaker takes the config's fields themselves (failure_threshold=5, "
+            "reset_timeout=30.0, ...), not config=; or pass breaker=CircuitBreaker(name, config)"
+        )
+    if breaker is not None and not isinstance(breaker, CircuitBreaker):
+        raise TypeError(f"breaker must be a CircuitBreaker, got {breaker!r}")
+    if not isinstance(registry, BreakerRegistry):
+        raise TypeError(f"registry must be a BreakerRegistry, got {registry!r}")
     if breaker is not None and (name is not None or config_fields):
         raise TypeError("circuit_breaker takes either breaker= or a name and config fields")
     if fallback is not None and not callable(fallback):
@@ -163,6 +180,10 @@ def circuit_breaker(
     )
 
     def decorate(func: Callable[P, R]) -> Guarded[P, R]:
+        method = method_wrapper(func)
+        if method is not None:  # stacked above @staticmethod / @classmethod
+            inner: Any = func
+            return cast("Guarded[P, R]", rewrapped(method, decorate(inner.__func__)))
         if not callable(func):
             raise TypeError(f"circuit_breaker decorates callables, got {func!r}")
         warn_wrong_order(func)
@@ -197,26 +218,28 @@ def circuit_breaker(
                 wrapper: Any = _SCOPED_SHELLS[kind](func, scopes, rules, fallback, call_timeout)
             else:
                 timeouts = (call_timeout, first_token_timeout)
-                shell = functools.partial(
-                    _shell, func, rules, fallback, *timeouts, on_state_change, True
-                )
+                shell = functools.partial(_shell, func, rules, fallback, *timeouts, on_state_change)
                 wrapper = scoped(func, scopes, shell)
             wrapper.breaker = None
+            if fallback is not None:
+                setattr(wrapper, FALLBACK_MARK, True)
             wrapper.scope = name  # the template: names the wrapper where one breaker would
             wrapper.breaker_for = lambda *a, **k: registry.get_or_create_with(
                 name_of(a, k), config_fields, config=config, scoped=True
             )
             return cast("Guarded[P, R]", wrapper)
-        named = name or f"{func.__module__}.{func.__qualname__}"
+        named = name or default_name(func)
         chosen = breaker or (
             registry.get_or_create_with(named, config_fields, config=config)
             if config_fields
             else registry.get_or_create(named)  # its inline path: nothing to compare
         )
         wrapper = _shell(
-            func, rules, fallback, call_timeout, first_token_timeout, on_state_change, False, chosen
+            func, rules, fallback, call_timeout, first_token_timeout, on_state_change, chosen
         )
         wrapper.breaker = chosen
+        if fallback is not None:
+            setattr(wrapper, FALLBACK_MARK, True)
         return cast("Guarded[P, R]", wrapper)
 
     return decorate
@@ -229,22 +252,20 @@ def _shell(
     call_timeout: float | None,
     first_token_timeout: float | None,
     on_state_change: Listener | None,
-    scoped: bool,
     chosen: CircuitBreaker,
 ) -> Any:
     """``func``'s shell on ``chosen`` (a module function: decorating makes no closure for it).
-    A scope's shell may be made again for the same breaker (after its cache dropped it): its
-    listener is added once."""
+    Its listener is added once per breaker: decorations that name one breaker with the same
+    ``on_state_change`` (or a scope's shell made again after its cache dropped it) add it
+    again."""
     inner: Callable[..., Any] = func
     if first_token_timeout is not None:
         from llm_circuit_breaker.strategies.first_token import bounded
 
         inner = bounded(func, first_token_timeout, chosen.name)
     wrapper = shell_for(inner, chosen, rules, fallback, call_timeout)
-    if on_state_change is not None and scoped:
+    if on_state_change is not None:  # once per breaker: decorations that share it add it again
         chosen._local.add_listener(on_state_change, once=True)
-    elif on_state_change is not None:
-        chosen.add_listener(on_state_change)
     return wrapper
 
 
@@ -391,8 +412,8 @@ def _sync_shell(gate: ShellGate) -> Callable[..., Any]:
         except BaseException as exc:
             gate.failed(permit, exc)
             raise
-        if result.__class__ not in PLAIN and is_stream(result):
-            return GuardedStream(result, gate, permit, kwargs)
+        if result.__class__ not in PLAIN and guarded_later(result):
+            return guard_returned(result, gate, permit, kwargs)
         if via is not None and via.charge is not None:
             via.charge(result, kwargs)
         core.record_success(permit)
@@ -444,7 +465,7 @@ def _async_shell(gate: ShellGate) -> Callable[..., Any]:
                 gate.failed(permit, exc)
             raise
         if result.__class__ not in PLAIN and is_stream(result):
-            return AsyncGuardedStream(result, gate, permit, kwargs)
+            return aguard_stream(result, gate, permit, kwargs)
         if via is None:
             core.record_success(permit)
             return result
@@ -529,8 +550,8 @@ def _scoped_sync_shell(
         except BaseException as exc:
             Gate(breaker, rules, fallback).failed(permit, exc)
             raise
-        if result.__class__ not in plain and is_stream(result):
-            return GuardedStream(result, Gate(breaker, rules, fallback), permit, kwargs)
+        if result.__class__ not in plain and guarded_later(result):
+            return guard_returned(result, Gate(breaker, rules, fallback), permit, kwargs)
         if breaker._budget is not None:  # a token budget, perhaps
             breaker.charge(result, kwargs)
         record = breaker._record_success
@@ -611,7 +632,7 @@ def _scoped_async_shell(
                 gate.failed(permit, exc)
             raise
         if result.__class__ not in plain and is_stream(result):
-            return AsyncGuardedStream(result, Gate(breaker, rules, fallback), permit, kwargs)
+            return aguard_stream(result, Gate(breaker, rules, fallback), permit, kwargs)
         if breaker._budget is not None:  # a token budget, perhaps
             breaker.charge(result, kwargs)
         if awaits_store:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from types import NoneType
+from types import CoroutineType, NoneType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -48,6 +48,10 @@ __all__ = [
     "GuardedStream",
     "ShellGate",
     "aclose_inner",
+    "aguard_stream",
+    "guard_returned",
+    "guard_stream",
+    "guarded_later",
     "is_stream",
 ]
 
@@ -64,6 +68,55 @@ def is_stream(result: object) -> bool:
     skip the ``PLAIN`` types before asking)."""
     cls = result.__class__
     return hasattr(cls, "__next__") or hasattr(cls, "__anext__")
+
+
+def guarded_later(result: object) -> bool:
+    """Whether a sync function's ``result`` is guarded past its return: a stream (until it
+    ends) or a coroutine (until it is awaited: a lambda that returns an SDK's coroutine).
+    The shells skip the ``PLAIN`` types before asking."""
+    cls = result.__class__
+    return hasattr(cls, "__next__") or hasattr(cls, "__anext__") or cls is CoroutineType
+
+
+def guard_returned(result: Any, gate: Gate, permit: int, request: object = None) -> Any:
+    """:func:`guard_stream`, or for a coroutine a coroutine that reports how it ended."""
+    if result.__class__ is CoroutineType:
+        return _awaited(result, gate, permit, request)
+    return guard_stream(result, gate, permit, request)
+
+
+async def _awaited(awaitable: Any, gate: Gate, permit: int, request: object) -> Any:
+    """Await what a sync function returned, reporting to its breaker as a coroutine
+    function's shell does (a stream it gives is guarded to its end)."""
+    try:
+        result = await awaitable
+    except BaseException as exc:
+        gate.failed(permit, exc)
+        raise
+    if result.__class__ not in PLAIN and is_stream(result):
+        return aguard_stream(result, gate, permit, request)
+    gate.breaker.charge(result, request)
+    gate.succeeded(permit)
+    return result
+
+
+def guard_stream(result: Any, gate: Gate, permit: int, request: object = None) -> Any:
+    """``result`` (a stream a sync function returned) guarded by the wrapper that fits its
+    kind: :class:`GuardedStream` for an iterator, :class:`AsyncGuardedStream` for an async
+    iterator (a plain function may return one: it is iterated with ``async for``)."""
+    if hasattr(result.__class__, "__next__"):
+        return GuardedStream(result, gate, permit, request)
+    return AsyncGuardedStream(result, gate, permit, request)
+
+
+def aguard_stream(result: Any, gate: Gate, permit: int, request: object = None) -> Any:
+    """:func:`guard_stream` for a stream a coroutine function returned: an async iterator
+    (or any stream of a breaker on an asyncio store, whose reports are awaited) is guarded
+    by :class:`AsyncGuardedStream`, a plain iterator by :class:`GuardedStream` (iterated with
+    ``for``)."""
+    if hasattr(result.__class__, "__anext__") or gate.awaits_store:
+        return AsyncGuardedStream(result, gate, permit, request)
+    return GuardedStream(result, gate, permit, request)
 
 
 async def aclose_inner(inner: Any) -> None:

@@ -12,6 +12,7 @@ while they have yielded nothing.
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 from collections.abc import (
     AsyncGenerator,
@@ -21,13 +22,19 @@ from collections.abc import (
     Generator,
     Iterable,
 )
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from llm_circuit_breaker._judge.results import non_answer, retried_by_default
 from llm_circuit_breaker.breaker import clock as time_source
-from llm_circuit_breaker.config import DEFAULT_RETRY_STATUS_CODES, RETRY_MARK, RetryConfig
+from llm_circuit_breaker.config import (
+    DEFAULT_RETRY_STATUS_CODES,
+    FALLBACK_MARK,
+    RETRY_MARK,
+    RetryConfig,
+)
 from llm_circuit_breaker.strategies import tracing
-from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
+from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of, method_wrapper, rewrapped
 
 if TYPE_CHECKING:
     from tenacity import AsyncRetrying, Retrying
@@ -183,6 +190,10 @@ def with_retry(
     loops = _Loops(policy, sleep or time_source.sleep, async_sleep or time_source.async_sleep)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        method = method_wrapper(func)
+        if method is not None:  # stacked above @staticmethod / @classmethod
+            inner: Any = func
+            return cast("Callable[P, R]", rewrapped(method, decorate(inner.__func__)))
         if not callable(func):
             raise TypeError(f"with_retry decorates callables, got {func!r}")
         shells: dict[CallableKind, Callable[..., Any]] = {
@@ -197,6 +208,34 @@ def with_retry(
 
     return decorate
 
+
+def _spelt_out() -> inspect.Signature:
+    """``with_retry``'s signature as introspection shows it: every option with its default
+    (``RetryConfig``'s fields, in order), though the options arrive in ``**options`` so that
+    a misspelt one gets a did-you-mean ``TypeError``."""
+    import dataclasses
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter(
+            field.name,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD if field.name == "max_retries" else keyword,
+            default=field.default,
+            annotation=field.type,
+        )
+        for field in dataclasses.fields(RetryConfig)
+    ]
+    for name, default in (
+        ("sleep", None),
+        ("async_sleep", None),
+        ("clock", None),
+        ("retry_on_result", retried_by_default),
+    ):
+        params.append(inspect.Parameter(name, keyword, default=default))
+    return inspect.Signature(params, return_annotation="Callable[[Callable[P, R]], Callable[P, R]]")
+
+
+with_retry.__signature__ = _spelt_out()  # type: ignore[attr-defined]
 
 # Results the default judgement (``retried_by_default``) never rejects: not looked at.
 _NEVER_ANSWERS = frozenset({str, bytes, int, float, bool, type(None)})
@@ -220,8 +259,12 @@ def _sync_shell(
         started = policy.clock() if timed else 0.0
         try:  # the first attempt judged here: no extra frame on the path that succeeds
             result = func(*args, **kwargs)
-            if check is not None and result.__class__ not in plain and check(result):
-                raise policy.invalid(result)
+            if result.__class__ not in plain:
+                if result.__class__ is CoroutineType:  # a lambda returning an SDK's coroutine
+                    retried = _retried_coroutine(result, func, loops, results)
+                    return cast("R", retried(*args, **kwargs))
+                if check is not None and check(result):
+                    raise policy.invalid(result)
             return result
         except Exception as exc:
             sdk_retries.notice(exc)
@@ -230,6 +273,23 @@ def _sync_shell(
             return loops.sync(started)(_replaying(exc, judged), *args, **kwargs)
 
     return wrapper
+
+
+def _retried_coroutine(
+    first: Any, func: Callable[..., Any], loops: _Loops, results: bool
+) -> Callable[..., Any]:
+    """For a plain function that returned a coroutine (``lambda: client.create(...)``): a
+    coroutine function's shell whose first attempt awaits ``first``, the later ones what
+    ``func`` returns anew. The caller awaits what it gives, retries included."""
+    pending = [first]
+
+    @functools.wraps(func)
+    def attempt(*args: Any, **kwargs: Any) -> Any:
+        if pending:
+            return pending.pop()
+        return func(*args, **kwargs)
+
+    return _async_shell(attempt, loops, results, traced=False)
 
 
 def _async_shell(
@@ -502,6 +562,9 @@ class RetryPolicy:
 
         exc = _error(state)
         breaker = _breaker_of(state)
+        if _falls_back(state, breaker):
+            state.upcoming_sleep = 0.0  # what the next attempt gets: its fallback, now
+            return
         _raise_if_refused(breaker, exc)
         _raise_if_unpaid(breaker, exc)
         delay = state.upcoming_sleep
@@ -520,7 +583,7 @@ class RetryPolicy:
                 delay,
                 state.attempt_number,
                 type(exc).__name__,
-                redact_text(str(exc))[:300],
+                _printable(exc, redact_text),
                 extra={
                     "breaker": template,
                     "scope": scope,
@@ -536,6 +599,9 @@ class RetryPolicy:
             try:
                 on_retry(state.attempt_number, exc, delay)
             except Exception:
+                from llm_circuit_breaker._redact import hide_context
+
+                hide_context()
                 logger.exception("on_retry callback raised; retrying anyway")
 
     def deadline_at(self, started: float) -> float | None:
@@ -556,6 +622,15 @@ def _breaker_of(state: RetryCallState) -> Any:
             except (TypeError, ValueError):  # the call itself was malformed: nothing to count
                 return None
     return breaker
+
+
+def _falls_back(state: RetryCallState, breaker: Any) -> bool:
+    """Whether the breaker under us is open now and its decoration has a ``fallback=``: the
+    next attempt, made at once, returns the fallback's answer (no refusal is raised, no
+    sleep comes first)."""
+    if breaker is None or breaker.is_async or not getattr(state.fn, FALLBACK_MARK, False):
+        return False
+    return breaker.refusal_now() is not None
 
 
 def _raise_if_refused(breaker: Any, exc: BaseException) -> None:
@@ -587,6 +662,15 @@ def _raise_if_unpaid(breaker: Any, exc: BaseException) -> None:
     if BUDGET_NOTE not in notes:
         notes.append(BUDGET_NOTE)
     raise exc
+
+
+def _printable(exc: BaseException, redact: Callable[[str], str]) -> str:
+    """``exc``'s message for a log line, redacted and cut; never raises (a ``__str__`` that
+    raises must not turn a retry into that error)."""
+    try:
+        return redact(str(exc))[:300]
+    except Exception:
+        return "<message unavailable: str() raised>"
 
 
 def _error(state: RetryCallState) -> BaseException:
