@@ -1,0 +1,215 @@
+"""SPEC sections 4, 9 and 10 against a provider of our own: the facade, the throttle and the
+httpx transport driven through a small aiohttp server that answers as the providers do
+(status codes, error bodies, rate-limit headers, server-sent events)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from llm_circuit_breaker import (
+    BreakerRegistry,
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    LLMCircuitBreaker,
+    Outcome,
+    RateLimitError,
+)
+from llm_circuit_breaker.storage import MemoryStateStore, RedisStateStore
+from llm_circuit_breaker.testing import FakeClock
+from tests.redis_server import RedisServer
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+RATE_LIMITED = {
+    "error": {
+        "message": "Rate limit reached for requests",
+        "type": "requests",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
+}
+
+
+class Provider:
+    """An LLM provider on 127.0.0.1 (a random port) in a thread of its own: each request takes
+    the next scripted handler, or the default answer (an OpenAI chat completion)."""
+
+    def __init__(self) -> None:
+        self.script: deque[Handler] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._ready.set()
+        self._loop.run_forever()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests.append(
+            {"path": request.path_qs, "headers": dict(request.headers), "body": body}
+        )
+        if self.script:
+            return await self.script.popleft()(request)
+        return web.json_response(
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "hi"},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+        )
+
+    def then(self, *handlers: Handler) -> None:
+        self.script.extend(handlers)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def answer(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Handler:
+    """A JSON answer."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            status=status,
+            body=b"" if body is None else json.dumps(body).encode(),
+            headers={"content-type": "application/json", **(headers or {})},
+        )
+
+    return handler
+
+
+def events(*frames: str, status: int = 200) -> Handler:
+    """A server-sent event stream of ``frames`` (each a whole event, its blank line included)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=status, headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for frame in frames:
+            await response.write(frame.encode())
+        await response.write_eof()
+        return response
+
+    return handler
+
+
+@pytest.fixture
+def provider() -> Iterator[Provider]:
+    made = Provider()
+    yield made
+    made.close()
+
+
+def _facade(**breaker: Any) -> LLMCircuitBreaker:
+    return LLMCircuitBreaker(
+        name="conformance",
+        circuit_breaker={"failure_threshold": 3, **breaker},
+        retry={"max_retries": 2, "initial_delay": 0.01, "max_delay": 5.0},
+        registry=BreakerRegistry(),
+    )
+
+
+# -- section 9: a pause lasts at most max_open_for; reset() and force_closed() clear it --------
+
+
+@pytest.mark.parametrize("config", [{"max_open_for": 60.0}, {"reset_timeout": 5.0}])
+def test_a_hinted_pause_lasts_at_most_max_open_for(
+    provider: Provider, config: dict[str, Any]
+) -> None:
+    """A rate-limit 429 asking for 1000 s pauses the throttle for max_open_for at most (60 s,
+    or 10 x a reset_timeout of 5 s), not for the 300 s of throttle_max_pause."""
+    provider.then(answer(429, RATE_LIMITED, {"retry-after": "1000"}))
+    with _facade(**config) as cb:
+        with pytest.raises(RateLimitError):
+            cb.call(provider.url + "/v1/chat/completions", data={"model": "m"})
+        cap = cb.breaker.config.effective_max_open_for
+        assert cap in (50.0, 60.0)
+        assert 0.9 * cap < cb.breaker.throttle["paused_for"] <= cap
+        assert cb.get_state()["state"] == "CLOSED"
+    assert len(provider.requests) == 1  # past max_delay: not retried
+
+
+def test_headers_saying_nothing_is_left_pause_at_most_max_open_for(provider: Provider) -> None:
+    """A success whose headers say 0 requests left until an hour from now makes the next call
+    wait max_open_for at most."""
+    provider.then(
+        answer(
+            200,
+            {"ok": True},
+            {
+                "x-ratelimit-limit-requests": "1",
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": "1h0m0s",
+            },
+        )
+    )
+    with _facade(max_open_for=20.0, throttle_max_wait=0.0) as cb:
+        assert cb.call(provider.url + "/v1/chat/completions", data={}) == {"ok": True}
+        assert cb.breaker.throttle["reset_in"] <= 20.0 + 1e-6
+
+
+def _stores(redis_server: RedisServer) -> Iterator[tuple[str, dict[str, Any]]]:
+    yield "local", {}
+    yield "memory store", {"store": MemoryStateStore()}
+    yield "redis store", {"store": RedisStateStore(redis_server.client())}
+
+
+@pytest.mark.parametrize("action", ["reset", "force_closed"])
+def test_reset_and_force_closed_clear_a_pause(redis_server: RedisServer, action: str) -> None:
+    """reset() and force_closed() clear a throttle pause, whatever keeps the breaker's state
+    (in the breaker, a memory store, Redis)."""
+    for where, store in _stores(redis_server):
+        breaker = CircuitBreaker(f"clear-{action}", CircuitBreakerConfig(), **store)
+        breaker.record(breaker.admit(), Outcome.THROTTLED, hint=100.0)
+        assert breaker.throttle["paused_for"] > 99.0, where
+        getattr(breaker, action)()
+        assert breaker.throttle["paused_for"] == 0.0, where
+        assert breaker.throttle["requests_remaining"] is None, where
+        permit = breaker.admit()  # at once: no wait for a slot
+        assert isinstance(permit, int), where
+        breaker.record(permit, Outcome.SUCCESS)
+
+
+def test_a_pause_cap_is_the_same_in_the_core_and_in_redis(redis_server: RedisServer) -> None:
+    """One 429 hinting a day pauses a Redis-shared throttle for max_open_for too."""
+    clock = FakeClock()
+    for where, store in _stores(redis_server):
+        breaker = CircuitBreaker(
+            f"cap-{where}", CircuitBreakerConfig(reset_timeout=3.0), clock=clock, **store
+        )
+        breaker.record(breaker.admit(), Outcome.THROTTLED, hint=86_400.0)
+        assert breaker.throttle["paused_for"] == pytest.approx(30.0, abs=0.5), where
