@@ -213,3 +213,58 @@ def test_a_pause_cap_is_the_same_in_the_core_and_in_redis(redis_server: RedisSer
         )
         breaker.record(breaker.admit(), Outcome.THROTTLED, hint=86_400.0)
         assert breaker.throttle["paused_for"] == pytest.approx(30.0, abs=0.5), where
+
+
+# -- section 4: call() / acall() of a streaming request --------------------------------------
+
+CHAT_CHUNK = {
+    "id": "c",
+    "object": "chat.completion.chunk",
+    "created": 0,
+    "model": "m",
+    "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}],
+}
+LAST_CHUNK = {**CHAT_CHUNK, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+SERVER_ERROR_FRAME = (
+    'data: {"error":{"message":"The server had an error","type":"server_error"}}\n\n'
+)
+
+
+def _frame(data: Any) -> str:
+    return f"data: {json.dumps(data)}\n\n"
+
+
+def _call(cb: LLMCircuitBreaker, driver: str, url: str, data: Any) -> Any:
+    if driver == "sync":
+        return cb.call(url, data=data)
+    return asyncio.run(cb.acall(url, data=data))
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_a_streamed_answer_read_by_call_is_its_events(provider: Provider, driver: str) -> None:
+    """call() / acall() of a request answered with server-sent events return its events (the
+    answer the provider was paid for), not a "body is not JSON" failure that is re-sent."""
+    provider.then(events(_frame(CHAT_CHUNK), _frame(LAST_CHUNK), "data: [DONE]\n\n"))
+    with _facade() as cb:
+        got = _call(cb, driver, provider.url + "/v1/chat/completions", {"stream": True})
+        assert [event.data for event in got] == [CHAT_CHUNK, LAST_CHUNK]
+        assert cb.breaker.stats.failures == 0 and cb.breaker.stats.successes == 1
+    assert len(provider.requests) == 1
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_a_streamed_answer_read_by_call_is_judged_as_a_stream(
+    provider: Provider, driver: str
+) -> None:
+    """An error frame in, or a cut before the end of, a streamed answer read by call() is a
+    provider failure retried (nothing was handed over); the next attempt's events come back."""
+    provider.then(
+        events(SERVER_ERROR_FRAME, "data: [DONE]\n\n"),
+        events(_frame(CHAT_CHUNK)),  # no finish reason, no [DONE]: cut short
+        events(_frame(CHAT_CHUNK), _frame(LAST_CHUNK)),
+    )
+    with _facade() as cb:
+        got = _call(cb, driver, provider.url + "/v1/chat/completions", {"stream": True})
+        assert [event.data for event in got] == [CHAT_CHUNK, LAST_CHUNK]
+        assert cb.breaker.stats.failures == 2
+    assert len(provider.requests) == 3

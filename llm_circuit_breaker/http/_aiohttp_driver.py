@@ -23,7 +23,7 @@ from llm_circuit_breaker.http._common import (
     redirect,
     transport_error,
 )
-from llm_circuit_breaker.http._sse import EventReader, SSEEvent
+from llm_circuit_breaker.http._sse import EventReader, SSEEvent, parse_answer
 
 __all__ = ["AsyncTransport"]
 
@@ -146,7 +146,7 @@ class AsyncTransport:
             if late is None:
                 raise
             raise late from exc
-        return parse_response(response.status, response.headers, limit.body(), request.url)
+        return parse_answer(request, response.status, response.headers, limit.body())
 
     async def stream(self, request: PreparedRequest) -> AsyncIterator[SSEEvent]:
         """Send ``request`` and yield its server-sent events (the timeout is per read)."""

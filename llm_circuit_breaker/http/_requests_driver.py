@@ -24,7 +24,7 @@ from llm_circuit_breaker.http._common import (
     redirect,
     transport_error,
 )
-from llm_circuit_breaker.http._sse import EventReader, SSEEvent
+from llm_circuit_breaker.http._sse import EventReader, SSEEvent, parse_answer
 
 __all__ = ["SyncTransport"]
 
@@ -184,7 +184,7 @@ class SyncTransport:
             if late is None:
                 raise
             raise late from exc
-        return parse_response(response.status_code, response.headers, body, request.url)
+        return parse_answer(request, response.status_code, response.headers, body)
 
     def stream(self, request: PreparedRequest) -> Iterator[SSEEvent]:
         """Send ``request`` and yield its server-sent events (``timeout`` bounds each wait for

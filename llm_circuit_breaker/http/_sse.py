@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from llm_circuit_breaker._judge.classify import classify_response
@@ -22,9 +22,22 @@ from llm_circuit_breaker.errors import (
     TransportError,
     http_status_error,
 )
-from llm_circuit_breaker.http._common import PreparedRequest, error_type_of
+from llm_circuit_breaker.http._common import (
+    PreparedRequest,
+    error_type_of,
+    is_sse,
+    parse_response,
+)
 
-__all__ = ["DONE", "EventReader", "LineSplitter", "SSEDecoder", "SSEEvent", "StreamChecker"]
+__all__ = [
+    "DONE",
+    "EventReader",
+    "LineSplitter",
+    "SSEDecoder",
+    "SSEEvent",
+    "StreamChecker",
+    "parse_answer",
+]
 
 
 class LineSplitter:
@@ -365,3 +378,24 @@ class EventReader:
         if event is DONE:
             self.done = True
         return event if self._checker.check(event) else None
+
+
+def parse_answer(
+    request: PreparedRequest, status: int, headers: Mapping[str, str], body: bytes
+) -> Any:
+    """What ``call()`` / ``acall()`` return for a whole body: its parsed JSON, or, for a 2xx
+    answer of server-sent events (a request with ``"stream": true``), the list of its events,
+    judged as :meth:`EventReader.feed` judges a stream's (an error frame, a stream cut before
+    its final event raise: nothing was handed to the caller yet, so the attempt is retried)."""
+    if not (200 <= status < 300 and is_sse(headers)):
+        return parse_response(status, headers, body, request.url)
+    reader = EventReader(request)
+    found = reader.feed(body)
+    if reader.done:
+        return found
+    last = reader.flush()
+    if last is not None:
+        found.append(last)
+    if not reader.done:
+        reader.finish()
+    return found
