@@ -18,9 +18,15 @@ from llm_circuit_breaker import (
     BreakerRegistry,
     CircuitBreaker,
     CircuitBreakerConfig,
+    CircuitState,
     LLMCircuitBreaker,
     Outcome,
     RateLimitError,
+)
+from llm_circuit_breaker.httpx import (
+    AsyncCircuitBreakerTransport,
+    CircuitBreakerTransport,
+    refusal,
 )
 from llm_circuit_breaker.storage import MemoryStateStore, RedisStateStore
 from llm_circuit_breaker.testing import FakeClock
@@ -268,3 +274,107 @@ def test_a_streamed_answer_read_by_call_is_judged_as_a_stream(
         assert [event.data for event in got] == [CHAT_CHUNK, LAST_CHUNK]
         assert cb.breaker.stats.failures == 2
     assert len(provider.requests) == 3
+
+
+# -- section 10: the transport under the official SDKs, left at their default retries ---------
+
+QUOTA = {
+    "error": {
+        "message": "You exceeded your current quota",
+        "type": "insufficient_quota",
+        "param": None,
+        "code": "insufficient_quota",
+    }
+}
+SPEND_LIMIT = {
+    "type": "error",
+    "error": {
+        "type": "rate_limit_error",
+        "message": "Spend limit reached",
+        "details": {"error_code": "enforced_spend_limit_reached"},
+    },
+    "request_id": "req_1",
+}
+
+
+def _openai(provider: Provider, breaker: CircuitBreaker, asynchronous: bool = False) -> Any:
+    import httpx
+    import openai
+
+    if asynchronous:
+        return openai.AsyncOpenAI(
+            api_key="sk-test",
+            base_url=provider.url + "/v1",
+            http_client=httpx.AsyncClient(transport=AsyncCircuitBreakerTransport(breaker)),
+        )
+    return openai.OpenAI(
+        api_key="sk-test",
+        base_url=provider.url + "/v1",
+        http_client=httpx.Client(transport=CircuitBreakerTransport(breaker)),
+    )
+
+
+def _chat(client: Any) -> Any:
+    return client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_quota_429_reaches_the_caller_as_the_providers_error_at_once(
+    provider: Provider, asynchronous: bool
+) -> None:
+    """A quota 429 opens the circuit; an SDK at its default max_retries does not sleep and
+    retry into a refusal (hiding the quota error behind a 503): it raises the provider's
+    RateLimitError at once, one request sent."""
+    import openai
+
+    breaker = BreakerRegistry().get_or_create("openai-quota")
+    provider.then(answer(429, QUOTA))
+    client = _openai(provider, breaker, asynchronous)
+    with pytest.raises(openai.RateLimitError) as caught:
+        if asynchronous:
+            asyncio.run(_chat(client))
+        else:
+            _chat(client)
+    assert caught.value.code == "insufficient_quota"
+    assert refusal(caught.value) is None
+    assert len(provider.requests) == 1
+    assert breaker.state is CircuitState.OPEN
+
+
+def test_a_spend_limit_429_reaches_the_caller_as_anthropics_error_at_once(
+    provider: Provider,
+) -> None:
+    """Anthropic's enforced spend limit opens the circuit and is raised at once."""
+    import anthropic
+    import httpx2
+
+    breaker = BreakerRegistry().get_or_create("anthropic-spend")
+    provider.then(answer(429, SPEND_LIMIT))
+    client = anthropic.Anthropic(
+        api_key="sk-ant-test",
+        base_url=provider.url,
+        http_client=httpx2.Client(transport=CircuitBreakerTransport(breaker)),
+    )
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        client.messages.create(
+            model="c", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.status_code == 429 and refusal(caught.value) is None
+    assert len(provider.requests) == 1
+    assert breaker.state is CircuitState.OPEN
+
+
+def test_a_hint_that_opens_the_circuit_is_not_slept_on_by_the_sdk(provider: Provider) -> None:
+    """A 503 asking for 2 s opens a circuit whose reset_timeout is 1 s for those 2 s: the SDK
+    does not sleep them to probe the circuit, it raises the 503 at once."""
+    import openai
+
+    breaker = BreakerRegistry().get_or_create(
+        "openai-hint", CircuitBreakerConfig(reset_timeout=1.0)
+    )
+    provider.then(answer(503, {"error": {"message": "down"}}, {"retry-after": "2"}))
+    with pytest.raises(openai.InternalServerError) as caught:
+        _chat(_openai(provider, breaker))
+    assert caught.value.status_code == 503 and refusal(caught.value) is None
+    assert len(provider.requests) == 1
+    assert breaker.state is CircuitState.OPEN

@@ -200,7 +200,12 @@ class CircuitBreakerTransport(Transport):
         if rate_limits:  # none: nothing for the throttle to learn
             breaker.observe(rate_limits)
         if response.status_code >= 400:
-            _tell(attempt, attempt.answered(request, response, read_capped(response)))
+            report = attempt.answered(request, response, read_capped(response))
+            _tell(attempt, report)
+            if report is not None and report[1]["open_for"] is not None:
+                # It opened the circuit now (quota, billing, a long hint): the SDK's retry would
+                # sleep only to be refused. It raises the provider's own error at once instead.
+                response.headers["x-should-retry"] = "false"
             return response
         if first is not None:
             first.headers_in(request, response)
