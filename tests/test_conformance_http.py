@@ -18,6 +18,7 @@ from llm_circuit_breaker import (
     BreakerRegistry,
     CircuitBreaker,
     CircuitBreakerConfig,
+    CircuitOpenError,
     CircuitState,
     LLMCircuitBreaker,
     Outcome,
@@ -378,3 +379,17 @@ def test_a_hint_that_opens_the_circuit_is_not_slept_on_by_the_sdk(provider: Prov
     assert caught.value.status_code == 503 and refusal(caught.value) is None
     assert len(provider.requests) == 1
     assert breaker.state is CircuitState.OPEN
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_a_spend_limit_opens_the_circuit_naming_the_limit(provider: Provider, driver: str) -> None:
+    """Anthropic's spend-limit 429 (a rate_limit_error by type) opens the circuit at once, not
+    retried, and the reason names the limit: "quota exhausted: enforced_spend_limit_reached"."""
+    provider.then(answer(429, SPEND_LIMIT))
+    with _facade() as cb:
+        with pytest.raises(RateLimitError):
+            _call(cb, driver, provider.url + "/v1/messages", {"model": "c", "max_tokens": 8})
+        with pytest.raises(CircuitOpenError) as refused:
+            _call(cb, driver, provider.url + "/v1/messages", {"model": "c", "max_tokens": 8})
+    assert refused.value.reason == "quota exhausted: enforced_spend_limit_reached"
+    assert len(provider.requests) == 1
