@@ -393,3 +393,35 @@ def test_a_spend_limit_opens_the_circuit_naming_the_limit(provider: Provider, dr
             _call(cb, driver, provider.url + "/v1/messages", {"model": "c", "max_tokens": 8})
     assert refused.value.reason == "quota exhausted: enforced_spend_limit_reached"
     assert len(provider.requests) == 1
+
+
+# -- section 9: pacing from Anthropic's RFC 3339 reset headers ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape", ["{day}T{time}Z", "{day}T{time}.5Z", "{day}T{time}.123456789Z", "{day}t{time}z"]
+)
+def test_anthropic_resets_in_every_rfc3339_shape_pace_calls(provider: Provider, shape: str) -> None:
+    """anthropic-ratelimit-requests-reset is RFC 3339: fractions of any length and a lower-case
+    "t" / "z" are read too (Python 3.10's fromisoformat takes 3 or 6 digits, upper case only),
+    so "0 remaining until 4 s from now" paces the next call."""
+    import time
+
+    at = time.gmtime(time.time() + 4.0)
+    stamp = shape.format(day=time.strftime("%Y-%m-%d", at), time=time.strftime("%H:%M:%S", at))
+    provider.then(
+        answer(
+            200,
+            {"ok": True},
+            {
+                "anthropic-ratelimit-requests-limit": "50",
+                "anthropic-ratelimit-requests-remaining": "0",
+                "anthropic-ratelimit-requests-reset": stamp,
+            },
+        )
+    )
+    with _facade() as cb:
+        cb.call(provider.url + "/v1/messages", data={"model": "c", "max_tokens": 8})
+        throttle = cb.breaker.throttle
+    assert throttle["requests_remaining"] == 0
+    assert throttle["reset_in"] is not None and 2.0 < throttle["reset_in"] < 5.5
