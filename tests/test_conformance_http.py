@@ -425,3 +425,51 @@ def test_anthropic_resets_in_every_rfc3339_shape_pace_calls(provider: Provider, 
         throttle = cb.breaker.throttle
     assert throttle["requests_remaining"] == 0
     assert throttle["reset_in"] is not None and 2.0 < throttle["reset_in"] < 5.5
+
+
+# -- sections 4 and 10: what is an error frame ------------------------------------------------
+
+
+def _stream(cb: LLMCircuitBreaker, driver: str, url: str, data: Any) -> list[Any]:
+    if driver == "sync":
+        return list(cb.stream(url, data=data))
+
+    async def collect() -> list[Any]:
+        return [event async for event in cb.astream(url, data=data)]
+
+    return asyncio.run(collect())
+
+
+NULL_ERRORS = [None, "", {}]
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+@pytest.mark.parametrize("error", NULL_ERRORS)
+def test_a_chunk_whose_error_is_null_is_no_error_frame(
+    provider: Provider, driver: str, error: Any
+) -> None:
+    """A chat chunk carrying "error": null (or empty), as some compatible servers send, is
+    content: the SDKs test the error's truth, and so does the facade's stream."""
+    chunks = [{**CHAT_CHUNK, "error": error}, {**LAST_CHUNK, "error": error}]
+    provider.then(events(*map(_frame, chunks), "data: [DONE]\n\n"))
+    with _facade() as cb:
+        got = _stream(cb, driver, provider.url + "/v1/chat/completions", {"stream": True})
+        assert [event.data for event in got] == chunks
+        assert cb.breaker.stats.failures == 0
+
+
+@pytest.mark.parametrize("error", NULL_ERRORS)
+def test_a_chunk_whose_error_is_null_is_no_failure_through_the_transport(
+    provider: Provider, error: Any
+) -> None:
+    """Through the transport the SDK reads such a stream whole, and the breaker counts a
+    success, not a failure (which would open the circuit on a healthy provider)."""
+    breaker = BreakerRegistry().get_or_create("null-errors")
+    chunks = [{**CHAT_CHUNK, "error": error}, {**LAST_CHUNK, "error": error}]
+    provider.then(events(*map(_frame, chunks), "data: [DONE]\n\n"))
+    client = _openai(provider, breaker)
+    stream = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    assert [chunk.choices[0].delta.content for chunk in stream] == ["Hel", None]
+    assert (breaker.stats.failures, breaker.stats.successes) == (0, 1)

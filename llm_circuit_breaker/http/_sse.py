@@ -224,7 +224,8 @@ class StreamChecker:
         data = event.data
         if type(data) is dict:  # a parsed frame (the common case): fewer tests
             kind = data.get("type")
-            if "error" in data or kind == "error" or event.event == "error":
+            # a frame with an error (as the SDKs test it: a null or empty "error" is none)
+            if data.get("error") or kind == "error" or event.event == "error":
                 return self._error(data)
             if kind == "response.failed" or event.event == "response.failed":
                 response = data.get("response")
@@ -248,7 +249,7 @@ class StreamChecker:
         if (
             event.event == "error"
             or kind == "error"
-            or (isinstance(data, dict) and "error" in data)
+            or (isinstance(data, dict) and data.get("error"))
         ):
             return self._error(data)
         if event.event == "response.failed" or kind == "response.failed":
