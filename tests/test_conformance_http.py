@@ -473,3 +473,32 @@ def test_a_chunk_whose_error_is_null_is_no_failure_through_the_transport(
     )
     assert [chunk.choices[0].delta.content for chunk in stream] == ["Hel", None]
     assert (breaker.stats.failures, breaker.stats.successes) == (0, 1)
+
+
+# -- no credential in an error's message or repr ----------------------------------------------
+
+KEYS = ["sk-proj-AbCdEfGhIjKlMnOp1234", "AIzaSyD-EXAMPLEexampleEXAMPLE0123"]
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_a_provider_echoing_the_key_in_its_error_codes_leaks_it_nowhere(
+    provider: Provider, key: str
+) -> None:
+    """A hostile provider puts the caller's key in every field of a billing error (type, code,
+    message) and in the URL's query: neither the error raised, nor the refusal that follows,
+    nor a state change shows it, in any case."""
+    provider.then(answer(402, {"error": {"type": key, "code": key, "message": f"bad {key}"}}))
+    changes: list[str] = []
+    with _facade() as cb:
+        cb.breaker.add_listener(lambda change: changes.append(repr(change)))
+        url = f"{provider.url}/v1beta/models/g:generateContent?key={key}"
+        shown = []
+        for _ in range(2):
+            try:
+                cb.call(url, headers={"x-goog-api-key": key}, data={})
+            except Exception as exc:
+                shown += [str(exc), repr(exc)]
+        state = str(cb.get_state())
+    assert any("CircuitOpenError" in text for text in shown)
+    for text in [*shown, *changes, state]:
+        assert key.lower() not in text.lower()
