@@ -23,6 +23,7 @@ from llm_circuit_breaker import (
     LLMCircuitBreaker,
     Outcome,
     RateLimitError,
+    ThrottledError,
 )
 from llm_circuit_breaker.httpx import (
     AsyncCircuitBreakerTransport,
@@ -502,3 +503,35 @@ def test_a_provider_echoing_the_key_in_its_error_codes_leaks_it_nowhere(
     assert any("CircuitOpenError" in text for text in shown)
     for text in [*shown, *changes, state]:
         assert key.lower() not in text.lower()
+
+
+def _nothing_left(family: str) -> dict[str, str]:
+    import time
+
+    if family == "openai":
+        return {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "4s"}
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 4.0))
+    return {
+        "anthropic-ratelimit-requests-remaining": "0",
+        "anthropic-ratelimit-requests-reset": stamp,
+    }
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+@pytest.mark.parametrize("family", ["openai", "anthropic"])
+def test_headers_saying_nothing_is_left_without_a_limit_pause_until_the_reset(
+    provider: Provider, driver: str, family: str
+) -> None:
+    """A success whose headers say 0 requests remain until a reset 4 s away (no limit header
+    to pace by) pauses the throttle until then: the next call is not sent (ThrottledError at
+    once with throttle_max_wait=0), where it went out unpaced."""
+    provider.then(answer(200, {"ok": True}, _nothing_left(family)))
+    url = provider.url + "/v1/chat/completions"
+    with _facade(throttle_max_wait=0.0) as cb:
+        assert _call(cb, driver, url, {}) == {"ok": True}
+        assert 2.5 < cb.breaker.throttle["paused_for"] <= 4.5
+        with pytest.raises(ThrottledError) as refused:
+            cb.breaker.admit()  # what the facade's next attempt asks first
+        assert 2.5 < refused.value.retry_after <= 4.5
+        assert cb.get_state()["state"] == "CLOSED"
+    assert len(provider.requests) == 1

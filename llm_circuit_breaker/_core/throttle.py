@@ -256,8 +256,16 @@ class ThrottleCore:
             if self.provisional:
                 self.requests.interval, self.provisional = 0.0, False
             self.requests.observe(limits.requests, now, self.max_pause)
+            self._hold(limits.requests, self.requests, now)
         if limits.tokens is not None:
             self.tokens.observe(limits.tokens, now, self.max_pause)
+            self._hold(limits.tokens, self.tokens, now)
+
+    def _hold(self, bucket: Bucket, pacer: Pacer, now: float) -> None:
+        """Headers saying nothing is left until the reset, with no limit to pace by (neither
+        reported nor learned): nothing goes until then (at most ``max_pause``)."""
+        if bucket.remaining == 0 and bucket.reset and not pacer.known:
+            self.paused_until = max(self.paused_until, now + min(bucket.reset, self.max_pause))
 
     def rate_limited(self, now: float, pause: float | None) -> float:
         """A 429 that is a rate limit: pause ``pause`` seconds (the server's hint, spread by

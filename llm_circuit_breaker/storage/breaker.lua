@@ -244,6 +244,10 @@ local function observe_bucket(p, limit, remaining, reset)
     local reported = math.min(now + math.max(0, p.c - remaining) * p.i, now + max_pause + (p.c - 1) * p.i)
     p.t = math.max(p.t or reported, reported)
   end
+  -- nothing left until the reset and no limit to pace by: nothing goes until then (_hold)
+  if remaining == 0 and reset ~= nil and reset > 0 and not known(p) then
+    T.pu = math.max(T.pu or now, now + math.min(reset, max_pause))
+  end
   tchanged = true
 end
 
