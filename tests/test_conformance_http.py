@@ -535,3 +535,28 @@ def test_headers_saying_nothing_is_left_without_a_limit_pause_until_the_reset(
         assert 2.5 < refused.value.retry_after <= 4.5
         assert cb.get_state()["state"] == "CLOSED"
     assert len(provider.requests) == 1
+
+
+WHOLE_ANSWER = {
+    "id": "chatcmpl-2",
+    "object": "chat.completion",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+}
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_a_streaming_request_answered_with_json_is_no_silent_empty_stream(
+    provider: Provider, driver: str
+) -> None:
+    """A 200 JSON answer to stream() / astream() (a gateway's error object, a server that does
+    not stream) is judged, not read as an event stream with no events: an error object is a
+    failure retried before anything was yielded, a whole answer comes as the one event."""
+    provider.then(
+        answer(200, {"error": {"message": "upstream overloaded", "type": "server_error"}}),
+        answer(200, WHOLE_ANSWER),
+    )
+    with _facade() as cb:
+        got = _stream(cb, driver, provider.url + "/v1/chat/completions", {"stream": True})
+        assert [event.data for event in got] == [WHOLE_ANSWER]
+        assert (cb.breaker.stats.failures, cb.breaker.stats.successes) == (1, 1)
+    assert len(provider.requests) == 2

@@ -36,7 +36,9 @@ __all__ = [
     "SSEDecoder",
     "SSEEvent",
     "StreamChecker",
+    "is_json",
     "parse_answer",
+    "whole_answer",
 ]
 
 
@@ -400,3 +402,21 @@ def parse_answer(
     if not reader.done:
         reader.finish()
     return found
+
+
+def is_json(headers: Mapping[str, str]) -> bool:
+    """Whether an answer's body is JSON (not server-sent events)."""
+    return "json" in headers.get("content-type", "") and not is_sse(headers)
+
+
+def whole_answer(request: PreparedRequest, body: bytes) -> list[SSEEvent]:
+    """A 2xx JSON answer to a streaming request (a server that does not stream, or a gateway's
+    error object) as the stream's one event, judged as a frame of it: an error object raises,
+    where an event reader would find no event and end the stream silently."""
+    if not body.strip():
+        return []
+    event = _new_event("message", parse_json(body), None)
+    error = StreamChecker(request.url).error_in(event)
+    if error is not None:
+        raise error
+    return [event]
