@@ -560,3 +560,42 @@ def test_a_streaming_request_answered_with_json_is_no_silent_empty_stream(
         assert [event.data for event in got] == [WHOLE_ANSWER]
         assert (cb.breaker.stats.failures, cb.breaker.stats.successes) == (1, 1)
     assert len(provider.requests) == 2
+
+
+# -- server-sent events with every line end SSE allows (CR LF, LF, a lone CR) ---------------
+
+
+def _cr_only(*frames: str) -> list[str]:
+    return [frame.replace("\n", "\r") for frame in frames]
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+@pytest.mark.parametrize("newline", ["\r", "\r\n"])
+def test_events_whose_lines_end_with_a_lone_cr_are_read(
+    provider: Provider, driver: str, newline: str
+) -> None:
+    """SSE ends a line with CR LF, LF or a lone CR: a stream whose lines end with CR alone is
+    read event by event, not as one line (whose data would be the whole body)."""
+    frames = [_frame(CHAT_CHUNK), _frame(LAST_CHUNK), "data: [DONE]\n\n"]
+    provider.then(events(*(frame.replace("\n", newline) for frame in frames)))
+    with _facade() as cb:
+        got = _stream(cb, driver, provider.url + "/v1/chat/completions", {"stream": True})
+        assert [event.data for event in got] == [CHAT_CHUNK, LAST_CHUNK]
+
+
+def test_a_cut_stream_with_lone_cr_line_ends_is_a_failure_through_the_transport(
+    provider: Provider,
+) -> None:
+    """Through the transport, a chat stream with CR line ends cut before its end (no finish
+    reason, no [DONE]) raises an error the SDK surfaces and counts a failure, as with LF."""
+    import openai
+
+    breaker = BreakerRegistry().get_or_create("cr-stream")
+    provider.then(events(*_cr_only(_frame(CHAT_CHUNK), _frame(CHAT_CHUNK))))
+    client = _openai(provider, breaker).with_options(max_retries=0)
+    with pytest.raises(openai.APIConnectionError):
+        for _ in client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=True
+        ):
+            pass
+    assert (breaker.stats.failures, breaker.stats.successes) == (1, 0)

@@ -47,15 +47,18 @@ class LineSplitter:
     line that began in an earlier chunk is ended by one ``find``, the chunk's other lines by
     one ``split``."""
 
-    __slots__ = ("_buffer", "_limit", "_url")
+    __slots__ = ("_buffer", "_cr", "_limit", "_url")
 
     def __init__(self, limit: int, url: str) -> None:
         self._buffer = bytearray()  # the start of a line waiting for its end
         self._limit = limit
         self._url = url
+        self._cr = False  # the last chunk ended with a CR: a LF starting the next is its pair
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The lines completed by ``chunk``."""
+        if self._cr or chunk.find(b"\r") >= 0:
+            chunk = self._newlines(chunk)
         buffer = self._buffer
         if buffer:
             end = chunk.find(b"\n")
@@ -64,7 +67,7 @@ class LineSplitter:
                 self._bound()
                 return []
             buffer += chunk[:end]
-            head = bytes(buffer).rstrip(b"\r")
+            head = bytes(buffer)
             buffer.clear()
             chunk = chunk[end + 1 :]
             lines = chunk.split(b"\n")
@@ -72,12 +75,20 @@ class LineSplitter:
         else:
             lines = chunk.split(b"\n")
         rest = lines.pop()
-        if b"\r" in chunk:
-            lines = [line.rstrip(b"\r") for line in lines]
         if rest:
             buffer += rest
             self._bound()
         return lines
+
+    def _newlines(self, chunk: bytes) -> bytes:
+        """``chunk`` with its line ends as LF alone: SSE ends a line with CR LF, LF or a lone
+        CR (a CR LF pair may be cut between two chunks)."""
+        if not chunk:
+            return chunk
+        if self._cr and chunk[0] == 10:  # the LF of a CR LF whose CR ended the last chunk
+            chunk = chunk[1:]
+        self._cr = chunk.endswith(b"\r")
+        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
     def _bound(self) -> None:
         if len(self._buffer) > self._limit:
