@@ -416,8 +416,10 @@ def parse_answer(
 
 
 def is_json(headers: Mapping[str, str]) -> bool:
-    """Whether an answer's body is JSON (not server-sent events)."""
-    return "json" in headers.get("content-type", "") and not is_sse(headers)
+    """Whether an answer's body is one JSON document (``application/json``, or ``+json`` such
+    as a gateway's ``application/problem+json``; not NDJSON, not server-sent events)."""
+    kind = headers.get("content-type", "").partition(";")[0].strip().lower()
+    return kind == "application/json" or kind.endswith("+json")
 
 
 def whole_answer(request: PreparedRequest, body: bytes) -> list[SSEEvent]:
