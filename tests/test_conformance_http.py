@@ -20,6 +20,7 @@ from llm_circuit_breaker import (
     CircuitBreakerConfig,
     CircuitOpenError,
     CircuitState,
+    IncompleteStreamError,
     LLMCircuitBreaker,
     Outcome,
     RateLimitError,
@@ -598,4 +599,57 @@ def test_a_cut_stream_with_lone_cr_line_ends_is_a_failure_through_the_transport(
             model="m", messages=[{"role": "user", "content": "hi"}], stream=True
         ):
             pass
+    assert (breaker.stats.failures, breaker.stats.successes) == (1, 0)
+
+
+# -- section 10: a Responses stream that fails ----------------------------------------------
+
+_RESPONSE = {
+    "id": "resp_1",
+    "object": "response",
+    "created_at": 0,
+    "model": "m",
+    "output": [],
+    "status": "in_progress",
+    "error": None,
+    "incomplete_details": None,
+    "instructions": None,
+    "metadata": {},
+    "parallel_tool_calls": True,
+    "temperature": 1,
+    "tool_choice": "auto",
+    "tools": [],
+    "top_p": 1,
+}
+
+
+def _event(kind: str, **fields: Any) -> str:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': 0, **fields})}\n\n"
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def test_a_failed_responses_stream_raises_naming_the_providers_error(provider: Provider) -> None:
+    """A Responses stream ending in response.failed (which the SDK yields, not raises) counts a
+    failure, and the error the SDK surfaces names what the provider said, not "cut short"."""
+    import openai
+
+    failed = {**_RESPONSE, "status": "failed", "error": {"code": "server_error", "message": "boom"}}
+    provider.then(
+        events(
+            _event("response.created", response=_RESPONSE),
+            _event("response.failed", response=failed),
+        )
+    )
+    breaker = BreakerRegistry().get_or_create("responses")
+    client = _openai(provider, breaker).with_options(max_retries=0)
+    with pytest.raises(openai.APIError) as caught:
+        for _ in client.responses.create(model="m", input="hi", stream=True):
+            pass
+    ours = [exc for exc in _chain(caught.value) if isinstance(exc, IncompleteStreamError)]
+    assert ours and "boom" in str(ours[0])
     assert (breaker.stats.failures, breaker.stats.successes) == (1, 0)

@@ -61,10 +61,11 @@ class _AsyncBody(Body):
                     meter.feed(chunk)
                 error = watch.feed(chunk) if watch is not None else None
                 if error is not None:  # the SDK raises its own error for the frame
+                    self._failure = self._failure or error
                     await _tell(attempt, attempt.failed(error))
                 yield chunk
             if watch is not None and watch.truncated():
-                raise incomplete(self._request)
+                raise incomplete(self._request, self._failure)
         except GeneratorExit:
             raise
         except BaseException as exc:
