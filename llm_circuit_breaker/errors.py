@@ -240,9 +240,12 @@ class HTTPStatusError(LLMCircuitBreakerError):
         return f"HTTP {self.status_code}{where}" + (f": {detail}" if detail else "")
 
     def __repr__(self) -> str:
+        kind = self.error_type
+        if isinstance(kind, str):  # the provider's word: a hostile one may echo a key
+            kind = _redact.redact_text(kind)
         return (
             f"{type(self).__name__}(status_code={self.status_code}, url={self.url!r}, "
-            f"error_type={self.error_type!r}, retry_after={self.retry_after!r})"
+            f"error_type={kind!r}, retry_after={self.retry_after!r})"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:

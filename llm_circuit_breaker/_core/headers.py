@@ -175,13 +175,31 @@ def _timestamp_in(value: str, now: float) -> float | None:
     """Seconds from ``now`` (a UNIX time) to an RFC 3339 time stamp."""
     from datetime import datetime
 
+    text = value.strip()[:64]
     try:
-        moment = datetime.fromisoformat(value.strip()[:64].replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        return None
+        # What fromisoformat refuses but RFC 3339 allows: a lower-case "t" or "z", and (before
+        # Python 3.11) a fraction of other than 3 or 6 digits ("59.5", nanoseconds).
+        stamp = _STAMP.fullmatch(text)
+        if stamp is None:
+            return None
+        day, clock, fraction, zone = stamp.groups()
+        fraction = (fraction or "")[:6].ljust(6, "0")
+        zone = "+00:00" if zone in ("Z", "z") else zone
+        try:
+            moment = datetime.fromisoformat(f"{day}T{clock}.{fraction}{zone}")
+        except ValueError:
+            return None
     if moment.tzinfo is None:
         return None
     return moment.timestamp() - now
+
+
+_STAMP = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,12}))?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 
 
 def _count(text: str | None) -> int | None:

@@ -25,7 +25,16 @@ if TYPE_CHECKING:  # the header parser loads with the first response that has su
     from llm_circuit_breaker._core.headers import Bucket, RateLimits
     from llm_circuit_breaker.config import CircuitBreakerConfig
 
-__all__ = ["TOKEN_COST", "News", "Pacer", "ThrottleCore", "Wait", "estimate_tokens", "spread"]
+__all__ = [
+    "TOKEN_COST",
+    "News",
+    "Pacer",
+    "ThrottleCore",
+    "Wait",
+    "estimate_tokens",
+    "pause_cap",
+    "spread",
+]
 
 # What a report announces: (paused, reason, pause seconds), or None.
 News = tuple[bool, str, float] | None
@@ -83,6 +92,12 @@ def spread(
     if hint is None:
         return None
     return hint + uniform(0.0, min(hint * 0.1, _MAX_HINT_JITTER))
+
+
+def pause_cap(config: CircuitBreakerConfig) -> float:
+    """The longest a throttle pause lasts: ``throttle_max_pause``, and never past
+    ``max_open_for`` (the cap of a server-directed open, 10 x ``reset_timeout`` by default)."""
+    return min(float(config.throttle_max_pause), config.effective_max_open_for)
 
 
 class Wait:
@@ -180,6 +195,7 @@ class ThrottleCore:
         "backoff",
         "config",
         "limited",
+        "max_pause",
         "paused_until",
         "provisional",
         "requests",
@@ -189,6 +205,7 @@ class ThrottleCore:
 
     def __init__(self, config: CircuitBreakerConfig) -> None:
         self.config = config
+        self.max_pause = pause_cap(config)
         self.requests = Pacer()
         self.tokens = Pacer()
         if config.requests_per_minute is not None:
@@ -238,18 +255,26 @@ class ThrottleCore:
         if limits.requests is not None:
             if self.provisional:
                 self.requests.interval, self.provisional = 0.0, False
-            self.requests.observe(limits.requests, now, self.config.throttle_max_pause)
+            self.requests.observe(limits.requests, now, self.max_pause)
+            self._hold(limits.requests, self.requests, now)
         if limits.tokens is not None:
-            self.tokens.observe(limits.tokens, now, self.config.throttle_max_pause)
+            self.tokens.observe(limits.tokens, now, self.max_pause)
+            self._hold(limits.tokens, self.tokens, now)
+
+    def _hold(self, bucket: Bucket, pacer: Pacer, now: float) -> None:
+        """Headers saying nothing is left until the reset, with no limit to pace by (neither
+        reported nor learned): nothing goes until then (at most ``max_pause``)."""
+        if bucket.remaining == 0 and bucket.reset and not pacer.known:
+            self.paused_until = max(self.paused_until, now + min(bucket.reset, self.max_pause))
 
     def rate_limited(self, now: float, pause: float | None) -> float:
         """A 429 that is a rate limit: pause ``pause`` seconds (the server's hint, spread by
-        :func:`spread`) or, without one, the adaptive pause, at most ``throttle_max_pause``;
+        :func:`spread`) or, without one, the adaptive pause, at most :func:`pause_cap`;
         the pause's length."""
         if pause is None:
             self.backoff = min(_MAX_PAUSE, max(_MIN_PAUSE, self.backoff * 2.0))
             pause = self.backoff
-        pause = min(pause, self.config.throttle_max_pause)
+        pause = min(pause, self.max_pause)
         self.paused_until = max(self.paused_until, now + pause)
         self.limited = True
         if not self.requests.known:

@@ -202,6 +202,9 @@ def _codes(exc: BaseException | None, err: Mapping[str, Any]) -> list[str]:
 
 def _first_code(exc: BaseException | None, err: Mapping[str, Any]) -> str | None:
     codes = _codes(exc, err)
+    for code in codes:  # a quota code says why, where the type says only "rate limit"
+        if code in QUOTA_CODES:  # (Anthropic's spend limit is a rate_limit_error)
+            return code
     return codes[0] if codes else None
 
 

@@ -124,7 +124,12 @@ def _judge(
 
 def _describe(found: Classification) -> str:
     where = f"HTTP {found.status}" if found.status is not None else found.kind.value
-    return f"{where} ({found.error_type})" if found.error_type else where
+    return f"{where} ({_code(found)})" if found.error_type else where
+
+
+def _code(found: Classification) -> str:
+    """The provider's error code as a reason shows it (a hostile one may echo a key)."""
+    return redact_text(found.error_type or "")
 
 
 def _breaker_column(
@@ -188,7 +193,7 @@ def _failure(
         return (
             Outcome.FAILURE,
             config.reset_timeout,
-            f"quota exhausted: {found.error_type or found.status}",
+            f"quota exhausted: {_code(found) if found.error_type else found.status}",
         )
     hint = found.retry_after
     if hint is not None and hint >= config.reset_timeout:

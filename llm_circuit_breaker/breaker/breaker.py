@@ -813,7 +813,8 @@ class CircuitBreaker:
             cast("StoreLink | AsyncStoreLink", self._followed).forget()
 
     def force_closed(self) -> None:
-        """Close the circuit now, ending a forced or timed open; counting starts afresh."""
+        """Close the circuit now, ending a forced or timed open; counting starts afresh and
+        the throttle is cleared (a pause, the limits learned from headers), as by :meth:`reset`."""
         self._control("force_closed")
 
     def force_open(self) -> None:

@@ -486,7 +486,7 @@ class LocalCircuit(BreakerCore, Telemetry):
                 self.force_open(now)
             else:
                 self.close(now, "reset" if action == "reset" else "forced closed")
-            if action == "reset" and self.throttle is not None:
+            if action != "force_open" and self.throttle is not None:
                 self.throttle.forget()  # a pause or a learned limit is state too
                 self._follow_throttle()
             transitions = self.drain()

@@ -23,7 +23,13 @@ from llm_circuit_breaker.http._common import (
     redirect,
     transport_error,
 )
-from llm_circuit_breaker.http._sse import EventReader, SSEEvent
+from llm_circuit_breaker.http._sse import (
+    EventReader,
+    SSEEvent,
+    is_json,
+    parse_answer,
+    whole_answer,
+)
 
 __all__ = ["AsyncTransport"]
 
@@ -146,7 +152,7 @@ class AsyncTransport:
             if late is None:
                 raise
             raise late from exc
-        return parse_response(response.status, response.headers, limit.body(), request.url)
+        return parse_answer(request, response.status, response.headers, limit.body())
 
     async def stream(self, request: PreparedRequest) -> AsyncIterator[SSEEvent]:
         """Send ``request`` and yield its server-sent events (the timeout is per read)."""
@@ -162,6 +168,14 @@ class AsyncTransport:
                     async for chunk in response.content.iter_chunked(65536):
                         limit.add(chunk)
                 parse_response(response.status, response.headers, limit.body(), request.url)
+            if is_json(response.headers):  # a server that answered whole, not as a stream
+                limit = BodyLimit(request)
+                with _translated(request):
+                    async for chunk in response.content.iter_chunked(65536):
+                        limit.add(chunk)
+                for event in whole_answer(request, limit.body()):
+                    yield event
+                return
             reader = EventReader(request)
             with _translated(request):
                 async for chunk in response.content.iter_any():

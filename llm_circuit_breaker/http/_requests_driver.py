@@ -24,7 +24,13 @@ from llm_circuit_breaker.http._common import (
     redirect,
     transport_error,
 )
-from llm_circuit_breaker.http._sse import EventReader, SSEEvent
+from llm_circuit_breaker.http._sse import (
+    EventReader,
+    SSEEvent,
+    is_json,
+    parse_answer,
+    whole_answer,
+)
 
 __all__ = ["SyncTransport"]
 
@@ -184,7 +190,7 @@ class SyncTransport:
             if late is None:
                 raise
             raise late from exc
-        return parse_response(response.status_code, response.headers, body, request.url)
+        return parse_answer(request, response.status_code, response.headers, body)
 
     def stream(self, request: PreparedRequest) -> Iterator[SSEEvent]:
         """Send ``request`` and yield its server-sent events (``timeout`` bounds each wait for
@@ -196,6 +202,11 @@ class SyncTransport:
                 with _translated(request):
                     body = _read(response, request)
                 parse_response(response.status_code, response.headers, body, request.url)
+            if is_json(response.headers):  # a server that answered whole, not as a stream
+                with _translated(request):
+                    body = _read(response, request)
+                yield from whole_answer(request, body)
+                return
             reader = EventReader(request)
             with _translated(request):
                 for chunk in _chunks(response, request):

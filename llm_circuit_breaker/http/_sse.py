@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from llm_circuit_breaker._judge.classify import classify_response
@@ -22,9 +22,24 @@ from llm_circuit_breaker.errors import (
     TransportError,
     http_status_error,
 )
-from llm_circuit_breaker.http._common import PreparedRequest, error_type_of
+from llm_circuit_breaker.http._common import (
+    PreparedRequest,
+    error_type_of,
+    is_sse,
+    parse_response,
+)
 
-__all__ = ["DONE", "EventReader", "LineSplitter", "SSEDecoder", "SSEEvent", "StreamChecker"]
+__all__ = [
+    "DONE",
+    "EventReader",
+    "LineSplitter",
+    "SSEDecoder",
+    "SSEEvent",
+    "StreamChecker",
+    "is_json",
+    "parse_answer",
+    "whole_answer",
+]
 
 
 class LineSplitter:
@@ -32,15 +47,18 @@ class LineSplitter:
     line that began in an earlier chunk is ended by one ``find``, the chunk's other lines by
     one ``split``."""
 
-    __slots__ = ("_buffer", "_limit", "_url")
+    __slots__ = ("_buffer", "_cr", "_limit", "_url")
 
     def __init__(self, limit: int, url: str) -> None:
         self._buffer = bytearray()  # the start of a line waiting for its end
         self._limit = limit
         self._url = url
+        self._cr = False  # the last chunk ended with a CR: a LF starting the next is its pair
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The lines completed by ``chunk``."""
+        if self._cr or chunk.find(b"\r") >= 0:
+            chunk = self._newlines(chunk)
         buffer = self._buffer
         if buffer:
             end = chunk.find(b"\n")
@@ -49,7 +67,7 @@ class LineSplitter:
                 self._bound()
                 return []
             buffer += chunk[:end]
-            head = bytes(buffer).rstrip(b"\r")
+            head = bytes(buffer)
             buffer.clear()
             chunk = chunk[end + 1 :]
             lines = chunk.split(b"\n")
@@ -57,12 +75,20 @@ class LineSplitter:
         else:
             lines = chunk.split(b"\n")
         rest = lines.pop()
-        if b"\r" in chunk:
-            lines = [line.rstrip(b"\r") for line in lines]
         if rest:
             buffer += rest
             self._bound()
         return lines
+
+    def _newlines(self, chunk: bytes) -> bytes:
+        """``chunk`` with its line ends as LF alone: SSE ends a line with CR LF, LF or a lone
+        CR (a CR LF pair may be cut between two chunks)."""
+        if not chunk:
+            return chunk
+        if self._cr and chunk[0] == 10:  # the LF of a CR LF whose CR ended the last chunk
+            chunk = chunk[1:]
+        self._cr = chunk.endswith(b"\r")
+        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
     def _bound(self) -> None:
         if len(self._buffer) > self._limit:
@@ -211,7 +237,8 @@ class StreamChecker:
         data = event.data
         if type(data) is dict:  # a parsed frame (the common case): fewer tests
             kind = data.get("type")
-            if "error" in data or kind == "error" or event.event == "error":
+            # a frame with an error (as the SDKs test it: a null or empty "error" is none)
+            if data.get("error") or kind == "error" or event.event == "error":
                 return self._error(data)
             if kind == "response.failed" or event.event == "response.failed":
                 response = data.get("response")
@@ -235,7 +262,7 @@ class StreamChecker:
         if (
             event.event == "error"
             or kind == "error"
-            or (isinstance(data, dict) and "error" in data)
+            or (isinstance(data, dict) and data.get("error"))
         ):
             return self._error(data)
         if event.event == "response.failed" or kind == "response.failed":
@@ -365,3 +392,44 @@ class EventReader:
         if event is DONE:
             self.done = True
         return event if self._checker.check(event) else None
+
+
+def parse_answer(
+    request: PreparedRequest, status: int, headers: Mapping[str, str], body: bytes
+) -> Any:
+    """What ``call()`` / ``acall()`` return for a whole body: its parsed JSON, or, for a 2xx
+    answer of server-sent events (a request with ``"stream": true``), the list of its events,
+    judged as :meth:`EventReader.feed` judges a stream's (an error frame, a stream cut before
+    its final event raise: nothing was handed to the caller yet, so the attempt is retried)."""
+    if not (200 <= status < 300 and is_sse(headers)):
+        return parse_response(status, headers, body, request.url)
+    reader = EventReader(request)
+    found = reader.feed(body)
+    if reader.done:
+        return found
+    last = reader.flush()
+    if last is not None:
+        found.append(last)
+    if not reader.done:
+        reader.finish()
+    return found
+
+
+def is_json(headers: Mapping[str, str]) -> bool:
+    """Whether an answer's body is one JSON document (``application/json``, or ``+json`` such
+    as a gateway's ``application/problem+json``; not NDJSON, not server-sent events)."""
+    kind = headers.get("content-type", "").partition(";")[0].strip().lower()
+    return kind == "application/json" or kind.endswith("+json")
+
+
+def whole_answer(request: PreparedRequest, body: bytes) -> list[SSEEvent]:
+    """A 2xx JSON answer to a streaming request (a server that does not stream, or a gateway's
+    error object) as the stream's one event, judged as a frame of it: an error object raises,
+    where an event reader would find no event and end the stream silently."""
+    if not body.strip():
+        return []
+    event = _new_event("message", parse_json(body), None)
+    error = StreamChecker(request.url).error_in(event)
+    if error is not None:
+        raise error
+    return [event]

@@ -435,6 +435,7 @@ class Body:
         self._watch = watch
         self._request = request
         self._first = first
+        self._failure: BaseException | None = None  # the provider's error frame, if one came
 
 
 class Transport:
@@ -740,11 +741,14 @@ def _timeout_type(lib: Any) -> type[RequestTimeoutError]:
     return type("RequestTimeoutError", (lib.ReadTimeout, RequestTimeoutError), {})
 
 
-def incomplete(request: Any) -> IncompleteStreamError:
+def incomplete(request: Any, failure: BaseException | None = None) -> IncompleteStreamError:
+    """The error of a stream that ended before its final event (after ``failure``, the
+    provider's error frame, when one came: a Responses ``response.failed`` the SDK yields)."""
     lib = library(request)
+    host = request.url.host
+    why = "the answer is cut short" if failure is None else f"it failed: {failure}"
     return _incomplete_type(lib)(  # type: ignore[call-arg]
-        f"stream from {request.url.host} ended before its final event: the answer is cut short",
-        request=request,
+        f"stream from {host} ended before its final event: {why}", request=request
     )
 
 

@@ -58,7 +58,7 @@ class Watch:
             if (  # the common read once content has come: whole events, nothing to read
                 self.content
                 and chunk.endswith(b"\n\n")
-                and not (self._data or self._event or self._lines._buffer)
+                and not (self._data or self._event or self._lines._buffer or self._lines._cr)
                 and self._dull(chunk)
             ):
                 return None
@@ -75,8 +75,8 @@ class Watch:
         return error
 
     def _feed(self, chunk: bytes) -> BaseException | None:
-        if not self.content:  # up to the first content event, every event is read
-            return self._cut(chunk)
+        if not self.content or self._lines._cr:  # up to the first content event, or a CR
+            return self._cut(chunk)  # ending the last chunk (its LF may start this one): cut
         if self._data or self._event or not self._lines.empty:
             # An event began in an earlier chunk: its end is read line by line, then what
             # follows it is fed again, from an event boundary.

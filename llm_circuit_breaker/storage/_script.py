@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from llm_circuit_breaker._core.state import CircuitState, Outcome, Transition
+from llm_circuit_breaker._core.throttle import pause_cap
 from llm_circuit_breaker._redact import shown
 from llm_circuit_breaker.config import CircuitBreakerConfig
 from llm_circuit_breaker.storage.base import Admission, ThrottleNews, View
@@ -77,7 +78,7 @@ def script_args(
         _opt(config.failure_rate_threshold),
         repr(config.effective_window),
         config.effective_minimum_calls,
-        repr(float(config.throttle_max_pause)) if config.throttle else "",
+        repr(pause_cap(config)) if config.throttle else "",
         repr(float(config.throttle_max_wait)),
         _opt(config.requests_per_minute),
         _opt(config.tokens_per_minute),

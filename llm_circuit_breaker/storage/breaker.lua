@@ -244,6 +244,10 @@ local function observe_bucket(p, limit, remaining, reset)
     local reported = math.min(now + math.max(0, p.c - remaining) * p.i, now + max_pause + (p.c - 1) * p.i)
     p.t = math.max(p.t or reported, reported)
   end
+  -- nothing left until the reset and no limit to pace by: nothing goes until then (_hold)
+  if remaining == 0 and reset ~= nil and reset > 0 and not known(p) then
+    T.pu = math.max(T.pu or now, now + math.min(reset, max_pause))
+  end
   tchanged = true
 end
 
@@ -556,6 +560,12 @@ elseif op == 'control' then
     if s.state ~= 'CLOSED' then move(s, 'CLOSED', action == 'reset' and 'reset' or 'forced closed') end
     s.fc = 0
     redis.call('DEL', WIN)
+    if throttled then  -- a pause and the limits learned are forgotten (ThrottleCore.forget)
+      T = {pu = nil, bk = 0, pv = false, lm = false, R = {i = 0, c = 1, t = nil}, K = {i = 0, c = 1, t = nil}}
+      if rpm then T.R = {i = 60 / rpm, c = math.max(1, rpm), t = nil} end
+      if tpm then T.K = {i = 60 / tpm, c = math.max(1, tpm), t = nil} end
+      tchanged = true
+    end
   end
 elseif op ~= 'snapshot' then
   return redis.error_reply('unknown op ' .. tostring(op))

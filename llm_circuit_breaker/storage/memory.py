@@ -167,6 +167,8 @@ class MemoryStateStore:
                 slot.core.force_open(now)
             else:
                 slot.core.close(now, "reset" if action == "reset" else "forced closed")
+                if slot.throttle is not None:  # a pause or a learned limit is state too
+                    slot.throttle.forget()
             return self._view(slot, now)
 
 

@@ -62,10 +62,11 @@ class _SyncBody(Body):
                     meter.feed(chunk)
                 error = watch.feed(chunk) if watch is not None else None
                 if error is not None:  # the SDK raises its own error for the frame
+                    self._failure = self._failure or error
                     _tell(attempt, attempt.failed(error))
                 yield chunk
             if watch is not None and watch.truncated():
-                raise incomplete(self._request)
+                raise incomplete(self._request, self._failure)
         except GeneratorExit:
             raise
         except BaseException as exc:
@@ -200,7 +201,12 @@ class CircuitBreakerTransport(Transport):
         if rate_limits:  # none: nothing for the throttle to learn
             breaker.observe(rate_limits)
         if response.status_code >= 400:
-            _tell(attempt, attempt.answered(request, response, read_capped(response)))
+            report = attempt.answered(request, response, read_capped(response))
+            _tell(attempt, report)
+            if report is not None and report[1]["open_for"] is not None:
+                # It opened the circuit now (quota, billing, a long hint): the SDK's retry would
+                # sleep only to be refused. It raises the provider's own error at once instead.
+                response.headers["x-should-retry"] = "false"
             return response
         if first is not None:
             first.headers_in(request, response)
