@@ -5,10 +5,19 @@ rely on."""
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anthropic
+import httpx2
+import pytest
+from aiohttp import web
+
 from llm_circuit_breaker import BreakerRegistry, circuit_breaker, with_pool
+from llm_circuit_breaker.httpx import CircuitBreakerTransport
 
 
 class _SDKStream:
@@ -109,3 +118,143 @@ def test_async_pool_counts_a_returned_stream_in_flight_until_it_ends() -> None:
         assert pool.pool_stats["east"].in_flight == 0
 
     asyncio.run(main())
+
+
+# -- SPEC 16: the spend cap counts what an Anthropic answer says it used, cache included -----
+
+
+def _message(**usage: int) -> Any:
+    from anthropic.types import Message
+
+    return Message.model_validate(
+        {"id": "m", "type": "message", "role": "assistant", "model": "claude",
+         "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+         "stop_sequence": None, "usage": usage}
+    )  # fmt: skip
+
+
+def test_spend_cap_counts_anthropic_cache_tokens() -> None:
+    """Anthropic reports prompt-cache reads and writes apart from ``input_tokens`` (openai
+    counts cached tokens inside ``prompt_tokens``): all of them were processed."""
+    registry = BreakerRegistry()
+    answer = _message(
+        input_tokens=20, output_tokens=10, cache_creation_input_tokens=300,
+        cache_read_input_tokens=1000,
+    )  # fmt: skip
+
+    @circuit_breaker("claude", token_budget=1_000, registry=registry)
+    def ask() -> Any:
+        return answer
+
+    ask()
+    assert ask.breaker.budget["spent"] == 1330.0
+    plain = _message(input_tokens=20, output_tokens=10)  # no cache fields: input plus output
+
+    @circuit_breaker("claude-plain", token_budget=1_000, registry=registry)
+    def ask_plain() -> Any:
+        return plain
+
+    ask_plain()
+    assert ask_plain.breaker.budget["spent"] == 30.0
+
+
+def test_spend_cap_counts_anthropic_cache_tokens_of_a_returned_stream() -> None:
+    from anthropic.types import RawMessageStreamEvent
+    from pydantic import TypeAdapter
+
+    events = TypeAdapter(list[RawMessageStreamEvent]).validate_python(
+        [
+            {"type": "message_start", "message": {
+                "id": "m", "type": "message", "role": "assistant", "model": "claude",
+                "content": [], "stop_reason": None, "stop_sequence": None,
+                "usage": {"input_tokens": 20, "output_tokens": 1,
+                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 500}}},
+            {"type": "content_block_start", "index": 0,
+             "content_block": {"type": "text", "text": ""}},
+            {"type": "content_block_delta", "index": 0,
+             "delta": {"type": "text_delta", "text": "hi"}},
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+             "usage": {"output_tokens": 15}},
+            {"type": "message_stop"},
+        ]
+    )  # fmt: skip
+    registry = BreakerRegistry()
+
+    @circuit_breaker("claude-stream", token_budget=10_000, registry=registry)
+    def ask() -> Any:
+        return _SDKStream(events)  # type: ignore[arg-type]
+
+    assert len(list(ask())) == 6
+    assert ask.breaker.budget["spent"] == 535.0
+
+
+# -- a small provider of our own: Anthropic's streamed messages with prompt-cache usage ------
+
+
+def _sse(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+
+
+async def _anthropic_stream(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    usage = {"input_tokens": 20, "output_tokens": 1, "cache_creation_input_tokens": 100,
+             "cache_read_input_tokens": 500}  # fmt: skip
+    message = {"id": "m", "type": "message", "role": "assistant", "model": "claude",
+               "content": [], "stop_reason": None, "stop_sequence": None, "usage": usage}  # fmt: skip
+    for kind, data in [
+        ("message_start", {"message": message}),
+        ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("ping", {}),
+        ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "hi"}}),
+        ("content_block_stop", {"index": 0}),
+        ("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                           "usage": {"output_tokens": 15}}),
+        ("message_stop", {}),
+    ]:  # fmt: skip
+        await response.write(_sse(kind, data))
+    return response
+
+
+@pytest.fixture
+def provider() -> Iterator[str]:
+    """An aiohttp provider on 127.0.0.1 in a thread of its own; yields its base URL."""
+    loop = asyncio.new_event_loop()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = web.Application()
+    app.router.add_post("/v1/messages", _anthropic_stream)
+    runner = web.AppRunner(app)
+
+    async def start() -> None:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    loop.run_until_complete(start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+def test_the_transport_counts_anthropic_cache_tokens_of_a_stream(provider: str) -> None:
+    registry = BreakerRegistry()
+    transport = CircuitBreakerTransport("claude", registry=registry, token_budget=10_000)
+    http = httpx2.Client(transport=transport)
+    with anthropic.Anthropic(
+        api_key="sk-test", base_url=provider, http_client=http, max_retries=0
+    ) as client:
+        stream = client.messages.create(
+            model="claude", max_tokens=16, messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+        )  # fmt: skip
+        assert [event.type for event in stream][-1] == "message_stop"
+    assert registry.get("claude").budget["spent"] == 635.0  # type: ignore[union-attr]
