@@ -18,6 +18,7 @@ from aiohttp import web
 
 from llm_circuit_breaker import BreakerRegistry, circuit_breaker, with_pool
 from llm_circuit_breaker.httpx import CircuitBreakerTransport
+from llm_circuit_breaker.testing import frozen_time
 
 
 class _SDKStream:
@@ -258,3 +259,29 @@ def test_the_transport_counts_anthropic_cache_tokens_of_a_stream(provider: str) 
         )  # fmt: skip
         assert [event.type for event in stream][-1] == "message_stop"
     assert registry.get("claude").budget["spent"] == 635.0  # type: ignore[union-attr]
+
+
+# -- SPEC 13 + 17: the latency strategy reads the library's clock (frozen_time, llm_clock) --
+
+
+def test_pool_latency_strategy_measures_on_the_library_s_clock() -> None:
+    registry = BreakerRegistry()
+    with frozen_time() as clock:
+
+        @circuit_breaker("slow-deployment", registry=registry)
+        def slow() -> str:
+            clock.advance(2.0)
+            return "slow"
+
+        @circuit_breaker("fast-deployment", registry=registry)
+        def fast() -> str:
+            clock.advance(0.1)
+            return "fast"
+
+        pool: Any = with_pool(slow, fast, strategy="latency")
+        first = [pool(), pool()]  # neither measured yet: each is tried
+        assert sorted(first) == ["fast", "slow"]
+        assert [pool() for _ in range(5)] == ["fast"] * 5
+        stats = pool.pool_stats
+        assert stats["slow-deployment"].latency == pytest.approx(2.0)
+        assert stats["fast-deployment"].latency == pytest.approx(0.1)

@@ -45,11 +45,11 @@ import logging
 import math
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal, TypeVar, cast
 
 from llm_circuit_breaker._judge.refusal import refusal_of
+from llm_circuit_breaker.breaker import clock as time_source
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.errors import FallbacksExhaustedError, ThrottledError
 from llm_circuit_breaker.strategies import tracing
@@ -346,7 +346,7 @@ def with_pool(
     *targets: F,
     strategy: Strategy = "headroom",
     weights: Sequence[float] | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Callable[[], float] | None = None,
 ) -> F:
     """A callable of the same kind as the targets (sync, async, generator, async generator)
     that sends each call, with its arguments, to one target chosen by ``strategy``
@@ -354,7 +354,8 @@ def with_pool(
     moving on to the next best after a provider fault.
 
     ``weights`` (one positive number per target) go with ``strategy="weighted"``. The result
-    exposes ``.pool_stats``: per target name, :class:`PoolStats`. ``clock`` is for tests.
+    exposes ``.pool_stats``: per target name, :class:`PoolStats`. ``clock`` is for tests
+    (by default the library's time source, which ``llm_clock`` / ``frozen_time()`` replace).
     """
     if not targets:
         raise TypeError("with_pool needs at least one target")
@@ -382,7 +383,7 @@ def with_pool(
             "with_pool targets must be of one kind (all sync functions, all coroutine "
             f"functions, all generators or all async generators), got {sorted(map(str, kinds))}"
         )
-    pool = _Pool(tuple(targets), strategy, chosen_weights, clock)
+    pool = _Pool(tuple(targets), strategy, chosen_weights, clock or time_source.now)
     wrapper = {
         CallableKind.ASYNC_GENERATOR: _async_gen_pool,
         CallableKind.COROUTINE: _async_pool,
