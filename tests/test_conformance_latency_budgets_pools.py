@@ -16,7 +16,7 @@ import httpx2
 import pytest
 from aiohttp import web
 
-from llm_circuit_breaker import BreakerRegistry, circuit_breaker, with_pool
+from llm_circuit_breaker import BreakerRegistry, circuit_breaker, with_hedging, with_pool
 from llm_circuit_breaker.httpx import CircuitBreakerTransport
 from llm_circuit_breaker.testing import frozen_time
 
@@ -285,3 +285,40 @@ def test_pool_latency_strategy_measures_on_the_library_s_clock() -> None:
         stats = pool.pool_stats
         assert stats["slow-deployment"].latency == pytest.approx(2.0)
         assert stats["fast-deployment"].latency == pytest.approx(0.1)
+
+
+# -- SPEC 15 + 16: a hedge to a target that refuses (OPEN) is no attempt the budget pays -----
+
+
+def test_a_hedge_skipped_by_an_open_target_does_not_draw_its_retry_budget() -> None:
+    """The retry budget pays for extra attempts through a breaker; a target that is OPEN is
+    skipped without a call, so no retry is spent on it (else it comes back with nothing)."""
+    registry = BreakerRegistry()
+    calls: list[str] = []
+
+    @circuit_breaker("slow-primary", registry=registry)
+    async def primary() -> str:
+        calls.append("primary")
+        await asyncio.sleep(0.05)
+        return "primary"
+
+    # reserve of one retry over the window, no share of first attempts
+    @circuit_breaker("down", retry_budget=0.0, retry_budget_floor=0.1, registry=registry)
+    async def down() -> str:
+        calls.append("down")
+        return "down"
+
+    async def main() -> None:
+        hedged: Any = with_hedging(primary, down, delay=0.0)
+        down.breaker.force_open()
+        for _ in range(3):
+            assert await hedged() == "primary"
+        assert calls == ["primary"] * 3  # the OPEN target never ran
+        assert down.breaker.stats.retries_denied == 0
+        down.breaker.reset()  # it recovers: its budget is whole, a hedge is paid
+        calls.clear()
+        assert await hedged() in ("primary", "down")
+        assert sorted(calls) == ["down", "primary"]
+        assert down.breaker.stats.retries_denied == 0
+
+    asyncio.run(main())
