@@ -384,10 +384,16 @@ def _field(obj: object, name: str) -> object:
         return None
 
 
+# Anthropic's prompt-cache tokens, counted apart from its input_tokens (openai's cached tokens
+# are inside prompt_tokens / input_tokens already, as details).
+_CACHE = ("cache_creation_input_tokens", "cache_read_input_tokens")
+
+
 def usage_tokens(response: object) -> float | None:
     """The tokens a response says it used (its ``usage``: ``total_tokens``, or input plus
     output as openai's ``prompt_tokens`` / ``completion_tokens`` and anthropic's
-    ``input_tokens`` / ``output_tokens`` name them), or None when it says nothing."""
+    ``input_tokens`` / ``output_tokens`` name them, plus anthropic's prompt-cache writes and
+    reads, which it reports apart from ``input_tokens``), or None when it says nothing."""
     usage = _field(response, "usage")
     if usage is None:
         usage = _field(response, "usage_metadata")  # gemini
@@ -399,7 +405,7 @@ def usage_tokens(response: object) -> float | None:
         return total
     parts = [
         _number(_field(usage, name))
-        for name in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")
+        for name in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens", *_CACHE)
     ]
     known = [p for p in parts if p is not None]
     return sum(known) if known else None
@@ -407,9 +413,9 @@ def usage_tokens(response: object) -> float | None:
 
 class StreamUsage:
     """The usage a stream's items report, item by item: a total (openai's last chunk, a
-    Responses ``response.completed``), or input and output apart (anthropic's
-    ``message_start`` and the cumulative output of its ``message_delta``). Items are SDK
-    objects or events whose ``data`` is the parsed JSON."""
+    Responses ``response.completed``), or input, output and prompt-cache tokens apart
+    (anthropic's ``message_start`` and the cumulative counts of its ``message_delta``).
+    Items are SDK objects or events whose ``data`` is the parsed JSON."""
 
     __slots__ = ("parts",)
 
@@ -419,10 +425,13 @@ class StreamUsage:
         ("prompt_tokens", 1),
         ("output_tokens", 2),
         ("completion_tokens", 2),
+        ("cache_creation_input_tokens", 3),
+        ("cache_read_input_tokens", 4),
     )
 
     def __init__(self) -> None:
-        self.parts: list[float | None] = [None, None, None]  # total, input, output
+        # total, input, output, cache writes, cache reads
+        self.parts: list[float | None] = [None, None, None, None, None]
 
     def see(self, item: object) -> None:
         """Read what ``item`` says it used, if anything."""
@@ -443,9 +452,8 @@ class StreamUsage:
     @property
     def total(self) -> float | None:
         """The tokens the items said were used, or None when none said."""
-        total, given, made = self.parts
+        total, *apart = self.parts
         if total is not None:
             return total
-        if given is None and made is None:
-            return None
-        return (given or 0.0) + (made or 0.0)
+        known = [part for part in apart if part is not None]
+        return sum(known) if known else None

@@ -49,7 +49,8 @@ class Watch:
         self._started = False
         # Set for a breaker with a token budget: events that carry ``usage`` are read too.
         self.metered = False
-        self._parts: list[float | None] = [None, None, None]  # total, input, output tokens
+        # total, input, output, anthropic's cache writes and reads (apart from its input)
+        self._parts: list[float | None] = [None, None, None, None, None]
         self.content = False  # whether an event with content has passed (is_content)
 
     def feed(self, chunk: bytes) -> BaseException | None:
@@ -163,8 +164,8 @@ class Watch:
 
     def _meter(self, data: object) -> None:
         """Keep the usage an event reports: a total (openai's last chunk, a Responses
-        ``response.completed``), or input and output apart (anthropic's ``message_start`` and
-        the cumulative output of its ``message_delta``)."""
+        ``response.completed``), or input, output and prompt-cache tokens apart (anthropic's
+        ``message_start`` and the cumulative counts of its ``message_delta``)."""
         if not isinstance(data, dict):
             return
         for holder in (data, data.get("message"), data.get("response")):
@@ -174,7 +175,12 @@ class Watch:
         else:
             return
         keys = ("total_tokens", "input_tokens", "output_tokens")
-        aliases = {"prompt_tokens": 1, "completion_tokens": 2}
+        aliases = {
+            "prompt_tokens": 1,
+            "completion_tokens": 2,
+            "cache_creation_input_tokens": 3,
+            "cache_read_input_tokens": 4,
+        }
         for slot, key in [*enumerate(keys), *((i, k) for k, i in aliases.items())]:
             value = usage.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -188,12 +194,11 @@ class Watch:
     @property
     def usage(self) -> float | None:
         """The tokens the stream's events said it used (with ``metered``), or None."""
-        total, given, made = self._parts
+        total, *apart = self._parts
         if total is not None:
             return total
-        if given is None and made is None:
-            return None
-        return (given or 0.0) + (made or 0.0)
+        known = [part for part in apart if part is not None]
+        return sum(known) if known else None
 
     @property
     def complete(self) -> bool:

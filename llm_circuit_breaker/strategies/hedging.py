@@ -166,9 +166,11 @@ class _Call:
 
     def pay_for_hedge(self) -> bool:
         """Whether the next target's breaker's retry budget pays for a hedge (a hedge is an
-        extra attempt); once it cannot, this call starts no more hedges."""
+        extra attempt); once it cannot, this call starts no more hedges. A target that will
+        refuse without a call (OPEN, or throttled beyond its wait) costs nothing: it is
+        skipped as a failed attempt, and the next one starts at once."""
         breaker = self.record(self.slot(self.started))[0]
-        if breaker is not None and not breaker.try_spend_retry():
+        if breaker is not None and not _refuses(breaker) and not breaker.try_spend_retry():
             self.hedging = False
         return self.hedging
 
@@ -250,6 +252,18 @@ class _Call:
                     "llm_circuit_breaker.hedge.delay_s": self.delay,
                 },
             )
+
+
+def _refuses(breaker: Any) -> bool:
+    """Whether ``breaker`` would refuse a call now without making it (its circuit OPEN, or
+    its throttle paused beyond its wait); False when it cannot say."""
+    try:
+        if breaker.refusal_now() is not None:
+            return True
+        paused = breaker.throttle.get("paused_for") or 0.0
+        return bool(paused > breaker.config.throttle_max_wait)
+    except Exception:  # not one of ours, a store that cannot say: the attempt finds out
+        return False
 
 
 def _provider_fault(exc: BaseException) -> bool:

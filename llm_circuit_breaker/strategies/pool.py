@@ -45,11 +45,11 @@ import logging
 import math
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal, TypeVar, cast
 
 from llm_circuit_breaker._judge.refusal import refusal_of
+from llm_circuit_breaker.breaker import clock as time_source
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.errors import FallbacksExhaustedError, ThrottledError
 from llm_circuit_breaker.strategies import tracing
@@ -121,7 +121,9 @@ class _Pool:
         self.weights = weights or (1.0,) * len(targets)
         self.clock = clock
         self.stats = {name: PoolStats() for name in self.names}
-        self._lock = threading.Lock()  # held for bookkeeping only, never across a call
+        # Held for bookkeeping only, never across a call; reentrant: a returned stream dropped
+        # unread gives its place back from __del__, which may run inside the bookkeeping.
+        self._lock = threading.RLock()
         self._turn = 0
         self._current = [0.0] * len(targets)  # smooth weighted round robin
 
@@ -344,7 +346,7 @@ def with_pool(
     *targets: F,
     strategy: Strategy = "headroom",
     weights: Sequence[float] | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Callable[[], float] | None = None,
 ) -> F:
     """A callable of the same kind as the targets (sync, async, generator, async generator)
     that sends each call, with its arguments, to one target chosen by ``strategy``
@@ -352,7 +354,8 @@ def with_pool(
     moving on to the next best after a provider fault.
 
     ``weights`` (one positive number per target) go with ``strategy="weighted"``. The result
-    exposes ``.pool_stats``: per target name, :class:`PoolStats`. ``clock`` is for tests.
+    exposes ``.pool_stats``: per target name, :class:`PoolStats`. ``clock`` is for tests
+    (by default the library's time source, which ``llm_clock`` / ``frozen_time()`` replace).
     """
     if not targets:
         raise TypeError("with_pool needs at least one target")
@@ -380,7 +383,7 @@ def with_pool(
             "with_pool targets must be of one kind (all sync functions, all coroutine "
             f"functions, all generators or all async generators), got {sorted(map(str, kinds))}"
         )
-    pool = _Pool(tuple(targets), strategy, chosen_weights, clock)
+    pool = _Pool(tuple(targets), strategy, chosen_weights, clock or time_source.now)
     wrapper = {
         CallableKind.ASYNC_GENERATOR: _async_gen_pool,
         CallableKind.COROUTINE: _async_pool,
@@ -391,6 +394,80 @@ def with_pool(
     wrapper.__qualname__ = f"with_pool({', '.join(pool.names)})"  # its name as a target
     vars(wrapper)["pool_stats"] = pool.stats
     return cast("F", wrapper)
+
+
+class _Release:
+    """Gives a returned stream's place in flight back once: at its end, its error, its
+    close, or when it is dropped unread."""
+
+    __slots__ = ("_release",)
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release: Callable[[], None] | None = release
+
+    def __call__(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+class _HeldStream(Resumed):
+    """A returned stream the pool chose: in flight on its target (``least_busy``,
+    ``headroom``'s ties, ``pool_stats``) until it ends or is closed, as a breaker's slot."""
+
+    def __init__(self, stream: Any, first: Any, release: Callable[[], None]) -> None:
+        super().__init__(stream, first)
+        self._done = _Release(release)
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except BaseException:  # its end, or its error
+            self._done()
+            raise
+
+    def close(self) -> None:
+        """Close the stream; its call is no longer in flight."""
+        try:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._done()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self._done()
+
+
+class _AsyncHeldStream(AsyncResumed):
+    """:class:`_HeldStream` for a returned async stream."""
+
+    def __init__(self, stream: Any, first: Any, release: Callable[[], None]) -> None:
+        super().__init__(stream, first)
+        self._done = _Release(release)
+
+    async def __anext__(self) -> Any:
+        try:
+            return await super().__anext__()
+        except BaseException:  # its end, its error, or a cancellation
+            self._done()
+            raise
+
+    async def aclose(self) -> None:
+        """Close the stream; its call is no longer in flight."""
+        try:
+            await super().__aexit__(None, None, None)
+        finally:
+            self._done()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        self._done()
 
 
 def _sync_pool(pool: _Pool) -> Callable[..., Any]:
@@ -404,7 +481,9 @@ def _sync_pool(pool: _Pool) -> Callable[..., Any]:
             try:
                 result = pool.targets[index](*args, **kwargs)
                 if result.__class__ not in PLAIN and hasattr(result.__class__, "__next__"):
-                    result = Resumed(result, first_of(result))  # fails over until its first
+                    first = first_of(result)  # fails over until its first item
+                    pool.served(index, started, release=False)
+                    return _HeldStream(result, first, functools.partial(pool.release, index))
             except Exception as exc:
                 if not pool.failed(index, started, exc, plan):
                     raise
@@ -431,7 +510,9 @@ def _async_pool(pool: _Pool) -> Callable[..., Any]:
             try:
                 result = await pool.targets[index](*args, **kwargs)
                 if hasattr(result, "__anext__"):
-                    result = AsyncResumed(result, await afirst_of(result))
+                    first = await afirst_of(result)
+                    pool.served(index, started, release=False)
+                    return _AsyncHeldStream(result, first, functools.partial(pool.release, index))
             except Exception as exc:
                 if not pool.failed(index, started, exc, plan):
                     raise
