@@ -447,8 +447,9 @@ def test_generator_items_are_not_judged() -> None:
 
 
 def test_the_breaker_under_with_retry_does_not_count_non_answers(clock: FakeClock) -> None:
-    """Empty answers are retried and raised, yet the circuit under the retries stays CLOSED
-    with no failure counted: they are not outages."""
+    """Empty answers are retried and raised, yet the circuit under the retries stays CLOSED:
+    the breaker ignores them (SPEC §17), no failure and no success counted: they are not
+    outages, nor proof of health."""
     registry = BreakerRegistry(clock=clock)
 
     @with_retry(max_retries=4, sleep=lambda s: None)
@@ -461,7 +462,7 @@ def test_the_breaker_under_with_retry_does_not_count_non_answers(clock: FakeCloc
     breaker = registry.get("openai")
     assert breaker.state is CircuitState.CLOSED
     assert breaker.stats.failures == 0
-    assert breaker.stats.successes == 5
+    assert (breaker.stats.successes, breaker.stats.ignored) == (0, 5)
 
 
 def test_real_sdk_calls_against_the_fake_server() -> None:
@@ -578,3 +579,43 @@ def test_the_http_helper_retries_an_empty_completion() -> None:
         assert raised.value.kind == "empty"
         assert server.hits == 4
         assert helper.breaker.stats.failures == 0
+
+
+@pytest.mark.parametrize("kind", ["sync", "async", "scoped sync", "scoped async"])
+@pytest.mark.parametrize(
+    "answer",
+    [chat(""), chat("   "), "object"],
+    ids=["empty dict", "blank dict", "sdk object"],
+)
+def test_every_decorated_shape_ignores_a_non_answer(kind: str, answer: Any) -> None:
+    """SPEC §17: a decorated function that returns a completion that is no answer (a dict or
+    the SDK's object) is ignored by its breaker, neither success nor failure; an answer and
+    anything that is no completion are successes."""
+    import asyncio
+
+    import openai
+
+    if isinstance(answer, str):  # the SDK's object of an empty answer
+        answer = openai.types.chat.ChatCompletion.model_validate(chat(""))
+    registry = BreakerRegistry()
+    results = [answer, chat("hi"), 1, {"no": "completion"}]
+    name = "judged:{model}" if kind.startswith("scoped") else "judged"
+
+    if kind.endswith("async"):
+
+        @circuit_breaker(name, registry=registry)
+        async def acall(result: Any, model: str = "m") -> Any:
+            return result
+
+        for result in results:
+            assert asyncio.run(acall(result)) is result
+    else:
+
+        @circuit_breaker(name, registry=registry)
+        def call(result: Any, model: str = "m") -> Any:
+            return result
+
+        for result in results:
+            assert call(result) is result
+    stats = registry.get("judged:m" if kind.startswith("scoped") else "judged").stats
+    assert (stats.calls, stats.successes, stats.ignored, stats.failures) == (4, 3, 1, 0)

@@ -30,19 +30,20 @@ from collections.abc import AsyncIterator, Awaitable, Generator, Iterator
 from types import FunctionType
 
 from llm_circuit_breaker._core.budget import StreamUsage
-from llm_circuit_breaker._core.state import CircuitState
+from llm_circuit_breaker._core.state import CircuitState, Outcome
 from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait
 from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.strategies import tracing
 from llm_circuit_breaker.strategies.gate import (
     ASK,
-    PLAIN,
+    SCALARS,
     Elsewhere,
     ShellGate,
     aguard_stream,
     guard_returned,
     guarded_later,
     is_stream,
+    no_answer,
 )
 from llm_circuit_breaker.strategies.kinds import (
     CallableKind,
@@ -412,8 +413,14 @@ def _sync_shell(gate: ShellGate) -> Callable[..., Any]:
         except BaseException as exc:
             gate.failed(permit, exc)
             raise
-        if result.__class__ not in PLAIN and guarded_later(result):
-            return guard_returned(result, gate, permit, kwargs)
+        if result.__class__ not in SCALARS:  # a stream, a coroutine, a completion, ...
+            if result.__class__ is not dict and guarded_later(result):
+                return guard_returned(result, gate, permit, kwargs)
+            if no_answer(result):  # ignored: a non-answer is no outage
+                if via is not None and via.charge is not None:
+                    via.charge(result, kwargs)
+                gate.abandoned(permit)
+                return result
         if via is not None and via.charge is not None:
             via.charge(result, kwargs)
         core.record_success(permit)
@@ -464,17 +471,25 @@ def _async_shell(gate: ShellGate) -> Callable[..., Any]:
             else:
                 gate.failed(permit, exc)
             raise
-        if result.__class__ not in PLAIN and is_stream(result):
-            return aguard_stream(result, gate, permit, kwargs)
+        answered = True
+        if result.__class__ not in SCALARS:  # a stream, a completion, ...
+            if result.__class__ is not dict and is_stream(result):
+                return aguard_stream(result, gate, permit, kwargs)
+            answered = not no_answer(result)  # ignored if not: a non-answer is no outage
         if via is None:
-            core.record_success(permit)
+            if answered:
+                core.record_success(permit)
+            else:
+                gate.abandoned(permit)
             return result
         if via.charge is not None:
             via.charge(result, kwargs)
         if via.awaits_store:
-            await gate.asucceeded(permit)
-        else:
+            await (gate.asucceeded(permit) if answered else gate.aabandoned(permit))
+        elif answered:
             via.record_success(permit)
+        else:
+            gate.abandoned(permit)
         return result
 
     return wrapper
@@ -507,7 +522,7 @@ def _scoped_sync_shell(
     key_of, keyed, mark_used, missed = scopes.key_of, scopes.keyed, scopes.mark_used, scopes.missed
     position, keyword = scopes.inline
     cached, made = scopes.get, scopes.__missing__
-    no_fallback, plain, waiting = fallback is None, PLAIN, Wait
+    no_fallback, scalars, waiting = fallback is None, SCALARS, Wait
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -550,8 +565,14 @@ def _scoped_sync_shell(
         except BaseException as exc:
             Gate(breaker, rules, fallback).failed(permit, exc)
             raise
-        if result.__class__ not in plain and guarded_later(result):
-            return guard_returned(result, Gate(breaker, rules, fallback), permit, kwargs)
+        if result.__class__ not in scalars:  # a stream, a coroutine, a completion, ...
+            if result.__class__ is not dict and guarded_later(result):
+                return guard_returned(result, Gate(breaker, rules, fallback), permit, kwargs)
+            if no_answer(result):  # ignored: a non-answer is no outage
+                if breaker._budget is not None:
+                    breaker.charge(result, kwargs)
+                breaker.record(permit, Outcome.IGNORED)
+                return result
         if breaker._budget is not None:  # a token budget, perhaps
             breaker.charge(result, kwargs)
         record = breaker._record_success
@@ -577,7 +598,7 @@ def _scoped_async_shell(
     key_of, keyed, mark_used, missed = scopes.key_of, scopes.keyed, scopes.mark_used, scopes.missed
     position, keyword = scopes.inline
     cached, made = scopes.get, scopes.__missing__
-    no_fallback, plain, waiting = fallback is None, PLAIN, Wait
+    no_fallback, scalars, waiting = fallback is None, SCALARS, Wait
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -631,8 +652,17 @@ def _scoped_async_shell(
             else:
                 gate.failed(permit, exc)
             raise
-        if result.__class__ not in plain and is_stream(result):
-            return aguard_stream(result, Gate(breaker, rules, fallback), permit, kwargs)
+        if result.__class__ not in scalars:  # a stream, a completion, ...
+            if result.__class__ is not dict and is_stream(result):
+                return aguard_stream(result, Gate(breaker, rules, fallback), permit, kwargs)
+            if no_answer(result):  # ignored: a non-answer is no outage
+                if breaker._budget is not None:
+                    breaker.charge(result, kwargs)
+                if awaits_store:
+                    await breaker.arecord(permit, Outcome.IGNORED)
+                else:
+                    breaker.record(permit, Outcome.IGNORED)
+                return result
         if breaker._budget is not None:  # a token budget, perhaps
             breaker.charge(result, kwargs)
         if awaits_store:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 from llm_circuit_breaker._core.budget import StreamUsage
 from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._core.throttle import TOKEN_COST
+from llm_circuit_breaker._judge.results import non_answer
 from llm_circuit_breaker._judge.streams import ItemWatch
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.config import BreakerRules
@@ -61,6 +62,16 @@ LOST: ContextVar[Any] = ContextVar("llm_circuit_breaker_lost", default=None)
 
 # Results that are never streams, checked first because most results are one of them.
 PLAIN = frozenset({str, bytes, dict, list, tuple, int, float, bool, NoneType})
+# Results that are neither a stream nor a completion: reported a success without a look (a
+# dict may be a completion's ``model_dump()``, judged by ``no_answer``).
+SCALARS = PLAIN - {dict}
+
+
+def no_answer(result: object) -> bool:
+    """Whether ``result`` is a completion that answers nothing (``results.non_answer``:
+    empty, spent on reasoning, filtered, broken tool arguments): the breaker ignores it, a
+    non-answer being no outage (nor proof of health)."""
+    return non_answer(result) is not None
 
 
 def is_stream(result: object) -> bool:
@@ -96,7 +107,10 @@ async def _awaited(awaitable: Any, gate: Gate, permit: int, request: object) -> 
     if result.__class__ not in PLAIN and is_stream(result):
         return aguard_stream(result, gate, permit, request)
     gate.breaker.charge(result, request)
-    gate.succeeded(permit)
+    if result.__class__ not in SCALARS and no_answer(result):
+        gate.abandoned(permit)  # neither outcome: not an outage
+    else:
+        gate.succeeded(permit)
     return result
 
 
