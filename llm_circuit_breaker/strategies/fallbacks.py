@@ -38,7 +38,7 @@ from llm_circuit_breaker._judge.refusal import refusal_of
 from llm_circuit_breaker._judge.results import content_filter
 from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.errors import FallbacksExhaustedError, InvalidResponseError
-from llm_circuit_breaker.strategies import tracing
+from llm_circuit_breaker.strategies import scope, tracing
 from llm_circuit_breaker.strategies.gate import PLAIN, aclose_inner
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
@@ -49,6 +49,8 @@ logger = logging.getLogger("llm_circuit_breaker.fallback")
 
 F = TypeVar("F", bound=Callable[..., Any])
 Arguments = tuple[tuple[Any, ...], dict[str, Any]]  # a call's positional and keyword arguments
+
+_SCOPE_SOURCE = scope.__file__  # where a scoped name that its arguments cannot fill is raised
 
 # Kinds that say the provider, not the request, is at fault: another provider may answer.
 _PROVIDER_FAULTS = frozenset(
@@ -86,6 +88,8 @@ class _Chain:
         ``call``'s arguments (counted)."""
         if not isinstance(exc, Exception):
             return False  # KeyboardInterrupt, cancellation ...
+        if isinstance(exc, TypeError) and _unfit(self.targets[index], exc, call):
+            return False  # the same arguments go to every target: the caller's fault
         name = self.names[index]
         if refusal_of(exc) is not None:
             self.stats[name].refused += 1
@@ -181,6 +185,25 @@ def _link(exc: BaseException, earlier: BaseException) -> None:
         current = current.__context__
     if current is not earlier and id(current) not in seen:
         current.__context__ = earlier
+
+
+def _unfit(target: Callable[..., Any], exc: TypeError, call: Arguments) -> bool:
+    """Whether ``exc`` says that ``call``'s arguments do not fit ``target``: a missing or an
+    unexpected argument, or a scoped breaker name they cannot fill (raised by the scope's own
+    code). Read only on a failure, so a call that succeeds pays nothing."""
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    if frame is not None and frame.tb_frame.f_code.co_filename == _SCOPE_SOURCE:
+        return True
+    args, kwargs = call
+    try:
+        inspect.signature(target).bind(*args, **kwargs)
+    except TypeError:
+        return True
+    except ValueError:  # a callable without a signature to read: a failure like any other
+        return False
+    return False
 
 
 def _filled(target: Callable[..., Any], call: Arguments) -> str | None:

@@ -1,0 +1,158 @@
+"""SPEC sections 11 and 13 read sentence by sentence, as an application developer would:
+scoped names and ``with_fallbacks`` across the four callable kinds, and the pytest plugin's
+fixtures in an inner pytest session."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from llm_circuit_breaker import (
+    BreakerRegistry,
+    circuit_breaker,
+    with_fallbacks,
+)
+from llm_circuit_breaker.testing import FakeClock
+
+pytest_plugins = ["pytester"]
+
+
+# -- SPEC 11: "A missing argument raises TypeError naming it", through a fallback chain too --
+
+
+def _scoped_pair(registry: BreakerRegistry, kind: str) -> tuple[Callable[..., Any], ...]:
+    """Two targets of ``kind`` with scoped names, recording each call that reaches them."""
+    if kind == "sync":
+
+        @circuit_breaker("one:{model}", registry=registry)
+        def one(prompt: str, model: str) -> str:
+            return "one"
+
+        @circuit_breaker("two:{model}", registry=registry)
+        def two(prompt: str, model: str) -> str:
+            return "two"
+
+    elif kind == "async":
+
+        @circuit_breaker("one:{model}", registry=registry)
+        async def one(prompt: str, model: str) -> str:
+            return "one"
+
+        @circuit_breaker("two:{model}", registry=registry)
+        async def two(prompt: str, model: str) -> str:
+            return "two"
+
+    elif kind == "generator":
+
+        @circuit_breaker("one:{model}", registry=registry)
+        def one(prompt: str, model: str) -> Iterator[str]:
+            yield "one"
+
+        @circuit_breaker("two:{model}", registry=registry)
+        def two(prompt: str, model: str) -> Iterator[str]:
+            yield "two"
+
+    else:
+
+        @circuit_breaker("one:{model}", registry=registry)
+        async def one(prompt: str, model: str) -> AsyncIterator[str]:
+            yield "one"
+
+        @circuit_breaker("two:{model}", registry=registry)
+        async def two(prompt: str, model: str) -> AsyncIterator[str]:
+            yield "two"
+
+    return one, two
+
+
+async def _run(kind: str, chain: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    if kind == "sync":
+        return chain(*args, **kwargs)
+    if kind == "async":
+        return await chain(*args, **kwargs)
+    if kind == "generator":
+        return list(chain(*args, **kwargs))
+    return [item async for item in chain(*args, **kwargs)]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async", "generator", "async generator"])
+async def test_a_missing_scope_argument_through_fallbacks_is_a_typeerror_naming_it(
+    clock: FakeClock, kind: str
+) -> None:
+    """The same arguments go to every target: a call that cannot fill the names is the
+    caller's fault, raised at once as the TypeError naming the argument (not a
+    FallbacksExhaustedError of two TypeErrors), and no breaker is made or charged."""
+    registry = BreakerRegistry(clock=clock)
+    ask = with_fallbacks(*_scoped_pair(registry, kind))
+    with pytest.raises(TypeError, match="'model'") as raised:
+        await _run(kind, ask, "hi")
+    assert type(raised.value) is TypeError
+    assert ask.fallback_stats["one:{model}"].failed == 0
+    assert list(registry.snapshot()) == []
+    assert await _run(kind, ask, "hi", model="m") in ("one", ["one"])
+
+
+@pytest.mark.parametrize("kind", ["sync", "async", "generator", "async generator"])
+async def test_arguments_that_fit_no_target_are_raised_at_once(kind: str) -> None:
+    """An unexpected keyword (or a missing positional) is raised by the first target as
+    Python raises it, the alternatives never called."""
+    registry = BreakerRegistry(clock=FakeClock())
+    calls: list[str] = []
+
+    if kind == "sync":
+
+        @circuit_breaker("first", registry=registry)
+        def first(prompt: str) -> str:
+            calls.append("first")
+            return "first"
+
+        def second(prompt: str) -> str:
+            calls.append("second")
+            return "second"
+
+    elif kind == "async":
+
+        @circuit_breaker("first", registry=registry)
+        async def first(prompt: str) -> str:
+            calls.append("first")
+            return "first"
+
+        async def second(prompt: str) -> str:
+            calls.append("second")
+            return "second"
+
+    elif kind == "generator":
+
+        @circuit_breaker("first", registry=registry)
+        def first(prompt: str) -> Iterator[str]:
+            calls.append("first")
+            yield "first"
+
+        @circuit_breaker("second", registry=registry)
+        def second(prompt: str) -> Iterator[str]:
+            calls.append("second")
+            yield "second"
+
+    else:
+
+        @circuit_breaker("first", registry=registry)
+        async def first(prompt: str) -> AsyncIterator[str]:
+            calls.append("first")
+            yield "first"
+
+        @circuit_breaker("second", registry=registry)
+        async def second(prompt: str) -> AsyncIterator[str]:
+            calls.append("second")
+            yield "second"
+
+    ask = with_fallbacks(first, second)
+    with pytest.raises(TypeError, match="temperature"):
+        await _run(kind, ask, "hi", temperature=0.2)
+    with pytest.raises(TypeError, match="prompt"):
+        await _run(kind, ask)
+    assert calls == []
+    assert await _run(kind, ask, "hi") in ("first", ["first"])
+    await asyncio.sleep(0)
