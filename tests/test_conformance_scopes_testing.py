@@ -196,3 +196,44 @@ def test_instant_paces_a_throttle_as_real_time_would_without_sleeping() -> None:
     with pytest.raises(ThrottledError):  # the skipped time ends with the block
         for _ in range(3):
             paced()
+
+
+# -- SPEC 13: "loaded when installed; it changes nothing for tests that do not ask for its
+# fixtures" ------------------------------------------------------------------------------------
+
+
+def test_the_plugin_loads_nothing_heavy_for_tests_that_do_not_use_it(
+    pytester: pytest.Pytester,
+) -> None:
+    """A session of tests that ask for no fixture of the plugin gets the real time source and
+    pays no import of the fake provider (aiohttp) or the chaos transport: the plugin is loaded
+    in every session of an environment that has the package installed."""
+    import importlib.metadata
+
+    plugin = "llm_circuit_breaker.testing.pytest_plugin"
+    installed = any(e.value == plugin for e in importlib.metadata.entry_points(group="pytest11"))
+    pytester.makepyfile(
+        test_plain="""
+        import sys
+
+        def test_plain(request):
+            assert request.config.pluginmanager.hasplugin("llm_circuit_breaker") or any(
+                getattr(p, "__name__", "") == "llm_circuit_breaker.testing.pytest_plugin"
+                for p in request.config.pluginmanager.get_plugins()
+            )
+            assert "aiohttp" not in sys.modules
+            assert "llm_circuit_breaker.testing._server" not in sys.modules
+            assert "llm_circuit_breaker.testing.chaos" not in sys.modules
+            from llm_circuit_breaker.breaker import clock
+            assert clock.SHARED.sleep is clock.system_sleep
+
+        def test_fixture_after(fake_llm, llm_clock):
+            assert fake_llm.url.startswith("http://127.0.0.1:")
+            assert "aiohttp" in sys.modules
+        """
+    )
+    args = [] if installed else ["-p", plugin]
+    result = pytester.runpytest_subprocess(
+        *args, "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:randomly", "-p", "no:asyncio"
+    )
+    result.assert_outcomes(passed=2)
