@@ -306,6 +306,10 @@ if sys.version_info >= (3, 11):
         def derive(self, excs: Sequence[Exception]) -> FallbacksExhaustedError:
             return FallbacksExhaustedError(excs)
 
+        def __reduce__(self) -> tuple[Any, ...]:
+            # pickled as made (a process pool's or a task queue's error): from its errors
+            return (self.__class__, (list(self.exceptions),), self.__dict__ or None)
+
         def __str__(self) -> str:
             return _exhausted_message(self.exceptions)
 
@@ -323,6 +327,11 @@ else:
         def errors(self) -> tuple[Exception, ...]:
             """Each target's error, in the order the targets were tried."""
             return self.exceptions
+
+        def __reduce__(self) -> tuple[Any, ...]:
+            # pickled as made (a process pool's or a task queue's error): from its errors
+            state = {k: v for k, v in self.__dict__.items() if k != "exceptions"}
+            return (self.__class__, (list(self.exceptions),), state or None)
 
 
 def http_status_error(

@@ -237,3 +237,27 @@ def test_the_plugin_loads_nothing_heavy_for_tests_that_do_not_use_it(
         *args, "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:randomly", "-p", "no:asyncio"
     )
     result.assert_outcomes(passed=2)
+
+
+# -- SPEC 11: "FallbacksExhaustedError carrying each target's error in order" ----------------
+
+
+def test_fallbacks_exhausted_error_survives_pickling() -> None:
+    """A chain that fails in a process pool or a task queue's worker reaches the caller
+    pickled: the error comes back whole (each target's error in order, its notes), not as a
+    TypeError from unpickling it."""
+    import pickle
+
+    from llm_circuit_breaker import CircuitOpenError, FallbacksExhaustedError
+
+    error = FallbacksExhaustedError(
+        [CircuitOpenError("openai", 12.5, "5 consecutive failures"), TimeoutError("slow")]
+    )
+    if hasattr(error, "add_note"):  # Python 3.11+
+        error.add_note("while answering request 42")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is FallbacksExhaustedError
+    assert [type(e) for e in copy.errors] == [CircuitOpenError, TimeoutError]
+    assert copy.errors[0].retry_after == 12.5 and copy.errors[0].name == "openai"
+    assert str(copy) == str(error)
+    assert getattr(copy, "__notes__", None) == getattr(error, "__notes__", None)
