@@ -261,3 +261,33 @@ def test_fallbacks_exhausted_error_survives_pickling() -> None:
     assert copy.errors[0].retry_after == 12.5 and copy.errors[0].name == "openai"
     assert str(copy) == str(error)
     assert getattr(copy, "__notes__", None) == getattr(error, "__notes__", None)
+
+
+# -- SPEC 11 "each attempt is visible" with SPEC 18's structured logs ---------------------------
+
+
+def test_a_failover_log_record_names_the_filled_breaker_and_its_scope(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As the state and retry records do, a failover record carries the breaker's template
+    and scope value as fields, and its message names the filled breaker (``'oa:gpt-4o'``,
+    not ``'oa:{model}'``) that an on-call engineer can look up."""
+    import logging
+
+    registry = BreakerRegistry(clock=FakeClock())
+
+    @circuit_breaker("oa:{model}", registry=registry)
+    def primary(prompt: str, model: str) -> str:
+        raise TimeoutError("slow")
+
+    @circuit_breaker("backup", registry=registry)
+    def backup(prompt: str, model: str) -> str:
+        return "backup"
+
+    ask = with_fallbacks(primary, backup)
+    with caplog.at_level(logging.INFO, logger="llm_circuit_breaker.fallback"):
+        assert ask("hi", model="gpt-4o") == "backup"
+    (record,) = [r for r in caplog.records if r.name == "llm_circuit_breaker.fallback"]
+    assert record.breaker == "oa:{model}"  # type: ignore[attr-defined]
+    assert record.scope == "gpt-4o"  # type: ignore[attr-defined]
+    assert "'oa:gpt-4o'" in record.getMessage() and "'backup'" in record.getMessage()

@@ -36,6 +36,7 @@ from typing import Any, TypeVar, cast
 from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._judge.refusal import refusal_of
 from llm_circuit_breaker._judge.results import content_filter
+from llm_circuit_breaker._redact import shown
 from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.errors import FallbacksExhaustedError, InvalidResponseError
 from llm_circuit_breaker.strategies import scope, tracing
@@ -137,26 +138,34 @@ class _Chain:
         return None
 
     def _announce(self, index: int, exc: BaseException, why: str, call: Arguments) -> None:
-        last = index + 1 >= len(self.targets)
-        following = "no target left" if last else f"trying {self.names[index + 1]!r}"
-        from llm_circuit_breaker.breaker.telemetry import error_type
+        from llm_circuit_breaker.breaker.telemetry import error_type, split_name
 
+        last = index + 1 >= len(self.targets)
+        # the filled names of scoped targets ("openai:gpt-4o"), else the chain's names
+        name = _filled(self.targets[index], call) or self.names[index]
+        then = "" if last else _filled(self.targets[index + 1], call) or self.names[index + 1]
+        template = getattr(self.targets[index], "scope", None)
+        breaker, scope = split_name(name, template if isinstance(template, str) else None)
+        following = "no target left" if last else f"trying {then!r}"
         kind = error_type(exc)
         logger.info(
             "fallback: %r %s (%s); %s",
-            self.names[index],
+            name,
             why,
             kind,
             following,
-            extra={"breaker": self.names[index], "reason": why, "error_type": kind},
+            extra={
+                "breaker": shown(breaker),
+                "scope": shown(scope),
+                "reason": why,
+                "error_type": kind,
+            },
         )
         trace = sys.modules.get("opentelemetry.trace")  # loaded only if the app uses it
         if trace is None:
             return
         span = trace.get_current_span()
-        if span.is_recording():  # the filled names of scoped targets ("openai:gpt-4o")
-            name = _filled(self.targets[index], call) or self.names[index]
-            then = "" if last else _filled(self.targets[index + 1], call) or self.names[index + 1]
+        if span.is_recording():
             span.add_event(
                 "llm_circuit_breaker.fallback",
                 {
