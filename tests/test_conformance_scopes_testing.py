@@ -291,3 +291,84 @@ def test_a_failover_log_record_names_the_filled_breaker_and_its_scope(
     assert record.breaker == "oa:{model}"  # type: ignore[attr-defined]
     assert record.scope == "gpt-4o"  # type: ignore[attr-defined]
     assert "'oa:gpt-4o'" in record.getMessage() and "'backup'" in record.getMessage()
+
+
+# -- SPEC 11: "throttled beyond throttle_max_wait, is skipped without waiting or calling" ------
+
+
+@pytest.mark.parametrize("kind", ["sync", "async", "generator", "async generator"])
+async def test_a_retried_target_throttled_beyond_its_wait_is_skipped_at_once(kind: str) -> None:
+    """With ``@with_retry`` on each target, as the guide recommends, a target whose throttle
+    is paused past ``throttle_max_wait`` is skipped without a call and without the retry
+    waiting out the pause (it waited 20 s, then called the target)."""
+    from llm_circuit_breaker import with_retry
+    from llm_circuit_breaker.errors import http_status_error
+    from llm_circuit_breaker.testing import frozen_time
+
+    calls: list[str] = []
+    rate_limited = http_status_error(
+        429, {"retry-after": "20"}, {"error": {"code": "rate_limit_exceeded"}}
+    )
+    with frozen_time(0.0) as clock:
+        registry = BreakerRegistry()
+        registry.configure("paused", throttle_max_wait=5)
+
+        @circuit_breaker("paused", registry=registry)
+        def hit() -> None:
+            raise rate_limited
+
+        with pytest.raises(type(rate_limited)):
+            hit()  # the throttle is paused for 20 s
+        assert registry.get("paused").throttle["paused_for"] > 5
+
+        def guard(func: Callable[..., Any]) -> Any:
+            return with_retry(max_retries=3)(circuit_breaker("paused", registry=registry)(func))
+
+        if kind == "sync":
+
+            def primary(prompt: str) -> str:
+                calls.append("primary")
+                return "primary"
+
+            def backup(prompt: str) -> str:
+                calls.append("backup")
+                return "backup"
+
+        elif kind == "async":
+
+            async def primary(prompt: str) -> str:
+                calls.append("primary")
+                return "primary"
+
+            async def backup(prompt: str) -> str:
+                calls.append("backup")
+                return "backup"
+
+        elif kind == "generator":
+
+            def primary(prompt: str) -> Iterator[str]:
+                calls.append("primary")
+                yield "primary"
+
+            def backup(prompt: str) -> Iterator[str]:
+                calls.append("backup")
+                yield "backup"
+
+        else:
+
+            async def primary(prompt: str) -> AsyncIterator[str]:
+                calls.append("primary")
+                yield "primary"
+
+            async def backup(prompt: str) -> AsyncIterator[str]:
+                calls.append("backup")
+                yield "backup"
+
+        ask = with_fallbacks(guard(primary), backup)
+        assert await _run(kind, ask, "hi") in ("backup", ["backup"])
+        assert calls == ["backup"]
+        assert clock.sleeps == [] and clock() == 0.0
+        assert next(iter(ask.fallback_stats.values())).refused == 1
+        # outside a chain the same retried function still waits for its slot, as before
+        assert await _run(kind, guard(primary), "hi") in ("primary", ["primary"])
+        assert clock() >= 20

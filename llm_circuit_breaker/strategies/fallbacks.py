@@ -31,6 +31,7 @@ import inspect
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, TypeVar, cast
 
 from llm_circuit_breaker._core.state import Outcome
@@ -50,6 +51,10 @@ logger = logging.getLogger("llm_circuit_breaker.fallback")
 
 F = TypeVar("F", bound=Callable[..., Any])
 Arguments = tuple[tuple[Any, ...], dict[str, Any]]  # a call's positional and keyword arguments
+
+# True while a chain waits for a target's first answer: a with_retry inside the target then
+# raises a throttle's refusal at once (the chain skips the target) instead of waiting the slot.
+IN_CHAIN: ContextVar[bool] = ContextVar("llm_circuit_breaker_in_chain", default=False)
 
 _SCOPE_SOURCE = scope.__file__  # where a scoped name that its arguments cannot fill is raised
 
@@ -289,20 +294,24 @@ def _sync_chain(chain: _Chain) -> Callable[..., Any]:
         if tracing.hook is not None and tracing.passing() is not call:
             return tracing.hook.call(call, None, args, kwargs)
         errors: list[Exception] = []
-        for index, target in enumerate(chain.targets):
-            try:
-                result = target(*args, **kwargs)
-                if result.__class__ not in PLAIN and hasattr(result.__class__, "__next__"):
-                    # a returned stream fails over until its first item
-                    result = Resumed(result, first_of(result))
-                refusal = chain.refused_answer(result)
-                if refusal is not None:
-                    raise refusal
-            except Exception as exc:
-                chain.failed(index, exc, errors, (args, kwargs))
-                continue
-            chain.served(index)
-            return result
+        token = IN_CHAIN.set(True)
+        try:
+            for index, target in enumerate(chain.targets):
+                try:
+                    result = target(*args, **kwargs)
+                    if result.__class__ not in PLAIN and hasattr(result.__class__, "__next__"):
+                        # a returned stream fails over until its first item
+                        result = Resumed(result, first_of(result))
+                    refusal = chain.refused_answer(result)
+                    if refusal is not None:
+                        raise refusal
+                except Exception as exc:
+                    chain.failed(index, exc, errors, (args, kwargs))
+                    continue
+                chain.served(index)
+                return result
+        finally:
+            IN_CHAIN.reset(token)
         raise chain.exhausted(errors)
 
     return call
@@ -313,19 +322,23 @@ def _async_chain(chain: _Chain) -> Callable[..., Any]:
         if tracing.hook is not None and tracing.passing() is not call:
             return await tracing.hook.acall(call, None, args, kwargs)
         errors: list[Exception] = []
-        for index, target in enumerate(chain.targets):
-            try:
-                result = await target(*args, **kwargs)
-                if hasattr(result, "__anext__"):  # an async stream fails over until its first item
-                    result = AsyncResumed(result, await afirst_of(result))
-                refusal = chain.refused_answer(result)
-                if refusal is not None:
-                    raise refusal
-            except Exception as exc:
-                chain.failed(index, exc, errors, (args, kwargs))
-                continue
-            chain.served(index)
-            return result
+        token = IN_CHAIN.set(True)
+        try:
+            for index, target in enumerate(chain.targets):
+                try:
+                    result = await target(*args, **kwargs)
+                    if hasattr(result, "__anext__"):  # fails over until its first item
+                        result = AsyncResumed(result, await afirst_of(result))
+                    refusal = chain.refused_answer(result)
+                    if refusal is not None:
+                        raise refusal
+                except Exception as exc:
+                    chain.failed(index, exc, errors, (args, kwargs))
+                    continue
+                chain.served(index)
+                return result
+        finally:
+            IN_CHAIN.reset(token)
         raise chain.exhausted(errors)
 
     return call
@@ -339,11 +352,14 @@ def _gen_chain(chain: _Chain) -> Callable[..., Any]:
         errors: list[Exception] = []
         for index, target in enumerate(chain.targets):
             stream = target(*args, **kwargs)
+            token = IN_CHAIN.set(True)
             try:
                 first = next(stream, END)
             except Exception as exc:
                 chain.failed(index, exc, errors, (args, kwargs))
                 continue
+            finally:
+                IN_CHAIN.reset(token)
             chain.served(index)
             if first is not END:
                 yield first
@@ -363,11 +379,14 @@ def _async_gen_chain(chain: _Chain) -> Callable[..., Any]:
         errors: list[Exception] = []
         for index, target in enumerate(chain.targets):
             stream = target(*args, **kwargs)
+            token = IN_CHAIN.set(True)
             try:
                 first = await first_item(stream)
             except Exception as exc:
                 chain.failed(index, exc, errors, (args, kwargs))
                 continue
+            finally:
+                IN_CHAIN.reset(token)
             chain.served(index)
             try:
                 if first is not END:
