@@ -372,3 +372,33 @@ async def test_a_retried_target_throttled_beyond_its_wait_is_skipped_at_once(kin
         # outside a chain the same retried function still waits for its slot, as before
         assert await _run(kind, guard(primary), "hi") in ("primary", ["primary"])
         assert clock() >= 20
+
+
+def test_partials_of_a_scoped_function_are_counted_under_their_filled_names(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``with_fallbacks(partial(ask, model="gpt-4o"), partial(ask, model="gpt-4o-mini"))``,
+    the natural chain of one scoped function over models: its stats and failover records
+    name each model's breaker, not a ``functools.partial(<function ask at 0x...>)`` repr."""
+    import functools
+    import logging
+
+    registry = BreakerRegistry(clock=FakeClock())
+
+    @circuit_breaker("openai:{model}", registry=registry, failure_threshold=1)
+    def ask(prompt: str, model: str) -> str:
+        if model == "gpt-4o":
+            raise TimeoutError("overloaded")
+        return model
+
+    chain = with_fallbacks(
+        functools.partial(ask, model="gpt-4o"), functools.partial(ask, model="gpt-4o-mini")
+    )
+    with caplog.at_level(logging.INFO, logger="llm_circuit_breaker.fallback"):
+        assert chain("hi") == chain("hi") == "gpt-4o-mini"
+    assert list(chain.fallback_stats) == ["openai:gpt-4o", "openai:gpt-4o-mini"]
+    assert chain.fallback_stats["openai:gpt-4o"].failed == 1
+    assert chain.fallback_stats["openai:gpt-4o"].refused == 1
+    assert chain.fallback_stats["openai:gpt-4o-mini"].served == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert all("'openai:gpt-4o'" in m and "partial" not in m for m in messages), messages

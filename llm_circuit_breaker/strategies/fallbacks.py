@@ -235,11 +235,15 @@ def _filled(target: Callable[..., Any], call: Arguments) -> str | None:
 
 
 def _name(target: Callable[..., Any]) -> str:
-    """A target's breaker name, its name template (scoped), else its own name."""
+    """A target's breaker name, its name template (scoped), else its own name; for a
+    ``functools.partial`` that of the function it binds (the filled name when it binds a
+    scoped function's fields: ``partial(ask, model="gpt-4o")`` is ``"openai:gpt-4o"``)."""
     breaker = getattr(target, "breaker", None)
     name = getattr(breaker, "name", None) or getattr(target, "scope", None)
     if isinstance(name, str):
         return name
+    if isinstance(target, functools.partial):
+        return _filled(target.func, (target.args, target.keywords)) or _name(target.func)
     return str(getattr(target, "__qualname__", None) or repr(target))
 
 
