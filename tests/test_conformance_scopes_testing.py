@@ -402,3 +402,28 @@ def test_partials_of_a_scoped_function_are_counted_under_their_filled_names(
     assert chain.fallback_stats["openai:gpt-4o-mini"].served == 2
     messages = [r.getMessage() for r in caplog.records]
     assert all("'openai:gpt-4o'" in m and "partial" not in m for m in messages), messages
+
+
+def test_a_scope_that_cannot_be_filled_is_raised_at_once_whatever_the_signature() -> None:
+    """The arguments bind (``**kwargs``; a ``{model.name}`` field given a str) but the scope's
+    name cannot be made from them: still the caller's TypeError, not a failover."""
+    registry = BreakerRegistry(clock=FakeClock())
+    reached: list[str] = []
+
+    @circuit_breaker("kw:{model}", registry=registry)
+    def by_keywords(prompt: str, **options: Any) -> str:
+        return "kw"
+
+    @circuit_breaker("attr:{model.name}", registry=registry)
+    def by_attribute(prompt: str, model: Any) -> str:
+        return "attr"
+
+    def backup(prompt: str, *args: Any, **options: Any) -> str:
+        reached.append(prompt)
+        return "backup"
+
+    with pytest.raises(TypeError, match="'model'"):
+        with_fallbacks(by_keywords, backup)("hi")
+    with pytest.raises(TypeError, match=r"attr:\{model.name\}"):
+        with_fallbacks(by_attribute, backup)("hi", "gpt-4o")
+    assert reached == []
