@@ -367,14 +367,15 @@ if sys.version_info >= (3, 11):
         def derive(self, excs: Sequence[Exception]) -> FallbacksExhaustedError:
             return FallbacksExhaustedError(excs)
 
+        def __reduce__(self) -> tuple[Any, ...]:
+            # pickled as made (a process pool's or a task queue's error): from its errors
+            return (self.__class__, (list(self.exceptions),), self.__dict__ or None)
+
         def __str__(self) -> str:
             return _exhausted_message(self.exceptions)
 
         def __repr__(self) -> str:
             return _exhausted_repr(self)
-
-        def __reduce__(self) -> tuple[Any, ...]:
-            return (type(self), (list(self.exceptions),))
 
 else:
 
@@ -395,7 +396,9 @@ else:
             return _exhausted_repr(self)
 
         def __reduce__(self) -> tuple[Any, ...]:
-            return (type(self), (list(self.exceptions),))
+            # pickled as made (a process pool's or a task queue's error): from its errors
+            state = {k: v for k, v in self.__dict__.items() if k != "exceptions"}
+            return (self.__class__, (list(self.exceptions),), state or None)
 
 
 def http_status_error(

@@ -31,14 +31,16 @@ import inspect
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, TypeVar, cast
 
 from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._judge.refusal import refusal_of
 from llm_circuit_breaker._judge.results import content_filter
+from llm_circuit_breaker._redact import shown
 from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.errors import FallbacksExhaustedError, InvalidResponseError
-from llm_circuit_breaker.strategies import tracing
+from llm_circuit_breaker.strategies import scope, tracing
 from llm_circuit_breaker.strategies.gate import PLAIN, aclose_inner
 from llm_circuit_breaker.strategies.kinds import CallableKind, kind_of
 
@@ -49,6 +51,12 @@ logger = logging.getLogger("llm_circuit_breaker.fallback")
 
 F = TypeVar("F", bound=Callable[..., Any])
 Arguments = tuple[tuple[Any, ...], dict[str, Any]]  # a call's positional and keyword arguments
+
+# True while a chain waits for a target's first answer: a with_retry inside the target then
+# raises a throttle's refusal at once (the chain skips the target) instead of waiting the slot.
+IN_CHAIN: ContextVar[bool] = ContextVar("llm_circuit_breaker_in_chain", default=False)
+
+_SCOPE_SOURCE = scope.__file__  # where a scoped name that its arguments cannot fill is raised
 
 # Kinds that say the provider, not the request, is at fault: another provider may answer.
 _PROVIDER_FAULTS = frozenset(
@@ -86,6 +94,8 @@ class _Chain:
         ``call``'s arguments (counted)."""
         if not isinstance(exc, Exception):
             return False  # KeyboardInterrupt, cancellation ...
+        if isinstance(exc, TypeError) and _unfit(self.targets[index], exc, call):
+            return False  # the same arguments go to every target: the caller's fault
         name = self.names[index]
         if refusal_of(exc) is not None:
             self.stats[name].refused += 1
@@ -133,26 +143,34 @@ class _Chain:
         return None
 
     def _announce(self, index: int, exc: BaseException, why: str, call: Arguments) -> None:
-        last = index + 1 >= len(self.targets)
-        following = "no target left" if last else f"trying {self.names[index + 1]!r}"
-        from llm_circuit_breaker.breaker.telemetry import error_type
+        from llm_circuit_breaker.breaker.telemetry import error_type, split_name
 
+        last = index + 1 >= len(self.targets)
+        # the filled names of scoped targets ("openai:gpt-4o"), else the chain's names
+        name = _filled(self.targets[index], call) or self.names[index]
+        then = "" if last else _filled(self.targets[index + 1], call) or self.names[index + 1]
+        template = getattr(self.targets[index], "scope", None)
+        breaker, scope = split_name(name, template if isinstance(template, str) else None)
+        following = "no target left" if last else f"trying {then!r}"
         kind = error_type(exc)
         logger.info(
             "fallback: %r %s (%s); %s",
-            self.names[index],
+            name,
             why,
             kind,
             following,
-            extra={"breaker": self.names[index], "reason": why, "error_type": kind},
+            extra={
+                "breaker": shown(breaker),
+                "scope": shown(scope),
+                "reason": why,
+                "error_type": kind,
+            },
         )
         trace = sys.modules.get("opentelemetry.trace")  # loaded only if the app uses it
         if trace is None:
             return
         span = trace.get_current_span()
-        if span.is_recording():  # the filled names of scoped targets ("openai:gpt-4o")
-            name = _filled(self.targets[index], call) or self.names[index]
-            then = "" if last else _filled(self.targets[index + 1], call) or self.names[index + 1]
+        if span.is_recording():
             span.add_event(
                 "llm_circuit_breaker.fallback",
                 {
@@ -183,6 +201,25 @@ def _link(exc: BaseException, earlier: BaseException) -> None:
         current.__context__ = earlier
 
 
+def _unfit(target: Callable[..., Any], exc: TypeError, call: Arguments) -> bool:
+    """Whether ``exc`` says that ``call``'s arguments do not fit ``target``: a missing or an
+    unexpected argument, or a scoped breaker name they cannot fill (raised by the scope's own
+    code). Read only on a failure, so a call that succeeds pays nothing."""
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    if frame is not None and frame.tb_frame.f_code.co_filename == _SCOPE_SOURCE:
+        return True
+    args, kwargs = call
+    try:
+        inspect.signature(target).bind(*args, **kwargs)
+    except TypeError:
+        return True
+    except ValueError:  # a callable without a signature to read: a failure like any other
+        return False
+    return False
+
+
 def _filled(target: Callable[..., Any], call: Arguments) -> str | None:
     """The filled name of the breaker a call of ``target`` with ``call``'s arguments goes
     through (a scoped target's ``breaker_for``), or None."""
@@ -198,11 +235,15 @@ def _filled(target: Callable[..., Any], call: Arguments) -> str | None:
 
 
 def _name(target: Callable[..., Any]) -> str:
-    """A target's breaker name, its name template (scoped), else its own name."""
+    """A target's breaker name, its name template (scoped), else its own name; for a
+    ``functools.partial`` that of the function it binds (the filled name when it binds a
+    scoped function's fields: ``partial(ask, model="gpt-4o")`` is ``"openai:gpt-4o"``)."""
     breaker = getattr(target, "breaker", None)
     name = getattr(breaker, "name", None) or getattr(target, "scope", None)
     if isinstance(name, str):
         return name
+    if isinstance(target, functools.partial):
+        return _filled(target.func, (target.args, target.keywords)) or _name(target.func)
     return str(getattr(target, "__qualname__", None) or repr(target))
 
 
@@ -257,20 +298,24 @@ def _sync_chain(chain: _Chain) -> Callable[..., Any]:
         if tracing.hook is not None and tracing.passing() is not call:
             return tracing.hook.call(call, None, args, kwargs)
         errors: list[Exception] = []
-        for index, target in enumerate(chain.targets):
-            try:
-                result = target(*args, **kwargs)
-                if result.__class__ not in PLAIN and hasattr(result.__class__, "__next__"):
-                    # a returned stream fails over until its first item
-                    result = Resumed(result, first_of(result))
-                refusal = chain.refused_answer(result)
-                if refusal is not None:
-                    raise refusal
-            except Exception as exc:
-                chain.failed(index, exc, errors, (args, kwargs))
-                continue
-            chain.served(index)
-            return result
+        token = IN_CHAIN.set(True)
+        try:
+            for index, target in enumerate(chain.targets):
+                try:
+                    result = target(*args, **kwargs)
+                    if result.__class__ not in PLAIN and hasattr(result.__class__, "__next__"):
+                        # a returned stream fails over until its first item
+                        result = Resumed(result, first_of(result))
+                    refusal = chain.refused_answer(result)
+                    if refusal is not None:
+                        raise refusal
+                except Exception as exc:
+                    chain.failed(index, exc, errors, (args, kwargs))
+                    continue
+                chain.served(index)
+                return result
+        finally:
+            IN_CHAIN.reset(token)
         raise chain.exhausted(errors)
 
     return call
@@ -281,19 +326,23 @@ def _async_chain(chain: _Chain) -> Callable[..., Any]:
         if tracing.hook is not None and tracing.passing() is not call:
             return await tracing.hook.acall(call, None, args, kwargs)
         errors: list[Exception] = []
-        for index, target in enumerate(chain.targets):
-            try:
-                result = await target(*args, **kwargs)
-                if hasattr(result, "__anext__"):  # an async stream fails over until its first item
-                    result = AsyncResumed(result, await afirst_of(result))
-                refusal = chain.refused_answer(result)
-                if refusal is not None:
-                    raise refusal
-            except Exception as exc:
-                chain.failed(index, exc, errors, (args, kwargs))
-                continue
-            chain.served(index)
-            return result
+        token = IN_CHAIN.set(True)
+        try:
+            for index, target in enumerate(chain.targets):
+                try:
+                    result = await target(*args, **kwargs)
+                    if hasattr(result, "__anext__"):  # fails over until its first item
+                        result = AsyncResumed(result, await afirst_of(result))
+                    refusal = chain.refused_answer(result)
+                    if refusal is not None:
+                        raise refusal
+                except Exception as exc:
+                    chain.failed(index, exc, errors, (args, kwargs))
+                    continue
+                chain.served(index)
+                return result
+        finally:
+            IN_CHAIN.reset(token)
         raise chain.exhausted(errors)
 
     return call
@@ -307,11 +356,14 @@ def _gen_chain(chain: _Chain) -> Callable[..., Any]:
         errors: list[Exception] = []
         for index, target in enumerate(chain.targets):
             stream = target(*args, **kwargs)
+            token = IN_CHAIN.set(True)
             try:
                 first = next(stream, END)
             except Exception as exc:
                 chain.failed(index, exc, errors, (args, kwargs))
                 continue
+            finally:
+                IN_CHAIN.reset(token)
             chain.served(index)
             if first is not END:
                 yield first
@@ -331,11 +383,14 @@ def _async_gen_chain(chain: _Chain) -> Callable[..., Any]:
         errors: list[Exception] = []
         for index, target in enumerate(chain.targets):
             stream = target(*args, **kwargs)
+            token = IN_CHAIN.set(True)
             try:
                 first = await first_item(stream)
             except Exception as exc:
                 chain.failed(index, exc, errors, (args, kwargs))
                 continue
+            finally:
+                IN_CHAIN.reset(token)
             chain.served(index)
             try:
                 if first is not END:

@@ -44,6 +44,7 @@ __all__ = ["DEFAULT_RETRY_STATUS_CODES", "RetryPolicy", "with_retry"]
 
 import logging
 import random
+import sys
 from typing import TYPE_CHECKING
 
 from llm_circuit_breaker.errors import InvalidResponseError, ThrottledError
@@ -546,6 +547,8 @@ class RetryPolicy:
         def stop(state: RetryCallState) -> bool:
             nonlocal throttled
             if isinstance(_error(state), ThrottledError):
+                if _skipping_in_chain():
+                    return True  # a with_fallbacks chain skips a throttled target at once
                 throttled += 1
                 if throttled > _MAX_THROTTLE_WAITS:
                     return True
@@ -647,6 +650,13 @@ def _raise_if_refused(breaker: Any, exc: BaseException) -> None:
 
 
 BUDGET_NOTE = "retry budget exhausted"
+
+
+def _skipping_in_chain() -> bool:
+    """Whether this call is a target of a ``with_fallbacks`` chain (which is then loaded),
+    so a throttle's refusal goes up to the chain instead of waiting for the slot."""
+    chain = sys.modules.get("llm_circuit_breaker.strategies.fallbacks")
+    return chain is not None and bool(chain.IN_CHAIN.get())
 
 
 def _raise_if_unpaid(breaker: Any, exc: BaseException) -> None:

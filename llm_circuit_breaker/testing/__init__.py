@@ -40,11 +40,17 @@ for you (see :mod:`.pytest_plugin`).
       httpx.Client(transport=CircuitBreakerTransport("openai", chaos))
 """
 
-from llm_circuit_breaker.testing._clock import FakeClock, frozen_time, instant
-from llm_circuit_breaker.testing._quota import Quota
-from llm_circuit_breaker.testing._reply import Reply
-from llm_circuit_breaker.testing._server import FakeLLMServer, RecordedRequest
-from llm_circuit_breaker.testing.chaos import ChaosTransport
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llm_circuit_breaker.testing._clock import FakeClock, frozen_time, instant
+    from llm_circuit_breaker.testing._quota import Quota
+    from llm_circuit_breaker.testing._reply import Reply
+    from llm_circuit_breaker.testing._server import FakeLLMServer, RecordedRequest
+    from llm_circuit_breaker.testing.chaos import ChaosTransport
 
 __all__ = [
     "ChaosTransport",
@@ -56,3 +62,30 @@ __all__ = [
     "frozen_time",
     "instant",
 ]
+
+# Where each name lives, imported on first use: pytest loads the plugin (a module of this
+# package) in every session of an environment that has the package installed, and a session
+# whose tests use none of it should not pay for aiohttp and httpx.
+_HOMES = {
+    "ChaosTransport": "chaos",
+    "FakeClock": "_clock",
+    "FakeLLMServer": "_server",
+    "Quota": "_quota",
+    "RecordedRequest": "_server",
+    "Reply": "_reply",
+    "frozen_time": "_clock",
+    "instant": "_clock",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
