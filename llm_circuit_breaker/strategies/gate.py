@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 from llm_circuit_breaker._core.budget import StreamUsage
 from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._core.throttle import TOKEN_COST
-from llm_circuit_breaker._judge.results import non_answer
 from llm_circuit_breaker._judge.streams import ItemWatch
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.config import BreakerRules
@@ -70,8 +69,23 @@ SCALARS = PLAIN - {dict}
 def no_answer(result: object) -> bool:
     """Whether ``result`` is a completion that answers nothing (``results.non_answer``:
     empty, spent on reasoning, filtered, broken tool arguments): the breaker ignores it, a
-    non-answer being no outage (nor proof of health)."""
-    return non_answer(result) is not None
+    non-answer being no outage (nor proof of health). The judge (and ``json``) is loaded by
+    the first result that is no scalar: ``import llm_circuit_breaker`` loads neither."""
+    judge = _judge_answer
+    if judge is None:
+        judge = _load_judge()
+    return judge(result) is not None
+
+
+_judge_answer: Callable[[object], object] | None = None
+
+
+def _load_judge() -> Callable[[object], object]:
+    global _judge_answer
+    from llm_circuit_breaker._judge.results import non_answer
+
+    _judge_answer = non_answer
+    return non_answer
 
 
 def is_stream(result: object) -> bool:
