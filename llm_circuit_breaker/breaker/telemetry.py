@@ -511,11 +511,12 @@ class Telemetry:
         """Count, log and announce the state changes a circuit made."""
         for t in transitions:
             self._bump(_CHANGES[t.new])
-            # Every state change at WARNING (opening, probing, recovering): whoever is on call
-            # reads the whole story of an incident at the level they alert on.
-            if state_logger.isEnabledFor(logging.WARNING):
+            # Opening (or holding open) is news for whoever is on call; recovering is not.
+            level = logging.WARNING if t.new is CircuitState.OPEN else logging.INFO
+            if state_logger.isEnabledFor(level):
                 fields = self._fields(old_state=t.old.value, new_state=t.new.value, reason=t.reason)
-                state_logger.warning(
+                state_logger.log(
+                    level,
                     "circuit %r %s -> %s: %s",
                     shown(self.name),
                     t.old.value,
