@@ -158,46 +158,6 @@ async def test_arguments_that_fit_no_target_are_raised_at_once(kind: str) -> Non
     await asyncio.sleep(0)
 
 
-# -- SPEC 13: "instant() (real clock, no sleeps)" ---------------------------------------------
-
-
-def test_instant_paces_a_throttle_as_real_time_would_without_sleeping() -> None:
-    """Sequential calls through a throttle of 2 requests a minute each get their slot in real
-    time (30 s apart, within throttle_max_wait=30). Under instant() they must get them too,
-    only without sleeping; a clock that ignored the skipped waits refused the fourth."""
-    import time
-
-    from llm_circuit_breaker import ThrottledError, with_retry
-    from llm_circuit_breaker.breaker import clock as time_source
-    from llm_circuit_breaker.testing import instant
-
-    started = time.monotonic()
-    with instant():
-
-        @circuit_breaker("instant-paced", registry=BreakerRegistry(), requests_per_minute=2)
-        def paced() -> int:
-            return 1
-
-        assert [paced() for _ in range(6)] == [1] * 6
-        assert time_source.now() - time.monotonic() >= 119  # four slots of 30 s, skipped
-
-        attempts: list[float] = []
-
-        @with_retry(max_retries=10, initial_delay=4, jitter=False, deadline=10)
-        def flaky() -> int:
-            attempts.append(time_source.now())
-            raise ConnectionError("refused")
-
-        with pytest.raises(ConnectionError):
-            flaky()
-        # 4 s of backoff, then 8 s would pass the 10 s deadline: as in real time, 2 attempts
-        assert len(attempts) == 2 and attempts[1] - attempts[0] >= 4
-    assert time.monotonic() - started < 5
-    with pytest.raises(ThrottledError):  # the skipped time ends with the block
-        for _ in range(3):
-            paced()
-
-
 # -- SPEC 13: "loaded when installed; it changes nothing for tests that do not ask for its
 # fixtures" ------------------------------------------------------------------------------------
 

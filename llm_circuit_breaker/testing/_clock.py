@@ -89,34 +89,17 @@ def frozen_time(start: float | None = None) -> Iterator[FakeClock]:
         yield clock
 
 
-class _Skipping:
-    """The real monotonic clock plus the waits skipped so far: a wait returns at once and
-    moves the clock forward by its length, as :class:`FakeClock` does."""
+def _no_sleep(seconds: float) -> None:
+    pass
 
-    def __init__(self) -> None:
-        self._skipped = 0.0
-        self._lock = threading.Lock()
 
-    def __call__(self) -> float:
-        return time.monotonic() + self._skipped
-
-    def sleep(self, seconds: float) -> None:
-        if seconds > 0 and math.isfinite(seconds):
-            with self._lock:
-                self._skipped += seconds
-
-    async def async_sleep(self, seconds: float) -> None:
-        self.sleep(seconds)
-        await system_async_sleep(0)  # other tasks still get their turn
+async def _checkpoint(seconds: float) -> None:
+    await system_async_sleep(0)  # other tasks still get their turn
 
 
 @contextlib.contextmanager
 def instant() -> Iterator[None]:
-    """Real time, but no waits for the block: backoffs, ``Retry-After``, throttle slots and
-    hedge delays return at once (async ones after yielding to the loop), like stamina's
-    testing mode. The library's clock then reads the real time plus the waits it skipped, so
-    that code behaves as it would have after sleeping (a throttle's next slot is free, a
-    ``deadline`` counts the waits)."""
-    skipping = _Skipping()
-    with _installed(skipping, skipping.sleep, skipping.async_sleep):
+    """Real time, but no waits for the block: backoffs, ``Retry-After`` and throttle slots
+    return at once (async ones after yielding to the loop), like stamina's testing mode."""
+    with _installed(time.monotonic, _no_sleep, _checkpoint):
         yield
