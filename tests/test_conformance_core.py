@@ -765,3 +765,17 @@ def test_fallbacks_exhausted_error_is_an_exception_group(
     assert isinstance(error, ExceptionGroup)  # noqa: F821
     rest = error.derive([many_errors[0]])  # type: ignore[list-item]
     assert type(rest) is FallbacksExhaustedError
+
+
+def test_a_config_mapping_names_only_the_fields_it_must_match() -> None:
+    """SPEC §2: naming an existing breaker with no config fields at all reuses it as it is; a
+    mapping of fields is checked field by field (as the decorators' fields are)."""
+    registry = BreakerRegistry()
+    breaker = registry.get_or_create("x", CircuitBreakerConfig(failure_threshold=3))
+    assert registry.get_or_create("x", {}) is breaker
+    assert registry.get_or_create("x", {"failure_threshold": 3}) is breaker
+    with pytest.raises(ValueError, match="failure_threshold"):
+        registry.get_or_create("x", {"failure_threshold": 4})
+    with pytest.raises(TypeError, match="failure_threshold"):
+        registry.get_or_create("y", {"failureThreshold": 4})
+    assert registry.get_or_create("z", {"failure_threshold": 7}).config.failure_threshold == 7

@@ -383,6 +383,24 @@ def test_a_hint_that_opens_the_circuit_is_not_slept_on_by_the_sdk(provider: Prov
     assert breaker.state is CircuitState.OPEN
 
 
+def test_metrics_only_never_stops_the_sdk_s_own_retries(provider: Provider) -> None:
+    """In metrics-only mode (``enabled=False``) nothing is refused: an answer that would open
+    the circuit gets no ``x-should-retry: false``, and the SDK retries it as without us."""
+    import openai
+
+    breaker = BreakerRegistry().get_or_create(
+        "openai-metrics-only", CircuitBreakerConfig(reset_timeout=0.05, enabled=False)
+    )
+    # a hint past reset_timeout: enforced, this answer would open the circuit at once
+    for _ in range(2):
+        provider.then(answer(503, {"error": {"message": "down"}}, {"retry-after-ms": "100"}))
+    client = _openai(provider, breaker)
+    client = client.with_options(max_retries=1)
+    with pytest.raises(openai.InternalServerError):
+        _chat(client)
+    assert len(provider.requests) == 2  # the SDK's retry went out
+
+
 @pytest.mark.parametrize("driver", ["sync", "async"])
 def test_a_spend_limit_opens_the_circuit_naming_the_limit(provider: Provider, driver: str) -> None:
     """Anthropic's spend-limit 429 (a rate_limit_error by type) opens the circuit at once, not

@@ -132,9 +132,13 @@ class BreakerRegistry:
 
         Naming an existing breaker with a different ``config`` raises ``ValueError`` saying
         which fields differ; ``config=None`` reuses it as it is. ``config`` may be a mapping
-        of field names (an unknown one is a ``TypeError`` with a did-you-mean hint).
+        of field names (an unknown one is a ``TypeError`` with a did-you-mean hint): only the
+        fields it names must match an existing breaker's (an empty one reuses it as it is).
         """
         if config is not None and config.__class__ is not CircuitBreakerConfig:
+            if isinstance(config, Mapping):
+                fields = dict(config)
+                return self.get_or_create_with(name, fields, config=config_of(fields))
             config = config_of(config)
         if self._simple:  # the common case inline: creation is a hot path too
             lock = self._lock

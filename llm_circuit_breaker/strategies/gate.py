@@ -25,7 +25,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from types import CoroutineType, NoneType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from llm_circuit_breaker._core.throttle import Wait
@@ -69,8 +69,24 @@ SCALARS = PLAIN - {dict}
 def no_answer(result: object) -> bool:
     """Whether ``result`` is a completion that answers nothing (``results.non_answer``:
     empty, spent on reasoning, filtered, broken tool arguments): the breaker ignores it, a
-    non-answer being no outage (nor proof of health). The judge (and ``json``) is loaded by
-    the first result that is no scalar: ``import llm_circuit_breaker`` loads neither."""
+    non-answer being no outage (nor proof of health). Judged: a dict with a completion's
+    keys, an object of the openai or anthropic SDK; anything else is an answer without a
+    look. The judge (and ``json``) is loaded by the first completion: ``import
+    llm_circuit_breaker`` loads neither."""
+    cls = result.__class__
+    if cls is dict:  # a completion's dict has its choices, content blocks or output items
+        keys = cast("dict[str, object]", result)
+        if "choices" not in keys and "content" not in keys and "output" not in keys:
+            return False
+    else:  # an object: the openai and anthropic SDKs' alone (their classes, remembered)
+        judged = _JUDGED.get(cls)
+        if judged is None:
+            module = getattr(cls, "__module__", None)
+            judged = module.__class__ is str and module.partition(".")[0] in _SDKS
+            if len(_JUDGED) < _MAX_JUDGED:
+                _JUDGED[cls] = judged
+        if not judged:
+            return False
     judge = _judge_answer
     if judge is None:
         judge = _load_judge()
@@ -78,6 +94,9 @@ def no_answer(result: object) -> bool:
 
 
 _judge_answer: Callable[[object], object] | None = None
+_SDKS = frozenset({"openai", "anthropic"})
+_JUDGED: dict[type, bool] = {}  # whether a result class's objects are completions to judge
+_MAX_JUDGED = 1024
 
 
 def _load_judge() -> Callable[[object], object]:

@@ -204,7 +204,11 @@ class AsyncCircuitBreakerTransport(Transport):
         if response.status_code >= 400:
             report = attempt.answered(request, response, await aread_capped(response))
             await _tell(attempt, report)
-            if report is not None and report[1]["open_for"] is not None:
+            if (
+                report is not None
+                and report[1]["open_for"] is not None
+                and breaker.config.enabled  # metrics-only refuses nothing: the SDK may retry
+            ):
                 # It opened the circuit now (quota, billing, a long hint): the SDK's retry would
                 # sleep only to be refused. It raises the provider's own error at once instead.
                 response.headers["x-should-retry"] = "false"
