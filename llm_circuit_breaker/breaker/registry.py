@@ -137,8 +137,8 @@ class BreakerRegistry:
         """
         if config is not None and config.__class__ is not CircuitBreakerConfig:
             if isinstance(config, Mapping):
-                fields = dict(config)
-                return self.get_or_create_with(name, fields, config=config_of(fields))
+                named = dict(config)
+                return self.get_or_create_with(name, named, config=config_of(named))
             config = config_of(config)
         if self._simple:  # the common case inline: creation is a hot path too
             lock = self._lock
