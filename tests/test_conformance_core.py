@@ -779,3 +779,38 @@ def test_a_config_mapping_names_only_the_fields_it_must_match() -> None:
     with pytest.raises(TypeError, match="failure_threshold"):
         registry.get_or_create("y", {"failureThreshold": 4})
     assert registry.get_or_create("z", {"failure_threshold": 7}).config.failure_threshold == 7
+
+
+def test_a_returned_coroutine_never_awaited_gives_its_permit_back() -> None:
+    """A plain function that returns an SDK's coroutine holds its permit until the coroutine
+    is awaited; one never awaited (a task cancelled before it ran, a coroutine dropped) gives
+    it back once collected: no concurrency slot or probe held for good."""
+
+    async def sdk_create() -> str:
+        return "answer"
+
+    registry = BreakerRegistry()
+
+    @circuit_breaker("never-awaited", registry=registry, max_concurrent=1, throttle_max_wait=0)
+    def ask() -> Any:
+        return sdk_create()
+
+    async def main() -> str:
+        task = asyncio.ensure_future(ask())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        del task
+        for _ in range(3):  # the loop lets go of the cancelled task
+            await asyncio.sleep(0)
+        gc.collect()
+        return await ask()  # type: ignore[no-any-return]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the dropped coroutines' own warning
+        assert asyncio.run(main()) == "answer"
+        dropped = ask()
+        del dropped
+        gc.collect()
+        assert asyncio.run(ask()) == "answer"
+    assert registry.get("never-awaited").concurrency["in_flight"] == 0  # type: ignore[index]

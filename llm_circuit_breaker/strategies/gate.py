@@ -22,6 +22,7 @@ said nothing, what was said for one that failed or was closed early.
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from types import CoroutineType, NoneType
@@ -125,13 +126,29 @@ def guarded_later(result: object) -> bool:
 def guard_returned(result: Any, gate: Gate, permit: int, request: object = None) -> Any:
     """:func:`guard_stream`, or for a coroutine a coroutine that reports how it ended."""
     if result.__class__ is CoroutineType:
-        return _awaited(result, gate, permit, request)
+        started: list[bool] = []
+        guarded = _awaited(result, gate, permit, request, started)
+        # never awaited (a task cancelled before it ran, a coroutine dropped): the permit is
+        # given back when it is collected, as a dropped stream's is
+        weakref.finalize(guarded, _never_awaited, started, result, gate.breaker, permit)
+        return guarded
     return guard_stream(result, gate, permit, request)
 
 
-async def _awaited(awaitable: Any, gate: Gate, permit: int, request: object) -> Any:
+def _never_awaited(
+    started: list[bool], awaitable: Any, breaker: CircuitBreaker, permit: int
+) -> None:
+    if not started:
+        awaitable.close()  # the function's own coroutine: closed, no "never awaited" warning
+        breaker.dropped(permit)
+
+
+async def _awaited(
+    awaitable: Any, gate: Gate, permit: int, request: object, started: list[bool]
+) -> Any:
     """Await what a sync function returned, reporting to its breaker as a coroutine
     function's shell does (a stream it gives is guarded to its end)."""
+    started.append(True)
     try:
         result = await awaitable
     except BaseException as exc:
