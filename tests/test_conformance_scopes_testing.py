@@ -387,3 +387,42 @@ def test_a_scope_that_cannot_be_filled_is_raised_at_once_whatever_the_signature(
     with pytest.raises(TypeError, match=r"attr:\{model.name\}"):
         with_fallbacks(by_attribute, backup)("hi", "gpt-4o")
     assert reached == []
+
+
+def test_a_with_retry_inside_a_chain_target_still_waits_for_its_throttle() -> None:
+    """Only the target's own ``with_retry`` passes a throttle's refusal up to the chain: one
+    deeper inside the target (an embedding call made by the function) waits for its slot as
+    anywhere else, and the target answers."""
+    from llm_circuit_breaker import with_retry
+    from llm_circuit_breaker.errors import http_status_error
+    from llm_circuit_breaker.testing import frozen_time
+
+    rate_limited = http_status_error(
+        429, {"retry-after": "2"}, {"error": {"code": "rate_limit_exceeded"}}
+    )
+    with frozen_time(0.0) as clock:
+        registry = BreakerRegistry()
+        registry.configure("embed", throttle_max_wait=0)
+
+        @circuit_breaker("embed", registry=registry)
+        def hit() -> None:
+            raise rate_limited
+
+        with pytest.raises(type(rate_limited)):
+            hit()  # "embed" is paused for 2 s, and refuses rather than wait
+
+        @with_retry(max_retries=3)
+        @circuit_breaker("embed", registry=registry)
+        def embed() -> str:
+            return "embedded"
+
+        @with_retry(max_retries=3)
+        @circuit_breaker("primary", registry=registry)
+        def primary(prompt: str) -> str:
+            return f"primary {embed()}"
+
+        def backup(prompt: str) -> str:
+            return "backup"
+
+        assert with_fallbacks(primary, backup)("hi") == "primary embedded"
+        assert clock() >= 2.0  # the inner retry waited out the pause

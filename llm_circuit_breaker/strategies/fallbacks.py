@@ -54,7 +54,7 @@ Arguments = tuple[tuple[Any, ...], dict[str, Any]]  # a call's positional and ke
 
 # True while a chain waits for a target's first answer: a with_retry inside the target then
 # raises a throttle's refusal at once (the chain skips the target) instead of waiting the slot.
-IN_CHAIN: ContextVar[bool] = ContextVar("llm_circuit_breaker_in_chain", default=False)
+IN_CHAIN: ContextVar[object] = ContextVar("llm_circuit_breaker_in_chain", default=None)
 
 _SCOPE_SOURCE = scope.__file__  # where a scoped name that its arguments cannot fill is raised
 
@@ -298,9 +298,10 @@ def _sync_chain(chain: _Chain) -> Callable[..., Any]:
         if tracing.hook is not None and tracing.passing() is not call:
             return tracing.hook.call(call, None, args, kwargs)
         errors: list[Exception] = []
-        token = IN_CHAIN.set(True)
+        token = IN_CHAIN.set(None)
         try:
             for index, target in enumerate(chain.targets):
+                IN_CHAIN.set(target)  # this target's own with_retry skips a throttle
                 try:
                     result = target(*args, **kwargs)
                     if result.__class__ not in PLAIN and hasattr(result.__class__, "__next__"):
@@ -326,9 +327,10 @@ def _async_chain(chain: _Chain) -> Callable[..., Any]:
         if tracing.hook is not None and tracing.passing() is not call:
             return await tracing.hook.acall(call, None, args, kwargs)
         errors: list[Exception] = []
-        token = IN_CHAIN.set(True)
+        token = IN_CHAIN.set(None)
         try:
             for index, target in enumerate(chain.targets):
+                IN_CHAIN.set(target)  # this target's own with_retry skips a throttle
                 try:
                     result = await target(*args, **kwargs)
                     if hasattr(result, "__anext__"):  # fails over until its first item
@@ -356,7 +358,7 @@ def _gen_chain(chain: _Chain) -> Callable[..., Any]:
         errors: list[Exception] = []
         for index, target in enumerate(chain.targets):
             stream = target(*args, **kwargs)
-            token = IN_CHAIN.set(True)
+            token = IN_CHAIN.set(target)
             try:
                 first = next(stream, END)
             except Exception as exc:
@@ -383,7 +385,7 @@ def _async_gen_chain(chain: _Chain) -> Callable[..., Any]:
         errors: list[Exception] = []
         for index, target in enumerate(chain.targets):
             stream = target(*args, **kwargs)
-            token = IN_CHAIN.set(True)
+            token = IN_CHAIN.set(target)
             try:
                 first = await first_item(stream)
             except Exception as exc:

@@ -82,16 +82,16 @@ class _Loops:
             "reraise": True,
         }
 
-    def sync(self, started: float) -> Retrying:
+    def sync(self, started: float, skip_throttled: bool = False) -> Retrying:
         from tenacity import Retrying
 
-        stop = self.policy.stopper(self.policy.deadline_at(started))
+        stop = self.policy.stopper(self.policy.deadline_at(started), skip_throttled)
         return Retrying(sleep=self._sleep, stop=stop, **self._strategies)
 
-    def asynchronous(self, started: float) -> AsyncRetrying:
+    def asynchronous(self, started: float, skip_throttled: bool = False) -> AsyncRetrying:
         from tenacity import AsyncRetrying
 
-        stop = self.policy.stopper(self.policy.deadline_at(started))
+        stop = self.policy.stopper(self.policy.deadline_at(started), skip_throttled)
         return AsyncRetrying(sleep=self._async_sleep, stop=stop, **self._strategies)
 
 
@@ -243,8 +243,14 @@ _NEVER_ANSWERS = frozenset({str, bytes, int, float, bool, type(None)})
 
 
 def _sync_shell(
-    func: Callable[..., R], loops: _Loops, results: bool = True, traced: bool = True
+    func: Callable[..., R],
+    loops: _Loops,
+    results: bool = True,
+    traced: bool = True,
+    owner: list[object] | None = None,
 ) -> Callable[..., R]:
+    """``owner``: the wrapper a caller sees when this shell is a generator shell's start (a
+    ``with_fallbacks`` chain calls that one)."""
     policy = loops.policy
     timed = policy.config.deadline is not None
     check = policy.retry_on_result if results else None
@@ -271,7 +277,8 @@ def _sync_shell(
             sdk_retries.notice(exc)
             if not policy.should_retry(exc):
                 raise
-            return loops.sync(started)(_replaying(exc, judged), *args, **kwargs)
+            skip = _skipping_in_chain(wrapper if owner is None else owner[0])
+            return loops.sync(started, skip)(_replaying(exc, judged), *args, **kwargs)
 
     return wrapper
 
@@ -294,7 +301,11 @@ def _retried_coroutine(
 
 
 def _async_shell(
-    func: Callable[..., Awaitable[R]], loops: _Loops, results: bool = True, traced: bool = True
+    func: Callable[..., Awaitable[R]],
+    loops: _Loops,
+    results: bool = True,
+    traced: bool = True,
+    owner: list[object] | None = None,
 ) -> Callable[..., Awaitable[R]]:
     policy = loops.policy
     timed = policy.config.deadline is not None
@@ -318,7 +329,10 @@ def _async_shell(
             sdk_retries.notice(exc)
             if not policy.should_retry(exc):
                 raise
-            return await loops.asynchronous(started)(_areplaying(exc, judged), *args, **kwargs)
+            skip = _skipping_in_chain(wrapper if owner is None else owner[0])
+            return await loops.asynchronous(started, skip)(
+                _areplaying(exc, judged), *args, **kwargs
+            )
 
     return wrapper
 
@@ -378,7 +392,10 @@ def _gen_shell(
         except StopIteration:
             return stream, _EXHAUSTED
 
-    retried_start = _sync_shell(functools.wraps(func)(start), loops, results=False, traced=False)
+    owner: list[object] = []
+    retried_start = _sync_shell(
+        functools.wraps(func)(start), loops, results=False, traced=False, owner=owner
+    )
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
@@ -394,6 +411,7 @@ def _gen_shell(
         finally:
             stream.close()
 
+    owner.append(wrapper)
     return wrapper
 
 
@@ -407,7 +425,10 @@ def _async_gen_shell(
         except StopAsyncIteration:
             return stream, _EXHAUSTED
 
-    retried_start = _async_shell(functools.wraps(func)(start), loops, results=False, traced=False)
+    owner: list[object] = []
+    retried_start = _async_shell(
+        functools.wraps(func)(start), loops, results=False, traced=False, owner=owner
+    )
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -425,6 +446,7 @@ def _async_gen_shell(
         finally:
             await stream.aclose()
 
+    owner.append(wrapper)
     return wrapper
 
 
@@ -539,15 +561,18 @@ class RetryPolicy:
         """tenacity ``wait``: the hint or the (jittered) exponential backoff."""
         return self.delay(state.attempt_number, _error(state))
 
-    def stopper(self, deadline_at: float | None) -> Callable[[RetryCallState], bool]:
-        """tenacity ``stop`` for one call: attempts used up, or the next sleep ends too late."""
+    def stopper(
+        self, deadline_at: float | None, skip_throttled: bool = False
+    ) -> Callable[[RetryCallState], bool]:
+        """tenacity ``stop`` for one call: attempts used up, or the next sleep ends too late;
+        ``skip_throttled``: a throttle's refusal ends it (a ``with_fallbacks`` target)."""
 
         throttled = 0  # attempts refused by a throttle: waiting for a slot is not a retry
 
         def stop(state: RetryCallState) -> bool:
             nonlocal throttled
             if isinstance(_error(state), ThrottledError):
-                if _skipping_in_chain():
+                if skip_throttled:
                     return True  # a with_fallbacks chain skips a throttled target at once
                 throttled += 1
                 if throttled > _MAX_THROTTLE_WAITS:
@@ -652,11 +677,12 @@ def _raise_if_refused(breaker: Any, exc: BaseException) -> None:
 BUDGET_NOTE = "retry budget exhausted"
 
 
-def _skipping_in_chain() -> bool:
-    """Whether this call is a target of a ``with_fallbacks`` chain (which is then loaded),
-    so a throttle's refusal goes up to the chain instead of waiting for the slot."""
+def _skipping_in_chain(wrapper: object) -> bool:
+    """Whether ``wrapper`` is the target a ``with_fallbacks`` chain is calling (the chain is
+    then loaded), so a throttle's refusal goes up to the chain instead of waiting for the
+    slot; a ``with_retry`` deeper inside the target waits as anywhere else."""
     chain = sys.modules.get("llm_circuit_breaker.strategies.fallbacks")
-    return chain is not None and bool(chain.IN_CHAIN.get())
+    return chain is not None and chain.IN_CHAIN.get() is wrapper
 
 
 def _raise_if_unpaid(breaker: Any, exc: BaseException) -> None:
