@@ -15,7 +15,7 @@ import logging
 import pickle
 import sys
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from http import HTTPStatus
 from typing import Any, ClassVar
 from unittest.mock import AsyncMock, Mock
@@ -567,15 +567,14 @@ def test_an_error_whose_response_reads_its_body_asynchronously_leaves_no_corouti
 # -- section 1: the sliding window ----------------------------------------------------------
 
 
-def test_the_failure_rate_opens_once_minimum_calls_were_seen_whatever_the_last_outcome(
-    clock: FakeClock,
-) -> None:
-    """Three failures then a success: the fourth call reaches ``minimum_calls`` with a 75%
-    failure rate over the window, above the 50% threshold: the circuit opens."""
-    config = CircuitBreakerConfig(
-        failure_threshold=100, failure_rate_threshold=0.5, window=60.0, minimum_calls=4
-    )
-    breaker = CircuitBreaker("rate", config, clock=clock)
+# a failure rate over 50% of at least 4 calls in 60 s opens (consecutive failures never do)
+_RATE = CircuitBreakerConfig(
+    failure_threshold=100, failure_rate_threshold=0.5, window=60.0, minimum_calls=4
+)
+
+
+def _failing_when_asked(breaker: CircuitBreaker) -> Callable[[bool], str]:
+    """A call guarded by ``breaker`` that raises a 500 when asked to fail."""
 
     @circuit_breaker(breaker=breaker)
     def call(fail: bool) -> str:
@@ -583,6 +582,17 @@ def test_the_failure_rate_opens_once_minimum_calls_were_seen_whatever_the_last_o
             raise ServerError(500)
         return "ok"
 
+    return call
+
+
+def test_the_failure_rate_opens_once_minimum_calls_were_seen_whatever_the_last_outcome(
+    clock: FakeClock,
+) -> None:
+    """Three failures then a success: the fourth call reaches ``minimum_calls`` with a 75%
+    failure rate over the window, above the 50% threshold: the circuit opens."""
+    breaker = CircuitBreaker("rate", _RATE, clock=clock)
+
+    call = _failing_when_asked(breaker)
     for _ in range(3):
         with pytest.raises(ServerError):
             call(True)
@@ -595,17 +605,9 @@ def test_the_failure_rate_opens_once_minimum_calls_were_seen_whatever_the_last_o
 
 def test_a_success_under_the_rate_threshold_keeps_the_circuit_closed(clock: FakeClock) -> None:
     """A failure, then successes: 25% over four calls stays under the threshold."""
-    config = CircuitBreakerConfig(
-        failure_threshold=100, failure_rate_threshold=0.5, window=60.0, minimum_calls=4
-    )
-    breaker = CircuitBreaker("rate-low", config, clock=clock)
+    breaker = CircuitBreaker("rate-low", _RATE, clock=clock)
 
-    @circuit_breaker(breaker=breaker)
-    def call(fail: bool) -> str:
-        if fail:
-            raise ServerError(500)
-        return "ok"
-
+    call = _failing_when_asked(breaker)
     with pytest.raises(ServerError):
         call(True)
     for _ in range(5):
@@ -618,16 +620,13 @@ def test_a_success_that_reaches_minimum_calls_opens_in_every_store(
     where: str, clock: FakeClock, request: pytest.FixtureRequest
 ) -> None:
     """The Lua decides as the core does: F, F, F then S opens the circuit (75% of 4 calls)."""
-    config = CircuitBreakerConfig(
-        failure_threshold=100, failure_rate_threshold=0.5, window=60.0, minimum_calls=4
-    )
     store: Any = None
     if where == "memory":
         store = MemoryStateStore(clock=clock)
     elif where == "redis":
         client = request.getfixturevalue("redis_client")
         store = RedisStateStore(client, prefix="conformance", clock=clock)
-    breaker = CircuitBreaker(f"rate-{where}", config, clock=clock, store=store)
+    breaker = CircuitBreaker(f"rate-{where}", _RATE, clock=clock, store=store)
     for outcome in (Outcome.FAILURE, Outcome.FAILURE, Outcome.FAILURE):
         breaker.record(breaker.admit(), outcome)
     assert breaker.state is CircuitState.CLOSED

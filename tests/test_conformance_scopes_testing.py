@@ -256,29 +256,37 @@ def test_a_failover_log_record_names_the_filled_breaker_and_its_scope(
 # -- SPEC 11: "throttled beyond throttle_max_wait, is skipped without waiting or calling" ------
 
 
+def _paused(name: str, seconds: int, max_wait: float) -> BreakerRegistry:
+    """A registry whose breaker ``name`` waits at most ``max_wait`` s for its throttle, paused
+    for ``seconds`` by a rate-limited 429."""
+    from llm_circuit_breaker.errors import http_status_error
+
+    registry = BreakerRegistry()
+    registry.configure(name, throttle_max_wait=max_wait)
+    rate_limited = http_status_error(
+        429, {"retry-after": str(seconds)}, {"error": {"code": "rate_limit_exceeded"}}
+    )
+
+    @circuit_breaker(name, registry=registry)
+    def hit() -> None:
+        raise rate_limited
+
+    with pytest.raises(type(rate_limited)):
+        hit()
+    return registry
+
+
 @pytest.mark.parametrize("kind", ["sync", "async", "generator", "async generator"])
 async def test_a_retried_target_throttled_beyond_its_wait_is_skipped_at_once(kind: str) -> None:
     """With ``@with_retry`` on each target, as the guide recommends, a target whose throttle
     is paused past ``throttle_max_wait`` is skipped without a call and without the retry
     waiting out the pause (it waited 20 s, then called the target)."""
     from llm_circuit_breaker import with_retry
-    from llm_circuit_breaker.errors import http_status_error
     from llm_circuit_breaker.testing import frozen_time
 
     calls: list[str] = []
-    rate_limited = http_status_error(
-        429, {"retry-after": "20"}, {"error": {"code": "rate_limit_exceeded"}}
-    )
     with frozen_time(0.0) as clock:
-        registry = BreakerRegistry()
-        registry.configure("paused", throttle_max_wait=5)
-
-        @circuit_breaker("paused", registry=registry)
-        def hit() -> None:
-            raise rate_limited
-
-        with pytest.raises(type(rate_limited)):
-            hit()  # the throttle is paused for 20 s
+        registry = _paused("paused", seconds=20, max_wait=5)
         assert registry.get("paused").throttle["paused_for"] > 5
 
         def guard(func: Callable[..., Any]) -> Any:
@@ -394,22 +402,10 @@ def test_a_with_retry_inside_a_chain_target_still_waits_for_its_throttle() -> No
     deeper inside the target (an embedding call made by the function) waits for its slot as
     anywhere else, and the target answers."""
     from llm_circuit_breaker import with_retry
-    from llm_circuit_breaker.errors import http_status_error
     from llm_circuit_breaker.testing import frozen_time
 
-    rate_limited = http_status_error(
-        429, {"retry-after": "2"}, {"error": {"code": "rate_limit_exceeded"}}
-    )
     with frozen_time(0.0) as clock:
-        registry = BreakerRegistry()
-        registry.configure("embed", throttle_max_wait=0)
-
-        @circuit_breaker("embed", registry=registry)
-        def hit() -> None:
-            raise rate_limited
-
-        with pytest.raises(type(rate_limited)):
-            hit()  # "embed" is paused for 2 s, and refuses rather than wait
+        registry = _paused("embed", seconds=2, max_wait=0)  # refuses rather than wait
 
         @with_retry(max_retries=3)
         @circuit_breaker("embed", registry=registry)

@@ -18,6 +18,7 @@ import pytest
 import redis
 import redis.asyncio
 import valkey
+import valkey.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -117,15 +118,36 @@ def test_unknown_clients_are_refused() -> None:
 # -- a full pool is contention, not an outage -------------------------------------------
 
 
+def _small_pool(family: str, port: int) -> Any:
+    """A client of ``family`` whose pool holds 4 connections and that does not retry."""
+    if family == "valkey":  # valkey says "Too many connections" with a plain ConnectionError
+        return valkey.Valkey(connection_pool=valkey.ConnectionPool(port=port, max_connections=4))
+    pool = redis.ConnectionPool(port=port, max_connections=4)  # MaxConnectionsError beyond
+    return redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+
+
+def _small_async_pool(family: str, port: int) -> Any:
+    """The same with an asyncio client."""
+    if family == "valkey":
+        return valkey.asyncio.Valkey(
+            connection_pool=valkey.asyncio.ConnectionPool(port=port, max_connections=4)
+        )
+    return redis.asyncio.Redis(
+        connection_pool=redis.asyncio.ConnectionPool(port=port, max_connections=4)
+    )
+
+
+@pytest.mark.parametrize("family", ["redis", "valkey"])
 def test_two_hundred_threads_behind_a_small_pool_see_the_shared_open_circuit(
-    redis_server: RedisServer, redis_client: redis.Redis
+    redis_server: RedisServer, redis_client: redis.Redis, family: str
 ) -> None:
     """200 threads through one store whose pool holds 4 connections (redis-py raises
-    MaxConnectionsError beyond): every thread is refused by the circuit OPEN in Redis, and
-    no listener hears of an unavailable store."""
-    _trip(RedisStateStore(redis_client), "crowd")
-    pool = redis.ConnectionPool(port=redis_server.port, max_connections=4)
-    store = RedisStateStore(redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0)))
+    MaxConnectionsError beyond, valkey a plain ConnectionError): every thread is refused by
+    the circuit OPEN in Redis, the store never goes local, and no listener hears of an
+    unavailable store."""
+    _trip(RedisStateStore(redis_client, prefix=family), "crowd")
+    client = _small_pool(family, redis_server.port)
+    store = RedisStateStore(client, prefix=family)
     breaker = CircuitBreaker("crowd", TRIP, store=store)
     events: list[StateChange] = []
     breaker.add_listener(events.append)
@@ -148,16 +170,17 @@ def test_two_hundred_threads_behind_a_small_pool_see_the_shared_open_circuit(
     assert outcomes == ["refused"] * 200
     assert store.available
     assert events == []
+    client.connection_pool.disconnect()
 
 
+@pytest.mark.parametrize("family", ["redis", "valkey"])
 async def test_two_hundred_tasks_behind_a_small_pool_see_the_shared_open_circuit(
-    redis_server: RedisServer, redis_client: redis.Redis
+    redis_server: RedisServer, redis_client: redis.Redis, family: str
 ) -> None:
     """The same with 200 asyncio tasks and an asyncio client of 4 connections."""
-    _trip(RedisStateStore(redis_client), "tasks")
-    pool = redis.asyncio.ConnectionPool(port=redis_server.port, max_connections=4)
-    client = redis.asyncio.Redis(connection_pool=pool)
-    store = RedisStateStore(client)
+    _trip(RedisStateStore(redis_client, prefix=family), "tasks")
+    client = _small_async_pool(family, redis_server.port)
+    store = RedisStateStore(client, prefix=family)
     breaker = CircuitBreaker("tasks", TRIP, store=store)
     events: list[StateChange] = []
     breaker.add_listener(events.append)
@@ -173,7 +196,7 @@ async def test_two_hundred_tasks_behind_a_small_pool_see_the_shared_open_circuit
     assert outcomes == ["refused"] * 200
     assert store.available
     assert events == []
-    await pool.disconnect()
+    await client.aclose(close_connection_pool=True)
 
 
 _GREENLETS = """
