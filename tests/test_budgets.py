@@ -306,6 +306,28 @@ def test_a_spent_token_budget_refuses_without_calling_and_is_no_failure() -> Non
     assert calls == 3
 
 
+def test_a_token_budget_of_zero_refuses_every_call() -> None:
+    """``token_budget=0`` is a cap of nothing (a kill switch): the first call of every window
+    is refused too, never let through because nothing was spent yet."""
+    calls = 0
+
+    @circuit_breaker("off", registry=BreakerRegistry(), token_budget=0, token_budget_window=60)
+    def call() -> _Completion:
+        nonlocal calls
+        calls += 1
+        return _Completion(1)
+
+    with frozen_time(0.0) as clock:
+        for _ in range(3):
+            with pytest.raises(BudgetExceededError) as caught:
+                call()
+            assert (caught.value.spent, caught.value.limit) == (0.0, 0.0)
+            assert caught.value.retry_after == pytest.approx(60.0)
+            clock.advance(61.0)  # a new window changes nothing
+    assert calls == 0
+    assert call.breaker.stats.throttle_refusals["token_budget"] == 3
+
+
 def test_without_usage_the_request_s_estimate_is_counted() -> None:
     """A result without ``usage``: the call's keyword arguments are estimated like a request
     body (``max_tokens`` plus the prompt's length / 4)."""

@@ -248,7 +248,9 @@ class SpendCap:
     def refusal(self, now: float) -> float | None:
         """Seconds until calls are allowed again, or None while the budget has tokens left."""
         self._roll(now)
-        if self.spent < self.limit or self.started is None:
+        if self.started is None:  # nothing spent this window: only a cap of nothing refuses
+            return self.window if self.limit <= 0 else None
+        if self.spent < self.limit:
             return None
         return self.started + self.window - now
 
