@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import warnings
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -365,3 +366,42 @@ def test_conflicting_config_raises() -> None:
     with pytest.raises(ValueError, match=r"failure_threshold=3 \(it has 5\)"):
         circuit_breaker("p", registry=registry, failure_threshold=3)(lambda: None)
     circuit_breaker("p", registry=registry)(lambda: None)  # no fields: reused as it is
+
+
+@pytest.mark.parametrize("kind", ["function", "staticmethod", "classmethod"])
+def test_the_wrong_order_warning_points_at_the_decorating_line(kind: str) -> None:
+    """``@circuit_breaker`` outside ``@with_retry`` warns at the user's own line, above a
+    plain function, a staticmethod or a classmethod alike (not at a line of the library)."""
+    from llm_circuit_breaker import BreakerRegistry, with_retry
+
+    registry = BreakerRegistry()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        if kind == "function":
+
+            @circuit_breaker("order", registry=registry)
+            @with_retry(max_retries=1)
+            def call() -> int:
+                return 1
+
+        elif kind == "staticmethod":
+
+            class Holder:
+                @circuit_breaker("order", registry=registry)
+                @with_retry(max_retries=1)
+                @staticmethod
+                def call() -> int:
+                    return 1
+
+        else:
+
+            class Other:
+                @circuit_breaker("order", registry=registry)
+                @with_retry(max_retries=1)
+                @classmethod
+                def call(cls) -> int:
+                    return 1
+
+    ours = [w for w in seen if "outside @with_retry" in str(w.message)]
+    assert len(ours) == 1
+    assert ours[0].filename == __file__

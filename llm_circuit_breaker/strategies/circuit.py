@@ -273,12 +273,14 @@ def _shell(
 def warn_wrong_order(func: Callable[..., Any]) -> None:
     """Warn (once per decoration) that ``circuit_breaker`` is stacked outside ``with_retry``."""
     if getattr(func, RETRY_MARK, False):
+        from llm_circuit_breaker._validate import caller_stacklevel
+
         warnings.warn(
             f"@circuit_breaker is applied outside @with_retry on {func.__qualname__}: the "
             "breaker then sees one call per whole retry loop, and retries keep hitting a dead "
             "provider. Put @with_retry above @circuit_breaker",
             UserWarning,
-            stacklevel=3,
+            stacklevel=caller_stacklevel(),  # the decorating line, however it got here
         )
 
 
