@@ -95,6 +95,47 @@ def test_listing_covers_every_primary(flushed: RedisCluster) -> None:
     assert sorted(json.loads(out.getvalue())) == sorted(names)
 
 
+def test_a_silent_primary_leaves_out_only_its_own_circuits(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One primary of three stopped: the listing (sync and asyncio stores) holds the other
+    two's circuits and names the silent one; ``status`` prints them, warns on stderr and
+    exits with status 3 (it listed nothing, and said only that Redis could not be read)."""
+    own = RedisCluster()  # this test stops a node: a cluster of its own
+    own.start()
+    try:
+        store = RedisStateStore.from_url(own.url, prefix="part", cluster=True, timeout=0.5)
+        names = [f"c{i}" for i in range(60)]
+        for name in names:
+            CircuitBreaker(name, TRIP, store=store).admit()
+        client = store.client
+        where = {name: client.get_node_from_key(store.keys(name)[0]).name for name in names}
+        gone = own.servers[2]
+        silent = f"127.0.0.1:{gone.port}"
+        assert silent in where.values() and len(set(where.values())) == 3
+        kept = sorted(name for name, node in where.items() if node != silent)
+        gone.stop()
+
+        listing = store.circuits()
+        assert sorted(listing) == kept
+        assert getattr(listing, "unreachable", None) == (silent,)
+        astore = RedisStateStore(
+            redis.asyncio.cluster.RedisCluster.from_url(own.url, socket_timeout=0.5),
+            prefix="part",
+        )
+        alisting = astore.circuits()
+        assert sorted(alisting) == kept
+        assert getattr(alisting, "unreachable", None) == (silent,)
+
+        assert run_status(own.url, "part", as_json=True) == 3
+        printed = capsys.readouterr()
+        assert sorted(json.loads(printed.out)) == kept
+        assert silent in printed.err and "did not answer" in printed.err
+        client.close()
+    finally:
+        own.stop()
+
+
 def test_plain_client_on_a_cluster_node_is_refused(flushed: RedisCluster) -> None:
     """A redis.Redis connected to one node of a cluster is refused at construction, with an
     error that says to pass cluster=True."""

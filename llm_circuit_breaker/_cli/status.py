@@ -20,7 +20,8 @@ from llm_circuit_breaker._redact import shown as _shown
 
 
 def run_status(url: str, prefix: str, *, as_json: bool, out: TextIO | None = None) -> int:
-    """Print the circuits kept in Redis; exit status 2 (one line, no traceback) on failure."""
+    """Print the circuits kept in Redis; exit status 2 (one line, no traceback) on failure, 3
+    when some primaries of a Redis Cluster did not answer (the others' circuits printed)."""
     out = out or sys.stdout  # looked up now: the stream may have been replaced since import
     try:
         import redis
@@ -56,6 +57,15 @@ def run_status(url: str, prefix: str, *, as_json: bool, out: TextIO | None = Non
         print(json.dumps({name: _unix(view) for name, view in shown.items()}, indent=2), file=out)
     else:
         _table(shown, prefix, out)
+    silent = getattr(circuits, "unreachable", ())
+    if silent:  # what the others hold is listed; exit status 3: the listing is not whole
+        nodes = ", ".join(_printable(redact_text(node)) for node in silent)
+        print(
+            f"warning: {len(silent)} Redis Cluster primaries did not answer ({nodes}): "
+            "their circuits are not listed",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 

@@ -193,10 +193,45 @@ def _available(store: weakref.ref[RedisStateStore]) -> bool:
 
 
 class _Listing(dict[str, dict[str, Any]]):
-    """The circuits an asyncio store listed: a dict that may also be awaited."""
+    """The circuits a store listed, by name: a dict that may also be awaited (an asyncio
+    store's ``circuits()``), and that names the cluster primaries that did not answer."""
+
+    unreachable: tuple[str, ...] = ()  # ``host:port`` of each silent primary
 
     def __await__(self) -> Generator[Any, None, dict[str, dict[str, Any]]]:
         return _ready(self).__await__()
+
+
+class _Silent:
+    """The primaries a cluster listing could not read: the client's connection errors and
+    timeouts are noted per primary (the others are still listed), raised when every primary
+    failed (and at once for a single server)."""
+
+    def __init__(self, cluster: bool, exceptions: Any) -> None:
+        self.errors: tuple[type[BaseException], ...] = (
+            (exceptions.ConnectionError, exceptions.TimeoutError) if cluster else ()
+        )
+        self.nodes: list[str] = []
+        self.first: BaseException | None = None
+        self.node = ""  # the primary being read
+
+    def on(self, node: str) -> None:
+        """Note that ``node`` is read next."""
+        self.node = node
+
+    def add(self, exc: BaseException) -> None:
+        """The primary being read failed with ``exc``."""
+        self.nodes.append(self.node)
+        self.first = self.first or exc
+
+    def listing(self, found: dict[str, dict[str, Any]], servers: int) -> _Listing:
+        """The circuits found on ``servers`` servers, in name order; the first error when
+        none of them answered."""
+        if self.first is not None and len(self.nodes) >= servers:
+            raise self.first
+        listing = _Listing((name, found[name]) for name in sorted(found))
+        listing.unreachable = tuple(self.nodes)
+        return listing
 
 
 async def _ready(listing: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -749,13 +784,14 @@ class RedisStateStore:
 
     # -- listing (read-only, for the status command) ---------------------------------------
 
-    def _primaries(self) -> list[Any]:
-        """A client for each server holding circuits: every primary of a cluster."""
+    def _primaries(self) -> list[tuple[str, Any]]:
+        """A client for each server holding circuits, by its ``host:port``: every primary of
+        a cluster."""
         if not self.is_cluster:
-            return [self.client]
+            return [("", self.client)]
         client = self.client
         connection = getattr(client, "get_redis_connection", None) or client.get_valkey_connection
-        return [connection(node) for node in client.get_primaries()]
+        return [(node.name, connection(node)) for node in client.get_primaries()]
 
     def circuits(self) -> dict[str, dict[str, Any]]:
         """Every circuit under this prefix: name -> {state, failure_count, success_count,
@@ -764,21 +800,32 @@ class RedisStateStore:
         scanned and read by one script call (one reply to parse); a server refusing such
         scripts is read a pipelined round trip per page. An asyncio store lists through a copy
         of its client on an event loop of its own (the listing may also be awaited; see
-        :meth:`acircuits`)."""
+        :meth:`acircuits`).
+
+        A cluster primary that does not answer leaves its circuits out: the listing holds the
+        others', and its ``unreachable`` attribute names the silent primaries (``host:port``;
+        empty when every one answered). The error is raised when none answers."""
         if self.is_async:
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                return _Listing(pool.submit(asyncio.run, self._alist_apart()).result())
-        servers = self._primaries()
-        seconds, micros = servers[0].time()
-        now = seconds + micros / 1_000_000
+                return pool.submit(asyncio.run, self._alist_apart()).result()
         found: dict[str, dict[str, Any]] = {}
         pattern = circuit_keys(self.prefix)
         # identical fields give identical views at one `now`: most circuits are quiet CLOSED
         seen: dict[bytes, dict[str, Any] | None] = {}
-        for server in servers:
-            if not self._scan_in_scripts(server, pattern, now, found, seen):
-                self._scan_pages(server, pattern, now, found)
-        return {name: found[name] for name in sorted(found)}
+        now: float | None = None
+        silent = _Silent(self.is_cluster, self._exceptions)
+        servers = self._primaries()
+        for node, server in servers:
+            silent.on(node)
+            try:
+                if now is None:  # one clock for the whole listing: the first that answers
+                    seconds, micros = server.time()
+                    now = seconds + micros / 1_000_000
+                if not self._scan_in_scripts(server, pattern, now, found, seen):
+                    self._scan_pages(server, pattern, now, found)
+            except silent.errors as exc:
+                silent.add(exc)
+        return silent.listing(found, len(servers))
 
     async def acircuits(self) -> dict[str, dict[str, Any]]:
         """:meth:`circuits` of an asyncio store, through the running loop's client."""
@@ -796,7 +843,7 @@ class RedisStateStore:
             elif self.is_cluster:  # its connections belong to this loop: reopened on next use
                 await client.aclose()
 
-    async def _alist(self, client: Any) -> dict[str, dict[str, Any]]:
+    async def _alist(self, client: Any) -> _Listing:
         if self.is_cluster:
             nodes: list[Any] = list(client.get_primaries()) or [None]
             if nodes == [None]:  # not initialised yet: the first command finds the nodes
@@ -810,28 +857,47 @@ class RedisStateStore:
                 return await client.execute_command(*args)
             return await client.execute_command(*args, target_nodes=node)
 
-        seconds, micros = (float(x) for x in await run(nodes[0], "TIME"))
-        now = seconds + micros / 1_000_000
         found: dict[str, dict[str, Any]] = {}
         pattern = circuit_keys(self.prefix)
         seen: dict[bytes, dict[str, Any] | None] = {}
+        now: float | None = None
+        silent = _Silent(self.is_cluster, self._exceptions)
         for node in nodes:
-            cursor: Any = 0
-            while True:
-                try:
-                    cursor, blob = await run(node, "EVAL", _SCAN_SCRIPT, 0, cursor, pattern, _PAGE)
-                except self._exceptions.ResponseError:  # no scripts: a HMGET per key
-                    cursor, page = await run(node, "SCAN", cursor, "MATCH", pattern, "COUNT", _PAGE)
-                    for key in page:
-                        got = await run(node, "HMGET", key, *LISTED_FIELDS)
-                        listed = circuit_fields([plain(f) for f in got], now)
-                        if listed is not None:
-                            found[name_of_key(text(key), self.prefix)] = listed
-                else:
-                    self._take_page(blob, now, found, seen)
-                if int(cursor) == 0:
-                    break
-        return {name: found[name] for name in sorted(found)}
+            silent.on("" if node is None else node.name)
+            try:
+                if now is None:  # one clock for the whole listing: the first that answers
+                    seconds, micros = (float(x) for x in await run(node, "TIME"))
+                    now = seconds + micros / 1_000_000
+                await self._alist_node(run, node, pattern, now, found, seen)
+            except silent.errors as exc:
+                silent.add(exc)
+        return silent.listing(found, len(nodes))
+
+    async def _alist_node(
+        self,
+        run: Callable[..., Awaitable[Any]],
+        node: Any,
+        pattern: str,
+        now: float,
+        found: dict[str, dict[str, Any]],
+        seen: dict[bytes, dict[str, Any] | None],
+    ) -> None:
+        """List one server's circuits into ``found`` (see :meth:`circuits`)."""
+        cursor: Any = 0
+        while True:
+            try:
+                cursor, blob = await run(node, "EVAL", _SCAN_SCRIPT, 0, cursor, pattern, _PAGE)
+            except self._exceptions.ResponseError:  # no scripts: a HMGET per key
+                cursor, page = await run(node, "SCAN", cursor, "MATCH", pattern, "COUNT", _PAGE)
+                for key in page:
+                    got = await run(node, "HMGET", key, *LISTED_FIELDS)
+                    listed = circuit_fields([plain(f) for f in got], now)
+                    if listed is not None:
+                        found[name_of_key(text(key), self.prefix)] = listed
+            else:
+                self._take_page(blob, now, found, seen)
+            if int(cursor) == 0:
+                return
 
     def _take_page(
         self,
