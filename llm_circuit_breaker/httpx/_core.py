@@ -35,6 +35,7 @@ from llm_circuit_breaker.http._common import Inflate
 from llm_circuit_breaker.httpx._watch import Watch, watch_for
 
 __all__ = [
+    "MAX_JUDGED_BODY",
     "UNREAD",
     "Attempt",
     "Body",
@@ -50,6 +51,7 @@ __all__ = [
     "library",
     "read_capped",
     "retry_count",
+    "unanswered",
 ]
 
 # What to tell a breaker about an attempt: ``record(permit, outcome, **details)``.
@@ -436,6 +438,7 @@ class Body:
         self._request = request
         self._first = first
         self._failure: BaseException | None = None  # the provider's error frame, if one came
+        self._headers: Any = None  # the response's, to judge a JSON body at its end
 
 
 class Transport:
@@ -553,7 +556,8 @@ class Attempt:
         whole = watch is not None and watch.complete
         if whole:
             self.charge()
-        return (Outcome.SUCCESS if whole else Outcome.IGNORED), {}
+        answered = whole and not watch.unanswered()  # type: ignore[union-attr]
+        return (Outcome.SUCCESS if answered else Outcome.IGNORED), {}
 
 
 _CAPS = tuple(
@@ -579,6 +583,72 @@ def _cap_in(content: bytes) -> float | None:
             return None  # not a number (an object of a schema, null ...): parsed to be sure
         return float(number.group(1))
     return 0.0
+
+
+MAX_JUDGED_BODY = 1024 * 1024  # a success body judged for a non-answer: larger ones are not
+_JSON_STARTS = frozenset(b"{[ \t\r\n")
+# A completion that says something: text right at its start (``"content": "Hi``; a content
+# block's or a Responses part's ``"text": "Hi``), pretty-printed or not.
+_SPOKEN = re.compile(rb'"content"\s*:\s*"[^\s"\\]')
+_WRITTEN = re.compile(rb'"text"\s*:\s*"[^\s"\\]')
+# Finish / stop reasons of an answer that ended as it should (any other is looked at).
+_FINISHED = tuple(
+    f'{colon}"{reason}"'.encode()
+    for reason in ("stop", "end_turn", "stop_sequence", "tool_calls", "tool_use", "pause_turn")
+    for colon in (":", ": ")
+)
+
+
+def unanswered(chunks: list[bytes], headers: Any) -> bool:
+    """Whether a 2xx body (``chunks``, at most 1 MiB) is a completion that answers nothing
+    (``results.non_answer``: empty, spent on reasoning, filtered, broken tool arguments).
+
+    A few byte searches first: a completion with text at its start, a finish reason of a
+    whole answer and no tool-call arguments is an answer without a parse (the common case);
+    a body that may be none is parsed when it is JSON (its content type) and judged. A
+    compressed body (gzip, deflate) is decoded first, within the same 1 MiB."""
+    body: bytes | None = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if not body:
+        return False
+    if body[0] not in _JSON_STARTS:  # not JSON as it came: compressed, or no JSON at all
+        body = _decoded(body, headers)
+        if not body:
+            return False
+    find = body.find
+    if _SPOKEN.search(body) is not None or _WRITTEN.search(body) is not None:
+        reason = find(b'reason"')
+        whole = reason < 0 or body.startswith(_FINISHED, reason + 7)
+        if whole and find(b'"arguments"') < 0:
+            return False  # text, a whole answer, no tool call to check
+    elif find(b'"choices"') < 0 and find(b'"content"') < 0 and find(b'"output"') < 0:
+        return False  # no completion: an embedding, a list of models ...
+    kind = (_joined(_lowered(headers), b"content-type") or "").partition(";")[0].strip().lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        return False
+    from llm_circuit_breaker._judge.results import non_answer
+
+    parsed = parse_json(body)
+    return parsed.__class__ is dict and non_answer(parsed) is not None
+
+
+def _decoded(body: bytes, headers: Any) -> bytes | None:
+    """``body`` decoded from its gzip or deflate content-encoding (None for another encoding,
+    a broken one, or more than 1 MiB decoded)."""
+    encoding = (_joined(_lowered(headers), b"content-encoding") or "").strip().lower()
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return None
+    pieces: list[bytes] = []
+    size = 0
+    try:
+        inflate = Inflate(encoding)
+        for piece in inflate.feed(body):
+            size += len(piece)
+            if size > MAX_JUDGED_BODY:
+                return None
+            pieces.append(piece)
+    except zlib.error:
+        return None
+    return b"".join(pieces)
 
 
 def _content(request: Any) -> bytes | None:

@@ -15,7 +15,7 @@ __all__ = ["Watch", "watch_for"]
 
 class Watch:
     """Reads an SSE body as it passes: error frames, whether content has come (the first
-    token), and whether the final event came.
+    token), whether the final event came, and whether the answer was none.
 
     The SDK parses every event anyway, so the watch parses only those that can matter: the
     events up to the first with content, a possible error, and a possible final one (found by
@@ -110,8 +110,8 @@ class Watch:
             and find(b"message_stop") < 0
             and find(b"response.") < 0
             and find(b"[DONE]") < 0
-            and find(b'"finish_reason":"') < 0
-            and find(b'"finish_reason": "') < 0
+            and find(b'_reason":"') < 0  # a finish or stop reason
+            and find(b'_reason": "') < 0
             and not (self.metered and find(b'"usage"') >= 0)
         )
 
@@ -205,6 +205,11 @@ class Watch:
         """Whether the provider's final event has passed (the SDK may stop reading there)."""
         return self._checker.ended
 
+    def unanswered(self) -> bool:
+        """Whether the stream, ended, answered nothing: no text nor tool call (nor reasoning)
+        came, or its finish reason is a content filter's (``StreamChecker.non_answer``)."""
+        return self._checker.non_answer(self.content) is not None
+
     def truncated(self) -> bool:
         """At the end of the body: whether the provider's final event never came."""
         if self._inflate is not None and not self._inflate.complete:
@@ -237,8 +242,8 @@ _NOTABLE_DATA = (
     b"message_stop",
     b"response.completed",
     b"response.incomplete",
-    b'"finish_reason":"',
-    b'"finish_reason": "',
+    b'_reason":"',  # a chat chunk's finish reason, an Anthropic message_delta's stop reason
+    b'_reason": "',
 )
 
 
