@@ -14,6 +14,8 @@ import httpx
 import httpx2
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llm_circuit_breaker import BreakerRegistry, CircuitState, LLMCircuitBreaker
 from llm_circuit_breaker.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport
@@ -241,8 +243,29 @@ def _refused_message_stream() -> Reply:
     return Reply(events=[e.replace('"end_turn"', '"refusal"') for e in text])
 
 
+def _tool_stream() -> Reply:
+    head = {"id": "c", "object": "chat.completion.chunk", "model": "m"}
+    call = {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "f", "arguments": "{}"},
+    }
+    return Reply(
+        events=[
+            _sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None,
+                                       "tool_calls": [call]}, "finish_reason": None}]}),
+            _sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+            _sse("[DONE]"),
+        ]
+    )  # fmt: skip
+
+
 STREAMS = {
     "answer": (lambda: Reply.chat("Hello there", stream=True), True),
+    "tool call": (_tool_stream, True),
+    "anthropic answer": (lambda: Reply.messages("Hi", stream=True), True),
+    "anthropic empty": (lambda: Reply.messages("", stream=True), False),
     "empty": (lambda: _empty_chat_stream("stop"), False),
     "length empty": (lambda: _empty_chat_stream("length"), False),
     "content filter": (_filtered_chat_stream, False),
@@ -283,6 +306,33 @@ def test_transport_judges_anthropic_streams(llm_server: FakeLLMServer) -> None:
             texts.append("".join(stream.text_stream))
     assert texts == ["Hello", "", "I"]
     assert _counts(registry) == (1, 0, 2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=400) | st.sampled_from(list(CHAT)))
+def test_any_body_is_judged_without_a_crash(body: bytes | str) -> None:
+    """Hostile bodies (random bytes, the cases above cut anywhere): a verdict, never an
+    error."""
+    from llm_circuit_breaker.httpx._core import unanswered
+
+    if isinstance(body, str):
+        reply = CHAT[body][0]
+        whole = b"".join(reply.chunks) if reply.chunks is not None else json.dumps(reply.json)
+        body = whole[: len(whole) // 3] if isinstance(whole, bytes) else whole.encode()[:50]
+    for encoding in ("", "gzip", "br"):
+        headers = httpx.Headers({"content-type": "application/json", "content-encoding": encoding})
+        assert unanswered([body], headers) in (True, False)
+
+
+def test_hostile_bodies_are_judged_in_one_pass() -> None:
+    """A MiB of near misses (a key, then a long run of spaces that ends in no value) is read
+    in linear time: the searches cannot backtrack over it again and again."""
+    from llm_circuit_breaker.httpx._core import unanswered
+
+    headers = httpx.Headers({"content-type": "application/json"})
+    for unit in (b'"content" ', b'"text":', b'"content"' + b" " * 5000, b'reason":"'):
+        body = b"{" + unit * ((1024 * 1024 - 2) // len(unit)) + b"}"
+        assert unanswered([body], headers) in (True, False)
 
 
 # -- the HTTP helpers --------------------------------------------------------------------------

@@ -549,15 +549,14 @@ class Attempt:
         return self.failed(error)
 
     def closed(self, watch: Watch | None) -> Report | None:
-        """The report of a body closed by its reader: a success if its final event had come,
-        else neither (the caller stopped reading)."""
+        """The report of a body closed by its reader: a success if its final event had come
+        (and it answered), else neither (the caller stopped reading)."""
         if not self.settle():
             return None
-        whole = watch is not None and watch.complete
-        if whole:
-            self.charge()
-        answered = whole and not watch.unanswered()  # type: ignore[union-attr]
-        return (Outcome.SUCCESS if answered else Outcome.IGNORED), {}
+        if watch is None or not watch.complete:
+            return Outcome.IGNORED, {}
+        self.charge()
+        return (Outcome.IGNORED if watch.unanswered() else Outcome.SUCCESS), {}
 
 
 _CAPS = tuple(
@@ -587,11 +586,12 @@ def _cap_in(content: bytes) -> float | None:
 
 MAX_JUDGED_BODY = 1024 * 1024  # a success body judged for a non-answer: larger ones are not
 _JSON_STARTS = frozenset(b"{[ \t\r\n")
-# A completion that says something: text right at its start (``"content": "Hi``; a content
-# block's or a Responses part's ``"text": "Hi``), pretty-printed or not.
-_SPOKEN = re.compile(rb'"content"\s*:\s*"[^\s"\\]')
-_WRITTEN = re.compile(rb'"text"\s*:\s*"[^\s"\\]')
-# Finish / stop reasons of an answer that ended as it should (any other is looked at).
+# A chat completion that answers, as most do: text at its content's start, a finish reason of
+# a whole answer (pretty-printed or not). Two searches with a literal prefix each: fast scans.
+_SPOKEN = re.compile(rb'"content"\s*:\s*"[^\s"\\]').search
+_ENDED = re.compile(rb'_reason"\s*:\s*"(?:stop|end_turn|stop_sequence)"').search
+# Text at a content block's or a Responses part's start; the finish reasons of a whole answer.
+_WRITTEN = re.compile(rb'"text"\s*:\s*"[^\s"\\]').search
 _FINISHED = tuple(
     f'{colon}"{reason}"'.encode()
     for reason in ("stop", "end_turn", "stop_sequence", "tool_calls", "tool_use", "pause_turn")
@@ -603,11 +603,24 @@ def unanswered(chunks: list[bytes], headers: Any) -> bool:
     """Whether a 2xx body (``chunks``, at most 1 MiB) is a completion that answers nothing
     (``results.non_answer``: empty, spent on reasoning, filtered, broken tool arguments).
 
-    A few byte searches first: a completion with text at its start, a finish reason of a
-    whole answer and no tool-call arguments is an answer without a parse (the common case);
-    a body that may be none is parsed when it is JSON (its content type) and judged. A
-    compressed body (gzip, deflate) is decoded first, within the same 1 MiB."""
-    body: bytes | None = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    Byte searches first: a chat completion with text at its start and a finish reason of a
+    whole answer (``stop``) is an answer without a parse (the common case, two searches);
+    other bodies are looked at more closely (:func:`_unanswered`), and only one that may be no
+    answer is parsed and judged. Never raises."""
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    try:
+        if _SPOKEN(body) is not None and _ENDED(body) is not None:
+            return False
+        return _unanswered(body, headers)
+    except Exception:  # headers of a shape of their own ...: no verdict
+        return False
+
+
+def _unanswered(body: bytes | None, headers: Any) -> bool:
+    """:func:`unanswered` past its first look: a compressed body (gzip, deflate) is decoded
+    (within the same 1 MiB); a completion with text, a finish reason of a whole answer (or
+    none: a Responses answer) and no tool-call arguments is an answer; a body with no
+    completion's keys is none; the rest is parsed when it is JSON (its content type)."""
     if not body:
         return False
     if body[0] not in _JSON_STARTS:  # not JSON as it came: compressed, or no JSON at all
@@ -615,13 +628,19 @@ def unanswered(chunks: list[bytes], headers: Any) -> bool:
         if not body:
             return False
     find = body.find
-    if _SPOKEN.search(body) is not None or _WRITTEN.search(body) is not None:
+    if _SPOKEN(body) is not None or _WRITTEN(body) is not None:
         reason = find(b'reason"')
         whole = reason < 0 or body.startswith(_FINISHED, reason + 7)
         if whole and find(b'"arguments"') < 0:
             return False  # text, a whole answer, no tool call to check
     elif find(b'"choices"') < 0 and find(b'"content"') < 0 and find(b'"output"') < 0:
         return False  # no completion: an embedding, a list of models ...
+    return _judged(body, headers)
+
+
+def _judged(body: bytes, headers: Any) -> bool:
+    """Whether ``body``, when it is JSON (its content type), is a completion that answers
+    nothing."""
     kind = (_joined(_lowered(headers), b"content-type") or "").partition(";")[0].strip().lower()
     if kind != "application/json" and not kind.endswith("+json"):
         return False
