@@ -99,19 +99,19 @@ class Watch:
         return self._cut(chunk)
 
     def _dull(self, events: bytes) -> bool:
-        """Whether whole ``events`` hold nothing to read: no error, no final event or finish
-        reason (nor anything named so), no usage to meter. A few substring searches; they are
+        """Whether whole ``events`` hold nothing to read: no error, no final event, finish or
+        stop reason (nor anything named so), no usage to meter. A few substring searches; they are
         then not cut into lines at all. (``find``, not ``in``: ``bytes.__contains__`` first
         tries its argument as an integer and clears the error, ~0.1 us a test.)"""
         find = events.find
         return (
             len(events) <= _MAX_EVENT
             and find(b"error") < 0
-            and find(b"message_stop") < 0
+            and find(b"message_") < 0  # Anthropic's message_delta (its stop reason), _stop
             and find(b"response.") < 0
             and find(b"[DONE]") < 0
-            and find(b'_reason":"') < 0  # a finish or stop reason
-            and find(b'_reason": "') < 0
+            and find(b'"finish_reason":"') < 0
+            and find(b'"finish_reason": "') < 0
             and not (self.metered and find(b'"usage"') >= 0)
         )
 
@@ -234,16 +234,24 @@ class _Event:
 _MAX_EVENT = 8 * 1024 * 1024
 # Events worth parsing: errors, and the final events of each provider's streams.
 _NOTABLE_EVENTS = frozenset(
-    {"error", "response.failed", "message_stop", "response.completed", "response.incomplete"}
+    {
+        "error",
+        "response.failed",
+        "message_delta",  # its stop reason
+        "message_stop",
+        "response.completed",
+        "response.incomplete",
+    }
 )
 _NOTABLE_DATA = (
     b'"error"',
     b"response.failed",
     b"message_stop",
+    b'"message_delta"',  # its stop reason (a proxy may drop the event names)
     b"response.completed",
     b"response.incomplete",
-    b'_reason":"',  # a chat chunk's finish reason, an Anthropic message_delta's stop reason
-    b'_reason": "',
+    b'"finish_reason":"',
+    b'"finish_reason": "',
 )
 
 
