@@ -279,12 +279,13 @@ def test_transport_judges_a_stream(llm_server: FakeLLMServer, case: str) -> None
     """An SSE answer through the transport: every event reaches the SDK; one that answered
     nothing by its end (or was filtered) is ignored."""
     make, answer = STREAMS[case]
-    llm_server.script(make())
+    reply = make()
+    llm_server.script(reply)
     registry = BreakerRegistry()
     client = httpx.Client(transport=CircuitBreakerTransport("llm", registry=registry))
     with client.stream("POST", llm_server.url + "/v1/chat/completions", json={}) as response:
         body = response.read()
-    assert body.decode() == "".join(make().events or [])
+    assert body.decode() == "".join(reply.events or [])
     assert _counts(registry) == ((1, 0, 0) if answer else (0, 0, 1))
 
 

@@ -604,38 +604,33 @@ def unanswered(chunks: list[bytes], headers: Any) -> bool:
     (``results.non_answer``: empty, spent on reasoning, filtered, broken tool arguments).
 
     Byte searches first: a chat completion with text at its start and a finish reason of a
-    whole answer (``stop``) is an answer without a parse (the common case, two searches);
-    other bodies are looked at more closely (:func:`_unanswered`), and only one that may be no
-    answer is parsed and judged. Never raises."""
+    whole answer (``stop``) is an answer without a parse (the common case, two searches). Past
+    that, a compressed body (gzip, deflate) is decoded (within the same 1 MiB); a completion
+    with text, a finish reason of a whole answer (or none: a Responses answer) and no
+    tool-call arguments is an answer; a body with no completion's keys is none; the rest is
+    parsed when it is JSON (its content type) and judged. Never raises."""
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     try:
         if _SPOKEN(body) is not None and _ENDED(body) is not None:
             return False
-        return _unanswered(body, headers)
-    except Exception:  # headers of a shape of their own ...: no verdict
-        return False
-
-
-def _unanswered(body: bytes | None, headers: Any) -> bool:
-    """:func:`unanswered` past its first look: a compressed body (gzip, deflate) is decoded
-    (within the same 1 MiB); a completion with text, a finish reason of a whole answer (or
-    none: a Responses answer) and no tool-call arguments is an answer; a body with no
-    completion's keys is none; the rest is parsed when it is JSON (its content type)."""
-    if not body:
-        return False
-    if body[0] not in _JSON_STARTS:  # not JSON as it came: compressed, or no JSON at all
-        body = _decoded(body, headers)
         if not body:
             return False
-    find = body.find
-    if _SPOKEN(body) is not None or _WRITTEN(body) is not None:
-        reason = find(b'reason"')
-        whole = reason < 0 or body.startswith(_FINISHED, reason + 7)
-        if whole and find(b'"arguments"') < 0:
-            return False  # text, a whole answer, no tool call to check
-    elif find(b'"choices"') < 0 and find(b'"content"') < 0 and find(b'"output"') < 0:
-        return False  # no completion: an embedding, a list of models ...
-    return _judged(body, headers)
+        if body[0] not in _JSON_STARTS:  # not JSON as it came: compressed, or no JSON at all
+            decoded = _decoded(body, headers)
+            if not decoded:
+                return False
+            body = decoded
+        find = body.find
+        if _SPOKEN(body) is not None or _WRITTEN(body) is not None:
+            reason = find(b'reason"')
+            whole = reason < 0 or body.startswith(_FINISHED, reason + 7)
+            if whole and find(b'"arguments"') < 0:
+                return False  # text, a whole answer, no tool call to check
+        elif find(b'"choices"') < 0 and find(b'"content"') < 0 and find(b'"output"') < 0:
+            return False  # no completion: an embedding, a list of models ...
+        return _judged(body, headers)
+    except Exception:  # headers of a shape of their own ...: no verdict
+        return False
 
 
 def _judged(body: bytes, headers: Any) -> bool:
