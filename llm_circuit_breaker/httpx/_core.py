@@ -586,10 +586,9 @@ def _cap_in(content: bytes) -> float | None:
 
 MAX_JUDGED_BODY = 1024 * 1024  # a success body judged for a non-answer: larger ones are not
 _JSON_STARTS = frozenset(b"{[ \t\r\n")
-# A chat completion that answers, as most do: text at its content's start, a finish reason of
-# a whole answer (pretty-printed or not). Two searches with a literal prefix each: fast scans.
+# A chat completion that answers, as most do: text at its content's start (pretty-printed or
+# not), then a finish reason "stop" (``bytes.find``: faster than a pattern's scan).
 _SPOKEN = re.compile(rb'"content"\s*:\s*"[^\s"\\]').search
-_ENDED = re.compile(rb'_reason"\s*:\s*"(?:stop|end_turn|stop_sequence)"').search
 # Text at a content block's or a Responses part's start; the finish reasons of a whole answer.
 _WRITTEN = re.compile(rb'"text"\s*:\s*"[^\s"\\]').search
 _FINISHED = tuple(
@@ -603,15 +602,17 @@ def unanswered(chunks: list[bytes], headers: Any) -> bool:
     """Whether a 2xx body (``chunks``, at most 1 MiB) is a completion that answers nothing
     (``results.non_answer``: empty, spent on reasoning, filtered, broken tool arguments).
 
-    Byte searches first: a chat completion with text at its start and a finish reason of a
-    whole answer (``stop``) is an answer without a parse (the common case, two searches). Past
+    Byte searches first: a chat completion with text at its start and the finish reason
+    ``stop`` is an answer without a parse (the common case, two or three searches). Past
     that, a compressed body (gzip, deflate) is decoded (within the same 1 MiB); a completion
     with text, a finish reason of a whole answer (or none: a Responses answer) and no
     tool-call arguments is an answer; a body with no completion's keys is none; the rest is
     parsed when it is JSON (its content type) and judged. Never raises."""
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     try:
-        if _SPOKEN(body) is not None and _ENDED(body) is not None:
+        if _SPOKEN(body) is not None and (
+            body.find(b'_reason": "stop"') >= 0 or body.find(b'_reason":"stop"') >= 0
+        ):
             return False
         if not body:
             return False
