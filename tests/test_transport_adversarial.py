@@ -664,7 +664,8 @@ class _OwnRequest(httpx.Request):
 async def test_request_and_response_subclasses_are_guarded(status: int, kind: str) -> None:
     """The library a message belongs to is found through its class's bases: no
     AttributeError for a subclass defined elsewhere (this module has no ``SyncByteStream``)."""
-    body = b'data: {"object": "chat.completion.chunk", "choices": []}\n\ndata: [DONE]\n\n'
+    chunk = b'{"object": "chat.completion.chunk", "choices": [{"delta": {"content": "hi"}}]}'
+    body = b"data: " + chunk + b"\n\ndata: [DONE]\n\n"  # an answer (one with none is ignored)
 
     def handler(request: httpx.Request) -> httpx.Response:
         headers = {"content-type": kind}

@@ -27,6 +27,7 @@ from llm_circuit_breaker.http._sse import (
     EventReader,
     SSEEvent,
     is_json,
+    judge_whole,
     parse_answer,
     whole_answer,
 )
@@ -173,8 +174,10 @@ class AsyncTransport:
                 with _translated(request):
                     async for chunk in response.content.iter_chunked(65536):
                         limit.add(chunk)
-                for event in whole_answer(request, limit.body()):
+                whole = whole_answer(request, limit.body())
+                for event in whole:
                     yield event
+                judge_whole(whole)  # a non-answer: the breaker ignores it
                 return
             reader = EventReader(request)
             with _translated(request):
@@ -182,11 +185,13 @@ class AsyncTransport:
                     for event in reader.feed(chunk):
                         yield event
                     if reader.done:
-                        return
-                last = reader.flush()
-                if last is not None:
-                    yield last
+                        break
+                else:
+                    last = reader.flush()
+                    if last is not None:
+                        yield last
             reader.finish()
+            reader.judge()  # a non-answer: the breaker ignores it
 
     async def aclose(self) -> None:
         """Close the running event loop's session if this transport made it (and let go of

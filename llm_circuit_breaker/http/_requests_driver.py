@@ -28,6 +28,7 @@ from llm_circuit_breaker.http._sse import (
     EventReader,
     SSEEvent,
     is_json,
+    judge_whole,
     parse_answer,
     whole_answer,
 )
@@ -205,18 +206,22 @@ class SyncTransport:
             if is_json(response.headers):  # a server that answered whole, not as a stream
                 with _translated(request):
                     body = _read(response, request)
-                yield from whole_answer(request, body)
+                whole = whole_answer(request, body)
+                yield from whole
+                judge_whole(whole)  # a non-answer: the breaker ignores it
                 return
             reader = EventReader(request)
             with _translated(request):
                 for chunk in _chunks(response, request):
                     yield from reader.feed(chunk)
                     if reader.done:
-                        return
-                event = reader.flush()
-                if event is not None:
-                    yield event
+                        break
+                else:
+                    event = reader.flush()
+                    if event is not None:
+                        yield event
             reader.finish()
+            reader.judge()  # a non-answer: the breaker ignores it
 
     def close(self) -> None:
         """Close the session if this transport made it."""

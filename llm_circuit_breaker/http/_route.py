@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from llm_circuit_breaker._core.throttle import TOKEN_COST, estimate_tokens
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.http._common import PreparedRequest
-from llm_circuit_breaker.http._sse import SSEEvent
+from llm_circuit_breaker.http._sse import SSEEvent, Unanswered
 from llm_circuit_breaker.strategies.circuit import circuit_breaker as guarded
 
 
@@ -30,15 +30,22 @@ __all__ = ["Route", "acosted", "costed", "token_cost"]
 
 
 class Route:
-    """One breaker's pipelines: ``with_retry(circuit_breaker(driver))`` for each call kind."""
+    """One breaker's pipelines: ``with_retry(circuit_breaker(driver))`` for each call kind.
+
+    A whole answer of server-sent events (or a stream's one JSON event) that answers nothing
+    raises :class:`Unanswered` at its end, inside the guard (which ignores it: no outage) and
+    is caught right outside it: ``call()`` returns the events, a stream ends. (A JSON answer
+    to ``call()`` is judged by the guard itself.)"""
 
     def __init__(self, facade: Facade, breaker: CircuitBreaker) -> None:
         self.facade = facade
         self.breaker = breaker
-        self.guard = guarded(breaker=breaker)
+        self.guard = guarded(breaker=breaker, exclude=(Unanswered,))
         if facade.first_token_timeout is not None:  # for the streams: a call reads a whole body
             self.stream_guard = guarded(
-                breaker=breaker, first_token_timeout=facade.first_token_timeout
+                breaker=breaker,
+                first_token_timeout=facade.first_token_timeout,
+                exclude=(Unanswered,),
             )
         else:
             self.stream_guard = self.guard
@@ -52,20 +59,80 @@ class Route:
     @functools.cached_property
     def call(self) -> Callable[[PreparedRequest], Any]:
         self._sync_only()
-        return self.facade._retrying(self.guard(self.facade._sync.request))
+        return self.facade._retrying(_returned(self.guard(self.facade._sync.request)))
 
     @functools.cached_property
     def stream(self) -> Callable[[PreparedRequest], Iterator[SSEEvent]]:
         self._sync_only()
-        return self.facade._retrying(self.stream_guard(self.facade._sync.stream))
+        return self.facade._retrying(_ended(self.stream_guard(self.facade._sync.stream)))
 
     @functools.cached_property
     def acall(self) -> Callable[[PreparedRequest], Any]:
-        return self.facade._retrying(self.guard(self.facade._async.request))
+        return self.facade._retrying(_areturned(self.guard(self.facade._async.request)))
 
     @functools.cached_property
     def astream(self) -> Callable[[PreparedRequest], AsyncIterator[SSEEvent]]:
-        return self.facade._retrying(self.stream_guard(self.facade._async.stream))
+        return self.facade._retrying(_aended(self.stream_guard(self.facade._async.stream)))
+
+
+def _returned(request: Callable[[PreparedRequest], Any]) -> Callable[[PreparedRequest], Any]:
+    """``request``, returning the events of an answer that answers nothing."""
+
+    @functools.wraps(request)  # its .breaker too: with_retry counts retries on it
+    def call(prepared: PreparedRequest) -> Any:
+        try:
+            return request(prepared)
+        except Unanswered as unanswered:
+            return unanswered.events
+
+    return call
+
+
+def _areturned(request: Callable[[PreparedRequest], Any]) -> Callable[[PreparedRequest], Any]:
+    """:func:`_returned` for a coroutine function."""
+
+    @functools.wraps(request)
+    async def call(prepared: PreparedRequest) -> Any:
+        try:
+            return await request(prepared)
+        except Unanswered as unanswered:
+            return unanswered.events
+
+    return call
+
+
+def _ended(
+    stream: Callable[[PreparedRequest], Iterator[SSEEvent]],
+) -> Callable[[PreparedRequest], Iterator[SSEEvent]]:
+    """``stream``, ending quietly after the events of an answer that answers nothing."""
+
+    @functools.wraps(stream)
+    def events(prepared: PreparedRequest) -> Iterator[SSEEvent]:
+        try:
+            yield from stream(prepared)
+        except Unanswered:
+            return
+
+    return events
+
+
+def _aended(
+    stream: Callable[[PreparedRequest], AsyncIterator[SSEEvent]],
+) -> Callable[[PreparedRequest], AsyncIterator[SSEEvent]]:
+    """:func:`_ended` for an async stream (closing it closes the stream)."""
+
+    @functools.wraps(stream)
+    async def events(prepared: PreparedRequest) -> AsyncIterator[SSEEvent]:
+        inner = stream(prepared)
+        try:
+            async for event in inner:
+                yield event
+        except Unanswered:
+            return
+        finally:
+            await inner.aclose()  # type: ignore[attr-defined]
+
+    return events
 
 
 @contextlib.contextmanager

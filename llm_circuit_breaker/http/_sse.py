@@ -14,7 +14,15 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from llm_circuit_breaker._judge.classify import classify_response
+from llm_circuit_breaker._judge.content import is_content
 from llm_circuit_breaker._judge.kinds import parse_json
+from llm_circuit_breaker._judge.results import (
+    CONTENT_FILTER,
+    EMPTY,
+    LENGTH_EMPTY,
+    NonAnswer,
+    non_answer,
+)
 from llm_circuit_breaker.errors import (
     HTTPStatusError,
     IncompleteStreamError,
@@ -36,7 +44,9 @@ __all__ = [
     "SSEDecoder",
     "SSEEvent",
     "StreamChecker",
+    "Unanswered",
     "is_json",
+    "judge_whole",
     "parse_answer",
     "whole_answer",
 ]
@@ -212,17 +222,28 @@ class SSEDecoder:
 # Provider streams with a terminal frame: a stream that ends without it was cut off.
 _TERMINAL = frozenset({"message_stop", "response.completed", "response.incomplete", "done"})
 _STARTS = frozenset({"message_start", "response.created"})
+_FINAL_RESPONSES = frozenset({"response.completed", "response.incomplete"})
+_FILTER_REASONS = frozenset({"content_filter", "refusal"})
+_LENGTH_REASONS = frozenset(
+    {"length", "max_tokens", "max_output_tokens", "model_context_window_exceeded"}
+)
+_UNJUDGED = object()
 
 
 class StreamChecker:
-    """Finds provider error frames in a stream and notices one cut before its terminal frame."""
+    """Finds provider error frames in a stream, notices one cut before its terminal frame, and
+    keeps what its end says of the answer (its finish reason, a Responses stream's final
+    response judged whole)."""
 
-    __slots__ = ("_ended", "_needs_end", "_url")
+    __slots__ = ("_ended", "_final", "_known", "_needs_end", "_reason", "_url")
 
     def __init__(self, url: str) -> None:
         self._url = url
         self._needs_end = False
         self._ended = False  # a terminal frame or a finish reason has come
+        self._known = False  # a provider's stream (a chat chunk, a message or response start)
+        self._reason: object = None  # the finish (stop) reason, once one came
+        self._final: object = _UNJUDGED  # a Responses stream's final response, judged
 
     def check(self, event: SSEEvent) -> bool:
         """Whether to hand ``event`` to the caller; raises for an error frame."""
@@ -247,15 +268,23 @@ class StreamChecker:
                 return None
             name = kind if isinstance(kind, str) else event.event
             if name in _STARTS or data.get("object") == "chat.completion.chunk":
-                self._needs_end = True
+                self._needs_end = self._known = True
             if name in _TERMINAL:
                 self._needs_end, self._ended = False, True
+                if name in _FINAL_RESPONSES:  # the whole response: judged as one
+                    self._final = non_answer(data.get("response"))
+                return None
+            if name == "message_delta":  # Anthropic: the stop reason, before message_stop
+                delta = data.get("delta")
+                if type(delta) is dict and delta.get("stop_reason"):
+                    self._reason = delta["stop_reason"]
                 return None
             choices = data.get("choices")
             if type(choices) is list:
                 for choice in choices:  # a loop, not any(): this runs for every chat chunk
                     if isinstance(choice, dict) and choice.get("finish_reason"):
                         self._needs_end, self._ended = False, True
+                        self._reason = choice["finish_reason"]
                         break
             return None
         kind = None
@@ -287,6 +316,22 @@ class StreamChecker:
         """Whether the stream so far lacks its provider's terminal frame."""
         return self._needs_end
 
+    def non_answer(self, content: bool) -> NonAnswer | None:
+        """What the whole stream was, once its end came, when it answered nothing
+        (``content``: whether an event with content passed): ``content_filter`` (a finish
+        reason ``content_filter``, a stop reason ``refusal``), ``length_empty`` or ``empty``
+        (no content, cut by the token limit or not); a Responses stream's final response is
+        judged whole (``results.non_answer``). None for an answer, and for a stream of no
+        provider's shape or not ended."""
+        if self._final is not _UNJUDGED:
+            return self._final  # type: ignore[return-value]
+        reason = self._reason
+        if reason in _FILTER_REASONS:
+            return CONTENT_FILTER
+        if content or not (self._known and self._ended):
+            return None
+        return LENGTH_EMPTY if reason in _LENGTH_REASONS else EMPTY
+
     def finish(self) -> None:
         """Call at the end of the stream: raises if the provider's terminal frame never came."""
         if self._needs_end:
@@ -308,11 +353,33 @@ def _finished(data: Any) -> bool:
     return any(isinstance(choice, dict) and choice.get("finish_reason") for choice in choices)
 
 
+class Unanswered(Exception):
+    """A whole answer that answers nothing (``results.non_answer``'s kinds: empty, spent on
+    reasoning, filtered): raised at its end inside the breaker's guard, which ignores it (no
+    outage), and caught right outside it (the facade's routes): ``call()`` returns
+    ``events``, a stream simply ends."""
+
+    def __init__(self, kind: NonAnswer, events: list[SSEEvent] | None = None) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.events = events
+
+
 class EventReader:
     """What a driver does with each raw line of an SSE body: decode, check, and say when the
     provider's stream is over. Both drivers loop over their lines and hand them here."""
 
-    __slots__ = ("_checker", "_clock", "_decoder", "_high", "_last", "_lines", "_request", "done")
+    __slots__ = (
+        "_checker",
+        "_clock",
+        "_decoder",
+        "_high",
+        "_last",
+        "_lines",
+        "_request",
+        "content",
+        "done",
+    )
 
     def __init__(
         self, request: PreparedRequest, clock: Callable[[], float] = time.monotonic
@@ -325,6 +392,7 @@ class EventReader:
         self._last = clock()  # when the stream last made progress
         self._high = 0  # the most bytes of one event pending since then
         self.done = False  # [DONE] seen: stop reading
+        self.content = False  # whether an event with content (text, a tool call) has come
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """The events to yield for this chunk of the body (raises for a provider error frame);
@@ -354,6 +422,8 @@ class EventReader:
                         raise error
                     if event.event != "ping":
                         events.append(event)
+                        if not self.content:
+                            self.content = is_content(event)
             elif line.startswith(b"data:"):
                 value = line[6:] if line[5:6] == b" " else line[5:]
                 decoder._size += len(value) + 1
@@ -386,12 +456,23 @@ class EventReader:
         """After the last event: raises if the provider's terminal frame never came."""
         self._checker.finish()
 
+    def judge(self, events: list[SSEEvent] | None = None) -> None:
+        """After the last event of a whole stream: raises :class:`Unanswered` when it
+        answered nothing (``events``: what ``call()`` returns)."""
+        kind = self._checker.non_answer(self.content)
+        if kind is not None:
+            raise Unanswered(kind, events)
+
     def _accept(self, event: SSEEvent | None) -> SSEEvent | None:
         if event is None:
             return None
         if event is DONE:
             self.done = True
-        return event if self._checker.check(event) else None
+        if self._checker.check(event):
+            if not self.content:
+                self.content = is_content(event)
+            return event
+        return None
 
 
 def parse_answer(
@@ -400,18 +481,20 @@ def parse_answer(
     """What ``call()`` / ``acall()`` return for a whole body: its parsed JSON, or, for a 2xx
     answer of server-sent events (a request with ``"stream": true``), the list of its events,
     judged as :meth:`EventReader.feed` judges a stream's (an error frame, a stream cut before
-    its final event raise: nothing was handed to the caller yet, so the attempt is retried)."""
+    its final event raise: nothing was handed to the caller yet, so the attempt is retried;
+    events that answer nothing raise :class:`Unanswered`, which the facade's breaker
+    ignores)."""
     if not (200 <= status < 300 and is_sse(headers)):
         return parse_response(status, headers, body, request.url)
     reader = EventReader(request)
     found = reader.feed(body)
-    if reader.done:
-        return found
-    last = reader.flush()
-    if last is not None:
-        found.append(last)
     if not reader.done:
-        reader.finish()
+        last = reader.flush()
+        if last is not None:
+            found.append(last)
+        if not reader.done:
+            reader.finish()
+    reader.judge(found)
     return found
 
 
@@ -433,3 +516,11 @@ def whole_answer(request: PreparedRequest, body: bytes) -> list[SSEEvent]:
     if error is not None:
         raise error
     return [event]
+
+
+def judge_whole(events: list[SSEEvent]) -> None:
+    """After a stream's :func:`whole_answer` events were handed over: raises
+    :class:`Unanswered` when the completion answers nothing."""
+    kind = non_answer(events[0].data) if events else None
+    if kind is not None:
+        raise Unanswered(kind, events)

@@ -20,6 +20,9 @@ built on it) and put every attempt through a breaker and its throttle:
   stream cut before its final event count as failures (the last raises
   :class:`IncompleteStreamError`, also the library's ``RemoteProtocolError``, which the SDK
   surfaces); a body the caller stops reading counts as neither success nor failure.
+* A successful answer that answers nothing (``llm_circuit_breaker.results``: an empty,
+  length-empty or filtered completion or stream, broken tool-call arguments) counts as neither
+  success nor failure, as it does under the decorators; the SDK reads it as it came.
 * ``first_byte_timeout`` bounds a streaming request's wait for the response headers and
   ``idle_timeout`` a stream's longest silence after them (the read timeout of each read).
 

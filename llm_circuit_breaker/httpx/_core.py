@@ -35,6 +35,7 @@ from llm_circuit_breaker.http._common import Inflate
 from llm_circuit_breaker.httpx._watch import Watch, watch_for
 
 __all__ = [
+    "MAX_JUDGED_BODY",
     "UNREAD",
     "Attempt",
     "Body",
@@ -50,6 +51,7 @@ __all__ = [
     "library",
     "read_capped",
     "retry_count",
+    "unanswered",
 ]
 
 # What to tell a breaker about an attempt: ``record(permit, outcome, **details)``.
@@ -436,6 +438,7 @@ class Body:
         self._request = request
         self._first = first
         self._failure: BaseException | None = None  # the provider's error frame, if one came
+        self._headers: Any = None  # the response's, to judge a JSON body at its end
 
 
 class Transport:
@@ -546,14 +549,14 @@ class Attempt:
         return self.failed(error)
 
     def closed(self, watch: Watch | None) -> Report | None:
-        """The report of a body closed by its reader: a success if its final event had come,
-        else neither (the caller stopped reading)."""
+        """The report of a body closed by its reader: a success if its final event had come
+        (and it answered), else neither (the caller stopped reading)."""
         if not self.settle():
             return None
-        whole = watch is not None and watch.complete
-        if whole:
-            self.charge()
-        return (Outcome.SUCCESS if whole else Outcome.IGNORED), {}
+        if watch is None or not watch.complete:
+            return Outcome.IGNORED, {}
+        self.charge()
+        return (Outcome.IGNORED if watch.unanswered() else Outcome.SUCCESS), {}
 
 
 _CAPS = tuple(
@@ -579,6 +582,88 @@ def _cap_in(content: bytes) -> float | None:
             return None  # not a number (an object of a schema, null ...): parsed to be sure
         return float(number.group(1))
     return 0.0
+
+
+MAX_JUDGED_BODY = 1024 * 1024  # a success body judged for a non-answer: larger ones are not
+_JSON_STARTS = frozenset(b"{[ \t\r\n")
+# A chat completion that answers, as most do: text at its content's start (pretty-printed or
+# not), then a finish reason "stop" (``bytes.find``: faster than a pattern's scan).
+_SPOKEN = re.compile(rb'"content"\s*:\s*"[^\s"\\]').search
+# Text at a content block's or a Responses part's start; the finish reasons of a whole answer.
+_WRITTEN = re.compile(rb'"text"\s*:\s*"[^\s"\\]').search
+_FINISHED = tuple(
+    f'{colon}"{reason}"'.encode()
+    for reason in ("stop", "end_turn", "stop_sequence", "tool_calls", "tool_use", "pause_turn")
+    for colon in (":", ": ")
+)
+
+
+def unanswered(chunks: list[bytes], headers: Any) -> bool:
+    """Whether a 2xx body (``chunks``, at most 1 MiB) is a completion that answers nothing
+    (``results.non_answer``: empty, spent on reasoning, filtered, broken tool arguments).
+
+    Byte searches first: a chat completion with text at its start and the finish reason
+    ``stop`` is an answer without a parse (the common case, two or three searches). Past
+    that, a compressed body (gzip, deflate) is decoded (within the same 1 MiB); a completion
+    with text, a finish reason of a whole answer (or none: a Responses answer) and no
+    tool-call arguments is an answer; a body with no completion's keys is none; the rest is
+    parsed when it is JSON (its content type) and judged. Never raises."""
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    try:
+        if _SPOKEN(body) is not None and (
+            body.find(b'_reason": "stop"') >= 0 or body.find(b'_reason":"stop"') >= 0
+        ):
+            return False
+        if not body:
+            return False
+        if body[0] not in _JSON_STARTS:  # not JSON as it came: compressed, or no JSON at all
+            decoded = _decoded(body, headers)
+            if not decoded:
+                return False
+            body = decoded
+        find = body.find
+        if _SPOKEN(body) is not None or _WRITTEN(body) is not None:
+            reason = find(b'reason"')
+            whole = reason < 0 or body.startswith(_FINISHED, reason + 7)
+            if whole and find(b'"arguments"') < 0:
+                return False  # text, a whole answer, no tool call to check
+        elif find(b'"choices"') < 0 and find(b'"content"') < 0 and find(b'"output"') < 0:
+            return False  # no completion: an embedding, a list of models ...
+        return _judged(body, headers)
+    except Exception:  # headers of a shape of their own ...: no verdict
+        return False
+
+
+def _judged(body: bytes, headers: Any) -> bool:
+    """Whether ``body``, when it is JSON (its content type), is a completion that answers
+    nothing."""
+    kind = (_joined(_lowered(headers), b"content-type") or "").partition(";")[0].strip().lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        return False
+    from llm_circuit_breaker._judge.results import non_answer
+
+    parsed = parse_json(body)
+    return parsed.__class__ is dict and non_answer(parsed) is not None
+
+
+def _decoded(body: bytes, headers: Any) -> bytes | None:
+    """``body`` decoded from its gzip or deflate content-encoding (None for another encoding,
+    a broken one, or more than 1 MiB decoded)."""
+    encoding = (_joined(_lowered(headers), b"content-encoding") or "").strip().lower()
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return None
+    pieces: list[bytes] = []
+    size = 0
+    try:
+        inflate = Inflate(encoding)
+        for piece in inflate.feed(body):
+            size += len(piece)
+            if size > MAX_JUDGED_BODY:
+                return None
+            pieces.append(piece)
+    except zlib.error:
+        return None
+    return b"".join(pieces)
 
 
 def _content(request: Any) -> bytes | None:

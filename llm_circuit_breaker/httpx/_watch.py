@@ -15,7 +15,7 @@ __all__ = ["Watch", "watch_for"]
 
 class Watch:
     """Reads an SSE body as it passes: error frames, whether content has come (the first
-    token), and whether the final event came.
+    token), whether the final event came, and whether the answer was none.
 
     The SDK parses every event anyway, so the watch parses only those that can matter: the
     events up to the first with content, a possible error, and a possible final one (found by
@@ -99,15 +99,15 @@ class Watch:
         return self._cut(chunk)
 
     def _dull(self, events: bytes) -> bool:
-        """Whether whole ``events`` hold nothing to read: no error, no final event or finish
-        reason (nor anything named so), no usage to meter. A few substring searches; they are
+        """Whether whole ``events`` hold nothing to read: no error, no final event, finish or
+        stop reason (nor anything named so), no usage to meter. A few substring searches; they are
         then not cut into lines at all. (``find``, not ``in``: ``bytes.__contains__`` first
         tries its argument as an integer and clears the error, ~0.1 us a test.)"""
         find = events.find
         return (
             len(events) <= _MAX_EVENT
             and find(b"error") < 0
-            and find(b"message_stop") < 0
+            and find(b"message_") < 0  # Anthropic's message_delta (its stop reason), _stop
             and find(b"response.") < 0
             and find(b"[DONE]") < 0
             and find(b'"finish_reason":"') < 0
@@ -205,6 +205,11 @@ class Watch:
         """Whether the provider's final event has passed (the SDK may stop reading there)."""
         return self._checker.ended
 
+    def unanswered(self) -> bool:
+        """Whether the stream, ended, answered nothing: no text nor tool call (nor reasoning)
+        came, or its finish reason is a content filter's (``StreamChecker.non_answer``)."""
+        return self._checker.non_answer(self.content) is not None
+
     def truncated(self) -> bool:
         """At the end of the body: whether the provider's final event never came."""
         if self._inflate is not None and not self._inflate.complete:
@@ -229,12 +234,20 @@ class _Event:
 _MAX_EVENT = 8 * 1024 * 1024
 # Events worth parsing: errors, and the final events of each provider's streams.
 _NOTABLE_EVENTS = frozenset(
-    {"error", "response.failed", "message_stop", "response.completed", "response.incomplete"}
+    {
+        "error",
+        "response.failed",
+        "message_delta",  # its stop reason
+        "message_stop",
+        "response.completed",
+        "response.incomplete",
+    }
 )
 _NOTABLE_DATA = (
     b'"error"',
     b"response.failed",
     b"message_stop",
+    b'"message_delta"',  # its stop reason (a proxy may drop the event names)
     b"response.completed",
     b"response.incomplete",
     b'"finish_reason":"',

@@ -8,10 +8,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 from llm_circuit_breaker.httpx._core import (
+    MAX_JUDGED_BODY,
     UNREAD,
     Attempt,
     Body,
@@ -23,6 +25,7 @@ from llm_circuit_breaker.httpx._core import (
     incomplete,
     library,
     retry_count,
+    unanswered,
 )
 from llm_circuit_breaker.strategies import tracing
 
@@ -52,6 +55,8 @@ class _AsyncBody(Body):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         attempt, watch, first = self._attempt, self._watch, self._first
         meter = attempt.meter if watch is None else None  # a JSON body: kept to read its usage
+        kept: list[bytes] | None = [] if watch is None else None  # a JSON body: judged at its end
+        size = 0
         try:
             chunks = (
                 self._inner if first is None else first.achunks(self._inner, watch, self._request)
@@ -59,6 +64,12 @@ class _AsyncBody(Body):
             async for chunk in chunks:
                 if meter is not None:
                     meter.feed(chunk)
+                if kept is not None:
+                    size += len(chunk)
+                    if size <= MAX_JUDGED_BODY:
+                        kept.append(chunk)
+                    else:  # too long to judge
+                        kept = None
                 error = watch.feed(chunk) if watch is not None else None
                 if error is not None:  # the SDK raises its own error for the frame
                     self._failure = self._failure or error
@@ -73,7 +84,12 @@ class _AsyncBody(Body):
             raise
         if attempt.settle():
             attempt.charge()
-            await attempt.breaker.arecord_success(attempt.permit)
+            if (watch is not None and watch.unanswered()) or (
+                kept and unanswered(kept, self._headers)
+            ):  # a non-answer: no outage, ignored
+                await attempt.breaker.arecord(attempt.permit, Outcome.IGNORED)
+            else:
+                await attempt.breaker.arecord_success(attempt.permit)
 
     async def aclose(self) -> None:
         try:
@@ -91,10 +107,19 @@ class _AsyncPlainAttempt(Attempt):
     stream class."""
 
     _inner: Any
+    _headers: Any  # the response's, for judging its body
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        kept: list[bytes] | None = []  # the body's chunks (not copied), to judge at its end
+        size = 0
         try:
-            async for chunk in self._inner:  # noqa: RUF100, UP028 (the sync twin is generated)
+            async for chunk in self._inner:
+                if kept is not None:
+                    size += len(chunk)
+                    if size <= MAX_JUDGED_BODY:
+                        kept.append(chunk)
+                    else:  # too long to judge
+                        kept = None
                 yield chunk
         except GeneratorExit:
             raise
@@ -103,7 +128,10 @@ class _AsyncPlainAttempt(Attempt):
             raise
         if not self.done:
             self.done = True
-            await self.breaker.arecord_success(self.permit)
+            if kept and unanswered(kept, self._headers):  # no outage: ignored
+                await self.breaker.arecord(self.permit, Outcome.IGNORED)
+            else:
+                await self.breaker.arecord_success(self.permit)
 
     async def aclose(self) -> None:
         try:
@@ -222,9 +250,12 @@ class AsyncCircuitBreakerTransport(Transport):
             core.meter(attempt, request, cost, watch)
         if watch is None and first is None and attempt.meter is None:
             attempt._inner = response.stream
+            attempt._headers = response.headers
             response.stream = attempt
         else:
-            response.stream = _body_type(response)(response.stream, attempt, watch, request, first)
+            guarded = _body_type(response)(response.stream, attempt, watch, request, first)
+            guarded._headers = response.headers
+            response.stream = guarded
         if response.is_closed:  # its body in hand (MockTransport, respx): no one reads it again
             await _read_now(response.stream)
         return response

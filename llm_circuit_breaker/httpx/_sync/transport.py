@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from llm_circuit_breaker._core.state import Outcome
 from llm_circuit_breaker._core.throttle import TOKEN_COST, Wait
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.errors import CircuitOpenError, ThrottledError
 from llm_circuit_breaker.httpx._core import (
+    MAX_JUDGED_BODY,
     UNREAD,
     Attempt,
     Body,
@@ -24,6 +26,7 @@ from llm_circuit_breaker.httpx._core import (
     library,
     read_capped,
     retry_count,
+    unanswered,
 )
 from llm_circuit_breaker.strategies import tracing
 
@@ -53,6 +56,8 @@ class _SyncBody(Body):
     def __iter__(self) -> Iterator[bytes]:
         attempt, watch, first = self._attempt, self._watch, self._first
         meter = attempt.meter if watch is None else None  # a JSON body: kept to read its usage
+        kept: list[bytes] | None = [] if watch is None else None  # a JSON body: judged at its end
+        size = 0
         try:
             chunks = (
                 self._inner if first is None else first.chunks(self._inner, watch, self._request)
@@ -60,6 +65,12 @@ class _SyncBody(Body):
             for chunk in chunks:
                 if meter is not None:
                     meter.feed(chunk)
+                if kept is not None:
+                    size += len(chunk)
+                    if size <= MAX_JUDGED_BODY:
+                        kept.append(chunk)
+                    else:  # too long to judge
+                        kept = None
                 error = watch.feed(chunk) if watch is not None else None
                 if error is not None:  # the SDK raises its own error for the frame
                     self._failure = self._failure or error
@@ -74,7 +85,12 @@ class _SyncBody(Body):
             raise
         if attempt.settle():
             attempt.charge()
-            attempt.breaker.record_success(attempt.permit)
+            if (watch is not None and watch.unanswered()) or (
+                kept and unanswered(kept, self._headers)
+            ):  # a non-answer: no outage, ignored
+                attempt.breaker.record(attempt.permit, Outcome.IGNORED)
+            else:
+                attempt.breaker.record_success(attempt.permit)
 
     def close(self) -> None:
         try:
@@ -92,10 +108,19 @@ class _AsyncPlainAttempt(Attempt):
     stream class."""
 
     _inner: Any
+    _headers: Any  # the response's, for judging its body
 
     def __iter__(self) -> Iterator[bytes]:
+        kept: list[bytes] | None = []  # the body's chunks (not copied), to judge at its end
+        size = 0
         try:
-            for chunk in self._inner:  # noqa: RUF100, UP028 (the sync twin is generated)
+            for chunk in self._inner:
+                if kept is not None:
+                    size += len(chunk)
+                    if size <= MAX_JUDGED_BODY:
+                        kept.append(chunk)
+                    else:  # too long to judge
+                        kept = None
                 yield chunk
         except GeneratorExit:
             raise
@@ -104,7 +129,10 @@ class _AsyncPlainAttempt(Attempt):
             raise
         if not self.done:
             self.done = True
-            self.breaker.record_success(self.permit)
+            if kept and unanswered(kept, self._headers):  # no outage: ignored
+                self.breaker.record(self.permit, Outcome.IGNORED)
+            else:
+                self.breaker.record_success(self.permit)
 
     def close(self) -> None:
         try:
@@ -221,9 +249,12 @@ class CircuitBreakerTransport(Transport):
             core.meter(attempt, request, cost, watch)
         if watch is None and first is None and attempt.meter is None:
             attempt._inner = response.stream
+            attempt._headers = response.headers
             response.stream = attempt
         else:
-            response.stream = _body_type(response)(response.stream, attempt, watch, request, first)
+            guarded = _body_type(response)(response.stream, attempt, watch, request, first)
+            guarded._headers = response.headers
+            response.stream = guarded
         if response.is_closed:  # its body in hand (MockTransport, respx): no one reads it again
             _read_now(response.stream)
         return response
