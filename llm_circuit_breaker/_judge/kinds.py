@@ -136,7 +136,9 @@ def parse_json(raw: str | bytes) -> Any:
     return value
 
 
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+# A string, or an unclosed one to the end: matched in one pass whatever follows (with the
+# closing quote required, an unclosed run of escaped quotes was rescanned from each of them).
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?')
 _BRACKETS = re.compile(r"[\[\]{}]")
 
 
