@@ -100,7 +100,8 @@ def test_a_silent_primary_leaves_out_only_its_own_circuits(
 ) -> None:
     """One primary of three stopped: the listing (sync and asyncio stores) holds the other
     two's circuits and names the silent one; ``status`` prints them, warns on stderr and
-    exits with status 3 (it listed nothing, and said only that Redis could not be read)."""
+    exits with status 3 (it listed nothing, and said only that Redis could not be read).
+    Once the cluster is declared down, the listing fails as a whole."""
     own = RedisCluster()  # this test stops a node: a cluster of its own
     own.start()
     try:
@@ -131,6 +132,17 @@ def test_a_silent_primary_leaves_out_only_its_own_circuits(
         printed = capsys.readouterr()
         assert sorted(json.loads(printed.out)) == kept
         assert silent in printed.err and "did not answer" in printed.err
+
+        # Once the others declare the cluster down, they answer CLUSTERDOWN for every key:
+        # no listing at all (exit 2, saying so), never an empty one that looks whole.
+        live = redis.Redis(port=own.servers[0].port, socket_timeout=5)
+        until(lambda: live.cluster("INFO").get("cluster_state") == "fail", patience=60)
+        live.close()
+        for lister in (store, astore):
+            with pytest.raises(redis.exceptions.ResponseError, match="cluster is down"):
+                lister.circuits()
+        assert run_status(own.url, "part", as_json=True) == 2
+        assert "cluster is down" in capsys.readouterr().err
         client.close()
     finally:
         own.stop()

@@ -62,7 +62,7 @@ def run_status(url: str, prefix: str, *, as_json: bool, out: TextIO | None = Non
         nodes = ", ".join(_printable(redact_text(node)) for node in silent)
         print(
             f"warning: {len(silent)} Redis Cluster primaries did not answer ({nodes}): "
-            "their circuits are not listed",
+            "their circuits are missing from this listing",
             file=sys.stderr,
         )
         return 3

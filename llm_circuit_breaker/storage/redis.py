@@ -94,6 +94,7 @@ for i, key in ipairs(ARGV) do
   local v = redis.pcall('HMGET', key, 'state', 'fc', 'sc', 'opened_at', 'open_until', 'held',
                         'pu', 'ri', 'rc', 'rt')
   if v['err'] then
+    if string.find(v['err'], 'cluster is down', 1, true) then return redis.error_reply(v['err']) end
     out[i] = ''
   else
     for j = 1, 10 do v[j] = v[j] or '' end
@@ -111,7 +112,9 @@ local out = {}
 for _, key in ipairs(got[2]) do
   local v = redis.pcall('HMGET', key, 'state', 'fc', 'sc', 'opened_at', 'open_until', 'held',
                         'pu', 'ri', 'rc', 'rt')
-  if not v['err'] then
+  if v['err'] then  -- a key of another shape is skipped; a cluster that is down is said
+    if string.find(v['err'], 'cluster is down', 1, true) then return redis.error_reply(v['err']) end
+  else
     for j = 1, 10 do v[j] = v[j] or '' end
     local fields = table.concat(v, '\\0')
     out[#out + 1] = #key .. ':' .. key .. #fields .. ':' .. fields
@@ -119,6 +122,15 @@ for _, key in ipairs(got[2]) do
 end
 return {got[1], table.concat(out)}
 """
+
+
+def _raise_if_down(exc: BaseException) -> None:
+    """Raise ``exc`` when it says a Redis Cluster is down (``CLUSTERDOWN``, or a script's
+    "... while the cluster is down", as the listing scripts pass it on): not a server that
+    refuses the listing's scripts."""
+    message = str(exc)
+    if message.startswith("CLUSTERDOWN") or "cluster is down" in message:
+        raise exc
 
 
 def _concerns_one_circuit(exc: BaseException, exceptions: Any) -> bool:
@@ -887,7 +899,8 @@ class RedisStateStore:
         while True:
             try:
                 cursor, blob = await run(node, "EVAL", _SCAN_SCRIPT, 0, cursor, pattern, _PAGE)
-            except self._exceptions.ResponseError:  # no scripts: a HMGET per key
+            except self._exceptions.ResponseError as exc:  # no scripts: a HMGET per key
+                _raise_if_down(exc)
                 cursor, page = await run(node, "SCAN", cursor, "MATCH", pattern, "COUNT", _PAGE)
                 for key in page:
                     got = await run(node, "HMGET", key, *LISTED_FIELDS)
@@ -931,7 +944,8 @@ class RedisStateStore:
         cursor: Any = 0
         try:
             cursor, blob = server.eval(_SCAN_SCRIPT, 0, cursor, pattern, _PAGE)
-        except self._exceptions.ResponseError:
+        except self._exceptions.ResponseError as exc:
+            _raise_if_down(exc)
             return False
         while True:
             self._take_page(blob, now, found, seen)
@@ -957,7 +971,8 @@ class RedisStateStore:
         refuses such scripts) one pipelined HMGET per key in one round trip."""
         try:
             rows = server.eval(_LIST_SCRIPT, 0, *page)
-        except self._exceptions.ResponseError:
+        except self._exceptions.ResponseError as exc:
+            _raise_if_down(exc)
             pipe = server.pipeline(transaction=False)
             for key in page:
                 pipe.hmget(key, *LISTED_FIELDS)
