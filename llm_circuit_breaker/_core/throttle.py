@@ -11,6 +11,12 @@ doubles on consecutive 429s and halves on successes (AIMD).
 
 :meth:`ThrottleCore.reserve` hands out slots in order (FIFO): the caller sleeps until its
 slot, so when a pause ends callers leave one by one at the refill rate, not all at once.
+
+The provider's count lags this client's: a response reports ``remaining`` as of when the
+provider counted it, before the calls this client admitted after it. Each booked call keeps
+its :class:`Admission` (its slot, and how much each pacer had booked with it) in a context
+variable from :meth:`ThrottleCore.book` to its report; the headers it brings back are read as
+of its slot, with what was booked after it on top (:meth:`Pacer.observe`).
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ if TYPE_CHECKING:  # the header parser loads with the first response that has su
     from llm_circuit_breaker.config import CircuitBreakerConfig
 
 __all__ = [
+    "ADMITTED",
     "TOKEN_COST",
+    "Admission",
     "News",
     "Pacer",
     "ThrottleCore",
@@ -42,6 +50,35 @@ News = tuple[bool, str, float] | None
 # The estimated tokens of the call being admitted, set by code that sees the request body
 # (the HTTP helpers) around the guarded call; 0 when nobody knows.
 TOKEN_COST: contextvars.ContextVar[float] = contextvars.ContextVar("token_cost", default=0.0)
+
+
+class Admission:
+    """A call the throttle booked, as the context of its caller keeps it until it reports:
+    the throttle, its slot, and the units each pacer had booked with it (this call's
+    included). ``outer``: the admission of an enclosing call (another breaker's)."""
+
+    __slots__ = ("outer", "requests", "slot", "throttle", "tokens")
+
+    def __init__(
+        self,
+        throttle: ThrottleCore,
+        slot: float,
+        requests: float,
+        tokens: float,
+        outer: Admission | None,
+    ) -> None:
+        self.throttle = throttle
+        self.slot = slot
+        self.requests = requests
+        self.tokens = tokens
+        self.outer = outer
+
+
+# The booked call running in this context (thread, task), set by ``ThrottleCore.book``: the
+# headers its response brings are read against what was booked after it.
+ADMITTED: contextvars.ContextVar[Admission | None] = contextvars.ContextVar(
+    "admitted", default=None
+)
 _OUTPUT_FIELDS = ("max_tokens", "max_output_tokens", "max_completion_tokens")
 _INPUT_FIELDS = ("messages", "prompt", "input", "system", "contents")
 
@@ -122,15 +159,18 @@ class Pacer:
     """One resource's bucket as a generic cell rate algorithm (GCRA).
 
     ``interval`` seconds refill one unit; up to ``capacity`` units may go at once. ``tat`` (the
-    theoretical arrival time) is when the bucket would be full again.
+    theoretical arrival time) is when the bucket would be full again. ``booked``: the units
+    taken while paced (less those given back), ever: what was booked after a call is the
+    difference.
     """
 
-    __slots__ = ("capacity", "interval", "tat")
+    __slots__ = ("booked", "capacity", "interval", "tat")
 
     def __init__(self) -> None:
         self.interval = 0.0  # 0: the rate is unknown and nothing is paced
         self.capacity = 1.0
         self.tat = _NEVER
+        self.booked = 0.0
 
     @property
     def known(self) -> bool:
@@ -153,11 +193,13 @@ class Pacer:
         """Spend ``cost`` units at ``at``."""
         if self.known:
             self.tat = max(self.tat, at) + self.interval * cost
+            self.booked += cost
 
     def give_back(self, cost: float) -> None:
         """Return units taken but not used (a caller that gave up its slot)."""
         if self.known:
             self.tat -= self.interval * cost
+            self.booked -= cost
 
     def level(self, now: float) -> int | None:
         """Units left in the bucket now (None when not paced)."""
@@ -166,10 +208,22 @@ class Pacer:
         used = max(0.0, self.tat - now) / self.interval
         return max(0, min(int(self.capacity), math.floor(self.capacity - used)))
 
-    def observe(self, bucket: Bucket, now: float, max_pause: float = math.inf) -> None:
+    def observe(
+        self,
+        bucket: Bucket,
+        now: float,
+        max_pause: float = math.inf,
+        since: tuple[float, float] | None = None,
+    ) -> None:
         """Follow what the provider reported: capacity, refill rate and what is left. What
         it says never makes the next unit further away than ``max_pause`` seconds (one unit
-        refills within it, and "nothing left" waits for one unit at most)."""
+        refills within it, and "nothing left" waits for one unit at most).
+
+        ``since``: ``(slot, booked)`` of the call whose response this is: the provider counted
+        it at its slot, before the units booked after it (``self.booked - booked``), which
+        are in flight or on their way. Its ``remaining`` is the level at the slot, less
+        those. None (headers fed by hand, a call admitted before any pacing): the level now.
+        """
         limit, remaining, reset = bucket.limit, bucket.remaining, bucket.reset
         slowest = 1.0 / max_pause
         if limit is not None and limit > 0:
@@ -183,7 +237,11 @@ class Pacer:
                 self.capacity = float(limit)
         if remaining is not None and self.known:
             # The provider's count is the truth; our own later reservations may be on top.
-            reported = now + max(0.0, self.capacity - remaining) * self.interval
+            used, at = max(0.0, self.capacity - remaining), now
+            if since is not None:
+                at = min(now, since[0])
+                used += max(0.0, self.booked - since[1])
+            reported = at + used * self.interval
             latest = now + max_pause + (self.capacity - 1.0) * self.interval
             self.tat = max(self.tat, min(reported, latest))
 
@@ -237,6 +295,7 @@ class ThrottleCore:
 
     def cancel(self, tokens: float = 0.0) -> None:
         """Give back a reservation whose caller will not call (cancelled, or waited too long)."""
+        self.reported()
         self.requests.give_back(1.0)
         self.tokens.give_back(tokens)
 
@@ -251,14 +310,20 @@ class ThrottleCore:
         return slot - now
 
     def observe(self, limits: RateLimits, now: float) -> None:
-        """Follow the rate-limit headers of a response."""
+        """Follow the rate-limit headers of a response (of the call booked in this context,
+        if any: see :class:`Admission`)."""
+        admission = ADMITTED.get()
+        if admission is not None and admission.throttle is not self:
+            admission = None  # another breaker's call: these headers came by hand
         if limits.requests is not None:
             if self.provisional:
                 self.requests.interval, self.provisional = 0.0, False
-            self.requests.observe(limits.requests, now, self.max_pause)
+            since = None if admission is None else (admission.slot, admission.requests)
+            self.requests.observe(limits.requests, now, self.max_pause, since)
             self._hold(limits.requests, self.requests, now)
         if limits.tokens is not None:
-            self.tokens.observe(limits.tokens, now, self.max_pause)
+            since = None if admission is None else (admission.slot, admission.tokens)
+            self.tokens.observe(limits.tokens, now, self.max_pause, since)
             self._hold(limits.tokens, self.tokens, now)
 
     def _hold(self, bucket: Bucket, pacer: Pacer, now: float) -> None:
@@ -289,14 +354,27 @@ class ThrottleCore:
     def book(self, now: float, tokens: float, max_wait: float) -> float:
         """Reserve a slot for a call costing ``tokens``; the seconds until it. More than
         ``max_wait``: nothing is reserved (the caller is refused)."""
-        wait = self.reserve(now, tokens) - now
+        slot = self.reserve(now, tokens)
+        wait = slot - now
         if wait > max_wait:
             self.cancel(tokens)
+            return wait
+        outer = ADMITTED.get()
+        if outer is not None and outer.throttle is self:  # booked again (after a pause)
+            outer = outer.outer
+        ADMITTED.set(Admission(self, slot, self.requests.booked, self.tokens.booked, outer))
         return wait
+
+    def reported(self) -> None:
+        """The call booked in this context reported: its admission ends here."""
+        admission = ADMITTED.get()
+        if admission is not None and admission.throttle is self:
+            ADMITTED.set(admission.outer)
 
     def report(self, now: float, throttled: bool, succeeded: bool, pause: float | None) -> News:
         """Follow a finished call (a rate limit, or a success); what to announce, if anything:
         ``(True, reason, pause)`` when calls pause, ``(False, reason, 0.0)`` when they resume."""
+        self.reported()
         if throttled:
             was_limited = self.limited
             pause = self.rate_limited(now, pause)
