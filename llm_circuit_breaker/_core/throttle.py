@@ -237,11 +237,11 @@ class Pacer:
                 self.capacity = float(limit)
         if remaining is not None and self.known:
             # The provider's count is the truth; our own later reservations may be on top.
-            used, at = max(0.0, self.capacity - remaining), now
+            spent, at = max(0.0, self.capacity - remaining), now
             if since is not None:
                 at = min(now, since[0])
-                used += max(0.0, self.booked - since[1])
-            reported = at + used * self.interval
+                spent += max(0.0, self.booked - since[1])
+            reported = at + spent * self.interval
             latest = now + max_pause + (self.capacity - 1.0) * self.interval
             self.tat = max(self.tat, min(reported, latest))
 
@@ -402,7 +402,9 @@ class ThrottleCore:
         """Forget what was learned: pauses, the adaptive backoff, the limits the headers told;
         the configured ``requests_per_minute`` / ``tokens_per_minute`` stay (a reset)."""
         config = self.config
+        booked = self.requests.booked, self.tokens.booked  # admissions in flight count on
         self.requests, self.tokens = Pacer(), Pacer()
+        self.requests.booked, self.tokens.booked = booked
         if config.requests_per_minute is not None:
             self.requests.configure(config.requests_per_minute / 60.0, config.requests_per_minute)
         if config.tokens_per_minute is not None:
