@@ -14,7 +14,7 @@ slot, so when a pause ends callers leave one by one at the refill rate, not all 
 
 The provider's count lags this client's: a response reports ``remaining`` as of when the
 provider counted it, before the calls this client admitted after it. Each booked call keeps
-its :class:`Admission` (its slot, and how much each pacer had booked with it) in a context
+its ``Admission`` (its slot, and how much each pacer had booked with it) in a context
 variable from :meth:`ThrottleCore.book` to its report; the headers it brings back are read as
 of its slot, with what was booked after it on top (:meth:`Pacer.observe`).
 """
@@ -52,26 +52,11 @@ News = tuple[bool, str, float] | None
 TOKEN_COST: contextvars.ContextVar[float] = contextvars.ContextVar("token_cost", default=0.0)
 
 
-class Admission:
-    """A call the throttle booked, as the context of its caller keeps it until it reports:
-    the throttle, its slot, and the units each pacer had booked with it (this call's
-    included). ``outer``: the admission of an enclosing call (another breaker's)."""
-
-    __slots__ = ("outer", "requests", "slot", "throttle", "tokens")
-
-    def __init__(
-        self,
-        throttle: ThrottleCore,
-        slot: float,
-        requests: float,
-        tokens: float,
-        outer: Admission | None,
-    ) -> None:
-        self.throttle = throttle
-        self.slot = slot
-        self.requests = requests
-        self.tokens = tokens
-        self.outer = outer
+# A call the throttle booked, as the context of its caller keeps it until the call reports:
+# (throttle, slot, requests booked, tokens booked, outer): the units each pacer had booked
+# with it (this call's included), and the admission of an enclosing call (another
+# breaker's), if any. A tuple: made on every paced admission.
+Admission = tuple["ThrottleCore", float, float, float, "Admission | None"]
 
 
 # The booked call running in this context (thread, task), set by ``ThrottleCore.book``: the
@@ -311,18 +296,18 @@ class ThrottleCore:
 
     def observe(self, limits: RateLimits, now: float) -> None:
         """Follow the rate-limit headers of a response (of the call booked in this context,
-        if any: see :class:`Admission`)."""
+        if any: see ``Admission``)."""
         admission = ADMITTED.get()
-        if admission is not None and admission.throttle is not self:
+        if admission is not None and admission[0] is not self:
             admission = None  # another breaker's call: these headers came by hand
         if limits.requests is not None:
             if self.provisional:
                 self.requests.interval, self.provisional = 0.0, False
-            since = None if admission is None else (admission.slot, admission.requests)
+            since = None if admission is None else (admission[1], admission[2])
             self.requests.observe(limits.requests, now, self.max_pause, since)
             self._hold(limits.requests, self.requests, now)
         if limits.tokens is not None:
-            since = None if admission is None else (admission.slot, admission.tokens)
+            since = None if admission is None else (admission[1], admission[3])
             self.tokens.observe(limits.tokens, now, self.max_pause, since)
             self._hold(limits.tokens, self.tokens, now)
 
@@ -360,21 +345,23 @@ class ThrottleCore:
             self.cancel(tokens)
             return wait
         outer = ADMITTED.get()
-        if outer is not None and outer.throttle is self:  # booked again (after a pause)
-            outer = outer.outer
-        ADMITTED.set(Admission(self, slot, self.requests.booked, self.tokens.booked, outer))
+        if outer is not None and outer[0] is self:  # booked again (after a pause)
+            outer = outer[4]
+        ADMITTED.set((self, slot, self.requests.booked, self.tokens.booked, outer))
         return wait
 
     def reported(self) -> None:
         """The call booked in this context reported: its admission ends here."""
         admission = ADMITTED.get()
-        if admission is not None and admission.throttle is self:
-            ADMITTED.set(admission.outer)
+        if admission is not None and admission[0] is self:
+            ADMITTED.set(admission[4])
 
     def report(self, now: float, throttled: bool, succeeded: bool, pause: float | None) -> News:
         """Follow a finished call (a rate limit, or a success); what to announce, if anything:
         ``(True, reason, pause)`` when calls pause, ``(False, reason, 0.0)`` when they resume."""
-        self.reported()
+        admission = ADMITTED.get()  # the call booked in this context reported (``reported``)
+        if admission is not None and admission[0] is self:
+            ADMITTED.set(admission[4])
         if throttled:
             was_limited = self.limited
             pause = self.rate_limited(now, pause)
