@@ -1,9 +1,9 @@
 """SPEC section 9: the throttle's level is the provider's ``remaining`` minus the calls in flight.
 
 A response reports what the provider had counted when it took the call, not the calls this
-client admitted after it (in flight, or on their way). Each booked call carries its admission
-to the headers it brings back; those read by hand, or those of a call admitted before any
-pacing, are taken as they come.
+client admitted after it and not answered yet (in flight, or on their way). Each booked call
+carries its admission to the headers it brings back; those read by hand, or those of a call
+admitted before any pacing, are taken as they come.
 """
 
 from __future__ import annotations
@@ -109,6 +109,30 @@ def test_headers_fed_by_hand_or_after_the_report_are_taken_as_they_come() -> Non
     assert throttle.view(0.0)["requests_remaining"] == 8
 
 
+def test_a_call_booked_after_that_reported_first_is_not_in_flight() -> None:
+    """A, then B and C booked at t=0; C is answered and reports before A's answer comes: it
+    was most likely counted first (and its headers are in the model already). A's answer
+    says 8 remain: 7 (B still in flight)."""
+    throttle = _paced_core()
+    a, c = contextvars.Context(), contextvars.Context()
+    a.run(throttle.book, 0.0, 0.0, 30.0)
+    contextvars.Context().run(throttle.book, 0.0, 0.0, 30.0)
+    c.run(throttle.book, 0.0, 0.0, 30.0)
+    c.run(throttle.report, 0.0, False, True, None)
+    a.run(throttle.observe, _limits(8), 0.0)
+    assert throttle.view(0.0)["requests_remaining"] == 7
+
+
+def test_calls_never_reported_are_forgotten_past_a_bound() -> None:
+    """Calls whose report never comes back to their context (a stream read elsewhere) are
+    not remembered for ever."""
+    throttle = _paced_core()
+    throttle.requests.configure(1e9, 1e9)
+    for _ in range(5000):
+        contextvars.Context().run(throttle.book, 0.0, 0.0, 30.0)
+    assert len(throttle.flying) <= 4096
+
+
 def test_a_slot_given_back_is_not_counted_in_flight() -> None:
     """A booked, then B who gives its slot up: A's answer counts nothing after it."""
     throttle = _paced_core()
@@ -148,9 +172,9 @@ def test_tokens_booked_after_a_call_are_subtracted_too() -> None:
 def test_the_level_is_what_the_provider_left_minus_what_was_booked_after(
     booked_before: int, booked_after: int, others: int
 ) -> None:
-    """Whatever was booked before and after call A, and whatever others spent unseen, A's
-    answer (taken when A was counted) leaves exactly: remaining - booked after A (all at once,
-    no refill), never more than the throttle's own count of what it booked."""
+    """Whatever was booked before and after call A (none reported yet), and whatever others
+    spent unseen, A's answer (taken when A was counted) leaves exactly: remaining - booked
+    after A (all at once, no refill), never more than the throttle's own count."""
     throttle = _paced_core()
     book: Callable[[], float] = lambda: throttle.book(0.0, 0.0, 1e9)  # noqa: E731
     for _ in range(booked_before):

@@ -14,9 +14,11 @@ slot, so when a pause ends callers leave one by one at the refill rate, not all 
 
 The provider's count lags this client's: a response reports ``remaining`` as of when the
 provider counted it, before the calls this client admitted after it. Each booked call keeps
-its ``Admission`` (its slot, and how much each pacer had booked with it) in a context
-variable from :meth:`ThrottleCore.book` to its report; the headers it brings back are read as
-of its slot, with what was booked after it on top (:meth:`Pacer.observe`).
+its ``Admission`` (its slot and its place in line) in a context variable from
+:meth:`ThrottleCore.book` to its report; the headers it brings back are read as of its slot,
+less the calls booked after it that have not reported yet (:meth:`Pacer.observe`): in flight,
+or asleep until their slot. One booked after it that has reported was answered first, most
+likely counted first too; what its own headers said is already in the model.
 """
 
 from __future__ import annotations
@@ -53,10 +55,10 @@ TOKEN_COST: contextvars.ContextVar[float] = contextvars.ContextVar("token_cost",
 
 
 # A call the throttle booked, as the context of its caller keeps it until the call reports:
-# (throttle, slot, requests booked, tokens booked, outer): the units each pacer had booked
-# with it (this call's included), and the admission of an enclosing call (another
-# breaker's), if any. A tuple: made on every paced admission.
-Admission = tuple["ThrottleCore", float, float, float, "Admission | None"]
+# (throttle, slot, place in line, outer): ``outer`` the admission of an enclosing call
+# (another breaker's), if any. A tuple: made on every paced admission.
+Admission = tuple["ThrottleCore", float, int, "Admission | None"]
+_MAX_FLYING = 4096  # booked calls remembered until they report (the oldest forgotten first)
 
 
 # The booked call running in this context (thread, task), set by ``ThrottleCore.book``: the
@@ -144,18 +146,15 @@ class Pacer:
     """One resource's bucket as a generic cell rate algorithm (GCRA).
 
     ``interval`` seconds refill one unit; up to ``capacity`` units may go at once. ``tat`` (the
-    theoretical arrival time) is when the bucket would be full again. ``booked``: the units
-    taken while paced (less those given back), ever: what was booked after a call is the
-    difference.
+    theoretical arrival time) is when the bucket would be full again.
     """
 
-    __slots__ = ("booked", "capacity", "interval", "tat")
+    __slots__ = ("capacity", "interval", "tat")
 
     def __init__(self) -> None:
         self.interval = 0.0  # 0: the rate is unknown and nothing is paced
         self.capacity = 1.0
         self.tat = _NEVER
-        self.booked = 0.0
 
     @property
     def known(self) -> bool:
@@ -178,13 +177,11 @@ class Pacer:
         """Spend ``cost`` units at ``at``."""
         if self.known:
             self.tat = max(self.tat, at) + self.interval * cost
-            self.booked += cost
 
     def give_back(self, cost: float) -> None:
         """Return units taken but not used (a caller that gave up its slot)."""
         if self.known:
             self.tat -= self.interval * cost
-            self.booked -= cost
 
     def level(self, now: float) -> int | None:
         """Units left in the bucket now (None when not paced)."""
@@ -204,10 +201,10 @@ class Pacer:
         it says never makes the next unit further away than ``max_pause`` seconds (one unit
         refills within it, and "nothing left" waits for one unit at most).
 
-        ``since``: ``(slot, booked)`` of the call whose response this is: the provider counted
-        it at its slot, before the units booked after it (``self.booked - booked``), which
-        are in flight or on their way. Its ``remaining`` is the level at the slot, less
-        those. None (headers fed by hand, a call admitted before any pacing): the level now.
+        ``since``: ``(slot, units)`` of the call whose response this is: the provider counted
+        it at its slot, before the ``units`` booked after it that have not reported (in
+        flight, or on their way). Its ``remaining`` is the level at the slot, less those.
+        None (headers fed by hand, a call admitted before any pacing): the level now.
         """
         limit, remaining, reset = bucket.limit, bucket.remaining, bucket.reset
         slowest = 1.0 / max_pause
@@ -225,7 +222,7 @@ class Pacer:
             spent, at = max(0.0, self.capacity - remaining), now
             if since is not None:
                 at = min(now, since[0])
-                spent += max(0.0, self.booked - since[1])
+                spent += since[1]
             reported = at + spent * self.interval
             latest = now + max_pause + (self.capacity - 1.0) * self.interval
             self.tat = max(self.tat, min(reported, latest))
@@ -237,11 +234,13 @@ class ThrottleCore:
     __slots__ = (
         "backoff",
         "config",
+        "flying",
         "limited",
         "max_pause",
         "paused_until",
         "provisional",
         "requests",
+        "seq",
         "tokens",
         "waiting",
     )
@@ -260,6 +259,8 @@ class ThrottleCore:
         self.waiting = 0  # callers asleep until their slot
         self.provisional = False  # the request spacing comes from a pause, not from a rate
         self.limited = False  # a rate limit paused calls, and no call has succeeded since
+        self.seq = 0  # the place in line of the last call booked
+        self.flying: dict[int, float] = {}  # booked calls not reported yet: place -> tokens
 
     @property
     def active(self) -> bool:
@@ -298,17 +299,23 @@ class ThrottleCore:
         """Follow the rate-limit headers of a response (of the call booked in this context,
         if any: see ``Admission``)."""
         admission = ADMITTED.get()
-        if admission is not None and admission[0] is not self:
-            admission = None  # another breaker's call: these headers came by hand
+        since: tuple[float, float] | None = None
+        tokens_since = None
+        if admission is not None and admission[0] is self:  # else by hand, or another's call
+            place, calls, tokens = admission[2], 0, 0.0
+            for later in reversed(self.flying):  # booked after it, not reported yet
+                if later <= place:
+                    break
+                calls += 1
+                tokens += self.flying[later]
+            since, tokens_since = (admission[1], float(calls)), (admission[1], tokens)
         if limits.requests is not None:
             if self.provisional:
                 self.requests.interval, self.provisional = 0.0, False
-            since = None if admission is None else (admission[1], admission[2])
             self.requests.observe(limits.requests, now, self.max_pause, since)
             self._hold(limits.requests, self.requests, now)
         if limits.tokens is not None:
-            since = None if admission is None else (admission[1], admission[3])
-            self.tokens.observe(limits.tokens, now, self.max_pause, since)
+            self.tokens.observe(limits.tokens, now, self.max_pause, tokens_since)
             self._hold(limits.tokens, self.tokens, now)
 
     def _hold(self, bucket: Bucket, pacer: Pacer, now: float) -> None:
@@ -346,22 +353,31 @@ class ThrottleCore:
             return wait
         outer = ADMITTED.get()
         if outer is not None and outer[0] is self:  # booked again (after a pause)
-            outer = outer[4]
-        ADMITTED.set((self, slot, self.requests.booked, self.tokens.booked, outer))
+            self.flying.pop(outer[2], None)
+            outer = outer[3]
+        self.seq = place = self.seq + 1
+        flying = self.flying
+        flying[place] = tokens
+        if len(flying) > _MAX_FLYING:  # calls that reported elsewhere, or never did
+            del flying[next(iter(flying))]
+        ADMITTED.set((self, slot, place, outer))
         return wait
 
     def reported(self) -> None:
-        """The call booked in this context reported: its admission ends here."""
+        """The call booked in this context reported, or gave its slot up: it is no longer
+        in flight, and its admission ends here."""
         admission = ADMITTED.get()
         if admission is not None and admission[0] is self:
-            ADMITTED.set(admission[4])
+            self.flying.pop(admission[2], None)
+            ADMITTED.set(admission[3])
 
     def report(self, now: float, throttled: bool, succeeded: bool, pause: float | None) -> News:
         """Follow a finished call (a rate limit, or a success); what to announce, if anything:
         ``(True, reason, pause)`` when calls pause, ``(False, reason, 0.0)`` when they resume."""
         admission = ADMITTED.get()  # the call booked in this context reported (``reported``)
         if admission is not None and admission[0] is self:
-            ADMITTED.set(admission[4])
+            self.flying.pop(admission[2], None)
+            ADMITTED.set(admission[3])
         if throttled:
             was_limited = self.limited
             pause = self.rate_limited(now, pause)
@@ -389,9 +405,7 @@ class ThrottleCore:
         """Forget what was learned: pauses, the adaptive backoff, the limits the headers told;
         the configured ``requests_per_minute`` / ``tokens_per_minute`` stay (a reset)."""
         config = self.config
-        booked = self.requests.booked, self.tokens.booked  # admissions in flight count on
         self.requests, self.tokens = Pacer(), Pacer()
-        self.requests.booked, self.tokens.booked = booked
         if config.requests_per_minute is not None:
             self.requests.configure(config.requests_per_minute / 60.0, config.requests_per_minute)
         if config.tokens_per_minute is not None:
