@@ -11,6 +11,14 @@ doubles on consecutive 429s and halves on successes (AIMD).
 
 :meth:`ThrottleCore.reserve` hands out slots in order (FIFO): the caller sleeps until its
 slot, so when a pause ends callers leave one by one at the refill rate, not all at once.
+
+The provider's count lags this client's: a response reports ``remaining`` as of when the
+provider counted it, before the calls this client admitted after it. Each booked call keeps
+its ``Admission`` (its slot and its place in line) in a context variable from
+:meth:`ThrottleCore.book` to its report; the headers it brings back are read as of its slot,
+less the calls booked after it that have not reported yet (:meth:`Pacer.observe`): in flight,
+or asleep until their slot. One booked after it that has reported was answered first, most
+likely counted first too; what its own headers said is already in the model.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ if TYPE_CHECKING:  # the header parser loads with the first response that has su
     from llm_circuit_breaker.config import CircuitBreakerConfig
 
 __all__ = [
+    "ADMITTED",
     "TOKEN_COST",
+    "Admission",
     "News",
     "Pacer",
     "ThrottleCore",
@@ -42,6 +52,20 @@ News = tuple[bool, str, float] | None
 # The estimated tokens of the call being admitted, set by code that sees the request body
 # (the HTTP helpers) around the guarded call; 0 when nobody knows.
 TOKEN_COST: contextvars.ContextVar[float] = contextvars.ContextVar("token_cost", default=0.0)
+
+
+# A call the throttle booked, as the context of its caller keeps it until the call reports:
+# (throttle, slot, place in line, outer): ``outer`` the admission of an enclosing call
+# (another breaker's), if any. A tuple: made on every paced admission.
+Admission = tuple["ThrottleCore", float, int, "Admission | None"]
+_MAX_FLYING = 4096  # booked calls remembered until they report (the oldest forgotten first)
+
+
+# The booked call running in this context (thread, task), set by ``ThrottleCore.book``: the
+# headers its response brings are read against what was booked after it.
+ADMITTED: contextvars.ContextVar[Admission | None] = contextvars.ContextVar(
+    "admitted", default=None
+)
 _OUTPUT_FIELDS = ("max_tokens", "max_output_tokens", "max_completion_tokens")
 _INPUT_FIELDS = ("messages", "prompt", "input", "system", "contents")
 
@@ -166,10 +190,22 @@ class Pacer:
         used = max(0.0, self.tat - now) / self.interval
         return max(0, min(int(self.capacity), math.floor(self.capacity - used)))
 
-    def observe(self, bucket: Bucket, now: float, max_pause: float = math.inf) -> None:
+    def observe(
+        self,
+        bucket: Bucket,
+        now: float,
+        max_pause: float = math.inf,
+        since: tuple[float, float] | None = None,
+    ) -> None:
         """Follow what the provider reported: capacity, refill rate and what is left. What
         it says never makes the next unit further away than ``max_pause`` seconds (one unit
-        refills within it, and "nothing left" waits for one unit at most)."""
+        refills within it, and "nothing left" waits for one unit at most).
+
+        ``since``: ``(slot, units)`` of the call whose response this is: the provider counted
+        it at its slot, before the ``units`` booked after it that have not reported (in
+        flight, or on their way). Its ``remaining`` is the level at the slot, less those.
+        None (headers fed by hand, a call admitted before any pacing): the level now.
+        """
         limit, remaining, reset = bucket.limit, bucket.remaining, bucket.reset
         slowest = 1.0 / max_pause
         if limit is not None and limit > 0:
@@ -183,7 +219,11 @@ class Pacer:
                 self.capacity = float(limit)
         if remaining is not None and self.known:
             # The provider's count is the truth; our own later reservations may be on top.
-            reported = now + max(0.0, self.capacity - remaining) * self.interval
+            spent, at = max(0.0, self.capacity - remaining), now
+            if since is not None:
+                at = min(now, since[0])
+                spent += since[1]
+            reported = at + spent * self.interval
             latest = now + max_pause + (self.capacity - 1.0) * self.interval
             self.tat = max(self.tat, min(reported, latest))
 
@@ -194,11 +234,13 @@ class ThrottleCore:
     __slots__ = (
         "backoff",
         "config",
+        "flying",
         "limited",
         "max_pause",
         "paused_until",
         "provisional",
         "requests",
+        "seq",
         "tokens",
         "waiting",
     )
@@ -217,6 +259,8 @@ class ThrottleCore:
         self.waiting = 0  # callers asleep until their slot
         self.provisional = False  # the request spacing comes from a pause, not from a rate
         self.limited = False  # a rate limit paused calls, and no call has succeeded since
+        self.seq = 0  # the place in line of the last call booked
+        self.flying: dict[int, float] = {}  # booked calls not reported yet: place -> tokens
 
     @property
     def active(self) -> bool:
@@ -237,6 +281,7 @@ class ThrottleCore:
 
     def cancel(self, tokens: float = 0.0) -> None:
         """Give back a reservation whose caller will not call (cancelled, or waited too long)."""
+        self.reported()
         self.requests.give_back(1.0)
         self.tokens.give_back(tokens)
 
@@ -251,14 +296,26 @@ class ThrottleCore:
         return slot - now
 
     def observe(self, limits: RateLimits, now: float) -> None:
-        """Follow the rate-limit headers of a response."""
+        """Follow the rate-limit headers of a response (of the call booked in this context,
+        if any: see ``Admission``)."""
+        admission = ADMITTED.get()
+        since: tuple[float, float] | None = None
+        tokens_since = None
+        if admission is not None and admission[0] is self:  # else by hand, or another's call
+            place, calls, tokens = admission[2], 0, 0.0
+            for later in reversed(self.flying):  # booked after it, not reported yet
+                if later <= place:
+                    break
+                calls += 1
+                tokens += self.flying[later]
+            since, tokens_since = (admission[1], float(calls)), (admission[1], tokens)
         if limits.requests is not None:
             if self.provisional:
                 self.requests.interval, self.provisional = 0.0, False
-            self.requests.observe(limits.requests, now, self.max_pause)
+            self.requests.observe(limits.requests, now, self.max_pause, since)
             self._hold(limits.requests, self.requests, now)
         if limits.tokens is not None:
-            self.tokens.observe(limits.tokens, now, self.max_pause)
+            self.tokens.observe(limits.tokens, now, self.max_pause, tokens_since)
             self._hold(limits.tokens, self.tokens, now)
 
     def _hold(self, bucket: Bucket, pacer: Pacer, now: float) -> None:
@@ -289,14 +346,38 @@ class ThrottleCore:
     def book(self, now: float, tokens: float, max_wait: float) -> float:
         """Reserve a slot for a call costing ``tokens``; the seconds until it. More than
         ``max_wait``: nothing is reserved (the caller is refused)."""
-        wait = self.reserve(now, tokens) - now
+        slot = self.reserve(now, tokens)
+        wait = slot - now
         if wait > max_wait:
             self.cancel(tokens)
+            return wait
+        outer = ADMITTED.get()
+        if outer is not None and outer[0] is self:  # booked again (after a pause)
+            self.flying.pop(outer[2], None)
+            outer = outer[3]
+        self.seq = place = self.seq + 1
+        flying = self.flying
+        flying[place] = tokens
+        if len(flying) > _MAX_FLYING:  # calls that reported elsewhere, or never did
+            del flying[next(iter(flying))]
+        ADMITTED.set((self, slot, place, outer))
         return wait
+
+    def reported(self) -> None:
+        """The call booked in this context reported, or gave its slot up: it is no longer
+        in flight, and its admission ends here."""
+        admission = ADMITTED.get()
+        if admission is not None and admission[0] is self:
+            self.flying.pop(admission[2], None)
+            ADMITTED.set(admission[3])
 
     def report(self, now: float, throttled: bool, succeeded: bool, pause: float | None) -> News:
         """Follow a finished call (a rate limit, or a success); what to announce, if anything:
         ``(True, reason, pause)`` when calls pause, ``(False, reason, 0.0)`` when they resume."""
+        admission = ADMITTED.get()  # the call booked in this context reported (``reported``)
+        if admission is not None and admission[0] is self:
+            self.flying.pop(admission[2], None)
+            ADMITTED.set(admission[3])
         if throttled:
             was_limited = self.limited
             pause = self.rate_limited(now, pause)
