@@ -694,3 +694,30 @@ def test_fallbacks_move_on_after_a_filtered_answer(
     last = result[-1].data["choices"][0] if stream else result["choices"][0]
     assert last["finish_reason"] == ("stop" if on_content_policy else "content_filter")
     assert llm_server.hits == (2 if on_content_policy else 1)
+
+
+_JUDGED = {**{f"reasoned: {k}": v for k, v in REASONED.items()}, **STREAMS}
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=st.sampled_from(sorted(_JUDGED)), cuts=st.lists(st.integers(1, 300), max_size=12))
+def test_reads_cut_anywhere_get_the_same_verdict(case: str, cuts: list[int]) -> None:
+    """The transport's watch gives a stream's verdict whatever its reads: cut anywhere, fed
+    one event at a time or one byte at a time."""
+    from llm_circuit_breaker.httpx._watch import Watch
+
+    make, answer = _JUDGED[case]
+    events = [e.encode() for e in make().events or []]
+    body = b"".join(events)
+    reads, at = [], 0
+    for size in cuts:
+        reads.append(body[at : at + size])
+        at += size
+    reads.append(body[at:])
+    for chunks in (events, reads, [body[i : i + 1] for i in range(len(body))]):
+        watch = Watch("http://x")
+        assert [watch.feed(chunk) for chunk in chunks if chunk] == [None] * len(
+            [c for c in chunks if c]
+        )
+        assert watch.truncated() is False
+        assert watch.unanswered() is not answer

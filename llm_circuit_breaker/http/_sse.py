@@ -248,6 +248,7 @@ class StreamChecker:
     __slots__ = (
         "_answered",
         "_arguments",
+        "_calling",
         "_ended",
         "_final",
         "_known",
@@ -272,6 +273,7 @@ class StreamChecker:
         # they outgrew _MAX_ARGUMENTS (then not judged)
         self._arguments: dict[tuple[int, int], list[str]] | None = {}
         self._size = 0
+        self._calling = False  # a chat tool call has come (its arguments' pieces may follow)
 
     def check(self, event: SSEEvent) -> bool:
         """Whether to hand ``event`` to the caller; raises for an error frame."""
@@ -351,6 +353,7 @@ class StreamChecker:
             legacy = delta.get("function_call")
             if not calls and legacy is None:
                 continue
+            self._calling = True
             index = choice.get("index")
             number = index if type(index) is int else at
             slots: list[tuple[Any, int | None]] = (

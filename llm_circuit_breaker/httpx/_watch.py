@@ -111,7 +111,8 @@ class Watch:
             and find(b"[DONE]") < 0
             and find(b'"finish_reason":"') < 0
             and find(b'"finish_reason": "') < 0
-            and find(b'"arguments"') < 0  # a piece of a chat tool call's arguments
+            # a piece of a chat tool call's arguments, once a tool call has come
+            and not (self._checker._calling and find(b'"arguments"') >= 0)
             and not (self.metered and find(b'"usage"') >= 0)
         )
 
@@ -149,6 +150,7 @@ class Watch:
             or event in _NOTABLE_EVENTS
             or data == b"[DONE]"
             or any(data.find(marker) >= 0 for marker in _NOTABLE_DATA)
+            or (checker._calling and data.find(b'"arguments"') >= 0)
             or (self.metered and data.find(b'"usage"') >= 0)
         ):
             return None
@@ -256,7 +258,6 @@ _NOTABLE_DATA = (
     b"response.incomplete",
     b'"finish_reason":"',
     b'"finish_reason": "',
-    b'"arguments"',  # a piece of a chat tool call's arguments
 )
 
 
