@@ -296,9 +296,6 @@ class StreamChecker:
                 return self._error(response if isinstance(response, dict) else data)
             if not self._answered:  # until text or a tool call has come
                 self._answered = _answers(event, data, kind)
-            choices = data.get("choices")
-            if type(choices) is list and self._arguments is not None:
-                self._keep_arguments(choices)
             if self._ended:  # nothing below changes once the stream's end has come
                 return None
             name = kind if isinstance(kind, str) else event.event
@@ -316,9 +313,17 @@ class StreamChecker:
                     if reason and type(reason) is str:  # a reason of another type is none
                         self._reason = reason
                 return None
+            choices = data.get("choices")
             if type(choices) is list:
                 for choice in choices:  # a loop, not any(): this runs for every chat chunk
-                    if isinstance(choice, dict) and choice.get("finish_reason"):
+                    if type(choice) is not dict:
+                        continue
+                    delta = choice.get("delta")
+                    if delta.__class__ is dict and (
+                        "tool_calls" in delta or "function_call" in delta
+                    ):
+                        self._keep_arguments(choice, delta)
+                    if choice.get("finish_reason"):
                         self._needs_end, self._ended = False, True
                         reason = choice["finish_reason"]
                         self._reason = reason if type(reason) is str else None
@@ -343,38 +348,37 @@ class StreamChecker:
             self._needs_end, self._ended = False, True
         return None
 
-    def _keep_arguments(self, choices: list[Any]) -> None:
-        """Keep the pieces of tool-call arguments a chat chunk's choices carry."""
-        for at, choice in enumerate(choices):
-            delta = choice.get("delta") if type(choice) is dict else None
-            if type(delta) is not dict:
+    def _keep_arguments(self, choice: dict[str, Any], delta: dict[str, Any]) -> None:
+        """Keep the pieces of tool-call arguments a chat chunk's choice carries in its
+        ``delta``."""
+        calls = delta.get("tool_calls")
+        legacy = delta.get("function_call")
+        if not calls and legacy is None:
+            return
+        self._calling = True
+        if self._arguments is None:  # too long to judge already
+            return
+        index = choice.get("index")
+        number = index if type(index) is int else 0
+        slots: list[tuple[Any, int | None]] = (
+            [(call, None) for call in calls] if type(calls) is list else []
+        )
+        if type(legacy) is dict:
+            slots.append(({"function": legacy}, -1))
+        for call, slot in slots:
+            function = call.get("function") if type(call) is dict else None
+            piece = function.get("arguments") if type(function) is dict else None
+            if type(piece) is not str or not piece:
                 continue
-            calls = delta.get("tool_calls")
-            legacy = delta.get("function_call")
-            if not calls and legacy is None:
-                continue
-            self._calling = True
-            index = choice.get("index")
-            number = index if type(index) is int else at
-            slots: list[tuple[Any, int | None]] = (
-                [(call, None) for call in calls] if type(calls) is list else []
-            )
-            if type(legacy) is dict:
-                slots.append(({"function": legacy}, -1))
-            for call, slot in slots:
-                function = call.get("function") if type(call) is dict else None
-                piece = function.get("arguments") if type(function) is dict else None
-                if type(piece) is not str or not piece:
-                    continue
-                if slot is None:
-                    position = call.get("index")
-                    slot = position if type(position) is int else 0
-                self._size += len(piece)
-                arguments = self._arguments
-                if arguments is None or self._size > _MAX_ARGUMENTS:
-                    self._arguments = None  # too long to judge
-                    return
-                arguments.setdefault((number, slot), []).append(piece)
+            if slot is None:
+                position = call.get("index")
+                slot = position if type(position) is int else 0
+            self._size += len(piece)
+            arguments = self._arguments
+            if arguments is None or self._size > _MAX_ARGUMENTS:
+                self._arguments = None  # too long to judge
+                return
+            arguments.setdefault((number, slot), []).append(piece)
 
     @property
     def ended(self) -> bool:
