@@ -14,7 +14,7 @@ import httpx
 import httpx2
 import openai
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from llm_circuit_breaker import (
@@ -721,3 +721,67 @@ def test_reads_cut_anywhere_get_the_same_verdict(case: str, cuts: list[int]) -> 
         )
         assert watch.truncated() is False
         assert watch.unanswered() is not answer
+
+
+_ODD = [None, 1, 1.5, True, "x", "", [], ["stop"], {}, {"x": 1}, [{"a": 1}]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    frames=st.lists(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "type": st.sampled_from(
+                    [*_ODD, "content_block_delta", "content_block_start", "message_delta",
+                     "message_start", "message_stop", "response.completed",
+                     "response.reasoning_text.delta", "response.output_text.delta"]
+                ),
+                "object": st.sampled_from(["chat.completion.chunk", *_ODD]),
+                "delta": st.sampled_from(_ODD) | st.fixed_dictionaries(
+                    {}, optional={k: st.sampled_from(_ODD) for k in
+                                  ("type", "text", "thinking", "stop_reason", "content")}
+                ),
+                "choices": st.sampled_from(_ODD) | st.lists(
+                    st.sampled_from(_ODD) | st.fixed_dictionaries(
+                        {}, optional={
+                            "index": st.sampled_from(_ODD),
+                            "finish_reason": st.sampled_from(_ODD),
+                            "delta": st.sampled_from(_ODD) | st.fixed_dictionaries(
+                                {}, optional={k: st.sampled_from(_ODD) for k in
+                                              ("content", "reasoning_content", "tool_calls",
+                                               "function_call", "refusal")}
+                            ),
+                        }
+                    ),
+                    max_size=3,
+                ),
+                "response": st.sampled_from(_ODD),
+            },
+        ),
+        max_size=6,
+    )
+)  # fmt: skip
+@example(frames=[{"type": "content_block_delta", "delta": {"type": ["thinking_delta"]}}])
+@example(
+    frames=[
+        {"type": "message_start"},
+        {"type": "message_delta", "delta": {"stop_reason": {"x": 1}}},
+        {"type": "message_stop"},
+    ]
+)
+@example(
+    frames=[
+        {"object": "chat.completion.chunk", "choices": [{"delta": {}, "finish_reason": ["stop"]}]}
+    ]
+)
+def test_frames_of_any_shape_are_judged_without_an_error(frames: list[dict[str, Any]]) -> None:
+    """Frames whose fields have any JSON type (a reason that is a list, a delta type that is
+    a dict ...): the checker follows them and gives a verdict, never an error."""
+    from llm_circuit_breaker.http._sse import SSEEvent, StreamChecker
+
+    checker = StreamChecker("http://x")
+    for frame in frames:
+        assert checker.error_in(SSEEvent("message", frame)) is None
+    assert checker.non_answer() in (None, "empty", "length_empty", "content_filter",
+                                    "invalid_tool_arguments")  # fmt: skip

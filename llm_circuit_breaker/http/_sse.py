@@ -472,8 +472,10 @@ def _answers(event: SSEEvent, data: dict[str, Any], kind: object) -> bool:
         return False
     if kind == "content_block_delta":
         delta = data.get("delta")
-        if type(delta) is dict and delta.get("type") in _REASONING_DELTAS:
-            return False
+        if type(delta) is dict:
+            kind = delta.get("type")
+            if type(kind) is str and kind in _REASONING_DELTAS:
+                return False
     elif type(kind) is str and kind.startswith("response.") and "reasoning" in kind:
         return False
     return is_content(event)
