@@ -14,10 +14,16 @@ import httpx
 import httpx2
 import openai
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from llm_circuit_breaker import BreakerRegistry, CircuitState, LLMCircuitBreaker
+from llm_circuit_breaker import (
+    BreakerRegistry,
+    CircuitState,
+    InvalidResponseError,
+    LLMCircuitBreaker,
+    with_fallbacks,
+)
 from llm_circuit_breaker.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport
 from llm_circuit_breaker.testing import FakeClock, FakeLLMServer, Reply
 from llm_circuit_breaker.testing._reply import completion
@@ -377,20 +383,405 @@ def test_stream_ignores_non_answers(llm_server: FakeLLMServer) -> None:
 
 
 async def test_async_helpers_ignore_non_answers(llm_server: FakeLLMServer) -> None:
-    """acall() / astream() (aiohttp): the same."""
+    """acall() / astream() (aiohttp): the same; acall() of an empty stream is retried, as a
+    JSON one is, then raises InvalidResponseError with the last events."""
+    empty = Reply.messages("", stream=True)
     llm_server.script(
-        Reply.messages("", stream=True), _refused_message_stream(),
+        empty, empty, empty, _refused_message_stream(),
         Reply(json=_chat({"content": None}, "length")), Reply.messages("Hi", stream=True),
     )  # fmt: skip
     registry = BreakerRegistry()
     async with _facade(registry) as cb:
         url = llm_server.url + "/v1/messages"
-        events = await cb.acall(url, data={"stream": True})
-        assert events[-1].event == "message_stop"
+        with pytest.raises(InvalidResponseError) as caught:
+            await cb.acall(url, data={"stream": True})
+        assert caught.value.kind == "empty"
+        assert caught.value.response[-1].event == "message_stop"
         refused = [e async for e in cb.astream(url, data={"stream": True})]
         assert refused[-1].event == "message_stop"
         whole = [e async for e in cb.astream(url, data={"stream": True})]
         assert whole[0].data["choices"][0]["finish_reason"] == "length"
         assert len([e async for e in cb.astream(url, data={"stream": True})]) > 3
-    assert llm_server.hits == 4
-    assert _counts(registry) == (1, 0, 3)
+    assert llm_server.hits == 6
+    assert _counts(registry) == (1, 0, 5)
+
+
+# -- what an answer holds: reasoning, tool arguments, reasons of any type ----------------------
+
+_HEAD = {"id": "c", "object": "chat.completion.chunk", "model": "m"}
+
+
+def _chunk(delta: dict[str, Any], finish: Any = None) -> str:
+    return _sse({**_HEAD, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+def _chat_events(*chunks: str) -> Reply:
+    return Reply(events=[*chunks, _sse("[DONE]")])
+
+
+def _call(arguments: str, *, index: int = 0, first: bool = True) -> dict[str, Any]:
+    if first:
+        function = {"name": "f", "arguments": arguments}
+        return {"index": index, "id": "call_1", "type": "function", "function": function}
+    return {"index": index, "function": {"arguments": arguments}}
+
+
+def _message_events(blocks: list[tuple[str, str]], stop: Any) -> Reply:
+    """An Anthropic stream of ``(kind, text)`` blocks ("text" or "thinking") ending with the
+    stop reason ``stop`` in its message_delta."""
+    start = {**_message([], stop="x"), "stop_reason": None}
+    events = [_sse({"type": "message_start", "message": start}, "message_start")]
+    for index, (kind, text) in enumerate(blocks):
+        block = (
+            {"type": kind, kind: ""}
+            if kind == "text"
+            else {"type": kind, kind: "", "signature": ""}
+        )
+        delta = {"type": f"{kind}_delta", kind: text}
+        events += [
+            _sse({"type": "content_block_start", "index": index, "content_block": block},
+                 "content_block_start"),
+            _sse({"type": "content_block_delta", "index": index, "delta": delta},
+                 "content_block_delta"),
+            _sse({"type": "content_block_stop", "index": index}, "content_block_stop"),
+        ]  # fmt: skip
+    events += [
+        _sse({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+              "usage": {"output_tokens": 8}}, "message_delta"),
+        _sse({"type": "message_stop"}, "message_stop"),
+    ]  # fmt: skip
+    return Reply(events=events)
+
+
+def _slim_responses_stream() -> Reply:
+    """A Responses stream with text deltas whose final response.completed lists no output."""
+    events = list(Reply.responses("Hello there", stream=True).events or [])
+    last = json.loads(events[-1].split("data: ", 1)[1])
+    last["response"]["output"] = []
+    events[-1] = "event: response.completed\ndata: " + json.dumps(last) + "\n\n"
+    return Reply(events=events)
+
+
+REASONED = {
+    "anthropic thinking only, max_tokens": (
+        lambda: _message_events([("thinking", "Let me think")], "max_tokens"), False),
+    "anthropic thinking then text": (
+        lambda: _message_events([("thinking", "Hmm"), ("text", "Paris")], "end_turn"), True),
+    "chat reasoning only, length": (
+        lambda: _chat_events(
+            _chunk({"role": "assistant", "content": "", "reasoning_content": ""}),
+            _chunk({"reasoning_content": "hmm..."}), _chunk({}, "length")),
+        False),
+    "chat reasoning then text": (
+        lambda: _chat_events(
+            _chunk({"role": "assistant", "content": None, "reasoning_content": "hmm"}),
+            _chunk({"reasoning_content": "so"}), _chunk({"content": "Paris"}),
+            _chunk({}, "stop")),
+        True),
+    "chat tool arguments in pieces": (
+        lambda: _chat_events(
+            _chunk({"role": "assistant", "tool_calls": [_call("")]}),
+            _chunk({"tool_calls": [_call('{"city": ', first=False)]}),
+            _chunk({"tool_calls": [_call('"Paris"}', first=False)]}),
+            _chunk({}, "tool_calls")),
+        True),
+    "chat broken tool arguments": (
+        lambda: _chat_events(
+            _chunk({"role": "assistant", "content": "Let me call", "tool_calls": [_call("")]}),
+            _chunk({"tool_calls": [_call('{"city": "Par', first=False)]}),
+            _chunk({}, "tool_calls")),
+        False),
+    "responses text, final output empty": (_slim_responses_stream, True),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(REASONED))
+def test_transport_judges_what_a_stream_holds(llm_server: FakeLLMServer, case: str) -> None:
+    """Through the transport's watch: reasoning alone answers nothing (length_empty, as the
+    same message whole is), text after it does; a chat stream's tool-call arguments are
+    judged put together; a Responses stream's text deltas count when its final response
+    lists no output."""
+    make, answer = REASONED[case]
+    reply = make()
+    llm_server.script(reply)
+    registry = BreakerRegistry()
+    client = httpx.Client(transport=CircuitBreakerTransport("llm", registry=registry))
+    with client.stream("POST", llm_server.url + "/v1/chat/completions", json={}) as response:
+        body = response.read()
+    assert body.decode() == "".join(reply.events or [])
+    assert _counts(registry) == ((1, 0, 0) if answer else (0, 0, 1))
+
+
+@pytest.mark.parametrize("case", list(REASONED))
+def test_helpers_judge_what_a_stream_holds(llm_server: FakeLLMServer, case: str) -> None:
+    """The same through the HTTP helpers' stream(): every event yielded, the same verdict."""
+    make, answer = REASONED[case]
+    llm_server.script(make())
+    registry = BreakerRegistry()
+    events = list(_facade(registry).stream(llm_server.url + "/v1/chat/completions", data={}))
+    assert events
+    assert _counts(registry) == ((1, 0, 0) if answer else (0, 0, 1))
+
+
+def test_thinking_only_stream_judged_as_the_message_whole(llm_server: FakeLLMServer) -> None:
+    """anthropic: a stream that only thought until max_tokens and the same message whole are
+    both ignored (length_empty)."""
+    whole = _message(
+        [{"type": "thinking", "thinking": "Let me think", "signature": "s"}], "max_tokens"
+    )
+    llm_server.script(
+        _message_events([("thinking", "Let me think")], "max_tokens"), Reply(json=whole)
+    )
+    registry = BreakerRegistry()
+    client = anthropic.Anthropic(
+        api_key="sk-test", base_url=llm_server.url, max_retries=0,
+        http_client=httpx2.Client(transport=CircuitBreakerTransport("llm", registry=registry)),
+    )  # fmt: skip
+    with client.messages.stream(model="c", max_tokens=8, messages=MESSAGES) as stream:
+        assert stream.get_final_message().stop_reason == "max_tokens"
+    assert client.messages.create(model="c", max_tokens=8, messages=MESSAGES).content
+    assert _counts(registry) == (0, 0, 2)
+
+
+_BROKEN = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": '}}
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_text_and_broken_tool_arguments_are_no_answer(
+    llm_server: FakeLLMServer, indent: int | None
+) -> None:
+    """A completion with text, broken tool-call arguments and the finish reason "stop" is
+    invalid_tool_arguments (ignored), not an answer the first byte search takes it for."""
+    llm_server.script(
+        _raw(_chat({"content": "Let me call", "tool_calls": [_BROKEN]}), indent=indent)
+    )
+    registry = BreakerRegistry()
+    client = _openai(llm_server, CircuitBreakerTransport("llm", registry=registry))
+    assert client.chat.completions.create(model="m", messages=MESSAGES).choices[0].message.content
+    assert _counts(registry) == (0, 0, 1)
+
+
+def test_responses_reasoning_without_a_message(llm_server: FakeLLMServer) -> None:
+    """A completed Responses answer with a reasoning item (summary text) and no message is
+    empty (ignored); with a message after the reasoning it is an answer."""
+    from llm_circuit_breaker.testing._reply import _response
+
+    reasoning = {"id": "rs_1", "type": "reasoning",
+                 "summary": [{"type": "summary_text", "text": "Thinking about it"}]}  # fmt: skip
+    thought = _response("x", "m", "completed")
+    answered = _response("Paris", "m", "completed")
+    thought["output"] = [reasoning]
+    answered["output"] = [reasoning, *answered["output"]]
+    llm_server.script(Reply(json=thought), Reply(json=answered))
+    registry = BreakerRegistry()
+    client = _openai(llm_server, CircuitBreakerTransport("llm", registry=registry))
+    assert client.responses.create(model="m", input="hi").output_text == ""
+    assert _counts(registry) == (0, 0, 1)
+    assert client.responses.create(model="m", input="hi").output_text == "Paris"
+    assert _counts(registry) == (1, 0, 1)
+
+
+def _hostile_reason(api: str) -> Reply:
+    """Text, then a finish (stop) reason that is no string."""
+    if api == "chat":
+        return _chat_events(_chunk({"content": "hi"}), _chunk({}, ["stop"]))
+    return _message_events([("text", "Hi")], {"x": 1})
+
+
+@pytest.mark.parametrize("api", ["chat", "anthropic"])
+def test_a_probe_with_a_reason_of_another_type_reports(llm_server: FakeLLMServer, api: str) -> None:
+    """A HALF_OPEN probe answered with text and a stop reason that is a dict (or a list) is
+    read without an error and reported: the circuit closes, its probe slot is not kept."""
+    llm_server.script(Reply.error(500), _hostile_reason(api), Reply.ok("fine"))
+    clock = FakeClock()
+    registry = BreakerRegistry(clock=clock)
+    transport = CircuitBreakerTransport(
+        "llm", registry=registry, failure_threshold=1, success_threshold=1, reset_timeout=10.0
+    )
+    client = httpx.Client(transport=transport)
+    url = llm_server.url + "/v1/chat/completions"
+    assert client.post(url, json={}).status_code == 500
+    breaker = registry.get_or_create("llm")
+    clock.advance(10.0)
+    with client.stream("POST", url, json={}) as response:
+        response.read()
+    assert breaker.state is CircuitState.CLOSED
+    assert client.post(url, json={}).status_code == 200
+    assert _counts(registry) == (2, 1, 0)
+
+
+@pytest.mark.parametrize("api", ["chat", "anthropic"])
+def test_helpers_read_a_reason_of_another_type(llm_server: FakeLLMServer, api: str) -> None:
+    """stream() of the same: every event, no TypeError, an answer (a success)."""
+    reply = _hostile_reason(api)
+    llm_server.script(reply)
+    registry = BreakerRegistry()
+    events = list(_facade(registry).stream(llm_server.url + "/v1/chat/completions", data={}))
+    assert len(events) == len(reply.events or []) - (api == "chat")  # [DONE] is not yielded
+    assert _counts(registry) == (1, 0, 0)
+
+
+# -- call() of a streamed non-answer, as of a JSON one -----------------------------------------
+
+
+def _broken_tool_stream() -> Reply:
+    return REASONED["chat broken tool arguments"][0]()
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda: _empty_chat_stream("stop"), "empty"),
+        (_broken_tool_stream, "invalid_tool_arguments"),
+    ],
+    ids=["empty", "invalid_tool_arguments"],
+)
+def test_call_retries_a_streamed_non_answer(
+    llm_server: FakeLLMServer, make: Any, kind: str
+) -> None:
+    """call() of a streamed empty answer (or broken tool arguments) is retried as a JSON one
+    is; when the retries run out: InvalidResponseError(kind, the last events)."""
+    llm_server.script(make(), make(), make())
+    registry = BreakerRegistry()
+    with pytest.raises(InvalidResponseError) as caught:
+        _facade(registry).call(llm_server.url + "/v1/chat/completions", data={"stream": True})
+    assert caught.value.kind == kind
+    assert caught.value.response.non_answer == kind
+    assert caught.value.response[-1].data["choices"][0]["finish_reason"] in ("stop", "tool_calls")
+    assert llm_server.hits == 3
+    assert _counts(registry) == (0, 0, 3)
+
+
+def test_call_retries_a_streamed_non_answer_until_an_answer(llm_server: FakeLLMServer) -> None:
+    """An empty stream, then an answer: the answer's events are returned (non_answer None)."""
+    llm_server.script(_empty_chat_stream("stop"), Reply.chat("Hi", stream=True))
+    registry = BreakerRegistry()
+    events = _facade(registry).call(llm_server.url + "/v1/chat/completions", data={"stream": True})
+    assert events.non_answer is None
+    assert "".join(e.data["choices"][0]["delta"].get("content") or "" for e in events) == "Hi"
+    assert _counts(registry) == (1, 0, 1)
+
+
+def test_call_with_no_result_retry_returns_the_events(llm_server: FakeLLMServer) -> None:
+    """retry_on_result=None: an empty stream's events are returned at once, as a JSON one."""
+    llm_server.script(_empty_chat_stream("stop"))
+    registry = BreakerRegistry()
+    cb = LLMCircuitBreaker("llm", registry=registry, retry={"retry_on_result": None})
+    events = cb.call(llm_server.url + "/v1/chat/completions", data={"stream": True})
+    assert events.non_answer == "empty"
+    assert llm_server.hits == 1
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["events", "json"])
+@pytest.mark.parametrize("on_content_policy", [True, False])
+def test_fallbacks_move_on_after_a_filtered_answer(
+    llm_server: FakeLLMServer, stream: bool, on_content_policy: bool
+) -> None:
+    """with_fallbacks(on_content_policy=True) around call(): a content-filtered answer, as
+    events or as JSON, moves on to the next target; without it, the answer is returned."""
+    filtered = (
+        _filtered_chat_stream()
+        if stream
+        else Reply(json=_chat({"content": "Sure"}, "content_filter"))
+    )
+    llm_server.script(filtered, Reply.chat("ok", stream=True) if stream else Reply.ok("ok"))
+    registry = BreakerRegistry()
+    first, second = (
+        LLMCircuitBreaker(name, registry=registry, retry={"max_retries": 0}) for name in "ab"
+    )
+    chain = with_fallbacks(first.call, second.call, on_content_policy=on_content_policy)
+    result = chain(llm_server.url + "/v1/chat/completions", data={"stream": stream})
+    last = result[-1].data["choices"][0] if stream else result["choices"][0]
+    assert last["finish_reason"] == ("stop" if on_content_policy else "content_filter")
+    assert llm_server.hits == (2 if on_content_policy else 1)
+
+
+_JUDGED = {**{f"reasoned: {k}": v for k, v in REASONED.items()}, **STREAMS}
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=st.sampled_from(sorted(_JUDGED)), cuts=st.lists(st.integers(1, 300), max_size=12))
+def test_reads_cut_anywhere_get_the_same_verdict(case: str, cuts: list[int]) -> None:
+    """The transport's watch gives a stream's verdict whatever its reads: cut anywhere, fed
+    one event at a time or one byte at a time."""
+    from llm_circuit_breaker.httpx._watch import Watch
+
+    make, answer = _JUDGED[case]
+    events = [e.encode() for e in make().events or []]
+    body = b"".join(events)
+    reads, at = [], 0
+    for size in cuts:
+        reads.append(body[at : at + size])
+        at += size
+    reads.append(body[at:])
+    for chunks in (events, reads, [body[i : i + 1] for i in range(len(body))]):
+        watch = Watch("http://x")
+        assert [watch.feed(chunk) for chunk in chunks if chunk] == [None] * len(
+            [c for c in chunks if c]
+        )
+        assert watch.truncated() is False
+        assert watch.unanswered() is not answer
+
+
+_ODD = [None, 1, 1.5, True, "x", "", [], ["stop"], {}, {"x": 1}, [{"a": 1}]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    frames=st.lists(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "type": st.sampled_from(
+                    [*_ODD, "content_block_delta", "content_block_start", "message_delta",
+                     "message_start", "message_stop", "response.completed",
+                     "response.reasoning_text.delta", "response.output_text.delta"]
+                ),
+                "object": st.sampled_from(["chat.completion.chunk", *_ODD]),
+                "delta": st.sampled_from(_ODD) | st.fixed_dictionaries(
+                    {}, optional={k: st.sampled_from(_ODD) for k in
+                                  ("type", "text", "thinking", "stop_reason", "content")}
+                ),
+                "choices": st.sampled_from(_ODD) | st.lists(
+                    st.sampled_from(_ODD) | st.fixed_dictionaries(
+                        {}, optional={
+                            "index": st.sampled_from(_ODD),
+                            "finish_reason": st.sampled_from(_ODD),
+                            "delta": st.sampled_from(_ODD) | st.fixed_dictionaries(
+                                {}, optional={k: st.sampled_from(_ODD) for k in
+                                              ("content", "reasoning_content", "tool_calls",
+                                               "function_call", "refusal")}
+                            ),
+                        }
+                    ),
+                    max_size=3,
+                ),
+                "response": st.sampled_from(_ODD),
+            },
+        ),
+        max_size=6,
+    )
+)  # fmt: skip
+@example(frames=[{"type": "content_block_delta", "delta": {"type": ["thinking_delta"]}}])
+@example(
+    frames=[
+        {"type": "message_start"},
+        {"type": "message_delta", "delta": {"stop_reason": {"x": 1}}},
+        {"type": "message_stop"},
+    ]
+)
+@example(
+    frames=[
+        {"object": "chat.completion.chunk", "choices": [{"delta": {}, "finish_reason": ["stop"]}]}
+    ]
+)
+def test_frames_of_any_shape_are_judged_without_an_error(frames: list[dict[str, Any]]) -> None:
+    """Frames whose fields have any JSON type (a reason that is a list, a delta type that is
+    a dict ...): the checker follows them and gives a verdict, never an error."""
+    from llm_circuit_breaker.http._sse import SSEEvent, StreamChecker
+
+    checker = StreamChecker("http://x")
+    for frame in frames:
+        assert checker.error_in(SSEEvent("message", frame)) is None
+    assert checker.non_answer() in (None, "empty", "length_empty", "content_filter",
+                                    "invalid_tool_arguments")  # fmt: skip

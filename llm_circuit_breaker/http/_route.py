@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from llm_circuit_breaker._core.throttle import TOKEN_COST, estimate_tokens
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
+from llm_circuit_breaker.errors import InvalidResponseError
 from llm_circuit_breaker.http._common import PreparedRequest
 from llm_circuit_breaker.http._sse import SSEEvent, Unanswered
 from llm_circuit_breaker.strategies.circuit import circuit_breaker as guarded
@@ -24,6 +25,8 @@ class Facade(Protocol):
     def _retrying(self, func: Callable[..., Any]) -> Callable[..., Any]: ...
     @property
     def first_token_timeout(self) -> float | None: ...
+    @property
+    def _rejects(self) -> Callable[[Any], object] | None: ...
 
 
 __all__ = ["Route", "acosted", "costed", "token_cost"]
@@ -34,8 +37,11 @@ class Route:
 
     A whole answer of server-sent events (or a stream's one JSON event) that answers nothing
     raises :class:`Unanswered` at its end, inside the guard (which ignores it: no outage) and
-    is caught right outside it: ``call()`` returns the events, a stream ends. (A JSON answer
-    to ``call()`` is judged by the guard itself.)"""
+    is caught right outside it: a stream ends; ``call()`` raises
+    ``InvalidResponseError(kind, events)`` when the retry policy retries the events (by
+    default ``empty`` and ``invalid_tool_arguments``, as for a JSON answer), else returns
+    them (their ``non_answer`` names the kind). (A JSON answer to ``call()`` is judged by the
+    guard itself.)"""
 
     def __init__(self, facade: Facade, breaker: CircuitBreaker) -> None:
         self.facade = facade
@@ -59,7 +65,9 @@ class Route:
     @functools.cached_property
     def call(self) -> Callable[[PreparedRequest], Any]:
         self._sync_only()
-        return self.facade._retrying(_returned(self.guard(self.facade._sync.request)))
+        return self.facade._retrying(
+            _returned(self.guard(self.facade._sync.request), self.facade._rejects)
+        )
 
     @functools.cached_property
     def stream(self) -> Callable[[PreparedRequest], Iterator[SSEEvent]]:
@@ -68,27 +76,35 @@ class Route:
 
     @functools.cached_property
     def acall(self) -> Callable[[PreparedRequest], Any]:
-        return self.facade._retrying(_areturned(self.guard(self.facade._async.request)))
+        return self.facade._retrying(
+            _areturned(self.guard(self.facade._async.request), self.facade._rejects)
+        )
 
     @functools.cached_property
     def astream(self) -> Callable[[PreparedRequest], AsyncIterator[SSEEvent]]:
         return self.facade._retrying(_aended(self.stream_guard(self.facade._async.stream)))
 
 
-def _returned(request: Callable[[PreparedRequest], Any]) -> Callable[[PreparedRequest], Any]:
-    """``request``, returning the events of an answer that answers nothing."""
+def _returned(
+    request: Callable[[PreparedRequest], Any], rejects: Callable[[Any], object] | None
+) -> Callable[[PreparedRequest], Any]:
+    """``request``, for the events of an answer that answers nothing: raising
+    ``InvalidResponseError`` when ``rejects`` them (the retry policy's ``retry_on_result``:
+    with_retry retries, then raises it), else returning them."""
 
     @functools.wraps(request)  # its .breaker too: with_retry counts retries on it
     def call(prepared: PreparedRequest) -> Any:
         try:
             return request(prepared)
         except Unanswered as unanswered:
-            return unanswered.events
+            return _unanswered(unanswered, rejects)
 
     return call
 
 
-def _areturned(request: Callable[[PreparedRequest], Any]) -> Callable[[PreparedRequest], Any]:
+def _areturned(
+    request: Callable[[PreparedRequest], Any], rejects: Callable[[Any], object] | None
+) -> Callable[[PreparedRequest], Any]:
     """:func:`_returned` for a coroutine function."""
 
     @functools.wraps(request)
@@ -96,9 +112,16 @@ def _areturned(request: Callable[[PreparedRequest], Any]) -> Callable[[PreparedR
         try:
             return await request(prepared)
         except Unanswered as unanswered:
-            return unanswered.events
+            return _unanswered(unanswered, rejects)
 
     return call
+
+
+def _unanswered(unanswered: Unanswered, rejects: Callable[[Any], object] | None) -> Any:
+    events = unanswered.events
+    if rejects is not None and rejects(events):
+        raise InvalidResponseError(unanswered.kind, events) from None
+    return events
 
 
 def _ended(

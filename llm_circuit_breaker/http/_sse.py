@@ -9,8 +9,9 @@ notices a stream cut before its terminal frame, and :class:`EventReader` ties th
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
 from llm_circuit_breaker._judge.classify import classify_response
@@ -19,9 +20,12 @@ from llm_circuit_breaker._judge.kinds import parse_json
 from llm_circuit_breaker._judge.results import (
     CONTENT_FILTER,
     EMPTY,
+    INVALID_TOOL_ARGUMENTS,
     LENGTH_EMPTY,
+    RETRIED_BY_DEFAULT,
     NonAnswer,
     non_answer,
+    retried_by_default,
 )
 from llm_circuit_breaker.errors import (
     HTTPStatusError,
@@ -40,6 +44,7 @@ from llm_circuit_breaker.http._common import (
 __all__ = [
     "DONE",
     "EventReader",
+    "Events",
     "LineSplitter",
     "SSEDecoder",
     "SSEEvent",
@@ -48,6 +53,7 @@ __all__ = [
     "is_json",
     "judge_whole",
     "parse_answer",
+    "retried_answer",
     "whole_answer",
 ]
 
@@ -227,23 +233,47 @@ _FILTER_REASONS = frozenset({"content_filter", "refusal"})
 _LENGTH_REASONS = frozenset(
     {"length", "max_tokens", "max_output_tokens", "model_context_window_exceeded"}
 )
+_SPENT = frozenset({EMPTY, LENGTH_EMPTY})
+# Anthropic deltas of reasoning: content for a first token, no answer.
+_REASONING_DELTAS = frozenset({"thinking_delta", "signature_delta"})
+_MAX_ARGUMENTS = 1024 * 1024  # characters of streamed tool-call arguments kept to judge
 _UNJUDGED = object()
 
 
 class StreamChecker:
     """Finds provider error frames in a stream, notices one cut before its terminal frame, and
-    keeps what its end says of the answer (its finish reason, a Responses stream's final
-    response judged whole)."""
+    keeps what its end says of the answer (its finish reason, whether text or a tool call came,
+    a chat stream's tool-call arguments, a Responses stream's final response judged whole)."""
 
-    __slots__ = ("_ended", "_final", "_known", "_needs_end", "_reason", "_url")
+    __slots__ = (
+        "_answered",
+        "_arguments",
+        "_calling",
+        "_ended",
+        "_final",
+        "_known",
+        "_needs_end",
+        "_reason",
+        "_size",
+        "_url",
+    )
 
     def __init__(self, url: str) -> None:
         self._url = url
         self._needs_end = False
         self._ended = False  # a terminal frame or a finish reason has come
         self._known = False  # a provider's stream (a chat chunk, a message or response start)
-        self._reason: object = None  # the finish (stop) reason, once one came
+        self._reason: str | None = None  # the finish (stop) reason, once one came
         self._final: object = _UNJUDGED  # a Responses stream's final response, judged
+        # Whether text or a tool call has come (reasoning alone answers nothing). Frames are
+        # looked at for it until it has: a reader that parses only some frames (the httpx
+        # transport's watch) parses every one until then.
+        self._answered = False
+        # A chat stream's tool-call arguments, piece by piece, by (choice, call); None once
+        # they outgrew _MAX_ARGUMENTS (then not judged)
+        self._arguments: dict[tuple[int, int], list[str]] | None = {}
+        self._size = 0
+        self._calling = False  # a chat tool call has come (its arguments' pieces may follow)
 
     def check(self, event: SSEEvent) -> bool:
         """Whether to hand ``event`` to the caller; raises for an error frame."""
@@ -254,7 +284,7 @@ class StreamChecker:
 
     def error_in(self, event: SSEEvent) -> HTTPStatusError | None:
         """The provider error ``event`` carries, if it is an error frame (and follow whether
-        the stream's terminal frame has come)."""
+        the stream's terminal frame has come, and what the answer holds)."""
         data = event.data
         if type(data) is dict:  # a parsed frame (the common case): fewer tests
             kind = data.get("type")
@@ -264,6 +294,8 @@ class StreamChecker:
             if kind == "response.failed" or event.event == "response.failed":
                 response = data.get("response")
                 return self._error(response if isinstance(response, dict) else data)
+            if not self._answered:  # until text or a tool call has come
+                self._answered = _answers(event, data, kind)
             if self._ended:  # nothing below changes once the stream's end has come
                 return None
             name = kind if isinstance(kind, str) else event.event
@@ -276,15 +308,25 @@ class StreamChecker:
                 return None
             if name == "message_delta":  # Anthropic: the stop reason, before message_stop
                 delta = data.get("delta")
-                if type(delta) is dict and delta.get("stop_reason"):
-                    self._reason = delta["stop_reason"]
+                if type(delta) is dict:
+                    reason = delta.get("stop_reason")
+                    if reason and type(reason) is str:  # a reason of another type is none
+                        self._reason = reason
                 return None
             choices = data.get("choices")
             if type(choices) is list:
                 for choice in choices:  # a loop, not any(): this runs for every chat chunk
-                    if isinstance(choice, dict) and choice.get("finish_reason"):
+                    if type(choice) is not dict:
+                        continue
+                    delta = choice.get("delta")
+                    if delta.__class__ is dict and (
+                        "tool_calls" in delta or "function_call" in delta
+                    ):
+                        self._keep_arguments(choice, delta)
+                    if choice.get("finish_reason"):
                         self._needs_end, self._ended = False, True
-                        self._reason = choice["finish_reason"]
+                        reason = choice["finish_reason"]
+                        self._reason = reason if type(reason) is str else None
                         break
             return None
         kind = None
@@ -306,29 +348,81 @@ class StreamChecker:
             self._needs_end, self._ended = False, True
         return None
 
+    def _keep_arguments(self, choice: dict[str, Any], delta: dict[str, Any]) -> None:
+        """Keep the pieces of tool-call arguments a chat chunk's choice carries in its
+        ``delta``."""
+        calls = delta.get("tool_calls")
+        legacy = delta.get("function_call")
+        if not calls and legacy is None:
+            return
+        self._calling = True
+        if self._arguments is None:  # too long to judge already
+            return
+        index = choice.get("index")
+        number = index if type(index) is int else 0
+        slots: list[tuple[Any, int | None]] = (
+            [(call, None) for call in calls] if type(calls) is list else []
+        )
+        if type(legacy) is dict:
+            slots.append(({"function": legacy}, -1))
+        for call, slot in slots:
+            function = call.get("function") if type(call) is dict else None
+            piece = function.get("arguments") if type(function) is dict else None
+            if type(piece) is not str or not piece:
+                continue
+            if slot is None:
+                position = call.get("index")
+                slot = position if type(position) is int else 0
+            self._size += len(piece)
+            arguments = self._arguments
+            if arguments is None or self._size > _MAX_ARGUMENTS:
+                self._arguments = None  # too long to judge
+                return
+            arguments.setdefault((number, slot), []).append(piece)
+
     @property
     def ended(self) -> bool:
         """Whether the provider's terminal frame (or a finish reason) has come."""
         return self._ended
 
     @property
+    def answered(self) -> bool:
+        """Whether text or a tool call has come (reasoning alone is none)."""
+        return self._answered
+
+    @property
     def incomplete(self) -> bool:
         """Whether the stream so far lacks its provider's terminal frame."""
         return self._needs_end
 
-    def non_answer(self, content: bool) -> NonAnswer | None:
-        """What the whole stream was, once its end came, when it answered nothing
-        (``content``: whether an event with content passed): ``content_filter`` (a finish
-        reason ``content_filter``, a stop reason ``refusal``), ``length_empty`` or ``empty``
-        (no content, cut by the token limit or not); a Responses stream's final response is
-        judged whole (``results.non_answer``). None for an answer, and for a stream of no
-        provider's shape or not ended."""
-        if self._final is not _UNJUDGED:
-            return self._final  # type: ignore[return-value]
+    def non_answer(self) -> NonAnswer | None:
+        """What the whole stream was, once its end came, when it answered nothing:
+        ``content_filter`` (a finish reason ``content_filter``, a stop reason ``refusal``),
+        ``invalid_tool_arguments`` (a chat stream's tool-call arguments, put together, are not
+        JSON), ``length_empty`` or ``empty`` (no text nor tool call came -- reasoning alone
+        answers nothing -- cut by the token limit or not); a Responses stream's final response
+        is judged whole (``results.non_answer``; an empty one after text deltas is an answer).
+        None for an answer, and for a stream of no provider's shape or not ended. Never
+        raises: a shape it cannot judge is an answer."""
+        try:
+            return self._judge()
+        except Exception:
+            return None
+
+    def _judge(self) -> NonAnswer | None:
+        final = self._final
+        if final is not _UNJUDGED:
+            if final in _SPENT and self._answered:  # the final response left its text out
+                return None
+            return final  # type: ignore[return-value]
         reason = self._reason
         if reason in _FILTER_REASONS:
             return CONTENT_FILTER
-        if content or not (self._known and self._ended):
+        if not (self._known and self._ended):
+            return None
+        if self._arguments and not all(map(_valid_json, self._arguments.values())):
+            return INVALID_TOOL_ARGUMENTS
+        if self._answered:
             return None
         return LENGTH_EMPTY if reason in _LENGTH_REASONS else EMPTY
 
@@ -344,6 +438,61 @@ class StreamChecker:
         )
 
 
+def _spoken(value: object) -> bool:
+    """Text with something in it, or a list of content parts."""
+    if type(value) is str:
+        return value != "" and not value.isspace()
+    return type(value) is list and len(value) > 0
+
+
+def _answers(event: SSEEvent, data: dict[str, Any], kind: object) -> bool:
+    """Whether ``event`` (its parsed frame ``data``) carries text or a tool call: a chat
+    chunk's content, refusal or tool call; another event's content (``is_content``) unless it
+    is reasoning (Anthropic's thinking deltas, the Responses API's reasoning events)."""
+    choices = data.get("choices")
+    if choices is not None:
+        if type(choices) is not list:
+            return False
+        for choice in choices:
+            if type(choice) is not dict:
+                continue
+            delta = choice.get("delta")
+            if delta is None:
+                delta = choice.get("message")
+            if type(delta) is dict:
+                if (
+                    _spoken(delta.get("content"))
+                    or _spoken(delta.get("refusal"))
+                    or delta.get("tool_calls")
+                    or delta.get("function_call") is not None
+                ):
+                    return True
+            elif _spoken(delta) or _spoken(choice.get("text")):
+                return True
+        return False
+    if kind == "content_block_delta":
+        delta = data.get("delta")
+        if type(delta) is dict:
+            kind = delta.get("type")
+            if type(kind) is str and kind in _REASONING_DELTAS:
+                return False
+    elif type(kind) is str and kind.startswith("response.") and "reasoning" in kind:
+        return False
+    return is_content(event)
+
+
+def _valid_json(pieces: list[str]) -> bool:
+    """Whether tool-call arguments put together are JSON (or nothing)."""
+    text = "".join(pieces)
+    if text.isspace():
+        return True
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
 def _finished(data: Any) -> bool:
     """Whether a chat chunk carries a finish reason (the answer is whole even without
     ``[DONE]``)."""
@@ -351,6 +500,29 @@ def _finished(data: Any) -> bool:
     if type(choices) is not list:
         return False
     return any(isinstance(choice, dict) and choice.get("finish_reason") for choice in choices)
+
+
+class Events(list[SSEEvent]):
+    """What ``call()`` / ``acall()`` return for an answer of server-sent events: its events
+    (a list), and ``non_answer``, the kind of non-answer they are (``results.non_answer``'s
+    kinds) or None for an answer."""
+
+    __slots__ = ("non_answer",)
+
+    def __init__(self, events: Iterable[SSEEvent] = (), non_answer: NonAnswer | None = None):
+        super().__init__(events)
+        self.non_answer = non_answer
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (list(self), self.non_answer))
+
+
+def retried_answer(result: object) -> bool:
+    """``results.retried_by_default`` that also judges ``call()``'s :class:`Events` by their
+    kind: the HTTP helpers' default ``retry_on_result``."""
+    if result.__class__ is Events:
+        return result.non_answer in RETRIED_BY_DEFAULT
+    return retried_by_default(result)
 
 
 class Unanswered(Exception):
@@ -459,8 +631,10 @@ class EventReader:
     def judge(self, events: list[SSEEvent] | None = None) -> None:
         """After the last event of a whole stream: raises :class:`Unanswered` when it
         answered nothing (``events``: what ``call()`` returns)."""
-        kind = self._checker.non_answer(self.content)
+        kind = self._checker.non_answer()
         if kind is not None:
+            if isinstance(events, Events):
+                events.non_answer = kind
             raise Unanswered(kind, events)
 
     def _accept(self, event: SSEEvent | None) -> SSEEvent | None:
@@ -487,7 +661,7 @@ def parse_answer(
     if not (200 <= status < 300 and is_sse(headers)):
         return parse_response(status, headers, body, request.url)
     reader = EventReader(request)
-    found = reader.feed(body)
+    found = Events(reader.feed(body))
     if not reader.done:
         last = reader.flush()
         if last is not None:

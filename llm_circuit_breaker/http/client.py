@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from llm_circuit_breaker import _validate as check
 from llm_circuit_breaker._core.throttle import estimate_tokens
+from llm_circuit_breaker._judge.results import retried_by_default
 from llm_circuit_breaker.breaker.breaker import CircuitBreaker
 from llm_circuit_breaker.breaker.clock import running_library
 from llm_circuit_breaker.breaker.registry import BreakerRegistry, breaker_registry
@@ -29,7 +30,7 @@ from llm_circuit_breaker.http._common import (
     prepare,
 )
 from llm_circuit_breaker.http._route import Route, acosted, costed, token_cost
-from llm_circuit_breaker.http._sse import SSEEvent
+from llm_circuit_breaker.http._sse import SSEEvent, retried_answer
 from llm_circuit_breaker.strategies.retry import with_retry
 from llm_circuit_breaker.strategies.scope import is_template
 
@@ -90,7 +91,12 @@ class LLMCircuitBreaker:
             "max_event_bytes": check.count("", "max_event_bytes", max_event_bytes, 1),
         }
         fields = breaker_fields(circuit_breaker)
-        self._retrying = with_retry(**check.check_mapping(retry or {}, "retry"))
+        options = dict(check.check_mapping(retry or {}, "retry"))
+        if options.get("retry_on_result", retried_by_default) is retried_by_default:
+            # the default also judges call()'s events of a streamed answer by their kind
+            options["retry_on_result"] = retried_answer
+        self._rejects = options["retry_on_result"]
+        self._retrying = with_retry(**options)
         self._registry = registry
         self._owns_name = name is None
         self._fields = fields

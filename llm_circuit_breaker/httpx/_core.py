@@ -602,16 +602,19 @@ def unanswered(chunks: list[bytes], headers: Any) -> bool:
     """Whether a 2xx body (``chunks``, at most 1 MiB) is a completion that answers nothing
     (``results.non_answer``: empty, spent on reasoning, filtered, broken tool arguments).
 
-    Byte searches first: a chat completion with text at its start and the finish reason
-    ``stop`` is an answer without a parse (the common case, two or three searches). Past
-    that, a compressed body (gzip, deflate) is decoded (within the same 1 MiB); a completion
-    with text, a finish reason of a whole answer (or none: a Responses answer) and no
-    tool-call arguments is an answer; a body with no completion's keys is none; the rest is
-    parsed when it is JSON (its content type) and judged. Never raises."""
+    Byte searches first: a chat completion with text at its start, the finish reason ``stop``
+    and no tool-call arguments is an answer without a parse (the common case, three or four
+    searches). Past that, a compressed body (gzip, deflate) is decoded (within the same 1 MiB);
+    a completion with text, a finish reason of a whole answer (or none: a Responses answer),
+    no tool-call arguments and no reasoning's text (a Responses reasoning item's summary) is an
+    answer; a body with no completion's keys is none; the rest is parsed when it is JSON (its
+    content type) and judged. Never raises."""
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     try:
-        if _SPOKEN(body) is not None and (
-            body.find(b'_reason": "stop"') >= 0 or body.find(b'_reason":"stop"') >= 0
+        if (
+            _SPOKEN(body) is not None
+            and (body.find(b'_reason": "stop"') >= 0 or body.find(b'_reason":"stop"') >= 0)
+            and body.find(b'"arguments"') < 0
         ):
             return False
         if not body:
@@ -625,8 +628,13 @@ def unanswered(chunks: list[bytes], headers: Any) -> bool:
         if _SPOKEN(body) is not None or _WRITTEN(body) is not None:
             reason = find(b'reason"')
             whole = reason < 0 or body.startswith(_FINISHED, reason + 7)
-            if whole and find(b'"arguments"') < 0:
-                return False  # text, a whole answer, no tool call to check
+            if (
+                whole
+                and find(b'"arguments"') < 0
+                and find(b'"summary_text"') < 0
+                and find(b'"reasoning_text"') < 0
+            ):
+                return False  # text, a whole answer, no tool call to check, no reasoning
         elif find(b'"choices"') < 0 and find(b'"content"') < 0 and find(b'"output"') < 0:
             return False  # no completion: an embedding, a list of models ...
         return _judged(body, headers)

@@ -18,8 +18,9 @@ class Watch:
     token), whether the final event came, and whether the answer was none.
 
     The SDK parses every event anyway, so the watch parses only those that can matter: the
-    events up to the first with content, a possible error, and a possible final one (found by
-    a substring test on the raw data); the rest cost a few ``in`` tests each.
+    events up to the first with text or a tool call (reasoning comes before it), a possible
+    error, a chat chunk's tool-call arguments, and a possible final one (found by a substring
+    test on the raw data); the rest cost a few ``find`` tests each.
     """
 
     __slots__ = (
@@ -30,7 +31,6 @@ class Watch:
         "_lines",
         "_parts",
         "_size",
-        "_started",
         "_url",
         "content",
         "metered",
@@ -46,7 +46,6 @@ class Watch:
         self._event = ""
         self._data: list[bytes] = []
         self._size = 0
-        self._started = False
         # Set for a breaker with a token budget: events that carry ``usage`` are read too.
         self.metered = False
         # total, input, output, anthropic's cache writes and reads (apart from its input)
@@ -56,8 +55,8 @@ class Watch:
     def feed(self, chunk: bytes) -> BaseException | None:
         """The first provider error in ``chunk`` (as it came, encoded or not), if any."""
         if self._inflate is None:
-            if (  # the common read once content has come: whole events, nothing to read
-                self.content
+            if (  # the common read once text has come: whole events, nothing to read
+                self._checker._answered
                 and chunk.endswith(b"\n\n")
                 and not (self._data or self._event or self._lines._buffer or self._lines._cr)
                 and self._dull(chunk)
@@ -76,7 +75,7 @@ class Watch:
         return error
 
     def _feed(self, chunk: bytes) -> BaseException | None:
-        if not self.content or self._lines._cr:  # up to the first content event, or a CR
+        if not self._checker._answered or self._lines._cr:  # up to the first text, or a CR
             return self._cut(chunk)  # ending the last chunk (its LF may start this one): cut
         if self._data or self._event or not self._lines.empty:
             # An event began in an earlier chunk: its end is read line by line, then what
@@ -112,6 +111,8 @@ class Watch:
             and find(b"[DONE]") < 0
             and find(b'"finish_reason":"') < 0
             and find(b'"finish_reason": "') < 0
+            # a piece of a chat tool call's arguments, once a tool call has come
+            and not (self._checker._calling and find(b'"arguments"') >= 0)
             and not (self.metered and find(b'"usage"') >= 0)
         )
 
@@ -143,24 +144,28 @@ class Watch:
         self._event, self._data, self._size = "", [], 0
         if not data and not event:
             return None
-        if not self.content:
-            self.content = is_content(_Event(event or None, data.decode("utf-8", "replace")))
+        checker = self._checker
         if not (
-            event in _NOTABLE_EVENTS
+            not checker._answered  # every event until text or a tool call has come
+            or event in _NOTABLE_EVENTS
             or data == b"[DONE]"
             or any(data.find(marker) >= 0 for marker in _NOTABLE_DATA)
-            or not self._started
+            or (checker._calling and data.find(b'"arguments"') >= 0)
             or (self.metered and data.find(b'"usage"') >= 0)
         ):
             return None
-        self._started = True
         from llm_circuit_breaker.http._sse import DONE, SSEEvent
 
         text = data.decode("utf-8", errors="replace")
         parsed = DONE if text == "[DONE]" else SSEEvent(event or "message", parse_json(text))
         if self.metered and parsed is not DONE:
             self._meter(parsed.data)
-        return self._checker.error_in(parsed)
+        error = checker.error_in(parsed)
+        if not self.content:  # text or a tool call is content, as reasoning is
+            self.content = checker._answered or is_content(
+                _Event(event or None, parsed.data if parsed is not DONE else text)
+            )
+        return error
 
     def _meter(self, data: object) -> None:
         """Keep the usage an event reports: a total (openai's last chunk, a Responses
@@ -206,9 +211,10 @@ class Watch:
         return self._checker.ended
 
     def unanswered(self) -> bool:
-        """Whether the stream, ended, answered nothing: no text nor tool call (nor reasoning)
-        came, or its finish reason is a content filter's (``StreamChecker.non_answer``)."""
-        return self._checker.non_answer(self.content) is not None
+        """Whether the stream, ended, answered nothing: no text nor tool call came (reasoning
+        alone is none), its finish reason is a content filter's, or its tool-call arguments
+        are not JSON (``StreamChecker.non_answer``, which never raises)."""
+        return self._checker.non_answer() is not None
 
     def truncated(self) -> bool:
         """At the end of the body: whether the provider's final event never came."""
@@ -222,11 +228,11 @@ class Watch:
 
 
 class _Event:
-    """An event as :func:`is_content` reads it (``.event``, ``.data`` as text)."""
+    """An event as :func:`is_content` reads it (``.event``, ``.data``)."""
 
     __slots__ = ("data", "event")
 
-    def __init__(self, event: str | None, data: str) -> None:
+    def __init__(self, event: str | None, data: object) -> None:
         self.event = event
         self.data = data
 

@@ -138,7 +138,7 @@ class _Chain:
     def refused_answer(self, result: Any) -> InvalidResponseError | None:
         """The error standing for ``result`` when it is a content-filter stop the chain moves
         on from (``on_content_policy``), else None."""
-        if self.on_content_policy and content_filter(result):
+        if self.on_content_policy and (content_filter(result) or _filtered_events(result)):
             return InvalidResponseError("content_filter", result)
         return None
 
@@ -185,6 +185,12 @@ class _Chain:
         if errors:  # raised outside any handler: chained by hand, as an except block would
             error.__context__ = errors[-1]
         return error
+
+
+def _filtered_events(result: Any) -> bool:
+    """Whether ``result`` is the list of events of a streamed answer a content filter stopped,
+    as the HTTP helpers' ``call()`` returns it (its ``non_answer`` names the kind)."""
+    return isinstance(result, list) and getattr(result, "non_answer", None) == "content_filter"
 
 
 def _link(exc: BaseException, earlier: BaseException) -> None:
