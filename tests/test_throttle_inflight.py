@@ -28,7 +28,7 @@ from llm_circuit_breaker import (
     circuit_breaker,
 )
 from llm_circuit_breaker._core.headers import parse_rate_limits
-from llm_circuit_breaker._core.throttle import ThrottleCore, Wait
+from llm_circuit_breaker._core.throttle import ADMITTED, ThrottleCore, Wait
 from llm_circuit_breaker.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport
 from llm_circuit_breaker.storage import MemoryStateStore
 from llm_circuit_breaker.testing import FakeClock, FakeLLMServer, Quota, Reply
@@ -381,3 +381,72 @@ def test_the_admission_ends_with_the_call_whatever_its_outcome(
 
     contextvars.Context().run(caller)
     assert breaker.throttle["requests_remaining"] == 8
+
+
+def _by_hand(remaining: int, limit: int = 20) -> dict[str, str]:
+    """Headers with a refill of 1 a second: ``limit - remaining`` seconds to full."""
+    return {
+        "x-ratelimit-limit-requests": str(limit),
+        "x-ratelimit-remaining-requests": str(remaining),
+        "x-ratelimit-reset-requests": f"{limit - remaining}s",
+    }
+
+
+def test_calls_that_report_on_the_fast_path_leave_nothing_in_flight() -> None:
+    """A 429 without headers paces calls for a while; the first success ends that, and the
+    calls still in flight report on the lock-free path, not to the throttle. None stays
+    counted in flight, and a later call in one of their contexts reads its own headers as
+    they come (it read them against a stale admission, less 19 calls long gone: 7 for 19)."""
+    clock = FakeClock()
+    breaker = CircuitBreaker("fast-path", clock=clock)
+    for _ in range(3):
+        breaker.record_success(breaker.admit())  # the success counter is made
+    breaker.record(breaker.admit(), Outcome.THROTTLED, hint=1.0)  # paced, provisionally
+    clock.advance(5.0)
+    contexts = [contextvars.Context() for _ in range(20)]
+    permits = [context.run(breaker.admit) for context in contexts]
+    clock.advance(5.0)
+    for context, permit in zip(contexts, permits, strict=True):
+        context.run(breaker.record_success, permit)
+    assert breaker._local.throttle is not None and breaker._local.throttle.flying == {}
+
+    @circuit_breaker(breaker=breaker)
+    def call() -> None:
+        breaker.observe(_by_hand(19))
+
+    contexts[1].run(call)
+    assert breaker.throttle["requests_remaining"] == 19
+
+
+def test_a_stream_collected_inside_another_call_does_not_end_its_admission() -> None:
+    """A guarded stream collected unclosed while another call of the breaker runs: its report
+    (from the finaliser) is no report of that call, whose headers still count the four calls
+    booked after it as in flight."""
+    breaker = CircuitBreaker("dropped", clock=FakeClock())
+    breaker.observe(_by_hand(19))
+    inside = contextvars.Context()
+    dropped = contextvars.Context().run(breaker.admit)  # the stream's call
+    inside.run(breaker.admit)  # the call running when the collector runs
+    for _ in range(4):
+        contextvars.Context().run(breaker.admit)
+    inside.run(breaker.dropped, dropped)
+    inside.run(breaker.observe, _by_hand(8))
+    assert breaker.throttle["requests_remaining"] == 4  # 8 as of its slot, less 4 in flight
+
+
+def test_admissions_of_calls_that_report_elsewhere_do_not_pile_up() -> None:
+    """A context alternating two paced breakers whose calls all report in other contexts
+    (streams handed to a consumer): the admissions it keeps stay few (one more per call
+    before: 2,000 after 2,000 calls, each holding both throttles)."""
+    breakers = [CircuitBreaker(f"pile-{i}", clock=FakeClock()) for i in range(2)]
+    for breaker in breakers:
+        breaker.observe(_by_hand(19, limit=10**9))
+    worker = contextvars.Context()
+    for index in range(2000):
+        breaker = breakers[index % 2]
+        permit = worker.run(breaker.admit)
+        contextvars.Context().run(breaker.record, permit, Outcome.SUCCESS)
+    depth, admission = 0, worker.run(ADMITTED.get)
+    while admission is not None:
+        depth, admission = depth + 1, admission[3]
+    assert depth <= 8

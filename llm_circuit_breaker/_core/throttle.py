@@ -228,6 +228,24 @@ class Pacer:
             self.tat = max(self.tat, min(reported, latest))
 
 
+_MAX_NESTED = 8  # enclosing admissions kept with a booking (calls of other breakers)
+
+
+def _enclosing(outer: Admission | None) -> Admission | None:
+    """The admissions a new booking sits in: those that ended (their call reported, perhaps
+    in another context) dropped from the front, and none past ``_MAX_NESTED`` deep (a
+    context whose calls report elsewhere would otherwise nest one more with every call)."""
+    while outer is not None and outer[2] not in outer[0].flying:
+        outer = outer[3]
+    depth, inner = 0, outer
+    while inner is not None:
+        depth += 1
+        if depth > _MAX_NESTED:
+            return None
+        inner = inner[3]
+    return outer
+
+
 class ThrottleCore:
     """A breaker's throttle. Not thread-safe: the caller serialises access."""
 
@@ -299,9 +317,11 @@ class ThrottleCore:
         """Follow the rate-limit headers of a response (of the call booked in this context,
         if any: see ``Admission``)."""
         admission = ADMITTED.get()
+        while admission is not None and admission[0] is not self:  # a call of another breaker
+            admission = admission[3]  # inside one of this one's (or none: headers by hand)
         since: tuple[float, float] | None = None
         tokens_since = None
-        if admission is not None and admission[0] is self:  # else by hand, or another's call
+        if admission is not None and admission[2] in self.flying:  # else it reported already
             place, calls, tokens = admission[2], 0, 0.0
             for later in reversed(self.flying):  # booked after it, not reported yet
                 if later <= place:
@@ -355,6 +375,7 @@ class ThrottleCore:
         if outer is not None and outer[0] is self:  # booked again (after a pause)
             self.flying.pop(outer[2], None)
             outer = outer[3]
+        outer = _enclosing(outer)
         self.seq = place = self.seq + 1
         flying = self.flying
         flying[place] = tokens

@@ -5,6 +5,7 @@ sync store, coroutines for an asyncio one); its :class:`Telemetry` reports eithe
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import itertools
 import sys
@@ -408,13 +409,16 @@ class CircuitBreaker:
         Never raises."""
         try:
             if self._alink is None:
-                if self._locks_free():
-                    self.record(permit, Outcome.IGNORED)
+                if self._locks_free():  # in a context of its own: the collector may run in
+                    # a call of this breaker, whose admission to its throttle is not this one
+                    contextvars.Context().run(self.record, permit, Outcome.IGNORED)
                 else:  # perhaps held by this very thread: the collector ran inside a locked
                     # section (of any breaker: the locks are shared), so never wait here
                     _report_apart(self.record, permit)
             elif loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(_report_later, loop, self.arecord, permit)
+                loop.call_soon_threadsafe(
+                    _report_later, loop, self.arecord, permit, context=contextvars.Context()
+                )
         except Exception:  # a finaliser has no caller to tell
             pass
 

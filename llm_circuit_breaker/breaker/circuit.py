@@ -162,7 +162,11 @@ class LocalCircuit(BreakerCore, Telemetry):
     def _follow_throttle(self) -> None:
         """Send every call through the slow path while the throttle has a say (lock held)."""
         throttle = self.throttle
-        self.set_paced((throttle is not None and throttle.active) or self.rejoin is not None)
+        active = throttle is not None and throttle.active
+        if throttle is not None and not active and throttle.flying:
+            # the calls in flight report on the fast path from now: none would leave
+            throttle.flying.clear()
+        self.set_paced(active or self.rejoin is not None)
 
     def _refresh(self) -> None:
         """The core's lock-free permits (``BreakerCore._refresh``, inline), with no clean one
