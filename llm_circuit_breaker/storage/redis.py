@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import threading
@@ -847,20 +848,30 @@ class RedisStateStore:
 
     async def _alist_apart(self) -> dict[str, dict[str, Any]]:
         client = copy_for_loop(self.client)
+        listed: list[Any] = []  # the cluster nodes read, closed with the copy
         try:
-            return await self._alist(client)
+            return await self._alist(client, listed)
         finally:
+            if listed:  # a node that failed is replaced in the client's map, the old one open
+                manager = getattr(client, "nodes_manager", None)
+                startup = getattr(manager, "startup_nodes", None) or {}
+                listed += [*client.get_nodes(), *startup.values()]
+            for node in listed:
+                with contextlib.suppress(Exception):
+                    await node.disconnect()
             if client is not self.client:
                 await close_copy(client)
             elif self.is_cluster:  # its connections belong to this loop: reopened on next use
                 await client.aclose()
 
-    async def _alist(self, client: Any) -> _Listing:
+    async def _alist(self, client: Any, listed: list[Any] | None = None) -> _Listing:
         if self.is_cluster:
             nodes: list[Any] = list(client.get_primaries()) or [None]
             if nodes == [None]:  # not initialised yet: the first command finds the nodes
                 await client.ping()
                 nodes = list(client.get_primaries())
+            if listed is not None:
+                listed.extend(nodes)
         else:
             nodes = [None]
 
