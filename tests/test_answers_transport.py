@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
@@ -280,11 +281,11 @@ STREAMS = {
 }
 
 
-@pytest.mark.parametrize("case", list(STREAMS))
-def test_transport_judges_a_stream(llm_server: FakeLLMServer, case: str) -> None:
-    """An SSE answer through the transport: every event reaches the SDK; one that answered
-    nothing by its end (or was filtered) is ignored."""
-    make, answer = STREAMS[case]
+def _stream_through_transport(
+    llm_server: FakeLLMServer, make: Callable[[], Reply], answer: bool
+) -> None:
+    """Stream ``make()``'s reply through the transport: the SDK's reader gets every event as
+    sent, and the breaker counts a success for an answer, else one ignored call."""
     reply = make()
     llm_server.script(reply)
     registry = BreakerRegistry()
@@ -293,6 +294,13 @@ def test_transport_judges_a_stream(llm_server: FakeLLMServer, case: str) -> None
         body = response.read()
     assert body.decode() == "".join(reply.events or [])
     assert _counts(registry) == ((1, 0, 0) if answer else (0, 0, 1))
+
+
+@pytest.mark.parametrize("case", list(STREAMS))
+def test_transport_judges_a_stream(llm_server: FakeLLMServer, case: str) -> None:
+    """An SSE answer through the transport: every event reaches the SDK; one that answered
+    nothing by its end (or was filtered) is ignored."""
+    _stream_through_transport(llm_server, *STREAMS[case])
 
 
 def test_transport_judges_anthropic_streams(llm_server: FakeLLMServer) -> None:
@@ -501,15 +509,7 @@ def test_transport_judges_what_a_stream_holds(llm_server: FakeLLMServer, case: s
     same message whole is), text after it does; a chat stream's tool-call arguments are
     judged put together; a Responses stream's text deltas count when its final response
     lists no output."""
-    make, answer = REASONED[case]
-    reply = make()
-    llm_server.script(reply)
-    registry = BreakerRegistry()
-    client = httpx.Client(transport=CircuitBreakerTransport("llm", registry=registry))
-    with client.stream("POST", llm_server.url + "/v1/chat/completions", json={}) as response:
-        body = response.read()
-    assert body.decode() == "".join(reply.events or [])
-    assert _counts(registry) == ((1, 0, 0) if answer else (0, 0, 1))
+    _stream_through_transport(llm_server, *REASONED[case])
 
 
 @pytest.mark.parametrize("case", list(REASONED))
